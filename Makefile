@@ -1,0 +1,39 @@
+# sagahost: `make run` builds and runs the host on sagas/; `make test` builds and runs every test.
+BUILD ?= build
+DEBUG_BUILD ?= build-debug
+JOBS ?= 2
+LISTEN ?= 127.0.0.1:7070
+DB ?= sagahost.db
+
+.PHONY: all deps test-deps build debug run test test-c test-spec test-debug clean
+
+all: build
+
+deps:
+	@bash .ci/deps.sh
+
+test-deps:
+	@bash .ci/deps.sh --test
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j$(JOBS)
+
+debug: deps
+	@cmake -S . -B $(DEBUG_BUILD) -DCMAKE_BUILD_TYPE=Debug -DSG_SANITIZE=ON >/dev/null
+	@cmake --build $(DEBUG_BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/sagahost run --db $(DB) --listen $(LISTEN) --demo sagas
+
+test: test-deps build
+	cd $(BUILD) && ctest --output-on-failure
+	SAGAHOST=$(CURDIR)/$(BUILD)/sagahost bash tests/run-specs.sh
+
+# the same tests on the ASan/UBSan + LUA_USE_APICHECK build
+test-debug: test-deps debug
+	cd $(DEBUG_BUILD) && ctest --output-on-failure
+	SAGAHOST=$(CURDIR)/$(DEBUG_BUILD)/sagahost SG_SLOW=1 bash tests/run-specs.sh
+
+clean:
+	rm -rf $(BUILD) $(DEBUG_BUILD)

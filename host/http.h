@@ -1,0 +1,46 @@
+/* http: a small JSON HTTP server inside the libev loop, on libmicrohttpd (external select mode:
+ * MHD's listening and connection sockets are watched by ev_io watchers, MHD_run is called when they
+ * are ready, and an ev_timer follows MHD_get_timeout).
+ *
+ * One handler receives every complete request (body buffered up to max_body; larger requests get
+ * 413 {"error": "..."} without reaching the handler). The handler either answers at once through
+ * sg_http_reply, or keeps the request and answers later (e.g. after the store commit): the connection
+ * is suspended until sg_http_reply is called. Every request gets exactly one reply.
+ *
+ * Ownership: the request and its strings belong to the server and stay valid until sg_http_reply
+ * is called for it; sg_http_reply copies the body. */
+#ifndef SG_HTTP_H
+#define SG_HTTP_H
+
+#include <stddef.h>
+#include <ev.h>
+#include "util.h"
+
+struct sg_http;
+struct sg_http_req {
+  const char *method;   /* "GET", "POST", ... */
+  const char *path;     /* "/v1/sagas/abc" (no query string) */
+  const char *body;     /* NUL-terminated, "" when none */
+  size_t body_len;
+  void *priv;           /* the server's connection state */
+};
+
+typedef void (*sg_http_handler)(void *ud, struct sg_http_req *req);
+
+/* listen: "127.0.0.1:7070" (host:port; port 0 picks a free one, see sg_http_port) */
+struct sg_http *sg_http_start(struct ev_loop *loop, const char *listen, size_t max_body,
+                              sg_http_handler h, void *ud, struct sg_error *e);
+int sg_http_port(struct sg_http *h);
+/* stops listening, closes connections (pending requests are dropped), frees */
+void sg_http_stop(struct sg_http *h);
+
+/* query parameter or header value (case-insensitive name), NULL when absent */
+const char *sg_http_query(struct sg_http_req *r, const char *key);
+const char *sg_http_header(struct sg_http_req *r, const char *name);
+
+/* sends status with a JSON body (copied; NULL -> "{}"), content-type application/json */
+void sg_http_reply(struct sg_http_req *r, int status, const char *json);
+/* convenience: {"error": msg} */
+void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg);
+
+#endif

@@ -1,0 +1,177 @@
+/* store: the durable state of the host behind one small interface.
+ *
+ * Implementations: store_sqlite.c (embedded default), store_pg.c (later, shared by several hosts).
+ * The engine batches the changes of one loop iteration between begin() and commit() (group commit).
+ * Reads may happen inside or outside a transaction.
+ *
+ * Ownership: rows passed in are borrowed (copied by the store if it keeps them). Rows handed to
+ * callbacks are borrowed for the duration of the callback only. sg_store_saga_row_free() frees a row
+ * filled by get/find.
+ * Times are ms since the epoch (sg_now_ms). JSON columns are text and stored as given. */
+#ifndef SG_STORE_H
+#define SG_STORE_H
+
+#include <stdint.h>
+#include "util.h"
+
+/* Saga statuses, persisted as their text names. */
+enum sg_status {
+  SG_ST_RUNNING = 0,
+  SG_ST_COMPENSATING,
+  SG_ST_COMPLETED,
+  SG_ST_COMPENSATED,
+  SG_ST_COMPENSATION_FAILED,
+};
+const char *sg_status_name(int st);  /* "running", ... */
+int sg_status_parse(const char *s);  /* -1 if unknown */
+#define SG_ST_TERMINAL(st) ((st) >= SG_ST_COMPLETED)
+
+/* Step phases. */
+enum sg_phase { SG_PH_ACTION = 0, SG_PH_COMPENSATE = 1 };
+const char *sg_phase_name(int ph); /* "action", "compensate" */
+
+/* One saga instance (table sagas). */
+struct sg_saga_row {
+  char id[40];        /* uuid */
+  char *type;         /* saga type name */
+  char *def_hash;     /* definition version (content hash of its file) */
+  int status;         /* enum sg_status */
+  int step;           /* index of the current step (0-based); during compensation the step compensated */
+  int phase;          /* enum sg_phase */
+  int attempt;        /* current attempt of the current step/phase, 1-based */
+  char *input;        /* JSON text */
+  char *data;         /* JSON text (ctx.data at the last checkpoint) */
+  char *error;        /* why it gave up/failed, or NULL */
+  char *idem_key;     /* Idempotency-Key given at start, or NULL */
+  int64_t created_at;
+  int64_t updated_at;
+  int64_t deadline;   /* saga timeout due time, 0 = none */
+  int64_t version;    /* optimistic concurrency counter, bumped by every update */
+};
+void sg_store_saga_row_free(struct sg_saga_row *r); /* frees the strings, not r itself */
+
+/* One attempt of an action or compensation (table history). */
+struct sg_hist_row {
+  int64_t id;         /* row id, assigned by hist_insert */
+  const char *saga_id;
+  int step;           /* step index */
+  const char *step_name;
+  int phase;          /* enum sg_phase, or -1 for a saga-level event (operator action, timeout) */
+  int attempt;
+  const char *status; /* "running", "completed", "failed" (or an event name when phase == -1) */
+  int64_t started_at;
+  int64_t finished_at; /* 0 while running */
+  const char *error;  /* NULL unless failed */
+};
+
+/* A journaled durable operation inside one step attempt (table journal). */
+struct sg_journal_row {
+  const char *saga_id;
+  int step, phase, attempt, seq; /* key: the seq-th operation of that attempt, 1-based */
+  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid" */
+  int done;           /* 0 = issued and waiting (call/sleep), 1 = result known */
+  int is_error;       /* result is an error reply */
+  const char *result; /* JSON text, NULL while waiting */
+};
+
+/* A durable timer (table timers). One saga may have several (sleep, retry, timeouts). */
+struct sg_timer_row {
+  int64_t id;         /* assigned by timer_put */
+  const char *saga_id;
+  int64_t due_at;
+  const char *kind;   /* "sleep", "retry", "step_timeout", "saga_timeout", ... */
+  int64_t ref;        /* kind-specific: journal seq for sleep, attempt for retry */
+};
+
+/* A message waiting to be published (table outbox), or received (transport). */
+struct sg_msg {
+  int64_t outbox_id;     /* outbox row id (0 when not from the outbox) */
+  char *message_id;      /* unique and stable across re-sends */
+  char *correlation_id;  /* replies: the command's message_id */
+  char *exchange;        /* "saga.commands", "saga.events" or "" (default exchange, for replies) */
+  char *routing_key;     /* "<service>.<command>", "<topic>.<event>" or the reply queue */
+  char *reply_to;        /* commands expecting a reply, else NULL */
+  char *type;            /* command/event name */
+  char *saga_id, *saga_type; /* headers saga-id, saga-type (NULL for foreign messages) */
+  int step, attempt;     /* headers step, attempt */
+  char *status;          /* replies: "ok" or "error"; else NULL */
+  char *body;            /* JSON text */
+  int64_t created_at;
+};
+void sg_msg_free(struct sg_msg *m); /* frees the strings, not m itself */
+void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src); /* deep copy */
+
+struct sg_saga_filter {
+  int status;          /* -1 = any */
+  const char *type;    /* NULL = any */
+  const char *after;   /* page cursor: id of the last row of the previous page, NULL = start */
+  int limit;           /* max rows */
+};
+
+typedef int (*sg_saga_cb)(void *ud, const struct sg_saga_row *r);  /* return non-zero to stop */
+typedef int (*sg_hist_cb)(void *ud, const struct sg_hist_row *r);
+typedef int (*sg_journal_cb)(void *ud, const struct sg_journal_row *r);
+typedef int (*sg_timer_cb)(void *ud, const struct sg_timer_row *r);
+typedef int (*sg_msg_cb)(void *ud, const struct sg_msg *m);
+typedef int (*sg_def_cb)(void *ud, const char *hash, const char *file, const char *source);
+
+struct sg_store;
+
+/* The interface. Every function returns 0 on success or -1 with e filled, unless noted. */
+struct sg_store_ops {
+  const char *name; /* "sqlite", "postgres" */
+  void (*close)(struct sg_store *s);
+
+  int (*begin)(struct sg_store *s, struct sg_error *e);
+  int (*commit)(struct sg_store *s, struct sg_error *e);
+  int (*rollback)(struct sg_store *s, struct sg_error *e);
+
+  /* definition versions: (hash, file, source); put is a no-op if the hash exists */
+  int (*def_put)(struct sg_store *s, const char *hash, const char *file, const char *source, struct sg_error *e);
+  /* *source is malloc'd, or NULL (and 0 returned) when the hash is unknown */
+  int (*def_get)(struct sg_store *s, const char *hash, char **file, char **source, struct sg_error *e);
+
+  int (*saga_insert)(struct sg_store *s, const struct sg_saga_row *r, struct sg_error *e);
+  /* writes every mutable column (def_hash, status, step, phase, attempt, data, error, updated_at, deadline)
+   * and sets version = r->version; fails with SG_E_CONFLICT if the stored version is not r->version - 1 */
+  int (*saga_update)(struct sg_store *s, const struct sg_saga_row *r, struct sg_error *e);
+  /* returns 1 and fills out if found, 0 if not, -1 on error */
+  int (*saga_get)(struct sg_store *s, const char *id, struct sg_saga_row *out, struct sg_error *e);
+  int (*saga_find_idem)(struct sg_store *s, const char *type, const char *key, struct sg_saga_row *out, struct sg_error *e);
+  /* ordered by id (uuid order is arbitrary but stable, good for paging); created_at is in the row */
+  int (*saga_list)(struct sg_store *s, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud, struct sg_error *e);
+  int (*saga_each_active)(struct sg_store *s, sg_saga_cb cb, void *ud, struct sg_error *e); /* non-terminal */
+
+  int (*hist_insert)(struct sg_store *s, struct sg_hist_row *r, struct sg_error *e); /* sets r->id */
+  int (*hist_finish)(struct sg_store *s, int64_t id, const char *status, int64_t finished_at, const char *error, struct sg_error *e);
+  int (*hist_each)(struct sg_store *s, const char *saga_id, sg_hist_cb cb, void *ud, struct sg_error *e); /* in id order */
+
+  /* insert or replace on (saga_id, step, phase, attempt, seq) */
+  int (*journal_put)(struct sg_store *s, const struct sg_journal_row *r, struct sg_error *e);
+  int (*journal_each)(struct sg_store *s, const char *saga_id, int step, int phase, int attempt, sg_journal_cb cb, void *ud, struct sg_error *e); /* seq order */
+
+  int (*timer_put)(struct sg_store *s, struct sg_timer_row *r, struct sg_error *e); /* sets r->id */
+  int (*timer_del)(struct sg_store *s, int64_t id, struct sg_error *e);
+  int (*timer_each)(struct sg_store *s, sg_timer_cb cb, void *ud, struct sg_error *e); /* all, due order */
+
+  int (*outbox_put)(struct sg_store *s, struct sg_msg *m, struct sg_error *e); /* sets m->outbox_id */
+  int (*outbox_del)(struct sg_store *s, int64_t id, struct sg_error *e);       /* after the confirm */
+  int (*outbox_each)(struct sg_store *s, sg_msg_cb cb, void *ud, struct sg_error *e); /* id order */
+
+  /* inbox: processed message ids with the reply that was sent (so a redelivery re-sends it).
+   * inbox_get returns 1 and *reply (malloc'd, may be NULL) if seen, 0 if not. */
+  int (*inbox_get)(struct sg_store *s, const char *message_id, char **reply_status, char **reply_body, struct sg_error *e);
+  int (*inbox_put)(struct sg_store *s, const char *message_id, const char *reply_status, const char *reply_body, struct sg_error *e);
+
+  /* counters for benchmarks and /healthz */
+  int64_t (*commit_count)(struct sg_store *s);
+};
+
+struct sg_store {
+  const struct sg_store_ops *ops; /* the implementation */
+};
+
+/* Opens (creating and migrating) an SQLite database at path. NULL and e filled on failure. */
+struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e);
+
+#endif

@@ -1,0 +1,60 @@
+/* transport: moves messages between sagas and participants.
+ *
+ * Implementations: transport_local.c (in-process, no broker) and transport_amqp.c (RabbitMQ).
+ * The engine publishes only messages whose outbox rows have committed; the transport calls
+ * on_confirm(outbox_id) once the message is safely with the broker (local: at once), and the engine
+ * then deletes the outbox row. Deliveries go to on_message; the engine calls ack(tag) once the effect
+ * of the message is committed (or nack to dead-letter it with a reason).
+ *
+ * Ownership: messages passed to publish are copied; messages passed to on_message are borrowed for the
+ * duration of the callback. */
+#ifndef SG_TRANSPORT_H
+#define SG_TRANSPORT_H
+
+#include <ev.h>
+#include "store.h"
+
+struct sg_transport;
+
+struct sg_transport_events {
+  void *ud;
+  /* a command for one of our services, a reply to our reply queue, or an event. tag identifies the
+   * delivery for ack/nack. redelivered: the broker has delivered it before. */
+  void (*on_message)(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered);
+  /* the message published with this outbox id is safely stored by the broker */
+  void (*on_confirm)(void *ud, int64_t outbox_id);
+  /* the broker refused it (nack, or returned as unroutable); the engine re-publishes later */
+  void (*on_reject)(void *ud, int64_t outbox_id, const char *why);
+  /* connection (re)established: the engine re-publishes every unconfirmed outbox row */
+  void (*on_ready)(void *ud);
+};
+
+struct sg_transport_ops {
+  const char *name; /* "local", "amqp" */
+  /* start consuming the queue of this service (saga.svc.<service>); may be called before connect */
+  int (*subscribe)(struct sg_transport *t, const char *service, struct sg_error *e);
+  /* make sure the queue of a service we send to exists (declared durable, with its DLQ) */
+  int (*declare_service)(struct sg_transport *t, const char *service, struct sg_error *e);
+  /* hand a committed outbox message over; confirm comes through on_confirm */
+  int (*publish)(struct sg_transport *t, const struct sg_msg *m, struct sg_error *e);
+  void (*ack)(struct sg_transport *t, uint64_t tag);
+  /* reject without requeue: the broker dead-letters it; reason goes into the x-saga-error header
+   * where the transport can do so (AMQP re-publishes to the DLQ with the header, then acks) */
+  void (*nack)(struct sg_transport *t, uint64_t tag, const struct sg_msg *m, const char *reason);
+  /* the queue our replies come to (reply_to of our commands) */
+  const char *(*reply_queue)(struct sg_transport *t);
+  int (*connected)(struct sg_transport *t);
+  void (*close)(struct sg_transport *t); /* stops watchers, frees */
+};
+
+struct sg_transport {
+  const struct sg_transport_ops *ops;
+  struct sg_transport_events ev; /* callbacks into the engine */
+};
+
+struct sg_transport *sg_transport_local_new(struct ev_loop *loop, const struct sg_transport_events *ev);
+/* url: amqp://user:pass@host:port/vhost or amqps://...; host_id names our reply queue */
+struct sg_transport *sg_transport_amqp_new(struct ev_loop *loop, const char *url, const char *host_id,
+                                           const struct sg_transport_events *ev, struct sg_error *e);
+
+#endif

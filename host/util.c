@@ -1,0 +1,184 @@
+/* util: logging, time, ids, buffers. */
+#include "util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int sg_log_level = SG_LOG_INFO;
+
+int sg_errorf(struct sg_error *e, int code, const char *fmt, ...) {
+  if (e) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    e->code = code;
+  }
+  return -1;
+}
+
+int sg_log_parse_level(const char *s) {
+  static const char *names[] = {"debug", "info", "warn", "error"};
+  for (int i = 0; i < 4; i++)
+    if (strcmp(s, names[i]) == 0) return i;
+  return -1;
+}
+
+void sg_log(int level, const char *fmt, ...) {
+  static const char *tags[] = {"debug", "info", "warn", "error"};
+  if (level < sg_log_level) return;
+  char ts[32];
+  sg_iso8601(sg_now_ms(), ts);
+  char line[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "%s %-5s %s\n", ts, tags[level], line);
+}
+
+int64_t sg_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void sg_iso8601(int64_t ms, char out[32]) {
+  time_t secs = (time_t)(ms / 1000);
+  struct tm tm;
+  gmtime_r(&secs, &tm);
+  size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+  snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+}
+
+/* xoshiro256** seeded from /dev/urandom: ids need to be unique, not secret. */
+static uint64_t rng_s[4];
+static int rng_seeded;
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t rng_next(void) {
+  if (!rng_seeded) {
+    int fd = open("/dev/urandom", O_RDONLY);
+    ssize_t got = fd >= 0 ? read(fd, rng_s, sizeof rng_s) : -1;
+    if (fd >= 0) close(fd);
+    if (got != (ssize_t)sizeof rng_s) {
+      rng_s[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+      rng_s[1] = 0x9e3779b97f4a7c15ULL; rng_s[2] = (uint64_t)clock(); rng_s[3] = 0xdeadbeefULL;
+    }
+    rng_seeded = 1;
+  }
+  uint64_t result = rotl(rng_s[1] * 5, 7) * 9, t = rng_s[1] << 17;
+  rng_s[2] ^= rng_s[0]; rng_s[3] ^= rng_s[1]; rng_s[1] ^= rng_s[2]; rng_s[0] ^= rng_s[3];
+  rng_s[2] ^= t; rng_s[3] = rotl(rng_s[3], 45);
+  return result;
+}
+
+void sg_uuid(char out[37]) {
+  uint64_t a = rng_next(), b = rng_next();
+  a = (a & 0xffffffffffff0fffULL) | 0x4000ULL;            /* version 4 */
+  b = (b & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; /* variant 10 */
+  snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)((a >> 16) & 0xffff),
+           (unsigned)(a & 0xffff), (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffULL));
+}
+
+void sg_sha256_hex(const char *data, size_t len, char out[65]) {
+  unsigned char md[32];
+  unsigned int mdlen = 0;
+  EVP_Digest(data, len, md, &mdlen, EVP_sha256(), NULL);
+  for (int i = 0; i < 32; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+void *sg_xmalloc(size_t n) {
+  void *p = malloc(n ? n : 1);
+  if (!p) { fputs("sagahost: out of memory\n", stderr); abort(); }
+  return p;
+}
+void *sg_xcalloc(size_t n, size_t sz) {
+  void *p = calloc(n ? n : 1, sz ? sz : 1);
+  if (!p) { fputs("sagahost: out of memory\n", stderr); abort(); }
+  return p;
+}
+void *sg_xrealloc(void *p, size_t n) {
+  p = realloc(p, n ? n : 1);
+  if (!p) { fputs("sagahost: out of memory\n", stderr); abort(); }
+  return p;
+}
+char *sg_strdup(const char *s) {
+  if (!s) return NULL;
+  size_t n = strlen(s) + 1;
+  return memcpy(sg_xmalloc(n), s, n);
+}
+
+void sg_buf_init(struct sg_buf *b) { b->data = NULL; b->len = b->cap = 0; }
+
+static void buf_reserve(struct sg_buf *b, size_t extra) {
+  if (b->len + extra + 1 <= b->cap) return;
+  size_t cap = b->cap ? b->cap : 64;
+  while (cap < b->len + extra + 1) cap *= 2;
+  b->data = sg_xrealloc(b->data, cap);
+  b->cap = cap;
+}
+void sg_buf_add(struct sg_buf *b, const char *s, size_t n) {
+  buf_reserve(b, n);
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = 0;
+}
+void sg_buf_adds(struct sg_buf *b, const char *s) { sg_buf_add(b, s, strlen(s)); }
+void sg_buf_printf(struct sg_buf *b, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  buf_reserve(b, (size_t)n);
+  va_start(ap, fmt);
+  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+void sg_buf_add_json_str(struct sg_buf *b, const char *s) {
+  if (!s) { sg_buf_adds(b, "null"); return; }
+  sg_buf_add(b, "\"", 1);
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    switch (*p) {
+    case '"': sg_buf_add(b, "\\\"", 2); break;
+    case '\\': sg_buf_add(b, "\\\\", 2); break;
+    case '\n': sg_buf_add(b, "\\n", 2); break;
+    case '\r': sg_buf_add(b, "\\r", 2); break;
+    case '\t': sg_buf_add(b, "\\t", 2); break;
+    default:
+      if (*p < 0x20) sg_buf_printf(b, "\\u%04x", *p);
+      else sg_buf_add(b, (const char *)p, 1);
+    }
+  }
+  sg_buf_add(b, "\"", 1);
+}
+char *sg_buf_steal(struct sg_buf *b) {
+  char *d = b->data ? b->data : sg_strdup("");
+  sg_buf_init(b);
+  return d;
+}
+void sg_buf_free(struct sg_buf *b) { free(b->data); sg_buf_init(b); }
+
+char *sg_read_file(const char *path, size_t *len, struct sg_error *e) {
+  FILE *f = fopen(path, "rb");
+  if (!f) { sg_errorf(e, SG_E_NOTFOUND, "%s: %s", path, strerror(errno)); return NULL; }
+  struct sg_buf b;
+  sg_buf_init(&b);
+  char chunk[8192];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) sg_buf_add(&b, chunk, n);
+  int bad = ferror(f);
+  fclose(f);
+  if (bad) { sg_buf_free(&b); sg_errorf(e, SG_E_INTERNAL, "%s: read error", path); return NULL; }
+  if (len) *len = b.len;
+  return sg_buf_steal(&b);
+}

@@ -1,0 +1,64 @@
+/* util: small helpers shared by every module.
+ * Owns nothing global except the log level. Strings returned by sg_strdup/sg_buf are malloc'd and
+ * freed by the caller with free(). */
+#ifndef SG_UTIL_H
+#define SG_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+
+/* An expected failure: functions return -1 and fill one of these. */
+struct sg_error {
+  char msg[512]; /* what went wrong and where, ready to show a user */
+  int code;      /* SG_E_* class, lets the HTTP layer pick a status */
+};
+
+enum {
+  SG_E_NONE = 0,
+  SG_E_INVALID,   /* bad input from the caller (400) */
+  SG_E_NOTFOUND,  /* unknown id/type (404) */
+  SG_E_CONFLICT,  /* state does not allow it (409) */
+  SG_E_TOOBIG,    /* payload over a limit (413/400) */
+  SG_E_INTERNAL,  /* store or system failure (500) */
+};
+
+int sg_errorf(struct sg_error *e, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4))); /* always returns -1 */
+
+enum { SG_LOG_DEBUG, SG_LOG_INFO, SG_LOG_WARN, SG_LOG_ERROR };
+extern int sg_log_level;
+int sg_log_parse_level(const char *s); /* -1 if unknown */
+void sg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define sg_debug(...) do { if (sg_log_level <= SG_LOG_DEBUG) sg_log(SG_LOG_DEBUG, __VA_ARGS__); } while (0)
+#define sg_info(...) sg_log(SG_LOG_INFO, __VA_ARGS__)
+#define sg_warn(...) sg_log(SG_LOG_WARN, __VA_ARGS__)
+#define sg_err(...) sg_log(SG_LOG_ERROR, __VA_ARGS__)
+
+int64_t sg_now_ms(void);          /* wall clock, ms since the epoch (what is persisted) */
+void sg_iso8601(int64_t ms, char out[32]); /* "2026-11-26T09:20:00.123Z" */
+void sg_uuid(char out[37]);       /* random v4 uuid from /dev/urandom-seeded PRNG */
+void sg_sha256_hex(const char *data, size_t len, char out[65]);
+
+char *sg_strdup(const char *s);   /* NULL-safe, aborts on OOM */
+void *sg_xmalloc(size_t n);       /* aborts on OOM: allocation failure is not recoverable here */
+void *sg_xcalloc(size_t n, size_t sz);
+void *sg_xrealloc(void *p, size_t n);
+
+/* Growable byte buffer; data is always NUL-terminated. */
+struct sg_buf {
+  char *data; /* owned */
+  size_t len; /* bytes used, excluding the NUL */
+  size_t cap; /* bytes allocated */
+};
+void sg_buf_init(struct sg_buf *b);
+void sg_buf_add(struct sg_buf *b, const char *s, size_t n);
+void sg_buf_adds(struct sg_buf *b, const char *s);
+void sg_buf_printf(struct sg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sg_buf_add_json_str(struct sg_buf *b, const char *s); /* adds "s" with JSON escaping; NULL -> null */
+char *sg_buf_steal(struct sg_buf *b); /* returns data, leaves b empty */
+void sg_buf_free(struct sg_buf *b);
+
+char *sg_read_file(const char *path, size_t *len, struct sg_error *e);
+
+#endif
