@@ -1,7 +1,7 @@
 # Turns every lua/*.lua file into a C array: sg_lua_modules[] = { {"saga", "@lua/saga.lua", src, len}, ... }
 file(GLOB files ${SRC_DIR}/*.lua)
 list(SORT files)
-set(out "/* generated from lua/*.lua by cmake/embed_lua.cmake; do not edit */\n#include <stddef.h>\n")
+set(out "/* generated from the lua/ directory by cmake/embed_lua.cmake; do not edit */\n#include <stddef.h>\n")
 set(table "")
 set(i 0)
 foreach(f ${files})

@@ -1,6 +1,9 @@
 /* util: logging, time, ids, buffers. */
 #include "util.h"
 
+/* GCC with UBSan warns about vsnprintf(NULL, 0, ...), the standard way to measure a formatted string */
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -111,6 +114,18 @@ void *sg_xrealloc(void *p, size_t n) {
   if (!p) { fputs("sagahost: out of memory\n", stderr); abort(); }
   return p;
 }
+char *sg_asprintf(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *p = sg_xmalloc((size_t)n + 1);
+  va_start(ap, fmt);
+  vsnprintf(p, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  return p;
+}
+
 char *sg_strdup(const char *s) {
   if (!s) return NULL;
   size_t n = strlen(s) + 1;

@@ -40,6 +40,7 @@ void sg_iso8601(int64_t ms, char out[32]); /* "2026-11-26T09:20:00.123Z" */
 void sg_uuid(char out[37]);       /* random v4 uuid from /dev/urandom-seeded PRNG */
 void sg_sha256_hex(const char *data, size_t len, char out[65]);
 
+char *sg_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* malloc'd */
 char *sg_strdup(const char *s);   /* NULL-safe, aborts on OOM */
 void *sg_xmalloc(size_t n);       /* aborts on OOM: allocation failure is not recoverable here */
 void *sg_xcalloc(size_t n, size_t sz);

@@ -1,0 +1,287 @@
+/* api: the JSON HTTP API routes (on http.c), reading through the store and acting through the engine.
+ *
+ * Every answer waits for the group commit: a start is answered once it is durable, and reads run after
+ * the commit, outside any transaction, so they only ever show committed state. */
+#include "api.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+
+struct sg_api {
+  struct sg_engine *en;
+  struct sg_store *store;
+  struct sg_script *sc;
+  struct sg_http *http;
+};
+
+/* A request waiting for the commit. */
+struct pending {
+  struct sg_api *api;
+  struct sg_http_req *req;
+  char id[40];     /* start: the saga id */
+  int existed;     /* start: the idempotency key was known */
+};
+
+static int status_for(int code) {
+  switch (code) {
+  case SG_E_INVALID: return 400;
+  case SG_E_NOTFOUND: return 404;
+  case SG_E_CONFLICT: return 409;
+  case SG_E_TOOBIG: return 413;
+  default: return 500;
+  }
+}
+
+static void add_time(struct sg_buf *b, const char *key, int64_t ms) {
+  sg_buf_printf(b, ",\"%s\":", key);
+  if (ms <= 0) { sg_buf_adds(b, "null"); return; }
+  char ts[32];
+  sg_iso8601(ms, ts);
+  sg_buf_add_json_str(b, ts);
+}
+
+static void saga_summary(struct sg_buf *b, const struct sg_saga_row *r) {
+  sg_buf_adds(b, "{\"id\":"); sg_buf_add_json_str(b, r->id);
+  sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, r->type);
+  sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, sg_status_name(r->status));
+  sg_buf_adds(b, ",\"definition_version\":"); sg_buf_add_json_str(b, r->def_hash);
+  add_time(b, "created_at", r->created_at);
+  add_time(b, "updated_at", r->updated_at);
+}
+
+static int hist_cb(void *ud, const struct sg_hist_row *h) {
+  struct sg_buf *b = ud;
+  if (b->data[b->len - 1] != '[') sg_buf_adds(b, ",");
+  sg_buf_adds(b, "{\"name\":"); sg_buf_add_json_str(b, h->step_name);
+  if (h->phase < 0) {
+    sg_buf_adds(b, ",\"phase\":\"saga\",\"event\":"); sg_buf_add_json_str(b, h->status);
+    sg_buf_adds(b, ",\"status\":\"completed\"");
+  } else {
+    sg_buf_adds(b, ",\"phase\":"); sg_buf_add_json_str(b, sg_phase_name(h->phase));
+    sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, h->status);
+  }
+  sg_buf_printf(b, ",\"step\":%d,\"attempt\":%d", h->step + 1, h->attempt);
+  add_time(b, "started_at", h->started_at);
+  add_time(b, "finished_at", h->finished_at);
+  sg_buf_adds(b, ",\"error\":"); sg_buf_add_json_str(b, h->error);
+  sg_buf_adds(b, "}");
+  return 0;
+}
+
+static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id) {
+  struct sg_saga_row r = {0};
+  struct sg_error e = {0};
+  int found = api->store->ops->saga_get(api->store, id, &r, &e);
+  if (found < 0) { sg_http_reply_error(req, 500, e.msg); return; }
+  if (!found) {
+    char msg[200];
+    snprintf(msg, sizeof msg, "no saga with id '%.80s'", id);
+    sg_http_reply_error(req, 404, msg);
+    return;
+  }
+  struct sg_buf b;
+  sg_buf_init(&b);
+  saga_summary(&b, &r);
+  sg_buf_adds(&b, ",\"input\":"); sg_buf_adds(&b, r.input ? r.input : "null");
+  sg_buf_adds(&b, ",\"data\":"); sg_buf_adds(&b, r.data ? r.data : "null");
+  sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, r.error);
+  sg_buf_adds(&b, ",\"idempotency_key\":"); sg_buf_add_json_str(&b, r.idem_key);
+  sg_buf_adds(&b, ",\"steps\":[");
+  if (api->store->ops->hist_each(api->store, id, hist_cb, &b, &e) < 0) {
+    sg_buf_free(&b);
+    sg_store_saga_row_free(&r);
+    sg_http_reply_error(req, 500, e.msg);
+    return;
+  }
+  sg_buf_adds(&b, "]}");
+  sg_http_reply(req, 200, b.data);
+  sg_buf_free(&b);
+  sg_store_saga_row_free(&r);
+}
+
+struct list_ctx { struct sg_buf *b; int n; char last[40]; };
+
+static int list_cb(void *ud, const struct sg_saga_row *r) {
+  struct list_ctx *lc = ud;
+  if (lc->n++) sg_buf_adds(lc->b, ",");
+  saga_summary(lc->b, r);
+  sg_buf_adds(lc->b, ",\"error\":"); sg_buf_add_json_str(lc->b, r->error);
+  sg_buf_adds(lc->b, "}");
+  snprintf(lc->last, sizeof lc->last, "%s", r->id);
+  return 0;
+}
+
+static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
+  struct sg_saga_filter f = { -1, NULL, NULL, 100 };
+  const char *st = sg_http_query(req, "status");
+  if (st && *st) {
+    f.status = sg_status_parse(st);
+    if (f.status < 0) {
+      sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated or compensation_failed)");
+      return;
+    }
+  }
+  const char *type = sg_http_query(req, "type");
+  if (type && *type) f.type = type;
+  const char *after = sg_http_query(req, "after");
+  if (after && *after) f.after = after;
+  const char *lim = sg_http_query(req, "limit");
+  if (lim && *lim) {
+    char *end;
+    long l = strtol(lim, &end, 10);
+    if (*end || l < 1 || l > 1000) { sg_http_reply_error(req, 400, "limit must be an integer from 1 to 1000"); return; }
+    f.limit = (int)l;
+  }
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"sagas\":[");
+  struct list_ctx lc = { &b, 0, "" };
+  struct sg_error e = {0};
+  if (api->store->ops->saga_list(api->store, &f, list_cb, &lc, &e) < 0) {
+    sg_buf_free(&b);
+    sg_http_reply_error(req, 500, e.msg);
+    return;
+  }
+  sg_buf_adds(&b, "],\"next\":");
+  sg_buf_add_json_str(&b, lc.n == f.limit ? lc.last : NULL);
+  sg_buf_adds(&b, "}");
+  sg_http_reply(req, 200, b.data);
+  sg_buf_free(&b);
+}
+
+static void healthz(struct sg_api *api, struct sg_http_req *req) {
+  struct sg_engine_stats st;
+  sg_engine_stats(api->en, &st);
+  char buf[512];
+  snprintf(buf, sizeof buf,
+           "{\"status\":\"ok\",\"live_sagas\":%" PRId64 ",\"coroutines\":%" PRId64 ",\"timers\":%" PRId64
+           ",\"started\":%" PRId64 ",\"completed\":%" PRId64 ",\"compensated\":%" PRId64
+           ",\"compensation_failed\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu}",
+           st.live, st.coroutines, st.timers, st.started, st.completed, st.compensated, st.compensation_failed,
+           st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc));
+  sg_http_reply(req, 200, buf);
+}
+
+/* after the commit: answer a start, or serve a read */
+static void on_start_committed(void *ud, int status) {
+  struct pending *p = ud;
+  if (status < 0) {
+    sg_http_reply_error(p->req, 500, "the store could not commit the start; it did not happen");
+  } else {
+    char buf[128];
+    snprintf(buf, sizeof buf, "{\"id\":\"%s\",\"existing\":%s}", p->id, p->existed ? "true" : "false");
+    sg_http_reply(p->req, p->existed ? 200 : 201, buf);
+  }
+  free(p);
+}
+
+static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *type) {
+  json_error_t jerr;
+  const char *body = req->body_len ? req->body : "{}";
+  json_t *j = json_loadb(body, req->body_len ? req->body_len : 2, JSON_DECODE_ANY, &jerr);
+  if (!j) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "malformed JSON input at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+    sg_http_reply_error(req, 400, msg);
+    return;
+  }
+  int is_obj = json_is_object(j);
+  json_decref(j);
+  if (!is_obj) { sg_http_reply_error(req, 400, "the saga input must be a JSON object"); return; }
+  const char *key = sg_http_header(req, "Idempotency-Key");
+  if (key && (!*key || strlen(key) > 200)) {
+    sg_http_reply_error(req, 400, "Idempotency-Key must be 1 to 200 characters");
+    return;
+  }
+  struct pending *p = sg_xcalloc(1, sizeof *p);
+  p->api = api;
+  p->req = req;
+  struct sg_error e = {0};
+  if (sg_engine_start(api->en, type, body, key, p->id, &p->existed, &e) < 0) {
+    free(p);
+    sg_http_reply_error(req, status_for(e.code), e.msg);
+    return;
+  }
+  sg_engine_after_commit(api->en, on_start_committed, p);
+}
+
+static void on_read_committed(void *ud, int status);
+
+static int split_path(const char *path, char parts[4][256]) {
+  int n = 0;
+  const char *p = path;
+  while (*p == '/') p++;
+  while (*p && n < 4) {
+    const char *s = strchr(p, '/');
+    size_t len = s ? (size_t)(s - p) : strlen(p);
+    if (len >= 256) return -1;
+    memcpy(parts[n], p, len);
+    parts[n][len] = 0;
+    n++;
+    if (!s) break;
+    p = s + 1;
+  }
+  if (*p && strchr(p, '/') && n == 4) return -1;
+  return n;
+}
+
+static void route(void *ud, struct sg_http_req *req) {
+  struct sg_api *api = ud;
+  int is_get = strcmp(req->method, "GET") == 0, is_post = strcmp(req->method, "POST") == 0;
+  char parts[4][256];
+  int n = split_path(req->path, parts);
+  if (n >= 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "sagas") == 0) {
+    if (n == 3 && is_post) { start_saga(api, req, parts[2]); return; }
+    if ((n == 2 || n == 3) && is_get) {
+      struct pending *p = sg_xcalloc(1, sizeof *p);
+      p->api = api;
+      p->req = req;
+      sg_engine_after_commit(api->en, on_read_committed, p);
+      return;
+    }
+    if (n == 2 || n == 3) { sg_http_reply_error(req, 405, "method not allowed"); return; }
+  }
+  if (n == 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "definitions") == 0) {
+    if (!is_get) { sg_http_reply_error(req, 405, "method not allowed"); return; }
+    char *json = sg_script_definitions_json(api->sc);
+    sg_http_reply(req, 200, json);
+    free(json);
+    return;
+  }
+  if (n == 1 && strcmp(parts[0], "healthz") == 0) { healthz(api, req); return; }
+  char msg[300];
+  snprintf(msg, sizeof msg, "no route for %s %.200s", req->method, req->path);
+  sg_http_reply_error(req, 404, msg);
+}
+
+static void on_read_committed(void *ud, int status) {
+  struct pending *p = ud;
+  char parts[4][256];
+  int n = split_path(p->req->path, parts);
+  if (n == 2) list_sagas(p->api, p->req);
+  else get_saga(p->api, p->req, parts[2]);
+  free(p);
+}
+
+struct sg_api *sg_api_start(struct ev_loop *loop, const char *listen, size_t max_body, struct sg_engine *en,
+                            struct sg_store *store, struct sg_script *sc, struct sg_error *e) {
+  struct sg_api *api = sg_xcalloc(1, sizeof *api);
+  api->en = en;
+  api->store = store;
+  api->sc = sc;
+  api->http = sg_http_start(loop, listen, max_body, route, api, e);
+  if (!api->http) { free(api); return NULL; }
+  return api;
+}
+
+int sg_api_port(struct sg_api *api) { return sg_http_port(api->http); }
+
+void sg_api_stop(struct sg_api *api) {
+  if (!api) return;
+  sg_http_stop(api->http);
+  free(api);
+}

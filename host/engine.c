@@ -1,0 +1,962 @@
+/* engine: the saga state machine, group commit, durable timers, outbox and inbox.
+ *
+ * Everything a saga does in one loop iteration is written into one open store transaction; the
+ * ev_prepare watcher flushes the changed saga rows, commits, and only then publishes the outbox,
+ * acks the deliveries whose effects were committed and answers the requests waiting for durability.
+ * A crash at any point leaves the store at the last commit, from which sg_engine_recover resumes. */
+#include "engine.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "map.h"
+#include "timers.h"
+
+enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT };
+static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout"};
+
+static int tm_parse(const char *s) {
+  for (int i = 1; i <= TM_CALL_TIMEOUT; i++)
+    if (strcmp(s, tm_names[i]) == 0) return i;
+  return 0;
+}
+
+/* One journaled operation of the current attempt. */
+struct jent {
+  int seq;      /* 1-based position in the attempt */
+  int done;     /* result known */
+  int is_error; /* result is an error reply */
+  char *result; /* JSON, NULL while waiting */
+};
+
+struct sg_saga {
+  struct sg_saga_row row;    /* the persisted state (written at the commit when dirty) */
+  const struct sg_def *def;  /* the version it runs on */
+  int co;                    /* runner coroutine handle, 0 = none (not started, or evicted) */
+  int seq;                   /* operations the current run has issued (replay cursor) */
+  int wait_seq;              /* operation it is parked on, 0 = not parked on one */
+  struct jent *journal;      /* the current attempt's journal, by seq order */
+  int njournal, capjournal;
+  int64_t hist_id;           /* history row of the running attempt, 0 = unknown/none */
+  struct sg_timer *t_wait;   /* sleep or call timeout */
+  struct sg_timer *t_retry;  /* next attempt */
+  struct sg_timer *t_step;   /* attempt timeout */
+  struct sg_timer *t_saga;   /* saga deadline */
+  int dirty;                 /* row changed in this batch */
+  int terminal;              /* reached a terminal status in this batch: freed after the commit */
+  int inserted;              /* inserted in this batch (counts as started after the commit) */
+  struct sg_saga *next_dirty;
+};
+
+/* A deferred after-commit action. */
+struct pending_cb {
+  sg_committed_cb cb;
+  void *ud;
+};
+
+/* A delivery to ack once its effect is committed. */
+struct pending_ack {
+  uint64_t tag;
+};
+
+struct sg_engine {
+  struct ev_loop *loop;
+  struct sg_store *store;
+  struct sg_runner runner;
+  struct sg_engine_config cfg;
+  struct sg_transport *tr;
+  struct sg_timers *timers;
+  ev_prepare prepare;        /* group commit point */
+  struct sg_map sagas;       /* id -> struct sg_saga*, the live (non-terminal) ones */
+  int in_txn;                /* a store transaction is open */
+  int broken;                /* a commit failed: the loop was stopped, state must be recovered */
+  struct sg_saga *dirty;     /* sagas to flush before the commit */
+  struct sg_saga **done;     /* terminal in this batch, freed after the commit */
+  size_t ndone, capdone;
+  struct sg_msg *out;        /* messages written to the outbox in this batch */
+  size_t nout, capout;
+  struct pending_ack *acks;  size_t nacks, capacks;
+  struct pending_cb *cbs;    size_t ncbs, capcbs;
+  int64_t *confirmed;        /* outbox ids to delete in the next batch */
+  size_t nconfirmed, capconfirmed;
+  int republish;             /* transport (re)connected: publish the whole outbox after the commit */
+  sg_terminal_cb on_terminal;
+  void *on_terminal_ud;
+  struct sg_engine_stats st;
+};
+
+#define PUSH(arr, n, cap, val) do {                                   \
+    if ((n) == (cap)) {                                               \
+      (cap) = (cap) ? (cap) * 2 : 16;                                 \
+      (arr) = sg_xrealloc((arr), (cap) * sizeof *(arr));              \
+    }                                                                 \
+    (arr)[(n)++] = (val);                                             \
+  } while (0)
+
+static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
+static void begin_attempt(struct sg_engine *en, struct sg_saga *s);
+
+void sg_run_out_clear(struct sg_run_out *o) {
+  free(o->data); free(o->op); free(o->a); free(o->b); free(o->c); free(o->d); free(o->error);
+  memset(o, 0, sizeof *o);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the batch */
+
+/* A store failure inside the loop: the in-memory state can no longer be trusted to match the store,
+ * so stop the loop; main exits non-zero and a restart recovers from the last commit. */
+static void fatal_store(struct sg_engine *en, const char *what, struct sg_error *e) {
+  sg_err("store failure (%s): %s; stopping so that a restart recovers from the last commit", what, e->msg);
+  en->broken = 1;
+  ev_break(en->loop, EVBREAK_ALL);
+}
+
+static int txn(struct sg_engine *en) {
+  if (en->in_txn) return 0;
+  struct sg_error e = {0};
+  if (en->store->ops->begin(en->store, &e) < 0) { fatal_store(en, "begin", &e); return -1; }
+  en->in_txn = 1;
+  return 0;
+}
+
+#define STORE(en, call, what) do {                               \
+    struct sg_error e_ = {0};                                    \
+    if (txn(en) == 0 && (call) < 0) fatal_store((en), (what), &e_); \
+  } while (0)
+#define SE (&e_)
+
+static void mark_dirty(struct sg_engine *en, struct sg_saga *s) {
+  s->row.updated_at = sg_now_ms();
+  if (s->dirty) return;
+  s->dirty = 1;
+  s->next_dirty = en->dirty;
+  en->dirty = s;
+}
+
+static void journal_clear(struct sg_saga *s) {
+  for (int i = 0; i < s->njournal; i++) free(s->journal[i].result);
+  s->njournal = 0;
+}
+
+static struct jent *journal_find(struct sg_saga *s, int seq) {
+  for (int i = s->njournal - 1; i >= 0; i--)
+    if (s->journal[i].seq == seq) return &s->journal[i];
+  return NULL;
+}
+
+static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
+  if (s->njournal == s->capjournal) {
+    s->capjournal = s->capjournal ? s->capjournal * 2 : 4;
+    s->journal = sg_xrealloc(s->journal, (size_t)s->capjournal * sizeof *s->journal);
+  }
+  struct jent *j = &s->journal[s->njournal++];
+  j->seq = seq; j->done = done; j->is_error = is_error; j->result = sg_strdup(result);
+  return j;
+}
+
+static void journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j) {
+  struct sg_journal_row r = {
+    .saga_id = s->row.id, .step = s->row.step, .phase = s->row.phase, .attempt = s->row.attempt,
+    .seq = j->seq, .kind = kind, .done = j->done, .is_error = j->is_error, .result = j->result,
+  };
+  STORE(en, en->store->ops->journal_put(en->store, &r, SE), "journal");
+}
+
+static struct sg_timer *timer_new(struct sg_engine *en, struct sg_saga *s, int kind, int64_t due, int64_t ref) {
+  struct sg_timer *t = sg_xcalloc(1, sizeof *t);
+  t->due = due; t->kind = kind; t->ref = ref; t->owner = s; t->idx = SIZE_MAX;
+  struct sg_timer_row r = { .saga_id = s->row.id, .due_at = due, .kind = tm_names[kind], .ref = ref };
+  STORE(en, en->store->ops->timer_put(en->store, &r, SE), "timer");
+  t->id = r.id;
+  sg_timers_add(en->timers, t);
+  return t;
+}
+
+/* Removes a timer from the heap and the store; *slot is cleared. */
+static void timer_cancel(struct sg_engine *en, struct sg_timer **slot) {
+  struct sg_timer *t = *slot;
+  if (!t) return;
+  sg_timers_remove(en->timers, t);
+  STORE(en, en->store->ops->timer_del(en->store, t->id, SE), "timer delete");
+  free(t);
+  *slot = NULL;
+}
+
+static void msg_id_for(const struct sg_saga *s, int seq, char *out, size_t n) {
+  snprintf(out, n, "%s.%d.%c.%d.%d", s->row.id, s->row.step, s->row.phase == SG_PH_ACTION ? 'a' : 'c',
+           s->row.attempt, seq);
+}
+
+/* Writes a message to the outbox; it is published after the commit. Takes ownership of m's strings. */
+static void outbox_add(struct sg_engine *en, struct sg_msg *m) {
+  m->created_at = sg_now_ms();
+  STORE(en, en->store->ops->outbox_put(en->store, m, SE), "outbox");
+  PUSH(en->out, en->nout, en->capout, *m);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* saga lifecycle */
+
+static const char *step_name(const struct sg_saga *s) {
+  if (!s->def || s->row.step < 0 || s->row.step >= s->def->nsteps) return "?";
+  return s->def->steps[s->row.step].name;
+}
+
+static void drop_co(struct sg_engine *en, struct sg_saga *s) {
+  if (s->co) {
+    en->runner.drop(en->runner.ud, s->co);
+    s->co = 0;
+    en->st.coroutines--;
+  }
+}
+
+static void saga_free(struct sg_saga *s) {
+  journal_clear(s);
+  free(s->journal);
+  sg_store_saga_row_free(&s->row);
+  free(s->t_wait); free(s->t_retry); free(s->t_step); free(s->t_saga);
+  free(s);
+}
+
+/* Finds the history row of the running attempt (after a restart the id is not in memory). */
+struct hist_find { int step, phase, attempt; int64_t id; };
+static int hist_find_cb(void *ud, const struct sg_hist_row *r) {
+  struct hist_find *f = ud;
+  if (r->step == f->step && r->phase == f->phase && r->attempt == f->attempt && strcmp(r->status, "running") == 0)
+    f->id = r->id;
+  return 0;
+}
+
+static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  if (!s->hist_id) {
+    struct hist_find f = { s->row.step, s->row.phase, s->row.attempt, 0 };
+    struct sg_error e = {0};
+    if (txn(en) == 0) en->store->ops->hist_each(en->store, s->row.id, hist_find_cb, &f, &e);
+    s->hist_id = f.id;
+    if (!s->hist_id) return;
+  }
+  STORE(en, en->store->ops->hist_finish(en->store, s->hist_id, status, sg_now_ms(), error, SE), "history");
+  s->hist_id = 0;
+}
+
+/* A saga-level event in the history (timeouts, operator actions). */
+static void hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, const char *detail) {
+  int64_t now = sg_now_ms();
+  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s), .phase = -1,
+                           .attempt = s->row.attempt, .status = event, .started_at = now, .finished_at = now,
+                           .error = detail };
+  STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
+}
+
+static void finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error) {
+  s->row.status = status;
+  if (error) { free(s->row.error); s->row.error = sg_strdup(error); }
+  drop_co(en, s);
+  timer_cancel(en, &s->t_wait);
+  timer_cancel(en, &s->t_retry);
+  timer_cancel(en, &s->t_step);
+  timer_cancel(en, &s->t_saga);
+  journal_clear(s);
+  mark_dirty(en, s);
+  if (!s->terminal) {
+    s->terminal = 1;
+    PUSH(en->done, en->ndone, en->capdone, s);
+  }
+  sg_info("saga %s %s %s%s%s", s->row.type, s->row.id, sg_status_name(status), error ? ": " : "", error ? error : "");
+}
+
+/* Starts compensating from step `from` downwards (the completed steps, in reverse order). */
+static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
+  int j = from;
+  while (j >= 0 && !s->def->steps[j].has_compensate) j--;
+  s->row.status = SG_ST_COMPENSATING;
+  if (j < 0) { finish(en, s, SG_ST_COMPENSATED, NULL); return; }
+  s->row.step = j;
+  s->row.phase = SG_PH_COMPENSATE;
+  s->row.attempt = 1;
+  mark_dirty(en, s);
+  begin_attempt(en, s);
+}
+
+/* The forward path gives up: compensate what completed. */
+static void give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
+  free(s->row.error);
+  s->row.error = sg_asprintf("step %s: %s", step_name(s), why);
+  timer_cancel(en, &s->t_saga);
+  sg_info("saga %s %s gives up at step %s: %s; compensating", s->row.type, s->row.id, step_name(s), why);
+  compensate_from(en, s, s->row.step - 1);
+}
+
+static int64_t retry_delay(const struct sg_retry *p, int attempt) {
+  double d = (double)p->initial_ms;
+  if (p->exponential)
+    for (int i = 1; i < attempt; i++) { d *= p->multiplier; if (d >= (double)p->max_ms) break; }
+  if (d > (double)p->max_ms) d = (double)p->max_ms;
+  if (p->jitter) d = d / 2 + (double)(rand() % 1000) / 1000.0 * d / 2;
+  return (int64_t)d;
+}
+
+/* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
+static void end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  drop_co(en, s);
+  hist_finish(en, s, status, error);
+  timer_cancel(en, &s->t_step);
+  timer_cancel(en, &s->t_wait);
+  journal_clear(s);
+  s->seq = 0;
+  s->wait_seq = 0;
+}
+
+static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, int retryable) {
+  end_attempt(en, s, "failed", err);
+  const struct sg_def_step *ds = &s->def->steps[s->row.step];
+  const struct sg_retry *p = s->row.phase == SG_PH_ACTION ? &ds->retry : &ds->comp_retry;
+  sg_info("saga %s %s: %s %s attempt %d failed: %s", s->row.type, s->row.id, ds->name,
+          sg_phase_name(s->row.phase), s->row.attempt, err);
+  if (retryable && s->row.attempt < p->attempts) {
+    int64_t delay = retry_delay(p, s->row.attempt);
+    s->t_retry = timer_new(en, s, TM_RETRY, sg_now_ms() + delay, s->row.attempt + 1);
+    mark_dirty(en, s);
+    return;
+  }
+  if (s->row.phase == SG_PH_ACTION) {
+    give_up(en, s, err);
+  } else {
+    char *why = sg_asprintf("compensation of step %s failed after %d attempt(s): %s", ds->name, s->row.attempt, err);
+    finish(en, s, SG_ST_COMPENSATION_FAILED, why);
+    free(why);
+  }
+}
+
+static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
+  end_attempt(en, s, "completed", NULL);
+  if (data) {
+    if (en->cfg.max_payload > 0 && (int64_t)strlen(data) > en->cfg.max_payload) {
+      /* the step's work happened but its state cannot be kept: treat as a non-retryable failure */
+      char *why = sg_asprintf("ctx.data is %zu bytes, over the limit of %" PRId64 " bytes", strlen(data), en->cfg.max_payload);
+      free(data);
+      give_up(en, s, why);
+      free(why);
+      return;
+    }
+    free(s->row.data);
+    s->row.data = data;
+  }
+  mark_dirty(en, s);
+  if (s->row.phase == SG_PH_ACTION) {
+    if (s->row.step + 1 >= s->def->nsteps) { finish(en, s, SG_ST_COMPLETED, NULL); return; }
+    s->row.step++;
+    s->row.attempt = 1;
+    begin_attempt(en, s);
+  } else {
+    compensate_from(en, s, s->row.step - 1);
+  }
+}
+
+static void begin_attempt(struct sg_engine *en, struct sg_saga *s) {
+  const struct sg_def_step *ds = &s->def->steps[s->row.step];
+  int64_t now = sg_now_ms();
+  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = ds->name, .phase = s->row.phase,
+                           .attempt = s->row.attempt, .status = "running", .started_at = now };
+  STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
+  s->hist_id = h.id;
+  if (ds->timeout_ms > 0) s->t_step = timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
+  journal_clear(s);
+  s->seq = 0;
+  s->wait_seq = 0;
+  mark_dirty(en, s);
+  struct sg_run_out out = {0};
+  struct sg_error e = {0};
+  drop_co(en, s);
+  if (en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e) < 0) {
+    step_failed(en, s, e.msg, 0);
+    return;
+  }
+  en->st.coroutines++;
+  process(en, s, &out);
+}
+
+/* Re-runs the current attempt from its start; the journal answers what already happened. */
+static void replay(struct sg_engine *en, struct sg_saga *s) {
+  struct sg_run_out out = {0};
+  struct sg_error e = {0};
+  s->seq = 0;
+  s->wait_seq = 0;
+  drop_co(en, s);
+  if (en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e) < 0) {
+    step_failed(en, s, e.msg, 0);
+    return;
+  }
+  en->st.coroutines++;
+  process(en, s, &out);
+}
+
+/* Continues a parked saga whose operation `seq` now has its result. */
+static void wake(struct sg_engine *en, struct sg_saga *s, struct jent *j) {
+  s->wait_seq = 0;
+  timer_cancel(en, &s->t_wait);
+  if (!s->co) { replay(en, s); return; }
+  struct sg_run_out out = {0};
+  if (en->runner.resume(en->runner.ud, s->co, !j->is_error, j->result, &out) < 0) {
+    step_failed(en, s, "the step's coroutine could not be resumed", 0);
+    return;
+  }
+  process(en, s, &out);
+}
+
+static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
+  m->saga_id = sg_strdup(s->row.id);
+  m->saga_type = sg_strdup(s->row.type);
+  m->step = s->row.step;
+  m->attempt = s->row.attempt;
+}
+
+/* Carries out one durable operation the step yielded. Returns 1 if the saga parked, 0 if *result
+ * holds an immediate result to resume with. */
+static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                   char **err) {
+  char idbuf[128];
+  const char *kind = op->op;
+  if (strcmp(kind, "now") == 0 || strcmp(kind, "uuid") == 0) {
+    char buf[64];
+    if (kind[0] == 'n') snprintf(buf, sizeof buf, "%" PRId64, sg_now_ms());
+    else { char u[37]; sg_uuid(u); snprintf(buf, sizeof buf, "\"%s\"", u); }
+    struct jent *j = journal_add(s, seq, 1, 0, buf);
+    journal_write(en, s, kind, j);
+    *result = sg_strdup(buf);
+    return 0;
+  }
+  int is_call = strcmp(kind, "call") == 0, is_send = strcmp(kind, "send") == 0;
+  if (is_call || is_send || strcmp(kind, "publish") == 0) {
+    const char *payload = op->c ? op->c : "{}";
+    if (en->cfg.max_payload > 0 && (int64_t)strlen(payload) > en->cfg.max_payload) {
+      *err = sg_asprintf("ctx:%s %s.%s: payload is %zu bytes, over the limit of %" PRId64 " bytes", kind, op->a,
+                         op->b, strlen(payload), en->cfg.max_payload);
+      return -1;
+    }
+    msg_id_for(s, seq, idbuf, sizeof idbuf);
+    struct sg_msg m = {0};
+    m.message_id = sg_strdup(idbuf);
+    m.correlation_id = sg_strdup(idbuf);
+    m.exchange = sg_strdup(is_call || is_send ? "saga.commands" : "saga.events");
+    m.routing_key = sg_asprintf("%s.%s", op->a, op->b);
+    m.type = sg_strdup(op->b);
+    m.body = sg_strdup(payload);
+    if (is_call) m.reply_to = sg_strdup(en->tr->ops->reply_queue(en->tr));
+    fill_saga_headers(&m, s);
+    if (is_call || is_send) {
+      struct sg_error e = {0};
+      if (en->tr->ops->declare_service(en->tr, op->a, &e) < 0) sg_warn("declare %s: %s", op->a, e.msg);
+    }
+    outbox_add(en, &m);
+    struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
+    journal_write(en, s, kind, j);
+    if (!is_call) { *result = sg_strdup("null"); return 0; }
+    int64_t timeout_ms = 0;
+    if (op->d) {
+      const char *p = strstr(op->d, "\"timeout_ms\":");
+      if (p) timeout_ms = strtoll(p + 13, NULL, 10);
+    }
+    if (timeout_ms > 0) s->t_wait = timer_new(en, s, TM_CALL_TIMEOUT, sg_now_ms() + timeout_ms, seq);
+    return 1;
+  }
+  if (strcmp(kind, "sleep") == 0) {
+    int64_t ms = op->a ? strtoll(op->a, NULL, 10) : 0;
+    char due[32];
+    snprintf(due, sizeof due, "%" PRId64, sg_now_ms() + ms);
+    struct jent *j = journal_add(s, seq, 0, 0, NULL);
+    journal_write(en, s, kind, j);
+    s->t_wait = timer_new(en, s, TM_SLEEP, sg_now_ms() + ms, seq);
+    return 1;
+  }
+  *err = sg_asprintf("unknown durable operation '%s'", kind);
+  return -1;
+}
+
+/* Drives a saga with what its step run produced until it parks, finishes its step or fails. */
+static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out) {
+  for (;;) {
+    switch (out->result) {
+    case SG_RUN_DONE: {
+      char *data = out->data;
+      out->data = NULL;
+      sg_run_out_clear(out);
+      step_done(en, s, data);
+      return;
+    }
+    case SG_RUN_ERROR:
+    case SG_RUN_FAIL: {
+      char *err = out->error ? out->error : sg_strdup("step failed");
+      out->error = NULL;
+      int retryable = out->result == SG_RUN_ERROR && out->retryable;
+      sg_run_out_clear(out);
+      step_failed(en, s, err, retryable);
+      free(err);
+      return;
+    }
+    case SG_RUN_OP: {
+      int seq = ++s->seq;
+      struct jent *j = journal_find(s, seq);
+      int ok = 1;
+      char *result = NULL, *err = NULL;
+      if (j && !j->done) { /* issued before (replay): keep waiting for it */
+        s->wait_seq = seq;
+        sg_run_out_clear(out);
+        return;
+      }
+      if (j) {
+        ok = !j->is_error;
+        result = sg_strdup(j->result);
+      } else {
+        int r = perform(en, s, out, seq, &result, &err);
+        if (r == 1) { s->wait_seq = seq; sg_run_out_clear(out); return; }
+        if (r < 0) {
+          sg_run_out_clear(out);
+          step_failed(en, s, err, 0);
+          free(err);
+          return;
+        }
+      }
+      sg_run_out_clear(out);
+      int rc = en->runner.resume(en->runner.ud, s->co, ok, result ? result : "null", out);
+      free(result);
+      if (rc < 0) { step_failed(en, s, "the step's coroutine could not be resumed", 0); return; }
+      break;
+    }
+    default:
+      sg_run_out_clear(out);
+      step_failed(en, s, "runner returned an unknown result", 0);
+      return;
+    }
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* timers */
+
+static void on_timer_fire(void *ud, struct sg_timer *t) {
+  struct sg_engine *en = ud;
+  struct sg_saga *s = t->owner;
+  /* the timer has left the heap; detach it from its saga and delete its row */
+  struct sg_timer **slot = s->t_wait == t ? &s->t_wait : s->t_retry == t ? &s->t_retry
+                         : s->t_step == t ? &s->t_step : s->t_saga == t ? &s->t_saga : NULL;
+  int kind = t->kind;
+  int64_t ref = t->ref;
+  if (slot) timer_cancel(en, slot); else free(t);
+  if (s->terminal || en->broken) return;
+  char buf[160];
+  switch (kind) {
+  case TM_SLEEP:
+  case TM_CALL_TIMEOUT: {
+    struct jent *j = journal_find(s, (int)ref);
+    if (!j || j->done) return;
+    j->done = 1;
+    if (kind == TM_CALL_TIMEOUT) {
+      j->is_error = 1;
+      j->result = sg_strdup("{\"error\":\"timed out waiting for the reply\",\"retryable\":true}");
+    } else {
+      j->result = sg_strdup("null");
+    }
+    journal_write(en, s, kind == TM_SLEEP ? "sleep" : "call", j);
+    if (s->wait_seq == (int)ref) wake(en, s, j);
+    return;
+  }
+  case TM_RETRY:
+    s->row.attempt = (int)ref;
+    begin_attempt(en, s);
+    return;
+  case TM_STEP_TIMEOUT:
+    if (s->row.attempt != (int)ref || s->t_retry) return;
+    snprintf(buf, sizeof buf, "timeout: attempt took longer than %" PRId64 " ms",
+             s->def->steps[s->row.step].timeout_ms);
+    step_failed(en, s, buf, 1);
+    return;
+  case TM_SAGA_TIMEOUT:
+    if (s->row.status != SG_ST_RUNNING) return;
+    snprintf(buf, sizeof buf, "saga timed out after %" PRId64 " ms", s->def->timeout_ms);
+    hist_event(en, s, "saga_timeout", buf);
+    timer_cancel(en, &s->t_retry);
+    end_attempt(en, s, "failed", buf);
+    give_up(en, s, buf);
+    return;
+  }
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* messages */
+
+static void ack_after_commit(struct sg_engine *en, uint64_t tag) {
+  struct pending_ack a = { tag };
+  txn(en); /* an empty transaction still orders the ack after this iteration's commit */
+  PUSH(en->acks, en->nacks, en->capacks, a);
+}
+
+static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag) {
+  char sid[40];
+  int step, attempt, seq;
+  char ph;
+  if (!m->correlation_id ||
+      sscanf(m->correlation_id, "%39[^.].%d.%c.%d.%d", sid, &step, &ph, &attempt, &seq) != 5) {
+    sg_warn("reply with unknown correlation id '%s' dead-lettered", m->correlation_id ? m->correlation_id : "");
+    en->tr->ops->nack(en->tr, tag, m, "reply correlation_id does not name a saga operation");
+    return;
+  }
+  struct sg_saga *s = sg_map_get(&en->sagas, sid);
+  int phase = ph == 'a' ? SG_PH_ACTION : SG_PH_COMPENSATE;
+  if (!s || s->terminal || s->row.step != step || s->row.phase != phase || s->row.attempt != attempt) {
+    sg_debug("stale reply %s ignored", m->correlation_id);
+    ack_after_commit(en, tag);
+    return;
+  }
+  struct jent *j = journal_find(s, seq);
+  if (!j || j->done) { ack_after_commit(en, tag); return; } /* duplicate */
+  j->done = 1;
+  j->is_error = !(m->status && strcmp(m->status, "ok") == 0);
+  j->result = sg_strdup(m->body && *m->body ? m->body : "null");
+  journal_write(en, s, "call", j);
+  ack_after_commit(en, tag);
+  if (s->wait_seq == seq) wake(en, s, j);
+}
+
+static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, const char *status, const char *body) {
+  struct sg_msg r = {0};
+  r.message_id = sg_asprintf("%s.reply", cmd->message_id);
+  r.correlation_id = sg_strdup(cmd->message_id);
+  r.exchange = sg_strdup("");
+  r.routing_key = sg_strdup(cmd->reply_to);
+  r.type = sg_strdup(cmd->type);
+  r.status = sg_strdup(status);
+  r.body = sg_strdup(body);
+  r.saga_id = sg_strdup(cmd->saga_id);
+  r.saga_type = sg_strdup(cmd->saga_type);
+  r.step = cmd->step;
+  r.attempt = cmd->attempt;
+  outbox_add(en, &r);
+}
+
+static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t tag) {
+  if (!m->message_id || !*m->message_id) {
+    en->tr->ops->nack(en->tr, tag, m, "command without message_id");
+    return;
+  }
+  if (txn(en) < 0) return;
+  char *status = NULL, *body = NULL;
+  struct sg_error e = {0};
+  int seen = en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
+  if (seen < 0) { fatal_store(en, "inbox", &e); return; }
+  if (!seen) {
+    if (en->runner.handle(en->runner.ud, m, &status, &body) < 0) {
+      free(status); free(body);
+      en->tr->ops->nack(en->tr, tag, m, "handler could not run");
+      return;
+    }
+    STORE(en, en->store->ops->inbox_put(en->store, m->message_id, status, body, SE), "inbox");
+  }
+  if (m->reply_to && *m->reply_to) reply_to_command(en, m, status ? status : "error", body ? body : "{}");
+  free(status);
+  free(body);
+  ack_after_commit(en, tag);
+}
+
+static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {
+  struct sg_engine *en = ud;
+  if (en->broken) return;
+  if (m->status) on_reply(en, m, tag);
+  else on_command(en, m, tag);
+}
+
+static void on_confirm(void *ud, int64_t outbox_id) {
+  struct sg_engine *en = ud;
+  txn(en);
+  PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, outbox_id);
+}
+
+static void on_reject(void *ud, int64_t outbox_id, const char *why) {
+  sg_warn("message (outbox %" PRId64 ") refused by the broker: %s; it stays in the outbox", outbox_id, why);
+}
+
+static void on_ready(void *ud) {
+  struct sg_engine *en = ud;
+  en->republish = 1;
+  txn(en);
+}
+
+struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
+  struct sg_transport_events ev = { en, on_message, on_confirm, on_reject, on_ready };
+  return ev;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* group commit */
+
+static int republish_cb(void *ud, const struct sg_msg *m) {
+  struct sg_engine *en = ud;
+  struct sg_error e = {0};
+  if (en->tr->ops->publish(en->tr, m, &e) < 0) sg_warn("publish %s: %s", m->message_id, e.msg);
+  return 0;
+}
+
+static void commit_batch(struct sg_engine *en) {
+  struct sg_error e = {0};
+  for (size_t i = 0; i < en->nconfirmed; i++)
+    if (en->store->ops->outbox_del(en->store, en->confirmed[i], &e) < 0) { fatal_store(en, "outbox delete", &e); return; }
+  en->nconfirmed = 0;
+  for (struct sg_saga *s = en->dirty; s; s = s->next_dirty) {
+    s->dirty = 0;
+    s->row.version++;
+    if (en->store->ops->saga_update(en->store, &s->row, &e) < 0) { fatal_store(en, "saga update", &e); return; }
+  }
+  en->dirty = NULL;
+  if (en->store->ops->commit(en->store, &e) < 0) {
+    fatal_store(en, "commit", &e);
+    for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
+    en->ncbs = 0;
+    return;
+  }
+  en->in_txn = 0;
+  en->st.commits++;
+
+  /* commit, then publish */
+  if (en->republish) {
+    en->republish = 0;
+    for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
+    en->nout = 0;
+    if (en->store->ops->outbox_each(en->store, republish_cb, en, &e) < 0) sg_warn("outbox: %s", e.msg);
+  }
+  for (size_t i = 0; i < en->nout; i++) {
+    if (en->tr->ops->publish(en->tr, &en->out[i], &e) < 0) sg_warn("publish %s: %s", en->out[i].message_id, e.msg);
+    sg_msg_free(&en->out[i]);
+  }
+  en->nout = 0;
+  for (size_t i = 0; i < en->nacks; i++) en->tr->ops->ack(en->tr, en->acks[i].tag);
+  en->nacks = 0;
+  for (size_t i = 0; i < en->ndone; i++) {
+    struct sg_saga *s = en->done[i];
+    sg_map_del(&en->sagas, s->row.id);
+    en->st.live--;
+    if (s->row.status == SG_ST_COMPLETED) en->st.completed++;
+    else if (s->row.status == SG_ST_COMPENSATED) en->st.compensated++;
+    else en->st.compensation_failed++;
+    if (en->on_terminal) en->on_terminal(en->on_terminal_ud, s->row.id, s->row.status, s->row.created_at);
+    saga_free(s);
+  }
+  en->ndone = 0;
+  /* callbacks may add new callbacks (a request that waits for the next commit): take the list */
+  size_t n = en->ncbs;
+  struct pending_cb *cbs = en->cbs;
+  en->cbs = NULL; en->ncbs = en->capcbs = 0;
+  for (size_t i = 0; i < n; i++) cbs[i].cb(cbs[i].ud, 0);
+  free(cbs);
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
+  struct sg_engine *en = w->data;
+  if (en->broken) return;
+  if (en->in_txn) { commit_batch(en); return; }
+  if (en->ncbs) {
+    size_t n = en->ncbs;
+    struct pending_cb *cbs = en->cbs;
+    en->cbs = NULL; en->ncbs = en->capcbs = 0;
+    for (size_t i = 0; i < n; i++) cbs[i].cb(cbs[i].ud, 0);
+    free(cbs);
+  }
+}
+
+void sg_engine_after_commit(struct sg_engine *en, sg_committed_cb cb, void *ud) {
+  struct pending_cb c = { cb, ud };
+  PUSH(en->cbs, en->ncbs, en->capcbs, c);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* public */
+
+struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, const struct sg_runner *runner,
+                                const struct sg_engine_config *cfg) {
+  struct sg_engine *en = sg_xcalloc(1, sizeof *en);
+  en->loop = loop;
+  en->store = store;
+  en->runner = *runner;
+  en->cfg = *cfg;
+  en->timers = sg_timers_new(loop, on_timer_fire, en);
+  sg_map_init(&en->sagas);
+  ev_prepare_init(&en->prepare, on_prepare);
+  en->prepare.data = en;
+  ev_prepare_start(loop, &en->prepare);
+  ev_unref(loop); /* the commit watcher alone must not keep the loop alive */
+  return en;
+}
+
+void sg_engine_set_transport(struct sg_engine *en, struct sg_transport *t) { en->tr = t; }
+
+void sg_engine_on_terminal(struct sg_engine *en, sg_terminal_cb cb, void *ud) {
+  en->on_terminal = cb;
+  en->on_terminal_ud = ud;
+}
+
+int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *file, const char *source, struct sg_error *e) {
+  if (txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
+  return en->store->ops->def_put(en->store, hash, file, source, e);
+}
+
+static struct sg_saga *saga_new(const struct sg_saga_row *r) {
+  struct sg_saga *s = sg_xcalloc(1, sizeof *s);
+  s->row = *r;
+  s->row.type = sg_strdup(r->type);
+  s->row.def_hash = sg_strdup(r->def_hash);
+  s->row.input = sg_strdup(r->input);
+  s->row.data = sg_strdup(r->data);
+  s->row.error = sg_strdup(r->error);
+  s->row.idem_key = sg_strdup(r->idem_key);
+  return s;
+}
+
+int sg_engine_start(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                    char id[40], int *existed, struct sg_error *e) {
+  *existed = 0;
+  if (en->broken) return sg_errorf(e, SG_E_INTERNAL, "the host is stopping after a store failure");
+  if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload)
+    return sg_errorf(e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
+                     en->cfg.max_payload);
+  if (txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
+  if (idem_key) {
+    struct sg_saga_row old = {0};
+    int found = en->store->ops->saga_find_idem(en->store, type, idem_key, &old, e);
+    if (found < 0) return -1;
+    if (found) {
+      snprintf(id, 40, "%s", old.id);
+      sg_store_saga_row_free(&old);
+      *existed = 1;
+      return 0;
+    }
+  }
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, type, NULL, e);
+  if (!d) return -1;
+  struct sg_saga_row r = {0};
+  sg_uuid(r.id);
+  r.type = (char *)type;
+  r.def_hash = d->hash;
+  r.status = SG_ST_RUNNING;
+  r.input = (char *)input_json;
+  r.data = "{}";
+  r.idem_key = (char *)idem_key;
+  r.created_at = r.updated_at = sg_now_ms();
+  r.deadline = d->timeout_ms > 0 ? r.created_at + d->timeout_ms : 0;
+  r.attempt = 1;
+  r.version = 1;
+  if (en->store->ops->saga_insert(en->store, &r, e) < 0) return -1;
+  struct sg_saga *s = saga_new(&r);
+  s->def = d;
+  sg_map_put(&en->sagas, s->row.id, s);
+  en->st.live++;
+  en->st.started++;
+  snprintf(id, 40, "%s", s->row.id);
+  if (d->timeout_ms > 0) s->t_saga = timer_new(en, s, TM_SAGA_TIMEOUT, r.deadline, 0);
+  begin_attempt(en, s);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* recovery */
+
+struct recover_ctx {
+  struct sg_engine *en;
+  struct sg_saga **list;
+  size_t n, cap;
+};
+
+static int recover_saga_cb(void *ud, const struct sg_saga_row *r) {
+  struct recover_ctx *rc = ud;
+  struct sg_error e = {0};
+  const struct sg_def *d = rc->en->runner.def_get(rc->en->runner.ud, r->type, r->def_hash, &e);
+  if (!d) {
+    sg_err("saga %s (%s) cannot resume: %s", r->id, r->type, e.msg);
+    return 0;
+  }
+  struct sg_saga *s = saga_new(r);
+  s->def = d;
+  sg_map_put(&rc->en->sagas, s->row.id, s);
+  rc->en->st.live++;
+  PUSH(rc->list, rc->n, rc->cap, s);
+  return 0;
+}
+
+static int recover_timer_cb(void *ud, const struct sg_timer_row *r) {
+  struct sg_engine *en = ud;
+  struct sg_saga *s = sg_map_get(&en->sagas, r->saga_id);
+  int kind = tm_parse(r->kind);
+  if (!s || !kind) return 0;
+  struct sg_timer *t = sg_xcalloc(1, sizeof *t);
+  t->due = r->due_at; t->id = r->id; t->kind = kind; t->ref = r->ref; t->owner = s; t->idx = SIZE_MAX;
+  struct sg_timer **slot = kind == TM_SLEEP || kind == TM_CALL_TIMEOUT ? &s->t_wait
+                         : kind == TM_RETRY ? &s->t_retry : kind == TM_STEP_TIMEOUT ? &s->t_step : &s->t_saga;
+  if (*slot) { free(t); return 0; }
+  *slot = t;
+  sg_timers_add(en->timers, t);
+  return 0;
+}
+
+static int recover_journal_cb(void *ud, const struct sg_journal_row *r) {
+  struct sg_saga *s = ud;
+  journal_add(s, r->seq, r->done, r->is_error, r->result);
+  return 0;
+}
+
+int sg_engine_recover(struct sg_engine *en, struct sg_error *e) {
+  struct recover_ctx rc = { en, NULL, 0, 0 };
+  if (en->store->ops->saga_each_active(en->store, recover_saga_cb, &rc, e) < 0) goto fail;
+  if (en->store->ops->timer_each(en->store, recover_timer_cb, en, e) < 0) goto fail;
+  size_t resumed = 0, parked = 0;
+  for (size_t i = 0; i < rc.n; i++) {
+    struct sg_saga *s = rc.list[i];
+    if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
+                                     recover_journal_cb, s, e) < 0) goto fail;
+    if (s->t_retry) { parked++; continue; }
+    struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
+    if (last && !last->done) { s->wait_seq = last->seq; parked++; continue; }
+    resumed++;
+    replay(en, s);
+  }
+  sg_info("recovered %zu saga(s): %zu re-run from their last checkpoint, %zu waiting", rc.n, resumed, parked);
+  free(rc.list);
+  return 0;
+fail:
+  free(rc.list);
+  return -1;
+}
+
+void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st) {
+  *st = en->st;
+  st->commits = en->store->ops->commit_count(en->store);
+  st->timers = (int64_t)sg_timers_count(en->timers);
+}
+
+void sg_engine_stop(struct sg_engine *en) {
+  if (en->in_txn && !en->broken) commit_batch(en);
+  sg_timers_stop(en->timers);
+  ev_ref(en->loop);
+  ev_prepare_stop(en->loop, &en->prepare);
+}
+
+void sg_engine_free(struct sg_engine *en) {
+  if (!en) return;
+  for (size_t i = 0; i < en->sagas.cap; i++) {
+    if (!sg_map_live(&en->sagas, i)) continue;
+    struct sg_saga *s = en->sagas.slots[i].val;
+    drop_co(en, s);
+    if (s->t_wait) sg_timers_remove(en->timers, s->t_wait);
+    if (s->t_retry) sg_timers_remove(en->timers, s->t_retry);
+    if (s->t_step) sg_timers_remove(en->timers, s->t_step);
+    if (s->t_saga) sg_timers_remove(en->timers, s->t_saga);
+    saga_free(s);
+  }
+  for (size_t i = 0; i < en->ndone; i++) { drop_co(en, en->done[i]); saga_free(en->done[i]); }
+  for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
+  sg_map_free(&en->sagas);
+  sg_timers_free(en->timers);
+  free(en->done); free(en->out); free(en->acks); free(en->cbs); free(en->confirmed);
+  free(en);
+}

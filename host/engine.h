@@ -1,0 +1,128 @@
+/* engine: the saga state machine. Knows nothing of Lua.
+ *
+ * It owns the in-memory table of live sagas, the group-commit batch (one store transaction per loop
+ * iteration, committed from an ev_prepare watcher before the loop sleeps), the durable timers, and the
+ * outbox/inbox flow through a transport. Step code runs behind `struct sg_runner` (script.c implements
+ * it with one Lua coroutine per running saga).
+ *
+ * Ownership: the engine borrows the store, the transport and the runner (main.c creates and frees
+ * them, after sg_engine_free). Definitions (struct sg_def) belong to the runner and live as long as it. */
+#ifndef SG_ENGINE_H
+#define SG_ENGINE_H
+
+#include <ev.h>
+#include "store.h"
+#include "transport.h"
+
+/* A retry policy, with durations already in ms. */
+struct sg_retry {
+  int attempts;       /* total attempts, >= 1 */
+  int exponential;    /* 0 = fixed delay, 1 = exponential backoff */
+  int64_t initial_ms; /* first delay */
+  int64_t max_ms;     /* cap of the delay */
+  double multiplier;  /* growth per attempt (exponential) */
+  int jitter;         /* randomise each delay in [delay/2, delay] */
+};
+
+/* One step of a definition. */
+struct sg_def_step {
+  char *name;                  /* step name, unique in its saga */
+  int has_compensate;          /* a compensate function exists */
+  int64_t timeout_ms;          /* per attempt, 0 = none */
+  struct sg_retry retry;       /* policy for the action (step wins over saga over default) */
+  struct sg_retry comp_retry;  /* policy for the compensation */
+};
+
+/* One version of one saga type. */
+struct sg_def {
+  char *type;                  /* saga name */
+  char *hash;                  /* version: content hash of the file that defined it */
+  char *file;                  /* path it was loaded from */
+  int nsteps;
+  struct sg_def_step *steps;   /* nsteps entries */
+  int64_t timeout_ms;          /* whole-saga deadline, 0 = none */
+};
+
+/* What a step run ended with, filled by the runner. Strings are malloc'd and freed by the engine. */
+enum sg_run_result {
+  SG_RUN_DONE = 0, /* the step function returned: data holds the new ctx.data */
+  SG_RUN_OP,       /* it yielded a durable operation: op/a/b/c describe it */
+  SG_RUN_ERROR,    /* it raised: error, retryable */
+  SG_RUN_FAIL,     /* ctx:fail(reason): give up at once */
+};
+struct sg_run_out {
+  int result;     /* enum sg_run_result */
+  char *data;     /* DONE: ctx.data as JSON */
+  char *op;       /* OP: "call", "send", "publish", "sleep", "now", "uuid" */
+  char *a, *b, *c, *d; /* OP arguments (call: service, command, payload, opts; sleep: ms) */
+  char *error;    /* ERROR/FAIL: message with file:line */
+  int retryable;  /* ERROR: may another attempt help */
+};
+void sg_run_out_clear(struct sg_run_out *o);
+
+struct sg_saga; /* a live saga; defined in engine.c */
+
+/* The step runner (script.c). Every function returns 0, or -1 with e filled for a host-level failure. */
+struct sg_runner {
+  void *ud;
+  /* the definition of type at version hash (NULL hash = newest good version); NULL + e if none */
+  const struct sg_def *(*def_get)(void *ud, const char *type, const char *hash, struct sg_error *e);
+  /* starts running step `step` of a saga in phase `phase` on a new coroutine (replacing any old one)
+   * until it finishes or yields. *handle receives the runner's coroutine handle. */
+  int (*start)(void *ud, const struct sg_def *d, const struct sg_saga_row *r, int *handle, struct sg_run_out *out,
+               struct sg_error *e);
+  /* resumes the coroutine with the result of its last operation */
+  int (*resume)(void *ud, int handle, int ok, const char *result, struct sg_run_out *out);
+  /* frees a coroutine (the saga finished its step, or is evicted while it waits) */
+  void (*drop)(void *ud, int handle);
+  /* answers one command for a local participant: *status "ok"/"error", *body JSON (malloc'd) */
+  int (*handle)(void *ud, const struct sg_msg *m, char **status, char **body);
+};
+
+struct sg_engine_config {
+  const char *host_id;       /* names this host (reply queue, logs) */
+  int64_t max_payload;       /* bytes: larger inputs, payloads and ctx.data are refused */
+};
+
+struct sg_engine;
+
+struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, const struct sg_runner *runner,
+                                const struct sg_engine_config *cfg);
+/* the transport is set after creation because its callbacks point at the engine */
+void sg_engine_set_transport(struct sg_engine *en, struct sg_transport *t);
+/* the callbacks the transport must be created with */
+struct sg_transport_events sg_engine_transport_events(struct sg_engine *en);
+/* loads every non-terminal saga, its timers and unsent outbox rows, and resumes them */
+int sg_engine_recover(struct sg_engine *en, struct sg_error *e);
+/* commits what is pending and stops the watchers; live coroutines are dropped */
+void sg_engine_stop(struct sg_engine *en);
+void sg_engine_free(struct sg_engine *en);
+
+/* A definition version was loaded: record its source (same batch as everything else). */
+int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *file, const char *source, struct sg_error *e);
+
+/* Called after the batch holding a request's effect has committed (status: 0 ok, -1 the commit failed). */
+typedef void (*sg_committed_cb)(void *ud, int status);
+/* Run cb once everything done so far is durable (the next group commit). */
+void sg_engine_after_commit(struct sg_engine *en, sg_committed_cb cb, void *ud);
+
+/* Starts a saga. idem_key may be NULL. *id receives its id; *existed = 1 when the key was known.
+ * The start is durable once the next after_commit callback runs. */
+int sg_engine_start(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                    char id[40], int *existed, struct sg_error *e);
+
+/* statistics for /healthz and bench */
+struct sg_engine_stats {
+  int64_t live;        /* sagas in memory (non-terminal) */
+  int64_t coroutines;  /* of those, holding a coroutine */
+  int64_t started, completed, compensated, compensation_failed; /* since start */
+  int64_t commits;     /* store commits */
+  int64_t timers;      /* armed timers */
+};
+void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st);
+
+/* Called for every saga that reaches a terminal status, after its commit (bench latency figures). */
+typedef void (*sg_terminal_cb)(void *ud, const char *id, int status, int64_t created_at);
+void sg_engine_on_terminal(struct sg_engine *en, sg_terminal_cb cb, void *ud);
+
+#endif

@@ -1,0 +1,752 @@
+/* script: lua_State, sandboxed loading, hot reload, definition versions and the coroutine runner. */
+#include "script.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "util.h"
+
+int luaopen_saga_core(lua_State *L);
+int luaopen_cjson(lua_State *L);
+
+/* the lua/ files compiled into the binary (cmake/embed_lua.cmake) */
+struct sg_lua_module { const char *name, *chunkname, *src; size_t len; };
+extern const struct sg_lua_module sg_lua_modules[];
+
+/* One script file of the directory. */
+struct sfile {
+  char *path;        /* dir/name.lua */
+  char *hash;        /* version of its current good load, NULL if it never loaded */
+  char *error;       /* error of its last load attempt, NULL if that one succeeded */
+  struct timespec mtime; /* stat of the last read, to notice changes cheaply */
+  off_t size;
+  ino_t ino;
+  int seen;          /* found by the current scan */
+};
+
+/* A definition version with the Lua function table it came from. */
+struct defent {
+  struct sg_def def; /* what the engine sees */
+  int current;       /* the newest good version of its type (new starts use it) */
+};
+
+struct sg_script {
+  lua_State *L;
+  struct sg_script_config cfg;
+  struct sg_script_hooks hooks;
+  char *dir;
+  size_t mem_used;         /* bytes allocated by the Lua state */
+  int refs;                /* live registry references (coroutines) */
+  int runtime_ref;         /* the lua/saga.lua module table */
+  struct sfile *files; int nfiles, capfiles;
+  struct defent **defs; int ndefs, capdefs; /* every version ever loaded, never freed before the state */
+  struct ev_loop *loop;
+  ev_timer watch;          /* periodic rescan */
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the Lua state */
+
+static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+  struct sg_script *sc = ud;
+  if (!ptr) osize = 0;
+  if (nsize == 0) {
+    free(ptr);
+    sc->mem_used -= osize;
+    return NULL;
+  }
+  if (sc->cfg.mem_limit && nsize > osize && sc->mem_used + (nsize - osize) > sc->cfg.mem_limit) return NULL;
+  void *p = realloc(ptr, nsize);
+  if (p) sc->mem_used = sc->mem_used - osize + nsize;
+  return p;
+}
+
+static int msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (!msg) msg = luaL_tolstring(L, 1, NULL);
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+/* The one protected-call helper: calls the function under nargs arguments with a traceback handler.
+ * On error, leaves nothing on the stack and copies the message to e. */
+static int pcall(lua_State *L, int nargs, int nres, struct sg_error *e) {
+  int base = lua_gettop(L) - nargs;
+  lua_pushcfunction(L, msgh);
+  lua_insert(L, base);
+  int rc = lua_pcall(L, nargs, nres, base);
+  lua_remove(L, base);
+  if (rc != LUA_OK) {
+    sg_errorf(e, SG_E_INTERNAL, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object is not a string)");
+    lua_pop(L, 1);
+    return -1;
+  }
+  return 0;
+}
+
+static int ref(struct sg_script *sc, lua_State *L) {
+  sc->refs++;
+  return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static void unref(struct sg_script *sc, int r) {
+  if (r <= 0) return;
+  sc->refs--;
+  luaL_unref(sc->L, LUA_REGISTRYINDEX, r);
+}
+
+/* runtime function by name onto the stack */
+static void push_runtime(struct sg_script *sc, lua_State *L, const char *fn) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sc->runtime_ref);
+  lua_getfield(L, -1, fn);
+  lua_remove(L, -2);
+}
+
+static void hook(lua_State *L, lua_Debug *ar) {
+  /* stays armed: fire again soon so a pcall in the runaway loop cannot swallow it for long */
+  lua_sethook(L, hook, LUA_MASKCOUNT, 1000);
+  luaL_error(L, "instruction budget exceeded: the step ran too long without yielding (an endless loop?)");
+}
+
+static void arm(struct sg_script *sc, lua_State *L) {
+  if (sc->cfg.instr_budget > 0) lua_sethook(L, hook, LUA_MASKCOUNT, (int)sc->cfg.instr_budget);
+}
+static void disarm(lua_State *L) { lua_sethook(L, NULL, 0, 0); }
+
+static int open_state(struct sg_script *sc, struct sg_error *e) {
+  lua_State *L = lua_newstate(l_alloc, sc);
+  if (!L) return sg_errorf(e, SG_E_INTERNAL, "cannot create the Lua state (memory limit too low?)");
+  sc->L = L;
+  luaL_openlibs(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, luaopen_saga_core);
+  lua_setfield(L, -2, "saga.core");
+  lua_pushcfunction(L, luaopen_cjson);
+  lua_setfield(L, -2, "cjson");
+  lua_pop(L, 1);
+  /* the embedded runtime, under its real chunk names */
+  for (const struct sg_lua_module *m = sg_lua_modules; m->name; m++) {
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    if (luaL_loadbufferx(L, m->src, m->len, m->chunkname, "t") != LUA_OK)
+      return sg_errorf(e, SG_E_INTERNAL, "embedded %s: %s", m->chunkname, lua_tostring(L, -1));
+    lua_setfield(L, -2, m->name);
+    lua_pop(L, 1);
+  }
+  lua_getglobal(L, "require");
+  lua_pushstring(L, "saga");
+  if (pcall(L, 1, 1, e) < 0) return -1;
+  sc->runtime_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* definitions */
+
+static int get_int_field(lua_State *L, int idx, const char *k, int64_t dflt) {
+  lua_getfield(L, idx, k);
+  int64_t v = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : (lua_isnumber(L, -1) ? (int64_t)lua_tonumber(L, -1) : dflt);
+  lua_pop(L, 1);
+  return (int)v;
+}
+
+static int64_t get_i64_field(lua_State *L, int idx, const char *k) {
+  lua_getfield(L, idx, k);
+  int64_t v = (int64_t)lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+static void read_retry(lua_State *L, int idx, const char *k, struct sg_retry *r) {
+  lua_getfield(L, idx, k);
+  int t = lua_gettop(L);
+  r->attempts = get_int_field(L, t, "attempts", 1);
+  lua_getfield(L, t, "backoff");
+  r->exponential = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "exponential") == 0;
+  lua_pop(L, 1);
+  r->initial_ms = get_i64_field(L, t, "initial_ms");
+  r->max_ms = get_i64_field(L, t, "max_ms");
+  lua_getfield(L, t, "multiplier");
+  r->multiplier = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 2;
+  lua_pop(L, 1);
+  lua_getfield(L, t, "jitter");
+  r->jitter = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+}
+
+/* Builds the C view of the definition table at the top of the stack. */
+static struct defent *build_def(lua_State *L, const char *hash) {
+  int t = lua_gettop(L);
+  struct defent *de = sg_xcalloc(1, sizeof *de);
+  struct sg_def *d = &de->def;
+  lua_getfield(L, t, "name");
+  d->type = sg_strdup(lua_tostring(L, -1));
+  lua_pop(L, 1);
+  lua_getfield(L, t, "file");
+  d->file = sg_strdup(lua_tostring(L, -1));
+  lua_pop(L, 1);
+  d->hash = sg_strdup(hash);
+  d->timeout_ms = get_i64_field(L, t, "timeout_ms");
+  lua_getfield(L, t, "steps");
+  int st = lua_gettop(L);
+  d->nsteps = (int)luaL_len(L, st);
+  d->steps = sg_xcalloc((size_t)d->nsteps, sizeof *d->steps);
+  for (int i = 0; i < d->nsteps; i++) {
+    lua_rawgeti(L, st, i + 1);
+    int s = lua_gettop(L);
+    struct sg_def_step *ds = &d->steps[i];
+    lua_getfield(L, s, "name");
+    ds->name = sg_strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    lua_getfield(L, s, "compensate");
+    ds->has_compensate = lua_isfunction(L, -1);
+    lua_pop(L, 1);
+    ds->timeout_ms = get_i64_field(L, s, "timeout_ms");
+    read_retry(L, s, "retry", &ds->retry);
+    read_retry(L, s, "compensate_retry", &ds->comp_retry);
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  return de;
+}
+
+static void free_def(struct defent *de) {
+  for (int i = 0; i < de->def.nsteps; i++) free(de->def.steps[i].name);
+  free(de->def.steps);
+  free(de->def.type); free(de->def.hash); free(de->def.file);
+  free(de);
+}
+
+static struct defent *find_def(struct sg_script *sc, const char *type, const char *hash) {
+  for (int i = sc->ndefs - 1; i >= 0; i--) {
+    struct defent *de = sc->defs[i];
+    if (strcmp(de->def.type, type) != 0) continue;
+    if (hash ? strcmp(de->def.hash, hash) == 0 : de->current) return de;
+  }
+  return NULL;
+}
+
+/* Registers the C views of every saga in the load at the top of the stack. */
+static void register_defs(struct sg_script *sc, const char *hash, int make_current) {
+  lua_State *L = sc->L;
+  int ld = lua_gettop(L);
+  lua_getfield(L, ld, "order");
+  int order = lua_gettop(L);
+  lua_getfield(L, ld, "defs");
+  int defs = lua_gettop(L);
+  int n = (int)luaL_len(L, order);
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, order, i);
+    const char *type = lua_tostring(L, -1);
+    struct defent *de = find_def(sc, type, hash);
+    if (!de) {
+      lua_getfield(L, defs, type);
+      de = build_def(L, hash);
+      lua_pop(L, 1);
+      if (sc->ndefs == sc->capdefs) {
+        sc->capdefs = sc->capdefs ? sc->capdefs * 2 : 16;
+        sc->defs = sg_xrealloc(sc->defs, (size_t)sc->capdefs * sizeof *sc->defs);
+      }
+      sc->defs[sc->ndefs++] = de;
+    }
+    if (make_current) {
+      for (int j = 0; j < sc->ndefs; j++)
+        if (strcmp(sc->defs[j]->def.type, type) == 0) sc->defs[j]->current = 0;
+      de->current = 1;
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 2);
+}
+
+/* Types a file defines in its current version stop taking new starts. */
+static void retire_file(struct sg_script *sc, const char *path) {
+  for (int i = 0; i < sc->ndefs; i++)
+    if (sc->defs[i]->current && strcmp(sc->defs[i]->def.file, path) == 0) sc->defs[i]->current = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* loading */
+
+/* Runs runtime.load(file, source, hash, historic); on success leaves the load table on the stack. */
+static int load_source(struct sg_script *sc, const char *file, const char *source, const char *hash, int historic,
+                       struct sg_error *e) {
+  lua_State *L = sc->L;
+  push_runtime(sc, L, "load");
+  lua_pushstring(L, file);
+  lua_pushstring(L, source);
+  lua_pushstring(L, hash);
+  lua_pushboolean(L, historic);
+  arm(sc, L);
+  int rc = pcall(L, 4, 2, e);
+  disarm(L);
+  if (rc < 0) return -1;
+  if (lua_isnil(L, -2)) {
+    sg_errorf(e, SG_E_INVALID, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "load failed");
+    lua_pop(L, 2);
+    return -1;
+  }
+  lua_pop(L, 1);
+  return 0;
+}
+
+static void version_of(const char *source, size_t len, char out[17]) {
+  char full[65];
+  sg_sha256_hex(source, len, full);
+  memcpy(out, full, 16);
+  out[16] = 0;
+}
+
+static void notify_services(struct sg_script *sc) {
+  if (!sc->hooks.on_services) return;
+  lua_State *L = sc->L;
+  push_runtime(sc, L, "services");
+  struct sg_error e = {0};
+  if (pcall(L, 0, 1, &e) < 0) return;
+  int n = (int)luaL_len(L, -1);
+  const char **names = sg_xcalloc((size_t)n + 1, sizeof *names);
+  for (int i = 0; i < n; i++) {
+    lua_rawgeti(L, -1 - i, i + 1);
+    names[i] = lua_tostring(L, -1);
+  }
+  sc->hooks.on_services(sc->hooks.ud, names, n);
+  lua_pop(L, n + 1);
+  free(names);
+}
+
+/* Loads one file; on success it becomes the current version of its sagas and handlers. */
+static int load_file(struct sg_script *sc, struct sfile *f) {
+  struct sg_error e = {0};
+  size_t len;
+  char *src = sg_read_file(f->path, &len, &e);
+  if (!src) {
+    free(f->error);
+    f->error = sg_strdup(e.msg);
+    return -1;
+  }
+  char hash[17];
+  version_of(src, len, hash);
+  if (f->hash && strcmp(f->hash, hash) == 0 && !f->error) { free(src); return 0; }
+  if (memchr(src, 0, len) || (len > 0 && src[0] == 0x1b)) {
+    free(f->error);
+    f->error = sg_asprintf("%s: not a text script (binary chunks are not loaded)", f->path);
+    sg_err("script %s", f->error);
+    free(src);
+    return -1;
+  }
+  if (load_source(sc, f->path, src, hash, 0, &e) < 0) {
+    free(f->error);
+    f->error = sg_strdup(e.msg);
+    sg_err("script %s failed to load%s: %s", f->path, f->hash ? " (its previous version stays in use)" : "", e.msg);
+    free(src);
+    return -1;
+  }
+  if (sc->hooks.on_version && sc->hooks.on_version(sc->hooks.ud, hash, f->path, src, &e) < 0) {
+    lua_pop(sc->L, 1);
+    free(f->error);
+    f->error = sg_asprintf("%s: cannot record this version: %s", f->path, e.msg);
+    free(src);
+    return -1;
+  }
+  free(src);
+  /* swap: commit the load in the runtime, then make its definitions current */
+  retire_file(sc, f->path);
+  push_runtime(sc, sc->L, "commit");
+  lua_pushvalue(sc->L, -2);
+  if (pcall(sc->L, 1, 0, &e) < 0) sg_err("commit %s: %s", f->path, e.msg);
+  register_defs(sc, hash, 1);
+  lua_pop(sc->L, 1);
+  sg_info("loaded %s (version %s)%s", f->path, hash, f->hash ? " replacing the previous version" : "");
+  free(f->hash);
+  f->hash = sg_strdup(hash);
+  free(f->error);
+  f->error = NULL;
+  return 0;
+}
+
+static int has_suffix(const char *s, const char *suf) {
+  size_t n = strlen(s), m = strlen(suf);
+  return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int sg_script_scan(struct sg_script *sc) {
+  DIR *d = opendir(sc->dir);
+  if (!d) {
+    sg_err("script directory %s: %s", sc->dir, strerror(errno));
+    return 1;
+  }
+  char **names = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    if (de->d_name[0] == '.' || !has_suffix(de->d_name, ".lua")) continue;
+    if (n == cap) { cap = cap ? cap * 2 : 16; names = sg_xrealloc(names, cap * sizeof *names); }
+    names[n++] = sg_strdup(de->d_name);
+  }
+  closedir(d);
+  qsort(names, n, sizeof *names, cmp_names);
+  for (int i = 0; i < sc->nfiles; i++) sc->files[i].seen = 0;
+  int changed = 0;
+  for (size_t i = 0; i < n; i++) {
+    char *path = sg_asprintf("%s/%s", sc->dir, names[i]);
+    free(names[i]);
+    struct sfile *f = NULL;
+    for (int j = 0; j < sc->nfiles; j++)
+      if (strcmp(sc->files[j].path, path) == 0) f = &sc->files[j];
+    if (!f) {
+      if (sc->nfiles == sc->capfiles) {
+        sc->capfiles = sc->capfiles ? sc->capfiles * 2 : 16;
+        sc->files = sg_xrealloc(sc->files, (size_t)sc->capfiles * sizeof *sc->files);
+      }
+      f = &sc->files[sc->nfiles++];
+      memset(f, 0, sizeof *f);
+      f->path = path;
+    } else {
+      free(path);
+    }
+    f->seen = 1;
+    struct stat st;
+    if (stat(f->path, &st) < 0) continue;
+    if (f->hash || f->error) {
+      if (st.st_mtim.tv_sec == f->mtime.tv_sec && st.st_mtim.tv_nsec == f->mtime.tv_nsec &&
+          st.st_size == f->size && st.st_ino == f->ino)
+        continue;
+    }
+    f->mtime = st.st_mtim;
+    f->size = st.st_size;
+    f->ino = st.st_ino;
+    load_file(sc, f);
+    changed = 1;
+  }
+  free(names);
+  /* files that disappeared: no new starts of their sagas; running instances keep their version */
+  for (int j = 0; j < sc->nfiles;) {
+    struct sfile *f = &sc->files[j];
+    if (f->seen) { j++; continue; }
+    sg_info("script %s removed: its sagas take no new starts; running instances finish", f->path);
+    retire_file(sc, f->path);
+    push_runtime(sc, sc->L, "remove");
+    lua_pushstring(sc->L, f->path);
+    struct sg_error e = {0};
+    pcall(sc->L, 1, 0, &e);
+    free(f->path); free(f->hash); free(f->error);
+    sc->files[j] = sc->files[--sc->nfiles];
+    changed = 1;
+  }
+  if (changed) notify_services(sc);
+  int errors = 0;
+  for (int j = 0; j < sc->nfiles; j++) errors += sc->files[j].error != NULL;
+  return errors;
+}
+
+static void on_watch(struct ev_loop *loop, ev_timer *w, int revents) { sg_script_scan(w->data); }
+
+void sg_script_watch(struct sg_script *sc, struct ev_loop *loop, double interval) {
+  sc->loop = loop;
+  ev_timer_init(&sc->watch, on_watch, interval, interval);
+  sc->watch.data = sc;
+  ev_timer_start(loop, &sc->watch);
+  ev_unref(loop); /* watching alone does not keep the host running */
+}
+
+void sg_script_unwatch(struct sg_script *sc) {
+  if (!sc->loop) return;
+  ev_ref(sc->loop);
+  ev_timer_stop(sc->loop, &sc->watch);
+  sc->loop = NULL;
+}
+
+int sg_script_print_errors(struct sg_script *sc, FILE *out) {
+  int n = 0;
+  for (int i = 0; i < sc->nfiles; i++)
+    if (sc->files[i].error) { fprintf(out, "%s\n", sc->files[i].error); n++; }
+  return n;
+}
+
+int sg_script_type_count(struct sg_script *sc) {
+  int n = 0;
+  for (int i = 0; i < sc->ndefs; i++) n += sc->defs[i]->current;
+  return n;
+}
+
+char *sg_script_definitions_json(struct sg_script *sc) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"definitions\":[");
+  int first = 1;
+  for (int i = 0; i < sc->ndefs; i++) {
+    struct sg_def *d = &sc->defs[i]->def;
+    if (!sc->defs[i]->current) continue;
+    sg_buf_adds(&b, first ? "{" : ",{");
+    first = 0;
+    sg_buf_adds(&b, "\"type\":"); sg_buf_add_json_str(&b, d->type);
+    sg_buf_adds(&b, ",\"version\":"); sg_buf_add_json_str(&b, d->hash);
+    sg_buf_adds(&b, ",\"file\":"); sg_buf_add_json_str(&b, d->file);
+    sg_buf_adds(&b, ",\"steps\":[");
+    for (int s = 0; s < d->nsteps; s++) {
+      if (s) sg_buf_adds(&b, ",");
+      sg_buf_add_json_str(&b, d->steps[s].name);
+    }
+    sg_buf_adds(&b, "]}");
+  }
+  sg_buf_adds(&b, "],\"files\":[");
+  for (int i = 0; i < sc->nfiles; i++) {
+    struct sfile *f = &sc->files[i];
+    sg_buf_adds(&b, i ? ",{" : "{");
+    sg_buf_adds(&b, "\"file\":"); sg_buf_add_json_str(&b, f->path);
+    sg_buf_adds(&b, ",\"version\":"); sg_buf_add_json_str(&b, f->hash);
+    sg_buf_printf(&b, ",\"ok\":%s,\"error\":", f->error ? "false" : "true");
+    sg_buf_add_json_str(&b, f->error);
+    sg_buf_adds(&b, "}");
+  }
+  sg_buf_adds(&b, "],\"services\":[");
+  lua_State *L = sc->L;
+  push_runtime(sc, L, "services");
+  struct sg_error e = {0};
+  if (pcall(L, 0, 1, &e) == 0) {
+    int n = (int)luaL_len(L, -1);
+    for (int i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      if (i > 1) sg_buf_adds(&b, ",");
+      sg_buf_add_json_str(&b, lua_tostring(L, -1));
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+  }
+  sg_buf_adds(&b, "]}");
+  return sg_buf_steal(&b);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the runner */
+
+static const struct sg_def *r_def_get(void *ud, const char *type, const char *hash, struct sg_error *e) {
+  struct sg_script *sc = ud;
+  struct defent *de = find_def(sc, type, hash);
+  if (de) return &de->def;
+  if (!hash) {
+    sg_errorf(e, SG_E_NOTFOUND, "unknown saga type '%s'", type);
+    return NULL;
+  }
+  /* an instance runs on a version no file has any more: load it from the stored source */
+  char *file = NULL;
+  char *src = sc->hooks.fetch_source ? sc->hooks.fetch_source(sc->hooks.ud, hash, &file) : NULL;
+  if (!src) {
+    free(file);
+    sg_errorf(e, SG_E_NOTFOUND, "version %s of saga type '%s' is not stored", hash, type);
+    return NULL;
+  }
+  int rc = load_source(sc, file ? file : "?", src, hash, 1, e);
+  free(src);
+  free(file);
+  if (rc < 0) return NULL;
+  register_defs(sc, hash, 0);
+  lua_pop(sc->L, 1);
+  de = find_def(sc, type, hash);
+  if (!de) sg_errorf(e, SG_E_NOTFOUND, "version %s does not define saga type '%s'", hash, type);
+  return de ? &de->def : NULL;
+}
+
+static char *dup_at(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER ? sg_strdup(lua_tostring(L, idx)) : NULL;
+}
+
+/* Reads what a resume of co produced into out; on finish the coroutine is left for drop(). */
+static int collect(struct sg_script *sc, lua_State *co, int status, int nres, struct sg_run_out *out) {
+  memset(out, 0, sizeof *out);
+  int base = lua_gettop(co) - nres + 1;
+  if (status == LUA_YIELD) {
+    out->result = SG_RUN_OP;
+    out->op = dup_at(co, base);
+    if (nres > 1) out->a = dup_at(co, base + 1);
+    if (nres > 2) out->b = dup_at(co, base + 2);
+    if (nres > 3) out->c = dup_at(co, base + 3);
+    if (nres > 4) out->d = dup_at(co, base + 4);
+    lua_pop(co, nres);
+    if (!out->op) { out->result = SG_RUN_ERROR; out->error = sg_strdup("coroutine.yield is not available in steps"); }
+    return 0;
+  }
+  if (status == LUA_OK) {
+    const char *kind = lua_tostring(co, base);
+    if (kind && strcmp(kind, "done") == 0) {
+      out->result = SG_RUN_DONE;
+      out->data = dup_at(co, base + 1);
+    } else {
+      out->result = kind && strcmp(kind, "fail") == 0 ? SG_RUN_FAIL : SG_RUN_ERROR;
+      out->error = dup_at(co, base + 1);
+      out->retryable = lua_toboolean(co, base + 2);
+      if (!out->error) out->error = sg_strdup("step failed");
+      const char *tb = lua_tostring(co, base + 3);
+      if (tb && *tb) sg_debug("%s%s", out->error, tb);
+    }
+    lua_pop(co, nres);
+    return 0;
+  }
+  /* an error that escaped the trampoline (memory, budget in the trampoline itself) */
+  out->result = SG_RUN_ERROR;
+  out->retryable = 1;
+  const char *msg = lua_tostring(co, -1);
+  out->error = sg_strdup(msg ? msg : "step failed (error object is not a string)");
+  lua_settop(co, 0);
+  return 0;
+}
+
+static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r, int *handle, struct sg_run_out *out,
+                   struct sg_error *e) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  int top = lua_gettop(L);
+  lua_State *co = lua_newthread(L);
+  int h = ref(sc, L); /* anchors the thread */
+  /* trampoline, step function, ctx */
+  push_runtime(sc, co, "run_step");
+  push_runtime(sc, co, "version");
+  lua_pushstring(co, d->hash);
+  lua_call(co, 1, 1);
+  if (!lua_istable(co, -1)) {
+    unref(sc, h);
+    lua_settop(L, top);
+    return sg_errorf(e, SG_E_INTERNAL, "version %s of %s is not loaded", d->hash, d->type);
+  }
+  lua_getfield(co, -1, "defs");
+  lua_getfield(co, -1, d->type);
+  lua_getfield(co, -1, "steps");
+  lua_rawgeti(co, -1, r->step + 1);
+  lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate");
+  lua_replace(co, -6);
+  lua_pop(co, 4); /* stack: run_step, fn */
+  if (!lua_isfunction(co, -1)) {
+    unref(sc, h);
+    lua_settop(L, top);
+    return sg_errorf(e, SG_E_INTERNAL, "%s step %d has no %s function", d->type, r->step + 1,
+                     sg_phase_name(r->phase));
+  }
+  push_runtime(sc, co, "new_ctx");
+  lua_pushstring(co, r->id);
+  lua_pushstring(co, r->type);
+  lua_pushstring(co, r->input ? r->input : "{}");
+  lua_pushstring(co, r->data ? r->data : "{}");
+  lua_pushstring(co, d->steps[r->step].name);
+  lua_pushstring(co, sg_phase_name(r->phase));
+  lua_pushinteger(co, r->attempt);
+  lua_call(co, 7, 1);
+  lua_settop(L, top);
+  int nres = 0;
+  arm(sc, co);
+  int status = lua_resume(co, L, 2, &nres);
+  disarm(co);
+  *handle = h;
+  return collect(sc, co, status, nres, out);
+}
+
+static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_run_out *out) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, handle);
+  lua_State *co = lua_tothread(L, -1);
+  lua_pop(L, 1);
+  if (!co || lua_status(co) != LUA_YIELD) {
+    memset(out, 0, sizeof *out);
+    out->result = SG_RUN_ERROR;
+    out->error = sg_strdup("internal: resume of a coroutine that is not suspended");
+    return 0;
+  }
+  lua_pushboolean(co, ok);
+  lua_pushstring(co, result);
+  int nres = 0;
+  arm(sc, co);
+  int status = lua_resume(co, L, 2, &nres);
+  disarm(co);
+  return collect(sc, co, status, nres, out);
+}
+
+static void r_drop(void *ud, int handle) {
+  struct sg_script *sc = ud;
+  lua_rawgeti(sc->L, LUA_REGISTRYINDEX, handle);
+  lua_State *co = lua_tothread(sc->L, -1);
+  if (co) lua_resetthread(co); /* runs pending to-be-closed variables, frees the stack */
+  lua_pop(sc->L, 1);
+  unref(sc, handle);
+}
+
+static int r_handle(void *ud, const struct sg_msg *m, char **status, char **body) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  char service[128];
+  const char *rk = m->routing_key ? m->routing_key : "";
+  const char *dot = strchr(rk, '.');
+  size_t n = dot ? (size_t)(dot - rk) : strlen(rk);
+  if (n >= sizeof service) n = sizeof service - 1;
+  memcpy(service, rk, n);
+  service[n] = 0;
+  const char *command = m->type && *m->type ? m->type : (dot ? dot + 1 : "");
+  push_runtime(sc, L, "handle");
+  lua_pushstring(L, service);
+  lua_pushstring(L, command);
+  lua_pushstring(L, m->body ? m->body : "{}");
+  lua_pushstring(L, m->message_id);
+  lua_pushstring(L, m->saga_id);
+  struct sg_error e = {0};
+  arm(sc, L);
+  int rc = pcall(L, 5, 2, &e);
+  disarm(L);
+  if (rc < 0) {
+    /* the runtime itself failed (memory, budget): an error reply the saga may retry */
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"error\":");
+    sg_buf_add_json_str(&b, e.msg);
+    sg_buf_adds(&b, ",\"retryable\":true}");
+    *status = sg_strdup("error");
+    *body = sg_buf_steal(&b);
+    return 0;
+  }
+  *status = sg_strdup(lua_tostring(L, -2));
+  *body = sg_strdup(lua_tostring(L, -1));
+  lua_pop(L, 2);
+  return 0;
+}
+
+struct sg_runner sg_script_runner(struct sg_script *sc) {
+  struct sg_runner r = { sc, r_def_get, r_start, r_resume, r_drop, r_handle };
+  return r;
+}
+
+int sg_script_live_refs(struct sg_script *sc) { return sc->refs; }
+size_t sg_script_mem_used(struct sg_script *sc) { return sc->mem_used; }
+
+/* ---------------------------------------------------------------------------------------------- */
+
+struct sg_script *sg_script_new(const struct sg_script_config *cfg, const struct sg_script_hooks *hooks,
+                                struct sg_error *e) {
+  struct sg_script *sc = sg_xcalloc(1, sizeof *sc);
+  sc->cfg = *cfg;
+  if (hooks) sc->hooks = *hooks;
+  sc->dir = sg_strdup(cfg->dir);
+  size_t n = strlen(sc->dir);
+  while (n > 1 && sc->dir[n - 1] == '/') sc->dir[--n] = 0;
+  if (open_state(sc, e) < 0) {
+    sg_script_free(sc);
+    return NULL;
+  }
+  return sc;
+}
+
+void sg_script_free(struct sg_script *sc) {
+  if (!sc) return;
+  sg_script_unwatch(sc);
+  if (sc->L) lua_close(sc->L);
+  for (int i = 0; i < sc->nfiles; i++) { free(sc->files[i].path); free(sc->files[i].hash); free(sc->files[i].error); }
+  free(sc->files);
+  for (int i = 0; i < sc->ndefs; i++) free_def(sc->defs[i]);
+  free(sc->defs);
+  free(sc->dir);
+  free(sc);
+}

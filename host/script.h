@@ -1,0 +1,53 @@
+/* script: the Lua side of the host. Owns the lua_State (with its memory ceiling), the sandboxed
+ * loading of the script directory, hot reload (build, validate, swap: a file that fails to load
+ * never replaces its last good version), every definition version (struct sg_def) and the step
+ * runner the engine drives (one coroutine per running saga, anchored in the registry).
+ *
+ * Ownership: sg_script_free frees the Lua state and every sg_def it handed out. */
+#ifndef SG_SCRIPT_H
+#define SG_SCRIPT_H
+
+#include <ev.h>
+#include <stdio.h>
+#include "engine.h"
+
+/* What the script module needs from the rest of the host. Any member may be NULL (sagahost check). */
+struct sg_script_hooks {
+  void *ud;
+  /* a file loaded cleanly as version hash: record its source */
+  int (*on_version)(void *ud, const char *hash, const char *file, const char *source, struct sg_error *e);
+  /* the source of a version no file has any more (malloc'd), or NULL */
+  char *(*fetch_source)(void *ud, const char *hash, char **file);
+  /* the set of services with handlers changed */
+  void (*on_services)(void *ud, const char *const *services, int n);
+};
+
+struct sg_script_config {
+  const char *dir;            /* script directory */
+  size_t mem_limit;           /* bytes the Lua state may use, 0 = unlimited */
+  long instr_budget;          /* VM instructions per resume or handler call, 0 = unlimited */
+};
+
+struct sg_script;
+struct sg_script *sg_script_new(const struct sg_script_config *cfg, const struct sg_script_hooks *hooks,
+                                struct sg_error *e);
+void sg_script_free(struct sg_script *sc);
+
+/* Loads new and changed files, retires removed ones. Returns the number of files with errors. */
+int sg_script_scan(struct sg_script *sc);
+/* Rescans the directory every `interval` seconds from the loop (hot reload). */
+void sg_script_watch(struct sg_script *sc, struct ev_loop *loop, double interval);
+void sg_script_unwatch(struct sg_script *sc);
+/* Prints "file:line: message" for every file that failed to load; returns how many. */
+int sg_script_print_errors(struct sg_script *sc, FILE *out);
+/* {"definitions": [...], "files": [...], "handlers": [...]} (malloc'd) */
+char *sg_script_definitions_json(struct sg_script *sc);
+/* number of saga types currently startable */
+int sg_script_type_count(struct sg_script *sc);
+
+struct sg_runner sg_script_runner(struct sg_script *sc);
+/* live registry references (tests assert it returns to its baseline) */
+int sg_script_live_refs(struct sg_script *sc);
+size_t sg_script_mem_used(struct sg_script *sc);
+
+#endif

@@ -1,0 +1,727 @@
+/* store_sqlite: the embedded store on SQLite (WAL, synchronous=FULL).
+ *
+ * Every statement is prepared once at open and kept on the store; an op resets and rebinds it. Text
+ * arguments are bound SQLITE_STATIC (the caller's strings outlive the step), so a write allocates
+ * nothing of ours. Rows handed to callbacks point straight into SQLite's column buffers, which is why
+ * they are only valid during the callback.
+ *
+ * A callback may call other ops of the store (including deleting the row it was handed), but not
+ * the op that is iterating: that would reset the statement under the iteration. */
+#include "store.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Schema migrations, applied in order, each in its own transaction. Never edit a step that has
+ * shipped: append a new one. schema_version holds one row per applied step. */
+static const char *const migrations[] = {
+  /* 1: initial schema */
+  "CREATE TABLE definitions ("
+  "  hash TEXT PRIMARY KEY, file TEXT NOT NULL, source TEXT NOT NULL, created_at INTEGER NOT NULL);"
+  "CREATE TABLE sagas ("
+  "  id TEXT PRIMARY KEY, type TEXT NOT NULL, def_hash TEXT NOT NULL, status TEXT NOT NULL,"
+  "  step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL,"
+  "  input TEXT, data TEXT, error TEXT, idem_key TEXT,"
+  "  created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, deadline INTEGER NOT NULL,"
+  "  version INTEGER NOT NULL);"
+  "CREATE UNIQUE INDEX sagas_idem ON sagas(type, idem_key) WHERE idem_key IS NOT NULL;"
+  "CREATE INDEX sagas_status ON sagas(status, id);"
+  "CREATE INDEX sagas_type ON sagas(type, id);"
+  "CREATE TABLE history ("
+  "  id INTEGER PRIMARY KEY AUTOINCREMENT, saga_id TEXT NOT NULL, step INTEGER NOT NULL,"
+  "  step_name TEXT, phase INTEGER NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,"
+  "  started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL, error TEXT);"
+  "CREATE INDEX history_saga ON history(saga_id, id);"
+  "CREATE TABLE journal ("
+  "  saga_id TEXT NOT NULL, step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL,"
+  "  seq INTEGER NOT NULL, kind TEXT NOT NULL, done INTEGER NOT NULL, is_error INTEGER NOT NULL,"
+  "  result TEXT, PRIMARY KEY (saga_id, step, phase, attempt, seq)) WITHOUT ROWID;"
+  /* AUTOINCREMENT on timers and outbox: ids are held in memory (armed timers, unconfirmed
+   * publishes), so an id must never be reused for a different row. */
+  "CREATE TABLE timers ("
+  "  id INTEGER PRIMARY KEY AUTOINCREMENT, saga_id TEXT NOT NULL, due_at INTEGER NOT NULL,"
+  "  kind TEXT NOT NULL, ref INTEGER NOT NULL);"
+  "CREATE INDEX timers_due ON timers(due_at, id);"
+  "CREATE TABLE outbox ("
+  "  id INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, correlation_id TEXT,"
+  "  exchange TEXT, routing_key TEXT, reply_to TEXT, type TEXT, saga_id TEXT, saga_type TEXT,"
+  "  step INTEGER NOT NULL, attempt INTEGER NOT NULL, status TEXT, body TEXT,"
+  "  created_at INTEGER NOT NULL);"
+  "CREATE TABLE inbox ("
+  "  message_id TEXT PRIMARY KEY, reply_status TEXT, reply_body TEXT, received_at INTEGER NOT NULL);",
+};
+#define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* The cached statements, one per operation (saga_list has one per filter combination so each
+ * gets a plan that uses its index). */
+enum {
+  ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
+  ST_DEF_PUT, ST_DEF_GET,
+  ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
+  ST_SAGA_LIST, ST_SAGA_LIST_STATUS, ST_SAGA_LIST_TYPE, ST_SAGA_LIST_BOTH, ST_SAGA_ACTIVE,
+  ST_HIST_INSERT, ST_HIST_FINISH, ST_HIST_EACH,
+  ST_JOURNAL_PUT, ST_JOURNAL_EACH,
+  ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
+  ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
+  ST_INBOX_GET, ST_INBOX_PUT,
+  ST_COUNT
+};
+
+/* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
+#define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
+                  " created_at, updated_at, deadline, version"
+
+static const char *const stmt_sql[ST_COUNT] = {
+  [ST_BEGIN] = "BEGIN IMMEDIATE",
+  [ST_COMMIT] = "COMMIT",
+  [ST_ROLLBACK] = "ROLLBACK",
+  [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
+  [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
+  [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
+                     " ?12, ?13, ?14, ?15)",
+  [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
+                     " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11"
+                     " WHERE id = ?1 AND version = ?11 - 1",
+  [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
+  [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
+  [ST_SAGA_LIST] = "SELECT " SAGA_COLS " FROM sagas WHERE id > ?3 ORDER BY id LIMIT ?4",
+  [ST_SAGA_LIST_STATUS] = "SELECT " SAGA_COLS " FROM sagas WHERE status = ?1 AND id > ?3 ORDER BY id LIMIT ?4",
+  [ST_SAGA_LIST_TYPE] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+  [ST_SAGA_LIST_BOTH] = "SELECT " SAGA_COLS " FROM sagas WHERE status = ?1 AND type = ?2 AND id > ?3"
+                        " ORDER BY id LIMIT ?4",
+  [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') ORDER BY id",
+  [ST_HIST_INSERT] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
+                     " finished_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+  [ST_HIST_FINISH] = "UPDATE history SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
+  [ST_HIST_EACH] = "SELECT id, saga_id, step, step_name, phase, attempt, status, started_at, finished_at, error"
+                   " FROM history WHERE saga_id = ?1 ORDER BY id",
+  [ST_JOURNAL_PUT] = "INSERT OR REPLACE INTO journal(saga_id, step, phase, attempt, seq, kind, done, is_error,"
+                     " result) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+  [ST_JOURNAL_EACH] = "SELECT saga_id, step, phase, attempt, seq, kind, done, is_error, result FROM journal"
+                      " WHERE saga_id = ?1 AND step = ?2 AND phase = ?3 AND attempt = ?4 ORDER BY seq",
+  [ST_TIMER_PUT] = "INSERT INTO timers(saga_id, due_at, kind, ref) VALUES (?1, ?2, ?3, ?4)",
+  [ST_TIMER_DEL] = "DELETE FROM timers WHERE id = ?1",
+  [ST_TIMER_EACH] = "SELECT id, saga_id, due_at, kind, ref FROM timers ORDER BY due_at, id",
+  [ST_OUTBOX_PUT] = "INSERT INTO outbox(message_id, correlation_id, exchange, routing_key, reply_to, type,"
+                    " saga_id, saga_type, step, attempt, status, body, created_at)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+  [ST_OUTBOX_DEL] = "DELETE FROM outbox WHERE id = ?1",
+  [ST_OUTBOX_EACH] = "SELECT id, message_id, correlation_id, exchange, routing_key, reply_to, type, saga_id,"
+                     " saga_type, step, attempt, status, body, created_at FROM outbox ORDER BY id",
+  [ST_INBOX_GET] = "SELECT reply_status, reply_body FROM inbox WHERE message_id = ?1",
+  [ST_INBOX_PUT] = "INSERT OR REPLACE INTO inbox(message_id, reply_status, reply_body, received_at)"
+                   " VALUES (?1, ?2, ?3, ?4)",
+};
+
+/* The SQLite store; base comes first so a struct sg_store * is also a struct sqlite_store *. */
+struct sqlite_store {
+  struct sg_store base;         /* ops table */
+  sqlite3 *db;                  /* the connection (one per store, used from the loop thread only) */
+  sqlite3_stmt *st[ST_COUNT];   /* prepared once at open, finalized at close */
+  int64_t commits;              /* successful COMMITs, for benchmarks and /healthz */
+};
+
+static struct sqlite_store *S(struct sg_store *s) { return (struct sqlite_store *)s; }
+
+/* Fills e from the connection's last error. Call before resetting the statement that failed. */
+static int db_fail(struct sqlite_store *s, struct sg_error *e, const char *what) {
+  return sg_errorf(e, SG_E_INTERNAL, "sqlite: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+/* Takes a cached statement for a new use: the previous use may have stopped early. */
+static sqlite3_stmt *stmt_use(struct sqlite_store *s, int id) {
+  sqlite3_stmt *st = s->st[id];
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  return st;
+}
+
+/* Ends a use: resetting releases the read snapshot a half-stepped SELECT would keep open. */
+static void stmt_done(sqlite3_stmt *st) { sqlite3_reset(st); }
+
+/* Binds text without copying (NULL binds SQL NULL). */
+static void bind_text(sqlite3_stmt *st, int i, const char *v) { sqlite3_bind_text(st, i, v, -1, SQLITE_STATIC); }
+static void bind_i64(sqlite3_stmt *st, int i, int64_t v) { sqlite3_bind_int64(st, i, v); }
+
+/* Runs a statement that returns no rows. */
+static int stmt_exec(struct sqlite_store *s, sqlite3_stmt *st, struct sg_error *e, const char *what) {
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_DONE) {
+    db_fail(s, e, what);
+    stmt_done(st);
+    return -1;
+  }
+  stmt_done(st);
+  return 0;
+}
+
+static const char *col_text(sqlite3_stmt *st, int i) { return (const char *)sqlite3_column_text(st, i); }
+static char *col_dup(sqlite3_stmt *st, int i) { return sg_strdup(col_text(st, i)); }
+
+/* ---- transactions ---- */
+
+static int sq_begin(struct sg_store *base, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  return stmt_exec(s, stmt_use(s, ST_BEGIN), e, "begin");
+}
+
+static int sq_commit(struct sg_store *base, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  if (stmt_exec(s, stmt_use(s, ST_COMMIT), e, "commit") < 0) return -1;
+  s->commits++;
+  return 0;
+}
+
+static int sq_rollback(struct sg_store *base, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  /* SQLite may already have rolled back on its own (e.g. after SQLITE_FULL); that is success. */
+  if (sqlite3_get_autocommit(s->db)) return 0;
+  return stmt_exec(s, stmt_use(s, ST_ROLLBACK), e, "rollback");
+}
+
+static int64_t sq_commit_count(struct sg_store *base) { return S(base)->commits; }
+
+/* ---- definitions ---- */
+
+static int sq_def_put(struct sg_store *base, const char *hash, const char *file, const char *source,
+                      struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_DEF_PUT);
+  bind_text(st, 1, hash);
+  bind_text(st, 2, file);
+  bind_text(st, 3, source);
+  bind_i64(st, 4, sg_now_ms());
+  return stmt_exec(s, st, e, "def_put");
+}
+
+static int sq_def_get(struct sg_store *base, const char *hash, char **file, char **source, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_DEF_GET);
+  bind_text(st, 1, hash);
+  if (file) *file = NULL;
+  *source = NULL;
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_ROW) {
+    if (file) *file = col_dup(st, 0);
+    *source = col_dup(st, 1);
+  } else if (rc != SQLITE_DONE) {
+    db_fail(s, e, "def_get");
+    stmt_done(st);
+    return -1;
+  }
+  stmt_done(st);
+  return 0;
+}
+
+/* ---- sagas ---- */
+
+/* A text column, copied (own) or borrowed from the statement (valid until the next step). */
+static char *col_str(sqlite3_stmt *st, int i, int own) {
+  return own ? col_dup(st, i) : (char *)col_text(st, i);
+}
+
+/* Reads a row selected with SAGA_COLS. own: the strings are copies the caller frees with
+ * sg_store_saga_row_free; otherwise they are borrowed for a callback. */
+static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
+  const char *id = col_text(st, 0);
+  snprintf(r->id, sizeof r->id, "%s", id ? id : "");
+  r->type = col_str(st, 1, own);
+  r->def_hash = col_str(st, 2, own);
+  r->status = sg_status_parse(col_text(st, 3));
+  r->step = sqlite3_column_int(st, 4);
+  r->phase = sqlite3_column_int(st, 5);
+  r->attempt = sqlite3_column_int(st, 6);
+  r->input = col_str(st, 7, own);
+  r->data = col_str(st, 8, own);
+  r->error = col_str(st, 9, own);
+  r->idem_key = col_str(st, 10, own);
+  r->created_at = sqlite3_column_int64(st, 11);
+  r->updated_at = sqlite3_column_int64(st, 12);
+  r->deadline = sqlite3_column_int64(st, 13);
+  r->version = sqlite3_column_int64(st, 14);
+}
+
+static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SAGA_INSERT);
+  bind_text(st, 1, r->id);
+  bind_text(st, 2, r->type);
+  bind_text(st, 3, r->def_hash);
+  bind_text(st, 4, sg_status_name(r->status));
+  bind_i64(st, 5, r->step);
+  bind_i64(st, 6, r->phase);
+  bind_i64(st, 7, r->attempt);
+  bind_text(st, 8, r->input);
+  bind_text(st, 9, r->data);
+  bind_text(st, 10, r->error);
+  bind_text(st, 11, r->idem_key);
+  bind_i64(st, 12, r->created_at);
+  bind_i64(st, 13, r->updated_at);
+  bind_i64(st, 14, r->deadline);
+  bind_i64(st, 15, r->version);
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_DONE) {
+    /* A duplicate id or (type, idem_key) is a conflict the caller can act on, not a store failure. */
+    int code = (rc & 0xff) == SQLITE_CONSTRAINT ? SG_E_CONFLICT : SG_E_INTERNAL;
+    sg_errorf(e, code, "sqlite: saga_insert %s: %s", r->id, sqlite3_errmsg(s->db));
+    stmt_done(st);
+    return -1;
+  }
+  stmt_done(st);
+  return 0;
+}
+
+static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SAGA_UPDATE);
+  bind_text(st, 1, r->id);
+  bind_text(st, 2, r->def_hash);
+  bind_text(st, 3, sg_status_name(r->status));
+  bind_i64(st, 4, r->step);
+  bind_i64(st, 5, r->phase);
+  bind_i64(st, 6, r->attempt);
+  bind_text(st, 7, r->data);
+  bind_text(st, 8, r->error);
+  bind_i64(st, 9, r->updated_at);
+  bind_i64(st, 10, r->deadline);
+  bind_i64(st, 11, r->version);
+  if (stmt_exec(s, st, e, "saga_update") < 0) return -1;
+  if (sqlite3_changes(s->db) == 0)
+    return sg_errorf(e, SG_E_CONFLICT,
+                     "saga %s: version conflict: expected stored version %lld (changed by another writer, or gone)",
+                     r->id, (long long)(r->version - 1));
+  return 0;
+}
+
+/* Steps a saga SELECT expected to return at most one row into out (owned). */
+static int saga_get_one(struct sqlite_store *s, sqlite3_stmt *st, struct sg_saga_row *out, struct sg_error *e,
+                        const char *what) {
+  int rc = sqlite3_step(st), found = 0;
+  if (rc == SQLITE_ROW) {
+    saga_from_stmt(st, out, 1);
+    found = 1;
+  } else if (rc != SQLITE_DONE) {
+    db_fail(s, e, what);
+    found = -1;
+  }
+  stmt_done(st);
+  return found;
+}
+
+static int sq_saga_get(struct sg_store *base, const char *id, struct sg_saga_row *out, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SAGA_GET);
+  bind_text(st, 1, id);
+  return saga_get_one(s, st, out, e, "saga_get");
+}
+
+static int sq_saga_find_idem(struct sg_store *base, const char *type, const char *key, struct sg_saga_row *out,
+                             struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SAGA_FIND_IDEM);
+  bind_text(st, 1, type);
+  bind_text(st, 2, key);
+  return saga_get_one(s, st, out, e, "saga_find_idem");
+}
+
+/* Hands every row of a saga SELECT to cb (borrowed), until cb returns non-zero. */
+static int saga_iter(struct sqlite_store *s, sqlite3_stmt *st, sg_saga_cb cb, void *ud, struct sg_error *e,
+                     const char *what) {
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct sg_saga_row r;
+    saga_from_stmt(st, &r, 0);
+    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
+  }
+  if (rc != SQLITE_DONE) {
+    db_fail(s, e, what);
+    stmt_done(st);
+    return -1;
+  }
+  stmt_done(st);
+  return 0;
+}
+
+static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud,
+                        struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  int by_status = f->status >= 0, by_type = f->type != NULL;
+  int id = by_status && by_type ? ST_SAGA_LIST_BOTH
+         : by_status            ? ST_SAGA_LIST_STATUS
+         : by_type              ? ST_SAGA_LIST_TYPE
+                                : ST_SAGA_LIST;
+  sqlite3_stmt *st = stmt_use(s, id);
+  if (by_status) bind_text(st, 1, sg_status_name(f->status));
+  if (by_type) bind_text(st, 2, f->type);
+  bind_text(st, 3, f->after ? f->after : ""); /* every id sorts after "" */
+  bind_i64(st, 4, f->limit > 0 ? f->limit : -1); /* LIMIT -1: no limit */
+  return saga_iter(s, st, cb, ud, e, "saga_list");
+}
+
+static int sq_saga_each_active(struct sg_store *base, sg_saga_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  return saga_iter(s, stmt_use(s, ST_SAGA_ACTIVE), cb, ud, e, "saga_each_active");
+}
+
+/* ---- history ---- */
+
+static int sq_hist_insert(struct sg_store *base, struct sg_hist_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_HIST_INSERT);
+  bind_text(st, 1, r->saga_id);
+  bind_i64(st, 2, r->step);
+  bind_text(st, 3, r->step_name);
+  bind_i64(st, 4, r->phase);
+  bind_i64(st, 5, r->attempt);
+  bind_text(st, 6, r->status);
+  bind_i64(st, 7, r->started_at);
+  bind_i64(st, 8, r->finished_at);
+  bind_text(st, 9, r->error);
+  if (stmt_exec(s, st, e, "hist_insert") < 0) return -1;
+  r->id = sqlite3_last_insert_rowid(s->db);
+  return 0;
+}
+
+static int sq_hist_finish(struct sg_store *base, int64_t id, const char *status, int64_t finished_at,
+                          const char *error, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_HIST_FINISH);
+  bind_i64(st, 1, id);
+  bind_text(st, 2, status);
+  bind_i64(st, 3, finished_at);
+  bind_text(st, 4, error);
+  if (stmt_exec(s, st, e, "hist_finish") < 0) return -1;
+  if (sqlite3_changes(s->db) == 0)
+    return sg_errorf(e, SG_E_NOTFOUND, "hist_finish: no history row %lld", (long long)id);
+  return 0;
+}
+
+static int sq_hist_each(struct sg_store *base, const char *saga_id, sg_hist_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_HIST_EACH);
+  bind_text(st, 1, saga_id);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct sg_hist_row r = {
+      .id = sqlite3_column_int64(st, 0),
+      .saga_id = col_text(st, 1),
+      .step = sqlite3_column_int(st, 2),
+      .step_name = col_text(st, 3),
+      .phase = sqlite3_column_int(st, 4),
+      .attempt = sqlite3_column_int(st, 5),
+      .status = col_text(st, 6),
+      .started_at = sqlite3_column_int64(st, 7),
+      .finished_at = sqlite3_column_int64(st, 8),
+      .error = col_text(st, 9),
+    };
+    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
+  }
+  if (rc != SQLITE_DONE) { db_fail(s, e, "hist_each"); stmt_done(st); return -1; }
+  stmt_done(st);
+  return 0;
+}
+
+/* ---- journal ---- */
+
+static int sq_journal_put(struct sg_store *base, const struct sg_journal_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_JOURNAL_PUT);
+  bind_text(st, 1, r->saga_id);
+  bind_i64(st, 2, r->step);
+  bind_i64(st, 3, r->phase);
+  bind_i64(st, 4, r->attempt);
+  bind_i64(st, 5, r->seq);
+  bind_text(st, 6, r->kind);
+  bind_i64(st, 7, r->done);
+  bind_i64(st, 8, r->is_error);
+  bind_text(st, 9, r->result);
+  return stmt_exec(s, st, e, "journal_put");
+}
+
+static int sq_journal_each(struct sg_store *base, const char *saga_id, int step, int phase, int attempt,
+                           sg_journal_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_JOURNAL_EACH);
+  bind_text(st, 1, saga_id);
+  bind_i64(st, 2, step);
+  bind_i64(st, 3, phase);
+  bind_i64(st, 4, attempt);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct sg_journal_row r = {
+      .saga_id = col_text(st, 0),
+      .step = sqlite3_column_int(st, 1),
+      .phase = sqlite3_column_int(st, 2),
+      .attempt = sqlite3_column_int(st, 3),
+      .seq = sqlite3_column_int(st, 4),
+      .kind = col_text(st, 5),
+      .done = sqlite3_column_int(st, 6),
+      .is_error = sqlite3_column_int(st, 7),
+      .result = col_text(st, 8),
+    };
+    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
+  }
+  if (rc != SQLITE_DONE) { db_fail(s, e, "journal_each"); stmt_done(st); return -1; }
+  stmt_done(st);
+  return 0;
+}
+
+/* ---- timers ---- */
+
+static int sq_timer_put(struct sg_store *base, struct sg_timer_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_TIMER_PUT);
+  bind_text(st, 1, r->saga_id);
+  bind_i64(st, 2, r->due_at);
+  bind_text(st, 3, r->kind);
+  bind_i64(st, 4, r->ref);
+  if (stmt_exec(s, st, e, "timer_put") < 0) return -1;
+  r->id = sqlite3_last_insert_rowid(s->db);
+  return 0;
+}
+
+/* Deleting an id that is already gone succeeds: a timer may fire and be cancelled in one batch. */
+static int sq_timer_del(struct sg_store *base, int64_t id, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_TIMER_DEL);
+  bind_i64(st, 1, id);
+  return stmt_exec(s, st, e, "timer_del");
+}
+
+static int sq_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_TIMER_EACH);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct sg_timer_row r = {
+      .id = sqlite3_column_int64(st, 0),
+      .saga_id = col_text(st, 1),
+      .due_at = sqlite3_column_int64(st, 2),
+      .kind = col_text(st, 3),
+      .ref = sqlite3_column_int64(st, 4),
+    };
+    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
+  }
+  if (rc != SQLITE_DONE) { db_fail(s, e, "timer_each"); stmt_done(st); return -1; }
+  stmt_done(st);
+  return 0;
+}
+
+/* ---- outbox ---- */
+
+static int sq_outbox_put(struct sg_store *base, struct sg_msg *m, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_OUTBOX_PUT);
+  bind_text(st, 1, m->message_id);
+  bind_text(st, 2, m->correlation_id);
+  bind_text(st, 3, m->exchange);
+  bind_text(st, 4, m->routing_key);
+  bind_text(st, 5, m->reply_to);
+  bind_text(st, 6, m->type);
+  bind_text(st, 7, m->saga_id);
+  bind_text(st, 8, m->saga_type);
+  bind_i64(st, 9, m->step);
+  bind_i64(st, 10, m->attempt);
+  bind_text(st, 11, m->status);
+  bind_text(st, 12, m->body);
+  bind_i64(st, 13, m->created_at);
+  if (stmt_exec(s, st, e, "outbox_put") < 0) return -1;
+  m->outbox_id = sqlite3_last_insert_rowid(s->db);
+  return 0;
+}
+
+/* Like timer_del, a second delete (a duplicate confirm) is not an error. */
+static int sq_outbox_del(struct sg_store *base, int64_t id, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_OUTBOX_DEL);
+  bind_i64(st, 1, id);
+  return stmt_exec(s, st, e, "outbox_del");
+}
+
+static int sq_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_OUTBOX_EACH);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
+    struct sg_msg m = {
+      .outbox_id = sqlite3_column_int64(st, 0),
+      .message_id = (char *)col_text(st, 1),
+      .correlation_id = (char *)col_text(st, 2),
+      .exchange = (char *)col_text(st, 3),
+      .routing_key = (char *)col_text(st, 4),
+      .reply_to = (char *)col_text(st, 5),
+      .type = (char *)col_text(st, 6),
+      .saga_id = (char *)col_text(st, 7),
+      .saga_type = (char *)col_text(st, 8),
+      .step = sqlite3_column_int(st, 9),
+      .attempt = sqlite3_column_int(st, 10),
+      .status = (char *)col_text(st, 11),
+      .body = (char *)col_text(st, 12),
+      .created_at = sqlite3_column_int64(st, 13),
+    };
+    if (cb(ud, &m)) { rc = SQLITE_DONE; break; }
+  }
+  if (rc != SQLITE_DONE) { db_fail(s, e, "outbox_each"); stmt_done(st); return -1; }
+  stmt_done(st);
+  return 0;
+}
+
+/* ---- inbox ---- */
+
+static int sq_inbox_get(struct sg_store *base, const char *message_id, char **reply_status, char **reply_body,
+                        struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_INBOX_GET);
+  bind_text(st, 1, message_id);
+  if (reply_status) *reply_status = NULL;
+  if (reply_body) *reply_body = NULL;
+  int rc = sqlite3_step(st), found = 0;
+  if (rc == SQLITE_ROW) {
+    if (reply_status) *reply_status = col_dup(st, 0);
+    if (reply_body) *reply_body = col_dup(st, 1);
+    found = 1;
+  } else if (rc != SQLITE_DONE) {
+    db_fail(s, e, "inbox_get");
+    found = -1;
+  }
+  stmt_done(st);
+  return found;
+}
+
+static int sq_inbox_put(struct sg_store *base, const char *message_id, const char *reply_status,
+                        const char *reply_body, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_INBOX_PUT);
+  bind_text(st, 1, message_id);
+  bind_text(st, 2, reply_status);
+  bind_text(st, 3, reply_body);
+  bind_i64(st, 4, sg_now_ms());
+  return stmt_exec(s, st, e, "inbox_put");
+}
+
+/* ---- open / close ---- */
+
+static void sq_close(struct sg_store *base) {
+  struct sqlite_store *s = S(base);
+  if (!s) return;
+  for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(s->st[i]); /* NULL is a no-op */
+  sqlite3_close(s->db); /* rolls back an open transaction */
+  free(s);
+}
+
+static const struct sg_store_ops sqlite_ops = {
+  .name = "sqlite",
+  .close = sq_close,
+  .begin = sq_begin,
+  .commit = sq_commit,
+  .rollback = sq_rollback,
+  .def_put = sq_def_put,
+  .def_get = sq_def_get,
+  .saga_insert = sq_saga_insert,
+  .saga_update = sq_saga_update,
+  .saga_get = sq_saga_get,
+  .saga_find_idem = sq_saga_find_idem,
+  .saga_list = sq_saga_list,
+  .saga_each_active = sq_saga_each_active,
+  .hist_insert = sq_hist_insert,
+  .hist_finish = sq_hist_finish,
+  .hist_each = sq_hist_each,
+  .journal_put = sq_journal_put,
+  .journal_each = sq_journal_each,
+  .timer_put = sq_timer_put,
+  .timer_del = sq_timer_del,
+  .timer_each = sq_timer_each,
+  .outbox_put = sq_outbox_put,
+  .outbox_del = sq_outbox_del,
+  .outbox_each = sq_outbox_each,
+  .inbox_get = sq_inbox_get,
+  .inbox_put = sq_inbox_put,
+  .commit_count = sq_commit_count,
+};
+
+/* Open-time only: runs SQL text that may hold several statements. */
+static int exec_sql(struct sqlite_store *s, const char *sql, struct sg_error *e, const char *what) {
+  char *msg = NULL;
+  if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+    sg_errorf(e, SG_E_INTERNAL, "sqlite: %s: %s", what, msg ? msg : sqlite3_errmsg(s->db));
+    sqlite3_free(msg);
+    return -1;
+  }
+  return 0;
+}
+
+/* Reads one integer from a single-row query (open-time only). */
+static int query_int(struct sqlite_store *s, const char *sql, int64_t *out, struct sg_error *e, const char *what) {
+  sqlite3_stmt *st;
+  if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return db_fail(s, e, what);
+  int rc = sqlite3_step(st);
+  if (rc != SQLITE_ROW) {
+    db_fail(s, e, what);
+    sqlite3_finalize(st);
+    return -1;
+  }
+  *out = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return 0;
+}
+
+/* Applies the missing migrations. The version is re-read inside each write transaction so two hosts
+ * opening a fresh database at once do not both apply a step. */
+static int migrate(struct sqlite_store *s, struct sg_error *e) {
+  if (exec_sql(s, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+                  " applied_at INTEGER NOT NULL)", e, "create schema_version") < 0)
+    return -1;
+  for (;;) {
+    if (exec_sql(s, "BEGIN IMMEDIATE", e, "migrate: begin") < 0) return -1;
+    int64_t have = 0;
+    if (query_int(s, "SELECT coalesce(max(version), 0) FROM schema_version", &have, e, "migrate: read version") < 0)
+      goto fail;
+    if (have > N_MIGRATIONS) {
+      sg_errorf(e, SG_E_INTERNAL, "sqlite: database schema version %lld is newer than this host knows (%d):"
+                " upgrade sagahost", (long long)have, N_MIGRATIONS);
+      goto fail;
+    }
+    if (have == N_MIGRATIONS) return exec_sql(s, "COMMIT", e, "migrate: commit");
+    char what[64];
+    snprintf(what, sizeof what, "migration %lld", (long long)have + 1);
+    if (exec_sql(s, migrations[have], e, what) < 0) goto fail;
+    char mark[128];
+    snprintf(mark, sizeof mark, "INSERT INTO schema_version(version, applied_at) VALUES (%lld, %lld)",
+             (long long)have + 1, (long long)sg_now_ms());
+    if (exec_sql(s, mark, e, what) < 0) goto fail;
+    if (exec_sql(s, "COMMIT", e, "migrate: commit") < 0) goto fail;
+  }
+fail:
+  sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+  return -1;
+}
+
+struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e) {
+  struct sqlite_store *s = sg_xcalloc(1, sizeof *s);
+  s->base.ops = &sqlite_ops;
+  int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+  if (rc != SQLITE_OK) {
+    sg_errorf(e, SG_E_INTERNAL, "sqlite: open %s: %s", path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+    goto fail;
+  }
+  sqlite3_extended_result_codes(s->db, 1);
+  /* Waiting beats failing when another process (a CLI, a backup) holds the lock briefly. */
+  sqlite3_busy_timeout(s->db, 5000);
+  if (exec_sql(s, "PRAGMA journal_mode=WAL", e, "set WAL mode") < 0) goto fail;
+  /* FULL: a commit is durable when it returns; throughput comes from group commit, not from this. */
+  if (exec_sql(s, "PRAGMA synchronous=FULL", e, "set synchronous") < 0) goto fail;
+  if (migrate(s, e) < 0) goto fail;
+  for (int i = 0; i < ST_COUNT; i++) {
+    if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
+      sg_errorf(e, SG_E_INTERNAL, "sqlite: prepare '%.60s': %s", stmt_sql[i], sqlite3_errmsg(s->db));
+      goto fail;
+    }
+  }
+  return &s->base;
+fail:
+  sq_close(&s->base);
+  return NULL;
+}

@@ -1,0 +1,451 @@
+-- saga: the Lua half of the saga runtime (the C half is host/lsaga.c, required as "saga.core").
+--
+-- It owns: the DSL (saga.define, saga.handle) and its validation, the sandbox every script file
+-- runs in, the ctx object handed to steps, and the step/handler trampolines the host resumes.
+-- Durable operations (ctx:call, ctx:sleep, ...) yield to the host, which journals them and resumes
+-- the coroutine with (ok, result_json). This file runs with the full standard library; user scripts
+-- never see it directly, only the `saga` table returned by `public`.
+local core = require "saga.core"
+local cjson = require "cjson"
+
+local json = cjson.new()
+json.encode_sparse_array(true)
+json.decode_max_depth(200)
+json.encode_max_depth(200)
+
+local M = {}
+
+-- The load in progress: saga.define/saga.handle only work while a file is being loaded.
+local loading = nil
+-- Current good loads by file, and the merged handler registry built from them.
+local files = {}
+local handlers = {}
+-- Every definition version seen: versions[hash] = load (its defs by type).
+local versions = {}
+
+---------------------------------------------------------------------------------------------------
+-- errors
+
+-- Errors raised by the runtime itself (ctx:fail, remote error replies) carry this metatable.
+local Err = {}
+Err.__index = Err
+Err.__tostring = function(e) return e.message end
+
+local function caller_where(level)
+  local info = debug.getinfo(level + 1, "Sl")
+  if info and info.currentline and info.currentline > 0 then
+    return info.short_src .. ":" .. info.currentline
+  end
+  return "?"
+end
+
+-- Normalises anything raised inside a step or a handler into {message, retryable, fail, traceback}.
+local function normalize_error(e)
+  local tb = debug.traceback("", 2)
+  if getmetatable(e) == Err then
+    e.traceback = tb
+    return e
+  end
+  if type(e) == "table" then
+    local msg = e.message or e.error or e.msg
+    local r = { message = msg and tostring(msg) or json.encode(e), traceback = tb }
+    r.retryable = e.retryable ~= false
+    return setmetatable(r, Err)
+  end
+  return setmetatable({ message = tostring(e), retryable = true, traceback = tb }, Err)
+end
+
+---------------------------------------------------------------------------------------------------
+-- durations and policies
+
+local function duration_ms(v, what)
+  local ms, err = core.duration_ms(v)
+  if not ms then error(what .. ": " .. err, 0) end
+  return ms
+end
+
+local RETRY_KEYS = { attempts = true, backoff = true, initial = true, max = true, multiplier = true, jitter = true }
+local DEFAULT_RETRY = { attempts = 3, backoff = "exponential", initial_ms = 100, max_ms = 5000, multiplier = 2, jitter = true }
+local DEFAULT_COMP_RETRY = { attempts = 10, backoff = "exponential", initial_ms = 200, max_ms = 30000, multiplier = 2, jitter = true }
+
+-- Validates a retry table; returns it normalised (durations in ms), merged over `base`.
+local function parse_retry(t, what, base)
+  if t == nil then return base end
+  if type(t) ~= "table" then error(what .. " must be a table", 0) end
+  for k in pairs(t) do
+    if not RETRY_KEYS[k] then
+      error(what .. ": unknown key '" .. tostring(k) .. "' (known: attempts, backoff, initial, max, multiplier, jitter)", 0)
+    end
+  end
+  local r = {}
+  for k, v in pairs(base) do r[k] = v end
+  if t.attempts ~= nil then
+    if math.type(t.attempts) ~= "integer" or t.attempts < 1 then error(what .. ".attempts must be an integer >= 1", 0) end
+    r.attempts = t.attempts
+  end
+  if t.backoff ~= nil then
+    if t.backoff ~= "fixed" and t.backoff ~= "exponential" then
+      error(what .. ".backoff must be \"fixed\" or \"exponential\"", 0)
+    end
+    r.backoff = t.backoff
+  end
+  if t.initial ~= nil then r.initial_ms = duration_ms(t.initial, what .. ".initial") end
+  if t.max ~= nil then r.max_ms = duration_ms(t.max, what .. ".max") end
+  if t.multiplier ~= nil then
+    if type(t.multiplier) ~= "number" or t.multiplier < 1 then error(what .. ".multiplier must be a number >= 1", 0) end
+    r.multiplier = t.multiplier
+  end
+  if t.jitter ~= nil then
+    if type(t.jitter) ~= "boolean" then error(what .. ".jitter must be a boolean", 0) end
+    r.jitter = t.jitter
+  end
+  if r.max_ms < r.initial_ms then r.max_ms = r.initial_ms end
+  return r
+end
+
+---------------------------------------------------------------------------------------------------
+-- the DSL
+
+local SAGA_KEYS = { name = true, steps = true, retry = true, compensate_retry = true, timeout = true, description = true }
+local STEP_KEYS = { name = true, action = true, compensate = true, retry = true, compensate_retry = true, timeout = true, description = true }
+local NAME_PATTERN = "^[%a_][%w_%.%-]*$"
+
+local function define(spec)
+  if not loading then error("saga.define can only be called while a script file loads (at its top level)", 2) end
+  local where = caller_where(2)
+  local function fail(msg) error(where .. ": saga.define: " .. msg, 0) end
+  if type(spec) ~= "table" then fail("expects a table") end
+  for k in pairs(spec) do
+    if not SAGA_KEYS[k] then fail("unknown key '" .. tostring(k) .. "' (known: name, steps, retry, compensate_retry, timeout, description)") end
+  end
+  local name = spec.name
+  if type(name) ~= "string" or not name:match(NAME_PATTERN) then
+    fail("'name' must be a string of letters, digits, '_', '.' or '-' (got " .. tostring(name) .. ")")
+  end
+  local function sfail(msg) fail("saga '" .. name .. "': " .. msg) end
+  if loading.defs[name] then sfail("defined twice in this file") end
+  if type(spec.steps) ~= "table" or #spec.steps == 0 then sfail("'steps' must be a non-empty list of steps") end
+  local def = { name = name, file = loading.file, where = where, steps = {} }
+  local ok, err = pcall(function()
+    def.timeout_ms = spec.timeout ~= nil and duration_ms(spec.timeout, "timeout") or 0
+    def.retry = parse_retry(spec.retry, "retry", DEFAULT_RETRY)
+    def.compensate_retry = parse_retry(spec.compensate_retry, "compensate_retry", DEFAULT_COMP_RETRY)
+  end)
+  if not ok then sfail(err) end
+  local seen = {}
+  for i, st in ipairs(spec.steps) do
+    local function stfail(msg) sfail("step " .. i .. (type(st) == "table" and st.name and (" ('" .. tostring(st.name) .. "')") or "") .. ": " .. msg) end
+    if type(st) ~= "table" then stfail("must be a table") end
+    for k in pairs(st) do
+      if not STEP_KEYS[k] then stfail("unknown key '" .. tostring(k) .. "' (known: name, action, compensate, retry, compensate_retry, timeout, description)") end
+    end
+    if type(st.name) ~= "string" or not st.name:match(NAME_PATTERN) then stfail("'name' must be a string") end
+    if seen[st.name] then stfail("duplicate step name") end
+    seen[st.name] = true
+    if type(st.action) ~= "function" then stfail("'action' must be a function") end
+    if st.compensate ~= nil and type(st.compensate) ~= "function" then stfail("'compensate' must be a function") end
+    local s = { name = st.name, action = st.action, compensate = st.compensate }
+    local ok2, err2 = pcall(function()
+      s.timeout_ms = st.timeout ~= nil and duration_ms(st.timeout, "timeout") or 0
+      s.retry = parse_retry(st.retry, "retry", def.retry)
+      s.compensate_retry = parse_retry(st.compensate_retry, "compensate_retry", def.compensate_retry)
+    end)
+    if not ok2 then stfail(err2) end
+    def.steps[i] = s
+  end
+  for k in pairs(spec.steps) do
+    if math.type(k) ~= "integer" or k < 1 or k > #spec.steps then sfail("'steps' must be a list (found key " .. tostring(k) .. ")") end
+  end
+  loading.defs[name] = def
+  loading.order[#loading.order + 1] = name
+end
+
+local function handle(service, command, fn)
+  if not loading then error("saga.handle can only be called while a script file loads (at its top level)", 2) end
+  local where = caller_where(2)
+  local function fail(msg) error(where .. ": saga.handle: " .. msg, 0) end
+  if type(service) ~= "string" or not service:match("^[%a_][%w_%-]*$") then
+    fail("service must be a name of letters, digits, '_' or '-' (got " .. tostring(service) .. ")")
+  end
+  if type(command) ~= "string" or not command:match("^[%a_][%w_%-]*$") then
+    fail("command must be a name of letters, digits, '_' or '-' (got " .. tostring(command) .. ")")
+  end
+  if type(fn) ~= "function" then fail("handler for " .. service .. "." .. command .. " must be a function") end
+  local key = service .. "." .. command
+  if loading.handlers[key] then fail(key .. " is handled twice in this file") end
+  loading.handlers[key] = { service = service, command = command, fn = fn, where = where }
+end
+
+-- The table scripts get from require "saga".
+local public = {
+  define = define,
+  handle = handle,
+  json = { encode = function(v) return json.encode(v) end, decode = function(s) return json.decode(s) end },
+  duration = function(v) return duration_ms(v, "duration") / 1000 end,
+}
+
+---------------------------------------------------------------------------------------------------
+-- the sandbox
+
+local function copy(t)
+  local r = {}
+  for k, v in pairs(t) do r[k] = v end
+  return r
+end
+
+local string_mt = getmetatable("")
+
+local function sandbox_env(file)
+  local env = {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, pcall = pcall,
+    select = select, tonumber = tonumber, tostring = tostring, type = type, xpcall = xpcall,
+    rawequal = rawequal, rawget = rawget, rawset = rawset, rawlen = rawlen, setmetatable = setmetatable,
+    getmetatable = function(v)
+      local mt = getmetatable(v)
+      if mt == string_mt then return nil end
+      return mt
+    end,
+    string = copy(string), table = copy(table), math = copy(math), utf8 = copy(utf8),
+    os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime },
+    _VERSION = _VERSION,
+  }
+  env.print = function(...)
+    local parts = table.pack(...)
+    for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+    core.log("info", file .. ": " .. table.concat(parts, "\t", 1, parts.n))
+  end
+  env.require = function(name)
+    if name == "saga" then return public end
+    if name == "cjson" or name == "json" then return public.json end
+    error("module '" .. tostring(name) .. "' is not available to saga scripts (only 'saga' and 'json')", 2)
+  end
+  env._G = env
+  return env
+end
+
+---------------------------------------------------------------------------------------------------
+-- loading
+
+-- Runs one script file in a fresh sandbox. Returns the load ({file, hash, defs, order, handlers})
+-- or nil and a "file:line: message" error. `historic` loads (an old version an instance still needs)
+-- do not register handlers.
+function M.load(file, source, hash, historic)
+  local ld = { file = file, hash = hash, defs = {}, order = {}, handlers = {}, historic = historic }
+  local fn, err = load(source, "@" .. file, "t", sandbox_env(file))
+  if not fn then return nil, err end
+  loading = ld
+  local ok, lerr = xpcall(fn, function(e) return tostring(e) end)
+  loading = nil
+  if not ok then return nil, lerr end
+  if not historic then
+    for key, h in pairs(ld.handlers) do
+      for f, other in pairs(files) do
+        if f ~= file and other.handlers[key] then
+          return nil, h.where .. ": saga.handle: " .. key .. " is already handled by " .. other.handlers[key].where
+        end
+      end
+    end
+    for name, d in pairs(ld.defs) do
+      for f, other in pairs(files) do
+        if f ~= file and other.defs[name] then
+          return nil, d.where .. ": saga.define: saga '" .. name .. "' is already defined in " .. other.defs[name].where
+        end
+      end
+    end
+  end
+  versions[hash] = versions[hash] or ld
+  return ld
+end
+
+local function rebuild_handlers()
+  handlers = {}
+  for _, ld in pairs(files) do
+    for key, h in pairs(ld.handlers) do handlers[key] = h end
+  end
+end
+
+-- Makes a good load the current one for its file (build-validate-swap: only called after load succeeded).
+function M.commit(ld)
+  files[ld.file] = ld
+  rebuild_handlers()
+end
+
+-- The file is gone: its sagas take no new starts, its handlers stop answering.
+function M.remove(file)
+  files[file] = nil
+  rebuild_handlers()
+end
+
+-- Services with at least one handler, sorted.
+function M.services()
+  local seen, list = {}, {}
+  for _, h in pairs(handlers) do
+    if not seen[h.service] then seen[h.service] = true; list[#list + 1] = h.service end
+  end
+  table.sort(list)
+  return list
+end
+
+function M.version(hash) return versions[hash] end
+
+---------------------------------------------------------------------------------------------------
+-- ctx
+
+-- A read-only view of a decoded JSON value (ctx.input).
+local function readonly(t)
+  if type(t) ~= "table" then return t end
+  local cache = {}
+  return setmetatable({}, {
+    __index = function(_, k)
+      local v = t[k]
+      if type(v) == "table" then
+        local p = cache[k]
+        if not p then p = readonly(v); cache[k] = p end
+        return p
+      end
+      return v
+    end,
+    __newindex = function(_, k) error("ctx.input is read-only (tried to set '" .. tostring(k) .. "'); keep state in ctx.data", 2) end,
+    __len = function() return #t end,
+    __pairs = function()
+      return function(_, k)
+        local nk = next(t, k)
+        if nk == nil then return nil end
+        local v = t[nk]
+        if type(v) == "table" then v = readonly(v) end
+        return nk, v
+      end, nil, nil
+    end,
+  })
+end
+
+local yield = coroutine.yield
+local Ctx = {}
+Ctx.__index = Ctx
+
+local function encode_payload(payload, what)
+  if payload == nil then return "{}" end
+  if type(payload) ~= "table" then error(what .. ": payload must be a table", 3) end
+  local ok, s = pcall(json.encode, payload)
+  if not ok then error(what .. ": payload cannot be encoded as JSON: " .. tostring(s), 3) end
+  return s
+end
+
+local function check_name(v, what, level)
+  if type(v) ~= "string" or v == "" then error(what .. " must be a non-empty string", level + 1) end
+end
+
+-- Resumed by the host with (ok, result_json).
+local function await(...)
+  local ok, res = yield(...)
+  return ok, res
+end
+
+function Ctx:call(service, command, payload, opts)
+  check_name(service, "ctx:call: service", 2)
+  check_name(command, "ctx:call: command", 2)
+  local body = encode_payload(payload, "ctx:call")
+  local o = "{}"
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("ctx:call: opts must be a table", 2) end
+    local t = {}
+    for k, v in pairs(opts) do
+      if k == "timeout" then t.timeout_ms = duration_ms(v, "ctx:call: opts.timeout")
+      else error("ctx:call: unknown option '" .. tostring(k) .. "' (known: timeout)", 2) end
+    end
+    o = json.encode(t)
+  end
+  local ok, res = await("call", service, command, body, o)
+  local v = json.decode(res)
+  if ok then return v end
+  local msg = type(v) == "table" and (v.error or v.message) or tostring(v)
+  error(setmetatable({
+    message = service .. "." .. command .. ": " .. tostring(msg),
+    retryable = not (type(v) == "table" and v.retryable == false),
+    remote = true,
+  }, Err), 0)
+end
+
+function Ctx:send(service, command, payload)
+  check_name(service, "ctx:send: service", 2)
+  check_name(command, "ctx:send: command", 2)
+  await("send", service, command, encode_payload(payload, "ctx:send"))
+end
+
+function Ctx:publish(topic, event, payload)
+  check_name(topic, "ctx:publish: topic", 2)
+  check_name(event, "ctx:publish: event", 2)
+  await("publish", topic, event, encode_payload(payload, "ctx:publish"))
+end
+
+function Ctx:sleep(d)
+  local ms = duration_ms(d, "ctx:sleep")
+  await("sleep", tostring(ms))
+end
+
+-- Seconds since the epoch (with milliseconds), journaled: a re-run sees the same value.
+function Ctx:now()
+  local _, res = await("now")
+  return tonumber(res) / 1000
+end
+
+function Ctx:uuid()
+  local _, res = await("uuid")
+  return res
+end
+
+function Ctx:log(...)
+  local parts = table.pack(...)
+  for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+  core.log("info", string.format("[%s %s %s#%d] %s", self.type, self.id, self.step, self.attempt,
+    table.concat(parts, " ", 1, parts.n)))
+end
+
+function Ctx:fail(reason)
+  error(setmetatable({ message = tostring(reason or "failed"), retryable = false, fail = true }, Err), 0)
+end
+
+function M.new_ctx(id, type_, input_json, data_json, step, phase, attempt)
+  local ok, input = pcall(json.decode, input_json)
+  if not ok then input = {} end
+  local ok2, data = pcall(json.decode, data_json)
+  if not ok2 or type(data) ~= "table" then data = {} end
+  return setmetatable({
+    id = id, type = type_, input = readonly(input), data = data,
+    step = step, phase = phase, attempt = attempt,
+  }, Ctx)
+end
+
+-- The body of every saga coroutine: runs one step function. Returns
+-- ("done", data_json) | ("error", message, retryable, traceback) | ("fail", message, false, traceback).
+function M.run_step(fn, ctx)
+  local ok, err = xpcall(fn, normalize_error, ctx)
+  if ok then
+    local eok, data = pcall(json.encode, ctx.data)
+    if not eok then return "error", "ctx.data cannot be encoded as JSON: " .. tostring(data), false, "" end
+    return "done", data
+  end
+  return err.fail and "fail" or "error", err.message, err.retryable, err.traceback
+end
+
+-- Answers one command for a participant. Returns status ("ok"|"error") and the JSON body.
+function M.handle(service, command, payload_json, message_id, saga_id)
+  local h = handlers[service .. "." .. command]
+  if not h then
+    return "error", json.encode({ error = "no handler for " .. service .. "." .. command .. " on this host", retryable = false })
+  end
+  local ok, payload = pcall(json.decode, payload_json)
+  if not ok then
+    return "error", json.encode({ error = "malformed JSON payload: " .. tostring(payload), retryable = false })
+  end
+  local hok, res = xpcall(h.fn, normalize_error, payload, { message_id = message_id, saga_id = saga_id, service = service, command = command })
+  if hok then
+    local eok, body = pcall(json.encode, res == nil and {} or res)
+    if eok then return "ok", body end
+    return "error", json.encode({ error = h.where .. ": handler result cannot be encoded as JSON: " .. tostring(body), retryable = false })
+  end
+  return "error", json.encode({ error = res.message, retryable = res.retryable })
+end
+
+M.public = public
+return M
