@@ -22,6 +22,8 @@ static void usage(FILE *f) {
           "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
           "                         sends commands through RabbitMQ instead of in-process\n"
+          "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
+          "      [--lua-budget N] (VM instructions per step resume, default 100000000) [--host-id NAME] [--demo]\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
@@ -90,6 +92,8 @@ struct run_opts {
   const char *db, *listen, *amqp, *dir, *host_id;
   int demo;
   long max_payload;
+  long lua_memory_mb;   /* memory ceiling of the Lua state */
+  long lua_budget;      /* VM instructions per resume */
 };
 
 static int cmd_run(const struct run_opts *o) {
@@ -99,7 +103,7 @@ static int cmd_run(const struct run_opts *o) {
   h.loop = ev_default_loop(EVFLAG_AUTO);
   h.store = sg_store_sqlite_open(o->db, &e);
   if (!h.store) { fprintf(stderr, "sagahost: cannot open the store %s: %s\n", o->db, e.msg); return 1; }
-  struct sg_script_config scfg = { o->dir, (size_t)512 << 20, 50000000 };
+  struct sg_script_config scfg = { o->dir, (size_t)o->lua_memory_mb << 20, o->lua_budget };
   struct sg_script_hooks hooks = { &h, hook_on_version, hook_fetch_source, hook_on_services };
   h.sc = sg_script_new(&scfg, &hooks, &e);
   if (!h.sc) { fprintf(stderr, "sagahost: %s\n", e.msg); goto out; }
@@ -123,7 +127,11 @@ static int cmd_run(const struct run_opts *o) {
   sg_script_watch(h.sc, h.loop, 0.25);
   h.api = sg_api_start(h.loop, o->listen, 1 << 20, h.en, h.store, h.sc, &e);
   if (!h.api) { fprintf(stderr, "sagahost: cannot listen on %s: %s\n", o->listen, e.msg); goto out; }
-  sg_info("sagahost %s listening on http://%s (store %s, transport %s, scripts %s)", SG_VERSION, o->listen, o->db,
+  char shown[300];
+  snprintf(shown, sizeof shown, "%s", o->listen);
+  char *colon = strrchr(shown, ':');
+  if (colon) snprintf(colon + 1, sizeof shown - (size_t)(colon + 1 - shown), "%d", sg_api_port(h.api));
+  sg_info("sagahost %s listening on http://%s (store %s, transport %s, scripts %s)", SG_VERSION, shown, o->db,
           h.tr->ops->name, o->dir);
   ev_signal_init(&h.sigint, on_signal, SIGINT);
   ev_signal_init(&h.sigterm, on_signal, SIGTERM);
@@ -185,21 +193,27 @@ int main(int argc, char **argv) {
   const char *env_level = getenv("SAGAHOST_LOG_LEVEL");
   if (env_level && sg_log_parse_level(env_level) >= 0) sg_log_level = sg_log_parse_level(env_level);
   if (!strcmp(cmd, "run")) {
-    struct run_opts o = { "sagahost.db", "127.0.0.1:7070", NULL, NULL, NULL, 0, 1 << 20 };
+    struct run_opts o = { "sagahost.db", "127.0.0.1:7070", NULL, NULL, NULL, 0, 1 << 20, 1024, 100000000 };
     for (int i = 2; i < argc; i++) {
       const char *a = argv[i];
       const char *v = i + 1 < argc ? argv[i + 1] : NULL;
       if (!strcmp(a, "--help")) { usage(stdout); return 0; }
       else if (!strcmp(a, "--demo")) o.demo = 1;
       else if (!strcmp(a, "--db") || !strcmp(a, "--listen") || !strcmp(a, "--amqp") || !strcmp(a, "--log-level") ||
-               !strcmp(a, "--host-id") || !strcmp(a, "--max-payload")) {
+               !strcmp(a, "--host-id") || !strcmp(a, "--max-payload") || !strcmp(a, "--lua-memory") ||
+               !strcmp(a, "--lua-budget")) {
         if (!v) return usage_error("%s needs a value", a);
         i++;
         if (!strcmp(a, "--db")) o.db = v;
         else if (!strcmp(a, "--listen")) o.listen = v;
         else if (!strcmp(a, "--amqp")) o.amqp = v;
         else if (!strcmp(a, "--host-id")) o.host_id = v;
-        else if (!strcmp(a, "--max-payload")) {
+        else if (!strcmp(a, "--lua-memory") || !strcmp(a, "--lua-budget")) {
+          char *end;
+          long n = strtol(v, &end, 10);
+          if (*end || n < 1) return usage_error("%s needs a positive integer", a);
+          if (a[6] == 'm') o.lua_memory_mb = n; else o.lua_budget = n;
+        } else if (!strcmp(a, "--max-payload")) {
           char *end;
           o.max_payload = strtol(v, &end, 10);
           if (*end || o.max_payload < 1024) return usage_error("--max-payload must be a number of bytes >= 1024, got %s", v);

@@ -391,7 +391,7 @@ end
 
 function Ctx:uuid()
   local _, res = await("uuid")
-  return res
+  return json.decode(res)
 end
 
 function Ctx:log(...)

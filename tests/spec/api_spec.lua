@@ -1,0 +1,112 @@
+-- End-to-end: the HTTP API's answers and error cases.
+local H = require "helper"
+
+describe("HTTP API", function()
+  local host
+  setup(function()
+    host = H.host { name = "api", copy = { "sagas/*.lua" }, args = "--max-payload 4096" }
+    host:start()
+  end)
+  teardown(function() host:stop() end)
+
+  local order = { order_id = "o-1", sku = "book", qty = 1, amount = 42, card = "ok" }
+
+  it("starts a saga: 201 with its id, then GET shows it", function()
+    local code, body = host:post("/v1/sagas/OrderProcessing", order)
+    assert.are.equal(201, code)
+    assert.matches("^%x+%-", body.id)
+    local s = host:wait(body.id)
+    assert.are.equal("OrderProcessing", s.type)
+    assert.are.same(order, s.input)
+    assert.is_string(s.definition_version)
+  end)
+
+  it("the same Idempotency-Key returns the same saga", function()
+    local c1, b1 = host:post("/v1/sagas/OrderProcessing", order, { ["Idempotency-Key"] = "k-1" })
+    local c2, b2 = host:post("/v1/sagas/OrderProcessing", order, { ["Idempotency-Key"] = "k-1" })
+    local c3, b3 = host:post("/v1/sagas/OrderProcessing", order, { ["Idempotency-Key"] = "k-2" })
+    assert.are.equal(201, c1)
+    assert.are.equal(200, c2)
+    assert.are.equal(b1.id, b2.id)
+    assert.are.equal(201, c3)
+    assert.are_not.equal(b1.id, b3.id)
+  end)
+
+  it("refuses malformed JSON with 400 and says where", function()
+    local code, body = host:post("/v1/sagas/OrderProcessing", '{"order_id": ')
+    assert.are.equal(400, code)
+    assert.matches("malformed JSON", body.error)
+    assert.matches("line 1", body.error)
+  end)
+
+  it("refuses an input that is not an object", function()
+    local code, body = host:post("/v1/sagas/OrderProcessing", "[1,2]")
+    assert.are.equal(400, code)
+    assert.matches("object", body.error)
+  end)
+
+  it("404 for an unknown saga type and an unknown id", function()
+    local code, body = host:post("/v1/sagas/NoSuchSaga", {})
+    assert.are.equal(404, code)
+    assert.matches("unknown saga type 'NoSuchSaga'", body.error)
+    code, body = host:get("/v1/sagas/00000000-0000-4000-8000-000000000000")
+    assert.are.equal(404, code)
+    assert.matches("no saga", body.error)
+  end)
+
+  it("refuses a body over the limit with 413 and loses nothing already accepted", function()
+    local big = { pad = string.rep("x", 8192) }
+    local code, body = host:post("/v1/sagas/OrderProcessing", big)
+    assert.are.equal(413, code)
+    assert.is_string(body.error)
+    local c2, b2 = host:get("/v1/sagas?limit=1000")
+    assert.are.equal(200, c2)
+    assert.is_true(#b2.sagas >= 1)
+  end)
+
+  it("404 for unknown routes, 405 for wrong methods", function()
+    local code = host:get("/v2/nothing")
+    assert.are.equal(404, code)
+    code = host:request("DELETE", "/v1/sagas/x")
+    assert.are.equal(405, code)
+  end)
+
+  it("lists sagas with filters and pages", function()
+    for i = 1, 5 do host:start_saga("OrderProcessing", { order_id = "p" .. i, sku = "pen", qty = 1, amount = 1, card = i == 1 and "declined" or "ok" }) end
+    H.sleep(0.5)
+    local code, body = host:get("/v1/sagas?status=compensated")
+    assert.are.equal(200, code)
+    assert.is_true(#body.sagas >= 1)
+    for _, s in ipairs(body.sagas) do assert.are.equal("compensated", s.status) end
+    code, body = host:get("/v1/sagas?status=nope")
+    assert.are.equal(400, code)
+    -- paging: pages of 2 cover every saga exactly once
+    local seen, after, pages = {}, nil, 0
+    repeat
+      local c, b = host:get("/v1/sagas?limit=2&type=OrderProcessing" .. (after and ("&after=" .. after) or ""))
+      assert.are.equal(200, c)
+      for _, s in ipairs(b.sagas) do
+        assert.is_nil(seen[s.id])
+        seen[s.id] = true
+      end
+      after = type(b.next) == "string" and b.next or nil
+      pages = pages + 1
+    until not after or pages > 50
+    local _, all = host:get("/v1/sagas?limit=1000&type=OrderProcessing")
+    local n = 0
+    for _ in pairs(seen) do n = n + 1 end
+    assert.are.equal(#all.sagas, n)
+    assert.is_true(pages >= 3)
+  end)
+
+  it("shows definitions and health", function()
+    local code, body = host:get("/v1/definitions")
+    assert.are.equal(200, code)
+    assert.are.equal("OrderProcessing", body.definitions[1].type)
+    assert.are.same({ "ReserveInventory", "ProcessPayment", "CreateShipment" }, body.definitions[1].steps)
+    assert.are.same({ "inventory", "payment", "shipping" }, body.services)
+    code, body = host:get("/healthz")
+    assert.are.equal(200, code)
+    assert.are.equal("ok", body.status)
+  end)
+end)

@@ -1,0 +1,210 @@
+-- helper: drives the real sagahost binary for end-to-end specs.
+-- The binary is $SAGAHOST (set by tests/run-specs.sh); HTTP goes through curl; every host gets its
+-- own temporary directory (scripts, database, log) under tests/tmp/.
+local cjson = require "cjson"
+
+local H = {}
+H.bin = os.getenv("SAGAHOST") or "build/sagahost"
+H.slow = os.getenv("SG_SLOW") and 3 or 1 -- sanitizer builds run slower: stretch waits
+
+local tmp_root = os.getenv("SG_TMP") or "tests/tmp"
+os.execute("mkdir -p " .. tmp_root)
+
+function H.sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  return ok and 0 or code, out
+end
+
+-- Runs a command, returning exit code, stdout and stderr separately.
+function H.run(cmd)
+  local e = os.tmpname()
+  local p = io.popen(cmd .. " 2>" .. e)
+  local out = p:read("a")
+  local ok, _, code = p:close()
+  local f = io.open(e)
+  local err = f:read("a")
+  f:close()
+  os.remove(e)
+  return ok and 0 or code, out, err
+end
+
+function H.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
+
+function H.sleep(s) os.execute("sleep " .. s) end
+
+function H.write(path, text)
+  local f = assert(io.open(path, "w"))
+  f:write(text)
+  f:close()
+end
+
+function H.read(path)
+  local f = io.open(path)
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local counter = 0
+function H.tmpdir(name)
+  counter = counter + 1
+  local d = string.format("%s/%s-%d-%d", tmp_root, name or "t", os.time(), counter)
+  os.execute("rm -rf " .. d .. " && mkdir -p " .. d .. "/sagas")
+  return d
+end
+
+function H.cli(args, server)
+  local cmd = H.bin .. " " .. args
+  if server then cmd = cmd .. " --server " .. server end
+  return H.run(cmd)
+end
+
+-- occurrences of a plain string
+function H.count(text, needle)
+  local n, i = 0, 1
+  while true do
+    local s, e = text:find(needle, i, true)
+    if not s then return n end
+    n, i = n + 1, e + 1
+  end
+end
+
+---------------------------------------------------------------------------------------------------
+local Host = {}
+Host.__index = Host
+
+-- opts: scripts = { ["name.lua"] = source }, copy = { "sagas/x.lua", ... }, args = "extra flags", dir
+function H.host(opts)
+  opts = opts or {}
+  local self = setmetatable({ opts = opts }, Host)
+  self.dir = opts.dir or H.tmpdir(opts.name)
+  self.scripts = self.dir .. "/sagas"
+  self.db = self.dir .. "/host.db"
+  self.logfile = self.dir .. "/host.log"
+  for name, src in pairs(opts.scripts or {}) do H.write(self.scripts .. "/" .. name, src) end
+  for _, f in ipairs(opts.copy or {}) do os.execute("cp " .. f .. " " .. self.scripts .. "/") end
+  self.runs = 0
+  return self
+end
+
+function Host:script(name, src) H.write(self.scripts .. "/" .. name, src) end
+
+function Host:start(extra)
+  self.runs = self.runs + 1
+  local log = self.logfile .. "." .. self.runs
+  self.curlog = log
+  local cmd = string.format("%s run --db %s --listen 127.0.0.1:0 %s %s %s > %s 2>&1 & echo $!",
+    H.bin, self.db, self.opts.args or "", extra or "", self.scripts, log)
+  local p = io.popen(cmd)
+  self.pid = tonumber(p:read("l"))
+  p:close()
+  local deadline = os.time() + 20 * H.slow
+  while os.time() < deadline do
+    local text = H.read(log) or ""
+    local port = text:match("listening on http://[%d%.]+:(%d+)")
+    if port then
+      self.url = "http://127.0.0.1:" .. port
+      return self
+    end
+    if not self:alive() then error("sagahost exited at start:\n" .. text) end
+    H.sleep(0.05)
+  end
+  error("sagahost did not start listening in time:\n" .. (H.read(log) or ""))
+end
+
+function Host:alive()
+  return self.pid and os.execute("kill -0 " .. self.pid .. " 2>/dev/null") == true
+end
+
+function Host:kill9()
+  if self.pid then
+    os.execute("kill -9 " .. self.pid .. " 2>/dev/null")
+    while self:alive() do H.sleep(0.02) end
+    self.pid = nil
+  end
+end
+
+-- graceful stop (SIGTERM), waits for the exit
+function Host:stop()
+  if self.pid then
+    os.execute("kill " .. self.pid .. " 2>/dev/null")
+    local deadline = os.time() + 10 * H.slow
+    while self:alive() and os.time() < deadline do H.sleep(0.02) end
+    if self:alive() then self:kill9() end
+    self.pid = nil
+  end
+end
+
+-- everything every run of this host logged
+function Host:log()
+  local all = {}
+  for i = 1, self.runs do all[#all + 1] = H.read(self.logfile .. "." .. i) or "" end
+  return table.concat(all)
+end
+
+-- HTTP: returns status, decoded body (or raw text if not JSON), raw text
+function Host:request(method, path, body, headers)
+  local bodyfile = os.tmpname()
+  local outfile = os.tmpname()
+  local cmd = { "curl -s -o", outfile, "-w '%{http_code}' -X", method }
+  for k, v in pairs(headers or {}) do cmd[#cmd + 1] = "-H " .. H.q(k .. ": " .. v) end
+  if body then
+    H.write(bodyfile, type(body) == "table" and cjson.encode(body) or body)
+    cmd[#cmd + 1] = "--data-binary @" .. bodyfile
+    cmd[#cmd + 1] = "-H 'Content-Type: application/json'"
+  end
+  cmd[#cmd + 1] = H.q(self.url .. path)
+  local p = io.popen(table.concat(cmd, " "))
+  local code = tonumber(p:read("a"))
+  p:close()
+  local text = H.read(outfile) or ""
+  os.remove(bodyfile)
+  os.remove(outfile)
+  local ok, decoded = pcall(cjson.decode, text)
+  return code, ok and decoded or text, text
+end
+
+function Host:get(path) return self:request("GET", path) end
+function Host:post(path, body, headers) return self:request("POST", path, body, headers) end
+
+function Host:start_saga(type_, input, key)
+  local code, body = self:post("/v1/sagas/" .. type_, input or {}, key and { ["Idempotency-Key"] = key } or nil)
+  assert(code == 201 or code == 200, "start " .. type_ .. " failed: " .. tostring(code) .. " " .. cjson.encode(body))
+  return body.id
+end
+
+function Host:saga(id)
+  local code, body = self:get("/v1/sagas/" .. id)
+  assert(code == 200, "GET saga " .. id .. ": " .. tostring(code))
+  return body
+end
+
+local terminal = { completed = true, compensated = true, compensation_failed = true }
+
+-- waits until the saga is terminal (or has `status`), returns it
+function Host:wait(id, status, timeout)
+  local deadline = os.time() + (timeout or 20) * H.slow
+  local s
+  repeat
+    s = self:saga(id)
+    if (status and s.status == status) or (not status and terminal[s.status]) then return s end
+    H.sleep(0.05)
+  until os.time() > deadline
+  error("saga " .. id .. " did not reach " .. (status or "a terminal status") .. " in time; it is " .. cjson.encode(s))
+end
+
+-- history entries of a saga as "name:phase:status" strings
+function H.history(s)
+  local out = {}
+  for _, st in ipairs(s.steps) do out[#out + 1] = st.name .. ":" .. st.phase .. ":" .. st.status end
+  return out
+end
+
+function Host:cleanup()
+  self:stop()
+end
+
+return H
