@@ -27,11 +27,13 @@ run: build
 	./$(BUILD)/sagahost run --db $(DB) --listen $(LISTEN) --demo sagas
 
 test: test-deps build
+	bash tests/amqp-broker.sh
 	cd $(BUILD) && ctest --output-on-failure
 	SAGAHOST=$(CURDIR)/$(BUILD)/sagahost bash tests/run-specs.sh
 
 # the same tests on the ASan/UBSan + LUA_USE_APICHECK build
 test-debug: test-deps debug
+	bash tests/amqp-broker.sh
 	cd $(DEBUG_BUILD) && ctest --output-on-failure
 	SAGAHOST=$(CURDIR)/$(DEBUG_BUILD)/sagahost SG_SLOW=1 bash tests/run-specs.sh
 

@@ -109,7 +109,15 @@ static int cmd_run(const struct run_opts *o) {
   if (!h.sc) { fprintf(stderr, "sagahost: %s\n", e.msg); goto out; }
   char host_id[64];
   if (o->host_id) snprintf(host_id, sizeof host_id, "%s", o->host_id);
-  else { char hn[40] = "host"; gethostname(hn, sizeof hn - 1); snprintf(host_id, sizeof host_id, "%s", hn); }
+  else {
+    /* stable across restarts (replies wait in a durable queue named after it) and distinct for two
+     * hosts on one machine: the host name plus a hash of the database's absolute path */
+    char hn[40] = "host", dbabs[4096], hash[65];
+    gethostname(hn, sizeof hn - 1);
+    if (!realpath(o->db, dbabs)) snprintf(dbabs, sizeof dbabs, "%s", o->db);
+    sg_sha256_hex(dbabs, strlen(dbabs), hash);
+    snprintf(host_id, sizeof host_id, "%.30s-%.8s", hn, hash);
+  }
   struct sg_engine_config ecfg = { host_id, o->max_payload };
   struct sg_runner runner = sg_script_runner(h.sc);
   h.en = sg_engine_new(h.loop, h.store, &runner, &ecfg);
