@@ -90,6 +90,12 @@ static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id
   sg_buf_adds(&b, ",\"data\":"); sg_buf_adds(&b, r.data ? r.data : "null");
   sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, r.error);
   sg_buf_adds(&b, ",\"idempotency_key\":"); sg_buf_add_json_str(&b, r.idem_key);
+  char *pending = sg_engine_pending_compensations(api->en, &r);
+  if (pending) {
+    sg_buf_adds(&b, ",\"pending_compensations\":");
+    sg_buf_adds(&b, pending);
+    free(pending);
+  }
   sg_buf_adds(&b, ",\"steps\":[");
   if (api->store->ops->hist_each(api->store, id, hist_cb, &b, &e) < 0) {
     sg_buf_free(&b);
@@ -121,7 +127,7 @@ static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
   if (st && *st) {
     f.status = sg_status_parse(st);
     if (f.status < 0) {
-      sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated or compensation_failed)");
+      sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated, compensation_failed or resolved)");
       return;
     }
   }
@@ -160,9 +166,9 @@ static void healthz(struct sg_api *api, struct sg_http_req *req) {
   snprintf(buf, sizeof buf,
            "{\"status\":\"ok\",\"live_sagas\":%" PRId64 ",\"coroutines\":%" PRId64 ",\"timers\":%" PRId64
            ",\"started\":%" PRId64 ",\"completed\":%" PRId64 ",\"compensated\":%" PRId64
-           ",\"compensation_failed\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu}",
+           ",\"compensation_failed\":%" PRId64 ",\"resolved\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu}",
            st.live, st.coroutines, st.timers, st.started, st.completed, st.compensated, st.compensation_failed,
-           st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc));
+           st.resolved, st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc));
   sg_http_reply(req, 200, buf);
 }
 
@@ -211,6 +217,54 @@ static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *
 
 static void on_read_committed(void *ud, int status);
 
+/* after the commit of an operator action: answer with the saga as it is now */
+static void on_action_committed(void *ud, int status) {
+  struct pending *p = ud;
+  if (status < 0) sg_http_reply_error(p->req, 500, "the store could not commit the action; it did not happen");
+  else get_saga(p->api, p->req, p->id);
+  free(p);
+}
+
+/* POST /v1/sagas/{id}/{compensate|retry|resolve}, body {"reason"|"note", "by"} */
+static void operator_action(struct sg_api *api, struct sg_http_req *req, const char *id, const char *verb) {
+  json_error_t jerr;
+  json_t *j = req->body_len ? json_loadb(req->body, req->body_len, 0, &jerr) : json_object();
+  if (!j) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "malformed JSON body at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+    sg_http_reply_error(req, 400, msg);
+    return;
+  }
+  const char *by = json_string_value(json_object_get(j, "by"));
+  if (!by) by = sg_http_header(req, "X-Operator");
+  if (!by) by = "api";
+  struct sg_error e = {0};
+  int rc;
+  if (strcmp(verb, "compensate") == 0)
+    rc = sg_engine_compensate(api->en, id, json_string_value(json_object_get(j, "reason")), by, &e);
+  else if (strcmp(verb, "retry") == 0)
+    rc = sg_engine_retry(api->en, id, by, &e);
+  else
+    rc = sg_engine_resolve(api->en, id, json_string_value(json_object_get(j, "note")), by, &e);
+  json_decref(j);
+  if (rc < 0) { sg_http_reply_error(req, status_for(e.code), e.msg); return; }
+  struct pending *p = sg_xcalloc(1, sizeof *p);
+  p->api = api;
+  p->req = req;
+  snprintf(p->id, sizeof p->id, "%.39s", id);
+  sg_engine_after_commit(api->en, on_action_committed, p);
+}
+
+static void on_plan_committed(void *ud, int status) {
+  struct pending *p = ud;
+  struct sg_error e = {0};
+  char *json = sg_engine_plan(p->api->en, p->id, &e);
+  if (json) sg_http_reply(p->req, 200, json);
+  else sg_http_reply_error(p->req, status_for(e.code), e.msg);
+  free(json);
+  free(p);
+}
+
 static int split_path(const char *path, char parts[4][256]) {
   int n = 0;
   const char *p = path;
@@ -245,6 +299,24 @@ static void route(void *ud, struct sg_http_req *req) {
     }
     if (n == 2 || n == 3) { sg_http_reply_error(req, 405, "method not allowed"); return; }
   }
+  if (n == 4 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "sagas") == 0) {
+    const char *verb = parts[3];
+    if (strcmp(verb, "plan") == 0) {
+      if (!is_get) { sg_http_reply_error(req, 405, "method not allowed: use GET"); return; }
+      struct pending *p = sg_xcalloc(1, sizeof *p);
+      p->api = api;
+      p->req = req;
+      snprintf(p->id, sizeof p->id, "%.39s", parts[2]);
+      sg_engine_after_commit(api->en, on_plan_committed, p);
+      return;
+    }
+    if (!strcmp(verb, "compensate") || !strcmp(verb, "retry") || !strcmp(verb, "resolve")) {
+      if (!is_post) { sg_http_reply_error(req, 405, "method not allowed: use POST"); return; }
+      if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
+      operator_action(api, req, parts[2], verb);
+      return;
+    }
+  }
   if (n == 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "definitions") == 0) {
     if (!is_get) { sg_http_reply_error(req, 405, "method not allowed"); return; }
     char *json = sg_script_definitions_json(api->sc);
@@ -253,6 +325,13 @@ static void route(void *ud, struct sg_http_req *req) {
     return;
   }
   if (n == 1 && strcmp(parts[0], "healthz") == 0) { healthz(api, req); return; }
+  if (n == 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "breakers") == 0) {
+    if (!is_get) { sg_http_reply_error(req, 405, "method not allowed"); return; }
+    char *json = sg_engine_breakers_json(api->en);
+    sg_http_reply(req, 200, json);
+    free(json);
+    return;
+  }
   char msg[300];
   snprintf(msg, sizeof msg, "no route for %s %.200s", req->method, req->path);
   sg_http_reply_error(req, 404, msg);

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "map.h"
 #include "timers.h"
 
@@ -30,6 +32,22 @@ struct jent {
   int done;     /* result known */
   int is_error; /* result is an error reply */
   char *result; /* JSON, NULL while waiting */
+  char *service; /* call: the service called (for its circuit breaker); NULL after a restart */
+};
+
+/* Circuit breaker of one participant service. */
+enum { BR_CLOSED, BR_OPEN, BR_HALF_OPEN };
+static const char *br_names[] = {"closed", "open", "half_open"};
+struct breaker {
+  char *service;         /* the participant service */
+  int state;             /* BR_* */
+  int calls, failures;   /* outcomes in the current window */
+  int64_t window_start;  /* when the window began */
+  int64_t opened_at;     /* when it last opened */
+  int64_t opens;         /* times it opened */
+  int probing;           /* half-open: the probe call is in flight */
+  struct sg_saga **parked; /* sagas waiting to call this service */
+  size_t nparked, capparked;
 };
 
 struct sg_saga {
@@ -47,7 +65,9 @@ struct sg_saga {
   struct sg_timer *t_saga;   /* saga deadline */
   int dirty;                 /* row changed in this batch */
   int terminal;              /* reached a terminal status in this batch: freed after the commit */
-  int inserted;              /* inserted in this batch (counts as started after the commit) */
+  int retry_base;            /* attempts before an operator retry: the policy counts from here */
+  int admitted;              /* released by its breaker: the next call goes out without asking again */
+  struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
   struct sg_saga *next_dirty;
 };
 
@@ -71,6 +91,9 @@ struct sg_engine {
   struct sg_timers *timers;
   ev_prepare prepare;        /* group commit point */
   struct sg_map sagas;       /* id -> struct sg_saga*, the live (non-terminal) ones */
+  struct sg_map breakers;    /* service -> struct breaker* */
+  ev_timer sweep;            /* breaker half-open transitions and the stalled-saga sweep */
+  int64_t sweeps;            /* sweep ticks so far */
   int in_txn;                /* a store transaction is open */
   int broken;                /* a commit failed: the loop was stopped, state must be recovered */
   struct sg_saga *dirty;     /* sagas to flush before the commit */
@@ -98,6 +121,7 @@ struct sg_engine {
 
 static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
 static void begin_attempt(struct sg_engine *en, struct sg_saga *s);
+static void unpark(struct sg_engine *en, struct sg_saga *s);
 
 void sg_run_out_clear(struct sg_run_out *o) {
   free(o->data); free(o->op); free(o->a); free(o->b); free(o->c); free(o->d); free(o->error);
@@ -138,7 +162,7 @@ static void mark_dirty(struct sg_engine *en, struct sg_saga *s) {
 }
 
 static void journal_clear(struct sg_saga *s) {
-  for (int i = 0; i < s->njournal; i++) free(s->journal[i].result);
+  for (int i = 0; i < s->njournal; i++) { free(s->journal[i].result); free(s->journal[i].service); }
   s->njournal = 0;
 }
 
@@ -154,7 +178,7 @@ static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_err
     s->journal = sg_xrealloc(s->journal, (size_t)s->capjournal * sizeof *s->journal);
   }
   struct jent *j = &s->journal[s->njournal++];
-  j->seq = seq; j->done = done; j->is_error = is_error; j->result = sg_strdup(result);
+  j->seq = seq; j->done = done; j->is_error = is_error; j->result = sg_strdup(result); j->service = NULL;
   return j;
 }
 
@@ -215,6 +239,7 @@ static void drop_co(struct sg_engine *en, struct sg_saga *s) {
 }
 
 static void saga_free(struct sg_saga *s) {
+  sg_run_out_clear(&s->parked_op);
   journal_clear(s);
   free(s->journal);
   sg_store_saga_row_free(&s->row);
@@ -253,6 +278,7 @@ static void hist_event(struct sg_engine *en, struct sg_saga *s, const char *even
 }
 
 static void finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error) {
+  unpark(en, s);
   s->row.status = status;
   if (error) { free(s->row.error); s->row.error = sg_strdup(error); }
   drop_co(en, s);
@@ -278,6 +304,7 @@ static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   s->row.step = j;
   s->row.phase = SG_PH_COMPENSATE;
   s->row.attempt = 1;
+  s->retry_base = 0;
   mark_dirty(en, s);
   begin_attempt(en, s);
 }
@@ -302,6 +329,7 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
 
 /* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
 static void end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  unpark(en, s);
   drop_co(en, s);
   hist_finish(en, s, status, error);
   timer_cancel(en, &s->t_step);
@@ -317,7 +345,7 @@ static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err
   const struct sg_retry *p = s->row.phase == SG_PH_ACTION ? &ds->retry : &ds->comp_retry;
   sg_info("saga %s %s: %s %s attempt %d failed: %s", s->row.type, s->row.id, ds->name,
           sg_phase_name(s->row.phase), s->row.attempt, err);
-  if (retryable && s->row.attempt < p->attempts) {
+  if (retryable && s->row.attempt - s->retry_base < p->attempts) {
     int64_t delay = retry_delay(p, s->row.attempt);
     s->t_retry = timer_new(en, s, TM_RETRY, sg_now_ms() + delay, s->row.attempt + 1);
     mark_dirty(en, s);
@@ -334,6 +362,7 @@ static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err
 
 static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
   end_attempt(en, s, "completed", NULL);
+  s->retry_base = 0;
   if (data) {
     if (en->cfg.max_payload > 0 && (int64_t)strlen(data) > en->cfg.max_payload) {
       /* the step's work happened but its state cannot be kept: treat as a non-retryable failure */
@@ -415,6 +444,171 @@ static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
   m->attempt = s->row.attempt;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* circuit breakers */
+
+static struct breaker *breaker_get(struct sg_engine *en, const char *service) {
+  struct breaker *b = sg_map_get(&en->breakers, service);
+  if (!b) {
+    b = sg_xcalloc(1, sizeof *b);
+    b->service = sg_strdup(service);
+    b->window_start = sg_now_ms();
+    sg_map_put(&en->breakers, b->service, b);
+  }
+  return b;
+}
+
+/* May a call to this service go out now? A half-open breaker lets a single probe through. */
+static int breaker_admit(struct breaker *b) {
+  if (b->state == BR_CLOSED) return 1;
+  if (b->state == BR_HALF_OPEN && !b->probing) { b->probing = 1; return 1; }
+  return 0;
+}
+
+static void release_parked(struct sg_engine *en, struct breaker *b, size_t max);
+
+static void breaker_open(struct sg_engine *en, struct breaker *b, const char *why) {
+  b->state = BR_OPEN;
+  b->opened_at = sg_now_ms();
+  b->opens++;
+  b->probing = 0;
+  sg_warn("circuit breaker of service %s opened (%s); calls to it wait %" PRId64 " ms before a probe", b->service, why,
+          en->cfg.breaker_open_ms);
+}
+
+/* Counts the outcome of a call (failed = timeout or retryable error reply). */
+static void breaker_record(struct sg_engine *en, const char *service, int failed) {
+  if (en->cfg.breaker_failure_rate <= 0 || !service) return;
+  struct breaker *b = breaker_get(en, service);
+  int64_t now = sg_now_ms();
+  if (b->state == BR_HALF_OPEN) {
+    if (!b->probing) return;
+    if (failed) { breaker_open(en, b, "the probe failed"); return; }
+    b->state = BR_CLOSED;
+    b->probing = 0;
+    b->calls = b->failures = 0;
+    b->window_start = now;
+    sg_info("circuit breaker of service %s closed: the probe succeeded; %zu parked saga(s) resume", b->service, b->nparked);
+    release_parked(en, b, SIZE_MAX);
+    return;
+  }
+  if (b->state == BR_OPEN) return; /* late outcomes of calls sent before it opened */
+  if (now - b->window_start > en->cfg.breaker_window_ms) {
+    b->calls = b->failures = 0;
+    b->window_start = now;
+  }
+  b->calls++;
+  if (failed) b->failures++;
+  if (b->calls >= en->cfg.breaker_min_calls && (double)b->failures >= en->cfg.breaker_failure_rate * b->calls) {
+    char why[96];
+    snprintf(why, sizeof why, "%d of the last %d calls failed", b->failures, b->calls);
+    breaker_open(en, b, why);
+  }
+}
+
+static void unpark(struct sg_engine *en, struct sg_saga *s) {
+  if (!s->parked_op.op) return;
+  struct breaker *b = sg_map_get(&en->breakers, s->parked_op.a);
+  if (b) {
+    for (size_t i = 0; i < b->nparked; i++)
+      if (b->parked[i] == s) { memmove(&b->parked[i], &b->parked[i + 1], (b->nparked - i - 1) * sizeof *b->parked); b->nparked--; break; }
+  }
+  sg_run_out_clear(&s->parked_op);
+}
+
+/* Lets up to max parked sagas issue their call (the first one as the half-open probe). */
+static void release_parked(struct sg_engine *en, struct breaker *b, size_t max) {
+  size_t n = b->nparked < max ? b->nparked : max;
+  struct sg_saga **list = sg_xmalloc((n ? n : 1) * sizeof *list);
+  memcpy(list, b->parked, n * sizeof *list);
+  memmove(b->parked, b->parked + n, (b->nparked - n) * sizeof *b->parked);
+  b->nparked -= n;
+  for (size_t i = 0; i < n; i++) {
+    struct sg_saga *s = list[i];
+    struct sg_run_out op = s->parked_op;
+    memset(&s->parked_op, 0, sizeof s->parked_op);
+    s->wait_seq = 0;
+    s->seq--; /* process() issues the same operation again under the same seq */
+    s->admitted = 1;
+    const struct sg_def_step *ds = &s->def->steps[s->row.step];
+    if (ds->timeout_ms > 0 && !s->t_step) s->t_step = timer_new(en, s, TM_STEP_TIMEOUT, sg_now_ms() + ds->timeout_ms, s->row.attempt);
+    process(en, s, &op);
+  }
+  free(list);
+}
+
+/* A call that an open breaker holds back: the saga waits without spending an attempt. */
+static void park(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, int seq) {
+  struct breaker *b = breaker_get(en, out->a);
+  s->parked_op = *out;
+  memset(out, 0, sizeof *out);
+  s->wait_seq = seq;
+  timer_cancel(en, &s->t_step); /* time parked is not the step's time */
+  PUSH(b->parked, b->nparked, b->capparked, s);
+  sg_debug("saga %s parked: breaker of %s is %s", s->row.id, b->service, br_names[b->state]);
+}
+
+char *sg_engine_breakers_json(struct sg_engine *en) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"breakers\":[");
+  int first = 1;
+  for (size_t i = 0; i < en->breakers.cap; i++) {
+    if (!sg_map_live(&en->breakers, i)) continue;
+    struct breaker *br = en->breakers.slots[i].val;
+    sg_buf_adds(&b, first ? "{" : ",{");
+    first = 0;
+    sg_buf_adds(&b, "\"service\":");
+    sg_buf_add_json_str(&b, br->service);
+    sg_buf_printf(&b, ",\"state\":\"%s\",\"calls\":%d,\"failures\":%d,\"parked\":%zu,\"opens\":%" PRId64,
+                  br_names[br->state], br->calls, br->failures, br->nparked, br->opens);
+    if (br->opened_at) {
+      char ts[32];
+      sg_iso8601(br->opened_at, ts);
+      sg_buf_adds(&b, ",\"opened_at\":");
+      sg_buf_add_json_str(&b, ts);
+    }
+    sg_buf_adds(&b, "}");
+  }
+  sg_buf_printf(&b, "],\"failure_rate\":%g,\"min_calls\":%d,\"window_ms\":%" PRId64 ",\"open_ms\":%" PRId64 "}",
+                en->cfg.breaker_failure_rate, en->cfg.breaker_min_calls, en->cfg.breaker_window_ms, en->cfg.breaker_open_ms);
+  return sg_buf_steal(&b);
+}
+
+/* Every 250 ms: open breakers whose wait is over go half-open and release one probe; every few
+ * seconds, sagas past their deadline whose timeout did not fire (e.g. created by an older host
+ * without the timer) are timed out. */
+static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_engine *en = w->data;
+  if (en->broken) return;
+  int64_t now = sg_now_ms();
+  for (size_t i = 0; i < en->breakers.cap; i++) {
+    if (!sg_map_live(&en->breakers, i)) continue;
+    struct breaker *b = en->breakers.slots[i].val;
+    if (b->state == BR_OPEN && now - b->opened_at >= en->cfg.breaker_open_ms) {
+      b->state = BR_HALF_OPEN;
+      b->probing = 0;
+      sg_info("circuit breaker of service %s half-open: probing", b->service);
+      if (b->nparked) { b->probing = 1; release_parked(en, b, 1); }
+    }
+  }
+  if (++en->sweeps % 20) return;
+  struct sg_saga **stalled = NULL;
+  size_t n = 0, cap = 0;
+  for (size_t i = 0; i < en->sagas.cap; i++) {
+    if (!sg_map_live(&en->sagas, i)) continue;
+    struct sg_saga *s = en->sagas.slots[i].val;
+    if (s->row.status == SG_ST_RUNNING && !s->terminal && s->row.deadline > 0 && s->row.deadline + 1000 < now && !s->t_saga)
+      PUSH(stalled, n, cap, s);
+  }
+  for (size_t i = 0; i < n; i++) {
+    struct sg_saga *s = stalled[i];
+    sg_warn("saga %s is past its deadline without having timed out: applying the saga timeout", s->row.id);
+    s->t_saga = timer_new(en, s, TM_SAGA_TIMEOUT, now, 0);
+  }
+  free(stalled);
+}
+
 /* Carries out one durable operation the step yielded. Returns 1 if the saga parked, 0 if *result
  * holds an immediate result to resume with. */
 static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
@@ -431,6 +625,11 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     return 0;
   }
   int is_call = strcmp(kind, "call") == 0, is_send = strcmp(kind, "send") == 0;
+  if (is_call && en->cfg.breaker_failure_rate > 0 && op->a) {
+    int admitted = s->admitted || breaker_admit(breaker_get(en, op->a));
+    s->admitted = 0;
+    if (!admitted) return 2;
+  }
   if (is_call || is_send || strcmp(kind, "publish") == 0) {
     const char *payload = op->c ? op->c : "{}";
     if (en->cfg.max_payload > 0 && (int64_t)strlen(payload) > en->cfg.max_payload) {
@@ -454,6 +653,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     }
     outbox_add(en, &m);
     struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
+    if (is_call) j->service = sg_strdup(op->a);
     journal_write(en, s, kind, j);
     if (!is_call) { *result = sg_strdup("null"); return 0; }
     int64_t timeout_ms = 0;
@@ -514,6 +714,7 @@ static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *
       } else {
         int r = perform(en, s, out, seq, &result, &err);
         if (r == 1) { s->wait_seq = seq; sg_run_out_clear(out); return; }
+        if (r == 2) { park(en, s, out, seq); return; }
         if (r < 0) {
           sg_run_out_clear(out);
           step_failed(en, s, err, 0);
@@ -556,6 +757,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     if (!j || j->done) return;
     j->done = 1;
     if (kind == TM_CALL_TIMEOUT) {
+      breaker_record(en, j->service, 1);
       j->is_error = 1;
       j->result = sg_strdup("{\"error\":\"timed out waiting for the reply\",\"retryable\":true}");
     } else {
@@ -617,6 +819,16 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
   j->done = 1;
   j->is_error = !(m->status && strcmp(m->status, "ok") == 0);
   j->result = sg_strdup(m->body && *m->body ? m->body : "null");
+  if (j->service) {
+    int retryable = 1;
+    if (j->is_error) {
+      json_t *body = json_loads(j->result, 0, NULL);
+      json_t *r = body ? json_object_get(body, "retryable") : NULL;
+      if (r && json_is_false(r)) retryable = 0;
+      json_decref(body);
+    }
+    breaker_record(en, j->service, j->is_error && retryable);
+  }
   journal_write(en, s, "call", j);
   ack_after_commit(en, tag);
   if (s->wait_seq == seq) wake(en, s, j);
@@ -740,6 +952,7 @@ static void commit_batch(struct sg_engine *en) {
     en->st.live--;
     if (s->row.status == SG_ST_COMPLETED) en->st.completed++;
     else if (s->row.status == SG_ST_COMPENSATED) en->st.compensated++;
+    else if (s->row.status == SG_ST_RESOLVED) en->st.resolved++;
     else en->st.compensation_failed++;
     if (en->on_terminal) en->on_terminal(en->on_terminal_ud, s->row.id, s->row.status, s->row.created_at);
     saga_free(s);
@@ -787,6 +1000,11 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   en->prepare.data = en;
   ev_prepare_start(loop, &en->prepare);
   ev_unref(loop); /* the commit watcher alone must not keep the loop alive */
+  sg_map_init(&en->breakers);
+  ev_timer_init(&en->sweep, on_sweep, 0.25, 0.25);
+  en->sweep.data = en;
+  ev_timer_start(loop, &en->sweep);
+  ev_unref(loop);
   return en;
 }
 
@@ -928,6 +1146,160 @@ fail:
   return -1;
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* operator verbs */
+
+/* The live saga, or (for a terminal one) a saga loaded from the store and made live. */
+static struct sg_saga *saga_for_operator(struct sg_engine *en, const char *id, struct sg_error *e) {
+  struct sg_saga *s = sg_map_get(&en->sagas, id);
+  if (s) {
+    if (s->terminal) { sg_errorf(e, SG_E_CONFLICT, "saga %s just finished as %s", id, sg_status_name(s->row.status)); return NULL; }
+    return s;
+  }
+  if (txn(en) < 0) { sg_errorf(e, SG_E_INTERNAL, "store unavailable"); return NULL; }
+  struct sg_saga_row r = {0};
+  int found = en->store->ops->saga_get(en->store, id, &r, e);
+  if (found < 0) return NULL;
+  if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
+  if (!SG_ST_TERMINAL(r.status)) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s but not loaded on this host (its definition failed to load?)", id,
+              sg_status_name(r.status));
+    sg_store_saga_row_free(&r);
+    return NULL;
+  }
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r.type, r.def_hash, e);
+  if (!d) { sg_store_saga_row_free(&r); return NULL; }
+  s = saga_new(&r);
+  sg_store_saga_row_free(&r);
+  s->def = d;
+  sg_map_put(&en->sagas, s->row.id, s);
+  en->st.live++;
+  return s;
+}
+
+/* A saga loaded only to be refused goes back to the store's keeping. */
+static void release_unused(struct sg_engine *en, struct sg_saga *s) {
+  if (!SG_ST_TERMINAL(s->row.status) || s->dirty) return;
+  sg_map_del(&en->sagas, s->row.id);
+  en->st.live--;
+  saga_free(s);
+}
+
+int sg_engine_compensate(struct sg_engine *en, const char *id, const char *reason, const char *who, struct sg_error *e) {
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  if (s->row.status != SG_ST_RUNNING) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a running saga can be compensated", id, sg_status_name(s->row.status));
+    release_unused(en, s);
+    return -1;
+  }
+  char *detail = sg_asprintf("by %s: %s", who && *who ? who : "operator", reason && *reason ? reason : "no reason given");
+  hist_event(en, s, "operator_compensate", detail);
+  timer_cancel(en, &s->t_retry);
+  char *why = sg_asprintf("compensated by operator %s", detail);
+  end_attempt(en, s, "failed", why);
+  give_up(en, s, why);
+  free(why);
+  free(detail);
+  return 0;
+}
+
+int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struct sg_error *e) {
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  if (s->row.status != SG_ST_COMPENSATION_FAILED) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a compensation_failed saga can be retried", id,
+              sg_status_name(s->row.status));
+    release_unused(en, s);
+    return -1;
+  }
+  char *detail = sg_asprintf("by %s: retry the compensation of step %s", who && *who ? who : "operator", step_name(s));
+  hist_event(en, s, "operator_retry", detail);
+  free(detail);
+  /* the next attempt number keeps the journal of earlier attempts apart */
+  s->row.status = SG_ST_COMPENSATING;
+  s->row.phase = SG_PH_COMPENSATE;
+  s->row.attempt++;
+  s->retry_base = s->row.attempt - 1;
+  mark_dirty(en, s);
+  begin_attempt(en, s);
+  return 0;
+}
+
+int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, const char *who, struct sg_error *e) {
+  if (!note || !*note) return sg_errorf(e, SG_E_INVALID, "a note is required to mark a saga resolved (say what was done by hand)");
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  if (s->row.status != SG_ST_COMPENSATION_FAILED) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a compensation_failed saga can be resolved", id,
+              sg_status_name(s->row.status));
+    release_unused(en, s);
+    return -1;
+  }
+  char *detail = sg_asprintf("by %s: %s", who && *who ? who : "operator", note);
+  hist_event(en, s, "operator_resolve", detail);
+  free(detail);
+  finish(en, s, SG_ST_RESOLVED, NULL);
+  return 0;
+}
+
+static void plan_json(struct sg_buf *b, const struct sg_def *d, int from, int include_from) {
+  sg_buf_adds(b, "[");
+  int first = 1;
+  for (int j = from; j >= 0; j--) {
+    if (!d->steps[j].has_compensate) continue;
+    if (j == from && !include_from) continue;
+    sg_buf_printf(b, "%s{\"step\":%d,\"name\":", first ? "" : ",", j + 1);
+    sg_buf_add_json_str(b, d->steps[j].name);
+    sg_buf_adds(b, "}");
+    first = 0;
+  }
+  sg_buf_adds(b, "]");
+}
+
+char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e) {
+  struct sg_saga_row r = {0};
+  struct sg_saga *live = sg_map_get(&en->sagas, id);
+  if (live) {
+    r = live->row;
+  } else {
+    int found = en->store->ops->saga_get(en->store, id, &r, e);
+    if (found < 0) return NULL;
+    if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
+  }
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r.type, r.def_hash, e);
+  char *out = NULL;
+  if (d) {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"id\":");
+    sg_buf_add_json_str(&b, r.id);
+    sg_buf_adds(&b, ",\"status\":");
+    sg_buf_add_json_str(&b, sg_status_name(r.status));
+    int abortable = r.status == SG_ST_RUNNING || r.status == SG_ST_COMPENSATING || r.status == SG_ST_COMPENSATION_FAILED;
+    sg_buf_printf(&b, ",\"abortable\":%s,\"compensations\":", abortable ? "true" : "false");
+    if (r.status == SG_ST_RUNNING) plan_json(&b, d, r.step, 0);          /* the completed steps */
+    else if (abortable) plan_json(&b, d, r.step, 1);                      /* the current one and below */
+    else sg_buf_adds(&b, "[]");
+    sg_buf_adds(&b, "}");
+    out = sg_buf_steal(&b);
+  }
+  if (!live) sg_store_saga_row_free(&r);
+  return out;
+}
+
+/* Remaining compensations of a saga (for the API's view of a compensation_failed saga). */
+char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga_row *r) {
+  if (r->status != SG_ST_COMPENSATION_FAILED && r->status != SG_ST_COMPENSATING) return NULL;
+  struct sg_error e = {0};
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r->type, r->def_hash, &e);
+  if (!d) return NULL;
+  struct sg_buf b;
+  sg_buf_init(&b);
+  plan_json(&b, d, r->step, 1);
+  return sg_buf_steal(&b);
+}
+
 void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st) {
   *st = en->st;
   st->commits = en->store->ops->commit_count(en->store);
@@ -939,6 +1311,8 @@ void sg_engine_stop(struct sg_engine *en) {
   sg_timers_stop(en->timers);
   ev_ref(en->loop);
   ev_prepare_stop(en->loop, &en->prepare);
+  ev_ref(en->loop);
+  ev_timer_stop(en->loop, &en->sweep);
 }
 
 void sg_engine_free(struct sg_engine *en) {
@@ -956,6 +1330,14 @@ void sg_engine_free(struct sg_engine *en) {
   for (size_t i = 0; i < en->ndone; i++) { drop_co(en, en->done[i]); saga_free(en->done[i]); }
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
   sg_map_free(&en->sagas);
+  for (size_t i = 0; i < en->breakers.cap; i++) {
+    if (!sg_map_live(&en->breakers, i)) continue;
+    struct breaker *b = en->breakers.slots[i].val;
+    free(b->parked);
+    free(b->service);
+    free(b);
+  }
+  sg_map_free(&en->breakers);
   sg_timers_free(en->timers);
   free(en->done); free(en->out); free(en->acks); free(en->cbs); free(en->confirmed);
   free(en);

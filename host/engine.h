@@ -82,6 +82,10 @@ struct sg_runner {
 struct sg_engine_config {
   const char *host_id;       /* names this host (reply queue, logs) */
   int64_t max_payload;       /* bytes: larger inputs, payloads and ctx.data are refused */
+  double breaker_failure_rate; /* a service's breaker opens at this share of failed calls (0 = no breakers) */
+  int breaker_min_calls;     /* ... once at least this many calls are in the window */
+  int64_t breaker_window_ms; /* the counting window */
+  int64_t breaker_open_ms;   /* how long it stays open before a half-open probe */
 };
 
 struct sg_engine;
@@ -111,11 +115,26 @@ void sg_engine_after_commit(struct sg_engine *en, sg_committed_cb cb, void *ud);
 int sg_engine_start(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
                     char id[40], int *existed, struct sg_error *e);
 
+/* Operator verbs. `who` names the operator (recorded in the history with the reason/note).
+ * Each returns 0, or -1 with e: SG_E_NOTFOUND (no such saga), SG_E_CONFLICT (its status does not
+ * allow it), SG_E_INVALID (missing note). The change is durable at the next after_commit. */
+int sg_engine_compensate(struct sg_engine *en, const char *id, const char *reason, const char *who, struct sg_error *e);
+int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struct sg_error *e);
+int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, const char *who, struct sg_error *e);
+/* JSON list of the compensations still to run for a compensating or compensation_failed saga
+ * ([{"step": n, "name": ...}], malloc'd), NULL otherwise */
+char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga_row *r);
+/* Which compensations would run, in order, if the saga were aborted now (JSON, malloc'd), or NULL + e. */
+char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e);
+
+/* {"breakers": [{"service", "state", "calls", "failures", "parked", "opens", "opened_at"}], ...} */
+char *sg_engine_breakers_json(struct sg_engine *en);
+
 /* statistics for /healthz and bench */
 struct sg_engine_stats {
   int64_t live;        /* sagas in memory (non-terminal) */
   int64_t coroutines;  /* of those, holding a coroutine */
-  int64_t started, completed, compensated, compensation_failed; /* since start */
+  int64_t started, completed, compensated, compensation_failed, resolved; /* since start */
   int64_t commits;     /* store commits */
   int64_t timers;      /* armed timers */
 };

@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "bench.h"
+#include "duration.h"
 #include "cli.h"
 #include "engine.h"
 #include "script.h"
@@ -24,6 +26,9 @@ static void usage(FILE *f) {
           "                         sends commands through RabbitMQ instead of in-process\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
           "      [--lua-budget N] (VM instructions per step resume, default 100000000) [--host-id NAME] [--demo]\n"
+          "      [--lua-step-memory MB] (what one step run may allocate, default 64)\n"
+          "      [--breaker-failure-rate R] (default 0.5, 0 = off) [--breaker-min-calls N] (10)\n"
+          "      [--breaker-window D] (30s) [--breaker-open D] (5s): per-service circuit breakers\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
@@ -94,6 +99,10 @@ struct run_opts {
   long max_payload;
   long lua_memory_mb;   /* memory ceiling of the Lua state */
   long lua_budget;      /* VM instructions per resume */
+  long lua_step_memory_mb; /* memory one resume may allocate */
+  double breaker_rate;  /* circuit breakers: failure share that opens one (0 = off) */
+  int breaker_min_calls;
+  int64_t breaker_window_ms, breaker_open_ms;
 };
 
 static int cmd_run(const struct run_opts *o) {
@@ -103,7 +112,7 @@ static int cmd_run(const struct run_opts *o) {
   h.loop = ev_default_loop(EVFLAG_AUTO);
   h.store = sg_store_sqlite_open(o->db, &e);
   if (!h.store) { fprintf(stderr, "sagahost: cannot open the store %s: %s\n", o->db, e.msg); return 1; }
-  struct sg_script_config scfg = { o->dir, (size_t)o->lua_memory_mb << 20, o->lua_budget };
+  struct sg_script_config scfg = { o->dir, (size_t)o->lua_memory_mb << 20, o->lua_budget, (size_t)o->lua_step_memory_mb << 20 };
   struct sg_script_hooks hooks = { &h, hook_on_version, hook_fetch_source, hook_on_services };
   h.sc = sg_script_new(&scfg, &hooks, &e);
   if (!h.sc) { fprintf(stderr, "sagahost: %s\n", e.msg); goto out; }
@@ -118,7 +127,8 @@ static int cmd_run(const struct run_opts *o) {
     sg_sha256_hex(dbabs, strlen(dbabs), hash);
     snprintf(host_id, sizeof host_id, "%.30s-%.8s", hn, hash);
   }
-  struct sg_engine_config ecfg = { host_id, o->max_payload };
+  struct sg_engine_config ecfg = { host_id, o->max_payload, o->breaker_rate, o->breaker_min_calls,
+                                   o->breaker_window_ms, o->breaker_open_ms };
   struct sg_runner runner = sg_script_runner(h.sc);
   h.en = sg_engine_new(h.loop, h.store, &runner, &ecfg);
   struct sg_transport_events tev = sg_engine_transport_events(h.en);
@@ -171,7 +181,7 @@ out:
 
 static int cmd_check(const char *dir) {
   struct sg_error e = {0};
-  struct sg_script_config scfg = { dir, (size_t)512 << 20, 50000000 };
+  struct sg_script_config scfg = { dir, (size_t)512 << 20, 100000000, (size_t)64 << 20 };
   struct sg_script *sc = sg_script_new(&scfg, NULL, &e);
   if (!sc) { fprintf(stderr, "sagahost: %s\n", e.msg); return 1; }
   int prev = sg_log_level;
@@ -201,7 +211,8 @@ int main(int argc, char **argv) {
   const char *env_level = getenv("SAGAHOST_LOG_LEVEL");
   if (env_level && sg_log_parse_level(env_level) >= 0) sg_log_level = sg_log_parse_level(env_level);
   if (!strcmp(cmd, "run")) {
-    struct run_opts o = { "sagahost.db", "127.0.0.1:7070", NULL, NULL, NULL, 0, 1 << 20, 1024, 100000000 };
+    struct run_opts o = { "sagahost.db", "127.0.0.1:7070", NULL, NULL, NULL, 0, 1 << 20, 1024, 100000000, 64,
+                         0.5, 10, 30000, 5000 };
     for (int i = 2; i < argc; i++) {
       const char *a = argv[i];
       const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -209,18 +220,34 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--demo")) o.demo = 1;
       else if (!strcmp(a, "--db") || !strcmp(a, "--listen") || !strcmp(a, "--amqp") || !strcmp(a, "--log-level") ||
                !strcmp(a, "--host-id") || !strcmp(a, "--max-payload") || !strcmp(a, "--lua-memory") ||
-               !strcmp(a, "--lua-budget")) {
+               !strcmp(a, "--lua-budget") || !strcmp(a, "--lua-step-memory") || !strcmp(a, "--breaker-failure-rate") || !strcmp(a, "--breaker-min-calls") ||
+               !strcmp(a, "--breaker-window") || !strcmp(a, "--breaker-open")) {
         if (!v) return usage_error("%s needs a value", a);
         i++;
         if (!strcmp(a, "--db")) o.db = v;
         else if (!strcmp(a, "--listen")) o.listen = v;
         else if (!strcmp(a, "--amqp")) o.amqp = v;
         else if (!strcmp(a, "--host-id")) o.host_id = v;
-        else if (!strcmp(a, "--lua-memory") || !strcmp(a, "--lua-budget")) {
+        else if (!strcmp(a, "--breaker-failure-rate")) {
+          char *end;
+          o.breaker_rate = strtod(v, &end);
+          if (*end || o.breaker_rate < 0 || o.breaker_rate > 1) return usage_error("--breaker-failure-rate must be from 0 (off) to 1, got %s", v);
+        } else if (!strcmp(a, "--breaker-min-calls")) {
+          char *end;
+          o.breaker_min_calls = (int)strtol(v, &end, 10);
+          if (*end || o.breaker_min_calls < 1) return usage_error("--breaker-min-calls must be a positive integer, got %s", v);
+        } else if (!strcmp(a, "--breaker-window") || !strcmp(a, "--breaker-open")) {
+          struct sg_error de = {0};
+          int64_t ms;
+          if (sg_duration_parse(v, &ms, &de) < 0) return usage_error("%s", de.msg);
+          if (a[10] == 'w') o.breaker_window_ms = ms; else o.breaker_open_ms = ms;
+        } else if (!strcmp(a, "--lua-memory") || !strcmp(a, "--lua-budget") || !strcmp(a, "--lua-step-memory")) {
           char *end;
           long n = strtol(v, &end, 10);
           if (*end || n < 1) return usage_error("%s needs a positive integer", a);
-          if (a[6] == 'm') o.lua_memory_mb = n; else o.lua_budget = n;
+          if (!strcmp(a, "--lua-memory")) o.lua_memory_mb = n;
+          else if (!strcmp(a, "--lua-step-memory")) o.lua_step_memory_mb = n;
+          else o.lua_budget = n;
         } else if (!strcmp(a, "--max-payload")) {
           char *end;
           o.max_payload = strtol(v, &end, 10);
@@ -237,6 +264,7 @@ int main(int argc, char **argv) {
     if (!o.dir) return usage_error("%s", "run needs a SCRIPT_DIR");
     return cmd_run(&o);
   }
+  if (!strcmp(cmd, "bench")) return sg_bench_main(argc - 1, argv + 1);
   if (!strcmp(cmd, "check")) {
     if (argc != 3 || argv[2][0] == '-') {
       if (argc == 3 && !strcmp(argv[2], "--help")) { usage(stdout); return 0; }

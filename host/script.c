@@ -42,6 +42,9 @@ struct sg_script {
   struct sg_script_hooks hooks;
   char *dir;
   size_t mem_used;         /* bytes allocated by the Lua state */
+  int in_run;              /* a step or handler is running: its allocations are counted */
+  ptrdiff_t run_net;       /* bytes the running step has allocated net of frees */
+  int run_mem_hit;         /* the running step hit its memory limit */
   int refs;                /* live registry references (coroutines) */
   int runtime_ref;         /* the lua/saga.lua module table */
   struct sfile *files; int nfiles, capfiles;
@@ -59,11 +62,23 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize == 0) {
     free(ptr);
     sc->mem_used -= osize;
+    if (sc->in_run) sc->run_net -= (ptrdiff_t)osize;
     return NULL;
   }
-  if (sc->cfg.mem_limit && nsize > osize && sc->mem_used + (nsize - osize) > sc->cfg.mem_limit) return NULL;
+  if (nsize > osize) {
+    size_t grow = nsize - osize;
+    if (sc->cfg.mem_limit && sc->mem_used + grow > sc->cfg.mem_limit) return NULL;
+    /* one step may not take more than its share, so a memory-hungry step fails alone */
+    if (sc->in_run && sc->cfg.run_mem_limit && sc->run_net + (ptrdiff_t)grow > (ptrdiff_t)sc->cfg.run_mem_limit) {
+      sc->run_mem_hit = 1;
+      return NULL;
+    }
+  }
   void *p = realloc(ptr, nsize);
-  if (p) sc->mem_used = sc->mem_used - osize + nsize;
+  if (p) {
+    sc->mem_used = sc->mem_used - osize + nsize;
+    if (sc->in_run) sc->run_net += (ptrdiff_t)nsize - (ptrdiff_t)osize;
+  }
   return p;
 }
 
@@ -111,13 +126,22 @@ static void push_runtime(struct sg_script *sc, lua_State *L, const char *fn) {
 static void hook(lua_State *L, lua_Debug *ar) {
   /* stays armed: fire again soon so a pcall in the runaway loop cannot swallow it for long */
   lua_sethook(L, hook, LUA_MASKCOUNT, 1000);
-  luaL_error(L, "instruction budget exceeded: the step ran too long without yielding (an endless loop?)");
+  lua_getinfo(L, "Sl", ar);
+  luaL_error(L, "%s:%d: instruction budget exceeded: the code ran too long without yielding (an endless loop?)",
+             ar->short_src, ar->currentline);
 }
 
+/* Before a step resume or a handler call: instruction budget and memory accounting on. */
 static void arm(struct sg_script *sc, lua_State *L) {
-  if (sc->cfg.instr_budget > 0) lua_sethook(L, hook, LUA_MASKCOUNT, (int)sc->cfg.instr_budget);
+  if (sc->cfg.instr_budget > 0) lua_sethook(L, hook, LUA_MASKCOUNT, (int)(sc->cfg.instr_budget > INT32_MAX ? INT32_MAX : sc->cfg.instr_budget));
+  sc->in_run = 1;
+  sc->run_net = 0;
+  sc->run_mem_hit = 0;
 }
-static void disarm(lua_State *L) { lua_sethook(L, NULL, 0, 0); }
+static void disarm(struct sg_script *sc, lua_State *L) {
+  lua_sethook(L, NULL, 0, 0);
+  sc->in_run = 0;
+}
 
 static int open_state(struct sg_script *sc, struct sg_error *e) {
   lua_State *L = lua_newstate(l_alloc, sc);
@@ -284,7 +308,7 @@ static int load_source(struct sg_script *sc, const char *file, const char *sourc
   lua_pushboolean(L, historic);
   arm(sc, L);
   int rc = pcall(L, 4, 2, e);
-  disarm(L);
+  disarm(sc, L);
   if (rc < 0) return -1;
   if (lua_isnil(L, -2)) {
     sg_errorf(e, SG_E_INVALID, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "load failed");
@@ -641,7 +665,7 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   int nres = 0;
   arm(sc, co);
   int status = lua_resume(co, L, 2, &nres);
-  disarm(co);
+  disarm(sc, co);
   *handle = h;
   return collect(sc, co, status, nres, out);
 }
@@ -663,7 +687,7 @@ static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_
   int nres = 0;
   arm(sc, co);
   int status = lua_resume(co, L, 2, &nres);
-  disarm(co);
+  disarm(sc, co);
   return collect(sc, co, status, nres, out);
 }
 
@@ -696,7 +720,7 @@ static int r_handle(void *ud, const struct sg_msg *m, char **status, char **body
   struct sg_error e = {0};
   arm(sc, L);
   int rc = pcall(L, 5, 2, &e);
-  disarm(L);
+  disarm(sc, L);
   if (rc < 0) {
     /* the runtime itself failed (memory, budget): an error reply the saga may retry */
     struct sg_buf b;

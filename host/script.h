@@ -26,6 +26,7 @@ struct sg_script_config {
   const char *dir;            /* script directory */
   size_t mem_limit;           /* bytes the Lua state may use, 0 = unlimited */
   long instr_budget;          /* VM instructions per resume or handler call, 0 = unlimited */
+  size_t run_mem_limit;       /* bytes one resume or handler call may allocate (net), 0 = unlimited */
 };
 
 struct sg_script;

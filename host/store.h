@@ -21,6 +21,7 @@ enum sg_status {
   SG_ST_COMPLETED,
   SG_ST_COMPENSATED,
   SG_ST_COMPENSATION_FAILED,
+  SG_ST_RESOLVED,            /* compensation_failed, then marked resolved by an operator with a note */
 };
 const char *sg_status_name(int st);  /* "running", ... */
 int sg_status_parse(const char *s);  /* -1 if unknown */

@@ -420,6 +420,12 @@ end
 -- ("done", data_json) | ("error", message, retryable, traceback) | ("fail", message, false, traceback).
 function M.run_step(fn, ctx)
   local ok, err = xpcall(fn, normalize_error, ctx)
+  if not ok and getmetatable(err) ~= Err then
+    -- memory errors skip the message handler
+    local msg = tostring(err)
+    if msg == "not enough memory" then msg = "memory limit exceeded: the step allocated more than this host allows (--lua-step-memory)" end
+    err = { message = msg, retryable = true, traceback = "" }
+  end
   if ok then
     local eok, data = pcall(json.encode, ctx.data)
     if not eok then return "error", "ctx.data cannot be encoded as JSON: " .. tostring(data), false, "" end
@@ -439,6 +445,11 @@ function M.handle(service, command, payload_json, message_id, saga_id)
     return "error", json.encode({ error = "malformed JSON payload: " .. tostring(payload), retryable = false })
   end
   local hok, res = xpcall(h.fn, normalize_error, payload, { message_id = message_id, saga_id = saga_id, service = service, command = command })
+  if not hok and getmetatable(res) ~= Err then
+    local msg = tostring(res)
+    if msg == "not enough memory" then msg = "memory limit exceeded in handler " .. service .. "." .. command end
+    res = { message = msg, retryable = true }
+  end
   if hok then
     local eok, body = pcall(json.encode, res == nil and {} or res)
     if eok then return "ok", body end

@@ -96,8 +96,13 @@ function Host:start(extra)
   self.runs = self.runs + 1
   local log = self.logfile .. "." .. self.runs
   self.curlog = log
-  local cmd = string.format("%s run --db %s --listen 127.0.0.1:0 %s %s %s > %s 2>&1 & echo $!",
-    H.bin, self.db, self.opts.args or "", extra or "", self.scripts, log)
+  local transport = ""
+  if self.opts.amqp then
+    transport = "--amqp " .. H.q(type(self.opts.amqp) == "string" and self.opts.amqp or H.amqp_url)
+    if self.opts.host_id then transport = transport .. " --host-id " .. H.q(self.opts.host_id) end
+  end
+  local cmd = string.format("%s run --db %s --listen 127.0.0.1:0 %s %s %s %s > %s 2>&1 & echo $!",
+    H.bin, self.db, transport, self.opts.args or "", extra or "", self.scripts, log)
   local p = io.popen(cmd)
   self.pid = tonumber(p:read("l"))
   p:close()
@@ -196,15 +201,166 @@ function Host:wait(id, status, timeout)
   error("saga " .. id .. " did not reach " .. (status or "a terminal status") .. " in time; it is " .. cjson.encode(s))
 end
 
--- history entries of a saga as "name:phase:status" strings
+-- step attempts of a saga as "name:phase:status" strings (saga-level events left out)
 function H.history(s)
   local out = {}
-  for _, st in ipairs(s.steps) do out[#out + 1] = st.name .. ":" .. st.phase .. ":" .. st.status end
+  for _, st in ipairs(s.steps) do
+    if st.phase ~= "saga" then out[#out + 1] = st.name .. ":" .. st.phase .. ":" .. st.status end
+  end
   return out
 end
 
 function Host:cleanup()
   self:stop()
 end
+
+---------------------------------------------------------------------------------------------------
+-- RabbitMQ (tests/amqp-broker.sh starts one on 127.0.0.1). H.host{ amqp = true, host_id = "x" } runs a
+-- host with --amqp H.amqp_url (a string instead of true names another URL) and --host-id x.
+H.amqp_url = os.getenv("SG_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+H.python = os.getenv("SG_PYTHON") or "/usr/bin/python3"
+H.participants = "tests/participants"
+
+-- a string unique to this run, for queue, service and host names that must not meet earlier runs
+function H.uid()
+  counter = counter + 1
+  local p = io.open("/proc/self/stat")
+  local pid = p and p:read("n") or 0
+  if p then p:close() end
+  return string.format("%d%d%d", os.time() % 100000, pid % 10000, counter)
+end
+
+-- pika wants the vhost percent-encoded: "/" is %2F
+function H.pika_url(url)
+  url = url or H.amqp_url
+  local base, vhost = url:match("^(amqps?://[^/]+)/?(.*)$")
+  if vhost == "" or vhost == "/" then vhost = "%2F" end
+  return base .. "/" .. vhost
+end
+
+-- tests/participants/amqp_tool.py: delete, count, publish, get (see that file)
+function H.amqp_tool(...)
+  local args = { H.python, H.participants .. "/amqp_tool.py", H.q(H.pika_url()) }
+  for _, a in ipairs({ ... }) do args[#args + 1] = H.q(a) end
+  local code, out, err = H.run(table.concat(args, " "))
+  assert(code == 0, "amqp_tool " .. table.concat({ ... }, " ") .. " failed: " .. out .. err)
+  return out
+end
+
+-- the sample scripts of sagas/ with their services renamed service -> service_<suffix>, so that a run
+-- does not meet the queues of other runs: returns { ["order_processing.lua"] = source, ... }
+H.sample_services = { "inventory", "payment", "shipping" }
+-- trace: every handler (written `function(p)` in the samples) first prints
+-- "HANDLED <message_id> <service>.<command>", so specs can count how often each command took effect
+function H.samples(suffix, files, trace)
+  local out = {}
+  for _, f in ipairs(files) do
+    local src = assert(H.read("sagas/" .. f), "no sagas/" .. f)
+    for _, svc in ipairs(H.sample_services) do
+      src = src:gsub('"' .. svc .. '"', '"' .. svc .. "_" .. suffix .. '"')
+    end
+    if trace then
+      src = src:gsub("function%(p%)",
+        'function(p, msg) print("HANDLED " .. msg.message_id .. " " .. msg.service .. "." .. msg.command)')
+    end
+    out[f] = src
+  end
+  return out
+end
+
+-- waits until the current run of the host logged the pattern; returns the first capture (or match)
+function Host:wait_log(pattern, timeout, from_all)
+  local deadline = os.time() + (timeout or 20) * H.slow
+  repeat
+    local text = from_all and self:log() or H.read(self.curlog) or ""
+    local m = text:match(pattern)
+    if m then return m end
+    H.sleep(0.05)
+  until os.time() > deadline
+  error("host log never showed " .. pattern .. ":\n" .. (H.read(self.curlog) or ""))
+end
+
+-- start, then wait until the AMQP transport is connected (queues declared, consumers running)
+function Host:start_amqp(extra)
+  self:start(extra)
+  self:wait_log("amqp: connected to", 30)
+  return self
+end
+
+function Host:healthz()
+  local code, body = self:get("/healthz")
+  assert(code == 200, "healthz: " .. tostring(code))
+  return body
+end
+
+-- waits until every saga of ids is terminal; returns { id = saga }
+function Host:wait_all(ids, timeout)
+  local deadline = os.time() + (timeout or 60) * H.slow
+  local left = {}
+  for _, id in ipairs(ids) do left[id] = true end
+  local got, n = {}, #ids
+  while true do
+    -- the list endpoint pages by 1000; a saga that is terminal stays terminal
+    local after, more = nil, true
+    while more do
+      local code, body = self:get("/v1/sagas?limit=1000" .. (after and ("&after=" .. after) or ""))
+      assert(code == 200, "list sagas: " .. tostring(code))
+      for _, s in ipairs(body.sagas) do
+        if left[s.id] and terminal[s.status] then left[s.id] = nil; got[s.id] = s; n = n - 1 end
+      end
+      after = body.next ~= cjson.null and body.next or nil
+      more = after ~= nil
+    end
+    if n == 0 then return got end
+    if os.time() > deadline then
+      local some = {}
+      for id in pairs(left) do
+        some[#some + 1] = id .. "=" .. self:saga(id).status
+        if #some >= 5 then break end
+      end
+      error(n .. " of " .. #ids .. " sagas not terminal in time, e.g. " .. table.concat(some, ", "))
+    end
+    H.sleep(0.2)
+  end
+end
+
+-- A background process (an independent participant): H.proc{ cmd = "...", dir = tmpdir, name = "x" }
+local Proc = {}
+Proc.__index = Proc
+
+function H.proc(opts)
+  local self = setmetatable({ opts = opts, runs = 0 }, Proc)
+  self.logfile = (opts.dir or H.tmpdir(opts.name)) .. "/" .. (opts.name or "proc") .. ".log"
+  return self
+end
+
+function Proc:start()
+  self.runs = self.runs + 1
+  self.curlog = self.logfile .. "." .. self.runs
+  local p = io.popen(string.format("exec %s > %s 2>&1 & echo $!", self.opts.cmd, self.curlog))
+  self.pid = tonumber(p:read("l"))
+  p:close()
+  return self
+end
+
+function Proc:alive()
+  return self.pid and os.execute("kill -0 " .. self.pid .. " 2>/dev/null") == true
+end
+
+function Proc:wait_log(pattern, timeout)
+  local deadline = os.time() + (timeout or 20) * H.slow
+  repeat
+    local text = H.read(self.curlog) or ""
+    local m = text:match(pattern)
+    if m then return m end
+    if not self:alive() then error("process exited:\n" .. text) end
+    H.sleep(0.05)
+  until os.time() > deadline
+  error("process log never showed " .. pattern .. ":\n" .. (H.read(self.curlog) or ""))
+end
+
+Proc.kill9 = Host.kill9
+Proc.stop = Host.stop
+Proc.log = Host.log
 
 return H
