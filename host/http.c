@@ -1,0 +1,333 @@
+/* http: libmicrohttpd driven by the libev loop.
+ *
+ * MHD runs in epoll mode without threads of its own: its epoll fd is one ev_io, an ev_timer
+ * follows MHD_get_timeout, and MHD_run is called from both. Requests whose handler does not answer
+ * at once are suspended (MHD_ALLOW_SUSPEND_RESUME); sg_http_reply resumes them and feeds the ev_io
+ * so that MHD_run picks them up in this loop iteration instead of waiting for network activity. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* Idle keep-alive connections are closed after this long (suspended ones never time out). */
+#define SG_HTTP_IDLE_TIMEOUT_S 60u
+
+/* Where a request is in its life; decides what the access handler does when MHD calls it again. */
+enum sg_http_phase {
+  SG_HTTP_READING,    /* body still arriving */
+  SG_HTTP_TOO_BIG,    /* body over max_body: drained and discarded, answered 413 at the end */
+  SG_HTTP_IN_HANDLER, /* handler running: a reply now is queued when it returns */
+  SG_HTTP_PENDING,    /* handler kept it: the connection is suspended until sg_http_reply */
+  SG_HTTP_RESUMED,    /* reply stored and connection resumed: queued at MHD's next call */
+  SG_HTTP_ANSWERED,   /* response queued: MHD sends it, then the completed callback frees us */
+};
+
+/* One request: created at MHD's first call for it, freed by the request-completed callback. */
+struct sg_http_conn {
+  struct sg_http_req req;           /* what the handler sees; req.priv points back here */
+  struct sg_http *srv;              /* the server it belongs to */
+  struct MHD_Connection *mhd;       /* MHD's connection, for suspend/resume and lookups */
+  struct sg_buf body;               /* the body accumulated so far */
+  enum sg_http_phase phase;         /* see enum sg_http_phase */
+  int status;                       /* reply status, valid once reply is set */
+  char *reply;                      /* reply body (owned) waiting to be queued, NULL if none yet */
+  struct sg_http_conn *prev, *next; /* srv->conns: pending requests must be resumed before stop */
+};
+
+struct sg_http {
+  struct ev_loop *loop;        /* the loop MHD runs in */
+  struct MHD_Daemon *mhd;      /* the daemon (epoll mode, no internal threads) */
+  ev_io io;                    /* MHD's epoll fd: readable when any socket or the resume ITC is */
+  ev_timer timer;              /* MHD_get_timeout: connection timeouts and already-buffered data */
+  size_t max_body;             /* larger bodies get 413 and never reach the handler */
+  sg_http_handler handler;     /* receives every complete request */
+  void *ud;                    /* the handler's first argument */
+  int port;                    /* bound port (the real one when 0 was asked for) */
+  struct sg_http_conn *conns;  /* every live request, so stop can resume the suspended ones */
+};
+
+/* MHD must run again no later than it says; otherwise buffered data or timeouts would stall. */
+static void sg_http_rearm(struct sg_http *h) {
+  MHD_UNSIGNED_LONG_LONG ms = 0;
+  ev_timer_stop(h->loop, &h->timer);
+  if (MHD_get_timeout(h->mhd, &ms) == MHD_YES) {
+    ev_timer_set(&h->timer, (ev_tstamp)ms / 1000.0, 0.);
+    ev_timer_start(h->loop, &h->timer);
+  }
+}
+
+static void sg_http_run(struct sg_http *h) {
+  MHD_run(h->mhd);
+  sg_http_rearm(h);
+}
+
+static void sg_http_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  sg_http_run(w->data);
+}
+
+static void sg_http_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  sg_http_run(w->data);
+}
+
+static void sg_http_log(void *cls, const char *fmt, va_list ap) {
+  char line[512];
+  vsnprintf(line, sizeof line, fmt, ap);
+  size_t n = strlen(line);
+  while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = 0;
+  sg_debug("http: %s", line);
+}
+
+static enum MHD_Result sg_http_queue(struct sg_http_conn *c, int status, const char *json) {
+  size_t len = strlen(json);
+  struct MHD_Response *resp =
+      MHD_create_response_from_buffer(len, (void *)json, MHD_RESPMEM_MUST_COPY);
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  enum MHD_Result r = MHD_queue_response(c->mhd, (unsigned)status, resp);
+  MHD_destroy_response(resp);
+  c->phase = SG_HTTP_ANSWERED;
+  return r;
+}
+
+static enum MHD_Result sg_http_queue_stored(struct sg_http_conn *c) {
+  enum MHD_Result r = sg_http_queue(c, c->status, c->reply);
+  free(c->reply);
+  c->reply = NULL;
+  return r;
+}
+
+static enum MHD_Result sg_http_too_big(struct sg_http_conn *c) {
+  char msg[128];
+  snprintf(msg, sizeof msg, "request body too large: limit is %zu bytes", c->srv->max_body);
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"error\":");
+  sg_buf_add_json_str(&b, msg);
+  sg_buf_adds(&b, "}");
+  enum MHD_Result r = sg_http_queue(c, 413, b.data);
+  sg_buf_free(&b);
+  return r;
+}
+
+/* A declared length over the limit with "Expect: 100-continue" is refused before the body is
+ * sent (that is what the header is for). Without it the client sends the body anyway, and
+ * answering before reading it would close a socket with unread data, which resets the connection
+ * and can lose the 413; so the body is drained and discarded instead. */
+static int sg_http_refuse_early(struct sg_http_conn *c) {
+  const char *cl = MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  const char *expect = MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+  if (!cl || !expect || strcasecmp(expect, "100-continue") != 0) return 0;
+  char *end;
+  errno = 0;
+  unsigned long long n = strtoull(cl, &end, 10);
+  return end != cl && errno == 0 && n > c->srv->max_body;
+}
+
+static struct sg_http_conn *sg_http_conn_new(struct sg_http *h, struct MHD_Connection *mc,
+                                             const char *url, const char *method) {
+  struct sg_http_conn *c = sg_xcalloc(1, sizeof *c);
+  c->srv = h;
+  c->mhd = mc;
+  c->req.method = method; /* MHD keeps both strings until the request completes */
+  c->req.path = url;
+  c->req.body = "";
+  c->req.priv = c;
+  sg_buf_init(&c->body);
+  c->phase = SG_HTTP_READING;
+  c->next = h->conns;
+  if (h->conns) h->conns->prev = c;
+  h->conns = c;
+  return c;
+}
+
+static void sg_http_conn_free(struct sg_http_conn *c) {
+  struct sg_http *h = c->srv;
+  if (c->prev) c->prev->next = c->next;
+  else h->conns = c->next;
+  if (c->next) c->next->prev = c->prev;
+  sg_buf_free(&c->body);
+  free(c->reply);
+  free(c);
+}
+
+/* MHD calls this once when the headers are in, once per body chunk, once more when the body is
+ * complete, and again after every resume. */
+static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, const char *url,
+                                         const char *method, const char *version,
+                                         const char *upload_data, size_t *upload_data_size,
+                                         void **con_cls) {
+  struct sg_http *h = cls;
+  struct sg_http_conn *c = *con_cls;
+  if (!c) {
+    c = *con_cls = sg_http_conn_new(h, mc, url, method);
+    if (sg_http_refuse_early(c)) return sg_http_too_big(c);
+    return MHD_YES;
+  }
+  if (*upload_data_size > 0) {
+    if (c->phase == SG_HTTP_READING && c->body.len + *upload_data_size > h->max_body) {
+      c->phase = SG_HTTP_TOO_BIG;
+      sg_buf_free(&c->body);
+    }
+    if (c->phase == SG_HTTP_READING) sg_buf_add(&c->body, upload_data, *upload_data_size);
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  switch (c->phase) {
+  case SG_HTTP_TOO_BIG:
+    return sg_http_too_big(c);
+  case SG_HTTP_READING:
+    c->req.body = c->body.data ? c->body.data : "";
+    c->req.body_len = c->body.len;
+    c->phase = SG_HTTP_IN_HANDLER;
+    h->handler(h->ud, &c->req);
+    if (c->reply) return sg_http_queue_stored(c);
+    c->phase = SG_HTTP_PENDING;
+    MHD_suspend_connection(mc);
+    return MHD_YES;
+  case SG_HTTP_RESUMED:
+    return sg_http_queue_stored(c);
+  default:
+    /* PENDING/IN_HANDLER cannot be called again; ANSWERED is not called again by MHD */
+    return MHD_YES;
+  }
+}
+
+static void sg_http_completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
+                                 enum MHD_RequestTerminationCode toe) {
+  struct sg_http_conn *c = *con_cls;
+  if (!c) return;
+  if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+    sg_debug("http: %s %s ended without a complete reply (code %d)", c->req.method, c->req.path,
+             (int)toe);
+  sg_http_conn_free(c);
+  *con_cls = NULL;
+}
+
+static int sg_http_parse_listen(const char *listen, struct sockaddr_in *sa, struct sg_error *e) {
+  const char *colon = listen ? strrchr(listen, ':') : NULL;
+  if (!colon || colon == listen || !colon[1])
+    return sg_errorf(e, SG_E_INVALID, "bad listen address '%s': expected host:port, e.g. 127.0.0.1:7070",
+                     listen ? listen : "");
+  char host[64];
+  size_t hn = (size_t)(colon - listen);
+  if (hn >= sizeof host)
+    return sg_errorf(e, SG_E_INVALID, "bad listen address '%s': host part too long", listen);
+  memcpy(host, listen, hn);
+  host[hn] = 0;
+  char *end;
+  errno = 0;
+  long port = strtol(colon + 1, &end, 10);
+  if (*end || errno || port < 0 || port > 65535)
+    return sg_errorf(e, SG_E_INVALID, "bad listen address '%s': port must be 0..65535", listen);
+  memset(sa, 0, sizeof *sa);
+  sa->sin_family = AF_INET;
+  sa->sin_port = htons((uint16_t)port);
+  if (strcmp(host, "localhost") == 0) strcpy(host, "127.0.0.1");
+  if (inet_pton(AF_INET, host, &sa->sin_addr) != 1)
+    return sg_errorf(e, SG_E_INVALID,
+                     "bad listen address '%s': host must be an IPv4 address or localhost", listen);
+  return 0;
+}
+
+struct sg_http *sg_http_start(struct ev_loop *loop, const char *listen, size_t max_body,
+                              sg_http_handler handler, void *ud, struct sg_error *e) {
+  struct sockaddr_in sa;
+  if (sg_http_parse_listen(listen, &sa, e) < 0) return NULL;
+  struct sg_http *h = sg_xcalloc(1, sizeof *h);
+  h->loop = loop;
+  h->max_body = max_body;
+  h->handler = handler;
+  h->ud = ud;
+  errno = 0;
+  h->mhd = MHD_start_daemon(
+      MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, ntohs(sa.sin_port), NULL, NULL,
+      sg_http_access_cb, h,
+      MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+      MHD_OPTION_NOTIFY_COMPLETED, sg_http_completed_cb, h,
+      MHD_OPTION_CONNECTION_TIMEOUT, SG_HTTP_IDLE_TIMEOUT_S,
+      MHD_OPTION_EXTERNAL_LOGGER, sg_http_log, h,
+      MHD_OPTION_END);
+  if (!h->mhd) {
+    int err = errno;
+    free(h);
+    sg_errorf(e, SG_E_INTERNAL, "cannot listen on %s: %s", listen,
+              err ? strerror(err) : "libmicrohttpd could not start");
+    return NULL;
+  }
+  const union MHD_DaemonInfo *fdi = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+  const union MHD_DaemonInfo *pi = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+  if (!fdi || fdi->epoll_fd < 0) {
+    MHD_stop_daemon(h->mhd);
+    free(h);
+    sg_errorf(e, SG_E_INTERNAL, "cannot listen on %s: libmicrohttpd has no epoll support", listen);
+    return NULL;
+  }
+  h->port = pi ? pi->port : ntohs(sa.sin_port);
+  ev_io_init(&h->io, sg_http_io_cb, fdi->epoll_fd, EV_READ);
+  h->io.data = h;
+  ev_io_start(loop, &h->io);
+  ev_init(&h->timer, sg_http_timer_cb);
+  h->timer.data = h;
+  sg_http_rearm(h);
+  return h;
+}
+
+int sg_http_port(struct sg_http *h) { return h->port; }
+
+void sg_http_stop(struct sg_http *h) {
+  if (!h) return;
+  ev_io_stop(h->loop, &h->io);
+  ev_timer_stop(h->loop, &h->timer);
+  /* MHD_stop_daemon panics on suspended connections: resume them (with no reply) so it can
+   * close them; the completed callback then frees their state. */
+  for (struct sg_http_conn *c = h->conns; c; c = c->next)
+    if (c->phase == SG_HTTP_PENDING) {
+      c->phase = SG_HTTP_ANSWERED;
+      MHD_resume_connection(c->mhd);
+    }
+  MHD_stop_daemon(h->mhd);
+  while (h->conns) sg_http_conn_free(h->conns); /* defensive: MHD should have freed them all */
+  free(h);
+}
+
+const char *sg_http_query(struct sg_http_req *r, const char *key) {
+  struct sg_http_conn *c = r->priv;
+  return MHD_lookup_connection_value(c->mhd, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *sg_http_header(struct sg_http_req *r, const char *name) {
+  struct sg_http_conn *c = r->priv;
+  return MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND, name);
+}
+
+void sg_http_reply(struct sg_http_req *r, int status, const char *json) {
+  struct sg_http_conn *c = r->priv;
+  if (c->reply || (c->phase != SG_HTTP_IN_HANDLER && c->phase != SG_HTTP_PENDING)) {
+    sg_err("http: second reply to %s %s ignored (every request gets exactly one)", c->req.method,
+           c->req.path);
+    return;
+  }
+  c->status = status;
+  c->reply = sg_strdup(json ? json : "{}");
+  if (c->phase == SG_HTTP_PENDING) {
+    c->phase = SG_HTTP_RESUMED;
+    MHD_resume_connection(c->mhd);
+    ev_feed_event(c->srv->loop, &c->srv->io, EV_READ);
+  }
+}
+
+void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"error\":");
+  sg_buf_add_json_str(&b, msg ? msg : "");
+  sg_buf_adds(&b, "}");
+  sg_http_reply(r, status, b.data);
+  sg_buf_free(&b);
+}
