@@ -415,7 +415,7 @@ int sg_script_scan(struct sg_script *sc) {
     names[n++] = sg_strdup(de->d_name);
   }
   closedir(d);
-  qsort(names, n, sizeof *names, cmp_names);
+  if (n) qsort(names, n, sizeof *names, cmp_names);
   for (int i = 0; i < sc->nfiles; i++) sc->files[i].seen = 0;
   int changed = 0;
   for (size_t i = 0; i < n; i++) {
