@@ -71,6 +71,19 @@ struct sg_saga {
   struct sg_saga *next_dirty;
 };
 
+/* A saga that parked on a reply, to have its coroutine dropped if it still waits later. */
+struct evict {
+  char id[40];   /* saga id (the saga may be gone by then) */
+  int seq;       /* the operation it waits on */
+  int attempt;   /* ... in this attempt */
+  int64_t at;    /* when it parked */
+};
+
+/* Waiting sagas keep no coroutine for long: a sleep of a second or more drops it at once, a reply
+ * wait after EVICT_AFTER_MS. The journal restores the step when the saga wakes (replay). */
+#define EVICT_SLEEP_MS 1000
+#define EVICT_AFTER_MS 2000
+
 /* A deferred after-commit action. */
 struct pending_cb {
   sg_committed_cb cb;
@@ -94,6 +107,8 @@ struct sg_engine {
   struct sg_map breakers;    /* service -> struct breaker* */
   ev_timer sweep;            /* breaker half-open transitions and the stalled-saga sweep */
   int64_t sweeps;            /* sweep ticks so far */
+  struct evict *evict;       /* sagas waiting on a reply, oldest first: their coroutines go after a while */
+  size_t evict_head, nevict, capevict;
   int in_txn;                /* a store transaction is open */
   int broken;                /* a commit failed: the loop was stopped, state must be recovered */
   struct sg_saga *dirty;     /* sagas to flush before the commit */
@@ -122,6 +137,7 @@ struct sg_engine {
 static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
 static void begin_attempt(struct sg_engine *en, struct sg_saga *s);
 static void unpark(struct sg_engine *en, struct sg_saga *s);
+static void evict_idle(struct sg_engine *en, int64_t now);
 
 void sg_run_out_clear(struct sg_run_out *o) {
   free(o->data); free(o->op); free(o->a); free(o->b); free(o->c); free(o->d); free(o->error);
@@ -592,6 +608,7 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
       if (b->nparked) { b->probing = 1; release_parked(en, b, 1); }
     }
   }
+  evict_idle(en, now);
   if (++en->sweeps % 20) return;
   struct sg_saga **stalled = NULL;
   size_t n = 0, cap = 0;
@@ -677,6 +694,40 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
   return -1;
 }
 
+static void park_coroutine(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) {
+  if (strcmp(op->op, "sleep") == 0) {
+    if (op->a && strtoll(op->a, NULL, 10) >= EVICT_SLEEP_MS) drop_co(en, s);
+    return;
+  }
+  if (en->nevict == en->capevict) {
+    /* compact, then grow */
+    if (en->evict_head) {
+      memmove(en->evict, en->evict + en->evict_head, (en->nevict - en->evict_head) * sizeof *en->evict);
+      en->nevict -= en->evict_head;
+      en->evict_head = 0;
+    }
+    if (en->nevict == en->capevict) {
+      en->capevict = en->capevict ? en->capevict * 2 : 256;
+      en->evict = sg_xrealloc(en->evict, en->capevict * sizeof *en->evict);
+    }
+  }
+  struct evict *ev = &en->evict[en->nevict++];
+  memcpy(ev->id, s->row.id, sizeof ev->id);
+  ev->seq = s->wait_seq;
+  ev->attempt = s->row.attempt;
+  ev->at = sg_now_ms();
+}
+
+/* Drops the coroutines of sagas that have waited on a reply for longer than EVICT_AFTER_MS. */
+static void evict_idle(struct sg_engine *en, int64_t now) {
+  while (en->evict_head < en->nevict && en->evict[en->evict_head].at + EVICT_AFTER_MS <= now) {
+    struct evict *ev = &en->evict[en->evict_head++];
+    struct sg_saga *s = sg_map_get(&en->sagas, ev->id);
+    if (s && s->co && s->wait_seq == ev->seq && s->row.attempt == ev->attempt && !s->terminal) drop_co(en, s);
+  }
+  if (en->evict_head == en->nevict) en->evict_head = en->nevict = 0;
+}
+
 /* Drives a saga with what its step run produced until it parks, finishes its step or fails. */
 static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out) {
   for (;;) {
@@ -713,7 +764,12 @@ static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *
         result = sg_strdup(j->result);
       } else {
         int r = perform(en, s, out, seq, &result, &err);
-        if (r == 1) { s->wait_seq = seq; sg_run_out_clear(out); return; }
+        if (r == 1) {
+          s->wait_seq = seq;
+          park_coroutine(en, s, out);
+          sg_run_out_clear(out);
+          return;
+        }
         if (r == 2) { park(en, s, out, seq); return; }
         if (r < 0) {
           sg_run_out_clear(out);
@@ -1339,6 +1395,7 @@ void sg_engine_free(struct sg_engine *en) {
   }
   sg_map_free(&en->breakers);
   sg_timers_free(en->timers);
+  free(en->evict);
   free(en->done); free(en->out); free(en->acks); free(en->cbs); free(en->confirmed);
   free(en);
 }
