@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Runs the busted specs against the sagahost binary in $SAGAHOST. Starts the servers the specs use
-# (RabbitMQ) on 127.0.0.1 when they are not running; they are left running for the next run.
-set -euo pipefail
+# (RabbitMQ on 127.0.0.1) when they are not running; they are left running for the next run.
+# Extra arguments go to busted (e.g. a single spec file).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${SAGAHOST:=$PWD/build/sagahost}"
 export SAGAHOST
 rm -rf tests/tmp && mkdir -p tests/tmp
-if ls tests/spec/*amqp*_spec.lua >/dev/null 2>&1 && [ -x tests/amqp-broker.sh ]; then
-  bash tests/amqp-broker.sh
-fi
-exec busted --lua=lua5.4 --lpath='tests/spec/?.lua' -o utfTerminal "$@" tests/spec
+bash tests/amqp-broker.sh || exit 1
+[ $# -eq 0 ] && set -- tests/spec
+out=tests/tmp/specs.tap
+busted --lua=lua5.4 --lpath='tests/spec/?.lua' -o TAP "$@" | tee "$out"
+rc=${PIPESTATUS[0]}
+passed=$(grep -c '^ok ' "$out")
+failed=$(grep -c '^not ok ' "$out")
+echo "specs: $passed passed, $failed failed"
+[ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
