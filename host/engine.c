@@ -933,6 +933,14 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
 static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {
   struct sg_engine *en = ud;
   if (en->broken) return;
+  if (en->cfg.max_payload > 0 && m->body && (int64_t)strlen(m->body) > en->cfg.max_payload) {
+    char why[160];
+    snprintf(why, sizeof why, "message body is %zu bytes, over this host's limit of %" PRId64 " bytes (--max-payload)",
+             strlen(m->body), en->cfg.max_payload);
+    sg_warn("message %s (%s) dead-lettered: %s", m->message_id ? m->message_id : "?", m->routing_key ? m->routing_key : "?", why);
+    en->tr->ops->nack(en->tr, tag, m, why);
+    return;
+  }
   if (m->status) on_reply(en, m, tag);
   else on_command(en, m, tag);
 }
