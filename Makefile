@@ -32,7 +32,7 @@ test: test-deps build
 	SAGAHOST=$(CURDIR)/$(BUILD)/sagahost bash tests/run-specs.sh
 
 # the same tests on the ASan/UBSan + LUA_USE_APICHECK build
-test-debug: test-deps debug
+test-debug: test-deps build debug
 	bash tests/amqp-broker.sh
 	cd $(DEBUG_BUILD) && ctest --output-on-failure
 	SAGAHOST=$(CURDIR)/$(DEBUG_BUILD)/sagahost SG_SLOW=1 bash tests/run-specs.sh

@@ -13,7 +13,8 @@
 #include "util.h"
 
 int luaopen_saga_core(lua_State *L);
-int luaopen_cjson(lua_State *L);
+/* linked in statically by the binary; the loadable module finds cjson on package.cpath instead */
+int luaopen_cjson(lua_State *L) __attribute__((weak));
 
 /* the lua/ files compiled into the binary (cmake/embed_lua.cmake) */
 struct sg_lua_module { const char *name, *chunkname, *src; size_t len; };
@@ -151,8 +152,10 @@ static int open_state(struct sg_script *sc, struct sg_error *e) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_saga_core);
   lua_setfield(L, -2, "saga.core");
-  lua_pushcfunction(L, luaopen_cjson);
-  lua_setfield(L, -2, "cjson");
+  if (luaopen_cjson) {
+    lua_pushcfunction(L, luaopen_cjson);
+    lua_setfield(L, -2, "cjson");
+  }
   lua_pop(L, 1);
   /* the embedded runtime, under its real chunk names */
   for (const struct sg_lua_module *m = sg_lua_modules; m->name; m++) {

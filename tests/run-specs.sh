@@ -6,6 +6,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 : "${SAGAHOST:=$PWD/build/sagahost}"
 export SAGAHOST
+# the in-process module (build/sagahost.so: the sanitizer build does not make one)
+: "${SAGAHOST_MODULE_DIR:=$(dirname "$SAGAHOST")}"
+[ -f "$SAGAHOST_MODULE_DIR/sagahost.so" ] || SAGAHOST_MODULE_DIR=$PWD/build
+export SAGAHOST_MODULE_DIR
 rm -rf tests/tmp && mkdir -p tests/tmp
 bash tests/amqp-broker.sh || exit 1
 [ $# -eq 0 ] && set -- tests/spec
