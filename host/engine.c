@@ -1371,7 +1371,7 @@ void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st) {
 }
 
 void sg_engine_stop(struct sg_engine *en) {
-  if (en->in_txn && !en->broken) commit_batch(en);
+  if (!en->broken) on_prepare(en->loop, &en->prepare, 0); /* the last group commit and its callbacks */
   sg_timers_stop(en->timers);
   ev_ref(en->loop);
   ev_prepare_stop(en->loop, &en->prepare);

@@ -168,8 +168,9 @@ out:
   if (h.demo.data) ev_timer_stop(h.loop, &h.demo);
   ev_signal_stop(h.loop, &h.sigint);
   ev_signal_stop(h.loop, &h.sigterm);
-  sg_api_stop(h.api);
+  /* commit first (it answers the requests waiting for that commit), then close the API */
   if (h.en) sg_engine_stop(h.en);
+  sg_api_stop(h.api);
   if (h.sc) sg_script_unwatch(h.sc);
   if (h.tr) h.tr->ops->close(h.tr);
   sg_engine_free(h.en);
