@@ -33,6 +33,8 @@ struct jent {
   int is_error; /* result is an error reply */
   char *result; /* JSON, NULL while waiting */
   char *service; /* call: the service called (for its circuit breaker); NULL after a restart */
+  const char *kind; /* "call", "sleep", ... (static strings) */
+  int dirty;    /* changed since the last commit: written at the next one if the attempt still runs */
 };
 
 /* Circuit breaker of one participant service. */
@@ -59,6 +61,8 @@ struct sg_saga {
   struct jent *journal;      /* the current attempt's journal, by seq order */
   int njournal, capjournal;
   int64_t hist_id;           /* history row of the running attempt, 0 = unknown/none */
+  int64_t hist_started;      /* the running attempt's start, 0 = none running */
+  int hist_written;          /* its "running" row is in the store (written at a commit it outlived) */
   struct sg_timer *t_wait;   /* sleep or call timeout */
   struct sg_timer *t_retry;  /* next attempt */
   struct sg_timer *t_step;   /* attempt timeout */
@@ -188,6 +192,13 @@ static struct jent *journal_find(struct sg_saga *s, int seq) {
   return NULL;
 }
 
+static const char *kind_name(const char *k) {
+  static const char *kinds[] = {"call", "send", "publish", "sleep", "now", "uuid"};
+  for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+    if (strcmp(k, kinds[i]) == 0) return kinds[i];
+  return "op";
+}
+
 static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
   if (s->njournal == s->capjournal) {
     s->capjournal = s->capjournal ? s->capjournal * 2 : 4;
@@ -195,33 +206,41 @@ static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_err
   }
   struct jent *j = &s->journal[s->njournal++];
   j->seq = seq; j->done = done; j->is_error = is_error; j->result = sg_strdup(result); j->service = NULL;
+  j->kind = "op"; j->dirty = 0;
   return j;
 }
 
+/* Journal writes are deferred to the commit: an attempt that ends within the batch that journaled
+ * its operations needs none of them written (see flush_saga). */
 static void journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j) {
-  struct sg_journal_row r = {
-    .saga_id = s->row.id, .step = s->row.step, .phase = s->row.phase, .attempt = s->row.attempt,
-    .seq = j->seq, .kind = kind, .done = j->done, .is_error = j->is_error, .result = j->result,
-  };
-  STORE(en, en->store->ops->journal_put(en->store, &r, SE), "journal");
+  j->kind = kind_name(kind);
+  j->dirty = 1;
+  mark_dirty(en, s);
 }
 
+/* A new timer is written at the commit (flush_saga) if it is still armed then: a step timeout that
+ * the step beats within the batch never reaches the store. */
 static struct sg_timer *timer_new(struct sg_engine *en, struct sg_saga *s, int kind, int64_t due, int64_t ref) {
   struct sg_timer *t = sg_xcalloc(1, sizeof *t);
   t->due = due; t->kind = kind; t->ref = ref; t->owner = s; t->idx = SIZE_MAX;
-  struct sg_timer_row r = { .saga_id = s->row.id, .due_at = due, .kind = tm_names[kind], .ref = ref };
-  STORE(en, en->store->ops->timer_put(en->store, &r, SE), "timer");
-  t->id = r.id;
   sg_timers_add(en->timers, t);
+  mark_dirty(en, s);
   return t;
 }
 
-/* Removes a timer from the heap and the store; *slot is cleared. */
+static void timer_flush(struct sg_engine *en, struct sg_saga *s, struct sg_timer *t) {
+  if (!t || t->id) return;
+  struct sg_timer_row r = { .saga_id = s->row.id, .due_at = t->due, .kind = tm_names[t->kind], .ref = t->ref };
+  STORE(en, en->store->ops->timer_put(en->store, &r, SE), "timer");
+  t->id = r.id;
+}
+
+/* Removes a timer from the heap and (if it was written) the store; *slot is cleared. */
 static void timer_cancel(struct sg_engine *en, struct sg_timer **slot) {
   struct sg_timer *t = *slot;
   if (!t) return;
   sg_timers_remove(en->timers, t);
-  STORE(en, en->store->ops->timer_del(en->store, t->id, SE), "timer delete");
+  if (t->id) STORE(en, en->store->ops->timer_del(en->store, t->id, SE), "timer delete");
   free(t);
   *slot = NULL;
 }
@@ -231,10 +250,14 @@ static void msg_id_for(const struct sg_saga *s, int seq, char *out, size_t n) {
            s->row.attempt, seq);
 }
 
-/* Writes a message to the outbox; it is published after the commit. Takes ownership of m's strings. */
-static void outbox_add(struct sg_engine *en, struct sg_msg *m) {
+/* Writes a message to the outbox; it is published after the commit. Takes ownership of m's strings.
+ * In-process calls and their replies skip the outbox (durable = 0): they are delivered after the
+ * commit too, and if a crash loses one, the replay of the waiting step re-issues the call under the
+ * same message id and the handler's inbox answers it again. */
+static void outbox_add(struct sg_engine *en, struct sg_msg *m, int durable) {
   m->created_at = sg_now_ms();
-  STORE(en, en->store->ops->outbox_put(en->store, m, SE), "outbox");
+  if (durable || !en->tr->ops->in_process) STORE(en, en->store->ops->outbox_put(en->store, m, SE), "outbox");
+  else txn(en); /* published after this iteration's commit */
   PUSH(en->out, en->nout, en->capout, *m);
 }
 
@@ -273,6 +296,18 @@ static int hist_find_cb(void *ud, const struct sg_hist_row *r) {
 }
 
 static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  if (!s->hist_started && !s->hist_written) return;
+  if (!s->hist_written) {
+    /* started and ended within one batch: one complete row */
+    struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s), .phase = s->row.phase,
+                             .attempt = s->row.attempt, .status = status, .started_at = s->hist_started,
+                             .finished_at = sg_now_ms(), .error = error };
+    STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
+    s->hist_started = 0;
+    return;
+  }
+  s->hist_written = 0;
+  s->hist_started = 0;
   if (!s->hist_id) {
     struct hist_find f = { s->row.step, s->row.phase, s->row.attempt, 0 };
     struct sg_error e = {0};
@@ -405,10 +440,9 @@ static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
 static void begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
   int64_t now = sg_now_ms();
-  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = ds->name, .phase = s->row.phase,
-                           .attempt = s->row.attempt, .status = "running", .started_at = now };
-  STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
-  s->hist_id = h.id;
+  s->hist_started = now; /* its history row is written at the commit, or when it ends */
+  s->hist_written = 0;
+  s->hist_id = 0;
   if (ds->timeout_ms > 0) s->t_step = timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
   journal_clear(s);
   s->seq = 0;
@@ -668,7 +702,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
       struct sg_error e = {0};
       if (en->tr->ops->declare_service(en->tr, op->a, &e) < 0) sg_warn("declare %s: %s", op->a, e.msg);
     }
-    outbox_add(en, &m);
+    outbox_add(en, &m, !is_call);
     struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
     if (is_call) j->service = sg_strdup(op->a);
     journal_write(en, s, kind, j);
@@ -678,7 +712,11 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
       const char *p = strstr(op->d, "\"timeout_ms\":");
       if (p) timeout_ms = strtoll(p + 13, NULL, 10);
     }
-    if (timeout_ms > 0) s->t_wait = timer_new(en, s, TM_CALL_TIMEOUT, sg_now_ms() + timeout_ms, seq);
+    if (timeout_ms > 0) {
+      /* after a restart the re-issued call keeps the timeout it had */
+      if (s->t_wait && (s->t_wait->kind != TM_CALL_TIMEOUT || s->t_wait->ref != seq)) timer_cancel(en, &s->t_wait);
+      if (!s->t_wait) s->t_wait = timer_new(en, s, TM_CALL_TIMEOUT, sg_now_ms() + timeout_ms, seq);
+    }
     return 1;
   }
   if (strcmp(kind, "sleep") == 0) {
@@ -903,7 +941,7 @@ static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, con
   r.saga_type = sg_strdup(cmd->saga_type);
   r.step = cmd->step;
   r.attempt = cmd->attempt;
-  outbox_add(en, &r);
+  outbox_add(en, &r, 0);
 }
 
 static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t tag) {
@@ -947,6 +985,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
 
 static void on_confirm(void *ud, int64_t outbox_id) {
   struct sg_engine *en = ud;
+  if (outbox_id <= 0) return; /* an in-process message that never had an outbox row */
   txn(en);
   PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, outbox_id);
 }
@@ -976,6 +1015,39 @@ static int republish_cb(void *ud, const struct sg_msg *m) {
   return 0;
 }
 
+/* Writes what a saga deferred to the commit: the running attempt's history row, armed timers, and
+ * the journal of the attempt if it is still running (completed operations and pending sleeps; a
+ * pending call is not needed: a replay re-issues it under the same message id and the receiver's
+ * inbox answers a repeat), then the saga row itself. */
+static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *e) {
+  if (!s->terminal) {
+    if (s->hist_started && !s->hist_written) {
+      struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s),
+                               .phase = s->row.phase, .attempt = s->row.attempt, .status = "running",
+                               .started_at = s->hist_started };
+      if (en->store->ops->hist_insert(en->store, &h, e) < 0) return -1;
+      s->hist_id = h.id;
+      s->hist_written = 1;
+    }
+    timer_flush(en, s, s->t_wait);
+    timer_flush(en, s, s->t_retry);
+    timer_flush(en, s, s->t_step);
+    timer_flush(en, s, s->t_saga);
+    for (int i = 0; i < s->njournal; i++) {
+      struct jent *j = &s->journal[i];
+      if (!j->dirty || (!j->done && strcmp(j->kind, "call") == 0)) continue;
+      struct sg_journal_row r = {
+        .saga_id = s->row.id, .step = s->row.step, .phase = s->row.phase, .attempt = s->row.attempt,
+        .seq = j->seq, .kind = j->kind, .done = j->done, .is_error = j->is_error, .result = j->result,
+      };
+      if (en->store->ops->journal_put(en->store, &r, e) < 0) return -1;
+      j->dirty = 0;
+    }
+  }
+  s->row.version++;
+  return en->store->ops->saga_update(en->store, &s->row, e);
+}
+
 static void commit_batch(struct sg_engine *en) {
   struct sg_error e = {0};
   for (size_t i = 0; i < en->nconfirmed; i++)
@@ -983,8 +1055,8 @@ static void commit_batch(struct sg_engine *en) {
   en->nconfirmed = 0;
   for (struct sg_saga *s = en->dirty; s; s = s->next_dirty) {
     s->dirty = 0;
-    s->row.version++;
-    if (en->store->ops->saga_update(en->store, &s->row, &e) < 0) { fatal_store(en, "saga update", &e); return; }
+    if (flush_saga(en, s, &e) < 0) { fatal_store(en, "saga flush", &e); return; }
+    if (en->broken) return;
   }
   en->dirty = NULL;
   if (en->store->ops->commit(en->store, &e) < 0) {
@@ -998,9 +1070,15 @@ static void commit_batch(struct sg_engine *en) {
 
   /* commit, then publish */
   if (en->republish) {
+    /* the whole outbox goes out, which includes this batch's rows; in-process messages without a
+     * row stay in the list */
     en->republish = 0;
-    for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
-    en->nout = 0;
+    size_t keep = 0;
+    for (size_t i = 0; i < en->nout; i++) {
+      if (en->out[i].outbox_id > 0) sg_msg_free(&en->out[i]);
+      else en->out[keep++] = en->out[i];
+    }
+    en->nout = keep;
     if (en->store->ops->outbox_each(en->store, republish_cb, en, &e) < 0) sg_warn("outbox: %s", e.msg);
   }
   for (size_t i = 0; i < en->nout; i++) {
@@ -1197,6 +1275,7 @@ int sg_engine_recover(struct sg_engine *en, struct sg_error *e) {
     if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
                                      recover_journal_cb, s, e) < 0) goto fail;
     if (s->t_retry) { parked++; continue; }
+    s->hist_written = 1; /* the running attempt's row was written by the commit it outlived */
     struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
     if (last && !last->done) { s->wait_seq = last->seq; parked++; continue; }
     resumed++;

@@ -9,14 +9,15 @@
 struct sg_timers {
   struct ev_loop *loop;
   ev_timer watcher;        /* armed for the earliest due time */
-  struct sg_timer **heap;  /* min-heap by due (ties by id so equal times fire in creation order) */
+  struct sg_timer **heap;  /* min-heap by due (ties by order so equal times fire in the order they were added) */
   size_t n, cap;
+  uint64_t added;          /* timers added so far (the next order) */
   sg_timer_fire_cb fire;
   void *ud;
 };
 
 static int before(const struct sg_timer *a, const struct sg_timer *b) {
-  return a->due < b->due || (a->due == b->due && a->id < b->id);
+  return a->due < b->due || (a->due == b->due && a->order < b->order);
 }
 
 static void place(struct sg_timers *ts, size_t i, struct sg_timer *t) {
@@ -84,6 +85,7 @@ void sg_timers_free(struct sg_timers *ts) {
 }
 
 void sg_timers_add(struct sg_timers *ts, struct sg_timer *t) {
+  t->order = ++ts->added;
   if (ts->n == ts->cap) {
     ts->cap = ts->cap ? ts->cap * 2 : 64;
     ts->heap = sg_xrealloc(ts->heap, ts->cap * sizeof *ts->heap);

@@ -13,7 +13,8 @@
 
 struct sg_timer {
   int64_t due;   /* wall clock ms */
-  int64_t id;    /* store row id */
+  int64_t id;    /* store row id (0 while not yet written) */
+  uint64_t order; /* insertion order, set by sg_timers_add: equal due times fire in this order */
   int kind;      /* caller's kind */
   int64_t ref;   /* caller's reference (journal seq, attempt, ...) */
   void *owner;   /* caller's object (the saga) */

@@ -31,6 +31,7 @@ struct sg_transport_events {
 
 struct sg_transport_ops {
   const char *name; /* "local", "amqp" */
+  int in_process;   /* deliveries stay in this process and store: calls and replies need no outbox row */
   /* start consuming the queue of this service (saga.svc.<service>); may be called before connect */
   int (*subscribe)(struct sg_transport *t, const char *service, struct sg_error *e);
   /* make sure the queue of a service we send to exists (declared durable, with its DLQ) */

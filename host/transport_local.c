@@ -37,6 +37,13 @@ static void deliver(struct ev_loop *loop, ev_idle *w, int revents) {
   while (q) {
     struct lmsg *m = q;
     q = q->next;
+    if (m->m.outbox_id <= 0) {
+      /* no outbox row to confirm: nothing to track once it is handed over */
+      l->base.ev.on_message(l->base.ev.ud, &m->m, m->tag, 0);
+      sg_msg_free(&m->m);
+      free(m);
+      continue;
+    }
     m->delivered = 1;
     m->next = l->inflight;
     l->inflight = m;
@@ -91,7 +98,11 @@ static void l_ack(struct sg_transport *t, uint64_t tag) {
 static void l_nack(struct sg_transport *t, uint64_t tag, const struct sg_msg *msg, const char *reason) {
   struct local *l = (struct local *)t;
   struct lmsg *m = take_inflight(l, tag);
-  if (!m) return;
+  if (!m) {
+    sg_err("dead-lettered message %s (%s): %s", msg && msg->message_id ? msg->message_id : "?",
+           msg && msg->routing_key ? msg->routing_key : "?", reason);
+    return;
+  }
   sg_err("dead-lettered message %s (%s): %s", m->m.message_id ? m->m.message_id : "?",
          m->m.routing_key ? m->m.routing_key : "?", reason);
   l->base.ev.on_confirm(l->base.ev.ud, m->m.outbox_id);
@@ -121,7 +132,7 @@ static void l_close(struct sg_transport *t) {
 }
 
 static const struct sg_transport_ops local_ops = {
-  "local", l_subscribe, l_declare, l_publish, l_ack, l_nack, l_reply_queue, l_connected, l_close,
+  "local", 1, l_subscribe, l_declare, l_publish, l_ack, l_nack, l_reply_queue, l_connected, l_close,
 };
 
 struct sg_transport *sg_transport_local_new(struct ev_loop *loop, const struct sg_transport_events *ev) {

@@ -85,9 +85,12 @@ static uint64_t rng_next(void) {
 }
 
 void sg_uuid(char out[37]) {
-  uint64_t a = rng_next(), b = rng_next();
-  a = (a & 0xffffffffffff0fffULL) | 0x4000ULL;            /* version 4 */
-  b = (b & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; /* variant 10 */
+  /* UUIDv7: 48 bits of ms time first, so ids sort by creation and inserts keyed by them append to
+   * the end of the index instead of dirtying random pages */
+  uint64_t ms = (uint64_t)sg_now_ms();
+  uint64_t r1 = rng_next(), r2 = rng_next();
+  uint64_t a = (ms << 16) | 0x7000ULL | (r1 & 0x0fffULL);
+  uint64_t b = (r2 & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; /* variant 10 */
   snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)((a >> 16) & 0xffff),
            (unsigned)(a & 0xffff), (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffULL));
 }

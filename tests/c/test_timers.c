@@ -37,11 +37,11 @@ int main(void) {
   CHECK_EQ_INT(nfired, 4);
   for (int i = 0; i < 4 && i < nfired; i++) CHECK_EQ_INT(fired[i], i + 1);
   CHECK_EQ_INT((int)sg_timers_count(ts), 3);
-  /* equal due times fire in id order */
+  /* equal due times fire in the order they were added */
   struct sg_timer a = { .due = base + 45, .id = 100, .ref = 50, .idx = SIZE_MAX };
   struct sg_timer b = { .due = base + 45, .id = 99, .ref = 51, .idx = SIZE_MAX };
-  sg_timers_add(ts, &a);
   sg_timers_add(ts, &b);
+  sg_timers_add(ts, &a);
   sg_timers_run(ts, base + 45);
   CHECK_EQ_INT(nfired, 6);
   CHECK_EQ_INT(fired[4], 51);
