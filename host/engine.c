@@ -70,6 +70,7 @@ struct sg_saga {
   int dirty;                 /* row changed in this batch */
   int terminal;              /* reached a terminal status in this batch: freed after the commit */
   int retry_base;            /* attempts before an operator retry: the policy counts from here */
+  int stored_status;         /* the status the store has (saga_update skips the status index if same) */
   int admitted;              /* released by its breaker: the next call goes out without asking again */
   struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
   struct sg_saga *next_dirty;
@@ -381,7 +382,8 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
 /* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
 static void end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
   unpark(en, s);
-  drop_co(en, s);
+  /* a cleanly finished step leaves its coroutine and ctx for the next step to reuse */
+  if (strcmp(status, "completed") != 0) drop_co(en, s);
   hist_finish(en, s, status, error);
   timer_cancel(en, &s->t_step);
   timer_cancel(en, &s->t_wait);
@@ -419,6 +421,7 @@ static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
       /* the step's work happened but its state cannot be kept: treat as a non-retryable failure */
       char *why = sg_asprintf("ctx.data is %zu bytes, over the limit of %" PRId64 " bytes", strlen(data), en->cfg.max_payload);
       free(data);
+      drop_co(en, s); /* its ctx holds the data that could not be kept */
       give_up(en, s, why);
       free(why);
       return;
@@ -450,12 +453,14 @@ static void begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   mark_dirty(en, s);
   struct sg_run_out out = {0};
   struct sg_error e = {0};
-  drop_co(en, s);
-  if (en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e) < 0) {
+  int had = s->co != 0;
+  int rc = en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e);
+  if (had && !s->co) en->st.coroutines--;
+  if (!had && s->co) en->st.coroutines++;
+  if (rc < 0) {
     step_failed(en, s, e.msg, 0);
     return;
   }
-  en->st.coroutines++;
   process(en, s, &out);
 }
 
@@ -886,6 +891,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
 /* messages */
 
 static void ack_after_commit(struct sg_engine *en, uint64_t tag) {
+  if (!tag) return; /* not a delivery (a reply applied in-process) */
   struct pending_ack a = { tag };
   txn(en); /* an empty transaction still orders the ack after this iteration's commit */
   PUSH(en->acks, en->nacks, en->capacks, a);
@@ -941,6 +947,13 @@ static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, con
   r.saga_type = sg_strdup(cmd->saga_type);
   r.step = cmd->step;
   r.attempt = cmd->attempt;
+  if (en->tr->ops->in_process && strcmp(cmd->reply_to, en->tr->ops->reply_queue(en->tr)) == 0) {
+    /* our own saga called our own handler: apply the reply in this transaction, atomically with
+     * the handler's inbox entry, instead of a round trip through the next commit */
+    on_reply(en, &r, 0);
+    sg_msg_free(&r);
+    return;
+  }
   outbox_add(en, &r, 0);
 }
 
@@ -1045,6 +1058,8 @@ static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *
     }
   }
   s->row.version++;
+  s->row.same_status = s->row.status == s->stored_status;
+  s->stored_status = s->row.status;
   return en->store->ops->saga_update(en->store, &s->row, e);
 }
 
@@ -1165,6 +1180,7 @@ int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *fil
 static struct sg_saga *saga_new(const struct sg_saga_row *r) {
   struct sg_saga *s = sg_xcalloc(1, sizeof *s);
   s->row = *r;
+  s->stored_status = r->status;
   s->row.type = sg_strdup(r->type);
   s->row.def_hash = sg_strdup(r->def_hash);
   s->row.input = sg_strdup(r->input);

@@ -48,6 +48,7 @@ struct sg_script {
   int run_mem_hit;         /* the running step hit its memory limit */
   int refs;                /* live registry references (coroutines) */
   int runtime_ref;         /* the lua/saga.lua module table */
+  int ctxs_ref;            /* table: coroutine handle -> the ctx its steps run with */
   struct sfile *files; int nfiles, capfiles;
   struct defent **defs; int ndefs, capdefs; /* every version ever loaded, never freed before the state */
   struct ev_loop *loop;
@@ -169,6 +170,8 @@ static int open_state(struct sg_script *sc, struct sg_error *e) {
   lua_pushstring(L, "saga");
   if (pcall(L, 1, 1, e) < 0) return -1;
   sc->runtime_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_newtable(L);
+  sc->ctxs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   return 0;
 }
 
@@ -625,20 +628,38 @@ static int collect(struct sg_script *sc, lua_State *co, int status, int nres, st
   return 0;
 }
 
+static void r_drop(void *ud, int handle);
+
+/* Starts a step on the saga's coroutine. A coroutine that finished its last step cleanly is reused
+ * with the same ctx (its ctx.data is exactly what was persisted): no new thread, no JSON decoding of
+ * input and data. Anything else (first step, after a failure, eviction or restart) gets a new
+ * coroutine and a ctx built from the stored input and data. */
 static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r, int *handle, struct sg_run_out *out,
                    struct sg_error *e) {
   struct sg_script *sc = ud;
   lua_State *L = sc->L;
   int top = lua_gettop(L);
-  lua_State *co = lua_newthread(L);
-  int h = ref(sc, L); /* anchors the thread */
+  lua_State *co = NULL;
+  int h = *handle;
+  if (h > 0) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, h);
+    co = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    if (!co || lua_status(co) != LUA_OK || lua_gettop(co) != 0) { r_drop(sc, h); h = 0; co = NULL; }
+  }
+  *handle = 0;
+  int fresh = h == 0;
+  if (fresh) {
+    co = lua_newthread(L);
+    h = ref(sc, L); /* anchors the thread */
+  }
   /* trampoline, step function, ctx */
   push_runtime(sc, co, "run_step");
   push_runtime(sc, co, "version");
   lua_pushstring(co, d->hash);
   lua_call(co, 1, 1);
   if (!lua_istable(co, -1)) {
-    unref(sc, h);
+    r_drop(sc, h);
     lua_settop(L, top);
     return sg_errorf(e, SG_E_INTERNAL, "version %s of %s is not loaded", d->hash, d->type);
   }
@@ -650,20 +671,36 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   lua_replace(co, -6);
   lua_pop(co, 4); /* stack: run_step, fn */
   if (!lua_isfunction(co, -1)) {
-    unref(sc, h);
+    r_drop(sc, h);
     lua_settop(L, top);
     return sg_errorf(e, SG_E_INTERNAL, "%s step %d has no %s function", d->type, r->step + 1,
                      sg_phase_name(r->phase));
   }
-  push_runtime(sc, co, "new_ctx");
-  lua_pushstring(co, r->id);
-  lua_pushstring(co, r->type);
-  lua_pushstring(co, r->input ? r->input : "{}");
-  lua_pushstring(co, r->data ? r->data : "{}");
-  lua_pushstring(co, d->steps[r->step].name);
-  lua_pushstring(co, sg_phase_name(r->phase));
-  lua_pushinteger(co, r->attempt);
-  lua_call(co, 7, 1);
+  lua_rawgeti(co, LUA_REGISTRYINDEX, sc->ctxs_ref);
+  lua_rawgeti(co, -1, h);
+  if (!fresh && lua_istable(co, -1)) {
+    lua_remove(co, -2);
+    lua_pushstring(co, d->steps[r->step].name);
+    lua_setfield(co, -2, "step");
+    lua_pushstring(co, sg_phase_name(r->phase));
+    lua_setfield(co, -2, "phase");
+    lua_pushinteger(co, r->attempt);
+    lua_setfield(co, -2, "attempt");
+  } else {
+    lua_pop(co, 1);
+    push_runtime(sc, co, "new_ctx");
+    lua_pushstring(co, r->id);
+    lua_pushstring(co, r->type);
+    lua_pushstring(co, r->input ? r->input : "{}");
+    lua_pushstring(co, r->data ? r->data : "{}");
+    lua_pushstring(co, d->steps[r->step].name);
+    lua_pushstring(co, sg_phase_name(r->phase));
+    lua_pushinteger(co, r->attempt);
+    lua_call(co, 7, 1);
+    lua_pushvalue(co, -1);
+    lua_rawseti(co, -3, h); /* ctxs[h] = ctx */
+    lua_remove(co, -2);
+  }
   lua_settop(L, top);
   int nres = 0;
   arm(sc, co);
@@ -696,10 +733,15 @@ static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_
 
 static void r_drop(void *ud, int handle) {
   struct sg_script *sc = ud;
-  lua_rawgeti(sc->L, LUA_REGISTRYINDEX, handle);
-  lua_State *co = lua_tothread(sc->L, -1);
+  lua_State *L = sc->L;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, handle);
+  lua_State *co = lua_tothread(L, -1);
   if (co) lua_resetthread(co); /* runs pending to-be-closed variables, frees the stack */
-  lua_pop(sc->L, 1);
+  lua_pop(L, 1);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sc->ctxs_ref);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, handle);
+  lua_pop(L, 1);
   unref(sc, handle);
 }
 

@@ -59,7 +59,7 @@ static const char *const migrations[] = {
 enum {
   ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
   ST_DEF_PUT, ST_DEF_GET,
-  ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
+  ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
   ST_SAGA_LIST, ST_SAGA_LIST_STATUS, ST_SAGA_LIST_TYPE, ST_SAGA_LIST_BOTH, ST_SAGA_ACTIVE,
   ST_HIST_INSERT, ST_HIST_FINISH, ST_HIST_EACH,
   ST_JOURNAL_PUT, ST_JOURNAL_EACH,
@@ -84,6 +84,10 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11"
                      " WHERE id = ?1 AND version = ?11 - 1",
+  /* the same without status and def_hash: no status index maintenance for a step's progress */
+  [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = ?4, phase = ?5, attempt = ?6,"
+                       " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11"
+                       " WHERE id = ?1 AND version = ?11 - 1",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
   [ST_SAGA_LIST] = "SELECT " SAGA_COLS " FROM sagas WHERE id > ?3 ORDER BY id LIMIT ?4",
@@ -275,10 +279,12 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
 
 static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_SAGA_UPDATE);
+  sqlite3_stmt *st = stmt_use(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE);
   bind_text(st, 1, r->id);
-  bind_text(st, 2, r->def_hash);
-  bind_text(st, 3, sg_status_name(r->status));
+  if (!r->same_status) {
+    bind_text(st, 2, r->def_hash);
+    bind_text(st, 3, sg_status_name(r->status));
+  }
   bind_i64(st, 4, r->step);
   bind_i64(st, 5, r->phase);
   bind_i64(st, 6, r->attempt);

@@ -27,6 +27,9 @@
 #define BACKOFF_MIN 0.25         /* seconds before the first reconnect */
 #define BACKOFF_MAX 10.0         /* cap of the doubling backoff */
 #define DRAIN_MAX 2048           /* frames per drain before the loop gets a turn (group commit runs) */
+#define DRAIN_BUDGET 0.01        /* seconds of handling per drain, likewise: with slow handlers a whole
+                                  * prefetch window would otherwise be handled before the first commit,
+                                  * holding back every reply (and ack) of the window until the last one */
 #define GEN_SHIFT 48             /* our tag = connection generation << 48 | broker delivery tag */
 #define TAG_MASK ((UINT64_C(1) << GEN_SHIFT) - 1)
 
@@ -467,6 +470,7 @@ static void handle_frame(struct amqp_transport *t, amqp_frame_t *f) {
 /* Handles every frame that can be had without waiting. */
 static void drain(struct amqp_transport *t) {
   unsigned gen = t->gen;
+  ev_tstamp start = ev_time();
   for (int n = 0; n < DRAIN_MAX; n++) {
     if (!t->up || t->gen != gen) return;
     amqp_frame_t f;
@@ -482,6 +486,7 @@ static void drain(struct amqp_transport *t) {
       return;
     }
     handle_frame(t, &f);
+    if (ev_time() - start > DRAIN_BUDGET) break;
   }
   /* more may be waiting in librabbitmq's buffers, where the socket watcher cannot see it */
   schedule_drain(t);
