@@ -103,6 +103,13 @@ static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id
     sg_http_reply_error(req, 500, e.msg);
     return;
   }
+  if (!SG_ST_TERMINAL(r.status) && r.attempt_started_at > 0) {
+    /* the running attempt: its history row is written when it ends */
+    struct sg_hist_row h = { .saga_id = r.id, .step = r.step, .step_name = sg_engine_step_name(api->en, &r),
+                             .phase = r.phase, .attempt = r.attempt, .status = "running",
+                             .started_at = r.attempt_started_at };
+    hist_cb(&b, &h);
+  }
   sg_buf_adds(&b, "]}");
   sg_http_reply(req, 200, b.data);
   sg_buf_free(&b);

@@ -60,9 +60,8 @@ struct sg_saga {
   int wait_seq;              /* operation it is parked on, 0 = not parked on one */
   struct jent *journal;      /* the current attempt's journal, by seq order */
   int njournal, capjournal;
-  int64_t hist_id;           /* history row of the running attempt, 0 = unknown/none */
-  int64_t hist_started;      /* the running attempt's start, 0 = none running */
-  int hist_written;          /* its "running" row is in the store (written at a commit it outlived) */
+  int stored;                /* its row exists in the store (a new saga is inserted at its first commit) */
+  char *idem_mkey;           /* "type\x1fkey" in en->idem while not yet stored, else NULL */
   struct sg_timer *t_wait;   /* sleep or call timeout */
   struct sg_timer *t_retry;  /* next attempt */
   struct sg_timer *t_step;   /* attempt timeout */
@@ -110,6 +109,7 @@ struct sg_engine {
   ev_prepare prepare;        /* group commit point */
   struct sg_map sagas;       /* id -> struct sg_saga*, the live (non-terminal) ones */
   struct sg_map breakers;    /* service -> struct breaker* */
+  struct sg_map idem;        /* "type\x1fkey" -> saga started in this batch (not yet in the store) */
   ev_timer sweep;            /* breaker half-open transitions and the stalled-saga sweep */
   int64_t sweeps;            /* sweep ticks so far */
   struct evict *evict;       /* sagas waiting on a reply, oldest first: their coroutines go after a while */
@@ -279,6 +279,7 @@ static void drop_co(struct sg_engine *en, struct sg_saga *s) {
 }
 
 static void saga_free(struct sg_saga *s) {
+  free(s->idem_mkey);
   sg_run_out_clear(&s->parked_op);
   journal_clear(s);
   free(s->journal);
@@ -287,37 +288,16 @@ static void saga_free(struct sg_saga *s) {
   free(s);
 }
 
-/* Finds the history row of the running attempt (after a restart the id is not in memory). */
-struct hist_find { int step, phase, attempt; int64_t id; };
-static int hist_find_cb(void *ud, const struct sg_hist_row *r) {
-  struct hist_find *f = ud;
-  if (r->step == f->step && r->phase == f->phase && r->attempt == f->attempt && strcmp(r->status, "running") == 0)
-    f->id = r->id;
-  return 0;
-}
-
+/* An attempt's history row is written once, when it ends; while it runs, the saga row's
+ * attempt_started_at says so (the API shows it as a running entry). */
 static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
-  if (!s->hist_started && !s->hist_written) return;
-  if (!s->hist_written) {
-    /* started and ended within one batch: one complete row */
-    struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s), .phase = s->row.phase,
-                             .attempt = s->row.attempt, .status = status, .started_at = s->hist_started,
-                             .finished_at = sg_now_ms(), .error = error };
-    STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
-    s->hist_started = 0;
-    return;
-  }
-  s->hist_written = 0;
-  s->hist_started = 0;
-  if (!s->hist_id) {
-    struct hist_find f = { s->row.step, s->row.phase, s->row.attempt, 0 };
-    struct sg_error e = {0};
-    if (txn(en) == 0) en->store->ops->hist_each(en->store, s->row.id, hist_find_cb, &f, &e);
-    s->hist_id = f.id;
-    if (!s->hist_id) return;
-  }
-  STORE(en, en->store->ops->hist_finish(en->store, s->hist_id, status, sg_now_ms(), error, SE), "history");
-  s->hist_id = 0;
+  if (!s->row.attempt_started_at) return;
+  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s), .phase = s->row.phase,
+                           .attempt = s->row.attempt, .status = status, .started_at = s->row.attempt_started_at,
+                           .finished_at = sg_now_ms(), .error = error };
+  STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
+  s->row.attempt_started_at = 0;
+  mark_dirty(en, s);
 }
 
 /* A saga-level event in the history (timeouts, operator actions). */
@@ -443,9 +423,7 @@ static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
 static void begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
   int64_t now = sg_now_ms();
-  s->hist_started = now; /* its history row is written at the commit, or when it ends */
-  s->hist_written = 0;
-  s->hist_id = 0;
+  s->row.attempt_started_at = now;
   if (ds->timeout_ms > 0) s->t_step = timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
   journal_clear(s);
   s->seq = 0;
@@ -965,7 +943,10 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
   if (txn(en) < 0) return;
   char *status = NULL, *body = NULL;
   struct sg_error e = {0};
-  int seen = en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
+  /* A call from a saga of this host is answered in this transaction (reply_to_command): once that
+   * commits the saga never re-issues it, so it needs no inbox entry. */
+  int chained = en->tr->ops->in_process && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
+  int seen = chained ? 0 : en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
   if (seen < 0) { fatal_store(en, "inbox", &e); return; }
   if (!seen) {
     if (en->runner.handle(en->runner.ud, m, &status, &body) < 0) {
@@ -973,7 +954,7 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
       en->tr->ops->nack(en->tr, tag, m, "handler could not run");
       return;
     }
-    STORE(en, en->store->ops->inbox_put(en->store, m->message_id, status, body, SE), "inbox");
+    if (!chained) STORE(en, en->store->ops->inbox_put(en->store, m->message_id, status, body, SE), "inbox");
   }
   if (m->reply_to && *m->reply_to) reply_to_command(en, m, status ? status : "error", body ? body : "{}");
   free(status);
@@ -1034,14 +1015,6 @@ static int republish_cb(void *ud, const struct sg_msg *m) {
  * inbox answers a repeat), then the saga row itself. */
 static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *e) {
   if (!s->terminal) {
-    if (s->hist_started && !s->hist_written) {
-      struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s),
-                               .phase = s->row.phase, .attempt = s->row.attempt, .status = "running",
-                               .started_at = s->hist_started };
-      if (en->store->ops->hist_insert(en->store, &h, e) < 0) return -1;
-      s->hist_id = h.id;
-      s->hist_written = 1;
-    }
     timer_flush(en, s, s->t_wait);
     timer_flush(en, s, s->t_retry);
     timer_flush(en, s, s->t_step);
@@ -1060,6 +1033,15 @@ static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *
   s->row.version++;
   s->row.same_status = s->row.status == s->stored_status;
   s->stored_status = s->row.status;
+  if (!s->stored) {
+    s->stored = 1;
+    if (s->idem_mkey) { /* from now on the store answers for its idempotency key */
+      sg_map_del(&en->idem, s->idem_mkey);
+      free(s->idem_mkey);
+      s->idem_mkey = NULL;
+    }
+    return en->store->ops->saga_insert(en->store, &s->row, e);
+  }
   return en->store->ops->saga_update(en->store, &s->row, e);
 }
 
@@ -1158,6 +1140,7 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   ev_prepare_start(loop, &en->prepare);
   ev_unref(loop); /* the commit watcher alone must not keep the loop alive */
   sg_map_init(&en->breakers);
+  sg_map_init(&en->idem);
   ev_timer_init(&en->sweep, on_sweep, 0.25, 0.25);
   en->sweep.data = en;
   ev_timer_start(loop, &en->sweep);
@@ -1181,6 +1164,7 @@ static struct sg_saga *saga_new(const struct sg_saga_row *r) {
   struct sg_saga *s = sg_xcalloc(1, sizeof *s);
   s->row = *r;
   s->stored_status = r->status;
+  s->stored = 1;
   s->row.type = sg_strdup(r->type);
   s->row.def_hash = sg_strdup(r->def_hash);
   s->row.input = sg_strdup(r->input);
@@ -1199,6 +1183,14 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
                      en->cfg.max_payload);
   if (txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
   if (idem_key) {
+    char *mk = sg_asprintf("%s\x1f%s", type, idem_key);
+    struct sg_saga *pending = sg_map_get(&en->idem, mk);
+    free(mk);
+    if (pending) { /* started earlier in this batch */
+      snprintf(id, 40, "%s", pending->row.id);
+      *existed = 1;
+      return 0;
+    }
     struct sg_saga_row old = {0};
     int found = en->store->ops->saga_find_idem(en->store, type, idem_key, &old, e);
     if (found < 0) return -1;
@@ -1222,10 +1214,14 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
   r.created_at = r.updated_at = sg_now_ms();
   r.deadline = d->timeout_ms > 0 ? r.created_at + d->timeout_ms : 0;
   r.attempt = 1;
-  r.version = 1;
-  if (en->store->ops->saga_insert(en->store, &r, e) < 0) return -1;
+  r.version = 0; /* inserted at the commit with version 1 */
   struct sg_saga *s = saga_new(&r);
   s->def = d;
+  s->stored = 0;
+  if (idem_key) {
+    s->idem_mkey = sg_asprintf("%s\x1f%s", type, idem_key);
+    sg_map_put(&en->idem, s->idem_mkey, s);
+  }
   sg_map_put(&en->sagas, s->row.id, s);
   en->st.live++;
   en->st.started++;
@@ -1291,7 +1287,6 @@ int sg_engine_recover(struct sg_engine *en, struct sg_error *e) {
     if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
                                      recover_journal_cb, s, e) < 0) goto fail;
     if (s->t_retry) { parked++; continue; }
-    s->hist_written = 1; /* the running attempt's row was written by the commit it outlived */
     struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
     if (last && !last->done) { s->wait_seq = last->seq; parked++; continue; }
     resumed++;
@@ -1447,6 +1442,12 @@ char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e) {
   return out;
 }
 
+const char *sg_engine_step_name(struct sg_engine *en, const struct sg_saga_row *r) {
+  struct sg_error e = {0};
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r->type, r->def_hash, &e);
+  return d && r->step >= 0 && r->step < d->nsteps ? d->steps[r->step].name : "?";
+}
+
 /* Remaining compensations of a saga (for the API's view of a compensation_failed saga). */
 char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga_row *r) {
   if (r->status != SG_ST_COMPENSATION_FAILED && r->status != SG_ST_COMPENSATING) return NULL;
@@ -1497,6 +1498,7 @@ void sg_engine_free(struct sg_engine *en) {
     free(b);
   }
   sg_map_free(&en->breakers);
+  sg_map_free(&en->idem);
   sg_timers_free(en->timers);
   free(en->evict);
   free(en->done); free(en->out); free(en->acks); free(en->cbs); free(en->confirmed);

@@ -124,6 +124,8 @@ int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, co
 /* JSON list of the compensations still to run for a compensating or compensation_failed saga
  * ([{"step": n, "name": ...}], malloc'd), NULL otherwise */
 char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga_row *r);
+/* the name of the saga's current step ("?" if its definition is not loaded) */
+const char *sg_engine_step_name(struct sg_engine *en, const struct sg_saga_row *r);
 /* Which compensations would run, in order, if the saga were aborted now (JSON, malloc'd), or NULL + e. */
 char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e);
 
