@@ -30,7 +30,9 @@ static const char *const migrations[] = {
   "CREATE INDEX sagas_status ON sagas(status, id);"
   "CREATE INDEX sagas_type ON sagas(type, id);"
   "CREATE TABLE history ("
-  "  id INTEGER PRIMARY KEY AUTOINCREMENT, saga_id TEXT NOT NULL, step INTEGER NOT NULL,"
+  /* no AUTOINCREMENT: history rows are never deleted, so max(id)+1 never reuses an id, and the
+   * sqlite_sequence update per insert is saved */
+  "  id INTEGER PRIMARY KEY, saga_id TEXT NOT NULL, step INTEGER NOT NULL,"
   "  step_name TEXT, phase INTEGER NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,"
   "  started_at INTEGER NOT NULL, finished_at INTEGER NOT NULL, error TEXT);"
   "CREATE INDEX history_saga ON history(saga_id, id);"
