@@ -24,6 +24,9 @@ fi
 if ! rabbitmqctl -q status >/dev/null 2>&1; then
   echo "amqp-broker: starting rabbitmq-server" >&2
   rabbitmq-server -detached >/dev/null 2>&1 || true
+else
+  # the node runs but its app may have been stopped (an interrupted broker-restart spec)
+  rabbitmqctl -q start_app >/dev/null 2>&1 || true
 fi
 
 i=0

@@ -121,7 +121,11 @@ function Host:start(extra)
 end
 
 function Host:alive()
-  return self.pid and os.execute("kill -0 " .. self.pid .. " 2>/dev/null") == true
+  if not self.pid then return false end
+  -- a stopped host is an orphan nobody reaps at once: a zombie (state Z) has exited
+  local stat = H.read("/proc/" .. self.pid .. "/stat")
+  if not stat then return false end
+  return stat:match("^%d+ %b() (%a)") ~= "Z"
 end
 
 function Host:kill9()
@@ -251,8 +255,9 @@ end
 -- does not meet the queues of other runs: returns { ["order_processing.lua"] = source, ... }
 H.sample_services = { "inventory", "payment", "shipping" }
 -- trace: every handler (written `function(p)` in the samples) first prints
--- "HANDLED <message_id> <service>.<command>", so specs can count how often each command took effect
-function H.samples(suffix, files, trace)
+-- "HANDLED <message_id> <service>.<command>", so specs can count how often each command took effect;
+-- delay: then it works (busy) for that many seconds, a slow participant
+function H.samples(suffix, files, trace, delay)
   local out = {}
   for _, f in ipairs(files) do
     local src = assert(H.read("sagas/" .. f), "no sagas/" .. f)
@@ -261,7 +266,8 @@ function H.samples(suffix, files, trace)
     end
     if trace then
       src = src:gsub("function%(p%)",
-        'function(p, msg) print("HANDLED " .. msg.message_id .. " " .. msg.service .. "." .. msg.command)')
+        'function(p, msg) print("HANDLED " .. msg.message_id .. " " .. msg.service .. "." .. msg.command)' ..
+        (delay and (" local t0 = os.clock() while os.clock() - t0 < " .. delay .. " do end") or ""))
     end
     out[f] = src
   end
