@@ -22,10 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine.h"
-#include "script.h"
-#include "store.h"
-#include "transport.h"
+#include "host.h"
 #include "util.h"
 
 #define BENCH_TYPE "BenchOrder"
@@ -286,10 +283,7 @@ static void saga_input(const struct bench_opts *o, long i, char *buf, size_t n) 
 struct bench {
   const struct bench_opts *o;
   struct ev_loop *loop;
-  struct sg_store *store;
-  struct sg_script *sc;
-  struct sg_engine *en;
-  struct sg_transport *tr;
+  struct sg_host host;    /* the orchestrator: store, scripts, engine, transport (as `sagahost run`) */
   ev_idle kick;           /* starts replacement sagas in a loop iteration of their own (see on_terminal) */
   ev_timer tick;          /* waits for readiness (--amqp), then watches for progress */
   ev_signal sigint;       /* Ctrl-C stops the run (and the participant process) cleanly */
@@ -306,28 +300,6 @@ struct bench {
   char *child_log;        /* --amqp: its log file (malloc'd) */
 };
 
-static int hook_on_version(void *ud, const char *hash, const char *file, const char *source, struct sg_error *e) {
-  struct bench *b = ud;
-  return b->en ? sg_engine_def_loaded(b->en, hash, file, source, e) : 0;
-}
-
-static char *hook_fetch_source(void *ud, const char *hash, char **file) {
-  struct bench *b = ud;
-  char *src = NULL;
-  struct sg_error e = {0};
-  if (b->store->ops->def_get(b->store, hash, file, &src, &e) < 0) sg_err("definition %s: %s", hash, e.msg);
-  return src;
-}
-
-static void hook_on_services(void *ud, const char *const *services, int n) {
-  struct bench *b = ud;
-  if (!b->tr) return;
-  for (int i = 0; i < n; i++) {
-    struct sg_error e = {0};
-    if (b->tr->ops->subscribe(b->tr, services[i], &e) < 0) sg_err("subscribe %s: %s", services[i], e.msg);
-  }
-}
-
 static void bench_abort(struct bench *b, const char *fmt, const char *arg) {
   fprintf(stderr, "sagahost bench: ");
   fprintf(stderr, fmt, arg);
@@ -342,7 +314,7 @@ static void start_one(struct bench *b) {
   struct sg_error e = {0};
   long i = ++b->started;
   saga_input(b->o, i, input, sizeof input);
-  if (sg_engine_start(b->en, BENCH_TYPE, input, NULL, id, &existed, &e) < 0) bench_abort(b, "cannot start a saga: %s", e.msg);
+  if (sg_engine_start(b->host.en, BENCH_TYPE, input, NULL, id, &existed, &e) < 0) bench_abort(b, "cannot start a saga: %s", e.msg);
 }
 
 /* Tops the in-flight sagas up to C. */
@@ -404,7 +376,7 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents) {
         return;
       }
     }
-    int ready = b->tr->ops->connected(b->tr) && (!b->child || child_connected(b));
+    int ready = b->host.tr->ops->connected(b->host.tr) && (!b->child || child_connected(b));
     if (!ready) {
       if (now > b->ready_deadline) {
         if (b->child) print_child_log(b);
@@ -498,36 +470,24 @@ static int run_orchestrator(const struct bench_opts *o) {
     if (b.child < 0) { b.child = 0; fprintf(stderr, "sagahost bench: cannot start the participant process: %s\n", e.msg); goto out; }
   }
 
-  /* the same wiring as `sagahost run` */
+  /* the same wiring and defaults as `sagahost run` */
   remove_db(dbpath);
-  b.store = sg_store_sqlite_open(dbpath, &e);
-  if (!b.store) { fprintf(stderr, "sagahost bench: cannot open the store %s: %s\n", dbpath, e.msg); goto out; }
-  /* the defaults of `sagahost run` */
-  struct sg_script_config scfg = { .dir = sagas_dir, .mem_limit = (size_t)1024 << 20, .instr_budget = 100000000,
-                                   .run_mem_limit = (size_t)64 << 20 };
-  struct sg_script_hooks hooks = { &b, hook_on_version, hook_fetch_source, hook_on_services };
-  b.sc = sg_script_new(&scfg, &hooks, &e);
-  if (!b.sc) { fprintf(stderr, "sagahost bench: %s\n", e.msg); goto out; }
-  const char *host_id = o->amqp ? "sagahost-bench" : "bench";
-  struct sg_engine_config ecfg = { .host_id = host_id, .max_payload = 1 << 20, .breaker_failure_rate = 0.5,
-                                   .breaker_min_calls = 10, .breaker_window_ms = 30000, .breaker_open_ms = 5000 };
-  struct sg_runner runner = sg_script_runner(b.sc);
-  b.en = sg_engine_new(b.loop, b.store, &runner, &ecfg);
-  struct sg_transport_events tev = sg_engine_transport_events(b.en);
-  if (o->amqp) {
-    b.tr = sg_transport_amqp_new(b.loop, o->amqp, host_id, &tev, &e);
-    if (!b.tr) { fprintf(stderr, "sagahost bench: --amqp %s: %s\n", o->amqp, e.msg); goto out; }
-  } else {
-    b.tr = sg_transport_local_new(b.loop, &tev);
+  struct sg_host_config cfg;
+  sg_host_config_defaults(&cfg);
+  cfg.db = dbpath;
+  cfg.dir = sagas_dir;
+  cfg.amqp = o->amqp;
+  cfg.host_id = o->amqp ? "sagahost-bench" : "bench";
+  if (sg_host_open(&b.host, b.loop, &cfg, &e) < 0) {
+    fprintf(stderr, "sagahost bench: cannot start the host: %s\n", e.msg);
+    goto out;
   }
-  sg_engine_set_transport(b.en, b.tr);
-  if (sg_script_scan(b.sc)) {
-    sg_script_print_errors(b.sc, stderr);
+  if (b.host.load_errors) {
+    sg_script_print_errors(b.host.sc, stderr);
     fprintf(stderr, "sagahost bench: the bench script failed to load (a bug in sagahost)\n");
     goto out;
   }
-  if (sg_engine_recover(b.en, &e) < 0) { fprintf(stderr, "sagahost bench: recovery failed: %s\n", e.msg); goto out; }
-  sg_engine_on_terminal(b.en, on_terminal, &b);
+  sg_engine_on_terminal(b.host.en, on_terminal, &b);
 
   ev_idle_init(&b.kick, on_kick);
   b.kick.data = &b;
@@ -546,7 +506,7 @@ static int run_orchestrator(const struct bench_opts *o) {
   if (b.finished < o->sagas) { fprintf(stderr, "sagahost bench: the loop stopped after %ld of %ld sagas (see the log above)\n", b.finished, o->sagas); goto out; }
 
   struct sg_engine_stats st;
-  sg_engine_stats(b.en, &st);
+  sg_engine_stats(b.host.en, &st);
   r.mode = o->amqp ? "amqp" : "inprocess";
   r.latency_kind = "end_to_end";
   r.secs = b.t1 - b.t0;
@@ -558,11 +518,7 @@ static int run_orchestrator(const struct bench_opts *o) {
   r.compensation_failed = st.compensation_failed;
   rc = 0;
 out:
-  if (b.en) sg_engine_stop(b.en);
-  if (b.tr) b.tr->ops->close(b.tr);
-  sg_engine_free(b.en);
-  sg_script_free(b.sc);
-  if (b.store) b.store->ops->close(b.store);
+  sg_host_close(&b.host);
   ev_loop_destroy(b.loop);
   if (b.child) r.participant_rss_mb = stop_participant(b.child);
   if (rc == 0) {

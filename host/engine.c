@@ -116,6 +116,7 @@ struct sg_engine {
   size_t evict_head, nevict, capevict;
   int in_txn;                /* a store transaction is open */
   int broken;                /* a commit failed: the loop was stopped, state must be recovered */
+  int stopped;               /* sg_engine_stop ran */
   struct sg_saga *dirty;     /* sagas to flush before the commit */
   struct sg_saga **done;     /* terminal in this batch, freed after the commit */
   size_t ndone, capdone;
@@ -1466,7 +1467,11 @@ void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st) {
   st->timers = (int64_t)sg_timers_count(en->timers);
 }
 
+int sg_engine_broken(struct sg_engine *en) { return en->broken; }
+
 void sg_engine_stop(struct sg_engine *en) {
+  if (!en || en->stopped) return;
+  en->stopped = 1;
   if (!en->broken) on_prepare(en->loop, &en->prepare, 0); /* the last group commit and its callbacks */
   sg_timers_stop(en->timers);
   ev_ref(en->loop);

@@ -98,8 +98,10 @@ void sg_engine_set_transport(struct sg_engine *en, struct sg_transport *t);
 struct sg_transport_events sg_engine_transport_events(struct sg_engine *en);
 /* loads every non-terminal saga, its timers and unsent outbox rows, and resumes them */
 int sg_engine_recover(struct sg_engine *en, struct sg_error *e);
-/* commits what is pending and stops the watchers; live coroutines are dropped */
+/* commits what is pending and stops the watchers (NULL or a second call: nothing) */
 void sg_engine_stop(struct sg_engine *en);
+/* a store failure stopped the loop: the process should exit non-zero and be restarted */
+int sg_engine_broken(struct sg_engine *en);
 void sg_engine_free(struct sg_engine *en);
 
 /* A definition version was loaded: record its source (same batch as everything else). */

@@ -8,44 +8,23 @@
 #include <string.h>
 
 #include "duration.h"
-#include "engine.h"
-#include "script.h"
-#include "store.h"
-#include "transport.h"
+#include "host.h"
 
 #define HOST_MT "sagahost.host"
 
+int luaopen_saga_core(lua_State *L); /* lsaga.c */
+
 /* One in-process host. */
 struct lhost {
-  struct ev_loop *loop;
-  struct sg_store *store;
-  struct sg_script *sc;
-  struct sg_engine *en;
-  struct sg_transport *tr;
-  int closed; /* __gc and __close both call close; the second does nothing */
+  struct ev_loop *loop;  /* its own loop */
+  struct sg_host host;   /* store, scripts, engine, local transport */
+  int closed;            /* __gc and __close both call close; the second does nothing */
 };
-
-static int hook_on_version(void *ud, const char *hash, const char *file, const char *source, struct sg_error *e) {
-  struct lhost *h = ud;
-  return h->en ? sg_engine_def_loaded(h->en, hash, file, source, e) : 0;
-}
-
-static char *hook_fetch_source(void *ud, const char *hash, char **file) {
-  struct lhost *h = ud;
-  char *src = NULL;
-  struct sg_error e = {0};
-  h->store->ops->def_get(h->store, hash, file, &src, &e);
-  return src;
-}
 
 static void host_close(struct lhost *h) {
   if (h->closed) return;
   h->closed = 1;
-  if (h->en) sg_engine_stop(h->en);
-  if (h->tr) h->tr->ops->close(h->tr);
-  sg_engine_free(h->en);
-  sg_script_free(h->sc);
-  if (h->store) h->store->ops->close(h->store);
+  sg_host_close(&h->host);
   if (h->loop) ev_loop_destroy(h->loop);
 }
 
@@ -61,26 +40,18 @@ static int l_open(lua_State *L) {
   luaL_setmetatable(L, HOST_MT);
   struct sg_error e = {0};
   h->loop = ev_loop_new(EVFLAG_AUTO);
-  h->store = sg_store_sqlite_open(db, &e);
-  if (!h->store) goto fail;
-  struct sg_script_config scfg = { dir, (size_t)256 << 20, 100000000, (size_t)64 << 20 };
-  struct sg_script_hooks hooks = { h, hook_on_version, hook_fetch_source, NULL };
-  h->sc = sg_script_new(&scfg, &hooks, &e);
-  if (!h->sc) goto fail;
-  struct sg_engine_config ecfg = { "inproc", 1 << 20, 0.5, 10, 30000, 5000 };
-  struct sg_runner runner = sg_script_runner(h->sc);
-  h->en = sg_engine_new(h->loop, h->store, &runner, &ecfg);
-  struct sg_transport_events tev = sg_engine_transport_events(h->en);
-  h->tr = sg_transport_local_new(h->loop, &tev);
-  sg_engine_set_transport(h->en, h->tr);
-  sg_script_scan(h->sc);
-  if (sg_engine_recover(h->en, &e) < 0) goto fail;
+  struct sg_host_config cfg;
+  sg_host_config_defaults(&cfg);
+  cfg.db = db;
+  cfg.dir = dir;
+  cfg.host_id = "inproc";
+  if (sg_host_open(&h->host, h->loop, &cfg, &e) < 0) {
+    host_close(h);
+    luaL_pushfail(L);
+    lua_pushstring(L, e.msg);
+    return 2;
+  }
   return 1;
-fail:
-  host_close(h);
-  luaL_pushfail(L);
-  lua_pushstring(L, e.msg);
-  return 2;
 }
 
 static struct lhost *check_host(lua_State *L) {
@@ -98,7 +69,7 @@ static int l_start(lua_State *L) {
   char id[40];
   int existed;
   struct sg_error e = {0};
-  if (sg_engine_start(h->en, type, input, key, id, &existed, &e) < 0) {
+  if (sg_engine_start(h->host.en, type, input, key, id, &existed, &e) < 0) {
     luaL_pushfail(L);
     lua_pushstring(L, e.msg);
     return 2;
@@ -116,7 +87,7 @@ static int l_run(lua_State *L) {
   struct sg_engine_stats st;
   do {
     ev_run(h->loop, EVRUN_ONCE);
-    sg_engine_stats(h->en, &st);
+    sg_engine_stats(h->host.en, &st);
   } while (st.live > 0 && sg_now_ms() < deadline);
   ev_run(h->loop, EVRUN_NOWAIT); /* the last commit */
   lua_pushinteger(L, st.live);
@@ -142,7 +113,7 @@ static int l_saga(lua_State *L) {
   ev_run(h->loop, EVRUN_NOWAIT); /* commit what is pending: read committed state */
   struct sg_saga_row r = {0};
   struct sg_error e = {0};
-  int found = h->store->ops->saga_get(h->store, id, &r, &e);
+  int found = h->host.store->ops->saga_get(h->host.store, id, &r, &e);
   if (found <= 0) {
     luaL_pushfail(L);
     lua_pushstring(L, found < 0 ? e.msg : "no such saga");
@@ -156,7 +127,7 @@ static int l_saga(lua_State *L) {
   lua_pushstring(L, r.def_hash); lua_setfield(L, -2, "version");
   if (r.error) { lua_pushstring(L, r.error); lua_setfield(L, -2, "error"); }
   lua_newtable(L);
-  h->store->ops->hist_each(h->store, id, hist_cb, L, &e);
+  h->host.store->ops->hist_each(h->host.store, id, hist_cb, L, &e);
   lua_setfield(L, -2, "steps");
   sg_store_saga_row_free(&r);
   return 1;
@@ -166,11 +137,11 @@ static int l_saga(lua_State *L) {
 static int l_stats(lua_State *L) {
   struct lhost *h = check_host(L);
   struct sg_engine_stats st;
-  sg_engine_stats(h->en, &st);
+  sg_engine_stats(h->host.en, &st);
   lua_createtable(L, 0, 6);
   lua_pushinteger(L, st.live); lua_setfield(L, -2, "live");
   lua_pushinteger(L, st.coroutines); lua_setfield(L, -2, "coroutines");
-  lua_pushinteger(L, sg_script_live_refs(h->sc)); lua_setfield(L, -2, "refs");
+  lua_pushinteger(L, sg_script_live_refs(h->host.sc)); lua_setfield(L, -2, "refs");
   lua_pushinteger(L, st.commits); lua_setfield(L, -2, "commits");
   lua_pushinteger(L, st.completed); lua_setfield(L, -2, "completed");
   lua_pushinteger(L, st.compensated); lua_setfield(L, -2, "compensated");
@@ -182,21 +153,6 @@ static int l_close(lua_State *L) {
   struct lhost *h = luaL_checkudata(L, 1, HOST_MT);
   host_close(h);
   return 0;
-}
-
-/* sagahost.duration_ms(v) -> ms | nil, message */
-static int l_duration_ms(lua_State *L) {
-  struct sg_error e = {0};
-  int64_t ms;
-  int rc = lua_type(L, 1) == LUA_TNUMBER ? sg_duration_from_seconds(lua_tonumber(L, 1), &ms, &e)
-                                         : sg_duration_parse(luaL_checkstring(L, 1), &ms, &e);
-  if (rc < 0) {
-    luaL_pushfail(L);
-    lua_pushstring(L, e.msg);
-    return 2;
-  }
-  lua_pushinteger(L, (lua_Integer)ms);
-  return 1;
 }
 
 /* sagahost.check(dir) -> {errors...} (empty when every file loads) */
@@ -231,7 +187,7 @@ static int l_log_level(lua_State *L) {
 }
 
 static const luaL_Reg funcs[] = {
-  {"open", l_open}, {"duration_ms", l_duration_ms}, {"check", l_check}, {"log_level", l_log_level}, {NULL, NULL},
+  {"open", l_open}, {"check", l_check}, {"log_level", l_log_level}, {NULL, NULL},
 };
 
 int luaopen_sagahost(lua_State *L) {
@@ -245,5 +201,10 @@ int luaopen_sagahost(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  /* duration parsing exactly as scripts see it: the saga.core function */
+  luaopen_saga_core(L);
+  lua_getfield(L, -1, "duration_ms");
+  lua_setfield(L, -3, "duration_ms");
+  lua_pop(L, 1);
   return 1;
 }

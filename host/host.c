@@ -1,0 +1,94 @@
+/* host: the wiring of store, script runtime, engine and transport. */
+#include "host.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int hook_on_version(void *ud, const char *hash, const char *file, const char *source, struct sg_error *e) {
+  struct sg_host *h = ud;
+  return h->en ? sg_engine_def_loaded(h->en, hash, file, source, e) : 0;
+}
+
+static char *hook_fetch_source(void *ud, const char *hash, char **file) {
+  struct sg_host *h = ud;
+  char *src = NULL;
+  struct sg_error e = {0};
+  if (h->store->ops->def_get(h->store, hash, file, &src, &e) < 0) sg_err("definition %s: %s", hash, e.msg);
+  return src;
+}
+
+static void hook_on_services(void *ud, const char *const *services, int n) {
+  struct sg_host *h = ud;
+  if (!h->tr) return;
+  for (int i = 0; i < n; i++) {
+    struct sg_error e = {0};
+    if (h->tr->ops->subscribe(h->tr, services[i], &e) < 0) sg_err("subscribe %s: %s", services[i], e.msg);
+  }
+}
+
+void sg_host_config_defaults(struct sg_host_config *c) {
+  memset(c, 0, sizeof *c);
+  c->db = "sagahost.db";
+  c->script.mem_limit = (size_t)1024 << 20;
+  c->script.instr_budget = 100000000;
+  c->script.run_mem_limit = (size_t)64 << 20;
+  c->engine.max_payload = 1 << 20;
+  c->engine.breaker_failure_rate = 0.5;
+  c->engine.breaker_min_calls = 10;
+  c->engine.breaker_window_ms = 30000;
+  c->engine.breaker_open_ms = 5000;
+}
+
+/* Stable across restarts (replies wait in a durable queue named after it) and distinct for two hosts
+ * on one machine: the host name plus a hash of the database's absolute path. */
+static void default_host_id(const char *db, char *out, size_t n) {
+  char hn[40] = "host", dbabs[PATH_MAX], hash[65];
+  gethostname(hn, sizeof hn - 1);
+  if (!realpath(db, dbabs)) snprintf(dbabs, sizeof dbabs, "%s", db);
+  sg_sha256_hex(dbabs, strlen(dbabs), hash);
+  snprintf(out, n, "%.30s-%.8s", hn, hash);
+}
+
+int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e) {
+  memset(h, 0, sizeof *h);
+  h->loop = loop;
+  if (c->host_id) snprintf(h->host_id, sizeof h->host_id, "%s", c->host_id);
+  else default_host_id(c->db, h->host_id, sizeof h->host_id);
+  h->store = sg_store_sqlite_open(c->db, e);
+  if (!h->store) goto fail;
+  struct sg_script_config scfg = c->script;
+  scfg.dir = c->dir;
+  struct sg_script_hooks hooks = { h, hook_on_version, hook_fetch_source, hook_on_services };
+  h->sc = sg_script_new(&scfg, &hooks, e);
+  if (!h->sc) goto fail;
+  struct sg_engine_config ecfg = c->engine;
+  ecfg.host_id = h->host_id;
+  struct sg_runner runner = sg_script_runner(h->sc);
+  h->en = sg_engine_new(loop, h->store, &runner, &ecfg);
+  struct sg_transport_events tev = sg_engine_transport_events(h->en);
+  if (c->amqp) {
+    h->tr = sg_transport_amqp_new(loop, c->amqp, h->host_id, &tev, e);
+    if (!h->tr) goto fail;
+  } else {
+    h->tr = sg_transport_local_new(loop, &tev);
+  }
+  sg_engine_set_transport(h->en, h->tr);
+  h->load_errors = sg_script_scan(h->sc);
+  if (sg_engine_recover(h->en, e) < 0) goto fail;
+  return 0;
+fail:
+  sg_host_close(h);
+  return -1;
+}
+
+void sg_host_close(struct sg_host *h) {
+  if (h->en) sg_engine_stop(h->en);
+  if (h->sc) sg_script_unwatch(h->sc);
+  if (h->tr) h->tr->ops->close(h->tr);
+  sg_engine_free(h->en);
+  sg_script_free(h->sc);
+  if (h->store) h->store->ops->close(h->store);
+  memset(h, 0, sizeof *h);
+}

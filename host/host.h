@@ -1,0 +1,41 @@
+/* host: one sagahost instance wired together: store, script runtime, engine and transport on a
+ * caller's libev loop. `sagahost run`, `sagahost bench` and the Lua module all start hosts this way.
+ *
+ * Ownership: sg_host_open fills a caller-owned struct sg_host; sg_host_close commits what is
+ * pending and frees every part (the loop stays the caller's). */
+#ifndef SG_HOST_H
+#define SG_HOST_H
+
+#include <ev.h>
+#include "engine.h"
+#include "script.h"
+#include "store.h"
+#include "transport.h"
+
+struct sg_host_config {
+  const char *db;              /* SQLite database path */
+  const char *dir;             /* script directory */
+  const char *amqp;            /* broker URL, NULL = in-process transport */
+  const char *host_id;         /* names the reply queue; NULL = host name + hash of the db path */
+  struct sg_script_config script; /* Lua limits (script.dir is set from dir) */
+  struct sg_engine_config engine; /* payload limit, breakers (engine.host_id is set from host_id) */
+};
+/* the defaults of `sagahost run` */
+void sg_host_config_defaults(struct sg_host_config *c);
+
+struct sg_host {
+  struct ev_loop *loop;        /* the caller's */
+  struct sg_store *store;
+  struct sg_script *sc;
+  struct sg_engine *en;
+  struct sg_transport *tr;
+  char host_id[96];            /* the id in use */
+  int load_errors;             /* script files that failed to load at open */
+};
+
+/* Opens the store, loads the scripts, starts the engine and the transport, recovers every saga.
+ * On failure everything opened so far is closed and -1 returned with e filled. */
+int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e);
+void sg_host_close(struct sg_host *h);
+
+#endif
