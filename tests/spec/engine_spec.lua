@@ -158,7 +158,7 @@ saga.handle("rec", "Note", function(p) print("noted " .. p.u) end)
     assert.are.equal(before.coroutines, h.coroutines)
     local s = host:wait(id)
     assert.are.equal("completed", s.status)
-    assert.is_true(s.data.slept >= 1.2)
+    assert.is_true(s.data.slept >= 1.19, "slept " .. tostring(s.data.slept)) -- seconds as floats: 1.2 can come out as 1.1999999
   end)
 
   it("sleeps, sends, publishes and journals now/uuid", function()
