@@ -122,6 +122,8 @@ struct sg_engine {
   size_t ndone, capdone;
   struct sg_msg *out;        /* messages written to the outbox in this batch */
   size_t nout, capout;
+  struct sg_msg *chain;      /* in-process calls to answer before this batch commits */
+  size_t nchain, capchain;
   struct pending_ack *acks;  size_t nacks, capacks;
   struct pending_cb *cbs;    size_t ncbs, capcbs;
   int64_t *confirmed;        /* outbox ids to delete in the next batch */
@@ -686,7 +688,15 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
       struct sg_error e = {0};
       if (en->tr->ops->declare_service(en->tr, op->a, &e) < 0) sg_warn("declare %s: %s", op->a, e.msg);
     }
-    outbox_add(en, &m, !is_call);
+    if (is_call && en->tr->ops->in_process && s->stored) {
+      /* answered before this batch commits (run_chain): the saga's start is already durable, and
+       * the handler's effect, the reply and the saga's next steps commit together */
+      m.created_at = sg_now_ms();
+      txn(en);
+      PUSH(en->chain, en->nchain, en->capchain, m);
+    } else {
+      outbox_add(en, &m, !is_call);
+    }
     struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
     if (is_call) j->service = sg_strdup(op->a);
     journal_write(en, s, kind, j);
@@ -1106,9 +1116,33 @@ static void commit_batch(struct sg_engine *en) {
   free(cbs);
 }
 
+/* Answers the in-process calls issued in this batch, and the calls their sagas go on to issue, before
+ * the commit. A time budget keeps one batch from growing without end: what is left goes out after
+ * the commit like any other in-process message. */
+#define CHAIN_BUDGET_MS 5
+static void run_chain(struct sg_engine *en) {
+  int64_t deadline = sg_now_ms() + CHAIN_BUDGET_MS;
+  while (en->nchain && !en->broken) {
+    struct sg_msg *list = en->chain;
+    size_t n = en->nchain;
+    en->chain = NULL;
+    en->nchain = en->capchain = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (en->broken || sg_now_ms() > deadline) {
+        PUSH(en->out, en->nout, en->capout, list[i]); /* delivered after the commit instead */
+        continue;
+      }
+      on_command(en, &list[i], 0);
+      sg_msg_free(&list[i]);
+    }
+    free(list);
+  }
+}
+
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
   struct sg_engine *en = w->data;
   if (en->broken) return;
+  if (en->nchain) run_chain(en);
   if (en->in_txn) { commit_batch(en); return; }
   if (en->ncbs) {
     size_t n = en->ncbs;
@@ -1494,6 +1528,8 @@ void sg_engine_free(struct sg_engine *en) {
   }
   for (size_t i = 0; i < en->ndone; i++) { drop_co(en, en->done[i]); saga_free(en->done[i]); }
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
+  for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);
+  free(en->chain);
   sg_map_free(&en->sagas);
   for (size_t i = 0; i < en->breakers.cap; i++) {
     if (!sg_map_live(&en->breakers, i)) continue;
