@@ -946,7 +946,9 @@ static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, con
   outbox_add(en, &r, 0);
 }
 
-static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t tag) {
+static void commit_batch(struct sg_engine *en);
+
+static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered) {
   if (!m->message_id || !*m->message_id) {
     en->tr->ops->nack(en->tr, tag, m, "command without message_id");
     return;
@@ -959,6 +961,32 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
   int chained = en->tr->ops->in_process && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
   int seen = chained ? 0 : en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
   if (seen < 0) { fatal_store(en, "inbox", &e); return; }
+  int deliveries = 0;
+  if (seen && status && strcmp(status, "delivered") == 0) {
+    /* not handled yet: an earlier delivery died with its host */
+    deliveries = atoi(body ? body : "0");
+    seen = 0;
+    free(status); free(body);
+    status = body = NULL;
+  }
+  if (!seen && redelivered) {
+    /* A redelivery may mean the handler crashed its host: count deliveries durably before running
+     * it again, and dead-letter the message once it has had its chances. */
+    if (!deliveries) deliveries = 1; /* the first delivery, which died before anything was recorded */
+    if (++deliveries > en->cfg.max_deliveries) {
+      char why[200];
+      snprintf(why, sizeof why, "poison message: not handled in %d deliveries (each ended with its host going down: "
+               "does its handler crash the host?)", deliveries - 1);
+      sg_err("message %s (%s) dead-lettered: %s", m->message_id, m->routing_key ? m->routing_key : "?", why);
+      en->tr->ops->nack(en->tr, tag, m, why);
+      return;
+    }
+    char n[16];
+    snprintf(n, sizeof n, "%d", deliveries);
+    STORE(en, en->store->ops->inbox_put(en->store, m->message_id, "delivered", n, SE), "inbox");
+    commit_batch(en); /* durable before the handler runs */
+    if (en->broken || txn(en) < 0) return;
+  }
   if (!seen) {
     if (en->runner.handle(en->runner.ud, m, &status, &body) < 0) {
       free(status); free(body);
@@ -985,7 +1013,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
     return;
   }
   if (m->status) on_reply(en, m, tag);
-  else on_command(en, m, tag);
+  else on_command(en, m, tag, redelivered);
 }
 
 static void on_confirm(void *ud, int64_t outbox_id) {
@@ -1132,7 +1160,7 @@ static void run_chain(struct sg_engine *en) {
         PUSH(en->out, en->nout, en->capout, list[i]); /* delivered after the commit instead */
         continue;
       }
-      on_command(en, &list[i], 0);
+      on_command(en, &list[i], 0, 0);
       sg_msg_free(&list[i]);
     }
     free(list);

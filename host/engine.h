@@ -86,6 +86,7 @@ struct sg_engine_config {
   int breaker_min_calls;     /* ... once at least this many calls are in the window */
   int64_t breaker_window_ms; /* the counting window */
   int64_t breaker_open_ms;   /* how long it stays open before a half-open probe */
+  int max_deliveries;        /* a redelivered command not handled after this many deliveries is dead-lettered */
 };
 
 struct sg_engine;
