@@ -21,11 +21,17 @@ struct lhost {
   int closed;            /* __gc and __close both call close; the second does nothing */
 };
 
-static void host_close(struct lhost *h) {
-  if (h->closed) return;
+/* Returns 1 when no watcher of the host is left active on its loop (nothing leaked), else 0. */
+static int host_close(struct lhost *h) {
+  if (h->closed) return 1;
   h->closed = 1;
   sg_host_close(&h->host);
-  if (h->loop) ev_loop_destroy(h->loop);
+  int clean = 1;
+  if (h->loop) {
+    clean = ev_run(h->loop, EVRUN_NOWAIT) == 0; /* non-zero while active watchers remain */
+    ev_loop_destroy(h->loop);
+  }
+  return clean;
 }
 
 /* sagahost.open{dir = "sagas", db = "path"} -> host | nil, message */
@@ -148,11 +154,11 @@ static int l_stats(lua_State *L) {
   return 1;
 }
 
-/* __gc and __close, safe to run twice */
+/* host:close() -> true when the host left no active watcher behind; also __gc and __close (safe twice) */
 static int l_close(lua_State *L) {
   struct lhost *h = luaL_checkudata(L, 1, HOST_MT);
-  host_close(h);
-  return 0;
+  lua_pushboolean(L, host_close(h));
+  return 1;
 }
 
 /* sagahost.check(dir) -> {errors...} (empty when every file loads) */

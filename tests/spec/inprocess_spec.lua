@@ -41,7 +41,7 @@ describe("in-process engine", function()
     assert.are.equal(10, st.completed)
     assert.are.equal(10, st.compensated)
     assert.is_true(st.commits < 20 * 10, "group commit: " .. st.commits .. " commits for 20 sagas")
-    host:close()
+    assert.is_true(host:close(), "a watcher was left active on the host's loop")
     host:close() -- twice is harmless
   end)
 
