@@ -41,7 +41,8 @@ local function crash_loop(host, log_of_effects, exact)
   math.randomseed(os.time())
   for i = 1, N do
     fail[i] = i % 5 == 0
-    ids[i] = host:start_saga("Loop", { fail = fail[i], nap = (i % 3) * 0.1 .. "s" })
+    -- naps of 0 to 4.75 s keep sagas in flight across most of the kills
+    ids[i] = host:start_saga("Loop", { fail = fail[i], nap = (i % 20) * 0.25 .. "s" })
   end
   for _ = 1, KILLS do
     H.sleep(0.05 + math.random() * 0.4)
