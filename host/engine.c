@@ -14,10 +14,8 @@
 
 #include <jansson.h>
 
-#include "map.h"
-#include "timers.h"
+#include "engine_int.h"
 
-enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT };
 static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout"};
 
 static int tm_parse(const char *s) {
@@ -26,125 +24,6 @@ static int tm_parse(const char *s) {
   return 0;
 }
 
-/* One journaled operation of the current attempt. */
-struct jent {
-  int seq;      /* 1-based position in the attempt */
-  int done;     /* result known */
-  int is_error; /* result is an error reply */
-  char *result; /* JSON, NULL while waiting */
-  char *service; /* call: the service called (for its circuit breaker); NULL after a restart */
-  const char *kind; /* "call", "sleep", ... (static strings) */
-  int dirty;    /* changed since the last commit: written at the next one if the attempt still runs */
-};
-
-/* Circuit breaker of one participant service. */
-enum { BR_CLOSED, BR_OPEN, BR_HALF_OPEN };
-static const char *br_names[] = {"closed", "open", "half_open"};
-struct breaker {
-  char *service;         /* the participant service */
-  int state;             /* BR_* */
-  int calls, failures;   /* outcomes in the current window */
-  int64_t window_start;  /* when the window began */
-  int64_t opened_at;     /* when it last opened */
-  int64_t opens;         /* times it opened */
-  int probing;           /* half-open: the probe call is in flight */
-  struct sg_saga **parked; /* sagas waiting to call this service */
-  size_t nparked, capparked;
-};
-
-struct sg_saga {
-  struct sg_saga_row row;    /* the persisted state (written at the commit when dirty) */
-  const struct sg_def *def;  /* the version it runs on */
-  int co;                    /* runner coroutine handle, 0 = none (not started, or evicted) */
-  int seq;                   /* operations the current run has issued (replay cursor) */
-  int wait_seq;              /* operation it is parked on, 0 = not parked on one */
-  struct jent *journal;      /* the current attempt's journal, by seq order */
-  int njournal, capjournal;
-  int stored;                /* its row exists in the store (a new saga is inserted at its first commit) */
-  char *idem_mkey;           /* "type\x1fkey" in en->idem while not yet stored, else NULL */
-  struct sg_timer *t_wait;   /* sleep or call timeout */
-  struct sg_timer *t_retry;  /* next attempt */
-  struct sg_timer *t_step;   /* attempt timeout */
-  struct sg_timer *t_saga;   /* saga deadline */
-  int dirty;                 /* row changed in this batch */
-  int terminal;              /* reached a terminal status in this batch: freed after the commit */
-  int retry_base;            /* attempts before an operator retry: the policy counts from here */
-  int stored_status;         /* the status the store has (saga_update skips the status index if same) */
-  int admitted;              /* released by its breaker: the next call goes out without asking again */
-  struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
-  struct sg_saga *next_dirty;
-};
-
-/* A saga that parked on a reply, to have its coroutine dropped if it still waits later. */
-struct evict {
-  char id[40];   /* saga id (the saga may be gone by then) */
-  int seq;       /* the operation it waits on */
-  int attempt;   /* ... in this attempt */
-  int64_t at;    /* when it parked */
-};
-
-/* Waiting sagas keep no coroutine for long: a sleep of a second or more drops it at once, a reply
- * wait after EVICT_AFTER_MS. The journal restores the step when the saga wakes (replay). */
-#define EVICT_SLEEP_MS 1000
-#define EVICT_AFTER_MS 2000
-
-/* A deferred after-commit action. */
-struct pending_cb {
-  sg_committed_cb cb;
-  void *ud;
-};
-
-/* A delivery to ack once its effect is committed. */
-struct pending_ack {
-  uint64_t tag;
-};
-
-struct sg_engine {
-  struct ev_loop *loop;
-  struct sg_store *store;
-  struct sg_runner runner;
-  struct sg_engine_config cfg;
-  struct sg_transport *tr;
-  struct sg_timers *timers;
-  ev_prepare prepare;        /* group commit point */
-  struct sg_map sagas;       /* id -> struct sg_saga*, the live (non-terminal) ones */
-  struct sg_map breakers;    /* service -> struct breaker* */
-  struct sg_map idem;        /* "type\x1fkey" -> saga started in this batch (not yet in the store) */
-  ev_timer sweep;            /* breaker half-open transitions and the stalled-saga sweep */
-  int64_t sweeps;            /* sweep ticks so far */
-  struct evict *evict;       /* sagas waiting on a reply, oldest first: their coroutines go after a while */
-  size_t evict_head, nevict, capevict;
-  int in_txn;                /* a store transaction is open */
-  int broken;                /* a commit failed: the loop was stopped, state must be recovered */
-  int stopped;               /* sg_engine_stop ran */
-  struct sg_saga *dirty;     /* sagas to flush before the commit */
-  struct sg_saga **done;     /* terminal in this batch, freed after the commit */
-  size_t ndone, capdone;
-  struct sg_msg *out;        /* messages written to the outbox in this batch */
-  size_t nout, capout;
-  struct sg_msg *chain;      /* in-process calls to answer before this batch commits */
-  size_t nchain, capchain;
-  struct pending_ack *acks;  size_t nacks, capacks;
-  struct pending_cb *cbs;    size_t ncbs, capcbs;
-  int64_t *confirmed;        /* outbox ids to delete in the next batch */
-  size_t nconfirmed, capconfirmed;
-  int republish;             /* transport (re)connected: publish the whole outbox after the commit */
-  sg_terminal_cb on_terminal;
-  void *on_terminal_ud;
-  struct sg_engine_stats st;
-};
-
-#define PUSH(arr, n, cap, val) do {                                   \
-    if ((n) == (cap)) {                                               \
-      (cap) = (cap) ? (cap) * 2 : 16;                                 \
-      (arr) = sg_xrealloc((arr), (cap) * sizeof *(arr));              \
-    }                                                                 \
-    (arr)[(n)++] = (val);                                             \
-  } while (0)
-
-static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
-static void begin_attempt(struct sg_engine *en, struct sg_saga *s);
-static void unpark(struct sg_engine *en, struct sg_saga *s);
 static void evict_idle(struct sg_engine *en, int64_t now);
 
 void sg_run_out_clear(struct sg_run_out *o) {
@@ -163,7 +42,7 @@ static void fatal_store(struct sg_engine *en, const char *what, struct sg_error 
   ev_break(en->loop, EVBREAK_ALL);
 }
 
-static int txn(struct sg_engine *en) {
+int eng_txn(struct sg_engine *en) {
   if (en->in_txn) return 0;
   struct sg_error e = {0};
   if (en->store->ops->begin(en->store, &e) < 0) { fatal_store(en, "begin", &e); return -1; }
@@ -173,11 +52,11 @@ static int txn(struct sg_engine *en) {
 
 #define STORE(en, call, what) do {                               \
     struct sg_error e_ = {0};                                    \
-    if (txn(en) == 0 && (call) < 0) fatal_store((en), (what), &e_); \
+    if (eng_txn(en) == 0 && (call) < 0) fatal_store((en), (what), &e_); \
   } while (0)
 #define SE (&e_)
 
-static void mark_dirty(struct sg_engine *en, struct sg_saga *s) {
+void eng_mark_dirty(struct sg_engine *en, struct sg_saga *s) {
   s->row.updated_at = sg_now_ms();
   if (s->dirty) return;
   s->dirty = 1;
@@ -219,16 +98,16 @@ static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_err
 static void journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j) {
   j->kind = kind_name(kind);
   j->dirty = 1;
-  mark_dirty(en, s);
+  eng_mark_dirty(en, s);
 }
 
 /* A new timer is written at the commit (flush_saga) if it is still armed then: a step timeout that
  * the step beats within the batch never reaches the store. */
-static struct sg_timer *timer_new(struct sg_engine *en, struct sg_saga *s, int kind, int64_t due, int64_t ref) {
+struct sg_timer *eng_timer_new(struct sg_engine *en, struct sg_saga *s, int kind, int64_t due, int64_t ref) {
   struct sg_timer *t = sg_xcalloc(1, sizeof *t);
   t->due = due; t->kind = kind; t->ref = ref; t->owner = s; t->idx = SIZE_MAX;
   sg_timers_add(en->timers, t);
-  mark_dirty(en, s);
+  eng_mark_dirty(en, s);
   return t;
 }
 
@@ -240,7 +119,7 @@ static void timer_flush(struct sg_engine *en, struct sg_saga *s, struct sg_timer
 }
 
 /* Removes a timer from the heap and (if it was written) the store; *slot is cleared. */
-static void timer_cancel(struct sg_engine *en, struct sg_timer **slot) {
+void eng_timer_cancel(struct sg_engine *en, struct sg_timer **slot) {
   struct sg_timer *t = *slot;
   if (!t) return;
   sg_timers_remove(en->timers, t);
@@ -261,19 +140,19 @@ static void msg_id_for(const struct sg_saga *s, int seq, char *out, size_t n) {
 static void outbox_add(struct sg_engine *en, struct sg_msg *m, int durable) {
   m->created_at = sg_now_ms();
   if (durable || !en->tr->ops->in_process) STORE(en, en->store->ops->outbox_put(en->store, m, SE), "outbox");
-  else txn(en); /* published after this iteration's commit */
+  else eng_txn(en); /* published after this iteration's commit */
   PUSH(en->out, en->nout, en->capout, *m);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
 /* saga lifecycle */
 
-static const char *step_name(const struct sg_saga *s) {
+const char *eng_step_name(const struct sg_saga *s) {
   if (!s->def || s->row.step < 0 || s->row.step >= s->def->nsteps) return "?";
   return s->def->steps[s->row.step].name;
 }
 
-static void drop_co(struct sg_engine *en, struct sg_saga *s) {
+void eng_drop_co(struct sg_engine *en, struct sg_saga *s) {
   if (s->co) {
     en->runner.drop(en->runner.ud, s->co);
     s->co = 0;
@@ -281,7 +160,7 @@ static void drop_co(struct sg_engine *en, struct sg_saga *s) {
   }
 }
 
-static void saga_free(struct sg_saga *s) {
+void eng_saga_free(struct sg_saga *s) {
   free(s->idem_mkey);
   sg_run_out_clear(&s->parked_op);
   journal_clear(s);
@@ -295,34 +174,34 @@ static void saga_free(struct sg_saga *s) {
  * attempt_started_at says so (the API shows it as a running entry). */
 static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
   if (!s->row.attempt_started_at) return;
-  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s), .phase = s->row.phase,
+  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = eng_step_name(s), .phase = s->row.phase,
                            .attempt = s->row.attempt, .status = status, .started_at = s->row.attempt_started_at,
                            .finished_at = sg_now_ms(), .error = error };
   STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
   s->row.attempt_started_at = 0;
-  mark_dirty(en, s);
+  eng_mark_dirty(en, s);
 }
 
 /* A saga-level event in the history (timeouts, operator actions). */
-static void hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, const char *detail) {
+void eng_hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, const char *detail) {
   int64_t now = sg_now_ms();
-  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = step_name(s), .phase = -1,
+  struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = eng_step_name(s), .phase = -1,
                            .attempt = s->row.attempt, .status = event, .started_at = now, .finished_at = now,
                            .error = detail };
   STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
 }
 
-static void finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error) {
-  unpark(en, s);
+void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error) {
+  eng_unpark(en, s);
   s->row.status = status;
   if (error) { free(s->row.error); s->row.error = sg_strdup(error); }
-  drop_co(en, s);
-  timer_cancel(en, &s->t_wait);
-  timer_cancel(en, &s->t_retry);
-  timer_cancel(en, &s->t_step);
-  timer_cancel(en, &s->t_saga);
+  eng_drop_co(en, s);
+  eng_timer_cancel(en, &s->t_wait);
+  eng_timer_cancel(en, &s->t_retry);
+  eng_timer_cancel(en, &s->t_step);
+  eng_timer_cancel(en, &s->t_saga);
   journal_clear(s);
-  mark_dirty(en, s);
+  eng_mark_dirty(en, s);
   if (!s->terminal) {
     s->terminal = 1;
     PUSH(en->done, en->ndone, en->capdone, s);
@@ -335,21 +214,21 @@ static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   int j = from;
   while (j >= 0 && !s->def->steps[j].has_compensate) j--;
   s->row.status = SG_ST_COMPENSATING;
-  if (j < 0) { finish(en, s, SG_ST_COMPENSATED, NULL); return; }
+  if (j < 0) { eng_finish(en, s, SG_ST_COMPENSATED, NULL); return; }
   s->row.step = j;
   s->row.phase = SG_PH_COMPENSATE;
   s->row.attempt = 1;
   s->retry_base = 0;
-  mark_dirty(en, s);
-  begin_attempt(en, s);
+  eng_mark_dirty(en, s);
+  eng_begin_attempt(en, s);
 }
 
 /* The forward path gives up: compensate what completed. */
-static void give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
+void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
   free(s->row.error);
-  s->row.error = sg_asprintf("step %s: %s", step_name(s), why);
-  timer_cancel(en, &s->t_saga);
-  sg_info("saga %s %s gives up at step %s: %s; compensating", s->row.type, s->row.id, step_name(s), why);
+  s->row.error = sg_asprintf("step %s: %s", eng_step_name(s), why);
+  eng_timer_cancel(en, &s->t_saga);
+  sg_info("saga %s %s gives up at step %s: %s; compensating", s->row.type, s->row.id, eng_step_name(s), why);
   compensate_from(en, s, s->row.step - 1);
 }
 
@@ -363,75 +242,75 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
 }
 
 /* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
-static void end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
-  unpark(en, s);
+void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  eng_unpark(en, s);
   /* a cleanly finished step leaves its coroutine and ctx for the next step to reuse */
-  if (strcmp(status, "completed") != 0) drop_co(en, s);
+  if (strcmp(status, "completed") != 0) eng_drop_co(en, s);
   hist_finish(en, s, status, error);
-  timer_cancel(en, &s->t_step);
-  timer_cancel(en, &s->t_wait);
+  eng_timer_cancel(en, &s->t_step);
+  eng_timer_cancel(en, &s->t_wait);
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
 }
 
 static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, int retryable) {
-  end_attempt(en, s, "failed", err);
+  eng_end_attempt(en, s, "failed", err);
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
   const struct sg_retry *p = s->row.phase == SG_PH_ACTION ? &ds->retry : &ds->comp_retry;
   sg_info("saga %s %s: %s %s attempt %d failed: %s", s->row.type, s->row.id, ds->name,
           sg_phase_name(s->row.phase), s->row.attempt, err);
   if (retryable && s->row.attempt - s->retry_base < p->attempts) {
     int64_t delay = retry_delay(p, s->row.attempt);
-    s->t_retry = timer_new(en, s, TM_RETRY, sg_now_ms() + delay, s->row.attempt + 1);
-    mark_dirty(en, s);
+    s->t_retry = eng_timer_new(en, s, TM_RETRY, sg_now_ms() + delay, s->row.attempt + 1);
+    eng_mark_dirty(en, s);
     return;
   }
   if (s->row.phase == SG_PH_ACTION) {
-    give_up(en, s, err);
+    eng_give_up(en, s, err);
   } else {
     char *why = sg_asprintf("compensation of step %s failed after %d attempt(s): %s", ds->name, s->row.attempt, err);
-    finish(en, s, SG_ST_COMPENSATION_FAILED, why);
+    eng_finish(en, s, SG_ST_COMPENSATION_FAILED, why);
     free(why);
   }
 }
 
 static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
-  end_attempt(en, s, "completed", NULL);
+  eng_end_attempt(en, s, "completed", NULL);
   s->retry_base = 0;
   if (data) {
     if (en->cfg.max_payload > 0 && (int64_t)strlen(data) > en->cfg.max_payload) {
       /* the step's work happened but its state cannot be kept: treat as a non-retryable failure */
       char *why = sg_asprintf("ctx.data is %zu bytes, over the limit of %" PRId64 " bytes", strlen(data), en->cfg.max_payload);
       free(data);
-      drop_co(en, s); /* its ctx holds the data that could not be kept */
-      give_up(en, s, why);
+      eng_drop_co(en, s); /* its ctx holds the data that could not be kept */
+      eng_give_up(en, s, why);
       free(why);
       return;
     }
     free(s->row.data);
     s->row.data = data;
   }
-  mark_dirty(en, s);
+  eng_mark_dirty(en, s);
   if (s->row.phase == SG_PH_ACTION) {
-    if (s->row.step + 1 >= s->def->nsteps) { finish(en, s, SG_ST_COMPLETED, NULL); return; }
+    if (s->row.step + 1 >= s->def->nsteps) { eng_finish(en, s, SG_ST_COMPLETED, NULL); return; }
     s->row.step++;
     s->row.attempt = 1;
-    begin_attempt(en, s);
+    eng_begin_attempt(en, s);
   } else {
     compensate_from(en, s, s->row.step - 1);
   }
 }
 
-static void begin_attempt(struct sg_engine *en, struct sg_saga *s) {
+void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
   int64_t now = sg_now_ms();
   s->row.attempt_started_at = now;
-  if (ds->timeout_ms > 0) s->t_step = timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
+  if (ds->timeout_ms > 0) s->t_step = eng_timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
-  mark_dirty(en, s);
+  eng_mark_dirty(en, s);
   struct sg_run_out out = {0};
   struct sg_error e = {0};
   int had = s->co != 0;
@@ -442,7 +321,7 @@ static void begin_attempt(struct sg_engine *en, struct sg_saga *s) {
     step_failed(en, s, e.msg, 0);
     return;
   }
-  process(en, s, &out);
+  eng_process(en, s, &out);
 }
 
 /* Re-runs the current attempt from its start; the journal answers what already happened. */
@@ -451,26 +330,26 @@ static void replay(struct sg_engine *en, struct sg_saga *s) {
   struct sg_error e = {0};
   s->seq = 0;
   s->wait_seq = 0;
-  drop_co(en, s);
+  eng_drop_co(en, s);
   if (en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e) < 0) {
     step_failed(en, s, e.msg, 0);
     return;
   }
   en->st.coroutines++;
-  process(en, s, &out);
+  eng_process(en, s, &out);
 }
 
 /* Continues a parked saga whose operation `seq` now has its result. */
 static void wake(struct sg_engine *en, struct sg_saga *s, struct jent *j) {
   s->wait_seq = 0;
-  timer_cancel(en, &s->t_wait);
+  eng_timer_cancel(en, &s->t_wait);
   if (!s->co) { replay(en, s); return; }
   struct sg_run_out out = {0};
   if (en->runner.resume(en->runner.ud, s->co, !j->is_error, j->result, &out) < 0) {
     step_failed(en, s, "the step's coroutine could not be resumed", 0);
     return;
   }
-  process(en, s, &out);
+  eng_process(en, s, &out);
 }
 
 static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
@@ -480,137 +359,6 @@ static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
   m->attempt = s->row.attempt;
 }
 
-/* ---------------------------------------------------------------------------------------------- */
-/* circuit breakers */
-
-static struct breaker *breaker_get(struct sg_engine *en, const char *service) {
-  struct breaker *b = sg_map_get(&en->breakers, service);
-  if (!b) {
-    b = sg_xcalloc(1, sizeof *b);
-    b->service = sg_strdup(service);
-    b->window_start = sg_now_ms();
-    sg_map_put(&en->breakers, b->service, b);
-  }
-  return b;
-}
-
-/* May a call to this service go out now? A half-open breaker lets a single probe through. */
-static int breaker_admit(struct breaker *b) {
-  if (b->state == BR_CLOSED) return 1;
-  if (b->state == BR_HALF_OPEN && !b->probing) { b->probing = 1; return 1; }
-  return 0;
-}
-
-static void release_parked(struct sg_engine *en, struct breaker *b, size_t max);
-
-static void breaker_open(struct sg_engine *en, struct breaker *b, const char *why) {
-  b->state = BR_OPEN;
-  b->opened_at = sg_now_ms();
-  b->opens++;
-  b->probing = 0;
-  sg_warn("circuit breaker of service %s opened (%s); calls to it wait %" PRId64 " ms before a probe", b->service, why,
-          en->cfg.breaker_open_ms);
-}
-
-/* Counts the outcome of a call (failed = timeout or retryable error reply). */
-static void breaker_record(struct sg_engine *en, const char *service, int failed) {
-  if (en->cfg.breaker_failure_rate <= 0 || !service) return;
-  struct breaker *b = breaker_get(en, service);
-  int64_t now = sg_now_ms();
-  if (b->state == BR_HALF_OPEN) {
-    if (!b->probing) return;
-    if (failed) { breaker_open(en, b, "the probe failed"); return; }
-    b->state = BR_CLOSED;
-    b->probing = 0;
-    b->calls = b->failures = 0;
-    b->window_start = now;
-    sg_info("circuit breaker of service %s closed: the probe succeeded; %zu parked saga(s) resume", b->service, b->nparked);
-    release_parked(en, b, SIZE_MAX);
-    return;
-  }
-  if (b->state == BR_OPEN) return; /* late outcomes of calls sent before it opened */
-  if (now - b->window_start > en->cfg.breaker_window_ms) {
-    b->calls = b->failures = 0;
-    b->window_start = now;
-  }
-  b->calls++;
-  if (failed) b->failures++;
-  if (b->calls >= en->cfg.breaker_min_calls && (double)b->failures >= en->cfg.breaker_failure_rate * b->calls) {
-    char why[96];
-    snprintf(why, sizeof why, "%d of the last %d calls failed", b->failures, b->calls);
-    breaker_open(en, b, why);
-  }
-}
-
-static void unpark(struct sg_engine *en, struct sg_saga *s) {
-  if (!s->parked_op.op) return;
-  struct breaker *b = sg_map_get(&en->breakers, s->parked_op.a);
-  if (b) {
-    for (size_t i = 0; i < b->nparked; i++)
-      if (b->parked[i] == s) { memmove(&b->parked[i], &b->parked[i + 1], (b->nparked - i - 1) * sizeof *b->parked); b->nparked--; break; }
-  }
-  sg_run_out_clear(&s->parked_op);
-}
-
-/* Lets up to max parked sagas issue their call (the first one as the half-open probe). */
-static void release_parked(struct sg_engine *en, struct breaker *b, size_t max) {
-  size_t n = b->nparked < max ? b->nparked : max;
-  struct sg_saga **list = sg_xmalloc((n ? n : 1) * sizeof *list);
-  memcpy(list, b->parked, n * sizeof *list);
-  memmove(b->parked, b->parked + n, (b->nparked - n) * sizeof *b->parked);
-  b->nparked -= n;
-  for (size_t i = 0; i < n; i++) {
-    struct sg_saga *s = list[i];
-    struct sg_run_out op = s->parked_op;
-    memset(&s->parked_op, 0, sizeof s->parked_op);
-    s->wait_seq = 0;
-    s->seq--; /* process() issues the same operation again under the same seq */
-    s->admitted = 1;
-    const struct sg_def_step *ds = &s->def->steps[s->row.step];
-    if (ds->timeout_ms > 0 && !s->t_step) s->t_step = timer_new(en, s, TM_STEP_TIMEOUT, sg_now_ms() + ds->timeout_ms, s->row.attempt);
-    process(en, s, &op);
-  }
-  free(list);
-}
-
-/* A call that an open breaker holds back: the saga waits without spending an attempt. */
-static void park(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, int seq) {
-  struct breaker *b = breaker_get(en, out->a);
-  s->parked_op = *out;
-  memset(out, 0, sizeof *out);
-  s->wait_seq = seq;
-  timer_cancel(en, &s->t_step); /* time parked is not the step's time */
-  PUSH(b->parked, b->nparked, b->capparked, s);
-  sg_debug("saga %s parked: breaker of %s is %s", s->row.id, b->service, br_names[b->state]);
-}
-
-char *sg_engine_breakers_json(struct sg_engine *en) {
-  struct sg_buf b;
-  sg_buf_init(&b);
-  sg_buf_adds(&b, "{\"breakers\":[");
-  int first = 1;
-  for (size_t i = 0; i < en->breakers.cap; i++) {
-    if (!sg_map_live(&en->breakers, i)) continue;
-    struct breaker *br = en->breakers.slots[i].val;
-    sg_buf_adds(&b, first ? "{" : ",{");
-    first = 0;
-    sg_buf_adds(&b, "\"service\":");
-    sg_buf_add_json_str(&b, br->service);
-    sg_buf_printf(&b, ",\"state\":\"%s\",\"calls\":%d,\"failures\":%d,\"parked\":%zu,\"opens\":%" PRId64,
-                  br_names[br->state], br->calls, br->failures, br->nparked, br->opens);
-    if (br->opened_at) {
-      char ts[32];
-      sg_iso8601(br->opened_at, ts);
-      sg_buf_adds(&b, ",\"opened_at\":");
-      sg_buf_add_json_str(&b, ts);
-    }
-    sg_buf_adds(&b, "}");
-  }
-  sg_buf_printf(&b, "],\"failure_rate\":%g,\"min_calls\":%d,\"window_ms\":%" PRId64 ",\"open_ms\":%" PRId64 "}",
-                en->cfg.breaker_failure_rate, en->cfg.breaker_min_calls, en->cfg.breaker_window_ms, en->cfg.breaker_open_ms);
-  return sg_buf_steal(&b);
-}
-
 /* Every 250 ms: open breakers whose wait is over go half-open and release one probe; every few
  * seconds, sagas past their deadline whose timeout did not fire (e.g. created by an older host
  * without the timer) are timed out. */
@@ -618,16 +366,7 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
   if (en->broken) return;
   int64_t now = sg_now_ms();
-  for (size_t i = 0; i < en->breakers.cap; i++) {
-    if (!sg_map_live(&en->breakers, i)) continue;
-    struct breaker *b = en->breakers.slots[i].val;
-    if (b->state == BR_OPEN && now - b->opened_at >= en->cfg.breaker_open_ms) {
-      b->state = BR_HALF_OPEN;
-      b->probing = 0;
-      sg_info("circuit breaker of service %s half-open: probing", b->service);
-      if (b->nparked) { b->probing = 1; release_parked(en, b, 1); }
-    }
-  }
+  eng_breakers_tick(en, now);
   evict_idle(en, now);
   if (++en->sweeps % 20) return;
   struct sg_saga **stalled = NULL;
@@ -641,7 +380,7 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   for (size_t i = 0; i < n; i++) {
     struct sg_saga *s = stalled[i];
     sg_warn("saga %s is past its deadline without having timed out: applying the saga timeout", s->row.id);
-    s->t_saga = timer_new(en, s, TM_SAGA_TIMEOUT, now, 0);
+    s->t_saga = eng_timer_new(en, s, TM_SAGA_TIMEOUT, now, 0);
   }
   free(stalled);
 }
@@ -663,7 +402,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
   }
   int is_call = strcmp(kind, "call") == 0, is_send = strcmp(kind, "send") == 0;
   if (is_call && en->cfg.breaker_failure_rate > 0 && op->a) {
-    int admitted = s->admitted || breaker_admit(breaker_get(en, op->a));
+    int admitted = s->admitted || eng_breaker_admit(eng_breaker_get(en, op->a));
     s->admitted = 0;
     if (!admitted) return 2;
   }
@@ -692,7 +431,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
       /* answered before this batch commits (run_chain): the saga's start is already durable, and
        * the handler's effect, the reply and the saga's next steps commit together */
       m.created_at = sg_now_ms();
-      txn(en);
+      eng_txn(en);
       PUSH(en->chain, en->nchain, en->capchain, m);
     } else {
       outbox_add(en, &m, !is_call);
@@ -708,8 +447,8 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     }
     if (timeout_ms > 0) {
       /* after a restart the re-issued call keeps the timeout it had */
-      if (s->t_wait && (s->t_wait->kind != TM_CALL_TIMEOUT || s->t_wait->ref != seq)) timer_cancel(en, &s->t_wait);
-      if (!s->t_wait) s->t_wait = timer_new(en, s, TM_CALL_TIMEOUT, sg_now_ms() + timeout_ms, seq);
+      if (s->t_wait && (s->t_wait->kind != TM_CALL_TIMEOUT || s->t_wait->ref != seq)) eng_timer_cancel(en, &s->t_wait);
+      if (!s->t_wait) s->t_wait = eng_timer_new(en, s, TM_CALL_TIMEOUT, sg_now_ms() + timeout_ms, seq);
     }
     return 1;
   }
@@ -719,7 +458,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     snprintf(due, sizeof due, "%" PRId64, sg_now_ms() + ms);
     struct jent *j = journal_add(s, seq, 0, 0, NULL);
     journal_write(en, s, kind, j);
-    s->t_wait = timer_new(en, s, TM_SLEEP, sg_now_ms() + ms, seq);
+    s->t_wait = eng_timer_new(en, s, TM_SLEEP, sg_now_ms() + ms, seq);
     return 1;
   }
   *err = sg_asprintf("unknown durable operation '%s'", kind);
@@ -728,7 +467,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
 
 static void park_coroutine(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) {
   if (strcmp(op->op, "sleep") == 0) {
-    if (op->a && strtoll(op->a, NULL, 10) >= EVICT_SLEEP_MS) drop_co(en, s);
+    if (op->a && strtoll(op->a, NULL, 10) >= EVICT_SLEEP_MS) eng_drop_co(en, s);
     return;
   }
   if (en->nevict == en->capevict) {
@@ -755,13 +494,13 @@ static void evict_idle(struct sg_engine *en, int64_t now) {
   while (en->evict_head < en->nevict && en->evict[en->evict_head].at + EVICT_AFTER_MS <= now) {
     struct evict *ev = &en->evict[en->evict_head++];
     struct sg_saga *s = sg_map_get(&en->sagas, ev->id);
-    if (s && s->co && s->wait_seq == ev->seq && s->row.attempt == ev->attempt && !s->terminal) drop_co(en, s);
+    if (s && s->co && s->wait_seq == ev->seq && s->row.attempt == ev->attempt && !s->terminal) eng_drop_co(en, s);
   }
   if (en->evict_head == en->nevict) en->evict_head = en->nevict = 0;
 }
 
 /* Drives a saga with what its step run produced until it parks, finishes its step or fails. */
-static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out) {
+void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out) {
   for (;;) {
     switch (out->result) {
     case SG_RUN_DONE: {
@@ -802,7 +541,7 @@ static void process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *
           sg_run_out_clear(out);
           return;
         }
-        if (r == 2) { park(en, s, out, seq); return; }
+        if (r == 2) { eng_park(en, s, out, seq); return; }
         if (r < 0) {
           sg_run_out_clear(out);
           step_failed(en, s, err, 0);
@@ -835,7 +574,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
                          : s->t_step == t ? &s->t_step : s->t_saga == t ? &s->t_saga : NULL;
   int kind = t->kind;
   int64_t ref = t->ref;
-  if (slot) timer_cancel(en, slot); else free(t);
+  if (slot) eng_timer_cancel(en, slot); else free(t);
   if (s->terminal || en->broken) return;
   char buf[160];
   switch (kind) {
@@ -845,7 +584,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     if (!j || j->done) return;
     j->done = 1;
     if (kind == TM_CALL_TIMEOUT) {
-      breaker_record(en, j->service, 1);
+      eng_breaker_record(en, j->service, 1);
       j->is_error = 1;
       j->result = sg_strdup("{\"error\":\"timed out waiting for the reply\",\"retryable\":true}");
     } else {
@@ -857,7 +596,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
   }
   case TM_RETRY:
     s->row.attempt = (int)ref;
-    begin_attempt(en, s);
+    eng_begin_attempt(en, s);
     return;
   case TM_STEP_TIMEOUT:
     if (s->row.attempt != (int)ref || s->t_retry) return;
@@ -868,10 +607,10 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
   case TM_SAGA_TIMEOUT:
     if (s->row.status != SG_ST_RUNNING) return;
     snprintf(buf, sizeof buf, "saga timed out after %" PRId64 " ms", s->def->timeout_ms);
-    hist_event(en, s, "saga_timeout", buf);
-    timer_cancel(en, &s->t_retry);
-    end_attempt(en, s, "failed", buf);
-    give_up(en, s, buf);
+    eng_hist_event(en, s, "saga_timeout", buf);
+    eng_timer_cancel(en, &s->t_retry);
+    eng_end_attempt(en, s, "failed", buf);
+    eng_give_up(en, s, buf);
     return;
   }
 }
@@ -882,7 +621,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
 static void ack_after_commit(struct sg_engine *en, uint64_t tag) {
   if (!tag) return; /* not a delivery (a reply applied in-process) */
   struct pending_ack a = { tag };
-  txn(en); /* an empty transaction still orders the ack after this iteration's commit */
+  eng_txn(en); /* an empty transaction still orders the ack after this iteration's commit */
   PUSH(en->acks, en->nacks, en->capacks, a);
 }
 
@@ -916,7 +655,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
       if (r && json_is_false(r)) retryable = 0;
       json_decref(body);
     }
-    breaker_record(en, j->service, j->is_error && retryable);
+    eng_breaker_record(en, j->service, j->is_error && retryable);
   }
   journal_write(en, s, "call", j);
   ack_after_commit(en, tag);
@@ -953,7 +692,7 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
     en->tr->ops->nack(en->tr, tag, m, "command without message_id");
     return;
   }
-  if (txn(en) < 0) return;
+  if (eng_txn(en) < 0) return;
   char *status = NULL, *body = NULL;
   struct sg_error e = {0};
   /* A call from a saga of this host is answered in this transaction (reply_to_command): once that
@@ -985,7 +724,7 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
     snprintf(n, sizeof n, "%d", deliveries);
     STORE(en, en->store->ops->inbox_put(en->store, m->message_id, "delivered", n, SE), "inbox");
     commit_batch(en); /* durable before the handler runs */
-    if (en->broken || txn(en) < 0) return;
+    if (en->broken || eng_txn(en) < 0) return;
   }
   if (!seen) {
     if (en->runner.handle(en->runner.ud, m, &status, &body) < 0) {
@@ -1019,7 +758,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
 static void on_confirm(void *ud, int64_t outbox_id) {
   struct sg_engine *en = ud;
   if (outbox_id <= 0) return; /* an in-process message that never had an outbox row */
-  txn(en);
+  eng_txn(en);
   PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, outbox_id);
 }
 
@@ -1030,7 +769,7 @@ static void on_reject(void *ud, int64_t outbox_id, const char *why) {
 static void on_ready(void *ud) {
   struct sg_engine *en = ud;
   en->republish = 1;
-  txn(en);
+  eng_txn(en);
 }
 
 struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
@@ -1133,7 +872,7 @@ static void commit_batch(struct sg_engine *en) {
     else if (s->row.status == SG_ST_RESOLVED) en->st.resolved++;
     else en->st.compensation_failed++;
     if (en->on_terminal) en->on_terminal(en->on_terminal_ud, s->row.id, s->row.status, s->row.created_at);
-    saga_free(s);
+    eng_saga_free(s);
   }
   en->ndone = 0;
   /* callbacks may add new callbacks (a request that waits for the next commit): take the list */
@@ -1219,11 +958,11 @@ void sg_engine_on_terminal(struct sg_engine *en, sg_terminal_cb cb, void *ud) {
 }
 
 int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *file, const char *source, struct sg_error *e) {
-  if (txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
+  if (eng_txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
   return en->store->ops->def_put(en->store, hash, file, source, e);
 }
 
-static struct sg_saga *saga_new(const struct sg_saga_row *r) {
+struct sg_saga *eng_saga_new(const struct sg_saga_row *r) {
   struct sg_saga *s = sg_xcalloc(1, sizeof *s);
   s->row = *r;
   s->stored_status = r->status;
@@ -1244,7 +983,7 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
   if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload)
     return sg_errorf(e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
                      en->cfg.max_payload);
-  if (txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
+  if (eng_txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
   if (idem_key) {
     char *mk = sg_asprintf("%s\x1f%s", type, idem_key);
     struct sg_saga *pending = sg_map_get(&en->idem, mk);
@@ -1278,7 +1017,7 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
   r.deadline = d->timeout_ms > 0 ? r.created_at + d->timeout_ms : 0;
   r.attempt = 1;
   r.version = 0; /* inserted at the commit with version 1 */
-  struct sg_saga *s = saga_new(&r);
+  struct sg_saga *s = eng_saga_new(&r);
   s->def = d;
   s->stored = 0;
   if (idem_key) {
@@ -1289,8 +1028,8 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
   en->st.live++;
   en->st.started++;
   snprintf(id, 40, "%s", s->row.id);
-  if (d->timeout_ms > 0) s->t_saga = timer_new(en, s, TM_SAGA_TIMEOUT, r.deadline, 0);
-  begin_attempt(en, s);
+  if (d->timeout_ms > 0) s->t_saga = eng_timer_new(en, s, TM_SAGA_TIMEOUT, r.deadline, 0);
+  eng_begin_attempt(en, s);
   return 0;
 }
 
@@ -1311,7 +1050,7 @@ static int recover_saga_cb(void *ud, const struct sg_saga_row *r) {
     sg_err("saga %s (%s) cannot resume: %s", r->id, r->type, e.msg);
     return 0;
   }
-  struct sg_saga *s = saga_new(r);
+  struct sg_saga *s = eng_saga_new(r);
   s->def = d;
   sg_map_put(&rc->en->sagas, s->row.id, s);
   rc->en->st.live++;
@@ -1363,166 +1102,6 @@ fail:
   return -1;
 }
 
-/* ---------------------------------------------------------------------------------------------- */
-/* operator verbs */
-
-/* The live saga, or (for a terminal one) a saga loaded from the store and made live. */
-static struct sg_saga *saga_for_operator(struct sg_engine *en, const char *id, struct sg_error *e) {
-  struct sg_saga *s = sg_map_get(&en->sagas, id);
-  if (s) {
-    if (s->terminal) { sg_errorf(e, SG_E_CONFLICT, "saga %s just finished as %s", id, sg_status_name(s->row.status)); return NULL; }
-    return s;
-  }
-  if (txn(en) < 0) { sg_errorf(e, SG_E_INTERNAL, "store unavailable"); return NULL; }
-  struct sg_saga_row r = {0};
-  int found = en->store->ops->saga_get(en->store, id, &r, e);
-  if (found < 0) return NULL;
-  if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
-  if (!SG_ST_TERMINAL(r.status)) {
-    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s but not loaded on this host (its definition failed to load?)", id,
-              sg_status_name(r.status));
-    sg_store_saga_row_free(&r);
-    return NULL;
-  }
-  const struct sg_def *d = en->runner.def_get(en->runner.ud, r.type, r.def_hash, e);
-  if (!d) { sg_store_saga_row_free(&r); return NULL; }
-  s = saga_new(&r);
-  sg_store_saga_row_free(&r);
-  s->def = d;
-  sg_map_put(&en->sagas, s->row.id, s);
-  en->st.live++;
-  return s;
-}
-
-/* A saga loaded only to be refused goes back to the store's keeping. */
-static void release_unused(struct sg_engine *en, struct sg_saga *s) {
-  if (!SG_ST_TERMINAL(s->row.status) || s->dirty) return;
-  sg_map_del(&en->sagas, s->row.id);
-  en->st.live--;
-  saga_free(s);
-}
-
-int sg_engine_compensate(struct sg_engine *en, const char *id, const char *reason, const char *who, struct sg_error *e) {
-  struct sg_saga *s = saga_for_operator(en, id, e);
-  if (!s) return -1;
-  if (s->row.status != SG_ST_RUNNING) {
-    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a running saga can be compensated", id, sg_status_name(s->row.status));
-    release_unused(en, s);
-    return -1;
-  }
-  char *detail = sg_asprintf("by %s: %s", who && *who ? who : "operator", reason && *reason ? reason : "no reason given");
-  hist_event(en, s, "operator_compensate", detail);
-  timer_cancel(en, &s->t_retry);
-  char *why = sg_asprintf("compensated by operator %s", detail);
-  end_attempt(en, s, "failed", why);
-  give_up(en, s, why);
-  free(why);
-  free(detail);
-  return 0;
-}
-
-int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struct sg_error *e) {
-  struct sg_saga *s = saga_for_operator(en, id, e);
-  if (!s) return -1;
-  if (s->row.status != SG_ST_COMPENSATION_FAILED) {
-    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a compensation_failed saga can be retried", id,
-              sg_status_name(s->row.status));
-    release_unused(en, s);
-    return -1;
-  }
-  char *detail = sg_asprintf("by %s: retry the compensation of step %s", who && *who ? who : "operator", step_name(s));
-  hist_event(en, s, "operator_retry", detail);
-  free(detail);
-  /* the next attempt number keeps the journal of earlier attempts apart */
-  s->row.status = SG_ST_COMPENSATING;
-  s->row.phase = SG_PH_COMPENSATE;
-  s->row.attempt++;
-  s->retry_base = s->row.attempt - 1;
-  mark_dirty(en, s);
-  begin_attempt(en, s);
-  return 0;
-}
-
-int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, const char *who, struct sg_error *e) {
-  if (!note || !*note) return sg_errorf(e, SG_E_INVALID, "a note is required to mark a saga resolved (say what was done by hand)");
-  struct sg_saga *s = saga_for_operator(en, id, e);
-  if (!s) return -1;
-  if (s->row.status != SG_ST_COMPENSATION_FAILED) {
-    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a compensation_failed saga can be resolved", id,
-              sg_status_name(s->row.status));
-    release_unused(en, s);
-    return -1;
-  }
-  char *detail = sg_asprintf("by %s: %s", who && *who ? who : "operator", note);
-  hist_event(en, s, "operator_resolve", detail);
-  free(detail);
-  finish(en, s, SG_ST_RESOLVED, NULL);
-  return 0;
-}
-
-static void plan_json(struct sg_buf *b, const struct sg_def *d, int from, int include_from) {
-  sg_buf_adds(b, "[");
-  int first = 1;
-  for (int j = from; j >= 0; j--) {
-    if (!d->steps[j].has_compensate) continue;
-    if (j == from && !include_from) continue;
-    sg_buf_printf(b, "%s{\"step\":%d,\"name\":", first ? "" : ",", j + 1);
-    sg_buf_add_json_str(b, d->steps[j].name);
-    sg_buf_adds(b, "}");
-    first = 0;
-  }
-  sg_buf_adds(b, "]");
-}
-
-char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e) {
-  struct sg_saga_row r = {0};
-  struct sg_saga *live = sg_map_get(&en->sagas, id);
-  if (live) {
-    r = live->row;
-  } else {
-    int found = en->store->ops->saga_get(en->store, id, &r, e);
-    if (found < 0) return NULL;
-    if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
-  }
-  const struct sg_def *d = en->runner.def_get(en->runner.ud, r.type, r.def_hash, e);
-  char *out = NULL;
-  if (d) {
-    struct sg_buf b;
-    sg_buf_init(&b);
-    sg_buf_adds(&b, "{\"id\":");
-    sg_buf_add_json_str(&b, r.id);
-    sg_buf_adds(&b, ",\"status\":");
-    sg_buf_add_json_str(&b, sg_status_name(r.status));
-    int abortable = r.status == SG_ST_RUNNING || r.status == SG_ST_COMPENSATING || r.status == SG_ST_COMPENSATION_FAILED;
-    sg_buf_printf(&b, ",\"abortable\":%s,\"compensations\":", abortable ? "true" : "false");
-    if (r.status == SG_ST_RUNNING) plan_json(&b, d, r.step, 0);          /* the completed steps */
-    else if (abortable) plan_json(&b, d, r.step, 1);                      /* the current one and below */
-    else sg_buf_adds(&b, "[]");
-    sg_buf_adds(&b, "}");
-    out = sg_buf_steal(&b);
-  }
-  if (!live) sg_store_saga_row_free(&r);
-  return out;
-}
-
-const char *sg_engine_step_name(struct sg_engine *en, const struct sg_saga_row *r) {
-  struct sg_error e = {0};
-  const struct sg_def *d = en->runner.def_get(en->runner.ud, r->type, r->def_hash, &e);
-  return d && r->step >= 0 && r->step < d->nsteps ? d->steps[r->step].name : "?";
-}
-
-/* Remaining compensations of a saga (for the API's view of a compensation_failed saga). */
-char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga_row *r) {
-  if (r->status != SG_ST_COMPENSATION_FAILED && r->status != SG_ST_COMPENSATING) return NULL;
-  struct sg_error e = {0};
-  const struct sg_def *d = en->runner.def_get(en->runner.ud, r->type, r->def_hash, &e);
-  if (!d) return NULL;
-  struct sg_buf b;
-  sg_buf_init(&b);
-  plan_json(&b, d, r->step, 1);
-  return sg_buf_steal(&b);
-}
-
 void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st) {
   *st = en->st;
   st->commits = en->store->ops->commit_count(en->store);
@@ -1547,26 +1126,19 @@ void sg_engine_free(struct sg_engine *en) {
   for (size_t i = 0; i < en->sagas.cap; i++) {
     if (!sg_map_live(&en->sagas, i)) continue;
     struct sg_saga *s = en->sagas.slots[i].val;
-    drop_co(en, s);
+    eng_drop_co(en, s);
     if (s->t_wait) sg_timers_remove(en->timers, s->t_wait);
     if (s->t_retry) sg_timers_remove(en->timers, s->t_retry);
     if (s->t_step) sg_timers_remove(en->timers, s->t_step);
     if (s->t_saga) sg_timers_remove(en->timers, s->t_saga);
-    saga_free(s);
+    eng_saga_free(s);
   }
-  for (size_t i = 0; i < en->ndone; i++) { drop_co(en, en->done[i]); saga_free(en->done[i]); }
+  for (size_t i = 0; i < en->ndone; i++) { eng_drop_co(en, en->done[i]); eng_saga_free(en->done[i]); }
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
   for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);
   free(en->chain);
   sg_map_free(&en->sagas);
-  for (size_t i = 0; i < en->breakers.cap; i++) {
-    if (!sg_map_live(&en->breakers, i)) continue;
-    struct breaker *b = en->breakers.slots[i].val;
-    free(b->parked);
-    free(b->service);
-    free(b);
-  }
-  sg_map_free(&en->breakers);
+  eng_breakers_free(en);
   sg_map_free(&en->idem);
   sg_timers_free(en->timers);
   free(en->evict);

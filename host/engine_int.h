@@ -1,0 +1,157 @@
+/* engine_int: what the engine's files share (engine.c: the state machine, group commit, timers,
+ * messages and recovery; breaker.c: circuit breakers; operator.c: operator verbs and plans).
+ * Not part of the engine's interface: only those three files include it. */
+#ifndef SG_ENGINE_INT_H
+#define SG_ENGINE_INT_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "map.h"
+#include "timers.h"
+
+enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT };
+
+/* One journaled operation of the current attempt. */
+struct jent {
+  int seq;      /* 1-based position in the attempt */
+  int done;     /* result known */
+  int is_error; /* result is an error reply */
+  char *result; /* JSON, NULL while waiting */
+  char *service; /* call: the service called (for its circuit breaker); NULL after a restart */
+  const char *kind; /* "call", "sleep", ... (static strings) */
+  int dirty;    /* changed since the last commit: written at the next one if the attempt still runs */
+};
+
+/* Circuit breaker of one participant service. */
+enum { BR_CLOSED, BR_OPEN, BR_HALF_OPEN };
+struct breaker {
+  char *service;         /* the participant service */
+  int state;             /* BR_* */
+  int calls, failures;   /* outcomes in the current window */
+  int64_t window_start;  /* when the window began */
+  int64_t opened_at;     /* when it last opened */
+  int64_t opens;         /* times it opened */
+  int probing;           /* half-open: the probe call is in flight */
+  struct sg_saga **parked; /* sagas waiting to call this service */
+  size_t nparked, capparked;
+};
+
+struct sg_saga {
+  struct sg_saga_row row;    /* the persisted state (written at the commit when dirty) */
+  const struct sg_def *def;  /* the version it runs on */
+  int co;                    /* runner coroutine handle, 0 = none (not started, or evicted) */
+  int seq;                   /* operations the current run has issued (replay cursor) */
+  int wait_seq;              /* operation it is parked on, 0 = not parked on one */
+  struct jent *journal;      /* the current attempt's journal, by seq order */
+  int njournal, capjournal;
+  int stored;                /* its row exists in the store (a new saga is inserted at its first commit) */
+  char *idem_mkey;           /* "type\x1fkey" in en->idem while not yet stored, else NULL */
+  struct sg_timer *t_wait;   /* sleep or call timeout */
+  struct sg_timer *t_retry;  /* next attempt */
+  struct sg_timer *t_step;   /* attempt timeout */
+  struct sg_timer *t_saga;   /* saga deadline */
+  int dirty;                 /* row changed in this batch */
+  int terminal;              /* reached a terminal status in this batch: freed after the commit */
+  int retry_base;            /* attempts before an operator retry: the policy counts from here */
+  int stored_status;         /* the status the store has (saga_update skips the status index if same) */
+  int admitted;              /* released by its breaker: the next call goes out without asking again */
+  struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
+  struct sg_saga *next_dirty;
+};
+
+/* A saga that parked on a reply, to have its coroutine dropped if it still waits later. */
+struct evict {
+  char id[40];   /* saga id (the saga may be gone by then) */
+  int seq;       /* the operation it waits on */
+  int attempt;   /* ... in this attempt */
+  int64_t at;    /* when it parked */
+};
+
+/* Waiting sagas keep no coroutine for long: a sleep of a second or more drops it at once, a reply
+ * wait after EVICT_AFTER_MS. The journal restores the step when the saga wakes (replay). */
+#define EVICT_SLEEP_MS 1000
+#define EVICT_AFTER_MS 2000
+
+/* A deferred after-commit action. */
+struct pending_cb {
+  sg_committed_cb cb;
+  void *ud;
+};
+
+/* A delivery to ack once its effect is committed. */
+struct pending_ack {
+  uint64_t tag;
+};
+
+struct sg_engine {
+  struct ev_loop *loop;
+  struct sg_store *store;
+  struct sg_runner runner;
+  struct sg_engine_config cfg;
+  struct sg_transport *tr;
+  struct sg_timers *timers;
+  ev_prepare prepare;        /* group commit point */
+  struct sg_map sagas;       /* id -> struct sg_saga*, the live (non-terminal) ones */
+  struct sg_map breakers;    /* service -> struct breaker* */
+  struct sg_map idem;        /* "type\x1fkey" -> saga started in this batch (not yet in the store) */
+  ev_timer sweep;            /* breaker half-open transitions and the stalled-saga sweep */
+  int64_t sweeps;            /* sweep ticks so far */
+  struct evict *evict;       /* sagas waiting on a reply, oldest first: their coroutines go after a while */
+  size_t evict_head, nevict, capevict;
+  int in_txn;                /* a store transaction is open */
+  int broken;                /* a commit failed: the loop was stopped, state must be recovered */
+  int stopped;               /* sg_engine_stop ran */
+  struct sg_saga *dirty;     /* sagas to flush before the commit */
+  struct sg_saga **done;     /* terminal in this batch, freed after the commit */
+  size_t ndone, capdone;
+  struct sg_msg *out;        /* messages written to the outbox in this batch */
+  size_t nout, capout;
+  struct sg_msg *chain;      /* in-process calls to answer before this batch commits */
+  size_t nchain, capchain;
+  struct pending_ack *acks;  size_t nacks, capacks;
+  struct pending_cb *cbs;    size_t ncbs, capcbs;
+  int64_t *confirmed;        /* outbox ids to delete in the next batch */
+  size_t nconfirmed, capconfirmed;
+  int republish;             /* transport (re)connected: publish the whole outbox after the commit */
+  sg_terminal_cb on_terminal;
+  void *on_terminal_ud;
+  struct sg_engine_stats st;
+};
+
+#define PUSH(arr, n, cap, val) do {                                   \
+    if ((n) == (cap)) {                                               \
+      (cap) = (cap) ? (cap) * 2 : 16;                                 \
+      (arr) = sg_xrealloc((arr), (cap) * sizeof *(arr));              \
+    }                                                                 \
+    (arr)[(n)++] = (val);                                             \
+  } while (0)
+
+/* engine.c */
+int eng_txn(struct sg_engine *en);           /* opens the batch's transaction if needed; -1 if the store failed */
+void eng_mark_dirty(struct sg_engine *en, struct sg_saga *s);
+struct sg_timer *eng_timer_new(struct sg_engine *en, struct sg_saga *s, int kind, int64_t due, int64_t ref);
+void eng_timer_cancel(struct sg_engine *en, struct sg_timer **slot);
+const char *eng_step_name(const struct sg_saga *s);
+void eng_drop_co(struct sg_engine *en, struct sg_saga *s);
+struct sg_saga *eng_saga_new(const struct sg_saga_row *r);
+void eng_saga_free(struct sg_saga *s);
+void eng_hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, const char *detail);
+void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error);
+void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why);
+void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error);
+void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s);
+void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
+
+/* breaker.c */
+struct breaker *eng_breaker_get(struct sg_engine *en, const char *service);
+int eng_breaker_admit(struct breaker *b);   /* may a call go out now (a half-open breaker admits one probe) */
+void eng_breaker_record(struct sg_engine *en, const char *service, int failed);
+void eng_park(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, int seq);
+void eng_unpark(struct sg_engine *en, struct sg_saga *s);
+void eng_breakers_tick(struct sg_engine *en, int64_t now);
+void eng_breakers_free(struct sg_engine *en);
+
+#endif

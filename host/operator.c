@@ -1,0 +1,165 @@
+/* operator: the verbs that finish what the engine cannot (compensate now, retry a failed
+ * compensation, mark resolved) and the plan of what compensating would run. Every action is recorded
+ * in the saga's history with who and why. */
+#include <stdio.h>
+
+#include "engine_int.h"
+
+
+/* The live saga, or (for a terminal one) a saga loaded from the store and made live. */
+static struct sg_saga *saga_for_operator(struct sg_engine *en, const char *id, struct sg_error *e) {
+  struct sg_saga *s = sg_map_get(&en->sagas, id);
+  if (s) {
+    if (s->terminal) { sg_errorf(e, SG_E_CONFLICT, "saga %s just finished as %s", id, sg_status_name(s->row.status)); return NULL; }
+    return s;
+  }
+  if (eng_txn(en) < 0) { sg_errorf(e, SG_E_INTERNAL, "store unavailable"); return NULL; }
+  struct sg_saga_row r = {0};
+  int found = en->store->ops->saga_get(en->store, id, &r, e);
+  if (found < 0) return NULL;
+  if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
+  if (!SG_ST_TERMINAL(r.status)) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s but not loaded on this host (its definition failed to load?)", id,
+              sg_status_name(r.status));
+    sg_store_saga_row_free(&r);
+    return NULL;
+  }
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r.type, r.def_hash, e);
+  if (!d) { sg_store_saga_row_free(&r); return NULL; }
+  s = eng_saga_new(&r);
+  sg_store_saga_row_free(&r);
+  s->def = d;
+  sg_map_put(&en->sagas, s->row.id, s);
+  en->st.live++;
+  return s;
+}
+
+/* A saga loaded only to be refused goes back to the store's keeping. */
+static void release_unused(struct sg_engine *en, struct sg_saga *s) {
+  if (!SG_ST_TERMINAL(s->row.status) || s->dirty) return;
+  sg_map_del(&en->sagas, s->row.id);
+  en->st.live--;
+  eng_saga_free(s);
+}
+
+int sg_engine_compensate(struct sg_engine *en, const char *id, const char *reason, const char *who, struct sg_error *e) {
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  if (s->row.status != SG_ST_RUNNING) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a running saga can be compensated", id, sg_status_name(s->row.status));
+    release_unused(en, s);
+    return -1;
+  }
+  char *detail = sg_asprintf("by %s: %s", who && *who ? who : "operator", reason && *reason ? reason : "no reason given");
+  eng_hist_event(en, s, "operator_compensate", detail);
+  eng_timer_cancel(en, &s->t_retry);
+  char *why = sg_asprintf("compensated by operator %s", detail);
+  eng_end_attempt(en, s, "failed", why);
+  eng_give_up(en, s, why);
+  free(why);
+  free(detail);
+  return 0;
+}
+
+int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struct sg_error *e) {
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  if (s->row.status != SG_ST_COMPENSATION_FAILED) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a compensation_failed saga can be retried", id,
+              sg_status_name(s->row.status));
+    release_unused(en, s);
+    return -1;
+  }
+  char *detail = sg_asprintf("by %s: retry the compensation of step %s", who && *who ? who : "operator", eng_step_name(s));
+  eng_hist_event(en, s, "operator_retry", detail);
+  free(detail);
+  /* the next attempt number keeps the journal of earlier attempts apart */
+  s->row.status = SG_ST_COMPENSATING;
+  s->row.phase = SG_PH_COMPENSATE;
+  s->row.attempt++;
+  s->retry_base = s->row.attempt - 1;
+  eng_mark_dirty(en, s);
+  eng_begin_attempt(en, s);
+  return 0;
+}
+
+int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, const char *who, struct sg_error *e) {
+  if (!note || !*note) return sg_errorf(e, SG_E_INVALID, "a note is required to mark a saga resolved (say what was done by hand)");
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  if (s->row.status != SG_ST_COMPENSATION_FAILED) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a compensation_failed saga can be resolved", id,
+              sg_status_name(s->row.status));
+    release_unused(en, s);
+    return -1;
+  }
+  char *detail = sg_asprintf("by %s: %s", who && *who ? who : "operator", note);
+  eng_hist_event(en, s, "operator_resolve", detail);
+  free(detail);
+  eng_finish(en, s, SG_ST_RESOLVED, NULL);
+  return 0;
+}
+
+static void plan_json(struct sg_buf *b, const struct sg_def *d, int from, int include_from) {
+  sg_buf_adds(b, "[");
+  int first = 1;
+  for (int j = from; j >= 0; j--) {
+    if (!d->steps[j].has_compensate) continue;
+    if (j == from && !include_from) continue;
+    sg_buf_printf(b, "%s{\"step\":%d,\"name\":", first ? "" : ",", j + 1);
+    sg_buf_add_json_str(b, d->steps[j].name);
+    sg_buf_adds(b, "}");
+    first = 0;
+  }
+  sg_buf_adds(b, "]");
+}
+
+char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e) {
+  struct sg_saga_row r = {0};
+  struct sg_saga *live = sg_map_get(&en->sagas, id);
+  if (live) {
+    r = live->row;
+  } else {
+    int found = en->store->ops->saga_get(en->store, id, &r, e);
+    if (found < 0) return NULL;
+    if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
+  }
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r.type, r.def_hash, e);
+  char *out = NULL;
+  if (d) {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"id\":");
+    sg_buf_add_json_str(&b, r.id);
+    sg_buf_adds(&b, ",\"status\":");
+    sg_buf_add_json_str(&b, sg_status_name(r.status));
+    int abortable = r.status == SG_ST_RUNNING || r.status == SG_ST_COMPENSATING || r.status == SG_ST_COMPENSATION_FAILED;
+    sg_buf_printf(&b, ",\"abortable\":%s,\"compensations\":", abortable ? "true" : "false");
+    if (r.status == SG_ST_RUNNING) plan_json(&b, d, r.step, 0);          /* the completed steps */
+    else if (abortable) plan_json(&b, d, r.step, 1);                      /* the current one and below */
+    else sg_buf_adds(&b, "[]");
+    sg_buf_adds(&b, "}");
+    out = sg_buf_steal(&b);
+  }
+  if (!live) sg_store_saga_row_free(&r);
+  return out;
+}
+
+const char *sg_engine_step_name(struct sg_engine *en, const struct sg_saga_row *r) {
+  struct sg_error e = {0};
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r->type, r->def_hash, &e);
+  return d && r->step >= 0 && r->step < d->nsteps ? d->steps[r->step].name : "?";
+}
+
+/* Remaining compensations of a saga (for the API's view of a compensation_failed saga). */
+char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga_row *r) {
+  if (r->status != SG_ST_COMPENSATION_FAILED && r->status != SG_ST_COMPENSATING) return NULL;
+  struct sg_error e = {0};
+  const struct sg_def *d = en->runner.def_get(en->runner.ud, r->type, r->def_hash, &e);
+  if (!d) return NULL;
+  struct sg_buf b;
+  sg_buf_init(&b);
+  plan_json(&b, d, r->step, 1);
+  return sg_buf_steal(&b);
+}
+
