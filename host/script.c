@@ -657,8 +657,7 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   push_runtime(sc, co, "run_step");
   push_runtime(sc, co, "version");
   lua_pushstring(co, d->hash);
-  lua_call(co, 1, 1);
-  if (!lua_istable(co, -1)) {
+  if (lua_pcall(co, 1, 1, 0) != LUA_OK || !lua_istable(co, -1)) {
     r_drop(sc, h);
     lua_settop(L, top);
     return sg_errorf(e, SG_E_INTERNAL, "version %s of %s is not loaded", d->hash, d->type);
@@ -696,7 +695,12 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
     lua_pushstring(co, d->steps[r->step].name);
     lua_pushstring(co, sg_phase_name(r->phase));
     lua_pushinteger(co, r->attempt);
-    lua_call(co, 7, 1);
+    if (lua_pcall(co, 7, 1, 0) != LUA_OK) { /* out of memory, or a broken runtime */
+      sg_errorf(e, SG_E_INTERNAL, "cannot create the step's ctx: %s", lua_tostring(co, -1) ? lua_tostring(co, -1) : "?");
+      r_drop(sc, h);
+      lua_settop(L, top);
+      return -1;
+    }
     lua_pushvalue(co, -1);
     lua_rawseti(co, -3, h); /* ctxs[h] = ctx */
     lua_remove(co, -2);
