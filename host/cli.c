@@ -479,7 +479,7 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
     {"show", "ID [--server URL]", "show a saga: status, data and step history", "", "", "", "ID",
      NULL, sg_cli_show},
     {"list", "[--status S] [--type T] [--limit N] [--after CURSOR] [--json] [--server URL]",
-     "list sagas, newest activity first",
+     "list sagas, oldest first (ids are time-ordered), a page at a time",
      "  --status S      running, compensating, completed, compensated, compensation_failed or resolved\n"
      "  --type T        only sagas of this type\n"
      "  --limit N       at most N (1..1000)\n"
