@@ -87,7 +87,7 @@ static int cmd_run(const struct run_opts *o) {
   if (r.host.load_errors)
     sg_warn("%d script file(s) failed to load; see above (the host keeps running and reloads them when they change)",
             r.host.load_errors);
-  sg_script_watch(r.host.sc, loop, 0.25);
+  sg_script_watch(r.host.sc, loop, 1.0);
   int rc = 1;
   r.api = sg_api_start(loop, o->listen, 1 << 20, r.host.en, r.host.store, r.host.sc, &e);
   if (!r.api) { fprintf(stderr, "sagahost: cannot listen on %s: %s\n", o->listen, e.msg); goto out; }

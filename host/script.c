@@ -8,7 +8,9 @@
 #include <lualib.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -52,7 +54,10 @@ struct sg_script {
   struct sfile *files; int nfiles, capfiles;
   struct defent **defs; int ndefs, capdefs; /* every version ever loaded, never freed before the state */
   struct ev_loop *loop;
-  ev_timer watch;          /* periodic rescan */
+  ev_timer watch;          /* periodic rescan (the fallback) */
+  ev_io notify;            /* inotify on the directory */
+  int notify_fd;           /* its fd, -1 = none */
+  ev_timer settle;         /* rescan shortly after an inotify event */
 };
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -478,18 +483,53 @@ int sg_script_scan(struct sg_script *sc) {
 
 static void on_watch(struct ev_loop *loop, ev_timer *w, int revents) { sg_script_scan(w->data); }
 
+/* inotify said something changed in the directory: rescan a moment later, so that a file still being
+ * written (or an editor's write-then-rename) is read once, whole */
+static void on_notify(struct ev_loop *loop, ev_io *w, int revents) {
+  struct sg_script *sc = w->data;
+  char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+  while (read(w->fd, buf, sizeof buf) > 0) {}
+  ev_timer_stop(loop, &sc->settle);
+  ev_timer_set(&sc->settle, 0.05, 0.);
+  ev_timer_start(loop, &sc->settle);
+}
+
 void sg_script_watch(struct sg_script *sc, struct ev_loop *loop, double interval) {
   sc->loop = loop;
+  /* the periodic rescan is the fallback for file systems without inotify (NFS, some containers) */
   ev_timer_init(&sc->watch, on_watch, interval, interval);
   sc->watch.data = sc;
   ev_timer_start(loop, &sc->watch);
   ev_unref(loop); /* watching alone does not keep the host running */
+  ev_timer_init(&sc->settle, on_watch, 0.05, 0.);
+  sc->settle.data = sc;
+  sc->notify_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  if (sc->notify_fd >= 0 &&
+      inotify_add_watch(sc->notify_fd, sc->dir, IN_CLOSE_WRITE | IN_MOVED_TO | IN_MOVED_FROM | IN_CREATE |
+                                                 IN_DELETE | IN_ATTRIB | IN_MODIFY) >= 0) {
+    ev_io_init(&sc->notify, on_notify, sc->notify_fd, EV_READ);
+    sc->notify.data = sc;
+    ev_io_start(loop, &sc->notify);
+    ev_unref(loop);
+  } else {
+    sg_warn("script directory %s: no inotify (%s); changes are picked up by a rescan every %.2f s", sc->dir,
+            strerror(errno), interval);
+    if (sc->notify_fd >= 0) close(sc->notify_fd);
+    sc->notify_fd = -1;
+  }
 }
 
 void sg_script_unwatch(struct sg_script *sc) {
   if (!sc->loop) return;
   ev_ref(sc->loop);
   ev_timer_stop(sc->loop, &sc->watch);
+  ev_timer_stop(sc->loop, &sc->settle);
+  if (sc->notify_fd >= 0) {
+    ev_ref(sc->loop);
+    ev_io_stop(sc->loop, &sc->notify);
+    close(sc->notify_fd);
+    sc->notify_fd = -1;
+  }
   sc->loop = NULL;
 }
 
@@ -803,6 +843,7 @@ struct sg_script *sg_script_new(const struct sg_script_config *cfg, const struct
   sc->cfg = *cfg;
   if (hooks) sc->hooks = *hooks;
   sc->dir = sg_strdup(cfg->dir);
+  sc->notify_fd = -1;
   size_t n = strlen(sc->dir);
   while (n > 1 && sc->dir[n - 1] == '/') sc->dir[--n] = 0;
   if (open_state(sc, e) < 0) {

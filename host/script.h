@@ -36,7 +36,8 @@ void sg_script_free(struct sg_script *sc);
 
 /* Loads new and changed files, retires removed ones. Returns the number of files with errors. */
 int sg_script_scan(struct sg_script *sc);
-/* Rescans the directory every `interval` seconds from the loop (hot reload). */
+/* Hot reload: rescans the directory when inotify reports a change in it, and every `interval` seconds
+ * in any case (the fallback where inotify is missing). */
 void sg_script_watch(struct sg_script *sc, struct ev_loop *loop, double interval);
 void sg_script_unwatch(struct sg_script *sc);
 /* Prints "file:line: message" for every file that failed to load; returns how many. */
