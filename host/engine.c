@@ -218,7 +218,7 @@ static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   s->row.step = j;
   s->row.phase = SG_PH_COMPENSATE;
   s->row.attempt = 1;
-  s->retry_base = 0;
+  s->row.attempt_base = 0;
   eng_mark_dirty(en, s);
   eng_begin_attempt(en, s);
 }
@@ -260,7 +260,7 @@ static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err
   const struct sg_retry *p = s->row.phase == SG_PH_ACTION ? &ds->retry : &ds->comp_retry;
   sg_info("saga %s %s: %s %s attempt %d failed: %s", s->row.type, s->row.id, ds->name,
           sg_phase_name(s->row.phase), s->row.attempt, err);
-  if (retryable && s->row.attempt - s->retry_base < p->attempts) {
+  if (retryable && s->row.attempt - s->row.attempt_base < p->attempts) {
     int64_t delay = retry_delay(p, s->row.attempt);
     s->t_retry = eng_timer_new(en, s, TM_RETRY, sg_now_ms() + delay, s->row.attempt + 1);
     eng_mark_dirty(en, s);
@@ -277,7 +277,7 @@ static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err
 
 static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
   eng_end_attempt(en, s, "completed", NULL);
-  s->retry_base = 0;
+  s->row.attempt_base = 0;
   if (data) {
     if (en->cfg.max_payload > 0 && (int64_t)strlen(data) > en->cfg.max_payload) {
       /* the step's work happened but its state cannot be kept: treat as a non-retryable failure */

@@ -55,7 +55,6 @@ struct sg_saga {
   struct sg_timer *t_saga;   /* saga deadline */
   int dirty;                 /* row changed in this batch */
   int terminal;              /* reached a terminal status in this batch: freed after the commit */
-  int retry_base;            /* attempts before an operator retry: the policy counts from here */
   int stored_status;         /* the status the store has (saga_update skips the status index if same) */
   int admitted;              /* released by its breaker: the next call goes out without asking again */
   struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */

@@ -77,7 +77,7 @@ int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struc
   s->row.status = SG_ST_COMPENSATING;
   s->row.phase = SG_PH_COMPENSATE;
   s->row.attempt++;
-  s->retry_base = s->row.attempt - 1;
+  s->row.attempt_base = s->row.attempt - 1;
   eng_mark_dirty(en, s);
   eng_begin_attempt(en, s);
   return 0;

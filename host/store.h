@@ -49,6 +49,7 @@ struct sg_saga_row {
   int64_t deadline;   /* saga timeout due time, 0 = none */
   int64_t version;    /* optimistic concurrency counter, bumped by every update */
   int64_t attempt_started_at; /* start of the running attempt, 0 = none (its history row is written when it ends) */
+  int attempt_base;   /* attempts made before an operator's retry: the retry policy counts from here */
   int same_status;    /* saga_update hint: the status is the one stored (its index needs no update) */
 };
 void sg_store_saga_row_free(struct sg_saga_row *r); /* frees the strings, not r itself */

@@ -55,6 +55,8 @@ static const char *const migrations[] = {
   "  message_id TEXT PRIMARY KEY, reply_status TEXT, reply_body TEXT, received_at INTEGER NOT NULL);",
   /* 2: the running attempt's start lives on the saga row; history rows are written when an attempt ends */
   "ALTER TABLE sagas ADD COLUMN attempt_started_at INTEGER NOT NULL DEFAULT 0;",
+  /* 3: attempts made before an operator's retry (the retry policy counts from there) */
+  "ALTER TABLE sagas ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -75,7 +77,7 @@ enum {
 
 /* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
-                  " created_at, updated_at, deadline, version, attempt_started_at"
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -84,14 +86,14 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
   [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                     " ?12, ?13, ?14, ?15, ?16)",
+                     " ?12, ?13, ?14, ?15, ?16, ?17)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                     " attempt_started_at = ?12 WHERE id = ?1 AND version = ?11 - 1",
+                     " attempt_started_at = ?12, attempt_base = ?13 WHERE id = ?1 AND version = ?11 - 1",
   /* the same without status and def_hash: no status index maintenance for a step's progress */
   [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = ?4, phase = ?5, attempt = ?6,"
                        " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                       " attempt_started_at = ?12 WHERE id = ?1 AND version = ?11 - 1",
+                       " attempt_started_at = ?12, attempt_base = ?13 WHERE id = ?1 AND version = ?11 - 1",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
   [ST_SAGA_LIST] = "SELECT " SAGA_COLS " FROM sagas WHERE id > ?3 ORDER BY id LIMIT ?4",
@@ -250,6 +252,7 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
   r->deadline = sqlite3_column_int64(st, 13);
   r->version = sqlite3_column_int64(st, 14);
   r->attempt_started_at = sqlite3_column_int64(st, 15);
+  r->attempt_base = sqlite3_column_int(st, 16);
 }
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
@@ -271,6 +274,7 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   bind_i64(st, 14, r->deadline);
   bind_i64(st, 15, r->version);
   bind_i64(st, 16, r->attempt_started_at);
+  bind_i64(st, 17, r->attempt_base);
   int rc = sqlite3_step(st);
   if (rc != SQLITE_DONE) {
     /* A duplicate id or (type, idem_key) is a conflict the caller can act on, not a store failure. */
@@ -300,6 +304,7 @@ static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   bind_i64(st, 10, r->deadline);
   bind_i64(st, 11, r->version);
   bind_i64(st, 12, r->attempt_started_at);
+  bind_i64(st, 13, r->attempt_base);
   if (stmt_exec(s, st, e, "saga_update") < 0) return -1;
   if (sqlite3_changes(s->db) == 0)
     return sg_errorf(e, SG_E_CONFLICT,

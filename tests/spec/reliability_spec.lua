@@ -178,6 +178,42 @@ describe("quarantine and operator verbs", function()
     assert.are.equal(409, code)
   end)
 
+  it("an operator retry gets a fresh retry budget, kept across a kill -9", function()
+    host:script("slow.lua", [[
+local saga = require "saga"
+saga.define {
+  name = "SlowUndo",
+  compensate_retry = { attempts = 3, initial = "800ms", backoff = "fixed", jitter = false },
+  steps = {
+    { name = "A", action = function(ctx) end, compensate = function(ctx) error("still broken") end },
+    { name = "B", action = function(ctx) ctx:fail("B refused") end },
+  },
+}
+]])
+    H.sleep(1)
+    local id = host:start_saga("SlowUndo", {})
+    assert.are.equal("compensation_failed", host:wait(id).status)
+    local code = host:post("/v1/sagas/" .. id .. "/retry", { by = "dave" })
+    assert.are.equal(200, code)
+    -- attempt 4 fails; kill the host while it waits to make attempt 5
+    local deadline = os.time() + 10 * H.slow
+    repeat
+      local s = host:saga(id)
+      local last = s.steps[#s.steps]
+      if last.phase == "compensate" and last.attempt == 4 and last.status == "failed" then break end
+      H.sleep(0.05)
+    until os.time() > deadline
+    host:kill9()
+    host:start()
+    local s = host:wait(id, nil, 20)
+    assert.are.equal("compensation_failed", s.status)
+    local attempts = {}
+    for _, st in ipairs(s.steps) do
+      if st.phase == "compensate" then attempts[#attempts + 1] = st.attempt end
+    end
+    assert.are.same({ 1, 2, 3, 4, 5, 6 }, attempts)
+  end)
+
   it("resolve needs a note and records it", function()
     local s = quarantined()
     local code, body = host:post("/v1/sagas/" .. s.id .. "/resolve", {})
