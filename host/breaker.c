@@ -14,6 +14,10 @@ struct breaker *eng_breaker_get(struct sg_engine *en, const char *service) {
     b = sg_xcalloc(1, sizeof *b);
     b->service = sg_strdup(service);
     b->window_start = sg_now_ms();
+    b->cfg.failure_rate = en->cfg.breaker_failure_rate;
+    b->cfg.min_calls = en->cfg.breaker_min_calls;
+    b->cfg.window_ms = en->cfg.breaker_window_ms;
+    b->cfg.open_ms = en->cfg.breaker_open_ms;
     sg_map_put(&en->breakers, b->service, b);
   }
   return b;
@@ -21,7 +25,7 @@ struct breaker *eng_breaker_get(struct sg_engine *en, const char *service) {
 
 /* May a call to this service go out now? A half-open breaker lets a single probe through. */
 int eng_breaker_admit(struct breaker *b) {
-  if (b->state == BR_CLOSED) return 1;
+  if (b->state == BR_CLOSED || b->cfg.failure_rate <= 0) return 1;
   if (b->state == BR_HALF_OPEN && !b->probing) { b->probing = 1; return 1; }
   return 0;
 }
@@ -34,13 +38,14 @@ static void breaker_open(struct sg_engine *en, struct breaker *b, const char *wh
   b->opens++;
   b->probing = 0;
   sg_warn("circuit breaker of service %s opened (%s); calls to it wait %" PRId64 " ms before a probe", b->service, why,
-          en->cfg.breaker_open_ms);
+          b->cfg.open_ms);
 }
 
 /* Counts the outcome of a call (failed = timeout or retryable error reply). */
 void eng_breaker_record(struct sg_engine *en, const char *service, int failed) {
-  if (en->cfg.breaker_failure_rate <= 0 || !service) return;
+  if (!service) return;
   struct breaker *b = eng_breaker_get(en, service);
+  if (b->cfg.failure_rate <= 0) return;
   int64_t now = sg_now_ms();
   if (b->state == BR_HALF_OPEN) {
     if (!b->probing) return;
@@ -54,13 +59,13 @@ void eng_breaker_record(struct sg_engine *en, const char *service, int failed) {
     return;
   }
   if (b->state == BR_OPEN) return; /* late outcomes of calls sent before it opened */
-  if (now - b->window_start > en->cfg.breaker_window_ms) {
+  if (now - b->window_start > b->cfg.window_ms) {
     b->calls = b->failures = 0;
     b->window_start = now;
   }
   b->calls++;
   if (failed) b->failures++;
-  if (b->calls >= en->cfg.breaker_min_calls && (double)b->failures >= en->cfg.breaker_failure_rate * b->calls) {
+  if (b->calls >= b->cfg.min_calls && (double)b->failures >= b->cfg.failure_rate * b->calls) {
     char why[96];
     snprintf(why, sizeof why, "%d of the last %d calls failed", b->failures, b->calls);
     breaker_open(en, b, why);
@@ -121,8 +126,10 @@ char *sg_engine_breakers_json(struct sg_engine *en) {
     first = 0;
     sg_buf_adds(&b, "\"service\":");
     sg_buf_add_json_str(&b, br->service);
-    sg_buf_printf(&b, ",\"state\":\"%s\",\"calls\":%d,\"failures\":%d,\"parked\":%zu,\"opens\":%" PRId64,
-                  br_names[br->state], br->calls, br->failures, br->nparked, br->opens);
+    sg_buf_printf(&b, ",\"state\":\"%s\",\"calls\":%d,\"failures\":%d,\"parked\":%zu,\"opens\":%" PRId64
+                  ",\"failure_rate\":%g,\"min_calls\":%d,\"window_ms\":%" PRId64 ",\"open_ms\":%" PRId64,
+                  br_names[br->state], br->calls, br->failures, br->nparked, br->opens, br->cfg.failure_rate,
+                  br->cfg.min_calls, br->cfg.window_ms, br->cfg.open_ms);
     if (br->opened_at) {
       char ts[32];
       sg_iso8601(br->opened_at, ts);
@@ -142,7 +149,7 @@ void eng_breakers_tick(struct sg_engine *en, int64_t now) {
   for (size_t i = 0; i < en->breakers.cap; i++) {
     if (!sg_map_live(&en->breakers, i)) continue;
     struct breaker *b = en->breakers.slots[i].val;
-    if (b->state == BR_OPEN && now - b->opened_at >= en->cfg.breaker_open_ms) {
+    if (b->state == BR_OPEN && now - b->opened_at >= b->cfg.open_ms) {
       b->state = BR_HALF_OPEN;
       b->probing = 0;
       sg_info("circuit breaker of service %s half-open: probing", b->service);
@@ -160,4 +167,18 @@ void eng_breakers_free(struct sg_engine *en) {
     free(b);
   }
   sg_map_free(&en->breakers);
+}
+
+void sg_engine_breaker_config(struct sg_engine *en, const char *service, const struct sg_breaker_config *c) {
+  struct breaker *b = eng_breaker_get(en, service);
+  /* unset fields (negative rate, zero counts and durations) keep the host's settings */
+  b->cfg.failure_rate = c->failure_rate >= 0 ? c->failure_rate : en->cfg.breaker_failure_rate;
+  b->cfg.min_calls = c->min_calls > 0 ? c->min_calls : en->cfg.breaker_min_calls;
+  b->cfg.window_ms = c->window_ms > 0 ? c->window_ms : en->cfg.breaker_window_ms;
+  b->cfg.open_ms = c->open_ms > 0 ? c->open_ms : en->cfg.breaker_open_ms;
+  if (c->failure_rate <= 0 && b->state != BR_CLOSED) {
+    b->state = BR_CLOSED; /* breaker turned off: whoever waits goes now */
+    b->probing = 0;
+    release_parked(en, b, SIZE_MAX);
+  }
 }

@@ -401,7 +401,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     return 0;
   }
   int is_call = strcmp(kind, "call") == 0, is_send = strcmp(kind, "send") == 0;
-  if (is_call && en->cfg.breaker_failure_rate > 0 && op->a) {
+  if (is_call && op->a) {
     int admitted = s->admitted || eng_breaker_admit(eng_breaker_get(en, op->a));
     s->admitted = 0;
     if (!admitted) return 2;

@@ -132,6 +132,16 @@ const char *sg_engine_step_name(struct sg_engine *en, const struct sg_saga_row *
 /* Which compensations would run, in order, if the saga were aborted now (JSON, malloc'd), or NULL + e. */
 char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e);
 
+/* A circuit breaker's settings for one service (saga.breaker in a script; the host flags otherwise).
+ * For sg_engine_breaker_config, a negative rate and zero counts or durations mean "the host's". */
+struct sg_breaker_config {
+  double failure_rate; /* opens at this share of failed calls (0 = no breaker for the service) */
+  int min_calls;       /* ... once at least this many calls are in the window */
+  int64_t window_ms;   /* the counting window */
+  int64_t open_ms;     /* how long it stays open before a half-open probe */
+};
+void sg_engine_breaker_config(struct sg_engine *en, const char *service, const struct sg_breaker_config *c);
+
 /* {"breakers": [{"service", "state", "calls", "failures", "parked", "opens", "opened_at"}], ...} */
 char *sg_engine_breakers_json(struct sg_engine *en);
 

@@ -35,6 +35,7 @@ struct breaker {
   int64_t opened_at;     /* when it last opened */
   int64_t opens;         /* times it opened */
   int probing;           /* half-open: the probe call is in flight */
+  struct sg_breaker_config cfg; /* its settings (the host's unless a script set them) */
   struct sg_saga **parked; /* sagas waiting to call this service */
   size_t nparked, capparked;
 };

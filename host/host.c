@@ -28,6 +28,11 @@ static void hook_on_services(void *ud, const char *const *services, int n) {
   }
 }
 
+static void hook_on_breaker(void *ud, const char *service, const struct sg_breaker_config *c) {
+  struct sg_host *h = ud;
+  if (h->en) sg_engine_breaker_config(h->en, service, c);
+}
+
 void sg_host_config_defaults(struct sg_host_config *c) {
   memset(c, 0, sizeof *c);
   c->db = "sagahost.db";
@@ -61,7 +66,7 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   if (!h->store) goto fail;
   struct sg_script_config scfg = c->script;
   scfg.dir = c->dir;
-  struct sg_script_hooks hooks = { h, hook_on_version, hook_fetch_source, hook_on_services };
+  struct sg_script_hooks hooks = { h, hook_on_version, hook_fetch_source, hook_on_services, hook_on_breaker };
   h->sc = sg_script_new(&scfg, &hooks, e);
   if (!h->sc) goto fail;
   struct sg_engine_config ecfg = c->engine;

@@ -354,6 +354,31 @@ static void notify_services(struct sg_script *sc) {
   free(names);
 }
 
+/* Hands the saga.breaker settings of the load at the top of the stack to the host. */
+static void report_breakers(struct sg_script *sc) {
+  lua_State *L = sc->L;
+  lua_getfield(L, -1, "breakers");
+  if (lua_istable(L, -1) && sc->hooks.on_breaker) {
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+      int t = lua_gettop(L);
+      struct sg_breaker_config c;
+      lua_getfield(L, t, "failure_rate");
+      c.failure_rate = lua_tonumber(L, -1);
+      lua_getfield(L, t, "min_calls");
+      c.min_calls = (int)lua_tointeger(L, -1);
+      lua_getfield(L, t, "window_ms");
+      c.window_ms = lua_tointeger(L, -1);
+      lua_getfield(L, t, "open_ms");
+      c.open_ms = lua_tointeger(L, -1);
+      lua_pop(L, 4);
+      sc->hooks.on_breaker(sc->hooks.ud, lua_tostring(L, -2), &c);
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+}
+
 /* Loads one file; on success it becomes the current version of its sagas and handlers. */
 static int load_file(struct sg_script *sc, struct sfile *f) {
   struct sg_error e = {0};
@@ -395,6 +420,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
   lua_pushvalue(sc->L, -2);
   if (pcall(sc->L, 1, 0, &e) < 0) sg_err("commit %s: %s", f->path, e.msg);
   register_defs(sc, hash, 1);
+  report_breakers(sc);
   lua_pop(sc->L, 1);
   sg_info("loaded %s (version %s)%s", f->path, hash, f->hash ? " replacing the previous version" : "");
   free(f->hash);

@@ -20,6 +20,8 @@ struct sg_script_hooks {
   char *(*fetch_source)(void *ud, const char *hash, char **file);
   /* the set of services with handlers changed */
   void (*on_services)(void *ud, const char *const *services, int n);
+  /* a script configured the circuit breaker of a service it calls (saga.breaker) */
+  void (*on_breaker)(void *ud, const char *service, const struct sg_breaker_config *c);
 };
 
 struct sg_script_config {

@@ -176,10 +176,44 @@ local function handle(service, command, fn)
   loading.handlers[key] = { service = service, command = command, fn = fn, where = where }
 end
 
+local BREAKER_KEYS = { failure_rate = true, min_calls = true, window = true, open_for = true }
+
+-- saga.breaker(service, { failure_rate = 0.5, min_calls = 10, window = "30s", open_for = "5s" }):
+-- the circuit breaker of a service this host calls (unset keys keep the host's --breaker-* flags).
+local function breaker(service, opts)
+  if not loading then error("saga.breaker can only be called while a script file loads (at its top level)", 2) end
+  local where = caller_where(2)
+  local function fail(msg) error(where .. ": saga.breaker: " .. msg, 0) end
+  if type(service) ~= "string" or not service:match("^[%a_][%w_%-]*$") then fail("service must be a name (got " .. tostring(service) .. ")") end
+  if type(opts) ~= "table" then fail("expects a table of settings for " .. service) end
+  for k in pairs(opts) do
+    if not BREAKER_KEYS[k] then fail("unknown key '" .. tostring(k) .. "' (known: failure_rate, min_calls, window, open_for)") end
+  end
+  local c = { failure_rate = -1, min_calls = 0, window_ms = 0, open_ms = 0 }
+  if opts.failure_rate ~= nil then
+    if type(opts.failure_rate) ~= "number" or opts.failure_rate < 0 or opts.failure_rate > 1 then
+      fail("failure_rate must be a number from 0 (no breaker) to 1")
+    end
+    c.failure_rate = opts.failure_rate
+  end
+  if opts.min_calls ~= nil then
+    if math.type(opts.min_calls) ~= "integer" or opts.min_calls < 1 then fail("min_calls must be an integer >= 1") end
+    c.min_calls = opts.min_calls
+  end
+  local ok, err = pcall(function()
+    if opts.window ~= nil then c.window_ms = duration_ms(opts.window, "window") end
+    if opts.open_for ~= nil then c.open_ms = duration_ms(opts.open_for, "open_for") end
+  end)
+  if not ok then fail(err) end
+  if loading.breakers[service] then fail(service .. " is configured twice in this file") end
+  loading.breakers[service] = c
+end
+
 -- The table scripts get from require "saga".
 local public = {
   define = define,
   handle = handle,
+  breaker = breaker,
   json = { encode = function(v) return json.encode(v) end, decode = function(s) return json.decode(s) end },
   duration = function(v) return duration_ms(v, "duration") / 1000 end,
 }
@@ -230,7 +264,7 @@ end
 -- or nil and a "file:line: message" error. `historic` loads (an old version an instance still needs)
 -- do not register handlers.
 function M.load(file, source, hash, historic)
-  local ld = { file = file, hash = hash, defs = {}, order = {}, handlers = {}, historic = historic }
+  local ld = { file = file, hash = hash, defs = {}, order = {}, handlers = {}, breakers = {}, historic = historic }
   local fn, err = load(source, "@" .. file, "t", sandbox_env(file))
   if not fn then return nil, err end
   loading = ld

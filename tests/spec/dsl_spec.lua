@@ -36,6 +36,10 @@ describe("sagahost check", function()
     { "a syntax error", HEAD .. 'saga.define { name = "X"\n', "x.lua:3: .*expected" },
     { "a runtime error at load", HEAD .. 'local t = nil\nprint(t.x)\n', "x.lua:3: attempt to index" },
     { "a forbidden library", HEAD .. 'io.open("/etc/passwd")\n', "x.lua:2: attempt to index a nil value %(global 'io'%)" },
+    { "an unknown breaker setting", HEAD .. 'saga.breaker("svc", { failure_rate = 0.5, opens = "5s" })\n',
+      "x.lua:2: saga.breaker: unknown key 'opens'" },
+    { "a breaker rate out of range", HEAD .. 'saga.breaker("svc", { failure_rate = 2 })\n',
+      "x.lua:2: saga.breaker: failure_rate must be a number from 0" },
     { "a handler that is not a function", HEAD .. 'saga.handle("svc", "Cmd", 42)\n', "x.lua:2: saga.handle: handler for svc.Cmd must be a function" },
   }
   for _, c in ipairs(cases) do

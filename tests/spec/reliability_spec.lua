@@ -310,6 +310,32 @@ describe("circuit breaker", function()
   end)
 end)
 
+describe("circuit breaker set by a script", function()
+  local host
+  setup(function()
+    host = H.host { name = "breaker2", scripts = { ["b.lua"] = BREAKER .. [[
+saga.breaker("flaky", { failure_rate = 1, min_calls = 2, open_for = "600ms" })
+]] } }
+    host:start()
+  end)
+  teardown(function() host:stop() end)
+
+  it("uses the script's settings instead of the host's", function()
+    -- the host's defaults (10 calls) would keep it closed after 2 failures
+    for _ = 1, 2 do
+      assert.are.equal("compensated", host:wait(host:start_saga("UseFlaky", { fail = true })).status)
+    end
+    local _, body = host:get("/v1/breakers")
+    local b
+    for _, x in ipairs(body.breakers) do if x.service == "flaky" then b = x end end
+    assert.are.equal("open", b.state)
+    assert.are.equal(2, b.min_calls)
+    assert.are.equal(600, b.open_ms)
+    assert.are.equal(10, body.min_calls) -- the host's own setting is unchanged
+    assert.are.equal("completed", host:wait(host:start_saga("UseFlaky", { fail = false }), nil, 10).status)
+  end)
+end)
+
 local LIMITS = [[
 local saga = require "saga"
 saga.define { name = "Runaway", steps = { { name = "Spin", retry = { attempts = 1 }, action = function(ctx)
