@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libev-dev librabbitmq-dev libsqlite3-dev
       libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev libpq-dev lua-cjson lua-cjson-dev
       lua-busted sqlite3 curl)
-[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika)
+[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server python3-pika)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
