@@ -72,6 +72,7 @@ struct run_opts {
   struct sg_host_config cfg; /* store, scripts, transport, limits */
   const char *listen;        /* HTTP API address */
   int demo;                  /* start sample orders */
+  const char *argv0;         /* how this binary was invoked (for the demo's examples) */
 };
 
 static int cmd_run(const struct run_opts *o) {
@@ -105,8 +106,11 @@ static int cmd_run(const struct run_opts *o) {
     ev_timer_init(&r.demo, on_demo, 1., 3.);
     r.demo.data = &r;
     ev_timer_start(loop, &r.demo);
-    sg_info("demo: starting a sample order every 3 s (every 4th with a declined card); try:\n"
-            "  sagahost list\n  sagahost start OrderProcessing --input '{\"order_id\":\"o-1\",\"sku\":\"book\",\"qty\":1,\"amount\":42,\"card\":\"ok\"}' --wait");
+    sg_info("demo: starting a sample order every 3 s (every 4th with a declined card); in another terminal try:\n"
+            "  %s list --server http://%s\n"
+            "  %s start OrderProcessing --server http://%s --wait --input '{\"order_id\":\"o-1\",\"sku\":\"book\",\"qty\":1,\"amount\":42,\"card\":\"ok\"}'\n"
+            "  %s show <id> --server http://%s",
+            o->argv0, shown, o->argv0, shown, o->argv0, shown);
   }
   ev_run(loop, 0);
   rc = r.host.en && !sg_engine_broken(r.host.en) ? 0 : 1;
@@ -157,6 +161,7 @@ int main(int argc, char **argv) {
     struct run_opts o = {0};
     sg_host_config_defaults(&o.cfg);
     o.listen = "127.0.0.1:7070";
+    o.argv0 = argv[0];
     for (int i = 2; i < argc; i++) {
       const char *a = argv[i];
       const char *v = i + 1 < argc ? argv[i + 1] : NULL;
