@@ -326,10 +326,14 @@ function M.version(hash) return versions[hash] end
 -- ctx
 
 -- A read-only view of a decoded JSON value (ctx.input).
+local originals = setmetatable({}, { __mode = "k" }) -- read-only view -> the table it shows
+
 local function readonly(t)
   if type(t) ~= "table" then return t end
   local cache = {}
-  return setmetatable({}, {
+  local proxy = {}
+  originals[proxy] = t
+  return setmetatable(proxy, {
     __index = function(_, k)
       local v = t[k]
       if type(v) == "table" then
@@ -357,10 +361,30 @@ local yield = coroutine.yield
 local Ctx = {}
 Ctx.__index = Ctx
 
+-- A value with the read-only views of ctx.input in it replaced by what they show (JSON encoding
+-- sees a view as an empty table). Tables are copied only where they hold a view.
+local function unwrap(v, depth)
+  if type(v) ~= "table" then return v end
+  local o = originals[v]
+  if o then return o end
+  if depth > 200 then return v end -- cjson refuses it with a clear message
+  local copy
+  for k, x in pairs(v) do
+    if type(x) == "table" then
+      local u = unwrap(x, depth + 1)
+      if u ~= x then
+        if not copy then copy = {}; for k2, x2 in pairs(v) do copy[k2] = x2 end end
+        copy[k] = u
+      end
+    end
+  end
+  return copy or v
+end
+
 local function encode_payload(payload, what)
   if payload == nil then return "{}" end
   if type(payload) ~= "table" then error(what .. ": payload must be a table", 3) end
-  local ok, s = pcall(json.encode, payload)
+  local ok, s = pcall(json.encode, unwrap(payload, 0))
   if not ok then error(what .. ": payload cannot be encoded as JSON: " .. tostring(s), 3) end
   return s
 end
@@ -461,7 +485,7 @@ function M.run_step(fn, ctx)
     err = { message = msg, retryable = true, traceback = "" }
   end
   if ok then
-    local eok, data = pcall(json.encode, ctx.data)
+    local eok, data = pcall(json.encode, unwrap(ctx.data, 0))
     if not eok then return "error", "ctx.data cannot be encoded as JSON: " .. tostring(data), false, "" end
     return "done", data
   end

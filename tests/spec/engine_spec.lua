@@ -122,10 +122,14 @@ saga.define {
         ctx.data.slept = ctx:now() - t0
         ctx.data.step = ctx.step
         ctx.data.input_ro = not pcall(function() ctx.input.x = 1 end)
+        -- the read-only input can be sent and kept as it is
+        ctx.data.echo = ctx:call("rec", "Echo", ctx.input)
+        ctx.data.kept = ctx.input.nested
       end },
   },
 }
 saga.handle("rec", "Note", function(p) print("noted " .. p.u) end)
+saga.handle("rec", "Echo", function(p) return p end)
 ]] } }
     host:start()
   end)
@@ -162,9 +166,11 @@ saga.handle("rec", "Note", function(p) print("noted " .. p.u) end)
   end)
 
   it("sleeps, sends, publishes and journals now/uuid", function()
-    local id = host:start_saga("Ops", {})
+    local id = host:start_saga("Ops", { nested = { a = 1, list = { "x", "y" } } })
     local s = host:wait(id)
     assert.are.equal("completed", s.status, s.error)
+    assert.are.same({ a = 1, list = { "x", "y" } }, s.data.echo.nested)
+    assert.are.same({ a = 1, list = { "x", "y" } }, s.data.kept)
     assert.is_true(s.data.slept >= 0.29, "slept " .. tostring(s.data.slept))
     assert.matches("^%x+%-%x+%-7%x+%-%x+%-%x+$", s.data.uuid)
     assert.are.equal("Work", s.data.step)
