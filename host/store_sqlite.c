@@ -344,15 +344,26 @@ static int sq_saga_find_idem(struct sg_store *base, const char *type, const char
   return saga_get_one(s, st, out, e, "saga_find_idem");
 }
 
-/* Hands every row of a saga SELECT to cb (borrowed), until cb returns non-zero. */
-static int saga_iter(struct sqlite_store *s, sqlite3_stmt *st, sg_saga_cb cb, void *ud, struct sg_error *e,
-                     const char *what) {
+/* The caller's typed callback with its argument, for each_row. */
+struct row_sink {
+  union {
+    sg_saga_cb saga;
+    sg_hist_cb hist;
+    sg_journal_cb journal;
+    sg_timer_cb timer;
+    sg_msg_cb msg;
+  } cb;     /* the one that matches the emit function */
+  void *ud; /* its argument */
+};
+/* Reads the current row of st into its row type (borrowed strings) and hands it to the sink. */
+typedef int (*row_emit)(sqlite3_stmt *st, const struct row_sink *sink);
+
+/* Steps st, handing every row to emit, until the callback returns non-zero. */
+static int each_row(struct sqlite_store *s, sqlite3_stmt *st, row_emit emit, const struct row_sink *sink,
+                    struct sg_error *e, const char *what) {
   int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    struct sg_saga_row r;
-    saga_from_stmt(st, &r, 0);
-    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
-  }
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+    if (emit(st, sink)) { rc = SQLITE_DONE; break; }
   if (rc != SQLITE_DONE) {
     db_fail(s, e, what);
     stmt_done(st);
@@ -360,6 +371,18 @@ static int saga_iter(struct sqlite_store *s, sqlite3_stmt *st, sg_saga_cb cb, vo
   }
   stmt_done(st);
   return 0;
+}
+
+static int emit_saga(sqlite3_stmt *st, const struct row_sink *sink) {
+  struct sg_saga_row r;
+  saga_from_stmt(st, &r, 0);
+  return sink->cb.saga(sink->ud, &r);
+}
+
+static int saga_iter(struct sqlite_store *s, sqlite3_stmt *st, sg_saga_cb cb, void *ud, struct sg_error *e,
+                     const char *what) {
+  struct row_sink sink = { .cb.saga = cb, .ud = ud };
+  return each_row(s, st, emit_saga, &sink, e, what);
 }
 
 static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud,
@@ -416,29 +439,28 @@ static int sq_hist_finish(struct sg_store *base, int64_t id, const char *status,
   return 0;
 }
 
+static int emit_hist(sqlite3_stmt *st, const struct row_sink *sink) {
+  struct sg_hist_row r = {
+    .id = sqlite3_column_int64(st, 0),
+    .saga_id = col_text(st, 1),
+    .step = sqlite3_column_int(st, 2),
+    .step_name = col_text(st, 3),
+    .phase = sqlite3_column_int(st, 4),
+    .attempt = sqlite3_column_int(st, 5),
+    .status = col_text(st, 6),
+    .started_at = sqlite3_column_int64(st, 7),
+    .finished_at = sqlite3_column_int64(st, 8),
+    .error = col_text(st, 9),
+  };
+  return sink->cb.hist(sink->ud, &r);
+}
+
 static int sq_hist_each(struct sg_store *base, const char *saga_id, sg_hist_cb cb, void *ud, struct sg_error *e) {
   struct sqlite_store *s = S(base);
   sqlite3_stmt *st = stmt_use(s, ST_HIST_EACH);
   bind_text(st, 1, saga_id);
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    struct sg_hist_row r = {
-      .id = sqlite3_column_int64(st, 0),
-      .saga_id = col_text(st, 1),
-      .step = sqlite3_column_int(st, 2),
-      .step_name = col_text(st, 3),
-      .phase = sqlite3_column_int(st, 4),
-      .attempt = sqlite3_column_int(st, 5),
-      .status = col_text(st, 6),
-      .started_at = sqlite3_column_int64(st, 7),
-      .finished_at = sqlite3_column_int64(st, 8),
-      .error = col_text(st, 9),
-    };
-    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
-  }
-  if (rc != SQLITE_DONE) { db_fail(s, e, "hist_each"); stmt_done(st); return -1; }
-  stmt_done(st);
-  return 0;
+  struct row_sink sink = { .cb.hist = cb, .ud = ud };
+  return each_row(s, st, emit_hist, &sink, e, "hist_each");
 }
 
 /* ---- journal ---- */
@@ -458,6 +480,21 @@ static int sq_journal_put(struct sg_store *base, const struct sg_journal_row *r,
   return stmt_exec(s, st, e, "journal_put");
 }
 
+static int emit_journal(sqlite3_stmt *st, const struct row_sink *sink) {
+  struct sg_journal_row r = {
+    .saga_id = col_text(st, 0),
+    .step = sqlite3_column_int(st, 1),
+    .phase = sqlite3_column_int(st, 2),
+    .attempt = sqlite3_column_int(st, 3),
+    .seq = sqlite3_column_int(st, 4),
+    .kind = col_text(st, 5),
+    .done = sqlite3_column_int(st, 6),
+    .is_error = sqlite3_column_int(st, 7),
+    .result = col_text(st, 8),
+  };
+  return sink->cb.journal(sink->ud, &r);
+}
+
 static int sq_journal_each(struct sg_store *base, const char *saga_id, int step, int phase, int attempt,
                            sg_journal_cb cb, void *ud, struct sg_error *e) {
   struct sqlite_store *s = S(base);
@@ -466,24 +503,8 @@ static int sq_journal_each(struct sg_store *base, const char *saga_id, int step,
   bind_i64(st, 2, step);
   bind_i64(st, 3, phase);
   bind_i64(st, 4, attempt);
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    struct sg_journal_row r = {
-      .saga_id = col_text(st, 0),
-      .step = sqlite3_column_int(st, 1),
-      .phase = sqlite3_column_int(st, 2),
-      .attempt = sqlite3_column_int(st, 3),
-      .seq = sqlite3_column_int(st, 4),
-      .kind = col_text(st, 5),
-      .done = sqlite3_column_int(st, 6),
-      .is_error = sqlite3_column_int(st, 7),
-      .result = col_text(st, 8),
-    };
-    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
-  }
-  if (rc != SQLITE_DONE) { db_fail(s, e, "journal_each"); stmt_done(st); return -1; }
-  stmt_done(st);
-  return 0;
+  struct row_sink sink = { .cb.journal = cb, .ud = ud };
+  return each_row(s, st, emit_journal, &sink, e, "journal_each");
 }
 
 /* ---- timers ---- */
@@ -508,23 +529,21 @@ static int sq_timer_del(struct sg_store *base, int64_t id, struct sg_error *e) {
   return stmt_exec(s, st, e, "timer_del");
 }
 
+static int emit_timer(sqlite3_stmt *st, const struct row_sink *sink) {
+  struct sg_timer_row r = {
+    .id = sqlite3_column_int64(st, 0),
+    .saga_id = col_text(st, 1),
+    .due_at = sqlite3_column_int64(st, 2),
+    .kind = col_text(st, 3),
+    .ref = sqlite3_column_int64(st, 4),
+  };
+  return sink->cb.timer(sink->ud, &r);
+}
+
 static int sq_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_TIMER_EACH);
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    struct sg_timer_row r = {
-      .id = sqlite3_column_int64(st, 0),
-      .saga_id = col_text(st, 1),
-      .due_at = sqlite3_column_int64(st, 2),
-      .kind = col_text(st, 3),
-      .ref = sqlite3_column_int64(st, 4),
-    };
-    if (cb(ud, &r)) { rc = SQLITE_DONE; break; }
-  }
-  if (rc != SQLITE_DONE) { db_fail(s, e, "timer_each"); stmt_done(st); return -1; }
-  stmt_done(st);
-  return 0;
+  struct row_sink sink = { .cb.timer = cb, .ud = ud };
+  return each_row(s, stmt_use(s, ST_TIMER_EACH), emit_timer, &sink, e, "timer_each");
 }
 
 /* ---- outbox ---- */
@@ -558,33 +577,31 @@ static int sq_outbox_del(struct sg_store *base, int64_t id, struct sg_error *e) 
   return stmt_exec(s, st, e, "outbox_del");
 }
 
+static int emit_outbox(sqlite3_stmt *st, const struct row_sink *sink) {
+  /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
+  struct sg_msg m = {
+    .outbox_id = sqlite3_column_int64(st, 0),
+    .message_id = (char *)col_text(st, 1),
+    .correlation_id = (char *)col_text(st, 2),
+    .exchange = (char *)col_text(st, 3),
+    .routing_key = (char *)col_text(st, 4),
+    .reply_to = (char *)col_text(st, 5),
+    .type = (char *)col_text(st, 6),
+    .saga_id = (char *)col_text(st, 7),
+    .saga_type = (char *)col_text(st, 8),
+    .step = sqlite3_column_int(st, 9),
+    .attempt = sqlite3_column_int(st, 10),
+    .status = (char *)col_text(st, 11),
+    .body = (char *)col_text(st, 12),
+    .created_at = sqlite3_column_int64(st, 13),
+  };
+  return sink->cb.msg(sink->ud, &m);
+}
+
 static int sq_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_OUTBOX_EACH);
-  int rc;
-  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
-    struct sg_msg m = {
-      .outbox_id = sqlite3_column_int64(st, 0),
-      .message_id = (char *)col_text(st, 1),
-      .correlation_id = (char *)col_text(st, 2),
-      .exchange = (char *)col_text(st, 3),
-      .routing_key = (char *)col_text(st, 4),
-      .reply_to = (char *)col_text(st, 5),
-      .type = (char *)col_text(st, 6),
-      .saga_id = (char *)col_text(st, 7),
-      .saga_type = (char *)col_text(st, 8),
-      .step = sqlite3_column_int(st, 9),
-      .attempt = sqlite3_column_int(st, 10),
-      .status = (char *)col_text(st, 11),
-      .body = (char *)col_text(st, 12),
-      .created_at = sqlite3_column_int64(st, 13),
-    };
-    if (cb(ud, &m)) { rc = SQLITE_DONE; break; }
-  }
-  if (rc != SQLITE_DONE) { db_fail(s, e, "outbox_each"); stmt_done(st); return -1; }
-  stmt_done(st);
-  return 0;
+  struct row_sink sink = { .cb.msg = cb, .ud = ud };
+  return each_row(s, stmt_use(s, ST_OUTBOX_EACH), emit_outbox, &sink, e, "outbox_each");
 }
 
 /* ---- inbox ---- */
