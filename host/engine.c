@@ -368,7 +368,19 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   int64_t now = sg_now_ms();
   eng_breakers_tick(en, now);
   evict_idle(en, now);
-  if (++en->sweeps % 20) return;
+  /* message ids older than the retention are forgotten: once a minute, or twice per retention if shorter */
+  int64_t every = en->cfg.inbox_retention_ms / 2 / 250;
+  if (every > 240) every = 240;
+  if (every < 4) every = 4;
+  if (++en->sweeps % every == 0 && en->cfg.inbox_retention_ms > 0 && eng_txn(en) == 0) {
+    struct sg_error e = {0};
+    int64_t gone = 0;
+    if (en->store->ops->inbox_prune(en->store, now - en->cfg.inbox_retention_ms, &gone, &e) < 0)
+      sg_warn("inbox retention: %s", e.msg);
+    else if (gone)
+      sg_debug("inbox retention: %" PRId64 " entries older than %" PRId64 " ms removed", gone, en->cfg.inbox_retention_ms);
+  }
+  if (en->sweeps % 20) return;
   struct sg_saga **stalled = NULL;
   size_t n = 0, cap = 0;
   for (size_t i = 0; i < en->sagas.cap; i++) {
@@ -792,6 +804,10 @@ static int republish_cb(void *ud, const struct sg_msg *m) {
  * pending call is not needed: a replay re-issues it under the same message id and the receiver's
  * inbox answers a repeat), then the saga row itself. */
 static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *e) {
+  if (s->terminal && s->journaled) {
+    if (en->store->ops->journal_del(en->store, s->row.id, e) < 0) return -1;
+    s->journaled = 0;
+  }
   if (!s->terminal) {
     timer_flush(en, s, s->t_wait);
     timer_flush(en, s, s->t_retry);
@@ -806,6 +822,7 @@ static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *
       };
       if (en->store->ops->journal_put(en->store, &r, e) < 0) return -1;
       j->dirty = 0;
+      s->journaled = 1;
     }
   }
   s->row.version++;
@@ -1052,6 +1069,7 @@ static int recover_saga_cb(void *ud, const struct sg_saga_row *r) {
   }
   struct sg_saga *s = eng_saga_new(r);
   s->def = d;
+  s->journaled = 1; /* rows of earlier attempts may be there */
   sg_map_put(&rc->en->sagas, s->row.id, s);
   rc->en->st.live++;
   PUSH(rc->list, rc->n, rc->cap, s);

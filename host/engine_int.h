@@ -49,6 +49,7 @@ struct sg_saga {
   struct jent *journal;      /* the current attempt's journal, by seq order */
   int njournal, capjournal;
   int stored;                /* its row exists in the store (a new saga is inserted at its first commit) */
+  int journaled;             /* journal rows of it may be in the store (deleted when it finishes) */
   char *idem_mkey;           /* "type\x1fkey" in en->idem while not yet stored, else NULL */
   struct sg_timer *t_wait;   /* sleep or call timeout */
   struct sg_timer *t_retry;  /* next attempt */

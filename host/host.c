@@ -45,6 +45,7 @@ void sg_host_config_defaults(struct sg_host_config *c) {
   c->engine.breaker_window_ms = 30000;
   c->engine.breaker_open_ms = 5000;
   c->engine.max_deliveries = 5;
+  c->engine.inbox_retention_ms = 7LL * 24 * 3600 * 1000;
 }
 
 /* Stable across restarts (replies wait in a durable queue named after it) and distinct for two hosts

@@ -166,6 +166,10 @@ struct sg_store_ops {
    * inbox_get returns 1 and *reply (malloc'd, may be NULL) if seen, 0 if not. */
   int (*inbox_get)(struct sg_store *s, const char *message_id, char **reply_status, char **reply_body, struct sg_error *e);
   int (*inbox_put)(struct sg_store *s, const char *message_id, const char *reply_status, const char *reply_body, struct sg_error *e);
+  /* retention: forget inbox entries received before `before` (*deleted: how many) */
+  int (*inbox_prune)(struct sg_store *s, int64_t before, int64_t *deleted, struct sg_error *e);
+  /* a finished saga's journal is of no more use */
+  int (*journal_del)(struct sg_store *s, const char *saga_id, struct sg_error *e);
 
   /* counters for benchmarks and /healthz */
   int64_t (*commit_count)(struct sg_store *s);

@@ -57,6 +57,8 @@ static const char *const migrations[] = {
   "ALTER TABLE sagas ADD COLUMN attempt_started_at INTEGER NOT NULL DEFAULT 0;",
   /* 3: attempts made before an operator's retry (the retry policy counts from there) */
   "ALTER TABLE sagas ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;",
+  /* 4: the inbox is pruned by age */
+  "CREATE INDEX inbox_received ON inbox(received_at);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -71,7 +73,7 @@ enum {
   ST_JOURNAL_PUT, ST_JOURNAL_EACH,
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
-  ST_INBOX_GET, ST_INBOX_PUT,
+  ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL,
   ST_COUNT
 };
 
@@ -123,6 +125,8 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_INBOX_GET] = "SELECT reply_status, reply_body FROM inbox WHERE message_id = ?1",
   [ST_INBOX_PUT] = "INSERT OR REPLACE INTO inbox(message_id, reply_status, reply_body, received_at)"
                    " VALUES (?1, ?2, ?3, ?4)",
+  [ST_INBOX_PRUNE] = "DELETE FROM inbox WHERE received_at < ?1",
+  [ST_JOURNAL_DEL] = "DELETE FROM journal WHERE saga_id = ?1",
 };
 
 /* The SQLite store; base comes first so a struct sg_store * is also a struct sqlite_store *. */
@@ -647,6 +651,22 @@ static void sq_close(struct sg_store *base) {
   free(s);
 }
 
+static int sq_inbox_prune(struct sg_store *base, int64_t before, int64_t *deleted, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_INBOX_PRUNE);
+  bind_i64(st, 1, before);
+  if (stmt_exec(s, st, e, "inbox_prune") < 0) return -1;
+  if (deleted) *deleted = sqlite3_changes(s->db);
+  return 0;
+}
+
+static int sq_journal_del(struct sg_store *base, const char *saga_id, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_JOURNAL_DEL);
+  bind_text(st, 1, saga_id);
+  return stmt_exec(s, st, e, "journal_del");
+}
+
 static const struct sg_store_ops sqlite_ops = {
   .name = "sqlite",
   .close = sq_close,
@@ -674,6 +694,8 @@ static const struct sg_store_ops sqlite_ops = {
   .outbox_each = sq_outbox_each,
   .inbox_get = sq_inbox_get,
   .inbox_put = sq_inbox_put,
+  .inbox_prune = sq_inbox_prune,
+  .journal_del = sq_journal_del,
   .commit_count = sq_commit_count,
 };
 

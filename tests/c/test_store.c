@@ -833,6 +833,48 @@ static void cleanup(void) {
   rmdir(tmpdir);
 }
 
+static int count_journal(void *ud, const struct sg_journal_row *r) {
+  (void)r;
+  ++*(int *)ud;
+  return 0;
+}
+
+/* retention: inbox entries by age, a finished saga's journal */
+static void test_retention(void) {
+  char path[] = "/tmp/sg-test-retention-XXXXXX";
+  int fd = mkstemp(path);
+  close(fd);
+  unlink(path);
+  struct sg_error e = {0};
+  struct sg_store *s = sg_store_sqlite_open(path, &e);
+  CHECK(s != NULL);
+  if (!s) return;
+  CHECK_EQ_INT(s->ops->inbox_put(s, "old", "ok", "{}", &e), 0);
+  int64_t gone = -1;
+  CHECK_EQ_INT(s->ops->inbox_prune(s, sg_now_ms() - 60000, &gone, &e), 0);
+  CHECK_EQ_INT((int)gone, 0); /* received just now: kept */
+  CHECK_EQ_INT(s->ops->inbox_prune(s, sg_now_ms() + 1000, &gone, &e), 0);
+  CHECK_EQ_INT((int)gone, 1);
+  char *st = NULL, *body = NULL;
+  CHECK_EQ_INT(s->ops->inbox_get(s, "old", &st, &body, &e), 0);
+  free(st);
+  free(body);
+  struct sg_journal_row j = { .saga_id = "sa", .step = 0, .phase = 0, .attempt = 1, .seq = 1, .kind = "now", .done = 1,
+                              .result = "1" };
+  struct sg_journal_row k = j;
+  k.saga_id = "sb";
+  CHECK_EQ_INT(s->ops->journal_put(s, &j, &e), 0);
+  CHECK_EQ_INT(s->ops->journal_put(s, &k, &e), 0);
+  CHECK_EQ_INT(s->ops->journal_del(s, "sa", &e), 0);
+  int n = 0;
+  s->ops->journal_each(s, "sa", 0, 0, 1, count_journal, &n, &e);
+  CHECK_EQ_INT(n, 0);
+  s->ops->journal_each(s, "sb", 0, 0, 1, count_journal, &n, &e);
+  CHECK_EQ_INT(n, 1); /* another saga's journal stays */
+  s->ops->close(s);
+  unlink(path);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/sg_test_store.XXXXXX");
   if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -856,5 +898,6 @@ int main(void) {
   bench_group_commit();
 
   cleanup();
+  test_retention();
   return check_report();
 }
