@@ -380,6 +380,18 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
     else if (gone)
       sg_debug("inbox retention: %" PRId64 " entries older than %" PRId64 " ms removed", gone, en->cfg.inbox_retention_ms);
   }
+  /* finished sagas past their retention go, a bounded number per pass so the loop never stalls long */
+  int64_t every_saga = en->cfg.saga_retention_ms / 2 / 250;
+  if (every_saga > 240) every_saga = 240;
+  if (every_saga < 4) every_saga = 4;
+  if (en->cfg.saga_retention_ms > 0 && en->sweeps % every_saga == 0 && eng_txn(en) == 0) {
+    struct sg_error e = {0};
+    int64_t gone = 0;
+    if (en->store->ops->saga_prune(en->store, now - en->cfg.saga_retention_ms, 5000, &gone, &e) < 0)
+      sg_warn("saga retention: %s", e.msg);
+    else if (gone)
+      sg_info("saga retention: %" PRId64 " finished saga(s) older than the retention removed", gone);
+  }
   if (en->sweeps % 20) return;
   struct sg_saga **stalled = NULL;
   size_t n = 0, cap = 0;

@@ -88,6 +88,7 @@ struct sg_engine_config {
   int64_t breaker_open_ms;   /* how long it stays open before a half-open probe */
   int max_deliveries;        /* a redelivered command not handled after this many deliveries is dead-lettered */
   int64_t inbox_retention_ms; /* handled message ids are remembered this long (0 = forever) */
+  int64_t saga_retention_ms;  /* finished sagas (not compensation_failed) are kept this long (0 = forever) */
 };
 
 struct sg_engine;

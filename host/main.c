@@ -31,6 +31,7 @@ static void usage(FILE *f) {
           "      [--breaker-failure-rate R] (default 0.5, 0 = off) [--breaker-min-calls N] (10)\n"
           "      [--breaker-window D] (30s) [--breaker-open D] (5s): per-service circuit breakers\n"
           "      [--inbox-retention D] (7d): how long handled message ids are remembered (0 = forever)\n"
+          "      [--retention D] (0 = forever): how long finished sagas are kept (compensation_failed ones stay)\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
@@ -200,9 +201,10 @@ int main(int argc, char **argv) {
       } else if (!strcmp(a, "--breaker-min-calls")) {
         o.cfg.engine.breaker_min_calls = (int)strtol(v, &end, 10);
         if (*end || o.cfg.engine.breaker_min_calls < 1) return usage_error("--breaker-min-calls must be a positive integer, got %s", v);
-      } else if (!strcmp(a, "--inbox-retention")) {
+      } else if (!strcmp(a, "--inbox-retention") || !strcmp(a, "--retention")) {
         struct sg_error de = {0};
-        if (sg_duration_parse(v, &o.cfg.engine.inbox_retention_ms, &de) < 0) return usage_error("%s", de.msg);
+        int64_t *to = !strcmp(a, "--retention") ? &o.cfg.engine.saga_retention_ms : &o.cfg.engine.inbox_retention_ms;
+        if (sg_duration_parse(v, to, &de) < 0) return usage_error("%s", de.msg);
       } else if (!strcmp(a, "--breaker-window") || !strcmp(a, "--breaker-open")) {
         struct sg_error de = {0};
         int64_t ms;

@@ -168,6 +168,9 @@ struct sg_store_ops {
   int (*inbox_put)(struct sg_store *s, const char *message_id, const char *reply_status, const char *reply_body, struct sg_error *e);
   /* retention: forget inbox entries received before `before` (*deleted: how many) */
   int (*inbox_prune)(struct sg_store *s, int64_t before, int64_t *deleted, struct sg_error *e);
+  /* retention: deletes up to `limit` completed, compensated or resolved sagas (with their history)
+   * last updated before `before`; compensation_failed ones are kept for their operators */
+  int (*saga_prune)(struct sg_store *s, int64_t before, int limit, int64_t *deleted, struct sg_error *e);
   /* a finished saga's journal is of no more use */
   int (*journal_del)(struct sg_store *s, const char *saga_id, struct sg_error *e);
 

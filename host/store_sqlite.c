@@ -59,6 +59,8 @@ static const char *const migrations[] = {
   "ALTER TABLE sagas ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;",
   /* 4: the inbox is pruned by age */
   "CREATE INDEX inbox_received ON inbox(received_at);",
+  /* 5: finished sagas are pruned by age */
+  "CREATE INDEX sagas_finished ON sagas(status, updated_at);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -73,7 +75,7 @@ enum {
   ST_JOURNAL_PUT, ST_JOURNAL_EACH,
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
-  ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL,
+  ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_PRUNE_CLEAR, ST_PRUNE_MARK, ST_PRUNE_HIST, ST_PRUNE_SAGAS,
   ST_COUNT
 };
 
@@ -127,6 +129,12 @@ static const char *const stmt_sql[ST_COUNT] = {
                    " VALUES (?1, ?2, ?3, ?4)",
   [ST_INBOX_PRUNE] = "DELETE FROM inbox WHERE received_at < ?1",
   [ST_JOURNAL_DEL] = "DELETE FROM journal WHERE saga_id = ?1",
+  /* retention in three steps inside the caller's transaction: pick, then delete history and sagas */
+  [ST_PRUNE_CLEAR] = "DELETE FROM temp.prune",
+  [ST_PRUNE_MARK] = "INSERT INTO temp.prune(id) SELECT id FROM sagas WHERE status IN ('completed', 'compensated',"
+                    " 'resolved') AND updated_at < ?1 LIMIT ?2",
+  [ST_PRUNE_HIST] = "DELETE FROM history WHERE saga_id IN (SELECT id FROM temp.prune)",
+  [ST_PRUNE_SAGAS] = "DELETE FROM sagas WHERE id IN (SELECT id FROM temp.prune)",
 };
 
 /* The SQLite store; base comes first so a struct sg_store * is also a struct sqlite_store *. */
@@ -660,6 +668,18 @@ static int sq_inbox_prune(struct sg_store *base, int64_t before, int64_t *delete
   return 0;
 }
 
+static int sq_saga_prune(struct sg_store *base, int64_t before, int limit, int64_t *deleted, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  if (stmt_exec(s, stmt_use(s, ST_PRUNE_CLEAR), e, "saga_prune") < 0) return -1;
+  sqlite3_stmt *st = stmt_use(s, ST_PRUNE_MARK);
+  bind_i64(st, 1, before);
+  bind_i64(st, 2, limit);
+  if (stmt_exec(s, st, e, "saga_prune") < 0) return -1;
+  if (deleted) *deleted = sqlite3_changes(s->db);
+  if (stmt_exec(s, stmt_use(s, ST_PRUNE_HIST), e, "saga_prune history") < 0) return -1;
+  return stmt_exec(s, stmt_use(s, ST_PRUNE_SAGAS), e, "saga_prune sagas");
+}
+
 static int sq_journal_del(struct sg_store *base, const char *saga_id, struct sg_error *e) {
   struct sqlite_store *s = S(base);
   sqlite3_stmt *st = stmt_use(s, ST_JOURNAL_DEL);
@@ -696,6 +716,7 @@ static const struct sg_store_ops sqlite_ops = {
   .inbox_put = sq_inbox_put,
   .inbox_prune = sq_inbox_prune,
   .journal_del = sq_journal_del,
+  .saga_prune = sq_saga_prune,
   .commit_count = sq_commit_count,
 };
 
@@ -776,6 +797,8 @@ struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e) {
   if (exec_sql(s, "PRAGMA cache_size=-65536", e, "set the cache size") < 0) goto fail;
   if (exec_sql(s, "PRAGMA temp_store=MEMORY", e, "set temp_store") < 0) goto fail;
   if (migrate(s, e) < 0) goto fail;
+  /* the ids a retention pass deletes (a connection's own temp table) */
+  if (exec_sql(s, "CREATE TEMP TABLE prune(id TEXT PRIMARY KEY)", e, "create the retention table") < 0) goto fail;
   for (int i = 0; i < ST_COUNT; i++) {
     if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
       sg_errorf(e, SG_E_INTERNAL, "sqlite: prepare '%.60s': %s", stmt_sql[i], sqlite3_errmsg(s->db));

@@ -833,6 +833,12 @@ static void cleanup(void) {
   rmdir(tmpdir);
 }
 
+static int count_hist(void *ud, const struct sg_hist_row *r) {
+  (void)r;
+  ++*(int *)ud;
+  return 0;
+}
+
 static int count_journal(void *ud, const struct sg_journal_row *r) {
   (void)r;
   ++*(int *)ud;
@@ -871,6 +877,29 @@ static void test_retention(void) {
   CHECK_EQ_INT(n, 0);
   s->ops->journal_each(s, "sb", 0, 0, 1, count_journal, &n, &e);
   CHECK_EQ_INT(n, 1); /* another saga's journal stays */
+  /* finished sagas past the retention go with their history; compensation_failed ones stay */
+  struct sg_saga_row done = mk_saga("p-done", "T", SG_ST_COMPLETED, NULL);
+  struct sg_saga_row stuck = mk_saga("p-stuck", "T", SG_ST_COMPENSATION_FAILED, NULL);
+  struct sg_saga_row live = mk_saga("p-live", "T", SG_ST_RUNNING, NULL);
+  done.updated_at = stuck.updated_at = live.updated_at = 1000;
+  CHECK_EQ_INT(s->ops->saga_insert(s, &done, &e), 0);
+  CHECK_EQ_INT(s->ops->saga_insert(s, &stuck, &e), 0);
+  CHECK_EQ_INT(s->ops->saga_insert(s, &live, &e), 0);
+  struct sg_hist_row h = { .saga_id = "p-done", .step_name = "A", .status = "completed", .attempt = 1, .started_at = 1 };
+  CHECK_EQ_INT(s->ops->hist_insert(s, &h, &e), 0);
+  CHECK_EQ_INT(s->ops->saga_prune(s, 2000, 100, &gone, &e), 0);
+  CHECK_EQ_INT((int)gone, 1);
+  struct sg_saga_row out = {0};
+  CHECK_EQ_INT(s->ops->saga_get(s, "p-done", &out, &e), 0);
+  CHECK_EQ_INT(s->ops->saga_get(s, "p-stuck", &out, &e), 1);
+  sg_store_saga_row_free(&out);
+  CHECK_EQ_INT(s->ops->saga_get(s, "p-live", &out, &e), 1);
+  sg_store_saga_row_free(&out);
+  int hn = 0;
+  s->ops->hist_each(s, "p-done", count_hist, &hn, &e);
+  CHECK_EQ_INT(hn, 0);
+  CHECK_EQ_INT(s->ops->saga_prune(s, 2000, 100, &gone, &e), 0);
+  CHECK_EQ_INT((int)gone, 0);
   s->ops->close(s);
   unlink(path);
 }
