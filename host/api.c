@@ -179,6 +179,66 @@ static void healthz(struct sg_api *api, struct sg_http_req *req) {
   sg_http_reply(req, 200, buf);
 }
 
+/* GET /metrics: the counters in the Prometheus text format */
+static void metrics(struct sg_api *api, struct sg_http_req *req) {
+  struct sg_engine_stats st;
+  sg_engine_stats(api->en, &st);
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_printf(&b,
+                "# HELP sagahost_sagas_started_total Sagas started by this host.\n"
+                "# TYPE sagahost_sagas_started_total counter\n"
+                "sagahost_sagas_started_total %" PRId64 "\n"
+                "# HELP sagahost_sagas_finished_total Sagas that reached a terminal status on this host.\n"
+                "# TYPE sagahost_sagas_finished_total counter\n"
+                "sagahost_sagas_finished_total{status=\"completed\"} %" PRId64 "\n"
+                "sagahost_sagas_finished_total{status=\"compensated\"} %" PRId64 "\n"
+                "sagahost_sagas_finished_total{status=\"compensation_failed\"} %" PRId64 "\n"
+                "sagahost_sagas_finished_total{status=\"resolved\"} %" PRId64 "\n"
+                "# HELP sagahost_live_sagas Sagas running or compensating.\n"
+                "# TYPE sagahost_live_sagas gauge\n"
+                "sagahost_live_sagas %" PRId64 "\n"
+                "# HELP sagahost_coroutines Sagas holding a Lua coroutine.\n"
+                "# TYPE sagahost_coroutines gauge\n"
+                "sagahost_coroutines %" PRId64 "\n"
+                "# HELP sagahost_timers Armed durable timers.\n"
+                "# TYPE sagahost_timers gauge\n"
+                "sagahost_timers %" PRId64 "\n"
+                "# HELP sagahost_store_commits_total Group commits of the store.\n"
+                "# TYPE sagahost_store_commits_total counter\n"
+                "sagahost_store_commits_total %" PRId64 "\n"
+                "# HELP sagahost_lua_memory_bytes Memory of the Lua state.\n"
+                "# TYPE sagahost_lua_memory_bytes gauge\n"
+                "sagahost_lua_memory_bytes %zu\n",
+                st.started, st.completed, st.compensated, st.compensation_failed, st.resolved, st.live, st.coroutines,
+                st.timers, st.commits, sg_script_mem_used(api->sc));
+  char *bj = sg_engine_breakers_json(api->en);
+  json_t *j = json_loads(bj, 0, NULL);
+  free(bj);
+  json_t *list = j ? json_object_get(j, "breakers") : NULL;
+  if (json_array_size(list)) {
+    sg_buf_adds(&b, "# HELP sagahost_breaker_open Circuit breaker state per service (0 closed, 1 open, 2 half-open).\n"
+                    "# TYPE sagahost_breaker_open gauge\n");
+    size_t i;
+    json_t *br;
+    json_array_foreach(list, i, br) {
+      const char *state = json_string_value(json_object_get(br, "state"));
+      int v = state && !strcmp(state, "open") ? 1 : state && !strcmp(state, "half_open") ? 2 : 0;
+      sg_buf_printf(&b, "sagahost_breaker_open{service=\"%s\"} %d\n",
+                    json_string_value(json_object_get(br, "service")), v);
+    }
+    sg_buf_adds(&b, "# HELP sagahost_breaker_parked Sagas waiting for a service's breaker.\n"
+                    "# TYPE sagahost_breaker_parked gauge\n");
+    json_array_foreach(list, i, br) {
+      sg_buf_printf(&b, "sagahost_breaker_parked{service=\"%s\"} %" JSON_INTEGER_FORMAT "\n",
+                    json_string_value(json_object_get(br, "service")), json_integer_value(json_object_get(br, "parked")));
+    }
+  }
+  json_decref(j);
+  sg_http_reply_as(req, 200, "text/plain; version=0.0.4", b.data);
+  sg_buf_free(&b);
+}
+
 /* after the commit: answer a start, or serve a read */
 static void on_start_committed(void *ud, int status) {
   struct pending *p = ud;
@@ -332,6 +392,7 @@ static void route(void *ud, struct sg_http_req *req) {
     return;
   }
   if (n == 1 && strcmp(parts[0], "healthz") == 0) { healthz(api, req); return; }
+  if (n == 1 && strcmp(parts[0], "metrics") == 0) { metrics(api, req); return; }
   if (n == 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "breakers") == 0) {
     if (!is_get) { sg_http_reply_error(req, 405, "method not allowed"); return; }
     char *json = sg_engine_breakers_json(api->en);

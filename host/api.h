@@ -4,6 +4,7 @@
  *   GET  /v1/sagas?status=&type=&limit=&after=   a page of sagas, "next" is the cursor
  *   GET  /v1/definitions         loaded saga types, files with their load errors, services
  *   GET  /healthz                liveness and counters
+ *   GET  /metrics                the counters in the Prometheus text format
  * Errors are {"error": "..."} with 400, 404, 405, 409, 413 or 500. */
 #ifndef SG_API_H
 #define SG_API_H

@@ -37,6 +37,7 @@ struct sg_http_conn {
   enum sg_http_phase phase;         /* see enum sg_http_phase */
   int status;                       /* reply status, valid once reply is set */
   char *reply;                      /* reply body (owned) waiting to be queued, NULL if none yet */
+  const char *ctype;                /* its content type (a static string), NULL = application/json */
   struct sg_http_conn *prev, *next; /* srv->conns: pending requests must be resumed before stop */
 };
 
@@ -88,7 +89,7 @@ static enum MHD_Result sg_http_queue(struct sg_http_conn *c, int status, const c
   struct MHD_Response *resp =
       MHD_create_response_from_buffer(len, (void *)json, MHD_RESPMEM_MUST_COPY);
   if (!resp) return MHD_NO;
-  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, c->ctype ? c->ctype : "application/json");
   enum MHD_Result r = MHD_queue_response(c->mhd, (unsigned)status, resp);
   MHD_destroy_response(resp);
   c->phase = SG_HTTP_ANSWERED;
@@ -307,6 +308,10 @@ const char *sg_http_header(struct sg_http_req *r, const char *name) {
 }
 
 void sg_http_reply(struct sg_http_req *r, int status, const char *json) {
+  sg_http_reply_as(r, status, NULL, json);
+}
+
+void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *json) {
   struct sg_http_conn *c = r->priv;
   if (c->reply || (c->phase != SG_HTTP_IN_HANDLER && c->phase != SG_HTTP_PENDING)) {
     sg_err("http: second reply to %s %s ignored (every request gets exactly one)", c->req.method,
@@ -314,6 +319,7 @@ void sg_http_reply(struct sg_http_req *r, int status, const char *json) {
     return;
   }
   c->status = status;
+  c->ctype = content_type;
   c->reply = sg_strdup(json ? json : "{}");
   if (c->phase == SG_HTTP_PENDING) {
     c->phase = SG_HTTP_RESUMED;

@@ -40,6 +40,8 @@ const char *sg_http_header(struct sg_http_req *r, const char *name);
 
 /* sends status with a JSON body (copied; NULL -> "{}"), content-type application/json */
 void sg_http_reply(struct sg_http_req *r, int status, const char *json);
+/* the same with another content type (a static string, e.g. "text/plain; version=0.0.4") */
+void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *body);
 /* convenience: {"error": msg} */
 void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg);
 

@@ -389,8 +389,12 @@ local function encode_payload(payload, what)
   return s
 end
 
+-- Service, command, topic and event names become routing keys ("service.command"): letters, digits,
+-- '_' and '-' only.
 local function check_name(v, what, level)
-  if type(v) ~= "string" or v == "" then error(what .. " must be a non-empty string", level + 1) end
+  if type(v) ~= "string" or not v:match("^[%a_][%w_%-]*$") then
+    error(what .. " must be a name of letters, digits, '_' or '-' (got " .. tostring(v) .. ")", level + 1)
+  end
 end
 
 -- Resumed by the host with (ok, result_json).
