@@ -48,6 +48,10 @@ saga.define {
   },
 }
 saga.handle("biz", "Reject", function() error { message = "not allowed", retryable = false } end)
+saga.define {
+  name = "BadName",
+  steps = { { name = "S", retry = { attempts = 1 }, action = function(ctx) ctx:call("billing.eu", "Charge", {}) end } },
+}
 ]]
 
 describe("retry policies and timeouts", function()
@@ -82,6 +86,12 @@ describe("retry policies and timeouts", function()
     assert.are.equal("compensated", s.status)
     assert.are.equal(1, #s.steps)
     assert.matches("biz.Reject: not allowed", s.error)
+  end)
+
+  it("a service name that cannot be a routing key is an error in the step, with its line", function()
+    local s = host:wait(host:start_saga("BadName", {}))
+    assert.are.equal("compensated", s.status)
+    assert.matches("p.lua:%d+: ctx:call: service must be a name of letters, digits", s.steps[1].error)
   end)
 
   it("a step attempt that takes too long fails as a retryable timeout", function()
