@@ -179,6 +179,14 @@ static void healthz(struct sg_api *api, struct sg_http_req *req) {
   sg_http_reply(req, 200, buf);
 }
 
+/* one breaker's lines of /metrics (service names are [A-Za-z0-9_-]: no label escaping needed) */
+static void metric_breaker(void *ud, const char *service, const char *state, size_t parked) {
+  struct sg_buf **lines = ud;
+  int v = !strcmp(state, "open") ? 1 : !strcmp(state, "half_open") ? 2 : 0;
+  sg_buf_printf(lines[0], "sagahost_breaker_open{service=\"%s\"} %d\n", service, v);
+  sg_buf_printf(lines[1], "sagahost_breaker_parked{service=\"%s\"} %zu\n", service, parked);
+}
+
 /* GET /metrics: the counters in the Prometheus text format */
 static void metrics(struct sg_api *api, struct sg_http_req *req) {
   struct sg_engine_stats st;
@@ -212,29 +220,21 @@ static void metrics(struct sg_api *api, struct sg_http_req *req) {
                 "sagahost_lua_memory_bytes %zu\n",
                 st.started, st.completed, st.compensated, st.compensation_failed, st.resolved, st.live, st.coroutines,
                 st.timers, st.commits, sg_script_mem_used(api->sc));
-  char *bj = sg_engine_breakers_json(api->en);
-  json_t *j = json_loads(bj, 0, NULL);
-  free(bj);
-  json_t *list = j ? json_object_get(j, "breakers") : NULL;
-  if (json_array_size(list)) {
+  struct sg_buf open, parked;
+  sg_buf_init(&open);
+  sg_buf_init(&parked);
+  struct sg_buf *lines[2] = { &open, &parked };
+  sg_engine_breakers_each(api->en, metric_breaker, lines);
+  if (open.len) {
     sg_buf_adds(&b, "# HELP sagahost_breaker_open Circuit breaker state per service (0 closed, 1 open, 2 half-open).\n"
                     "# TYPE sagahost_breaker_open gauge\n");
-    size_t i;
-    json_t *br;
-    json_array_foreach(list, i, br) {
-      const char *state = json_string_value(json_object_get(br, "state"));
-      int v = state && !strcmp(state, "open") ? 1 : state && !strcmp(state, "half_open") ? 2 : 0;
-      sg_buf_printf(&b, "sagahost_breaker_open{service=\"%s\"} %d\n",
-                    json_string_value(json_object_get(br, "service")), v);
-    }
+    sg_buf_add(&b, open.data, open.len);
     sg_buf_adds(&b, "# HELP sagahost_breaker_parked Sagas waiting for a service's breaker.\n"
                     "# TYPE sagahost_breaker_parked gauge\n");
-    json_array_foreach(list, i, br) {
-      sg_buf_printf(&b, "sagahost_breaker_parked{service=\"%s\"} %" JSON_INTEGER_FORMAT "\n",
-                    json_string_value(json_object_get(br, "service")), json_integer_value(json_object_get(br, "parked")));
-    }
+    sg_buf_add(&b, parked.data, parked.len);
   }
-  json_decref(j);
+  sg_buf_free(&open);
+  sg_buf_free(&parked);
   sg_http_reply_as(req, 200, "text/plain; version=0.0.4", b.data);
   sg_buf_free(&b);
 }

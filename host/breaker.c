@@ -114,6 +114,14 @@ void eng_park(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, i
   sg_debug("saga %s parked: breaker of %s is %s", s->row.id, b->service, br_names[b->state]);
 }
 
+void sg_engine_breakers_each(struct sg_engine *en, sg_breaker_cb cb, void *ud) {
+  for (size_t i = 0; i < en->breakers.cap; i++) {
+    if (!sg_map_live(&en->breakers, i)) continue;
+    struct breaker *br = en->breakers.slots[i].val;
+    cb(ud, br->service, br_names[br->state], br->nparked);
+  }
+}
+
 char *sg_engine_breakers_json(struct sg_engine *en) {
   struct sg_buf b;
   sg_buf_init(&b);

@@ -464,11 +464,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     if (is_call) j->service = sg_strdup(op->a);
     journal_write(en, s, kind, j);
     if (!is_call) { *result = sg_strdup("null"); return 0; }
-    int64_t timeout_ms = 0;
-    if (op->d) {
-      const char *p = strstr(op->d, "\"timeout_ms\":");
-      if (p) timeout_ms = strtoll(p + 13, NULL, 10);
-    }
+    int64_t timeout_ms = op->d ? strtoll(op->d, NULL, 10) : 0;
     if (timeout_ms > 0) {
       /* after a restart the re-issued call keeps the timeout it had */
       if (s->t_wait && (s->t_wait->kind != TM_CALL_TIMEOUT || s->t_wait->ref != seq)) eng_timer_cancel(en, &s->t_wait);
@@ -686,6 +682,12 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
   if (s->wait_seq == seq) wake(en, s, j);
 }
 
+/* A call from a saga of this host to a handler of this host (in-process transport): its reply is
+ * applied in the same transaction as the handler's effect. */
+static int own_call(struct sg_engine *en, const struct sg_msg *m) {
+  return en->tr->ops->in_process && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
+}
+
 static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, const char *status, const char *body) {
   struct sg_msg r = {0};
   r.message_id = sg_asprintf("%s.reply", cmd->message_id);
@@ -699,9 +701,7 @@ static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, con
   r.saga_type = sg_strdup(cmd->saga_type);
   r.step = cmd->step;
   r.attempt = cmd->attempt;
-  if (en->tr->ops->in_process && strcmp(cmd->reply_to, en->tr->ops->reply_queue(en->tr)) == 0) {
-    /* our own saga called our own handler: apply the reply in this transaction, atomically with
-     * the handler's inbox entry, instead of a round trip through the next commit */
+  if (own_call(en, cmd)) { /* no round trip through the next commit */
     on_reply(en, &r, 0);
     sg_msg_free(&r);
     return;
@@ -721,7 +721,7 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
   struct sg_error e = {0};
   /* A call from a saga of this host is answered in this transaction (reply_to_command): once that
    * commits the saga never re-issues it, so it needs no inbox entry. */
-  int chained = en->tr->ops->in_process && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
+  int chained = own_call(en, m);
   int seen = chained ? 0 : en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
   if (seen < 0) { fatal_store(en, "inbox", &e); return; }
   int deliveries = 0;

@@ -54,7 +54,7 @@ struct sg_run_out {
   int result;     /* enum sg_run_result */
   char *data;     /* DONE: ctx.data as JSON */
   char *op;       /* OP: "call", "send", "publish", "sleep", "now", "uuid" */
-  char *a, *b, *c, *d; /* OP arguments (call: service, command, payload, opts; sleep: ms) */
+  char *a, *b, *c, *d; /* OP arguments (call: service, command, payload, timeout ms or NULL; sleep: ms) */
   char *error;    /* ERROR/FAIL: message with file:line */
   int retryable;  /* ERROR: may another attempt help */
 };
@@ -80,7 +80,6 @@ struct sg_runner {
 };
 
 struct sg_engine_config {
-  const char *host_id;       /* names this host (reply queue, logs) */
   int64_t max_payload;       /* bytes: larger inputs, payloads and ctx.data are refused */
   double breaker_failure_rate; /* a service's breaker opens at this share of failed calls (0 = no breakers) */
   int breaker_min_calls;     /* ... once at least this many calls are in the window */
@@ -146,6 +145,9 @@ void sg_engine_breaker_config(struct sg_engine *en, const char *service, const s
 
 /* {"breakers": [{"service", "state", "calls", "failures", "parked", "opens", "opened_at"}], ...} */
 char *sg_engine_breakers_json(struct sg_engine *en);
+/* each breaker: its service, state ("closed", "open", "half_open") and parked sagas (for /metrics) */
+typedef void (*sg_breaker_cb)(void *ud, const char *service, const char *state, size_t parked);
+void sg_engine_breakers_each(struct sg_engine *en, sg_breaker_cb cb, void *ud);
 
 /* statistics for /healthz and bench */
 struct sg_engine_stats {

@@ -71,7 +71,6 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   h->sc = sg_script_new(&scfg, &hooks, e);
   if (!h->sc) goto fail;
   struct sg_engine_config ecfg = c->engine;
-  ecfg.host_id = h->host_id;
   struct sg_runner runner = sg_script_runner(h->sc);
   h->en = sg_engine_new(loop, h->store, &runner, &ecfg);
   struct sg_transport_events tev = sg_engine_transport_events(h->en);

@@ -18,7 +18,7 @@ struct sg_host_config {
   const char *amqp;            /* broker URL, NULL = in-process transport */
   const char *host_id;         /* names the reply queue; NULL = host name + hash of the db path */
   struct sg_script_config script; /* Lua limits (script.dir is set from dir) */
-  struct sg_engine_config engine; /* payload limit, breakers (engine.host_id is set from host_id) */
+  struct sg_engine_config engine; /* payload limit, breakers, retention */
 };
 /* the defaults of `sagahost run` */
 void sg_host_config_defaults(struct sg_host_config *c);

@@ -696,6 +696,23 @@ static int collect(struct sg_script *sc, lua_State *co, int status, int nres, st
 
 static void r_drop(void *ud, int handle);
 
+/* The coroutine behind a runner handle, or NULL. */
+static lua_State *thread_of(struct sg_script *sc, int handle) {
+  lua_rawgeti(sc->L, LUA_REGISTRYINDEX, handle);
+  lua_State *co = lua_tothread(sc->L, -1);
+  lua_pop(sc->L, 1);
+  return co;
+}
+
+/* Resumes co with the nargs values on its stack, under the script limits, and reads the outcome. */
+static int run_co(struct sg_script *sc, lua_State *co, int nargs, struct sg_run_out *out) {
+  int nres = 0;
+  arm(sc, co);
+  int status = lua_resume(co, sc->L, nargs, &nres);
+  disarm(sc, co);
+  return collect(sc, co, status, nres, out);
+}
+
 /* Starts a step on the saga's coroutine. A coroutine that finished its last step cleanly is reused
  * with the same ctx (its ctx.data is exactly what was persisted): no new thread, no JSON decoding of
  * input and data. Anything else (first step, after a failure, eviction or restart) gets a new
@@ -708,9 +725,7 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   lua_State *co = NULL;
   int h = *handle;
   if (h > 0) {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, h);
-    co = lua_tothread(L, -1);
-    lua_pop(L, 1);
+    co = thread_of(sc, h);
     if (!co || lua_status(co) != LUA_OK || lua_gettop(co) != 0) { r_drop(sc, h); h = 0; co = NULL; }
   }
   *handle = 0;
@@ -772,20 +787,13 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
     lua_remove(co, -2);
   }
   lua_settop(L, top);
-  int nres = 0;
-  arm(sc, co);
-  int status = lua_resume(co, L, 2, &nres);
-  disarm(sc, co);
   *handle = h;
-  return collect(sc, co, status, nres, out);
+  return run_co(sc, co, 2, out);
 }
 
 static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_run_out *out) {
   struct sg_script *sc = ud;
-  lua_State *L = sc->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, handle);
-  lua_State *co = lua_tothread(L, -1);
-  lua_pop(L, 1);
+  lua_State *co = thread_of(sc, handle);
   if (!co || lua_status(co) != LUA_YIELD) {
     memset(out, 0, sizeof *out);
     out->result = SG_RUN_ERROR;
@@ -794,20 +802,14 @@ static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_
   }
   lua_pushboolean(co, ok);
   lua_pushstring(co, result);
-  int nres = 0;
-  arm(sc, co);
-  int status = lua_resume(co, L, 2, &nres);
-  disarm(sc, co);
-  return collect(sc, co, status, nres, out);
+  return run_co(sc, co, 2, out);
 }
 
 static void r_drop(void *ud, int handle) {
   struct sg_script *sc = ud;
   lua_State *L = sc->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, handle);
-  lua_State *co = lua_tothread(L, -1);
+  lua_State *co = thread_of(sc, handle);
   if (co) lua_resetthread(co); /* runs pending to-be-closed variables, frees the stack */
-  lua_pop(L, 1);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sc->ctxs_ref);
   lua_pushnil(L);
   lua_rawseti(L, -2, handle);

@@ -147,7 +147,6 @@ struct sg_store_ops {
   int (*saga_each_active)(struct sg_store *s, sg_saga_cb cb, void *ud, struct sg_error *e); /* non-terminal */
 
   int (*hist_insert)(struct sg_store *s, struct sg_hist_row *r, struct sg_error *e); /* sets r->id */
-  int (*hist_finish)(struct sg_store *s, int64_t id, const char *status, int64_t finished_at, const char *error, struct sg_error *e);
   int (*hist_each)(struct sg_store *s, const char *saga_id, sg_hist_cb cb, void *ud, struct sg_error *e); /* in id order */
 
   /* insert or replace on (saga_id, step, phase, attempt, seq) */

@@ -71,7 +71,7 @@ enum {
   ST_DEF_PUT, ST_DEF_GET,
   ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
   ST_SAGA_LIST, ST_SAGA_LIST_STATUS, ST_SAGA_LIST_TYPE, ST_SAGA_LIST_BOTH, ST_SAGA_ACTIVE,
-  ST_HIST_INSERT, ST_HIST_FINISH, ST_HIST_EACH,
+  ST_HIST_INSERT, ST_HIST_EACH,
   ST_JOURNAL_PUT, ST_JOURNAL_EACH,
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
@@ -108,7 +108,6 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') ORDER BY id",
   [ST_HIST_INSERT] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
                      " finished_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-  [ST_HIST_FINISH] = "UPDATE history SET status = ?2, finished_at = ?3, error = ?4 WHERE id = ?1",
   [ST_HIST_EACH] = "SELECT id, saga_id, step, step_name, phase, attempt, status, started_at, finished_at, error"
                    " FROM history WHERE saga_id = ?1 ORDER BY id",
   [ST_JOURNAL_PUT] = "INSERT OR REPLACE INTO journal(saga_id, step, phase, attempt, seq, kind, done, is_error,"
@@ -437,20 +436,6 @@ static int sq_hist_insert(struct sg_store *base, struct sg_hist_row *r, struct s
   return 0;
 }
 
-static int sq_hist_finish(struct sg_store *base, int64_t id, const char *status, int64_t finished_at,
-                          const char *error, struct sg_error *e) {
-  struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_HIST_FINISH);
-  bind_i64(st, 1, id);
-  bind_text(st, 2, status);
-  bind_i64(st, 3, finished_at);
-  bind_text(st, 4, error);
-  if (stmt_exec(s, st, e, "hist_finish") < 0) return -1;
-  if (sqlite3_changes(s->db) == 0)
-    return sg_errorf(e, SG_E_NOTFOUND, "hist_finish: no history row %lld", (long long)id);
-  return 0;
-}
-
 static int emit_hist(sqlite3_stmt *st, const struct row_sink *sink) {
   struct sg_hist_row r = {
     .id = sqlite3_column_int64(st, 0),
@@ -702,7 +687,6 @@ static const struct sg_store_ops sqlite_ops = {
   .saga_list = sq_saga_list,
   .saga_each_active = sq_saga_each_active,
   .hist_insert = sq_hist_insert,
-  .hist_finish = sq_hist_finish,
   .hist_each = sq_hist_each,
   .journal_put = sq_journal_put,
   .journal_each = sq_journal_each,

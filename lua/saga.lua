@@ -407,17 +407,15 @@ function Ctx:call(service, command, payload, opts)
   check_name(service, "ctx:call: service", 2)
   check_name(command, "ctx:call: command", 2)
   local body = encode_payload(payload, "ctx:call")
-  local o = "{}"
+  local timeout_ms = nil
   if opts ~= nil then
     if type(opts) ~= "table" then error("ctx:call: opts must be a table", 2) end
-    local t = {}
     for k, v in pairs(opts) do
-      if k == "timeout" then t.timeout_ms = duration_ms(v, "ctx:call: opts.timeout")
+      if k == "timeout" then timeout_ms = tostring(duration_ms(v, "ctx:call: opts.timeout"))
       else error("ctx:call: unknown option '" .. tostring(k) .. "' (known: timeout)", 2) end
     end
-    o = json.encode(t)
   end
-  local ok, res = await("call", service, command, body, o)
+  local ok, res = await("call", service, command, body, timeout_ms)
   local v = json.decode(res)
   if ok then return v end
   local msg = type(v) == "table" and (v.error or v.message) or tostring(v)

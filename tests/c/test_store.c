@@ -425,12 +425,14 @@ static int collect_hist(void *ud, const struct sg_hist_row *r) {
 
 static void test_history(struct sg_store *s) {
   const char *sid = "a0000000-0000-4000-8000-000000000001";
+  /* the engine writes an attempt's row once, when it ends */
   struct sg_hist_row r1 = {.saga_id = sid, .step = 0, .step_name = "Reserve", .phase = SG_PH_ACTION,
-                           .attempt = 1, .status = "running", .started_at = 100};
+                           .attempt = 1, .status = "completed", .started_at = 100, .finished_at = 150};
   struct sg_hist_row other = {.saga_id = "someone-else", .step = 0, .step_name = "X", .phase = SG_PH_ACTION,
                               .attempt = 1, .status = "running", .started_at = 101};
   struct sg_hist_row r2 = {.saga_id = sid, .step = 1, .step_name = "Pay", .phase = SG_PH_ACTION,
-                           .attempt = 1, .status = "running", .started_at = 200};
+                           .attempt = 1, .status = "failed", .started_at = 200, .finished_at = 250,
+                           .error = "card declined"};
   struct sg_hist_row r3 = {.saga_id = sid, .step = 0, .step_name = NULL, .phase = -1,
                            .attempt = 0, .status = "timed_out", .started_at = 300, .finished_at = 300};
   OK(s->ops->hist_insert(s, &r1, &err));
@@ -441,10 +443,6 @@ static void test_history(struct sg_store *s) {
   CHECK(other.id > r1.id);
   CHECK(r2.id > other.id);
   CHECK(r3.id > r2.id);
-  OK(s->ops->hist_finish(s, r1.id, "completed", 150, NULL, &err));
-  OK(s->ops->hist_finish(s, r2.id, "failed", 250, "card declined", &err));
-  CHECK_EQ_INT(s->ops->hist_finish(s, 999999, "failed", 1, NULL, &err), -1);
-  CHECK_EQ_INT(err.code, SG_E_NOTFOUND);
 
   struct hists h = {0};
   OK(s->ops->hist_each(s, sid, collect_hist, &h, &err));
