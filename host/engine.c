@@ -153,6 +153,7 @@ const char *eng_step_name(const struct sg_saga *s) {
 }
 
 void eng_drop_co(struct sg_engine *en, struct sg_saga *s) {
+  s->preempted = 0;
   if (s->co) {
     en->runner.drop(en->runner.ud, s->co);
     s->co = 0;
@@ -575,6 +576,11 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       if (rc < 0) { step_failed(en, s, "the step's coroutine could not be resumed", 0); return; }
       break;
     }
+    case SG_RUN_PREEMPTED:
+      /* its slice is over: the loop serves others, the run queue continues it (runq.c) */
+      sg_run_out_clear(out);
+      eng_runq_saga(en, s);
+      return;
     default:
       sg_run_out_clear(out);
       step_failed(en, s, "runner returned an unknown result", 0);
@@ -719,8 +725,6 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
   if (eng_txn(en) < 0) return;
   char *status = NULL, *body = NULL;
   struct sg_error e = {0};
-  /* A call from a saga of this host is answered in this transaction (reply_to_command): once that
-   * commits the saga never re-issues it, so it needs no inbox entry. */
   int chained = own_call(en, m);
   int seen = chained ? 0 : en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
   if (seen < 0) { fatal_store(en, "inbox", &e); return; }
@@ -751,16 +755,43 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
     if (en->broken || eng_txn(en) < 0) return;
   }
   if (!seen) {
-    if (en->runner.handle(en->runner.ud, m, &status, &body) < 0) {
+    struct pending_cmd *busy = sg_map_get(&en->inflight, m->message_id);
+    if (busy) { /* delivered again while its handler is still running: one run answers both */
+      PUSH(busy->extra_tags, busy->nextra, busy->capextra, tag);
+      return;
+    }
+    int h = 0;
+    int rc = en->runner.handle(en->runner.ud, m, &h, &status, &body);
+    if (rc < 0) {
       free(status); free(body);
       en->tr->ops->nack(en->tr, tag, m, "handler could not run");
       return;
     }
-    if (!chained) STORE(en, en->store->ops->inbox_put(en->store, m->message_id, status, body, SE), "inbox");
+    if (rc == 1) { /* preempted: the run queue continues it and finishes the command */
+      struct pending_cmd *pc = sg_xcalloc(1, sizeof *pc);
+      sg_msg_copy(&pc->m, m);
+      pc->tag = tag;
+      pc->chained = chained;
+      pc->handle = h;
+      sg_map_put(&en->inflight, pc->m.message_id, pc);
+      eng_runq_command(en, pc);
+      return;
+    }
   }
-  if (m->reply_to && *m->reply_to) reply_to_command(en, m, status ? status : "error", body ? body : "{}");
+  eng_command_answered(en, m, tag, chained, !seen, status, body);
   free(status);
   free(body);
+}
+
+/* The command's handler has answered (or its inbox entry had): record the answer unless it was
+ * recorded already, reply, and ack the delivery after the commit. */
+void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
+                          const char *status, const char *body) {
+  if (eng_txn(en) < 0) return;
+  /* A call from a saga of this host is answered in this transaction (reply_to_command): once that
+   * commits the saga never re-issues it, so it needs no inbox entry. */
+  if (record && !chained) STORE(en, en->store->ops->inbox_put(en->store, m->message_id, status, body, SE), "inbox");
+  if (m->reply_to && *m->reply_to) reply_to_command(en, m, status ? status : "error", body ? body : "{}");
   ack_after_commit(en, tag);
 }
 
@@ -972,6 +1003,8 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   ev_unref(loop); /* the commit watcher alone must not keep the loop alive */
   sg_map_init(&en->breakers);
   sg_map_init(&en->idem);
+  sg_map_init(&en->inflight);
+  eng_runq_init(en);
   ev_timer_init(&en->sweep, on_sweep, 0.25, 0.25);
   en->sweep.data = en;
   ev_timer_start(loop, &en->sweep);
@@ -1149,10 +1182,13 @@ void sg_engine_stop(struct sg_engine *en) {
   ev_prepare_stop(en->loop, &en->prepare);
   ev_ref(en->loop);
   ev_timer_stop(en->loop, &en->sweep);
+  eng_runq_stop(en);
 }
 
 void sg_engine_free(struct sg_engine *en) {
   if (!en) return;
+  eng_runq_free(en);
+  sg_map_free(&en->inflight);
   for (size_t i = 0; i < en->sagas.cap; i++) {
     if (!sg_map_live(&en->sagas, i)) continue;
     struct sg_saga *s = en->sagas.slots[i].val;

@@ -49,6 +49,7 @@ enum sg_run_result {
   SG_RUN_OP,       /* it yielded a durable operation: op/a/b/c describe it */
   SG_RUN_ERROR,    /* it raised: error, retryable */
   SG_RUN_FAIL,     /* ctx:fail(reason): give up at once */
+  SG_RUN_PREEMPTED, /* its time slice ended: continue it (cont) once the loop has served others */
 };
 struct sg_run_out {
   int result;     /* enum sg_run_result */
@@ -73,10 +74,16 @@ struct sg_runner {
                struct sg_error *e);
   /* resumes the coroutine with the result of its last operation */
   int (*resume)(void *ud, int handle, int ok, const char *result, struct sg_run_out *out);
-  /* frees a coroutine (the saga finished its step, or is evicted while it waits) */
+  /* continues a step that returned SG_RUN_PREEMPTED, for one more slice */
+  int (*cont)(void *ud, int handle, struct sg_run_out *out);
+  /* frees a coroutine (the saga finished its step, or is evicted while it waits; or a preempted
+   * handler that will not be continued) */
   void (*drop)(void *ud, int handle);
-  /* answers one command for a local participant: *status "ok"/"error", *body JSON (malloc'd) */
-  int (*handle)(void *ud, const struct sg_msg *m, char **status, char **body);
+  /* answers one command for a local participant: returns 0 with *status "ok"/"error" and *body
+   * JSON (malloc'd), or 1 when its slice ended first: *handle is set, continue with handle_cont */
+  int (*handle)(void *ud, const struct sg_msg *m, int *handle, char **status, char **body);
+  /* continues a preempted handler for one more slice; returns like handle */
+  int (*handle_cont)(void *ud, int handle, char **status, char **body);
 };
 
 struct sg_engine_config {

@@ -1,6 +1,6 @@
 /* engine_int: what the engine's files share (engine.c: the state machine, group commit, timers,
- * messages and recovery; breaker.c: circuit breakers; operator.c: operator verbs and plans).
- * Not part of the engine's interface: only those three files include it. */
+ * messages and recovery; breaker.c: circuit breakers; operator.c: operator verbs and plans; runq.c:
+ * preempted steps and handlers). Not part of the engine's interface: only those files include it. */
 #ifndef SG_ENGINE_INT_H
 #define SG_ENGINE_INT_H
 
@@ -59,6 +59,7 @@ struct sg_saga {
   int terminal;              /* reached a terminal status in this batch: freed after the commit */
   int stored_status;         /* the status the store has (saga_update skips the status index if same) */
   int admitted;              /* released by its breaker: the next call goes out without asking again */
+  int preempted;             /* its step's slice ended: it waits in the run queue to go on */
   struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
   struct sg_saga *next_dirty;
 };
@@ -75,6 +76,23 @@ struct evict {
  * wait after EVICT_AFTER_MS. The journal restores the step when the saga wakes (replay). */
 #define EVICT_SLEEP_MS 1000
 #define EVICT_AFTER_MS 2000
+
+/* A command whose handler was preempted: it waits in the run queue with what finishing it needs. */
+struct pending_cmd {
+  struct sg_msg m;           /* the command (a copy) */
+  uint64_t tag;              /* its delivery, acked after the answer commits */
+  int chained;               /* a call from a saga of this host: answered without an inbox row */
+  int handle;                /* the runner's handler coroutine */
+  uint64_t *extra_tags;      /* later deliveries of the same message id, acked with it */
+  size_t nextra, capextra;
+};
+
+/* An entry of the run queue: a step or a handler to continue for one more slice. */
+struct runq_ent {
+  char id[40];               /* a step: its saga (it may be gone or have moved on by its turn) */
+  int co;                    /* a step: the coroutine handle that was preempted */
+  struct pending_cmd *cmd;   /* a handler: its command (owned by the entry), NULL for a step */
+};
 
 /* A deferred after-commit action. */
 struct pending_cb {
@@ -117,6 +135,11 @@ struct sg_engine {
   int64_t *confirmed;        /* outbox ids to delete in the next batch */
   size_t nconfirmed, capconfirmed;
   int republish;             /* transport (re)connected: publish the whole outbox after the commit */
+  struct runq_ent *rq;       /* preempted steps and handlers, in turn order */
+  size_t nrq, caprq;
+  ev_check rq_check;         /* continues them after the loop has served I/O and timers */
+  ev_idle rq_idle;           /* keeps the loop from sleeping while any wait */
+  struct sg_map inflight;    /* message id -> struct pending_cmd whose handler is in the run queue */
   sg_terminal_cb on_terminal;
   void *on_terminal_ud;
   struct sg_engine_stats st;
@@ -145,6 +168,16 @@ void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why);
 void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error);
 void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s);
 void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
+
+void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
+                          const char *status, const char *body);
+
+/* runq.c */
+void eng_runq_init(struct sg_engine *en);
+void eng_runq_saga(struct sg_engine *en, struct sg_saga *s);          /* s was preempted */
+void eng_runq_command(struct sg_engine *en, struct pending_cmd *pc);  /* takes pc */
+void eng_runq_stop(struct sg_engine *en);
+void eng_runq_free(struct sg_engine *en);
 
 /* breaker.c */
 struct breaker *eng_breaker_get(struct sg_engine *en, const char *service);

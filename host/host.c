@@ -39,6 +39,7 @@ void sg_host_config_defaults(struct sg_host_config *c) {
   c->script.mem_limit = (size_t)1024 << 20;
   c->script.instr_budget = 100000000;
   c->script.run_mem_limit = (size_t)64 << 20;
+  c->script.cpu_limit_ms = 1000;
   c->engine.max_payload = 1 << 20;
   c->engine.breaker_failure_rate = 0.5;
   c->engine.breaker_min_calls = 10;

@@ -165,7 +165,7 @@ static int l_close(lua_State *L) {
 static int l_check(lua_State *L) {
   const char *dir = luaL_checkstring(L, 1);
   struct sg_error e = {0};
-  struct sg_script_config scfg = { dir, (size_t)256 << 20, 100000000, (size_t)64 << 20 };
+  struct sg_script_config scfg = { dir, (size_t)256 << 20, 100000000, (size_t)64 << 20, 1000 };
   struct sg_script *sc = sg_script_new(&scfg, NULL, &e);
   if (!sc) return luaL_error(L, "%s", e.msg);
   int prev = sg_log_level;

@@ -26,8 +26,9 @@ static void usage(FILE *f) {
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
           "                         sends commands through RabbitMQ instead of in-process\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
-          "      [--lua-budget N] (VM instructions per step resume, default 100000000) [--host-id NAME] [--demo]\n"
-          "      [--lua-step-memory MB] (what one step run may allocate, default 64)\n"
+          "      [--lua-budget N] (VM instructions per step attempt or handler call, default 100000000)\n"
+          "      [--lua-step-cpu D] (time one step attempt or handler call may run Lua, default 1s)\n"
+          "      [--lua-step-memory MB] (what one step attempt may allocate, default 64) [--host-id NAME] [--demo]\n"
           "      [--breaker-failure-rate R] (default 0.5, 0 = off) [--breaker-min-calls N] (10)\n"
           "      [--breaker-window D] (30s) [--breaker-open D] (5s): per-service circuit breakers\n"
           "      [--inbox-retention D] (7d): how long handled message ids are remembered (0 = forever)\n"
@@ -130,7 +131,7 @@ out:
 
 static int cmd_check(const char *dir) {
   struct sg_error e = {0};
-  struct sg_script_config scfg = { dir, (size_t)512 << 20, 100000000, (size_t)64 << 20 };
+  struct sg_script_config scfg = { dir, (size_t)512 << 20, 100000000, (size_t)64 << 20, 1000 };
   struct sg_script *sc = sg_script_new(&scfg, NULL, &e);
   if (!sc) { fprintf(stderr, "sagahost: %s\n", e.msg); return 1; }
   int prev = sg_log_level;
@@ -205,6 +206,9 @@ int main(int argc, char **argv) {
         struct sg_error de = {0};
         int64_t *to = !strcmp(a, "--retention") ? &o.cfg.engine.saga_retention_ms : &o.cfg.engine.inbox_retention_ms;
         if (sg_duration_parse(v, to, &de) < 0) return usage_error("%s", de.msg);
+      } else if (!strcmp(a, "--lua-step-cpu")) {
+        struct sg_error de = {0};
+        if (sg_duration_parse(v, &o.cfg.script.cpu_limit_ms, &de) < 0) return usage_error("--lua-step-cpu: %s", de.msg);
       } else if (!strcmp(a, "--breaker-window") || !strcmp(a, "--breaker-open")) {
         struct sg_error de = {0};
         int64_t ms;

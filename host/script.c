@@ -3,6 +3,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -10,8 +12,13 @@
 #include <string.h>
 #include <sys/inotify.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#if __has_include("lstrpat.h")
+#include "lstrpat.h"
+#define HAVE_STRPAT 1
+#endif
 #include "util.h"
 
 int luaopen_saga_core(lua_State *L);
@@ -21,6 +28,46 @@ int luaopen_cjson(lua_State *L) __attribute__((weak));
 /* the lua/ files compiled into the binary (cmake/embed_lua.cmake) */
 struct sg_lua_module { const char *name, *chunkname, *src; size_t len; };
 extern const struct sg_lua_module sg_lua_modules[];
+
+/* How script code is kept from hanging the host. A count hook runs every HOOK_EVERY VM instructions
+ * of a step, handler or file load. At the end of a slice it yields the step's coroutine back to the
+ * loop (a forced yield, as HAProxy's Lua does), so replies, timers, HTTP and other sagas are served
+ * while a long step runs; the engine resumes it later. Where no yield is possible (inside a C call
+ * boundary: a table.sort comparator, a gsub callback, a message handler, a metamethod called from
+ * C, a file's top level) the run may go on for at most NOYIELD_NS at a time. An attempt also has an
+ * instruction budget, a CPU limit and a memory limit. When a limit is hit the run is "doomed": the
+ * hook yields for the runner to kill the coroutine, or raises where it cannot yield, and the
+ * sandbox's pcall/xpcall re-raise instead of catching (lsaga.c), so no script code can outlive it. */
+#define HOOK_EVERY 1000
+#define SLICE_NS (2 * 1000000LL)
+#define NOYIELD_NS (200 * 1000000LL)
+
+enum run_kind {
+  RUN_NONE = 0,
+  RUN_STEP,    /* a step attempt on its saga's coroutine (preemptible) */
+  RUN_HANDLER, /* a saga.handle handler on a handler coroutine (preemptible) */
+  RUN_LOAD,    /* a file's top-level code, on the main thread */
+  RUN_CLOSE,   /* __close handlers of a coroutine being dropped: stopped at the first check */
+};
+
+/* What one attempt (or handler call) has used so far, kept between the resumes of its coroutine. */
+struct usage {
+  int64_t cpu_ns;  /* time spent running it */
+  int64_t instr;   /* VM instructions, counted HOOK_EVERY at a time */
+  int64_t mem;     /* bytes allocated net of what was freed while it ran */
+};
+
+/* The one Lua run in progress (the loop thread runs one at a time). */
+struct run {
+  lua_State *co;        /* the thread resumed (or the main thread for a load) */
+  int kind;             /* enum run_kind, RUN_NONE when nothing runs */
+  int64_t t0;           /* this resume began (monotonic ns) */
+  int64_t slice_end;    /* yield at the first chance after this */
+  struct usage u;       /* the attempt's usage, kept current while it runs */
+  int doomed;           /* a limit was hit: the attempt ends and nothing in it can catch that */
+  int preempted;        /* the hook yielded at the end of a slice */
+  char why[640];        /* the limit that was hit: "file:line: ... (flag)" */
+};
 
 /* One script file of the directory. */
 struct sfile {
@@ -45,9 +92,13 @@ struct sg_script {
   struct sg_script_hooks hooks;
   char *dir;
   size_t mem_used;         /* bytes allocated by the Lua state */
-  int in_run;              /* a step or handler is running: its allocations are counted */
-  ptrdiff_t run_net;       /* bytes the running step has allocated net of frees */
-  int run_mem_hit;         /* the running step hit its memory limit */
+  struct run run;          /* the Lua code running now, under its limits */
+  struct usage *usage;     /* by coroutine handle: what its current attempt has used so far */
+  int nusage;
+  const void *fail_ptr;    /* the allocation the allocator just refused (Lua collects, then asks again) */
+  size_t fail_size;
+  int *pool;               /* idle handler coroutines (handles), reused for the next command */
+  int npool, cappool;
   int refs;                /* live registry references (coroutines) */
   int runtime_ref;         /* the lua/saga.lua module table */
   int ctxs_ref;            /* table: coroutine handle -> the ctx its steps run with */
@@ -63,28 +114,93 @@ struct sg_script {
 /* ---------------------------------------------------------------------------------------------- */
 /* the Lua state */
 
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* "file:line" of the innermost script function on L's stack (the runtime's own frames skipped, so
+ * the author sees the line of theirs that was running). */
+static void script_where(lua_State *L, char *buf, size_t n) {
+  lua_Debug ar;
+  int found = 0;
+  for (int level = 0; lua_getstack(L, level, &ar); level++) {
+    if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0) continue;
+    if (!found || strcmp(ar.source, "@lua/saga.lua") != 0) {
+      snprintf(buf, n, "%s:%d", ar.short_src, ar.currentline);
+      found = 1;
+      if (strcmp(ar.source, "@lua/saga.lua") != 0) return;
+    }
+  }
+  if (!found) snprintf(buf, n, "?");
+}
+
+static const char *run_what(int kind) {
+  return kind == RUN_HANDLER ? "this handler call" : kind == RUN_LOAD ? "the file's top-level code" : "this step attempt";
+}
+
+/* Marks the run doomed with "where: message". where is taken from L when given. */
+static void doom(struct sg_script *sc, lua_State *L, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void doom(struct sg_script *sc, lua_State *L, const char *fmt, ...) {
+  struct run *r = &sc->run;
+  if (r->doomed) return;
+  char where[300] = "?", msg[400];
+  if (L) script_where(L, where, sizeof where);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  snprintf(r->why, sizeof r->why, "%s: %s", where, msg);
+  r->doomed = 1;
+}
+
+/* The position inside the allocator is only read where the stack is never relocated in place
+ * during an allocation (Lua up to 5.4.4; later releases move it with relative pointers). */
+#if LUA_VERSION_RELEASE_NUM <= 50404
+#define ALLOC_WHERE(sc) ((sc)->run.co)
+#else
+#define ALLOC_WHERE(sc) ((lua_State *)NULL)
+#endif
+
 static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   struct sg_script *sc = ud;
+  struct run *r = &sc->run;
   if (!ptr) osize = 0;
   if (nsize == 0) {
     free(ptr);
     sc->mem_used -= osize;
-    if (sc->in_run) sc->run_net -= (ptrdiff_t)osize;
+    if (r->kind) r->u.mem -= (int64_t)osize;
     return NULL;
   }
   if (nsize > osize) {
     size_t grow = nsize - osize;
-    if (sc->cfg.mem_limit && sc->mem_used + grow > sc->cfg.mem_limit) return NULL;
-    /* one step may not take more than its share, so a memory-hungry step fails alone */
-    if (sc->in_run && sc->cfg.run_mem_limit && sc->run_net + (ptrdiff_t)grow > (ptrdiff_t)sc->cfg.run_mem_limit) {
-      sc->run_mem_hit = 1;
+    int over_state = sc->cfg.mem_limit && sc->mem_used + grow > sc->cfg.mem_limit;
+    /* one attempt may not take more than its share, so a memory-hungry step fails alone */
+    int over_run = (r->kind == RUN_STEP || r->kind == RUN_HANDLER || r->kind == RUN_LOAD) && sc->cfg.run_mem_limit &&
+                   r->u.mem + (int64_t)grow > (int64_t)sc->cfg.run_mem_limit;
+    if (over_state || over_run) {
+      /* Lua answers a refusal with an emergency collection and asks once more: only the second
+       * refusal of the same request is final */
+      int final = sc->fail_ptr == ptr && sc->fail_size == nsize;
+      sc->fail_ptr = ptr;
+      sc->fail_size = nsize;
+      if (final && r->kind && r->kind != RUN_CLOSE) {
+        if (over_run)
+          doom(sc, ALLOC_WHERE(sc), "memory limit exceeded: %s allocated more than %zu MB (--lua-step-memory MB raises it)",
+               run_what(r->kind), sc->cfg.run_mem_limit >> 20);
+        else
+          doom(sc, ALLOC_WHERE(sc), "memory limit exceeded: the host's Lua state is at its limit of %zu MB "
+               "(--lua-memory MB raises it)", sc->cfg.mem_limit >> 20);
+      }
       return NULL;
     }
   }
   void *p = realloc(ptr, nsize);
   if (p) {
+    sc->fail_ptr = NULL;
     sc->mem_used = sc->mem_used - osize + nsize;
-    if (sc->in_run) sc->run_net += (ptrdiff_t)nsize - (ptrdiff_t)osize;
+    if (r->kind) r->u.mem += (int64_t)nsize - (int64_t)osize;
   }
   return p;
 }
@@ -117,6 +233,17 @@ static int ref(struct sg_script *sc, lua_State *L) {
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+#define HANDLER_POOL_MAX 64
+/* an idle handler coroutine, kept for the next command (not counted as live) */
+#define PUSH_POOL(sc, h) do {                                                         \
+    if ((sc)->npool == (sc)->cappool) {                                               \
+      (sc)->cappool = (sc)->cappool ? (sc)->cappool * 2 : 8;                          \
+      (sc)->pool = sg_xrealloc((sc)->pool, (size_t)(sc)->cappool * sizeof *(sc)->pool); \
+    }                                                                                 \
+    (sc)->pool[(sc)->npool++] = (h);                                                  \
+    (sc)->refs--;                                                                     \
+  } while (0)
+
 static void unref(struct sg_script *sc, int r) {
   if (r <= 0) return;
   sc->refs--;
@@ -130,24 +257,84 @@ static void push_runtime(struct sg_script *sc, lua_State *L, const char *fn) {
   lua_remove(L, -2);
 }
 
-static void hook(lua_State *L, lua_Debug *ar) {
-  /* stays armed: fire again soon so a pcall in the runaway loop cannot swallow it for long */
-  lua_sethook(L, hook, LUA_MASKCOUNT, 1000);
-  lua_getinfo(L, "Sl", ar);
-  luaL_error(L, "%s:%d: instruction budget exceeded: the code ran too long without yielding (an endless loop?)",
-             ar->short_src, ar->currentline);
+static struct sg_script *script_of(lua_State *L) {
+  void *ud;
+  lua_getallocf(L, &ud);
+  return ud;
 }
 
-/* Before a step resume or a handler call: instruction budget and memory accounting on. */
-static void arm(struct sg_script *sc, lua_State *L) {
-  if (sc->cfg.instr_budget > 0) lua_sethook(L, hook, LUA_MASKCOUNT, (int)(sc->cfg.instr_budget > INT32_MAX ? INT32_MAX : sc->cfg.instr_budget));
-  sc->in_run = 1;
-  sc->run_net = 0;
-  sc->run_mem_hit = 0;
+static void hook(lua_State *L, lua_Debug *ar) {
+  struct sg_script *sc = script_of(L);
+  struct run *r = &sc->run;
+  if (!r->kind) { lua_sethook(L, NULL, 0, 0); return; }
+  r->u.instr += HOOK_EVERY;
+  int64_t now = mono_ns(), ran = now - r->t0;
+  /* only the step's (or handler's) own coroutine is yielded: the runner resumes it */
+  int yieldable = L == r->co && (r->kind == RUN_STEP || r->kind == RUN_HANDLER) && lua_isyieldable(L);
+  if (!r->doomed && r->kind != RUN_CLOSE) {
+    if (sc->cfg.instr_budget > 0 && r->u.instr > sc->cfg.instr_budget)
+      doom(sc, L, "instruction budget exceeded: %s ran %" PRId64 " VM instructions (an endless loop?); "
+           "--lua-budget N raises the limit", run_what(r->kind), r->u.instr);
+    else if (sc->cfg.cpu_limit_ms > 0 && r->u.cpu_ns + ran > sc->cfg.cpu_limit_ms * 1000000)
+      doom(sc, L, "CPU limit exceeded: %s ran for %" PRId64 " ms (an endless loop?); --lua-step-cpu D raises the limit",
+           run_what(r->kind), (r->u.cpu_ns + ran) / 1000000);
+    else if (!yieldable && ran > NOYIELD_NS)
+      doom(sc, L, r->kind == RUN_LOAD
+           ? "the file's top-level code ran for over %lld ms (an endless loop?): at load a file may only define sagas and handlers"
+           : "ran for over %lld ms where it cannot give the loop back (inside a table.sort comparator, a string.gsub "
+             "callback, a metamethod called from C or an error handler)", NOYIELD_NS / 1000000);
+  }
+  if (r->doomed) {
+    if (yieldable) { lua_yield(L, 0); return; } /* the runner closes the coroutine */
+    lua_pushstring(L, r->kind == RUN_CLOSE ? "dropped" : r->why);
+    lua_error(L);
+  }
+  if (yieldable && now >= r->slice_end) {
+    r->preempted = 1;
+    lua_yield(L, 0);
+  }
 }
-static void disarm(struct sg_script *sc, lua_State *L) {
-  lua_sethook(L, NULL, 0, 0);
-  sc->in_run = 0;
+
+/* Before a step resume, handler call or load: limits on, usage carried over from earlier resumes. */
+static void run_begin(struct sg_script *sc, lua_State *co, int kind, const struct usage *u) {
+  struct run *r = &sc->run;
+  r->co = co;
+  r->kind = kind;
+  r->u = u ? *u : (struct usage){0};
+  r->doomed = kind == RUN_CLOSE;
+  r->preempted = 0;
+  r->why[0] = 0;
+  r->t0 = mono_ns();
+  r->slice_end = r->t0 + SLICE_NS;
+  sc->fail_ptr = NULL;
+  lua_sethook(co, hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+/* After it: the usage is saved for the next resume; doomed/preempted/why stay readable. */
+static void run_end(struct sg_script *sc, struct usage *u) {
+  struct run *r = &sc->run;
+  lua_sethook(r->co, NULL, 0, 0);
+  r->u.cpu_ns += mono_ns() - r->t0;
+  if (u) *u = r->u;
+  r->kind = RUN_NONE;
+  r->co = NULL;
+}
+
+static struct usage *usage_of(struct sg_script *sc, int handle) {
+  if (handle >= sc->nusage) {
+    int n = sc->nusage ? sc->nusage : 64;
+    while (n <= handle) n *= 2;
+    sc->usage = sg_xrealloc(sc->usage, (size_t)n * sizeof *sc->usage);
+    memset(sc->usage + sc->nusage, 0, (size_t)(n - sc->nusage) * sizeof *sc->usage);
+    sc->nusage = n;
+  }
+  return &sc->usage[handle];
+}
+
+int sg_script_doomed(struct lua_State *L) {
+  void *ud;
+  if (lua_getallocf(L, &ud) != l_alloc) return 0; /* not a host's state (the spec module's caller) */
+  return ((struct sg_script *)ud)->run.doomed;
 }
 
 static int open_state(struct sg_script *sc, struct sg_error *e) {
@@ -155,6 +342,9 @@ static int open_state(struct sg_script *sc, struct sg_error *e) {
   if (!L) return sg_errorf(e, SG_E_INTERNAL, "cannot create the Lua state (memory limit too low?)");
   sc->L = L;
   luaL_openlibs(L);
+#ifdef HAVE_STRPAT
+  sg_strpat_install(L); /* pattern matching with bounded work, for scripts and the runtime alike */
+#endif
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_saga_core);
   lua_setfield(L, -2, "saga.core");
@@ -317,9 +507,16 @@ static int load_source(struct sg_script *sc, const char *file, const char *sourc
   lua_pushstring(L, source);
   lua_pushstring(L, hash);
   lua_pushboolean(L, historic);
-  arm(sc, L);
+  run_begin(sc, L, RUN_LOAD, NULL);
   int rc = pcall(L, 4, 2, e);
-  disarm(sc, L);
+  run_end(sc, NULL);
+  if (sc->run.doomed) {
+    /* a limit stopped the file's top-level code: that is the load error, whatever got caught */
+    if (rc == 0) lua_pop(L, 2);
+    sg_errorf(e, SG_E_INVALID, "%s", sc->run.why);
+    sc->run.doomed = 0;
+    return -1;
+  }
   if (rc < 0) return -1;
   if (lua_isnil(L, -2)) {
     sg_errorf(e, SG_E_INVALID, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "load failed");
@@ -658,9 +855,21 @@ static char *dup_at(lua_State *L, int idx) {
 static int collect(struct sg_script *sc, lua_State *co, int status, int nres, struct sg_run_out *out) {
   memset(out, 0, sizeof *out);
   int base = lua_gettop(co) - nres + 1;
+  if (sc->run.doomed) {
+    /* a limit stopped it, whatever the coroutine did on the way out: retryable, like a timeout */
+    out->result = SG_RUN_ERROR;
+    out->retryable = 1;
+    out->error = sg_strdup(sc->run.why);
+    if (status == LUA_OK) lua_pop(co, nres);
+    return 0;
+  }
+  if (status == LUA_YIELD && sc->run.preempted) {
+    out->result = SG_RUN_PREEMPTED;
+    return 0;
+  }
   if (status == LUA_YIELD) {
     out->result = SG_RUN_OP;
-    out->op = dup_at(co, base);
+    out->op = nres > 0 ? dup_at(co, base) : NULL;
     if (nres > 1) out->a = dup_at(co, base + 1);
     if (nres > 2) out->b = dup_at(co, base + 2);
     if (nres > 3) out->c = dup_at(co, base + 3);
@@ -685,7 +894,7 @@ static int collect(struct sg_script *sc, lua_State *co, int status, int nres, st
     lua_pop(co, nres);
     return 0;
   }
-  /* an error that escaped the trampoline (memory, budget in the trampoline itself) */
+  /* an error that escaped the trampoline (memory in the trampoline itself) */
   out->result = SG_RUN_ERROR;
   out->retryable = 1;
   const char *msg = lua_tostring(co, -1);
@@ -704,12 +913,13 @@ static lua_State *thread_of(struct sg_script *sc, int handle) {
   return co;
 }
 
-/* Resumes co with the nargs values on its stack, under the script limits, and reads the outcome. */
-static int run_co(struct sg_script *sc, lua_State *co, int nargs, struct sg_run_out *out) {
+/* Resumes co (handle h) with the nargs values on its stack, under the script limits, and reads the
+ * outcome. The attempt's usage so far comes from and goes back to the handle's record. */
+static int run_co(struct sg_script *sc, int h, lua_State *co, int nargs, struct sg_run_out *out) {
   int nres = 0;
-  arm(sc, co);
+  run_begin(sc, co, RUN_STEP, usage_of(sc, h));
   int status = lua_resume(co, sc->L, nargs, &nres);
-  disarm(sc, co);
+  run_end(sc, usage_of(sc, h));
   return collect(sc, co, status, nres, out);
 }
 
@@ -734,6 +944,7 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
     co = lua_newthread(L);
     h = ref(sc, L); /* anchors the thread */
   }
+  *usage_of(sc, h) = (struct usage){0}; /* a new attempt */
   /* trampoline, step function, ctx */
   push_runtime(sc, co, "run_step");
   push_runtime(sc, co, "version");
@@ -788,7 +999,7 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   }
   lua_settop(L, top);
   *handle = h;
-  return run_co(sc, co, 2, out);
+  return run_co(sc, h, co, 2, out);
 }
 
 static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_run_out *out) {
@@ -802,14 +1013,39 @@ static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_
   }
   lua_pushboolean(co, ok);
   lua_pushstring(co, result);
-  return run_co(sc, co, 2, out);
+  return run_co(sc, handle, co, 2, out);
+}
+
+/* Continues a step the hook preempted, for one more slice. */
+static int r_cont(void *ud, int handle, struct sg_run_out *out) {
+  struct sg_script *sc = ud;
+  lua_State *co = thread_of(sc, handle);
+  if (!co || lua_status(co) != LUA_YIELD) {
+    memset(out, 0, sizeof *out);
+    out->result = SG_RUN_ERROR;
+    out->error = sg_strdup("internal: continue of a coroutine that is not suspended");
+    return 0;
+  }
+  return run_co(sc, handle, co, 0, out);
+}
+
+/* Resets a coroutine that did not finish cleanly. Resetting runs its pending __close handlers:
+ * they are script code, so they run under a run that is doomed from the start (each is stopped
+ * at the hook's first check). */
+static void close_thread(struct sg_script *sc, lua_State *co) {
+  if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) return; /* finished cleanly: nothing pending */
+  struct run saved = sc->run; /* a drop can happen while a run is in progress (the engine's callbacks) */
+  run_begin(sc, co, RUN_CLOSE, NULL);
+  lua_resetthread(co); /* runs pending to-be-closed variables, frees the stack */
+  run_end(sc, NULL);
+  sc->run = saved;
 }
 
 static void r_drop(void *ud, int handle) {
   struct sg_script *sc = ud;
   lua_State *L = sc->L;
   lua_State *co = thread_of(sc, handle);
-  if (co) lua_resetthread(co); /* runs pending to-be-closed variables, frees the stack */
+  if (co) close_thread(sc, co);
   lua_rawgeti(L, LUA_REGISTRYINDEX, sc->ctxs_ref);
   lua_pushnil(L);
   lua_rawseti(L, -2, handle);
@@ -817,9 +1053,55 @@ static void r_drop(void *ud, int handle) {
   unref(sc, handle);
 }
 
-static int r_handle(void *ud, const struct sg_msg *m, char **status, char **body) {
+/* An error reply for a handler that failed in the runtime itself or was stopped by a limit. */
+static void handler_error(char **status, char **body, const char *msg, int retryable) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"error\":");
+  sg_buf_add_json_str(&b, msg);
+  sg_buf_adds(&b, retryable ? ",\"retryable\":true}" : ",\"retryable\":false}");
+  *status = sg_strdup("error");
+  *body = sg_buf_steal(&b);
+}
+
+/* Runs (a slice of) a handler coroutine. Returns 1 if the hook preempted it (the handle stays
+ * live), 0 when it is over with *status and *body set (the coroutine goes back to the pool, or is
+ * closed if it did not end cleanly). */
+static int run_handler(struct sg_script *sc, int h, lua_State *co, int nargs, char **status, char **body) {
+  int nres = 0;
+  run_begin(sc, co, RUN_HANDLER, usage_of(sc, h));
+  int rc = lua_resume(co, sc->L, nargs, &nres);
+  run_end(sc, usage_of(sc, h));
+  if (!sc->run.doomed && rc == LUA_YIELD && sc->run.preempted) return 1;
+  if (sc->run.doomed) {
+    handler_error(status, body, sc->run.why, 1);
+  } else if (rc == LUA_OK && nres >= 2) {
+    *status = sg_strdup(lua_tostring(co, -nres));
+    *body = sg_strdup(lua_tostring(co, -nres + 1));
+  } else if (rc == LUA_YIELD) {
+    handler_error(status, body, "a handler cannot yield (ctx operations are for saga steps)", 0);
+  } else {
+    /* the runtime itself failed (memory): an error reply the saga may retry */
+    const char *msg = lua_tostring(co, -1);
+    handler_error(status, body, msg ? msg : "handler failed", 1);
+  }
+  if (!*status || !*body) {
+    free(*status); free(*body);
+    handler_error(status, body, "handler failed", 1);
+  }
+  if (rc == LUA_OK && !sc->run.doomed && sc->npool < HANDLER_POOL_MAX) {
+    lua_settop(co, 0);
+    PUSH_POOL(sc, h);
+  } else {
+    r_drop(sc, h);
+  }
+  return 0;
+}
+
+static int r_handle(void *ud, const struct sg_msg *m, int *handle, char **status, char **body) {
   struct sg_script *sc = ud;
   lua_State *L = sc->L;
+  *handle = 0;
   char service[128];
   const char *rk = m->routing_key ? m->routing_key : "";
   const char *dot = strchr(rk, '.');
@@ -828,35 +1110,40 @@ static int r_handle(void *ud, const struct sg_msg *m, char **status, char **body
   memcpy(service, rk, n);
   service[n] = 0;
   const char *command = m->type && *m->type ? m->type : (dot ? dot + 1 : "");
-  push_runtime(sc, L, "handle");
-  lua_pushstring(L, service);
-  lua_pushstring(L, command);
-  lua_pushstring(L, m->body ? m->body : "{}");
-  lua_pushstring(L, m->message_id);
-  lua_pushstring(L, m->saga_id);
-  struct sg_error e = {0};
-  arm(sc, L);
-  int rc = pcall(L, 5, 2, &e);
-  disarm(sc, L);
-  if (rc < 0) {
-    /* the runtime itself failed (memory, budget): an error reply the saga may retry */
-    struct sg_buf b;
-    sg_buf_init(&b);
-    sg_buf_adds(&b, "{\"error\":");
-    sg_buf_add_json_str(&b, e.msg);
-    sg_buf_adds(&b, ",\"retryable\":true}");
-    *status = sg_strdup("error");
-    *body = sg_buf_steal(&b);
-    return 0;
+  /* a handler coroutine: an idle one from the pool, or a new one */
+  int h;
+  lua_State *co;
+  if (sc->npool) {
+    h = sc->pool[--sc->npool];
+    sc->refs++;
+    co = thread_of(sc, h);
+  } else {
+    co = lua_newthread(L);
+    h = ref(sc, L);
   }
-  *status = sg_strdup(lua_tostring(L, -2));
-  *body = sg_strdup(lua_tostring(L, -1));
-  lua_pop(L, 2);
+  *usage_of(sc, h) = (struct usage){0};
+  push_runtime(sc, co, "handle");
+  lua_pushstring(co, service);
+  lua_pushstring(co, command);
+  lua_pushstring(co, m->body ? m->body : "{}");
+  lua_pushstring(co, m->message_id);
+  lua_pushstring(co, m->saga_id);
+  if (run_handler(sc, h, co, 5, status, body)) { *handle = h; return 1; }
   return 0;
 }
 
+static int r_handle_cont(void *ud, int handle, char **status, char **body) {
+  struct sg_script *sc = ud;
+  lua_State *co = thread_of(sc, handle);
+  if (!co || lua_status(co) != LUA_YIELD) {
+    handler_error(status, body, "internal: continue of a handler that is not suspended", 1);
+    return 0;
+  }
+  return run_handler(sc, handle, co, 0, status, body);
+}
+
 struct sg_runner sg_script_runner(struct sg_script *sc) {
-  struct sg_runner r = { sc, r_def_get, r_start, r_resume, r_drop, r_handle };
+  struct sg_runner r = { sc, r_def_get, r_start, r_resume, r_cont, r_drop, r_handle, r_handle_cont };
   return r;
 }
 
@@ -885,6 +1172,8 @@ void sg_script_free(struct sg_script *sc) {
   if (!sc) return;
   sg_script_unwatch(sc);
   if (sc->L) lua_close(sc->L);
+  free(sc->pool);
+  free(sc->usage);
   for (int i = 0; i < sc->nfiles; i++) { free(sc->files[i].path); free(sc->files[i].hash); free(sc->files[i].error); }
   free(sc->files);
   for (int i = 0; i < sc->ndefs; i++) free_def(sc->defs[i]);

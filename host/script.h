@@ -27,8 +27,9 @@ struct sg_script_hooks {
 struct sg_script_config {
   const char *dir;            /* script directory */
   size_t mem_limit;           /* bytes the Lua state may use, 0 = unlimited */
-  long instr_budget;          /* VM instructions per resume or handler call, 0 = unlimited */
-  size_t run_mem_limit;       /* bytes one resume or handler call may allocate (net), 0 = unlimited */
+  long instr_budget;          /* VM instructions per step attempt or handler call, 0 = unlimited */
+  size_t run_mem_limit;       /* bytes one step attempt or handler call may allocate (net), 0 = unlimited */
+  int64_t cpu_limit_ms;       /* time one step attempt or handler call may run, 0 = unlimited */
 };
 
 struct sg_script;
@@ -53,5 +54,9 @@ struct sg_runner sg_script_runner(struct sg_script *sc);
 /* live registry references (tests assert it returns to its baseline) */
 int sg_script_live_refs(struct sg_script *sc);
 size_t sg_script_mem_used(struct sg_script *sc);
+/* The running step or handler hit a limit: the sandbox's pcall/xpcall must not catch its error
+ * (lsaga.c). 0 for a state that is not a host's. */
+struct lua_State;
+int sg_script_doomed(struct lua_State *L);
 
 #endif

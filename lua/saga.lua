@@ -4,9 +4,13 @@
 -- runs in, the ctx object handed to steps, and the step/handler trampolines the host resumes.
 -- Durable operations (ctx:call, ctx:sleep, ...) yield to the host, which journals them and resumes
 -- the coroutine with (ok, result_json). This file runs with the full standard library; user scripts
--- never see it directly, only the `saga` table returned by `public`.
+-- never see it directly, only the `saga` table each file gets from `public_for`.
 local core = require "saga.core"
 local cjson = require "cjson"
+
+-- string.rep with an empty string and separator would loop n times in C for nothing: the host's
+-- version answers at once (string methods resolve here too, through the string metatable).
+string.rep = core.rep
 
 local json = cjson.new()
 json.encode_sparse_array(true)
@@ -26,10 +30,19 @@ local versions = {}
 ---------------------------------------------------------------------------------------------------
 -- errors
 
--- Errors raised by the runtime itself (ctx:fail, remote error replies) carry this metatable.
+-- The runtime's own checks see through __metatable (scripts only ever see `false`).
+local getmt = debug.getmetatable
+
+-- Errors raised by the runtime itself (ctx:fail, remote error replies) carry this metatable. It is
+-- sealed: a script that catches one cannot reach it to change how every other error behaves.
 local Err = {}
 Err.__index = Err
 Err.__tostring = function(e) return e.message end
+Err.__metatable = false
+
+-- What a step or handler ends with once the host stopped it for a limit: the C side (script.c)
+-- holds the real message; nothing of the script's may run on the way out.
+local DOOMED = setmetatable({ message = "stopped by a script limit", retryable = true, traceback = "" }, Err)
 
 local function caller_where(level)
   local info = debug.getinfo(level + 1, "Sl")
@@ -41,8 +54,9 @@ end
 
 -- Normalises anything raised inside a step or a handler into {message, retryable, fail, traceback}.
 local function normalize_error(e)
+  if core.doomed() then return DOOMED end -- do not run the script's metamethods (__index, __tostring)
   local tb = debug.traceback("", 2)
-  if getmetatable(e) == Err then
+  if getmt(e) == Err then
     e.traceback = tb
     return e
   end
@@ -110,8 +124,8 @@ local SAGA_KEYS = { name = true, steps = true, retry = true, compensate_retry = 
 local STEP_KEYS = { name = true, action = true, compensate = true, retry = true, compensate_retry = true, timeout = true, description = true }
 local NAME_PATTERN = "^[%a_][%w_%.%-]*$"
 
-local function define(spec)
-  if not loading then error("saga.define can only be called while a script file loads (at its top level)", 2) end
+local function define(ld, spec)
+  if loading ~= ld then error("saga.define can only be called while its script file loads (at its top level)", 2) end
   local where = caller_where(2)
   local function fail(msg) error(where .. ": saga.define: " .. msg, 0) end
   if type(spec) ~= "table" then fail("expects a table") end
@@ -139,12 +153,13 @@ local function define(spec)
     for k in pairs(st) do
       if not STEP_KEYS[k] then stfail("unknown key '" .. tostring(k) .. "' (known: name, action, compensate, retry, compensate_retry, timeout, description)") end
     end
-    if type(st.name) ~= "string" or not st.name:match(NAME_PATTERN) then stfail("'name' must be a string") end
-    if seen[st.name] then stfail("duplicate step name") end
-    seen[st.name] = true
-    if type(st.action) ~= "function" then stfail("'action' must be a function") end
-    if st.compensate ~= nil and type(st.compensate) ~= "function" then stfail("'compensate' must be a function") end
-    local s = { name = st.name, action = st.action, compensate = st.compensate }
+    local sname, action, compensate = st.name, st.action, st.compensate
+    if type(sname) ~= "string" or not sname:match(NAME_PATTERN) then stfail("'name' must be a string") end
+    if seen[sname] then stfail("duplicate step name") end
+    seen[sname] = true
+    if type(action) ~= "function" then stfail("'action' must be a function") end
+    if compensate ~= nil and type(compensate) ~= "function" then stfail("'compensate' must be a function") end
+    local s = { name = sname, action = action, compensate = compensate }
     local ok2, err2 = pcall(function()
       s.timeout_ms = st.timeout ~= nil and duration_ms(st.timeout, "timeout") or 0
       s.retry = parse_retry(st.retry, "retry", def.retry)
@@ -160,8 +175,8 @@ local function define(spec)
   loading.order[#loading.order + 1] = name
 end
 
-local function handle(service, command, fn)
-  if not loading then error("saga.handle can only be called while a script file loads (at its top level)", 2) end
+local function handle(ld, service, command, fn)
+  if loading ~= ld then error("saga.handle can only be called while its script file loads (at its top level)", 2) end
   local where = caller_where(2)
   local function fail(msg) error(where .. ": saga.handle: " .. msg, 0) end
   if type(service) ~= "string" or not service:match("^[%a_][%w_%-]*$") then
@@ -180,8 +195,8 @@ local BREAKER_KEYS = { failure_rate = true, min_calls = true, window = true, ope
 
 -- saga.breaker(service, { failure_rate = 0.5, min_calls = 10, window = "30s", open_for = "5s" }):
 -- the circuit breaker of a service this host calls (unset keys keep the host's --breaker-* flags).
-local function breaker(service, opts)
-  if not loading then error("saga.breaker can only be called while a script file loads (at its top level)", 2) end
+local function breaker(ld, service, opts)
+  if loading ~= ld then error("saga.breaker can only be called while its script file loads (at its top level)", 2) end
   local where = caller_where(2)
   local function fail(msg) error(where .. ": saga.breaker: " .. msg, 0) end
   if type(service) ~= "string" or not service:match("^[%a_][%w_%-]*$") then fail("service must be a name (got " .. tostring(service) .. ")") end
@@ -209,14 +224,23 @@ local function breaker(service, opts)
   loading.breakers[service] = c
 end
 
--- The table scripts get from require "saga".
-local public = {
-  define = define,
-  handle = handle,
-  breaker = breaker,
-  json = { encode = function(v) return json.encode(v) end, decode = function(s) return json.decode(s) end },
-  duration = function(v) return duration_ms(v, "duration") / 1000 end,
-}
+local unwrap -- defined with ctx below
+
+-- The `saga` module of one file (require "saga"), with its own `json`: each file gets fresh tables,
+-- so what one file does to them (saga.define = ..., saga.json.encode = ...) stays in that file.
+local function public_for(ld)
+  local pub = {
+    define = function(spec) return define(ld, spec) end,
+    handle = function(service, command, fn) return handle(ld, service, command, fn) end,
+    breaker = function(service, opts) return breaker(ld, service, opts) end,
+    json = {
+      encode = function(v) return json.encode(unwrap(v, 0)) end,
+      decode = function(s) return json.decode(s) end,
+    },
+    duration = function(v) return duration_ms(v, "duration") / 1000 end,
+  }
+  return pub
+end
 
 ---------------------------------------------------------------------------------------------------
 -- the sandbox
@@ -228,29 +252,72 @@ local function copy(t)
 end
 
 local string_mt = getmetatable("")
+local raw_setmetatable, raw_rawset = setmetatable, rawset
 
-local function sandbox_env(file)
+-- Tables handed to scripts that must stay as they are (read-only views): rawset cannot write
+-- through them and their metatables are sealed.
+local sealed = setmetatable({}, { __mode = "k" })
+
+-- table.move in Lua, so that the instruction budget sees every element it moves (the C version
+-- would run a loop of any length without the host being able to stop it).
+local function table_move(a1, f, e, t, a2)
+  a2 = a2 == nil and a1 or a2
+  if math.type(f) ~= "integer" or math.type(e) ~= "integer" or math.type(t) ~= "integer" then
+    error("bad argument to 'move' (number has no integer representation)", 2)
+  end
+  if e >= f then
+    if not (f > 0 or e < math.maxinteger + f) then error("bad argument #3 to 'move' (too many elements to move)", 2) end
+    if t > math.maxinteger - (e - f) then error("bad argument #4 to 'move' (destination wrap around)", 2) end
+    if t > e or t <= f or not rawequal(a1, a2) then
+      for i = 0, e - f do a2[t + i] = a1[f + i] end
+    else
+      for i = e - f, 0, -1 do a2[t + i] = a1[f + i] end
+    end
+  end
+  return a2
+end
+
+local function os_date(fmt, t)
+  if type(fmt) == "string" and #fmt > 256 then error("os.date: format longer than 256 characters", 2) end
+  return os.date(fmt, t)
+end
+
+local function sandbox_env(file, pub)
   local env = {
-    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs, pcall = pcall,
-    select = select, tonumber = tonumber, tostring = tostring, type = type, xpcall = xpcall,
-    rawequal = rawequal, rawget = rawget, rawset = rawset, rawlen = rawlen, setmetatable = setmetatable,
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+    -- the host's pcall/xpcall: once a limit has stopped the step, they do not catch that
+    pcall = core.pcall, xpcall = core.xpcall,
+    select = select, tonumber = tonumber, tostring = tostring, type = type,
+    rawequal = rawequal, rawget = rawget, rawlen = rawlen,
+    rawset = function(t, k, v)
+      if sealed[t] then error("rawset: this table is read-only (ctx.input); keep state in ctx.data", 2) end
+      return raw_rawset(t, k, v)
+    end,
+    setmetatable = function(t, mt)
+      if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+        error("setmetatable: __gc metamethods are not available to saga scripts (a finalizer runs at a " ..
+              "garbage collection, outside any step and any limit)", 2)
+      end
+      return raw_setmetatable(t, mt)
+    end,
     getmetatable = function(v)
       local mt = getmetatable(v)
       if mt == string_mt then return nil end
       return mt
     end,
     string = copy(string), table = copy(table), math = copy(math), utf8 = copy(utf8),
-    os = { time = os.time, clock = os.clock, date = os.date, difftime = os.difftime },
+    os = { time = os.time, clock = os.clock, date = os_date, difftime = os.difftime },
     _VERSION = _VERSION,
   }
+  env.table.move = table_move
   env.print = function(...)
     local parts = table.pack(...)
     for i = 1, parts.n do parts[i] = tostring(parts[i]) end
     core.log("info", file .. ": " .. table.concat(parts, "\t", 1, parts.n))
   end
   env.require = function(name)
-    if name == "saga" then return public end
-    if name == "cjson" or name == "json" then return public.json end
+    if name == "saga" then return pub end
+    if name == "cjson" or name == "json" then return pub.json end
     error("module '" .. tostring(name) .. "' is not available to saga scripts (only 'saga' and 'json')", 2)
   end
   env._G = env
@@ -265,12 +332,22 @@ end
 -- do not register handlers.
 function M.load(file, source, hash, historic)
   local ld = { file = file, hash = hash, defs = {}, order = {}, handlers = {}, breakers = {}, historic = historic }
-  local fn, err = load(source, "@" .. file, "t", sandbox_env(file))
+  local fn, err = load(source, "@" .. file, "t", sandbox_env(file, public_for(ld)))
   if not fn then return nil, err end
   loading = ld
-  local ok, lerr = xpcall(fn, function(e) return tostring(e) end)
+  local ok, lerr = xpcall(fn, function(e)
+    if core.doomed() then return "" end -- the host has the message; run nothing of the script's
+    if type(e) == "string" then return e end
+    local tok, msg = pcall(tostring, e)
+    return tok and type(msg) == "string" and msg or "error object is a " .. type(e)
+  end)
   loading = nil
-  if not ok then return nil, lerr end
+  if not ok then
+    lerr = tostring(lerr)
+    -- a load error always names the file that caused it
+    if lerr:sub(1, #file + 1) ~= file .. ":" then lerr = file .. ": " .. lerr end
+    return nil, lerr
+  end
   if not historic then
     for key, h in pairs(ld.handlers) do
       for f, other in pairs(files) do
@@ -333,7 +410,9 @@ local function readonly(t)
   local cache = {}
   local proxy = {}
   originals[proxy] = t
+  sealed[proxy] = true
   return setmetatable(proxy, {
+    __metatable = false,
     __index = function(_, k)
       local v = t[k]
       if type(v) == "table" then
@@ -358,12 +437,14 @@ local function readonly(t)
 end
 
 local yield = coroutine.yield
+-- The metatable of every ctx, sealed: scripts cannot reach it to change ctx:call for other files.
 local Ctx = {}
 Ctx.__index = Ctx
+Ctx.__metatable = false
 
 -- A value with the read-only views of ctx.input in it replaced by what they show (JSON encoding
 -- sees a view as an empty table). Tables are copied only where they hold a view.
-local function unwrap(v, depth)
+function unwrap(v, depth)
   if type(v) ~= "table" then return v end
   local o = originals[v]
   if o then return o end
@@ -480,11 +561,9 @@ end
 -- ("done", data_json) | ("error", message, retryable, traceback) | ("fail", message, false, traceback).
 function M.run_step(fn, ctx)
   local ok, err = xpcall(fn, normalize_error, ctx)
-  if not ok and getmetatable(err) ~= Err then
-    -- memory errors skip the message handler
-    local msg = tostring(err)
-    if msg == "not enough memory" then msg = "memory limit exceeded: the step allocated more than this host allows (--lua-step-memory)" end
-    err = { message = msg, retryable = true, traceback = "" }
+  if not ok and getmt(err) ~= Err then
+    -- memory errors skip the message handler; the host names the limit and the line (script.c)
+    err = { message = type(err) == "string" and err or "step failed", retryable = true, traceback = "" }
   end
   if ok then
     local eok, data = pcall(json.encode, unwrap(ctx.data, 0))
@@ -505,10 +584,8 @@ function M.handle(service, command, payload_json, message_id, saga_id)
     return "error", json.encode({ error = "malformed JSON payload: " .. tostring(payload), retryable = false })
   end
   local hok, res = xpcall(h.fn, normalize_error, payload, { message_id = message_id, saga_id = saga_id, service = service, command = command })
-  if not hok and getmetatable(res) ~= Err then
-    local msg = tostring(res)
-    if msg == "not enough memory" then msg = "memory limit exceeded in handler " .. service .. "." .. command end
-    res = { message = msg, retryable = true }
+  if not hok and getmt(res) ~= Err then
+    res = { message = type(res) == "string" and res or "handler failed", retryable = true }
   end
   if hok then
     local eok, body = pcall(json.encode, res == nil and {} or res)
@@ -518,5 +595,4 @@ function M.handle(service, command, payload_json, message_id, saga_id)
   return "error", json.encode({ error = res.message, retryable = res.retryable })
 end
 
-M.public = public
 return M
