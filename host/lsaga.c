@@ -29,7 +29,7 @@ static int l_duration_ms(lua_State *L) {
 }
 
 /* A script's log line is cut here (print, ctx:log): one line must not fill the host's log. */
-#define LOG_LINE_MAX 4096
+#define LOG_LINE_MAX 2048
 
 /* core.log(level, message) */
 static int l_log(lua_State *L) {

@@ -15,10 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#if __has_include("lstrpat.h")
 #include "lstrpat.h"
-#define HAVE_STRPAT 1
-#endif
 #include "util.h"
 
 int luaopen_saga_core(lua_State *L);
@@ -66,7 +63,9 @@ struct run {
   struct usage u;       /* the attempt's usage, kept current while it runs */
   int doomed;           /* a limit was hit: the attempt ends and nothing in it can catch that */
   int preempted;        /* the hook yielded at the end of a slice */
+  int mem_refused;      /* the allocator refused it memory (mem_why says where) */
   char why[640];        /* the limit that was hit: "file:line: ... (flag)" */
+  char mem_why[640];    /* the memory limit it ran into, with file:line */
 };
 
 /* One script file of the directory. */
@@ -151,7 +150,7 @@ static void doom(struct sg_script *sc, lua_State *L, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  snprintf(r->why, sizeof r->why, "%s: %s", where, msg);
+  snprintf(r->why, sizeof r->why, "%.200s: %.400s", where, msg);
   r->doomed = 1;
 }
 
@@ -170,7 +169,9 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (nsize == 0) {
     free(ptr);
     sc->mem_used -= osize;
-    if (r->kind) r->u.mem -= (int64_t)osize;
+    /* what the collector frees while a run is on may be anyone's garbage: it can cancel what the
+     * run allocated, never bank an allowance for later */
+    if (r->kind && (r->u.mem -= (int64_t)osize) < 0) r->u.mem = 0;
     return NULL;
   }
   if (nsize > osize) {
@@ -181,17 +182,25 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
                    r->u.mem + (int64_t)grow > (int64_t)sc->cfg.run_mem_limit;
     if (over_state || over_run) {
       /* Lua answers a refusal with an emergency collection and asks once more: only the second
-       * refusal of the same request is final */
-      int final = sc->fail_ptr == ptr && sc->fail_size == nsize;
+       * refusal of the same request is final. A big request (a string.rep, a table doubling) is
+       * final at once, and so is any refusal that surfaces as "not enough memory" (collect). */
+      int final = (sc->fail_ptr == ptr && sc->fail_size == nsize) || grow >= ((size_t)1 << 20);
       sc->fail_ptr = ptr;
       sc->fail_size = nsize;
-      if (final && r->kind && r->kind != RUN_CLOSE) {
+      if (r->kind && r->kind != RUN_CLOSE && !r->mem_refused) {
+        r->mem_refused = 1;
+        char where[300] = "?";
+        if (ALLOC_WHERE(sc)) script_where(ALLOC_WHERE(sc), where, sizeof where);
         if (over_run)
-          doom(sc, ALLOC_WHERE(sc), "memory limit exceeded: %s allocated more than %zu MB (--lua-step-memory MB raises it)",
-               run_what(r->kind), sc->cfg.run_mem_limit >> 20);
+          snprintf(r->mem_why, sizeof r->mem_why, "%.200s: memory limit exceeded: %s allocated more than %zu MB "
+                   "(--lua-step-memory MB raises it)", where, run_what(r->kind), sc->cfg.run_mem_limit >> 20);
         else
-          doom(sc, ALLOC_WHERE(sc), "memory limit exceeded: the host's Lua state is at its limit of %zu MB "
-               "(--lua-memory MB raises it)", sc->cfg.mem_limit >> 20);
+          snprintf(r->mem_why, sizeof r->mem_why, "%.200s: memory limit exceeded: the host's Lua state is at its "
+                   "limit of %zu MB (--lua-memory MB raises it)", where, sc->cfg.mem_limit >> 20);
+      }
+      if (final && r->mem_refused && !r->doomed) {
+        memcpy(r->why, r->mem_why, sizeof r->why);
+        r->doomed = 1;
       }
       return NULL;
     }
@@ -200,7 +209,7 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (p) {
     sc->fail_ptr = NULL;
     sc->mem_used = sc->mem_used - osize + nsize;
-    if (r->kind) r->u.mem += (int64_t)nsize - (int64_t)osize;
+    if (r->kind && (r->u.mem += (int64_t)nsize - (int64_t)osize) < 0) r->u.mem = 0;
   }
   return p;
 }
@@ -303,6 +312,7 @@ static void run_begin(struct sg_script *sc, lua_State *co, int kind, const struc
   r->u = u ? *u : (struct usage){0};
   r->doomed = kind == RUN_CLOSE;
   r->preempted = 0;
+  r->mem_refused = 0;
   r->why[0] = 0;
   r->t0 = mono_ns();
   r->slice_end = r->t0 + SLICE_NS;
@@ -331,6 +341,15 @@ static struct usage *usage_of(struct sg_script *sc, int handle) {
   return &sc->usage[handle];
 }
 
+/* A run that was refused memory and then failed with "not enough memory" hit the memory limit. */
+static void memory_verdict(struct sg_script *sc, const char *err) {
+  struct run *r = &sc->run;
+  if (!r->doomed && r->mem_refused && err && strstr(err, "not enough memory")) {
+    memcpy(r->why, r->mem_why, sizeof r->why);
+    r->doomed = 1;
+  }
+}
+
 int sg_script_doomed(struct lua_State *L) {
   void *ud;
   if (lua_getallocf(L, &ud) != l_alloc) return 0; /* not a host's state (the spec module's caller) */
@@ -342,9 +361,7 @@ static int open_state(struct sg_script *sc, struct sg_error *e) {
   if (!L) return sg_errorf(e, SG_E_INTERNAL, "cannot create the Lua state (memory limit too low?)");
   sc->L = L;
   luaL_openlibs(L);
-#ifdef HAVE_STRPAT
   sg_strpat_install(L); /* pattern matching with bounded work, for scripts and the runtime alike */
-#endif
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_saga_core);
   lua_setfield(L, -2, "saga.core");
@@ -510,6 +527,7 @@ static int load_source(struct sg_script *sc, const char *file, const char *sourc
   run_begin(sc, L, RUN_LOAD, NULL);
   int rc = pcall(L, 4, 2, e);
   run_end(sc, NULL);
+  memory_verdict(sc, rc < 0 ? e->msg : lua_isnil(L, -2) ? lua_tostring(L, -1) : NULL);
   if (sc->run.doomed) {
     /* a limit stopped the file's top-level code: that is the load error, whatever got caught */
     if (rc == 0) lua_pop(L, 2);
@@ -855,6 +873,12 @@ static char *dup_at(lua_State *L, int idx) {
 static int collect(struct sg_script *sc, lua_State *co, int status, int nres, struct sg_run_out *out) {
   memset(out, 0, sizeof *out);
   int base = lua_gettop(co) - nres + 1;
+  if (status == LUA_OK && nres >= 2) {
+    const char *kind = lua_tostring(co, base);
+    if (kind && strcmp(kind, "done") != 0) memory_verdict(sc, lua_tostring(co, base + 1));
+  } else if (status != LUA_OK && status != LUA_YIELD) {
+    memory_verdict(sc, lua_tostring(co, -1));
+  }
   if (sc->run.doomed) {
     /* a limit stopped it, whatever the coroutine did on the way out: retryable, like a timeout */
     out->result = SG_RUN_ERROR;
@@ -1072,6 +1096,10 @@ static int run_handler(struct sg_script *sc, int h, lua_State *co, int nargs, ch
   run_begin(sc, co, RUN_HANDLER, usage_of(sc, h));
   int rc = lua_resume(co, sc->L, nargs, &nres);
   run_end(sc, usage_of(sc, h));
+  if (rc == LUA_OK && nres >= 2 && lua_tostring(co, -nres) && strcmp(lua_tostring(co, -nres), "error") == 0)
+    memory_verdict(sc, lua_tostring(co, -nres + 1));
+  else if (rc != LUA_OK && rc != LUA_YIELD)
+    memory_verdict(sc, lua_tostring(co, -1));
   if (!sc->run.doomed && rc == LUA_YIELD && sc->run.preempted) return 1;
   if (sc->run.doomed) {
     handler_error(status, body, sc->run.why, 1);

@@ -42,8 +42,9 @@ void sg_log(int level, const char *fmt, ...) {
   char line[4096];
   va_list ap;
   va_start(ap, fmt);
-  vsnprintf(line, sizeof line, fmt, ap);
+  int n = vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
+  if (n >= (int)sizeof line) memcpy(line + sizeof line - 12, "... [cut]", 10); /* say so, never silently */
   fprintf(stderr, "%s %-5s %s\n", ts, tags[level], line);
 }
 

@@ -262,9 +262,11 @@ local sealed = setmetatable({}, { __mode = "k" })
 -- would run a loop of any length without the host being able to stop it).
 local function table_move(a1, f, e, t, a2)
   a2 = a2 == nil and a1 or a2
-  if math.type(f) ~= "integer" or math.type(e) ~= "integer" or math.type(t) ~= "integer" then
-    error("bad argument to 'move' (number has no integer representation)", 2)
-  end
+  local fi, ei, ti = math.tointeger(f), math.tointeger(e), math.tointeger(t)
+  if not fi then error("bad argument #2 to 'move' (number has no integer representation)", 2) end
+  if not ei then error("bad argument #3 to 'move' (number has no integer representation)", 2) end
+  if not ti then error("bad argument #4 to 'move' (number has no integer representation)", 2) end
+  f, e, t = fi, ei, ti
   if e >= f then
     if not (f > 0 or e < math.maxinteger + f) then error("bad argument #3 to 'move' (too many elements to move)", 2) end
     if t > math.maxinteger - (e - f) then error("bad argument #4 to 'move' (destination wrap around)", 2) end
@@ -291,14 +293,18 @@ local function sandbox_env(file, pub)
     rawequal = rawequal, rawget = rawget, rawlen = rawlen,
     rawset = function(t, k, v)
       if sealed[t] then error("rawset: this table is read-only (ctx.input); keep state in ctx.data", 2) end
-      return raw_rawset(t, k, v)
+      local ok, r = pcall(raw_rawset, t, k, v)
+      if not ok then error(r, 2) end -- blamed on the script's line, not on this wrapper
+      return r
     end,
     setmetatable = function(t, mt)
       if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
         error("setmetatable: __gc metamethods are not available to saga scripts (a finalizer runs at a " ..
               "garbage collection, outside any step and any limit)", 2)
       end
-      return raw_setmetatable(t, mt)
+      local ok, r = pcall(raw_setmetatable, t, mt)
+      if not ok then error(r, 2) end
+      return r
     end,
     getmetatable = function(v)
       local mt = getmetatable(v)
@@ -338,8 +344,12 @@ function M.load(file, source, hash, historic)
   local ok, lerr = xpcall(fn, function(e)
     if core.doomed() then return "" end -- the host has the message; run nothing of the script's
     if type(e) == "string" then return e end
-    local tok, msg = pcall(tostring, e)
-    return tok and type(msg) == "string" and msg or "error object is a " .. type(e)
+    local mt = getmt(e)
+    if type(mt) == "table" and rawget(mt, "__tostring") then
+      local tok, msg = pcall(tostring, e)
+      if tok and type(msg) == "string" then return msg end
+    end
+    return "error object is a " .. type(e)
   end)
   loading = nil
   if not ok then
