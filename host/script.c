@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "lstrpat.h"
+#include "watchdog.h"
 #include "util.h"
 
 int luaopen_saga_core(lua_State *L);
@@ -276,6 +277,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
   struct sg_script *sc = script_of(L);
   struct run *r = &sc->run;
   if (!r->kind) { lua_sethook(L, NULL, 0, 0); return; }
+  lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_EVERY); /* back to the usual pace after a watchdog poke */
   r->u.instr += HOOK_EVERY;
   int64_t now = mono_ns(), ran = now - r->t0;
   /* only the step's (or handler's) own coroutine is yielded: the runner resumes it */
@@ -304,6 +306,15 @@ static void hook(lua_State *L, lua_Debug *ar) {
   }
 }
 
+/* The thread the watchdog's signal pokes (the one in the current run), NULL between runs. */
+static lua_State *volatile poke_target;
+
+/* In the signal handler: the hook runs at the next VM instruction (after the C call in progress). */
+static void poke(void) {
+  lua_State *L = poke_target;
+  if (L) lua_sethook(L, hook, LUA_MASKCOUNT, 1);
+}
+
 /* Before a step resume, handler call or load: limits on, usage carried over from earlier resumes. */
 static void run_begin(struct sg_script *sc, lua_State *co, int kind, const struct usage *u) {
   struct run *r = &sc->run;
@@ -318,11 +329,15 @@ static void run_begin(struct sg_script *sc, lua_State *co, int kind, const struc
   r->slice_end = r->t0 + SLICE_NS;
   sc->fail_ptr = NULL;
   lua_sethook(co, hook, LUA_MASKCOUNT, HOOK_EVERY);
+  poke_target = co;
+  sg_watchdog_arm(r->slice_end);
 }
 
 /* After it: the usage is saved for the next resume; doomed/preempted/why stay readable. */
 static void run_end(struct sg_script *sc, struct usage *u) {
   struct run *r = &sc->run;
+  sg_watchdog_disarm();
+  poke_target = NULL;
   lua_sethook(r->co, NULL, 0, 0);
   r->u.cpu_ns += mono_ns() - r->t0;
   if (u) *u = r->u;
@@ -1063,6 +1078,10 @@ static void close_thread(struct sg_script *sc, lua_State *co) {
   lua_resetthread(co); /* runs pending to-be-closed variables, frees the stack */
   run_end(sc, NULL);
   sc->run = saved;
+  if (saved.kind) {
+    poke_target = saved.co;
+    sg_watchdog_arm(saved.slice_end);
+  }
 }
 
 static void r_drop(void *ud, int handle) {
@@ -1187,6 +1206,7 @@ struct sg_script *sg_script_new(const struct sg_script_config *cfg, const struct
   if (hooks) sc->hooks = *hooks;
   sc->dir = sg_strdup(cfg->dir);
   sc->notify_fd = -1;
+  sg_watchdog_acquire(poke);
   size_t n = strlen(sc->dir);
   while (n > 1 && sc->dir[n - 1] == '/') sc->dir[--n] = 0;
   if (open_state(sc, e) < 0) {
@@ -1202,6 +1222,7 @@ void sg_script_free(struct sg_script *sc) {
   if (sc->L) lua_close(sc->L);
   free(sc->pool);
   free(sc->usage);
+  sg_watchdog_release();
   for (int i = 0; i < sc->nfiles; i++) { free(sc->files[i].path); free(sc->files[i].hash); free(sc->files[i].error); }
   free(sc->files);
   for (int i = 0; i < sc->ndefs; i++) free_def(sc->defs[i]);

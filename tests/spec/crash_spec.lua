@@ -46,7 +46,7 @@ end
 describe("crash recovery", function()
   local host
   before_each(function()
-    host = H.host { name = "crash", scripts = { ["c.lua"] = SCRIPT }, args = "--lua-budget 2000000000" }
+    host = H.host { name = "crash", scripts = { ["c.lua"] = SCRIPT }, args = "--lua-budget 2000000000 --lua-step-cpu 30s" }
     host:start()
   end)
   after_each(function() host:stop() end)

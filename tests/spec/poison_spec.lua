@@ -7,7 +7,7 @@ describe("poison command over RabbitMQ", function()
   it("is dead-lettered after 5 deliveries that each died with their host", function()
     local uid = H.uid()
     local svc = "crashy_" .. uid
-    local part = H.host { name = "poison-part", amqp = true, host_id = "poison-part-" .. uid, args = "--lua-budget 2000000000",
+    local part = H.host { name = "poison-part", amqp = true, host_id = "poison-part-" .. uid, args = "--lua-budget 2000000000 --lua-step-cpu 60s",
       scripts = { ["p.lua"] = ([[
 local saga = require "saga"
 saga.handle("SVC", "Work", function(p, msg)

@@ -174,7 +174,7 @@ describe("the sandbox", function()
       ["c_badload.lua"] = 'error({ code = 1 })',
       ["d_loadloop.lua"] = 'local saga = require "saga"\nwhile true do end',
       ["e_loadpcall.lua"] = 'while true do pcall(function() while true do end end) end',
-    }, args = "--lua-step-cpu 300ms --lua-budget 2000000000 --lua-step-memory 16" }
+    }, args = "--lua-step-cpu " .. 300 * H.slow .. "ms --lua-budget 2000000000 --lua-step-memory 16" }
     host:start()
   end)
   teardown(function() host:stop() end)
