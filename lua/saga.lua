@@ -316,6 +316,8 @@ local function sandbox_env(file, pub)
     _VERSION = _VERSION,
   }
   env.table.move = table_move
+  -- the generator is the host's, seeded at start: a file may not fix every other file's numbers
+  env.math.randomseed = function() end
   env.print = function(...)
     local parts = table.pack(...)
     for i = 1, parts.n do parts[i] = tostring(parts[i]) end

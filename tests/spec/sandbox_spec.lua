@@ -138,6 +138,7 @@ saga.json.encode = function() return "hijacked" end
 json.decode = function() return { hijacked = true } end
 string.upper = function() return "hijacked" end
 table.concat = function() return "hijacked" end
+math.randomseed(42)
 ]]
 
 -- loaded after it: must see none of that
@@ -149,6 +150,10 @@ saga.define { name = "Victim", steps = { { name = "S", action = function(ctx)
   ctx.data.decoded = saga.json.decode('{"b":2}').b
   ctx.data.upper = string.upper("x") .. ("y"):upper()
   ctx.data.concat = table.concat({ "a", "b" })
+  math.randomseed(42) -- does nothing: the same seed in every file would make every file's numbers the same
+  local a = math.random(1 << 40)
+  math.randomseed(42)
+  ctx.data.random_differs = math.random(1 << 40) ~= a
 end } } }
 saga.define { name = "Flaky", steps = { { name = "S", retry = { attempts = 2, initial = "10ms" }, action = function(ctx)
   if ctx.attempt == 1 then error("transient") end
@@ -227,6 +232,7 @@ describe("the sandbox", function()
     assert.are.equal(2, s.data.decoded)
     assert.are.equal("XY", s.data.upper)
     assert.are.equal("ab", s.data.concat)
+    assert.is_true(s.data.random_differs)
     s = host:wait(host:start_saga("Flaky", {}))
     assert.are.equal("completed", s.status)
     assert.are.equal(2, s.data.attempt)
