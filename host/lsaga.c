@@ -4,6 +4,7 @@
  * string.rep that cannot spin in C. Only luaopen_saga_core is exported. */
 #include <lauxlib.h>
 #include <lua.h>
+#include <ctype.h>
 #include <string.h>
 
 #include "duration.h"
@@ -119,7 +120,20 @@ static int l_rep(lua_State *L) {
   return 1;
 }
 
+/* core.is_name(v) -> true when v is a string of letters, digits, '_' and '-' that does not start
+ * with a digit or '-' (service, command, topic and event names: they become routing keys). The hot
+ * path of every ctx:call, so not a pattern match. */
+static int l_is_name(lua_State *L) {
+  size_t n;
+  const char *s = lua_type(L, 1) == LUA_TSTRING ? lua_tolstring(L, 1, &n) : NULL;
+  int ok = s && n > 0 && (isalpha((unsigned char)s[0]) || s[0] == '_');
+  for (size_t i = 1; ok && i < n; i++) ok = isalnum((unsigned char)s[i]) || s[i] == '_' || s[i] == '-';
+  lua_pushboolean(L, ok);
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"is_name", l_is_name},
   {"duration_ms", l_duration_ms},
   {"log", l_log},
   {"now_ms", l_now_ms},

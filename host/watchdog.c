@@ -1,26 +1,28 @@
-/* watchdog: a thread that signals the loop thread when a script run is past its deadline. */
+/* watchdog: a POSIX timer whose signal pokes a script run that is past its deadline. */
+#define _GNU_SOURCE
 #include "watchdog.h"
 
-#include <pthread.h>
+#include <errno.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
-#define SIG_POKE SIGURG       /* ignored by default: a stray one after the handler is gone is harmless */
-#define TICK_BUSY_NS 1000000  /* how often it looks while runs come and go */
-#define TICK_IDLE_NS 20000000 /* ... and once none has started for a while */
+#include "util.h"
+
+#define SIG_POKE SIGURG              /* ignored by default: a stray one once the handler is gone is harmless */
+#define TICK_NS 2000000L             /* how often the timer looks while runs come and go */
+#define QUIET_NS (100 * 1000000LL)   /* without a run for this long, the timer stops */
 
 static struct {
-  pthread_mutex_t mu;          /* guards users, stop and the thread's start and join */
-  int users;                   /* sg_watchdog_acquire calls not yet released */
-  int stop;                    /* the thread should end */
-  pthread_t thread;            /* the watchdog thread (while users > 0) */
-  void (*poke)(void);          /* called in the signal handler, on the loop thread */
-  _Atomic int64_t deadline;    /* poke once the clock passes this; 0 = nothing runs */
-  _Atomic uint64_t gen;        /* runs armed so far (tells a busy host from an idle one) */
-  _Atomic unsigned long target; /* the thread that runs the scripts (pthread_t) */
-} wd = { .mu = PTHREAD_MUTEX_INITIALIZER };
+  int users;                        /* sg_watchdog_acquire calls not yet released */
+  int created;                      /* the timer exists */
+  timer_t timer;                    /* signals the thread that created it */
+  void (*poke)(void);               /* called in the signal handler */
+  volatile sig_atomic_t ticking;    /* the timer is running */
+  volatile int64_t deadline;        /* poke once the clock passes this; 0 = nothing runs */
+  volatile int64_t last_run;        /* when the last run started (the handler stops a quiet timer) */
+} wd;
 
 static int64_t mono_ns(void) {
   struct timespec ts;
@@ -28,59 +30,60 @@ static int64_t mono_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void on_signal(int sig) {
-  (void)sig;
-  if (atomic_load_explicit(&wd.deadline, memory_order_relaxed) && wd.poke) wd.poke();
+static void set_ticking(int on) {
+  struct itimerspec its;
+  memset(&its, 0, sizeof its);
+  if (on) its.it_value.tv_nsec = its.it_interval.tv_nsec = TICK_NS;
+  timer_settime(wd.timer, 0, &its, NULL); /* async-signal-safe */
 }
 
-static void *run(void *arg) {
-  (void)arg;
-  uint64_t seen = 0;
-  int64_t quiet_since = mono_ns();
-  for (;;) {
-    int64_t now = mono_ns();
-    uint64_t g = atomic_load(&wd.gen);
-    if (g != seen) { seen = g; quiet_since = now; }
-    int64_t tick = now - quiet_since > 100 * 1000000LL ? TICK_IDLE_NS : TICK_BUSY_NS;
-    struct timespec ts = { 0, tick };
-    nanosleep(&ts, NULL);
-    pthread_mutex_lock(&wd.mu);
-    int stop = wd.stop;
-    pthread_mutex_unlock(&wd.mu);
-    if (stop) return NULL;
-    int64_t dl = atomic_load(&wd.deadline);
-    if (dl && mono_ns() > dl) pthread_kill((pthread_t)atomic_load(&wd.target), SIG_POKE);
+static void on_signal(int sig) {
+  (void)sig;
+  int saved = errno;
+  int64_t now = mono_ns(), dl = wd.deadline;
+  if (dl && now > dl) {
+    if (wd.poke) wd.poke();
+  } else if (!dl && now - wd.last_run > QUIET_NS && wd.ticking) {
+    wd.ticking = 0;
+    set_ticking(0);
   }
+  errno = saved;
 }
 
 void sg_watchdog_acquire(void (*poke)(void)) {
-  pthread_mutex_lock(&wd.mu);
   wd.poke = poke;
-  if (wd.users++ == 0) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIG_POKE, &sa, NULL);
-    wd.stop = 0;
-    if (pthread_create(&wd.thread, NULL, run, NULL) != 0) wd.users = -1000000; /* none: the count hook still works */
-  }
-  pthread_mutex_unlock(&wd.mu);
+  if (wd.users++ > 0) return;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIG_POKE, &sa, NULL);
+  struct sigevent sev;
+  memset(&sev, 0, sizeof sev);
+  sev.sigev_notify = SIGEV_THREAD_ID;
+  sev.sigev_signo = SIG_POKE;
+  sev._sigev_un._tid = gettid(); /* sigev_notify_thread_id in newer glibc */
+  wd.created = timer_create(CLOCK_MONOTONIC, &sev, &wd.timer) == 0;
+  if (!wd.created) sg_warn("no watchdog timer (%s): a loop of slow C calls in a script is checked less often", strerror(errno));
+  wd.ticking = 0;
 }
 
 void sg_watchdog_release(void) {
-  pthread_mutex_lock(&wd.mu);
-  int last = --wd.users == 0;
-  if (last) wd.stop = 1;
-  pthread_mutex_unlock(&wd.mu);
-  if (last) pthread_join(wd.thread, NULL);
+  if (--wd.users > 0) return;
+  if (wd.created) timer_delete(wd.timer);
+  wd.created = 0;
+  wd.ticking = 0;
+  wd.deadline = 0;
 }
 
 void sg_watchdog_arm(int64_t deadline_ns) {
-  atomic_store_explicit(&wd.target, (unsigned long)pthread_self(), memory_order_relaxed);
-  atomic_fetch_add_explicit(&wd.gen, 1, memory_order_relaxed);
-  atomic_store_explicit(&wd.deadline, deadline_ns, memory_order_release);
+  wd.last_run = deadline_ns;
+  wd.deadline = deadline_ns;
+  if (!wd.ticking && wd.created) {
+    wd.ticking = 1;
+    set_ticking(1);
+  }
 }
 
-void sg_watchdog_disarm(void) { atomic_store_explicit(&wd.deadline, 0, memory_order_release); }
+void sg_watchdog_disarm(void) { wd.deadline = 0; }

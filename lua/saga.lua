@@ -484,8 +484,9 @@ end
 
 -- Service, command, topic and event names become routing keys ("service.command"): letters, digits,
 -- '_' and '-' only.
+local is_name = core.is_name
 local function check_name(v, what, level)
-  if type(v) ~= "string" or not v:match("^[%a_][%w_%-]*$") then
+  if not is_name(v) then
     error(what .. " must be a name of letters, digits, '_' or '-' (got " .. tostring(v) .. ")", level + 1)
   end
 end
