@@ -1,10 +1,9 @@
-/* script: lua_State, sandboxed loading, hot reload, definition versions and the coroutine runner. */
-#include "script.h"
+/* script: the lua_State, sandboxed loading, hot reload and definition versions (the runner is in
+ * script_run.c, the limits in script_limits.c). */
+#include "script_int.h"
 
 #include <dirent.h>
 #include <errno.h>
-#include <inttypes.h>
-#include <stdarg.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <lualib.h>
@@ -27,193 +26,13 @@ int luaopen_cjson(lua_State *L) __attribute__((weak));
 struct sg_lua_module { const char *name, *chunkname, *src; size_t len; };
 extern const struct sg_lua_module sg_lua_modules[];
 
-/* How script code is kept from hanging the host. A count hook runs every HOOK_EVERY VM instructions
- * of a step, handler or file load. At the end of a slice it yields the step's coroutine back to the
- * loop (a forced yield, as HAProxy's Lua does), so replies, timers, HTTP and other sagas are served
- * while a long step runs; the engine resumes it later. Where no yield is possible (inside a C call
- * boundary: a table.sort comparator, a gsub callback, a message handler, a metamethod called from
- * C, a file's top level) the run may go on for at most NOYIELD_NS at a time. An attempt also has an
- * instruction budget, a CPU limit and a memory limit. When a limit is hit the run is "doomed": the
- * hook yields for the runner to kill the coroutine, or raises where it cannot yield, and the
- * sandbox's pcall/xpcall re-raise instead of catching (lsaga.c), so no script code can outlive it. */
-#define HOOK_EVERY 1000
-#define SLICE_NS (2 * 1000000LL)
-#define NOYIELD_NS (200 * 1000000LL)
-
-enum run_kind {
-  RUN_NONE = 0,
-  RUN_STEP,    /* a step attempt on its saga's coroutine (preemptible) */
-  RUN_HANDLER, /* a saga.handle handler on a handler coroutine (preemptible) */
-  RUN_LOAD,    /* a file's top-level code, on the main thread */
-  RUN_CLOSE,   /* __close handlers of a coroutine being dropped: stopped at the first check */
-};
-
-/* What one attempt (or handler call) has used so far, kept between the resumes of its coroutine. */
-struct usage {
-  int64_t cpu_ns;  /* time spent running it */
-  int64_t instr;   /* VM instructions, counted HOOK_EVERY at a time */
-  int64_t mem;     /* bytes allocated net of what was freed while it ran */
-};
-
-/* The one Lua run in progress (the loop thread runs one at a time). */
-struct run {
-  lua_State *co;        /* the thread resumed (or the main thread for a load) */
-  int kind;             /* enum run_kind, RUN_NONE when nothing runs */
-  int64_t t0;           /* this resume began (monotonic ns) */
-  int64_t slice_end;    /* yield at the first chance after this */
-  struct usage u;       /* the attempt's usage, kept current while it runs */
-  int doomed;           /* a limit was hit: the attempt ends and nothing in it can catch that */
-  int preempted;        /* the hook yielded at the end of a slice */
-  int mem_refused;      /* the allocator refused it memory (mem_why says where) */
-  char why[640];        /* the limit that was hit: "file:line: ... (flag)" */
-  char mem_why[640];    /* the memory limit it ran into, with file:line */
-};
-
-/* One script file of the directory. */
-struct sfile {
-  char *path;        /* dir/name.lua */
-  char *hash;        /* version of its current good load, NULL if it never loaded */
-  char *error;       /* error of its last load attempt, NULL if that one succeeded */
-  struct timespec mtime; /* stat of the last read, to notice changes cheaply */
-  off_t size;
-  ino_t ino;
-  int seen;          /* found by the current scan */
-};
-
-/* A definition version with the Lua function table it came from. */
-struct defent {
-  struct sg_def def; /* what the engine sees */
-  int current;       /* the newest good version of its type (new starts use it) */
-};
-
-struct sg_script {
-  lua_State *L;
-  struct sg_script_config cfg;
-  struct sg_script_hooks hooks;
-  char *dir;
-  size_t mem_used;         /* bytes allocated by the Lua state */
-  struct run run;          /* the Lua code running now, under its limits */
-  struct usage *usage;     /* by coroutine handle: what its current attempt has used so far */
-  int nusage;
-  const void *fail_ptr;    /* the allocation the allocator just refused (Lua collects, then asks again) */
-  size_t fail_size;
-  int *pool;               /* idle handler coroutines (handles), reused for the next command */
-  int npool, cappool;
-  int refs;                /* live registry references (coroutines) */
-  int runtime_ref;         /* the lua/saga.lua module table */
-  int ctxs_ref;            /* table: coroutine handle -> the ctx its steps run with */
-  struct sfile *files; int nfiles, capfiles;
-  struct defent **defs; int ndefs, capdefs; /* every version ever loaded, never freed before the state */
-  struct ev_loop *loop;
-  ev_timer watch;          /* periodic rescan (the fallback) */
-  ev_io notify;            /* inotify on the directory */
-  int notify_fd;           /* its fd, -1 = none */
-  ev_timer settle;         /* rescan shortly after an inotify event */
-};
-
 /* ---------------------------------------------------------------------------------------------- */
 /* the Lua state */
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
-/* "file:line" of the innermost script function on L's stack (the runtime's own frames skipped, so
- * the author sees the line of theirs that was running). */
-static void script_where(lua_State *L, char *buf, size_t n) {
-  lua_Debug ar;
-  int found = 0;
-  for (int level = 0; lua_getstack(L, level, &ar); level++) {
-    if (!lua_getinfo(L, "Sl", &ar) || ar.currentline <= 0) continue;
-    if (!found || strcmp(ar.source, "@lua/saga.lua") != 0) {
-      snprintf(buf, n, "%s:%d", ar.short_src, ar.currentline);
-      found = 1;
-      if (strcmp(ar.source, "@lua/saga.lua") != 0) return;
-    }
-  }
-  if (!found) snprintf(buf, n, "?");
-}
 
-static const char *run_what(int kind) {
-  return kind == RUN_HANDLER ? "this handler call" : kind == RUN_LOAD ? "the file's top-level code" : "this step attempt";
-}
 
-/* Marks the run doomed with "where: message". where is taken from L when given. */
-static void doom(struct sg_script *sc, lua_State *L, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void doom(struct sg_script *sc, lua_State *L, const char *fmt, ...) {
-  struct run *r = &sc->run;
-  if (r->doomed) return;
-  char where[300] = "?", msg[400];
-  if (L) script_where(L, where, sizeof where);
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  snprintf(r->why, sizeof r->why, "%.200s: %.400s", where, msg);
-  r->doomed = 1;
-}
 
-/* The position inside the allocator is only read where the stack is never relocated in place
- * during an allocation (Lua up to 5.4.4; later releases move it with relative pointers). */
-#if LUA_VERSION_RELEASE_NUM <= 50404
-#define ALLOC_WHERE(sc) ((sc)->run.co)
-#else
-#define ALLOC_WHERE(sc) ((lua_State *)NULL)
-#endif
-
-static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  struct sg_script *sc = ud;
-  struct run *r = &sc->run;
-  if (!ptr) osize = 0;
-  if (nsize == 0) {
-    free(ptr);
-    sc->mem_used -= osize;
-    /* what the collector frees while a run is on may be anyone's garbage: it can cancel what the
-     * run allocated, never bank an allowance for later */
-    if (r->kind && (r->u.mem -= (int64_t)osize) < 0) r->u.mem = 0;
-    return NULL;
-  }
-  if (nsize > osize) {
-    size_t grow = nsize - osize;
-    int over_state = sc->cfg.mem_limit && sc->mem_used + grow > sc->cfg.mem_limit;
-    /* one attempt may not take more than its share, so a memory-hungry step fails alone */
-    int over_run = (r->kind == RUN_STEP || r->kind == RUN_HANDLER || r->kind == RUN_LOAD) && sc->cfg.run_mem_limit &&
-                   r->u.mem + (int64_t)grow > (int64_t)sc->cfg.run_mem_limit;
-    if (over_state || over_run) {
-      /* Lua answers a refusal with an emergency collection and asks once more: only the second
-       * refusal of the same request is final. A big request (a string.rep, a table doubling) is
-       * final at once, and so is any refusal that surfaces as "not enough memory" (collect). */
-      int final = (sc->fail_ptr == ptr && sc->fail_size == nsize) || grow >= ((size_t)1 << 20);
-      sc->fail_ptr = ptr;
-      sc->fail_size = nsize;
-      if (r->kind && r->kind != RUN_CLOSE && !r->mem_refused) {
-        r->mem_refused = 1;
-        char where[300] = "?";
-        if (ALLOC_WHERE(sc)) script_where(ALLOC_WHERE(sc), where, sizeof where);
-        if (over_run)
-          snprintf(r->mem_why, sizeof r->mem_why, "%.200s: memory limit exceeded: %s allocated more than %zu MB "
-                   "(--lua-step-memory MB raises it)", where, run_what(r->kind), sc->cfg.run_mem_limit >> 20);
-        else
-          snprintf(r->mem_why, sizeof r->mem_why, "%.200s: memory limit exceeded: the host's Lua state is at its "
-                   "limit of %zu MB (--lua-memory MB raises it)", where, sc->cfg.mem_limit >> 20);
-      }
-      if (final && r->mem_refused && !r->doomed) {
-        memcpy(r->why, r->mem_why, sizeof r->why);
-        r->doomed = 1;
-      }
-      return NULL;
-    }
-  }
-  void *p = realloc(ptr, nsize);
-  if (p) {
-    sc->fail_ptr = NULL;
-    sc->mem_used = sc->mem_used - osize + nsize;
-    if (r->kind && (r->u.mem += (int64_t)nsize - (int64_t)osize) < 0) r->u.mem = 0;
-  }
-  return p;
-}
 
 static int msgh(lua_State *L) {
   const char *msg = lua_tostring(L, 1);
@@ -224,7 +43,7 @@ static int msgh(lua_State *L) {
 
 /* The one protected-call helper: calls the function under nargs arguments with a traceback handler.
  * On error, leaves nothing on the stack and copies the message to e. */
-static int pcall(lua_State *L, int nargs, int nres, struct sg_error *e) {
+int sc_pcall(lua_State *L, int nargs, int nres, struct sg_error *e) {
   int base = lua_gettop(L) - nargs;
   lua_pushcfunction(L, msgh);
   lua_insert(L, base);
@@ -238,141 +57,34 @@ static int pcall(lua_State *L, int nargs, int nres, struct sg_error *e) {
   return 0;
 }
 
-static int ref(struct sg_script *sc, lua_State *L) {
+int sc_ref(struct sg_script *sc, lua_State *L) {
   sc->refs++;
   return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-#define HANDLER_POOL_MAX 64
-/* an idle handler coroutine, kept for the next command (not counted as live) */
-#define PUSH_POOL(sc, h) do {                                                         \
-    if ((sc)->npool == (sc)->cappool) {                                               \
-      (sc)->cappool = (sc)->cappool ? (sc)->cappool * 2 : 8;                          \
-      (sc)->pool = sg_xrealloc((sc)->pool, (size_t)(sc)->cappool * sizeof *(sc)->pool); \
-    }                                                                                 \
-    (sc)->pool[(sc)->npool++] = (h);                                                  \
-    (sc)->refs--;                                                                     \
-  } while (0)
-
-static void unref(struct sg_script *sc, int r) {
+void sc_unref(struct sg_script *sc, int r) {
   if (r <= 0) return;
   sc->refs--;
   luaL_unref(sc->L, LUA_REGISTRYINDEX, r);
 }
 
 /* runtime function by name onto the stack */
-static void push_runtime(struct sg_script *sc, lua_State *L, const char *fn) {
+void sc_push_runtime(struct sg_script *sc, lua_State *L, const char *fn) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, sc->runtime_ref);
   lua_getfield(L, -1, fn);
   lua_remove(L, -2);
 }
 
-static struct sg_script *script_of(lua_State *L) {
-  void *ud;
-  lua_getallocf(L, &ud);
-  return ud;
-}
 
-static void hook(lua_State *L, lua_Debug *ar) {
-  struct sg_script *sc = script_of(L);
-  struct run *r = &sc->run;
-  if (!r->kind) { lua_sethook(L, NULL, 0, 0); return; }
-  lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_EVERY); /* back to the usual pace after a watchdog poke */
-  r->u.instr += HOOK_EVERY;
-  int64_t now = mono_ns(), ran = now - r->t0;
-  /* only the step's (or handler's) own coroutine is yielded: the runner resumes it */
-  int yieldable = L == r->co && (r->kind == RUN_STEP || r->kind == RUN_HANDLER) && lua_isyieldable(L);
-  if (!r->doomed && r->kind != RUN_CLOSE) {
-    if (sc->cfg.instr_budget > 0 && r->u.instr > sc->cfg.instr_budget)
-      doom(sc, L, "instruction budget exceeded: %s ran %" PRId64 " VM instructions (an endless loop?); "
-           "--lua-budget N raises the limit", run_what(r->kind), r->u.instr);
-    else if (sc->cfg.cpu_limit_ms > 0 && r->u.cpu_ns + ran > sc->cfg.cpu_limit_ms * 1000000)
-      doom(sc, L, "CPU limit exceeded: %s ran for %" PRId64 " ms (an endless loop?); --lua-step-cpu D raises the limit",
-           run_what(r->kind), (r->u.cpu_ns + ran) / 1000000);
-    else if (!yieldable && ran > NOYIELD_NS)
-      doom(sc, L, r->kind == RUN_LOAD
-           ? "the file's top-level code ran for over %lld ms (an endless loop?): at load a file may only define sagas and handlers"
-           : "ran for over %lld ms where it cannot give the loop back (inside a table.sort comparator, a string.gsub "
-             "callback, a metamethod called from C or an error handler)", NOYIELD_NS / 1000000);
-  }
-  if (r->doomed) {
-    if (yieldable) { lua_yield(L, 0); return; } /* the runner closes the coroutine */
-    lua_pushstring(L, r->kind == RUN_CLOSE ? "dropped" : r->why);
-    lua_error(L);
-  }
-  if (yieldable && now >= r->slice_end) {
-    r->preempted = 1;
-    lua_yield(L, 0);
-  }
-}
 
-/* The thread the watchdog's signal pokes (the one in the current run), NULL between runs. */
-static lua_State *volatile poke_target;
 
-/* In the signal handler: the hook runs at the next VM instruction (after the C call in progress). */
-static void poke(void) {
-  lua_State *L = poke_target;
-  if (L) lua_sethook(L, hook, LUA_MASKCOUNT, 1);
-}
 
-/* Before a step resume, handler call or load: limits on, usage carried over from earlier resumes. */
-static void run_begin(struct sg_script *sc, lua_State *co, int kind, const struct usage *u) {
-  struct run *r = &sc->run;
-  r->co = co;
-  r->kind = kind;
-  r->u = u ? *u : (struct usage){0};
-  r->doomed = kind == RUN_CLOSE;
-  r->preempted = 0;
-  r->mem_refused = 0;
-  r->why[0] = 0;
-  r->t0 = mono_ns();
-  r->slice_end = r->t0 + SLICE_NS;
-  sc->fail_ptr = NULL;
-  lua_sethook(co, hook, LUA_MASKCOUNT, HOOK_EVERY);
-  poke_target = co;
-  sg_watchdog_arm(r->slice_end);
-}
 
-/* After it: the usage is saved for the next resume; doomed/preempted/why stay readable. */
-static void run_end(struct sg_script *sc, struct usage *u) {
-  struct run *r = &sc->run;
-  sg_watchdog_disarm();
-  poke_target = NULL;
-  lua_sethook(r->co, NULL, 0, 0);
-  r->u.cpu_ns += mono_ns() - r->t0;
-  if (u) *u = r->u;
-  r->kind = RUN_NONE;
-  r->co = NULL;
-}
 
-static struct usage *usage_of(struct sg_script *sc, int handle) {
-  if (handle >= sc->nusage) {
-    int n = sc->nusage ? sc->nusage : 64;
-    while (n <= handle) n *= 2;
-    sc->usage = sg_xrealloc(sc->usage, (size_t)n * sizeof *sc->usage);
-    memset(sc->usage + sc->nusage, 0, (size_t)(n - sc->nusage) * sizeof *sc->usage);
-    sc->nusage = n;
-  }
-  return &sc->usage[handle];
-}
 
-/* A run that was refused memory and then failed with "not enough memory" hit the memory limit. */
-static void memory_verdict(struct sg_script *sc, const char *err) {
-  struct run *r = &sc->run;
-  if (!r->doomed && r->mem_refused && err && strstr(err, "not enough memory")) {
-    memcpy(r->why, r->mem_why, sizeof r->why);
-    r->doomed = 1;
-  }
-}
-
-int sg_script_doomed(struct lua_State *L) {
-  void *ud;
-  if (lua_getallocf(L, &ud) != l_alloc) return 0; /* not a host's state (the spec module's caller) */
-  return ((struct sg_script *)ud)->run.doomed;
-}
 
 static int open_state(struct sg_script *sc, struct sg_error *e) {
-  lua_State *L = lua_newstate(l_alloc, sc);
+  lua_State *L = lua_newstate(sc_alloc, sc);
   if (!L) return sg_errorf(e, SG_E_INTERNAL, "cannot create the Lua state (memory limit too low?)");
   sc->L = L;
   luaL_openlibs(L);
@@ -395,7 +107,7 @@ static int open_state(struct sg_script *sc, struct sg_error *e) {
   }
   lua_getglobal(L, "require");
   lua_pushstring(L, "saga");
-  if (pcall(L, 1, 1, e) < 0) return -1;
+  if (sc_pcall(L, 1, 1, e) < 0) return -1;
   sc->runtime_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_newtable(L);
   sc->ctxs_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -479,7 +191,7 @@ static void free_def(struct defent *de) {
   free(de);
 }
 
-static struct defent *find_def(struct sg_script *sc, const char *type, const char *hash) {
+struct defent *sc_find_def(struct sg_script *sc, const char *type, const char *hash) {
   for (int i = sc->ndefs - 1; i >= 0; i--) {
     struct defent *de = sc->defs[i];
     if (strcmp(de->def.type, type) != 0) continue;
@@ -489,7 +201,7 @@ static struct defent *find_def(struct sg_script *sc, const char *type, const cha
 }
 
 /* Registers the C views of every saga in the load at the top of the stack. */
-static void register_defs(struct sg_script *sc, const char *hash, int make_current) {
+void sc_register_defs(struct sg_script *sc, const char *hash, int make_current) {
   lua_State *L = sc->L;
   int ld = lua_gettop(L);
   lua_getfield(L, ld, "order");
@@ -500,7 +212,7 @@ static void register_defs(struct sg_script *sc, const char *hash, int make_curre
   for (int i = 1; i <= n; i++) {
     lua_rawgeti(L, order, i);
     const char *type = lua_tostring(L, -1);
-    struct defent *de = find_def(sc, type, hash);
+    struct defent *de = sc_find_def(sc, type, hash);
     if (!de) {
       lua_getfield(L, defs, type);
       de = build_def(L, hash);
@@ -531,18 +243,18 @@ static void retire_file(struct sg_script *sc, const char *path) {
 /* loading */
 
 /* Runs runtime.load(file, source, hash, historic); on success leaves the load table on the stack. */
-static int load_source(struct sg_script *sc, const char *file, const char *source, const char *hash, int historic,
+int sc_load_source(struct sg_script *sc, const char *file, const char *source, const char *hash, int historic,
                        struct sg_error *e) {
   lua_State *L = sc->L;
-  push_runtime(sc, L, "load");
+  sc_push_runtime(sc, L, "load");
   lua_pushstring(L, file);
   lua_pushstring(L, source);
   lua_pushstring(L, hash);
   lua_pushboolean(L, historic);
-  run_begin(sc, L, RUN_LOAD, NULL);
-  int rc = pcall(L, 4, 2, e);
-  run_end(sc, NULL);
-  memory_verdict(sc, rc < 0 ? e->msg : lua_isnil(L, -2) ? lua_tostring(L, -1) : NULL);
+  sc_run_begin(sc, L, RUN_LOAD, NULL);
+  int rc = sc_pcall(L, 4, 2, e);
+  sc_run_end(sc, NULL);
+  sc_memory_verdict(sc, rc < 0 ? e->msg : lua_isnil(L, -2) ? lua_tostring(L, -1) : NULL);
   if (sc->run.doomed) {
     /* a limit stopped the file's top-level code: that is the load error, whatever got caught */
     if (rc == 0) lua_pop(L, 2);
@@ -570,9 +282,9 @@ static void version_of(const char *source, size_t len, char out[17]) {
 static void notify_services(struct sg_script *sc) {
   if (!sc->hooks.on_services) return;
   lua_State *L = sc->L;
-  push_runtime(sc, L, "services");
+  sc_push_runtime(sc, L, "services");
   struct sg_error e = {0};
-  if (pcall(L, 0, 1, &e) < 0) return;
+  if (sc_pcall(L, 0, 1, &e) < 0) return;
   int n = (int)luaL_len(L, -1);
   const char **names = sg_xcalloc((size_t)n + 1, sizeof *names);
   for (int i = 0; i < n; i++) {
@@ -629,7 +341,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
     free(src);
     return -1;
   }
-  if (load_source(sc, f->path, src, hash, 0, &e) < 0) {
+  if (sc_load_source(sc, f->path, src, hash, 0, &e) < 0) {
     free(f->error);
     f->error = sg_strdup(e.msg);
     sg_err("script %s failed to load%s: %s", f->path, f->hash ? " (its previous version stays in use)" : "", e.msg);
@@ -646,10 +358,10 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
   free(src);
   /* swap: commit the load in the runtime, then make its definitions current */
   retire_file(sc, f->path);
-  push_runtime(sc, sc->L, "commit");
+  sc_push_runtime(sc, sc->L, "commit");
   lua_pushvalue(sc->L, -2);
-  if (pcall(sc->L, 1, 0, &e) < 0) sg_err("commit %s: %s", f->path, e.msg);
-  register_defs(sc, hash, 1);
+  if (sc_pcall(sc->L, 1, 0, &e) < 0) sg_err("commit %s: %s", f->path, e.msg);
+  sc_register_defs(sc, hash, 1);
   report_breakers(sc);
   lua_pop(sc->L, 1);
   sg_info("loaded %s (version %s)%s", f->path, hash, f->hash ? " replacing the previous version" : "");
@@ -723,10 +435,10 @@ int sg_script_scan(struct sg_script *sc) {
     if (f->seen) { j++; continue; }
     sg_info("script %s removed: its sagas take no new starts; running instances finish", f->path);
     retire_file(sc, f->path);
-    push_runtime(sc, sc->L, "remove");
+    sc_push_runtime(sc, sc->L, "remove");
     lua_pushstring(sc->L, f->path);
     struct sg_error e = {0};
-    pcall(sc->L, 1, 0, &e);
+    sc_pcall(sc->L, 1, 0, &e);
     free(f->path); free(f->hash); free(f->error);
     sc->files[j] = sc->files[--sc->nfiles];
     changed = 1;
@@ -834,9 +546,9 @@ char *sg_script_definitions_json(struct sg_script *sc) {
   }
   sg_buf_adds(&b, "],\"services\":[");
   lua_State *L = sc->L;
-  push_runtime(sc, L, "services");
+  sc_push_runtime(sc, L, "services");
   struct sg_error e = {0};
-  if (pcall(L, 0, 1, &e) == 0) {
+  if (sc_pcall(L, 0, 1, &e) == 0) {
     int n = (int)luaL_len(L, -1);
     for (int i = 1; i <= n; i++) {
       lua_rawgeti(L, -1, i);
@@ -848,350 +560,6 @@ char *sg_script_definitions_json(struct sg_script *sc) {
   }
   sg_buf_adds(&b, "]}");
   return sg_buf_steal(&b);
-}
-
-/* ---------------------------------------------------------------------------------------------- */
-/* the runner */
-
-static const struct sg_def *r_def_get(void *ud, const char *type, const char *hash, struct sg_error *e) {
-  struct sg_script *sc = ud;
-  struct defent *de = find_def(sc, type, hash);
-  if (de) return &de->def;
-  if (!hash) {
-    sg_errorf(e, SG_E_NOTFOUND, "unknown saga type '%s'", type);
-    return NULL;
-  }
-  /* an instance runs on a version no file has any more: load it from the stored source */
-  char *file = NULL;
-  char *src = sc->hooks.fetch_source ? sc->hooks.fetch_source(sc->hooks.ud, hash, &file) : NULL;
-  if (!src) {
-    free(file);
-    sg_errorf(e, SG_E_NOTFOUND, "version %s of saga type '%s' is not stored", hash, type);
-    return NULL;
-  }
-  int rc = load_source(sc, file ? file : "?", src, hash, 1, e);
-  free(src);
-  free(file);
-  if (rc < 0) return NULL;
-  register_defs(sc, hash, 0);
-  lua_pop(sc->L, 1);
-  de = find_def(sc, type, hash);
-  if (!de) sg_errorf(e, SG_E_NOTFOUND, "version %s does not define saga type '%s'", hash, type);
-  return de ? &de->def : NULL;
-}
-
-static char *dup_at(lua_State *L, int idx) {
-  return lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER ? sg_strdup(lua_tostring(L, idx)) : NULL;
-}
-
-/* Reads what a resume of co produced into out; on finish the coroutine is left for drop(). */
-static int collect(struct sg_script *sc, lua_State *co, int status, int nres, struct sg_run_out *out) {
-  memset(out, 0, sizeof *out);
-  int base = lua_gettop(co) - nres + 1;
-  if (status == LUA_OK && nres >= 2) {
-    const char *kind = lua_tostring(co, base);
-    if (kind && strcmp(kind, "done") != 0) memory_verdict(sc, lua_tostring(co, base + 1));
-  } else if (status != LUA_OK && status != LUA_YIELD) {
-    memory_verdict(sc, lua_tostring(co, -1));
-  }
-  if (sc->run.doomed) {
-    /* a limit stopped it, whatever the coroutine did on the way out: retryable, like a timeout */
-    out->result = SG_RUN_ERROR;
-    out->retryable = 1;
-    out->error = sg_strdup(sc->run.why);
-    if (status == LUA_OK) lua_pop(co, nres);
-    return 0;
-  }
-  if (status == LUA_YIELD && sc->run.preempted) {
-    out->result = SG_RUN_PREEMPTED;
-    return 0;
-  }
-  if (status == LUA_YIELD) {
-    out->result = SG_RUN_OP;
-    out->op = nres > 0 ? dup_at(co, base) : NULL;
-    if (nres > 1) out->a = dup_at(co, base + 1);
-    if (nres > 2) out->b = dup_at(co, base + 2);
-    if (nres > 3) out->c = dup_at(co, base + 3);
-    if (nres > 4) out->d = dup_at(co, base + 4);
-    lua_pop(co, nres);
-    if (!out->op) { out->result = SG_RUN_ERROR; out->error = sg_strdup("coroutine.yield is not available in steps"); }
-    return 0;
-  }
-  if (status == LUA_OK) {
-    const char *kind = lua_tostring(co, base);
-    if (kind && strcmp(kind, "done") == 0) {
-      out->result = SG_RUN_DONE;
-      out->data = dup_at(co, base + 1);
-    } else {
-      out->result = kind && strcmp(kind, "fail") == 0 ? SG_RUN_FAIL : SG_RUN_ERROR;
-      out->error = dup_at(co, base + 1);
-      out->retryable = lua_toboolean(co, base + 2);
-      if (!out->error) out->error = sg_strdup("step failed");
-      const char *tb = lua_tostring(co, base + 3);
-      if (tb && *tb) sg_debug("%s%s", out->error, tb);
-    }
-    lua_pop(co, nres);
-    return 0;
-  }
-  /* an error that escaped the trampoline (memory in the trampoline itself) */
-  out->result = SG_RUN_ERROR;
-  out->retryable = 1;
-  const char *msg = lua_tostring(co, -1);
-  out->error = sg_strdup(msg ? msg : "step failed (error object is not a string)");
-  lua_settop(co, 0);
-  return 0;
-}
-
-static void r_drop(void *ud, int handle);
-
-/* The coroutine behind a runner handle, or NULL. */
-static lua_State *thread_of(struct sg_script *sc, int handle) {
-  lua_rawgeti(sc->L, LUA_REGISTRYINDEX, handle);
-  lua_State *co = lua_tothread(sc->L, -1);
-  lua_pop(sc->L, 1);
-  return co;
-}
-
-/* Resumes co (handle h) with the nargs values on its stack, under the script limits, and reads the
- * outcome. The attempt's usage so far comes from and goes back to the handle's record. */
-static int run_co(struct sg_script *sc, int h, lua_State *co, int nargs, struct sg_run_out *out) {
-  int nres = 0;
-  run_begin(sc, co, RUN_STEP, usage_of(sc, h));
-  int status = lua_resume(co, sc->L, nargs, &nres);
-  run_end(sc, usage_of(sc, h));
-  return collect(sc, co, status, nres, out);
-}
-
-/* Starts a step on the saga's coroutine. A coroutine that finished its last step cleanly is reused
- * with the same ctx (its ctx.data is exactly what was persisted): no new thread, no JSON decoding of
- * input and data. Anything else (first step, after a failure, eviction or restart) gets a new
- * coroutine and a ctx built from the stored input and data. */
-static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r, int *handle, struct sg_run_out *out,
-                   struct sg_error *e) {
-  struct sg_script *sc = ud;
-  lua_State *L = sc->L;
-  int top = lua_gettop(L);
-  lua_State *co = NULL;
-  int h = *handle;
-  if (h > 0) {
-    co = thread_of(sc, h);
-    if (!co || lua_status(co) != LUA_OK || lua_gettop(co) != 0) { r_drop(sc, h); h = 0; co = NULL; }
-  }
-  *handle = 0;
-  int fresh = h == 0;
-  if (fresh) {
-    co = lua_newthread(L);
-    h = ref(sc, L); /* anchors the thread */
-  }
-  *usage_of(sc, h) = (struct usage){0}; /* a new attempt */
-  /* trampoline, step function, ctx */
-  push_runtime(sc, co, "run_step");
-  push_runtime(sc, co, "version");
-  lua_pushstring(co, d->hash);
-  if (lua_pcall(co, 1, 1, 0) != LUA_OK || !lua_istable(co, -1)) {
-    r_drop(sc, h);
-    lua_settop(L, top);
-    return sg_errorf(e, SG_E_INTERNAL, "version %s of %s is not loaded", d->hash, d->type);
-  }
-  lua_getfield(co, -1, "defs");
-  lua_getfield(co, -1, d->type);
-  lua_getfield(co, -1, "steps");
-  lua_rawgeti(co, -1, r->step + 1);
-  lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate");
-  lua_replace(co, -6);
-  lua_pop(co, 4); /* stack: run_step, fn */
-  if (!lua_isfunction(co, -1)) {
-    r_drop(sc, h);
-    lua_settop(L, top);
-    return sg_errorf(e, SG_E_INTERNAL, "%s step %d has no %s function", d->type, r->step + 1,
-                     sg_phase_name(r->phase));
-  }
-  lua_rawgeti(co, LUA_REGISTRYINDEX, sc->ctxs_ref);
-  lua_rawgeti(co, -1, h);
-  if (!fresh && lua_istable(co, -1)) {
-    lua_remove(co, -2);
-    lua_pushstring(co, d->steps[r->step].name);
-    lua_setfield(co, -2, "step");
-    lua_pushstring(co, sg_phase_name(r->phase));
-    lua_setfield(co, -2, "phase");
-    lua_pushinteger(co, r->attempt);
-    lua_setfield(co, -2, "attempt");
-  } else {
-    lua_pop(co, 1);
-    push_runtime(sc, co, "new_ctx");
-    lua_pushstring(co, r->id);
-    lua_pushstring(co, r->type);
-    lua_pushstring(co, r->input ? r->input : "{}");
-    lua_pushstring(co, r->data ? r->data : "{}");
-    lua_pushstring(co, d->steps[r->step].name);
-    lua_pushstring(co, sg_phase_name(r->phase));
-    lua_pushinteger(co, r->attempt);
-    if (lua_pcall(co, 7, 1, 0) != LUA_OK) { /* out of memory, or a broken runtime */
-      sg_errorf(e, SG_E_INTERNAL, "cannot create the step's ctx: %s", lua_tostring(co, -1) ? lua_tostring(co, -1) : "?");
-      r_drop(sc, h);
-      lua_settop(L, top);
-      return -1;
-    }
-    lua_pushvalue(co, -1);
-    lua_rawseti(co, -3, h); /* ctxs[h] = ctx */
-    lua_remove(co, -2);
-  }
-  lua_settop(L, top);
-  *handle = h;
-  return run_co(sc, h, co, 2, out);
-}
-
-static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_run_out *out) {
-  struct sg_script *sc = ud;
-  lua_State *co = thread_of(sc, handle);
-  if (!co || lua_status(co) != LUA_YIELD) {
-    memset(out, 0, sizeof *out);
-    out->result = SG_RUN_ERROR;
-    out->error = sg_strdup("internal: resume of a coroutine that is not suspended");
-    return 0;
-  }
-  lua_pushboolean(co, ok);
-  lua_pushstring(co, result);
-  return run_co(sc, handle, co, 2, out);
-}
-
-/* Continues a step the hook preempted, for one more slice. */
-static int r_cont(void *ud, int handle, struct sg_run_out *out) {
-  struct sg_script *sc = ud;
-  lua_State *co = thread_of(sc, handle);
-  if (!co || lua_status(co) != LUA_YIELD) {
-    memset(out, 0, sizeof *out);
-    out->result = SG_RUN_ERROR;
-    out->error = sg_strdup("internal: continue of a coroutine that is not suspended");
-    return 0;
-  }
-  return run_co(sc, handle, co, 0, out);
-}
-
-/* Resets a coroutine that did not finish cleanly. Resetting runs its pending __close handlers:
- * they are script code, so they run under a run that is doomed from the start (each is stopped
- * at the hook's first check). */
-static void close_thread(struct sg_script *sc, lua_State *co) {
-  if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) return; /* finished cleanly: nothing pending */
-  struct run saved = sc->run; /* a drop can happen while a run is in progress (the engine's callbacks) */
-  run_begin(sc, co, RUN_CLOSE, NULL);
-  lua_resetthread(co); /* runs pending to-be-closed variables, frees the stack */
-  run_end(sc, NULL);
-  sc->run = saved;
-  if (saved.kind) {
-    poke_target = saved.co;
-    sg_watchdog_arm(saved.slice_end);
-  }
-}
-
-static void r_drop(void *ud, int handle) {
-  struct sg_script *sc = ud;
-  lua_State *L = sc->L;
-  lua_State *co = thread_of(sc, handle);
-  if (co) close_thread(sc, co);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, sc->ctxs_ref);
-  lua_pushnil(L);
-  lua_rawseti(L, -2, handle);
-  lua_pop(L, 1);
-  unref(sc, handle);
-}
-
-/* An error reply for a handler that failed in the runtime itself or was stopped by a limit. */
-static void handler_error(char **status, char **body, const char *msg, int retryable) {
-  struct sg_buf b;
-  sg_buf_init(&b);
-  sg_buf_adds(&b, "{\"error\":");
-  sg_buf_add_json_str(&b, msg);
-  sg_buf_adds(&b, retryable ? ",\"retryable\":true}" : ",\"retryable\":false}");
-  *status = sg_strdup("error");
-  *body = sg_buf_steal(&b);
-}
-
-/* Runs (a slice of) a handler coroutine. Returns 1 if the hook preempted it (the handle stays
- * live), 0 when it is over with *status and *body set (the coroutine goes back to the pool, or is
- * closed if it did not end cleanly). */
-static int run_handler(struct sg_script *sc, int h, lua_State *co, int nargs, char **status, char **body) {
-  int nres = 0;
-  run_begin(sc, co, RUN_HANDLER, usage_of(sc, h));
-  int rc = lua_resume(co, sc->L, nargs, &nres);
-  run_end(sc, usage_of(sc, h));
-  if (rc == LUA_OK && nres >= 2 && lua_tostring(co, -nres) && strcmp(lua_tostring(co, -nres), "error") == 0)
-    memory_verdict(sc, lua_tostring(co, -nres + 1));
-  else if (rc != LUA_OK && rc != LUA_YIELD)
-    memory_verdict(sc, lua_tostring(co, -1));
-  if (!sc->run.doomed && rc == LUA_YIELD && sc->run.preempted) return 1;
-  if (sc->run.doomed) {
-    handler_error(status, body, sc->run.why, 1);
-  } else if (rc == LUA_OK && nres >= 2) {
-    *status = sg_strdup(lua_tostring(co, -nres));
-    *body = sg_strdup(lua_tostring(co, -nres + 1));
-  } else if (rc == LUA_YIELD) {
-    handler_error(status, body, "a handler cannot yield (ctx operations are for saga steps)", 0);
-  } else {
-    /* the runtime itself failed (memory): an error reply the saga may retry */
-    const char *msg = lua_tostring(co, -1);
-    handler_error(status, body, msg ? msg : "handler failed", 1);
-  }
-  if (!*status || !*body) {
-    free(*status); free(*body);
-    handler_error(status, body, "handler failed", 1);
-  }
-  if (rc == LUA_OK && !sc->run.doomed && sc->npool < HANDLER_POOL_MAX) {
-    lua_settop(co, 0);
-    PUSH_POOL(sc, h);
-  } else {
-    r_drop(sc, h);
-  }
-  return 0;
-}
-
-static int r_handle(void *ud, const struct sg_msg *m, int *handle, char **status, char **body) {
-  struct sg_script *sc = ud;
-  lua_State *L = sc->L;
-  *handle = 0;
-  char service[128];
-  const char *rk = m->routing_key ? m->routing_key : "";
-  const char *dot = strchr(rk, '.');
-  size_t n = dot ? (size_t)(dot - rk) : strlen(rk);
-  if (n >= sizeof service) n = sizeof service - 1;
-  memcpy(service, rk, n);
-  service[n] = 0;
-  const char *command = m->type && *m->type ? m->type : (dot ? dot + 1 : "");
-  /* a handler coroutine: an idle one from the pool, or a new one */
-  int h;
-  lua_State *co;
-  if (sc->npool) {
-    h = sc->pool[--sc->npool];
-    sc->refs++;
-    co = thread_of(sc, h);
-  } else {
-    co = lua_newthread(L);
-    h = ref(sc, L);
-  }
-  *usage_of(sc, h) = (struct usage){0};
-  push_runtime(sc, co, "handle");
-  lua_pushstring(co, service);
-  lua_pushstring(co, command);
-  lua_pushstring(co, m->body ? m->body : "{}");
-  lua_pushstring(co, m->message_id);
-  lua_pushstring(co, m->saga_id);
-  if (run_handler(sc, h, co, 5, status, body)) { *handle = h; return 1; }
-  return 0;
-}
-
-static int r_handle_cont(void *ud, int handle, char **status, char **body) {
-  struct sg_script *sc = ud;
-  lua_State *co = thread_of(sc, handle);
-  if (!co || lua_status(co) != LUA_YIELD) {
-    handler_error(status, body, "internal: continue of a handler that is not suspended", 1);
-    return 0;
-  }
-  return run_handler(sc, handle, co, 0, status, body);
-}
-
-struct sg_runner sg_script_runner(struct sg_script *sc) {
-  struct sg_runner r = { sc, r_def_get, r_start, r_resume, r_cont, r_drop, r_handle, r_handle_cont };
-  return r;
 }
 
 int sg_script_live_refs(struct sg_script *sc) { return sc->refs; }
@@ -1206,7 +574,7 @@ struct sg_script *sg_script_new(const struct sg_script_config *cfg, const struct
   if (hooks) sc->hooks = *hooks;
   sc->dir = sg_strdup(cfg->dir);
   sc->notify_fd = -1;
-  sg_watchdog_acquire(poke);
+  sg_watchdog_acquire(sc_poke);
   size_t n = strlen(sc->dir);
   while (n > 1 && sc->dir[n - 1] == '/') sc->dir[--n] = 0;
   if (open_state(sc, e) < 0) {

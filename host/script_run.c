@@ -1,0 +1,344 @@
+/* script_run: the step runner the engine drives (struct sg_runner): one coroutine per running saga,
+ * anchored in the registry, with its ctx; handlers on pooled coroutines; what a resume produced
+ * read back into a struct sg_run_out. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "script_int.h"
+#include "util.h"
+
+#define HANDLER_POOL_MAX 64
+/* an idle handler coroutine, kept for the next command (not counted as live) */
+#define PUSH_POOL(sc, h) do {                                                         \
+    if ((sc)->npool == (sc)->cappool) {                                               \
+      (sc)->cappool = (sc)->cappool ? (sc)->cappool * 2 : 8;                          \
+      (sc)->pool = sg_xrealloc((sc)->pool, (size_t)(sc)->cappool * sizeof *(sc)->pool); \
+    }                                                                                 \
+    (sc)->pool[(sc)->npool++] = (h);                                                  \
+    (sc)->refs--;                                                                     \
+  } while (0)
+
+static const struct sg_def *r_def_get(void *ud, const char *type, const char *hash, struct sg_error *e) {
+  struct sg_script *sc = ud;
+  struct defent *de = sc_find_def(sc, type, hash);
+  if (de) return &de->def;
+  if (!hash) {
+    sg_errorf(e, SG_E_NOTFOUND, "unknown saga type '%s'", type);
+    return NULL;
+  }
+  /* an instance runs on a version no file has any more: load it from the stored source */
+  char *file = NULL;
+  char *src = sc->hooks.fetch_source ? sc->hooks.fetch_source(sc->hooks.ud, hash, &file) : NULL;
+  if (!src) {
+    free(file);
+    sg_errorf(e, SG_E_NOTFOUND, "version %s of saga type '%s' is not stored", hash, type);
+    return NULL;
+  }
+  int rc = sc_load_source(sc, file ? file : "?", src, hash, 1, e);
+  free(src);
+  free(file);
+  if (rc < 0) return NULL;
+  sc_register_defs(sc, hash, 0);
+  lua_pop(sc->L, 1);
+  de = sc_find_def(sc, type, hash);
+  if (!de) sg_errorf(e, SG_E_NOTFOUND, "version %s does not define saga type '%s'", hash, type);
+  return de ? &de->def : NULL;
+}
+
+static char *dup_at(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER ? sg_strdup(lua_tostring(L, idx)) : NULL;
+}
+
+/* Reads what a resume of co produced into out; on finish the coroutine is left for drop(). */
+static int collect(struct sg_script *sc, lua_State *co, int status, int nres, struct sg_run_out *out) {
+  memset(out, 0, sizeof *out);
+  int base = lua_gettop(co) - nres + 1;
+  if (status == LUA_OK && nres >= 2) {
+    const char *kind = lua_tostring(co, base);
+    if (kind && strcmp(kind, "done") != 0) sc_memory_verdict(sc, lua_tostring(co, base + 1));
+  } else if (status != LUA_OK && status != LUA_YIELD) {
+    sc_memory_verdict(sc, lua_tostring(co, -1));
+  }
+  if (sc->run.doomed) {
+    /* a limit stopped it, whatever the coroutine did on the way out: retryable, like a timeout */
+    out->result = SG_RUN_ERROR;
+    out->retryable = 1;
+    out->error = sg_strdup(sc->run.why);
+    if (status == LUA_OK) lua_pop(co, nres);
+    return 0;
+  }
+  if (status == LUA_YIELD && sc->run.preempted) {
+    out->result = SG_RUN_PREEMPTED;
+    return 0;
+  }
+  if (status == LUA_YIELD) {
+    out->result = SG_RUN_OP;
+    out->op = nres > 0 ? dup_at(co, base) : NULL;
+    if (nres > 1) out->a = dup_at(co, base + 1);
+    if (nres > 2) out->b = dup_at(co, base + 2);
+    if (nres > 3) out->c = dup_at(co, base + 3);
+    if (nres > 4) out->d = dup_at(co, base + 4);
+    lua_pop(co, nres);
+    if (!out->op) { out->result = SG_RUN_ERROR; out->error = sg_strdup("coroutine.yield is not available in steps"); }
+    return 0;
+  }
+  if (status == LUA_OK) {
+    const char *kind = lua_tostring(co, base);
+    if (kind && strcmp(kind, "done") == 0) {
+      out->result = SG_RUN_DONE;
+      out->data = dup_at(co, base + 1);
+    } else {
+      out->result = kind && strcmp(kind, "fail") == 0 ? SG_RUN_FAIL : SG_RUN_ERROR;
+      out->error = dup_at(co, base + 1);
+      out->retryable = lua_toboolean(co, base + 2);
+      if (!out->error) out->error = sg_strdup("step failed");
+      const char *tb = lua_tostring(co, base + 3);
+      if (tb && *tb) sg_debug("%s%s", out->error, tb);
+    }
+    lua_pop(co, nres);
+    return 0;
+  }
+  /* an error that escaped the trampoline (memory in the trampoline itself) */
+  out->result = SG_RUN_ERROR;
+  out->retryable = 1;
+  const char *msg = lua_tostring(co, -1);
+  out->error = sg_strdup(msg ? msg : "step failed (error object is not a string)");
+  lua_settop(co, 0);
+  return 0;
+}
+
+static void r_drop(void *ud, int handle);
+
+/* The coroutine behind a runner handle, or NULL. */
+static lua_State *thread_of(struct sg_script *sc, int handle) {
+  lua_rawgeti(sc->L, LUA_REGISTRYINDEX, handle);
+  lua_State *co = lua_tothread(sc->L, -1);
+  lua_pop(sc->L, 1);
+  return co;
+}
+
+/* Resumes co (handle h) with the nargs values on its stack, under the script limits, and reads the
+ * outcome. The attempt's usage so far comes from and goes back to the handle's record. */
+static int run_co(struct sg_script *sc, int h, lua_State *co, int nargs, struct sg_run_out *out) {
+  int nres = 0;
+  sc_run_begin(sc, co, RUN_STEP, sc_usage_of(sc, h));
+  int status = lua_resume(co, sc->L, nargs, &nres);
+  sc_run_end(sc, sc_usage_of(sc, h));
+  return collect(sc, co, status, nres, out);
+}
+
+/* Starts a step on the saga's coroutine. A coroutine that finished its last step cleanly is reused
+ * with the same ctx (its ctx.data is exactly what was persisted): no new thread, no JSON decoding of
+ * input and data. Anything else (first step, after a failure, eviction or restart) gets a new
+ * coroutine and a ctx built from the stored input and data. */
+static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r, int *handle, struct sg_run_out *out,
+                   struct sg_error *e) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  int top = lua_gettop(L);
+  lua_State *co = NULL;
+  int h = *handle;
+  if (h > 0) {
+    co = thread_of(sc, h);
+    if (!co || lua_status(co) != LUA_OK || lua_gettop(co) != 0) { r_drop(sc, h); h = 0; co = NULL; }
+  }
+  *handle = 0;
+  int fresh = h == 0;
+  if (fresh) {
+    co = lua_newthread(L);
+    h = sc_ref(sc, L); /* anchors the thread */
+  }
+  *sc_usage_of(sc, h) = (struct usage){0}; /* a new attempt */
+  /* trampoline, step function, ctx */
+  sc_push_runtime(sc, co, "run_step");
+  sc_push_runtime(sc, co, "version");
+  lua_pushstring(co, d->hash);
+  if (lua_pcall(co, 1, 1, 0) != LUA_OK || !lua_istable(co, -1)) {
+    r_drop(sc, h);
+    lua_settop(L, top);
+    return sg_errorf(e, SG_E_INTERNAL, "version %s of %s is not loaded", d->hash, d->type);
+  }
+  lua_getfield(co, -1, "defs");
+  lua_getfield(co, -1, d->type);
+  lua_getfield(co, -1, "steps");
+  lua_rawgeti(co, -1, r->step + 1);
+  lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate");
+  lua_replace(co, -6);
+  lua_pop(co, 4); /* stack: run_step, fn */
+  if (!lua_isfunction(co, -1)) {
+    r_drop(sc, h);
+    lua_settop(L, top);
+    return sg_errorf(e, SG_E_INTERNAL, "%s step %d has no %s function", d->type, r->step + 1,
+                     sg_phase_name(r->phase));
+  }
+  lua_rawgeti(co, LUA_REGISTRYINDEX, sc->ctxs_ref);
+  lua_rawgeti(co, -1, h);
+  if (!fresh && lua_istable(co, -1)) {
+    lua_remove(co, -2);
+    lua_pushstring(co, d->steps[r->step].name);
+    lua_setfield(co, -2, "step");
+    lua_pushstring(co, sg_phase_name(r->phase));
+    lua_setfield(co, -2, "phase");
+    lua_pushinteger(co, r->attempt);
+    lua_setfield(co, -2, "attempt");
+  } else {
+    lua_pop(co, 1);
+    sc_push_runtime(sc, co, "new_ctx");
+    lua_pushstring(co, r->id);
+    lua_pushstring(co, r->type);
+    lua_pushstring(co, r->input ? r->input : "{}");
+    lua_pushstring(co, r->data ? r->data : "{}");
+    lua_pushstring(co, d->steps[r->step].name);
+    lua_pushstring(co, sg_phase_name(r->phase));
+    lua_pushinteger(co, r->attempt);
+    if (lua_pcall(co, 7, 1, 0) != LUA_OK) { /* out of memory, or a broken runtime */
+      sg_errorf(e, SG_E_INTERNAL, "cannot create the step's ctx: %s", lua_tostring(co, -1) ? lua_tostring(co, -1) : "?");
+      r_drop(sc, h);
+      lua_settop(L, top);
+      return -1;
+    }
+    lua_pushvalue(co, -1);
+    lua_rawseti(co, -3, h); /* ctxs[h] = ctx */
+    lua_remove(co, -2);
+  }
+  lua_settop(L, top);
+  *handle = h;
+  return run_co(sc, h, co, 2, out);
+}
+
+/* The suspended coroutine behind a handle; NULL with out filled as an internal error otherwise. */
+static lua_State *suspended(struct sg_script *sc, int handle, const char *what, struct sg_run_out *out) {
+  lua_State *co = thread_of(sc, handle);
+  if (co && lua_status(co) == LUA_YIELD) return co;
+  memset(out, 0, sizeof *out);
+  out->result = SG_RUN_ERROR;
+  out->error = sg_asprintf("internal: %s of a coroutine that is not suspended", what);
+  return NULL;
+}
+
+static int r_resume(void *ud, int handle, int ok, const char *result, struct sg_run_out *out) {
+  struct sg_script *sc = ud;
+  lua_State *co = suspended(sc, handle, "resume", out);
+  if (!co) return 0;
+  lua_pushboolean(co, ok);
+  lua_pushstring(co, result);
+  return run_co(sc, handle, co, 2, out);
+}
+
+/* Continues a step the hook preempted, for one more slice. */
+static int r_cont(void *ud, int handle, struct sg_run_out *out) {
+  struct sg_script *sc = ud;
+  lua_State *co = suspended(sc, handle, "continue", out);
+  return co ? run_co(sc, handle, co, 0, out) : 0;
+}
+
+static void r_drop(void *ud, int handle) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  lua_State *co = thread_of(sc, handle);
+  if (co) sc_close_thread(sc, co);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, sc->ctxs_ref);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, handle);
+  lua_pop(L, 1);
+  sc_unref(sc, handle);
+}
+
+/* An error reply for a handler that failed in the runtime itself or was stopped by a limit. */
+static void handler_error(char **status, char **body, const char *msg, int retryable) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"error\":");
+  sg_buf_add_json_str(&b, msg);
+  sg_buf_adds(&b, retryable ? ",\"retryable\":true}" : ",\"retryable\":false}");
+  *status = sg_strdup("error");
+  *body = sg_buf_steal(&b);
+}
+
+/* Runs (a slice of) a handler coroutine. Returns 1 if the hook preempted it (the handle stays
+ * live), 0 when it is over with *status and *body set (the coroutine goes back to the pool, or is
+ * closed if it did not end cleanly). */
+static int run_handler(struct sg_script *sc, int h, lua_State *co, int nargs, char **status, char **body) {
+  int nres = 0;
+  sc_run_begin(sc, co, RUN_HANDLER, sc_usage_of(sc, h));
+  int rc = lua_resume(co, sc->L, nargs, &nres);
+  sc_run_end(sc, sc_usage_of(sc, h));
+  if (rc == LUA_OK && nres >= 2 && lua_tostring(co, -nres) && strcmp(lua_tostring(co, -nres), "error") == 0)
+    sc_memory_verdict(sc, lua_tostring(co, -nres + 1));
+  else if (rc != LUA_OK && rc != LUA_YIELD)
+    sc_memory_verdict(sc, lua_tostring(co, -1));
+  if (!sc->run.doomed && rc == LUA_YIELD && sc->run.preempted) return 1;
+  if (sc->run.doomed) {
+    handler_error(status, body, sc->run.why, 1);
+  } else if (rc == LUA_OK && nres >= 2) {
+    *status = sg_strdup(lua_tostring(co, -nres));
+    *body = sg_strdup(lua_tostring(co, -nres + 1));
+  } else if (rc == LUA_YIELD) {
+    handler_error(status, body, "a handler cannot yield (ctx operations are for saga steps)", 0);
+  } else {
+    /* the runtime itself failed (memory): an error reply the saga may retry */
+    const char *msg = lua_tostring(co, -1);
+    handler_error(status, body, msg ? msg : "handler failed", 1);
+  }
+  if (!*status || !*body) {
+    free(*status); free(*body);
+    handler_error(status, body, "handler failed", 1);
+  }
+  if (rc == LUA_OK && !sc->run.doomed && sc->npool < HANDLER_POOL_MAX) {
+    lua_settop(co, 0);
+    PUSH_POOL(sc, h);
+  } else {
+    r_drop(sc, h);
+  }
+  return 0;
+}
+
+static int r_handle(void *ud, const struct sg_msg *m, int *handle, char **status, char **body) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  *handle = 0;
+  char service[128];
+  const char *rk = m->routing_key ? m->routing_key : "";
+  const char *dot = strchr(rk, '.');
+  size_t n = dot ? (size_t)(dot - rk) : strlen(rk);
+  if (n >= sizeof service) n = sizeof service - 1;
+  memcpy(service, rk, n);
+  service[n] = 0;
+  const char *command = m->type && *m->type ? m->type : (dot ? dot + 1 : "");
+  /* a handler coroutine: an idle one from the pool, or a new one */
+  int h;
+  lua_State *co;
+  if (sc->npool) {
+    h = sc->pool[--sc->npool];
+    sc->refs++;
+    co = thread_of(sc, h);
+  } else {
+    co = lua_newthread(L);
+    h = sc_ref(sc, L);
+  }
+  *sc_usage_of(sc, h) = (struct usage){0};
+  sc_push_runtime(sc, co, "handle");
+  lua_pushstring(co, service);
+  lua_pushstring(co, command);
+  lua_pushstring(co, m->body ? m->body : "{}");
+  lua_pushstring(co, m->message_id);
+  lua_pushstring(co, m->saga_id);
+  if (run_handler(sc, h, co, 5, status, body)) { *handle = h; return 1; }
+  return 0;
+}
+
+static int r_handle_cont(void *ud, int handle, char **status, char **body) {
+  struct sg_script *sc = ud;
+  lua_State *co = thread_of(sc, handle);
+  if (!co || lua_status(co) != LUA_YIELD) {
+    handler_error(status, body, "internal: continue of a handler that is not suspended", 1);
+    return 0;
+  }
+  return run_handler(sc, handle, co, 0, status, body);
+}
+
+struct sg_runner sg_script_runner(struct sg_script *sc) {
+  struct sg_runner r = { sc, r_def_get, r_start, r_resume, r_cont, r_drop, r_handle, r_handle_cont };
+  return r;
+}
+
