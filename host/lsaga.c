@@ -132,7 +132,213 @@ static int l_is_name(lua_State *L) {
   return 1;
 }
 
+/* core.on_step() -> true when running on the step's (or handler's) own coroutine: durable
+ * operations yield that coroutine to the host, never one the script created */
+static int l_on_step(lua_State *L) {
+  lua_pushboolean(L, sg_script_on_run_thread(L));
+  return 1;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* coroutines for scripts: the library's semantics, on threads the script created only. The host's
+ * own threads (a step's, a handler's) cannot be resumed, closed or yielded by scripts, so a script
+ * can neither forge a durable operation nor reach into another saga's coroutine. A thread created
+ * here inherits the running step's count hook, so every limit holds inside it. */
+
+static const char script_threads_key = 0; /* registry: weak-keyed set of the threads scripts made */
+
+static int is_script_thread(lua_State *L, lua_State *co) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &script_threads_key);
+  lua_pushthread(co);
+  lua_xmove(co, L, 1);
+  lua_rawget(L, -2);
+  int yes = lua_toboolean(L, -1);
+  lua_pop(L, 2);
+  return yes;
+}
+
+static lua_State *check_script_thread(lua_State *L, int arg, const char *fn) {
+  lua_State *co = lua_tothread(L, arg);
+  if (!co) luaL_typeerror(L, arg, "coroutine");
+  if (!is_script_thread(L, co))
+    luaL_error(L, "coroutine.%s: not a coroutine this script created (a step's own coroutine belongs to the host)", fn);
+  return co;
+}
+
+/* coroutine.create(f) */
+static int l_co_create(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_State *co = lua_newthread(L);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &script_threads_key);
+  lua_pushvalue(L, -2);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
+  return 1;
+}
+
+static const char *co_status(lua_State *L, lua_State *co) {
+  if (L == co) return "running";
+  switch (lua_status(co)) {
+  case LUA_YIELD: return "suspended";
+  case LUA_OK: {
+    lua_Debug ar;
+    if (lua_getstack(co, 0, &ar)) return "normal"; /* it resumed another one */
+    return lua_gettop(co) == 0 ? "dead" : "suspended"; /* not started yet */
+  }
+  default: return "dead";
+  }
+}
+
+/* Resumes co with narg values from L's top; returns the number of results moved to L, or -1 with
+ * the error object on L's top. A limit that stopped the step is raised on, not returned. */
+static int co_resume(lua_State *L, lua_State *co, int narg) {
+  const char *st = co_status(L, co);
+  if (strcmp(st, "suspended") != 0) {
+    lua_pushfstring(L, "cannot resume %s coroutine", st);
+    return -1;
+  }
+  if (!lua_checkstack(co, narg)) {
+    lua_pushliteral(L, "too many arguments to resume");
+    return -1;
+  }
+  lua_xmove(L, co, narg);
+  int nres;
+  int status = lua_resume(co, L, narg, &nres);
+  if (sg_script_doomed(L)) {
+    lua_xmove(co, L, 1);
+    lua_error(L);
+  }
+  if (status == LUA_OK || status == LUA_YIELD) {
+    if (!lua_checkstack(L, nres + 1)) {
+      lua_pop(co, nres);
+      lua_pushliteral(L, "too many results to resume");
+      return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+  }
+  lua_xmove(co, L, 1); /* the error object */
+  return -1;
+}
+
+/* After a yield at a preempt point: the results are still on the stack. */
+static int results_k(lua_State *L, int status, lua_KContext n) {
+  (void)L; (void)status;
+  return (int)n;
+}
+
+/* Returns n results, first giving the loop back if the step's slice is over: time spent inside a
+ * script's coroutine is invisible to the forced yield (the hook can only yield the step itself). */
+static int co_return(lua_State *L, int n) {
+  if (sg_script_preempt_point(L)) return lua_yieldk(L, 0, n, results_k);
+  return n;
+}
+
+/* coroutine.resume(co, ...) */
+static int l_co_resume(lua_State *L) {
+  lua_State *co = check_script_thread(L, 1, "resume");
+  int r = co_resume(L, co, lua_gettop(L) - 1);
+  if (r < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return co_return(L, 2);
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return co_return(L, r + 1);
+}
+
+/* the function coroutine.wrap returns */
+static int co_wrapped(lua_State *L) {
+  lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+  int r = co_resume(L, co, lua_gettop(L));
+  if (r < 0) {
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) { /* it died: close its pending variables, as the library does */
+      lua_resetthread(co);
+    }
+    if (lua_type(L, -1) == LUA_TSTRING) { /* where the wrapper was called from */
+      luaL_where(L, 1);
+      lua_insert(L, -2);
+      lua_concat(L, 2);
+    }
+    return lua_error(L);
+  }
+  return co_return(L, r);
+}
+
+/* coroutine.wrap(f) */
+static int l_co_wrap(lua_State *L) {
+  l_co_create(L);
+  lua_pushcclosure(L, co_wrapped, 1);
+  return 1;
+}
+
+/* coroutine.yield(...): only from a coroutine the script created */
+static int l_co_yield(lua_State *L) {
+  if (!is_script_thread(L, L))
+    return luaL_error(L, "coroutine.yield: a step or handler cannot yield itself (only coroutines the script created can)");
+  return lua_yield(L, lua_gettop(L));
+}
+
+/* coroutine.status(co) */
+static int l_co_status(lua_State *L) {
+  lua_State *co = check_script_thread(L, 1, "status");
+  lua_pushstring(L, co_status(L, co));
+  return 1;
+}
+
+/* coroutine.running() -> the running coroutine and false, or nil and true on the step itself */
+static int l_co_running(lua_State *L) {
+  if (is_script_thread(L, L)) {
+    lua_pushthread(L);
+    lua_pushboolean(L, 0);
+  } else {
+    lua_pushnil(L);
+    lua_pushboolean(L, 1);
+  }
+  return 2;
+}
+
+/* coroutine.isyieldable() */
+static int l_co_isyieldable(lua_State *L) {
+  lua_pushboolean(L, lua_isyieldable(L) && is_script_thread(L, L));
+  return 1;
+}
+
+/* coroutine.close(co) */
+static int l_co_close(lua_State *L) {
+  lua_State *co = check_script_thread(L, 1, "close");
+  const char *st = co_status(L, co);
+  if (strcmp(st, "suspended") != 0 && strcmp(st, "dead") != 0)
+    return luaL_error(L, "cannot close a %s coroutine", st);
+  if (lua_resetthread(co) == LUA_OK) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (sg_script_doomed(L)) return lua_error(L);
+  lua_pushboolean(L, 0);
+  lua_xmove(co, L, 1);
+  return 2;
+}
+
+static const luaL_Reg co_funcs[] = {
+  {"create", l_co_create},
+  {"resume", l_co_resume},
+  {"yield", l_co_yield},
+  {"status", l_co_status},
+  {"wrap", l_co_wrap},
+  {"running", l_co_running},
+  {"isyieldable", l_co_isyieldable},
+  {"close", l_co_close},
+  {NULL, NULL},
+};
+
 static const luaL_Reg core_funcs[] = {
+  {"on_step", l_on_step},
   {"is_name", l_is_name},
   {"duration_ms", l_duration_ms},
   {"log", l_log},
@@ -151,5 +357,14 @@ int luaopen_saga_core(lua_State *L) {
   lua_remove(L, -2);
   lua_pushcclosure(L, l_rep, 1);
   lua_setfield(L, -2, "rep");
+  /* core.coroutine: the scripts' coroutine library (each file gets a copy) */
+  luaL_newlib(L, co_funcs);
+  lua_setfield(L, -2, "coroutine");
+  lua_newtable(L);
+  lua_newtable(L);
+  lua_pushliteral(L, "k");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &script_threads_key);
   return 1;
 }

@@ -58,5 +58,11 @@ size_t sg_script_mem_used(struct sg_script *sc);
  * (lsaga.c). 0 for a state that is not a host's. */
 struct lua_State;
 int sg_script_doomed(struct lua_State *L);
+/* L is the thread the host resumed (the step's or handler's own), not a coroutine the script made */
+int sg_script_on_run_thread(struct lua_State *L);
+/* The step's slice is over and L (its own coroutine) may yield here: the caller yields it to the
+ * loop (lua_yieldk with 0 values), as the count hook would. lsaga.c uses it where a script's
+ * coroutine hands control back to the step, which the hook alone could miss. */
+int sg_script_preempt_point(struct lua_State *L);
 
 #endif

@@ -36,7 +36,7 @@ enum run_kind {
 
 /* What one attempt (or handler call) has used so far, kept between the resumes of its coroutine. */
 struct usage {
-  int64_t cpu_ns;  /* time spent running it */
+  int64_t cpu_ns;  /* CPU time spent running it */
   int64_t instr;   /* VM instructions, counted HOOK_EVERY at a time */
   int64_t mem;     /* bytes allocated net of what was freed while it ran */
 };
@@ -46,6 +46,9 @@ struct run {
   lua_State *co;        /* the thread resumed (or the main thread for a load) */
   int kind;             /* enum run_kind, RUN_NONE when nothing runs */
   int64_t t0;           /* this resume began (monotonic ns) */
+  int64_t cpu0;         /* the thread's CPU clock at the resume's first hook, 0 = not read: short
+                         * resumes are timed by the monotonic clock alone (no system call) */
+  int64_t wall_cpu0;    /* the monotonic clock when cpu0 was read */
   int64_t slice_end;    /* yield at the first chance after this */
   struct usage u;       /* the attempt's usage, kept current while it runs */
   int doomed;           /* a limit was hit: the attempt ends and nothing in it can catch that */

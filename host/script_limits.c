@@ -18,6 +18,19 @@ static int64_t mono_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static int64_t thread_cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* CPU time of the resume in progress: the monotonic clock up to its first hook, the thread's CPU
+ * clock after (so a busy machine does not make a step look slower than it is). */
+static int64_t resume_cpu_ns(const struct run *r, int64_t now) {
+  if (!r->cpu0) return now - r->t0;
+  return (r->wall_cpu0 - r->t0) + (thread_cpu_ns() - r->cpu0);
+}
+
 /* "file:line" of the innermost script function on L's stack (the runtime's own frames skipped, so
  * the author sees the line of theirs that was running). */
 static void script_where(lua_State *L, char *buf, size_t n) {
@@ -127,20 +140,23 @@ static void hook(lua_State *L, lua_Debug *ar) {
   lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_EVERY); /* back to the usual pace after a watchdog poke */
   r->u.instr += HOOK_EVERY;
   int64_t now = mono_ns(), ran = now - r->t0;
+  if (!r->cpu0) { r->cpu0 = thread_cpu_ns(); r->wall_cpu0 = now; } /* a long resume: CPU from here */
   /* only the step's (or handler's) own coroutine is yielded: the runner resumes it */
   int yieldable = L == r->co && (r->kind == RUN_STEP || r->kind == RUN_HANDLER) && lua_isyieldable(L);
   if (!r->doomed && r->kind != RUN_CLOSE) {
     if (sc->cfg.instr_budget > 0 && r->u.instr > sc->cfg.instr_budget)
       doom(sc, L, "instruction budget exceeded: %s ran %" PRId64 " VM instructions (an endless loop?); "
            "--lua-budget N raises the limit", run_what(r->kind), r->u.instr);
-    else if (sc->cfg.cpu_limit_ms > 0 && r->u.cpu_ns + ran > sc->cfg.cpu_limit_ms * 1000000)
-      doom(sc, L, "CPU limit exceeded: %s ran for %" PRId64 " ms (an endless loop?); --lua-step-cpu D raises the limit",
-           run_what(r->kind), (r->u.cpu_ns + ran) / 1000000);
+    /* CPU time is at most the time that passed: read the CPU clock only when that is over the limit */
+    else if (sc->cfg.cpu_limit_ms > 0 && r->u.cpu_ns + ran > sc->cfg.cpu_limit_ms * 1000000 &&
+             r->u.cpu_ns + resume_cpu_ns(r, now) > sc->cfg.cpu_limit_ms * 1000000)
+      doom(sc, L, "CPU limit exceeded: %s used %" PRId64 " ms of CPU (an endless loop?); --lua-step-cpu D raises the limit",
+           run_what(r->kind), (r->u.cpu_ns + resume_cpu_ns(r, now)) / 1000000);
     else if (!yieldable && ran > NOYIELD_NS)
       doom(sc, L, r->kind == RUN_LOAD
            ? "the file's top-level code ran for over %lld ms (an endless loop?): at load a file may only define sagas and handlers"
-           : "ran for over %lld ms where it cannot give the loop back (inside a table.sort comparator, a string.gsub "
-             "callback, a metamethod called from C or an error handler)", NOYIELD_NS / 1000000);
+           : "ran for over %lld ms where it cannot give the loop back (inside a coroutine the script created, a "
+             "table.sort comparator, a string.gsub callback, a metamethod called from C or an error handler)", NOYIELD_NS / 1000000);
   }
   if (r->doomed) {
     if (yieldable) { lua_yield(L, 0); return; } /* the runner closes the coroutine */
@@ -174,6 +190,7 @@ void sc_run_begin(struct sg_script *sc, lua_State *co, int kind, const struct us
   r->mem_refused = 0;
   r->why[0] = 0;
   r->t0 = mono_ns();
+  r->cpu0 = 0;
   r->slice_end = r->t0 + SLICE_NS;
   sc->fail_ptr = NULL;
   lua_sethook(co, hook, LUA_MASKCOUNT, HOOK_EVERY);
@@ -187,7 +204,7 @@ void sc_run_end(struct sg_script *sc, struct usage *u) {
   sg_watchdog_disarm();
   poke_target = NULL;
   lua_sethook(r->co, NULL, 0, 0);
-  r->u.cpu_ns += mono_ns() - r->t0;
+  r->u.cpu_ns += resume_cpu_ns(r, mono_ns());
   if (u) *u = r->u;
   r->kind = RUN_NONE;
   r->co = NULL;
@@ -217,6 +234,22 @@ int sg_script_doomed(struct lua_State *L) {
   void *ud;
   if (lua_getallocf(L, &ud) != sc_alloc) return 0; /* not a host's state (the spec module's caller) */
   return ((struct sg_script *)ud)->run.doomed;
+}
+
+int sg_script_preempt_point(struct lua_State *L) {
+  void *ud;
+  if (lua_getallocf(L, &ud) != sc_alloc) return 0;
+  struct run *r = &((struct sg_script *)ud)->run;
+  if (r->co != L || r->doomed || (r->kind != RUN_STEP && r->kind != RUN_HANDLER) || !lua_isyieldable(L)) return 0;
+  if (mono_ns() < r->slice_end) return 0;
+  r->preempted = 1;
+  return 1;
+}
+
+int sg_script_on_run_thread(struct lua_State *L) {
+  void *ud;
+  if (lua_getallocf(L, &ud) != sc_alloc) return 0;
+  return ((struct sg_script *)ud)->run.co == L;
 }
 
 /* Resets a coroutine that did not finish cleanly. Resetting runs its pending __close handlers:

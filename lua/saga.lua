@@ -311,7 +311,7 @@ local function sandbox_env(file, pub)
       if mt == string_mt then return nil end
       return mt
     end,
-    string = copy(string), table = copy(table), math = copy(math), utf8 = copy(utf8),
+    string = copy(string), table = copy(table), math = copy(math), utf8 = copy(utf8), coroutine = copy(core.coroutine),
     os = { time = os.time, clock = os.clock, date = os_date, difftime = os.difftime },
     _VERSION = _VERSION,
   }
@@ -492,8 +492,12 @@ local function check_name(v, what, level)
 end
 
 -- Resumed by the host with (ok, result_json).
-local function await(...)
-  local ok, res = yield(...)
+local on_step = core.on_step
+local function await(op, ...)
+  if not on_step() then
+    error("ctx:" .. op .. " cannot be used inside a coroutine the script created: durable operations run on the step itself", 3)
+  end
+  local ok, res = yield(op, ...)
   return ok, res
 end
 
