@@ -1,5 +1,6 @@
-/* Live test of transport_amqp.c against a real RabbitMQ (tests/amqp-broker.sh starts one; SG_AMQP_URL
- * overrides amqp://guest:guest@127.0.0.1:5672/). Fails, never skips, when no broker answers.
+/* Live test of transport_amqp.c against a real RabbitMQ: the tests' own node, which tests/amqp-broker.sh
+ * starts on amqp://guest:guest@127.0.0.1:56720/ (SG_BROKER_PORT picks another port, SG_AMQP_URL another
+ * URL). Fails, never skips, when no broker answers.
  *
  * Two transports share one libev loop: "p" is a participant consuming service echo, "o" an
  * orchestrator sending to it. Checks a command/reply round trip with confirms, nack to the DLQ with
@@ -161,7 +162,12 @@ static int bytes_is(amqp_bytes_t b, const char *s) { return b.len == strlen(s) &
 
 int main(void) {
   url = getenv("SG_AMQP_URL");
-  if (!url || !*url) url = "amqp://guest:guest@127.0.0.1:5672/";
+  if (!url || !*url) { /* the tests' node (tests/amqp-broker.sh), never the system's broker on 5672 */
+    static char own[64];
+    const char *port = getenv("SG_BROKER_PORT");
+    snprintf(own, sizeof own, "amqp://guest:guest@127.0.0.1:%s/", port && *port ? port : "56720");
+    url = own;
+  }
   loop = EV_DEFAULT;
   sg_log_level = SG_LOG_WARN;
 

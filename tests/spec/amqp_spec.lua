@@ -1,21 +1,13 @@
--- End-to-end over a real RabbitMQ (tests/amqp-broker.sh starts one on 127.0.0.1): the orchestrator and
+-- End-to-end over a real RabbitMQ (the tests' own node, tests/amqp-broker.sh): the orchestrator and
 -- its participants are separate sagahost processes, or an independent pika client that follows only
 -- docs/protocol.md. Every run uses its own service names and host ids (H.uid()) and deletes its queues
 -- afterwards, so runs never see each other's messages.
 local H = require "helper"
 local cjson = require "cjson"
 
-local function broker_up()
-  -- a run interrupted during the restart spec leaves the node up with its app stopped: start the app
-  if H.sh("(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null") ~= 0 then H.sh("rabbitmqctl -q start_app") end
-  local code = H.sh("bash tests/amqp-broker.sh")
-  assert(code == 0, "RabbitMQ is not available (tests/amqp-broker.sh failed)")
-end
-
-local function rabbitmqctl(args)
-  local code, out = H.sh("rabbitmqctl -q " .. args)
-  assert(code == 0, "rabbitmqctl " .. args .. " failed: " .. out)
-end
+-- (a run interrupted during the restart spec leaves the node up with its app stopped: this starts the app)
+local broker_up = H.broker_up
+local rabbitmqctl = H.rabbitmqctl -- the tests' node only
 
 local function order_input(i, tag)
   return { order_id = tag .. "-" .. i, sku = "book", qty = 1 + i % 3, amount = 10 + i, card = i % 4 == 0 and "declined" or "ok" }
@@ -161,7 +153,11 @@ describe("OrderProcessing over RabbitMQ, four processes", function()
   end)
 end)
 
-describe("a broker restart in the middle of a run", function()
+-- it restarts the tests' own node, so it means something only when the hosts use that node
+local restart_describe = H.amqp_url == H.broker_url and describe
+  or function(name) pending(name .. " (SG_AMQP_URL names another broker: only the tests' node is restarted)") end
+
+restart_describe("a broker restart in the middle of a run", function()
   local g
   local stopped = false
   setup(function()
@@ -170,21 +166,23 @@ describe("a broker restart in the middle of a run", function()
     g.start()
   end)
   teardown(function()
-    if stopped then os.execute("rabbitmqctl -q start_app >/dev/null 2>&1") end
+    if stopped then os.execute("bash tests/amqp-broker.sh ctl start_app >/dev/null 2>&1") end
     broker_up()
     if g then g.stop() end
   end)
 
   it("every saga reaches its terminal status and every command takes effect once", function()
-    -- 50 orders started from a background loop over ~1 s, to participants that take 20 ms per command, so
-    -- commands queue up; the broker goes down in the middle of it (stop_app takes effect ~1 s after it is
-    -- called) and comes back 2 s later
+    -- 50 orders started from a background loop over ~4 s, to participants that take 20 ms per command, so
+    -- commands queue up; the broker goes down in the middle of it (stop_app takes effect 0.5-2 s after it
+    -- is called, rabbitmqctl's start-up, longer on a loaded machine; a loop shorter than that would be over
+    -- before) and comes back 2 s later
     local out = g.orch.dir .. "/starts.txt"
     local cmd = string.format([[
 for i in $(seq 1 50); do
   card=ok; [ $((i %% 4)) -eq 0 ] && card=declined
   body="{\"order_id\":\"b-$i\",\"sku\":\"book\",\"qty\":$((1 + i %% 3)),\"amount\":$((10 + i)),\"card\":\"$card\"}"
   printf '%%s %%s\n' "$i" "$(curl -s -X POST -H 'Content-Type: application/json' --data "$body" %s/v1/sagas/OrderProcessing)"
+  sleep 0.05
 done > %s 2>&1 &]], g.orch.url, out)
     os.execute(cmd)
     H.sleep(0.2)

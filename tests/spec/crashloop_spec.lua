@@ -6,7 +6,7 @@ local H = require "helper"
 
 local N = tonumber(os.getenv("SG_CRASHLOOP_SAGAS")) or 60
 local KILLS = tonumber(os.getenv("SG_CRASHLOOP_KILLS")) or 8
-local AMQP = os.getenv("SG_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+local AMQP = H.amqp_url
 
 local function script(svc)
   return ([[

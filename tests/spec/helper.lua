@@ -219,9 +219,25 @@ function Host:cleanup()
 end
 
 ---------------------------------------------------------------------------------------------------
--- RabbitMQ (tests/amqp-broker.sh starts one on 127.0.0.1). H.host{ amqp = true, host_id = "x" } runs a
--- host with --amqp H.amqp_url (a string instead of true names another URL) and --host-id x.
-H.amqp_url = os.getenv("SG_AMQP_URL") or "amqp://guest:guest@127.0.0.1:5672/"
+-- RabbitMQ: the tests' own node, which tests/amqp-broker.sh starts on 127.0.0.1:56720 (SG_BROKER_PORT);
+-- no other broker on the machine is used. H.host{ amqp = true, host_id = "x" } runs a host with --amqp
+-- H.amqp_url (a string instead of true names another URL) and --host-id x.
+H.broker_url = "amqp://guest:guest@127.0.0.1:" .. (tonumber(os.getenv("SG_BROKER_PORT")) or 56720) .. "/"
+H.amqp_url = os.getenv("SG_AMQP_URL") or H.broker_url
+
+-- starts the tests' node unless it is up (and its app if a broker-restart spec left it stopped)
+function H.broker_up()
+  local code, out = H.sh("bash tests/amqp-broker.sh")
+  assert(code == 0, "RabbitMQ is not available (tests/amqp-broker.sh failed): " .. out)
+end
+
+-- rabbitmqctl against the tests' node only (rabbitmqctl -n sagahost-test@localhost with its cookie)
+function H.rabbitmqctl(args)
+  local code, out = H.sh("bash tests/amqp-broker.sh ctl " .. args)
+  assert(code == 0, "rabbitmqctl " .. args .. " failed: " .. out)
+  return out
+end
+
 H.python = os.getenv("SG_PYTHON") or "/usr/bin/python3"
 H.participants = "tests/participants"
 
