@@ -192,19 +192,38 @@ static int check_json(amqp_bytes_t body, struct sg_error *e) {
   return 0;
 }
 
+static int has_prefix(amqp_bytes_t b, const char *prefix) {
+  size_t n = strlen(prefix);
+  return b.len >= n && memcmp(b.bytes, prefix, n) == 0;
+}
+
 static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, amqp_bytes_t routing_key,
-                       amqp_bytes_t body, struct sg_msg *m, struct sg_error *e) {
+                       amqp_bytes_t queue, amqp_bytes_t body, struct sg_msg *m, struct sg_error *e) {
   const amqp_table_t *h = HAS(p, AMQP_BASIC_HEADERS_FLAG) ? &p->headers : NULL;
-  int reply = exchange.len == 0; /* replies come through the default exchange, straight to our queue */
+  /* the queue says what it is; without one, replies are what comes through the default exchange */
+  int from_service = has_prefix(queue, "saga.svc.") && queue.len > strlen("saga.svc.");
+  int reply = has_prefix(queue, "saga.reply.") || (!from_service && exchange.len == 0);
 
   if (check_json(body, e) < 0) return -1;
   m->body = bytes_dup(body);
   m->exchange = bytes_dup(exchange);
-  m->routing_key = bytes_dup(routing_key);
+  m->type = prop_str(p, AMQP_BASIC_TYPE_FLAG, p->type);
+  if (from_service && exchange.len == 0) {
+    /* sent straight to the service queue: the routing key is the queue's name, not service.command */
+    if (!m->type || !*m->type)
+      return sg_errorf(e, SG_E_INVALID, "command sent straight to %.*s has no type property; set it to the command name",
+                       (int)queue.len, (const char *)queue.bytes);
+    size_t n = queue.len - strlen("saga.svc.");
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_printf(&b, "%.*s.%s", (int)n, (const char *)queue.bytes + strlen("saga.svc."), m->type);
+    m->routing_key = sg_buf_steal(&b);
+  } else {
+    m->routing_key = bytes_dup(routing_key);
+  }
   m->message_id = prop_str(p, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id);
   m->correlation_id = prop_str(p, AMQP_BASIC_CORRELATION_ID_FLAG, p->correlation_id);
   m->reply_to = prop_str(p, AMQP_BASIC_REPLY_TO_FLAG, p->reply_to);
-  m->type = prop_str(p, AMQP_BASIC_TYPE_FLAG, p->type);
   if (HAS(p, AMQP_BASIC_TIMESTAMP_FLAG) && p->timestamp < (uint64_t)INT64_MAX / 1000)
     m->created_at = (int64_t)p->timestamp * 1000;
   if (hdr_str(h, "saga-id", &m->saga_id, e) < 0 || hdr_str(h, "saga-type", &m->saga_type, e) < 0 ||
@@ -212,6 +231,10 @@ static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, 
       hdr_int(h, "attempt", &m->attempt, e) < 0)
     return -1;
 
+  if (!reply) { /* a command: a saga-status header does not make it a reply */
+    free(m->status);
+    m->status = NULL;
+  }
   if (reply) {
     if (!m->correlation_id)
       return sg_errorf(e, SG_E_INVALID, "reply has no correlation_id; set it to the message_id of the command it answers");
@@ -240,9 +263,9 @@ static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, 
 }
 
 int sg_amqp_decode(const amqp_basic_properties_t *p, amqp_bytes_t exchange, amqp_bytes_t routing_key,
-                   amqp_bytes_t body, struct sg_msg *out, struct sg_error *e) {
+                   amqp_bytes_t queue, amqp_bytes_t body, struct sg_msg *out, struct sg_error *e) {
   memset(out, 0, sizeof *out);
-  if (decode_into(p, exchange, routing_key, body, out, e) < 0) {
+  if (decode_into(p, exchange, routing_key, queue, body, out, e) < 0) {
     sg_msg_free(out);
     memset(out, 0, sizeof *out);
     return -1;

@@ -36,11 +36,16 @@ struct sg_amqp_out {
 int sg_amqp_encode(const struct sg_msg *m, struct sg_amqp_out *out, struct sg_error *e);
 
 /* Reads a received message into out (zeroed first). exchange and routing_key are those of the
- * delivery. Fails (-1, e filled with a sentence fit for the x-saga-error header, out left empty) for a
- * malformed envelope: body not JSON, command without message_id, reply without correlation_id or
- * saga-status, a header of the wrong type. */
+ * delivery, queue the queue it came from. What it is follows the contract, not the exchange: from a
+ * reply queue (saga.reply.*) a reply, from a service queue (saga.svc.<service>) a command, whatever
+ * exchange it was published through (a command sent straight to the queue through the default
+ * exchange gets the routing key <service>.<type>); with no queue known, a message from the default
+ * exchange is a reply. Fails (-1, e filled with a sentence fit for the x-saga-error header, out left
+ * empty) for a malformed envelope: body not JSON, command without message_id (or without type when
+ * its routing key names no command), reply without correlation_id or saga-status, a header of the
+ * wrong type. */
 int sg_amqp_decode(const amqp_basic_properties_t *p, amqp_bytes_t exchange, amqp_bytes_t routing_key,
-                   amqp_bytes_t body, struct sg_msg *out, struct sg_error *e);
+                   amqp_bytes_t queue, amqp_bytes_t body, struct sg_msg *out, struct sg_error *e);
 
 /* Deep copy of src into dst, allocated from pool (properties decoded by librabbitmq live in its
  * connection pools, which are recycled between frames). */

@@ -336,7 +336,9 @@ static int split_path(const char *path, char parts[4][256]) {
   int n = 0;
   const char *p = path;
   while (*p == '/') p++;
-  while (*p && n < 4) {
+  while (*p) {
+    /* a fifth segment: no route is that deep (/v1/sagas/{id}/retry/x must not act as retry) */
+    if (n == 4) return -1;
     const char *s = strchr(p, '/');
     size_t len = s ? (size_t)(s - p) : strlen(p);
     if (len >= 256) return -1;
@@ -346,63 +348,105 @@ static int split_path(const char *path, char parts[4][256]) {
     if (!s) break;
     p = s + 1;
   }
-  if (*p && strchr(p, '/') && n == 4) return -1;
   return n;
+}
+
+/* What a path names; the method is checked only once the path is known, so a known path with a
+ * wrong method is 405 (with Allow) and an unknown path is 404 whatever the method. */
+enum route_kind {
+  R_NONE,        /* no such resource: 404 */
+  R_SAGAS,       /* /v1/sagas: the list */
+  R_SAGA,        /* /v1/sagas/{x}: GET the saga with id x, POST starts a saga of type x */
+  R_PLAN,        /* /v1/sagas/{id}/plan */
+  R_ACTION,      /* /v1/sagas/{id}/{compensate|retry|resolve} */
+  R_DEFINITIONS, /* /v1/definitions */
+  R_BREAKERS,    /* /v1/breakers */
+  R_HEALTHZ,     /* /healthz */
+  R_METRICS,     /* /metrics */
+};
+
+static enum route_kind route_match(const char parts[4][256], int n) {
+  int v1 = n >= 2 && strcmp(parts[0], "v1") == 0;
+  if (v1 && strcmp(parts[1], "sagas") == 0) {
+    if (n == 2) return R_SAGAS;
+    if (n == 3) return R_SAGA;
+    if (n == 4 && strcmp(parts[3], "plan") == 0) return R_PLAN;
+    if (n == 4 && (!strcmp(parts[3], "compensate") || !strcmp(parts[3], "retry") || !strcmp(parts[3], "resolve")))
+      return R_ACTION;
+    return R_NONE;
+  }
+  if (v1 && n == 2 && strcmp(parts[1], "definitions") == 0) return R_DEFINITIONS;
+  if (v1 && n == 2 && strcmp(parts[1], "breakers") == 0) return R_BREAKERS;
+  if (n == 1 && strcmp(parts[0], "healthz") == 0) return R_HEALTHZ;
+  if (n == 1 && strcmp(parts[0], "metrics") == 0) return R_METRICS;
+  return R_NONE;
+}
+
+/* the Allow header of each route; HEAD is GET without the body (libmicrohttpd drops it) */
+static const char *route_allow(enum route_kind k) {
+  switch (k) {
+  case R_SAGA: return "GET, HEAD, POST";
+  case R_ACTION: return "POST";
+  default: return "GET, HEAD";
+  }
 }
 
 static void route(void *ud, struct sg_http_req *req) {
   struct sg_api *api = ud;
-  int is_get = strcmp(req->method, "GET") == 0, is_post = strcmp(req->method, "POST") == 0;
   char parts[4][256];
   int n = split_path(req->path, parts);
-  if (n >= 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "sagas") == 0) {
-    if (n == 3 && is_post) { start_saga(api, req, parts[2]); return; }
-    if ((n == 2 || n == 3) && is_get) {
-      struct pending *p = sg_xcalloc(1, sizeof *p);
-      p->api = api;
-      p->req = req;
-      sg_engine_after_commit(api->en, on_read_committed, p);
-      return;
-    }
-    if (n == 2 || n == 3) { sg_http_reply_error(req, 405, "method not allowed"); return; }
+  enum route_kind k = n < 0 ? R_NONE : route_match(parts, n);
+  if (k == R_NONE) {
+    /* the path only: the method is the client's arbitrary token and is not echoed */
+    char msg[300];
+    snprintf(msg, sizeof msg, "no route for %.200s", req->path);
+    sg_http_reply_error(req, 404, msg);
+    return;
   }
-  if (n == 4 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "sagas") == 0) {
-    const char *verb = parts[3];
-    if (strcmp(verb, "plan") == 0) {
-      if (!is_get) { sg_http_reply_error(req, 405, "method not allowed: use GET"); return; }
-      struct pending *p = sg_xcalloc(1, sizeof *p);
-      p->api = api;
-      p->req = req;
-      snprintf(p->id, sizeof p->id, "%.39s", parts[2]);
-      sg_engine_after_commit(api->en, on_plan_committed, p);
-      return;
-    }
-    if (!strcmp(verb, "compensate") || !strcmp(verb, "retry") || !strcmp(verb, "resolve")) {
-      if (!is_post) { sg_http_reply_error(req, 405, "method not allowed: use POST"); return; }
-      if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
-      operator_action(api, req, parts[2], verb);
-      return;
-    }
-  }
-  if (n == 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "definitions") == 0) {
-    if (!is_get) { sg_http_reply_error(req, 405, "method not allowed"); return; }
+  int is_get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
+  int is_post = !strcmp(req->method, "POST");
+  int ok = k == R_SAGA ? is_get || is_post : k == R_ACTION ? is_post : is_get;
+  if (!ok) { sg_http_reply_not_allowed(req, route_allow(k)); return; }
+
+  struct pending *p;
+  switch (k) {
+  case R_SAGA:
+    if (is_post) { start_saga(api, req, parts[2]); return; }
+    /* GET of one saga is a read like the list */
+    __attribute__((fallthrough));
+  case R_SAGAS:
+    p = sg_xcalloc(1, sizeof *p);
+    p->api = api;
+    p->req = req;
+    sg_engine_after_commit(api->en, on_read_committed, p);
+    return;
+  case R_PLAN:
+    p = sg_xcalloc(1, sizeof *p);
+    p->api = api;
+    p->req = req;
+    snprintf(p->id, sizeof p->id, "%.39s", parts[2]);
+    sg_engine_after_commit(api->en, on_plan_committed, p);
+    return;
+  case R_ACTION:
+    if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
+    operator_action(api, req, parts[2], parts[3]);
+    return;
+  case R_DEFINITIONS: {
     char *json = sg_script_definitions_json(api->sc);
     sg_http_reply(req, 200, json);
     free(json);
     return;
   }
-  if (n == 1 && strcmp(parts[0], "healthz") == 0) { healthz(api, req); return; }
-  if (n == 1 && strcmp(parts[0], "metrics") == 0) { metrics(api, req); return; }
-  if (n == 2 && strcmp(parts[0], "v1") == 0 && strcmp(parts[1], "breakers") == 0) {
-    if (!is_get) { sg_http_reply_error(req, 405, "method not allowed"); return; }
+  case R_BREAKERS: {
     char *json = sg_engine_breakers_json(api->en);
     sg_http_reply(req, 200, json);
     free(json);
     return;
   }
-  char msg[300];
-  snprintf(msg, sizeof msg, "no route for %s %.200s", req->method, req->path);
-  sg_http_reply_error(req, 404, msg);
+  case R_HEALTHZ: healthz(api, req); return;
+  case R_METRICS: metrics(api, req); return;
+  case R_NONE: break; /* answered above */
+  }
 }
 
 static void on_read_committed(void *ud, int status) {

@@ -5,7 +5,9 @@
  *   GET  /v1/definitions         loaded saga types, files with their load errors, services
  *   GET  /healthz                liveness and counters
  *   GET  /metrics                the counters in the Prometheus text format
- * Errors are {"error": "..."} with 400, 404, 405, 409, 413 or 500. */
+ * Errors are {"error": "..."} with 400, 404, 405, 409, 413 or 500. A known path with a method it does
+ * not serve is 405 with an Allow header (GET routes also answer HEAD); an unknown path is 404 whatever
+ * the method. Neither echoes the method. */
 #ifndef SG_API_H
 #define SG_API_H
 

@@ -470,7 +470,12 @@ static int run_orchestrator(const struct bench_opts *o) {
     if (b.child < 0) { b.child = 0; fprintf(stderr, "sagahost bench: cannot start the participant process: %s\n", e.msg); goto out; }
   }
 
-  /* the same wiring and defaults as `sagahost run` */
+  /* the same wiring and defaults as `sagahost run`; a --db a host is running on is refused before
+   * anything of it is deleted */
+  if (sg_store_sqlite_in_use(dbpath, &e)) {
+    fprintf(stderr, "sagahost bench: cannot start the host: %s\n", e.msg);
+    goto out;
+  }
   remove_db(dbpath);
   struct sg_host_config cfg;
   sg_host_config_defaults(&cfg);

@@ -233,13 +233,21 @@ void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
   compensate_from(en, s, s->row.step - 1);
 }
 
+/* Jitter spreads the retries of many sagas that failed together. Its generator is seeded once per
+ * process from the OS (rand() is seeded the same in every process unless someone calls srand, so
+ * every host and every restart drew the same delays, which is what jitter is there to avoid). One
+ * per process, not per engine: hosts of one process take turns on one thread. */
+static struct sg_rand jitter_rng;
+static int jitter_seeded;
+
 static int64_t retry_delay(const struct sg_retry *p, int attempt) {
   double d = (double)p->initial_ms;
   if (p->exponential)
     for (int i = 1; i < attempt; i++) { d *= p->multiplier; if (d >= (double)p->max_ms) break; }
   if (d > (double)p->max_ms) d = (double)p->max_ms;
-  if (p->jitter) d = d / 2 + (double)(rand() % 1000) / 1000.0 * d / 2;
-  return (int64_t)d;
+  if (!p->jitter) return (int64_t)d;
+  if (!jitter_seeded) { sg_rand_seed(&jitter_rng, sg_rand_os_seed()); jitter_seeded = 1; }
+  return sg_rand_jitter(&jitter_rng, (int64_t)d);
 }
 
 /* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
@@ -788,11 +796,29 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
 void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
                           const char *status, const char *body) {
   if (eng_txn(en) < 0) return;
+  char *too_large = NULL;
+  if (body && en->cfg.max_payload > 0 && (int64_t)strlen(body) > en->cfg.max_payload) {
+    /* the caller would refuse it (and only ever see its call time out): say why, at once */
+    char *why = sg_asprintf("%s: result too large: %zu bytes, over the limit of %" PRId64 " bytes (--max-payload)",
+                            m->routing_key ? m->routing_key : "?", strlen(body), en->cfg.max_payload);
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"error\":");
+    sg_buf_add_json_str(&b, why);
+    sg_buf_adds(&b, ",\"retryable\":false}");
+    too_large = sg_buf_steal(&b);
+    free(why);
+    sg_warn("command %s (%s): handler result of %zu bytes over --max-payload: answered with an error",
+            m->message_id, m->routing_key ? m->routing_key : "?", strlen(body));
+    status = "error";
+    body = too_large;
+  }
   /* A call from a saga of this host is answered in this transaction (reply_to_command): once that
    * commits the saga never re-issues it, so it needs no inbox entry. */
   if (record && !chained) STORE(en, en->store->ops->inbox_put(en->store, m->message_id, status, body, SE), "inbox");
   if (m->reply_to && *m->reply_to) reply_to_command(en, m, status ? status : "error", body ? body : "{}");
   ack_after_commit(en, tag);
+  free(too_large);
 }
 
 static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {
@@ -1012,7 +1038,10 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   return en;
 }
 
-void sg_engine_set_transport(struct sg_engine *en, struct sg_transport *t) { en->tr = t; }
+void sg_engine_set_transport(struct sg_engine *en, struct sg_transport *t) {
+  en->tr = t;
+  if (t->ops->set_max_body) t->ops->set_max_body(t, en->cfg.max_payload);
+}
 
 void sg_engine_on_terminal(struct sg_engine *en, sg_terminal_cb cb, void *ud) {
   en->on_terminal = cb;

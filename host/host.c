@@ -62,6 +62,9 @@ static void default_host_id(const char *db, char *out, size_t n) {
 int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e) {
   memset(h, 0, sizeof *h);
   h->loop = loop;
+  /* checked before the store is opened (and created): a wrong path would otherwise give a host that
+   * runs, serves no saga type and rescans an empty directory forever */
+  if (sg_dir_check(c->dir, "script directory", e) < 0) return -1;
   if (c->host_id) snprintf(h->host_id, sizeof h->host_id, "%s", c->host_id);
   else default_host_id(c->db, h->host_id, sizeof h->host_id);
   h->store = sg_store_sqlite_open(c->db, e);

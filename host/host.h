@@ -34,7 +34,9 @@ struct sg_host {
 };
 
 /* Opens the store, loads the scripts, starts the engine and the transport, recovers every saga.
- * On failure everything opened so far is closed and -1 returned with e filled. */
+ * On failure everything opened so far is closed and -1 returned with e filled: a script directory
+ * that is missing or unreadable is SG_E_INVALID (before the database is touched), a database another
+ * host holds is SG_E_CONFLICT. */
 int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e);
 void sg_host_close(struct sg_host *h);
 

@@ -38,6 +38,7 @@ struct sg_http_conn {
   int status;                       /* reply status, valid once reply is set */
   char *reply;                      /* reply body (owned) waiting to be queued, NULL if none yet */
   const char *ctype;                /* its content type (a static string), NULL = application/json */
+  const char *allow;                /* Allow header of a 405 (a static string), NULL = none */
   struct sg_http_conn *prev, *next; /* srv->conns: pending requests must be resumed before stop */
 };
 
@@ -90,6 +91,7 @@ static enum MHD_Result sg_http_queue(struct sg_http_conn *c, int status, const c
       MHD_create_response_from_buffer(len, (void *)json, MHD_RESPMEM_MUST_COPY);
   if (!resp) return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, c->ctype ? c->ctype : "application/json");
+  if (c->allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, c->allow);
   enum MHD_Result r = MHD_queue_response(c->mhd, (unsigned)status, resp);
   MHD_destroy_response(resp);
   c->phase = SG_HTTP_ANSWERED;
@@ -311,7 +313,9 @@ void sg_http_reply(struct sg_http_req *r, int status, const char *json) {
   sg_http_reply_as(r, status, NULL, json);
 }
 
-void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *json) {
+/* every reply goes through here: it stores the answer and resumes a suspended connection */
+static void sg_http_store_reply(struct sg_http_req *r, int status, const char *content_type, const char *allow,
+                                const char *json) {
   struct sg_http_conn *c = r->priv;
   if (c->reply || (c->phase != SG_HTTP_IN_HANDLER && c->phase != SG_HTTP_PENDING)) {
     sg_err("http: second reply to %s %s ignored (every request gets exactly one)", c->req.method,
@@ -320,6 +324,7 @@ void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_typ
   }
   c->status = status;
   c->ctype = content_type;
+  c->allow = allow;
   c->reply = sg_strdup(json ? json : "{}");
   if (c->phase == SG_HTTP_PENDING) {
     c->phase = SG_HTTP_RESUMED;
@@ -328,12 +333,31 @@ void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_typ
   }
 }
 
-void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg) {
+void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *json) {
+  sg_http_store_reply(r, status, content_type, NULL, json);
+}
+
+static char *sg_http_error_json(const char *msg) {
   struct sg_buf b;
   sg_buf_init(&b);
   sg_buf_adds(&b, "{\"error\":");
   sg_buf_add_json_str(&b, msg ? msg : "");
   sg_buf_adds(&b, "}");
-  sg_http_reply(r, status, b.data);
-  sg_buf_free(&b);
+  return sg_buf_steal(&b);
+}
+
+void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg) {
+  char *json = sg_http_error_json(msg);
+  sg_http_reply(r, status, json);
+  free(json);
+}
+
+void sg_http_reply_not_allowed(struct sg_http_req *r, const char *allow) {
+  /* the method is not repeated: it is whatever token the client sent, and an error text that
+   * reflects it verbatim is one more place for a client to inject into logs and pages */
+  char msg[400];
+  snprintf(msg, sizeof msg, "method not allowed for %.200s (allowed: %s)", r->path, allow);
+  char *json = sg_http_error_json(msg);
+  sg_http_store_reply(r, 405, NULL, allow, json);
+  free(json);
 }

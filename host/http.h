@@ -44,5 +44,7 @@ void sg_http_reply(struct sg_http_req *r, int status, const char *json);
 void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *body);
 /* convenience: {"error": msg} */
 void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg);
+/* 405 {"error": ...} with an Allow header; allow is a static string such as "GET, HEAD" */
+void sg_http_reply_not_allowed(struct sg_http_req *r, const char *allow);
 
 #endif

@@ -34,6 +34,7 @@ static void usage(FILE *f) {
           "      [--inbox-retention D] (7d): how long handled message ids are remembered (0 = forever)\n"
           "      [--retention D] (0 = forever): how long finished sagas are kept (compensation_failed ones stay)\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
+          "                         (exit 2 when SCRIPT_DIR is missing or unreadable)\n"
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
           "\n");
@@ -81,6 +82,11 @@ struct run_opts {
 static int cmd_run(const struct run_opts *o) {
   struct run r = {0};
   struct sg_error e = {0};
+  /* a wrong SCRIPT_DIR is the operator's mistake, like a usage error: exit 2 and say which */
+  if (sg_dir_check(o->cfg.dir, "script directory", &e) < 0) {
+    fprintf(stderr, "sagahost: cannot start the host: %s\n", e.msg);
+    return 2;
+  }
   struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
   if (sg_host_open(&r.host, loop, &o->cfg, &e) < 0) {
     fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", o->cfg.db, o->cfg.dir,
@@ -131,6 +137,8 @@ out:
 
 static int cmd_check(const char *dir) {
   struct sg_error e = {0};
+  /* checking nothing is not a pass: a wrong path in a deploy pipeline must fail it */
+  if (sg_dir_check(dir, "script directory", &e) < 0) { fprintf(stderr, "sagahost: %s\n", e.msg); return 2; }
   struct sg_script_config scfg = { dir, (size_t)512 << 20, 100000000, (size_t)64 << 20, 1000 };
   struct sg_script *sc = sg_script_new(&scfg, NULL, &e);
   if (!sc) { fprintf(stderr, "sagahost: %s\n", e.msg); return 1; }

@@ -181,7 +181,13 @@ struct sg_store {
   const struct sg_store_ops *ops; /* the implementation */
 };
 
-/* Opens (creating and migrating) an SQLite database at path. NULL and e filled on failure. */
+/* Opens (creating and migrating) an SQLite database at path. NULL and e filled on failure.
+ * One store per file: the store holds an exclusive lock on <path>.lock (with the holder's pid in it)
+ * until close, and an open while another store (in any process) holds it fails with SG_E_CONFLICT
+ * and a message naming the file and that pid. The lock dies with its process; the file stays. */
 struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e);
+/* 1 (and e filled with the refusal an open would give) when a store anywhere holds path's lock now,
+ * else 0: for callers that would otherwise delete a live database before opening it (bench --db). */
+int sg_store_sqlite_in_use(const char *path, struct sg_error *e);
 
 #endif

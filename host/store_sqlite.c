@@ -9,10 +9,14 @@
  * the op that is iterating: that would reset the statement under the iteration. */
 #include "store.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 /* Schema migrations, applied in order, each in its own transaction. Never edit a step that has
  * shipped: append a new one. schema_version holds one row per applied step. */
@@ -142,6 +146,7 @@ struct sqlite_store {
   sqlite3 *db;                  /* the connection (one per store, used from the loop thread only) */
   sqlite3_stmt *st[ST_COUNT];   /* prepared once at open, finalized at close */
   int64_t commits;              /* successful COMMITs, for benchmarks and /healthz */
+  int lock_fd;                  /* <path>.lock, flock'ed for the store's life (-1 = none, e.g. :memory:) */
 };
 
 static struct sqlite_store *S(struct sg_store *s) { return (struct sqlite_store *)s; }
@@ -641,6 +646,9 @@ static void sq_close(struct sg_store *base) {
   if (!s) return;
   for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(s->st[i]); /* NULL is a no-op */
   sqlite3_close(s->db); /* rolls back an open transaction */
+  /* released only after the connection is closed, so the next writer starts on a quiet file; the
+   * file itself stays: unlinking it would let a late opener lock a file nobody else can see */
+  if (s->lock_fd >= 0) close(s->lock_fd);
   free(s);
 }
 
@@ -761,14 +769,74 @@ fail:
   return -1;
 }
 
+/* One writer per database file. SQLite would let two hosts share a file (its locks serialise the
+ * transactions), but each host believes it owns every running saga in it: both would resume them,
+ * send their commands and fire their timers. So the first opener takes an exclusive flock on
+ * <path>.lock and keeps it until close; the kernel drops it when the process dies, so a kill -9
+ * leaves no stale lock behind. flock (not fcntl) because its locks belong to the open file, not to
+ * the process: two stores in one process (the Lua module) exclude each other too, and closing some
+ * other descriptor of the file does not drop the lock. The holder's pid is written into the file so
+ * the refusal can name it. Returns the locked fd, or -1 with e filled. */
+static int take_writer_lock(const char *path, struct sg_error *e) {
+  char *lock = sg_asprintf("%s.lock", path);
+  /* no O_TRUNC: the pid in it belongs to the holder until we hold the lock ourselves */
+  int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    sg_errorf(e, SG_E_INTERNAL, "sqlite: cannot create the lock file %s: %s (the database directory must be "
+              "writable)", lock, strerror(errno));
+    free(lock);
+    return -1;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+    int err = errno;
+    if (err != EWOULDBLOCK) {
+      sg_errorf(e, SG_E_INTERNAL, "sqlite: cannot lock %s: %s", lock, strerror(err));
+    } else {
+      char buf[32] = "";
+      ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+      buf[n > 0 ? n : 0] = 0;
+      long pid = strtol(buf, NULL, 10);
+      char who[96];
+      if (pid <= 0) snprintf(who, sizeof who, "another process (its pid is not written in %s yet)", lock);
+      else if (pid == (long)getpid()) snprintf(who, sizeof who, "another host of this process (pid %ld)", pid);
+      else snprintf(who, sizeof who, "another sagahost, pid %ld", pid);
+      sg_errorf(e, SG_E_CONFLICT, "database %s is in use by %s, which holds %s: only one host may run on a "
+                "database file; stop that host first, or use another database file", path, who, lock);
+    }
+    close(fd);
+    free(lock);
+    return -1;
+  }
+  char pid[32];
+  int len = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) < 0 || pwrite(fd, pid, (size_t)len, 0) != len)
+    sg_warn("sqlite: could not write our pid into %s: %s (the lock holds; a refused host will not name us)",
+            lock, strerror(errno));
+  free(lock);
+  return fd;
+}
+
+int sg_store_sqlite_in_use(const char *path, struct sg_error *e) {
+  if (!*path || strcmp(path, ":memory:") == 0) return 0;
+  struct sg_error le = {0};
+  int fd = take_writer_lock(path, &le);
+  if (fd >= 0) { close(fd); return 0; }
+  if (le.code != SG_E_CONFLICT) return 0; /* e.g. no such directory: the open says so */
+  *e = le;
+  return 1;
+}
+
 struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e) {
   struct sqlite_store *s = sg_xcalloc(1, sizeof *s);
   s->base.ops = &sqlite_ops;
+  s->lock_fd = -1;
   int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
     sg_errorf(e, SG_E_INTERNAL, "sqlite: open %s: %s", path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
     goto fail;
   }
+  /* before the first statement: a refused host must not touch the file (not even to set WAL mode) */
+  if (*path && strcmp(path, ":memory:") != 0 && (s->lock_fd = take_writer_lock(path, e)) < 0) goto fail;
   sqlite3_extended_result_codes(s->db, 1);
   /* Waiting beats failing when another process (a CLI, a backup) holds the lock briefly. */
   sqlite3_busy_timeout(s->db, 5000);

@@ -46,6 +46,9 @@ struct sg_transport_ops {
   const char *(*reply_queue)(struct sg_transport *t);
   int (*connected)(struct sg_transport *t);
   void (*close)(struct sg_transport *t); /* stops watchers, frees */
+  /* deliveries whose body is larger are refused before their body is read, and dead-lettered
+   * (0 = no limit); may be NULL (the local transport carries what the host itself made) */
+  void (*set_max_body)(struct sg_transport *t, int64_t bytes);
 };
 
 struct sg_transport {

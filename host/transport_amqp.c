@@ -42,6 +42,7 @@ struct raw_msg {
   amqp_bytes_t queue;            /* the queue it came from (our consumer tag is the queue name) */
   amqp_bytes_t body;             /* the body, assembled from its body frames */
   size_t body_got;               /* bytes of body received so far */
+  uint64_t body_skip;            /* ASM_SKIP: bytes of an oversized body still to drop */
   uint64_t delivery_tag;         /* the broker's tag on this connection */
   int redelivered;               /* basic.deliver redelivered flag */
   uint16_t reply_code;           /* basic.return: why it came back */
@@ -73,7 +74,7 @@ struct service {
 };
 
 /* What the frame reader is in the middle of. */
-enum asm_state { ASM_IDLE, ASM_HEADER, ASM_BODY };
+enum asm_state { ASM_IDLE, ASM_HEADER, ASM_BODY, ASM_SKIP /* a body too large to read: its frames are dropped */ };
 enum asm_kind { ASM_DELIVER, ASM_RETURN };
 
 struct amqp_transport {
@@ -105,6 +106,7 @@ struct amqp_transport {
   enum asm_state asm_state;      /* frame reader state */
   enum asm_kind asm_kind;        /* what the content frames belong to */
   struct pending *asm_msg;       /* the message being assembled */
+  int64_t max_body;              /* deliveries whose header declares a larger body are refused unread (0 = any) */
 
   struct inflight *fly;          /* ring of unconfirmed publishes, in seq order */
   size_t fly_head, fly_n, fly_cap; /* ring start, length, capacity */
@@ -323,7 +325,7 @@ static void delivered(struct amqp_transport *t, struct pending *p) {
   struct raw_msg *r = &p->raw;
   struct sg_msg m;
   struct sg_error e = {{0}, 0};
-  if (sg_amqp_decode(&r->props, r->exchange, r->routing_key, r->body, &m, &e) < 0) {
+  if (sg_amqp_decode(&r->props, r->exchange, r->routing_key, r->queue, r->body, &m, &e) < 0) {
     /* the engine can do nothing with it: dead-letter it here, with what is wrong */
     sg_warn("amqp: malformed message on %.*s: %s", (int)r->queue.len, (char *)r->queue.bytes, e.msg);
     dead_letter(t, r, e.msg);
@@ -353,6 +355,19 @@ static void handle_content(struct amqp_transport *t, amqp_frame_t *f) {
   if (t->asm_state == ASM_HEADER && f->frame_type == AMQP_FRAME_HEADER) {
     sg_amqp_props_clone(f->payload.properties.decoded, &r->props, &r->pool);
     uint64_t size = f->payload.properties.body_size;
+    if (t->asm_kind == ASM_DELIVER && t->max_body > 0 && size > (uint64_t)t->max_body) {
+      /* refused at its content header, never allocated: the body frames are dropped as they come,
+       * then the broker dead-letters it (reject without requeue: the queue's DLX takes it) */
+      sg_warn("amqp: message %.*s on %.*s refused: its body is %llu bytes, over this host's limit of %lld bytes "
+              "(--max-payload); the broker dead-letters it to %.*s.dlq",
+              r->props._flags & AMQP_BASIC_MESSAGE_ID_FLAG ? (int)r->props.message_id.len : 1,
+              r->props._flags & AMQP_BASIC_MESSAGE_ID_FLAG ? (char *)r->props.message_id.bytes : "?",
+              (int)r->queue.len, (char *)r->queue.bytes, (unsigned long long)size, (long long)t->max_body,
+              (int)r->queue.len, (char *)r->queue.bytes);
+      r->body_skip = size;
+      t->asm_state = ASM_SKIP;
+      return;
+    }
     if (size > SIZE_MAX / 2) {
       conn_lost(t, "message body too large");
       return;
@@ -374,6 +389,21 @@ static void handle_content(struct amqp_transport *t, amqp_frame_t *f) {
     memcpy((char *)r->body.bytes + r->body_got, frag.bytes, frag.len);
     r->body_got += frag.len;
     if (r->body_got == r->body.len) asm_done(t);
+  } else if (t->asm_state == ASM_SKIP && f->frame_type == AMQP_FRAME_BODY) {
+    amqp_bytes_t frag = f->payload.body_fragment;
+    if (frag.len > r->body_skip) {
+      conn_lost(t, "body frames longer than the content header said");
+      return;
+    }
+    r->body_skip -= frag.len;
+    if (r->body_skip == 0) {
+      struct pending *p = t->asm_msg;
+      t->asm_msg = NULL;
+      t->asm_state = ASM_IDLE;
+      int rc = amqp_basic_reject(t->conn, CHAN, p->raw.delivery_tag, 0);
+      pending_free(p);
+      if (rc < 0) conn_lost(t, amqp_error_string2(rc));
+    }
   } else {
     conn_lost(t, "unexpected frame inside a message's content");
   }
@@ -486,6 +516,10 @@ static void drain(struct amqp_transport *t) {
       return;
     }
     handle_frame(t, &f);
+    /* nothing keeps pointers into a handled frame (bodies and properties are copied): let
+     * librabbitmq recycle it now, or a long run of body frames (a big message, even one being
+     * dropped unread) would pile up in its pools until the socket goes quiet */
+    if (!amqp_frames_enqueued(t->conn)) amqp_maybe_release_buffers(t->conn);
     if (ev_time() - start > DRAIN_BUDGET) break;
   }
   /* more may be waiting in librabbitmq's buffers, where the socket watcher cannot see it */
@@ -838,8 +872,11 @@ static void op_close(struct sg_transport *bt) {
   free(t);
 }
 
+static void op_set_max_body(struct sg_transport *bt, int64_t bytes) { T(bt)->max_body = bytes; }
+
 static const struct sg_transport_ops amqp_ops = {
   .name = "amqp",
+  .set_max_body = op_set_max_body,
   .subscribe = op_subscribe,
   .declare_service = op_declare_service,
   .publish = op_publish,

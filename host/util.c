@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -200,4 +202,49 @@ char *sg_read_file(const char *path, size_t *len, struct sg_error *e) {
   if (bad) { sg_buf_free(&b); sg_errorf(e, SG_E_INTERNAL, "%s: read error", path); return NULL; }
   if (len) *len = b.len;
   return sg_buf_steal(&b);
+}
+
+int sg_dir_check(const char *dir, const char *what, struct sg_error *e) {
+  const char *hint = "create it (it may be empty) or name the directory that holds your .lua files";
+  struct stat st;
+  if (stat(dir, &st) < 0)
+    return sg_errorf(e, SG_E_INVALID, "%s %s: %s; %s", what, dir, strerror(errno), hint);
+  if (!S_ISDIR(st.st_mode))
+    return sg_errorf(e, SG_E_INVALID, "%s %s is not a directory; %s", what, dir, hint);
+  /* listing needs read, opening the files in it needs search (x) */
+  DIR *d = opendir(dir);
+  if (!d || access(dir, R_OK | X_OK) < 0) {
+    int err = errno;
+    if (d) closedir(d);
+    return sg_errorf(e, SG_E_INVALID, "%s %s cannot be read: %s; give this user read and search (r-x) "
+                     "permission on it", what, dir, strerror(err));
+  }
+  closedir(d);
+  return 0;
+}
+
+uint64_t sg_rand_os_seed(void) {
+  uint64_t seed;
+  if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed) return seed;
+  /* no entropy yet (early boot) or no getrandom: still distinct per process and per start */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 48) ^ (uint64_t)sg_now_ms();
+}
+
+void sg_rand_seed(struct sg_rand *r, uint64_t seed) { r->s = seed; }
+
+/* splitmix64 (Steele, Lea, Flood): every seed gives a full-period, well-mixed sequence */
+uint64_t sg_rand_next(struct sg_rand *r) {
+  uint64_t z = (r->s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+int64_t sg_rand_jitter(struct sg_rand *r, int64_t delay) {
+  if (delay <= 0) return delay;
+  int64_t lo = delay / 2;
+  uint64_t span = (uint64_t)(delay - lo) + 1; /* both ends included */
+  return lo + (int64_t)(sg_rand_next(r) % span);
 }

@@ -62,4 +62,19 @@ void sg_buf_free(struct sg_buf *b);
 
 char *sg_read_file(const char *path, size_t *len, struct sg_error *e);
 
+/* 0 when dir is a directory this process can list and read files in; else -1 and e (SG_E_INVALID)
+ * says which directory (what, e.g. "script directory") and why. */
+int sg_dir_check(const char *dir, const char *what, struct sg_error *e);
+
+/* A small seeded generator (splitmix64) for choices that must differ between processes, such as
+ * retry jitter: not for secrets. The state is the caller's, so tests can seed it. */
+struct sg_rand {
+  uint64_t s; /* the whole state: advanced by a constant every draw */
+};
+uint64_t sg_rand_os_seed(void);                      /* getrandom(), else clock ^ pid: differs per process */
+void sg_rand_seed(struct sg_rand *r, uint64_t seed);
+uint64_t sg_rand_next(struct sg_rand *r);
+/* uniform in [delay/2, delay] (delay <= 0 gives delay) */
+int64_t sg_rand_jitter(struct sg_rand *r, int64_t delay);
+
 #endif

@@ -600,6 +600,9 @@ function M.handle(service, command, payload_json, message_id, saga_id)
   if not ok then
     return "error", json.encode({ error = "malformed JSON payload: " .. tostring(payload), retryable = false })
   end
+  -- a body of `null` (a sender with nothing to say) is no payload: nil, as the handler would test
+  -- for, not the cjson.null userdata that is truthy and fails on indexing. Nulls inside a table stay.
+  if payload == json.null then payload = nil end
   local hok, res = xpcall(h.fn, normalize_error, payload, { message_id = message_id, saga_id = saga_id, service = service, command = command })
   if not hok and getmt(res) ~= Err then
     res = { message = type(res) == "string" and res or "handler failed", retryable = true }

@@ -23,7 +23,7 @@ static int round_trip(const struct sg_msg *m, struct sg_msg *out, struct sg_erro
   struct sg_amqp_out o;
   if (sg_amqp_encode(m, &o, e) < 0) return -1;
   wire_headers(&o.props, pool);
-  return sg_amqp_decode(&o.props, o.exchange, o.routing_key, o.body, out, e);
+  return sg_amqp_decode(&o.props, o.exchange, o.routing_key, amqp_empty_bytes, o.body, out, e);
 }
 
 static void test_command(void) {
@@ -101,7 +101,7 @@ static void test_reply(void) {
   struct sg_amqp_out o2;
   CHECK(sg_amqp_encode(&m, &o2, &e) == 0);
   o2.props._flags &= ~AMQP_BASIC_MESSAGE_ID_FLAG;
-  CHECK(sg_amqp_decode(&o2.props, o2.exchange, o2.routing_key, o2.body, &d, &e) == 0);
+  CHECK(sg_amqp_decode(&o2.props, o2.exchange, o2.routing_key, amqp_empty_bytes, o2.body, &d, &e) == 0);
   CHECK_STR(d.message_id, "reply:m-1");
   sg_msg_free(&d);
 
@@ -202,7 +202,7 @@ static void test_integer_headers(void) {
   amqp_basic_properties_t p = foreign("m-2", hh, 3);
   struct sg_msg d;
   struct sg_error e = {0};
-  CHECK(sg_amqp_decode(&p, amqp_cstring_bytes(SG_AMQP_X_COMMANDS), amqp_cstring_bytes("pay.Charge"),
+  CHECK(sg_amqp_decode(&p, amqp_cstring_bytes(SG_AMQP_X_COMMANDS), amqp_cstring_bytes("pay.Charge"), amqp_empty_bytes,
                        amqp_cstring_bytes("{}"), &d, &e) == 0);
   CHECK_EQ_INT(d.step, 4);
   CHECK_EQ_INT(d.attempt, 2);
@@ -213,7 +213,7 @@ static void test_integer_headers(void) {
   /* an attempt that does not fit an int is an error, not a silent truncation */
   hh[1] = ent("attempt", AMQP_FIELD_KIND_I64), hh[1].value.value.i64 = 1LL << 40;
   p = foreign("m-2", hh, 3);
-  CHECK(sg_amqp_decode(&p, amqp_cstring_bytes(SG_AMQP_X_COMMANDS), amqp_cstring_bytes("pay.Charge"),
+  CHECK(sg_amqp_decode(&p, amqp_cstring_bytes(SG_AMQP_X_COMMANDS), amqp_cstring_bytes("pay.Charge"), amqp_empty_bytes,
                        amqp_cstring_bytes("{}"), &d, &e) == -1);
   CHECK(strstr(e.msg, "attempt") != NULL);
   CHECK(d.body == NULL && d.message_id == NULL);
@@ -223,7 +223,7 @@ static void test_integer_headers(void) {
 static void bad(amqp_basic_properties_t p, const char *exchange, const char *body, const char *want) {
   struct sg_msg d;
   struct sg_error e = {0};
-  int rc = sg_amqp_decode(&p, amqp_cstring_bytes(exchange), amqp_cstring_bytes("svc.Do"), amqp_cstring_bytes(body),
+  int rc = sg_amqp_decode(&p, amqp_cstring_bytes(exchange), amqp_cstring_bytes("svc.Do"), amqp_empty_bytes, amqp_cstring_bytes(body),
                           &d, &e);
   CHECK(rc == -1);
   if (!CHECK(strstr(e.msg, want) != NULL)) fprintf(stderr, "  error was: %s (wanted %s)\n", e.msg, want);
@@ -292,8 +292,41 @@ static void test_dead_letter_props(void) {
   empty_amqp_pool(&pool);
 }
 
+/* What a message is follows the queue it came from, not the exchange it was published through. */
+static void test_by_queue(void) {
+  amqp_table_entry_t st = ent("saga-status", AMQP_FIELD_KIND_UTF8);
+  st.value.value.bytes = amqp_cstring_bytes("ok");
+  struct sg_msg d;
+  struct sg_error e = {0};
+  /* a command published straight to its service queue through the default exchange */
+  amqp_basic_properties_t p = foreign("c-1", &st, 1);
+  p._flags |= AMQP_BASIC_TYPE_FLAG;
+  p.type = amqp_cstring_bytes("Charge");
+  CHECK(sg_amqp_decode(&p, amqp_empty_bytes, amqp_cstring_bytes("saga.svc.pay"), amqp_cstring_bytes("saga.svc.pay"),
+                       amqp_cstring_bytes("null"), &d, &e) == 0);
+  CHECK_STR(d.routing_key, "pay.Charge");
+  CHECK_STR(d.type, "Charge");
+  CHECK(d.status == NULL); /* a saga-status header does not make a command a reply */
+  sg_msg_free(&d);
+  /* ... without a type it cannot say which command it is */
+  p = foreign("c-2", NULL, 0);
+  CHECK(sg_amqp_decode(&p, amqp_empty_bytes, amqp_cstring_bytes("saga.svc.pay"), amqp_cstring_bytes("saga.svc.pay"),
+                       amqp_cstring_bytes("{}"), &d, &e) == -1);
+  CHECK(strstr(e.msg, "type") != NULL && strstr(e.msg, "saga.svc.pay") != NULL);
+  /* a reply that came through a topic exchange to a reply queue is still a reply */
+  p = foreign(NULL, &st, 1);
+  p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+  p.correlation_id = amqp_cstring_bytes("c-1");
+  CHECK(sg_amqp_decode(&p, amqp_cstring_bytes("amq.topic"), amqp_cstring_bytes("x"), amqp_cstring_bytes("saga.reply.h1"),
+                       amqp_cstring_bytes("{}"), &d, &e) == 0);
+  CHECK_STR(d.status, "ok");
+  CHECK_STR(d.message_id, "reply:c-1");
+  sg_msg_free(&d);
+}
+
 int main(void) {
   test_command();
+  test_by_queue();
   test_reply();
   test_event();
   test_integer_headers();

@@ -72,6 +72,10 @@ static void handler(void *ud, struct sg_http_req *req) {
     __atomic_store_n(&held, 1, __ATOMIC_SEQ_CST);
     return;
   }
+  if (strcmp(req->path, "/only-get") == 0 && strcmp(req->method, "GET") != 0) {
+    sg_http_reply_not_allowed(req, "GET, HEAD");
+    return;
+  }
   if (strncmp(req->path, "/status/", 8) == 0) {
     sg_http_reply_error(req, atoi(req->path + 8), "as \"asked\"");
     return;
@@ -213,6 +217,24 @@ static void test_status_and_error(void) {
   json_t *o = parse(&r);
   CHECK_STR(jstr(o, "error"), "as \"asked\"");
   json_decref(o);
+  resp_free(&r);
+}
+
+/* 405 carries Allow, and the error names the path but not the client's method token */
+static void test_not_allowed(void) {
+  struct resp r;
+  request("BREW<script>", "/only-get", NULL, NULL, 0, &r);
+  CHECK(r.status == 405);
+  CHECK(r.head && strstr(r.head, "\r\nAllow: GET, HEAD") != NULL);
+  json_t *o = parse(&r);
+  CHECK_STR(jstr(o, "error"), "method not allowed for /only-get (allowed: GET, HEAD)");
+  CHECK(r.body && strstr(r.body, "BREW") == NULL);
+  json_decref(o);
+  resp_free(&r);
+  /* other replies carry no Allow header */
+  request("GET", "/status/404", NULL, NULL, 0, &r);
+  CHECK(r.status == 404);
+  CHECK(r.head && strstr(r.head, "Allow:") == NULL);
   resp_free(&r);
 }
 
@@ -375,6 +397,7 @@ static void test_stop_with_pending(void) {
 static void *client_main(void *arg) {
   test_echo();
   test_status_and_error();
+  test_not_allowed();
   test_deferred();
   test_body_limit();
   test_sequential();

@@ -1,9 +1,11 @@
 /* Unit tests for the SQLite store (store_sqlite.c, store_common.c) against a temp-file database.
  * Each section opens what it needs; the database file is shared so later sections can check what
  * survives a close and reopen. */
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -820,10 +822,10 @@ static void bench_group_commit(void) {
 }
 
 static void cleanup(void) {
-  const char *names[] = {"test.db", "list.db", "bench.db", "newer.db"};
-  const char *sfx[] = {"", "-wal", "-shm"};
-  for (size_t i = 0; i < 4; i++)
-    for (size_t k = 0; k < 3; k++) {
+  const char *names[] = {"test.db", "list.db", "bench.db", "newer.db", "lock.db", "other.db"};
+  const char *sfx[] = {"", "-wal", "-shm", ".lock"};
+  for (size_t i = 0; i < 6; i++)
+    for (size_t k = 0; k < 4; k++) {
       char p[200];
       snprintf(p, sizeof p, "%s/%s%s", tmpdir, names[i], sfx[k]);
       unlink(p);
@@ -900,6 +902,77 @@ static void test_retention(void) {
   CHECK_EQ_INT((int)gone, 0);
   s->ops->close(s);
   unlink(path);
+  char lock[sizeof path + 8];
+  snprintf(lock, sizeof lock, "%s.lock", path);
+  unlink(lock);
+}
+
+/* one writer per database file: a second open is refused with the file and the holder's pid, in
+ * this process or another; the lock goes with its holder (close, or death by SIGKILL) */
+static void test_writer_lock(void) {
+  char path[160], other[160], lock[170], want[64];
+  snprintf(path, sizeof path, "%s/lock.db", tmpdir);
+  snprintf(other, sizeof other, "%s/other.db", tmpdir);
+  snprintf(lock, sizeof lock, "%s.lock", path);
+  struct sg_error e = {0};
+  struct sg_store *a = sg_store_sqlite_open(path, &e);
+  if (!CHECK(a != NULL)) { fprintf(stderr, "  open: %s\n", e.msg); return; }
+  char pidtext[32] = "";
+  FILE *f = fopen(lock, "r");
+  if (f) { if (!fgets(pidtext, sizeof pidtext, f)) pidtext[0] = 0; fclose(f); }
+  CHECK_EQ_INT(atol(pidtext), getpid());
+
+  /* a second store of this process: refused, naming the file and us */
+  e = (struct sg_error){0};
+  CHECK(sg_store_sqlite_open(path, &e) == NULL);
+  CHECK_EQ_INT(e.code, SG_E_CONFLICT);
+  snprintf(want, sizeof want, "pid %ld", (long)getpid());
+  if (!CHECK(strstr(e.msg, path) && strstr(e.msg, want) && strstr(e.msg, "in use"))) fprintf(stderr, "  %s\n", e.msg);
+  CHECK_EQ_INT(sg_store_sqlite_in_use(path, &e), 1);
+  /* another file is another writer */
+  struct sg_store *b = sg_store_sqlite_open(other, &e);
+  CHECK(b != NULL);
+  CHECK_EQ_INT(sg_store_sqlite_in_use(other, &e), 1);
+  if (b) b->ops->close(b);
+  CHECK_EQ_INT(sg_store_sqlite_in_use(other, &e), 0);
+  /* closed: free again */
+  a->ops->close(a);
+  CHECK_EQ_INT(sg_store_sqlite_in_use(path, &e), 0);
+  a = sg_store_sqlite_open(path, &e);
+  CHECK(a != NULL);
+  if (a) a->ops->close(a);
+  /* :memory: has no file to guard */
+  struct sg_store *m1 = sg_store_sqlite_open(":memory:", &e), *m2 = sg_store_sqlite_open(":memory:", &e);
+  CHECK(m1 != NULL && m2 != NULL);
+  if (m1) m1->ops->close(m1);
+  if (m2) m2->ops->close(m2);
+
+  /* another process holds it, then dies without closing anything */
+  int ready[2];
+  if (!CHECK(pipe(ready) == 0)) return;
+  pid_t child = fork();
+  if (child == 0) {
+    struct sg_error ce = {0};
+    struct sg_store *c = sg_store_sqlite_open(path, &ce);
+    char ok = c ? 'y' : 'n';
+    if (write(ready[1], &ok, 1) != 1) _exit(1);
+    for (;;) pause(); /* until SIGKILL */
+  }
+  char ok = 0;
+  CHECK(read(ready[0], &ok, 1) == 1 && ok == 'y');
+  close(ready[0]);
+  close(ready[1]);
+  e = (struct sg_error){0};
+  CHECK(sg_store_sqlite_open(path, &e) == NULL);
+  snprintf(want, sizeof want, "pid %ld", (long)child);
+  if (!CHECK(strstr(e.msg, path) && strstr(e.msg, want))) fprintf(stderr, "  %s\n", e.msg);
+  kill(child, SIGKILL);
+  waitpid(child, NULL, 0);
+  /* its lock file is still there, with its pid in it: a stale lock must not block */
+  CHECK(access(lock, F_OK) == 0);
+  a = sg_store_sqlite_open(path, &e);
+  if (!CHECK(a != NULL)) fprintf(stderr, "  after the holder died: %s\n", e.msg);
+  if (a) a->ops->close(a);
 }
 
 int main(void) {
@@ -923,6 +996,7 @@ int main(void) {
   test_reopen();
   test_list();
   bench_group_commit();
+  test_writer_lock();
 
   cleanup();
   test_retention();

@@ -3,9 +3,10 @@
 
     amqp_tool.py URL delete QUEUE...            delete queues (missing ones are fine)
     amqp_tool.py URL count QUEUE                print the number of ready messages (-1 if no queue)
+    amqp_tool.py URL declare QUEUE...           declare durable queues (existing ones are fine)
     amqp_tool.py URL publish QUEUE JSON_SPEC    publish through the default exchange; JSON_SPEC:
         {"body": "...", "correlation_id": "...", "message_id": "...", "reply_to": "...", "type": "...",
-         "headers": {...}}
+         "headers": {...}, "body_size": N}  (body_size: a JSON string body of N bytes instead of body)
     amqp_tool.py URL get QUEUE [SECONDS]        wait for one message, ack it, print it as JSON:
         {"body": ..., "correlation_id": ..., "message_id": ..., "headers": {...}} or null
 """
@@ -24,7 +25,10 @@ def text(v):
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
-if cmd == "delete":
+if cmd == "declare":
+    for q in args:
+        ch.queue_declare(q, durable=True)
+elif cmd == "delete":
     for q in args:
         ch.queue_delete(q)
 elif cmd == "count":
@@ -40,7 +44,9 @@ elif cmd == "publish":
         content_type="application/json", delivery_mode=2,
         correlation_id=spec.get("correlation_id"), message_id=spec.get("message_id"),
         reply_to=spec.get("reply_to"), type=spec.get("type"), headers=spec.get("headers"))
-    ch.basic_publish("", args[0], spec.get("body", "").encode(), props, mandatory=True)
+    n = spec.get("body_size")
+    body = (b'"' + b"x" * (n - 2) + b'"') if n else spec.get("body", "").encode()
+    ch.basic_publish("", args[0], body, props, mandatory=True)
 elif cmd == "get":
     deadline = time.time() + (float(args[1]) if len(args) > 1 else 0)
     out = None

@@ -1,0 +1,100 @@
+/* Unit tests for the helpers of util.c that decide behaviour: the seeded generator behind retry
+ * jitter, and the script directory check that refuses to start a host on a wrong path. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "util.h"
+
+#define DRAWS 10000
+
+/* the same seed gives the same sequence (tests and replays can rely on it), two seeds do not */
+static void test_rand_seeds(void) {
+  struct sg_rand a, b, c;
+  sg_rand_seed(&a, 1);
+  sg_rand_seed(&b, 1);
+  sg_rand_seed(&c, 2);
+  int same_ab = 0, same_ac = 0;
+  for (int i = 0; i < 100; i++) {
+    uint64_t x = sg_rand_next(&a), y = sg_rand_next(&b), z = sg_rand_next(&c);
+    same_ab += x == y;
+    same_ac += x == z;
+  }
+  CHECK_EQ_INT(same_ab, 100);
+  CHECK_EQ_INT(same_ac, 0);
+
+  /* the OS seed differs call to call, so two processes (or a restart) draw different delays */
+  uint64_t s1 = sg_rand_os_seed(), s2 = sg_rand_os_seed();
+  CHECK(s1 != s2);
+  sg_rand_seed(&a, s1);
+  sg_rand_seed(&b, s2);
+  int same = 0;
+  for (int i = 0; i < 20; i++) same += sg_rand_jitter(&a, 10000) == sg_rand_jitter(&b, 10000);
+  CHECK(same < 5); /* 5001 values each: a few coincidences at most */
+}
+
+/* every delay lands in [delay/2, delay], both ends are reached, and the spread is even */
+static void test_jitter_range(void) {
+  static const int64_t delays[] = {1, 2, 3, 7, 200, 1000, 5000, 86400000};
+  struct sg_rand r;
+  sg_rand_seed(&r, 0x5eed);
+  for (size_t k = 0; k < sizeof delays / sizeof *delays; k++) {
+    int64_t d = delays[k], lo = d / 2, min = d, max = 0;
+    int out = 0, low_half = 0;
+    for (int i = 0; i < DRAWS; i++) {
+      int64_t j = sg_rand_jitter(&r, d);
+      out += j < lo || j > d;
+      if (j < min) min = j;
+      if (j > max) max = j;
+      low_half += j < lo + (d - lo + 1) / 2;
+    }
+    if (!CHECK(out == 0)) fprintf(stderr, "  delay %lld: %d draws outside [%lld, %lld]\n", (long long)d, out,
+                                  (long long)lo, (long long)d);
+    if (d <= 1000) { /* small ranges: both ends show up in 10,000 draws */
+      CHECK_EQ_INT(min, lo);
+      CHECK_EQ_INT(max, d);
+    }
+    if (d >= 200) CHECK(low_half > DRAWS * 4 / 10 && low_half < DRAWS * 6 / 10);
+  }
+  /* nothing to spread: returned as is */
+  CHECK_EQ_INT(sg_rand_jitter(&r, 0), 0);
+  CHECK_EQ_INT(sg_rand_jitter(&r, -5), -5);
+}
+
+static void test_dir_check(void) {
+  char dir[] = "/tmp/sg_test_util.XXXXXX";
+  if (!CHECK(mkdtemp(dir) != NULL)) return;
+  struct sg_error e = {0};
+  CHECK_EQ_INT(sg_dir_check(dir, "script directory", &e), 0);
+
+  char missing[64], file[64];
+  snprintf(missing, sizeof missing, "%s/nope", dir);
+  snprintf(file, sizeof file, "%s/file.lua", dir);
+  CHECK_EQ_INT(sg_dir_check(missing, "script directory", &e), -1);
+  CHECK_EQ_INT(e.code, SG_E_INVALID);
+  CHECK(strstr(e.msg, "script directory") && strstr(e.msg, missing) && strstr(e.msg, "No such file"));
+
+  FILE *f = fopen(file, "w");
+  if (f) fclose(f);
+  CHECK_EQ_INT(sg_dir_check(file, "script directory", &e), -1);
+  CHECK(strstr(e.msg, file) && strstr(e.msg, "not a directory"));
+
+  /* unreadable: only observable without root, which reads everything */
+  if (geteuid() != 0) {
+    chmod(dir, 0);
+    CHECK_EQ_INT(sg_dir_check(dir, "script directory", &e), -1);
+    CHECK(strstr(e.msg, "cannot be read") != NULL);
+    chmod(dir, 0700);
+  }
+  unlink(file);
+  rmdir(dir);
+}
+
+int main(void) {
+  test_rand_seeds();
+  test_jitter_range();
+  test_dir_check();
+  return check_report();
+}
