@@ -4,8 +4,12 @@ DEBUG_BUILD ?= build-debug
 JOBS ?= 2
 LISTEN ?= 127.0.0.1:7070
 DB ?= sagahost.db
+FUZZ_BUILD ?= build-fuzz
+FUZZ_TARGETS ?= envelope duration script
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 10
 
-.PHONY: all deps test-deps build debug run test test-c test-spec test-debug clean
+.PHONY: all deps test-deps build debug run test test-c test-spec test-debug fuzz-build fuzz fuzz-smoke clean
 
 all: build
 
@@ -36,6 +40,21 @@ test-debug: test-deps build debug
 	bash tests/amqp-broker.sh
 	cd $(DEBUG_BUILD) && ctest --output-on-failure
 	SAGAHOST=$(CURDIR)/$(DEBUG_BUILD)/sagahost SG_SLOW=1 bash tests/run-specs.sh
+	$(MAKE) fuzz-smoke
+
+# libFuzzer targets (tests/fuzz/README.md): a separate clang build with ASan/UBSan
+fuzz-build:
+	@bash .ci/deps.sh --fuzz
+	@cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSG_FUZZ=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j$(JOBS) --target $(addprefix fuzz_,$(FUZZ_TARGETS))
+
+# each target for FUZZ_SECONDS (after replaying its regression inputs)
+fuzz: fuzz-build
+	@for t in $(FUZZ_TARGETS); do bash tests/fuzz/run.sh $(FUZZ_BUILD) $$t $(FUZZ_SECONDS) || exit 1; done
+
+# what CI runs: the regression inputs and FUZZ_SMOKE_SECONDS of fuzzing per target
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do bash tests/fuzz/run.sh $(FUZZ_BUILD) $$t $(FUZZ_SMOKE_SECONDS) || exit 1; done
 
 clean:
-	rm -rf $(BUILD) $(DEBUG_BUILD)
+	rm -rf $(BUILD) $(DEBUG_BUILD) $(FUZZ_BUILD)

@@ -12,10 +12,12 @@
 #include "http.h"
 
 struct sg_api {
-  struct sg_engine *en;
-  struct sg_store *store;
-  struct sg_script *sc;
-  struct sg_http *http;
+  struct sg_engine *en;        /* acts: start, operator verbs */
+  struct sg_store *store;      /* reads, after the commit */
+  struct sg_script *sc;        /* definitions, Lua memory */
+  struct sg_http *http;        /* the server the routes run on */
+  const struct sg_auth *auth;  /* tokens and roles, NULL = every route open (the caller's) */
+  int auth_metrics;            /* /metrics needs role read */
 };
 
 /* A request waiting for the commit. */
@@ -292,8 +294,10 @@ static void on_action_committed(void *ud, int status) {
   free(p);
 }
 
-/* POST /v1/sagas/{id}/{compensate|retry|resolve}, body {"reason"|"note", "by"} */
-static void operator_action(struct sg_api *api, struct sg_http_req *req, const char *id, const char *verb) {
+/* POST /v1/sagas/{id}/{compensate|retry|resolve}, body {"reason"|"note", "by"}. who is the
+ * authenticated token's name, NULL without auth: then the body's "by" or X-Operator is all we have. */
+static void operator_action(struct sg_api *api, struct sg_http_req *req, const char *id, const char *verb,
+                            const char *who) {
   json_error_t jerr;
   json_t *j = req->body_len ? json_loadb(req->body, req->body_len, 0, &jerr) : json_object();
   if (!j) {
@@ -302,7 +306,8 @@ static void operator_action(struct sg_api *api, struct sg_http_req *req, const c
     sg_http_reply_error(req, 400, msg);
     return;
   }
-  const char *by = json_string_value(json_object_get(j, "by"));
+  /* with auth a client could name anyone in "by": the token says who it is */
+  const char *by = who ? who : json_string_value(json_object_get(j, "by"));
   if (!by) by = sg_http_header(req, "X-Operator");
   if (!by) by = "api";
   struct sg_error e = {0};
@@ -391,11 +396,47 @@ static const char *route_allow(enum route_kind k) {
   }
 }
 
+/* the role a request needs (the method is already known to suit the route) */
+static enum sg_role route_role(const struct sg_api *api, enum route_kind k, int is_post) {
+  switch (k) {
+  case R_HEALTHZ: return SG_ROLE_NONE; /* liveness probes carry no credentials */
+  case R_METRICS: return api->auth_metrics ? SG_ROLE_READ : SG_ROLE_NONE;
+  case R_SAGA: return is_post ? SG_ROLE_START : SG_ROLE_READ;
+  case R_ACTION: return SG_ROLE_OPERATE;
+  default: return SG_ROLE_READ;
+  }
+}
+
+/* With auth: who sent the request, or NULL after answering 401. Open routes skip this, so a probe
+ * without a token works and one with a stale token is not refused either. */
+static const struct sg_auth_entry *authenticate(struct sg_api *api, struct sg_http_req *req) {
+  char token[600];
+  const char *hdr = sg_http_header(req, "Authorization");
+  if (!hdr) {
+    sg_http_reply_error_with(req, 401, "WWW-Authenticate", "Bearer",
+                             "authentication required: send `Authorization: Bearer <token>` with a token from the "
+                             "host's --auth file (the CLI sends $SAGAHOST_TOKEN)");
+    return NULL;
+  }
+  const struct sg_auth_entry *who = sg_auth_bearer(hdr, token, sizeof token) < 0 ? NULL : sg_auth_find(api->auth, token);
+  explicit_bzero(token, sizeof token);
+  if (!who)
+    sg_http_reply_error_with(req, 401, "WWW-Authenticate", "Bearer error=\"invalid_token\"",
+                             "invalid credentials: the bearer token is not one of the host's --auth file");
+  return who;
+}
+
 static void route(void *ud, struct sg_http_req *req) {
   struct sg_api *api = ud;
   char parts[4][256];
   int n = split_path(req->path, parts);
   enum route_kind k = n < 0 ? R_NONE : route_match(parts, n);
+  int is_get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
+  int is_post = !strcmp(req->method, "POST");
+  /* authenticated before 404/405 so that a stranger learns nothing about the routes */
+  const struct sg_auth_entry *who = NULL;
+  int open = k == R_HEALTHZ || (k == R_METRICS && !api->auth_metrics);
+  if (api->auth && !open && !(who = authenticate(api, req))) return;
   if (k == R_NONE) {
     /* the path only: the method is the client's arbitrary token and is not echoed */
     char msg[300];
@@ -403,10 +444,17 @@ static void route(void *ud, struct sg_http_req *req) {
     sg_http_reply_error(req, 404, msg);
     return;
   }
-  int is_get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
-  int is_post = !strcmp(req->method, "POST");
   int ok = k == R_SAGA ? is_get || is_post : k == R_ACTION ? is_post : is_get;
   if (!ok) { sg_http_reply_not_allowed(req, route_allow(k)); return; }
+  enum sg_role need = route_role(api, k, is_post);
+  if (who && who->role < need) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "forbidden: %s needs role %s (or higher); the token of %s has role %s",
+             k == R_SAGA && is_post ? "starting a saga" : k == R_ACTION ? "an operator action" : "this route",
+             sg_role_name(need), who->name, sg_role_name(who->role));
+    sg_http_reply_error(req, 403, msg);
+    return;
+  }
 
   struct pending *p;
   switch (k) {
@@ -429,7 +477,7 @@ static void route(void *ud, struct sg_http_req *req) {
     return;
   case R_ACTION:
     if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
-    operator_action(api, req, parts[2], parts[3]);
+    operator_action(api, req, parts[2], parts[3], who ? who->name : NULL);
     return;
   case R_DEFINITIONS: {
     char *json = sg_script_definitions_json(api->sc);
@@ -458,18 +506,22 @@ static void on_read_committed(void *ud, int status) {
   free(p);
 }
 
-struct sg_api *sg_api_start(struct ev_loop *loop, const char *listen, size_t max_body, struct sg_engine *en,
+struct sg_api *sg_api_start(struct ev_loop *loop, const struct sg_api_config *cfg, struct sg_engine *en,
                             struct sg_store *store, struct sg_script *sc, struct sg_error *e) {
   struct sg_api *api = sg_xcalloc(1, sizeof *api);
   api->en = en;
   api->store = store;
   api->sc = sc;
-  api->http = sg_http_start(loop, listen, max_body, route, api, e);
+  api->auth = cfg->auth;
+  api->auth_metrics = cfg->auth_metrics;
+  api->http = sg_http_start_tls(loop, cfg->listen, cfg->max_body, cfg->tls, route, api, e);
   if (!api->http) { free(api); return NULL; }
   return api;
 }
 
 int sg_api_port(struct sg_api *api) { return sg_http_port(api->http); }
+
+void sg_api_set_auth(struct sg_api *api, const struct sg_auth *auth) { api->auth = auth; }
 
 void sg_api_stop(struct sg_api *api) {
   if (!api) return;

@@ -134,7 +134,8 @@ static void bench_usage(FILE *f) {
           "  --amqp URL        participants run in a second sagahost process, commands and replies go through\n"
           "                    RabbitMQ at URL (amqp://user:pass@host:5672/vhost)\n"
           "  --server URL      drive a running host over its HTTP API; that host must have the bench saga:\n"
-          "                    sagahost bench --write-script DIR && sagahost run DIR\n"
+          "                    sagahost bench --write-script DIR && sagahost run DIR (sends $SAGAHOST_TOKEN\n"
+          "                    as a bearer token when set, needs role start; $SAGAHOST_CACERT for https)\n"
           "  --write-script DIR  write the bench saga and its participants into DIR and exit\n");
 }
 
@@ -555,6 +556,22 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud) {
   return size * n;
 }
 
+/* $SAGAHOST_TOKEN as a bearer token, as the CLI sends it, appended to list */
+static struct curl_slist *bench_auth_headers(struct curl_slist *list) {
+  const char *token = getenv("SAGAHOST_TOKEN");
+  if (!token || !*token || strpbrk(token, "\r\n")) return list;
+  char *h = sg_asprintf("Authorization: Bearer %s", token);
+  list = curl_slist_append(list, h);
+  free(h);
+  return list;
+}
+
+/* $SAGAHOST_CACERT for an https --server with a private CA */
+static void bench_cacert(CURL *h) {
+  const char *ca = getenv("SAGAHOST_CACERT");
+  if (ca && *ca) curl_easy_setopt(h, CURLOPT_CAINFO, ca);
+}
+
 /* GET base+path; returns the parsed JSON object or NULL with e filled. */
 static json_t *http_get_json(const char *base, const char *path, struct sg_error *e) {
   CURL *h = curl_easy_init();
@@ -565,7 +582,11 @@ static json_t *http_get_json(const char *base, const char *path, struct sg_error
   curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
   curl_easy_setopt(h, CURLOPT_TIMEOUT, 10L);
+  struct curl_slist *hdrs = bench_auth_headers(NULL);
+  curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+  bench_cacert(h);
   CURLcode c = curl_easy_perform(h);
+  curl_slist_free_all(hdrs);
   long code = 0;
   curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &code);
   json_t *j = NULL;
@@ -623,7 +644,7 @@ static int run_server(const struct bench_opts *o) {
   char *url = sg_asprintf("%s/v1/sagas/%s", base, BENCH_TYPE);
   long nq = o->concurrency < o->sagas ? o->concurrency : o->sagas;
   struct hreq *qs = sg_xcalloc((size_t)nq, sizeof *qs);
-  struct curl_slist *hdrs = curl_slist_append(NULL, "Content-Type: application/json");
+  struct curl_slist *hdrs = bench_auth_headers(curl_slist_append(NULL, "Content-Type: application/json"));
   CURLM *m = NULL;
   r.lat = sg_xcalloc((size_t)o->sagas, sizeof *r.lat);
   curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -643,6 +664,7 @@ static int run_server(const struct bench_opts *o) {
     curl_easy_setopt(q->h, CURLOPT_WRITEDATA, &q->body);
     curl_easy_setopt(q->h, CURLOPT_PRIVATE, q);
     curl_easy_setopt(q->h, CURLOPT_TIMEOUT, 30L);
+    bench_cacert(q->h);
   }
   double t0 = mono_s();
   long submitted = 0, answered = 0, connects = 0;

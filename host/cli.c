@@ -33,7 +33,7 @@ struct sg_cli_cmd {
   const char *synopsis;   /* the arguments, as shown in the usage text */
   const char *summary;    /* one line for the overview */
   const char *details;    /* more lines for `CMD --help` */
-  const char *valued;     /* flags taking a value, each as " name " (--server is always accepted) */
+  const char *valued;     /* flags taking a value, each as " name " (--server, --cacert always accepted) */
   const char *switches;   /* flags without a value, same form */
   const char *positional; /* what the one positional argument is ("TYPE", "ID"), NULL if none */
   const char *required;   /* a valued flag that must be given, NULL if none */
@@ -44,6 +44,8 @@ struct sg_cli_cmd {
 struct sg_cli {
   const struct sg_cli_cmd *cmd;          /* the subcommand */
   char *server;                          /* base URL without a trailing slash (owned) */
+  const char *cacert;                    /* --cacert or $SAGAHOST_CACERT: CA file for https, NULL = system's */
+  char *auth_header;                     /* "Authorization: Bearer $SAGAHOST_TOKEN" (owned), NULL if unset */
   const char *arg;                       /* the positional argument, NULL if none */
   char names[SG_CLI_MAX_FLAGS][32];      /* flags given, without the leading "--" */
   const char *values[SG_CLI_MAX_FLAGS];  /* their values ("" for switches); point into argv */
@@ -108,7 +110,7 @@ static int sg_cli_parse(struct sg_cli *cli, int argc, char **argv) {
       memcpy(slot, name, n);
       slot[n] = 0;
       const char *value;
-      if (strcmp(slot, "server") == 0 || sg_cli_listed(c->valued, slot)) {
+      if (strcmp(slot, "server") == 0 || strcmp(slot, "cacert") == 0 || sg_cli_listed(c->valued, slot)) {
         value = eq ? eq + 1 : (i + 1 < argc ? argv[++i] : NULL);
         if (!value) return sg_cli_usage_error(cli, "--%s needs a value", slot);
       } else if (sg_cli_listed(c->switches, slot)) {
@@ -171,6 +173,7 @@ static int sg_cli_request(struct sg_cli *cli, const char *method, const char *pa
     snprintf(idem, sizeof idem, "Idempotency-Key: %s", idem_key);
     hdrs = curl_slist_append(hdrs, idem);
   }
+  if (cli->auth_header) hdrs = curl_slist_append(hdrs, cli->auth_header);
   char errbuf[CURL_ERROR_SIZE] = "";
   curl_easy_reset(c); /* keeps the connection cache, drops the previous request's options */
   curl_easy_setopt(c, CURLOPT_URL, url.data);
@@ -183,6 +186,7 @@ static int sg_cli_request(struct sg_cli *cli, const char *method, const char *pa
   curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
   curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 60000L);
+  if (cli->cacert) curl_easy_setopt(c, CURLOPT_CAINFO, cli->cacert);
   if (body) {
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
@@ -214,6 +218,11 @@ static int sg_cli_http_error(const struct sg_cli_resp *r) {
   if (msg) fprintf(stderr, "sagahost: %s (HTTP %ld)\n", msg, r->status);
   else if (r->body.len) fprintf(stderr, "sagahost: %.300s (HTTP %ld)\n", r->body.data, r->status);
   else fprintf(stderr, "sagahost: the host answered HTTP %ld with no explanation\n", r->status);
+  const char *token = getenv("SAGAHOST_TOKEN");
+  if (r->status == 401 && (!token || !*token))
+    fprintf(stderr, "sagahost: the host requires a token: set SAGAHOST_TOKEN to one from its --auth file\n");
+  else if (r->status == 401)
+    fprintf(stderr, "sagahost: the host does not know the token in SAGAHOST_TOKEN\n");
   json_decref(j);
   return 1;
 }
@@ -501,7 +510,8 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
 };
 
 void sg_cli_usage(FILE *f) {
-  fprintf(f, "client commands (--server URL, default $SAGAHOST_SERVER or " SG_CLI_DEFAULT_SERVER "):\n");
+  fprintf(f, "client commands (--server URL, default $SAGAHOST_SERVER or " SG_CLI_DEFAULT_SERVER ";\n"
+             "  --cacert FILE or $SAGAHOST_CACERT for https; $SAGAHOST_TOKEN is sent as a bearer token):\n");
   for (const struct sg_cli_cmd *c = sg_cli_cmds; c->name; c++) {
     char line[160];
     snprintf(line, sizeof line, "%s %s", c->name, c->synopsis);
@@ -530,6 +540,19 @@ int sg_cli_client(int argc, char **argv) {
   if (!server || !*server) server = SG_CLI_DEFAULT_SERVER;
   cli.server = sg_strdup(server);
   for (size_t n = strlen(cli.server); n > 0 && cli.server[n - 1] == '/'; n--) cli.server[n - 1] = 0;
+  cli.cacert = sg_cli_opt(&cli, "cacert");
+  if (!cli.cacert || !*cli.cacert) cli.cacert = getenv("SAGAHOST_CACERT");
+  if (cli.cacert && !*cli.cacert) cli.cacert = NULL;
+  /* from the environment, not a flag: a flag would show the token to every `ps` on the machine */
+  const char *token = getenv("SAGAHOST_TOKEN");
+  if (token && *token) {
+    if (strpbrk(token, "\r\n")) {
+      fprintf(stderr, "sagahost: SAGAHOST_TOKEN must be one line\n");
+      free(cli.server);
+      return 2;
+    }
+    cli.auth_header = sg_asprintf("Authorization: Bearer %s", token);
+  }
 
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || !(cli.curl = curl_easy_init())) {
     fprintf(stderr, "sagahost: libcurl could not start\n");
@@ -540,5 +563,6 @@ int sg_cli_client(int argc, char **argv) {
   curl_easy_cleanup(cli.curl);
   curl_global_cleanup();
   free(cli.server);
+  free(cli.auth_header);
   return rc;
 }

@@ -38,7 +38,8 @@ struct sg_http_conn {
   int status;                       /* reply status, valid once reply is set */
   char *reply;                      /* reply body (owned) waiting to be queued, NULL if none yet */
   const char *ctype;                /* its content type (a static string), NULL = application/json */
-  const char *allow;                /* Allow header of a 405 (a static string), NULL = none */
+  const char *hdr_name;             /* one extra header (Allow of a 405, WWW-Authenticate of a 401): */
+  const char *hdr_value;            /* both static strings, NULL = none */
   struct sg_http_conn *prev, *next; /* srv->conns: pending requests must be resumed before stop */
 };
 
@@ -52,6 +53,7 @@ struct sg_http {
   void *ud;                    /* the handler's first argument */
   int port;                    /* bound port (the real one when 0 was asked for) */
   struct sg_http_conn *conns;  /* every live request, so stop can resume the suspended ones */
+  char *tls_cert, *tls_key;    /* PEM copies for MHD, which keeps pointing at them: freed at stop */
 };
 
 /* MHD must run again no later than it says; otherwise buffered data or timeouts would stall. */
@@ -91,7 +93,7 @@ static enum MHD_Result sg_http_queue(struct sg_http_conn *c, int status, const c
       MHD_create_response_from_buffer(len, (void *)json, MHD_RESPMEM_MUST_COPY);
   if (!resp) return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, c->ctype ? c->ctype : "application/json");
-  if (c->allow) MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, c->allow);
+  if (c->hdr_name) MHD_add_response_header(resp, c->hdr_name, c->hdr_value);
   enum MHD_Result r = MHD_queue_response(c->mhd, (unsigned)status, resp);
   MHD_destroy_response(resp);
   c->phase = SG_HTTP_ANSWERED;
@@ -238,35 +240,81 @@ static int sg_http_parse_listen(const char *listen, struct sockaddr_in *sa, stru
   return 0;
 }
 
+int sg_http_listen_is_loopback(const char *listen) {
+  const char *colon = listen ? strrchr(listen, ':') : NULL;
+  if (!colon) return 0;
+  size_t hn = (size_t)(colon - listen);
+  char host[64];
+  if (hn == 0 || hn >= sizeof host) return 0;
+  memcpy(host, listen, hn);
+  host[hn] = 0;
+  if (strcasecmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 || strcmp(host, "[::1]") == 0) return 1;
+  struct in_addr a;
+  return inet_pton(AF_INET, host, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127;
+}
+
+static void sg_http_free_tls(struct sg_http *h) {
+  /* the key is a secret: do not leave it in freed memory */
+  if (h->tls_key) explicit_bzero(h->tls_key, strlen(h->tls_key));
+  free(h->tls_key);
+  free(h->tls_cert);
+}
+
 struct sg_http *sg_http_start(struct ev_loop *loop, const char *listen, size_t max_body,
                               sg_http_handler handler, void *ud, struct sg_error *e) {
+  return sg_http_start_tls(loop, listen, max_body, NULL, handler, ud, e);
+}
+
+struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size_t max_body,
+                                  const struct sg_http_tls *tls, sg_http_handler handler, void *ud,
+                                  struct sg_error *e) {
   struct sockaddr_in sa;
   if (sg_http_parse_listen(listen, &sa, e) < 0) return NULL;
+  if (tls && MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+    sg_errorf(e, SG_E_INVALID, "cannot serve HTTPS on %s: this libmicrohttpd (%s) was built without TLS support",
+              listen, MHD_get_version());
+    return NULL;
+  }
   struct sg_http *h = sg_xcalloc(1, sizeof *h);
   h->loop = loop;
   h->max_body = max_body;
   h->handler = handler;
   h->ud = ud;
+  unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+  if (tls) {
+    flags |= MHD_USE_TLS;
+    h->tls_cert = sg_strdup(tls->cert_pem);
+    h->tls_key = sg_strdup(tls->key_pem);
+  }
   errno = 0;
+  /* the TLS options come last: when tls is NULL the list ends before them */
   h->mhd = MHD_start_daemon(
-      MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, ntohs(sa.sin_port), NULL, NULL,
+      flags, ntohs(sa.sin_port), NULL, NULL,
       sg_http_access_cb, h,
       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
       MHD_OPTION_NOTIFY_COMPLETED, sg_http_completed_cb, h,
       MHD_OPTION_CONNECTION_TIMEOUT, SG_HTTP_IDLE_TIMEOUT_S,
       MHD_OPTION_EXTERNAL_LOGGER, sg_http_log, h,
+      tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
+      MHD_OPTION_HTTPS_MEM_KEY, h->tls_key,
       MHD_OPTION_END);
   if (!h->mhd) {
     int err = errno;
+    sg_http_free_tls(h);
     free(h);
-    sg_errorf(e, SG_E_INTERNAL, "cannot listen on %s: %s", listen,
-              err ? strerror(err) : "libmicrohttpd could not start");
+    if (tls)
+      sg_errorf(e, SG_E_INTERNAL, "cannot serve HTTPS on %s: %s (is the certificate/key pair valid PEM and matching?)",
+                listen, err ? strerror(err) : "libmicrohttpd could not start");
+    else
+      sg_errorf(e, SG_E_INTERNAL, "cannot listen on %s: %s", listen,
+                err ? strerror(err) : "libmicrohttpd could not start");
     return NULL;
   }
   const union MHD_DaemonInfo *fdi = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_EPOLL_FD);
   const union MHD_DaemonInfo *pi = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
   if (!fdi || fdi->epoll_fd < 0) {
     MHD_stop_daemon(h->mhd);
+    sg_http_free_tls(h);
     free(h);
     sg_errorf(e, SG_E_INTERNAL, "cannot listen on %s: libmicrohttpd has no epoll support", listen);
     return NULL;
@@ -296,6 +344,7 @@ void sg_http_stop(struct sg_http *h) {
     }
   MHD_stop_daemon(h->mhd);
   while (h->conns) sg_http_conn_free(h->conns); /* defensive: MHD should have freed them all */
+  sg_http_free_tls(h);
   free(h);
 }
 
@@ -314,8 +363,8 @@ void sg_http_reply(struct sg_http_req *r, int status, const char *json) {
 }
 
 /* every reply goes through here: it stores the answer and resumes a suspended connection */
-static void sg_http_store_reply(struct sg_http_req *r, int status, const char *content_type, const char *allow,
-                                const char *json) {
+static void sg_http_store_reply(struct sg_http_req *r, int status, const char *content_type, const char *hdr_name,
+                                const char *hdr_value, const char *json) {
   struct sg_http_conn *c = r->priv;
   if (c->reply || (c->phase != SG_HTTP_IN_HANDLER && c->phase != SG_HTTP_PENDING)) {
     sg_err("http: second reply to %s %s ignored (every request gets exactly one)", c->req.method,
@@ -324,7 +373,8 @@ static void sg_http_store_reply(struct sg_http_req *r, int status, const char *c
   }
   c->status = status;
   c->ctype = content_type;
-  c->allow = allow;
+  c->hdr_name = hdr_name;
+  c->hdr_value = hdr_value;
   c->reply = sg_strdup(json ? json : "{}");
   if (c->phase == SG_HTTP_PENDING) {
     c->phase = SG_HTTP_RESUMED;
@@ -334,7 +384,7 @@ static void sg_http_store_reply(struct sg_http_req *r, int status, const char *c
 }
 
 void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *json) {
-  sg_http_store_reply(r, status, content_type, NULL, json);
+  sg_http_store_reply(r, status, content_type, NULL, NULL, json);
 }
 
 static char *sg_http_error_json(const char *msg) {
@@ -358,6 +408,13 @@ void sg_http_reply_not_allowed(struct sg_http_req *r, const char *allow) {
   char msg[400];
   snprintf(msg, sizeof msg, "method not allowed for %.200s (allowed: %s)", r->path, allow);
   char *json = sg_http_error_json(msg);
-  sg_http_store_reply(r, 405, NULL, allow, json);
+  sg_http_store_reply(r, 405, NULL, MHD_HTTP_HEADER_ALLOW, allow, json);
+  free(json);
+}
+
+void sg_http_reply_error_with(struct sg_http_req *r, int status, const char *hdr_name, const char *hdr_value,
+                              const char *msg) {
+  char *json = sg_http_error_json(msg);
+  sg_http_store_reply(r, status, NULL, hdr_name, hdr_value, json);
   free(json);
 }

@@ -30,6 +30,18 @@ typedef void (*sg_http_handler)(void *ud, struct sg_http_req *req);
 /* listen: "127.0.0.1:7070" (host:port; port 0 picks a free one, see sg_http_port) */
 struct sg_http *sg_http_start(struct ev_loop *loop, const char *listen, size_t max_body,
                               sg_http_handler h, void *ud, struct sg_error *e);
+
+/* HTTPS: the server's certificate (chain) and private key, PEM text; both copied at start. */
+struct sg_http_tls {
+  const char *cert_pem; /* the certificate, then any intermediates */
+  const char *key_pem;  /* its private key, unencrypted */
+};
+/* the same, serving HTTPS when tls is not NULL (SG_E_INVALID when libmicrohttpd has no TLS) */
+struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size_t max_body,
+                                  const struct sg_http_tls *tls, sg_http_handler h, void *ud,
+                                  struct sg_error *e);
+/* 1 when listen's host is loopback only: 127.0.0.0/8, ::1 or localhost */
+int sg_http_listen_is_loopback(const char *listen);
 int sg_http_port(struct sg_http *h);
 /* stops listening, closes connections (pending requests are dropped), frees */
 void sg_http_stop(struct sg_http *h);
@@ -46,5 +58,8 @@ void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_typ
 void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg);
 /* 405 {"error": ...} with an Allow header; allow is a static string such as "GET, HEAD" */
 void sg_http_reply_not_allowed(struct sg_http_req *r, const char *allow);
+/* {"error": msg} with one extra header (name and value static strings), e.g. WWW-Authenticate of a 401 */
+void sg_http_reply_error_with(struct sg_http_req *r, int status, const char *hdr_name, const char *hdr_value,
+                              const char *msg);
 
 #endif

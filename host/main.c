@@ -33,6 +33,8 @@ static void usage(FILE *f) {
           "      [--breaker-window D] (30s) [--breaker-open D] (5s): per-service circuit breakers\n"
           "      [--inbox-retention D] (7d): how long handled message ids are remembered (0 = forever)\n"
           "      [--retention D] (0 = forever): how long finished sagas are kept (compensation_failed ones stay)\n"
+          "      [--auth FILE] (tokens with roles, `name role token` per line; re-read on SIGHUP) [--auth-metrics]\n"
+          "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth)\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
           "                         (exit 2 when SCRIPT_DIR is missing or unreadable)\n"
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
@@ -46,6 +48,9 @@ static void usage(FILE *f) {
 struct run {
   struct sg_host host;  /* store, scripts, engine, transport */
   struct sg_api *api;   /* the HTTP API */
+  struct sg_auth *auth; /* --auth tokens (owned; swapped on SIGHUP), NULL = none */
+  const char *auth_file; /* where they come from, for the re-read */
+  ev_signal sighup;     /* re-reads --auth */
   ev_signal sigint, sigterm;
   ev_timer demo;        /* --demo: a trickle of sample orders */
   int demo_n;           /* sample orders started */
@@ -54,6 +59,18 @@ struct run {
 static void on_signal(struct ev_loop *loop, ev_signal *w, int revents) {
   sg_info("signal %d: stopping", w->signum);
   ev_break(loop, EVBREAK_ALL);
+}
+
+/* SIGHUP: build the new table, and swap only if the whole file is good (a typo keeps the old one) */
+static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents) {
+  struct run *r = w->data;
+  struct sg_error e = {0};
+  struct sg_auth *a = sg_auth_load(r->auth_file, &e);
+  if (!a) { sg_err("SIGHUP: keeping the previous tokens: %s", e.msg); return; }
+  sg_api_set_auth(r->api, a);
+  sg_auth_free(r->auth);
+  r->auth = a;
+  sg_info("SIGHUP: re-read %s: %d token(s)", r->auth_file, sg_auth_count(a));
 }
 
 static void on_demo(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -75,6 +92,11 @@ static void on_demo(struct ev_loop *loop, ev_timer *w, int revents) {
 struct run_opts {
   struct sg_host_config cfg; /* store, scripts, transport, limits */
   const char *listen;        /* HTTP API address */
+  const char *auth_file;     /* --auth: tokens with roles, NULL = no auth */
+  int auth_metrics;          /* --auth-metrics: /metrics needs role read */
+  int insecure;              /* --insecure: a non-loopback listen without --auth is allowed */
+  const char *tls_cert;      /* --tls-cert: PEM file, with tls_key: serve HTTPS */
+  const char *tls_key;       /* --tls-key */
   int demo;                  /* start sample orders */
   const char *argv0;         /* how this binary was invoked (for the demo's examples) */
 };
@@ -87,11 +109,44 @@ static int cmd_run(const struct run_opts *o) {
     fprintf(stderr, "sagahost: cannot start the host: %s\n", e.msg);
     return 2;
   }
+  /* a bad --auth, TLS or listen combination is the operator's mistake too: refused before anything opens */
+  if (!o->auth_file && !o->insecure && !sg_http_listen_is_loopback(o->listen)) {
+    fprintf(stderr,
+            "sagahost: refusing to listen on %s without --auth: anyone who can reach it could start and "
+            "compensate sagas. Give --auth FILE (tokens with roles, see docs/operations.md), listen on a "
+            "loopback address (127.0.0.1), or pass --insecure if a proxy in front already authenticates\n",
+            o->listen);
+    return 2;
+  }
+  if (!o->tls_cert != !o->tls_key) {
+    fprintf(stderr, "sagahost: --tls-cert and --tls-key go together (HTTPS needs both)\n");
+    return 2;
+  }
+  if (o->auth_file && !(r.auth = sg_auth_load(o->auth_file, &e))) {
+    fprintf(stderr, "sagahost: cannot start the host: %s\n", e.msg);
+    return 2;
+  }
+  r.auth_file = o->auth_file;
+  struct sg_http_tls tls = {0};
+  char *pem_cert = NULL, *pem_key = NULL;
+  if (o->tls_cert) {
+    if (!(pem_cert = sg_read_file(o->tls_cert, NULL, &e)) || !(pem_key = sg_read_file(o->tls_key, NULL, &e))) {
+      fprintf(stderr, "sagahost: cannot start the host: TLS %s\n", e.msg);
+      free(pem_cert);
+      sg_auth_free(r.auth);
+      return 2;
+    }
+    tls.cert_pem = pem_cert;
+    tls.key_pem = pem_key;
+  }
   struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
   if (sg_host_open(&r.host, loop, &o->cfg, &e) < 0) {
     fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", o->cfg.db, o->cfg.dir,
             o->cfg.amqp ? ", --amqp " : "", o->cfg.amqp ? o->cfg.amqp : "", e.msg);
     ev_loop_destroy(loop);
+    sg_auth_free(r.auth);
+    free(pem_cert);
+    free(pem_key);
     return 1;
   }
   if (r.host.load_errors)
@@ -99,14 +154,30 @@ static int cmd_run(const struct run_opts *o) {
             r.host.load_errors);
   sg_script_watch(r.host.sc, loop, 1.0);
   int rc = 1;
-  r.api = sg_api_start(loop, o->listen, 1 << 20, r.host.en, r.host.store, r.host.sc, &e);
+  struct sg_api_config acfg = { o->listen, 1 << 20, r.auth, o->auth_metrics, o->tls_cert ? &tls : NULL };
+  r.api = sg_api_start(loop, &acfg, r.host.en, r.host.store, r.host.sc, &e);
+  /* the server has its own copies now */
+  if (pem_key) explicit_bzero(pem_key, strlen(pem_key));
+  free(pem_key);
+  free(pem_cert);
   if (!r.api) { fprintf(stderr, "sagahost: cannot listen on %s: %s\n", o->listen, e.msg); goto out; }
+  const char *scheme = o->tls_cert ? "https" : "http";
   char shown[300];
   snprintf(shown, sizeof shown, "%s", o->listen);
   char *colon = strrchr(shown, ':');
   if (colon) snprintf(colon + 1, sizeof shown - (size_t)(colon + 1 - shown), "%d", sg_api_port(r.api));
-  sg_info("sagahost %s listening on http://%s (store %s, transport %s, scripts %s)", SG_VERSION, shown, o->cfg.db,
+  sg_info("sagahost %s listening on %s://%s (store %s, transport %s, scripts %s)", SG_VERSION, scheme, shown, o->cfg.db,
           r.host.tr->ops->name, o->cfg.dir);
+  if (r.auth)
+    sg_info("auth: %d token(s) from %s; /healthz%s open", sg_auth_count(r.auth), r.auth_file,
+            o->auth_metrics ? " is" : " and /metrics are");
+  else if (!sg_http_listen_is_loopback(o->listen))
+    sg_warn("--insecure: the API on %s has no authentication", shown);
+  if (r.auth) {
+    ev_signal_init(&r.sighup, on_sighup, SIGHUP);
+    r.sighup.data = &r;
+    ev_signal_start(loop, &r.sighup);
+  }
   ev_signal_init(&r.sigint, on_signal, SIGINT);
   ev_signal_init(&r.sigterm, on_signal, SIGTERM);
   ev_signal_start(loop, &r.sigint);
@@ -116,21 +187,23 @@ static int cmd_run(const struct run_opts *o) {
     r.demo.data = &r;
     ev_timer_start(loop, &r.demo);
     sg_info("demo: starting a sample order every 3 s (every 4th with a declined card); in another terminal try:\n"
-            "  %s list --server http://%s\n"
-            "  %s start OrderProcessing --server http://%s --wait --input '{\"order_id\":\"o-1\",\"sku\":\"book\",\"qty\":1,\"amount\":42,\"card\":\"ok\"}'\n"
-            "  %s show <id> --server http://%s",
-            o->argv0, shown, o->argv0, shown, o->argv0, shown);
+            "  %s list --server %s://%s\n"
+            "  %s start OrderProcessing --server %s://%s --wait --input '{\"order_id\":\"o-1\",\"sku\":\"book\",\"qty\":1,\"amount\":42,\"card\":\"ok\"}'\n"
+            "  %s show <id> --server %s://%s",
+            o->argv0, scheme, shown, o->argv0, scheme, shown, o->argv0, scheme, shown);
   }
   ev_run(loop, 0);
   rc = r.host.en && !sg_engine_broken(r.host.en) ? 0 : 1;
 out:
   if (r.demo.data) ev_timer_stop(loop, &r.demo);
+  if (r.sighup.data) ev_signal_stop(loop, &r.sighup);
   ev_signal_stop(loop, &r.sigint);
   ev_signal_stop(loop, &r.sigterm);
   /* commit first (it answers the requests waiting for that commit), then close the API */
   sg_engine_stop(r.host.en);
   sg_api_stop(r.api);
   sg_host_close(&r.host);
+  sg_auth_free(r.auth);
   ev_loop_destroy(loop);
   return rc;
 }
@@ -178,6 +251,8 @@ int main(int argc, char **argv) {
       const char *v = i + 1 < argc ? argv[i + 1] : NULL;
       if (!strcmp(a, "--help")) { usage(stdout); return 0; }
       if (!strcmp(a, "--demo")) { o.demo = 1; continue; }
+      if (!strcmp(a, "--auth-metrics")) { o.auth_metrics = 1; continue; }
+      if (!strcmp(a, "--insecure")) { o.insecure = 1; continue; }
       if (a[0] != '-') {
         if (o.cfg.dir) return usage_error("run takes one SCRIPT_DIR (got a second: %s)", a);
         o.cfg.dir = a;
@@ -188,6 +263,9 @@ int main(int argc, char **argv) {
       char *end = NULL;
       if (!strcmp(a, "--db")) o.cfg.db = v;
       else if (!strcmp(a, "--listen")) o.listen = v;
+      else if (!strcmp(a, "--auth")) o.auth_file = v;
+      else if (!strcmp(a, "--tls-cert")) o.tls_cert = v;
+      else if (!strcmp(a, "--tls-key")) o.tls_key = v;
       else if (!strcmp(a, "--amqp")) o.cfg.amqp = v;
       else if (!strcmp(a, "--host-id")) o.cfg.host_id = v;
       else if (!strcmp(a, "--log-level")) {
@@ -228,6 +306,7 @@ int main(int argc, char **argv) {
       }
     }
     if (!o.cfg.dir) return usage_error("%s", "run needs a SCRIPT_DIR");
+    if (o.auth_metrics && !o.auth_file) return usage_error("%s", "--auth-metrics needs --auth FILE");
     return cmd_run(&o);
   }
   if (!strcmp(cmd, "bench")) return sg_bench_main(argc - 1, argv + 1);

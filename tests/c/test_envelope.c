@@ -292,6 +292,27 @@ static void test_dead_letter_props(void) {
   empty_amqp_pool(&pool);
 }
 
+/* A header with an empty key (the wire decoder takes it from any publisher; amqp_table_clone refuses
+ * it) is copied like any other, nested ones too: found by tests/fuzz, it used to abort the host. */
+static void test_clone_odd_headers(void) {
+  amqp_table_entry_t inner = ent("", AMQP_FIELD_KIND_UTF8);
+  inner.value.value.bytes = amqp_cstring_bytes("v");
+  amqp_table_entry_t h[2];
+  h[0] = ent("", AMQP_FIELD_KIND_I32), h[0].value.value.i32 = 5;
+  h[1] = ent("nested", AMQP_FIELD_KIND_TABLE), h[1].value.value.table = (amqp_table_t){1, &inner};
+  amqp_basic_properties_t p = foreign("m-1", h, 2);
+  amqp_pool_t pool;
+  init_amqp_pool(&pool, 1024);
+  amqp_basic_properties_t c;
+  sg_amqp_props_clone(&p, &c, &pool);
+  CHECK_EQ_INT(c.headers.num_entries, 2);
+  CHECK(c.headers.entries[0].key.len == 0 && c.headers.entries[0].value.value.i32 == 5);
+  const amqp_field_value_t *n = sg_amqp_header(&c.headers, "nested");
+  CHECK(n && n->kind == AMQP_FIELD_KIND_TABLE && n->value.table.num_entries == 1);
+  CHECK(n->value.table.entries[0].value.value.bytes.bytes != inner.value.value.bytes.bytes);
+  empty_amqp_pool(&pool);
+}
+
 /* What a message is follows the queue it came from, not the exchange it was published through. */
 static void test_by_queue(void) {
   amqp_table_entry_t st = ent("saga-status", AMQP_FIELD_KIND_UTF8);
@@ -326,6 +347,7 @@ static void test_by_queue(void) {
 
 int main(void) {
   test_command();
+  test_clone_odd_headers();
   test_by_queue();
   test_reply();
   test_event();

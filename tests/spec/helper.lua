@@ -76,7 +76,9 @@ end
 local Host = {}
 Host.__index = Host
 
--- opts: scripts = { ["name.lua"] = source }, copy = { "sagas/x.lua", ... }, args = "extra flags", dir
+-- opts: scripts = { ["name.lua"] = source }, copy = { "sagas/x.lua", ... }, args = "extra flags", dir,
+-- curl_args = "extra curl flags for every request" (e.g. "--cacert cert.pem" for a host with --tls-cert:
+-- its url is then https://localhost:PORT, the name its certificate is made for)
 function H.host(opts)
   opts = opts or {}
   local self = setmetatable({ opts = opts }, Host)
@@ -112,6 +114,11 @@ function Host:start(extra)
     local port = text:match("listening on http://[%d%.]+:(%d+)")
     if port then
       self.url = "http://127.0.0.1:" .. port
+      return self
+    end
+    port = text:match("listening on https://[%d%.]+:(%d+)")
+    if port then
+      self.url = "https://localhost:" .. port
       return self
     end
     if not self:alive() then error("sagahost exited at start:\n" .. text) end
@@ -158,7 +165,7 @@ end
 function Host:request(method, path, body, headers)
   local bodyfile = os.tmpname()
   local outfile = os.tmpname()
-  local cmd = { "curl -s -o", outfile, "-w '%{http_code}' -X", method }
+  local cmd = { "curl -s -o", outfile, "-w '%{http_code}' -X", method, self.opts.curl_args or "" }
   for k, v in pairs(headers or {}) do cmd[#cmd + 1] = "-H " .. H.q(k .. ": " .. v) end
   if body then
     H.write(bodyfile, type(body) == "table" and cjson.encode(body) or body)

@@ -1,0 +1,2 @@
+local saga = require "saga"
+saga.define(
