@@ -14,9 +14,16 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
-/* Idle keep-alive connections are closed after this long (suspended ones never time out). */
+/* Idle keep-alive connections are closed after this long (suspended ones never time out). MHD resets
+ * it on every read, so a client trickling a byte at a time is held by the request deadline instead. */
 #define SG_HTTP_IDLE_TIMEOUT_S 60u
+
+/* What sg_http_start copies; main sets it from the --http-* flags. */
+static struct sg_http_limits sg_http_limits_cfg = SG_HTTP_LIMITS_DEFAULT;
+
+void sg_http_set_limits(const struct sg_http_limits *l) { sg_http_limits_cfg = *l; }
 
 /* Where a request is in its life; decides what the access handler does when MHD calls it again. */
 enum sg_http_phase {
@@ -27,6 +34,20 @@ enum sg_http_phase {
   SG_HTTP_RESUMED,    /* reply stored and connection resumed: queued at MHD's next call */
   SG_HTTP_ANSWERED,   /* response queued: MHD sends it, then the completed callback frees us */
 };
+
+/* One TCP connection, from MHD's notify-started to notify-closed: the request deadline needs the
+ * accept time and the socket, which MHD does not expose for a connection still reading headers. */
+struct sg_http_sock {
+  struct sg_http *srv;              /* the server it belongs to */
+  int fd;                           /* the socket, shut down when the deadline passes */
+  struct in_addr peer;              /* the client's address (IPv4 only: we listen on IPv4), per-IP cap */
+  ev_tstamp since;                  /* accept, or the end of the previous request on this connection */
+  int received;                     /* 1 once the current request is complete (handler reached) */
+  int shut;                         /* 1 once shut down: MHD closes it at its next run */
+  struct sg_http_sock *prev, *next; /* srv->socks, walked by the sweep timer */
+};
+
+static void sg_http_sock_received(struct MHD_Connection *mc);
 
 /* One request: created at MHD's first call for it, freed by the request-completed callback. */
 struct sg_http_conn {
@@ -53,6 +74,9 @@ struct sg_http {
   void *ud;                    /* the handler's first argument */
   int port;                    /* bound port (the real one when 0 was asked for) */
   struct sg_http_conn *conns;  /* every live request, so stop can resume the suspended ones */
+  struct sg_http_limits limits; /* copied from sg_http_limits_cfg at start */
+  struct sg_http_sock *socks;  /* every open connection, for the request deadline */
+  ev_timer sweep;              /* closes connections whose request is past limits.request_timeout */
   char *tls_cert, *tls_key;    /* PEM copies for MHD, which keeps pointing at them: freed at stop */
 };
 
@@ -171,7 +195,10 @@ static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, c
   struct sg_http_conn *c = *con_cls;
   if (!c) {
     c = *con_cls = sg_http_conn_new(h, mc, url, method);
-    if (sg_http_refuse_early(c)) return sg_http_too_big(c);
+    if (sg_http_refuse_early(c)) {
+      sg_http_sock_received(mc); /* answered now: the 413 must not be cut by the deadline */
+      return sg_http_too_big(c);
+    }
     return MHD_YES;
   }
   if (*upload_data_size > 0) {
@@ -185,8 +212,10 @@ static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, c
   }
   switch (c->phase) {
   case SG_HTTP_TOO_BIG:
+    sg_http_sock_received(mc);
     return sg_http_too_big(c);
   case SG_HTTP_READING:
+    sg_http_sock_received(mc);
     c->req.body = c->body.data ? c->body.data : "";
     c->req.body_len = c->body.len;
     c->phase = SG_HTTP_IN_HANDLER;
@@ -203,9 +232,93 @@ static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, c
   }
 }
 
+static void sg_http_sock_received(struct MHD_Connection *mc) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct sg_http_sock *s = ci ? ci->socket_context : NULL;
+  if (s) s->received = 1;
+}
+
+static void sg_http_notify_cb(void *cls, struct MHD_Connection *mc, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code) {
+  struct sg_http *h = cls;
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CONNECTION_FD);
+    struct sg_http_sock *s = sg_xcalloc(1, sizeof *s);
+    s->srv = h;
+    s->fd = ci ? (int)ci->connect_fd : -1;
+    const union MHD_ConnectionInfo *ai = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ai && ai->client_addr && ai->client_addr->sa_family == AF_INET)
+      s->peer = ((const struct sockaddr_in *)ai->client_addr)->sin_addr;
+    s->since = ev_now(h->loop);
+    s->next = h->socks;
+    if (h->socks) h->socks->prev = s;
+    h->socks = s;
+    *socket_context = s;
+    return;
+  }
+  struct sg_http_sock *s = *socket_context;
+  if (!s) return;
+  if (s->prev) s->prev->next = s->next;
+  else h->socks = s->next;
+  if (s->next) s->next->prev = s->prev;
+  free(s);
+  *socket_context = NULL;
+}
+
+/* Both caps are enforced here, after accept, so a refused client is closed at once and logged. MHD
+ * has both too, checked before calling this, set one higher as a backstop: its per-IP refusal says
+ * nothing, and reaching its global limit takes the listening socket out of epoll, after which
+ * 0.9.75 in this mode left the next connections it accepted unserved and new clients waiting in the
+ * backlog for good (reproduced by hand: 5 cap, 10 clients that hang up, then curl). A walk over the
+ * open connections: at most max_connections. */
+static enum MHD_Result sg_http_accept_cb(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+  struct sg_http *h = cls;
+  unsigned all = 0, n = 0;
+  int v4 = addr && addr->sa_family == AF_INET && addrlen >= (socklen_t)sizeof(struct sockaddr_in);
+  struct in_addr a = {0};
+  if (v4) a = ((const struct sockaddr_in *)addr)->sin_addr;
+  for (struct sg_http_sock *s = h->socks; s; s = s->next) {
+    if (s->shut) continue; /* about to go */
+    all++;
+    if (v4 && s->peer.s_addr == a.s_addr) n++;
+  }
+  if (all >= h->limits.max_connections) {
+    sg_debug("http: refusing a connection: %u open (connection limit, --http-max-connections)", all);
+    return MHD_NO;
+  }
+  if (!v4 || n < h->limits.max_per_ip) return MHD_YES;
+  char ip[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &a, ip, sizeof ip);
+  sg_debug("http: refusing a connection from %s: it has %u open (per-IP limit, --http-max-per-ip)", ip, n);
+  return MHD_NO;
+}
+
+/* MHD's own timeout is an idle one, reset by every byte: a client sending one header line a second
+ * would hold its slot forever. Shutting the socket down makes MHD see EOF and clean up as usual. */
+static void sg_http_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_http *h = w->data;
+  ev_tstamp now = ev_now(loop);
+  int any = 0;
+  for (struct sg_http_sock *s = h->socks; s; s = s->next) {
+    if (s->received || s->shut || s->fd < 0 || now - s->since < h->limits.request_timeout) continue;
+    sg_debug("http: closing connection (fd %d): request not complete %.1fs after it began (--http-request-timeout)",
+             s->fd, now - s->since);
+    shutdown(s->fd, SHUT_RDWR);
+    s->shut = 1;
+    any = 1;
+  }
+  if (any) sg_http_run(h);
+}
+
 static void sg_http_completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
                                  enum MHD_RequestTerminationCode toe) {
   struct sg_http_conn *c = *con_cls;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct sg_http_sock *s = ci ? ci->socket_context : NULL;
+  if (s) { /* a keep-alive connection gets a fresh deadline for its next request */
+    s->since = ev_now(s->srv->loop);
+    s->received = 0;
+  }
   if (!c) return;
   if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
     sg_debug("http: %s %s ended without a complete reply (code %d)", c->req.method, c->req.path,
@@ -280,6 +393,7 @@ struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size
   h->max_body = max_body;
   h->handler = handler;
   h->ud = ud;
+  h->limits = sg_http_limits_cfg;
   unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
   if (tls) {
     flags |= MHD_USE_TLS;
@@ -289,11 +403,14 @@ struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size
   errno = 0;
   /* the TLS options come last: when tls is NULL the list ends before them */
   h->mhd = MHD_start_daemon(
-      flags, ntohs(sa.sin_port), NULL, NULL,
+      flags, ntohs(sa.sin_port), sg_http_accept_cb, h,
       sg_http_access_cb, h,
       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
       MHD_OPTION_NOTIFY_COMPLETED, sg_http_completed_cb, h,
       MHD_OPTION_CONNECTION_TIMEOUT, SG_HTTP_IDLE_TIMEOUT_S,
+      MHD_OPTION_NOTIFY_CONNECTION, sg_http_notify_cb, h,
+      MHD_OPTION_CONNECTION_LIMIT, h->limits.max_connections + 1,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, h->limits.max_per_ip + 1,
       MHD_OPTION_EXTERNAL_LOGGER, sg_http_log, h,
       tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
       MHD_OPTION_HTTPS_MEM_KEY, h->tls_key,
@@ -326,6 +443,13 @@ struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size
   ev_init(&h->timer, sg_http_timer_cb);
   h->timer.data = h;
   sg_http_rearm(h);
+  /* a tenth of the deadline keeps the overshoot small; at most 1 s, at least 50 ms */
+  ev_tstamp every = h->limits.request_timeout / 10;
+  if (every > 1.0) every = 1.0;
+  if (every < 0.05) every = 0.05;
+  ev_timer_init(&h->sweep, sg_http_sweep_cb, every, every);
+  h->sweep.data = h;
+  if (h->limits.request_timeout > 0) ev_timer_start(loop, &h->sweep);
   return h;
 }
 
@@ -335,6 +459,7 @@ void sg_http_stop(struct sg_http *h) {
   if (!h) return;
   ev_io_stop(h->loop, &h->io);
   ev_timer_stop(h->loop, &h->timer);
+  ev_timer_stop(h->loop, &h->sweep);
   /* MHD_stop_daemon panics on suspended connections: resume them (with no reply) so it can
    * close them; the completed callback then frees their state. */
   for (struct sg_http_conn *c = h->conns; c; c = c->next)
@@ -344,6 +469,11 @@ void sg_http_stop(struct sg_http *h) {
     }
   MHD_stop_daemon(h->mhd);
   while (h->conns) sg_http_conn_free(h->conns); /* defensive: MHD should have freed them all */
+  while (h->socks) { /* defensive too: notify-closed runs for each connection at stop */
+    struct sg_http_sock *s = h->socks;
+    h->socks = s->next;
+    free(s);
+  }
   sg_http_free_tls(h);
   free(h);
 }

@@ -17,6 +17,19 @@
 #include "util.h"
 
 struct sg_http;
+
+/* Limits against slow clients (slowloris), the same for every server started after they are set. */
+struct sg_http_limits {
+  unsigned max_connections; /* open connections in all (MHD_OPTION_CONNECTION_LIMIT) */
+  unsigned max_per_ip;      /* open connections from one address (MHD_OPTION_PER_IP_CONNECTION_LIMIT) */
+  double request_timeout;   /* seconds from accept (or the end of the previous request on a keep-alive
+                             * connection) until the request must be fully received; trickling bytes
+                             * does not extend it. Also caps how long a keep-alive connection may idle. */
+};
+#define SG_HTTP_LIMITS_DEFAULT {1000u, 64u, 10.0}
+/* set once before sg_http_start (main's flags); servers keep a copy */
+void sg_http_set_limits(const struct sg_http_limits *l);
+
 struct sg_http_req {
   const char *method;   /* "GET", "POST", ... */
   const char *path;     /* "/v1/sagas/abc" (no query string) */

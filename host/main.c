@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "api.h"
@@ -35,6 +36,8 @@ static void usage(FILE *f) {
           "      [--retention D] (0 = forever): how long finished sagas are kept (compensation_failed ones stay)\n"
           "      [--auth FILE] (tokens with roles, `name role token` per line; re-read on SIGHUP) [--auth-metrics]\n"
           "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth)\n"
+          "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64)\n"
+          "      [--http-request-timeout D] (10s): a request must be fully received within D of its start\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
           "                         (exit 2 when SCRIPT_DIR is missing or unreadable)\n"
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
@@ -99,7 +102,23 @@ struct run_opts {
   const char *tls_key;       /* --tls-key */
   int demo;                  /* start sample orders */
   const char *argv0;         /* how this binary was invoked (for the demo's examples) */
+  struct sg_http_limits http; /* --http-max-connections, --http-max-per-ip, --http-request-timeout */
 };
+
+/* Each HTTP connection is a descriptor: raise the soft limit to the hard one so the connection cap,
+ * not EMFILE, is what refuses clients; warn when even that leaves too little room. */
+static void raise_fd_limit(unsigned max_connections) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) < 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) < 0) getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  /* the store, scripts, transport and logs need descriptors of their own */
+  if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)max_connections + 64 > rl.rlim_cur)
+    sg_warn("--http-max-connections %u is close to the open-file limit (%llu): raise `ulimit -n` or lower it",
+            max_connections, (unsigned long long)rl.rlim_cur);
+}
 
 static int cmd_run(const struct run_opts *o) {
   struct run r = {0};
@@ -139,6 +158,8 @@ static int cmd_run(const struct run_opts *o) {
     tls.cert_pem = pem_cert;
     tls.key_pem = pem_key;
   }
+  raise_fd_limit(o->http.max_connections);
+  sg_http_set_limits(&o->http);
   struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
   if (sg_host_open(&r.host, loop, &o->cfg, &e) < 0) {
     fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", o->cfg.db, o->cfg.dir,
@@ -246,6 +267,7 @@ int main(int argc, char **argv) {
     sg_host_config_defaults(&o.cfg);
     o.listen = "127.0.0.1:7070";
     o.argv0 = argv[0];
+    o.http = (struct sg_http_limits)SG_HTTP_LIMITS_DEFAULT;
     for (int i = 2; i < argc; i++) {
       const char *a = argv[i];
       const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -301,6 +323,17 @@ int main(int argc, char **argv) {
         if (sg_duration_parse(v, &ms, &de) < 0) return usage_error("%s", de.msg);
         if (!strcmp(a, "--breaker-window")) o.cfg.engine.breaker_window_ms = ms;
         else o.cfg.engine.breaker_open_ms = ms;
+      } else if (!strcmp(a, "--http-max-connections") || !strcmp(a, "--http-max-per-ip")) {
+        long n = strtol(v, &end, 10);
+        if (*end || n < 1 || n > 1000000) return usage_error("%s needs a positive integer", a);
+        if (!strcmp(a, "--http-max-connections")) o.http.max_connections = (unsigned)n;
+        else o.http.max_per_ip = (unsigned)n;
+      } else if (!strcmp(a, "--http-request-timeout")) {
+        struct sg_error de = {0};
+        int64_t ms;
+        if (sg_duration_parse(v, &ms, &de) < 0) return usage_error("--http-request-timeout: %s", de.msg);
+        if (ms <= 0) return usage_error("--http-request-timeout must be positive, got %s", v);
+        o.http.request_timeout = (double)ms / 1000.0;
       } else {
         return usage_error("unknown option %s for run (see --help)", a);
       }
