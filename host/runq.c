@@ -4,18 +4,11 @@
  * the loop from sleeping while anything waits here. Part of the engine (engine_int.h). */
 #include "engine_int.h"
 
-#include <time.h>
 
 #include "util.h"
 
 /* One pass over the queue stops after this long, so the loop polls again between passes. */
 #define PASS_NS (5 * 1000000LL)
-
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
 
 static void push(struct sg_engine *en, struct runq_ent ent) {
   PUSH(en->rq, en->nrq, en->caprq, ent);
@@ -80,9 +73,9 @@ static void on_check(struct ev_loop *loop, ev_check *w, int revents) {
   size_t n = en->nrq, i = 0;
   en->rq = NULL;
   en->nrq = en->caprq = 0;
-  int64_t end = mono_ns() + PASS_NS;
+  int64_t end = sg_mono_ns() + PASS_NS;
   for (; i < n && !en->broken && !en->stopped; i++) {
-    if (i > 0 && mono_ns() > end) break;
+    if (i > 0 && sg_mono_ns() > end) break;
     if (list[i].cmd) {
       if (command_slice(en, list[i].cmd)) eng_runq_command(en, list[i].cmd);
     } else {

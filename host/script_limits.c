@@ -12,12 +12,6 @@
 #include "util.h"
 #include "watchdog.h"
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static int64_t thread_cpu_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
@@ -139,7 +133,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
   if (!r->kind) { lua_sethook(L, NULL, 0, 0); return; }
   lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_EVERY); /* back to the usual pace after a watchdog poke */
   r->u.instr += HOOK_EVERY;
-  int64_t now = mono_ns(), ran = now - r->t0;
+  int64_t now = sg_mono_ns(), ran = now - r->t0;
   if (!r->cpu0) { r->cpu0 = thread_cpu_ns(); r->wall_cpu0 = now; } /* a long resume: CPU from here */
   /* only the step's (or handler's) own coroutine is yielded: the runner resumes it */
   int yieldable = L == r->co && (r->kind == RUN_STEP || r->kind == RUN_HANDLER) && lua_isyieldable(L);
@@ -189,7 +183,7 @@ void sc_run_begin(struct sg_script *sc, lua_State *co, int kind, const struct us
   r->preempted = 0;
   r->mem_refused = 0;
   r->why[0] = 0;
-  r->t0 = mono_ns();
+  r->t0 = sg_mono_ns();
   r->cpu0 = 0;
   r->slice_end = r->t0 + SLICE_NS;
   sc->fail_ptr = NULL;
@@ -204,7 +198,7 @@ void sc_run_end(struct sg_script *sc, struct usage *u) {
   sg_watchdog_disarm();
   poke_target = NULL;
   lua_sethook(r->co, NULL, 0, 0);
-  r->u.cpu_ns += resume_cpu_ns(r, mono_ns());
+  r->u.cpu_ns += resume_cpu_ns(r, sg_mono_ns());
   if (u) *u = r->u;
   r->kind = RUN_NONE;
   r->co = NULL;
@@ -241,7 +235,7 @@ int sg_script_preempt_point(struct lua_State *L) {
   if (lua_getallocf(L, &ud) != sc_alloc) return 0;
   struct run *r = &((struct sg_script *)ud)->run;
   if (r->co != L || r->doomed || (r->kind != RUN_STEP && r->kind != RUN_HANDLER) || !lua_isyieldable(L)) return 0;
-  if (mono_ns() < r->slice_end) return 0;
+  if (sg_mono_ns() < r->slice_end) return 0;
   r->preempted = 1;
   return 1;
 }

@@ -59,6 +59,12 @@ int64_t sg_now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+int64_t sg_mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 void sg_iso8601(int64_t ms, char out[32]) {
   time_t secs = (time_t)(ms / 1000);
   struct tm tm;

@@ -36,6 +36,7 @@ void sg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define sg_err(...) sg_log(SG_LOG_ERROR, __VA_ARGS__)
 
 int64_t sg_now_ms(void);          /* wall clock, ms since the epoch (what is persisted) */
+int64_t sg_mono_ns(void);         /* monotonic clock, ns (durations; async-signal-safe) */
 void sg_iso8601(int64_t ms, char out[32]); /* "2026-11-26T09:20:00.123Z" */
 void sg_uuid(char out[37]);       /* time-ordered v7 uuid (ms time + random from a /dev/urandom-seeded PRNG) */
 void sg_sha256_hex(const char *data, size_t len, char out[65]);

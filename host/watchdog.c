@@ -24,12 +24,6 @@ static struct {
   volatile int64_t last_run;        /* when the last run started (the handler stops a quiet timer) */
 } wd;
 
-static int64_t mono_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 static void set_ticking(int on) {
   struct itimerspec its;
   memset(&its, 0, sizeof its);
@@ -40,7 +34,7 @@ static void set_ticking(int on) {
 static void on_signal(int sig) {
   (void)sig;
   int saved = errno;
-  int64_t now = mono_ns(), dl = wd.deadline;
+  int64_t now = sg_mono_ns(), dl = wd.deadline;
   if (dl && now > dl) {
     if (wd.poke) wd.poke();
   } else if (!dl && now - wd.last_run > QUIET_NS && wd.ticking) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs one libFuzzer target: replays every input in tests/fuzz/regressions/<target>/ (each once, all
-# must pass), then fuzzes for SECONDS from the seeds in tests/fuzz/corpus/<target>/, growing a working
+# must pass), then fuzzes for SECONDS from the seeds in tests/fuzz/corpus/<target>/ (and sagas/ for the
+# script target), growing a working
 # corpus in BUILD/corpus/<target>/ (never in the source tree). A crash leaves its input in
 # BUILD/crashes/<target>/ and fails the run: fix it, then keep the input as a regression.
 # usage: run.sh BUILD TARGET SECONDS
@@ -20,10 +21,13 @@ if [ -e "${regs[0]}" ]; then
   "$bin" "${opts[@]}" "${regs[@]}" >"$build/fuzz-$target-replay.log" 2>&1 || {
     tail -n 60 "$build/fuzz-$target-replay.log"; echo "fuzz_$target: a regression input fails"; exit 1; }
 fi
+seeds=("$here/corpus/$target")
+# the sample sagas are the script target's best seeds: read them where they live, never copied
+[ "$target" = script ] && seeds+=("$here/../../sagas")
 log=$build/fuzz-$target.log
 echo "fuzz_$target: fuzzing for ${seconds}s (log: $log)"
 if ! "$bin" "${opts[@]}" -max_total_time="$seconds" -artifact_prefix="$crashes/" \
-     "$work" "$here/corpus/$target" >"$log" 2>&1; then
+     "$work" "${seeds[@]}" >"$log" 2>&1; then
   tail -n 80 "$log"
   echo "fuzz_$target: FAILED; the input is in $crashes/"
   exit 1
