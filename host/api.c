@@ -34,8 +34,16 @@ static int status_for(int code) {
   case SG_E_NOTFOUND: return 404;
   case SG_E_CONFLICT: return 409;
   case SG_E_TOOBIG: return 413;
+  case SG_E_UNAVAILABLE: return 503;
   default: return 500;
   }
+}
+
+/* an engine error as the reply: a 503 (the store cannot write for now) says when to come back */
+static void reply_engine_error(struct sg_http_req *req, const struct sg_error *e) {
+  int status = status_for(e->code);
+  if (status == 503) sg_http_reply_error_with(req, 503, "Retry-After", "1", e->msg);
+  else sg_http_reply_error(req, status, e->msg);
 }
 
 static void add_time(struct sg_buf *b, const char *key, int64_t ms) {
@@ -171,6 +179,13 @@ static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
 static void healthz(struct sg_api *api, struct sg_http_req *req) {
   struct sg_engine_stats st;
   sg_engine_stats(api->en, &st);
+  if (st.stalled) { /* not healthy: it takes no new work until the store can write */
+    char msg[400];
+    snprintf(msg, sizeof msg, "store unavailable for %.1fs: %s; new work is refused until a commit succeeds",
+             st.stalled_ms / 1000.0, st.stall_error);
+    sg_http_reply_error_with(req, 503, "Retry-After", "1", msg);
+    return;
+  }
   char buf[512];
   snprintf(buf, sizeof buf,
            "{\"status\":\"ok\",\"live_sagas\":%" PRId64 ",\"coroutines\":%" PRId64 ",\"timers\":%" PRId64
@@ -217,11 +232,17 @@ static void metrics(struct sg_api *api, struct sg_http_req *req) {
                 "# HELP sagahost_store_commits_total Group commits of the store.\n"
                 "# TYPE sagahost_store_commits_total counter\n"
                 "sagahost_store_commits_total %" PRId64 "\n"
+                "# HELP sagahost_store_commit_failures_total Commits the store refused for a passing reason (disk full, I/O error).\n"
+                "# TYPE sagahost_store_commit_failures_total counter\n"
+                "sagahost_store_commit_failures_total %" PRId64 "\n"
+                "# HELP sagahost_store_stalled 1 while a refused commit waits to be written again (no new work is taken).\n"
+                "# TYPE sagahost_store_stalled gauge\n"
+                "sagahost_store_stalled %d\n"
                 "# HELP sagahost_lua_memory_bytes Memory of the Lua state.\n"
                 "# TYPE sagahost_lua_memory_bytes gauge\n"
                 "sagahost_lua_memory_bytes %zu\n",
                 st.started, st.completed, st.compensated, st.compensation_failed, st.resolved, st.live, st.coroutines,
-                st.timers, st.commits, sg_script_mem_used(api->sc));
+                st.timers, st.commits, st.store_failures, st.stalled, sg_script_mem_used(api->sc));
   struct sg_buf open, parked;
   sg_buf_init(&open);
   sg_buf_init(&parked);
@@ -278,7 +299,7 @@ static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *
   struct sg_error e = {0};
   if (sg_engine_start(api->en, type, body, key, p->id, &p->existed, &e) < 0) {
     free(p);
-    sg_http_reply_error(req, status_for(e.code), e.msg);
+    reply_engine_error(req, &e);
     return;
   }
   sg_engine_after_commit(api->en, on_start_committed, p);
@@ -319,7 +340,7 @@ static void operator_action(struct sg_api *api, struct sg_http_req *req, const c
   else
     rc = sg_engine_resolve(api->en, id, json_string_value(json_object_get(j, "note")), by, &e);
   json_decref(j);
-  if (rc < 0) { sg_http_reply_error(req, status_for(e.code), e.msg); return; }
+  if (rc < 0) { reply_engine_error(req, &e); return; }
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
@@ -332,7 +353,7 @@ static void on_plan_committed(void *ud, int status) {
   struct sg_error e = {0};
   char *json = sg_engine_plan(p->api->en, p->id, &e);
   if (json) sg_http_reply(p->req, 200, json);
-  else sg_http_reply_error(p->req, status_for(e.code), e.msg);
+  else reply_engine_error(p->req, &e);
   free(json);
   free(p);
 }

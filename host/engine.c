@@ -43,6 +43,7 @@ static void fatal_store(struct sg_engine *en, const char *what, struct sg_error 
 }
 
 int eng_txn(struct sg_engine *en) {
+  if (en->stalled) return -1; /* every way in waits while stalled; this is the backstop */
   if (en->in_txn) return 0;
   struct sg_error e = {0};
   if (en->store->ops->begin(en->store, &e) < 0) { fatal_store(en, "begin", &e); return -1; }
@@ -373,7 +374,7 @@ static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
  * without the timer) are timed out. */
 static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
-  if (en->broken) return;
+  if (en->broken || en->stalled) return;
   int64_t now = sg_now_ms();
   eng_breakers_tick(en, now);
   evict_idle(en, now);
@@ -602,6 +603,11 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
 
 static void on_timer_fire(void *ud, struct sg_timer *t) {
   struct sg_engine *en = ud;
+  if (en->stalled) { /* it fires when the store can write again (the heap stays stopped meanwhile) */
+    sg_timers_add(en->timers, t);
+    sg_timers_stop(en->timers);
+    return;
+  }
   struct sg_saga *s = t->owner;
   /* the timer has left the heap; detach it from its saga and delete its row */
   struct sg_timer **slot = s->t_wait == t ? &s->t_wait : s->t_retry == t ? &s->t_retry
@@ -651,6 +657,12 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
 
 /* ---------------------------------------------------------------------------------------------- */
 /* messages */
+
+static void park_delivery(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered) {
+  struct parked_msg p = { .tag = tag, .redelivered = redelivered };
+  sg_msg_copy(&p.m, m);
+  PUSH(en->parked, en->nparked, en->capparked, p);
+}
 
 static void ack_after_commit(struct sg_engine *en, uint64_t tag) {
   if (!tag) return; /* not a delivery (a reply applied in-process) */
@@ -760,6 +772,10 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
     snprintf(n, sizeof n, "%d", deliveries);
     STORE(en, en->store->ops->inbox_put(en->store, m->message_id, "delivered", n, SE), "inbox");
     commit_batch(en); /* durable before the handler runs */
+    if (en->stalled) { /* counted (in the held batch): run it once the store can write */
+      park_delivery(en, m, tag, 0);
+      return;
+    }
     if (en->broken || eng_txn(en) < 0) return;
   }
   if (!seen) {
@@ -824,6 +840,7 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
 static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {
   struct sg_engine *en = ud;
   if (en->broken) return;
+  if (en->stalled) { park_delivery(en, m, tag, redelivered); return; }
   if (en->cfg.max_payload > 0 && m->body && (int64_t)strlen(m->body) > en->cfg.max_payload) {
     char why[160];
     snprintf(why, sizeof why, "message body is %zu bytes, over this host's limit of %" PRId64 " bytes (--max-payload)",
@@ -839,7 +856,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
 static void on_confirm(void *ud, int64_t outbox_id) {
   struct sg_engine *en = ud;
   if (outbox_id <= 0) return; /* an in-process message that never had an outbox row */
-  eng_txn(en);
+  eng_txn(en); /* while stalled: deleted in the first batch after */
   PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, outbox_id);
 }
 
@@ -909,6 +926,9 @@ static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *
   return en->store->ops->saga_update(en->store, &s->row, e);
 }
 
+static void committed(struct sg_engine *en);
+static void stall(struct sg_engine *en, const struct sg_error *e);
+
 static void commit_batch(struct sg_engine *en) {
   struct sg_error e = {0};
   for (size_t i = 0; i < en->nconfirmed; i++)
@@ -921,11 +941,18 @@ static void commit_batch(struct sg_engine *en) {
   }
   en->dirty = NULL;
   if (en->store->ops->commit(en->store, &e) < 0) {
+    if (e.code == SG_E_UNAVAILABLE && en->store->ops->retry_commit) { stall(en, &e); return; }
     fatal_store(en, "commit", &e);
     for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
     en->ncbs = 0;
     return;
   }
+  committed(en);
+}
+
+/* What follows a commit: publish, ack, free the finished sagas, answer who waited for it. */
+static void committed(struct sg_engine *en) {
+  struct sg_error e = {0};
   en->in_txn = 0;
   en->st.commits++;
 
@@ -992,9 +1019,88 @@ static void run_chain(struct sg_engine *en) {
   }
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* a store that cannot write (disk full, I/O errors)
+ *
+ * The store holds the refused batch (every write, in order) and the engine holds everything that was
+ * to follow its commit: the replies to the requests that started sagas, the acks of deliveries, the
+ * messages to publish. Nothing of the batch has been acknowledged, so nothing acknowledged can be
+ * lost; and as the batch is written again as it was, nothing is applied twice. Meanwhile no new work
+ * is taken (starts and operator verbs answer 503, deliveries and timers wait, preempted steps stay
+ * where they are) and reads see the last commit. The commit is retried with backoff; when it goes
+ * through, the held work goes on as if the commit had simply been slow. */
+
+#define STALL_FIRST_S 0.05
+#define STALL_MAX_S 5.0
+
+static void on_stall_timer(struct ev_loop *loop, ev_timer *w, int revents);
+
+static void stall(struct sg_engine *en, const struct sg_error *e) {
+  int64_t now = sg_now_ms();
+  snprintf(en->stall_error, sizeof en->stall_error, "%.250s", e->msg);
+  if (!en->stalled) {
+    en->stalled = 1;
+    en->stall_since = now;
+    en->stall_delay = STALL_FIRST_S;
+    en->stall_tries = 0;
+    en->st.store_failures++;
+    sg_err("store: cannot commit: %s; holding the batch and retrying with backoff; new work is refused (503) "
+           "until a commit succeeds, reads are answered from the last commit", e->msg);
+    sg_timers_stop(en->timers);
+    eng_runq_stop(en); /* the queue stays; continued after */
+  } else if (en->stall_tries % 10 == 0) {
+    sg_warn("store: still cannot commit after %.1fs (%" PRId64 " retries): %s", (now - en->stall_since) / 1000.0,
+            en->stall_tries, e->msg);
+  }
+  ev_timer_stop(en->loop, &en->stall_timer);
+  ev_timer_set(&en->stall_timer, en->stall_delay, 0.);
+  ev_timer_start(en->loop, &en->stall_timer);
+  en->stall_delay = en->stall_delay * 2 > STALL_MAX_S ? STALL_MAX_S : en->stall_delay * 2;
+}
+
+/* Leaves the stall after the held batch committed: what waited goes on. */
+static void unstall(struct sg_engine *en) {
+  sg_info("store: commit succeeded after %.1fs and %" PRId64 " retries; taking new work again",
+          (sg_now_ms() - en->stall_since) / 1000.0, en->stall_tries);
+  en->stalled = 0;
+  en->stall_error[0] = 0;
+  ev_timer_stop(en->loop, &en->stall_timer);
+  committed(en);
+  if (en->broken) return;
+  /* the deliveries that arrived meanwhile, in order (each may open the next batch) */
+  struct parked_msg *list = en->parked;
+  size_t n = en->nparked;
+  en->parked = NULL;
+  en->nparked = en->capparked = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (!en->broken && !en->stalled) on_message(en, &list[i].m, list[i].tag, list[i].redelivered);
+    else if (!en->broken) park_delivery(en, &list[i].m, list[i].tag, list[i].redelivered);
+    sg_msg_free(&list[i].m);
+  }
+  free(list);
+  if (en->stalled || en->broken) return;
+  if (en->nconfirmed || en->republish) eng_txn(en);
+  sg_timers_run(en->timers, sg_now_ms()); /* what fell due, then the heap is armed again */
+  if (en->nrq) { ev_check_start(en->loop, &en->rq_check); ev_idle_start(en->loop, &en->rq_idle); }
+}
+
+static void on_stall_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_engine *en = w->data;
+  if (!en->stalled || en->broken) return;
+  struct sg_error e = {0};
+  en->stall_tries++;
+  if (en->store->ops->retry_commit(en->store, &e) == 0) { unstall(en); return; }
+  if (e.code == SG_E_UNAVAILABLE) { stall(en, &e); return; }
+  fatal_store(en, "commit (retry)", &e);
+  for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
+  en->ncbs = 0;
+}
+
+int sg_engine_stalled(struct sg_engine *en) { return en->stalled; }
+
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
   struct sg_engine *en = w->data;
-  if (en->broken) return;
+  if (en->broken || en->stalled) return;
   if (en->nchain) run_chain(en);
   if (en->in_txn) { commit_batch(en); return; }
   if (en->ncbs) {
@@ -1007,6 +1113,10 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
 }
 
 void sg_engine_after_commit(struct sg_engine *en, sg_committed_cb cb, void *ud) {
+  if (en->stalled) { /* nothing new can be in a commit now: answer from the last one */
+    cb(ud, 0);
+    return;
+  }
   struct pending_cb c = { cb, ud };
   PUSH(en->cbs, en->ncbs, en->capcbs, c);
 }
@@ -1031,6 +1141,8 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   sg_map_init(&en->idem);
   sg_map_init(&en->inflight);
   eng_runq_init(en);
+  ev_init(&en->stall_timer, on_stall_timer);
+  en->stall_timer.data = en;
   ev_timer_init(&en->sweep, on_sweep, 0.25, 0.25);
   en->sweep.data = en;
   ev_timer_start(loop, &en->sweep);
@@ -1049,6 +1161,9 @@ void sg_engine_on_terminal(struct sg_engine *en, sg_terminal_cb cb, void *ud) {
 }
 
 int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *file, const char *source, struct sg_error *e) {
+  if (en->stalled)
+    return sg_errorf(e, SG_E_UNAVAILABLE, "the store cannot write now (%s); the file is loaded again when it can",
+                     en->stall_error);
   if (eng_txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
   return en->store->ops->def_put(en->store, hash, file, source, e);
 }
@@ -1071,6 +1186,7 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
                     char id[40], int *existed, struct sg_error *e) {
   *existed = 0;
   if (en->broken) return sg_errorf(e, SG_E_INTERNAL, "the host is stopping after a store failure");
+  if (en->stalled) return eng_refuse_stalled(en, e);
   if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload)
     return sg_errorf(e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
                      en->cfg.max_payload);
@@ -1194,8 +1310,15 @@ fail:
   return -1;
 }
 
+int eng_refuse_stalled(struct sg_engine *en, struct sg_error *e) {
+  return sg_errorf(e, SG_E_UNAVAILABLE, "not accepted: the store cannot write (%s); retry later", en->stall_error);
+}
+
 void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st) {
   *st = en->st;
+  st->stalled = en->stalled;
+  st->stalled_ms = en->stalled ? sg_now_ms() - en->stall_since : 0;
+  snprintf(st->stall_error, sizeof st->stall_error, "%s", en->stalled ? en->stall_error : "");
   st->commits = en->store->ops->commit_count(en->store);
   st->timers = (int64_t)sg_timers_count(en->timers);
 }
@@ -1205,6 +1328,19 @@ int sg_engine_broken(struct sg_engine *en) { return en->broken; }
 void sg_engine_stop(struct sg_engine *en) {
   if (!en || en->stopped) return;
   en->stopped = 1;
+  if (en->stalled && !en->broken) { /* one last try; if the store still refuses, the batch is lost unacknowledged */
+    struct sg_error e = {0};
+    if (en->store->ops->retry_commit(en->store, &e) == 0) {
+      unstall(en);
+    } else {
+      sg_err("store: stopping with a batch the store refused (%s): its sagas' last changes were never acknowledged; "
+             "a restart goes on from the last commit", e.msg);
+      en->broken = 1;
+      for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
+      en->ncbs = 0;
+    }
+    ev_timer_stop(en->loop, &en->stall_timer);
+  }
   if (!en->broken) on_prepare(en->loop, &en->prepare, 0); /* the last group commit and its callbacks */
   sg_timers_stop(en->timers);
   ev_ref(en->loop);
@@ -1232,6 +1368,8 @@ void sg_engine_free(struct sg_engine *en) {
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
   for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);
   free(en->chain);
+  for (size_t i = 0; i < en->nparked; i++) sg_msg_free(&en->parked[i].m);
+  free(en->parked);
   sg_map_free(&en->sagas);
   eng_breakers_free(en);
   sg_map_free(&en->idem);

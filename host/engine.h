@@ -163,8 +163,16 @@ struct sg_engine_stats {
   int64_t started, completed, compensated, compensation_failed, resolved; /* since start */
   int64_t commits;     /* store commits */
   int64_t timers;      /* armed timers */
+  int64_t store_failures; /* commits the store refused for a passing reason (disk full, I/O error) */
+  int stalled;         /* 1 while a refused commit waits to be written again: no new work is taken */
+  int64_t stalled_ms;  /* for how long */
+  char stall_error[256]; /* why (the store's message), "" when not stalled */
 };
 void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st);
+/* 1 while the store cannot write (see "Disk full" in docs/operations.md): sg_engine_start and the
+ * operator verbs fail with SG_E_UNAVAILABLE, sg_engine_after_commit callbacks run at once (reads see
+ * the last commit), deliveries and timers wait, and the refused commit is retried with backoff. */
+int sg_engine_stalled(struct sg_engine *en);
 
 /* Called for every saga that reaches a terminal status, after its commit (bench latency figures). */
 typedef void (*sg_terminal_cb)(void *ud, const char *id, int status, int64_t created_at);

@@ -100,6 +100,13 @@ struct pending_cb {
   void *ud;
 };
 
+/* A delivery that arrived while the store could not write: handled once it can. */
+struct parked_msg {
+  struct sg_msg m;           /* a copy */
+  uint64_t tag;
+  int redelivered;
+};
+
 /* A delivery to ack once its effect is committed. */
 struct pending_ack {
   uint64_t tag;
@@ -122,6 +129,15 @@ struct sg_engine {
   size_t evict_head, nevict, capevict;
   int in_txn;                /* a store transaction is open */
   int broken;                /* a commit failed: the loop was stopped, state must be recovered */
+  int stalled;               /* the store refused the batch's commit for a passing reason: it holds the
+                              * batch and the engine takes no new work until retry_commit succeeds */
+  ev_timer stall_timer;      /* the next retry_commit */
+  double stall_delay;        /* its backoff, seconds */
+  int64_t stall_since;       /* ms, when the stall began */
+  int64_t stall_tries;       /* retries in this stall */
+  char stall_error[256];     /* the store's last message */
+  struct parked_msg *parked; /* deliveries that arrived meanwhile, in order */
+  size_t nparked, capparked;
   int stopped;               /* sg_engine_stop ran */
   struct sg_saga *dirty;     /* sagas to flush before the commit */
   struct sg_saga **done;     /* terminal in this batch, freed after the commit */
@@ -154,6 +170,7 @@ struct sg_engine {
   } while (0)
 
 /* engine.c */
+int eng_refuse_stalled(struct sg_engine *en, struct sg_error *e); /* SG_E_UNAVAILABLE with the store's reason */
 int eng_txn(struct sg_engine *en);           /* opens the batch's transaction if needed; -1 if the store failed */
 void eng_mark_dirty(struct sg_engine *en, struct sg_saga *s);
 struct sg_timer *eng_timer_new(struct sg_engine *en, struct sg_saga *s, int kind, int64_t due, int64_t ref);

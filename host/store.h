@@ -127,8 +127,17 @@ struct sg_store_ops {
   void (*close)(struct sg_store *s);
 
   int (*begin)(struct sg_store *s, struct sg_error *e);
+  /* -1 with e->code SG_E_UNAVAILABLE: the transaction could not be made durable for a reason that
+   * may pass (disk full, an I/O error, a lock held too long). It was rolled back, but the store
+   * keeps every write of it: retry_commit writes them again, in order, in a new transaction. Until
+   * then the store is "held": reads see the last commit, and begin must not be called. A write op
+   * that meets such a failure inside the transaction also returns 0 and puts the store in that
+   * state; the later writes of the transaction are only kept, and commit reports the failure. */
   int (*commit)(struct sg_store *s, struct sg_error *e);
   int (*rollback)(struct sg_store *s, struct sg_error *e);
+  /* the held transaction again: 0 = committed (the store is no longer held), -1 with
+   * SG_E_UNAVAILABLE = still failing (held, try later), other codes = the store is broken */
+  int (*retry_commit)(struct sg_store *s, struct sg_error *e);
 
   /* definition versions: (hash, file, source); put is a no-op if the hash exists */
   int (*def_put)(struct sg_store *s, const char *hash, const char *file, const char *source, struct sg_error *e);

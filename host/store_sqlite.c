@@ -111,19 +111,19 @@ static const char *const stmt_sql[ST_COUNT] = {
                         " ORDER BY id LIMIT ?4",
   [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') ORDER BY id",
   [ST_HIST_INSERT] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
-                     " finished_at, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     " finished_at, error, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
   [ST_HIST_EACH] = "SELECT id, saga_id, step, step_name, phase, attempt, status, started_at, finished_at, error"
                    " FROM history WHERE saga_id = ?1 ORDER BY id",
   [ST_JOURNAL_PUT] = "INSERT OR REPLACE INTO journal(saga_id, step, phase, attempt, seq, kind, done, is_error,"
                      " result) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
   [ST_JOURNAL_EACH] = "SELECT saga_id, step, phase, attempt, seq, kind, done, is_error, result FROM journal"
                       " WHERE saga_id = ?1 AND step = ?2 AND phase = ?3 AND attempt = ?4 ORDER BY seq",
-  [ST_TIMER_PUT] = "INSERT INTO timers(saga_id, due_at, kind, ref) VALUES (?1, ?2, ?3, ?4)",
+  [ST_TIMER_PUT] = "INSERT INTO timers(saga_id, due_at, kind, ref, id) VALUES (?1, ?2, ?3, ?4, ?5)",
   [ST_TIMER_DEL] = "DELETE FROM timers WHERE id = ?1",
   [ST_TIMER_EACH] = "SELECT id, saga_id, due_at, kind, ref FROM timers ORDER BY due_at, id",
   [ST_OUTBOX_PUT] = "INSERT INTO outbox(message_id, correlation_id, exchange, routing_key, reply_to, type,"
-                    " saga_id, saga_type, step, attempt, status, body, created_at)"
-                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                    " saga_id, saga_type, step, attempt, status, body, created_at, id)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
   [ST_OUTBOX_DEL] = "DELETE FROM outbox WHERE id = ?1",
   [ST_OUTBOX_EACH] = "SELECT id, message_id, correlation_id, exchange, routing_key, reply_to, type, saga_id,"
                      " saga_type, step, attempt, status, body, created_at FROM outbox ORDER BY id",
@@ -140,6 +140,20 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_PRUNE_SAGAS] = "DELETE FROM sagas WHERE id IN (SELECT id FROM temp.prune)",
 };
 
+/* One write of the open transaction, as bound: kept until the commit so that a transaction the
+ * disk refused can be written again (retry_commit). Text lives in the store's arena. */
+#define REDO_MAX_ARGS 17
+struct redo_arg {
+  int kind;    /* 0 = NULL (or unbound), 1 = integer, 2 = text */
+  int64_t i;   /* the integer */
+  size_t off;  /* the text: offset of its NUL-terminated copy in the arena */
+};
+struct redo {
+  int st;                             /* the statement (ST_*) */
+  int n;                              /* arguments bound: ?1 .. ?n */
+  struct redo_arg a[REDO_MAX_ARGS];
+};
+
 /* The SQLite store; base comes first so a struct sg_store * is also a struct sqlite_store *. */
 struct sqlite_store {
   struct sg_store base;         /* ops table */
@@ -147,6 +161,16 @@ struct sqlite_store {
   sqlite3_stmt *st[ST_COUNT];   /* prepared once at open, finalized at close */
   int64_t commits;              /* successful COMMITs, for benchmarks and /healthz */
   int lock_fd;                  /* <path>.lock, flock'ed for the store's life (-1 = none, e.g. :memory:) */
+  int in_txn;                   /* between begin and a commit that succeeded */
+  int held;                     /* the transaction met a passing failure: its writes are kept, not run */
+  char held_why[256];           /* that failure, for the commit's error */
+  struct redo *redo;            /* the writes of the transaction, in order */
+  size_t nredo, capredo;
+  long cur;                     /* the redo entry being bound, -1 = none (no transaction) */
+  struct sg_buf arena;          /* text arguments of redo */
+  /* ids of new rows, assigned here (not by SQLite) so that a kept write gets the same id when it is
+   * written again, and a write that was only kept still tells its caller the id */
+  int64_t next_hist, next_timer, next_outbox;
 };
 
 static struct sqlite_store *S(struct sg_store *s) { return (struct sqlite_store *)s; }
@@ -183,28 +207,205 @@ static int stmt_exec(struct sqlite_store *s, sqlite3_stmt *st, struct sg_error *
   return 0;
 }
 
+/* A failure that may pass by itself or by an operator's hand: a full disk, an I/O error, a lock held
+ * past the busy timeout, a file that went read-only. Not: corruption, constraints, misuse. */
+static int passing_failure(int rc) {
+  switch (rc & 0xff) {
+  case SQLITE_FULL: case SQLITE_IOERR: case SQLITE_CANTOPEN: case SQLITE_NOMEM: case SQLITE_BUSY:
+  case SQLITE_LOCKED: case SQLITE_PROTOCOL: case SQLITE_READONLY:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+/* The transaction cannot be made durable now: roll it back (SQLite may have done so already) and
+ * keep its writes for retry_commit. */
+static void hold(struct sqlite_store *s, const char *what) {
+  if (!s->held)
+    snprintf(s->held_why, sizeof s->held_why, "sqlite: %s: %s", what, sqlite3_errmsg(s->db));
+  s->held = 1;
+  if (!sqlite3_get_autocommit(s->db)) {
+    sqlite3_stmt *rb = s->st[ST_ROLLBACK];
+    sqlite3_reset(rb);
+    sqlite3_step(rb); /* in WAL mode a rollback only drops pages; if it fails, retry_commit tries again */
+    sqlite3_reset(rb);
+  }
+}
+
+/* Takes a statement for a write: inside a transaction the write is also recorded (wr_text/wr_i64
+ * record each argument as it is bound). */
+static sqlite3_stmt *wr_use(struct sqlite_store *s, int id) {
+  sqlite3_stmt *st = stmt_use(s, id);
+  if (!s->in_txn) { s->cur = -1; return st; }
+  struct redo r = { .st = id };
+  if (s->nredo == s->capredo) {
+    s->capredo = s->capredo ? s->capredo * 2 : 64;
+    s->redo = sg_xrealloc(s->redo, s->capredo * sizeof *s->redo);
+  }
+  s->redo[s->nredo] = r;
+  s->cur = (long)s->nredo++;
+  return st;
+}
+
+static struct redo_arg *wr_arg(struct sqlite_store *s, int i) {
+  if (s->cur < 0 || i < 1 || i > REDO_MAX_ARGS) return NULL;
+  struct redo *r = &s->redo[s->cur];
+  if (i > r->n) r->n = i;
+  return &r->a[i - 1];
+}
+
+static void wr_text(struct sqlite_store *s, sqlite3_stmt *st, int i, const char *v) {
+  bind_text(st, i, v);
+  struct redo_arg *a = wr_arg(s, i);
+  if (!a) return;
+  a->kind = v ? 2 : 0;
+  if (v) {
+    a->off = s->arena.len;
+    sg_buf_add(&s->arena, v, strlen(v) + 1);
+  }
+}
+
+static void wr_i64(struct sqlite_store *s, sqlite3_stmt *st, int i, int64_t v) {
+  bind_i64(st, i, v);
+  struct redo_arg *a = wr_arg(s, i);
+  if (!a) return;
+  a->kind = 1;
+  a->i = v;
+}
+
+/* Runs a write. Inside a transaction a passing failure holds the store and counts as done (the
+ * write is kept); once held, writes are only kept. 1 = it ran, 0 = only kept, -1 = failed. */
+static int wr_exec(struct sqlite_store *s, sqlite3_stmt *st, struct sg_error *e, const char *what) {
+  s->cur = -1;
+  if (s->held) { stmt_done(st); return 0; }
+  int rc = sqlite3_step(st);
+  if (rc == SQLITE_DONE) { stmt_done(st); return 1; }
+  if (s->in_txn && passing_failure(rc)) {
+    hold(s, what); /* reads the message before the reset */
+    stmt_done(st);
+    sg_warn("%s (the transaction is kept and will be written again)", s->held_why);
+    return 0;
+  }
+  /* a duplicate id or (type, idem_key) is a conflict the caller can act on, not a store failure */
+  sg_errorf(e, (rc & 0xff) == SQLITE_CONSTRAINT ? SG_E_CONFLICT : SG_E_INTERNAL, "sqlite: %s: %s", what,
+            sqlite3_errmsg(s->db));
+  stmt_done(st);
+  return -1;
+}
+
+/* wr_exec for an op that returns 0/-1 */
+static int wr_done(struct sqlite_store *s, sqlite3_stmt *st, struct sg_error *e, const char *what) {
+  return wr_exec(s, st, e, what) < 0 ? -1 : 0;
+}
+
 static const char *col_text(sqlite3_stmt *st, int i) { return (const char *)sqlite3_column_text(st, i); }
 static char *col_dup(sqlite3_stmt *st, int i) { return sg_strdup(col_text(st, i)); }
 
 /* ---- transactions ---- */
 
+static void redo_clear(struct sqlite_store *s) {
+  s->nredo = 0;
+  s->cur = -1;
+  s->arena.len = 0;
+}
+
 static int sq_begin(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  return stmt_exec(s, stmt_use(s, ST_BEGIN), e, "begin");
+  if (s->held)
+    return sg_errorf(e, SG_E_UNAVAILABLE, "%s (a transaction is waiting to be written again)", s->held_why);
+  redo_clear(s);
+  sqlite3_stmt *st = stmt_use(s, ST_BEGIN);
+  int rc = sqlite3_step(st);
+  stmt_done(st);
+  s->in_txn = 1;
+  if (rc != SQLITE_DONE) {
+    if (!passing_failure(rc)) {
+      s->in_txn = 0;
+      return db_fail(s, e, "begin");
+    }
+    hold(s, "begin"); /* the writes are kept from the start, and written when the store can */
+  }
+  return 0;
 }
 
 static int sq_commit(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  if (stmt_exec(s, stmt_use(s, ST_COMMIT), e, "commit") < 0) return -1;
+  if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  sqlite3_stmt *st = stmt_use(s, ST_COMMIT);
+  int rc = sqlite3_step(st);
+  stmt_done(st);
+  if (rc != SQLITE_DONE) {
+    if (!passing_failure(rc)) {
+      db_fail(s, e, "commit");
+      s->in_txn = 0;
+      redo_clear(s);
+      return -1;
+    }
+    hold(s, "commit");
+    return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  }
+  s->in_txn = 0;
+  redo_clear(s);
   s->commits++;
   return 0;
 }
 
 static int sq_rollback(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
+  s->in_txn = s->held = 0;
+  redo_clear(s);
   /* SQLite may already have rolled back on its own (e.g. after SQLITE_FULL); that is success. */
   if (sqlite3_get_autocommit(s->db)) return 0;
   return stmt_exec(s, stmt_use(s, ST_ROLLBACK), e, "rollback");
+}
+
+/* Writes the held transaction again: the same statements with the same arguments, from the same
+ * committed state, so it yields the same rows (ids included) as the first time would have. */
+static int sq_retry_commit(struct sg_store *base, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  if (!s->held) return 0;
+  if (!sqlite3_get_autocommit(s->db)) {
+    sqlite3_stmt *rb = stmt_use(s, ST_ROLLBACK);
+    sqlite3_step(rb);
+    stmt_done(rb);
+  }
+  const char *what = "begin";
+  sqlite3_stmt *st = stmt_use(s, ST_BEGIN);
+  int rc = sqlite3_step(st);
+  stmt_done(st);
+  for (size_t k = 0; rc == SQLITE_DONE && k < s->nredo; k++) {
+    const struct redo *r = &s->redo[k];
+    what = stmt_sql[r->st];
+    st = stmt_use(s, r->st);
+    for (int i = 0; i < r->n; i++) {
+      if (r->a[i].kind == 1) bind_i64(st, i + 1, r->a[i].i);
+      else if (r->a[i].kind == 2) bind_text(st, i + 1, s->arena.data + r->a[i].off);
+    }
+    rc = sqlite3_step(st);
+    stmt_done(st);
+  }
+  if (rc == SQLITE_DONE) {
+    what = "commit";
+    st = stmt_use(s, ST_COMMIT);
+    rc = sqlite3_step(st);
+    stmt_done(st);
+  }
+  if (rc != SQLITE_DONE) {
+    int passing = passing_failure(rc);
+    sg_errorf(e, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "sqlite: writing the held transaction again (%.60s): %s",
+              what, sqlite3_errmsg(s->db));
+    if (!sqlite3_get_autocommit(s->db)) {
+      sqlite3_stmt *rb = stmt_use(s, ST_ROLLBACK);
+      sqlite3_step(rb);
+      stmt_done(rb);
+    }
+    return -1;
+  }
+  s->held = s->in_txn = 0;
+  redo_clear(s);
+  s->commits++;
+  return 0;
 }
 
 static int64_t sq_commit_count(struct sg_store *base) { return S(base)->commits; }
@@ -214,12 +415,12 @@ static int64_t sq_commit_count(struct sg_store *base) { return S(base)->commits;
 static int sq_def_put(struct sg_store *base, const char *hash, const char *file, const char *source,
                       struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_DEF_PUT);
-  bind_text(st, 1, hash);
-  bind_text(st, 2, file);
-  bind_text(st, 3, source);
-  bind_i64(st, 4, sg_now_ms());
-  return stmt_exec(s, st, e, "def_put");
+  sqlite3_stmt *st = wr_use(s, ST_DEF_PUT);
+  wr_text(s, st, 1, hash);
+  wr_text(s, st, 2, file);
+  wr_text(s, st, 3, source);
+  wr_i64(s, st, 4, sg_now_ms());
+  return wr_done(s, st, e, "def_put");
 }
 
 static int sq_def_get(struct sg_store *base, const char *hash, char **file, char **source, struct sg_error *e) {
@@ -273,56 +474,48 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_SAGA_INSERT);
-  bind_text(st, 1, r->id);
-  bind_text(st, 2, r->type);
-  bind_text(st, 3, r->def_hash);
-  bind_text(st, 4, sg_status_name(r->status));
-  bind_i64(st, 5, r->step);
-  bind_i64(st, 6, r->phase);
-  bind_i64(st, 7, r->attempt);
-  bind_text(st, 8, r->input);
-  bind_text(st, 9, r->data);
-  bind_text(st, 10, r->error);
-  bind_text(st, 11, r->idem_key);
-  bind_i64(st, 12, r->created_at);
-  bind_i64(st, 13, r->updated_at);
-  bind_i64(st, 14, r->deadline);
-  bind_i64(st, 15, r->version);
-  bind_i64(st, 16, r->attempt_started_at);
-  bind_i64(st, 17, r->attempt_base);
-  int rc = sqlite3_step(st);
-  if (rc != SQLITE_DONE) {
-    /* A duplicate id or (type, idem_key) is a conflict the caller can act on, not a store failure. */
-    int code = (rc & 0xff) == SQLITE_CONSTRAINT ? SG_E_CONFLICT : SG_E_INTERNAL;
-    sg_errorf(e, code, "sqlite: saga_insert %s: %s", r->id, sqlite3_errmsg(s->db));
-    stmt_done(st);
-    return -1;
-  }
-  stmt_done(st);
-  return 0;
+  sqlite3_stmt *st = wr_use(s, ST_SAGA_INSERT);
+  wr_text(s, st, 1, r->id);
+  wr_text(s, st, 2, r->type);
+  wr_text(s, st, 3, r->def_hash);
+  wr_text(s, st, 4, sg_status_name(r->status));
+  wr_i64(s, st, 5, r->step);
+  wr_i64(s, st, 6, r->phase);
+  wr_i64(s, st, 7, r->attempt);
+  wr_text(s, st, 8, r->input);
+  wr_text(s, st, 9, r->data);
+  wr_text(s, st, 10, r->error);
+  wr_text(s, st, 11, r->idem_key);
+  wr_i64(s, st, 12, r->created_at);
+  wr_i64(s, st, 13, r->updated_at);
+  wr_i64(s, st, 14, r->deadline);
+  wr_i64(s, st, 15, r->version);
+  wr_i64(s, st, 16, r->attempt_started_at);
+  wr_i64(s, st, 17, r->attempt_base);
+  return wr_done(s, st, e, "saga_insert");
 }
 
 static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE);
-  bind_text(st, 1, r->id);
+  sqlite3_stmt *st = wr_use(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE);
+  wr_text(s, st, 1, r->id);
   if (!r->same_status) {
-    bind_text(st, 2, r->def_hash);
-    bind_text(st, 3, sg_status_name(r->status));
+    wr_text(s, st, 2, r->def_hash);
+    wr_text(s, st, 3, sg_status_name(r->status));
   }
-  bind_i64(st, 4, r->step);
-  bind_i64(st, 5, r->phase);
-  bind_i64(st, 6, r->attempt);
-  bind_text(st, 7, r->data);
-  bind_text(st, 8, r->error);
-  bind_i64(st, 9, r->updated_at);
-  bind_i64(st, 10, r->deadline);
-  bind_i64(st, 11, r->version);
-  bind_i64(st, 12, r->attempt_started_at);
-  bind_i64(st, 13, r->attempt_base);
-  if (stmt_exec(s, st, e, "saga_update") < 0) return -1;
-  if (sqlite3_changes(s->db) == 0)
+  wr_i64(s, st, 4, r->step);
+  wr_i64(s, st, 5, r->phase);
+  wr_i64(s, st, 6, r->attempt);
+  wr_text(s, st, 7, r->data);
+  wr_text(s, st, 8, r->error);
+  wr_i64(s, st, 9, r->updated_at);
+  wr_i64(s, st, 10, r->deadline);
+  wr_i64(s, st, 11, r->version);
+  wr_i64(s, st, 12, r->attempt_started_at);
+  wr_i64(s, st, 13, r->attempt_base);
+  int ran = wr_exec(s, st, e, "saga_update");
+  if (ran < 0) return -1;
+  if (ran && sqlite3_changes(s->db) == 0)
     return sg_errorf(e, SG_E_CONFLICT,
                      "saga %s: version conflict: expected stored version %lld (changed by another writer, or gone)",
                      r->id, (long long)(r->version - 1));
@@ -426,18 +619,20 @@ static int sq_saga_each_active(struct sg_store *base, sg_saga_cb cb, void *ud, s
 
 static int sq_hist_insert(struct sg_store *base, struct sg_hist_row *r, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_HIST_INSERT);
-  bind_text(st, 1, r->saga_id);
-  bind_i64(st, 2, r->step);
-  bind_text(st, 3, r->step_name);
-  bind_i64(st, 4, r->phase);
-  bind_i64(st, 5, r->attempt);
-  bind_text(st, 6, r->status);
-  bind_i64(st, 7, r->started_at);
-  bind_i64(st, 8, r->finished_at);
-  bind_text(st, 9, r->error);
-  if (stmt_exec(s, st, e, "hist_insert") < 0) return -1;
-  r->id = sqlite3_last_insert_rowid(s->db);
+  sqlite3_stmt *st = wr_use(s, ST_HIST_INSERT);
+  wr_text(s, st, 1, r->saga_id);
+  wr_i64(s, st, 2, r->step);
+  wr_text(s, st, 3, r->step_name);
+  wr_i64(s, st, 4, r->phase);
+  wr_i64(s, st, 5, r->attempt);
+  wr_text(s, st, 6, r->status);
+  wr_i64(s, st, 7, r->started_at);
+  wr_i64(s, st, 8, r->finished_at);
+  wr_text(s, st, 9, r->error);
+  int64_t id = s->next_hist++;
+  wr_i64(s, st, 10, id);
+  if (wr_exec(s, st, e, "hist_insert") < 0) return -1;
+  r->id = id;
   return 0;
 }
 
@@ -469,17 +664,17 @@ static int sq_hist_each(struct sg_store *base, const char *saga_id, sg_hist_cb c
 
 static int sq_journal_put(struct sg_store *base, const struct sg_journal_row *r, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_JOURNAL_PUT);
-  bind_text(st, 1, r->saga_id);
-  bind_i64(st, 2, r->step);
-  bind_i64(st, 3, r->phase);
-  bind_i64(st, 4, r->attempt);
-  bind_i64(st, 5, r->seq);
-  bind_text(st, 6, r->kind);
-  bind_i64(st, 7, r->done);
-  bind_i64(st, 8, r->is_error);
-  bind_text(st, 9, r->result);
-  return stmt_exec(s, st, e, "journal_put");
+  sqlite3_stmt *st = wr_use(s, ST_JOURNAL_PUT);
+  wr_text(s, st, 1, r->saga_id);
+  wr_i64(s, st, 2, r->step);
+  wr_i64(s, st, 3, r->phase);
+  wr_i64(s, st, 4, r->attempt);
+  wr_i64(s, st, 5, r->seq);
+  wr_text(s, st, 6, r->kind);
+  wr_i64(s, st, 7, r->done);
+  wr_i64(s, st, 8, r->is_error);
+  wr_text(s, st, 9, r->result);
+  return wr_done(s, st, e, "journal_put");
 }
 
 static int emit_journal(sqlite3_stmt *st, const struct row_sink *sink) {
@@ -513,22 +708,24 @@ static int sq_journal_each(struct sg_store *base, const char *saga_id, int step,
 
 static int sq_timer_put(struct sg_store *base, struct sg_timer_row *r, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_TIMER_PUT);
-  bind_text(st, 1, r->saga_id);
-  bind_i64(st, 2, r->due_at);
-  bind_text(st, 3, r->kind);
-  bind_i64(st, 4, r->ref);
-  if (stmt_exec(s, st, e, "timer_put") < 0) return -1;
-  r->id = sqlite3_last_insert_rowid(s->db);
+  sqlite3_stmt *st = wr_use(s, ST_TIMER_PUT);
+  wr_text(s, st, 1, r->saga_id);
+  wr_i64(s, st, 2, r->due_at);
+  wr_text(s, st, 3, r->kind);
+  wr_i64(s, st, 4, r->ref);
+  int64_t id = s->next_timer++;
+  wr_i64(s, st, 5, id);
+  if (wr_exec(s, st, e, "timer_put") < 0) return -1;
+  r->id = id;
   return 0;
 }
 
 /* Deleting an id that is already gone succeeds: a timer may fire and be cancelled in one batch. */
 static int sq_timer_del(struct sg_store *base, int64_t id, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_TIMER_DEL);
-  bind_i64(st, 1, id);
-  return stmt_exec(s, st, e, "timer_del");
+  sqlite3_stmt *st = wr_use(s, ST_TIMER_DEL);
+  wr_i64(s, st, 1, id);
+  return wr_done(s, st, e, "timer_del");
 }
 
 static int emit_timer(sqlite3_stmt *st, const struct row_sink *sink) {
@@ -552,31 +749,33 @@ static int sq_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct
 
 static int sq_outbox_put(struct sg_store *base, struct sg_msg *m, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_OUTBOX_PUT);
-  bind_text(st, 1, m->message_id);
-  bind_text(st, 2, m->correlation_id);
-  bind_text(st, 3, m->exchange);
-  bind_text(st, 4, m->routing_key);
-  bind_text(st, 5, m->reply_to);
-  bind_text(st, 6, m->type);
-  bind_text(st, 7, m->saga_id);
-  bind_text(st, 8, m->saga_type);
-  bind_i64(st, 9, m->step);
-  bind_i64(st, 10, m->attempt);
-  bind_text(st, 11, m->status);
-  bind_text(st, 12, m->body);
-  bind_i64(st, 13, m->created_at);
-  if (stmt_exec(s, st, e, "outbox_put") < 0) return -1;
-  m->outbox_id = sqlite3_last_insert_rowid(s->db);
+  sqlite3_stmt *st = wr_use(s, ST_OUTBOX_PUT);
+  wr_text(s, st, 1, m->message_id);
+  wr_text(s, st, 2, m->correlation_id);
+  wr_text(s, st, 3, m->exchange);
+  wr_text(s, st, 4, m->routing_key);
+  wr_text(s, st, 5, m->reply_to);
+  wr_text(s, st, 6, m->type);
+  wr_text(s, st, 7, m->saga_id);
+  wr_text(s, st, 8, m->saga_type);
+  wr_i64(s, st, 9, m->step);
+  wr_i64(s, st, 10, m->attempt);
+  wr_text(s, st, 11, m->status);
+  wr_text(s, st, 12, m->body);
+  wr_i64(s, st, 13, m->created_at);
+  int64_t id = s->next_outbox++;
+  wr_i64(s, st, 14, id);
+  if (wr_exec(s, st, e, "outbox_put") < 0) return -1;
+  m->outbox_id = id;
   return 0;
 }
 
 /* Like timer_del, a second delete (a duplicate confirm) is not an error. */
 static int sq_outbox_del(struct sg_store *base, int64_t id, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_OUTBOX_DEL);
-  bind_i64(st, 1, id);
-  return stmt_exec(s, st, e, "outbox_del");
+  sqlite3_stmt *st = wr_use(s, ST_OUTBOX_DEL);
+  wr_i64(s, st, 1, id);
+  return wr_done(s, st, e, "outbox_del");
 }
 
 static int emit_outbox(sqlite3_stmt *st, const struct row_sink *sink) {
@@ -631,12 +830,12 @@ static int sq_inbox_get(struct sg_store *base, const char *message_id, char **re
 static int sq_inbox_put(struct sg_store *base, const char *message_id, const char *reply_status,
                         const char *reply_body, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_INBOX_PUT);
-  bind_text(st, 1, message_id);
-  bind_text(st, 2, reply_status);
-  bind_text(st, 3, reply_body);
-  bind_i64(st, 4, sg_now_ms());
-  return stmt_exec(s, st, e, "inbox_put");
+  sqlite3_stmt *st = wr_use(s, ST_INBOX_PUT);
+  wr_text(s, st, 1, message_id);
+  wr_text(s, st, 2, reply_status);
+  wr_text(s, st, 3, reply_body);
+  wr_i64(s, st, 4, sg_now_ms());
+  return wr_done(s, st, e, "inbox_put");
 }
 
 /* ---- open / close ---- */
@@ -649,35 +848,39 @@ static void sq_close(struct sg_store *base) {
   /* released only after the connection is closed, so the next writer starts on a quiet file; the
    * file itself stays: unlinking it would let a late opener lock a file nobody else can see */
   if (s->lock_fd >= 0) close(s->lock_fd);
+  free(s->redo);
+  sg_buf_free(&s->arena);
   free(s);
 }
 
 static int sq_inbox_prune(struct sg_store *base, int64_t before, int64_t *deleted, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_INBOX_PRUNE);
-  bind_i64(st, 1, before);
-  if (stmt_exec(s, st, e, "inbox_prune") < 0) return -1;
-  if (deleted) *deleted = sqlite3_changes(s->db);
+  sqlite3_stmt *st = wr_use(s, ST_INBOX_PRUNE);
+  wr_i64(s, st, 1, before);
+  int ran = wr_exec(s, st, e, "inbox_prune");
+  if (ran < 0) return -1;
+  if (deleted) *deleted = ran ? sqlite3_changes(s->db) : 0;
   return 0;
 }
 
 static int sq_saga_prune(struct sg_store *base, int64_t before, int limit, int64_t *deleted, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  if (stmt_exec(s, stmt_use(s, ST_PRUNE_CLEAR), e, "saga_prune") < 0) return -1;
-  sqlite3_stmt *st = stmt_use(s, ST_PRUNE_MARK);
-  bind_i64(st, 1, before);
-  bind_i64(st, 2, limit);
-  if (stmt_exec(s, st, e, "saga_prune") < 0) return -1;
-  if (deleted) *deleted = sqlite3_changes(s->db);
-  if (stmt_exec(s, stmt_use(s, ST_PRUNE_HIST), e, "saga_prune history") < 0) return -1;
-  return stmt_exec(s, stmt_use(s, ST_PRUNE_SAGAS), e, "saga_prune sagas");
+  if (wr_exec(s, wr_use(s, ST_PRUNE_CLEAR), e, "saga_prune") < 0) return -1;
+  sqlite3_stmt *st = wr_use(s, ST_PRUNE_MARK);
+  wr_i64(s, st, 1, before);
+  wr_i64(s, st, 2, limit);
+  int ran = wr_exec(s, st, e, "saga_prune");
+  if (ran < 0) return -1;
+  if (deleted) *deleted = ran ? sqlite3_changes(s->db) : 0;
+  if (wr_exec(s, wr_use(s, ST_PRUNE_HIST), e, "saga_prune history") < 0) return -1;
+  return wr_done(s, wr_use(s, ST_PRUNE_SAGAS), e, "saga_prune sagas");
 }
 
 static int sq_journal_del(struct sg_store *base, const char *saga_id, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  sqlite3_stmt *st = stmt_use(s, ST_JOURNAL_DEL);
-  bind_text(st, 1, saga_id);
-  return stmt_exec(s, st, e, "journal_del");
+  sqlite3_stmt *st = wr_use(s, ST_JOURNAL_DEL);
+  wr_text(s, st, 1, saga_id);
+  return wr_done(s, st, e, "journal_del");
 }
 
 static const struct sg_store_ops sqlite_ops = {
@@ -686,6 +889,7 @@ static const struct sg_store_ops sqlite_ops = {
   .begin = sq_begin,
   .commit = sq_commit,
   .rollback = sq_rollback,
+  .retry_commit = sq_retry_commit,
   .def_put = sq_def_put,
   .def_get = sq_def_get,
   .saga_insert = sq_saga_insert,
@@ -830,6 +1034,8 @@ struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e) {
   struct sqlite_store *s = sg_xcalloc(1, sizeof *s);
   s->base.ops = &sqlite_ops;
   s->lock_fd = -1;
+  s->cur = -1;
+  sg_buf_init(&s->arena);
   int rc = sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
   if (rc != SQLITE_OK) {
     sg_errorf(e, SG_E_INTERNAL, "sqlite: open %s: %s", path, s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
@@ -851,6 +1057,13 @@ struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e) {
   if (migrate(s, e) < 0) goto fail;
   /* the ids a retention pass deletes (a connection's own temp table) */
   if (exec_sql(s, "CREATE TEMP TABLE prune(id TEXT PRIMARY KEY)", e, "create the retention table") < 0) goto fail;
+  /* the next ids: past every row, and for the AUTOINCREMENT tables past every id ever given out */
+  if (query_int(s, "SELECT coalesce(max(id), 0) + 1 FROM history", &s->next_hist, e, "read the next history id") < 0 ||
+      query_int(s, "SELECT max(coalesce((SELECT max(id) FROM timers), 0), coalesce((SELECT seq FROM sqlite_sequence"
+                " WHERE name = 'timers'), 0)) + 1", &s->next_timer, e, "read the next timer id") < 0 ||
+      query_int(s, "SELECT max(coalesce((SELECT max(id) FROM outbox), 0), coalesce((SELECT seq FROM sqlite_sequence"
+                " WHERE name = 'outbox'), 0)) + 1", &s->next_outbox, e, "read the next outbox id") < 0)
+    goto fail;
   for (int i = 0; i < ST_COUNT; i++) {
     if (sqlite3_prepare_v3(s->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &s->st[i], NULL) != SQLITE_OK) {
       sg_errorf(e, SG_E_INTERNAL, "sqlite: prepare '%.60s': %s", stmt_sql[i], sqlite3_errmsg(s->db));

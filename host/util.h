@@ -21,6 +21,7 @@ enum {
   SG_E_CONFLICT,  /* state does not allow it (409) */
   SG_E_TOOBIG,    /* payload over a limit (413/400) */
   SG_E_INTERNAL,  /* store or system failure (500) */
+  SG_E_UNAVAILABLE, /* the store cannot write for now (disk full, I/O error): retry later (503) */
 };
 
 int sg_errorf(struct sg_error *e, int code, const char *fmt, ...)

@@ -11,8 +11,10 @@ describe("poison command over RabbitMQ", function()
       scripts = { ["p.lua"] = ([[
 local saga = require "saga"
 saga.handle("SVC", "Work", function(p, msg)
-  print("START " .. msg.message_id)
-  if p.slow then local t = os.clock() while os.clock() - t < 30 do end end
+  if p.slow then
+    print("START " .. msg.message_id) -- only the poison one: the healthy command must not match below
+    local t = os.clock() while os.clock() - t < 30 do end
+  end
   return { ok = true }
 end)
 ]]):gsub("SVC", svc) } }
