@@ -1357,6 +1357,9 @@ void sg_engine_free(struct sg_engine *en) {
   for (size_t i = 0; i < en->sagas.cap; i++) {
     if (!sg_map_live(&en->sagas, i)) continue;
     struct sg_saga *s = en->sagas.slots[i].val;
+    /* finished in a batch that never committed (the host stops after a store failure): it is in
+     * en->done too, and freed from there (freeing it here as well was the double free on a full disk) */
+    if (s->terminal) continue;
     eng_drop_co(en, s);
     if (s->t_wait) sg_timers_remove(en->timers, s->t_wait);
     if (s->t_retry) sg_timers_remove(en->timers, s->t_retry);

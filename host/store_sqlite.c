@@ -219,18 +219,21 @@ static int passing_failure(int rc) {
   }
 }
 
-/* The transaction cannot be made durable now: roll it back (SQLite may have done so already) and
- * keep its writes for retry_commit. */
-static void hold(struct sqlite_store *s, const char *what) {
-  if (!s->held)
-    snprintf(s->held_why, sizeof s->held_why, "sqlite: %s: %s", what, sqlite3_errmsg(s->db));
+/* The transaction cannot be made durable now: note why (call before resetting the statement that
+ * failed, which may clear the message), then roll_back_held. */
+static void hold_note(struct sqlite_store *s, const char *what) {
+  if (!s->held) snprintf(s->held_why, sizeof s->held_why, "sqlite: %s: %s", what, sqlite3_errmsg(s->db));
   s->held = 1;
-  if (!sqlite3_get_autocommit(s->db)) {
-    sqlite3_stmt *rb = s->st[ST_ROLLBACK];
-    sqlite3_reset(rb);
-    sqlite3_step(rb); /* in WAL mode a rollback only drops pages; if it fails, retry_commit tries again */
-    sqlite3_reset(rb);
-  }
+}
+
+/* Rolls the held transaction back (SQLite may have done so already); its writes stay kept for
+ * retry_commit. */
+static void roll_back_held(struct sqlite_store *s) {
+  if (sqlite3_get_autocommit(s->db)) return;
+  sqlite3_stmt *rb = s->st[ST_ROLLBACK];
+  sqlite3_reset(rb);
+  sqlite3_step(rb); /* in WAL mode a rollback only drops pages; if it fails, retry_commit tries again */
+  sqlite3_reset(rb);
 }
 
 /* Takes a statement for a write: inside a transaction the write is also recorded (wr_text/wr_i64
@@ -282,8 +285,9 @@ static int wr_exec(struct sqlite_store *s, sqlite3_stmt *st, struct sg_error *e,
   int rc = sqlite3_step(st);
   if (rc == SQLITE_DONE) { stmt_done(st); return 1; }
   if (s->in_txn && passing_failure(rc)) {
-    hold(s, what); /* reads the message before the reset */
+    hold_note(s, what);
     stmt_done(st);
+    roll_back_held(s);
     sg_warn("%s (the transaction is kept and will be written again)", s->held_why);
     return 0;
   }
@@ -317,15 +321,17 @@ static int sq_begin(struct sg_store *base, struct sg_error *e) {
   redo_clear(s);
   sqlite3_stmt *st = stmt_use(s, ST_BEGIN);
   int rc = sqlite3_step(st);
-  stmt_done(st);
   s->in_txn = 1;
-  if (rc != SQLITE_DONE) {
-    if (!passing_failure(rc)) {
-      s->in_txn = 0;
-      return db_fail(s, e, "begin");
-    }
-    hold(s, "begin"); /* the writes are kept from the start, and written when the store can */
+  if (rc != SQLITE_DONE && !passing_failure(rc)) {
+    s->in_txn = 0;
+    db_fail(s, e, "begin");
+    stmt_done(st);
+    return -1;
   }
+  if (rc == SQLITE_DONE) { stmt_done(st); return 0; }
+  hold_note(s, "begin"); /* the writes are kept from the start, and written when it can */
+  stmt_done(st);
+  roll_back_held(s);
   return 0;
 }
 
@@ -334,17 +340,20 @@ static int sq_commit(struct sg_store *base, struct sg_error *e) {
   if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
   sqlite3_stmt *st = stmt_use(s, ST_COMMIT);
   int rc = sqlite3_step(st);
-  stmt_done(st);
   if (rc != SQLITE_DONE) {
     if (!passing_failure(rc)) {
       db_fail(s, e, "commit");
+      stmt_done(st);
       s->in_txn = 0;
       redo_clear(s);
       return -1;
     }
-    hold(s, "commit");
+    hold_note(s, "commit");
+    stmt_done(st);
+    roll_back_held(s);
     return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
   }
+  stmt_done(st);
   s->in_txn = 0;
   redo_clear(s);
   s->commits++;
