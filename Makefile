@@ -5,7 +5,7 @@ JOBS ?= 2
 LISTEN ?= 127.0.0.1:7070
 DB ?= sagahost.db
 FUZZ_BUILD ?= build-fuzz
-FUZZ_TARGETS ?= envelope duration script
+FUZZ_TARGETS ?= envelope duration script http
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 10
 

@@ -3,11 +3,18 @@
  * MHD runs in epoll mode without threads of its own: its epoll fd is one ev_io, an ev_timer
  * follows MHD_get_timeout, and MHD_run is called from both. Requests whose handler does not answer
  * at once are suspended (MHD_ALLOW_SUSPEND_RESUME); sg_http_reply resumes them and feeds the ev_io
- * so that MHD_run picks them up in this loop iteration instead of waiting for network activity. */
+ * so that MHD_run picks them up in this loop iteration instead of waiting for network activity.
+ *
+ * Refusals never reach the handler: connections over a cap go to a small overflow pool and get 503
+ * (sg_http_accept_cb, sg_http_busy); conflicting framing gets 400 and a body without Content-Length
+ * 413 as soon as the headers are in (sg_http_framing_check). Answers given before the request was
+ * read in full close the connection after a lingering close (sg_http_linger_start). The sweep timer
+ * enforces the whole-request deadline (sg_http_sweep_cb). */
 #include "http.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -15,10 +22,25 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 /* Idle keep-alive connections are closed after this long (suspended ones never time out). MHD resets
  * it on every read, so a client trickling a byte at a time is held by the request deadline instead. */
 #define SG_HTTP_IDLE_TIMEOUT_S 60u
+
+/* A connection in the overflow pool (over a cap, waiting for its 503) must send its request within
+ * this long (or --http-request-timeout if shorter): a slowloris there is cut quickly. */
+#define SG_HTTP_OVER_TIMEOUT_S 2.0
+
+/* A refused request's socket is kept open this long after the answer, reading and discarding what
+ * the client still sends (a lingering close): closing a socket with unread input resets the
+ * connection, and a reset can make the client lose the answer it has not read yet. */
+#define SG_HTTP_LINGER_S 2.0
+
+/* MHD's own caps are set this far above ours: a socket we shut down (deadline, eviction) still counts
+ * for MHD until its next run closes it, and MHD accepts up to 11 connections per run before that.
+ * Reaching MHD's global limit would take the listening socket out of epoll (see sg_http_accept_cb). */
+#define SG_HTTP_MHD_HEADROOM 64u
 
 /* What sg_http_start copies; main sets it from the --http-* flags. */
 static struct sg_http_limits sg_http_limits_cfg = SG_HTTP_LIMITS_DEFAULT;
@@ -29,10 +51,18 @@ void sg_http_set_limits(const struct sg_http_limits *l) { sg_http_limits_cfg = *
 enum sg_http_phase {
   SG_HTTP_READING,    /* body still arriving */
   SG_HTTP_TOO_BIG,    /* body over max_body: drained and discarded, answered 413 at the end */
+  SG_HTTP_REFUSED,    /* over a connection cap: body drained and discarded, answered 503 at the end */
   SG_HTTP_IN_HANDLER, /* handler running: a reply now is queued when it returns */
   SG_HTTP_PENDING,    /* handler kept it: the connection is suspended until sg_http_reply */
   SG_HTTP_RESUMED,    /* reply stored and connection resumed: queued at MHD's next call */
   SG_HTTP_ANSWERED,   /* response queued: MHD sends it, then the completed callback frees us */
+};
+
+/* Why a connection is in the overflow pool (accepted over a cap only to be answered 503). */
+enum sg_http_over {
+  SG_HTTP_WITHIN = 0,    /* within both caps: served */
+  SG_HTTP_OVER_GLOBAL,   /* over --http-max-connections */
+  SG_HTTP_OVER_PER_IP,   /* over --http-max-per-ip */
 };
 
 /* One TCP connection, from MHD's notify-started to notify-closed: the request deadline needs the
@@ -44,7 +74,18 @@ struct sg_http_sock {
   ev_tstamp since;                  /* accept, or the end of the previous request on this connection */
   int received;                     /* 1 once the current request is complete (handler reached) */
   int shut;                         /* 1 once shut down: MHD closes it at its next run */
+  enum sg_http_over over;           /* in the overflow pool (answered 503), and which cap it is over */
+  int linger;                       /* answered before its input was read: lingering close at the end */
   struct sg_http_sock *prev, *next; /* srv->socks, walked by the sweep timer */
+};
+
+/* A socket MHD has closed after an early answer, kept open (a dup) to read and discard what the client
+ * still sends, until it closes its side or SG_HTTP_LINGER_S pass. */
+struct sg_http_linger {
+  struct sg_http *srv;
+  ev_io io;
+  ev_timer timer;
+  struct sg_http_linger *prev, *next; /* srv->lingers */
 };
 
 static void sg_http_sock_received(struct MHD_Connection *mc);
@@ -61,6 +102,7 @@ struct sg_http_conn {
   const char *ctype;                /* its content type (a static string), NULL = application/json */
   const char *hdr_name;             /* one extra header (Allow of a 405, WWW-Authenticate of a 401): */
   const char *hdr_value;            /* both static strings, NULL = none */
+  int close;                        /* 1: "Connection: close" (the connection ends after this reply) */
   struct sg_http_conn *prev, *next; /* srv->conns: pending requests must be resumed before stop */
 };
 
@@ -78,6 +120,10 @@ struct sg_http {
   struct sg_http_sock *socks;  /* every open connection, for the request deadline */
   ev_timer sweep;              /* closes connections whose request is past limits.request_timeout */
   char *tls_cert, *tls_key;    /* PEM copies for MHD, which keeps pointing at them: freed at stop */
+  enum sg_http_over accept_over; /* set by the accept policy for the notify-started call that follows */
+  struct sg_http_linger *lingers; /* sockets in their lingering close */
+  unsigned nlingers;           /* their number, at most SG_HTTP_LINGER_MAX */
+  int stopping;                /* in sg_http_stop: no lingering */
 };
 
 /* MHD must run again no later than it says; otherwise buffered data or timeouts would stall. */
@@ -118,9 +164,46 @@ static enum MHD_Result sg_http_queue(struct sg_http_conn *c, int status, const c
   if (!resp) return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, c->ctype ? c->ctype : "application/json");
   if (c->hdr_name) MHD_add_response_header(resp, c->hdr_name, c->hdr_value);
+  if (c->close) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   enum MHD_Result r = MHD_queue_response(c->mhd, (unsigned)status, resp);
   MHD_destroy_response(resp);
   c->phase = SG_HTTP_ANSWERED;
+  return r;
+}
+
+static char *sg_http_error_json(const char *msg) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{\"error\":");
+  sg_buf_add_json_str(&b, msg ? msg : "");
+  sg_buf_adds(&b, "}");
+  return sg_buf_steal(&b);
+}
+
+static struct sg_http_sock *sg_http_sock_of(struct MHD_Connection *mc) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
+/* An answer of ours instead of the handler's ({"error": msg}, optionally one extra header), after
+ * which the connection closes ("Connection: close"): the request was refused, and when its input was
+ * not read (an answer at MHD's first call, which makes MHD discard the rest) it could not be
+ * followed by another one anyway. The socket gets a lingering close (sg_http_linger_start), and is
+ * no longer subject to the request deadline or displacement from the overflow pool. */
+static enum MHD_Result sg_http_refuse(struct sg_http_conn *c, int status, const char *hdr_name,
+                                      const char *hdr_value, const char *msg) {
+  struct sg_http_sock *s = sg_http_sock_of(c->mhd);
+  if (s) {
+    s->received = 1;
+    s->linger = 1;
+  }
+  c->close = 1;
+  c->ctype = NULL;
+  c->hdr_name = hdr_name;
+  c->hdr_value = hdr_value;
+  char *json = sg_http_error_json(msg);
+  enum MHD_Result r = sg_http_queue(c, status, json);
+  free(json);
   return r;
 }
 
@@ -131,31 +214,105 @@ static enum MHD_Result sg_http_queue_stored(struct sg_http_conn *c) {
   return r;
 }
 
-static enum MHD_Result sg_http_too_big(struct sg_http_conn *c) {
+/* early: answered at MHD's first call, before the body (which MHD then never reads) */
+static enum MHD_Result sg_http_too_big(struct sg_http_conn *c, int early) {
   char msg[128];
   snprintf(msg, sizeof msg, "request body too large: limit is %zu bytes", c->srv->max_body);
-  struct sg_buf b;
-  sg_buf_init(&b);
-  sg_buf_adds(&b, "{\"error\":");
-  sg_buf_add_json_str(&b, msg);
-  sg_buf_adds(&b, "}");
-  enum MHD_Result r = sg_http_queue(c, 413, b.data);
-  sg_buf_free(&b);
+  if (early) return sg_http_refuse(c, 413, NULL, NULL, msg);
+  char *json = sg_http_error_json(msg);
+  enum MHD_Result r = sg_http_queue(c, 413, json);
+  free(json);
   return r;
 }
 
-/* A declared length over the limit with "Expect: 100-continue" is refused before the body is
- * sent (that is what the header is for). Without it the client sends the body anyway, and
- * answering before reading it would close a socket with unread data, which resets the connection
- * and can lose the 413; so the body is drained and discarded instead. */
-static int sg_http_refuse_early(struct sg_http_conn *c) {
-  const char *cl = MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+/* 503 for a connection of the overflow pool: which cap it is over, and when to come back */
+static enum MHD_Result sg_http_busy(struct sg_http_conn *c) {
+  struct sg_http *h = c->srv;
+  struct sg_http_sock *s = sg_http_sock_of(c->mhd);
+  char msg[200];
+  if (s && s->over == SG_HTTP_OVER_PER_IP) {
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &s->peer, ip, sizeof ip);
+    snprintf(msg, sizeof msg, "too many connections from %s (--http-max-per-ip %u); retry later", ip,
+             h->limits.max_per_ip);
+  } else {
+    snprintf(msg, sizeof msg, "server busy: %u connections open (--http-max-connections); retry later",
+             h->limits.max_connections);
+  }
+  return sg_http_refuse(c, 503, MHD_HTTP_HEADER_RETRY_AFTER, "1", msg);
+}
+
+/* What the framing headers say (RFC 9112 section 6): MHD takes the first of several Content-Length
+ * headers and ignores Content-Length when Transfer-Encoding is present; a request that frames its
+ * body in two ways is refused instead (request smuggling through a proxy that reads it the other
+ * way). A single malformed Content-Length never gets here: MHD answers it 400 itself. */
+struct sg_http_framing {
+  unsigned cl_count;      /* Content-Length headers */
+  int cl_bad;             /* one is not a plain decimal number (a list "5, 7", a sign, overflow) */
+  int cl_conflict;        /* two have different values */
+  unsigned long long cl;  /* the first one's value */
+  int te;                 /* a Transfer-Encoding header */
+};
+
+static enum MHD_Result sg_http_framing_cb(void *cls, enum MHD_ValueKind kind, const char *key,
+                                          const char *value) {
+  struct sg_http_framing *f = cls;
+  (void)kind;
+  if (!key) return MHD_YES;
+  if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+    f->te = 1;
+  } else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+    unsigned long long n = 0;
+    int ok = value && *value;
+    for (const char *p = value; ok && *p; p++) {
+      unsigned d = (unsigned)(*p - '0');
+      if (*p < '0' || *p > '9' || n > (~0ULL - d) / 10) ok = 0;
+      else n = n * 10 + d;
+    }
+    if (!ok) f->cl_bad = 1;
+    else if (f->cl_count == 0) f->cl = n;
+    else if (n != f->cl) f->cl_conflict = 1;
+    f->cl_count++;
+  }
+  return MHD_YES;
+}
+
+/* at MHD's first call: 0 when the framing is acceptable, or the status to refuse it with and why */
+static int sg_http_framing_check(struct sg_http_conn *c, struct sg_http_framing *f, char *msg, size_t cap) {
+  memset(f, 0, sizeof *f);
+  MHD_get_connection_values(c->mhd, MHD_HEADER_KIND, sg_http_framing_cb, f);
+  if (f->te && f->cl_count) {
+    snprintf(msg, cap, "conflicting framing: the request has both Content-Length and Transfer-Encoding "
+                       "headers; send the body with Content-Length only");
+    return 400;
+  }
+  if (f->cl_bad) {
+    snprintf(msg, cap, "malformed Content-Length header: it must be a single decimal number");
+    return 400;
+  }
+  if (f->cl_conflict) {
+    snprintf(msg, cap, "conflicting framing: Content-Length headers with different values");
+    return 400;
+  }
+  if (f->te) {
+    snprintf(msg, cap, "request bodies must declare their size with Content-Length (at most %zu bytes); "
+                       "Transfer-Encoding: chunked is not accepted", c->srv->max_body);
+    return 413;
+  }
+  return 0;
+}
+
+static int sg_http_expects_continue(struct sg_http_conn *c) {
   const char *expect = MHD_lookup_connection_value(c->mhd, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
-  if (!cl || !expect || strcasecmp(expect, "100-continue") != 0) return 0;
-  char *end;
-  errno = 0;
-  unsigned long long n = strtoull(cl, &end, 10);
-  return end != cl && errno == 0 && n > c->srv->max_body;
+  return expect && strcasecmp(expect, "100-continue") == 0;
+}
+
+/* A declared length over the limit with "Expect: 100-continue" is refused before the body is
+ * sent (that is what the header is for). Without it the client sends the body anyway: it is drained
+ * and discarded, and the 413 comes after it (an answer before it would end the connection, and
+ * only the lingering close would keep the unread body from resetting it). */
+static int sg_http_refuse_early(struct sg_http_conn *c, const struct sg_http_framing *f) {
+  return f->cl_count && f->cl > c->srv->max_body && sg_http_expects_continue(c);
 }
 
 static struct sg_http_conn *sg_http_conn_new(struct sg_http *h, struct MHD_Connection *mc,
@@ -194,11 +351,24 @@ static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, c
   struct sg_http *h = cls;
   struct sg_http_conn *c = *con_cls;
   if (!c) {
+    /* the headers are in: refusals that need no body are answered now (MHD then reads no more) */
     c = *con_cls = sg_http_conn_new(h, mc, url, method);
-    if (sg_http_refuse_early(c)) {
-      sg_http_sock_received(mc); /* answered now: the 413 must not be cut by the deadline */
-      return sg_http_too_big(c);
+    struct sg_http_framing f;
+    char msg[300];
+    int status = sg_http_framing_check(c, &f, msg, sizeof msg);
+    if (status) {
+      sg_debug("http: refusing %.20s %.200s with %d: %s", method, url, status, msg);
+      return sg_http_refuse(c, status, NULL, NULL, msg);
     }
+    struct sg_http_sock *s = sg_http_sock_of(mc);
+    if (s && s->over) {
+      /* the handler is never reached; a body is drained first (see sg_http_refuse_early) unless
+       * the client waits for 100-continue before sending it */
+      c->phase = SG_HTTP_REFUSED;
+      if (f.cl == 0 || sg_http_expects_continue(c)) return sg_http_busy(c);
+      return MHD_YES;
+    }
+    if (sg_http_refuse_early(c, &f)) return sg_http_too_big(c, 1);
     return MHD_YES;
   }
   if (*upload_data_size > 0) {
@@ -213,7 +383,9 @@ static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, c
   switch (c->phase) {
   case SG_HTTP_TOO_BIG:
     sg_http_sock_received(mc);
-    return sg_http_too_big(c);
+    return sg_http_too_big(c, 0);
+  case SG_HTTP_REFUSED:
+    return sg_http_busy(c);
   case SG_HTTP_READING:
     sg_http_sock_received(mc);
     c->req.body = c->body.data ? c->body.data : "";
@@ -233,9 +405,58 @@ static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, c
 }
 
 static void sg_http_sock_received(struct MHD_Connection *mc) {
-  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  struct sg_http_sock *s = ci ? ci->socket_context : NULL;
+  struct sg_http_sock *s = sg_http_sock_of(mc);
   if (s) s->received = 1;
+}
+
+static void sg_http_linger_end(struct sg_http_linger *l) {
+  struct sg_http *h = l->srv;
+  ev_io_stop(h->loop, &l->io);
+  ev_timer_stop(h->loop, &l->timer);
+  close(l->io.fd);
+  if (l->prev) l->prev->next = l->next;
+  else h->lingers = l->next;
+  if (l->next) l->next->prev = l->prev;
+  h->nlingers--;
+  free(l);
+}
+
+static void sg_http_linger_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  struct sg_http_linger *l = w->data;
+  char buf[4096];
+  for (int i = 0; i < 16; i++) { /* at most 64 KiB per wakeup: the loop has other work */
+    ssize_t n = recv(w->fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n > 0) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    /* the client closed its side (or the connection failed): nothing can be lost now */
+    sg_http_linger_end(l);
+    return;
+  }
+}
+
+static void sg_http_linger_timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  sg_http_linger_end(w->data);
+}
+
+/* Called as MHD is about to close the socket of an early answer (it has sent the answer and shut its
+ * sending side down): a duplicate keeps the connection open to read what the client still sends. */
+static void sg_http_linger_start(struct sg_http *h, int fd) {
+  if (fd < 0 || h->nlingers >= SG_HTTP_LINGER_MAX) return;
+  int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup < 0) return;
+  shutdown(dup, SHUT_WR); /* MHD did already for plain HTTP; over TLS it only closes the session */
+  struct sg_http_linger *l = sg_xcalloc(1, sizeof *l);
+  l->srv = h;
+  ev_io_init(&l->io, sg_http_linger_io_cb, dup, EV_READ);
+  l->io.data = l;
+  ev_timer_init(&l->timer, sg_http_linger_timer_cb, SG_HTTP_LINGER_S, 0.);
+  l->timer.data = l;
+  ev_io_start(h->loop, &l->io);
+  ev_timer_start(h->loop, &l->timer);
+  l->next = h->lingers;
+  if (h->lingers) h->lingers->prev = l;
+  h->lingers = l;
+  h->nlingers++;
 }
 
 static void sg_http_notify_cb(void *cls, struct MHD_Connection *mc, void **socket_context,
@@ -250,6 +471,8 @@ static void sg_http_notify_cb(void *cls, struct MHD_Connection *mc, void **socke
     if (ai && ai->client_addr && ai->client_addr->sa_family == AF_INET)
       s->peer = ((const struct sockaddr_in *)ai->client_addr)->sin_addr;
     s->since = ev_now(h->loop);
+    s->over = h->accept_over; /* the accept policy ran for this very connection just before */
+    h->accept_over = SG_HTTP_WITHIN;
     s->next = h->socks;
     if (h->socks) h->socks->prev = s;
     h->socks = s;
@@ -258,6 +481,8 @@ static void sg_http_notify_cb(void *cls, struct MHD_Connection *mc, void **socke
   }
   struct sg_http_sock *s = *socket_context;
   if (!s) return;
+  /* MHD has sent the answer and closes the socket right after this call */
+  if (s->linger && !s->shut && !h->stopping) sg_http_linger_start(h, s->fd);
   if (s->prev) s->prev->next = s->next;
   else h->socks = s->next;
   if (s->next) s->next->prev = s->prev;
@@ -265,44 +490,116 @@ static void sg_http_notify_cb(void *cls, struct MHD_Connection *mc, void **socke
   *socket_context = NULL;
 }
 
-/* Both caps are enforced here, after accept, so a refused client is closed at once and logged. MHD
- * has both too, checked before calling this, set one higher as a backstop: its per-IP refusal says
- * nothing, and reaching its global limit takes the listening socket out of epoll, after which
- * 0.9.75 in this mode left the next connections it accepted unserved and new clients waiting in the
- * backlog for good (reproduced by hand: 5 cap, 10 clients that hang up, then curl). A walk over the
- * open connections: at most max_connections. */
+/* Both caps are enforced here, after accept, so that a refused client is told why (503) and the
+ * refusal is logged. A connection over a cap joins the overflow pool (at most SG_HTTP_OVERFLOW in
+ * all, not counted against the caps): it is answered 503 with Retry-After as soon as its request
+ * headers are in, never reaches the handler, and must send them within SG_HTTP_OVER_TIMEOUT_S. When
+ * the pool is full, a newcomer displaces the oldest member that has not been answered and whose
+ * request headers are not waiting in its socket either (sg_http_sock_has_request): slow clients
+ * churning through the pool cannot keep a well-behaved client, whose request arrives right after
+ * its connect, from its 503 (MHD accepts up to 11 connections per run before it reads the ones
+ * accepted earlier). When no member can be displaced the newcomer is closed at once.
+ *
+ * MHD has both caps too, checked before calling this, set above ours (SG_HTTP_MHD_HEADROOM) as a
+ * backstop: its per-IP refusal says nothing, and reaching its global limit takes the listening socket
+ * out of epoll, after which 0.9.75 in this mode left the next connections it accepted unserved and
+ * new clients waiting in the backlog for good (reproduced by hand: 5 cap, 10 clients that hang up,
+ * then curl). A walk over the open connections: at most max_connections + SG_HTTP_OVERFLOW. */
+/* 1 when the end of a request's headers (or 2 KiB of them) is already in the socket, unread by MHD */
+static int sg_http_sock_has_request(int fd) {
+  char buf[2048];
+  ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
+  if (n <= 0) return 0;
+  if ((size_t)n == sizeof buf) return 1;
+  for (ssize_t i = 0; i + 3 < n; i++)
+    if (buf[i] == '\r' && buf[i + 1] == '\n' && buf[i + 2] == '\r' && buf[i + 3] == '\n') return 1;
+  return 0;
+}
+
 static enum MHD_Result sg_http_accept_cb(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
   struct sg_http *h = cls;
-  unsigned all = 0, n = 0;
+  h->accept_over = SG_HTTP_WITHIN;
+  unsigned all = 0, n = 0, over = 0, ncand = 0;
+  struct sg_http_sock *cand[SG_HTTP_OVERFLOW]; /* pool members that could be displaced */
   int v4 = addr && addr->sa_family == AF_INET && addrlen >= (socklen_t)sizeof(struct sockaddr_in);
   struct in_addr a = {0};
   if (v4) a = ((const struct sockaddr_in *)addr)->sin_addr;
   for (struct sg_http_sock *s = h->socks; s; s = s->next) {
     if (s->shut) continue; /* about to go */
+    if (s->over) {
+      over++;
+      if (!s->received && s->fd >= 0 && ncand < SG_HTTP_OVERFLOW) cand[ncand++] = s;
+      continue;
+    }
     all++;
     if (v4 && s->peer.s_addr == a.s_addr) n++;
   }
-  if (all >= h->limits.max_connections) {
-    sg_debug("http: refusing a connection: %u open (connection limit, --http-max-connections)", all);
-    return MHD_NO;
+  enum sg_http_over why = SG_HTTP_WITHIN;
+  if (all >= h->limits.max_connections) why = SG_HTTP_OVER_GLOBAL;
+  else if (v4 && n >= h->limits.max_per_ip) why = SG_HTTP_OVER_PER_IP;
+  if (why == SG_HTTP_WITHIN) return MHD_YES;
+  char ip[INET_ADDRSTRLEN] = "?";
+  if (v4) inet_ntop(AF_INET, &a, ip, sizeof ip);
+  char cause[160];
+  if (why == SG_HTTP_OVER_GLOBAL)
+    snprintf(cause, sizeof cause, "%u open (connection limit, --http-max-connections)", all);
+  else
+    snprintf(cause, sizeof cause, "it has %u open (per-IP limit, --http-max-per-ip)", n);
+  if (over >= SG_HTTP_OVERFLOW) {
+    /* the oldest candidate without its request waiting (a peek each, oldest first, at most 32) */
+    struct sg_http_sock *oldest = NULL;
+    for (;;) {
+      unsigned at = ncand;
+      for (unsigned i = 0; i < ncand; i++)
+        if (at == ncand || cand[i]->since < cand[at]->since) at = i;
+      if (at == ncand) break;
+      if (!sg_http_sock_has_request(cand[at]->fd)) {
+        oldest = cand[at];
+        break;
+      }
+      cand[at] = cand[--ncand];
+    }
+    if (!oldest) {
+      sg_debug("http: refusing a connection from %s: %s, and the overflow pool (%u) is busy answering 503s",
+               ip, cause, SG_HTTP_OVERFLOW);
+      return MHD_NO;
+    }
+    sg_debug("http: closing an over-cap connection (fd %d) without a complete request after %.2fs: "
+             "the overflow pool is full and a newer one takes its place",
+             oldest->fd, ev_now(h->loop) - oldest->since);
+    shutdown(oldest->fd, SHUT_RDWR);
+    oldest->shut = 1;
   }
-  if (!v4 || n < h->limits.max_per_ip) return MHD_YES;
-  char ip[INET_ADDRSTRLEN];
-  inet_ntop(AF_INET, &a, ip, sizeof ip);
-  sg_debug("http: refusing a connection from %s: it has %u open (per-IP limit, --http-max-per-ip)", ip, n);
-  return MHD_NO;
+  sg_debug("http: answering a connection from %s with 503: %s", ip, cause);
+  h->accept_over = why;
+  return MHD_YES;
 }
 
 /* MHD's own timeout is an idle one, reset by every byte: a client sending one header line a second
- * would hold its slot forever. Shutting the socket down makes MHD see EOF and clean up as usual. */
+ * would hold its slot forever. Shutting the socket down makes MHD see EOF and clean up as usual.
+ * Walks the open connections every sweep (a tenth of the shorter deadline, 50 ms .. 1 s); one
+ * recv(MSG_PEEK) per connection without a complete request. */
 static void sg_http_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_http *h = w->data;
   ev_tstamp now = ev_now(loop);
   int any = 0;
+  double over_timeout = h->limits.request_timeout < SG_HTTP_OVER_TIMEOUT_S ? h->limits.request_timeout
+                                                                           : SG_HTTP_OVER_TIMEOUT_S;
   for (struct sg_http_sock *s = h->socks; s; s = s->next) {
-    if (s->received || s->shut || s->fd < 0 || now - s->since < h->limits.request_timeout) continue;
-    sg_debug("http: closing connection (fd %d): request not complete %.1fs after it began (--http-request-timeout)",
-             s->fd, now - s->since);
+    if (s->received || s->shut || s->fd < 0) continue;
+    /* MHD reads once per edge-triggered event: when the client's last bytes and its FIN arrive
+     * together, it reads the bytes and never sees the end (the connection sits in CLOSE-WAIT until
+     * the deadline). Nothing left unread and the end of the stream: the request cannot complete. */
+    char b;
+    if (recv(s->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+      sg_debug("http: closing %sconnection (fd %d): the client closed its side before completing a request",
+               s->over ? "over-cap " : "", s->fd);
+    } else if (now - s->since < (s->over ? over_timeout : h->limits.request_timeout)) {
+      continue;
+    } else {
+      sg_debug("http: closing %sconnection (fd %d): request not complete %.1fs after it began (--http-request-timeout%s)",
+               s->over ? "over-cap " : "", s->fd, now - s->since, s->over ? ", at most 2s over a cap" : "");
+    }
     shutdown(s->fd, SHUT_RDWR);
     s->shut = 1;
     any = 1;
@@ -409,8 +706,8 @@ struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size
       MHD_OPTION_NOTIFY_COMPLETED, sg_http_completed_cb, h,
       MHD_OPTION_CONNECTION_TIMEOUT, SG_HTTP_IDLE_TIMEOUT_S,
       MHD_OPTION_NOTIFY_CONNECTION, sg_http_notify_cb, h,
-      MHD_OPTION_CONNECTION_LIMIT, h->limits.max_connections + 1,
-      MHD_OPTION_PER_IP_CONNECTION_LIMIT, h->limits.max_per_ip + 1,
+      MHD_OPTION_CONNECTION_LIMIT, h->limits.max_connections + SG_HTTP_OVERFLOW + SG_HTTP_MHD_HEADROOM,
+      MHD_OPTION_PER_IP_CONNECTION_LIMIT, h->limits.max_per_ip + SG_HTTP_OVERFLOW + SG_HTTP_MHD_HEADROOM,
       MHD_OPTION_EXTERNAL_LOGGER, sg_http_log, h,
       tls ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, h->tls_cert,
       MHD_OPTION_HTTPS_MEM_KEY, h->tls_key,
@@ -443,8 +740,9 @@ struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size
   ev_init(&h->timer, sg_http_timer_cb);
   h->timer.data = h;
   sg_http_rearm(h);
-  /* a tenth of the deadline keeps the overshoot small; at most 1 s, at least 50 ms */
-  ev_tstamp every = h->limits.request_timeout / 10;
+  /* a tenth of the (shorter, over-cap) deadline keeps the overshoot small; at most 1 s, at least 50 ms */
+  ev_tstamp every = (h->limits.request_timeout < SG_HTTP_OVER_TIMEOUT_S ? h->limits.request_timeout
+                                                                       : SG_HTTP_OVER_TIMEOUT_S) / 10;
   if (every > 1.0) every = 1.0;
   if (every < 0.05) every = 0.05;
   ev_timer_init(&h->sweep, sg_http_sweep_cb, every, every);
@@ -457,6 +755,7 @@ int sg_http_port(struct sg_http *h) { return h->port; }
 
 void sg_http_stop(struct sg_http *h) {
   if (!h) return;
+  h->stopping = 1;
   ev_io_stop(h->loop, &h->io);
   ev_timer_stop(h->loop, &h->timer);
   ev_timer_stop(h->loop, &h->sweep);
@@ -474,6 +773,7 @@ void sg_http_stop(struct sg_http *h) {
     h->socks = s->next;
     free(s);
   }
+  while (h->lingers) sg_http_linger_end(h->lingers);
   sg_http_free_tls(h);
   free(h);
 }
@@ -515,15 +815,6 @@ static void sg_http_store_reply(struct sg_http_req *r, int status, const char *c
 
 void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *json) {
   sg_http_store_reply(r, status, content_type, NULL, NULL, json);
-}
-
-static char *sg_http_error_json(const char *msg) {
-  struct sg_buf b;
-  sg_buf_init(&b);
-  sg_buf_adds(&b, "{\"error\":");
-  sg_buf_add_json_str(&b, msg ? msg : "");
-  sg_buf_adds(&b, "}");
-  return sg_buf_steal(&b);
 }
 
 void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg) {

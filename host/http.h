@@ -3,7 +3,10 @@
  * are ready, and an ev_timer follows MHD_get_timeout).
  *
  * One handler receives every complete request (body buffered up to max_body; larger requests get
- * 413 {"error": "..."} without reaching the handler). The handler either answers at once through
+ * 413 {"error": "..."} without reaching the handler). Requests never reach it either when they
+ * come over a connection cap (503 with Retry-After: 1), have conflicting framing headers (two
+ * different Content-Length values, or Content-Length with Transfer-Encoding: 400), or a body without
+ * Content-Length (Transfer-Encoding, e.g. chunked: 413); those answers close the connection. The handler either answers at once through
  * sg_http_reply, or keeps the request and answers later (e.g. after the store commit): the connection
  * is suspended until sg_http_reply is called. Every request gets exactly one reply.
  *
@@ -27,6 +30,17 @@ struct sg_http_limits {
                              * does not extend it. Also caps how long a keep-alive connection may idle. */
 };
 #define SG_HTTP_LIMITS_DEFAULT {1000u, 64u, 10.0}
+/* Over either cap, up to this many more connections (in all) are accepted only to be answered
+ * 503 {"error": ...} with Retry-After: 1 and closed; each must send its request within
+ * min(request_timeout, 2 s), and a newer one displaces the oldest that has not; beyond that a
+ * connection is closed at once. */
+#define SG_HTTP_OVERFLOW 32u
+/* At most this many sockets answered early (400/413/503 before their input was read) are kept open
+ * for up to 2 s after MHD is done with them, reading and discarding what the client still sends, so
+ * that closing them does not reset the connection and lose the answer. */
+#define SG_HTTP_LINGER_MAX 64u
+/* descriptors a server may hold beyond limits.max_connections (for the open-file limit) */
+#define SG_HTTP_EXTRA_FDS (SG_HTTP_OVERFLOW + SG_HTTP_LINGER_MAX + 2u)
 /* set once before sg_http_start (main's flags); servers keep a copy */
 void sg_http_set_limits(const struct sg_http_limits *l);
 

@@ -36,7 +36,7 @@ static void usage(FILE *f) {
           "      [--retention D] (0 = forever): how long finished sagas are kept (compensation_failed ones stay)\n"
           "      [--auth FILE] (tokens with roles, `name role token` per line; re-read on SIGHUP) [--auth-metrics]\n"
           "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth)\n"
-          "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64)\n"
+          "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64): over them, 503 with Retry-After\n"
           "      [--http-request-timeout D] (10s): a request must be fully received within D of its start\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
           "                         (exit 2 when SCRIPT_DIR is missing or unreadable)\n"
@@ -115,7 +115,7 @@ static void raise_fd_limit(unsigned max_connections) {
     if (setrlimit(RLIMIT_NOFILE, &rl) < 0) getrlimit(RLIMIT_NOFILE, &rl);
   }
   /* the store, scripts, transport and logs need descriptors of their own */
-  if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)max_connections + 64 > rl.rlim_cur)
+  if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)max_connections + SG_HTTP_EXTRA_FDS + 64 > rl.rlim_cur)
     sg_warn("--http-max-connections %u is close to the open-file limit (%llu): raise `ulimit -n` or lower it",
             max_connections, (unsigned long long)rl.rlim_cur);
 }

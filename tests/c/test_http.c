@@ -277,7 +277,8 @@ static void test_body_limit(void) {
   json_decref(o);
   resp_free(&r);
 
-  /* well over, chunked (no declared length) */
+  /* chunked (no declared length): refused at the headers, whatever the size; the rest of the body
+   * is read and discarded by the lingering close, so the answer arrives whole */
   struct sg_buf chunked;
   sg_buf_init(&chunked);
   for (int i = 0; i < 4; i++) {
@@ -292,8 +293,10 @@ static void test_body_limit(void) {
   read_resp(fd, &r);
   close(fd);
   CHECK(r.status == 413);
+  CHECK(r.head && strstr(r.head, "Connection: close"));
   o = parse(&r);
-  CHECK_STR(jstr(o, "error"), expect413);
+  CHECK_STR(jstr(o, "error"), "request bodies must declare their size with Content-Length (at most 1024 bytes); "
+                              "Transfer-Encoding: chunked is not accepted");
   json_decref(o);
   resp_free(&r);
   sg_buf_free(&chunked);
