@@ -1,4 +1,5 @@
-# sagahost: `make run` builds and runs the host on sagas/; `make test` builds and runs every test.
+# sagahost: `make run` builds and runs the host on sagas/; `make test` builds and runs every test
+# (the specs twice: on SQLite, then on PostgreSQL in the tests' private cluster, tests/pg-cluster.sh).
 BUILD ?= build
 DEBUG_BUILD ?= build-debug
 JOBS ?= 2
@@ -34,6 +35,7 @@ test: test-deps build
 	bash tests/amqp-broker.sh
 	cd $(BUILD) && ctest --output-on-failure
 	SAGAHOST=$(CURDIR)/$(BUILD)/sagahost bash tests/run-specs.sh
+	SG_STORE=postgres SAGAHOST=$(CURDIR)/$(BUILD)/sagahost bash tests/run-specs.sh
 
 # the same tests on the ASan/UBSan + LUA_USE_APICHECK build
 test-debug: test-deps build debug

@@ -6,7 +6,7 @@ pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libev-dev librabbitm
       lua-busted sqlite3 curl)
 # libFuzzer comes with Debian's clang runtime (libclang-rt-14-dev on Debian 12); make test-debug runs fuzz-smoke
 fuzz_pkgs=(clang libclang-rt-14-dev)
-[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server python3-pika openssl "${fuzz_pkgs[@]}")
+[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika openssl "${fuzz_pkgs[@]}")
 [ "${1:-}" = "--fuzz" ] && pkgs+=("${fuzz_pkgs[@]}")
 missing=()
 for p in "${pkgs[@]}"; do

@@ -50,11 +50,17 @@ void sg_host_config_defaults(struct sg_host_config *c) {
 }
 
 /* Stable across restarts (replies wait in a durable queue named after it) and distinct for two hosts
- * on one machine: the host name plus a hash of the database's absolute path. */
+ * on one machine: the host name plus a hash of the database's absolute path (or URL). */
 static void default_host_id(const char *db, char *out, size_t n) {
   char hn[40] = "host", dbabs[PATH_MAX], hash[65];
   gethostname(hn, sizeof hn - 1);
-  if (!realpath(db, dbabs)) snprintf(dbabs, sizeof dbabs, "%s", db);
+  if (sg_store_is_pg_url(db)) {
+    /* a PostgreSQL URL without its password and options: changing those keeps the host's id */
+    sg_store_pg_redact(db, dbabs, sizeof dbabs);
+    dbabs[strcspn(dbabs, "?")] = 0;
+  } else if (!realpath(db, dbabs)) {
+    snprintf(dbabs, sizeof dbabs, "%s", db);
+  }
   sg_sha256_hex(dbabs, strlen(dbabs), hash);
   snprintf(out, n, "%.30s-%.8s", hn, hash);
 }
@@ -67,7 +73,8 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   if (sg_dir_check(c->dir, "script directory", e) < 0) return -1;
   if (c->host_id) snprintf(h->host_id, sizeof h->host_id, "%s", c->host_id);
   else default_host_id(c->db, h->host_id, sizeof h->host_id);
-  h->store = sg_store_sqlite_open(c->db, e);
+  /* postgres:// or postgresql:// opens the PostgreSQL store, anything else is an SQLite file */
+  h->store = sg_store_is_pg_url(c->db) ? sg_store_pg_open(c->db, e) : sg_store_sqlite_open(c->db, e);
   if (!h->store) goto fail;
   struct sg_script_config scfg = c->script;
   scfg.dir = c->dir;

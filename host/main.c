@@ -22,8 +22,9 @@ static void usage(FILE *f) {
           "usage: sagahost <command> [options]\n"
           "\n"
           "host commands:\n"
-          "  run [--db PATH] [--listen ADDR:PORT] [--amqp URL] [--log-level L] SCRIPT_DIR\n"
-          "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db),\n"
+          "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL] [--log-level L] SCRIPT_DIR\n"
+          "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db)\n"
+          "                         or PostgreSQL at postgres://user:pass@host:port/db (one host per database for now),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
           "                         sends commands through RabbitMQ instead of in-process\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
@@ -161,8 +162,11 @@ static int cmd_run(const struct run_opts *o) {
   raise_fd_limit(o->http.max_connections);
   sg_http_set_limits(&o->http);
   struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
+  char db_shown[512]; /* a PostgreSQL URL without its password */
+  if (sg_store_is_pg_url(o->cfg.db)) sg_store_pg_redact(o->cfg.db, db_shown, sizeof db_shown);
+  else snprintf(db_shown, sizeof db_shown, "%s", o->cfg.db);
   if (sg_host_open(&r.host, loop, &o->cfg, &e) < 0) {
-    fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", o->cfg.db, o->cfg.dir,
+    fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", db_shown, o->cfg.dir,
             o->cfg.amqp ? ", --amqp " : "", o->cfg.amqp ? o->cfg.amqp : "", e.msg);
     ev_loop_destroy(loop);
     sg_auth_free(r.auth);
@@ -187,7 +191,7 @@ static int cmd_run(const struct run_opts *o) {
   snprintf(shown, sizeof shown, "%s", o->listen);
   char *colon = strrchr(shown, ':');
   if (colon) snprintf(colon + 1, sizeof shown - (size_t)(colon + 1 - shown), "%d", sg_api_port(r.api));
-  sg_info("sagahost %s listening on %s://%s (store %s, transport %s, scripts %s)", SG_VERSION, scheme, shown, o->cfg.db,
+  sg_info("sagahost %s listening on %s://%s (store %s, transport %s, scripts %s)", SG_VERSION, scheme, shown, db_shown,
           r.host.tr->ops->name, o->cfg.dir);
   if (r.auth)
     sg_info("auth: %d token(s) from %s; /healthz%s open", sg_auth_count(r.auth), r.auth_file,

@@ -199,4 +199,18 @@ struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e);
  * else 0: for callers that would otherwise delete a live database before opening it (bench --db). */
 int sg_store_sqlite_in_use(const char *path, struct sg_error *e);
 
+/* PostgreSQL (store_pg.c): url is a libpq URL, postgres://user:pass@host:port/db (postgresql:// too).
+ * Opens (migrating) the database; NULL and e filled on failure (SG_E_UNAVAILABLE when the server
+ * cannot be reached). One host per database for now: the store holds a session advisory lock on it
+ * until close, and an open while another session holds it fails with SG_E_CONFLICT and a message
+ * naming that session (its application name carries the holder's pid and machine). The lock dies
+ * with the session. Its calls block the loop thread for a round trip each (one per op). */
+struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e);
+/* 1 (and e filled with the refusal an open would give) when a store holds that database's lock now, else 0 */
+int sg_store_pg_in_use(const char *url, struct sg_error *e);
+/* 1 when db names a PostgreSQL database (postgres:// or postgresql://), else 0 (an SQLite path) */
+int sg_store_is_pg_url(const char *db);
+/* url with its password (if any) replaced by *** into out (n bytes): for logs and messages */
+void sg_store_pg_redact(const char *url, char *out, size_t n);
+
 #endif

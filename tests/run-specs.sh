@@ -2,6 +2,9 @@
 # Runs the busted specs against the sagahost binary in $SAGAHOST. Starts the servers the specs use
 # when they are not running: the tests' own RabbitMQ node (tests/amqp-broker.sh, 127.0.0.1:56720; no
 # other broker on the machine is used); they are left running for the next run.
+# SG_STORE=postgres runs every host on PostgreSQL instead of SQLite: each host gets its own database
+# on the tests' own cluster (tests/pg-cluster.sh, 127.0.0.1:56730), which is started too; the sg_*
+# databases of earlier runs are dropped first.
 # Extra arguments go to busted (e.g. a single spec file).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,8 +14,17 @@ export SAGAHOST
 : "${SAGAHOST_MODULE_DIR:=$(dirname "$SAGAHOST")}"
 [ -f "$SAGAHOST_MODULE_DIR/sagahost.so" ] || SAGAHOST_MODULE_DIR=$PWD/build
 export SAGAHOST_MODULE_DIR
+# a disk-full spec killed mid-run can leave its tmpfs mounted under tests/tmp
+for m in $(awk -v d="$PWD/tests/tmp/" 'index($2, d) == 1 { print $2 }' /proc/mounts); do umount -l "$m" 2>/dev/null; done
 rm -rf tests/tmp && mkdir -p tests/tmp
 bash tests/amqp-broker.sh || exit 1
+if [ "${SG_STORE:-}" = "postgres" ]; then
+  export SG_STORE
+  bash tests/pg-cluster.sh || exit 1
+  # the databases of earlier runs (the ones a running host still uses are left alone)
+  bash tests/pg-cluster.sh psql -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'sg\_%'" |
+    while read -r db; do bash tests/pg-cluster.sh psql -c "DROP DATABASE IF EXISTS \"$db\"" 2>/dev/null; done
+fi
 # every spec talks to that node (unless SG_AMQP_URL names another broker on purpose)
 : "${SG_AMQP_URL:=$(bash tests/amqp-broker.sh url)}"
 export SG_AMQP_URL
@@ -22,5 +34,6 @@ busted --lua=lua5.4 --lpath='tests/spec/?.lua' -o TAP "$@" | tee "$out"
 rc=${PIPESTATUS[0]}
 passed=$(grep -c '^ok ' "$out")
 failed=$(grep -c '^not ok ' "$out")
-echo "specs: $passed passed, $failed failed"
+skipped=$(grep -c '^ok .*# SKIP' "$out")
+echo "specs: $passed passed, $failed failed (store ${SG_STORE:-sqlite}; $skipped of the passed skipped themselves)"
 [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

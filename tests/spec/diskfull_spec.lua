@@ -30,6 +30,7 @@ end
 
 describe("a full disk", function()
   it("stops new work with 503, keeps answering reads, and carries on when space returns", function()
+    H.sqlite_only("it fills a tmpfs under the host's SQLite file (a PostgreSQL server's disk is not the host's)")
     local host = H.host { name = "diskfull", scripts = { ["fill.lua"] = SCRIPT } }
     local mnt = host.dir .. "/fs"
     os.execute("mkdir -p " .. mnt)

@@ -10,6 +10,15 @@ H.slow = os.getenv("SG_SLOW") and 3 or 1 -- sanitizer builds run slower: stretch
 local tmp_root = os.getenv("SG_TMP") or "tests/tmp"
 os.execute("mkdir -p " .. tmp_root)
 
+-- The store the hosts run on: SG_STORE=postgres gives every host its own database on the tests' private
+-- PostgreSQL cluster (tests/pg-cluster.sh, 127.0.0.1:56730 or SG_PG_PORT), anything else an SQLite file
+-- in the host's directory.
+H.store = os.getenv("SG_STORE") == "postgres" and "postgres" or "sqlite"
+H.pg = H.store == "postgres"
+H.pg_port = tonumber(os.getenv("SG_PG_PORT")) or 56730
+H.pg_bin = os.getenv("SG_PG_BIN") or "/usr/lib/postgresql/15/bin"
+local pg_base = "postgres://postgres@127.0.0.1:" .. H.pg_port .. "/"
+
 function H.sh(cmd)
   local p = io.popen(cmd .. " 2>&1")
   local out = p:read("a")
@@ -48,6 +57,98 @@ function H.read(path)
   return s
 end
 
+-- FNV-1a, 32 bits, as 8 hex digits: short database names that differ for different paths
+local function hash8(str)
+  local h = 2166136261
+  for i = 1, #str do h = ((h ~ str:byte(i)) * 16777619) & 0xffffffff end
+  return string.format("%08x", h)
+end
+
+local abs_root
+local created = {}
+
+-- The database of a host living in dir: in SQLite mode the file dir/name; in PostgreSQL mode the URL of
+-- a database of the test cluster named after that path (created on first use, so that two hosts given
+-- the same directory share it, as they share the file in SQLite mode).
+function H.db_for(dir, name)
+  name = name or "host.db"
+  if not H.pg then return dir .. "/" .. name end
+  if not abs_root then
+    local p = io.popen("cd " .. H.q(tmp_root) .. " && pwd")
+    abs_root = p:read("l") or tmp_root
+    p:close()
+  end
+  local path = dir .. "/" .. name
+  if path:sub(1, #tmp_root) == tmp_root then path = abs_root .. path:sub(#tmp_root + 1) end
+  local base = (dir:match("([^/]+)/*$") or "db") .. "_" .. name
+  local db = ("sg_" .. hash8(path) .. "_" .. base:lower():gsub("[^a-z0-9_]", "_")):sub(1, 63)
+  if not created[db] then
+    local code, out = H.sh(H.pg_bin .. "/psql -X -q -h 127.0.0.1 -p " .. H.pg_port ..
+      " -U postgres -d postgres -c " .. H.q("CREATE DATABASE " .. db))
+    assert(code == 0 or out:find("already exists", 1, true),
+      "cannot create database " .. db .. " on the test cluster (is tests/pg-cluster.sh up?): " .. out)
+    created[db] = true
+  end
+  return pg_base .. db
+end
+
+-- One SQL query against a host's database (a file path or a postgres:// URL): rows as sqlite3 prints
+-- them ("a|b" lines), trailing whitespace removed.
+function H.sql(db, q)
+  local cmd
+  if db:match("^postgres") then
+    cmd = H.pg_bin .. "/psql -X -q -A -t -F '|' -v ON_ERROR_STOP=1 " .. H.q(db) .. " -c " .. H.q(q)
+  else
+    cmd = "sqlite3 " .. H.q(db) .. " " .. H.q(q)
+  end
+  local code, out = H.sh(cmd)
+  assert(code == 0, out)
+  return (out:gsub("%s+$", ""))
+end
+
+-- The pid of the host that holds db (the one host a database may have), or nil: in SQLite mode the pid
+-- written into db.lock (it stays there after its holder died), in PostgreSQL mode the pid in the
+-- application name of the session holding the host's advisory lock (gone with its session).
+function H.lock_pid(db)
+  if not db:match("^postgres") then return tonumber((H.read(db .. ".lock") or ""):match("^(%d+)")) end
+  local dbname = db:match("/([^/?]+)$")
+  local out = H.sql(pg_base .. "postgres", "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a" ..
+    " ON a.pid = l.pid JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND l.granted" ..
+    " AND d.datname = '" .. dbname .. "'")
+  return tonumber(out:match("sagahost pid (%d+)"))
+end
+
+-- busted's pending() of the test running at stack level `level`: marks it pending (skipped, with the
+-- reason shown) and ends it
+local function pend(level, reason)
+  local f = debug.getinfo(level + 1, "f").func
+  for i = 1, 255 do
+    local name, env = debug.getupvalue(f, i)
+    if not name then break end
+    if name == "_ENV" and type(env) == "table" and env.pending then env.pending(reason) end
+  end
+  error("helper: busted's pending() not found")
+end
+
+-- Marks the running test pending when the hosts run on PostgreSQL: for the few specs that are about the
+-- SQLite file itself. Call it first thing in the test.
+function H.sqlite_only(reason)
+  if H.pg then pend(2, "SQLite only: " .. reason) end
+end
+
+-- The other way round: specs of the PostgreSQL store, pending unless SG_STORE=postgres.
+function H.pg_only(reason)
+  if not H.pg then pend(2, "PostgreSQL only (SG_STORE=postgres): " .. reason) end
+end
+
+-- Ends the PostgreSQL session(s) of the host with that pid (as an operator or a failover would); the
+-- number ended.
+function H.pg_kill_session(pid)
+  local out = H.sql(pg_base .. "postgres", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity" ..
+    " WHERE application_name LIKE 'sagahost pid " .. math.tointeger(pid) .. " on %'")
+  return tonumber(out)
+end
+
 local counter = 0
 function H.tmpdir(name)
   counter = counter + 1
@@ -84,7 +185,7 @@ function H.host(opts)
   local self = setmetatable({ opts = opts }, Host)
   self.dir = opts.dir or H.tmpdir(opts.name)
   self.scripts = self.dir .. "/sagas"
-  self.db = self.dir .. "/host.db"
+  self.db = H.db_for(self.dir, "host.db")
   self.logfile = self.dir .. "/host.log"
   for name, src in pairs(opts.scripts or {}) do H.write(self.scripts .. "/" .. name, src) end
   for _, f in ipairs(opts.copy or {}) do os.execute("cp " .. f .. " " .. self.scripts .. "/") end

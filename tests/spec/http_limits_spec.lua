@@ -14,7 +14,7 @@ local cjson = require "cjson"
 -- Writes {opened, refused (closed within 0.3 s of opening), first = [seconds each first-round
 -- connection lived, or -1 if still open at the end], held_max, held_last} as JSON to out.
 local SLOW_PY = [[
-import json, re, resource, socket, subprocess, sys, time, selectors
+import json, os, re, resource, socket, subprocess, sys, time, selectors
 port, addrs, n, secs, out = int(sys.argv[1]), sys.argv[2].split(","), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -73,7 +73,8 @@ while time.monotonic() - start < secs:
             try: key.fileobj.send(b"X-Slow: 1\r\n")
             except OSError: pass
 for key in list(sel.get_map().values()): key.fileobj.close()
-json.dump(stats, open(out, "w"))
+with open(out + ".part", "w") as f: json.dump(stats, f)
+os.replace(out + ".part", out)  # the spec polls for the file: it must never see half of it
 ]]
 
 -- connections over a cap the host still accepts, to answer them 503 (SG_HTTP_OVERFLOW in host/http.h)

@@ -22,7 +22,7 @@ describe("in-process engine", function()
   it("runs sagas to their end and leaves no coroutine or registry reference behind", function()
     local d = H.tmpdir("inproc")
     os.execute("cp sagas/*.lua " .. d .. "/sagas/")
-    local host = assert(sagahost.open { dir = d .. "/sagas", db = d .. "/db" })
+    local host = assert(sagahost.open { dir = d .. "/sagas", db = H.db_for(d, "db") })
     local ids = {}
     for i = 1, 20 do
       ids[i] = assert(host:start("OrderProcessing", cjson.encode {
@@ -54,11 +54,11 @@ saga.define { name = "Nap", steps = {
   { name = "Done", action = function(ctx) ctx.data.done = true end },
 } }
 ]])
-    local host = assert(sagahost.open { dir = d .. "/sagas", db = d .. "/db" })
+    local host = assert(sagahost.open { dir = d .. "/sagas", db = H.db_for(d, "db") })
     local id = host:start("Nap", "{}")
     assert.are.equal(1, host:run(0.05))
     host:close()
-    host = assert(sagahost.open { dir = d .. "/sagas", db = d .. "/db" })
+    host = assert(sagahost.open { dir = d .. "/sagas", db = H.db_for(d, "db") })
     assert.are.equal("running", host:saga(id).status)
     assert.are.equal(0, host:run(5))
     local s = host:saga(id)

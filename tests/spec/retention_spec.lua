@@ -2,11 +2,7 @@
 -- --inbox-retention.
 local H = require "helper"
 
-local function sql(db, q)
-  local code, out = H.sh("sqlite3 " .. H.q(db) .. " " .. H.q(q))
-  assert(code == 0, out)
-  return (out:gsub("%s+$", ""))
-end
+local sql = H.sql -- sqlite3 or psql, whichever store the host runs on
 
 describe("retention", function()
   local host

@@ -1,0 +1,1313 @@
+/* store_pg: the store on PostgreSQL (libpq), with the interface and semantics of store_sqlite.c.
+ *
+ * This slice runs ONE host per database (a session advisory lock, like SQLite's flock on <path>.lock);
+ * several hosts on one database come with leases. Its libpq calls are BLOCKING and made on the loop
+ * thread: a round trip per op (statements are prepared once per connection and run with
+ * PQexecPrepared, text parameters), a commit is one round trip (the store_state update and COMMIT in
+ * one simple query). The non-blocking version with pipelining comes with the multi-host work.
+ *
+ * Durability is that of SQLite's synchronous=FULL: synchronous_commit = on for the session.
+ *
+ * Held transactions: every write of the open transaction is kept (statement and text parameters, in
+ * an arena). A failure that may pass (a lost connection, a server shutdown or restart, a full disk on
+ * the server, a serialization failure or deadlock: SQLSTATE classes 08, 53, 58 and 57P01-57P03, 40001,
+ * 40P01, 55P03, 57014, 25006) puts the store in the held state: PostgreSQL has aborted the
+ * transaction, later writes are only kept, commit returns SG_E_UNAVAILABLE, and retry_commit
+ * reconnects if needed (re-taking the host lock and preparing the statements again) and writes the
+ * kept writes again in a new transaction. When the connection was lost while the COMMIT was on its
+ * way, the outcome is unknown: every commit also writes its sequence number into store_state, and
+ * retry_commit reads it back first so that a transaction the server did commit is not written twice.
+ *
+ * Rows handed to callbacks point into the PGresult of the op, valid during the callback. A callback
+ * may call other ops of the store (the result is fully read before the first callback). */
+#include "store.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Session advisory lock keys (per database): the host lock held for the store's life, and the
+ * transaction lock that serialises migrations. Below 2^32, so pg_locks shows classid 0, objid KEY. */
+#define HOST_LOCK_KEY 1935763272LL    /* "sagah" in spirit: any constant, the same in every version */
+#define MIGRATE_LOCK_KEY 1935763273LL
+
+/* Schema migrations, applied in order, each in its own transaction under MIGRATE_LOCK_KEY. Never
+ * edit a step that has shipped: append a new one. 1-5 are SQLite's, translated (BIGINT for times,
+ * ids and versions; "C" collation on the columns that are paged or compared so that order is byte
+ * order as in SQLite, whatever the database's locale); 6 is PostgreSQL's own. */
+static const char *const migrations[] = {
+  /* 1: initial schema */
+  "CREATE TABLE definitions ("
+  "  hash TEXT PRIMARY KEY, file TEXT NOT NULL, source TEXT NOT NULL, created_at BIGINT NOT NULL);"
+  "CREATE TABLE sagas ("
+  "  id TEXT COLLATE \"C\" PRIMARY KEY, type TEXT COLLATE \"C\" NOT NULL, def_hash TEXT NOT NULL,"
+  "  status TEXT COLLATE \"C\" NOT NULL, step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL,"
+  "  input TEXT, data TEXT, error TEXT, idem_key TEXT COLLATE \"C\","
+  "  created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, deadline BIGINT NOT NULL,"
+  "  version BIGINT NOT NULL);"
+  "CREATE UNIQUE INDEX sagas_idem ON sagas(type, idem_key) WHERE idem_key IS NOT NULL;"
+  "CREATE INDEX sagas_status ON sagas(status, id);"
+  "CREATE INDEX sagas_type ON sagas(type, id);"
+  "CREATE TABLE history ("
+  "  id BIGINT PRIMARY KEY, saga_id TEXT COLLATE \"C\" NOT NULL, step INTEGER NOT NULL,"
+  "  step_name TEXT, phase INTEGER NOT NULL, attempt INTEGER NOT NULL, status TEXT NOT NULL,"
+  "  started_at BIGINT NOT NULL, finished_at BIGINT NOT NULL, error TEXT);"
+  "CREATE INDEX history_saga ON history(saga_id, id);"
+  "CREATE TABLE journal ("
+  "  saga_id TEXT COLLATE \"C\" NOT NULL, step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL,"
+  "  seq INTEGER NOT NULL, kind TEXT NOT NULL, done INTEGER NOT NULL, is_error INTEGER NOT NULL,"
+  "  result TEXT, PRIMARY KEY (saga_id, step, phase, attempt, seq));"
+  /* ids come from the store (never reused: see store_state) */
+  "CREATE TABLE timers ("
+  "  id BIGINT PRIMARY KEY, saga_id TEXT NOT NULL, due_at BIGINT NOT NULL,"
+  "  kind TEXT NOT NULL, ref BIGINT NOT NULL);"
+  "CREATE INDEX timers_due ON timers(due_at, id);"
+  "CREATE TABLE outbox ("
+  "  id BIGINT PRIMARY KEY, message_id TEXT NOT NULL, correlation_id TEXT,"
+  "  exchange TEXT, routing_key TEXT, reply_to TEXT, type TEXT, saga_id TEXT, saga_type TEXT,"
+  "  step INTEGER NOT NULL, attempt INTEGER NOT NULL, status TEXT, body TEXT,"
+  "  created_at BIGINT NOT NULL);"
+  "CREATE TABLE inbox ("
+  "  message_id TEXT PRIMARY KEY, reply_status TEXT, reply_body TEXT, received_at BIGINT NOT NULL);",
+  /* 2: the running attempt's start lives on the saga row; history rows are written when an attempt ends */
+  "ALTER TABLE sagas ADD COLUMN attempt_started_at BIGINT NOT NULL DEFAULT 0;",
+  /* 3: attempts made before an operator's retry (the retry policy counts from there) */
+  "ALTER TABLE sagas ADD COLUMN attempt_base INTEGER NOT NULL DEFAULT 0;",
+  /* 4: the inbox is pruned by age */
+  "CREATE INDEX inbox_received ON inbox(received_at);",
+  /* 5: finished sagas are pruned by age */
+  "CREATE INDEX sagas_finished ON sagas(status, updated_at);",
+  /* 6 (PostgreSQL only): one row the commit writes: the sequence number of the last commit (to tell,
+   * after a connection lost during a COMMIT, whether it committed) and the next timer and outbox ids
+   * (SQLite's AUTOINCREMENT: an id is never given out twice, even once its row is deleted) */
+  "CREATE TABLE store_state (one INTEGER PRIMARY KEY CHECK (one = 1), commit_seq BIGINT NOT NULL,"
+  "  next_timer BIGINT NOT NULL, next_outbox BIGINT NOT NULL);"
+  "INSERT INTO store_state VALUES (1, 0, 1, 1);",
+};
+#define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* The prepared statements, one per operation (saga_list has one per filter combination). */
+enum {
+  ST_DEF_PUT, ST_DEF_GET,
+  ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
+  ST_SAGA_LIST, ST_SAGA_LIST_STATUS, ST_SAGA_LIST_TYPE, ST_SAGA_LIST_BOTH, ST_SAGA_ACTIVE,
+  ST_HIST_INSERT, ST_HIST_EACH,
+  ST_JOURNAL_PUT, ST_JOURNAL_EACH,
+  ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
+  ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
+  ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
+  ST_COUNT
+};
+
+#define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base"
+
+static const char *const stmt_sql[ST_COUNT] = {
+  [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
+                 " ON CONFLICT DO NOTHING",
+  [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = $1",
+  /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
+   * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
+  [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+                     " $12, $13, $14, $15, $16, $17) ON CONFLICT DO NOTHING",
+  [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
+                     " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
+                     " attempt_started_at = $12, attempt_base = $13 WHERE id = $1 AND version = $11::bigint - 1",
+  /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
+  [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
+                       " data = $5, error = $6, updated_at = $7, deadline = $8, version = $9,"
+                       " attempt_started_at = $10, attempt_base = $11 WHERE id = $1 AND version = $9::bigint - 1",
+  [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = $1",
+  [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND idem_key = $2",
+  /* LIMIT NULL: no limit */
+  [ST_SAGA_LIST] = "SELECT " SAGA_COLS " FROM sagas WHERE id > $1 ORDER BY id LIMIT $2",
+  [ST_SAGA_LIST_STATUS] = "SELECT " SAGA_COLS " FROM sagas WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3",
+  [ST_SAGA_LIST_TYPE] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND id > $2 ORDER BY id LIMIT $3",
+  [ST_SAGA_LIST_BOTH] = "SELECT " SAGA_COLS " FROM sagas WHERE status = $1 AND type = $2 AND id > $3"
+                        " ORDER BY id LIMIT $4",
+  [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') ORDER BY id",
+  [ST_HIST_INSERT] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
+                     " finished_at, error, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+  [ST_HIST_EACH] = "SELECT id, saga_id, step, step_name, phase, attempt, status, started_at, finished_at, error"
+                   " FROM history WHERE saga_id = $1 ORDER BY id",
+  [ST_JOURNAL_PUT] = "INSERT INTO journal(saga_id, step, phase, attempt, seq, kind, done, is_error, result)"
+                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (saga_id, step, phase, attempt, seq)"
+                     " DO UPDATE SET kind = EXCLUDED.kind, done = EXCLUDED.done, is_error = EXCLUDED.is_error,"
+                     " result = EXCLUDED.result",
+  [ST_JOURNAL_EACH] = "SELECT saga_id, step, phase, attempt, seq, kind, done, is_error, result FROM journal"
+                      " WHERE saga_id = $1 AND step = $2 AND phase = $3 AND attempt = $4 ORDER BY seq",
+  [ST_TIMER_PUT] = "INSERT INTO timers(saga_id, due_at, kind, ref, id) VALUES ($1, $2, $3, $4, $5)",
+  [ST_TIMER_DEL] = "DELETE FROM timers WHERE id = $1",
+  [ST_TIMER_EACH] = "SELECT id, saga_id, due_at, kind, ref FROM timers ORDER BY due_at, id",
+  [ST_OUTBOX_PUT] = "INSERT INTO outbox(message_id, correlation_id, exchange, routing_key, reply_to, type,"
+                    " saga_id, saga_type, step, attempt, status, body, created_at, id)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+  [ST_OUTBOX_DEL] = "DELETE FROM outbox WHERE id = $1",
+  [ST_OUTBOX_EACH] = "SELECT id, message_id, correlation_id, exchange, routing_key, reply_to, type, saga_id,"
+                     " saga_type, step, attempt, status, body, created_at FROM outbox ORDER BY id",
+  [ST_INBOX_GET] = "SELECT reply_status, reply_body FROM inbox WHERE message_id = $1",
+  [ST_INBOX_PUT] = "INSERT INTO inbox(message_id, reply_status, reply_body, received_at) VALUES ($1, $2, $3, $4)"
+                   " ON CONFLICT (message_id) DO UPDATE SET reply_status = EXCLUDED.reply_status,"
+                   " reply_body = EXCLUDED.reply_body, received_at = EXCLUDED.received_at",
+  [ST_INBOX_PRUNE] = "DELETE FROM inbox WHERE received_at < $1",
+  [ST_JOURNAL_DEL] = "DELETE FROM journal WHERE saga_id = $1",
+  /* retention in one statement: pick (the CTE is read twice, so it is computed once), then delete the
+   * history and the sagas; the row count is that of the sagas */
+  [ST_SAGA_PRUNE] = "WITH p AS (SELECT id FROM sagas WHERE status IN ('completed', 'compensated', 'resolved')"
+                    " AND updated_at < $1 LIMIT $2),"
+                    " h AS (DELETE FROM history WHERE saga_id IN (SELECT id FROM p))"
+                    " DELETE FROM sagas WHERE id IN (SELECT id FROM p)",
+};
+
+/* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
+#define MAX_PARAMS 17
+struct params {
+  int n;
+  const char *v[MAX_PARAMS];
+  char num[MAX_PARAMS][24];
+};
+static void p_text(struct params *p, const char *v) { p->v[p->n++] = v; }
+static void p_int(struct params *p, int64_t x) {
+  snprintf(p->num[p->n], sizeof p->num[p->n], "%lld", (long long)x);
+  p->v[p->n] = p->num[p->n];
+  p->n++;
+}
+
+/* PostgreSQL refuses text that is not valid in the database's encoding, where SQLite stores any bytes.
+ * With a UTF-8 client encoding (a UTF8 database, the usual case) text that is not valid UTF-8 (a
+ * script's binary string in ctx.data, a foreign message body) would be an error that does not pass
+ * and stop the host on every restart; instead every invalid byte is replaced by U+FFFD (JSON must be
+ * UTF-8 anyway). Valid text, nearly always, is passed as is. */
+
+/* The length of the valid UTF-8 sequence at s (as PostgreSQL checks it: no overlong forms, no
+ * surrogates, nothing past U+10FFFF), or 0. */
+static int utf8_seq(const unsigned char *s) {
+  unsigned c = s[0];
+  if (c < 0x80) return 1;
+  if (c >= 0xc2 && c <= 0xdf) return (s[1] & 0xc0) == 0x80 ? 2 : 0;
+  if (c >= 0xe0 && c <= 0xef) {
+    unsigned lo = c == 0xe0 ? 0xa0 : 0x80, hi = c == 0xed ? 0x9f : 0xbf;
+    return s[1] >= lo && s[1] <= hi && (s[2] & 0xc0) == 0x80 ? 3 : 0;
+  }
+  if (c >= 0xf0 && c <= 0xf4) {
+    unsigned lo = c == 0xf0 ? 0x90 : 0x80, hi = c == 0xf4 ? 0x8f : 0xbf;
+    return s[1] >= lo && s[1] <= hi && (s[2] & 0xc0) == 0x80 && (s[3] & 0xc0) == 0x80 ? 4 : 0;
+  }
+  return 0;
+}
+
+/* NULL when v is valid UTF-8, else a malloc'd copy with U+FFFD for each invalid byte. */
+static char *utf8_fixed(const char *v) {
+  const unsigned char *u = (const unsigned char *)v;
+  size_t i = 0;
+  int k;
+  while (u[i] && (k = utf8_seq(u + i)) > 0) i += (size_t)k; /* a NUL stops every multi-byte check */
+  if (!u[i]) return NULL;
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_add(&b, v, i);
+  while (u[i]) {
+    if ((k = utf8_seq(u + i)) > 0) { sg_buf_add(&b, v + i, (size_t)k); i += (size_t)k; }
+    else { sg_buf_add(&b, "\xef\xbf\xbd", 3); i++; }
+  }
+  return sg_buf_steal(&b);
+}
+
+/* Replaces p's invalid text in place (own[] holds the copies, freed with params_free). */
+static void params_fix_utf8(struct params *p, char **own) {
+  for (int i = 0; i < p->n; i++) {
+    own[i] = p->v[i] ? utf8_fixed(p->v[i]) : NULL;
+    if (own[i]) p->v[i] = own[i];
+  }
+}
+static void params_free(int n, char **own) {
+  for (int i = 0; i < n; i++) free(own[i]);
+}
+
+/* One write of the open transaction, kept until the commit so that a transaction that met a passing
+ * failure can be written again (retry_commit). Text lives in the store's arena (offsets: it grows). */
+struct redo {
+  int st;                    /* the statement (ST_*) */
+  int n;                     /* parameters */
+  long off[MAX_PARAMS];      /* each one's NUL-terminated copy in the arena, -1 = NULL */
+};
+
+struct pg_store {
+  struct sg_store base;      /* ops table; first, so a struct sg_store * is a struct pg_store * */
+  PGconn *conn;              /* one connection, used from the loop thread only */
+  char where[256];           /* postgres://user@host:port/db (no password), for messages */
+  int prepared;              /* the statements exist on this connection */
+  int lost_lock;             /* a reconnection found the host lock taken by another session: broken */
+  int64_t commits;           /* successful commits, for benchmarks and /healthz */
+  int in_txn;                /* between begin and a commit that succeeded */
+  int held;                  /* the transaction met a passing failure: its writes are kept, not run */
+  int commit_unknown;        /* the connection was lost while the COMMIT was on its way */
+  char held_why[400];        /* that failure, for the commit's error */
+  int64_t commit_seq;        /* store_state.commit_seq of the last commit */
+  int64_t last_reconnect_ms; /* reads try to reconnect at most once a second */
+  int utf8;                  /* the client encoding is UTF8: text is made valid UTF-8 first */
+  struct redo *redo;         /* the writes of the transaction, in order */
+  size_t nredo, capredo;
+  struct sg_buf arena;       /* text parameters of redo */
+  /* ids of new rows, assigned here so that a kept write gets the same id when written again */
+  int64_t next_hist, next_timer, next_outbox;
+};
+
+static struct pg_store *S(struct sg_store *s) { return (struct pg_store *)s; }
+
+/* libpq's messages may span lines (and end with a newline); ours are one line. */
+static void trim_nl(char *m) {
+  char *w = m;
+  for (const char *r = m; *r; r++) {
+    if (*r == '\n' || *r == '\t' || *r == '\r') {
+      if (w > m && w[-1] != ' ') *w++ = ' ';
+    } else {
+      *w++ = *r;
+    }
+  }
+  while (w > m && w[-1] == ' ') w--;
+  *w = 0;
+}
+
+/* The error of a failed result (r may be NULL: then the connection's), as "SQLSTATE message". */
+static void res_msg(struct pg_store *s, const PGresult *r, char *out, size_t n) {
+  const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+  const char *msg = r ? PQresultErrorMessage(r) : NULL;
+  if (!msg || !*msg) msg = PQerrorMessage(s->conn);
+  if (!msg || !*msg) msg = "unknown error";
+  snprintf(out, n, "%s%s%s", state ? state : "", state ? " " : "", msg);
+  trim_nl(out);
+}
+
+static int fail_res(struct pg_store *s, struct sg_error *e, int code, const PGresult *r, const char *what) {
+  char m[400];
+  res_msg(s, r, m, sizeof m);
+  return sg_errorf(e, code, "postgres: %s: %s", what, m);
+}
+
+static int conn_ok(struct pg_store *s) { return s->conn && PQstatus(s->conn) == CONNECTION_OK; }
+
+/* A failure that may pass by itself or by an operator's hand; not: constraints, syntax, missing tables. */
+static int passing_state(const char *st) {
+  if (!st) return 0;
+  if (!strncmp(st, "08", 2) || !strncmp(st, "53", 2)) return 1; /* connection exception, insufficient resources */
+  static const char *const list[] = {
+    "57P01", "57P02", "57P03",  /* admin shutdown, crash shutdown, cannot connect now */
+    "40001", "40P01",           /* serialization failure, deadlock */
+    "55P03", "57014",           /* lock not available, query canceled (a timeout, an operator) */
+    "25006",                    /* read-only transaction (a standby, or default_transaction_read_only) */
+    "58000", "58030",           /* system error, I/O error */
+  };
+  for (size_t i = 0; i < sizeof list / sizeof list[0]; i++)
+    if (!strcmp(st, list[i])) return 1;
+  return 0;
+}
+
+static int res_passing(struct pg_store *s, const PGresult *r) {
+  if (!conn_ok(s) || !r) return 1; /* the connection is gone (or libpq ran out of memory) */
+  return passing_state(PQresultErrorField(r, PG_DIAG_SQLSTATE));
+}
+
+static int res_is(const PGresult *r, const char *state) {
+  const char *st = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+  return st && !strcmp(st, state);
+}
+
+static int64_t cmd_rows(PGresult *r) { return strtoll(PQcmdTuples(r), NULL, 10); }
+
+static void quiet_notices(void *arg, const char *message) { (void)arg; (void)message; }
+
+/* ---- the session: lock, prepared statements ---- */
+
+/* Names the session that holds the host lock (pid, client, application) into who. */
+static void lock_holder(struct pg_store *s, char *who, size_t n) {
+  char sql[600];
+  snprintf(sql, sizeof sql,
+           "SELECT l.pid, coalesce(host(a.client_addr), 'a local socket'), coalesce(a.application_name, '')"
+           " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+           " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %lld AND l.objsubid = 1"
+           " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1",
+           HOST_LOCK_KEY);
+  PGresult *r = PQexec(s->conn, sql);
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
+    const char *app = PQgetvalue(r, 0, 2);
+    snprintf(who, n, "%s%s(PostgreSQL backend pid %s, client %s)", *app ? app : "another session",
+             *app ? " " : " ", PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1));
+  } else {
+    snprintf(who, n, "another session (it could not be named)");
+  }
+  PQclear(r);
+}
+
+/* Takes the host lock for this session: 0, or -1 with SG_E_CONFLICT naming the holder. */
+static int take_host_lock(struct pg_store *s, struct sg_error *e) {
+  char sql[80];
+  snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%lld)", HOST_LOCK_KEY);
+  PGresult *r = PQexec(s->conn, sql);
+  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+    int code = res_passing(s, r) ? SG_E_UNAVAILABLE : SG_E_INTERNAL;
+    fail_res(s, e, code, r, "take the host lock");
+    PQclear(r);
+    return -1;
+  }
+  int got = PQgetvalue(r, 0, 0)[0] == 't';
+  PQclear(r);
+  if (got) return 0;
+  char who[300];
+  lock_holder(s, who, sizeof who);
+  return sg_errorf(e, SG_E_CONFLICT, "database %s is in use by %s, which holds its host lock (advisory lock %lld):"
+                   " only one host may run on a database for now; stop that host first, or use another database",
+                   s->where, who, HOST_LOCK_KEY);
+}
+
+static int prepare_all(struct pg_store *s, struct sg_error *e) {
+  for (int i = 0; i < ST_COUNT; i++) {
+    char name[16];
+    snprintf(name, sizeof name, "sg%d", i);
+    PGresult *r = PQprepare(s->conn, name, stmt_sql[i], 0, NULL);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+      char what[100];
+      snprintf(what, sizeof what, "prepare '%.60s'", stmt_sql[i]);
+      fail_res(s, e, res_passing(s, r) ? SG_E_UNAVAILABLE : SG_E_INTERNAL, r, what);
+      PQclear(r);
+      return -1;
+    }
+    PQclear(r);
+  }
+  s->prepared = 1;
+  return 0;
+}
+
+/* Runs SQL text (possibly several statements) expecting no error; the last result is returned in
+ * *out when out is given (else cleared). */
+static int exec_sql(struct pg_store *s, const char *sql, PGresult **out, struct sg_error *e, const char *what) {
+  PGresult *r = PQexec(s->conn, sql);
+  ExecStatusType st = PQresultStatus(r);
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+    fail_res(s, e, res_passing(s, r) ? SG_E_UNAVAILABLE : SG_E_INTERNAL, r, what);
+    PQclear(r);
+    return -1;
+  }
+  if (out) *out = r;
+  else PQclear(r);
+  return 0;
+}
+
+/* What every connection needs before its first op: durable commits, the host lock, the statements. */
+static int session_setup(struct pg_store *s, struct sg_error *e) {
+  s->prepared = 0;
+  PQsetNoticeProcessor(s->conn, quiet_notices, NULL);
+  if (exec_sql(s, "SET synchronous_commit = on", NULL, e, "set synchronous_commit") < 0) return -1;
+  const char *enc = PQparameterStatus(s->conn, "client_encoding");
+  s->utf8 = enc && (!strcmp(enc, "UTF8") || !strcmp(enc, "UTF-8"));
+  if (take_host_lock(s, e) < 0) return -1;
+  return 0;
+}
+
+/* A new session on the same parameters (the server restarted, the network came back). Reads call it
+ * at most once a second (throttle), retry_commit at the engine's back-off. */
+static int reconnect(struct pg_store *s, int throttle, struct sg_error *e) {
+  if (s->lost_lock)
+    return sg_errorf(e, SG_E_INTERNAL, "postgres: %s: another session took the host lock while this host was"
+                     " disconnected; this host must stop", s->where);
+  int64_t now = sg_now_ms();
+  if (throttle && now - s->last_reconnect_ms < 1000) {
+    char m[300];
+    snprintf(m, sizeof m, "%s", PQerrorMessage(s->conn));
+    trim_nl(m);
+    return sg_errorf(e, SG_E_UNAVAILABLE, "postgres: the connection to %s is lost: %s", s->where, m);
+  }
+  s->last_reconnect_ms = now;
+  PQreset(s->conn);
+  if (!conn_ok(s)) {
+    char m[300];
+    snprintf(m, sizeof m, "%s", PQerrorMessage(s->conn));
+    trim_nl(m);
+    return sg_errorf(e, SG_E_UNAVAILABLE, "postgres: cannot reconnect to %s: %s", s->where, m);
+  }
+  if (session_setup(s, e) < 0 || prepare_all(s, e) < 0) {
+    if (e->code == SG_E_CONFLICT) {
+      s->lost_lock = 1;
+      char m[sizeof e->msg];
+      snprintf(m, sizeof m, "%s", e->msg);
+      sg_errorf(e, SG_E_INTERNAL, "postgres: reconnected, but %s", m);
+    }
+    return -1;
+  }
+  sg_info("postgres: reconnected to %s", s->where);
+  return 0;
+}
+
+/* ---- held transactions ---- */
+
+static void redo_clear(struct pg_store *s) {
+  s->nredo = 0;
+  s->arena.len = 0;
+}
+
+static void redo_add(struct pg_store *s, int st, const struct params *p) {
+  if (s->nredo == s->capredo) {
+    s->capredo = s->capredo ? s->capredo * 2 : 64;
+    s->redo = sg_xrealloc(s->redo, s->capredo * sizeof *s->redo);
+  }
+  struct redo *r = &s->redo[s->nredo++];
+  r->st = st;
+  r->n = p->n;
+  for (int i = 0; i < p->n; i++) {
+    if (!p->v[i]) { r->off[i] = -1; continue; }
+    r->off[i] = (long)s->arena.len;
+    sg_buf_add(&s->arena, p->v[i], strlen(p->v[i]) + 1);
+  }
+}
+
+/* Rolls back what PostgreSQL left of the transaction (if the connection still stands). */
+static void roll_back_open(struct pg_store *s) {
+  if (!conn_ok(s) || PQtransactionStatus(s->conn) == PQTRANS_IDLE) return;
+  PQclear(PQexec(s->conn, "ROLLBACK")); /* if it fails, the connection is gone: nothing is left open */
+}
+
+/* The transaction met a passing failure: note why (r may be NULL), and roll back; its writes stay kept. */
+static void hold(struct pg_store *s, const PGresult *r, const char *what) {
+  if (!s->held) {
+    char m[340];
+    res_msg(s, r, m, sizeof m);
+    snprintf(s->held_why, sizeof s->held_why, "postgres: %s: %s", what, m);
+    sg_warn("%s (the transaction is kept and will be written again)", s->held_why);
+  }
+  s->held = 1;
+  roll_back_open(s);
+}
+
+/* Runs a write. Inside a transaction the write is kept first; a passing failure holds the store and
+ * counts as done; once held, writes are only kept. 1 = it ran (*rows: rows changed), 0 = only kept,
+ * -1 = failed. */
+static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int64_t *rows, struct sg_error *e,
+                         const char *what);
+static int wr_exec(struct pg_store *s, int st, const struct params *p, int64_t *rows, struct sg_error *e,
+                   const char *what) {
+  if (!s->utf8) return wr_exec_valid(s, st, p, rows, e, what);
+  struct params q = *p;
+  char *own[MAX_PARAMS];
+  params_fix_utf8(&q, own);
+  int rc = wr_exec_valid(s, st, &q, rows, e, what);
+  params_free(q.n, own);
+  return rc;
+}
+
+static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int64_t *rows, struct sg_error *e,
+                         const char *what) {
+  if (rows) *rows = 0;
+  if (s->in_txn) redo_add(s, st, p);
+  if (s->held) return 0;
+  if (s->lost_lock) return reconnect(s, 0, e);
+  if (s->in_txn && (!conn_ok(s) || !s->prepared)) { hold(s, NULL, what); return 0; }
+  char name[16];
+  snprintf(name, sizeof name, "sg%d", st);
+  PGresult *r = PQexecPrepared(s->conn, name, p->n, p->v, NULL, NULL, 0);
+  if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+    if (rows) *rows = cmd_rows(r);
+    PQclear(r);
+    return 1;
+  }
+  if (res_passing(s, r)) {
+    if (s->in_txn) {
+      hold(s, r, what);
+      PQclear(r);
+      return 0;
+    }
+    fail_res(s, e, SG_E_UNAVAILABLE, r, what);
+    PQclear(r);
+    return -1;
+  }
+  /* a duplicate id is a conflict the caller can act on, not a store failure */
+  fail_res(s, e, res_is(r, "23505") ? SG_E_CONFLICT : SG_E_INTERNAL, r, what);
+  PQclear(r);
+  return -1;
+}
+
+static int wr_done(struct pg_store *s, int st, const struct params *p, struct sg_error *e, const char *what) {
+  return wr_exec(s, st, p, NULL, e, what) < 0 ? -1 : 0;
+}
+
+/* Runs a read: the PGresult (the caller clears it), or NULL with e filled. A lost connection is tried
+ * again once on a new one when the read may see the last commit anyway (no transaction, or a held
+ * one); inside a transaction that was going well, the transaction is lost: the store is held (its
+ * writes are kept) and the read answers from the new connection. */
+static PGresult *rd_exec_valid(struct pg_store *s, int st, const struct params *p, struct sg_error *e,
+                               const char *what);
+static PGresult *rd_exec(struct pg_store *s, int st, const struct params *p, struct sg_error *e, const char *what) {
+  if (!s->utf8 || !p) return rd_exec_valid(s, st, p, e, what);
+  struct params q = *p;
+  char *own[MAX_PARAMS];
+  params_fix_utf8(&q, own);
+  PGresult *r = rd_exec_valid(s, st, &q, e, what);
+  params_free(q.n, own);
+  return r;
+}
+
+static PGresult *rd_exec_valid(struct pg_store *s, int st, const struct params *p, struct sg_error *e,
+                               const char *what) {
+  char name[16];
+  snprintf(name, sizeof name, "sg%d", st);
+  for (int tries = 0;; tries++) {
+    if (s->lost_lock || !conn_ok(s) || !s->prepared) {
+      if (s->in_txn && !s->held) hold(s, NULL, what);
+      if (reconnect(s, 1, e) < 0) return NULL;
+    }
+    PGresult *r = PQexecPrepared(s->conn, name, p ? p->n : 0, p ? p->v : NULL, NULL, NULL, 0);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) return r;
+    int passing = res_passing(s, r);
+    /* PostgreSQL aborts a transaction on any error: a passing one holds it (its writes are kept) */
+    if (passing && s->in_txn && !s->held) hold(s, r, what);
+    if (passing && !conn_ok(s) && tries == 0) { PQclear(r); continue; }
+    fail_res(s, e, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, r, what);
+    PQclear(r);
+    return NULL;
+  }
+}
+
+/* ---- transactions ---- */
+
+static int pg_begin(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (s->held)
+    return sg_errorf(e, SG_E_UNAVAILABLE, "%s (a transaction is waiting to be written again)", s->held_why);
+  if (s->in_txn) return sg_errorf(e, SG_E_INTERNAL, "postgres: begin: a transaction is already open");
+  if (s->lost_lock) return reconnect(s, 0, e);
+  redo_clear(s);
+  s->in_txn = 1;
+  s->commit_unknown = 0;
+  /* a lost connection is not reopened here: the writes are kept from the start, and retry_commit
+   * (at the engine's back-off) reconnects */
+  if (!conn_ok(s) || !s->prepared) { hold(s, NULL, "begin (the connection is lost)"); return 0; }
+  PGresult *r = PQexec(s->conn, "BEGIN");
+  if (PQresultStatus(r) == PGRES_COMMAND_OK) { PQclear(r); return 0; }
+  if (res_passing(s, r)) { hold(s, r, "begin"); PQclear(r); return 0; }
+  s->in_txn = 0;
+  fail_res(s, e, SG_E_INTERNAL, r, "begin");
+  PQclear(r);
+  return -1;
+}
+
+/* Sends the store_state update and the COMMIT in one round trip. 0, or -1 with r's error (*out). */
+static int send_commit(struct pg_store *s, PGresult **out) {
+  char sql[256];
+  snprintf(sql, sizeof sql, "UPDATE store_state SET commit_seq = %lld, next_timer = %lld, next_outbox = %lld;"
+           " COMMIT", (long long)s->commit_seq + 1, (long long)s->next_timer, (long long)s->next_outbox);
+  PGresult *r = PQexec(s->conn, sql);
+  /* COMMIT of an aborted transaction "succeeds" with the tag ROLLBACK */
+  if (PQresultStatus(r) == PGRES_COMMAND_OK && !strcmp(PQcmdStatus(r), "COMMIT")) { PQclear(r); return 0; }
+  *out = r;
+  return -1;
+}
+
+static void committed(struct pg_store *s) {
+  s->commit_seq++;
+  s->held = s->in_txn = s->commit_unknown = 0;
+  redo_clear(s);
+  s->commits++;
+}
+
+static int pg_commit(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  if (!s->in_txn) return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: no transaction is open");
+  PGresult *r = NULL;
+  if (send_commit(s, &r) == 0) { committed(s); return 0; }
+  if (PQresultStatus(r) == PGRES_COMMAND_OK) { /* ROLLBACK: an earlier error aborted it */
+    PQclear(r);
+    s->in_txn = 0;
+    redo_clear(s);
+    return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: the transaction was aborted by an earlier error");
+  }
+  if (!res_passing(s, r)) {
+    fail_res(s, e, SG_E_INTERNAL, r, "commit");
+    PQclear(r);
+    roll_back_open(s);
+    s->in_txn = 0;
+    redo_clear(s);
+    return -1;
+  }
+  /* no answer: the server may have committed before the connection broke */
+  s->commit_unknown = !conn_ok(s);
+  hold(s, r, "commit");
+  PQclear(r);
+  return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+}
+
+static int pg_rollback(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  s->in_txn = s->held = s->commit_unknown = 0;
+  redo_clear(s);
+  if (!conn_ok(s) || PQtransactionStatus(s->conn) == PQTRANS_IDLE) return 0;
+  return exec_sql(s, "ROLLBACK", NULL, e, "rollback");
+}
+
+/* Whether the commit whose answer was lost went through: store_state.commit_seq tells. 1 yes, 0 no, -1 e. */
+static int lost_commit_went_through(struct pg_store *s, struct sg_error *e) {
+  PGresult *r = NULL;
+  if (exec_sql(s, "SELECT commit_seq FROM store_state", &r, e, "read the last commit") < 0) return -1;
+  int yes = PQntuples(r) == 1 && strtoll(PQgetvalue(r, 0, 0), NULL, 10) == s->commit_seq + 1;
+  PQclear(r);
+  return yes;
+}
+
+/* The statements whose redo must change exactly one row (the first run checked it, or never ran). */
+static int redo_wants_one_row(int st) {
+  return st == ST_SAGA_INSERT || st == ST_SAGA_UPDATE || st == ST_SAGA_PROGRESS;
+}
+
+/* Writes the held transaction again: the same statements with the same parameters, from the same
+ * committed state, so it yields the same rows (ids included) as the first time would have. */
+static int pg_retry_commit(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (!s->held) return 0;
+  if (s->lost_lock || !conn_ok(s) || !s->prepared) {
+    if (reconnect(s, 0, e) < 0) return -1;
+  } else {
+    roll_back_open(s);
+  }
+  if (s->commit_unknown) {
+    int done = lost_commit_went_through(s, e);
+    if (done < 0) return -1;
+    if (done) {
+      sg_info("postgres: the commit whose answer was lost went through");
+      committed(s);
+      return 0;
+    }
+    s->commit_unknown = 0;
+  }
+  const char *what = "begin";
+  PGresult *r = PQexec(s->conn, "BEGIN");
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK, bad_rows = 0;
+  for (size_t k = 0; ok && k < s->nredo; k++) {
+    const struct redo *w = &s->redo[k];
+    const char *v[MAX_PARAMS];
+    for (int i = 0; i < w->n; i++) v[i] = w->off[i] < 0 ? NULL : s->arena.data + w->off[i];
+    char name[16];
+    snprintf(name, sizeof name, "sg%d", w->st);
+    what = stmt_sql[w->st];
+    PQclear(r);
+    r = PQexecPrepared(s->conn, name, w->n, v, NULL, NULL, 0);
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    if (ok && redo_wants_one_row(w->st) && cmd_rows(r) != 1) ok = 0, bad_rows = 1;
+  }
+  if (ok) {
+    what = "commit";
+    PQclear(r);
+    r = NULL;
+    if (send_commit(s, &r) == 0) {
+      committed(s);
+      return 0;
+    }
+    if (PQresultStatus(r) != PGRES_COMMAND_OK && res_passing(s, r)) s->commit_unknown = !conn_ok(s);
+  }
+  if (bad_rows) {
+    sg_errorf(e, SG_E_INTERNAL, "postgres: writing the held transaction again (%.60s): it changed no row (a"
+              " conflicting write committed meanwhile)", what);
+  } else {
+    char m[300];
+    res_msg(s, r, m, sizeof m);
+    int passing = PQresultStatus(r) != PGRES_COMMAND_OK && res_passing(s, r);
+    sg_errorf(e, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "postgres: writing the held transaction again"
+              " (%.60s): %s", what, m);
+  }
+  PQclear(r);
+  roll_back_open(s);
+  return -1;
+}
+
+static int64_t pg_commit_count(struct sg_store *base) { return S(base)->commits; }
+
+/* ---- row helpers ---- */
+
+/* A column as text: NULL for SQL NULL; points into the result. */
+static const char *col(const PGresult *r, int row, int c) {
+  return PQgetisnull(r, row, c) ? NULL : PQgetvalue(r, row, c);
+}
+static int64_t col_i64(const PGresult *r, int row, int c) { return strtoll(PQgetvalue(r, row, c), NULL, 10); }
+static int col_int(const PGresult *r, int row, int c) { return (int)col_i64(r, row, c); }
+
+/* ---- definitions ---- */
+
+static int pg_def_put(struct sg_store *base, const char *hash, const char *file, const char *source,
+                      struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct params p = {0};
+  p_text(&p, hash);
+  p_text(&p, file);
+  p_text(&p, source);
+  p_int(&p, sg_now_ms());
+  return wr_done(s, ST_DEF_PUT, &p, e, "def_put");
+}
+
+static int pg_def_get(struct sg_store *base, const char *hash, char **file, char **source, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct params p = {0};
+  p_text(&p, hash);
+  if (file) *file = NULL;
+  *source = NULL;
+  PGresult *r = rd_exec(s, ST_DEF_GET, &p, e, "def_get");
+  if (!r) return -1;
+  if (PQntuples(r) > 0) {
+    if (file) *file = sg_strdup(col(r, 0, 0));
+    *source = sg_strdup(col(r, 0, 1));
+  }
+  PQclear(r);
+  return 0;
+}
+
+/* ---- sagas ---- */
+
+/* Reads a row selected with SAGA_COLS. own: the strings are copies the caller frees with
+ * sg_store_saga_row_free; otherwise they are borrowed from the result for a callback. */
+static void saga_from_row(const PGresult *res, int i, struct sg_saga_row *r, int own) {
+  const char *id = col(res, i, 0);
+  snprintf(r->id, sizeof r->id, "%s", id ? id : "");
+#define STR(c) (own ? sg_strdup(col(res, i, c)) : (char *)col(res, i, c))
+  r->type = STR(1);
+  r->def_hash = STR(2);
+  r->status = sg_status_parse(col(res, i, 3));
+  r->step = col_int(res, i, 4);
+  r->phase = col_int(res, i, 5);
+  r->attempt = col_int(res, i, 6);
+  r->input = STR(7);
+  r->data = STR(8);
+  r->error = STR(9);
+  r->idem_key = STR(10);
+#undef STR
+  r->created_at = col_i64(res, i, 11);
+  r->updated_at = col_i64(res, i, 12);
+  r->deadline = col_i64(res, i, 13);
+  r->version = col_i64(res, i, 14);
+  r->attempt_started_at = col_i64(res, i, 15);
+  r->attempt_base = col_int(res, i, 16);
+  r->same_status = 0;
+}
+
+static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct params p = {0};
+  p_text(&p, r->id);
+  p_text(&p, r->type);
+  p_text(&p, r->def_hash);
+  p_text(&p, sg_status_name(r->status));
+  p_int(&p, r->step);
+  p_int(&p, r->phase);
+  p_int(&p, r->attempt);
+  p_text(&p, r->input);
+  p_text(&p, r->data);
+  p_text(&p, r->error);
+  p_text(&p, r->idem_key);
+  p_int(&p, r->created_at);
+  p_int(&p, r->updated_at);
+  p_int(&p, r->deadline);
+  p_int(&p, r->version);
+  p_int(&p, r->attempt_started_at);
+  p_int(&p, r->attempt_base);
+  int64_t rows = 0;
+  int ran = wr_exec(s, ST_SAGA_INSERT, &p, &rows, e, "saga_insert");
+  if (ran < 0) return -1;
+  if (ran && rows == 0) {
+    if (s->in_txn) s->nredo--; /* not part of the transaction: the caller decides what follows */
+    return sg_errorf(e, SG_E_CONFLICT, "postgres: saga_insert: saga %s (or type %s with idempotency key %s)"
+                     " exists", r->id, r->type, r->idem_key ? r->idem_key : "-");
+  }
+  return 0;
+}
+
+static int pg_saga_update(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct params p = {0};
+  p_text(&p, r->id);
+  if (!r->same_status) {
+    p_text(&p, r->def_hash);
+    p_text(&p, sg_status_name(r->status));
+  }
+  p_int(&p, r->step);
+  p_int(&p, r->phase);
+  p_int(&p, r->attempt);
+  p_text(&p, r->data);
+  p_text(&p, r->error);
+  p_int(&p, r->updated_at);
+  p_int(&p, r->deadline);
+  p_int(&p, r->version);
+  p_int(&p, r->attempt_started_at);
+  p_int(&p, r->attempt_base);
+  int64_t rows = 0;
+  int ran = wr_exec(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE, &p, &rows, e, "saga_update");
+  if (ran < 0) return -1;
+  if (ran && rows == 0) {
+    if (s->in_txn) s->nredo--;
+    return sg_errorf(e, SG_E_CONFLICT,
+                     "saga %s: version conflict: expected stored version %lld (changed by another writer, or gone)",
+                     r->id, (long long)(r->version - 1));
+  }
+  return 0;
+}
+
+static int saga_get_one(struct pg_store *s, int st, const struct params *p, struct sg_saga_row *out,
+                        struct sg_error *e, const char *what) {
+  PGresult *r = rd_exec(s, st, p, e, what);
+  if (!r) return -1;
+  int found = PQntuples(r) > 0;
+  if (found) saga_from_row(r, 0, out, 1);
+  PQclear(r);
+  return found;
+}
+
+static int pg_saga_get(struct sg_store *base, const char *id, struct sg_saga_row *out, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, id);
+  return saga_get_one(S(base), ST_SAGA_GET, &p, out, e, "saga_get");
+}
+
+static int pg_saga_find_idem(struct sg_store *base, const char *type, const char *key, struct sg_saga_row *out,
+                             struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, type);
+  p_text(&p, key);
+  return saga_get_one(S(base), ST_SAGA_FIND_IDEM, &p, out, e, "saga_find_idem");
+}
+
+static int saga_iter(struct pg_store *s, int st, const struct params *p, sg_saga_cb cb, void *ud,
+                     struct sg_error *e, const char *what) {
+  PGresult *r = rd_exec(s, st, p, e, what);
+  if (!r) return -1;
+  int n = PQntuples(r);
+  for (int i = 0; i < n; i++) {
+    struct sg_saga_row row;
+    saga_from_row(r, i, &row, 0);
+    if (cb(ud, &row)) break;
+  }
+  PQclear(r);
+  return 0;
+}
+
+static int pg_saga_list(struct sg_store *base, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud,
+                        struct sg_error *e) {
+  int by_status = f->status >= 0, by_type = f->type != NULL;
+  int st = by_status && by_type ? ST_SAGA_LIST_BOTH
+         : by_status            ? ST_SAGA_LIST_STATUS
+         : by_type              ? ST_SAGA_LIST_TYPE
+                                : ST_SAGA_LIST;
+  struct params p = {0};
+  if (by_status) p_text(&p, sg_status_name(f->status));
+  if (by_type) p_text(&p, f->type);
+  p_text(&p, f->after ? f->after : ""); /* every id sorts after "" */
+  if (f->limit > 0) p_int(&p, f->limit);
+  else p_text(&p, NULL); /* LIMIT NULL: no limit */
+  return saga_iter(S(base), st, &p, cb, ud, e, "saga_list");
+}
+
+static int pg_saga_each_active(struct sg_store *base, sg_saga_cb cb, void *ud, struct sg_error *e) {
+  return saga_iter(S(base), ST_SAGA_ACTIVE, NULL, cb, ud, e, "saga_each_active");
+}
+
+/* ---- history ---- */
+
+static int pg_hist_insert(struct sg_store *base, struct sg_hist_row *r, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct params p = {0};
+  p_text(&p, r->saga_id);
+  p_int(&p, r->step);
+  p_text(&p, r->step_name);
+  p_int(&p, r->phase);
+  p_int(&p, r->attempt);
+  p_text(&p, r->status);
+  p_int(&p, r->started_at);
+  p_int(&p, r->finished_at);
+  p_text(&p, r->error);
+  int64_t id = s->next_hist++;
+  p_int(&p, id);
+  if (wr_exec(s, ST_HIST_INSERT, &p, NULL, e, "hist_insert") < 0) return -1;
+  r->id = id;
+  return 0;
+}
+
+static int pg_hist_each(struct sg_store *base, const char *saga_id, sg_hist_cb cb, void *ud, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  PGresult *res = rd_exec(S(base), ST_HIST_EACH, &p, e, "hist_each");
+  if (!res) return -1;
+  for (int i = 0, n = PQntuples(res); i < n; i++) {
+    struct sg_hist_row r = {
+      .id = col_i64(res, i, 0),
+      .saga_id = col(res, i, 1),
+      .step = col_int(res, i, 2),
+      .step_name = col(res, i, 3),
+      .phase = col_int(res, i, 4),
+      .attempt = col_int(res, i, 5),
+      .status = col(res, i, 6),
+      .started_at = col_i64(res, i, 7),
+      .finished_at = col_i64(res, i, 8),
+      .error = col(res, i, 9),
+    };
+    if (cb(ud, &r)) break;
+  }
+  PQclear(res);
+  return 0;
+}
+
+/* ---- journal ---- */
+
+static int pg_journal_put(struct sg_store *base, const struct sg_journal_row *r, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, r->saga_id);
+  p_int(&p, r->step);
+  p_int(&p, r->phase);
+  p_int(&p, r->attempt);
+  p_int(&p, r->seq);
+  p_text(&p, r->kind);
+  p_int(&p, r->done);
+  p_int(&p, r->is_error);
+  p_text(&p, r->result);
+  return wr_done(S(base), ST_JOURNAL_PUT, &p, e, "journal_put");
+}
+
+static int pg_journal_each(struct sg_store *base, const char *saga_id, int step, int phase, int attempt,
+                           sg_journal_cb cb, void *ud, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  p_int(&p, step);
+  p_int(&p, phase);
+  p_int(&p, attempt);
+  PGresult *res = rd_exec(S(base), ST_JOURNAL_EACH, &p, e, "journal_each");
+  if (!res) return -1;
+  for (int i = 0, n = PQntuples(res); i < n; i++) {
+    struct sg_journal_row r = {
+      .saga_id = col(res, i, 0),
+      .step = col_int(res, i, 1),
+      .phase = col_int(res, i, 2),
+      .attempt = col_int(res, i, 3),
+      .seq = col_int(res, i, 4),
+      .kind = col(res, i, 5),
+      .done = col_int(res, i, 6),
+      .is_error = col_int(res, i, 7),
+      .result = col(res, i, 8),
+    };
+    if (cb(ud, &r)) break;
+  }
+  PQclear(res);
+  return 0;
+}
+
+static int pg_journal_del(struct sg_store *base, const char *saga_id, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  return wr_done(S(base), ST_JOURNAL_DEL, &p, e, "journal_del");
+}
+
+/* ---- timers ---- */
+
+static int pg_timer_put(struct sg_store *base, struct sg_timer_row *r, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct params p = {0};
+  p_text(&p, r->saga_id);
+  p_int(&p, r->due_at);
+  p_text(&p, r->kind);
+  p_int(&p, r->ref);
+  int64_t id = s->next_timer++;
+  p_int(&p, id);
+  if (wr_exec(s, ST_TIMER_PUT, &p, NULL, e, "timer_put") < 0) return -1;
+  r->id = id;
+  return 0;
+}
+
+/* Deleting an id that is already gone succeeds: a timer may fire and be cancelled in one batch. */
+static int pg_timer_del(struct sg_store *base, int64_t id, struct sg_error *e) {
+  struct params p = {0};
+  p_int(&p, id);
+  return wr_done(S(base), ST_TIMER_DEL, &p, e, "timer_del");
+}
+
+static int pg_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct sg_error *e) {
+  PGresult *res = rd_exec(S(base), ST_TIMER_EACH, NULL, e, "timer_each");
+  if (!res) return -1;
+  for (int i = 0, n = PQntuples(res); i < n; i++) {
+    struct sg_timer_row r = {
+      .id = col_i64(res, i, 0),
+      .saga_id = col(res, i, 1),
+      .due_at = col_i64(res, i, 2),
+      .kind = col(res, i, 3),
+      .ref = col_i64(res, i, 4),
+    };
+    if (cb(ud, &r)) break;
+  }
+  PQclear(res);
+  return 0;
+}
+
+/* ---- outbox ---- */
+
+static int pg_outbox_put(struct sg_store *base, struct sg_msg *m, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct params p = {0};
+  p_text(&p, m->message_id);
+  p_text(&p, m->correlation_id);
+  p_text(&p, m->exchange);
+  p_text(&p, m->routing_key);
+  p_text(&p, m->reply_to);
+  p_text(&p, m->type);
+  p_text(&p, m->saga_id);
+  p_text(&p, m->saga_type);
+  p_int(&p, m->step);
+  p_int(&p, m->attempt);
+  p_text(&p, m->status);
+  p_text(&p, m->body);
+  p_int(&p, m->created_at);
+  int64_t id = s->next_outbox++;
+  p_int(&p, id);
+  if (wr_exec(s, ST_OUTBOX_PUT, &p, NULL, e, "outbox_put") < 0) return -1;
+  m->outbox_id = id;
+  return 0;
+}
+
+/* Like timer_del, a second delete (a duplicate confirm) is not an error. */
+static int pg_outbox_del(struct sg_store *base, int64_t id, struct sg_error *e) {
+  struct params p = {0};
+  p_int(&p, id);
+  return wr_done(S(base), ST_OUTBOX_DEL, &p, e, "outbox_del");
+}
+
+static int pg_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct sg_error *e) {
+  PGresult *res = rd_exec(S(base), ST_OUTBOX_EACH, NULL, e, "outbox_each");
+  if (!res) return -1;
+  for (int i = 0, n = PQntuples(res); i < n; i++) {
+    /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
+    struct sg_msg m = {
+      .outbox_id = col_i64(res, i, 0),
+      .message_id = (char *)col(res, i, 1),
+      .correlation_id = (char *)col(res, i, 2),
+      .exchange = (char *)col(res, i, 3),
+      .routing_key = (char *)col(res, i, 4),
+      .reply_to = (char *)col(res, i, 5),
+      .type = (char *)col(res, i, 6),
+      .saga_id = (char *)col(res, i, 7),
+      .saga_type = (char *)col(res, i, 8),
+      .step = col_int(res, i, 9),
+      .attempt = col_int(res, i, 10),
+      .status = (char *)col(res, i, 11),
+      .body = (char *)col(res, i, 12),
+      .created_at = col_i64(res, i, 13),
+    };
+    if (cb(ud, &m)) break;
+  }
+  PQclear(res);
+  return 0;
+}
+
+/* ---- inbox ---- */
+
+static int pg_inbox_get(struct sg_store *base, const char *message_id, char **reply_status, char **reply_body,
+                        struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, message_id);
+  if (reply_status) *reply_status = NULL;
+  if (reply_body) *reply_body = NULL;
+  PGresult *r = rd_exec(S(base), ST_INBOX_GET, &p, e, "inbox_get");
+  if (!r) return -1;
+  int found = PQntuples(r) > 0;
+  if (found) {
+    if (reply_status) *reply_status = sg_strdup(col(r, 0, 0));
+    if (reply_body) *reply_body = sg_strdup(col(r, 0, 1));
+  }
+  PQclear(r);
+  return found;
+}
+
+static int pg_inbox_put(struct sg_store *base, const char *message_id, const char *reply_status,
+                        const char *reply_body, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, message_id);
+  p_text(&p, reply_status);
+  p_text(&p, reply_body);
+  p_int(&p, sg_now_ms());
+  return wr_done(S(base), ST_INBOX_PUT, &p, e, "inbox_put");
+}
+
+static int pg_inbox_prune(struct sg_store *base, int64_t before, int64_t *deleted, struct sg_error *e) {
+  struct params p = {0};
+  p_int(&p, before);
+  int64_t rows = 0;
+  if (wr_exec(S(base), ST_INBOX_PRUNE, &p, &rows, e, "inbox_prune") < 0) return -1;
+  if (deleted) *deleted = rows;
+  return 0;
+}
+
+static int pg_saga_prune(struct sg_store *base, int64_t before, int limit, int64_t *deleted, struct sg_error *e) {
+  struct params p = {0};
+  p_int(&p, before);
+  p_int(&p, limit);
+  int64_t rows = 0;
+  if (wr_exec(S(base), ST_SAGA_PRUNE, &p, &rows, e, "saga_prune") < 0) return -1;
+  if (deleted) *deleted = rows;
+  return 0;
+}
+
+/* ---- open / close ---- */
+
+static void pg_close(struct sg_store *base) {
+  struct pg_store *s = S(base);
+  if (!s) return;
+  PQfinish(s->conn); /* the server rolls back an open transaction and drops the session's lock */
+  free(s->redo);
+  sg_buf_free(&s->arena);
+  free(s);
+}
+
+static const struct sg_store_ops pg_ops = {
+  .name = "postgres",
+  .close = pg_close,
+  .begin = pg_begin,
+  .commit = pg_commit,
+  .rollback = pg_rollback,
+  .retry_commit = pg_retry_commit,
+  .def_put = pg_def_put,
+  .def_get = pg_def_get,
+  .saga_insert = pg_saga_insert,
+  .saga_update = pg_saga_update,
+  .saga_get = pg_saga_get,
+  .saga_find_idem = pg_saga_find_idem,
+  .saga_list = pg_saga_list,
+  .saga_each_active = pg_saga_each_active,
+  .hist_insert = pg_hist_insert,
+  .hist_each = pg_hist_each,
+  .journal_put = pg_journal_put,
+  .journal_each = pg_journal_each,
+  .timer_put = pg_timer_put,
+  .timer_del = pg_timer_del,
+  .timer_each = pg_timer_each,
+  .outbox_put = pg_outbox_put,
+  .outbox_del = pg_outbox_del,
+  .outbox_each = pg_outbox_each,
+  .inbox_get = pg_inbox_get,
+  .inbox_put = pg_inbox_put,
+  .inbox_prune = pg_inbox_prune,
+  .journal_del = pg_journal_del,
+  .saga_prune = pg_saga_prune,
+  .commit_count = pg_commit_count,
+};
+
+/* Reads one integer from a single-row query (open-time only). */
+static int query_int(struct pg_store *s, const char *sql, int64_t *out, struct sg_error *e, const char *what) {
+  PGresult *r = NULL;
+  if (exec_sql(s, sql, &r, e, what) < 0) return -1;
+  if (PQntuples(r) != 1 || PQgetisnull(r, 0, 0)) {
+    PQclear(r);
+    return sg_errorf(e, SG_E_INTERNAL, "postgres: %s: no value", what);
+  }
+  *out = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+  PQclear(r);
+  return 0;
+}
+
+/* Applies the missing migrations, each in a transaction that first takes MIGRATE_LOCK_KEY, so two
+ * hosts opening a fresh database at once do not both apply a step (the version is read under it). */
+static int migrate(struct pg_store *s, struct sg_error *e) {
+  for (;;) {
+    char sql[300];
+    snprintf(sql, sizeof sql, "BEGIN; SELECT pg_advisory_xact_lock(%lld);"
+             " CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL);"
+             " SELECT coalesce(max(version), 0) FROM schema_version", MIGRATE_LOCK_KEY);
+    int64_t have = 0;
+    if (query_int(s, sql, &have, e, "migrate: read the schema version") < 0) goto fail;
+    if (have > N_MIGRATIONS) {
+      sg_errorf(e, SG_E_INTERNAL, "postgres: database schema version %lld is newer than this host knows (%d):"
+                " upgrade sagahost", (long long)have, N_MIGRATIONS);
+      goto fail;
+    }
+    if (have == N_MIGRATIONS) return exec_sql(s, "COMMIT", NULL, e, "migrate: commit");
+    char what[64];
+    snprintf(what, sizeof what, "migration %lld", (long long)have + 1);
+    if (exec_sql(s, migrations[have], NULL, e, what) < 0) goto fail;
+    snprintf(sql, sizeof sql, "INSERT INTO schema_version(version, applied_at) VALUES (%lld, %lld); COMMIT",
+             (long long)have + 1, (long long)sg_now_ms());
+    if (exec_sql(s, sql, NULL, e, what) < 0) goto fail;
+  }
+fail:
+  roll_back_open(s);
+  return -1;
+}
+
+/* The URL with its password (if any) replaced by ***, for messages. */
+void sg_store_pg_redact(const char *url, char *out, size_t n) {
+  snprintf(out, n, "%s", url);
+  char *scheme = strstr(out, "://");
+  if (!scheme) return;
+  char *user = scheme + 3, *at = strchr(user, '@'), *slash = strchr(user, '/');
+  if (!at || (slash && slash < at)) return;
+  char *colon = memchr(user, ':', (size_t)(at - user));
+  if (!colon) return;
+  char rest[512];
+  snprintf(rest, sizeof rest, "%s", at);
+  snprintf(colon, n - (size_t)(colon - out), ":***%s", rest);
+}
+
+/* Connects to url: 0, or -1 with e filled (SG_E_UNAVAILABLE when the server cannot be reached). */
+static int connect_db(struct pg_store *s, const char *url, struct sg_error *e) {
+  char app[64], hn[32] = "?";
+  gethostname(hn, sizeof hn - 1);
+  snprintf(app, sizeof app, "sagahost pid %ld on %s", (long)getpid(), hn);
+  /* defaults first: what the URL says overrides them (expand_dbname) */
+  const char *keys[] = { "connect_timeout", "application_name", "dbname", NULL };
+  const char *vals[] = { "5", app, url, NULL };
+  s->conn = PQconnectdbParams(keys, vals, 1);
+  char shown[300];
+  sg_store_pg_redact(url, shown, sizeof shown);
+  if (!s->conn) return sg_errorf(e, SG_E_INTERNAL, "postgres: cannot connect to %s: out of memory", shown);
+  if (PQstatus(s->conn) != CONNECTION_OK) {
+    char m[300];
+    snprintf(m, sizeof m, "%s", PQerrorMessage(s->conn));
+    trim_nl(m);
+    return sg_errorf(e, SG_E_UNAVAILABLE, "postgres: cannot connect to %s: %s", shown, m);
+  }
+  const char *host = PQhost(s->conn);
+  snprintf(s->where, sizeof s->where, "postgres://%s@%s:%s/%s", PQuser(s->conn),
+           host && *host == '/' ? "[socket]" : (host ? host : "?"), PQport(s->conn), PQdb(s->conn));
+  return 0;
+}
+
+int sg_store_pg_in_use(const char *url, struct sg_error *e) {
+  struct pg_store s = {0};
+  struct sg_error le = {0};
+  int used = 0;
+  if (connect_db(&s, url, &le) == 0) {
+    PQsetNoticeProcessor(s.conn, quiet_notices, NULL);
+    if (take_host_lock(&s, &le) < 0 && le.code == SG_E_CONFLICT) {
+      *e = le;
+      used = 1;
+    }
+  }
+  PQfinish(s.conn); /* drops the lock if we took it */
+  return used;
+}
+
+int sg_store_is_pg_url(const char *db) {
+  return db && (!strncmp(db, "postgres://", 11) || !strncmp(db, "postgresql://", 13));
+}
+
+struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e) {
+  struct pg_store *s = sg_xcalloc(1, sizeof *s);
+  s->base.ops = &pg_ops;
+  sg_buf_init(&s->arena);
+  if (connect_db(s, url, e) < 0) goto fail;
+  /* before the first write: a refused host must not touch the database (not even to migrate it) */
+  if (session_setup(s, e) < 0) goto fail;
+  if (migrate(s, e) < 0) goto fail;
+  /* the next ids: past every row, and for timers and outbox past every id ever given out */
+  if (query_int(s, "SELECT coalesce(max(id), 0) + 1 FROM history", &s->next_hist, e, "read the next history id") < 0 ||
+      query_int(s, "SELECT greatest(coalesce((SELECT max(id) FROM timers), 0) + 1,"
+                " (SELECT next_timer FROM store_state))", &s->next_timer, e, "read the next timer id") < 0 ||
+      query_int(s, "SELECT greatest(coalesce((SELECT max(id) FROM outbox), 0) + 1,"
+                " (SELECT next_outbox FROM store_state))", &s->next_outbox, e, "read the next outbox id") < 0 ||
+      query_int(s, "SELECT commit_seq FROM store_state", &s->commit_seq, e, "read the last commit") < 0)
+    goto fail;
+  if (prepare_all(s, e) < 0) goto fail;
+  return &s->base;
+fail:
+  pg_close(&s->base);
+  return NULL;
+}
