@@ -86,7 +86,7 @@ static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id
   struct sg_saga_row r = {0};
   struct sg_error e = {0};
   int found = api->store->ops->saga_get(api->store, id, &r, &e);
-  if (found < 0) { sg_http_reply_error(req, 500, e.msg); return; }
+  if (found < 0) { reply_engine_error(req, &e); return; }
   if (!found) {
     char msg[200];
     snprintf(msg, sizeof msg, "no saga with id '%.80s'", id);
@@ -110,7 +110,7 @@ static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id
   if (api->store->ops->hist_each(api->store, id, hist_cb, &b, &e) < 0) {
     sg_buf_free(&b);
     sg_store_saga_row_free(&r);
-    sg_http_reply_error(req, 500, e.msg);
+    reply_engine_error(req, &e);
     return;
   }
   if (!SG_ST_TERMINAL(r.status) && r.attempt_started_at > 0) {
@@ -166,7 +166,7 @@ static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
   struct sg_error e = {0};
   if (api->store->ops->saga_list(api->store, &f, list_cb, &lc, &e) < 0) {
     sg_buf_free(&b);
-    sg_http_reply_error(req, 500, e.msg);
+    reply_engine_error(req, &e);
     return;
   }
   sg_buf_adds(&b, "],\"next\":");

@@ -747,6 +747,17 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
   struct sg_error e = {0};
   int chained = own_call(en, m);
   int seen = chained ? 0 : en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
+  if (seen < 0 && e.code == SG_E_UNAVAILABLE) {
+    /* the store cannot be read now (a lost database connection): the delivery waits, unacked */
+    sg_warn("message %s: %s; handled when the store answers again", m->message_id, e.msg);
+    park_delivery(en, m, tag, redelivered);
+    if (!en->stalled) {
+      ev_timer_stop(en->loop, &en->parked_timer);
+      ev_timer_set(&en->parked_timer, 1.0, 0.);
+      ev_timer_start(en->loop, &en->parked_timer);
+    }
+    return;
+  }
   if (seen < 0) { fatal_store(en, "inbox", &e); return; }
   int deliveries = 0;
   if (seen && status && strcmp(status, "delivered") == 0) {
@@ -1058,16 +1069,9 @@ static void stall(struct sg_engine *en, const struct sg_error *e) {
   en->stall_delay = en->stall_delay * 2 > STALL_MAX_S ? STALL_MAX_S : en->stall_delay * 2;
 }
 
-/* Leaves the stall after the held batch committed: what waited goes on. */
-static void unstall(struct sg_engine *en) {
-  sg_info("store: commit succeeded after %.1fs and %" PRId64 " retries; taking new work again",
-          (sg_now_ms() - en->stall_since) / 1000.0, en->stall_tries);
-  en->stalled = 0;
-  en->stall_error[0] = 0;
-  ev_timer_stop(en->loop, &en->stall_timer);
-  committed(en);
-  if (en->broken) return;
-  /* the deliveries that arrived meanwhile, in order (each may open the next batch) */
+/* The deliveries that waited (for a stall to end, or for the store to answer a read), in order; each
+ * may open the next batch, or wait again. */
+static void redispatch_parked(struct sg_engine *en) {
   struct parked_msg *list = en->parked;
   size_t n = en->nparked;
   en->parked = NULL;
@@ -1078,6 +1082,23 @@ static void unstall(struct sg_engine *en) {
     sg_msg_free(&list[i].m);
   }
   free(list);
+}
+
+static void on_parked_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_engine *en = w->data;
+  if (!en->stalled && !en->broken) redispatch_parked(en); /* a stall re-dispatches them when it ends */
+}
+
+/* Leaves the stall after the held batch committed: what waited goes on. */
+static void unstall(struct sg_engine *en) {
+  sg_info("store: commit succeeded after %.1fs and %" PRId64 " retries; taking new work again",
+          (sg_now_ms() - en->stall_since) / 1000.0, en->stall_tries);
+  en->stalled = 0;
+  en->stall_error[0] = 0;
+  ev_timer_stop(en->loop, &en->stall_timer);
+  committed(en);
+  if (en->broken) return;
+  redispatch_parked(en);
   if (en->stalled || en->broken) return;
   if (en->nconfirmed || en->republish) eng_txn(en);
   sg_timers_run(en->timers, sg_now_ms()); /* what fell due, then the heap is armed again */
@@ -1143,6 +1164,8 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   eng_runq_init(en);
   ev_init(&en->stall_timer, on_stall_timer);
   en->stall_timer.data = en;
+  ev_init(&en->parked_timer, on_parked_timer);
+  en->parked_timer.data = en;
   ev_timer_init(&en->sweep, on_sweep, 0.25, 0.25);
   en->sweep.data = en;
   ev_timer_start(loop, &en->sweep);
@@ -1347,6 +1370,8 @@ void sg_engine_stop(struct sg_engine *en) {
   ev_prepare_stop(en->loop, &en->prepare);
   ev_ref(en->loop);
   ev_timer_stop(en->loop, &en->sweep);
+  ev_timer_stop(en->loop, &en->stall_timer);
+  ev_timer_stop(en->loop, &en->parked_timer);
   eng_runq_stop(en);
 }
 

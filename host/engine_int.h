@@ -136,7 +136,8 @@ struct sg_engine {
   int64_t stall_since;       /* ms, when the stall began */
   int64_t stall_tries;       /* retries in this stall */
   char stall_error[256];     /* the store's last message */
-  struct parked_msg *parked; /* deliveries that arrived meanwhile, in order */
+  struct parked_msg *parked; /* deliveries that arrived meanwhile (or whose inbox read failed), in order */
+  ev_timer parked_timer;     /* re-dispatches them after a failed read when there is no stall */
   size_t nparked, capparked;
   int stopped;               /* sg_engine_stop ran */
   struct sg_saga *dirty;     /* sagas to flush before the commit */

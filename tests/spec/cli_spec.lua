@@ -100,7 +100,7 @@ saga.define { name = "Parked", steps = {
   it("--help and --version", function()
     local code, out = H.cli("--help")
     assert.are.equal(0, code)
-    assert.matches("run %[%-%-db PATH%]", out)
+    assert.matches("run %[%-%-db PATH|URL%]", out)
     assert.matches("start", out)
     code, out = H.cli("--version")
     assert.are.equal(0, code)
