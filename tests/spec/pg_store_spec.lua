@@ -48,4 +48,70 @@ describe("PostgreSQL store", function()
     host:stop()
     assert(ok, err)
   end)
+
+  it("a stopped server: commands wait unacked at the participant, sagas wait at the orchestrator, both go on", function()
+    H.pg_only("it stops the tests' PostgreSQL cluster for a few seconds")
+    local uid = H.uid()
+    local svc = "pgsvc_" .. uid
+    local part = H.host { name = "pg-part", amqp = true, host_id = "pg-part-" .. uid,
+      scripts = { ["p.lua"] = ([[
+local saga = require "saga"
+saga.handle("SVC", "Post", function(p, msg)
+  print("HANDLED " .. msg.message_id)
+  return { posted = p.n }
+end)
+]]):gsub("SVC", svc) } }
+    local orch = H.host { name = "pg-orch", amqp = true, host_id = "pg-orch-" .. uid,
+      scripts = { ["o.lua"] = ([[
+local saga = require "saga"
+saga.define { name = "PgStop", steps = {
+  { name = "post", action = function(ctx) ctx.data.r = ctx:call("SVC", "Post", { n = ctx.input.n }) end },
+  { name = "nap", action = function(ctx) ctx:sleep("300ms") end },
+  { name = "again", action = function(ctx) ctx.data.r2 = ctx:call("SVC", "Post", { n = -ctx.input.n }) end },
+} }
+]]):gsub("SVC", svc) } }
+    local ok, err = xpcall(function()
+      part:start_amqp()
+      orch:start_amqp()
+      local acked = {}
+      for i = 1, 20 do acked[#acked + 1] = orch:start_saga("PgStop", { n = i }) end
+      -- the server goes away while commands, replies and sleeps are in flight
+      local code, out = H.sh("bash tests/pg-cluster.sh stop")
+      assert(code == 0, out)
+      H.sleep(3)
+      assert.is_true(part:alive(), "the participant died without its database")
+      assert.is_true(orch:alive(), "the orchestrator died without its database")
+      local c = orch:post("/v1/sagas/PgStop", { n = 999 })
+      assert.are.equal(503, c)
+      code, out = H.sh("bash tests/pg-cluster.sh")
+      assert(code == 0, out)
+      -- reads reconnect at most once a second, the held batch at the next retry (backoff up to 5 s)
+      local back
+      for _ = 1, 60 do
+        if orch:get("/healthz") == 200 and part:get("/healthz") == 200 then back = true break end
+        H.sleep(0.25)
+      end
+      assert.is_true(back, "the hosts did not come back after the server did")
+      local all = orch:wait_all(acked, 60)
+      local handled, n = {}, 0
+      for id in part:log():gmatch("HANDLED (%S+)") do
+        assert.is_nil(handled[id], "command " .. id .. " handled twice")
+        handled[id] = true
+        n = n + 1
+      end
+      assert.are.equal(2 * #acked, n)
+      for _, id in ipairs(acked) do
+        assert.are.equal("completed", all[id].status)
+        assert.are.same({ "post:action:completed", "nap:action:completed", "again:action:completed" },
+                        H.history(orch:saga(id)))
+      end
+      print(string.format("\n  server stopped for 3 s: %d sagas completed, %d commands handled once each", #acked, n))
+    end, debug.traceback)
+    orch:stop()
+    part:stop()
+    H.sh("bash tests/pg-cluster.sh")
+    pcall(H.amqp_tool, "delete", "saga.svc." .. svc, "saga.svc." .. svc .. ".dlq", "saga.reply.pg-orch-" .. uid,
+      "saga.reply.pg-orch-" .. uid .. ".dlq", "saga.reply.pg-part-" .. uid, "saga.reply.pg-part-" .. uid .. ".dlq")
+    assert(ok, err)
+  end)
 end)
