@@ -610,8 +610,7 @@ static void sg_http_sweep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 static void sg_http_completed_cb(void *cls, struct MHD_Connection *mc, void **con_cls,
                                  enum MHD_RequestTerminationCode toe) {
   struct sg_http_conn *c = *con_cls;
-  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(mc, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  struct sg_http_sock *s = ci ? ci->socket_context : NULL;
+  struct sg_http_sock *s = sg_http_sock_of(mc);
   if (s) { /* a keep-alive connection gets a fresh deadline for its next request */
     s->since = ev_now(s->srv->loop);
     s->received = 0;

@@ -374,11 +374,7 @@ static int sq_rollback(struct sg_store *base, struct sg_error *e) {
 static int sq_retry_commit(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
   if (!s->held) return 0;
-  if (!sqlite3_get_autocommit(s->db)) {
-    sqlite3_stmt *rb = stmt_use(s, ST_ROLLBACK);
-    sqlite3_step(rb);
-    stmt_done(rb);
-  }
+  roll_back_held(s); /* in case the failure left it open */
   const char *what = "begin";
   sqlite3_stmt *st = stmt_use(s, ST_BEGIN);
   int rc = sqlite3_step(st);
@@ -404,11 +400,7 @@ static int sq_retry_commit(struct sg_store *base, struct sg_error *e) {
     int passing = passing_failure(rc);
     sg_errorf(e, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "sqlite: writing the held transaction again (%.60s): %s",
               what, sqlite3_errmsg(s->db));
-    if (!sqlite3_get_autocommit(s->db)) {
-      sqlite3_stmt *rb = stmt_use(s, ST_ROLLBACK);
-      sqlite3_step(rb);
-      stmt_done(rb);
-    }
+    roll_back_held(s);
     return -1;
   }
   s->held = s->in_txn = 0;

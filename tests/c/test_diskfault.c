@@ -198,17 +198,48 @@ static int count(sqlite3 *db, const char *sql) {
   return n;
 }
 
-/* Runs one host with the fault armed; returns how many faults were injected (-1 = run failed). */
-static long run_once(const char *dir, int kind, long n, int repeat, long *writes, long *syncs) {
-  char db[512], cmd[2200];
-  snprintf(db, sizeof db, "%s/f.db", dir);
+/* A fresh database in dir (db receives its path) and the host configuration for it. */
+static int fresh_host_config(const char *dir, char *db, size_t n, struct sg_host_config *cfg) {
+  snprintf(db, n, "%s/f.db", dir);
+  char cmd[2200];
   snprintf(cmd, sizeof cmd, "rm -f %s %s-wal %s-shm %s.lock", db, db, db, db);
   if (system(cmd) != 0) return -1;
+  sg_host_config_defaults(cfg);
+  cfg->db = db;
+  cfg->dir = dir;
+  cfg->host_id = "fault";
+  return 0;
+}
+
+/* Counts from now on, and fails the n-th write or fsync (and the repeat after it). */
+static void fault_arm(int kind, long n, int repeat) {
+  F.kind = kind;
+  F.n = n;
+  F.repeat = repeat;
+  F.armed = 1;
+}
+
+/* The 3 ms tick that starts sagas and watches for the end (on_tick). */
+static void tick_start(struct ev_loop *loop, struct run *r) {
+  ev_timer_init(&r->tick, on_tick, 0.003, 0.003);
+  r->tick.data = r;
+  ev_timer_start(loop, &r->tick);
+}
+
+/* Every acknowledged saga of r is in the file, completed, once. */
+static void check_acked_completed(sqlite3 *h, const struct run *r, const char *what) {
+  for (int i = 0; i < r->nids; i++) {
+    char q[160];
+    snprintf(q, sizeof q, "SELECT count(*) FROM sagas WHERE id = '%s' AND status = 'completed'", r->ids[i]);
+    if (!CHECK(count(h, q) == 1)) fprintf(stderr, "  %s: acknowledged saga %s is not there, completed\n", what, r->ids[i]);
+  }
+}
+
+/* Runs one host with the fault armed; returns how many faults were injected (-1 = run failed). */
+static long run_once(const char *dir, int kind, long n, int repeat, long *writes, long *syncs) {
+  char db[512];
   struct sg_host_config cfg;
-  sg_host_config_defaults(&cfg);
-  cfg.db = db;
-  cfg.dir = dir;
-  cfg.host_id = "fault";
+  if (fresh_host_config(dir, db, sizeof db, &cfg) < 0) return -1;
   struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
   struct run r;
   memset(&r, 0, sizeof r);
@@ -219,13 +250,8 @@ static long run_once(const char *dir, int kind, long n, int repeat, long *writes
     ev_loop_destroy(loop);
     return -1;
   }
-  F.kind = kind;
-  F.n = n;
-  F.repeat = repeat;
-  F.armed = 1;
-  ev_timer_init(&r.tick, on_tick, 0.003, 0.003);
-  r.tick.data = &r;
-  ev_timer_start(loop, &r.tick);
+  fault_arm(kind, n, repeat);
+  tick_start(loop, &r);
   ev_run(loop, 0);
   ev_timer_stop(loop, &r.tick);
   long injected = F.failures; /* during the run (a fault in the closing checkpoint is not the run's) */
@@ -258,11 +284,7 @@ static long run_once(const char *dir, int kind, long n, int repeat, long *writes
   int sagas = count(h, "SELECT count(*) FROM sagas");
   if (!CHECK(sagas == r.acked))
     fprintf(stderr, "  %s: %d sagas stored, %d acknowledged (%d refused)\n", what, sagas, r.acked, r.refused);
-  for (int i = 0; i < r.nids; i++) {
-    char q[160];
-    snprintf(q, sizeof q, "SELECT count(*) FROM sagas WHERE id = '%s' AND status = 'completed'", r.ids[i]);
-    if (!CHECK(count(h, q) == 1)) fprintf(stderr, "  %s: acknowledged saga %s is not there, completed\n", what, r.ids[i]);
-  }
+  check_acked_completed(h, &r, what);
   int doubled = count(h, "SELECT count(*) FROM (SELECT 1 FROM history GROUP BY saga_id, step, phase, attempt, status"
                          " HAVING count(*) > 1)");
   if (!CHECK(doubled == 0)) fprintf(stderr, "  %s: %d step outcome(s) recorded twice\n", what, doubled);
@@ -279,28 +301,16 @@ static long run_once(const char *dir, int kind, long n, int repeat, long *writes
  * space returns must find every acknowledged saga and finish it. */
 static void stop_while_full(const char *dir, long n) {
   char db[512];
-  snprintf(db, sizeof db, "%s/f.db", dir);
-  char cmd[2200];
-  snprintf(cmd, sizeof cmd, "rm -f %s %s-wal %s-shm %s.lock", db, db, db, db);
-  if (system(cmd) != 0) return;
   struct sg_host_config cfg;
-  sg_host_config_defaults(&cfg);
-  cfg.db = db;
-  cfg.dir = dir;
-  cfg.host_id = "fault";
+  if (fresh_host_config(dir, db, sizeof db, &cfg) < 0) return;
   struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
   struct run r;
   memset(&r, 0, sizeof r);
   struct sg_error e = {0};
   memset(&F, 0, sizeof F);
   if (!CHECK(sg_host_open(&r.h, loop, &cfg, &e) == 0)) { fprintf(stderr, "open: %s\n", e.msg); return; }
-  F.kind = F_WRITE;
-  F.n = n;           /* some commits in, */
-  F.repeat = 1 << 30; /* and full from then on */
-  F.armed = 1;
-  ev_timer_init(&r.tick, on_tick, 0.003, 0.003);
-  r.tick.data = &r;
-  ev_timer_start(loop, &r.tick);
+  fault_arm(F_WRITE, n, 1 << 30); /* some commits in, and full from then on */
+  tick_start(loop, &r);
   while (r.ticks < 400 && !(r.started == NSTARTS && r.stalls_seen > 20)) ev_run(loop, EVRUN_ONCE);
   ev_timer_stop(loop, &r.tick);
   CHECK(sg_engine_stalled(r.h.en));
@@ -317,9 +327,7 @@ static void stop_while_full(const char *dir, long n) {
   memset(&r2, 0, sizeof r2);
   r2.started = NSTARTS; /* no new starts */
   if (!CHECK(sg_host_open(&r2.h, loop, &cfg, &e) == 0)) { fprintf(stderr, "reopen: %s\n", e.msg); return; }
-  ev_timer_init(&r2.tick, on_tick, 0.003, 0.003);
-  r2.tick.data = &r2;
-  ev_timer_start(loop, &r2.tick);
+  tick_start(loop, &r2);
   ev_run(loop, 0);
   ev_timer_stop(loop, &r2.tick);
   CHECK(!sg_engine_broken(r2.h.en));
@@ -327,11 +335,7 @@ static void stop_while_full(const char *dir, long n) {
   ev_loop_destroy(loop);
   sqlite3 *h;
   if (!CHECK(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, "unix") == SQLITE_OK)) return;
-  for (int i = 0; i < r.nids; i++) {
-    char q[160];
-    snprintf(q, sizeof q, "SELECT count(*) FROM sagas WHERE id = '%s' AND status = 'completed'", r.ids[i]);
-    if (!CHECK(count(h, q) == 1)) fprintf(stderr, "  stop while full: acknowledged saga %s lost\n", r.ids[i]);
-  }
+  check_acked_completed(h, &r, "stop while full");
   printf("stop while full from write %ld: %d acknowledged before, %d refused, %d in the held batch answered as "
          "failed; every acknowledged one completed after a restart\n", n, acked, r.refused, r.nacked);
   sqlite3_close(h);

@@ -321,8 +321,7 @@ describe("a participant written with pika from docs/protocol.md", function()
     if orch then orch:stop() end
     if pika then pika:stop() end
     if svc then
-      pcall(H.amqp_tool, "delete", "saga.svc." .. svc, "saga.svc." .. svc .. ".dlq", "saga.reply." .. hid,
-        "saga.reply." .. hid .. ".dlq")
+      H.delete_queues({ svc }, { hid })
     end
   end)
 

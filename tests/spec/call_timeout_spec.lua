@@ -28,8 +28,7 @@ saga.define { name = "Waits", steps = {
       assert.matches('sagahost_breaker_open{service="' .. svc .. '"} 1', text, 1, true)
     end)
     host:stop()
-    pcall(H.amqp_tool, "delete", "saga.svc." .. svc, "saga.svc." .. svc .. ".dlq", "saga.reply.calltimeout-" .. uid,
-      "saga.reply.calltimeout-" .. uid .. ".dlq")
+    H.delete_queues({ svc }, { "calltimeout-" .. uid })
     assert(ok, err)
   end)
 end)

@@ -87,8 +87,7 @@ saga.define { name = "DfAmqp", steps = {
     orch:stop()
     part:stop()
     os.execute("umount " .. H.q(mnt) .. " 2>/dev/null || umount -l " .. H.q(mnt))
-    pcall(H.amqp_tool, "delete", "saga.svc." .. svc, "saga.svc." .. svc .. ".dlq", "saga.reply.df-orch-" .. uid,
-      "saga.reply.df-orch-" .. uid .. ".dlq", "saga.reply.df-part-" .. uid, "saga.reply.df-part-" .. uid .. ".dlq")
+    H.delete_queues({ svc }, { "df-orch-" .. uid, "df-part-" .. uid })
     assert(ok, err)
   end)
 end)

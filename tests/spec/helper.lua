@@ -375,6 +375,15 @@ function H.amqp_tool(...)
   return out
 end
 
+-- Deletes what a spec declared on the broker: the queue of each service and the reply queue of each
+-- host id, each with its dead-letter queue. Errors are ignored (cleanup after a failed spec).
+function H.delete_queues(services, host_ids)
+  local q = {}
+  for _, svc in ipairs(services) do q[#q + 1] = "saga.svc." .. svc; q[#q + 1] = "saga.svc." .. svc .. ".dlq" end
+  for _, id in ipairs(host_ids) do q[#q + 1] = "saga.reply." .. id; q[#q + 1] = "saga.reply." .. id .. ".dlq" end
+  pcall(H.amqp_tool, "delete", table.unpack(q))
+end
+
 -- the sample scripts of sagas/ with their services renamed service -> service_<suffix>, so that a run
 -- does not meet the queues of other runs: returns { ["order_processing.lua"] = source, ... }
 H.sample_services = { "inventory", "payment", "shipping" }

@@ -110,8 +110,7 @@ saga.define { name = "PgStop", steps = {
     orch:stop()
     part:stop()
     H.sh("bash tests/pg-cluster.sh")
-    pcall(H.amqp_tool, "delete", "saga.svc." .. svc, "saga.svc." .. svc .. ".dlq", "saga.reply.pg-orch-" .. uid,
-      "saga.reply.pg-orch-" .. uid .. ".dlq", "saga.reply.pg-part-" .. uid, "saga.reply.pg-part-" .. uid .. ".dlq")
+    H.delete_queues({ svc }, { "pg-orch-" .. uid, "pg-part-" .. uid })
     assert(ok, err)
   end)
 end)

@@ -52,8 +52,7 @@ saga.define { name = "Poison", timeout = "5m", steps = {
     end)
     orch:stop()
     part:stop()
-    pcall(H.amqp_tool, "delete", "saga.svc." .. svc, "saga.svc." .. svc .. ".dlq", "saga.reply.poison-orch-" .. uid,
-      "saga.reply.poison-orch-" .. uid .. ".dlq", "saga.reply.poison-part-" .. uid, "saga.reply.poison-part-" .. uid .. ".dlq")
+    H.delete_queues({ svc }, { "poison-orch-" .. uid, "poison-part-" .. uid })
     assert(ok, err)
   end)
 end)
