@@ -35,6 +35,8 @@ static int status_for(int code) {
   case SG_E_CONFLICT: return 409;
   case SG_E_TOOBIG: return 413;
   case SG_E_UNAVAILABLE: return 503;
+  case SG_E_FENCED: return 503;
+  case SG_E_ELSEWHERE: return 503;
   default: return 500;
   }
 }
@@ -186,13 +188,19 @@ static void healthz(struct sg_api *api, struct sg_http_req *req) {
     sg_http_reply_error_with(req, 503, "Retry-After", "1", msg);
     return;
   }
-  char buf[512];
+  if (st.reloading) {
+    sg_http_reply_error_with(req, 503, "Retry-After", "1", "fenced: another host took this host's sagas over (its"
+                             " lease ran out); registering again and loading what it owns");
+    return;
+  }
+  char buf[640];
   snprintf(buf, sizeof buf,
-           "{\"status\":\"ok\",\"live_sagas\":%" PRId64 ",\"coroutines\":%" PRId64 ",\"timers\":%" PRId64
+           "{\"status\":\"ok\",\"host_id\":\"%s\",\"live_sagas\":%" PRId64 ",\"coroutines\":%" PRId64 ",\"timers\":%" PRId64
            ",\"started\":%" PRId64 ",\"completed\":%" PRId64 ",\"compensated\":%" PRId64
-           ",\"compensation_failed\":%" PRId64 ",\"resolved\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu}",
-           st.live, st.coroutines, st.timers, st.started, st.completed, st.compensated, st.compensation_failed,
-           st.resolved, st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc));
+           ",\"compensation_failed\":%" PRId64 ",\"resolved\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu"
+           ",\"taken_over\":%" PRId64 ",\"fenced\":%" PRId64 "}",
+           st.host_id, st.live, st.coroutines, st.timers, st.started, st.completed, st.compensated, st.compensation_failed,
+           st.resolved, st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc), st.taken_over, st.fenced);
   sg_http_reply(req, 200, buf);
 }
 
@@ -238,11 +246,21 @@ static void metrics(struct sg_api *api, struct sg_http_req *req) {
                 "# HELP sagahost_store_stalled 1 while a refused commit waits to be written again (no new work is taken).\n"
                 "# TYPE sagahost_store_stalled gauge\n"
                 "sagahost_store_stalled %d\n"
+                "# HELP sagahost_sagas_taken_over_total Sagas this host took over from hosts whose lease ran out.\n"
+                "# TYPE sagahost_sagas_taken_over_total counter\n"
+                "sagahost_sagas_taken_over_total %" PRId64 "\n"
+                "# HELP sagahost_fenced_total Times this host found its sagas taken over and reloaded what it owns.\n"
+                "# TYPE sagahost_fenced_total counter\n"
+                "sagahost_fenced_total %" PRId64 "\n"
+                "# HELP sagahost_verbs_forwarded_total Operator verbs sent to the host that owns the saga.\n"
+                "# TYPE sagahost_verbs_forwarded_total counter\n"
+                "sagahost_verbs_forwarded_total %" PRId64 "\n"
                 "# HELP sagahost_lua_memory_bytes Memory of the Lua state.\n"
                 "# TYPE sagahost_lua_memory_bytes gauge\n"
                 "sagahost_lua_memory_bytes %zu\n",
                 st.started, st.completed, st.compensated, st.compensation_failed, st.resolved, st.live, st.coroutines,
-                st.timers, st.commits, st.store_failures, st.stalled, sg_script_mem_used(api->sc));
+                st.timers, st.commits, st.store_failures, st.stalled, st.taken_over, st.fenced, st.forwarded,
+                sg_script_mem_used(api->sc));
   struct sg_buf open, parked;
   sg_buf_init(&open);
   sg_buf_init(&parked);
@@ -315,6 +333,27 @@ static void on_action_committed(void *ud, int status) {
   free(p);
 }
 
+/* a verb forwarded to the host that owns the saga: answered like a local one once that host has applied
+ * it; 202 when it has not confirmed in time (the verb waits in the saga's mail) */
+#define FORWARD_TIMEOUT_MS 10000
+static void on_forwarded(void *ud, const struct sg_error *e) {
+  struct pending *p = ud;
+  if (!e) {
+    get_saga(p->api, p->req, p->id);
+  } else if (e->code == SG_E_ELSEWHERE) {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_printf(&b, "{\"id\":\"%s\",\"accepted\":true,\"applied\":false,\"message\":", p->id);
+    sg_buf_add_json_str(&b, e->msg);
+    sg_buf_adds(&b, "}");
+    sg_http_reply(p->req, 202, b.data);
+    sg_buf_free(&b);
+  } else {
+    reply_engine_error(p->req, e);
+  }
+  free(p);
+}
+
 /* POST /v1/sagas/{id}/{compensate|retry|resolve}, body {"reason"|"note", "by"}. who is the
  * authenticated token's name, NULL without auth: then the body's "by" or X-Operator is all we have. */
 static void operator_action(struct sg_api *api, struct sg_http_req *req, const char *id, const char *verb,
@@ -339,12 +378,21 @@ static void operator_action(struct sg_api *api, struct sg_http_req *req, const c
     rc = sg_engine_retry(api->en, id, by, &e);
   else
     rc = sg_engine_resolve(api->en, id, json_string_value(json_object_get(j, "note")), by, &e);
-  json_decref(j);
-  if (rc < 0) { reply_engine_error(req, &e); return; }
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
   snprintf(p->id, sizeof p->id, "%.39s", id);
+  if (rc < 0 && e.code == SG_E_ELSEWHERE) { /* several hosts: another one owns the saga */
+    sg_info("%s (%s): forwarding %s to it", e.msg, id, verb);
+    const char *arg = json_string_value(json_object_get(j, strcmp(verb, "resolve") == 0 ? "note" : "reason"));
+    struct sg_error fe = {0};
+    rc = sg_engine_forward(api->en, id, verb, arg, by, FORWARD_TIMEOUT_MS, on_forwarded, p, &fe);
+    json_decref(j);
+    if (rc < 0) { free(p); reply_engine_error(req, &fe); }
+    return;
+  }
+  json_decref(j);
+  if (rc < 0) { free(p); reply_engine_error(req, &e); return; }
   sg_engine_after_commit(api->en, on_action_committed, p);
 }
 

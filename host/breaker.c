@@ -82,6 +82,16 @@ void eng_unpark(struct sg_engine *en, struct sg_saga *s) {
   sg_run_out_clear(&s->parked_op);
 }
 
+/* Every parked saga is forgotten (they were dropped: this host was fenced). */
+void eng_breakers_unpark_all(struct sg_engine *en) {
+  for (size_t i = 0; i < en->breakers.cap; i++) {
+    if (!sg_map_live(&en->breakers, i)) continue;
+    struct breaker *b = en->breakers.slots[i].val;
+    b->nparked = 0;
+    b->probing = 0;
+  }
+}
+
 /* Lets up to max parked sagas issue their call (the first one as the half-open probe). */
 static void release_parked(struct sg_engine *en, struct breaker *b, size_t max) {
   size_t n = b->nparked < max ? b->nparked : max;

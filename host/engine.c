@@ -25,6 +25,7 @@ static int tm_parse(const char *s) {
 }
 
 static void evict_idle(struct sg_engine *en, int64_t now);
+static void on_reload_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 void sg_run_out_clear(struct sg_run_out *o) {
   free(o->data); free(o->op); free(o->a); free(o->b); free(o->c); free(o->d); free(o->error);
@@ -664,6 +665,10 @@ static void park_delivery(struct sg_engine *en, const struct sg_msg *m, uint64_t
   PUSH(en->parked, en->nparked, en->capparked, p);
 }
 
+void eng_park_delivery(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered) {
+  park_delivery(en, m, tag, redelivered);
+}
+
 static void ack_after_commit(struct sg_engine *en, uint64_t tag) {
   if (!tag) return; /* not a delivery (a reply applied in-process) */
   struct pending_ack a = { tag };
@@ -851,7 +856,7 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
 static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {
   struct sg_engine *en = ud;
   if (en->broken) return;
-  if (en->stalled) { park_delivery(en, m, tag, redelivered); return; }
+  if (en->stalled || en->reloading) { park_delivery(en, m, tag, redelivered); return; }
   if (en->cfg.max_payload > 0 && m->body && (int64_t)strlen(m->body) > en->cfg.max_payload) {
     char why[160];
     snprintf(why, sizeof why, "message body is %zu bytes, over this host's limit of %" PRId64 " bytes (--max-payload)",
@@ -947,12 +952,18 @@ static void commit_batch(struct sg_engine *en) {
   en->nconfirmed = 0;
   for (struct sg_saga *s = en->dirty; s; s = s->next_dirty) {
     s->dirty = 0;
-    if (flush_saga(en, s, &e) < 0) { fatal_store(en, "saga flush", &e); return; }
+    if (flush_saga(en, s, &e) < 0) {
+      /* several hosts: another host changed the saga (it took it over): this host lets go */
+      if (en->multi && (e.code == SG_E_CONFLICT || e.code == SG_E_FENCED)) { eng_fenced(en, &e); return; }
+      fatal_store(en, "saga flush", &e);
+      return;
+    }
     if (en->broken) return;
   }
   en->dirty = NULL;
   if (en->store->ops->commit(en->store, &e) < 0) {
     if (e.code == SG_E_UNAVAILABLE && en->store->ops->retry_commit) { stall(en, &e); return; }
+    if (en->multi && (e.code == SG_E_CONFLICT || e.code == SG_E_FENCED)) { eng_fenced(en, &e); return; }
     fatal_store(en, "commit", &e);
     for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
     en->ncbs = 0;
@@ -966,6 +977,7 @@ static void committed(struct sg_engine *en) {
   struct sg_error e = {0};
   en->in_txn = 0;
   en->st.commits++;
+  en->last_commit_ms = sg_now_ms();
 
   /* commit, then publish */
   if (en->republish) {
@@ -1077,16 +1089,18 @@ static void redispatch_parked(struct sg_engine *en) {
   en->parked = NULL;
   en->nparked = en->capparked = 0;
   for (size_t i = 0; i < n; i++) {
-    if (!en->broken && !en->stalled) on_message(en, &list[i].m, list[i].tag, list[i].redelivered);
+    if (!en->broken && !en->stalled && !en->reloading) on_message(en, &list[i].m, list[i].tag, list[i].redelivered);
     else if (!en->broken) park_delivery(en, &list[i].m, list[i].tag, list[i].redelivered);
     sg_msg_free(&list[i].m);
   }
   free(list);
 }
 
+void eng_redispatch_parked(struct sg_engine *en) { redispatch_parked(en); }
+
 static void on_parked_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
-  if (!en->stalled && !en->broken) redispatch_parked(en); /* a stall re-dispatches them when it ends */
+  if (!en->stalled && !en->broken && !en->reloading) redispatch_parked(en); /* a stall re-dispatches them when it ends */
 }
 
 /* Leaves the stall after the held batch committed: what waited goes on. */
@@ -1112,6 +1126,15 @@ static void on_stall_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   en->stall_tries++;
   if (en->store->ops->retry_commit(en->store, &e) == 0) { unstall(en); return; }
   if (e.code == SG_E_UNAVAILABLE) { stall(en, &e); return; }
+  if (en->multi && (e.code == SG_E_CONFLICT || e.code == SG_E_FENCED)) {
+    sg_info("store: the held batch cannot be written: %s", e.msg);
+    en->stalled = 0;
+    en->stall_error[0] = 0;
+    ev_timer_stop(en->loop, &en->stall_timer);
+    eng_fenced(en, &e);
+    if (!en->reloading) eng_redispatch_parked(en);
+    return;
+  }
   fatal_store(en, "commit (retry)", &e);
   for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
   en->ncbs = 0;
@@ -1123,7 +1146,14 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
   struct sg_engine *en = w->data;
   if (en->broken || en->stalled) return;
   if (en->nchain) run_chain(en);
-  if (en->in_txn) { commit_batch(en); return; }
+  if (en->in_txn) commit_batch(en);
+  /* several hosts: notes, takeover and mail between batches; what they start commits at once */
+  for (int i = 0; i < 4 && en->multi && !en->in_txn && !en->broken && !en->stalled && !en->reloading; i++) {
+    if (!eng_owner_prepare(en)) break;
+    if (en->nchain) run_chain(en);
+    if (en->in_txn) commit_batch(en);
+  }
+  if (en->in_txn || en->broken || en->stalled) return;
   if (en->ncbs) {
     size_t n = en->ncbs;
     struct pending_cb *cbs = en->cbs;
@@ -1166,6 +1196,9 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   en->stall_timer.data = en;
   ev_init(&en->parked_timer, on_parked_timer);
   en->parked_timer.data = en;
+  ev_init(&en->reload_timer, on_reload_timer);
+  en->reload_timer.data = en;
+  eng_owner_init(en);
   ev_timer_init(&en->sweep, on_sweep, 0.25, 0.25);
   en->sweep.data = en;
   ev_timer_start(loop, &en->sweep);
@@ -1209,7 +1242,7 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
                     char id[40], int *existed, struct sg_error *e) {
   *existed = 0;
   if (en->broken) return sg_errorf(e, SG_E_INTERNAL, "the host is stopping after a store failure");
-  if (en->stalled) return eng_refuse_stalled(en, e);
+  if (en->stalled || en->reloading) return eng_refuse_stalled(en, e);
   if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload)
     return sg_errorf(e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
                      en->cfg.max_payload);
@@ -1310,7 +1343,21 @@ static int recover_journal_cb(void *ud, const struct sg_journal_row *r) {
   return 0;
 }
 
-int sg_engine_recover(struct sg_engine *en, struct sg_error *e) {
+/* Goes on with a saga loaded from the store: it waits for its retry, sleep or reply, or its attempt
+ * runs again from its checkpoint. reissue: the saga was another host's, so a reply it waits for went
+ * to that host's queue: its step runs again, which sends the pending call again under the same
+ * message id (the participant's inbox answers a repeat with the reply it stored). 1 = it waits. */
+static int resume_loaded(struct sg_engine *en, struct sg_saga *s, int reissue) {
+  if (s->t_retry) return 1;
+  struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
+  int sleeping = s->t_wait && s->t_wait->kind == TM_SLEEP;
+  if (last && !last->done && (!reissue || sleeping)) { s->wait_seq = last->seq; return 1; }
+  replay(en, s);
+  return 0;
+}
+
+/* Loads what this host owns (all active sagas with a one-host store) and sets it going. */
+int eng_load_owned(struct sg_engine *en, struct sg_error *e) {
   struct recover_ctx rc = { en, NULL, 0, 0 };
   if (en->store->ops->saga_each_active(en->store, recover_saga_cb, &rc, e) < 0) goto fail;
   if (en->store->ops->timer_each(en->store, recover_timer_cb, en, e) < 0) goto fail;
@@ -1319,11 +1366,10 @@ int sg_engine_recover(struct sg_engine *en, struct sg_error *e) {
     struct sg_saga *s = rc.list[i];
     if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
                                      recover_journal_cb, s, e) < 0) goto fail;
-    if (s->t_retry) { parked++; continue; }
-    struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
-    if (last && !last->done) { s->wait_seq = last->seq; parked++; continue; }
-    resumed++;
-    replay(en, s);
+  }
+  for (size_t i = 0; i < rc.n; i++) {
+    if (resume_loaded(en, rc.list[i], 0)) parked++;
+    else resumed++;
   }
   sg_info("recovered %zu saga(s): %zu re-run from their last checkpoint, %zu waiting", rc.n, resumed, parked);
   free(rc.list);
@@ -1333,7 +1379,113 @@ fail:
   return -1;
 }
 
+int sg_engine_register(struct sg_engine *en, struct sg_error *e) {
+  return en->multi ? eng_owner_start(en, e) : 0;
+}
+
+int sg_engine_recover(struct sg_engine *en, struct sg_error *e) {
+  return eng_load_owned(en, e);
+}
+
+int eng_adopt(struct sg_engine *en, const struct sg_saga_row *r, struct sg_error *e) {
+  if (sg_map_get(&en->sagas, r->id)) return 0;
+  struct recover_ctx rc = { en, NULL, 0, 0 };
+  recover_saga_cb(&rc, r);
+  if (!rc.n) return 0; /* its definition cannot be loaded (logged): it stays in the store */
+  struct sg_saga *s = rc.list[0];
+  free(rc.list);
+  if (en->store->ops->timer_each_saga(en->store, s->row.id, recover_timer_cb, en, e) < 0) return -1;
+  if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
+                                   recover_journal_cb, s, e) < 0) return -1;
+  en->st.taken_over++;
+  resume_loaded(en, s, 1);
+  return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* fenced: another host took this host's sagas over (its lease ran out while it could not reach the
+ * store, or it ran too slow to renew it). Nothing of the batch was committed, and nothing of it was
+ * acknowledged: the sagas are dropped from memory, the deliveries come back from the broker (the
+ * transport reconnects), and the host registers again and loads what it still owns. */
+
+static void drop_all(struct sg_engine *en) {
+  eng_runq_stop(en);
+  eng_runq_free(en);
+  sg_map_free(&en->inflight);
+  sg_map_init(&en->inflight);
+  for (size_t i = 0; i < en->sagas.cap; i++) {
+    if (!sg_map_live(&en->sagas, i)) continue;
+    struct sg_saga *s = en->sagas.slots[i].val;
+    if (s->terminal) continue; /* in en->done too: freed from there */
+    eng_drop_co(en, s);
+    if (s->t_wait) sg_timers_remove(en->timers, s->t_wait);
+    if (s->t_retry) sg_timers_remove(en->timers, s->t_retry);
+    if (s->t_step) sg_timers_remove(en->timers, s->t_step);
+    if (s->t_saga) sg_timers_remove(en->timers, s->t_saga);
+    eng_saga_free(s);
+  }
+  for (size_t i = 0; i < en->ndone; i++) { eng_drop_co(en, en->done[i]); eng_saga_free(en->done[i]); }
+  en->ndone = 0;
+  sg_map_free(&en->sagas);
+  sg_map_init(&en->sagas);
+  sg_map_free(&en->idem);
+  sg_map_init(&en->idem);
+  en->dirty = NULL;
+  en->st.live = 0;
+  en->nevict = en->evict_head = 0;
+  for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
+  en->nout = 0;
+  for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);
+  en->nchain = 0;
+  for (size_t i = 0; i < en->nparked; i++) sg_msg_free(&en->parked[i].m);
+  en->nparked = 0;
+  en->nacks = 0; /* never acked: they come back */
+  eng_breakers_unpark_all(en);
+  size_t n = en->ncbs;
+  struct pending_cb *cbs = en->cbs;
+  en->cbs = NULL; en->ncbs = en->capcbs = 0;
+  for (size_t i = 0; i < n; i++) cbs[i].cb(cbs[i].ud, -1);
+  free(cbs);
+}
+
+static void reload(struct sg_engine *en) {
+  struct sg_error e = {0};
+  if (eng_owner_start(en, &e) < 0 || eng_load_owned(en, &e) < 0) {
+    sg_warn("fenced: cannot register again yet (%s); retrying in 1s", e.msg);
+    drop_all(en); /* what a half-done load left */
+    ev_timer_stop(en->loop, &en->reload_timer);
+    ev_timer_set(&en->reload_timer, 1.0, 0.);
+    ev_timer_start(en->loop, &en->reload_timer);
+    return;
+  }
+  en->reloading = 0;
+  sg_timers_run(en->timers, sg_now_ms());
+  if (en->nrq) { ev_check_start(en->loop, &en->rq_check); ev_idle_start(en->loop, &en->rq_idle); }
+  redispatch_parked(en);
+}
+
+static void on_reload_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_engine *en = w->data;
+  if (en->reloading && !en->broken && !en->stopped) reload(en);
+}
+
+void eng_fenced(struct sg_engine *en, const struct sg_error *e) {
+  struct sg_error re = {0};
+  en->st.fenced++;
+  sg_warn("fenced: %s; dropping the %" PRId64 " saga(s) in memory and the batch (nothing of it was acknowledged),"
+          " then loading what this host still owns", e->msg, en->st.live);
+  if (en->in_txn) en->store->ops->rollback(en->store, &re);
+  en->in_txn = 0;
+  drop_all(en);
+  en->reloading = 1;
+  if (en->tr->ops->reset) en->tr->ops->reset(en->tr, "this host was fenced: its deliveries go back to the broker");
+  reload(en);
+}
+
 int eng_refuse_stalled(struct sg_engine *en, struct sg_error *e) {
+  if (en->reloading)
+    return sg_errorf(e, SG_E_UNAVAILABLE, "not accepted: this host lost its sagas to another host (its lease ran"
+                     " out) and is loading what it owns again; retry later");
   return sg_errorf(e, SG_E_UNAVAILABLE, "not accepted: the store cannot write (%s); retry later", en->stall_error);
 }
 
@@ -1344,6 +1496,9 @@ void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st) {
   snprintf(st->stall_error, sizeof st->stall_error, "%s", en->stalled ? en->stall_error : "");
   st->commits = en->store->ops->commit_count(en->store);
   st->timers = (int64_t)sg_timers_count(en->timers);
+  st->multi = en->multi;
+  st->reloading = en->reloading;
+  snprintf(st->host_id, sizeof st->host_id, "%s", en->cfg.host_id ? en->cfg.host_id : "");
 }
 
 int sg_engine_broken(struct sg_engine *en) { return en->broken; }
@@ -1365,6 +1520,8 @@ void sg_engine_stop(struct sg_engine *en) {
     ev_timer_stop(en->loop, &en->stall_timer);
   }
   if (!en->broken) on_prepare(en->loop, &en->prepare, 0); /* the last group commit and its callbacks */
+  ev_timer_stop(en->loop, &en->reload_timer);
+  eng_owner_stop(en); /* several hosts: the lease is released, so others take the sagas over at once */
   sg_timers_stop(en->timers);
   ev_ref(en->loop);
   ev_prepare_stop(en->loop, &en->prepare);
@@ -1403,6 +1560,7 @@ void sg_engine_free(struct sg_engine *en) {
   sg_map_free(&en->idem);
   sg_timers_free(en->timers);
   free(en->evict);
+  eng_owner_free(en);
   free(en->done); free(en->out); free(en->acks); free(en->cbs); free(en->confirmed);
   free(en);
 }

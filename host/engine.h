@@ -95,6 +95,8 @@ struct sg_engine_config {
   int max_deliveries;        /* a redelivered command not handled after this many deliveries is dead-lettered */
   int64_t inbox_retention_ms; /* handled message ids are remembered this long (0 = forever) */
   int64_t saga_retention_ms;  /* finished sagas (not compensation_failed) are kept this long (0 = forever) */
+  const char *host_id;       /* this host (several hosts on one database: its sagas are claimed under it) */
+  int64_t lease_ms;          /* several hosts: how long a host's claim lasts without renewal (default 10 s) */
 };
 
 struct sg_engine;
@@ -107,6 +109,9 @@ void sg_engine_set_transport(struct sg_engine *en, struct sg_transport *t);
 struct sg_transport_events sg_engine_transport_events(struct sg_engine *en);
 /* loads every non-terminal saga, its timers and unsent outbox rows, and resumes them */
 int sg_engine_recover(struct sg_engine *en, struct sg_error *e);
+/* Several hosts on one database (a store with host_register): registers this host under
+ * cfg.host_id, before anything is written (a no-op with a one-host store). */
+int sg_engine_register(struct sg_engine *en, struct sg_error *e);
 /* commits what is pending and stops the watchers (NULL or a second call: nothing) */
 void sg_engine_stop(struct sg_engine *en);
 /* a store failure stopped the loop: the process should exit non-zero and be restarted */
@@ -167,12 +172,27 @@ struct sg_engine_stats {
   int stalled;         /* 1 while a refused commit waits to be written again: no new work is taken */
   int64_t stalled_ms;  /* for how long */
   char stall_error[256]; /* why (the store's message), "" when not stalled */
+  /* several hosts on one database (0 with a one-host store) */
+  int multi;           /* the store is shared: this host works on the sagas it has claimed */
+  int64_t taken_over;  /* sagas taken over from hosts whose lease ran out */
+  int64_t fenced;      /* times this host found itself fenced (its sagas taken) and reloaded what it owns */
+  int64_t forwarded;   /* operator verbs sent to the host that owns the saga */
+  int reloading;       /* fenced, and not yet registered again (the store cannot be reached) */
+  char host_id[96];    /* this host's id */
 };
 void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st);
 /* 1 while the store cannot write (see "Disk full" in docs/operations.md): sg_engine_start and the
  * operator verbs fail with SG_E_UNAVAILABLE, sg_engine_after_commit callbacks run at once (reads see
  * the last commit), deliveries and timers wait, and the refused commit is retried with backoff. */
 int sg_engine_stalled(struct sg_engine *en);
+
+/* Several hosts: a verb on a saga another host owns fails with SG_E_ELSEWHERE (e->msg names the
+ * owner). sg_engine_forward sends it there through the database; cb runs once the owner has applied
+ * it (e == NULL) or refused it (e filled), or with e->code SG_E_ELSEWHERE when the owner did not
+ * answer within timeout_ms (the verb is still applied when the saga's owner reads it). */
+typedef void (*sg_forward_cb)(void *ud, const struct sg_error *e);
+int sg_engine_forward(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
+                      int64_t timeout_ms, sg_forward_cb cb, void *ud, struct sg_error *e);
 
 /* Called for every saga that reaches a terminal status, after its commit (bench latency figures). */
 typedef void (*sg_terminal_cb)(void *ud, const char *id, int status, int64_t created_at);

@@ -107,6 +107,14 @@ struct parked_msg {
   int redelivered;
 };
 
+/* An operator verb sent to the host that owns its saga, waiting for that host's answer. */
+struct fwd {
+  char req[40];              /* request id, in the answer */
+  int64_t deadline;          /* ms */
+  sg_forward_cb cb;
+  void *ud;
+};
+
 /* A delivery to ack once its effect is committed. */
 struct pending_ack {
   uint64_t tag;
@@ -159,6 +167,17 @@ struct sg_engine {
   struct sg_map inflight;    /* message id -> struct pending_cmd whose handler is in the run queue */
   sg_terminal_cb on_terminal;
   void *on_terminal_ud;
+  /* several hosts on one database (owner.c) */
+  int multi;                 /* the store has host_register */
+  ev_timer lease_timer;      /* every lease/3: renew the lease, look for sagas to take over, read mail */
+  ev_io note_io;             /* the store's socket: notes (mail, answers to forwarded verbs) */
+  int note_fd;
+  int claim_due, mail_due;   /* the next prepare takes over / reads mail */
+  int reloading;             /* fenced: registering again and loading what this host owns */
+  ev_timer reload_timer;     /* ... retried while the store cannot be reached */
+  int64_t last_commit_ms;
+  struct fwd *fwd;           /* forwarded verbs waiting for an answer */
+  size_t nfwd, capfwd;
   struct sg_engine_stats st;
 };
 
@@ -190,6 +209,20 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
 void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
                           const char *status, const char *body);
 
+void eng_fenced(struct sg_engine *en, const struct sg_error *e); /* drop everything, register again, reload */
+int eng_load_owned(struct sg_engine *en, struct sg_error *e);     /* what the store says this host owns */
+int eng_adopt(struct sg_engine *en, const struct sg_saga_row *r, struct sg_error *e); /* a saga taken over */
+void eng_park_delivery(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered);
+void eng_redispatch_parked(struct sg_engine *en);
+
+/* owner.c */
+void eng_owner_init(struct sg_engine *en);
+int eng_owner_start(struct sg_engine *en, struct sg_error *e); /* registers this host */
+int eng_owner_prepare(struct sg_engine *en);  /* notes, takeover, mail: 1 if it opened a batch */
+void eng_owner_committed(struct sg_engine *en);
+void eng_owner_stop(struct sg_engine *en);
+void eng_owner_free(struct sg_engine *en);
+
 /* runq.c */
 void eng_runq_init(struct sg_engine *en);
 void eng_runq_saga(struct sg_engine *en, struct sg_saga *s);          /* s was preempted */
@@ -205,5 +238,6 @@ void eng_park(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, i
 void eng_unpark(struct sg_engine *en, struct sg_saga *s);
 void eng_breakers_tick(struct sg_engine *en, int64_t now);
 void eng_breakers_free(struct sg_engine *en);
+void eng_breakers_unpark_all(struct sg_engine *en);
 
 #endif

@@ -71,7 +71,13 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   /* checked before the store is opened (and created): a wrong path would otherwise give a host that
    * runs, serves no saga type and rescans an empty directory forever */
   if (sg_dir_check(c->dir, "script directory", e) < 0) return -1;
-  if (c->host_id) snprintf(h->host_id, sizeof h->host_id, "%s", c->host_id);
+  if (c->host_id) {
+    if (!*c->host_id || strlen(c->host_id) >= sizeof h->host_id ||
+        strspn(c->host_id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") != strlen(c->host_id))
+      return sg_errorf(e, SG_E_INVALID, "--host-id '%.100s': use 1 to %zu letters, digits and . _ : -", c->host_id,
+                       sizeof h->host_id - 1);
+    snprintf(h->host_id, sizeof h->host_id, "%s", c->host_id);
+  }
   else default_host_id(c->db, h->host_id, sizeof h->host_id);
   /* postgres:// or postgresql:// opens the PostgreSQL store, anything else is an SQLite file */
   h->store = sg_store_is_pg_url(c->db) ? sg_store_pg_open(c->db, e) : sg_store_sqlite_open(c->db, e);
@@ -82,8 +88,10 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   h->sc = sg_script_new(&scfg, &hooks, e);
   if (!h->sc) goto fail;
   struct sg_engine_config ecfg = c->engine;
+  ecfg.host_id = h->host_id;
   struct sg_runner runner = sg_script_runner(h->sc);
   h->en = sg_engine_new(loop, h->store, &runner, &ecfg);
+  if (sg_engine_register(h->en, e) < 0) goto fail;
   struct sg_transport_events tev = sg_engine_transport_events(h->en);
   if (c->amqp) {
     h->tr = sg_transport_amqp_new(loop, c->amqp, h->host_id, &tev, e);

@@ -24,13 +24,16 @@ static void usage(FILE *f) {
           "host commands:\n"
           "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL] [--log-level L] SCRIPT_DIR\n"
           "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db)\n"
-          "                         or PostgreSQL at postgres://user:pass@host:port/db (one host per database for now),\n"
+          "                         or PostgreSQL at postgres://user:pass@host:port/db (several hosts may share one),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
           "                         sends commands through RabbitMQ instead of in-process\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
           "      [--lua-budget N] (VM instructions per step attempt or handler call, default 100000000)\n"
           "      [--lua-step-cpu D] (time one step attempt or handler call may run Lua, default 1s)\n"
-          "      [--lua-step-memory MB] (what one step attempt may allocate, default 64) [--host-id NAME] [--demo]\n"
+          "      [--lua-step-memory MB] (what one step attempt may allocate, default 64) [--demo]\n"
+          "      [--host-id NAME] (names its reply queue and, on PostgreSQL, its claim on its sagas: unique per host;\n"
+          "      default: machine name + a hash of --db) [--lease D] (PostgreSQL, 10s: a dead host's sagas are taken\n"
+          "      over this long after its last renewal)\n"
           "      [--breaker-failure-rate R] (default 0.5, 0 = off) [--breaker-min-calls N] (10)\n"
           "      [--breaker-window D] (30s) [--breaker-open D] (5s): per-service circuit breakers\n"
           "      [--inbox-retention D] (7d): how long handled message ids are remembered (0 = forever)\n"
@@ -318,6 +321,10 @@ int main(int argc, char **argv) {
         struct sg_error de = {0};
         int64_t *to = !strcmp(a, "--retention") ? &o.cfg.engine.saga_retention_ms : &o.cfg.engine.inbox_retention_ms;
         if (sg_duration_parse(v, to, &de) < 0) return usage_error("%s", de.msg);
+      } else if (!strcmp(a, "--lease")) {
+        struct sg_error de = {0};
+        if (sg_duration_parse(v, &o.cfg.engine.lease_ms, &de) < 0) return usage_error("--lease: %s", de.msg);
+        if (o.cfg.engine.lease_ms < 300) return usage_error("--lease must be at least 300ms, got %s", v);
       } else if (!strcmp(a, "--lua-step-cpu")) {
         struct sg_error de = {0};
         if (sg_duration_parse(v, &o.cfg.script.cpu_limit_ms, &de) < 0) return usage_error("--lua-step-cpu: %s", de.msg);

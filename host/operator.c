@@ -2,6 +2,7 @@
  * compensation, mark resolved) and the plan of what compensating would run. Every action is recorded
  * in the saga's history with who and why. */
 #include <stdio.h>
+#include <string.h>
 
 #include "engine_int.h"
 
@@ -19,6 +20,17 @@ static struct sg_saga *saga_for_operator(struct sg_engine *en, const char *id, s
   int found = en->store->ops->saga_get(en->store, id, &r, e);
   if (found < 0) return NULL;
   if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
+  if (!SG_ST_TERMINAL(r.status) && en->multi) {
+    char owner[128];
+    int alive = 0;
+    struct sg_error oe = {0};
+    if (en->store->ops->saga_owner(en->store, id, owner, &alive, &oe) > 0 && strcmp(owner, en->cfg.host_id) != 0) {
+      sg_errorf(e, SG_E_ELSEWHERE, "saga %s is owned by host %s%s", id, owner[0] ? owner : "(none yet)",
+                alive ? "" : " (its lease ran out: another host takes it over)");
+      sg_store_saga_row_free(&r);
+      return NULL;
+    }
+  }
   if (!SG_ST_TERMINAL(r.status)) {
     sg_errorf(e, SG_E_CONFLICT, "saga %s is %s but not loaded on this host (its definition failed to load?)", id,
               sg_status_name(r.status));

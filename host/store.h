@@ -182,6 +182,38 @@ struct sg_store_ops {
   /* a finished saga's journal is of no more use */
   int (*journal_del)(struct sg_store *s, const char *saga_id, struct sg_error *e);
 
+  /* ---- several hosts on one database (PostgreSQL; NULL in a store that has one host, which owns
+   * everything) ----
+   * A host registers under its id: the store takes the id's session lock (a second live host with the
+   * same id is refused with SG_E_CONFLICT naming it), bumps the id's epoch and sets its lease. From then
+   * on the store works for that host: saga_each_active, timer_each and outbox_each see only what it
+   * owns, saga_insert and outbox_put write it as the owner, and every commit renews the lease and
+   * fails with SG_E_FENCED (rolled back) when the epoch has moved on: another host found the lease
+   * expired and took the sagas over. Then the engine drops everything and registers again. */
+  int (*host_register)(struct sg_store *s, const char *host_id, int64_t lease_ms, struct sg_error *e);
+  /* one round of takeover, in its own transaction (no batch open): the sagas of one host whose lease
+   * expired (or of none: a database written by a one-host version) are made this host's, up to limit,
+   * and so is that host's outbox; cb gets each claimed saga (its version bumped). *dead names the host
+   * ("" for unowned sagas) and *expired_ms how long ago its lease ran out. 0 = nothing to take. */
+  int (*take_over)(struct sg_store *s, int limit, sg_saga_cb cb, void *ud, char dead[128], int64_t *expired_ms,
+                   int64_t *claimed, struct sg_error *e);
+  int (*timer_each_saga)(struct sg_store *s, const char *saga_id, sg_timer_cb cb, void *ud, struct sg_error *e);
+  /* a clean stop: the lease ends now, so other hosts take the sagas over at once */
+  int (*host_release)(struct sg_store *s, struct sg_error *e);
+  /* the owner of a saga (owner[0] = 0: none) and whether that owner's lease runs: 1 found, 0 not, -1 e */
+  int (*saga_owner)(struct sg_store *s, const char *saga_id, char owner[128], int *alive, struct sg_error *e);
+  /* mail to the owner of a saga (in the batch; its owner is woken at the commit) */
+  int (*mail_put)(struct sg_store *s, const char *saga_id, const char *kind, const char *body, struct sg_error *e);
+  /* takes (in the batch: deleted at its commit) the mail of the sagas this host owns, in order */
+  int (*mail_take)(struct sg_store *s, int (*cb)(void *ud, const char *saga_id, const char *kind, const char *body),
+                   void *ud, struct sg_error *e);
+  /* a note to another host, delivered at the commit */
+  int (*notify)(struct sg_store *s, const char *host_id, const char *payload, struct sg_error *e);
+  /* the socket notes arrive on (-1 = none now; it changes on a reconnect), and the notes that arrived:
+   * read = 1 reads the socket first (it was readable). cb's payload is "mail" or what notify sent. */
+  int (*note_fd)(struct sg_store *s);
+  void (*notes)(struct sg_store *s, int read, void (*cb)(void *ud, const char *payload), void *ud);
+
   /* counters for benchmarks and /healthz */
   int64_t (*commit_count)(struct sg_store *s);
 };
@@ -201,12 +233,11 @@ int sg_store_sqlite_in_use(const char *path, struct sg_error *e);
 
 /* PostgreSQL (store_pg.c): url is a libpq URL, postgres://user:pass@host:port/db (postgresql:// too).
  * Opens (migrating) the database; NULL and e filled on failure (SG_E_UNAVAILABLE when the server
- * cannot be reached). One host per database for now: the store holds a session advisory lock on it
- * until close, and an open while another session holds it fails with SG_E_CONFLICT and a message
- * naming that session (its application name carries the holder's pid and machine). The lock dies
- * with the session. Its calls block the loop thread for a round trip each (one per op). */
+ * cannot be reached). Several hosts share a database, each registered under its own id
+ * (host_register). Its calls block the loop thread for a round trip each (one per op). */
 struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e);
-/* 1 (and e filled with the refusal an open would give) when a store holds that database's lock now, else 0 */
+/* 1 (and e filled) when a host is registered and alive on that database now (it holds a host id's
+ * session lock), else 0: for callers that would otherwise wipe a live database */
 int sg_store_pg_in_use(const char *url, struct sg_error *e);
 /* 1 when db names a PostgreSQL database (postgres:// or postgresql://), else 0 (an SQLite path) */
 int sg_store_is_pg_url(const char *db);

@@ -28,10 +28,12 @@
 #include <string.h>
 #include <unistd.h>
 
-/* Session advisory lock keys (per database): the host lock held for the store's life, and the
- * transaction lock that serialises migrations. Below 2^32, so pg_locks shows classid 0, objid KEY. */
+/* Advisory lock keys (per database): HOST_LOCK_KEY is held shared by every host's session (so a tool
+ * can tell a live database: sg_store_pg_in_use), MIGRATE_LOCK_KEY serialises migrations, and
+ * (ID_LOCK_CLASS, hash of the host id) is held by the session of the host registered under that id. */
 #define HOST_LOCK_KEY 1935763272LL    /* "sagah" in spirit: any constant, the same in every version */
 #define MIGRATE_LOCK_KEY 1935763273LL
+#define ID_LOCK_CLASS 1935763274
 
 /* Schema migrations, applied in order, each in its own transaction under MIGRATE_LOCK_KEY. Never
  * edit a step that has shipped: append a new one. 1-5 are SQLite's, translated (BIGINT for times,
@@ -85,6 +87,41 @@ static const char *const migrations[] = {
   "CREATE TABLE store_state (one INTEGER PRIMARY KEY CHECK (one = 1), commit_seq BIGINT NOT NULL,"
   "  next_timer BIGINT NOT NULL, next_outbox BIGINT NOT NULL);"
   "INSERT INTO store_state VALUES (1, 0, 1, 1);",
+  /* 7 (PostgreSQL only): several hosts. Each host has a row: its epoch (bumped when it registers and
+   * when another host takes its sagas over: the fencing token every commit checks), its lease (ms on
+   * the database's clock), the sequence number of its last commit, and its block of timer and outbox
+   * ids (block << 32 | n: ids no other host gives out). Sagas and outbox rows carry their owner
+   * (NULL: written by a one-host version, taken by the first host that looks). History ids come
+   * from a sequence (their order is the order of writes, whichever host wrote). Mail is how a host
+   * reaches a saga another host owns (operator verbs); NOTIFY wakes the owner. */
+  "CREATE TABLE hosts (host_id TEXT COLLATE \"C\" PRIMARY KEY, epoch BIGINT NOT NULL, lease_until BIGINT NOT NULL,"
+  "  lease_ms BIGINT NOT NULL, commit_seq BIGINT NOT NULL, id_block BIGINT NOT NULL, started_at BIGINT NOT NULL,"
+  "  info TEXT);"
+  "ALTER TABLE sagas ADD COLUMN owner TEXT COLLATE \"C\";"
+  "CREATE INDEX sagas_owner ON sagas(owner, id) WHERE status IN ('running', 'compensating');"
+  "ALTER TABLE outbox ADD COLUMN owner TEXT COLLATE \"C\";"
+  "CREATE INDEX outbox_owner ON outbox(owner, id);"
+  "CREATE INDEX timers_saga ON timers(saga_id);"
+  "CREATE SEQUENCE id_blocks;"
+  "CREATE SEQUENCE history_ids;"
+  "SELECT setval('history_ids', coalesce((SELECT max(id) FROM history), 0) + 1, false);"
+  "CREATE TABLE mail (id BIGSERIAL PRIMARY KEY, saga_id TEXT COLLATE \"C\" NOT NULL, kind TEXT NOT NULL,"
+  "  body TEXT NOT NULL, created_at BIGINT NOT NULL);"
+  "CREATE INDEX mail_saga ON mail(saga_id, id);"
+  "CREATE FUNCTION sg_now() RETURNS BIGINT LANGUAGE sql VOLATILE AS"
+  "  $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint $$;"
+  "CREATE FUNCTION sg_channel(h TEXT) RETURNS TEXT LANGUAGE sql IMMUTABLE AS"
+  "  $$ SELECT 'sg_' || left(encode(sha256(convert_to(h, 'UTF8')), 'hex'), 16) $$;"
+  /* the last statement of every commit: renews the lease and records the commit, or aborts the
+   * transaction (SQLSTATE SG001) when the host's epoch moved on */
+  "CREATE FUNCTION sg_fence(h TEXT, ep BIGINT, seq BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$"
+  " BEGIN"
+  "  UPDATE hosts SET commit_seq = seq, lease_until = sg_now() + lease_ms WHERE host_id = h AND epoch = ep;"
+  "  IF NOT FOUND THEN"
+  "   RAISE EXCEPTION 'host % is fenced: its lease ran out and another host took its sagas over (epoch % is"
+  " past)', h, ep USING ERRCODE = 'SG001';"
+  "  END IF;"
+  " END $$;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -98,6 +135,7 @@ enum {
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
+  ST_TIMER_EACH_SAGA, ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
   ST_COUNT
 };
 
@@ -110,11 +148,11 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = $1",
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
-  [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-                     " $12, $13, $14, $15, $16, $17) ON CONFLICT DO NOTHING",
+  [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+                     " $12, $13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
-                     " attempt_started_at = $12, attempt_base = $13 WHERE id = $1 AND version = $11::bigint - 1",
+                     " attempt_started_at = $12, attempt_base = $13, owner = $14 WHERE id = $1 AND version = $11::bigint - 1",
   /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
   [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
                        " data = $5, error = $6, updated_at = $7, deadline = $8, version = $9,"
@@ -127,9 +165,10 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_SAGA_LIST_TYPE] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND id > $2 ORDER BY id LIMIT $3",
   [ST_SAGA_LIST_BOTH] = "SELECT " SAGA_COLS " FROM sagas WHERE status = $1 AND type = $2 AND id > $3"
                         " ORDER BY id LIMIT $4",
-  [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') ORDER BY id",
+  [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') AND owner = $1"
+                     " ORDER BY id",
   [ST_HIST_INSERT] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
-                     " finished_at, error, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     " finished_at, error, id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, nextval('history_ids'))",
   [ST_HIST_EACH] = "SELECT id, saga_id, step, step_name, phase, attempt, status, started_at, finished_at, error"
                    " FROM history WHERE saga_id = $1 ORDER BY id",
   [ST_JOURNAL_PUT] = "INSERT INTO journal(saga_id, step, phase, attempt, seq, kind, done, is_error, result)"
@@ -140,13 +179,14 @@ static const char *const stmt_sql[ST_COUNT] = {
                       " WHERE saga_id = $1 AND step = $2 AND phase = $3 AND attempt = $4 ORDER BY seq",
   [ST_TIMER_PUT] = "INSERT INTO timers(saga_id, due_at, kind, ref, id) VALUES ($1, $2, $3, $4, $5)",
   [ST_TIMER_DEL] = "DELETE FROM timers WHERE id = $1",
-  [ST_TIMER_EACH] = "SELECT id, saga_id, due_at, kind, ref FROM timers ORDER BY due_at, id",
+  [ST_TIMER_EACH] = "SELECT t.id, t.saga_id, t.due_at, t.kind, t.ref FROM timers t JOIN sagas s ON s.id = t.saga_id"
+                    " WHERE s.owner = $1 ORDER BY t.due_at, t.id",
   [ST_OUTBOX_PUT] = "INSERT INTO outbox(message_id, correlation_id, exchange, routing_key, reply_to, type,"
-                    " saga_id, saga_type, step, attempt, status, body, created_at, id)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    " saga_id, saga_type, step, attempt, status, body, created_at, id, owner)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
   [ST_OUTBOX_DEL] = "DELETE FROM outbox WHERE id = $1",
   [ST_OUTBOX_EACH] = "SELECT id, message_id, correlation_id, exchange, routing_key, reply_to, type, saga_id,"
-                     " saga_type, step, attempt, status, body, created_at FROM outbox ORDER BY id",
+                     " saga_type, step, attempt, status, body, created_at FROM outbox WHERE owner = $1 ORDER BY id",
   [ST_INBOX_GET] = "SELECT reply_status, reply_body FROM inbox WHERE message_id = $1",
   [ST_INBOX_PUT] = "INSERT INTO inbox(message_id, reply_status, reply_body, received_at) VALUES ($1, $2, $3, $4)"
                    " ON CONFLICT (message_id) DO UPDATE SET reply_status = EXCLUDED.reply_status,"
@@ -159,10 +199,21 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " AND updated_at < $1 LIMIT $2),"
                     " h AS (DELETE FROM history WHERE saga_id IN (SELECT id FROM p))"
                     " DELETE FROM sagas WHERE id IN (SELECT id FROM p)",
+  [ST_TIMER_EACH_SAGA] = "SELECT id, saga_id, due_at, kind, ref FROM timers WHERE saga_id = $1 ORDER BY due_at, id",
+  [ST_SAGA_OWNER] = "SELECT s.owner, coalesce(h.lease_until > sg_now(), false) FROM sagas s"
+                    " LEFT JOIN hosts h ON h.host_id = s.owner WHERE s.id = $1",
+  /* the mail, and a wake-up to the saga's owner (delivered when the transaction commits) */
+  [ST_MAIL_PUT] = "WITH m AS (INSERT INTO mail(saga_id, kind, body, created_at) VALUES ($1, $2, $3, $4) RETURNING saga_id)"
+                  " SELECT pg_notify(sg_channel(s.owner), 'mail') FROM sagas s JOIN m ON s.id = m.saga_id"
+                  " WHERE s.owner IS NOT NULL",
+  [ST_MAIL_READ] = "SELECT m.id, m.saga_id, m.kind, m.body FROM mail m JOIN sagas s ON s.id = m.saga_id"
+                   " WHERE s.owner = $1 ORDER BY m.id LIMIT 200",
+  [ST_MAIL_DEL] = "DELETE FROM mail WHERE id = ANY($1::bigint[])",
+  [ST_NOTIFY] = "SELECT pg_notify(sg_channel($1), $2)",
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 17
+#define MAX_PARAMS 18
 struct params {
   int n;
   const char *v[MAX_PARAMS];
@@ -252,7 +303,12 @@ struct pg_store {
   size_t nredo, capredo;
   struct sg_buf arena;       /* text parameters of redo */
   /* ids of new rows, assigned here so that a kept write gets the same id when written again */
-  int64_t next_hist, next_timer, next_outbox;
+  int64_t next_timer, next_outbox;
+  /* the host this store works for (host_register), "" before */
+  char me[128];
+  int64_t epoch;             /* its epoch: the fencing token of every commit */
+  int64_t lease_ms;
+  char channel[32];          /* sg_channel(me): where its notes arrive */
 };
 
 static struct pg_store *S(struct sg_store *s) { return (struct pg_store *)s; }
@@ -321,15 +377,24 @@ static void quiet_notices(void *arg, const char *message) { (void)arg; (void)mes
 
 /* ---- the session: lock, prepared statements ---- */
 
-/* Names the session that holds the host lock (pid, client, application) into who. */
-static void lock_holder(struct pg_store *s, char *who, size_t n) {
+/* The second key of a host id's lock: FNV-1a, 31 bits (pg_locks shows it as objid, unsigned). */
+static unsigned id_key(const char *id) {
+  uint32_t h = 2166136261u;
+  for (const unsigned char *p = (const unsigned char *)id; *p; p++) h = (h ^ *p) * 16777619u;
+  return h & 0x7fffffffu;
+}
+
+/* Names the session that holds an advisory lock (pid, client, application) into who: key1 0 and
+ * key2 HOST_LOCK_KEY for the database's lock, else (ID_LOCK_CLASS, id_key). */
+static void lock_holder(struct pg_store *s, long long classid, long long objid, int subid, char *who, size_t n) {
   char sql[600];
   snprintf(sql, sizeof sql,
            "SELECT l.pid, coalesce(host(a.client_addr), 'a local socket'), coalesce(a.application_name, '')"
            " FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
-           " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = %lld AND l.objsubid = 1"
+           " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %lld AND l.objid = %lld AND l.objsubid = %d"
+           " AND l.pid <> pg_backend_pid()"
            " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) LIMIT 1",
-           HOST_LOCK_KEY);
+           classid, objid, subid);
   PGresult *r = PQexec(s->conn, sql);
   if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1) {
     const char *app = PQgetvalue(r, 0, 2);
@@ -341,25 +406,47 @@ static void lock_holder(struct pg_store *s, char *who, size_t n) {
   PQclear(r);
 }
 
-/* Takes the host lock for this session: 0, or -1 with SG_E_CONFLICT naming the holder. */
-static int take_host_lock(struct pg_store *s, struct sg_error *e) {
-  char sql[80];
-  snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%lld)", HOST_LOCK_KEY);
+/* A boolean query about a lock: 1 t, 0 f, -1 e. */
+static int query_bool(struct pg_store *s, const char *sql, struct sg_error *e, const char *what) {
   PGresult *r = PQexec(s->conn, sql);
-  if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-    int code = res_passing(s, r) ? SG_E_UNAVAILABLE : SG_E_INTERNAL;
-    fail_res(s, e, code, r, "take the host lock");
+  if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
+    fail_res(s, e, res_passing(s, r) ? SG_E_UNAVAILABLE : SG_E_INTERNAL, r, what);
     PQclear(r);
     return -1;
   }
-  int got = PQgetvalue(r, 0, 0)[0] == 't';
+  int yes = PQgetvalue(r, 0, 0)[0] == 't';
   PQclear(r);
-  if (got) return 0;
+  return yes;
+}
+
+static int take_id(struct pg_store *s, struct sg_error *e);
+static int exec_sql(struct pg_store *s, const char *sql, PGresult **out, struct sg_error *e, const char *what);
+
+/* The session's locks: the database's, shared; and the host id's (once registered): 0, or -1 with
+ * SG_E_CONFLICT naming the session that holds the id. */
+static int take_locks(struct pg_store *s, struct sg_error *e) {
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock_shared(%lld)", HOST_LOCK_KEY);
+  int got = query_bool(s, sql, e, "take the database's shared lock");
+  if (got < 0) return -1;
+  if (!got) return sg_errorf(e, SG_E_CONFLICT, "database %s is locked by a tool that must have it alone", s->where);
+  return s->me[0] ? take_id(s, e) : 0;
+}
+
+/* The host id's lock, and LISTEN on its channel. */
+static int take_id(struct pg_store *s, struct sg_error *e) {
+  char sql[160];
+  snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%d, %d)", ID_LOCK_CLASS, (int)id_key(s->me));
+  int got = query_bool(s, sql, e, "take the host id's lock");
+  if (got < 0) return -1;
+  if (got) {
+    snprintf(sql, sizeof sql, "LISTEN %s", s->channel);
+    return exec_sql(s, sql, NULL, e, "listen");
+  }
   char who[300];
-  lock_holder(s, who, sizeof who);
-  return sg_errorf(e, SG_E_CONFLICT, "database %s is in use by %s, which holds its host lock (advisory lock %lld):"
-                   " only one host may run on a database for now; stop that host first, or use another database",
-                   s->where, who, HOST_LOCK_KEY);
+  lock_holder(s, ID_LOCK_CLASS, id_key(s->me), 2, who, sizeof who);
+  return sg_errorf(e, SG_E_CONFLICT, "host id '%s' is in use on %s by %s: each host needs its own --host-id",
+                   s->me, s->where, who);
 }
 
 static int prepare_all(struct pg_store *s, struct sg_error *e) {
@@ -402,8 +489,7 @@ static int session_setup(struct pg_store *s, struct sg_error *e) {
   if (exec_sql(s, "SET synchronous_commit = on", NULL, e, "set synchronous_commit") < 0) return -1;
   const char *enc = PQparameterStatus(s->conn, "client_encoding");
   s->utf8 = enc && (!strcmp(enc, "UTF8") || !strcmp(enc, "UTF-8"));
-  if (take_host_lock(s, e) < 0) return -1;
-  return 0;
+  return take_locks(s, e);
 }
 
 /* A new session on the same parameters (the server restarted, the network came back). Reads call it
@@ -506,7 +592,7 @@ static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int
   char name[16];
   snprintf(name, sizeof name, "sg%d", st);
   PGresult *r = PQexecPrepared(s->conn, name, p->n, p->v, NULL, NULL, 0);
-  if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+  if (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK) {
     if (rows) *rows = cmd_rows(r);
     PQclear(r);
     return 1;
@@ -591,11 +677,20 @@ static int pg_begin(struct sg_store *base, struct sg_error *e) {
   return -1;
 }
 
-/* Sends the store_state update and the COMMIT in one round trip. 0, or -1 with r's error (*out). */
+/* The host's fence (it renews the lease and records the commit's sequence number, or aborts the
+ * transaction when the host was fenced) and the COMMIT, in one round trip. 0, or -1 with r's error
+ * (*out). A store no host registered on (a tool) records the commit in store_state instead. */
 static int send_commit(struct pg_store *s, PGresult **out) {
-  char sql[256];
-  snprintf(sql, sizeof sql, "UPDATE store_state SET commit_seq = %lld, next_timer = %lld, next_outbox = %lld;"
-           " COMMIT", (long long)s->commit_seq + 1, (long long)s->next_timer, (long long)s->next_outbox);
+  char sql[400];
+  if (s->me[0]) {
+    char *lit = PQescapeLiteral(s->conn, s->me, strlen(s->me));
+    snprintf(sql, sizeof sql, "SELECT sg_fence(%s, %lld, %lld); COMMIT", lit ? lit : "''", (long long)s->epoch,
+             (long long)s->commit_seq + 1);
+    PQfreemem(lit);
+  } else {
+    snprintf(sql, sizeof sql, "UPDATE store_state SET commit_seq = %lld, next_timer = %lld, next_outbox = %lld;"
+             " COMMIT", (long long)s->commit_seq + 1, (long long)s->next_timer, (long long)s->next_outbox);
+  }
   PGresult *r = PQexec(s->conn, sql);
   /* COMMIT of an aborted transaction "succeeds" with the tag ROLLBACK */
   if (PQresultStatus(r) == PGRES_COMMAND_OK && !strcmp(PQcmdStatus(r), "COMMIT")) { PQclear(r); return 0; }
@@ -610,6 +705,16 @@ static void committed(struct pg_store *s) {
   s->commits++;
 }
 
+/* The fence refused the commit: the transaction and its kept writes are dropped. */
+static int fenced(struct pg_store *s, PGresult *r, struct sg_error *e) {
+  fail_res(s, e, SG_E_FENCED, r, "commit");
+  PQclear(r);
+  roll_back_open(s);
+  s->in_txn = s->held = s->commit_unknown = 0;
+  redo_clear(s);
+  return -1;
+}
+
 static int pg_commit(struct sg_store *base, struct sg_error *e) {
   struct pg_store *s = S(base);
   if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
@@ -622,6 +727,7 @@ static int pg_commit(struct sg_store *base, struct sg_error *e) {
     redo_clear(s);
     return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: the transaction was aborted by an earlier error");
   }
+  if (res_is(r, "SG001")) return fenced(s, r, e);
   if (!res_passing(s, r)) {
     fail_res(s, e, SG_E_INTERNAL, r, "commit");
     PQclear(r);
@@ -648,7 +754,15 @@ static int pg_rollback(struct sg_store *base, struct sg_error *e) {
 /* Whether the commit whose answer was lost went through: store_state.commit_seq tells. 1 yes, 0 no, -1 e. */
 static int lost_commit_went_through(struct pg_store *s, struct sg_error *e) {
   PGresult *r = NULL;
-  if (exec_sql(s, "SELECT commit_seq FROM store_state", &r, e, "read the last commit") < 0) return -1;
+  char sql[300];
+  if (s->me[0]) {
+    char *lit = PQescapeLiteral(s->conn, s->me, strlen(s->me));
+    snprintf(sql, sizeof sql, "SELECT commit_seq FROM hosts WHERE host_id = %s", lit ? lit : "''");
+    PQfreemem(lit);
+  } else {
+    snprintf(sql, sizeof sql, "SELECT commit_seq FROM store_state");
+  }
+  if (exec_sql(s, sql, &r, e, "read the last commit") < 0) return -1;
   int yes = PQntuples(r) == 1 && strtoll(PQgetvalue(r, 0, 0), NULL, 10) == s->commit_seq + 1;
   PQclear(r);
   return yes;
@@ -691,7 +805,7 @@ static int pg_retry_commit(struct sg_store *base, struct sg_error *e) {
     what = stmt_sql[w->st];
     PQclear(r);
     r = PQexecPrepared(s->conn, name, w->n, v, NULL, NULL, 0);
-    ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
     if (ok && redo_wants_one_row(w->st) && cmd_rows(r) != 1) ok = 0, bad_rows = 1;
   }
   if (ok) {
@@ -702,10 +816,11 @@ static int pg_retry_commit(struct sg_store *base, struct sg_error *e) {
       committed(s);
       return 0;
     }
+    if (res_is(r, "SG001")) return fenced(s, r, e);
     if (PQresultStatus(r) != PGRES_COMMAND_OK && res_passing(s, r)) s->commit_unknown = !conn_ok(s);
   }
   if (bad_rows) {
-    sg_errorf(e, SG_E_INTERNAL, "postgres: writing the held transaction again (%.60s): it changed no row (a"
+    sg_errorf(e, SG_E_CONFLICT, "postgres: writing the held transaction again (%.60s): it changed no row (a"
               " conflicting write committed meanwhile)", what);
   } else {
     char m[300];
@@ -807,6 +922,7 @@ static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->version);
   p_int(&p, r->attempt_started_at);
   p_int(&p, r->attempt_base);
+  p_text(&p, s->me[0] ? s->me : NULL);
   int64_t rows = 0;
   int ran = wr_exec(s, ST_SAGA_INSERT, &p, &rows, e, "saga_insert");
   if (ran < 0) return -1;
@@ -836,6 +952,7 @@ static int pg_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->version);
   p_int(&p, r->attempt_started_at);
   p_int(&p, r->attempt_base);
+  if (!r->same_status) p_text(&p, s->me[0] ? s->me : NULL); /* an operator's verb on a finished saga makes it ours */
   int64_t rows = 0;
   int ran = wr_exec(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE, &p, &rows, e, "saga_update");
   if (ran < 0) return -1;
@@ -903,7 +1020,9 @@ static int pg_saga_list(struct sg_store *base, const struct sg_saga_filter *f, s
 }
 
 static int pg_saga_each_active(struct sg_store *base, sg_saga_cb cb, void *ud, struct sg_error *e) {
-  return saga_iter(S(base), ST_SAGA_ACTIVE, NULL, cb, ud, e, "saga_each_active");
+  struct params p = {0};
+  p_text(&p, S(base)->me);
+  return saga_iter(S(base), ST_SAGA_ACTIVE, &p, cb, ud, e, "saga_each_active");
 }
 
 /* ---- history ---- */
@@ -920,10 +1039,8 @@ static int pg_hist_insert(struct sg_store *base, struct sg_hist_row *r, struct s
   p_int(&p, r->started_at);
   p_int(&p, r->finished_at);
   p_text(&p, r->error);
-  int64_t id = s->next_hist++;
-  p_int(&p, id);
   if (wr_exec(s, ST_HIST_INSERT, &p, NULL, e, "hist_insert") < 0) return -1;
-  r->id = id;
+  r->id = 0; /* from a sequence: not known here (nothing needs it) */
   return 0;
 }
 
@@ -1023,8 +1140,10 @@ static int pg_timer_del(struct sg_store *base, int64_t id, struct sg_error *e) {
   return wr_done(S(base), ST_TIMER_DEL, &p, e, "timer_del");
 }
 
-static int pg_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct sg_error *e) {
-  PGresult *res = rd_exec(S(base), ST_TIMER_EACH, NULL, e, "timer_each");
+static int timer_iter(struct pg_store *s, int st, const char *arg, sg_timer_cb cb, void *ud, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, arg);
+  PGresult *res = rd_exec(s, st, &p, e, "timer_each");
   if (!res) return -1;
   for (int i = 0, n = PQntuples(res); i < n; i++) {
     struct sg_timer_row r = {
@@ -1038,6 +1157,15 @@ static int pg_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct
   }
   PQclear(res);
   return 0;
+}
+
+static int pg_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct sg_error *e) {
+  return timer_iter(S(base), ST_TIMER_EACH, S(base)->me, cb, ud, e);
+}
+
+static int pg_timer_each_saga(struct sg_store *base, const char *saga_id, sg_timer_cb cb, void *ud,
+                              struct sg_error *e) {
+  return timer_iter(S(base), ST_TIMER_EACH_SAGA, saga_id, cb, ud, e);
 }
 
 /* ---- outbox ---- */
@@ -1060,6 +1188,7 @@ static int pg_outbox_put(struct sg_store *base, struct sg_msg *m, struct sg_erro
   p_int(&p, m->created_at);
   int64_t id = s->next_outbox++;
   p_int(&p, id);
+  p_text(&p, s->me[0] ? s->me : NULL);
   if (wr_exec(s, ST_OUTBOX_PUT, &p, NULL, e, "outbox_put") < 0) return -1;
   m->outbox_id = id;
   return 0;
@@ -1073,7 +1202,9 @@ static int pg_outbox_del(struct sg_store *base, int64_t id, struct sg_error *e) 
 }
 
 static int pg_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct sg_error *e) {
-  PGresult *res = rd_exec(S(base), ST_OUTBOX_EACH, NULL, e, "outbox_each");
+  struct params p = {0};
+  p_text(&p, S(base)->me);
+  PGresult *res = rd_exec(S(base), ST_OUTBOX_EACH, &p, e, "outbox_each");
   if (!res) return -1;
   for (int i = 0, n = PQntuples(res); i < n; i++) {
     /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
@@ -1147,6 +1278,242 @@ static int pg_saga_prune(struct sg_store *base, int64_t before, int limit, int64
   return 0;
 }
 
+/* ---- several hosts ---- */
+
+/* A statement outside the engine's transactions (autocommit or its own), with text parameters. */
+static PGresult *exec_params(struct pg_store *s, const char *sql, int n, const char *const *v, struct sg_error *e,
+                             const char *what) {
+  if (!conn_ok(s) && reconnect(s, 1, e) < 0) return NULL;
+  PGresult *r = PQexecParams(s->conn, sql, n, NULL, v, NULL, NULL, 0);
+  ExecStatusType st = PQresultStatus(r);
+  if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) return r;
+  fail_res(s, e, res_passing(s, r) ? SG_E_UNAVAILABLE : SG_E_INTERNAL, r, what);
+  PQclear(r);
+  return NULL;
+}
+
+static int pg_host_register(struct sg_store *base, const char *host_id, int64_t lease_ms, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (s->in_txn) return sg_errorf(e, SG_E_INTERNAL, "postgres: host_register inside a transaction");
+  if (!host_id || !*host_id || strlen(host_id) >= sizeof s->me)
+    return sg_errorf(e, SG_E_INVALID, "a host id must be 1 to %zu bytes", sizeof s->me - 1);
+  int first = !s->me[0];
+  char prev[sizeof s->me];
+  snprintf(prev, sizeof prev, "%s", s->me);
+  snprintf(s->me, sizeof s->me, "%s", host_id);
+  char hash[65];
+  sg_sha256_hex(host_id, strlen(host_id), hash);
+  snprintf(s->channel, sizeof s->channel, "sg_%.16s", hash);
+  s->lease_ms = lease_ms;
+  if (first || !conn_ok(s)) {
+    /* the id's lock (and LISTEN) come with the session; a reconnect takes them again */
+    if (!conn_ok(s)) {
+      if (reconnect(s, 0, e) < 0) goto fail;
+    } else if (take_id(s, e) < 0) {
+      goto fail;
+    }
+  }
+  char lease[24], now[24], app[160];
+  snprintf(lease, sizeof lease, "%lld", (long long)lease_ms);
+  snprintf(now, sizeof now, "%lld", (long long)sg_now_ms());
+  char hn[64] = "?";
+  gethostname(hn, sizeof hn - 1);
+  snprintf(app, sizeof app, "pid %ld on %s", (long)getpid(), hn);
+  const char *v[] = { host_id, lease, now, app };
+  PGresult *r = exec_params(s,
+    "INSERT INTO hosts(host_id, epoch, lease_until, lease_ms, commit_seq, id_block, started_at, info)"
+    " VALUES ($1, 1, sg_now() + $2::bigint, $2::bigint, 0, nextval('id_blocks'), $3::bigint, $4)"
+    " ON CONFLICT (host_id) DO UPDATE SET epoch = hosts.epoch + 1, lease_until = EXCLUDED.lease_until,"
+    " lease_ms = EXCLUDED.lease_ms, id_block = EXCLUDED.id_block, started_at = EXCLUDED.started_at,"
+    " info = EXCLUDED.info RETURNING epoch, commit_seq, id_block", 4, v, e, "register the host");
+  if (!r) goto fail;
+  s->epoch = col_i64(r, 0, 0);
+  s->commit_seq = col_i64(r, 0, 1);
+  int64_t block = col_i64(r, 0, 2);
+  PQclear(r);
+  /* a block of 2^32 timer and outbox ids per registration: no other host gives these out */
+  s->next_timer = s->next_outbox = (block << 32) + 1;
+  s->next_outbox += (int64_t)1 << 31; /* the upper half of the block for outbox rows */
+  return 0;
+fail:
+  if (first) s->me[0] = 0;
+  else snprintf(s->me, sizeof s->me, "%s", prev);
+  return -1;
+}
+
+static int pg_host_release(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (!s->me[0] || !conn_ok(s)) return 0;
+  char ep[24];
+  snprintf(ep, sizeof ep, "%lld", (long long)s->epoch);
+  const char *v[] = { s->me, ep };
+  PGresult *r = exec_params(s, "UPDATE hosts SET lease_until = 0 WHERE host_id = $1 AND epoch = $2::bigint", 2, v,
+                            e, "release the lease");
+  if (!r) return -1;
+  PQclear(r);
+  return 0;
+}
+
+/* One round of takeover in its own transaction: the host with an expired lease that has the most
+ * overdue lease and something to take (locked, so two hosts never take from the same one at once),
+ * its epoch bumped (it is fenced from now on), up to limit of its active sagas and all its outbox rows
+ * made ours; or, with no such host, sagas nobody owns. Committed with our own fence. */
+static int pg_take_over(struct sg_store *base, int limit, sg_saga_cb cb, void *ud, char dead[128], int64_t *expired_ms,
+                        int64_t *claimed, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  dead[0] = 0;
+  *expired_ms = 0;
+  *claimed = 0;
+  if (!s->me[0] || s->in_txn || s->held) return 0;
+  if (!conn_ok(s) && reconnect(s, 1, e) < 0) return -1;
+  char lim[16];
+  snprintf(lim, sizeof lim, "%d", limit);
+  PGresult *r = NULL, *rows = NULL;
+  if (exec_sql(s, "BEGIN", NULL, e, "take over: begin") < 0) return -1;
+  const char *v1[] = { s->me };
+  r = exec_params(s, "SELECT h.host_id, sg_now() - h.lease_until, h.lease_until FROM hosts h"
+                  " WHERE h.host_id <> $1 AND h.lease_until < sg_now()"
+                  " AND (EXISTS (SELECT 1 FROM sagas WHERE owner = h.host_id AND status IN ('running', 'compensating'))"
+                  "  OR EXISTS (SELECT 1 FROM outbox WHERE owner = h.host_id))"
+                  " ORDER BY h.lease_until LIMIT 1 FOR UPDATE SKIP LOCKED", 1, v1, e, "take over: find a host");
+  if (!r) goto fail;
+  int have_host = PQntuples(r) == 1;
+  if (have_host) {
+    snprintf(dead, 128, "%s", PQgetvalue(r, 0, 0));
+    *expired_ms = col_i64(r, 0, 2) == 0 ? -1 : col_i64(r, 0, 1); /* -1: it stopped and let go */
+  }
+  PQclear(r);
+  r = NULL;
+  const char *v2[] = { s->me, dead, lim };
+  if (have_host) {
+    r = exec_params(s, "UPDATE hosts SET epoch = epoch + 1 WHERE host_id = $1", 1, v2 + 1, e, "take over: fence");
+    if (!r) goto fail;
+    PQclear(r);
+    rows = exec_params(s, "UPDATE sagas SET owner = $1, version = version + 1 WHERE id IN (SELECT id FROM sagas"
+                       " WHERE owner = $2 AND status IN ('running', 'compensating') ORDER BY id LIMIT $3::int"
+                       " FOR UPDATE SKIP LOCKED) RETURNING " SAGA_COLS, 3, v2, e, "take over: claim sagas");
+    if (!rows) goto fail;
+    r = exec_params(s, "UPDATE outbox SET owner = $1 WHERE owner = $2", 2, v2, e, "take over: claim the outbox");
+  } else {
+    const char *v3[] = { s->me, lim };
+    rows = exec_params(s, "UPDATE sagas SET owner = $1, version = version + 1 WHERE id IN (SELECT id FROM sagas"
+                       " WHERE owner IS NULL AND status IN ('running', 'compensating') ORDER BY id LIMIT $2::int"
+                       " FOR UPDATE SKIP LOCKED) RETURNING " SAGA_COLS, 2, v3, e, "take over: claim unowned sagas");
+    if (!rows) goto fail;
+    r = exec_params(s, "UPDATE outbox SET owner = $1 WHERE owner IS NULL", 1, v3, e, "take over: claim the outbox");
+  }
+  if (!r) goto fail;
+  int64_t moved_out = cmd_rows(r);
+  PQclear(r);
+  r = NULL;
+  int n = PQntuples(rows);
+  if (n == 0 && moved_out == 0 && !have_host) {
+    PQclear(rows);
+    roll_back_open(s);
+    return 0;
+  }
+  if (send_commit(s, &r) < 0) {
+    int fence = res_is(r, "SG001");
+    int unknown = !res_is(r, "SG001") && PQresultStatus(r) != PGRES_COMMAND_OK && !conn_ok(s);
+    fail_res(s, e, fence || unknown ? SG_E_FENCED : SG_E_UNAVAILABLE, r, "take over: commit");
+    if (unknown) /* it may have committed: only a reload of what we own tells */
+      sg_errorf(e, SG_E_FENCED, "postgres: the answer to a takeover's commit was lost: reloading what this host owns");
+    PQclear(r);
+    PQclear(rows);
+    roll_back_open(s);
+    return -1;
+  }
+  s->commit_seq++;
+  s->commits++;
+  *claimed = n;
+  for (int i = 0; i < n; i++) {
+    struct sg_saga_row row;
+    saga_from_row(rows, i, &row, 0);
+    if (cb(ud, &row)) break;
+  }
+  PQclear(rows);
+  return 1;
+fail:
+  PQclear(rows);
+  roll_back_open(s);
+  return -1;
+}
+
+static int pg_saga_owner(struct sg_store *base, const char *saga_id, char owner[128], int *alive, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  owner[0] = 0;
+  *alive = 0;
+  PGresult *r = rd_exec(S(base), ST_SAGA_OWNER, &p, e, "saga_owner");
+  if (!r) return -1;
+  int found = PQntuples(r) > 0;
+  if (found) {
+    snprintf(owner, 128, "%s", PQgetisnull(r, 0, 0) ? "" : PQgetvalue(r, 0, 0));
+    *alive = PQgetvalue(r, 0, 1)[0] == 't';
+  }
+  PQclear(r);
+  return found;
+}
+
+static int pg_mail_put(struct sg_store *base, const char *saga_id, const char *kind, const char *body,
+                       struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  p_text(&p, kind);
+  p_text(&p, body);
+  p_int(&p, sg_now_ms());
+  return wr_done(S(base), ST_MAIL_PUT, &p, e, "mail_put");
+}
+
+/* Read, then deleted by id (a write of the batch: written again as it was if the batch is held). */
+static int pg_mail_take(struct sg_store *base, int (*cb)(void *ud, const char *saga_id, const char *kind, const char *body),
+                        void *ud, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (!s->me[0]) return 0;
+  struct params p = {0};
+  p_text(&p, s->me);
+  PGresult *r = rd_exec(s, ST_MAIL_READ, &p, e, "mail_take");
+  if (!r) return -1;
+  int n = PQntuples(r);
+  if (n == 0) { PQclear(r); return 0; }
+  struct sg_buf ids;
+  sg_buf_init(&ids);
+  sg_buf_adds(&ids, "{");
+  for (int i = 0; i < n; i++) sg_buf_printf(&ids, "%s%s", i ? "," : "", PQgetvalue(r, i, 0));
+  sg_buf_adds(&ids, "}");
+  struct params d = {0};
+  p_text(&d, ids.data);
+  int rc = wr_done(s, ST_MAIL_DEL, &d, e, "mail_take");
+  sg_buf_free(&ids);
+  for (int i = 0; rc == 0 && i < n; i++)
+    if (cb(ud, PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3))) break;
+  PQclear(r);
+  return rc;
+}
+
+static int pg_notify(struct sg_store *base, const char *host_id, const char *payload, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, host_id);
+  p_text(&p, payload);
+  return wr_done(S(base), ST_NOTIFY, &p, e, "notify");
+}
+
+static int pg_note_fd(struct sg_store *base) {
+  struct pg_store *s = S(base);
+  return conn_ok(s) ? PQsocket(s->conn) : -1;
+}
+
+static void pg_notes(struct sg_store *base, int read, void (*cb)(void *ud, const char *payload), void *ud) {
+  struct pg_store *s = S(base);
+  if (!conn_ok(s)) return;
+  if (read) PQconsumeInput(s->conn); /* a failure shows as a lost connection at the next op */
+  PGnotify *n;
+  while ((n = PQnotifies(s->conn))) {
+    cb(ud, n->extra ? n->extra : "");
+    PQfreemem(n);
+  }
+}
+
 /* ---- open / close ---- */
 
 static void pg_close(struct sg_store *base) {
@@ -1188,6 +1555,16 @@ static const struct sg_store_ops pg_ops = {
   .inbox_prune = pg_inbox_prune,
   .journal_del = pg_journal_del,
   .saga_prune = pg_saga_prune,
+  .host_register = pg_host_register,
+  .take_over = pg_take_over,
+  .timer_each_saga = pg_timer_each_saga,
+  .host_release = pg_host_release,
+  .saga_owner = pg_saga_owner,
+  .mail_put = pg_mail_put,
+  .mail_take = pg_mail_take,
+  .notify = pg_notify,
+  .note_fd = pg_note_fd,
+  .notes = pg_notes,
   .commit_count = pg_commit_count,
 };
 
@@ -1276,8 +1653,12 @@ int sg_store_pg_in_use(const char *url, struct sg_error *e) {
   int used = 0;
   if (connect_db(&s, url, &le) == 0) {
     PQsetNoticeProcessor(s.conn, quiet_notices, NULL);
-    if (take_host_lock(&s, &le) < 0 && le.code == SG_E_CONFLICT) {
-      *e = le;
+    char sql[80], who[300];
+    snprintf(sql, sizeof sql, "SELECT pg_try_advisory_lock(%lld)", HOST_LOCK_KEY);
+    if (query_bool(&s, sql, &le, "try the database's lock") == 0) {
+      lock_holder(&s, 0, HOST_LOCK_KEY, 1, who, sizeof who);
+      sg_errorf(e, SG_E_CONFLICT, "database %s is in use by %s (a host holds its shared lock, advisory lock %lld)",
+                s.where, who, HOST_LOCK_KEY);
       used = 1;
     }
   }
@@ -1298,8 +1679,7 @@ struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e) {
   if (session_setup(s, e) < 0) goto fail;
   if (migrate(s, e) < 0) goto fail;
   /* the next ids: past every row, and for timers and outbox past every id ever given out */
-  if (query_int(s, "SELECT coalesce(max(id), 0) + 1 FROM history", &s->next_hist, e, "read the next history id") < 0 ||
-      query_int(s, "SELECT greatest(coalesce((SELECT max(id) FROM timers), 0) + 1,"
+  if (query_int(s, "SELECT greatest(coalesce((SELECT max(id) FROM timers), 0) + 1,"
                 " (SELECT next_timer FROM store_state))", &s->next_timer, e, "read the next timer id") < 0 ||
       query_int(s, "SELECT greatest(coalesce((SELECT max(id) FROM outbox), 0) + 1,"
                 " (SELECT next_outbox FROM store_state))", &s->next_outbox, e, "read the next outbox id") < 0 ||

@@ -49,6 +49,9 @@ struct sg_transport_ops {
   /* deliveries whose body is larger are refused before their body is read, and dead-lettered
    * (0 = no limit); may be NULL (the local transport carries what the host itself made) */
   void (*set_max_body)(struct sg_transport *t, int64_t bytes);
+  /* drop the connection and connect again: every unacked delivery comes back from the broker, and
+   * on_ready asks for the outbox again; may be NULL (nothing is held outside the process) */
+  void (*reset)(struct sg_transport *t, const char *why);
 };
 
 struct sg_transport {

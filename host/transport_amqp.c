@@ -874,9 +874,12 @@ static void op_close(struct sg_transport *bt) {
 
 static void op_set_max_body(struct sg_transport *bt, int64_t bytes) { T(bt)->max_body = bytes; }
 
+static void op_reset(struct sg_transport *bt, const char *why) { conn_lost(T(bt), why); }
+
 static const struct sg_transport_ops amqp_ops = {
   .name = "amqp",
   .set_max_body = op_set_max_body,
+  .reset = op_reset,
   .subscribe = op_subscribe,
   .declare_service = op_declare_service,
   .publish = op_publish,

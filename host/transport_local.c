@@ -132,7 +132,7 @@ static void l_close(struct sg_transport *t) {
 }
 
 static const struct sg_transport_ops local_ops = {
-  "local", 1, l_subscribe, l_declare, l_publish, l_ack, l_nack, l_reply_queue, l_connected, l_close, NULL,
+  "local", 1, l_subscribe, l_declare, l_publish, l_ack, l_nack, l_reply_queue, l_connected, l_close, NULL, NULL,
 };
 
 struct sg_transport *sg_transport_local_new(struct ev_loop *loop, const struct sg_transport_events *ev) {

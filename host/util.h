@@ -22,6 +22,8 @@ enum {
   SG_E_TOOBIG,    /* payload over a limit (413/400) */
   SG_E_INTERNAL,  /* store or system failure (500) */
   SG_E_UNAVAILABLE, /* the store cannot write for now (disk full, I/O error): retry later (503) */
+  SG_E_FENCED,    /* this host's claim on its sagas was taken over (its lease ran out): drop them (503) */
+  SG_E_ELSEWHERE, /* the saga is owned by another host (several hosts on one database) */
 };
 
 int sg_errorf(struct sg_error *e, int code, const char *fmt, ...)

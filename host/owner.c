@@ -1,0 +1,255 @@
+/* owner: several hosts on one database (a store with host_register: PostgreSQL).
+ *
+ * Each host works on the sagas it owns: those it started and those it took over. Its claim is a
+ * lease on its row in the store, renewed by every commit (the store's fence) and, when the host is
+ * idle, by an empty batch every lease/3. Every lease/3 the host also looks for hosts whose lease ran
+ * out and takes their sagas over, a bounded number per round (one round per loop iteration while
+ * there is more, so that several hosts share a dead host's sagas). A host that finds itself fenced
+ * (its epoch moved on: its sagas were taken) drops everything and loads what it still owns
+ * (engine.c: eng_fenced).
+ *
+ * A saga owned by another host is reached through the database: an operator verb is written as mail
+ * to the saga (the owner is woken by NOTIFY on its channel, and reads its mail every lease/3 anyway);
+ * the owner applies it in a batch that also notifies the sender, which then answers its client.
+ * Replies reach the owner by their reply queue: a host that takes a saga over sends the call it waits
+ * on again with its own reply queue. */
+#include <inttypes.h>
+#include <stdio.h>
+
+#include <jansson.h>
+
+#include "engine_int.h"
+
+#define TAKE_PER_ROUND 100
+#define MAIL_KIND_VERB "verb"
+
+static struct sg_engine *EN(void *p) { return p; }
+
+/* ---- answers to forwarded verbs ---- */
+
+static void fwd_finish(struct sg_engine *en, size_t i, const struct sg_error *e) {
+  struct fwd f = en->fwd[i];
+  memmove(&en->fwd[i], &en->fwd[i + 1], (en->nfwd - i - 1) * sizeof *en->fwd);
+  en->nfwd--;
+  f.cb(f.ud, e);
+}
+
+/* "done <req> <code> <message>" from the owner */
+static void on_answer(struct sg_engine *en, const char *payload) {
+  char req[40];
+  int code = 0, off = 0;
+  if (sscanf(payload, "done %39s %d %n", req, &code, &off) < 2) return;
+  for (size_t i = 0; i < en->nfwd; i++) {
+    if (strcmp(en->fwd[i].req, req) != 0) continue;
+    if (code == 0) { fwd_finish(en, i, NULL); return; }
+    struct sg_error e = {0};
+    sg_errorf(&e, code, "%s", off ? payload + off : "refused by the owner");
+    fwd_finish(en, i, &e);
+    return;
+  }
+}
+
+static void on_note(void *ud, const char *payload) {
+  struct sg_engine *en = EN(ud);
+  if (!strcmp(payload, "mail")) en->mail_due = 1;
+  else if (!strncmp(payload, "done ", 5)) on_answer(en, payload);
+}
+
+static void watch_notes(struct sg_engine *en) {
+  int fd = en->store->ops->note_fd(en->store);
+  if (fd == en->note_fd) return;
+  ev_io_stop(en->loop, &en->note_io);
+  en->note_fd = fd;
+  if (fd < 0) return;
+  ev_io_set(&en->note_io, fd, EV_READ);
+  ev_io_start(en->loop, &en->note_io);
+}
+
+static void on_note_io(struct ev_loop *loop, ev_io *w, int revents) {
+  struct sg_engine *en = w->data;
+  en->store->ops->notes(en->store, 1, on_note, en); /* the prepare that follows acts on them */
+}
+
+static void expire_forwards(struct sg_engine *en, int64_t now) {
+  for (size_t i = 0; i < en->nfwd;) {
+    if (en->fwd[i].deadline > now) { i++; continue; }
+    struct sg_error e = {0};
+    sg_errorf(&e, SG_E_ELSEWHERE, "the host that owns the saga has not confirmed it yet: the verb waits in the"
+              " saga's mail and is applied when its owner (or the host that takes it over) reads it");
+    fwd_finish(en, i, &e);
+  }
+}
+
+static void on_lease_timer(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_engine *en = w->data;
+  if (en->broken || en->stopped) return;
+  int64_t now = sg_now_ms();
+  en->claim_due = en->mail_due = 1;
+  /* an idle host renews its lease with an empty batch (the commit's fence renews it) */
+  if (!en->stalled && !en->reloading && !en->in_txn && now - en->last_commit_ms >= en->cfg.lease_ms / 3) eng_txn(en);
+  expire_forwards(en, now);
+}
+
+void eng_owner_init(struct sg_engine *en) {
+  en->multi = en->store->ops->host_register != NULL;
+  en->note_fd = -1;
+  if (!en->cfg.host_id || !*en->cfg.host_id) en->cfg.host_id = "sagahost";
+  if (en->cfg.lease_ms <= 0) en->cfg.lease_ms = 10000;
+  ev_init(&en->lease_timer, on_lease_timer);
+  en->lease_timer.data = en;
+  ev_init(&en->note_io, on_note_io);
+  en->note_io.data = en;
+}
+
+int eng_owner_start(struct sg_engine *en, struct sg_error *e) {
+  const char *id = en->cfg.host_id && *en->cfg.host_id ? en->cfg.host_id : "sagahost";
+  if (en->store->ops->host_register(en->store, id, en->cfg.lease_ms, e) < 0) return -1;
+  watch_notes(en);
+  if (!ev_is_active(&en->lease_timer)) {
+    double every = en->cfg.lease_ms / 3000.0;
+    ev_timer_set(&en->lease_timer, every, every);
+    ev_timer_start(en->loop, &en->lease_timer);
+    ev_unref(en->loop); /* like the sweep: it alone must not keep the loop alive */
+  }
+  en->claim_due = en->mail_due = 1;
+  en->last_commit_ms = sg_now_ms();
+  sg_info("host %s registered on the shared database (lease %" PRId64 " ms, renewed every %" PRId64 " ms)", id,
+          en->cfg.lease_ms, en->cfg.lease_ms / 3);
+  return 0;
+}
+
+/* ---- takeover ---- */
+
+struct adopt_ctx {
+  struct sg_engine *en;
+  struct sg_error e;
+  int failed;
+};
+
+static int adopt_cb(void *ud, const struct sg_saga_row *r) {
+  struct adopt_ctx *a = ud;
+  if (eng_adopt(a->en, r, &a->e) < 0) { a->failed = 1; return 1; }
+  return 0;
+}
+
+/* One round: 1 if sagas (or outbox rows) were taken, 0 if there was nothing, -1 if the host was fenced. */
+static int take_over(struct sg_engine *en) {
+  char dead[128];
+  int64_t expired = 0, n = 0;
+  struct adopt_ctx a = { .en = en };
+  struct sg_error e = {0};
+  int64_t t0 = sg_now_ms();
+  int rc = en->store->ops->take_over(en->store, TAKE_PER_ROUND, adopt_cb, &a, dead, &expired, &n, &e);
+  if (rc < 0) {
+    if (e.code == SG_E_FENCED) { eng_fenced(en, &e); return -1; }
+    sg_warn("takeover: %s", e.msg);
+    return 0;
+  }
+  if (a.failed) { /* some were taken but not loaded: load everything this host owns */
+    eng_fenced(en, &a.e);
+    return -1;
+  }
+  if (rc == 0) return 0;
+  if (!dead[0])
+    sg_info("took over %" PRId64 " saga(s) nobody owned (written by a one-host version, or released)", n);
+  else if (expired < 0)
+    sg_info("took over %" PRId64 " saga(s) of host %s (it stopped and released them) in %" PRId64 " ms", n, dead,
+            sg_now_ms() - t0);
+  else
+    sg_info("took over %" PRId64 " saga(s) of host %s (lease expired %.1fs ago) in %" PRId64 " ms", n, dead,
+            expired / 1000.0, sg_now_ms() - t0);
+  en->republish = 1; /* the outbox rows that came with them go out after the next commit */
+  eng_txn(en);
+  return 1;
+}
+
+/* ---- mail ---- */
+
+static int on_mail(void *ud, const char *saga_id, const char *kind, const char *body) {
+  struct sg_engine *en = EN(ud);
+  if (strcmp(kind, MAIL_KIND_VERB) != 0) { sg_warn("mail of unknown kind '%s' for saga %s dropped", kind, saga_id); return 0; }
+  json_t *j = json_loads(body, 0, NULL);
+  const char *verb = json_string_value(json_object_get(j, "verb"));
+  const char *arg = json_string_value(json_object_get(j, "arg"));
+  const char *who = json_string_value(json_object_get(j, "who"));
+  const char *from = json_string_value(json_object_get(j, "from"));
+  const char *req = json_string_value(json_object_get(j, "req"));
+  struct sg_error e = {0};
+  int rc;
+  if (!verb) rc = sg_errorf(&e, SG_E_INVALID, "malformed mail");
+  else if (!strcmp(verb, "compensate")) rc = sg_engine_compensate(en, saga_id, arg, who, &e);
+  else if (!strcmp(verb, "retry")) rc = sg_engine_retry(en, saga_id, who, &e);
+  else if (!strcmp(verb, "resolve")) rc = sg_engine_resolve(en, saga_id, arg, who, &e);
+  else rc = sg_errorf(&e, SG_E_INVALID, "unknown verb '%s'", verb);
+  sg_info("saga %s: %s from host %s by %s: %s", saga_id, verb ? verb : "?", from ? from : "?", who ? who : "?",
+          rc < 0 ? e.msg : "applied");
+  if (from && req) {
+    char *note = rc < 0 ? sg_asprintf("done %s %d %.7000s", req, e.code, e.msg) : sg_asprintf("done %s 0", req);
+    struct sg_error ne = {0};
+    if (eng_txn(en) == 0 && en->store->ops->notify(en->store, from, note, &ne) < 0) sg_warn("answer to %s: %s", from, ne.msg);
+    free(note);
+  }
+  json_decref(j);
+  return 0;
+}
+
+int eng_owner_prepare(struct sg_engine *en) {
+  en->store->ops->notes(en->store, 0, on_note, en); /* what blocking calls queued meanwhile */
+  watch_notes(en);
+  if (en->claim_due) {
+    en->claim_due = 0;
+    int rc = take_over(en);
+    if (rc < 0) return 1;
+    if (rc > 0) {
+      en->claim_due = 1; /* more may be left: the next iteration takes another round */
+      return 1;
+    }
+  }
+  if (en->mail_due) {
+    en->mail_due = 0;
+    if (eng_txn(en) < 0) return 0;
+    struct sg_error e = {0};
+    if (en->store->ops->mail_take(en->store, on_mail, en, &e) < 0) sg_warn("mail: %s", e.msg);
+    return 1;
+  }
+  return 0;
+}
+
+void eng_owner_stop(struct sg_engine *en) {
+  if (!en->multi) return;
+  ev_ref(en->loop);
+  ev_timer_stop(en->loop, &en->lease_timer);
+  ev_io_stop(en->loop, &en->note_io);
+  while (en->nfwd) {
+    struct sg_error e = {0};
+    sg_errorf(&e, SG_E_UNAVAILABLE, "the host is stopping");
+    fwd_finish(en, 0, &e);
+  }
+  if (en->broken || en->stalled || en->reloading) return; /* its lease runs out by itself */
+  struct sg_error e = {0};
+  if (en->store->ops->host_release(en->store, &e) < 0) sg_warn("releasing the lease: %s", e.msg);
+  else sg_info("lease released: other hosts take over this host's sagas at once");
+}
+
+void eng_owner_free(struct sg_engine *en) { free(en->fwd); }
+
+/* ---- forwarding ---- */
+
+int sg_engine_forward(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
+                      int64_t timeout_ms, sg_forward_cb cb, void *ud, struct sg_error *e) {
+  if (!en->multi) return sg_errorf(e, SG_E_INTERNAL, "no other host shares this store");
+  if (en->stalled || en->reloading) return eng_refuse_stalled(en, e);
+  if (eng_txn(en) < 0) return sg_errorf(e, SG_E_UNAVAILABLE, "the store cannot write now");
+  struct fwd f = { .deadline = sg_now_ms() + timeout_ms, .cb = cb, .ud = ud };
+  sg_uuid(f.req);
+  json_t *j = json_pack("{s:s, s:s?, s:s?, s:s, s:s}", "verb", verb, "arg", arg, "who", who, "from",
+                        en->cfg.host_id ? en->cfg.host_id : "sagahost", "req", f.req);
+  char *body = json_dumps(j, JSON_COMPACT);
+  json_decref(j);
+  int rc = en->store->ops->mail_put(en->store, id, MAIL_KIND_VERB, body, e);
+  free(body);
+  if (rc < 0) return -1;
+  PUSH(en->fwd, en->nfwd, en->capfwd, f);
+  en->st.forwarded++;
+  return 0;
+}
