@@ -473,7 +473,7 @@ static int run_orchestrator(const struct bench_opts *o) {
 
   /* the same wiring and defaults as `sagahost run`; a --db a host is running on is refused before
    * anything of it is deleted */
-  if (sg_store_sqlite_in_use(dbpath, &e)) {
+  if (sg_store_is_pg_url(dbpath) ? sg_store_pg_in_use(dbpath, &e) : sg_store_sqlite_in_use(dbpath, &e)) {
     fprintf(stderr, "sagahost bench: cannot start the host: %s\n", e.msg);
     goto out;
   }

@@ -1,10 +1,18 @@
-/* store_pg: the store on PostgreSQL (libpq), with the interface and semantics of store_sqlite.c.
+/* store_pg: the store on PostgreSQL (libpq), with the interface and semantics of store_sqlite.c, shared
+ * by several hosts.
  *
- * This slice runs ONE host per database (a session advisory lock, like SQLite's flock on <path>.lock);
- * several hosts on one database come with leases. Its libpq calls are BLOCKING and made on the loop
- * thread: a round trip per op (statements are prepared once per connection and run with
- * PQexecPrepared, text parameters), a commit is one round trip (the store_state update and COMMIT in
- * one simple query). The non-blocking version with pipelining comes with the multi-host work.
+ * Several hosts: each registers under its id (host_register: the id's session advisory lock, a row in
+ * hosts with an epoch and a lease on the database's clock). Sagas and outbox rows carry their owner;
+ * the reads the engine recovers from see only the host's own. Every commit ends with sg_fence(host,
+ * epoch, seq), which renews the lease and records the commit's sequence number, or aborts the
+ * transaction (SQLSTATE SG001) when another host has bumped the epoch to take the sagas over
+ * (take_over: the expired host's row locked FOR UPDATE SKIP LOCKED, its epoch bumped, up to N of its
+ * sagas claimed FOR UPDATE SKIP LOCKED with their version bumped, and its outbox). Mail to a saga
+ * (operator verbs from other hosts) wakes its owner with NOTIFY on the owner's channel.
+ *
+ * Its libpq calls are BLOCKING and made on the loop thread: a round trip per op (statements are
+ * prepared once per connection and run with PQexecPrepared, text parameters), a commit is one round
+ * trip (the fence and COMMIT in one simple query). Pipelined, non-blocking calls are the next step.
  *
  * Durability is that of SQLite's synchronous=FULL: synchronous_commit = on for the session.
  *
@@ -13,10 +21,11 @@
  * the server, a serialization failure or deadlock: SQLSTATE classes 08, 53, 58 and 57P01-57P03, 40001,
  * 40P01, 55P03, 57014, 25006) puts the store in the held state: PostgreSQL has aborted the
  * transaction, later writes are only kept, commit returns SG_E_UNAVAILABLE, and retry_commit
- * reconnects if needed (re-taking the host lock and preparing the statements again) and writes the
- * kept writes again in a new transaction. When the connection was lost while the COMMIT was on its
- * way, the outcome is unknown: every commit also writes its sequence number into store_state, and
- * retry_commit reads it back first so that a transaction the server did commit is not written twice.
+ * reconnects if needed (re-taking the host id's lock and preparing the statements again) and writes
+ * the kept writes again in a new transaction. When the connection was lost while the COMMIT was on its
+ * way, the outcome is unknown: the retry reads the host's commit_seq back first so that a transaction
+ * the server did commit is not written twice. Ids of timers and outbox rows come from the host's
+ * block (so a rewrite keeps them); history ids from a sequence.
  *
  * Rows handed to callbacks point into the PGresult of the op, valid during the callback. A callback
  * may call other ops of the store (the result is fully read before the first callback). */
