@@ -123,6 +123,15 @@ static const char *const migrations[] = {
   "  $$ SELECT 'sg_' || left(encode(sha256(convert_to(h, 'UTF8')), 'hex'), 16) $$;"
   /* the last statement of every commit: renews the lease and records the commit, or aborts the
    * transaction (SQLSTATE SG001) when the host's epoch moved on */
+  /* the check of a write that must change one row (sent in a pipeline: a failure aborts the rest) */
+  "CREATE FUNCTION sg_one(n BIGINT, what TEXT) RETURNS INTEGER LANGUAGE plpgsql AS $$"
+  " BEGIN"
+  "  IF n <> 1 THEN"
+  "   RAISE EXCEPTION '%: % rows changed instead of 1 (another writer changed it, or it exists)', what, n"
+  "    USING ERRCODE = 'SG002';"
+  "  END IF;"
+  "  RETURN 1;"
+  " END $$;"
   "CREATE FUNCTION sg_fence(h TEXT, ep BIGINT, seq BIGINT) RETURNS VOID LANGUAGE plpgsql AS $$"
   " BEGIN"
   "  UPDATE hosts SET commit_seq = seq, lease_until = sg_now() + lease_ms WHERE host_id = h AND epoch = ep;"
@@ -157,15 +166,18 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = $1",
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
-  [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
-                     " $12, $13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING",
-  [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
+  [ST_SAGA_INSERT] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+                     " $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING RETURNING 1)"
+                     " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
+  [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
-                     " attempt_started_at = $12, attempt_base = $13, owner = $14 WHERE id = $1 AND version = $11::bigint - 1",
+                     " attempt_started_at = $12, attempt_base = $13, owner = $14 WHERE id = $1"
+                     " AND version = $11::bigint - 1 RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
-  [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
+  [ST_SAGA_PROGRESS] = "WITH w AS (UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
                        " data = $5, error = $6, updated_at = $7, deadline = $8, version = $9,"
-                       " attempt_started_at = $10, attempt_base = $11 WHERE id = $1 AND version = $9::bigint - 1",
+                       " attempt_started_at = $10, attempt_base = $11 WHERE id = $1 AND version = $9::bigint - 1"
+                       " RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = $1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND idem_key = $2",
   /* LIMIT NULL: no limit */
@@ -594,7 +606,10 @@ static int wr_exec(struct pg_store *s, int st, const struct params *p, int64_t *
 static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int64_t *rows, struct sg_error *e,
                          const char *what) {
   if (rows) *rows = 0;
-  if (s->in_txn) redo_add(s, st, p);
+  if (s->in_txn) { /* kept, and sent with the commit */
+    redo_add(s, st, p);
+    return 0;
+  }
   if (s->held) return 0;
   if (s->lost_lock) return reconnect(s, 0, e);
   if (s->in_txn && (!conn_ok(s) || !s->prepared)) { hold(s, NULL, what); return 0; }
@@ -617,7 +632,7 @@ static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int
     return -1;
   }
   /* a duplicate id is a conflict the caller can act on, not a store failure */
-  fail_res(s, e, res_is(r, "23505") ? SG_E_CONFLICT : SG_E_INTERNAL, r, what);
+  fail_res(s, e, res_is(r, "23505") || res_is(r, "SG002") ? SG_E_CONFLICT : SG_E_INTERNAL, r, what);
   PQclear(r);
   return -1;
 }
@@ -674,16 +689,8 @@ static int pg_begin(struct sg_store *base, struct sg_error *e) {
   redo_clear(s);
   s->in_txn = 1;
   s->commit_unknown = 0;
-  /* a lost connection is not reopened here: the writes are kept from the start, and retry_commit
-   * (at the engine's back-off) reconnects */
-  if (!conn_ok(s) || !s->prepared) { hold(s, NULL, "begin (the connection is lost)"); return 0; }
-  PGresult *r = PQexec(s->conn, "BEGIN");
-  if (PQresultStatus(r) == PGRES_COMMAND_OK) { PQclear(r); return 0; }
-  if (res_passing(s, r)) { hold(s, r, "begin"); PQclear(r); return 0; }
-  s->in_txn = 0;
-  fail_res(s, e, SG_E_INTERNAL, r, "begin");
-  PQclear(r);
-  return -1;
+  /* nothing goes to the server before the commit: the writes are kept and sent together */
+  return 0;
 }
 
 /* The host's fence (it renews the lease and records the commit's sequence number, or aborts the
@@ -714,53 +721,7 @@ static void committed(struct pg_store *s) {
   s->commits++;
 }
 
-/* The fence refused the commit: the transaction and its kept writes are dropped. */
-static int fenced(struct pg_store *s, PGresult *r, struct sg_error *e) {
-  fail_res(s, e, SG_E_FENCED, r, "commit");
-  PQclear(r);
-  roll_back_open(s);
-  s->in_txn = s->held = s->commit_unknown = 0;
-  redo_clear(s);
-  return -1;
-}
-
-static int pg_commit(struct sg_store *base, struct sg_error *e) {
-  struct pg_store *s = S(base);
-  if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
-  if (!s->in_txn) return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: no transaction is open");
-  PGresult *r = NULL;
-  if (send_commit(s, &r) == 0) { committed(s); return 0; }
-  if (PQresultStatus(r) == PGRES_COMMAND_OK) { /* ROLLBACK: an earlier error aborted it */
-    PQclear(r);
-    s->in_txn = 0;
-    redo_clear(s);
-    return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: the transaction was aborted by an earlier error");
-  }
-  if (res_is(r, "SG001")) return fenced(s, r, e);
-  if (!res_passing(s, r)) {
-    fail_res(s, e, SG_E_INTERNAL, r, "commit");
-    PQclear(r);
-    roll_back_open(s);
-    s->in_txn = 0;
-    redo_clear(s);
-    return -1;
-  }
-  /* no answer: the server may have committed before the connection broke */
-  s->commit_unknown = !conn_ok(s);
-  hold(s, r, "commit");
-  PQclear(r);
-  return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
-}
-
-static int pg_rollback(struct sg_store *base, struct sg_error *e) {
-  struct pg_store *s = S(base);
-  s->in_txn = s->held = s->commit_unknown = 0;
-  redo_clear(s);
-  if (!conn_ok(s) || PQtransactionStatus(s->conn) == PQTRANS_IDLE) return 0;
-  return exec_sql(s, "ROLLBACK", NULL, e, "rollback");
-}
-
-/* Whether the commit whose answer was lost went through: store_state.commit_seq tells. 1 yes, 0 no, -1 e. */
+/* Whether the commit whose answer was lost went through: the host's commit_seq tells. 1 yes, 0 no, -1 e. */
 static int lost_commit_went_through(struct pg_store *s, struct sg_error *e) {
   PGresult *r = NULL;
   char sql[300];
@@ -777,9 +738,119 @@ static int lost_commit_went_through(struct pg_store *s, struct sg_error *e) {
   return yes;
 }
 
-/* The statements whose redo must change exactly one row (the first run checked it, or never ran). */
-static int redo_wants_one_row(int st) {
-  return st == ST_SAGA_INSERT || st == ST_SAGA_UPDATE || st == ST_SAGA_PROGRESS;
+/* The transaction's writes, kept in order, are sent at the commit in one round trip (libpq's pipeline
+ * mode): BEGIN, each write, the fence (or, for a store no host registered on, the store_state
+ * update), COMMIT. A write that must change one row (saga insert and updates) raises SG002 when it
+ * does not, which aborts the transaction like the fence's SG001. 0 = committed; -1 with e:
+ * SG_E_UNAVAILABLE (a passing failure: the writes stay kept, the store is held), SG_E_FENCED,
+ * SG_E_CONFLICT, SG_E_INTERNAL (the writes are dropped). */
+static int run_pipeline(struct pg_store *s, struct sg_error *e) {
+  char seq[24], ep[24], ntimer[24], noutbox[24];
+  snprintf(seq, sizeof seq, "%lld", (long long)s->commit_seq + 1);
+  snprintf(ep, sizeof ep, "%lld", (long long)s->epoch);
+  snprintf(ntimer, sizeof ntimer, "%lld", (long long)s->next_timer);
+  snprintf(noutbox, sizeof noutbox, "%lld", (long long)s->next_outbox);
+  const char *what = "commit";
+  int sent = 0;
+  if (!PQenterPipelineMode(s->conn)) goto broken;
+  int ok = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
+  for (size_t k = 0; ok && k < s->nredo; k++) {
+    const struct redo *w = &s->redo[k];
+    const char *v[MAX_PARAMS];
+    for (int i = 0; i < w->n; i++) v[i] = w->off[i] < 0 ? NULL : s->arena.data + w->off[i];
+    char name[16];
+    snprintf(name, sizeof name, "sg%d", w->st);
+    ok = PQsendQueryPrepared(s->conn, name, w->n, v, NULL, NULL, 0);
+  }
+  if (ok && s->me[0]) {
+    const char *v[] = { s->me, ep, seq };
+    ok = PQsendQueryParams(s->conn, "SELECT sg_fence($1, $2::bigint, $3::bigint)", 3, NULL, v, NULL, NULL, 0);
+  } else if (ok) {
+    const char *v[] = { seq, ntimer, noutbox };
+    ok = PQsendQueryParams(s->conn, "UPDATE store_state SET commit_seq = $1::bigint, next_timer = $2::bigint,"
+                           " next_outbox = $3::bigint", 3, NULL, v, NULL, NULL, 0);
+  }
+  ok = ok && PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(s->conn);
+  if (!ok) goto broken;
+  sent = 1;
+  /* the results, in order: the first failure says why; what follows it is aborted */
+  size_t nq = s->nredo + 3;
+  PGresult *first_bad = NULL;
+  int committed_ok = 0;
+  for (size_t q = 0; q < nq; q++) {
+    PGresult *r = PQgetResult(s->conn);
+    if (!r) goto broken;
+    ExecStatusType st = PQresultStatus(r);
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+      if (q == nq - 1 && !strcmp(PQcmdStatus(r), "COMMIT")) committed_ok = 1;
+    } else if (st != PGRES_PIPELINE_ABORTED && !first_bad) {
+      first_bad = r;
+      what = q == 0 ? "begin" : q <= s->nredo ? stmt_sql[s->redo[q - 1].st] : q == nq - 1 ? "commit" : "fence";
+      r = NULL;
+    }
+    PQclear(r);
+    PQclear(PQgetResult(s->conn)); /* the NULL that ends each query's results */
+  }
+  PGresult *sync = PQgetResult(s->conn);
+  int synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+  PQclear(sync);
+  if (!synced) { PQclear(first_bad); goto broken; }
+  PQexitPipelineMode(s->conn);
+  if (committed_ok && !first_bad) return 0;
+  roll_back_open(s); /* what the failure left: an aborted transaction block */
+  if (!first_bad) return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: the transaction was rolled back");
+  int code = res_is(first_bad, "SG001") ? SG_E_FENCED : res_is(first_bad, "SG002") || res_is(first_bad, "23505")
+           ? SG_E_CONFLICT : res_passing(s, first_bad) ? SG_E_UNAVAILABLE : SG_E_INTERNAL;
+  char wh[80];
+  snprintf(wh, sizeof wh, "%.60s", what);
+  if (code == SG_E_UNAVAILABLE) hold(s, first_bad, wh);
+  fail_res(s, e, code, first_bad, wh);
+  PQclear(first_bad);
+  return -1;
+broken:
+  /* the connection failed under us: if the COMMIT was sent, only the host's commit_seq can tell */
+  {
+    char m[300];
+    snprintf(m, sizeof m, "%s", PQerrorMessage(s->conn));
+    trim_nl(m);
+    if (sent) s->commit_unknown = 1;
+    if (!s->held) {
+      snprintf(s->held_why, sizeof s->held_why, "postgres: %s: the connection failed: %s", what, m);
+      sg_warn("%s (the transaction is kept and will be written again)", s->held_why);
+    }
+    s->held = 1;
+    if (conn_ok(s)) PQreset(s->conn); /* a half-read pipeline cannot be used again */
+    return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  }
+}
+
+/* The end of a commit attempt: committed, or the writes dropped (only a passing failure keeps them). */
+static int commit_outcome(struct pg_store *s, int rc, struct sg_error *e) {
+  if (rc == 0) { committed(s); return 0; }
+  if (e->code != SG_E_UNAVAILABLE) {
+    s->in_txn = s->held = s->commit_unknown = 0;
+    redo_clear(s);
+  }
+  return -1;
+}
+
+static int pg_commit(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  if (!s->in_txn) return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: no transaction is open");
+  if (s->lost_lock || !conn_ok(s) || !s->prepared) {
+    hold(s, NULL, "commit (the connection is lost)");
+    return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  }
+  return commit_outcome(s, run_pipeline(s, e), e);
+}
+
+static int pg_rollback(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  s->in_txn = s->held = s->commit_unknown = 0;
+  redo_clear(s);
+  if (!conn_ok(s) || PQtransactionStatus(s->conn) == PQTRANS_IDLE) return 0;
+  return exec_sql(s, "ROLLBACK", NULL, e, "rollback");
 }
 
 /* Writes the held transaction again: the same statements with the same parameters, from the same
@@ -802,45 +873,10 @@ static int pg_retry_commit(struct sg_store *base, struct sg_error *e) {
     }
     s->commit_unknown = 0;
   }
-  const char *what = "begin";
-  PGresult *r = PQexec(s->conn, "BEGIN");
-  int ok = PQresultStatus(r) == PGRES_COMMAND_OK, bad_rows = 0;
-  for (size_t k = 0; ok && k < s->nredo; k++) {
-    const struct redo *w = &s->redo[k];
-    const char *v[MAX_PARAMS];
-    for (int i = 0; i < w->n; i++) v[i] = w->off[i] < 0 ? NULL : s->arena.data + w->off[i];
-    char name[16];
-    snprintf(name, sizeof name, "sg%d", w->st);
-    what = stmt_sql[w->st];
-    PQclear(r);
-    r = PQexecPrepared(s->conn, name, w->n, v, NULL, NULL, 0);
-    ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
-    if (ok && redo_wants_one_row(w->st) && cmd_rows(r) != 1) ok = 0, bad_rows = 1;
-  }
-  if (ok) {
-    what = "commit";
-    PQclear(r);
-    r = NULL;
-    if (send_commit(s, &r) == 0) {
-      committed(s);
-      return 0;
-    }
-    if (res_is(r, "SG001")) return fenced(s, r, e);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK && res_passing(s, r)) s->commit_unknown = !conn_ok(s);
-  }
-  if (bad_rows) {
-    sg_errorf(e, SG_E_CONFLICT, "postgres: writing the held transaction again (%.60s): it changed no row (a"
-              " conflicting write committed meanwhile)", what);
-  } else {
-    char m[300];
-    res_msg(s, r, m, sizeof m);
-    int passing = PQresultStatus(r) != PGRES_COMMAND_OK && res_passing(s, r);
-    sg_errorf(e, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "postgres: writing the held transaction again"
-              " (%.60s): %s", what, m);
-  }
-  PQclear(r);
-  roll_back_open(s);
-  return -1;
+  s->held = 0; /* a passing failure of this attempt holds it again */
+  int rc = run_pipeline(s, e);
+  if (rc < 0 && e->code == SG_E_UNAVAILABLE) s->held = 1;
+  return commit_outcome(s, rc, e);
 }
 
 static int64_t pg_commit_count(struct sg_store *base) { return S(base)->commits; }
