@@ -283,7 +283,10 @@ static void metrics(struct sg_api *api, struct sg_http_req *req) {
 /* after the commit: answer a start, or serve a read */
 static void on_start_committed(void *ud, int status) {
   struct pending *p = ud;
-  if (status < 0) {
+  if (status == -2) {
+    sg_http_reply_error_with(p->req, 503, "Retry-After", "1", "this host lost its sagas to another host (its lease"
+                             " ran out) before the start was committed; it did not happen: retry");
+  } else if (status < 0) {
     sg_http_reply_error(p->req, 500, "the store could not commit the start; it did not happen");
   } else {
     char buf[128];
@@ -328,7 +331,9 @@ static void on_read_committed(void *ud, int status);
 /* after the commit of an operator action: answer with the saga as it is now */
 static void on_action_committed(void *ud, int status) {
   struct pending *p = ud;
-  if (status < 0) sg_http_reply_error(p->req, 500, "the store could not commit the action; it did not happen");
+  if (status == -2) sg_http_reply_error_with(p->req, 503, "Retry-After", "1", "this host lost its sagas to another"
+                                             " host before the action was committed; it did not happen: retry");
+  else if (status < 0) sg_http_reply_error(p->req, 500, "the store could not commit the action; it did not happen");
   else get_saga(p->api, p->req, p->id);
   free(p);
 }

@@ -1444,7 +1444,7 @@ static void drop_all(struct sg_engine *en) {
   size_t n = en->ncbs;
   struct pending_cb *cbs = en->cbs;
   en->cbs = NULL; en->ncbs = en->capcbs = 0;
-  for (size_t i = 0; i < n; i++) cbs[i].cb(cbs[i].ud, -1);
+  for (size_t i = 0; i < n; i++) cbs[i].cb(cbs[i].ud, -2);
   free(cbs);
 }
 

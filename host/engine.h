@@ -121,7 +121,8 @@ void sg_engine_free(struct sg_engine *en);
 /* A definition version was loaded: record its source (same batch as everything else). */
 int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *file, const char *source, struct sg_error *e);
 
-/* Called after the batch holding a request's effect has committed (status: 0 ok, -1 the commit failed). */
+/* Called after the batch holding a request's effect has committed (status: 0 ok, -1 the commit failed,
+ * -2 the batch was dropped because another host took this host's sagas over: nothing of it happened). */
 typedef void (*sg_committed_cb)(void *ud, int status);
 /* Run cb once everything done so far is durable (the next group commit). */
 void sg_engine_after_commit(struct sg_engine *en, sg_committed_cb cb, void *ud);

@@ -176,6 +176,7 @@ struct sg_engine {
   int reloading;             /* fenced: registering again and loading what this host owns */
   ev_timer reload_timer;     /* ... retried while the store cannot be reached */
   int64_t last_commit_ms;
+  int64_t quiet_until;       /* ms: no takeover before (just back from an outage: the others renew first) */
   struct fwd *fwd;           /* forwarded verbs waiting for an answer */
   size_t nfwd, capfwd;
   struct sg_engine_stats st;

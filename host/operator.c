@@ -9,7 +9,7 @@
 
 /* The live saga, or (for a terminal one) a saga loaded from the store and made live. */
 static struct sg_saga *saga_for_operator(struct sg_engine *en, const char *id, struct sg_error *e) {
-  if (en->stalled) { eng_refuse_stalled(en, e); return NULL; }
+  if (en->stalled || en->reloading) { eng_refuse_stalled(en, e); return NULL; }
   struct sg_saga *s = sg_map_get(&en->sagas, id);
   if (s) {
     if (s->terminal) { sg_errorf(e, SG_E_CONFLICT, "saga %s just finished as %s", id, sg_status_name(s->row.status)); return NULL; }

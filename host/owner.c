@@ -85,8 +85,11 @@ static void on_lease_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   if (en->broken || en->stopped) return;
   int64_t now = sg_now_ms();
   en->claim_due = en->mail_due = 1;
+  /* a host that could not reach the store gives the others a lease to renew theirs after it is back:
+   * the first one back would otherwise take everyone's sagas (they were cut off as long as it was) */
+  if (en->stalled || en->reloading) en->quiet_until = now + en->cfg.lease_ms;
   /* an idle host renews its lease with an empty batch (the commit's fence renews it) */
-  if (!en->stalled && !en->reloading && !en->in_txn && now - en->last_commit_ms >= en->cfg.lease_ms / 3) eng_txn(en);
+  if (!en->stalled && !en->reloading && !en->in_txn && now - en->last_commit_ms >= en->cfg.lease_ms / 6) eng_txn(en);
   expire_forwards(en, now);
 }
 
@@ -196,7 +199,7 @@ static int on_mail(void *ud, const char *saga_id, const char *kind, const char *
 int eng_owner_prepare(struct sg_engine *en) {
   en->store->ops->notes(en->store, 0, on_note, en); /* what blocking calls queued meanwhile */
   watch_notes(en);
-  if (en->claim_due) {
+  if (en->claim_due && sg_now_ms() >= en->quiet_until) {
     en->claim_due = 0;
     int rc = take_over(en);
     if (rc < 0) return 1;

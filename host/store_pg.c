@@ -30,6 +30,7 @@
  * Rows handed to callbacks point into the PGresult of the op, valid during the callback. A callback
  * may call other ops of the store (the result is fully read before the first callback). */
 #include "store.h"
+#include "map.h"
 
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -323,6 +324,9 @@ struct pg_store {
   struct redo *redo;         /* the writes of the transaction, in order */
   size_t nredo, capredo;
   struct sg_buf arena;       /* text parameters of redo */
+  struct sg_map kept_inbox;  /* message id (own copy) -> 1 + index in redo of its last inbox_put: the
+                              * batch's writes reach the server only at the commit, so inbox_get looks
+                              * here first (a repeat arriving before the commit is a repeat) */
   /* ids of new rows, assigned here so that a kept write gets the same id when written again */
   int64_t next_timer, next_outbox;
   /* the host this store works for (host_register), "" before */
@@ -552,6 +556,12 @@ static int reconnect(struct pg_store *s, int throttle, struct sg_error *e) {
 static void redo_clear(struct pg_store *s) {
   s->nredo = 0;
   s->arena.len = 0;
+  if (s->kept_inbox.n) {
+    for (size_t i = 0; i < s->kept_inbox.cap; i++)
+      if (sg_map_live(&s->kept_inbox, i)) free((char *)s->kept_inbox.slots[i].key);
+    sg_map_free(&s->kept_inbox);
+    sg_map_init(&s->kept_inbox);
+  }
 }
 
 static void redo_add(struct pg_store *s, int st, const struct params *p) {
@@ -566,6 +576,15 @@ static void redo_add(struct pg_store *s, int st, const struct params *p) {
     if (!p->v[i]) { r->off[i] = -1; continue; }
     r->off[i] = (long)s->arena.len;
     sg_buf_add(&s->arena, p->v[i], strlen(p->v[i]) + 1);
+  }
+  if (st == ST_INBOX_PUT && p->v[0]) {
+    void *at = (void *)(uintptr_t)s->nredo; /* 1 + index */
+    if (sg_map_get(&s->kept_inbox, p->v[0])) {
+      for (size_t i = 0; i < s->kept_inbox.cap; i++)
+        if (sg_map_live(&s->kept_inbox, i) && !strcmp(s->kept_inbox.slots[i].key, p->v[0])) s->kept_inbox.slots[i].val = at;
+    } else {
+      sg_map_put(&s->kept_inbox, sg_strdup(p->v[0]), at);
+    }
   }
 }
 
@@ -606,13 +625,18 @@ static int wr_exec(struct pg_store *s, int st, const struct params *p, int64_t *
 static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int64_t *rows, struct sg_error *e,
                          const char *what) {
   if (rows) *rows = 0;
-  if (s->in_txn) { /* kept, and sent with the commit */
+  /* retention runs on its own (autocommit) so that it can say how many rows it deleted */
+  int own = st == ST_SAGA_PRUNE || st == ST_INBOX_PRUNE;
+  if (s->in_txn && !own) { /* kept, and sent with the commit */
     redo_add(s, st, p);
     return 0;
   }
-  if (s->held) return 0;
+  if (s->held && !own) return 0;
   if (s->lost_lock) return reconnect(s, 0, e);
-  if (s->in_txn && (!conn_ok(s) || !s->prepared)) { hold(s, NULL, what); return 0; }
+  if (!conn_ok(s) || !s->prepared) {
+    if (own) return sg_errorf(e, SG_E_UNAVAILABLE, "postgres: %s: the connection is lost", what);
+    if (s->in_txn) { hold(s, NULL, what); return 0; }
+  }
   char name[16];
   snprintf(name, sizeof name, "sg%d", st);
   PGresult *r = PQexecPrepared(s->conn, name, p->n, p->v, NULL, NULL, 0);
@@ -622,7 +646,7 @@ static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int
     return 1;
   }
   if (res_passing(s, r)) {
-    if (s->in_txn) {
+    if (s->in_txn && !own) {
       hold(s, r, what);
       PQclear(r);
       return 0;
@@ -1283,6 +1307,14 @@ static int pg_inbox_get(struct sg_store *base, const char *message_id, char **re
   p_text(&p, message_id);
   if (reply_status) *reply_status = NULL;
   if (reply_body) *reply_body = NULL;
+  struct pg_store *s = S(base);
+  uintptr_t at = (uintptr_t)sg_map_get(&s->kept_inbox, message_id);
+  if (at) { /* handled earlier in this batch (or in a held one) */
+    const struct redo *w = &s->redo[at - 1];
+    if (reply_status && w->off[1] >= 0) *reply_status = sg_strdup(s->arena.data + w->off[1]);
+    if (reply_body && w->off[2] >= 0) *reply_body = sg_strdup(s->arena.data + w->off[2]);
+    return 1;
+  }
   PGresult *r = rd_exec(S(base), ST_INBOX_GET, &p, e, "inbox_get");
   if (!r) return -1;
   int found = PQntuples(r) > 0;
@@ -1566,6 +1598,8 @@ static void pg_close(struct sg_store *base) {
   if (!s) return;
   PQfinish(s->conn); /* the server rolls back an open transaction and drops the session's lock */
   free(s->redo);
+  redo_clear(s);
+  sg_map_free(&s->kept_inbox);
   sg_buf_free(&s->arena);
   free(s);
 }
@@ -1719,6 +1753,7 @@ struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e) {
   struct pg_store *s = sg_xcalloc(1, sizeof *s);
   s->base.ops = &pg_ops;
   sg_buf_init(&s->arena);
+  sg_map_init(&s->kept_inbox);
   if (connect_db(s, url, e) < 0) goto fail;
   /* before the first write: a refused host must not touch the database (not even to migrate it) */
   if (session_setup(s, e) < 0) goto fail;

@@ -43,6 +43,29 @@ function H.q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 function H.sleep(s) os.execute("sleep " .. s) end
 
+-- the wall clock in seconds since the epoch, with milliseconds (os.time has whole seconds only)
+function H.now()
+  local p = io.popen("date +%s.%N")
+  local t = tonumber(p:read("l"))
+  p:close()
+  return t
+end
+
+-- the timestamp of a host log line ("2026-11-30T17:50:04.286Z info ...", UTC) in seconds since the epoch
+function H.log_time(line)
+  local y, mo, d, h, mi, s, ms = line:match("(%d+)-(%d+)-(%d+)T(%d+):(%d+):(%d+)%.(%d+)Z")
+  if not y then return nil end
+  y, mo, d = tonumber(y), tonumber(mo), tonumber(d)
+  -- days since 1970-01-01 of a civil date (H. Hinnant's days_from_civil)
+  if mo <= 2 then y = y - 1 end
+  local era = y // 400
+  local yoe = y - era * 400
+  local doy = (153 * (mo > 2 and mo - 3 or mo + 9) + 2) // 5 + d - 1
+  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+  local days = era * 146097 + doe - 719468
+  return days * 86400 + tonumber(h) * 3600 + tonumber(mi) * 60 + tonumber(s) + tonumber(ms) / 1000
+end
+
 function H.write(path, text)
   local f = assert(io.open(path, "w"))
   f:write(text)
@@ -179,13 +202,15 @@ Host.__index = Host
 
 -- opts: scripts = { ["name.lua"] = source }, copy = { "sagas/x.lua", ... }, args = "extra flags", dir,
 -- curl_args = "extra curl flags for every request" (e.g. "--cacert cert.pem" for a host with --tls-cert:
--- its url is then https://localhost:PORT, the name its certificate is made for)
+-- its url is then https://localhost:PORT, the name its certificate is made for),
+-- db = a database (path or postgres:// URL) instead of the host's own, e.g. one several hosts share
+-- (H.db_for(some_dir, "shared.db")), host_id = its --host-id (passed with or without amqp)
 function H.host(opts)
   opts = opts or {}
   local self = setmetatable({ opts = opts }, Host)
   self.dir = opts.dir or H.tmpdir(opts.name)
   self.scripts = self.dir .. "/sagas"
-  self.db = H.db_for(self.dir, "host.db")
+  self.db = opts.db or H.db_for(self.dir, "host.db")
   self.logfile = self.dir .. "/host.log"
   for name, src in pairs(opts.scripts or {}) do H.write(self.scripts .. "/" .. name, src) end
   for _, f in ipairs(opts.copy or {}) do os.execute("cp " .. f .. " " .. self.scripts .. "/") end
@@ -202,8 +227,8 @@ function Host:start(extra)
   local transport = ""
   if self.opts.amqp then
     transport = "--amqp " .. H.q(type(self.opts.amqp) == "string" and self.opts.amqp or H.amqp_url)
-    if self.opts.host_id then transport = transport .. " --host-id " .. H.q(self.opts.host_id) end
   end
+  if self.opts.host_id then transport = transport .. " --host-id " .. H.q(self.opts.host_id) end
   local cmd = string.format("%s run --db %s --listen 127.0.0.1:0 %s %s %s %s > %s 2>&1 & echo $!",
     H.bin, self.db, transport, self.opts.args or "", extra or "", self.scripts, log)
   local p = io.popen(cmd)
