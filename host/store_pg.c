@@ -210,9 +210,13 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_OUTBOX_EACH] = "SELECT id, message_id, correlation_id, exchange, routing_key, reply_to, type, saga_id,"
                      " saga_type, step, attempt, status, body, created_at FROM outbox WHERE owner = $1 ORDER BY id",
   [ST_INBOX_GET] = "SELECT reply_status, reply_body FROM inbox WHERE message_id = $1",
-  [ST_INBOX_PUT] = "INSERT INTO inbox(message_id, reply_status, reply_body, received_at) VALUES ($1, $2, $3, $4)"
-                   " ON CONFLICT (message_id) DO UPDATE SET reply_status = EXCLUDED.reply_status,"
-                   " reply_body = EXCLUDED.reply_body, received_at = EXCLUDED.received_at",
+  /* a row that only counts deliveries ("delivered") is replaced; one with a reply is another host's
+   * handling of the same message, committed first: 0 rows, SG002, and this batch is a conflict */
+  [ST_INBOX_PUT] = "WITH w AS (INSERT INTO inbox(message_id, reply_status, reply_body, received_at)"
+                   " VALUES ($1, $2, $3, $4) ON CONFLICT (message_id) DO UPDATE SET"
+                   " reply_status = EXCLUDED.reply_status, reply_body = EXCLUDED.reply_body,"
+                   " received_at = EXCLUDED.received_at WHERE inbox.reply_status = 'delivered' RETURNING 1)"
+                   " SELECT sg_one(count(*), 'message ' || $1 || ' handled') FROM w",
   [ST_INBOX_PRUNE] = "DELETE FROM inbox WHERE received_at < $1",
   [ST_JOURNAL_DEL] = "DELETE FROM journal WHERE saga_id = $1",
   /* retention in one statement: pick (the CTE is read twice, so it is computed once), then delete the
