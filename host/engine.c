@@ -787,7 +787,9 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
     char n[16];
     snprintf(n, sizeof n, "%d", deliveries);
     STORE(en, en->store->ops->inbox_put(en->store, m->message_id, "delivered", n, SE), "inbox");
+    int64_t fenced = en->st.fenced;
     commit_batch(en); /* durable before the handler runs */
+    if (en->st.fenced != fenced) return; /* everything was dropped; the delivery comes back */
     if (en->stalled) { /* counted (in the held batch): run it once the store can write */
       park_delivery(en, m, tag, 0);
       return;
