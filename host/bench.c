@@ -690,6 +690,10 @@ static int run_server(const struct bench_opts *o) {
       if (res != CURLE_OK || code != 201) {
         if (res != CURLE_OK) fprintf(stderr, "sagahost bench: POST %s: %s\n", url, curl_easy_strerror(res));
         else fprintf(stderr, "sagahost bench: POST %s: HTTP %ld %s\n", url, code, q->body.data ? q->body.data : "");
+        if (code == 503 && q->body.data && strstr(q->body.data, "connections"))
+          fprintf(stderr, "  the host takes at most --http-max-per-ip connections from one address (64 unless set):"
+                          " run it with --http-max-per-ip %ld or more, or give bench a lower --concurrency\n",
+                  nq + 16);
         if (code == 404)
           fprintf(stderr, "  the host has no %s saga; load it with:\n"
                           "    sagahost bench --write-script DIR && sagahost run DIR   (or copy DIR/*.lua into its script directory)\n",
