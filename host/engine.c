@@ -25,6 +25,11 @@ static int tm_parse(const char *s) {
 }
 
 static void evict_idle(struct sg_engine *en, int64_t now);
+static void commit_wait(struct sg_engine *en);
+static void commit_failed(struct sg_engine *en, struct sg_error *e);
+static void settle(struct sg_engine *en);
+static void commit_go_on(struct sg_engine *en);
+static int commit_check(struct sg_engine *en, int block);
 static void on_reload_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 void sg_run_out_clear(struct sg_run_out *o) {
@@ -44,6 +49,7 @@ static void fatal_store(struct sg_engine *en, const char *what, struct sg_error 
 }
 
 int eng_txn(struct sg_engine *en) {
+  if (en->committing) settle(en); /* the next batch starts when the one on its way has ended */
   if (en->stalled) return -1; /* every way in waits while stalled; this is the backstop */
   if (en->in_txn) return 0;
   struct sg_error e = {0};
@@ -375,7 +381,7 @@ static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
  * without the timer) are timed out. */
 static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
-  if (en->broken || en->stalled) return;
+  if (en->broken || en->stalled || en->committing) return;
   int64_t now = sg_now_ms();
   eng_breakers_tick(en, now);
   evict_idle(en, now);
@@ -604,7 +610,7 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
 
 static void on_timer_fire(void *ud, struct sg_timer *t) {
   struct sg_engine *en = ud;
-  if (en->stalled) { /* it fires when the store can write again (the heap stays stopped meanwhile) */
+  if (en->stalled || en->committing) { /* it fires when the store can write again (the heap stays stopped meanwhile) */
     sg_timers_add(en->timers, t);
     sg_timers_stop(en->timers);
     return;
@@ -790,7 +796,7 @@ static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
     int64_t fenced = en->st.fenced;
     commit_batch(en); /* durable before the handler runs */
     if (en->st.fenced != fenced) return; /* everything was dropped; the delivery comes back */
-    if (en->stalled) { /* counted (in the held batch): run it once the store can write */
+    if (en->stalled || en->committing) { /* counted (in the held batch): run it once the store can write */
       park_delivery(en, m, tag, 0);
       return;
     }
@@ -858,7 +864,7 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
 static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {
   struct sg_engine *en = ud;
   if (en->broken) return;
-  if (en->stalled || en->reloading) { park_delivery(en, m, tag, redelivered); return; }
+  if (en->stalled || en->reloading || en->committing) { park_delivery(en, m, tag, redelivered); return; }
   if (en->cfg.max_payload > 0 && m->body && (int64_t)strlen(m->body) > en->cfg.max_payload) {
     char why[160];
     snprintf(why, sizeof why, "message body is %zu bytes, over this host's limit of %" PRId64 " bytes (--max-payload)",
@@ -874,7 +880,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
 static void on_confirm(void *ud, int64_t outbox_id) {
   struct sg_engine *en = ud;
   if (outbox_id <= 0) return; /* an in-process message that never had an outbox row */
-  eng_txn(en); /* while stalled: deleted in the first batch after */
+  if (!en->committing) eng_txn(en); /* while stalled or committing: deleted in the first batch after */
   PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, outbox_id);
 }
 
@@ -885,7 +891,7 @@ static void on_reject(void *ud, int64_t outbox_id, const char *why) {
 static void on_ready(void *ud) {
   struct sg_engine *en = ud;
   en->republish = 1;
-  eng_txn(en);
+  if (!en->committing) eng_txn(en); /* else after the commit on its way */
 }
 
 struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
@@ -946,6 +952,7 @@ static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *
 
 static void committed(struct sg_engine *en);
 static void stall(struct sg_engine *en, const struct sg_error *e);
+static void redispatch_parked(struct sg_engine *en);
 
 static void commit_batch(struct sg_engine *en) {
   struct sg_error e = {0};
@@ -963,15 +970,79 @@ static void commit_batch(struct sg_engine *en) {
     if (en->broken) return;
   }
   en->dirty = NULL;
-  if (en->store->ops->commit(en->store, &e) < 0) {
-    if (e.code == SG_E_UNAVAILABLE && en->store->ops->retry_commit) { stall(en, &e); return; }
-    if (en->multi && (e.code == SG_E_CONFLICT || e.code == SG_E_FENCED)) { eng_fenced(en, &e); return; }
-    fatal_store(en, "commit", &e);
-    for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
-    en->ncbs = 0;
+  if (en->store->ops->commit_start) {
+    if (en->store->ops->commit_start(en->store, &e) == 0) { commit_wait(en); return; }
+  } else if (en->store->ops->commit(en->store, &e) == 0) {
+    committed(en);
     return;
   }
-  committed(en);
+  commit_failed(en, &e);
+}
+
+static void commit_failed(struct sg_engine *en, struct sg_error *e) {
+  if (e->code == SG_E_UNAVAILABLE && en->store->ops->retry_commit) { stall(en, e); return; }
+  if (en->multi && (e->code == SG_E_CONFLICT || e->code == SG_E_FENCED)) { eng_fenced(en, e); return; }
+  fatal_store(en, "commit", e);
+  for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
+  en->ncbs = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* a commit on its way (a store with commit_start: PostgreSQL)
+ *
+ * The loop does not wait for the database: it goes on serving sockets while the batch is on its way.
+ * What would start the next batch waits meanwhile, as during a stall but only for one commit:
+ * deliveries are parked, timers and preempted steps wait, the sweep skips a turn. A caller that must
+ * write at once (a start, an operator verb, a reload: eng_txn) waits for the end of the commit
+ * first (settle). */
+
+static void commit_go_on(struct sg_engine *en) {
+  if (en->broken || en->stalled || en->committing || en->reloading) return;
+  redispatch_parked(en);
+  if (en->stalled || en->broken || en->committing) return;
+  if (en->nconfirmed || en->republish) eng_txn(en);
+  sg_timers_run(en->timers, sg_now_ms());
+  if (en->nrq) { ev_check_start(en->loop, &en->rq_check); ev_idle_start(en->loop, &en->rq_idle); }
+}
+
+/* 0 = finished (committed, or its failure handled), 1 = still on its way */
+static int commit_check(struct sg_engine *en, int block) {
+  struct sg_error e = {0};
+  int ww = 0;
+  int rc = en->store->ops->commit_poll(en->store, block, &ww, &e);
+  if (rc == 1) {
+    int want = EV_READ | (ww ? EV_WRITE : 0);
+    if (!ev_is_active(&en->commit_io) || en->commit_io.events != want) {
+      ev_io_stop(en->loop, &en->commit_io);
+      ev_io_set(&en->commit_io, en->store->ops->note_fd(en->store), want);
+      ev_io_start(en->loop, &en->commit_io);
+    }
+    return 1;
+  }
+  en->committing = 0;
+  ev_io_stop(en->loop, &en->commit_io);
+  if (rc == 0) committed(en);
+  else commit_failed(en, &e);
+  return 0;
+}
+
+static void commit_wait(struct sg_engine *en) {
+  en->committing = 1;
+  eng_runq_stop(en); /* its idle watcher would spin the loop meanwhile */
+  sg_timers_stop(en->timers); /* what falls due meanwhile fires after the commit */
+  if (commit_check(en, 0) == 0) commit_go_on(en);
+}
+
+static void on_commit_io(struct ev_loop *loop, ev_io *w, int revents) {
+  struct sg_engine *en = w->data;
+  if (en->committing && commit_check(en, 0) == 0) commit_go_on(en);
+}
+
+/* Waits for the commit on its way (callers that must write now). */
+static void settle(struct sg_engine *en) {
+  if (!en->committing) return;
+  commit_check(en, 1);
+  en->go_on_due = 1; /* what waited goes on at the next prepare, not inside this caller */
 }
 
 /* What follows a commit: publish, ack, free the finished sagas, answer who waited for it. */
@@ -1102,7 +1173,7 @@ void eng_redispatch_parked(struct sg_engine *en) { redispatch_parked(en); }
 
 static void on_parked_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
-  if (!en->stalled && !en->broken && !en->reloading) redispatch_parked(en); /* a stall re-dispatches them when it ends */
+  if (!en->stalled && !en->broken && !en->reloading && !en->committing) redispatch_parked(en); /* a stall re-dispatches them when it ends */
 }
 
 /* Leaves the stall after the held batch committed: what waited goes on. */
@@ -1146,7 +1217,14 @@ int sg_engine_stalled(struct sg_engine *en) { return en->stalled; }
 
 static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
   struct sg_engine *en = w->data;
-  if (en->broken || en->stalled) return;
+  if (en->committing) { /* a read may have finished it meanwhile */
+    if (commit_check(en, 0) == 1) return;
+    commit_go_on(en);
+  } else if (en->go_on_due) {
+    en->go_on_due = 0;
+    commit_go_on(en);
+  }
+  if (en->broken || en->stalled || en->committing) return;
   if (en->nchain) run_chain(en);
   if (en->in_txn) commit_batch(en);
   /* several hosts: notes, takeover and mail between batches; what they start commits at once */
@@ -1198,6 +1276,8 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   en->stall_timer.data = en;
   ev_init(&en->parked_timer, on_parked_timer);
   en->parked_timer.data = en;
+  ev_init(&en->commit_io, on_commit_io);
+  en->commit_io.data = en;
   ev_init(&en->reload_timer, on_reload_timer);
   en->reload_timer.data = en;
   eng_owner_init(en);
@@ -1248,7 +1328,10 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
   if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload)
     return sg_errorf(e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
                      en->cfg.max_payload);
-  if (eng_txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
+  if (eng_txn(en) < 0) {
+    if (en->stalled || en->reloading) return eng_refuse_stalled(en, e);
+    return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
+  }
   if (idem_key) {
     char *mk = sg_asprintf("%s\x1f%s", type, idem_key);
     struct sg_saga *pending = sg_map_get(&en->idem, mk);
@@ -1507,6 +1590,7 @@ int sg_engine_broken(struct sg_engine *en) { return en->broken; }
 
 void sg_engine_stop(struct sg_engine *en) {
   if (!en || en->stopped) return;
+  settle(en); /* the commit on its way */
   en->stopped = 1;
   if (en->stalled && !en->broken) { /* one last try; if the store still refuses, the batch is lost unacknowledged */
     struct sg_error e = {0};
@@ -1523,6 +1607,8 @@ void sg_engine_stop(struct sg_engine *en) {
   }
   if (!en->broken) on_prepare(en->loop, &en->prepare, 0); /* the last group commit and its callbacks */
   ev_timer_stop(en->loop, &en->reload_timer);
+  settle(en); /* the last commit, if it went on its way */
+  ev_io_stop(en->loop, &en->commit_io);
   eng_owner_stop(en); /* several hosts: the lease is released, so others take the sagas over at once */
   sg_timers_stop(en->timers);
   ev_ref(en->loop);

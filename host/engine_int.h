@@ -136,6 +136,9 @@ struct sg_engine {
   struct evict *evict;       /* sagas waiting on a reply, oldest first: their coroutines go after a while */
   size_t evict_head, nevict, capevict;
   int in_txn;                /* a store transaction is open */
+  int committing;            /* its commit is on its way (commit_start): the next batch waits for it */
+  ev_io commit_io;           /* ... on the store's socket */
+  int go_on_due;             /* a commit ended inside a caller (settle): the next prepare resumes the rest */
   int broken;                /* a commit failed: the loop was stopped, state must be recovered */
   int stalled;               /* the store refused the batch's commit for a passing reason: it holds the
                               * batch and the engine takes no new work until retry_commit succeeds */

@@ -89,7 +89,7 @@ static void on_lease_timer(struct ev_loop *loop, ev_timer *w, int revents) {
    * the first one back would otherwise take everyone's sagas (they were cut off as long as it was) */
   if (en->stalled || en->reloading) en->quiet_until = now + en->cfg.lease_ms;
   /* an idle host renews its lease with an empty batch (the commit's fence renews it) */
-  if (!en->stalled && !en->reloading && !en->in_txn && now - en->last_commit_ms >= en->cfg.lease_ms / 6) eng_txn(en);
+  if (!en->stalled && !en->reloading && !en->committing && !en->in_txn && now - en->last_commit_ms >= en->cfg.lease_ms / 6) eng_txn(en);
   expire_forwards(en, now);
 }
 

@@ -12,7 +12,7 @@
 
 static void push(struct sg_engine *en, struct runq_ent ent) {
   PUSH(en->rq, en->nrq, en->caprq, ent);
-  if (!ev_is_active(&en->rq_check) && !en->stopped && !en->stalled) {
+  if (!ev_is_active(&en->rq_check) && !en->stopped && !en->stalled && !en->committing) {
     ev_check_start(en->loop, &en->rq_check);
     ev_idle_start(en->loop, &en->rq_idle);
   }
@@ -74,7 +74,7 @@ static void on_check(struct ev_loop *loop, ev_check *w, int revents) {
   en->rq = NULL;
   en->nrq = en->caprq = 0;
   int64_t end = sg_mono_ns() + PASS_NS;
-  for (; i < n && !en->broken && !en->stopped && !en->stalled; i++) {
+  for (; i < n && !en->broken && !en->stopped && !en->stalled && !en->committing; i++) {
     if (i > 0 && sg_mono_ns() > end) break;
     if (list[i].cmd) {
       if (command_slice(en, list[i].cmd)) eng_runq_command(en, list[i].cmd);
@@ -94,7 +94,7 @@ static void on_check(struct ev_loop *loop, ev_check *w, int revents) {
   } else {
     free(list);
   }
-  if (!en->nrq || en->stalled) { /* stalled: continued when the store can write again */
+  if (!en->nrq || en->stalled || en->committing) { /* stalled: continued when the store can write again */
     ev_check_stop(loop, &en->rq_check);
     ev_idle_stop(loop, &en->rq_idle);
   }

@@ -138,6 +138,14 @@ struct sg_store_ops {
   /* the held transaction again: 0 = committed (the store is no longer held), -1 with
    * SG_E_UNAVAILABLE = still failing (held, try later), other codes = the store is broken */
   int (*retry_commit)(struct sg_store *s, struct sg_error *e);
+  /* The commit without waiting (NULL: only commit): commit_start sends the transaction and returns,
+   * 0 = on its way, -1 = as commit. Until commit_poll has given the outcome no other op is called
+   * but commit_poll, note_fd and notes(read = 0); a read made meanwhile anyway (the HTTP API's) first
+   * reads the commit to its end, and keeps the outcome for commit_poll. commit_poll reads what
+   * arrived on note_fd (block: waits for the end): 1 = still on its way (*want_write: the store has
+   * more to send, wait for the socket to be writable too), 0 = committed, -1 = as commit. */
+  int (*commit_start)(struct sg_store *s, struct sg_error *e);
+  int (*commit_poll)(struct sg_store *s, int block, int *want_write, struct sg_error *e);
 
   /* definition versions: (hash, file, source); put is a no-op if the hash exists */
   int (*def_put)(struct sg_store *s, const char *hash, const char *file, const char *source, struct sg_error *e);

@@ -338,6 +338,15 @@ struct pg_store {
   int64_t epoch;             /* its epoch: the fencing token of every commit */
   int64_t lease_ms;
   char channel[32];          /* sg_channel(me): where its notes arrive */
+  struct {                   /* the commit on its way (pipeline) */
+    int active, sent, sending, await_null, committed_ok;
+    size_t nq, q;            /* queries sent, whose results were read */
+    PGresult *first_bad;
+    const char *what;
+    int finished;            /* a read finished it: rc and err wait for commit_poll */
+    int rc;
+    struct sg_error err;
+  } fl;
 };
 
 static struct pg_store *S(struct sg_store *s) { return (struct pg_store *)s; }
@@ -449,6 +458,7 @@ static int query_bool(struct pg_store *s, const char *sql, struct sg_error *e, c
 }
 
 static int take_id(struct pg_store *s, struct sg_error *e);
+static void finish_flight(struct pg_store *s);
 static int exec_sql(struct pg_store *s, const char *sql, PGresult **out, struct sg_error *e, const char *what);
 
 /* The session's locks: the database's, shared; and the host id's (once registered): 0, or -1 with
@@ -499,6 +509,7 @@ static int prepare_all(struct pg_store *s, struct sg_error *e) {
 /* Runs SQL text (possibly several statements) expecting no error; the last result is returned in
  * *out when out is given (else cleared). */
 static int exec_sql(struct pg_store *s, const char *sql, PGresult **out, struct sg_error *e, const char *what) {
+  finish_flight(s);
   PGresult *r = PQexec(s->conn, sql);
   ExecStatusType st = PQresultStatus(r);
   if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
@@ -636,6 +647,7 @@ static int wr_exec_valid(struct pg_store *s, int st, const struct params *p, int
     return 0;
   }
   if (s->held && !own) return 0;
+  finish_flight(s);
   if (s->lost_lock) return reconnect(s, 0, e);
   if (!conn_ok(s) || !s->prepared) {
     if (own) return sg_errorf(e, SG_E_UNAVAILABLE, "postgres: %s: the connection is lost", what);
@@ -689,6 +701,7 @@ static PGresult *rd_exec_valid(struct pg_store *s, int st, const struct params *
                                const char *what) {
   char name[16];
   snprintf(name, sizeof name, "sg%d", st);
+  finish_flight(s);
   for (int tries = 0;; tries++) {
     if (s->lost_lock || !conn_ok(s) || !s->prepared) {
       if (s->in_txn && !s->held) hold(s, NULL, what);
@@ -769,18 +782,22 @@ static int lost_commit_went_through(struct pg_store *s, struct sg_error *e) {
 /* The transaction's writes, kept in order, are sent at the commit in one round trip (libpq's pipeline
  * mode): BEGIN, each write, the fence (or, for a store no host registered on, the store_state
  * update), COMMIT. A write that must change one row (saga insert and updates) raises SG002 when it
- * does not, which aborts the transaction like the fence's SG001. 0 = committed; -1 with e:
- * SG_E_UNAVAILABLE (a passing failure: the writes stay kept, the store is held), SG_E_FENCED,
- * SG_E_CONFLICT, SG_E_INTERNAL (the writes are dropped). */
-static int run_pipeline(struct pg_store *s, struct sg_error *e) {
+ * does not, which aborts the transaction like the fence's SG001.
+ *
+ * The pipeline is sent in non-blocking mode and its results read as they arrive (commit_start,
+ * commit_poll: the engine waits on the socket), or at once (block: retry_commit, and a read that
+ * comes while a commit is on its way, which keeps the outcome for commit_poll).
+ * Outcome: 0 = committed; -1 with e: SG_E_UNAVAILABLE (a passing failure: the writes stay kept, the
+ * store is held), SG_E_FENCED, SG_E_CONFLICT, SG_E_INTERNAL (the writes are dropped). */
+static int pipeline_send(struct pg_store *s) {
   char seq[24], ep[24], ntimer[24], noutbox[24];
   snprintf(seq, sizeof seq, "%lld", (long long)s->commit_seq + 1);
   snprintf(ep, sizeof ep, "%lld", (long long)s->epoch);
   snprintf(ntimer, sizeof ntimer, "%lld", (long long)s->next_timer);
   snprintf(noutbox, sizeof noutbox, "%lld", (long long)s->next_outbox);
-  const char *what = "commit";
-  int sent = 0;
-  if (!PQenterPipelineMode(s->conn)) goto broken;
+  memset(&s->fl, 0, sizeof s->fl);
+  s->fl.what = "commit";
+  if (PQsetnonblocking(s->conn, 1) != 0 || !PQenterPipelineMode(s->conn)) return -1;
   int ok = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
   for (size_t k = 0; ok && k < s->nredo; k++) {
     const struct redo *w = &s->redo[k];
@@ -799,57 +816,106 @@ static int run_pipeline(struct pg_store *s, struct sg_error *e) {
                            " next_outbox = $3::bigint", 3, NULL, v, NULL, NULL, 0);
   }
   ok = ok && PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(s->conn);
-  if (!ok) goto broken;
-  sent = 1;
-  /* the results, in order: the first failure says why; what follows it is aborted */
-  size_t nq = s->nredo + 3;
-  PGresult *first_bad = NULL;
-  int committed_ok = 0;
-  for (size_t q = 0; q < nq; q++) {
+  if (!ok) return -1;
+  s->fl.active = 1;
+  s->fl.sent = 1; /* the COMMIT is queued: from here a broken connection leaves the outcome unknown */
+  s->fl.nq = s->nredo + 3;
+  int f = PQflush(s->conn);
+  if (f < 0) return -1;
+  s->fl.sending = f == 1;
+  return 0;
+}
+
+/* The connection failed under the pipeline. */
+static int pipeline_broken(struct pg_store *s, struct sg_error *e) {
+  char m[300];
+  snprintf(m, sizeof m, "%s", PQerrorMessage(s->conn));
+  trim_nl(m);
+  if (s->fl.sent) s->commit_unknown = 1; /* only the host's commit_seq can tell */
+  PQclear(s->fl.first_bad);
+  s->fl.first_bad = NULL;
+  s->fl.active = 0;
+  if (!s->held) {
+    snprintf(s->held_why, sizeof s->held_why, "postgres: %s: the connection failed: %s", s->fl.what, m);
+    sg_warn("%s (the transaction is kept and will be written again)", s->held_why);
+  }
+  s->held = 1;
+  /* a half-read pipeline cannot be used again: the next use reconnects (a new session, with the
+   * host id's lock, LISTEN and the statements prepared again) */
+  s->prepared = 0;
+  return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+}
+
+/* The end of a pipeline whose sync arrived. */
+static int pipeline_end(struct pg_store *s, struct sg_error *e) {
+  PQexitPipelineMode(s->conn);
+  PQsetnonblocking(s->conn, 0);
+  s->fl.active = 0;
+  PGresult *bad = s->fl.first_bad;
+  s->fl.first_bad = NULL;
+  if (s->fl.committed_ok && !bad) return 0;
+  roll_back_open(s); /* what the failure left: an aborted transaction block */
+  if (!bad) return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: the transaction was rolled back");
+  int code = res_is(bad, "SG001") ? SG_E_FENCED : res_is(bad, "SG002") || res_is(bad, "23505")
+           ? SG_E_CONFLICT : res_passing(s, bad) ? SG_E_UNAVAILABLE : SG_E_INTERNAL;
+  char wh[80];
+  snprintf(wh, sizeof wh, "%.60s", s->fl.what);
+  if (code == SG_E_UNAVAILABLE) hold(s, bad, wh);
+  fail_res(s, e, code, bad, wh);
+  PQclear(bad);
+  return -1;
+}
+
+/* Reads the pipeline's results: 1 = more to come (non-blocking), 0 / -1 = its outcome (e). The
+ * results come in order, each query's followed by a NULL; the first failure says why, what follows
+ * it is aborted; the sync ends it. */
+static int pipeline_recv(struct pg_store *s, int block, struct sg_error *e) {
+  if (block) {
+    PQsetnonblocking(s->conn, 0);
+    if (PQflush(s->conn) < 0) return pipeline_broken(s, e);
+    s->fl.sending = 0;
+  } else {
+    if (s->fl.sending) {
+      int f = PQflush(s->conn);
+      if (f < 0) return pipeline_broken(s, e);
+      s->fl.sending = f == 1;
+    }
+    if (!PQconsumeInput(s->conn)) return pipeline_broken(s, e);
+  }
+  for (;;) {
+    if (!block && PQisBusy(s->conn)) return 1;
     PGresult *r = PQgetResult(s->conn);
-    if (!r) goto broken;
+    if (s->fl.q == s->fl.nq) { /* the sync */
+      int synced = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+      PQclear(r);
+      if (!synced) return pipeline_broken(s, e);
+      return pipeline_end(s, e);
+    }
+    if (s->fl.await_null) { /* the end of a query's results */
+      if (r) { PQclear(r); continue; }
+      s->fl.await_null = 0;
+      s->fl.q++;
+      continue;
+    }
+    if (!r) return pipeline_broken(s, e);
     ExecStatusType st = PQresultStatus(r);
+    size_t q = s->fl.q;
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
-      if (q == nq - 1 && !strcmp(PQcmdStatus(r), "COMMIT")) committed_ok = 1;
-    } else if (st != PGRES_PIPELINE_ABORTED && !first_bad) {
-      first_bad = r;
-      what = q == 0 ? "begin" : q <= s->nredo ? stmt_sql[s->redo[q - 1].st] : q == nq - 1 ? "commit" : "fence";
+      if (q == s->fl.nq - 1 && !strcmp(PQcmdStatus(r), "COMMIT")) s->fl.committed_ok = 1;
+    } else if (st != PGRES_PIPELINE_ABORTED && !s->fl.first_bad) {
+      if (!conn_ok(s)) { PQclear(r); return pipeline_broken(s, e); }
+      s->fl.first_bad = r;
+      s->fl.what = q == 0 ? "begin" : q <= s->nredo ? stmt_sql[s->redo[q - 1].st] : q == s->fl.nq - 1 ? "commit" : "fence";
       r = NULL;
     }
     PQclear(r);
-    PQclear(PQgetResult(s->conn)); /* the NULL that ends each query's results */
+    s->fl.await_null = 1;
   }
-  PGresult *sync = PQgetResult(s->conn);
-  int synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
-  PQclear(sync);
-  if (!synced) { PQclear(first_bad); goto broken; }
-  PQexitPipelineMode(s->conn);
-  if (committed_ok && !first_bad) return 0;
-  roll_back_open(s); /* what the failure left: an aborted transaction block */
-  if (!first_bad) return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: the transaction was rolled back");
-  int code = res_is(first_bad, "SG001") ? SG_E_FENCED : res_is(first_bad, "SG002") || res_is(first_bad, "23505")
-           ? SG_E_CONFLICT : res_passing(s, first_bad) ? SG_E_UNAVAILABLE : SG_E_INTERNAL;
-  char wh[80];
-  snprintf(wh, sizeof wh, "%.60s", what);
-  if (code == SG_E_UNAVAILABLE) hold(s, first_bad, wh);
-  fail_res(s, e, code, first_bad, wh);
-  PQclear(first_bad);
-  return -1;
-broken:
-  /* the connection failed under us: if the COMMIT was sent, only the host's commit_seq can tell */
-  {
-    char m[300];
-    snprintf(m, sizeof m, "%s", PQerrorMessage(s->conn));
-    trim_nl(m);
-    if (sent) s->commit_unknown = 1;
-    if (!s->held) {
-      snprintf(s->held_why, sizeof s->held_why, "postgres: %s: the connection failed: %s", what, m);
-      sg_warn("%s (the transaction is kept and will be written again)", s->held_why);
-    }
-    s->held = 1;
-    if (conn_ok(s)) PQreset(s->conn); /* a half-read pipeline cannot be used again */
-    return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
-  }
+}
+
+static int run_pipeline(struct pg_store *s, struct sg_error *e) {
+  if (pipeline_send(s) < 0) return pipeline_broken(s, e);
+  return pipeline_recv(s, 1, e);
 }
 
 /* The end of a commit attempt: committed, or the writes dropped (only a passing failure keeps them). */
@@ -860,6 +926,44 @@ static int commit_outcome(struct pg_store *s, int rc, struct sg_error *e) {
     redo_clear(s);
   }
   return -1;
+}
+
+static int pg_commit_start(struct sg_store *base, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  if (!s->in_txn) return sg_errorf(e, SG_E_INTERNAL, "postgres: commit: no transaction is open");
+  if (s->fl.active || s->fl.finished) return sg_errorf(e, SG_E_INTERNAL, "postgres: a commit is already on its way");
+  if (s->lost_lock || !conn_ok(s) || !s->prepared) {
+    hold(s, NULL, "commit (the connection is lost)");
+    return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
+  }
+  if (pipeline_send(s) < 0) return commit_outcome(s, pipeline_broken(s, e), e);
+  return 0;
+}
+
+static int pg_commit_poll(struct sg_store *base, int block, int *want_write, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  *want_write = 0;
+  if (s->fl.finished) { /* a read finished it meanwhile */
+    s->fl.finished = 0;
+    if (s->fl.rc < 0) *e = s->fl.err;
+    return s->fl.rc;
+  }
+  if (!s->fl.active) return sg_errorf(e, SG_E_INTERNAL, "postgres: no commit is on its way");
+  int rc = pipeline_recv(s, block, e);
+  if (rc == 1) { *want_write = s->fl.sending; return 1; }
+  return commit_outcome(s, rc, e);
+}
+
+/* Before any other use of the connection: the commit on its way is read to its end, and its outcome
+ * kept for commit_poll. */
+static void finish_flight(struct pg_store *s) {
+  if (!s->fl.active) return;
+  struct sg_error e = {0};
+  int rc = commit_outcome(s, pipeline_recv(s, 1, &e), &e);
+  s->fl.finished = 1;
+  s->fl.rc = rc;
+  s->fl.err = e;
 }
 
 static int pg_commit(struct sg_store *base, struct sg_error *e) {
@@ -1364,6 +1468,7 @@ static int pg_saga_prune(struct sg_store *base, int64_t before, int limit, int64
 /* A statement outside the engine's transactions (autocommit or its own), with text parameters. */
 static PGresult *exec_params(struct pg_store *s, const char *sql, int n, const char *const *v, struct sg_error *e,
                              const char *what) {
+  finish_flight(s);
   if (!conn_ok(s) && reconnect(s, 1, e) < 0) return NULL;
   PGresult *r = PQexecParams(s->conn, sql, n, NULL, v, NULL, NULL, 0);
   ExecStatusType st = PQresultStatus(r);
@@ -1615,6 +1720,8 @@ static const struct sg_store_ops pg_ops = {
   .commit = pg_commit,
   .rollback = pg_rollback,
   .retry_commit = pg_retry_commit,
+  .commit_start = pg_commit_start,
+  .commit_poll = pg_commit_poll,
   .def_put = pg_def_put,
   .def_get = pg_def_get,
   .saga_insert = pg_saga_insert,

@@ -12,6 +12,7 @@ struct sg_timers {
   struct sg_timer **heap;  /* min-heap by due (ties by order so equal times fire in the order they were added) */
   size_t n, cap;
   uint64_t added;          /* timers added so far (the next order) */
+  int stopped;             /* sg_timers_stop: nothing fires (and the watcher stays off) until sg_timers_run */
   sg_timer_fire_cb fire;
   void *ud;
 };
@@ -52,7 +53,7 @@ static void sift_down(struct sg_timers *ts, size_t i) {
 
 static void rearm(struct sg_timers *ts) {
   ev_timer_stop(ts->loop, &ts->watcher);
-  if (ts->n == 0) return;
+  if (ts->n == 0 || ts->stopped) return;
   double delay = (double)(ts->heap[0]->due - sg_now_ms()) / 1000.0;
   if (delay < 0) delay = 0;
   ev_timer_set(&ts->watcher, delay, 0.);
@@ -74,7 +75,10 @@ struct sg_timers *sg_timers_new(struct ev_loop *loop, sg_timer_fire_cb fire, voi
   return ts;
 }
 
-void sg_timers_stop(struct sg_timers *ts) { ev_timer_stop(ts->loop, &ts->watcher); }
+void sg_timers_stop(struct sg_timers *ts) {
+  ts->stopped = 1;
+  ev_timer_stop(ts->loop, &ts->watcher);
+}
 
 void sg_timers_free(struct sg_timers *ts) {
   if (!ts) return;
@@ -113,7 +117,8 @@ size_t sg_timers_count(const struct sg_timers *ts) { return ts->n; }
 struct sg_timer *sg_timers_peek(const struct sg_timers *ts) { return ts->n ? ts->heap[0] : NULL; }
 
 void sg_timers_run(struct sg_timers *ts, int64_t now) {
-  while (ts->n && ts->heap[0]->due <= now) {
+  ts->stopped = 0;
+  while (ts->n && ts->heap[0]->due <= now && !ts->stopped) { /* a fire may stop the heap (a stall) */
     struct sg_timer *t = ts->heap[0];
     struct sg_timer *last = ts->heap[--ts->n];
     t->idx = SIZE_MAX;

@@ -32,6 +32,6 @@ size_t sg_timers_count(const struct sg_timers *ts);
 struct sg_timer *sg_timers_peek(const struct sg_timers *ts);     /* earliest or NULL */
 /* fires every timer due at `now` (used by the ev_timer callback and by tests) */
 void sg_timers_run(struct sg_timers *ts, int64_t now);
-void sg_timers_stop(struct sg_timers *ts);          /* stops the ev_timer (shutdown) */
+void sg_timers_stop(struct sg_timers *ts);          /* nothing fires until the next sg_timers_run */
 
 #endif
