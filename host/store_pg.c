@@ -10,9 +10,11 @@
  * sagas claimed FOR UPDATE SKIP LOCKED with their version bumped, and its outbox). Mail to a saga
  * (operator verbs from other hosts) wakes its owner with NOTIFY on the owner's channel.
  *
- * Its libpq calls are BLOCKING and made on the loop thread: a round trip per op (statements are
- * prepared once per connection and run with PQexecPrepared, text parameters), a commit is one round
- * trip (the fence and COMMIT in one simple query). Pipelined, non-blocking calls are the next step.
+ * A transaction's writes are kept and sent at its commit in one round trip (pipeline mode), without
+ * waiting: commit_start sends, commit_poll reads the results as they arrive on the socket. Reads are
+ * still BLOCKING round trips on the loop thread (statements are prepared once per connection and run
+ * with PQexecPrepared, text parameters); a read made while a commit is on its way first reads that
+ * commit to its end.
  *
  * Durability is that of SQLite's synchronous=FULL: synchronous_commit = on for the session.
  *
