@@ -1493,15 +1493,18 @@ int eng_adopt(struct sg_engine *en, const struct sg_saga_row *r, struct sg_error
  * acknowledged: the sagas are dropped from memory, the deliveries come back from the broker (the
  * transport reconnects), and the host registers again and loads what it still owns. */
 
-static void drop_all(struct sg_engine *en) {
-  eng_runq_stop(en);
+/* Frees every saga in memory (with its coroutine and timers), the preempted handlers and the
+ * messages waiting to go out or to be handled; the maps and arrays stay (emptied). */
+static void free_live(struct sg_engine *en) {
   eng_runq_free(en);
   sg_map_free(&en->inflight);
   sg_map_init(&en->inflight);
   for (size_t i = 0; i < en->sagas.cap; i++) {
     if (!sg_map_live(&en->sagas, i)) continue;
     struct sg_saga *s = en->sagas.slots[i].val;
-    if (s->terminal) continue; /* in en->done too: freed from there */
+    /* finished in a batch that never committed (a store failure, a fence): it is in en->done too,
+     * and freed from there (freeing it here as well was the double free on a full disk) */
+    if (s->terminal) continue;
     eng_drop_co(en, s);
     if (s->t_wait) sg_timers_remove(en->timers, s->t_wait);
     if (s->t_retry) sg_timers_remove(en->timers, s->t_retry);
@@ -1513,17 +1516,22 @@ static void drop_all(struct sg_engine *en) {
   en->ndone = 0;
   sg_map_free(&en->sagas);
   sg_map_init(&en->sagas);
-  sg_map_free(&en->idem);
+  sg_map_free(&en->idem); /* its keys belonged to the sagas */
   sg_map_init(&en->idem);
-  en->dirty = NULL;
-  en->st.live = 0;
-  en->nevict = en->evict_head = 0;
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
   en->nout = 0;
   for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);
   en->nchain = 0;
   for (size_t i = 0; i < en->nparked; i++) sg_msg_free(&en->parked[i].m);
   en->nparked = 0;
+}
+
+static void drop_all(struct sg_engine *en) {
+  eng_runq_stop(en);
+  free_live(en);
+  en->dirty = NULL;
+  en->st.live = 0;
+  en->nevict = en->evict_head = 0;
   en->nacks = 0; /* never acked: they come back */
   eng_breakers_unpark_all(en);
   size_t n = en->ncbs;
@@ -1622,26 +1630,9 @@ void sg_engine_stop(struct sg_engine *en) {
 
 void sg_engine_free(struct sg_engine *en) {
   if (!en) return;
-  eng_runq_free(en);
+  free_live(en);
   sg_map_free(&en->inflight);
-  for (size_t i = 0; i < en->sagas.cap; i++) {
-    if (!sg_map_live(&en->sagas, i)) continue;
-    struct sg_saga *s = en->sagas.slots[i].val;
-    /* finished in a batch that never committed (the host stops after a store failure): it is in
-     * en->done too, and freed from there (freeing it here as well was the double free on a full disk) */
-    if (s->terminal) continue;
-    eng_drop_co(en, s);
-    if (s->t_wait) sg_timers_remove(en->timers, s->t_wait);
-    if (s->t_retry) sg_timers_remove(en->timers, s->t_retry);
-    if (s->t_step) sg_timers_remove(en->timers, s->t_step);
-    if (s->t_saga) sg_timers_remove(en->timers, s->t_saga);
-    eng_saga_free(s);
-  }
-  for (size_t i = 0; i < en->ndone; i++) { eng_drop_co(en, en->done[i]); eng_saga_free(en->done[i]); }
-  for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
-  for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);
   free(en->chain);
-  for (size_t i = 0; i < en->nparked; i++) sg_msg_free(&en->parked[i].m);
   free(en->parked);
   sg_map_free(&en->sagas);
   eng_breakers_free(en);
