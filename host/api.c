@@ -1,7 +1,8 @@
 /* api: the JSON HTTP API routes (on http.c), reading through the store and acting through the engine.
  *
  * Every answer waits for the group commit: a start is answered once it is durable, and reads run after
- * the commit, outside any transaction, so they only ever show committed state. */
+ * the commit, outside any transaction, so they only ever show committed state. Reads and starts do not
+ * block the loop (sg_store_read, sg_engine_start_cb): the request is answered when the store is. */
 #include "api.h"
 
 #include <inttypes.h>
@@ -26,6 +27,8 @@ struct pending {
   struct sg_http_req *req;
   char id[40];     /* start: the saga id */
   int existed;     /* start: the idempotency key was known */
+  char verb[16];   /* operator action: the verb, its reason or note, who */
+  char *arg, *by;
 };
 
 static int status_for(int code) {
@@ -84,98 +87,108 @@ static int hist_cb(void *ud, const struct sg_hist_row *h) {
   return 0;
 }
 
-static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id) {
-  struct sg_saga_row r = {0};
-  struct sg_error e = {0};
-  int found = api->store->ops->saga_get(api->store, id, &r, &e);
-  if (found < 0) { reply_engine_error(req, &e); return; }
-  if (!found) {
+/* GET /v1/sagas/{id}: the saga and its history, read without blocking the loop */
+static void on_saga_read(struct sg_read *rd) {
+  struct pending *p = rd->ud;
+  struct sg_http_req *req = p->req;
+  if (rd->rc < 0) {
+    reply_engine_error(req, &rd->err);
+  } else if (rd->rc == 0) {
     char msg[200];
-    snprintf(msg, sizeof msg, "no saga with id '%.80s'", id);
+    snprintf(msg, sizeof msg, "no saga with id '%.80s'", rd->a);
     sg_http_reply_error(req, 404, msg);
-    return;
-  }
-  struct sg_buf b;
-  sg_buf_init(&b);
-  saga_summary(&b, &r);
-  sg_buf_adds(&b, ",\"input\":"); sg_buf_adds(&b, r.input ? r.input : "null");
-  sg_buf_adds(&b, ",\"data\":"); sg_buf_adds(&b, r.data ? r.data : "null");
-  sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, r.error);
-  sg_buf_adds(&b, ",\"idempotency_key\":"); sg_buf_add_json_str(&b, r.idem_key);
-  char *pending = sg_engine_pending_compensations(api->en, &r);
-  if (pending) {
-    sg_buf_adds(&b, ",\"pending_compensations\":");
-    sg_buf_adds(&b, pending);
-    free(pending);
-  }
-  sg_buf_adds(&b, ",\"steps\":[");
-  if (api->store->ops->hist_each(api->store, id, hist_cb, &b, &e) < 0) {
+  } else {
+    const struct sg_saga_row *r = &rd->rows[0];
+    struct sg_buf b;
+    sg_buf_init(&b);
+    saga_summary(&b, r);
+    sg_buf_adds(&b, ",\"input\":"); sg_buf_adds(&b, r->input ? r->input : "null");
+    sg_buf_adds(&b, ",\"data\":"); sg_buf_adds(&b, r->data ? r->data : "null");
+    sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, r->error);
+    sg_buf_adds(&b, ",\"idempotency_key\":"); sg_buf_add_json_str(&b, r->idem_key);
+    char *pending = sg_engine_pending_compensations(p->api->en, r);
+    if (pending) {
+      sg_buf_adds(&b, ",\"pending_compensations\":");
+      sg_buf_adds(&b, pending);
+      free(pending);
+    }
+    sg_buf_adds(&b, ",\"steps\":[");
+    for (size_t i = 0; i < rd->nhist; i++) hist_cb(&b, &rd->hist[i]);
+    if (!SG_ST_TERMINAL(r->status) && r->attempt_started_at > 0) {
+      /* the running attempt: its history row is written when it ends */
+      struct sg_hist_row h = { .saga_id = r->id, .step = r->step, .step_name = sg_engine_step_name(p->api->en, r),
+                               .phase = r->phase, .attempt = r->attempt, .status = "running",
+                               .started_at = r->attempt_started_at };
+      hist_cb(&b, &h);
+    }
+    sg_buf_adds(&b, "]}");
+    sg_http_reply(req, 200, b.data);
     sg_buf_free(&b);
-    sg_store_saga_row_free(&r);
-    reply_engine_error(req, &e);
-    return;
   }
-  if (!SG_ST_TERMINAL(r.status) && r.attempt_started_at > 0) {
-    /* the running attempt: its history row is written when it ends */
-    struct sg_hist_row h = { .saga_id = r.id, .step = r.step, .step_name = sg_engine_step_name(api->en, &r),
-                             .phase = r.phase, .attempt = r.attempt, .status = "running",
-                             .started_at = r.attempt_started_at };
-    hist_cb(&b, &h);
-  }
-  sg_buf_adds(&b, "]}");
-  sg_http_reply(req, 200, b.data);
-  sg_buf_free(&b);
-  sg_store_saga_row_free(&r);
+  sg_read_free(rd);
+  free(p);
 }
 
-struct list_ctx { struct sg_buf *b; int n; char last[40]; };
+static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id) {
+  struct pending *p = sg_xcalloc(1, sizeof *p);
+  p->api = api;
+  p->req = req;
+  struct sg_read *rd = sg_read_new(SG_READ_SAGA, id, NULL, on_saga_read, p);
+  rd->with_hist = 1;
+  sg_engine_read(api->en, rd);
+}
 
-static int list_cb(void *ud, const struct sg_saga_row *r) {
-  struct list_ctx *lc = ud;
-  if (lc->n++) sg_buf_adds(lc->b, ",");
-  saga_summary(lc->b, r);
-  sg_buf_adds(lc->b, ",\"error\":"); sg_buf_add_json_str(lc->b, r->error);
-  sg_buf_adds(lc->b, "}");
-  snprintf(lc->last, sizeof lc->last, "%s", r->id);
-  return 0;
+static void on_list_read(struct sg_read *rd) {
+  struct pending *p = rd->ud;
+  if (rd->rc < 0) {
+    reply_engine_error(p->req, &rd->err);
+  } else {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"sagas\":[");
+    for (size_t i = 0; i < rd->nrows; i++) {
+      if (i) sg_buf_adds(&b, ",");
+      saga_summary(&b, &rd->rows[i]);
+      sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, rd->rows[i].error);
+      sg_buf_adds(&b, "}");
+    }
+    sg_buf_adds(&b, "],\"next\":");
+    sg_buf_add_json_str(&b, rd->nrows > 0 && rd->nrows == (size_t)rd->limit ? rd->rows[rd->nrows - 1].id : NULL);
+    sg_buf_adds(&b, "}");
+    sg_http_reply(p->req, 200, b.data);
+    sg_buf_free(&b);
+  }
+  sg_read_free(rd);
+  free(p);
 }
 
 static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
-  struct sg_saga_filter f = { -1, NULL, NULL, 100 };
+  int status = -1, limit = 100;
   const char *st = sg_http_query(req, "status");
   if (st && *st) {
-    f.status = sg_status_parse(st);
-    if (f.status < 0) {
+    status = sg_status_parse(st);
+    if (status < 0) {
       sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated, compensation_failed or resolved)");
       return;
     }
   }
   const char *type = sg_http_query(req, "type");
-  if (type && *type) f.type = type;
   const char *after = sg_http_query(req, "after");
-  if (after && *after) f.after = after;
   const char *lim = sg_http_query(req, "limit");
   if (lim && *lim) {
     char *end;
     long l = strtol(lim, &end, 10);
     if (*end || l < 1 || l > 1000) { sg_http_reply_error(req, 400, "limit must be an integer from 1 to 1000"); return; }
-    f.limit = (int)l;
+    limit = (int)l;
   }
-  struct sg_buf b;
-  sg_buf_init(&b);
-  sg_buf_adds(&b, "{\"sagas\":[");
-  struct list_ctx lc = { &b, 0, "" };
-  struct sg_error e = {0};
-  if (api->store->ops->saga_list(api->store, &f, list_cb, &lc, &e) < 0) {
-    sg_buf_free(&b);
-    reply_engine_error(req, &e);
-    return;
-  }
-  sg_buf_adds(&b, "],\"next\":");
-  sg_buf_add_json_str(&b, lc.n == f.limit ? lc.last : NULL);
-  sg_buf_adds(&b, "}");
-  sg_http_reply(req, 200, b.data);
-  sg_buf_free(&b);
+  struct pending *p = sg_xcalloc(1, sizeof *p);
+  p->api = api;
+  p->req = req;
+  struct sg_read *rd = sg_read_new(SG_READ_LIST, type && *type ? type : NULL, after && *after ? after : NULL,
+                                   on_list_read, p);
+  rd->status = status;
+  rd->limit = limit;
+  sg_engine_read(api->en, rd);
 }
 
 static void healthz(struct sg_api *api, struct sg_http_req *req) {
@@ -296,6 +309,19 @@ static void on_start_committed(void *ud, int status) {
   free(p);
 }
 
+/* the start is made (or its key was known): answered once it is durable */
+static void on_started(void *ud, const char *id, int existed, const struct sg_error *e) {
+  struct pending *p = ud;
+  if (e) {
+    reply_engine_error(p->req, e);
+    free(p);
+    return;
+  }
+  snprintf(p->id, sizeof p->id, "%s", id);
+  p->existed = existed;
+  sg_engine_after_commit(p->api->en, on_start_committed, p);
+}
+
 static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *type) {
   json_error_t jerr;
   const char *body = req->body_len ? req->body : "{}";
@@ -317,16 +343,16 @@ static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
-  struct sg_error e = {0};
-  if (sg_engine_start(api->en, type, body, key, p->id, &p->existed, &e) < 0) {
-    free(p);
-    reply_engine_error(req, &e);
-    return;
-  }
-  sg_engine_after_commit(api->en, on_start_committed, p);
+  sg_engine_start_cb(api->en, type, body, key, on_started, p);
 }
 
 static void on_read_committed(void *ud, int status);
+
+static void pending_free(struct pending *p) {
+  free(p->arg);
+  free(p->by);
+  free(p);
+}
 
 /* after the commit of an operator action: answer with the saga as it is now */
 static void on_action_committed(void *ud, int status) {
@@ -335,7 +361,7 @@ static void on_action_committed(void *ud, int status) {
                                              " host before the action was committed; it did not happen: retry");
   else if (status < 0) sg_http_reply_error(p->req, 500, "the store could not commit the action; it did not happen");
   else get_saga(p->api, p->req, p->id);
-  free(p);
+  pending_free(p);
 }
 
 /* a verb forwarded to the host that owns the saga: answered like a local one once that host has applied
@@ -356,7 +382,27 @@ static void on_forwarded(void *ud, const struct sg_error *e) {
   } else {
     reply_engine_error(p->req, e);
   }
-  free(p);
+  pending_free(p);
+}
+
+/* the verb has been applied here (durable at the next commit), or refused, or another host owns the saga */
+static void on_verb_done(void *ud, const struct sg_error *e) {
+  struct pending *p = ud;
+  if (e && e->code == SG_E_ELSEWHERE) { /* several hosts: another one owns the saga */
+    sg_info("%s (%s): forwarding %s to it", e->msg, p->id, p->verb);
+    struct sg_error fe = {0};
+    if (sg_engine_forward(p->api->en, p->id, p->verb, p->arg, p->by, FORWARD_TIMEOUT_MS, on_forwarded, p, &fe) < 0) {
+      reply_engine_error(p->req, &fe);
+      pending_free(p);
+    }
+    return;
+  }
+  if (e) {
+    reply_engine_error(p->req, e);
+    pending_free(p);
+    return;
+  }
+  sg_engine_after_commit(p->api->en, on_action_committed, p);
 }
 
 /* POST /v1/sagas/{id}/{compensate|retry|resolve}, body {"reason"|"note", "by"}. who is the
@@ -375,30 +421,16 @@ static void operator_action(struct sg_api *api, struct sg_http_req *req, const c
   const char *by = who ? who : json_string_value(json_object_get(j, "by"));
   if (!by) by = sg_http_header(req, "X-Operator");
   if (!by) by = "api";
-  struct sg_error e = {0};
-  int rc;
-  if (strcmp(verb, "compensate") == 0)
-    rc = sg_engine_compensate(api->en, id, json_string_value(json_object_get(j, "reason")), by, &e);
-  else if (strcmp(verb, "retry") == 0)
-    rc = sg_engine_retry(api->en, id, by, &e);
-  else
-    rc = sg_engine_resolve(api->en, id, json_string_value(json_object_get(j, "note")), by, &e);
+  const char *arg = json_string_value(json_object_get(j, strcmp(verb, "resolve") == 0 ? "note" : "reason"));
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
   snprintf(p->id, sizeof p->id, "%.39s", id);
-  if (rc < 0 && e.code == SG_E_ELSEWHERE) { /* several hosts: another one owns the saga */
-    sg_info("%s (%s): forwarding %s to it", e.msg, id, verb);
-    const char *arg = json_string_value(json_object_get(j, strcmp(verb, "resolve") == 0 ? "note" : "reason"));
-    struct sg_error fe = {0};
-    rc = sg_engine_forward(api->en, id, verb, arg, by, FORWARD_TIMEOUT_MS, on_forwarded, p, &fe);
-    json_decref(j);
-    if (rc < 0) { free(p); reply_engine_error(req, &fe); }
-    return;
-  }
+  snprintf(p->verb, sizeof p->verb, "%.15s", verb);
+  p->arg = arg ? sg_strdup(arg) : NULL;
+  p->by = sg_strdup(by);
   json_decref(j);
-  if (rc < 0) { free(p); reply_engine_error(req, &e); return; }
-  sg_engine_after_commit(api->en, on_action_committed, p);
+  sg_engine_verb_cb(api->en, id, verb, p->arg, p->by, on_verb_done, p);
 }
 
 static void on_plan_committed(void *ud, int status) {

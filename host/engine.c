@@ -748,16 +748,30 @@ static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, con
 
 static void commit_batch(struct sg_engine *en);
 
+static void command_checked(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered, int chained,
+                            int seen, char *status, char *body, const struct sg_error *re);
+static void inbox_check_start(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered);
+
 static void on_command(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered) {
   if (!m->message_id || !*m->message_id) {
     en->tr->ops->nack(en->tr, tag, m, "command without message_id");
     return;
   }
+  int chained = own_call(en, m);
+  if (!chained && en->store->ops->read_start) { inbox_check_start(en, m, tag, redelivered); return; }
   if (eng_txn(en) < 0) return;
   char *status = NULL, *body = NULL;
   struct sg_error e = {0};
-  int chained = own_call(en, m);
   int seen = chained ? 0 : en->store->ops->inbox_get(en->store, m->message_id, &status, &body, &e);
+  command_checked(en, m, tag, redelivered, chained, seen, status, body, &e);
+}
+
+/* The inbox has answered for the command (seen: 1 with the reply it had, 0 not seen, -1 failed: re);
+ * takes status and body. */
+static void command_checked(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered, int chained,
+                            int seen, char *status, char *body, const struct sg_error *re) {
+  struct sg_error e = *re;
+  if (eng_txn(en) < 0) { free(status); free(body); return; }
   if (seen < 0 && e.code == SG_E_UNAVAILABLE) {
     /* the store cannot be read now (a lost database connection): the delivery waits, unacked */
     sg_warn("message %s: %s; handled when the store answers again", m->message_id, e.msg);
@@ -861,6 +875,111 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
   free(too_large);
 }
 
+/* ---- reads without waiting (a store with read_start) ---- */
+
+/* watches the store's reads' socket for what it waits for */
+static void read_arm(struct sg_engine *en) {
+  const struct sg_store_ops *o = en->store->ops;
+  if (!o->read_wants) return;
+  int w = o->read_wants(en->store);
+  unsigned serial = 0;
+  int fd = o->read_fd(en->store, &serial);
+  int ev = (w & 1 ? EV_READ : 0) | (w & 2 ? EV_WRITE : 0);
+  if (!ev || fd < 0) {
+    ev_io_stop(en->loop, &en->read_io);
+    return;
+  }
+  if (ev_is_active(&en->read_io) && en->read_io.fd == fd && en->read_serial == serial &&
+      (en->read_io.events & (EV_READ | EV_WRITE)) == ev)
+    return;
+  ev_io_stop(en->loop, &en->read_io);
+  ev_io_set(&en->read_io, fd, ev);
+  en->read_serial = serial;
+  ev_io_start(en->loop, &en->read_io);
+}
+
+static void on_read_io(struct ev_loop *loop, ev_io *w, int revents) {
+  struct sg_engine *en = w->data;
+  en->store->ops->read_poll(en->store); /* the finished reads' callbacks run here */
+  read_arm(en);
+}
+
+void sg_engine_read(struct sg_engine *en, struct sg_read *rd) {
+  sg_store_read(en->store, rd);
+  read_arm(en);
+}
+
+static void on_inbox_read(struct sg_read *rd);
+
+static void check_free(struct sg_engine *en, struct inbox_check *ck) {
+  if (sg_map_get(&en->checking, ck->m.message_id) == ck) sg_map_del(&en->checking, ck->m.message_id);
+  for (size_t i = 0; i < ck->nextra; i++) sg_msg_free(&ck->extra[i].m);
+  free(ck->extra);
+  sg_msg_free(&ck->m);
+  sg_read_free(ck->rd);
+  free(ck);
+}
+
+/* A command's inbox entry is read without blocking: the command goes on when the answer comes (in
+ * on_inbox_read). Another delivery of the same message id meanwhile waits for it (it would read the
+ * same "not seen" and run the handler twice); it is handled after, when the inbox has its answer. */
+static void inbox_check_start(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered) {
+  struct inbox_check *ck = sg_map_get(&en->checking, m->message_id);
+  if (ck) {
+    struct parked_msg x = { .tag = tag, .redelivered = redelivered };
+    sg_msg_copy(&x.m, m);
+    PUSH(ck->extra, ck->nextra, ck->capextra, x);
+    return;
+  }
+  ck = sg_xcalloc(1, sizeof *ck);
+  ck->en = en;
+  sg_msg_copy(&ck->m, m);
+  ck->tag = tag;
+  ck->redelivered = redelivered;
+  ck->gen = en->st.fenced;
+  sg_map_put(&en->checking, ck->m.message_id, ck);
+  sg_engine_read(en, sg_read_new(SG_READ_INBOX, m->message_id, NULL, on_inbox_read, ck));
+}
+
+/* the command goes on with its inbox answer */
+static void check_go_on(struct sg_engine *en, struct inbox_check *ck) {
+  if (sg_map_get(&en->checking, ck->m.message_id) == ck) sg_map_del(&en->checking, ck->m.message_id);
+  if (en->stalled || en->reloading) { /* read again when the store takes work again */
+    park_delivery(en, &ck->m, ck->tag, ck->redelivered);
+  } else {
+    struct sg_read *rd = ck->rd;
+    char *status = rd->status_s, *body = rd->body;
+    rd->status_s = rd->body = NULL;
+    command_checked(en, &ck->m, ck->tag, ck->redelivered, 0, rd->rc, status, body, &rd->err);
+  }
+  if (ck->nextra) { /* the same message delivered again meanwhile: it finds this one's answer */
+    for (size_t i = 0; i < ck->nextra; i++) park_delivery(en, &ck->extra[i].m, ck->extra[i].tag, ck->extra[i].redelivered);
+    if (!en->broken && !en->stalled && !en->reloading) eng_txn(en); /* its commit re-dispatches them */
+  }
+  check_free(en, ck);
+}
+
+static void on_inbox_read(struct sg_read *rd) {
+  struct inbox_check *ck = rd->ud;
+  struct sg_engine *en = ck->en;
+  ck->rd = rd;
+  if (ck->gen != en->st.fenced || en->broken || en->stopped) { check_free(en, ck); return; } /* the delivery is void */
+  if (en->committing) { PUSH(en->checked, en->nchecked, en->capchecked, ck); return; }
+  check_go_on(en, ck);
+}
+
+/* commands whose inbox answer came while a commit was on its way, in order */
+static void checked_go_on(struct sg_engine *en) {
+  size_t i = 0;
+  for (; i < en->nchecked && !en->committing && !en->broken; i++) {
+    struct inbox_check *ck = en->checked[i];
+    if (ck->gen != en->st.fenced || en->stopped) check_free(en, ck);
+    else check_go_on(en, ck);
+  }
+  memmove(en->checked, en->checked + i, (en->nchecked - i) * sizeof *en->checked);
+  en->nchecked -= i;
+}
+
 static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {
   struct sg_engine *en = ud;
   if (en->broken) return;
@@ -953,6 +1072,7 @@ static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *
 static void committed(struct sg_engine *en);
 static void stall(struct sg_engine *en, const struct sg_error *e);
 static void redispatch_parked(struct sg_engine *en);
+static void starts_refuse(struct sg_engine *en);
 
 static void commit_batch(struct sg_engine *en) {
   struct sg_error e = {0};
@@ -1144,6 +1264,8 @@ static void stall(struct sg_engine *en, const struct sg_error *e) {
            "until a commit succeeds, reads are answered from the last commit", e->msg);
     sg_timers_stop(en->timers);
     eng_runq_stop(en); /* the queue stays; continued after */
+    starts_refuse(en); /* the starts that waited for the commit: new work, refused like the others */
+    eng_verbs_refuse(en, 0, NULL);
   } else if (en->stall_tries % 10 == 0) {
     sg_warn("store: still cannot commit after %.1fs (%" PRId64 " retries): %s", (now - en->stall_since) / 1000.0,
             en->stall_tries, e->msg);
@@ -1156,7 +1278,12 @@ static void stall(struct sg_engine *en, const struct sg_error *e) {
 
 /* The deliveries that waited (for a stall to end, or for the store to answer a read), in order; each
  * may open the next batch, or wait again. */
+static void starts_go_on(struct sg_engine *en);
 static void redispatch_parked(struct sg_engine *en) {
+  checked_go_on(en);
+  starts_go_on(en);
+  eng_verbs_go_on(en);
+  if (en->committing) return; /* one of them committed at once (a redelivery's count): the rest after */
   struct parked_msg *list = en->parked;
   size_t n = en->nparked;
   en->parked = NULL;
@@ -1271,6 +1398,10 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   sg_map_init(&en->breakers);
   sg_map_init(&en->idem);
   sg_map_init(&en->inflight);
+  sg_map_init(&en->checking);
+  sg_map_init(&en->idem_reads);
+  ev_init(&en->read_io, on_read_io);
+  en->read_io.data = en;
   eng_runq_init(en);
   ev_init(&en->stall_timer, on_stall_timer);
   en->stall_timer.data = en;
@@ -1320,8 +1451,17 @@ struct sg_saga *eng_saga_new(const struct sg_saga_row *r) {
   return s;
 }
 
+static int start_saga(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                      int looked_up, char id[40], int *existed, struct sg_error *e);
+
 int sg_engine_start(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
                     char id[40], int *existed, struct sg_error *e) {
+  return start_saga(en, type, input_json, idem_key, 0, id, existed, e);
+}
+
+/* looked_up: the store has been asked for idem_key already (it had no saga with it) */
+static int start_saga(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                      int looked_up, char id[40], int *existed, struct sg_error *e) {
   *existed = 0;
   if (en->broken) return sg_errorf(e, SG_E_INTERNAL, "the host is stopping after a store failure");
   if (en->stalled || en->reloading) return eng_refuse_stalled(en, e);
@@ -1342,7 +1482,7 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
       return 0;
     }
     struct sg_saga_row old = {0};
-    int found = en->store->ops->saga_find_idem(en->store, type, idem_key, &old, e);
+    int found = looked_up ? 0 : en->store->ops->saga_find_idem(en->store, type, idem_key, &old, e);
     if (found < 0) return -1;
     if (found) {
       snprintf(id, 40, "%s", old.id);
@@ -1379,6 +1519,117 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
   if (d->timeout_ms > 0) s->t_saga = eng_timer_new(en, s, TM_SAGA_TIMEOUT, r.deadline, 0);
   eng_begin_attempt(en, s);
   return 0;
+}
+
+/* ---- starts without waiting ---- */
+
+static void start_req_free(struct start_req *r) {
+  free(r->type); free(r->input); free(r->key); free(r->mkey);
+  free(r);
+}
+
+/* answers r and the starts that waited with it (they share its key: the same saga, found or started) */
+static void start_answer(struct start_req *r, const char *id, int existed, const struct sg_error *e) {
+  while (r) {
+    struct start_req *next = r->same;
+    r->cb(r->ud, id, existed, e);
+    existed = 1;
+    start_req_free(r);
+    r = next;
+  }
+}
+
+static void start_fail(struct start_req *r, int code, const char *msg) {
+  struct sg_error e = {0};
+  sg_errorf(&e, code, "%s", msg);
+  start_answer(r, NULL, 0, &e);
+}
+
+static void on_idem_read(struct sg_read *rd);
+
+static void start_go(struct sg_engine *en, struct start_req *r) {
+  struct sg_error e = {0};
+  if (en->broken || en->stopped) { start_fail(r, SG_E_UNAVAILABLE, "the host is stopping: the saga was not started; retry"); return; }
+  if (en->stalled || en->reloading) { eng_refuse_stalled(en, &e); start_answer(r, NULL, 0, &e); return; }
+  if (en->committing) { PUSH(en->starts, en->nstarts, en->capstarts, r); return; } /* after it */
+  if (r->mkey) {
+    struct sg_saga *pending = sg_map_get(&en->idem, r->mkey);
+    if (pending) { start_answer(r, pending->row.id, 1, NULL); return; } /* started in this batch */
+    if (!r->looked_up) {
+      struct start_req *first = sg_map_get(&en->idem_reads, r->mkey);
+      if (first) { /* its key is being read: the same answer */
+        while (first->same) first = first->same;
+        first->same = r;
+        return;
+      }
+      r->gen = en->st.fenced;
+      sg_map_put(&en->idem_reads, r->mkey, r);
+      sg_engine_read(en, sg_read_new(SG_READ_IDEM, r->type, r->key, on_idem_read, r));
+      return;
+    }
+  }
+  char id[40];
+  int existed = 0;
+  if (start_saga(en, r->type, r->input, r->key, r->looked_up, id, &existed, &e) < 0) start_answer(r, NULL, 0, &e);
+  else start_answer(r, id, existed, NULL);
+}
+
+static void on_idem_read(struct sg_read *rd) {
+  struct start_req *r = rd->ud;
+  struct sg_engine *en = r->en;
+  if (sg_map_get(&en->idem_reads, r->mkey) == r) sg_map_del(&en->idem_reads, r->mkey);
+  if (r->gen != en->st.fenced && !en->stopped)
+    start_fail(r, SG_E_FENCED, "this host lost its sagas to another host (its lease ran out) before the start;"
+               " it did not happen: retry");
+  else if (rd->rc < 0) start_answer(r, NULL, 0, &rd->err);
+  else if (rd->rc == 1) start_answer(r, rd->rows[0].id, 1, NULL);
+  else {
+    r->looked_up = 1; /* no saga with the key: none can start meanwhile, its later starts wait on r */
+    start_go(en, r);
+  }
+  sg_read_free(rd);
+}
+
+static void starts_refuse(struct sg_engine *en) {
+  for (size_t i = 0; i < en->nstarts; i++) start_go(en, en->starts[i]); /* stalled: each is refused */
+  en->nstarts = 0;
+}
+
+/* starts that came while a commit was on its way */
+static void starts_go_on(struct sg_engine *en) {
+  size_t i = 0;
+  for (; i < en->nstarts && !en->committing; i++) start_go(en, en->starts[i]);
+  memmove(en->starts, en->starts + i, (en->nstarts - i) * sizeof *en->starts);
+  en->nstarts -= i;
+}
+
+void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                        sg_started_cb cb, void *ud) {
+  struct sg_error e = {0};
+  if (!en->store->ops->read_start) { /* local reads: at once */
+    char id[40];
+    int existed = 0;
+    if (sg_engine_start(en, type, input_json, idem_key, id, &existed, &e) < 0) cb(ud, NULL, 0, &e);
+    else cb(ud, id, existed, NULL);
+    return;
+  }
+  if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload) {
+    sg_errorf(&e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
+              en->cfg.max_payload);
+    cb(ud, NULL, 0, &e);
+    return;
+  }
+  struct start_req *r = sg_xcalloc(1, sizeof *r);
+  r->en = en;
+  r->type = sg_strdup(type);
+  r->input = sg_strdup(input_json);
+  if (idem_key) {
+    r->key = sg_strdup(idem_key);
+    r->mkey = sg_asprintf("%s\x1f%s", type, idem_key);
+  }
+  r->cb = cb;
+  r->ud = ud;
+  start_go(en, r);
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -1526,8 +1777,25 @@ static void free_live(struct sg_engine *en) {
   en->nparked = 0;
 }
 
+/* the commands whose inbox answer waited and the starts that waited for a commit: a fence voids the
+ * deliveries (they go back to the broker) and refuses the starts */
+static void drop_waiting(struct sg_engine *en, int code, const char *why) {
+  for (size_t i = 0; i < en->nchecked; i++) check_free(en, en->checked[i]);
+  en->nchecked = 0;
+  size_t n = en->nstarts;
+  struct start_req **st = en->starts;
+  en->starts = NULL;
+  en->nstarts = en->capstarts = 0;
+  for (size_t i = 0; i < n; i++) start_fail(st[i], code, why);
+  free(st);
+  eng_verbs_refuse(en, code, code == SG_E_FENCED ? "this host lost its sagas to another host (its lease ran out)"
+                   " before the action; it did not happen: retry" : "the host is stopping: the action did not happen; retry");
+}
+
 static void drop_all(struct sg_engine *en) {
   eng_runq_stop(en);
+  drop_waiting(en, SG_E_FENCED, "this host lost its sagas to another host (its lease ran out) before the start;"
+               " it did not happen: retry");
   free_live(en);
   en->dirty = NULL;
   en->st.live = 0;
@@ -1600,6 +1868,10 @@ void sg_engine_stop(struct sg_engine *en) {
   if (!en || en->stopped) return;
   settle(en); /* the commit on its way */
   en->stopped = 1;
+  /* reads on their way end now (their callers answer "stopping"), and what waited for a commit */
+  if (en->store->ops->read_cancel) en->store->ops->read_cancel(en->store);
+  ev_io_stop(en->loop, &en->read_io);
+  drop_waiting(en, SG_E_UNAVAILABLE, "the host is stopping: the saga was not started; retry");
   if (en->stalled && !en->broken) { /* one last try; if the store still refuses, the batch is lost unacknowledged */
     struct sg_error e = {0};
     if (en->store->ops->retry_commit(en->store, &e) == 0) {
@@ -1632,6 +1904,11 @@ void sg_engine_free(struct sg_engine *en) {
   if (!en) return;
   free_live(en);
   sg_map_free(&en->inflight);
+  sg_map_free(&en->checking);
+  sg_map_free(&en->idem_reads);
+  free(en->checked);
+  free(en->starts);
+  free(en->verbs);
   free(en->chain);
   free(en->parked);
   sg_map_free(&en->sagas);

@@ -131,6 +131,22 @@ void sg_engine_after_commit(struct sg_engine *en, sg_committed_cb cb, void *ud);
  * The start is durable once the next after_commit callback runs. */
 int sg_engine_start(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
                     char id[40], int *existed, struct sg_error *e);
+/* The same without waiting for the store: cb gets the answer (id and existed, or e), perhaps before
+ * this returns. With a store whose reads do not wait (PostgreSQL) an idempotency key is looked up
+ * without blocking the loop, and a start that comes while a commit is on its way waits for its end
+ * (instead of blocking on it); starts with the same key share one look-up. */
+typedef void (*sg_started_cb)(void *ud, const char *id, int existed, const struct sg_error *e);
+void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                        sg_started_cb cb, void *ud);
+/* An operator verb ("compensate", "retry", "resolve"; arg is the reason or note) without blocking the
+ * loop on the store: cb gets NULL when it is applied (durable at the next after_commit callback) or
+ * the error (SG_E_ELSEWHERE: another host owns the saga), perhaps before this returns. */
+typedef void (*sg_verb_cb)(void *ud, const struct sg_error *e);
+void sg_engine_verb_cb(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
+                       sg_verb_cb cb, void *ud);
+/* Starts a read of the store (store.h: sg_store_read) and watches its answer on the loop. */
+struct sg_read;
+void sg_engine_read(struct sg_engine *en, struct sg_read *rd);
 
 /* Operator verbs. `who` names the operator (recorded in the history with the reason/note).
  * Each returns 0, or -1 with e: SG_E_NOTFOUND (no such saga), SG_E_CONFLICT (its status does not

@@ -107,6 +107,44 @@ struct parked_msg {
   int redelivered;
 };
 
+/* A delivered command whose inbox entry is being read (a store with reads without waiting). */
+struct inbox_check {
+  struct sg_engine *en;
+  struct sg_msg m;           /* the command (a copy) */
+  uint64_t tag;
+  int redelivered;
+  int64_t gen;               /* en->st.fenced when the read was sent: a fence in between drops it */
+  struct sg_read *rd;        /* the answer, once it came */
+  struct parked_msg *extra;  /* deliveries of the same message id meanwhile: handled after it */
+  size_t nextra, capextra;
+};
+
+/* A start waiting for the store (its idempotency key's read) or for the commit on its way. */
+struct start_req {
+  struct sg_engine *en;
+  char *type, *input, *key, *mkey; /* mkey: "type\x1fkey", NULL without a key */
+  sg_started_cb cb;
+  void *ud;
+  int64_t gen;
+  int looked_up;             /* the store has no saga with the key (read before any saga with it started) */
+  struct start_req *same;    /* later starts with the same key: answered with this one */
+};
+
+/* An operator verb whose saga is being read (a store with reads without waiting), or that waits for
+ * the commit on its way. */
+struct verb_req {
+  struct sg_engine *en;
+  char id[40];
+  char verb[16];
+  char *arg, *who;
+  sg_verb_cb cb;
+  void *ud;
+  int64_t gen;               /* en->st.fenced when the read was sent */
+  int64_t commits_at;        /* en->st.commits then */
+  int tries;
+  struct sg_read *rd;        /* the saga as read, NULL before */
+};
+
 /* An operator verb sent to the host that owns its saga, waiting for that host's answer. */
 struct fwd {
   char req[40];              /* request id, in the answer */
@@ -176,12 +214,25 @@ struct sg_engine {
   ev_io note_io;             /* the store's socket: notes (mail, answers to forwarded verbs) */
   int note_fd;
   int claim_due, mail_due;   /* the next prepare takes over / reads mail */
+  int probing;               /* the lease timer's look for work (a read) is on its way */
   int reloading;             /* fenced: registering again and loading what this host owns */
   ev_timer reload_timer;     /* ... retried while the store cannot be reached */
   int64_t last_commit_ms;
   int64_t quiet_until;       /* ms: no takeover before (just back from an outage: the others renew first) */
   struct fwd *fwd;           /* forwarded verbs waiting for an answer */
   size_t nfwd, capfwd;
+  /* reads without waiting (a store with read_start: PostgreSQL) */
+  ev_io read_io;             /* the store's reads' socket */
+  unsigned read_serial;      /* its connection, as read_fd numbers them */
+  struct sg_map checking;    /* message id -> struct inbox_check whose read is on its way or waits */
+  struct inbox_check **checked; /* answered while a commit was on its way: handled after it, in order */
+  size_t nchecked, capchecked;
+  struct sg_map idem_reads;  /* mkey -> struct start_req whose idempotency key is being read */
+  struct start_req **starts; /* starts that came while a commit was on its way */
+  size_t nstarts, capstarts;
+  struct verb_req **verbs;   /* operator verbs likewise */
+  size_t nverbs, capverbs;
+  struct sg_read *op_pre;    /* the saga a verb read before it runs (saga_for_operator uses it) */
   struct sg_engine_stats st;
 };
 
@@ -218,6 +269,9 @@ int eng_load_owned(struct sg_engine *en, struct sg_error *e);     /* what the st
 int eng_adopt(struct sg_engine *en, const struct sg_saga_row *r, struct sg_error *e); /* a saga taken over */
 void eng_park_delivery(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered);
 void eng_redispatch_parked(struct sg_engine *en);
+/* operator.c: verbs that waited for a commit go on (stop: at most until one commits), or are refused */
+void eng_verbs_go_on(struct sg_engine *en);
+void eng_verbs_refuse(struct sg_engine *en, int code, const char *why);
 
 /* owner.c */
 void eng_owner_init(struct sg_engine *en);

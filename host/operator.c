@@ -17,14 +17,27 @@ static struct sg_saga *saga_for_operator(struct sg_engine *en, const char *id, s
   }
   if (eng_txn(en) < 0) { sg_errorf(e, SG_E_INTERNAL, "store unavailable"); return NULL; }
   struct sg_saga_row r = {0};
-  int found = en->store->ops->saga_get(en->store, id, &r, e);
+  const struct sg_read *pre = en->op_pre; /* read already, without blocking (sg_engine_verb_cb) */
+  int found;
+  if (pre) {
+    found = pre->rc;
+    if (found == 1) {
+      r = pre->rows[0];
+      r.type = sg_strdup(r.type); r.def_hash = sg_strdup(r.def_hash); r.input = sg_strdup(r.input);
+      r.data = sg_strdup(r.data); r.error = sg_strdup(r.error); r.idem_key = sg_strdup(r.idem_key);
+    }
+  } else {
+    found = en->store->ops->saga_get(en->store, id, &r, e);
+  }
   if (found < 0) return NULL;
   if (!found) { sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id); return NULL; }
   if (!SG_ST_TERMINAL(r.status) && en->multi) {
     char owner[128];
     int alive = 0;
     struct sg_error oe = {0};
-    if (en->store->ops->saga_owner(en->store, id, owner, &alive, &oe) > 0 && strcmp(owner, en->cfg.host_id) != 0) {
+    int known = pre ? 1 : en->store->ops->saga_owner(en->store, id, owner, &alive, &oe);
+    if (pre) { snprintf(owner, sizeof owner, "%s", pre->owner); alive = pre->owner_alive; }
+    if (known > 0 && strcmp(owner, en->cfg.host_id) != 0) {
       sg_errorf(e, SG_E_ELSEWHERE, "saga %s is owned by host %s%s", id, owner[0] ? owner : "(none yet)",
                 alive ? "" : " (its lease ran out: another host takes it over)");
       sg_store_saga_row_free(&r);
@@ -111,6 +124,114 @@ int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, co
   free(detail);
   eng_finish(en, s, SG_ST_RESOLVED, NULL);
   return 0;
+}
+
+/* ---- verbs without blocking the loop ---- */
+
+static int verb_apply(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
+                      struct sg_error *e) {
+  if (!strcmp(verb, "compensate")) return sg_engine_compensate(en, id, arg, who, e);
+  if (!strcmp(verb, "retry")) return sg_engine_retry(en, id, who, e);
+  if (!strcmp(verb, "resolve")) return sg_engine_resolve(en, id, arg, who, e);
+  return sg_errorf(e, SG_E_INVALID, "unknown verb '%.15s'", verb);
+}
+
+static void verb_finish(struct verb_req *v, const struct sg_error *e) {
+  v->cb(v->ud, e);
+  free(v->arg);
+  free(v->who);
+  sg_read_free(v->rd);
+  free(v);
+}
+
+static void verb_fail(struct verb_req *v, int code, const char *why) {
+  struct sg_error e = {0};
+  sg_errorf(&e, code, "%s", why);
+  verb_finish(v, &e);
+}
+
+static void on_verb_read(struct sg_read *rd);
+
+static void verb_go(struct sg_engine *en, struct verb_req *v) {
+  struct sg_error e = {0};
+  if (en->broken || en->stopped) { verb_fail(v, SG_E_UNAVAILABLE, "the host is stopping: the action did not happen; retry"); return; }
+  if (en->stalled || en->reloading) { eng_refuse_stalled(en, &e); verb_finish(v, &e); return; }
+  if (en->committing) { /* after it (the saga is read again then) */
+    sg_read_free(v->rd);
+    v->rd = NULL;
+    PUSH(en->verbs, en->nverbs, en->capverbs, v);
+    return;
+  }
+  int live = sg_map_get(&en->sagas, v->id) != NULL;
+  /* a finished saga read before a commit that ended since: that commit may have changed it (a verb of
+   * this host on it), and writing it from a stale row would be a version conflict: read it again */
+  int stale = v->rd && v->rd->rc == 1 && SG_ST_TERMINAL(v->rd->rows[0].status) && en->st.commits != v->commits_at;
+  if (!live && en->store->ops->read_start && (!v->rd || (stale && v->tries < 3))) {
+    sg_read_free(v->rd);
+    v->rd = NULL;
+    v->gen = en->st.fenced;
+    v->commits_at = en->st.commits;
+    v->tries++;
+    struct sg_read *rd = sg_read_new(SG_READ_SAGA, v->id, NULL, on_verb_read, v);
+    rd->with_owner = en->multi;
+    sg_engine_read(en, rd);
+    return;
+  }
+  en->op_pre = live || stale ? NULL : v->rd; /* still stale after 3 reads: the blocking read */
+  int rc = verb_apply(en, v->id, v->verb, v->arg, v->who, &e);
+  en->op_pre = NULL;
+  verb_finish(v, rc < 0 ? &e : NULL);
+}
+
+static void on_verb_read(struct sg_read *rd) {
+  struct verb_req *v = rd->ud;
+  struct sg_engine *en = v->en;
+  v->rd = rd;
+  if (v->gen != en->st.fenced && !en->stopped)
+    verb_fail(v, SG_E_FENCED, "this host lost its sagas to another host (its lease ran out) before the action;"
+              " it did not happen: retry");
+  else if (rd->rc < 0) verb_finish(v, &rd->err);
+  else verb_go(en, v);
+}
+
+void sg_engine_verb_cb(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
+                       sg_verb_cb cb, void *ud) {
+  if (strlen(id) >= 40) {
+    char msg[120];
+    snprintf(msg, sizeof msg, "no saga with id '%.60s'", id);
+    struct sg_error e = {0};
+    sg_errorf(&e, SG_E_NOTFOUND, "%s", msg);
+    cb(ud, &e);
+    return;
+  }
+  struct verb_req *v = sg_xcalloc(1, sizeof *v);
+  v->en = en;
+  snprintf(v->id, sizeof v->id, "%s", id);
+  snprintf(v->verb, sizeof v->verb, "%.15s", verb);
+  v->arg = arg ? sg_strdup(arg) : NULL;
+  v->who = who ? sg_strdup(who) : NULL;
+  v->cb = cb;
+  v->ud = ud;
+  verb_go(en, v);
+}
+
+void eng_verbs_go_on(struct sg_engine *en) {
+  size_t i = 0;
+  for (; i < en->nverbs && !en->committing; i++) verb_go(en, en->verbs[i]);
+  memmove(en->verbs, en->verbs + i, (en->nverbs - i) * sizeof *en->verbs);
+  en->nverbs -= i;
+}
+
+void eng_verbs_refuse(struct sg_engine *en, int code, const char *why) {
+  size_t n = en->nverbs;
+  struct verb_req **list = en->verbs;
+  en->verbs = NULL;
+  en->nverbs = en->capverbs = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (code) verb_fail(list[i], code, why);
+    else verb_go(en, list[i]); /* stalled: refused as such */
+  }
+  free(list);
 }
 
 static void plan_json(struct sg_buf *b, const struct sg_def *d, int from, int include_from) {

@@ -2,8 +2,8 @@
  *
  * Each host works on the sagas it owns: those it started and those it took over. Its claim is a
  * lease on its row in the store, renewed by every commit (the store's fence) and, when the host is
- * idle, by an empty batch every lease/3. Every lease/3 the host also looks for hosts whose lease ran
- * out and takes their sagas over, a bounded number per round (one round per loop iteration while
+ * idle, by an empty batch every lease/3. Every lease/3 the host also looks (a read that does not block
+ * the loop) for hosts whose lease ran out, and when there are some takes their sagas over, a bounded number per round (one round per loop iteration while
  * there is more, so that several hosts share a dead host's sagas). A host that finds itself fenced
  * (its epoch moved on: its sagas were taken) drops everything and loads what it still owns
  * (engine.c: eng_fenced).
@@ -80,11 +80,28 @@ static void expire_forwards(struct sg_engine *en, int64_t now) {
   }
 }
 
+/* Whether a takeover round or a mail read would find anything, asked without blocking the loop: they
+ * run (blocking: they lock and write) only when the answer says so, or when a note says there is mail. */
+static void on_probe(struct sg_read *rd) {
+  struct sg_engine *en = rd->ud;
+  en->probing = 0;
+  if (rd->rc == 0 && !en->stopped) {
+    if (rd->flags & 1) en->claim_due = 1;
+    if (rd->flags & 2) en->mail_due = 1;
+  } else if (rd->rc < 0 && !en->stopped) {
+    sg_debug("looking for sagas to take over: %s", rd->err.msg);
+  }
+  sg_read_free(rd);
+}
+
 static void on_lease_timer(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
   if (en->broken || en->stopped) return;
   int64_t now = sg_now_ms();
-  en->claim_due = en->mail_due = 1;
+  if (!en->probing) {
+    en->probing = 1;
+    sg_engine_read(en, sg_read_new(SG_READ_PROBE, en->cfg.host_id, NULL, on_probe, en));
+  }
   /* a host that could not reach the store gives the others a lease to renew theirs after it is back:
    * the first one back would otherwise take everyone's sagas (they were cut off as long as it was) */
   if (en->stalled || en->reloading) en->quiet_until = now + en->cfg.lease_ms;

@@ -121,6 +121,52 @@ typedef int (*sg_def_cb)(void *ud, const char *hash, const char *file, const cha
 
 struct sg_store;
 
+/* ---- reads without waiting ----
+ * A read is described by a struct sg_read (sg_read_new) and started with sg_store_read. Its done
+ * callback is called once, with the answer filled in: at once in a store without read_start (SQLite,
+ * whose reads are local), else later, from read_poll, when the database has answered (PostgreSQL: a
+ * connection of its own, pipelined, watched by the loop). Reads are answered in the order they were
+ * started, from committed state: a read started after a commit ended sees that commit. After done,
+ * the read is the callee's to free (sg_read_free). */
+enum sg_read_kind {
+  SG_READ_SAGA,   /* a = saga id: rc 1 and rows[0], or rc 0; with_hist: its history rows too, in order;
+                   * with_owner (several hosts): its owner and whether the owner's lease runs */
+  SG_READ_IDEM,   /* a = type, b = idempotency key: rc 1 and rows[0], or rc 0 */
+  SG_READ_LIST,   /* filter (a = type or NULL, b = after or NULL): rc 0 and rows */
+  SG_READ_INBOX,  /* a = message id: rc 1 and status, body (each may be NULL), or rc 0 */
+  SG_READ_PROBE,  /* several hosts: a = this host's id: rc 0 and flags: 1 = sagas or outbox rows to take over
+                   * (a host's whose lease ran out, or nobody's), 2 = mail for this host's sagas */
+};
+struct sg_read {
+  int kind;
+  char *a, *b;               /* arguments (owned) */
+  int with_hist, with_owner; /* SG_READ_SAGA (not both) */
+  int status, limit;         /* SG_READ_LIST: status (-1 = any), limit (0 = none) */
+  /* the answer */
+  int rc;                    /* 1 found, 0 not found (or a list), -1 failed (err) */
+  struct sg_error err;       /* SG_E_UNAVAILABLE: the database cannot be reached now */
+  struct sg_saga_row *rows;  /* owned (sg_read_free frees them) */
+  size_t nrows;
+  struct sg_hist_row *hist;  /* its strings are owned */
+  size_t nhist;
+  char *status_s, *body;     /* SG_READ_INBOX */
+  int flags;                 /* SG_READ_PROBE */
+  char owner[128];           /* SG_READ_SAGA with_owner: "" = none */
+  int owner_alive;
+  void (*done)(struct sg_read *rd);
+  void *ud;
+  /* the store's */
+  struct sg_read *next;
+  void *res[2];              /* its results so far */
+  int nres, failed, tries;
+};
+struct sg_read *sg_read_new(int kind, const char *a, const char *b, void (*done)(struct sg_read *), void *ud);
+void sg_read_free(struct sg_read *rd);
+/* starts rd; done is called once (perhaps before this returns) */
+void sg_store_read(struct sg_store *s, struct sg_read *rd);
+/* for stores: a copy of h (its strings too) at the end of rd->hist */
+void sg_read_add_hist(struct sg_read *rd, const struct sg_hist_row *h);
+
 /* The interface. Every function returns 0 on success or -1 with e filled, unless noted. */
 struct sg_store_ops {
   const char *name; /* "sqlite", "postgres" */
@@ -222,6 +268,17 @@ struct sg_store_ops {
   int (*note_fd)(struct sg_store *s);
   void (*notes)(struct sg_store *s, int read, void (*cb)(void *ud, const char *payload), void *ud);
 
+  /* ---- reads without waiting (NULL: sg_store_read answers at once through the ops above) ----
+   * read_start queues rd (it may answer at once: done is then called before it returns); read_wants
+   * says what the loop must wait for on read_fd: 0 nothing (no read on its way), else 1 (readable)
+   * | 2 (writable); read_poll reads what arrived and calls done of each finished read; read_cancel
+   * ends every read on its way now (rc -1, SG_E_UNAVAILABLE "stopping"). */
+  void (*read_start)(struct sg_store *s, struct sg_read *rd);
+  int (*read_fd)(struct sg_store *s, unsigned *serial); /* serial: changes with each new connection */
+  int (*read_wants)(struct sg_store *s);
+  void (*read_poll)(struct sg_store *s);
+  void (*read_cancel)(struct sg_store *s);
+
   /* counters for benchmarks and /healthz */
   int64_t (*commit_count)(struct sg_store *s);
 };
@@ -242,7 +299,8 @@ int sg_store_sqlite_in_use(const char *path, struct sg_error *e);
 /* PostgreSQL (store_pg.c): url is a libpq URL, postgres://user:pass@host:port/db (postgresql:// too).
  * Opens (migrating) the database; NULL and e filled on failure (SG_E_UNAVAILABLE when the server
  * cannot be reached). Several hosts share a database, each registered under its own id
- * (host_register). Its calls block the loop thread for a round trip each (one per op). */
+ * (host_register). Commits (commit_start) and the reads of sg_store_read do not block; the other ops
+ * block the loop thread for a round trip each. */
 struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e);
 /* 1 (and e filled) when a host is registered and alive on that database now (it holds a host id's
  * session lock), else 0: for callers that would otherwise wipe a live database */

@@ -70,3 +70,105 @@ void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
   dst->status = sg_strdup(src->status);
   dst->body = sg_strdup(src->body);
 }
+
+/* ---- reads without waiting ---- */
+
+struct sg_read *sg_read_new(int kind, const char *a, const char *b, void (*done)(struct sg_read *), void *ud) {
+  struct sg_read *rd = sg_xcalloc(1, sizeof *rd);
+  rd->kind = kind;
+  rd->a = a ? sg_strdup(a) : NULL;
+  rd->b = b ? sg_strdup(b) : NULL;
+  rd->status = -1;
+  rd->done = done;
+  rd->ud = ud;
+  return rd;
+}
+
+void sg_read_free(struct sg_read *rd) {
+  if (!rd) return;
+  free(rd->a);
+  free(rd->b);
+  for (size_t i = 0; i < rd->nrows; i++) sg_store_saga_row_free(&rd->rows[i]);
+  free(rd->rows);
+  for (size_t i = 0; i < rd->nhist; i++) {
+    free((char *)rd->hist[i].saga_id);
+    free((char *)rd->hist[i].step_name);
+    free((char *)rd->hist[i].status);
+    free((char *)rd->hist[i].error);
+  }
+  free(rd->hist);
+  free(rd->status_s);
+  free(rd->body);
+  free(rd);
+}
+
+static void read_add_row(struct sg_read *rd, const struct sg_saga_row *r) {
+  rd->rows = sg_xrealloc(rd->rows, (rd->nrows + 1) * sizeof *rd->rows);
+  struct sg_saga_row *o = &rd->rows[rd->nrows++];
+  *o = *r;
+  o->type = r->type ? sg_strdup(r->type) : NULL;
+  o->def_hash = r->def_hash ? sg_strdup(r->def_hash) : NULL;
+  o->input = r->input ? sg_strdup(r->input) : NULL;
+  o->data = r->data ? sg_strdup(r->data) : NULL;
+  o->error = r->error ? sg_strdup(r->error) : NULL;
+  o->idem_key = r->idem_key ? sg_strdup(r->idem_key) : NULL;
+}
+
+static int read_row_cb(void *ud, const struct sg_saga_row *r) {
+  read_add_row(ud, r);
+  return 0;
+}
+
+void sg_read_add_hist(struct sg_read *rd, const struct sg_hist_row *h) {
+  rd->hist = sg_xrealloc(rd->hist, (rd->nhist + 1) * sizeof *rd->hist);
+  struct sg_hist_row *o = &rd->hist[rd->nhist++];
+  *o = *h;
+  o->saga_id = h->saga_id ? sg_strdup(h->saga_id) : NULL;
+  o->step_name = h->step_name ? sg_strdup(h->step_name) : NULL;
+  o->status = h->status ? sg_strdup(h->status) : NULL;
+  o->error = h->error ? sg_strdup(h->error) : NULL;
+}
+
+static int read_hist_cb(void *ud, const struct sg_hist_row *h) {
+  sg_read_add_hist(ud, h);
+  return 0;
+}
+
+/* a store whose reads are local (SQLite): the blocking ops, answered at once */
+static void read_now(struct sg_store *s, struct sg_read *rd) {
+  const struct sg_store_ops *o = s->ops;
+  struct sg_saga_row r = {0};
+  switch (rd->kind) {
+  case SG_READ_SAGA:
+  case SG_READ_IDEM:
+    rd->rc = rd->kind == SG_READ_SAGA ? o->saga_get(s, rd->a, &r, &rd->err) : o->saga_find_idem(s, rd->a, rd->b, &r, &rd->err);
+    if (rd->rc == 1) {
+      rd->rows = sg_xcalloc(1, sizeof *rd->rows);
+      rd->rows[0] = r;
+      rd->nrows = 1;
+      if (rd->with_hist && o->hist_each(s, rd->a, read_hist_cb, rd, &rd->err) < 0) rd->rc = -1;
+    }
+    break;
+  case SG_READ_LIST: {
+    struct sg_saga_filter f = { rd->status, rd->a, rd->b, rd->limit };
+    rd->rc = o->saga_list(s, &f, read_row_cb, rd, &rd->err) < 0 ? -1 : 0;
+    break;
+  }
+  case SG_READ_INBOX:
+    rd->rc = o->inbox_get(s, rd->a, &rd->status_s, &rd->body, &rd->err);
+    break;
+  case SG_READ_PROBE: /* one host, which owns everything */
+    rd->rc = 0;
+    rd->flags = 0;
+    break;
+  default:
+    rd->rc = sg_errorf(&rd->err, SG_E_INTERNAL, "unknown read %d", rd->kind);
+  }
+  if (rd->rc < 0 && !rd->err.msg[0]) sg_errorf(&rd->err, SG_E_INTERNAL, "read failed");
+}
+
+void sg_store_read(struct sg_store *s, struct sg_read *rd) {
+  if (s->ops->read_start) { s->ops->read_start(s, rd); return; }
+  read_now(s, rd);
+  rd->done(rd);
+}

@@ -11,10 +11,12 @@
  * (operator verbs from other hosts) wakes its owner with NOTIFY on the owner's channel.
  *
  * A transaction's writes are kept and sent at its commit in one round trip (pipeline mode), without
- * waiting: commit_start sends, commit_poll reads the results as they arrive on the socket. Reads are
- * still BLOCKING round trips on the loop thread (statements are prepared once per connection and run
- * with PQexecPrepared, text parameters); a read made while a commit is on its way first reads that
- * commit to its end.
+ * waiting: commit_start sends, commit_poll reads the results as they arrive on the socket. The reads
+ * of sg_store_read (a saga, a page of the list, an idempotency key, an inbox entry: what the API and
+ * every delivered command need) do not wait either: they go over a second connection (see "reads
+ * without waiting"). The other ops' reads (recovery, takeover, operator verbs) are BLOCKING round trips
+ * on the loop thread (statements are prepared once per connection and run with PQexecPrepared, text
+ * parameters); such a read made while a commit is on its way first reads that commit to its end.
  *
  * Durability is that of SQLite's synchronous=FULL: synchronous_commit = on for the session.
  *
@@ -340,6 +342,17 @@ struct pg_store {
   int64_t epoch;             /* its epoch: the fencing token of every commit */
   int64_t lease_ms;
   char channel[32];          /* sg_channel(me): where its notes arrive */
+  char *url;                 /* as given to open: the reads' connection is made from it */
+  struct {                   /* the reads without waiting (sg_store_read): a connection of their own */
+    PGconn *c;
+    int state;               /* RD_NONE, RD_CONNECTING, RD_READY */
+    int poll_want;           /* while connecting: 1 readable, 2 writable */
+    int want_write;          /* the pipeline has more to send */
+    int64_t last_try;        /* connections are tried at most once a second */
+    unsigned serial;         /* connections made so far */
+    struct sg_read *sent, *sent_tail; /* sent, answered in this order */
+    struct sg_read *wait, *wait_tail; /* waiting for the connection */
+  } rd;
   struct {                   /* the commit on its way (pipeline) */
     int active, sent, sending, await_null, committed_ok;
     size_t nq, q;            /* queries sent, whose results were read */
@@ -1702,11 +1715,341 @@ static void pg_notes(struct sg_store *base, int read, void (*cb)(void *ud, const
   }
 }
 
+/* ---- reads without waiting ----
+ *
+ * sg_store_read's reads go over a second connection, in pipeline mode: each read is its statements
+ * and a sync point, sent at once without waiting; the results come back in order and read_poll
+ * (called by the loop when the socket is readable) hands each finished read to its done. The
+ * connection is made without waiting too (PQconnectStartParams/PQconnectPoll); reads started
+ * meanwhile wait for it. It holds no lock and runs no transaction: every statement sees the last
+ * commit, as the blocking reads outside a transaction do. A lost connection fails the reads on their
+ * way with SG_E_UNAVAILABLE; the next read connects again (at most once a second). */
+enum { RD_NONE, RD_CONNECTING, RD_READY };
+
+/* what a takeover round (pg_take_over) and a mail read (pg_mail_take) would find, without their locks:
+ * the host runs them (blocking) only when there is something */
+#define PROBE_SQL \
+  "SELECT EXISTS (SELECT 1 FROM hosts h WHERE h.host_id <> $1 AND h.lease_until < sg_now()" \
+  "   AND (EXISTS (SELECT 1 FROM sagas WHERE owner = h.host_id AND status IN ('running', 'compensating'))" \
+  "    OR EXISTS (SELECT 1 FROM outbox WHERE owner = h.host_id)))" \
+  " OR EXISTS (SELECT 1 FROM sagas WHERE owner IS NULL AND status IN ('running', 'compensating'))" \
+  " OR EXISTS (SELECT 1 FROM outbox WHERE owner IS NULL)," \
+  " EXISTS (SELECT 1 FROM mail m JOIN sagas s ON s.id = m.saga_id WHERE s.owner = $1)"
+
+static void rd_push(struct sg_read **head, struct sg_read **tail, struct sg_read *r) {
+  r->next = NULL;
+  if (*tail) (*tail)->next = r;
+  else *head = r;
+  *tail = r;
+}
+
+static void rd_connect(struct pg_store *s);
+
+static void rd_clear_res(struct sg_read *r) {
+  for (int i = 0; i < r->nres; i++) PQclear(r->res[i]);
+  r->nres = 0;
+}
+
+/* closes the connection and ends every read on its way with rc -1 and why */
+static void rd_fail_all(struct pg_store *s, int code, const char *why) {
+  struct sg_read *list = s->rd.sent;
+  if (s->rd.sent_tail) s->rd.sent_tail->next = s->rd.wait;
+  else list = s->rd.wait;
+  s->rd.sent = s->rd.sent_tail = s->rd.wait = s->rd.wait_tail = NULL;
+  PQfinish(s->rd.c);
+  s->rd.c = NULL;
+  s->rd.state = RD_NONE;
+  s->rd.want_write = 0;
+  while (list) { /* a done may start new reads: they queue anew */
+    struct sg_read *r = list;
+    list = r->next;
+    rd_clear_res(r);
+    r->rc = -1;
+    sg_errorf(&r->err, code, "%s", why);
+    r->done(r);
+  }
+}
+
+static void rd_conn_failed(struct pg_store *s, const char *what) {
+  char m[200], why[600];
+  snprintf(m, sizeof m, "%s", s->rd.c ? PQerrorMessage(s->rd.c) : "out of memory");
+  trim_nl(m);
+  snprintf(why, sizeof why, "postgres: %s %.256s (the reads' connection): %s", what, s->where, m);
+  rd_fail_all(s, SG_E_UNAVAILABLE, why);
+}
+
+/* A connection that worked is lost (a server restart, a network cut): its reads go again, once, on a
+ * new connection made at once (a read that was on its way when the server went away is not a failure
+ * the caller needs to see if the server is back); those already tried again fail. */
+static void rd_lost(struct pg_store *s) {
+  char m[200], why[600];
+  snprintf(m, sizeof m, "%s", s->rd.c ? PQerrorMessage(s->rd.c) : "?");
+  trim_nl(m);
+  snprintf(why, sizeof why, "postgres: lost the connection to %.256s (the reads' connection): %s", s->where, m);
+  struct sg_read *list = s->rd.sent;
+  if (s->rd.sent_tail) s->rd.sent_tail->next = s->rd.wait;
+  else list = s->rd.wait;
+  s->rd.sent = s->rd.sent_tail = s->rd.wait = s->rd.wait_tail = NULL;
+  PQfinish(s->rd.c);
+  s->rd.c = NULL;
+  s->rd.state = RD_NONE;
+  s->rd.want_write = 0;
+  struct sg_read *fail = NULL, *fail_tail = NULL;
+  while (list) {
+    struct sg_read *r = list;
+    list = r->next;
+    rd_clear_res(r);
+    r->failed = 0;
+    if (r->tries++ == 0) rd_push(&s->rd.wait, &s->rd.wait_tail, r);
+    else rd_push(&fail, &fail_tail, r);
+  }
+  if (s->rd.wait) {
+    s->rd.last_try = 0;
+    rd_connect(s);
+  }
+  while (fail) {
+    struct sg_read *r = fail;
+    fail = r->next;
+    r->rc = -1;
+    sg_errorf(&r->err, SG_E_UNAVAILABLE, "%s", why);
+    r->done(r);
+  }
+}
+
+/* the statements of a read, sent (with their sync point): 0, or -1 when the connection failed */
+static int rd_send(struct pg_store *s, struct sg_read *r) {
+  const char *sql[2] = { NULL, NULL };
+  struct params p = {0};
+  switch (r->kind) {
+  case SG_READ_SAGA:
+    p_text(&p, r->a);
+    sql[0] = stmt_sql[ST_SAGA_GET];
+    if (r->with_hist) sql[1] = stmt_sql[ST_HIST_EACH];
+    else if (r->with_owner) sql[1] = stmt_sql[ST_SAGA_OWNER];
+    break;
+  case SG_READ_IDEM:
+    p_text(&p, r->a);
+    p_text(&p, r->b);
+    sql[0] = stmt_sql[ST_SAGA_FIND_IDEM];
+    break;
+  case SG_READ_LIST: {
+    int by_status = r->status >= 0, by_type = r->a != NULL;
+    sql[0] = stmt_sql[by_status && by_type ? ST_SAGA_LIST_BOTH : by_status ? ST_SAGA_LIST_STATUS
+                      : by_type ? ST_SAGA_LIST_TYPE : ST_SAGA_LIST];
+    if (by_status) p_text(&p, sg_status_name(r->status));
+    if (by_type) p_text(&p, r->a);
+    p_text(&p, r->b ? r->b : "");
+    if (r->limit > 0) p_int(&p, r->limit);
+    else p_text(&p, NULL);
+    break;
+  }
+  case SG_READ_INBOX:
+    p_text(&p, r->a);
+    sql[0] = stmt_sql[ST_INBOX_GET];
+    break;
+  case SG_READ_PROBE:
+    p_text(&p, r->a);
+    sql[0] = PROBE_SQL;
+    break;
+  }
+  char *own[MAX_PARAMS] = {0};
+  if (s->utf8) params_fix_utf8(&p, own);
+  int ok = 1;
+  for (int i = 0; i < 2 && sql[i] && ok; i++)
+    ok = PQsendQueryParams(s->rd.c, sql[i], i == 0 ? p.n : 1, NULL, p.v, NULL, NULL, 0);
+  if (s->utf8) params_free(p.n, own);
+  if (!ok || !PQpipelineSync(s->rd.c)) return -1;
+  rd_push(&s->rd.sent, &s->rd.sent_tail, r);
+  int f = PQflush(s->rd.c);
+  if (f < 0) return -1;
+  s->rd.want_write = f == 1;
+  return 0;
+}
+
+static void rd_ready(struct pg_store *s) {
+  PQsetNoticeProcessor(s->rd.c, quiet_notices, NULL);
+  if (PQsetnonblocking(s->rd.c, 1) != 0 || !PQenterPipelineMode(s->rd.c)) { rd_conn_failed(s, "cannot read from"); return; }
+  s->rd.state = RD_READY;
+  struct sg_read *list = s->rd.wait;
+  s->rd.wait = s->rd.wait_tail = NULL;
+  while (list) {
+    struct sg_read *r = list;
+    list = r->next;
+    if (rd_send(s, r) < 0) {
+      rd_push(&s->rd.wait, &s->rd.wait_tail, r); /* failed with the others */
+      while (list) { struct sg_read *n = list->next; rd_push(&s->rd.wait, &s->rd.wait_tail, list); list = n; }
+      rd_conn_failed(s, "lost the connection to");
+      return;
+    }
+  }
+}
+
+static void rd_connect_step(struct pg_store *s) {
+  switch (PQconnectPoll(s->rd.c)) {
+  case PGRES_POLLING_READING: s->rd.poll_want = 1; break;
+  case PGRES_POLLING_WRITING: s->rd.poll_want = 2; break;
+  case PGRES_POLLING_OK: rd_ready(s); break;
+  default: rd_conn_failed(s, "cannot connect to"); break;
+  }
+}
+
+static void rd_connect(struct pg_store *s) {
+  int64_t now = sg_now_ms();
+  if (now - s->rd.last_try < 1000) {
+    rd_fail_all(s, SG_E_UNAVAILABLE, "postgres: the reads' connection is lost; tried again within a second");
+    return;
+  }
+  s->rd.last_try = now;
+  char app[64], hn[32] = "?";
+  gethostname(hn, sizeof hn - 1);
+  snprintf(app, sizeof app, "sagahost pid %ld on %s (reads)", (long)getpid(), hn);
+  const char *keys[] = { "connect_timeout", "application_name", "dbname", NULL };
+  const char *vals[] = { "5", app, s->url, NULL };
+  s->rd.c = PQconnectStartParams(keys, vals, 1);
+  s->rd.serial++;
+  if (!s->rd.c || PQstatus(s->rd.c) == CONNECTION_BAD) { rd_conn_failed(s, "cannot connect to"); return; }
+  s->rd.state = RD_CONNECTING;
+  s->rd.poll_want = 2; /* as if PQconnectPoll had said PGRES_POLLING_WRITING */
+  rd_connect_step(s);
+}
+
+static void pg_read_start(struct sg_store *base, struct sg_read *r) {
+  struct pg_store *s = S(base);
+  r->rc = 0;
+  r->nres = r->failed = 0;
+  if (r->kind == SG_READ_INBOX) {
+    uintptr_t at = (uintptr_t)sg_map_get(&s->kept_inbox, r->a);
+    if (at) { /* handled in the open batch or the one on its way: not in the database yet */
+      const struct redo *w = &s->redo[at - 1];
+      if (w->off[1] >= 0) r->status_s = sg_strdup(s->arena.data + w->off[1]);
+      if (w->off[2] >= 0) r->body = sg_strdup(s->arena.data + w->off[2]);
+      r->rc = 1;
+      r->done(r);
+      return;
+    }
+  }
+  if (s->rd.state == RD_READY && PQstatus(s->rd.c) != CONNECTION_OK) rd_lost(s); /* gone while idle */
+  if (s->rd.state == RD_READY) {
+    if (rd_send(s, r) == 0) return;
+    rd_push(&s->rd.wait, &s->rd.wait_tail, r); /* the send failed: it goes again with the others */
+    rd_lost(s);
+    return;
+  }
+  rd_push(&s->rd.wait, &s->rd.wait_tail, r);
+  if (s->rd.state == RD_NONE) rd_connect(s);
+}
+
+static int pg_read_fd(struct sg_store *base, unsigned *serial) {
+  struct pg_store *s = S(base);
+  *serial = s->rd.serial;
+  return s->rd.c ? PQsocket(s->rd.c) : -1;
+}
+
+static int pg_read_wants(struct sg_store *base) {
+  struct pg_store *s = S(base);
+  if (s->rd.state == RD_CONNECTING) return s->rd.poll_want;
+  if (s->rd.state == RD_READY && s->rd.sent) return 1 | (s->rd.want_write ? 2 : 0);
+  return 0;
+}
+
+/* a read whose results have all arrived: its answer from them, then done */
+static void rd_finish(struct pg_store *s, struct sg_read *r) {
+  PGresult *a = r->nres > 0 ? r->res[0] : NULL, *b = r->nres > 1 ? r->res[1] : NULL;
+  if (!r->failed && (!a || (r->kind == SG_READ_SAGA && (r->with_hist || r->with_owner) && !b))) {
+    r->failed = 1;
+    sg_errorf(&r->err, SG_E_INTERNAL, "postgres: a read's results did not arrive");
+  }
+  if (r->failed) {
+    r->rc = -1;
+  } else if (r->kind == SG_READ_PROBE) {
+    r->rc = 0;
+    r->flags = PQntuples(a) > 0 ? (!strcmp(PQgetvalue(a, 0, 0), "t") ? 1 : 0) | (!strcmp(PQgetvalue(a, 0, 1), "t") ? 2 : 0) : 0;
+  } else if (r->kind == SG_READ_INBOX) {
+    r->rc = PQntuples(a) > 0;
+    if (r->rc) {
+      r->status_s = col(a, 0, 0) ? sg_strdup(col(a, 0, 0)) : NULL;
+      r->body = col(a, 0, 1) ? sg_strdup(col(a, 0, 1)) : NULL;
+    }
+  } else {
+    int n = PQntuples(a);
+    if (n > 0) {
+      r->rows = sg_xcalloc((size_t)n, sizeof *r->rows);
+      for (int i = 0; i < n; i++) saga_from_row(a, i, &r->rows[i], 1);
+      r->nrows = (size_t)n;
+    }
+    r->rc = r->kind == SG_READ_LIST ? 0 : n > 0;
+    if (r->with_owner && b && PQntuples(b) > 0) {
+      snprintf(r->owner, sizeof r->owner, "%s", col(b, 0, 0) ? col(b, 0, 0) : "");
+      r->owner_alive = !strcmp(PQgetvalue(b, 0, 1), "t");
+    }
+    for (int i = 0; b && r->with_hist && n > 0 && i < PQntuples(b); i++) {
+      struct sg_hist_row h = {
+        .id = col_i64(b, i, 0), .saga_id = col(b, i, 1), .step = col_int(b, i, 2), .step_name = col(b, i, 3),
+        .phase = col_int(b, i, 4), .attempt = col_int(b, i, 5), .status = col(b, i, 6),
+        .started_at = col_i64(b, i, 7), .finished_at = col_i64(b, i, 8), .error = col(b, i, 9),
+      };
+      sg_read_add_hist(r, &h);
+    }
+  }
+  (void)s;
+  rd_clear_res(r);
+  r->done(r);
+}
+
+static void pg_read_poll(struct sg_store *base) {
+  struct pg_store *s = S(base);
+  if (s->rd.state == RD_CONNECTING) { rd_connect_step(s); return; }
+  if (s->rd.state != RD_READY) return;
+  if (s->rd.want_write) {
+    int f = PQflush(s->rd.c);
+    if (f < 0) { rd_lost(s); return; }
+    s->rd.want_write = f == 1;
+  }
+  if (!PQconsumeInput(s->rd.c)) { rd_lost(s); return; }
+  int nulls = 0;
+  while (s->rd.sent && s->rd.state == RD_READY && !PQisBusy(s->rd.c)) {
+    PGresult *res = PQgetResult(s->rd.c);
+    struct sg_read *h = s->rd.sent;
+    if (!res) { /* the end of one statement's results */
+      if (++nulls > 1) break;
+      continue;
+    }
+    nulls = 0;
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_PIPELINE_SYNC) {
+      PQclear(res);
+      s->rd.sent = h->next;
+      if (!s->rd.sent) s->rd.sent_tail = NULL;
+      rd_finish(s, h);
+      continue;
+    }
+    if (st == PGRES_TUPLES_OK && !h->failed && h->nres < 2) { h->res[h->nres++] = res; continue; }
+    if (!h->failed) {
+      h->failed = 1;
+      char m[400];
+      const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+      res_msg(s, res, m, sizeof m);
+      int passing = PQstatus(s->rd.c) != CONNECTION_OK || st == PGRES_PIPELINE_ABORTED || passing_state(state);
+      sg_errorf(&h->err, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "postgres: read: %s", m);
+    }
+    PQclear(res);
+  }
+  if (s->rd.state == RD_READY && PQstatus(s->rd.c) != CONNECTION_OK) rd_lost(s);
+}
+
+static void pg_read_cancel(struct sg_store *base) {
+  rd_fail_all(S(base), SG_E_UNAVAILABLE, "the host is stopping");
+}
+
 /* ---- open / close ---- */
 
 static void pg_close(struct sg_store *base) {
   struct pg_store *s = S(base);
   if (!s) return;
+  for (struct sg_read *r = s->rd.sent; r; ) { struct sg_read *n = r->next; rd_clear_res(r); sg_read_free(r); r = n; }
+  for (struct sg_read *r = s->rd.wait; r; ) { struct sg_read *n = r->next; sg_read_free(r); r = n; }
+  PQfinish(s->rd.c);
+  free(s->url);
   PQfinish(s->conn); /* the server rolls back an open transaction and drops the session's lock */
   free(s->redo);
   redo_clear(s);
@@ -1757,6 +2100,11 @@ static const struct sg_store_ops pg_ops = {
   .notify = pg_notify,
   .note_fd = pg_note_fd,
   .notes = pg_notes,
+  .read_start = pg_read_start,
+  .read_fd = pg_read_fd,
+  .read_wants = pg_read_wants,
+  .read_poll = pg_read_poll,
+  .read_cancel = pg_read_cancel,
   .commit_count = pg_commit_count,
 };
 
@@ -1867,6 +2215,7 @@ struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e) {
   s->base.ops = &pg_ops;
   sg_buf_init(&s->arena);
   sg_map_init(&s->kept_inbox);
+  s->url = sg_strdup(url);
   if (connect_db(s, url, e) < 0) goto fail;
   /* before the first write: a refused host must not touch the database (not even to migrate it) */
   if (session_setup(s, e) < 0) goto fail;
