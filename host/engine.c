@@ -877,30 +877,31 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
 
 /* ---- reads without waiting (a store with read_start) ---- */
 
-/* watches the store's reads' socket for what it waits for */
+/* watches the store's reads' sockets for what each waits for */
 static void read_arm(struct sg_engine *en) {
   const struct sg_store_ops *o = en->store->ops;
-  if (!o->read_wants) return;
-  int w = o->read_wants(en->store);
-  unsigned serial = 0;
-  int fd = o->read_fd(en->store, &serial);
-  int ev = (w & 1 ? EV_READ : 0) | (w & 2 ? EV_WRITE : 0);
-  if (!ev || fd < 0) {
-    ev_io_stop(en->loop, &en->read_io);
-    return;
+  for (int i = 0; i < en->read_conns; i++) {
+    ev_io *w = &en->read_io[i];
+    int want = o->read_wants(en->store, i);
+    unsigned serial = 0;
+    int fd = o->read_fd(en->store, i, &serial);
+    int ev = (want & 1 ? EV_READ : 0) | (want & 2 ? EV_WRITE : 0);
+    if (!ev || fd < 0) {
+      ev_io_stop(en->loop, w);
+      continue;
+    }
+    if (ev_is_active(w) && w->fd == fd && en->read_serial[i] == serial && (w->events & (EV_READ | EV_WRITE)) == ev)
+      continue;
+    ev_io_stop(en->loop, w);
+    ev_io_set(w, fd, ev);
+    en->read_serial[i] = serial;
+    ev_io_start(en->loop, w);
   }
-  if (ev_is_active(&en->read_io) && en->read_io.fd == fd && en->read_serial == serial &&
-      (en->read_io.events & (EV_READ | EV_WRITE)) == ev)
-    return;
-  ev_io_stop(en->loop, &en->read_io);
-  ev_io_set(&en->read_io, fd, ev);
-  en->read_serial = serial;
-  ev_io_start(en->loop, &en->read_io);
 }
 
 static void on_read_io(struct ev_loop *loop, ev_io *w, int revents) {
   struct sg_engine *en = w->data;
-  en->store->ops->read_poll(en->store); /* the finished reads' callbacks run here */
+  en->store->ops->read_poll(en->store, (int)(w - en->read_io)); /* the finished reads' callbacks run here */
   read_arm(en);
 }
 
@@ -1400,8 +1401,12 @@ struct sg_engine *sg_engine_new(struct ev_loop *loop, struct sg_store *store, co
   sg_map_init(&en->inflight);
   sg_map_init(&en->checking);
   sg_map_init(&en->idem_reads);
-  ev_init(&en->read_io, on_read_io);
-  en->read_io.data = en;
+  en->read_conns = store->ops->read_start ? store->ops->read_conns : 0;
+  if (en->read_conns > READ_CONNS_MAX) en->read_conns = READ_CONNS_MAX;
+  for (int i = 0; i < READ_CONNS_MAX; i++) {
+    ev_init(&en->read_io[i], on_read_io);
+    en->read_io[i].data = en;
+  }
   eng_runq_init(en);
   ev_init(&en->stall_timer, on_stall_timer);
   en->stall_timer.data = en;
@@ -1870,7 +1875,7 @@ void sg_engine_stop(struct sg_engine *en) {
   en->stopped = 1;
   /* reads on their way end now (their callers answer "stopping"), and what waited for a commit */
   if (en->store->ops->read_cancel) en->store->ops->read_cancel(en->store);
-  ev_io_stop(en->loop, &en->read_io);
+  for (int i = 0; i < READ_CONNS_MAX; i++) ev_io_stop(en->loop, &en->read_io[i]);
   drop_waiting(en, SG_E_UNAVAILABLE, "the host is stopping: the saga was not started; retry");
   if (en->stalled && !en->broken) { /* one last try; if the store still refuses, the batch is lost unacknowledged */
     struct sg_error e = {0};

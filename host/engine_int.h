@@ -158,6 +158,8 @@ struct pending_ack {
   uint64_t tag;
 };
 
+#define READ_CONNS_MAX 8
+
 struct sg_engine {
   struct ev_loop *loop;
   struct sg_store *store;
@@ -222,8 +224,9 @@ struct sg_engine {
   struct fwd *fwd;           /* forwarded verbs waiting for an answer */
   size_t nfwd, capfwd;
   /* reads without waiting (a store with read_start: PostgreSQL) */
-  ev_io read_io;             /* the store's reads' socket */
-  unsigned read_serial;      /* its connection, as read_fd numbers them */
+  ev_io read_io[READ_CONNS_MAX]; /* the sockets of the store's reads' connections */
+  unsigned read_serial[READ_CONNS_MAX]; /* their connections, as read_fd numbers them */
+  int read_conns;
   struct sg_map checking;    /* message id -> struct inbox_check whose read is on its way or waits */
   struct inbox_check **checked; /* answered while a commit was on its way: handled after it, in order */
   size_t nchecked, capchecked;

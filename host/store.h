@@ -159,6 +159,7 @@ struct sg_read {
   struct sg_read *next;
   void *res[2];              /* its results so far */
   int nres, failed, tries;
+  int64_t at;                /* when it was sent */
 };
 struct sg_read *sg_read_new(int kind, const char *a, const char *b, void (*done)(struct sg_read *), void *ud);
 void sg_read_free(struct sg_read *rd);
@@ -269,14 +270,17 @@ struct sg_store_ops {
   void (*notes)(struct sg_store *s, int read, void (*cb)(void *ud, const char *payload), void *ud);
 
   /* ---- reads without waiting (NULL: sg_store_read answers at once through the ops above) ----
-   * read_start queues rd (it may answer at once: done is then called before it returns); read_wants
-   * says what the loop must wait for on read_fd: 0 nothing (no read on its way), else 1 (readable)
-   * | 2 (writable); read_poll reads what arrived and calls done of each finished read; read_cancel
+   * read_start queues rd (it may answer at once: done is then called before it returns) on one of
+   * read_conns connections; for connection i, read_wants says what the loop must wait for on
+   * read_fd: 0 nothing (no read on its way), else 1 (readable) | 2 (writable); read_poll reads what
+   * arrived and calls done of each finished read. Reads on different connections may be answered
+   * in any order (a read stuck behind a lock does not hold up the others); read_cancel
    * ends every read on its way now (rc -1, SG_E_UNAVAILABLE "stopping"). */
   void (*read_start)(struct sg_store *s, struct sg_read *rd);
-  int (*read_fd)(struct sg_store *s, unsigned *serial); /* serial: changes with each new connection */
-  int (*read_wants)(struct sg_store *s);
-  void (*read_poll)(struct sg_store *s);
+  int read_conns;            /* how many connections the reads use (i = 0 .. read_conns - 1 below) */
+  int (*read_fd)(struct sg_store *s, int i, unsigned *serial); /* serial: changes with each new connection */
+  int (*read_wants)(struct sg_store *s, int i);
+  void (*read_poll)(struct sg_store *s, int i);
   void (*read_cancel)(struct sg_store *s);
 
   /* counters for benchmarks and /healthz */

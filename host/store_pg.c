@@ -315,6 +315,20 @@ struct redo {
   long off[MAX_PARAMS];      /* each one's NUL-terminated copy in the arena, -1 = NULL */
 };
 
+/* A connection of the reads without waiting. */
+#define RD_CONNS 3
+struct rdc {
+  PGconn *pq;
+  int state;                 /* RD_NONE, RD_CONNECTING, RD_READY */
+  int poll_want;             /* while connecting: 1 readable, 2 writable */
+  int want_write;            /* the pipeline has more to send */
+  int64_t last_try;          /* connections are tried at most once a second */
+  unsigned serial;           /* connections made so far */
+  struct sg_read *sent, *sent_tail; /* sent, answered in this order */
+  struct sg_read *wait, *wait_tail; /* waiting for the connection */
+  int n;                     /* reads on it (sent or waiting) */
+};
+
 struct pg_store {
   struct sg_store base;      /* ops table; first, so a struct sg_store * is a struct pg_store * */
   PGconn *conn;              /* one connection, used from the loop thread only */
@@ -343,16 +357,7 @@ struct pg_store {
   int64_t lease_ms;
   char channel[32];          /* sg_channel(me): where its notes arrive */
   char *url;                 /* as given to open: the reads' connection is made from it */
-  struct {                   /* the reads without waiting (sg_store_read): a connection of their own */
-    PGconn *c;
-    int state;               /* RD_NONE, RD_CONNECTING, RD_READY */
-    int poll_want;           /* while connecting: 1 readable, 2 writable */
-    int want_write;          /* the pipeline has more to send */
-    int64_t last_try;        /* connections are tried at most once a second */
-    unsigned serial;         /* connections made so far */
-    struct sg_read *sent, *sent_tail; /* sent, answered in this order */
-    struct sg_read *wait, *wait_tail; /* waiting for the connection */
-  } rd;
+  struct rdc rd[RD_CONNS];   /* the reads without waiting (sg_store_read): connections of their own */
   struct {                   /* the commit on its way (pipeline) */
     int active, sent, sending, await_null, committed_ok;
     size_t nq, q;            /* queries sent, whose results were read */
@@ -1743,7 +1748,7 @@ static void rd_push(struct sg_read **head, struct sg_read **tail, struct sg_read
   *tail = r;
 }
 
-static void rd_connect(struct pg_store *s);
+static void rd_connect(struct pg_store *s, struct rdc *c);
 
 static void rd_clear_res(struct sg_read *r) {
   for (int i = 0; i < r->nres; i++) PQclear(r->res[i]);
@@ -1751,15 +1756,16 @@ static void rd_clear_res(struct sg_read *r) {
 }
 
 /* closes the connection and ends every read on its way with rc -1 and why */
-static void rd_fail_all(struct pg_store *s, int code, const char *why) {
-  struct sg_read *list = s->rd.sent;
-  if (s->rd.sent_tail) s->rd.sent_tail->next = s->rd.wait;
-  else list = s->rd.wait;
-  s->rd.sent = s->rd.sent_tail = s->rd.wait = s->rd.wait_tail = NULL;
-  PQfinish(s->rd.c);
-  s->rd.c = NULL;
-  s->rd.state = RD_NONE;
-  s->rd.want_write = 0;
+static void rd_fail_all(struct pg_store *s, struct rdc *c, int code, const char *why) {
+  struct sg_read *list = c->sent;
+  if (c->sent_tail) c->sent_tail->next = c->wait;
+  else list = c->wait;
+  c->sent = c->sent_tail = c->wait = c->wait_tail = NULL;
+  c->n = 0;
+  PQfinish(c->pq);
+  c->pq = NULL;
+  c->state = RD_NONE;
+  c->want_write = 0;
   while (list) { /* a done may start new reads: they queue anew */
     struct sg_read *r = list;
     list = r->next;
@@ -1770,42 +1776,42 @@ static void rd_fail_all(struct pg_store *s, int code, const char *why) {
   }
 }
 
-static void rd_conn_failed(struct pg_store *s, const char *what) {
+static void rd_conn_failed(struct pg_store *s, struct rdc *c, const char *what) {
   char m[200], why[600];
-  snprintf(m, sizeof m, "%s", s->rd.c ? PQerrorMessage(s->rd.c) : "out of memory");
+  snprintf(m, sizeof m, "%s", c->pq ? PQerrorMessage(c->pq) : "out of memory");
   trim_nl(m);
   snprintf(why, sizeof why, "postgres: %s %.256s (the reads' connection): %s", what, s->where, m);
-  rd_fail_all(s, SG_E_UNAVAILABLE, why);
+  rd_fail_all(s, c, SG_E_UNAVAILABLE, why);
 }
 
 /* A connection that worked is lost (a server restart, a network cut): its reads go again, once, on a
  * new connection made at once (a read that was on its way when the server went away is not a failure
  * the caller needs to see if the server is back); those already tried again fail. */
-static void rd_lost(struct pg_store *s) {
+static void rd_lost(struct pg_store *s, struct rdc *c) {
   char m[200], why[600];
-  snprintf(m, sizeof m, "%s", s->rd.c ? PQerrorMessage(s->rd.c) : "?");
+  snprintf(m, sizeof m, "%s", c->pq ? PQerrorMessage(c->pq) : "?");
   trim_nl(m);
   snprintf(why, sizeof why, "postgres: lost the connection to %.256s (the reads' connection): %s", s->where, m);
-  struct sg_read *list = s->rd.sent;
-  if (s->rd.sent_tail) s->rd.sent_tail->next = s->rd.wait;
-  else list = s->rd.wait;
-  s->rd.sent = s->rd.sent_tail = s->rd.wait = s->rd.wait_tail = NULL;
-  PQfinish(s->rd.c);
-  s->rd.c = NULL;
-  s->rd.state = RD_NONE;
-  s->rd.want_write = 0;
+  struct sg_read *list = c->sent;
+  if (c->sent_tail) c->sent_tail->next = c->wait;
+  else list = c->wait;
+  c->sent = c->sent_tail = c->wait = c->wait_tail = NULL;
+  PQfinish(c->pq);
+  c->pq = NULL;
+  c->state = RD_NONE;
+  c->want_write = 0;
   struct sg_read *fail = NULL, *fail_tail = NULL;
   while (list) {
     struct sg_read *r = list;
     list = r->next;
     rd_clear_res(r);
     r->failed = 0;
-    if (r->tries++ == 0) rd_push(&s->rd.wait, &s->rd.wait_tail, r);
-    else rd_push(&fail, &fail_tail, r);
+    if (r->tries++ == 0) rd_push(&c->wait, &c->wait_tail, r);
+    else { rd_push(&fail, &fail_tail, r); c->n--; }
   }
-  if (s->rd.wait) {
-    s->rd.last_try = 0;
-    rd_connect(s);
+  if (c->wait) {
+    c->last_try = 0;
+    rd_connect(s, c);
   }
   while (fail) {
     struct sg_read *r = fail;
@@ -1817,7 +1823,7 @@ static void rd_lost(struct pg_store *s) {
 }
 
 /* the statements of a read, sent (with their sync point): 0, or -1 when the connection failed */
-static int rd_send(struct pg_store *s, struct sg_read *r) {
+static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
   const char *sql[2] = { NULL, NULL };
   struct params p = {0};
   switch (r->kind) {
@@ -1856,61 +1862,80 @@ static int rd_send(struct pg_store *s, struct sg_read *r) {
   if (s->utf8) params_fix_utf8(&p, own);
   int ok = 1;
   for (int i = 0; i < 2 && sql[i] && ok; i++)
-    ok = PQsendQueryParams(s->rd.c, sql[i], i == 0 ? p.n : 1, NULL, p.v, NULL, NULL, 0);
+    ok = PQsendQueryParams(c->pq, sql[i], i == 0 ? p.n : 1, NULL, p.v, NULL, NULL, 0);
   if (s->utf8) params_free(p.n, own);
-  if (!ok || !PQpipelineSync(s->rd.c)) return -1;
-  rd_push(&s->rd.sent, &s->rd.sent_tail, r);
-  int f = PQflush(s->rd.c);
+  if (!ok || !PQpipelineSync(c->pq)) return -1;
+  r->at = sg_now_ms();
+  rd_push(&c->sent, &c->sent_tail, r);
+  int f = PQflush(c->pq);
   if (f < 0) return -1;
-  s->rd.want_write = f == 1;
+  c->want_write = f == 1;
   return 0;
 }
 
-static void rd_ready(struct pg_store *s) {
-  PQsetNoticeProcessor(s->rd.c, quiet_notices, NULL);
-  if (PQsetnonblocking(s->rd.c, 1) != 0 || !PQenterPipelineMode(s->rd.c)) { rd_conn_failed(s, "cannot read from"); return; }
-  s->rd.state = RD_READY;
-  struct sg_read *list = s->rd.wait;
-  s->rd.wait = s->rd.wait_tail = NULL;
+static void rd_ready(struct pg_store *s, struct rdc *c) {
+  PQsetNoticeProcessor(c->pq, quiet_notices, NULL);
+  if (PQsetnonblocking(c->pq, 1) != 0 || !PQenterPipelineMode(c->pq)) { rd_conn_failed(s, c, "cannot read from"); return; }
+  c->state = RD_READY;
+  struct sg_read *list = c->wait;
+  c->wait = c->wait_tail = NULL;
   while (list) {
     struct sg_read *r = list;
     list = r->next;
-    if (rd_send(s, r) < 0) {
-      rd_push(&s->rd.wait, &s->rd.wait_tail, r); /* failed with the others */
-      while (list) { struct sg_read *n = list->next; rd_push(&s->rd.wait, &s->rd.wait_tail, list); list = n; }
-      rd_conn_failed(s, "lost the connection to");
+    if (rd_send(s, c, r) < 0) {
+      rd_push(&c->wait, &c->wait_tail, r); /* failed with the others */
+      while (list) { struct sg_read *n = list->next; rd_push(&c->wait, &c->wait_tail, list); list = n; }
+      rd_conn_failed(s, c, "lost the connection to");
       return;
     }
   }
 }
 
-static void rd_connect_step(struct pg_store *s) {
-  switch (PQconnectPoll(s->rd.c)) {
-  case PGRES_POLLING_READING: s->rd.poll_want = 1; break;
-  case PGRES_POLLING_WRITING: s->rd.poll_want = 2; break;
-  case PGRES_POLLING_OK: rd_ready(s); break;
-  default: rd_conn_failed(s, "cannot connect to"); break;
+static void rd_connect_step(struct pg_store *s, struct rdc *c) {
+  switch (PQconnectPoll(c->pq)) {
+  case PGRES_POLLING_READING: c->poll_want = 1; break;
+  case PGRES_POLLING_WRITING: c->poll_want = 2; break;
+  case PGRES_POLLING_OK: rd_ready(s, c); break;
+  default: rd_conn_failed(s, c, "cannot connect to"); break;
   }
 }
 
-static void rd_connect(struct pg_store *s) {
+static void rd_connect(struct pg_store *s, struct rdc *c) {
   int64_t now = sg_now_ms();
-  if (now - s->rd.last_try < 1000) {
-    rd_fail_all(s, SG_E_UNAVAILABLE, "postgres: the reads' connection is lost; tried again within a second");
+  if (now - c->last_try < 1000) {
+    rd_fail_all(s, c, SG_E_UNAVAILABLE, "postgres: the reads' connection is lost; tried again within a second");
     return;
   }
-  s->rd.last_try = now;
+  c->last_try = now;
   char app[64], hn[32] = "?";
   gethostname(hn, sizeof hn - 1);
   snprintf(app, sizeof app, "sagahost pid %ld on %s (reads)", (long)getpid(), hn);
   const char *keys[] = { "connect_timeout", "application_name", "dbname", NULL };
   const char *vals[] = { "5", app, s->url, NULL };
-  s->rd.c = PQconnectStartParams(keys, vals, 1);
-  s->rd.serial++;
-  if (!s->rd.c || PQstatus(s->rd.c) == CONNECTION_BAD) { rd_conn_failed(s, "cannot connect to"); return; }
-  s->rd.state = RD_CONNECTING;
-  s->rd.poll_want = 2; /* as if PQconnectPoll had said PGRES_POLLING_WRITING */
-  rd_connect_step(s);
+  c->pq = PQconnectStartParams(keys, vals, 1);
+  c->serial++;
+  if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD) { rd_conn_failed(s, c, "cannot connect to"); return; }
+  c->state = RD_CONNECTING;
+  c->poll_want = 2; /* as if PQconnectPoll had said PGRES_POLLING_WRITING */
+  rd_connect_step(s, c);
+}
+
+/* The connection for the next read: one with nothing on its way, else the one with the fewest reads;
+ * one whose oldest read has waited over 200 ms (stuck behind a lock?) or that failed to connect
+ * within the last second only when there is no other. An unused connection is opened only when the
+ * ones open are busy. */
+static struct rdc *rd_pick(struct pg_store *s) {
+  int64_t now = sg_now_ms();
+  struct rdc *best = NULL;
+  int64_t best_score = 0;
+  for (int i = 0; i < RD_CONNS; i++) {
+    struct rdc *c = &s->rd[i];
+    int64_t score = c->n;
+    if (c->sent && now - c->sent->at > 200) score += 1000000;
+    if (c->state == RD_NONE) score += now - c->last_try < 1000 ? 500000 : 1;
+    if (!best || score < best_score) { best = c; best_score = score; }
+  }
+  return best;
 }
 
 static void pg_read_start(struct sg_store *base, struct sg_read *r) {
@@ -1928,27 +1953,29 @@ static void pg_read_start(struct sg_store *base, struct sg_read *r) {
       return;
     }
   }
-  if (s->rd.state == RD_READY && PQstatus(s->rd.c) != CONNECTION_OK) rd_lost(s); /* gone while idle */
-  if (s->rd.state == RD_READY) {
-    if (rd_send(s, r) == 0) return;
-    rd_push(&s->rd.wait, &s->rd.wait_tail, r); /* the send failed: it goes again with the others */
-    rd_lost(s);
+  struct rdc *c = rd_pick(s);
+  c->n++;
+  if (c->state == RD_READY && PQstatus(c->pq) != CONNECTION_OK) rd_lost(s, c); /* gone while idle */
+  if (c->state == RD_READY) {
+    if (rd_send(s, c, r) == 0) return;
+    rd_push(&c->wait, &c->wait_tail, r); /* the send failed: it goes again with the others */
+    rd_lost(s, c);
     return;
   }
-  rd_push(&s->rd.wait, &s->rd.wait_tail, r);
-  if (s->rd.state == RD_NONE) rd_connect(s);
+  rd_push(&c->wait, &c->wait_tail, r);
+  if (c->state == RD_NONE) rd_connect(s, c);
 }
 
-static int pg_read_fd(struct sg_store *base, unsigned *serial) {
-  struct pg_store *s = S(base);
-  *serial = s->rd.serial;
-  return s->rd.c ? PQsocket(s->rd.c) : -1;
+static int pg_read_fd(struct sg_store *base, int i, unsigned *serial) {
+  struct rdc *c = &S(base)->rd[i];
+  *serial = c->serial;
+  return c->pq ? PQsocket(c->pq) : -1;
 }
 
-static int pg_read_wants(struct sg_store *base) {
-  struct pg_store *s = S(base);
-  if (s->rd.state == RD_CONNECTING) return s->rd.poll_want;
-  if (s->rd.state == RD_READY && s->rd.sent) return 1 | (s->rd.want_write ? 2 : 0);
+static int pg_read_wants(struct sg_store *base, int i) {
+  struct rdc *c = &S(base)->rd[i];
+  if (c->state == RD_CONNECTING) return c->poll_want;
+  if (c->state == RD_READY && c->sent) return 1 | (c->want_write ? 2 : 0);
   return 0;
 }
 
@@ -1996,20 +2023,21 @@ static void rd_finish(struct pg_store *s, struct sg_read *r) {
   r->done(r);
 }
 
-static void pg_read_poll(struct sg_store *base) {
+static void pg_read_poll(struct sg_store *base, int i) {
   struct pg_store *s = S(base);
-  if (s->rd.state == RD_CONNECTING) { rd_connect_step(s); return; }
-  if (s->rd.state != RD_READY) return;
-  if (s->rd.want_write) {
-    int f = PQflush(s->rd.c);
-    if (f < 0) { rd_lost(s); return; }
-    s->rd.want_write = f == 1;
+  struct rdc *c = &s->rd[i];
+  if (c->state == RD_CONNECTING) { rd_connect_step(s, c); return; }
+  if (c->state != RD_READY) return;
+  if (c->want_write) {
+    int f = PQflush(c->pq);
+    if (f < 0) { rd_lost(s, c); return; }
+    c->want_write = f == 1;
   }
-  if (!PQconsumeInput(s->rd.c)) { rd_lost(s); return; }
+  if (!PQconsumeInput(c->pq)) { rd_lost(s, c); return; }
   int nulls = 0;
-  while (s->rd.sent && s->rd.state == RD_READY && !PQisBusy(s->rd.c)) {
-    PGresult *res = PQgetResult(s->rd.c);
-    struct sg_read *h = s->rd.sent;
+  while (c->sent && c->state == RD_READY && !PQisBusy(c->pq)) {
+    PGresult *res = PQgetResult(c->pq);
+    struct sg_read *h = c->sent;
     if (!res) { /* the end of one statement's results */
       if (++nulls > 1) break;
       continue;
@@ -2018,8 +2046,9 @@ static void pg_read_poll(struct sg_store *base) {
     ExecStatusType st = PQresultStatus(res);
     if (st == PGRES_PIPELINE_SYNC) {
       PQclear(res);
-      s->rd.sent = h->next;
-      if (!s->rd.sent) s->rd.sent_tail = NULL;
+      c->sent = h->next;
+      if (!c->sent) c->sent_tail = NULL;
+      c->n--;
       rd_finish(s, h);
       continue;
     }
@@ -2029,16 +2058,16 @@ static void pg_read_poll(struct sg_store *base) {
       char m[400];
       const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
       res_msg(s, res, m, sizeof m);
-      int passing = PQstatus(s->rd.c) != CONNECTION_OK || st == PGRES_PIPELINE_ABORTED || passing_state(state);
+      int passing = PQstatus(c->pq) != CONNECTION_OK || st == PGRES_PIPELINE_ABORTED || passing_state(state);
       sg_errorf(&h->err, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "postgres: read: %s", m);
     }
     PQclear(res);
   }
-  if (s->rd.state == RD_READY && PQstatus(s->rd.c) != CONNECTION_OK) rd_lost(s);
+  if (c->state == RD_READY && PQstatus(c->pq) != CONNECTION_OK) rd_lost(s, c);
 }
 
 static void pg_read_cancel(struct sg_store *base) {
-  rd_fail_all(S(base), SG_E_UNAVAILABLE, "the host is stopping");
+  for (int i = 0; i < RD_CONNS; i++) rd_fail_all(S(base), &S(base)->rd[i], SG_E_UNAVAILABLE, "the host is stopping");
 }
 
 /* ---- open / close ---- */
@@ -2046,9 +2075,12 @@ static void pg_read_cancel(struct sg_store *base) {
 static void pg_close(struct sg_store *base) {
   struct pg_store *s = S(base);
   if (!s) return;
-  for (struct sg_read *r = s->rd.sent; r; ) { struct sg_read *n = r->next; rd_clear_res(r); sg_read_free(r); r = n; }
-  for (struct sg_read *r = s->rd.wait; r; ) { struct sg_read *n = r->next; sg_read_free(r); r = n; }
-  PQfinish(s->rd.c);
+  for (int i = 0; i < RD_CONNS; i++) {
+    struct rdc *c = &s->rd[i];
+    for (struct sg_read *r = c->sent; r; ) { struct sg_read *n = r->next; rd_clear_res(r); sg_read_free(r); r = n; }
+    for (struct sg_read *r = c->wait; r; ) { struct sg_read *n = r->next; sg_read_free(r); r = n; }
+    PQfinish(c->pq);
+  }
   free(s->url);
   PQfinish(s->conn); /* the server rolls back an open transaction and drops the session's lock */
   free(s->redo);
@@ -2101,6 +2133,7 @@ static const struct sg_store_ops pg_ops = {
   .note_fd = pg_note_fd,
   .notes = pg_notes,
   .read_start = pg_read_start,
+  .read_conns = RD_CONNS,
   .read_fd = pg_read_fd,
   .read_wants = pg_read_wants,
   .read_poll = pg_read_poll,

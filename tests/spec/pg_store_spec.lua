@@ -113,4 +113,61 @@ saga.define { name = "PgStop", steps = {
     H.delete_queues({ svc }, { "pg-orch-" .. uid, "pg-part-" .. uid })
     assert(ok, err)
   end)
+
+  it("a read stuck in the database does not hold up the host: the loop and the other reads go on", function()
+    H.pg_only("it locks a table of the host's PostgreSQL database")
+    local host = H.host { name = "pg-stuck", scripts = { ["cut.lua"] = SCRIPT } }
+    host:start()
+    local dir = H.tmpdir("pg-stuck-out")
+    local ok, err = pcall(function()
+      local id = host:start_saga("Cut", { n = 1 })
+      assert.are.equal("completed", host:wait(id, nil, 20).status)
+      -- another session holds the history table for 4 s: reading the saga's history waits for it
+      os.execute(H.pg_bin .. "/psql -X -q " .. H.q(host.db) .. " -c " ..
+        H.q("BEGIN; LOCK TABLE history IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;") ..
+        " > " .. dir .. "/locker.out 2>&1 &")
+      local granted
+      for _ = 1, 100 do
+        granted = H.sql(host.db, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation" ..
+          " WHERE c.relname = 'history' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1"
+        if granted then break end
+        H.sleep(0.05)
+      end
+      assert.is_true(granted, "the lock was not taken: " .. (H.read(dir .. "/locker.out") or ""))
+      local t_lock = H.now()
+      os.execute("curl -s -o " .. dir .. "/get.json -w '%{http_code}' " .. H.q(host.url .. "/v1/sagas/" .. id) ..
+        " > " .. dir .. "/get.code 2>&1 &")
+      H.sleep(0.3)
+      -- meanwhile the host goes on: the loop answers at once, and a read that does not need the
+      -- locked table is answered though the stuck one is on its way
+      local t0 = H.now()
+      assert.are.equal(200, (host:get("/healthz")))
+      assert.are.equal(200, (host:get("/metrics")))
+      local dt_loop = H.now() - t0
+      t0 = H.now()
+      local code, list = host:get("/v1/sagas?limit=5")
+      local dt_list = H.now() - t0
+      assert.are.equal(200, code)
+      assert.are.equal(id, list.sagas[1].id)
+      assert.is_true(dt_loop < 1, string.format("/healthz and /metrics took %.2fs while a read was stuck", dt_loop))
+      assert.is_true(dt_list < 1, string.format("the list took %.2fs while another read was stuck", dt_list))
+      assert.are.equal("", H.read(dir .. "/get.code") or "", "the stuck read was answered before the lock ended")
+      -- once the lock is gone, the stuck read is answered, complete
+      local got
+      for _ = 1, 200 do
+        got = H.read(dir .. "/get.code")
+        if got and got ~= "" then break end
+        H.sleep(0.05)
+      end
+      local waited = H.now() - t_lock
+      assert.are.equal("200", got)
+      local s = cjson.decode(H.read(dir .. "/get.json"))
+      assert.are.same({ "post:action:completed", "nap:action:completed", "done:action:completed" }, H.history(s))
+      assert.is_true(waited > 3, string.format("the read did not wait for the lock (%.2fs)", waited))
+      print(string.format("\n  a read stuck %.1fs behind a lock: /healthz and /metrics answered in %.0f ms, the list in %.0f ms",
+                          waited, dt_loop * 1000, dt_list * 1000))
+    end)
+    host:stop()
+    assert(ok, err)
+  end)
 end)
