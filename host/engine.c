@@ -1728,19 +1728,35 @@ int sg_engine_recover(struct sg_engine *en, struct sg_error *e) {
   return eng_load_owned(en, e);
 }
 
-int eng_adopt(struct sg_engine *en, const struct sg_saga_row *r, struct sg_error *e) {
-  if (sg_map_get(&en->sagas, r->id)) return 0;
+struct sg_saga *eng_adopt(struct sg_engine *en, const struct sg_saga_row *r) {
+  if (sg_map_get(&en->sagas, r->id)) return NULL;
   struct recover_ctx rc = { en, NULL, 0, 0 };
   recover_saga_cb(&rc, r);
-  if (!rc.n) return 0; /* its definition cannot be loaded (logged): it stays in the store */
+  if (!rc.n) return NULL; /* its definition cannot be loaded (logged): it stays in the store */
   struct sg_saga *s = rc.list[0];
   free(rc.list);
-  if (en->store->ops->timer_each_saga(en->store, s->row.id, recover_timer_cb, en, e) < 0) return -1;
-  if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
-                                   recover_journal_cb, s, e) < 0) return -1;
+  s->adopting = 1;
+  return s;
+}
+
+int eng_adopt_timer(void *ud, const struct sg_timer_row *r) {
+  struct sg_engine *en = ud;
+  struct sg_saga *s = sg_map_get(&en->sagas, r->saga_id);
+  return s && s->adopting ? recover_timer_cb(en, r) : 0;
+}
+
+int eng_adopt_journal(void *ud, const struct sg_journal_row *r) {
+  struct sg_engine *en = ud;
+  struct sg_saga *s = sg_map_get(&en->sagas, r->saga_id);
+  if (s && s->adopting && r->step == s->row.step && r->phase == s->row.phase && r->attempt == s->row.attempt)
+    journal_add(s, r->seq, r->done, r->is_error, r->result);
+  return 0;
+}
+
+void eng_adopt_done(struct sg_engine *en, struct sg_saga *s) {
+  s->adopting = 0;
   en->st.taken_over++;
   resume_loaded(en, s, 1);
-  return 0;
 }
 
 /* ---------------------------------------------------------------------------------------------- */

@@ -50,6 +50,7 @@ struct sg_saga {
   int njournal, capjournal;
   int stored;                /* its row exists in the store (a new saga is inserted at its first commit) */
   int journaled;             /* journal rows of it may be in the store (deleted when it finishes) */
+  int adopting;              /* taken over: its timers and journal are being loaded, it goes on after */
   char *idem_mkey;           /* "type\x1fkey" in en->idem while not yet stored, else NULL */
   struct sg_timer *t_wait;   /* sleep or call timeout */
   struct sg_timer *t_retry;  /* next attempt */
@@ -269,7 +270,13 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
 
 void eng_fenced(struct sg_engine *en, const struct sg_error *e); /* drop everything, register again, reload */
 int eng_load_owned(struct sg_engine *en, struct sg_error *e);     /* what the store says this host owns */
-int eng_adopt(struct sg_engine *en, const struct sg_saga_row *r, struct sg_error *e); /* a saga taken over */
+/* a saga taken over: eng_adopt makes it live (NULL: it is live already, or its definition cannot be
+ * loaded), eng_adopt_timer and eng_adopt_journal give it its timers and journal rows (those of other
+ * sagas are ignored), eng_adopt_done lets it go on */
+struct sg_saga *eng_adopt(struct sg_engine *en, const struct sg_saga_row *r);
+int eng_adopt_timer(void *en, const struct sg_timer_row *r);
+int eng_adopt_journal(void *en, const struct sg_journal_row *r);
+void eng_adopt_done(struct sg_engine *en, struct sg_saga *s);
 void eng_park_delivery(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered);
 void eng_redispatch_parked(struct sg_engine *en);
 /* operator.c: verbs that waited for a commit go on (stop: at most until one commits), or are refused */

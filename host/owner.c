@@ -142,15 +142,19 @@ int eng_owner_start(struct sg_engine *en, struct sg_error *e) {
 
 struct adopt_ctx {
   struct sg_engine *en;
-  struct sg_error e;
-  int failed;
+  struct sg_saga **list;     /* the sagas made live in this round, to go on once loaded */
+  size_t n, cap;
 };
 
 static int adopt_cb(void *ud, const struct sg_saga_row *r) {
   struct adopt_ctx *a = ud;
-  if (eng_adopt(a->en, r, &a->e) < 0) { a->failed = 1; return 1; }
+  struct sg_saga *s = eng_adopt(a->en, r);
+  if (s) PUSH(a->list, a->n, a->cap, s);
   return 0;
 }
+
+static int adopt_timer_cb(void *ud, const struct sg_timer_row *r) { return eng_adopt_timer(((struct adopt_ctx *)ud)->en, r); }
+static int adopt_journal_cb(void *ud, const struct sg_journal_row *r) { return eng_adopt_journal(((struct adopt_ctx *)ud)->en, r); }
 
 /* One round: 1 if sagas (or outbox rows) were taken, 0 if there was nothing, -1 if the host was fenced. */
 static int take_over(struct sg_engine *en) {
@@ -159,16 +163,20 @@ static int take_over(struct sg_engine *en) {
   struct adopt_ctx a = { .en = en };
   struct sg_error e = {0};
   int64_t t0 = sg_now_ms();
-  int rc = en->store->ops->take_over(en->store, TAKE_PER_ROUND, adopt_cb, &a, dead, &expired, &n, &e);
+  int rc = en->store->ops->take_over(en->store, TAKE_PER_ROUND, adopt_cb, adopt_timer_cb, adopt_journal_cb, &a, dead,
+                                     &expired, &n, &e);
+  if (rc < 0 && a.n) { /* some were taken but not loaded: load everything this host owns */
+    free(a.list);
+    eng_fenced(en, &e);
+    return -1;
+  }
   if (rc < 0) {
     if (e.code == SG_E_FENCED) { eng_fenced(en, &e); return -1; }
     sg_warn("takeover: %s", e.msg);
     return 0;
   }
-  if (a.failed) { /* some were taken but not loaded: load everything this host owns */
-    eng_fenced(en, &a.e);
-    return -1;
-  }
+  for (size_t i = 0; i < a.n; i++) eng_adopt_done(en, a.list[i]);
+  free(a.list);
   if (rc == 0) return 0;
   if (!dead[0])
     sg_info("took over %" PRId64 " saga(s) nobody owned (written by a one-host version, or released)", n);

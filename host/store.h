@@ -248,10 +248,12 @@ struct sg_store_ops {
   int (*host_register)(struct sg_store *s, const char *host_id, int64_t lease_ms, struct sg_error *e);
   /* one round of takeover, in its own transaction (no batch open): the sagas of one host whose lease
    * expired (or of none: a database written by a one-host version) are made this host's, up to limit,
-   * and so is that host's outbox; cb gets each claimed saga (its version bumped). *dead names the host
-   * ("" for unowned sagas) and *expired_ms how long ago its lease ran out. 0 = nothing to take. */
-  int (*take_over)(struct sg_store *s, int limit, sg_saga_cb cb, void *ud, char dead[128], int64_t *expired_ms,
-                   int64_t *claimed, struct sg_error *e);
+   * and so is that host's outbox; cb gets each claimed saga (its version bumped), then timer_cb each
+   * of their timers and journal_cb each journal row of their current attempts (read in one round
+   * trip each, after the commit). *dead names the host ("" for unowned sagas) and *expired_ms how long
+   * ago its lease ran out. 0 = nothing to take. */
+  int (*take_over)(struct sg_store *s, int limit, sg_saga_cb cb, sg_timer_cb timer_cb, sg_journal_cb journal_cb,
+                   void *ud, char dead[128], int64_t *expired_ms, int64_t *claimed, struct sg_error *e);
   int (*timer_each_saga)(struct sg_store *s, const char *saga_id, sg_timer_cb cb, void *ud, struct sg_error *e);
   /* a clean stop: the lease ends now, so other hosts take the sagas over at once */
   int (*host_release)(struct sg_store *s, struct sg_error *e);

@@ -1564,8 +1564,11 @@ static int pg_host_release(struct sg_store *base, struct sg_error *e) {
  * overdue lease and something to take (locked, so two hosts never take from the same one at once),
  * its epoch bumped (it is fenced from now on), up to limit of its active sagas and all its outbox rows
  * made ours; or, with no such host, sagas nobody owns. Committed with our own fence. */
-static int pg_take_over(struct sg_store *base, int limit, sg_saga_cb cb, void *ud, char dead[128], int64_t *expired_ms,
-                        int64_t *claimed, struct sg_error *e) {
+static int adopt_load(struct pg_store *s, PGresult *rows, sg_timer_cb timer_cb, sg_journal_cb journal_cb, void *ud,
+                      struct sg_error *e);
+
+static int pg_take_over(struct sg_store *base, int limit, sg_saga_cb cb, sg_timer_cb timer_cb, sg_journal_cb journal_cb,
+                        void *ud, char dead[128], int64_t *expired_ms, int64_t *claimed, struct sg_error *e) {
   struct pg_store *s = S(base);
   dead[0] = 0;
   *expired_ms = 0;
@@ -1637,12 +1640,46 @@ static int pg_take_over(struct sg_store *base, int limit, sg_saga_cb cb, void *u
     saga_from_row(rows, i, &row, 0);
     if (cb(ud, &row)) break;
   }
+  int rc = n > 0 ? adopt_load(s, rows, timer_cb, journal_cb, ud, e) : 0;
   PQclear(rows);
-  return 1;
+  return rc < 0 ? -1 : 1;
 fail:
   PQclear(rows);
   roll_back_open(s);
   return -1;
+}
+
+/* the timers and the current attempts' journals of the sagas just claimed: two round trips in all */
+static int adopt_load(struct pg_store *s, PGresult *rows, sg_timer_cb timer_cb, sg_journal_cb journal_cb, void *ud,
+                      struct sg_error *e) {
+  struct sg_buf ids;
+  sg_buf_init(&ids);
+  sg_buf_adds(&ids, "{");
+  for (int i = 0, n = PQntuples(rows); i < n; i++) sg_buf_printf(&ids, "%s\"%s\"", i ? "," : "", PQgetvalue(rows, i, 0));
+  sg_buf_adds(&ids, "}");
+  const char *v[] = { ids.data };
+  PGresult *t = exec_params(s, "SELECT id, saga_id, due_at, kind, ref FROM timers WHERE saga_id = ANY($1::text[])"
+                            " ORDER BY due_at, id", 1, v, e, "take over: timers");
+  PGresult *j = t ? exec_params(s, "SELECT j.saga_id, j.step, j.phase, j.attempt, j.seq, j.kind, j.done, j.is_error,"
+                                " j.result FROM journal j JOIN sagas s ON s.id = j.saga_id AND j.step = s.step"
+                                " AND j.phase = s.phase AND j.attempt = s.attempt WHERE s.id = ANY($1::text[])"
+                                " ORDER BY j.saga_id, j.seq", 1, v, e, "take over: journals") : NULL;
+  sg_buf_free(&ids);
+  if (!t || !j) { PQclear(t); return -1; }
+  for (int i = 0, n = PQntuples(t); i < n; i++) {
+    struct sg_timer_row r = { .id = col_i64(t, i, 0), .saga_id = col(t, i, 1), .due_at = col_i64(t, i, 2),
+                              .kind = col(t, i, 3), .ref = col_i64(t, i, 4) };
+    timer_cb(ud, &r);
+  }
+  for (int i = 0, n = PQntuples(j); i < n; i++) {
+    struct sg_journal_row r = { .saga_id = col(j, i, 0), .step = col_int(j, i, 1), .phase = col_int(j, i, 2),
+                                .attempt = col_int(j, i, 3), .seq = col_int(j, i, 4), .kind = col(j, i, 5),
+                                .done = col_int(j, i, 6), .is_error = col_int(j, i, 7), .result = col(j, i, 8) };
+    journal_cb(ud, &r);
+  }
+  PQclear(t);
+  PQclear(j);
+  return 0;
 }
 
 static int pg_saga_owner(struct sg_store *base, const char *saga_id, char owner[128], int *alive, struct sg_error *e) {
