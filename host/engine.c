@@ -379,6 +379,29 @@ static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
 /* Every 250 ms: open breakers whose wait is over go half-open and release one probe; every few
  * seconds, sagas past their deadline whose timeout did not fire (e.g. created by an older host
  * without the timer) are timed out. */
+/* retention on a store whose statements need not block the loop (one of each kind at a time) */
+static void on_pruned(struct sg_read *rd) {
+  struct sg_engine *en = rd->ud;
+  int inbox = !strcmp(rd->a, "inbox");
+  if (inbox) en->pruning &= ~1;
+  else en->pruning &= ~2;
+  if (rd->rc < 0 && !en->stopped) sg_warn("%s retention: %s", inbox ? "inbox" : "saga", rd->err.msg);
+  else if (rd->count && inbox) sg_debug("inbox retention: %" PRId64 " entries older than %" PRId64 " ms removed", rd->count,
+                                        en->cfg.inbox_retention_ms);
+  else if (rd->count) sg_info("saga retention: %" PRId64 " finished saga(s) older than the retention removed", rd->count);
+  sg_read_free(rd);
+}
+
+static void prune_start(struct sg_engine *en, const char *what, int64_t before, int limit) {
+  int bit = !strcmp(what, "inbox") ? 1 : 2;
+  if (en->pruning & bit) return;
+  en->pruning |= bit;
+  struct sg_read *rd = sg_read_new(SG_READ_PRUNE, what, NULL, on_pruned, en);
+  rd->before = before;
+  rd->limit = limit;
+  sg_engine_read(en, rd);
+}
+
 static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
   if (en->broken || en->stalled || en->committing) return;
@@ -389,7 +412,9 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   int64_t every = en->cfg.inbox_retention_ms / 2 / 250;
   if (every > 240) every = 240;
   if (every < 4) every = 4;
-  if (++en->sweeps % every == 0 && en->cfg.inbox_retention_ms > 0 && eng_txn(en) == 0) {
+  if (++en->sweeps % every == 0 && en->cfg.inbox_retention_ms > 0 && en->read_conns) {
+    prune_start(en, "inbox", now - en->cfg.inbox_retention_ms, 0);
+  } else if (en->sweeps % every == 0 && en->cfg.inbox_retention_ms > 0 && eng_txn(en) == 0) {
     struct sg_error e = {0};
     int64_t gone = 0;
     if (en->store->ops->inbox_prune(en->store, now - en->cfg.inbox_retention_ms, &gone, &e) < 0)
@@ -401,7 +426,9 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   int64_t every_saga = en->cfg.saga_retention_ms / 2 / 250;
   if (every_saga > 240) every_saga = 240;
   if (every_saga < 4) every_saga = 4;
-  if (en->cfg.saga_retention_ms > 0 && en->sweeps % every_saga == 0 && eng_txn(en) == 0) {
+  if (en->cfg.saga_retention_ms > 0 && en->sweeps % every_saga == 0 && en->read_conns) {
+    prune_start(en, "sagas", now - en->cfg.saga_retention_ms, 5000);
+  } else if (en->cfg.saga_retention_ms > 0 && en->sweeps % every_saga == 0 && eng_txn(en) == 0) {
     struct sg_error e = {0};
     int64_t gone = 0;
     if (en->store->ops->saga_prune(en->store, now - en->cfg.saga_retention_ms, 5000, &gone, &e) < 0)

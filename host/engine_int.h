@@ -228,6 +228,7 @@ struct sg_engine {
   ev_io read_io[READ_CONNS_MAX]; /* the sockets of the store's reads' connections */
   unsigned read_serial[READ_CONNS_MAX]; /* their connections, as read_fd numbers them */
   int read_conns;
+  int pruning;               /* retention statements on their way: 1 inbox, 2 sagas */
   struct sg_map checking;    /* message id -> struct inbox_check whose read is on its way or waits */
   struct inbox_check **checked; /* answered while a commit was on its way: handled after it, in order */
   size_t nchecked, capchecked;

@@ -134,6 +134,8 @@ enum sg_read_kind {
   SG_READ_IDEM,   /* a = type, b = idempotency key: rc 1 and rows[0], or rc 0 */
   SG_READ_LIST,   /* filter (a = type or NULL, b = after or NULL): rc 0 and rows */
   SG_READ_INBOX,  /* a = message id: rc 1 and status, body (each may be NULL), or rc 0 */
+  SG_READ_PRUNE,  /* retention, a statement of its own: a = "inbox" (entries received before `before`) or
+                   * "sagas" (up to limit finished sagas updated before `before`, as saga_prune): rc 0, count */
   SG_READ_PROBE,  /* several hosts: a = this host's id: rc 0 and flags: 1 = sagas or outbox rows to take over
                    * (a host's whose lease ran out, or nobody's), 2 = mail for this host's sagas */
 };
@@ -151,6 +153,7 @@ struct sg_read {
   size_t nhist;
   char *status_s, *body;     /* SG_READ_INBOX */
   int flags;                 /* SG_READ_PROBE */
+  int64_t before, count;     /* SG_READ_PRUNE */
   char owner[128];           /* SG_READ_SAGA with_owner: "" = none */
   int owner_alive;
   void (*done)(struct sg_read *rd);

@@ -157,6 +157,11 @@ static void read_now(struct sg_store *s, struct sg_read *rd) {
   case SG_READ_INBOX:
     rd->rc = o->inbox_get(s, rd->a, &rd->status_s, &rd->body, &rd->err);
     break;
+  case SG_READ_PRUNE:
+    rd->rc = !strcmp(rd->a, "inbox") ? o->inbox_prune(s, rd->before, &rd->count, &rd->err)
+                                     : o->saga_prune(s, rd->before, rd->limit, &rd->count, &rd->err);
+    if (rd->rc > 0) rd->rc = 0;
+    break;
   case SG_READ_PROBE: /* one host, which owns everything */
     rd->rc = 0;
     rd->flags = 0;

@@ -1894,6 +1894,11 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
     p_text(&p, r->a);
     sql[0] = PROBE_SQL;
     break;
+  case SG_READ_PRUNE:
+    p_int(&p, r->before);
+    if (strcmp(r->a, "inbox") != 0) p_int(&p, r->limit);
+    sql[0] = stmt_sql[strcmp(r->a, "inbox") ? ST_SAGA_PRUNE : ST_INBOX_PRUNE];
+    break;
   }
   char *own[MAX_PARAMS] = {0};
   if (s->utf8) params_fix_utf8(&p, own);
@@ -2025,6 +2030,9 @@ static void rd_finish(struct pg_store *s, struct sg_read *r) {
   }
   if (r->failed) {
     r->rc = -1;
+  } else if (r->kind == SG_READ_PRUNE) {
+    r->rc = 0;
+    r->count = cmd_rows(a);
   } else if (r->kind == SG_READ_PROBE) {
     r->rc = 0;
     r->flags = PQntuples(a) > 0 ? (!strcmp(PQgetvalue(a, 0, 0), "t") ? 1 : 0) | (!strcmp(PQgetvalue(a, 0, 1), "t") ? 2 : 0) : 0;
@@ -2089,7 +2097,7 @@ static void pg_read_poll(struct sg_store *base, int i) {
       rd_finish(s, h);
       continue;
     }
-    if (st == PGRES_TUPLES_OK && !h->failed && h->nres < 2) { h->res[h->nres++] = res; continue; }
+    if ((st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) && !h->failed && h->nres < 2) { h->res[h->nres++] = res; continue; }
     if (!h->failed) {
       h->failed = 1;
       char m[400];
