@@ -1711,6 +1711,15 @@ static int recover_journal_cb(void *ud, const struct sg_journal_row *r) {
   return 0;
 }
 
+/* a journal row of any saga being loaded (of its current attempt) */
+static int recover_journal_any_cb(void *ud, const struct sg_journal_row *r) {
+  struct sg_engine *en = ud;
+  struct sg_saga *s = sg_map_get(&en->sagas, r->saga_id);
+  if (s && r->step == s->row.step && r->phase == s->row.phase && r->attempt == s->row.attempt)
+    journal_add(s, r->seq, r->done, r->is_error, r->result);
+  return 0;
+}
+
 /* Goes on with a saga loaded from the store: it waits for its retry, sleep or reply, or its attempt
  * runs again from its checkpoint. reissue: the saga was another host's, so a reply it waits for went
  * to that host's queue: its step runs again, which sends the pending call again under the same
@@ -1730,10 +1739,14 @@ int eng_load_owned(struct sg_engine *en, struct sg_error *e) {
   if (en->store->ops->saga_each_active(en->store, recover_saga_cb, &rc, e) < 0) goto fail;
   if (en->store->ops->timer_each(en->store, recover_timer_cb, en, e) < 0) goto fail;
   size_t resumed = 0, parked = 0;
-  for (size_t i = 0; i < rc.n; i++) {
-    struct sg_saga *s = rc.list[i];
-    if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
-                                     recover_journal_cb, s, e) < 0) goto fail;
+  if (en->store->ops->journal_each_active) { /* one round trip for all (PostgreSQL) */
+    if (rc.n && en->store->ops->journal_each_active(en->store, recover_journal_any_cb, en, e) < 0) goto fail;
+  } else {
+    for (size_t i = 0; i < rc.n; i++) {
+      struct sg_saga *s = rc.list[i];
+      if (en->store->ops->journal_each(en->store, s->row.id, s->row.step, s->row.phase, s->row.attempt,
+                                       recover_journal_cb, s, e) < 0) goto fail;
+    }
   }
   for (size_t i = 0; i < rc.n; i++) {
     if (resume_loaded(en, rc.list[i], 0)) parked++;

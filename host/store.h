@@ -258,6 +258,9 @@ struct sg_store_ops {
   int (*take_over)(struct sg_store *s, int limit, sg_saga_cb cb, sg_timer_cb timer_cb, sg_journal_cb journal_cb,
                    void *ud, char dead[128], int64_t *expired_ms, int64_t *claimed, struct sg_error *e);
   int (*timer_each_saga)(struct sg_store *s, const char *saga_id, sg_timer_cb cb, void *ud, struct sg_error *e);
+  /* the journal rows of the current attempts of every saga saga_each_active gives, by saga then seq,
+   * in one round trip (NULL: journal_each per saga) */
+  int (*journal_each_active)(struct sg_store *s, sg_journal_cb cb, void *ud, struct sg_error *e);
   /* a clean stop: the lease ends now, so other hosts take the sagas over at once */
   int (*host_release)(struct sg_store *s, struct sg_error *e);
   /* the owner of a saga (owner[0] = 0: none) and whether that owner's lease runs: 1 found, 0 not, -1 e */

@@ -1682,6 +1682,25 @@ static int adopt_load(struct pg_store *s, PGresult *rows, sg_timer_cb timer_cb, 
   return 0;
 }
 
+static int pg_journal_each_active(struct sg_store *base, sg_journal_cb cb, void *ud, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  const char *v[] = { s->me };
+  PGresult *j = exec_params(s, "SELECT j.saga_id, j.step, j.phase, j.attempt, j.seq, j.kind, j.done, j.is_error,"
+                            " j.result FROM journal j JOIN sagas s ON s.id = j.saga_id AND j.step = s.step"
+                            " AND j.phase = s.phase AND j.attempt = s.attempt WHERE s.owner = $1"
+                            " AND s.status IN ('running', 'compensating') ORDER BY j.saga_id, j.seq", 1, v, e,
+                            "journal_each_active");
+  if (!j) return -1;
+  for (int i = 0, n = PQntuples(j); i < n; i++) {
+    struct sg_journal_row r = { .saga_id = col(j, i, 0), .step = col_int(j, i, 1), .phase = col_int(j, i, 2),
+                                .attempt = col_int(j, i, 3), .seq = col_int(j, i, 4), .kind = col(j, i, 5),
+                                .done = col_int(j, i, 6), .is_error = col_int(j, i, 7), .result = col(j, i, 8) };
+    if (cb(ud, &r)) break;
+  }
+  PQclear(j);
+  return 0;
+}
+
 static int pg_saga_owner(struct sg_store *base, const char *saga_id, char owner[128], int *alive, struct sg_error *e) {
   struct params p = {0};
   p_text(&p, saga_id);
@@ -2170,6 +2189,7 @@ static const struct sg_store_ops pg_ops = {
   .host_register = pg_host_register,
   .take_over = pg_take_over,
   .timer_each_saga = pg_timer_each_saga,
+  .journal_each_active = pg_journal_each_active,
   .host_release = pg_host_release,
   .saga_owner = pg_saga_owner,
   .mail_put = pg_mail_put,
