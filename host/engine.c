@@ -1004,7 +1004,7 @@ static void checked_go_on(struct sg_engine *en) {
     if (ck->gen != en->st.fenced || en->stopped) check_free(en, ck);
     else check_go_on(en, ck);
   }
-  memmove(en->checked, en->checked + i, (en->nchecked - i) * sizeof *en->checked);
+  if (i) memmove(en->checked, en->checked + i, (en->nchecked - i) * sizeof *en->checked);
   en->nchecked -= i;
 }
 
@@ -1631,7 +1631,7 @@ static void starts_refuse(struct sg_engine *en) {
 static void starts_go_on(struct sg_engine *en) {
   size_t i = 0;
   for (; i < en->nstarts && !en->committing; i++) start_go(en, en->starts[i]);
-  memmove(en->starts, en->starts + i, (en->nstarts - i) * sizeof *en->starts);
+  if (i) memmove(en->starts, en->starts + i, (en->nstarts - i) * sizeof *en->starts);
   en->nstarts -= i;
 }
 

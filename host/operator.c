@@ -218,7 +218,7 @@ void sg_engine_verb_cb(struct sg_engine *en, const char *id, const char *verb, c
 void eng_verbs_go_on(struct sg_engine *en) {
   size_t i = 0;
   for (; i < en->nverbs && !en->committing; i++) verb_go(en, en->verbs[i]);
-  memmove(en->verbs, en->verbs + i, (en->nverbs - i) * sizeof *en->verbs);
+  if (i) memmove(en->verbs, en->verbs + i, (en->nverbs - i) * sizeof *en->verbs);
   en->nverbs -= i;
 }
 

@@ -1968,7 +1968,7 @@ static void rd_connect(struct pg_store *s, struct rdc *c) {
     return;
   }
   c->last_try = now;
-  char app[64], hn[32] = "?";
+  char app[96], hn[32] = "?";
   gethostname(hn, sizeof hn - 1);
   snprintf(app, sizeof app, "sagahost pid %ld on %s (reads)", (long)getpid(), hn);
   const char *keys[] = { "connect_timeout", "application_name", "dbname", NULL };
