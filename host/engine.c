@@ -966,6 +966,9 @@ static void inbox_check_start(struct sg_engine *en, const struct sg_msg *m, uint
   ck->redelivered = redelivered;
   ck->gen = en->st.fenced;
   sg_map_put(&en->checking, ck->m.message_id, ck);
+  if (en->checks_tail) en->checks_tail->next = ck;
+  else en->checks = ck;
+  en->checks_tail = ck;
   sg_engine_read(en, sg_read_new(SG_READ_INBOX, m->message_id, NULL, on_inbox_read, ck));
 }
 
@@ -987,13 +990,22 @@ static void check_go_on(struct sg_engine *en, struct inbox_check *ck) {
   check_free(en, ck);
 }
 
+/* the answered checks at the head of the delivery order go on */
+static void checks_drain(struct sg_engine *en) {
+  while (en->checks && en->checks->rd) {
+    struct inbox_check *ck = en->checks;
+    en->checks = ck->next;
+    if (!en->checks) en->checks_tail = NULL;
+    if (ck->gen != en->st.fenced || en->broken || en->stopped) check_free(en, ck); /* the delivery is void */
+    else if (en->committing || en->nchecked) PUSH(en->checked, en->nchecked, en->capchecked, ck);
+    else check_go_on(en, ck);
+  }
+}
+
 static void on_inbox_read(struct sg_read *rd) {
   struct inbox_check *ck = rd->ud;
-  struct sg_engine *en = ck->en;
   ck->rd = rd;
-  if (ck->gen != en->st.fenced || en->broken || en->stopped) { check_free(en, ck); return; } /* the delivery is void */
-  if (en->committing) { PUSH(en->checked, en->nchecked, en->capchecked, ck); return; }
-  check_go_on(en, ck);
+  checks_drain(ck->en);
 }
 
 /* commands whose inbox answer came while a commit was on its way, in order */
@@ -1048,6 +1060,23 @@ struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
 
 /* ---------------------------------------------------------------------------------------------- */
 /* group commit */
+
+/* the outbox, read without waiting after the transport (re)connected: all of it goes out (a row
+ * confirmed meanwhile may go twice: its receiver's inbox answers the repeat) */
+static void on_outbox_read(struct sg_read *rd) {
+  struct sg_engine *en = rd->ud;
+  struct sg_error e = {0};
+  if (rd->rc < 0) {
+    if (!en->stopped) { /* tried again after the next commit */
+      sg_warn("outbox: %s; publishing it again after the next commit", rd->err.msg);
+      en->republish = 1;
+    }
+  } else if (!en->stopped && !en->broken && rd->gen == en->st.fenced) { /* a fence reads it again */
+    for (size_t i = 0; i < rd->nmsgs; i++)
+      if (en->tr->ops->publish(en->tr, &rd->msgs[i], &e) < 0) sg_warn("publish %s: %s", rd->msgs[i].message_id, e.msg);
+  }
+  sg_read_free(rd);
+}
 
 static int republish_cb(void *ud, const struct sg_msg *m) {
   struct sg_engine *en = ud;
@@ -1194,6 +1223,8 @@ static void settle(struct sg_engine *en) {
 }
 
 /* What follows a commit: publish, ack, free the finished sagas, answer who waited for it. */
+static void on_outbox_read(struct sg_read *rd);
+
 static void committed(struct sg_engine *en) {
   struct sg_error e = {0};
   en->in_txn = 0;
@@ -1211,7 +1242,12 @@ static void committed(struct sg_engine *en) {
       else en->out[keep++] = en->out[i];
     }
     en->nout = keep;
-    if (en->store->ops->outbox_each(en->store, republish_cb, en, &e) < 0) sg_warn("outbox: %s", e.msg);
+    if (en->read_conns) {
+      struct sg_read *rd = sg_read_new(SG_READ_OUTBOX, NULL, NULL, on_outbox_read, en);
+      rd->gen = en->st.fenced;
+      sg_engine_read(en, rd);
+    }
+    else if (en->store->ops->outbox_each(en->store, republish_cb, en, &e) < 0) sg_warn("outbox: %s", e.msg);
   }
   for (size_t i = 0; i < en->nout; i++) {
     if (en->tr->ops->publish(en->tr, &en->out[i], &e) < 0) sg_warn("publish %s: %s", en->out[i].message_id, e.msg);
@@ -1307,7 +1343,10 @@ static void stall(struct sg_engine *en, const struct sg_error *e) {
 /* The deliveries that waited (for a stall to end, or for the store to answer a read), in order; each
  * may open the next batch, or wait again. */
 static void starts_go_on(struct sg_engine *en);
+static void defs_go_on(struct sg_engine *en);
 static void redispatch_parked(struct sg_engine *en) {
+  defs_go_on(en);
+  eng_owner_go_on(en);
   checked_go_on(en);
   starts_go_on(en);
   eng_verbs_go_on(en);
@@ -1465,8 +1504,26 @@ int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *fil
   if (en->stalled)
     return sg_errorf(e, SG_E_UNAVAILABLE, "the store cannot write now (%s); the file is loaded again when it can",
                      en->stall_error);
+  if (en->committing) { /* written in the first batch after the commit on its way (before any saga on it) */
+    struct pending_def d = { sg_strdup(hash), sg_strdup(file), sg_strdup(source) };
+    PUSH(en->defs, en->ndefs, en->capdefs, d);
+    return 0;
+  }
   if (eng_txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
   return en->store->ops->def_put(en->store, hash, file, source, e);
+}
+
+/* the definitions loaded while a commit was on its way */
+static void defs_go_on(struct sg_engine *en) {
+  size_t i = 0;
+  for (; i < en->ndefs && !en->committing && !en->stalled && !en->broken && eng_txn(en) == 0; i++) {
+    struct sg_error e = {0};
+    if (en->store->ops->def_put(en->store, en->defs[i].hash, en->defs[i].file, en->defs[i].source, &e) < 0)
+      sg_warn("definition %s: %s", en->defs[i].hash, e.msg);
+    free(en->defs[i].hash); free(en->defs[i].file); free(en->defs[i].source);
+  }
+  if (i) memmove(en->defs, en->defs + i, (en->ndefs - i) * sizeof *en->defs);
+  en->ndefs -= i;
 }
 
 struct sg_saga *eng_saga_new(const struct sg_saga_row *r) {
@@ -1841,6 +1898,7 @@ static void free_live(struct sg_engine *en) {
 /* the commands whose inbox answer waited and the starts that waited for a commit: a fence voids the
  * deliveries (they go back to the broker) and refuses the starts */
 static void drop_waiting(struct sg_engine *en, int code, const char *why) {
+  eng_owner_drop(en);
   for (size_t i = 0; i < en->nchecked; i++) check_free(en, en->checked[i]);
   en->nchecked = 0;
   size_t n = en->nstarts;
@@ -1970,6 +2028,8 @@ void sg_engine_free(struct sg_engine *en) {
   free(en->checked);
   free(en->starts);
   free(en->verbs);
+  for (size_t i = 0; i < en->ndefs; i++) { free(en->defs[i].hash); free(en->defs[i].file); free(en->defs[i].source); }
+  free(en->defs);
   free(en->chain);
   free(en->parked);
   sg_map_free(&en->sagas);

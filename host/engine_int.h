@@ -118,6 +118,7 @@ struct inbox_check {
   struct sg_read *rd;        /* the answer, once it came */
   struct parked_msg *extra;  /* deliveries of the same message id meanwhile: handled after it */
   size_t nextra, capextra;
+  struct inbox_check *next;  /* the next check in delivery order */
 };
 
 /* A start waiting for the store (its idempotency key's read) or for the commit on its way. */
@@ -129,6 +130,11 @@ struct start_req {
   int64_t gen;
   int looked_up;             /* the store has no saga with the key (read before any saga with it started) */
   struct start_req *same;    /* later starts with the same key: answered with this one */
+};
+
+/* A definition version loaded while a commit was on its way: written in the next batch. */
+struct pending_def {
+  char *hash, *file, *source;
 };
 
 /* An operator verb whose saga is being read (a store with reads without waiting), or that waits for
@@ -218,6 +224,12 @@ struct sg_engine {
   int note_fd;
   int claim_due, mail_due;   /* the next prepare takes over / reads mail */
   int probing;               /* the lease timer's look for work (a read) is on its way */
+  int mail_reading;          /* a mail read is on its way */
+  int taking;                /* a takeover round (a read) is on its way */
+  struct sg_read *taken_wait; /* its answer, come while a commit was on its way: taken in after it */
+  int64_t take_t0;           /* ms, when it was sent */
+  struct sg_map mail_taken;  /* mail id -> 0 (acted on, its deletion not committed) or 1 + the commit count
+                              * after which it is deleted (owner.c) */
   int reloading;             /* fenced: registering again and loading what this host owns */
   ev_timer reload_timer;     /* ... retried while the store cannot be reached */
   int64_t last_commit_ms;
@@ -230,6 +242,8 @@ struct sg_engine {
   int read_conns;
   int pruning;               /* retention statements on their way: 1 inbox, 2 sagas */
   struct sg_map checking;    /* message id -> struct inbox_check whose read is on its way or waits */
+  struct inbox_check *checks, *checks_tail; /* in delivery order: answers are taken in that order
+                              * (reads on several connections may come back in any order) */
   struct inbox_check **checked; /* answered while a commit was on its way: handled after it, in order */
   size_t nchecked, capchecked;
   struct sg_map idem_reads;  /* mkey -> struct start_req whose idempotency key is being read */
@@ -238,6 +252,8 @@ struct sg_engine {
   struct verb_req **verbs;   /* operator verbs likewise */
   size_t nverbs, capverbs;
   struct sg_read *op_pre;    /* the saga a verb read before it runs (saga_for_operator uses it) */
+  struct pending_def *defs;  /* definitions loaded while a commit was on its way */
+  size_t ndefs, capdefs;
   struct sg_engine_stats st;
 };
 
@@ -283,6 +299,9 @@ void eng_redispatch_parked(struct sg_engine *en);
 /* operator.c: verbs that waited for a commit go on (stop: at most until one commits), or are refused */
 void eng_verbs_go_on(struct sg_engine *en);
 void eng_verbs_refuse(struct sg_engine *en, int code, const char *why);
+/* owner.c: a takeover's answer that waited for a commit goes on; or is dropped (a fence, a stop) */
+void eng_owner_go_on(struct sg_engine *en);
+void eng_owner_drop(struct sg_engine *en);
 
 /* owner.c */
 void eng_owner_init(struct sg_engine *en);

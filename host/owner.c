@@ -119,6 +119,7 @@ void eng_owner_init(struct sg_engine *en) {
   en->lease_timer.data = en;
   ev_init(&en->note_io, on_note_io);
   en->note_io.data = en;
+  sg_map_init(&en->mail_taken);
 }
 
 int eng_owner_start(struct sg_engine *en, struct sg_error *e) {
@@ -156,6 +157,74 @@ static int adopt_cb(void *ud, const struct sg_saga_row *r) {
 static int adopt_timer_cb(void *ud, const struct sg_timer_row *r) { return eng_adopt_timer(((struct adopt_ctx *)ud)->en, r); }
 static int adopt_journal_cb(void *ud, const struct sg_journal_row *r) { return eng_adopt_journal(((struct adopt_ctx *)ud)->en, r); }
 
+static void took_over_log(const char *dead, int64_t expired, int64_t n, int64_t ms) {
+  if (!dead[0])
+    sg_info("took over %" PRId64 " saga(s) nobody owned (written by a one-host version, or released)", n);
+  else if (expired < 0)
+    sg_info("took over %" PRId64 " saga(s) of host %s (it stopped and released them) in %" PRId64 " ms", n, dead, ms);
+  else
+    sg_info("took over %" PRId64 " saga(s) of host %s (lease expired %.1fs ago) in %" PRId64 " ms", n, dead,
+            expired / 1000.0, ms);
+}
+
+/* A round without blocking the loop (a store with reads without waiting): the claim and what the
+ * claimed sagas need run in one transaction on a reads' connection; the sagas go on when it answers. */
+static void on_taken(struct sg_read *rd) {
+  struct sg_engine *en = rd->ud;
+  if (en->stopped || en->broken || rd->gen != en->st.fenced) { /* a reload loaded what this host owns */
+    en->taking = 0;
+    sg_read_free(rd);
+    return;
+  }
+  if (en->committing || en->stalled) { /* the sagas go on once the store takes the next batch */
+    en->taken_wait = rd;
+    return;
+  }
+  en->taking = 0;
+  if (rd->rc < 0) {
+    if (rd->err.code == SG_E_FENCED) eng_fenced(en, &rd->err);
+    else sg_warn("takeover: %s", rd->err.msg);
+    sg_read_free(rd);
+    return;
+  }
+  if (rd->rc > 0) {
+    struct adopt_ctx a = { .en = en };
+    for (size_t i = 0; i < rd->nrows; i++) adopt_cb(&a, &rd->rows[i]);
+    for (size_t i = 0; i < rd->ntimers; i++) eng_adopt_timer(en, &rd->timers[i]);
+    for (size_t i = 0; i < rd->njournals; i++) eng_adopt_journal(en, &rd->journals[i]);
+    for (size_t i = 0; i < a.n; i++) eng_adopt_done(en, a.list[i]);
+    free(a.list);
+    took_over_log(rd->owner, rd->before, (int64_t)rd->nrows, sg_now_ms() - en->take_t0);
+    en->republish = 1; /* the outbox rows that came with them go out after the next commit */
+    eng_txn(en);
+    if (rd->nrows >= (size_t)rd->limit) en->claim_due = 1; /* more may be left: another round */
+  }
+  sg_read_free(rd);
+}
+
+void eng_owner_go_on(struct sg_engine *en) {
+  struct sg_read *rd = en->taken_wait;
+  if (!rd || en->committing || en->stalled) return;
+  en->taken_wait = NULL;
+  on_taken(rd);
+}
+
+void eng_owner_drop(struct sg_engine *en) {
+  if (!en->taken_wait) return;
+  sg_read_free(en->taken_wait); /* a fence (a reload loads what this host owns) or a stop */
+  en->taken_wait = NULL;
+  en->taking = 0;
+}
+
+static void take_over_start(struct sg_engine *en) {
+  en->taking = 1;
+  en->take_t0 = sg_now_ms();
+  struct sg_read *rd = sg_read_new(SG_READ_TAKEOVER, NULL, NULL, on_taken, en);
+  rd->limit = TAKE_PER_ROUND;
+  rd->gen = en->st.fenced;
+  sg_engine_read(en, rd);
+}
+
 /* One round: 1 if sagas (or outbox rows) were taken, 0 if there was nothing, -1 if the host was fenced. */
 static int take_over(struct sg_engine *en) {
   char dead[128];
@@ -178,14 +247,7 @@ static int take_over(struct sg_engine *en) {
   for (size_t i = 0; i < a.n; i++) eng_adopt_done(en, a.list[i]);
   free(a.list);
   if (rc == 0) return 0;
-  if (!dead[0])
-    sg_info("took over %" PRId64 " saga(s) nobody owned (written by a one-host version, or released)", n);
-  else if (expired < 0)
-    sg_info("took over %" PRId64 " saga(s) of host %s (it stopped and released them) in %" PRId64 " ms", n, dead,
-            sg_now_ms() - t0);
-  else
-    sg_info("took over %" PRId64 " saga(s) of host %s (lease expired %.1fs ago) in %" PRId64 " ms", n, dead,
-            expired / 1000.0, sg_now_ms() - t0);
+  took_over_log(dead, expired, n, sg_now_ms() - t0);
   en->republish = 1; /* the outbox rows that came with them go out after the next commit */
   eng_txn(en);
   return 1;
@@ -221,10 +283,152 @@ static int on_mail(void *ud, const char *saga_id, const char *kind, const char *
   return 0;
 }
 
+/* ---- mail read without blocking ----
+ * One read at a time. Mail acted on is deleted in the batch that acts on it; until a read sent after
+ * that batch's commit has come back, a read may still return it: en->mail_taken remembers its id
+ * (with the commit count once committed) so that it is not acted on twice. */
+
+struct taken {
+  struct sg_engine *en;
+  char key[24];              /* the mail id, the map's key */
+  int64_t at;                /* 0 = its deletion not committed yet, else 1 + the commit count after it */
+};
+
+static struct taken *taken_get(struct sg_engine *en, int64_t id) {
+  char key[24];
+  snprintf(key, sizeof key, "%" PRId64, id);
+  return sg_map_get(&en->mail_taken, key);
+}
+
+static void taken_del(struct sg_engine *en, struct taken *t) {
+  sg_map_del(&en->mail_taken, t->key);
+  free(t);
+}
+
+/* The mail a read returned, acted on one at a time, in order, each verb without blocking the loop
+ * (sg_engine_verb_cb); a mail is deleted, and its sender answered, in the batch that holds its effect. */
+struct mail_job {
+  struct sg_engine *en;
+  struct sg_read *rd;        /* the read: its mail rows */
+  size_t next;               /* the next row to act on */
+  struct taken *cur;         /* the one being acted on */
+  char *from, *req;          /* its sender */
+  char verb[16];
+};
+
+static void mail_next(struct mail_job *job);
+
+static void on_mail_committed(void *ud, int status) {
+  struct taken *t = ud;
+  struct sg_engine *en = t->en;
+  if (status == 0) t->at = en->st.commits + 1;
+  else taken_del(en, t); /* not deleted: read and acted on again (a fence dropped its effect too) */
+}
+
+static void on_mail_verb(void *ud, const struct sg_error *e) {
+  struct mail_job *job = ud;
+  struct sg_engine *en = job->en;
+  struct taken *t = job->cur;
+  const struct sg_mail_row *m = &job->rd->mail[job->next - 1];
+  job->cur = NULL;
+  struct sg_error ne = {0};
+  if (e && (e->code == SG_E_FENCED || e->code == SG_E_UNAVAILABLE || en->stopped)) {
+    /* it did not happen (the host is stalled, fenced or stopping): the mail stays, read again later */
+    taken_del(en, t);
+    if (!en->stopped) en->mail_due = 1;
+    job->next = job->rd->nmail;
+  } else if (eng_txn(en) < 0 || en->store->ops->mail_done(en->store, &m->id, 1, &ne) < 0) {
+    sg_warn("mail %" PRId64 ": %s", m->id, ne.msg[0] ? ne.msg : "the store cannot take it now");
+    taken_del(en, t);
+    job->next = job->rd->nmail;
+  } else {
+    sg_info("saga %s: %s from host %s (mail %" PRId64 "): %s", m->saga_id, job->verb[0] ? job->verb : "?",
+            job->from ? job->from : "?", m->id, e ? e->msg : "applied");
+    if (job->from && job->req) {
+      char *note = e ? sg_asprintf("done %s %d %.7000s", job->req, e->code, e->msg) : sg_asprintf("done %s 0", job->req);
+      if (en->store->ops->notify(en->store, job->from, note, &ne) < 0) sg_warn("answer to %s: %s", job->from, ne.msg);
+      free(note);
+    }
+    sg_engine_after_commit(en, on_mail_committed, t);
+  }
+  free(job->from);
+  free(job->req);
+  job->from = job->req = NULL;
+  mail_next(job);
+}
+
+static void mail_next(struct mail_job *job) {
+  struct sg_engine *en = job->en;
+  while (job->next < job->rd->nmail) {
+    const struct sg_mail_row *m = &job->rd->mail[job->next++];
+    if (taken_get(en, m->id)) continue; /* acted on already, its deletion not seen by this read */
+    struct taken *t = sg_xcalloc(1, sizeof *t);
+    t->en = en;
+    snprintf(t->key, sizeof t->key, "%" PRId64, m->id);
+    sg_map_put(&en->mail_taken, t->key, t);
+    job->cur = t;
+    json_t *j = strcmp(m->kind, MAIL_KIND_VERB) == 0 ? json_loads(m->body, 0, NULL) : NULL;
+    const char *verb = json_string_value(json_object_get(j, "verb"));
+    const char *from = json_string_value(json_object_get(j, "from"));
+    const char *req = json_string_value(json_object_get(j, "req"));
+    job->from = from ? sg_strdup(from) : NULL;
+    job->req = req ? sg_strdup(req) : NULL;
+    snprintf(job->verb, sizeof job->verb, "%.15s", verb ? verb : "");
+    if (!verb) {
+      struct sg_error e = {0};
+      sg_errorf(&e, SG_E_INVALID, "malformed mail of kind '%.40s': dropped", m->kind);
+      json_decref(j);
+      on_mail_verb(job, &e); /* deleted (and its sender, if known, told) */
+      return;
+    }
+    sg_engine_verb_cb(en, m->saga_id, verb, json_string_value(json_object_get(j, "arg")),
+                      json_string_value(json_object_get(j, "who")), on_mail_verb, job);
+    json_decref(j);
+    return; /* on_mail_verb goes on with the next */
+  }
+  /* the read's last mail is done with: what a read sent after their deletion's commit did not return
+   * is gone for good */
+  for (size_t i = 0; i < en->mail_taken.cap; i++) { /* (a deletion leaves a tombstone: iterating goes on) */
+    if (!sg_map_live(&en->mail_taken, i)) continue;
+    struct taken *t = en->mail_taken.slots[i].val;
+    if (t->at > 0 && t->at - 1 <= job->rd->before) taken_del(en, t);
+  }
+  if (job->rd->nmail >= 200) en->mail_due = 1; /* a full page: there may be more */
+  en->mail_reading = 0;
+  sg_read_free(job->rd);
+  free(job);
+}
+
+static void on_mail_read(struct sg_read *rd) {
+  struct sg_engine *en = rd->ud;
+  if (en->stopped || en->broken || rd->gen != en->st.fenced || rd->rc < 0) {
+    if (rd->rc < 0 && !en->stopped) sg_warn("mail: %s", rd->err.msg);
+    en->mail_reading = 0;
+    sg_read_free(rd);
+    return;
+  }
+  struct mail_job *job = sg_xcalloc(1, sizeof *job);
+  job->en = en;
+  job->rd = rd;
+  mail_next(job); /* en->mail_reading stays set until the last one is done with */
+}
+
+static void mail_read(struct sg_engine *en) {
+  if (en->mail_reading) { en->mail_due = 1; return; }
+  en->mail_reading = 1;
+  struct sg_read *rd = sg_read_new(SG_READ_MAIL, NULL, NULL, on_mail_read, en);
+  rd->gen = en->st.fenced;
+  rd->before = en->st.commits; /* the commits this read sees (at least) */
+  sg_engine_read(en, rd);
+}
+
 int eng_owner_prepare(struct sg_engine *en) {
   en->store->ops->notes(en->store, 0, on_note, en); /* what blocking calls queued meanwhile */
   watch_notes(en);
-  if (en->claim_due && sg_now_ms() >= en->quiet_until) {
+  if (en->claim_due && sg_now_ms() >= en->quiet_until && en->read_conns) {
+    en->claim_due = 0;
+    if (!en->taking) take_over_start(en);
+  } else if (en->claim_due && sg_now_ms() >= en->quiet_until) {
     en->claim_due = 0;
     int rc = take_over(en);
     if (rc < 0) return 1;
@@ -232,6 +436,12 @@ int eng_owner_prepare(struct sg_engine *en) {
       en->claim_due = 1; /* more may be left: the next iteration takes another round */
       return 1;
     }
+  }
+  if (en->mail_due && en->taking) return 0; /* the mail may be for sagas being taken: after the round */
+  if (en->mail_due && en->read_conns && en->store->ops->mail_done) {
+    en->mail_due = 0;
+    mail_read(en);
+    return 0;
   }
   if (en->mail_due) {
     en->mail_due = 0;
@@ -259,7 +469,12 @@ void eng_owner_stop(struct sg_engine *en) {
   else sg_info("lease released: other hosts take over this host's sagas at once");
 }
 
-void eng_owner_free(struct sg_engine *en) { free(en->fwd); }
+void eng_owner_free(struct sg_engine *en) {
+  free(en->fwd);
+  for (size_t i = 0; i < en->mail_taken.cap; i++)
+    if (sg_map_live(&en->mail_taken, i)) free(en->mail_taken.slots[i].val);
+  sg_map_free(&en->mail_taken);
+}
 
 /* ---- forwarding ---- */
 

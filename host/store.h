@@ -134,8 +134,17 @@ enum sg_read_kind {
   SG_READ_IDEM,   /* a = type, b = idempotency key: rc 1 and rows[0], or rc 0 */
   SG_READ_LIST,   /* filter (a = type or NULL, b = after or NULL): rc 0 and rows */
   SG_READ_INBOX,  /* a = message id: rc 1 and status, body (each may be NULL), or rc 0 */
+  SG_READ_OUTBOX, /* the outbox rows this host owns, in id order: rc 0 and msgs */
+  SG_READ_MAIL,   /* several hosts: the mail of the sagas this host owns, in order (up to 200): rc 0 and mail;
+                   * delete what was acted on with mail_done, in the batch that acts on it */
   SG_READ_PRUNE,  /* retention, a statement of its own: a = "inbox" (entries received before `before`) or
                    * "sagas" (up to limit finished sagas updated before `before`, as saga_prune): rc 0, count */
+  SG_READ_TAKEOVER, /* several hosts: one takeover round (as take_over) in a transaction of its own on a
+                   * reads' connection: rc 1 when something was taken (rc 0: nothing), rows = the sagas
+                   * claimed (limit at most), timers and journals = theirs (current attempts), owner =
+                   * the host they were taken from ("" = nobody's), before = how long ago its lease ran
+                   * out (-1: it released it), count = outbox rows taken. -1 with SG_E_FENCED: this host
+                   * is fenced, or the answer was lost (it may have taken some: load what it owns) */
   SG_READ_PROBE,  /* several hosts: a = this host's id: rc 0 and flags: 1 = sagas or outbox rows to take over
                    * (a host's whose lease ran out, or nobody's), 2 = mail for this host's sagas */
 };
@@ -154,13 +163,22 @@ struct sg_read {
   char *status_s, *body;     /* SG_READ_INBOX */
   int flags;                 /* SG_READ_PROBE */
   int64_t before, count;     /* SG_READ_PRUNE */
+  struct sg_msg *msgs;       /* SG_READ_OUTBOX (owned) */
+  size_t nmsgs;
+  struct sg_mail_row { int64_t id; char *saga_id, *kind, *body; } *mail; /* SG_READ_MAIL (owned) */
+  size_t nmail;
+  struct sg_timer_row *timers;      /* SG_READ_TAKEOVER (strings owned) */
+  size_t ntimers;
+  struct sg_journal_row *journals;  /* SG_READ_TAKEOVER (strings owned) */
+  size_t njournals;
   char owner[128];           /* SG_READ_SAGA with_owner: "" = none */
   int owner_alive;
   void (*done)(struct sg_read *rd);
   void *ud;
+  int64_t gen;               /* the caller's (e.g. what it must still be for the answer to count) */
   /* the store's */
   struct sg_read *next;
-  void *res[2];              /* its results so far */
+  void *res[6];              /* its results so far */
   int nres, failed, tries;
   int64_t at;                /* when it was sent */
 };
@@ -270,6 +288,8 @@ struct sg_store_ops {
   /* takes (in the batch: deleted at its commit) the mail of the sagas this host owns, in order */
   int (*mail_take)(struct sg_store *s, int (*cb)(void *ud, const char *saga_id, const char *kind, const char *body),
                    void *ud, struct sg_error *e);
+  /* deletes mail read with SG_READ_MAIL (in the batch: at its commit) */
+  int (*mail_done)(struct sg_store *s, const int64_t *ids, size_t n, struct sg_error *e);
   /* a note to another host, delivered at the commit */
   int (*notify)(struct sg_store *s, const char *host_id, const char *payload, struct sg_error *e);
   /* the socket notes arrive on (-1 = none now; it changes on a reconnect), and the notes that arrived:

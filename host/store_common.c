@@ -99,6 +99,25 @@ void sg_read_free(struct sg_read *rd) {
   free(rd->hist);
   free(rd->status_s);
   free(rd->body);
+  for (size_t i = 0; i < rd->nmsgs; i++) sg_msg_free(&rd->msgs[i]);
+  free(rd->msgs);
+  for (size_t i = 0; i < rd->nmail; i++) {
+    free(rd->mail[i].saga_id);
+    free(rd->mail[i].kind);
+    free(rd->mail[i].body);
+  }
+  free(rd->mail);
+  for (size_t i = 0; i < rd->ntimers; i++) {
+    free((char *)rd->timers[i].saga_id);
+    free((char *)rd->timers[i].kind);
+  }
+  free(rd->timers);
+  for (size_t i = 0; i < rd->njournals; i++) {
+    free((char *)rd->journals[i].saga_id);
+    free((char *)rd->journals[i].kind);
+    free((char *)rd->journals[i].result);
+  }
+  free(rd->journals);
   free(rd);
 }
 
@@ -134,6 +153,13 @@ static int read_hist_cb(void *ud, const struct sg_hist_row *h) {
   return 0;
 }
 
+static int read_msg_cb(void *ud, const struct sg_msg *m) {
+  struct sg_read *rd = ud;
+  rd->msgs = sg_xrealloc(rd->msgs, (rd->nmsgs + 1) * sizeof *rd->msgs);
+  sg_msg_copy(&rd->msgs[rd->nmsgs++], m);
+  return 0;
+}
+
 /* a store whose reads are local (SQLite): the blocking ops, answered at once */
 static void read_now(struct sg_store *s, struct sg_read *rd) {
   const struct sg_store_ops *o = s->ops;
@@ -157,11 +183,16 @@ static void read_now(struct sg_store *s, struct sg_read *rd) {
   case SG_READ_INBOX:
     rd->rc = o->inbox_get(s, rd->a, &rd->status_s, &rd->body, &rd->err);
     break;
+  case SG_READ_OUTBOX:
+    rd->rc = o->outbox_each(s, read_msg_cb, rd, &rd->err) < 0 ? -1 : 0;
+    break;
   case SG_READ_PRUNE:
     rd->rc = !strcmp(rd->a, "inbox") ? o->inbox_prune(s, rd->before, &rd->count, &rd->err)
                                      : o->saga_prune(s, rd->before, rd->limit, &rd->count, &rd->err);
     if (rd->rc > 0) rd->rc = 0;
     break;
+  case SG_READ_TAKEOVER: /* one host: nothing to take */
+  case SG_READ_MAIL: /* one host: no mail */
   case SG_READ_PROBE: /* one host, which owns everything */
     rd->rc = 0;
     rd->flags = 0;

@@ -1075,27 +1075,33 @@ static int pg_def_get(struct sg_store *base, const char *hash, char **file, char
 
 /* Reads a row selected with SAGA_COLS. own: the strings are copies the caller frees with
  * sg_store_saga_row_free; otherwise they are borrowed from the result for a callback. */
+static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_row *r, int own);
 static void saga_from_row(const PGresult *res, int i, struct sg_saga_row *r, int own) {
-  const char *id = col(res, i, 0);
+  saga_from_row_at(res, i, 0, r, own);
+}
+
+/* the same, with the saga's columns from column o on */
+static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_row *r, int own) {
+  const char *id = col(res, i, o + 0);
   snprintf(r->id, sizeof r->id, "%s", id ? id : "");
-#define STR(c) (own ? sg_strdup(col(res, i, c)) : (char *)col(res, i, c))
+#define STR(c) (own ? sg_strdup(col(res, i, o + (c))) : (char *)col(res, i, o + (c)))
   r->type = STR(1);
   r->def_hash = STR(2);
-  r->status = sg_status_parse(col(res, i, 3));
-  r->step = col_int(res, i, 4);
-  r->phase = col_int(res, i, 5);
-  r->attempt = col_int(res, i, 6);
+  r->status = sg_status_parse(col(res, i, o + 3));
+  r->step = col_int(res, i, o + 4);
+  r->phase = col_int(res, i, o + 5);
+  r->attempt = col_int(res, i, o + 6);
   r->input = STR(7);
   r->data = STR(8);
   r->error = STR(9);
   r->idem_key = STR(10);
 #undef STR
-  r->created_at = col_i64(res, i, 11);
-  r->updated_at = col_i64(res, i, 12);
-  r->deadline = col_i64(res, i, 13);
-  r->version = col_i64(res, i, 14);
-  r->attempt_started_at = col_i64(res, i, 15);
-  r->attempt_base = col_int(res, i, 16);
+  r->created_at = col_i64(res, i, o + 11);
+  r->updated_at = col_i64(res, i, o + 12);
+  r->deadline = col_i64(res, i, o + 13);
+  r->version = col_i64(res, i, o + 14);
+  r->attempt_started_at = col_i64(res, i, o + 15);
+  r->attempt_base = col_int(res, i, o + 16);
   r->same_status = 0;
 }
 
@@ -1398,29 +1404,36 @@ static int pg_outbox_del(struct sg_store *base, int64_t id, struct sg_error *e) 
   return wr_done(S(base), ST_OUTBOX_DEL, &p, e, "outbox_del");
 }
 
+/* a row of ST_OUTBOX_EACH; its strings point into the result */
+static void msg_from_row(const PGresult *res, int i, struct sg_msg *m) {
+  /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
+  struct sg_msg r = {
+    .outbox_id = col_i64(res, i, 0),
+    .message_id = (char *)col(res, i, 1),
+    .correlation_id = (char *)col(res, i, 2),
+    .exchange = (char *)col(res, i, 3),
+    .routing_key = (char *)col(res, i, 4),
+    .reply_to = (char *)col(res, i, 5),
+    .type = (char *)col(res, i, 6),
+    .saga_id = (char *)col(res, i, 7),
+    .saga_type = (char *)col(res, i, 8),
+    .step = col_int(res, i, 9),
+    .attempt = col_int(res, i, 10),
+    .status = (char *)col(res, i, 11),
+    .body = (char *)col(res, i, 12),
+    .created_at = col_i64(res, i, 13),
+  };
+  *m = r;
+}
+
 static int pg_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct sg_error *e) {
   struct params p = {0};
   p_text(&p, S(base)->me);
   PGresult *res = rd_exec(S(base), ST_OUTBOX_EACH, &p, e, "outbox_each");
   if (!res) return -1;
   for (int i = 0, n = PQntuples(res); i < n; i++) {
-    /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
-    struct sg_msg m = {
-      .outbox_id = col_i64(res, i, 0),
-      .message_id = (char *)col(res, i, 1),
-      .correlation_id = (char *)col(res, i, 2),
-      .exchange = (char *)col(res, i, 3),
-      .routing_key = (char *)col(res, i, 4),
-      .reply_to = (char *)col(res, i, 5),
-      .type = (char *)col(res, i, 6),
-      .saga_id = (char *)col(res, i, 7),
-      .saga_type = (char *)col(res, i, 8),
-      .step = col_int(res, i, 9),
-      .attempt = col_int(res, i, 10),
-      .status = (char *)col(res, i, 11),
-      .body = (char *)col(res, i, 12),
-      .created_at = col_i64(res, i, 13),
-    };
+    struct sg_msg m;
+    msg_from_row(res, i, &m);
     if (cb(ud, &m)) break;
   }
   PQclear(res);
@@ -1753,6 +1766,20 @@ static int pg_mail_take(struct sg_store *base, int (*cb)(void *ud, const char *s
   return rc;
 }
 
+static int pg_mail_done(struct sg_store *base, const int64_t *ids, size_t n, struct sg_error *e) {
+  if (!n) return 0;
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "{");
+  for (size_t i = 0; i < n; i++) sg_buf_printf(&b, "%s%lld", i ? "," : "", (long long)ids[i]);
+  sg_buf_adds(&b, "}");
+  struct params d = {0};
+  p_text(&d, b.data);
+  int rc = wr_done(S(base), ST_MAIL_DEL, &d, e, "mail_done");
+  sg_buf_free(&b);
+  return rc;
+}
+
 static int pg_notify(struct sg_store *base, const char *host_id, const char *payload, struct sg_error *e) {
   struct params p = {0};
   p_text(&p, host_id);
@@ -1786,6 +1813,58 @@ static void pg_notes(struct sg_store *base, int read, void (*cb)(void *ud, const
  * commit, as the blocking reads outside a transaction do. A lost connection fails the reads on their
  * way with SG_E_UNAVAILABLE; the next read connects again (at most once a second). */
 enum { RD_NONE, RD_CONNECTING, RD_READY };
+
+/* A takeover round without waiting (SG_READ_TAKEOVER): one transaction, pipelined, on a reads'
+ * connection. TK_FENCE renews this host's lease if its epoch is still the one it registered with
+ * (else SG002: it is fenced); TK_CLAIM fences the host whose lease ran out longest ago that still owns
+ * something (FOR UPDATE SKIP LOCKED: two hosts never take the same one at once) and claims up to $2
+ * of its sagas and all of its outbox, or, with no such host, sagas and outbox rows nobody owns; one
+ * row of the dead host's id, how long ago its lease ran out, its lease_until (0: it released it) and
+ * the outbox rows moved, then the claimed saga (SAGA_COLS, NULL when none), per claimed saga.
+ * TK_TIMERS and TK_JOURNALS read what the claimed sagas need to go on: the rows this transaction
+ * changed are those whose xmin is its id. The same hosts row lock orders this against the host's own
+ * commits (their fence) and its registration (a fenced host registering again waits for the round
+ * and then loads what it owns, including what the round took). */
+#define TK_FENCE \
+  "WITH u AS (UPDATE hosts SET lease_until = sg_now() + lease_ms WHERE host_id = $1 AND epoch = $2::bigint" \
+  " RETURNING 1) SELECT sg_one(count(*), 'host ' || $1 || ' fence') FROM u"
+#define TK_CLAIM \
+  "WITH d AS (SELECT h.host_id, sg_now() - h.lease_until AS expired, h.lease_until FROM hosts h" \
+  "   WHERE h.host_id <> $1 AND h.lease_until < sg_now()" \
+  "   AND (EXISTS (SELECT 1 FROM sagas WHERE owner = h.host_id AND status IN ('running', 'compensating'))" \
+  "    OR EXISTS (SELECT 1 FROM outbox WHERE owner = h.host_id))" \
+  "   ORDER BY h.lease_until LIMIT 1 FOR UPDATE SKIP LOCKED)," \
+  " f AS (UPDATE hosts SET epoch = epoch + 1 WHERE host_id IN (SELECT host_id FROM d) RETURNING 1)," \
+  " c AS (UPDATE sagas SET owner = $1, version = version + 1 WHERE id IN (SELECT id FROM sagas" \
+  "   WHERE (owner = (SELECT host_id FROM d) OR (owner IS NULL AND NOT EXISTS (SELECT 1 FROM d)))" \
+  "   AND status IN ('running', 'compensating') ORDER BY id LIMIT $2::int FOR UPDATE SKIP LOCKED)" \
+  "   RETURNING " SAGA_COLS ")," \
+  " o AS (UPDATE outbox SET owner = $1 WHERE owner = (SELECT host_id FROM d)" \
+  "   OR (owner IS NULL AND NOT EXISTS (SELECT 1 FROM d)) RETURNING 1)" \
+  " SELECT (SELECT host_id FROM d), (SELECT expired FROM d), (SELECT lease_until FROM d), (SELECT count(*) FROM o)," \
+  " (SELECT count(*) FROM f), c.* FROM (SELECT 1) one LEFT JOIN c ON true"
+#define TK_COLS 5 /* the columns before the saga's */
+#define TK_TIMERS \
+  "SELECT t.id, t.saga_id, t.due_at, t.kind, t.ref FROM timers t JOIN sagas s ON s.id = t.saga_id" \
+  " WHERE s.owner = $1 AND s.xmin = pg_current_xact_id()::xid ORDER BY t.due_at, t.id"
+#define TK_JOURNALS \
+  "SELECT j.saga_id, j.step, j.phase, j.attempt, j.seq, j.kind, j.done, j.is_error, j.result FROM journal j" \
+  " JOIN sagas s ON s.id = j.saga_id AND j.step = s.step AND j.phase = s.phase AND j.attempt = s.attempt" \
+  " WHERE s.owner = $1 AND s.xmin = pg_current_xact_id()::xid ORDER BY j.saga_id, j.seq"
+
+/* BEGIN, the round's four statements, COMMIT, and the sync point */
+static int rd_send_takeover(struct pg_store *s, PGconn *pq, struct sg_read *r) {
+  char ep[24], lim[16];
+  snprintf(ep, sizeof ep, "%lld", (long long)s->epoch);
+  snprintf(lim, sizeof lim, "%d", r->limit > 0 ? r->limit : 100);
+  const char *v1[] = { s->me, ep }, *v2[] = { s->me, lim }, *v3[] = { s->me };
+  return PQsendQueryParams(pq, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) &&
+         PQsendQueryParams(pq, TK_FENCE, 2, NULL, v1, NULL, NULL, 0) &&
+         PQsendQueryParams(pq, TK_CLAIM, 2, NULL, v2, NULL, NULL, 0) &&
+         PQsendQueryParams(pq, TK_TIMERS, 1, NULL, v3, NULL, NULL, 0) &&
+         PQsendQueryParams(pq, TK_JOURNALS, 1, NULL, v3, NULL, NULL, 0) &&
+         PQsendQueryParams(pq, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
+}
 
 /* what a takeover round (pg_take_over) and a mail read (pg_mail_take) would find, without their locks:
  * the host runs them (blocking) only when there is something */
@@ -1862,7 +1941,7 @@ static void rd_lost(struct pg_store *s, struct rdc *c) {
     list = r->next;
     rd_clear_res(r);
     r->failed = 0;
-    if (r->tries++ == 0) rd_push(&c->wait, &c->wait_tail, r);
+    if (r->tries++ == 0 && r->kind != SG_READ_TAKEOVER) rd_push(&c->wait, &c->wait_tail, r);
     else { rd_push(&fail, &fail_tail, r); c->n--; }
   }
   if (c->wait) {
@@ -1873,7 +1952,10 @@ static void rd_lost(struct pg_store *s, struct rdc *c) {
     struct sg_read *r = fail;
     fail = r->next;
     r->rc = -1;
-    sg_errorf(&r->err, SG_E_UNAVAILABLE, "%s", why);
+    if (r->kind == SG_READ_TAKEOVER) /* it may have committed: only loading what this host owns tells */
+      sg_errorf(&r->err, SG_E_FENCED, "postgres: the answer to a takeover round was lost (%.400s): reloading what"
+                " this host owns", why);
+    else sg_errorf(&r->err, SG_E_UNAVAILABLE, "%s", why);
     r->done(r);
   }
 }
@@ -1913,6 +1995,14 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
     p_text(&p, r->a);
     sql[0] = PROBE_SQL;
     break;
+  case SG_READ_OUTBOX:
+    p_text(&p, s->me);
+    sql[0] = stmt_sql[ST_OUTBOX_EACH];
+    break;
+  case SG_READ_MAIL:
+    p_text(&p, s->me);
+    sql[0] = stmt_sql[ST_MAIL_READ];
+    break;
   case SG_READ_PRUNE:
     p_int(&p, r->before);
     if (strcmp(r->a, "inbox") != 0) p_int(&p, r->limit);
@@ -1922,6 +2012,7 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
   char *own[MAX_PARAMS] = {0};
   if (s->utf8) params_fix_utf8(&p, own);
   int ok = 1;
+  if (r->kind == SG_READ_TAKEOVER) ok = rd_send_takeover(s, c->pq, r);
   for (int i = 0; i < 2 && sql[i] && ok; i++)
     ok = PQsendQueryParams(c->pq, sql[i], i == 0 ? p.n : 1, NULL, p.v, NULL, NULL, 0);
   if (s->utf8) params_free(p.n, own);
@@ -2041,7 +2132,51 @@ static int pg_read_wants(struct sg_store *base, int i) {
 }
 
 /* a read whose results have all arrived: its answer from them, then done */
+static void rd_finish_takeover(struct sg_read *r) {
+  if (!r->failed && (r->nres != 6 || strcmp(PQcmdStatus(r->res[5]), "COMMIT") != 0)) {
+    r->failed = 1; /* the transaction did not commit (COMMIT of an aborted one answers ROLLBACK) */
+    sg_errorf(&r->err, SG_E_UNAVAILABLE, "postgres: take over: the round did not commit");
+  }
+  if (r->failed) { r->rc = -1; return; }
+  PGresult *m = r->res[2], *t = r->res[3], *j = r->res[4];
+  int n = PQntuples(m);
+  if (n > 0) {
+    snprintf(r->owner, sizeof r->owner, "%s", col(m, 0, 0) ? col(m, 0, 0) : "");
+    r->before = col(m, 0, 2) && col_i64(m, 0, 2) == 0 ? -1 : col(m, 0, 1) ? col_i64(m, 0, 1) : 0;
+    r->count = col_i64(m, 0, 3);
+  }
+  for (int i = 0; i < n; i++) {
+    if (!col(m, i, TK_COLS)) continue; /* no saga claimed */
+    r->rows = sg_xrealloc(r->rows, (r->nrows + 1) * sizeof *r->rows);
+    saga_from_row_at(m, i, TK_COLS, &r->rows[r->nrows++], 1);
+  }
+  if ((r->ntimers = (size_t)PQntuples(t))) r->timers = sg_xcalloc(r->ntimers, sizeof *r->timers);
+  for (size_t i = 0; i < r->ntimers; i++) {
+    int k = (int)i;
+    struct sg_timer_row x = { .id = col_i64(t, k, 0), .saga_id = sg_strdup(col(t, k, 1)), .due_at = col_i64(t, k, 2),
+                              .kind = sg_strdup(col(t, k, 3)), .ref = col_i64(t, k, 4) };
+    r->timers[i] = x;
+  }
+  if ((r->njournals = (size_t)PQntuples(j))) r->journals = sg_xcalloc(r->njournals, sizeof *r->journals);
+  for (size_t i = 0; i < r->njournals; i++) {
+    int k = (int)i;
+    const char *res = col(j, k, 8);
+    struct sg_journal_row x = { .saga_id = sg_strdup(col(j, k, 0)), .step = col_int(j, k, 1), .phase = col_int(j, k, 2),
+                                .attempt = col_int(j, k, 3), .seq = col_int(j, k, 4), .kind = sg_strdup(col(j, k, 5)),
+                                .done = col_int(j, k, 6), .is_error = col_int(j, k, 7), .result = res ? sg_strdup(res) : NULL };
+    r->journals[i] = x;
+  }
+  r->rc = r->nrows > 0 || r->owner[0] || r->count > 0;
+}
+
 static void rd_finish(struct pg_store *s, struct sg_read *r) {
+  if (r->kind == SG_READ_TAKEOVER) {
+    rd_finish_takeover(r);
+    if (r->rc >= 0) s->commits++;
+    rd_clear_res(r);
+    r->done(r);
+    return;
+  }
   PGresult *a = r->nres > 0 ? r->res[0] : NULL, *b = r->nres > 1 ? r->res[1] : NULL;
   if (!r->failed && (!a || (r->kind == SG_READ_SAGA && (r->with_hist || r->with_owner) && !b))) {
     r->failed = 1;
@@ -2049,6 +2184,27 @@ static void rd_finish(struct pg_store *s, struct sg_read *r) {
   }
   if (r->failed) {
     r->rc = -1;
+  } else if (r->kind == SG_READ_MAIL) {
+    r->rc = 0;
+    int n = PQntuples(a);
+    if (n > 0) r->mail = sg_xcalloc((size_t)n, sizeof *r->mail);
+    for (int i = 0; i < n; i++) {
+      r->mail[i].id = col_i64(a, i, 0);
+      r->mail[i].saga_id = sg_strdup(PQgetvalue(a, i, 1));
+      r->mail[i].kind = sg_strdup(PQgetvalue(a, i, 2));
+      r->mail[i].body = sg_strdup(PQgetvalue(a, i, 3));
+    }
+    r->nmail = (size_t)n;
+  } else if (r->kind == SG_READ_OUTBOX) {
+    r->rc = 0;
+    int n = PQntuples(a);
+    if (n > 0) r->msgs = sg_xcalloc((size_t)n, sizeof *r->msgs);
+    for (int i = 0; i < n; i++) {
+      struct sg_msg m;
+      msg_from_row(a, i, &m);
+      sg_msg_copy(&r->msgs[i], &m);
+    }
+    r->nmsgs = (size_t)n;
   } else if (r->kind == SG_READ_PRUNE) {
     r->rc = 0;
     r->count = cmd_rows(a);
@@ -2116,14 +2272,16 @@ static void pg_read_poll(struct sg_store *base, int i) {
       rd_finish(s, h);
       continue;
     }
-    if ((st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) && !h->failed && h->nres < 2) { h->res[h->nres++] = res; continue; }
+    if ((st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) && !h->failed && h->nres < 6) { h->res[h->nres++] = res; continue; }
     if (!h->failed) {
       h->failed = 1;
       char m[400];
       const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
       res_msg(s, res, m, sizeof m);
       int passing = PQstatus(c->pq) != CONNECTION_OK || st == PGRES_PIPELINE_ABORTED || passing_state(state);
-      sg_errorf(&h->err, passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "postgres: read: %s", m);
+      int fenced = h->kind == SG_READ_TAKEOVER && state && (!strcmp(state, "SG001") || !strcmp(state, "SG002"));
+      sg_errorf(&h->err, fenced ? SG_E_FENCED : passing ? SG_E_UNAVAILABLE : SG_E_INTERNAL, "postgres: %s: %s",
+                h->kind == SG_READ_TAKEOVER ? "take over" : "read", m);
     }
     PQclear(res);
   }
@@ -2194,6 +2352,7 @@ static const struct sg_store_ops pg_ops = {
   .saga_owner = pg_saga_owner,
   .mail_put = pg_mail_put,
   .mail_take = pg_mail_take,
+  .mail_done = pg_mail_done,
   .notify = pg_notify,
   .note_fd = pg_note_fd,
   .notes = pg_notes,
