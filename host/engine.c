@@ -933,6 +933,12 @@ static void on_read_io(struct ev_loop *loop, ev_io *w, int revents) {
 }
 
 void sg_engine_read(struct sg_engine *en, struct sg_read *rd) {
+  if (en->stopped && en->read_conns) { /* its connections are being closed: nothing new goes out */
+    rd->rc = -1;
+    sg_errorf(&rd->err, SG_E_UNAVAILABLE, "the host is stopping");
+    rd->done(rd);
+    return;
+  }
   sg_store_read(en->store, rd);
   read_arm(en);
 }
@@ -2007,6 +2013,8 @@ void sg_engine_stop(struct sg_engine *en) {
   if (!en->broken) on_prepare(en->loop, &en->prepare, 0); /* the last group commit and its callbacks */
   ev_timer_stop(en->loop, &en->reload_timer);
   settle(en); /* the last commit, if it went on its way */
+  if (en->store->ops->read_cancel) en->store->ops->read_cancel(en->store); /* (none can have started since) */
+  for (int i = 0; i < READ_CONNS_MAX; i++) ev_io_stop(en->loop, &en->read_io[i]);
   ev_io_stop(en->loop, &en->commit_io);
   eng_owner_stop(en); /* several hosts: the lease is released, so others take the sagas over at once */
   sg_timers_stop(en->timers);

@@ -171,6 +171,17 @@ static void took_over_log(const char *dead, int64_t expired, int64_t n, int64_t 
  * claimed sagas need run in one transaction on a reads' connection; the sagas go on when it answers. */
 static void on_taken(struct sg_read *rd) {
   struct sg_engine *en = rd->ud;
+  if (!en->stopped && !en->broken && rd->gen != en->st.fenced && rd->rc > 0 && rd->nrows > 0) {
+    /* the host reloaded while the round was on its way: what it took may have committed after the
+     * load read what the host owns, so load again */
+    en->taking = 0;
+    struct sg_error e = {0};
+    sg_errorf(&e, SG_E_FENCED, "a takeover round of %zu saga(s) ended after this host reloaded", rd->nrows);
+    sg_read_free(rd);
+    if (en->reloading) return; /* the reload on its way reads them */
+    eng_fenced(en, &e);
+    return;
+  }
   if (en->stopped || en->broken || rd->gen != en->st.fenced) { /* a reload loaded what this host owns */
     en->taking = 0;
     sg_read_free(rd);

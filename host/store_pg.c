@@ -1815,19 +1815,19 @@ static void pg_notes(struct sg_store *base, int read, void (*cb)(void *ud, const
 enum { RD_NONE, RD_CONNECTING, RD_READY };
 
 /* A takeover round without waiting (SG_READ_TAKEOVER): one transaction, pipelined, on a reads'
- * connection. TK_FENCE renews this host's lease if its epoch is still the one it registered with
- * (else SG002: it is fenced); TK_CLAIM fences the host whose lease ran out longest ago that still owns
+ * connection. TK_FENCE checks that this host's epoch is still the one it registered with (else
+ * SG002: it is fenced), without locking its row (the host's own commits renew its lease on that row
+ * meanwhile: a round waiting on a lock must not hold them up); TK_CLAIM fences the host whose lease ran out longest ago that still owns
  * something (FOR UPDATE SKIP LOCKED: two hosts never take the same one at once) and claims up to $2
  * of its sagas and all of its outbox, or, with no such host, sagas and outbox rows nobody owns; one
  * row of the dead host's id, how long ago its lease ran out, its lease_until (0: it released it) and
  * the outbox rows moved, then the claimed saga (SAGA_COLS, NULL when none), per claimed saga.
  * TK_TIMERS and TK_JOURNALS read what the claimed sagas need to go on: the rows this transaction
- * changed are those whose xmin is its id. The same hosts row lock orders this against the host's own
- * commits (their fence) and its registration (a fenced host registering again waits for the round
- * and then loads what it owns, including what the round took). */
+ * changed are those whose xmin is its id. A host fenced while its round was on its way finds out at
+ * its next commit; a round whose answer comes after the host reloaded makes it load again (what it
+ * took may have committed after the load). */
 #define TK_FENCE \
-  "WITH u AS (UPDATE hosts SET lease_until = sg_now() + lease_ms WHERE host_id = $1 AND epoch = $2::bigint" \
-  " RETURNING 1) SELECT sg_one(count(*), 'host ' || $1 || ' fence') FROM u"
+  "SELECT sg_one(count(*), 'host ' || $1 || ' fence') FROM hosts WHERE host_id = $1 AND epoch = $2::bigint"
 #define TK_CLAIM \
   "WITH d AS (SELECT h.host_id, sg_now() - h.lease_until AS expired, h.lease_until FROM hosts h" \
   "   WHERE h.host_id <> $1 AND h.lease_until < sg_now()" \
@@ -2072,17 +2072,16 @@ static void rd_connect(struct pg_store *s, struct rdc *c) {
   rd_connect_step(s, c);
 }
 
-/* The connection for the next read: one with nothing on its way, else the one with the fewest reads;
- * one whose oldest read has waited over 200 ms (stuck behind a lock?) or that failed to connect
- * within the last second only when there is no other. An unused connection is opened only when the
- * ones open are busy. */
+/* The connection for the next read: an open one with nothing on its way, else an unused one (opened
+ * now), else the one with the fewest reads; one whose oldest read has waited over 200 ms (stuck
+ * behind a lock?) or that failed to connect within the last second only when there is no other. */
 static struct rdc *rd_pick(struct pg_store *s) {
   int64_t now = sg_now_ms();
   struct rdc *best = NULL;
   int64_t best_score = 0;
   for (int i = 0; i < RD_CONNS; i++) {
     struct rdc *c = &s->rd[i];
-    int64_t score = c->n;
+    int64_t score = 2 * c->n; /* a read on its way counts more than opening a connection */
     if (c->sent && now - c->sent->at > 200) score += 1000000;
     if (c->state == RD_NONE) score += now - c->last_try < 1000 ? 500000 : 1;
     if (!best || score < best_score) { best = c; best_score = score; }

@@ -98,6 +98,65 @@ describe("several hosts on one database", function()
     assert(ok, err)
   end)
 
+  it("a takeover that waits on the database does not stop the host taking over: it serves meanwhile", function()
+    H.pg_only("leases are PostgreSQL's")
+    local list, db = hosts(2, "3s", "stk")
+    local a, b = list[1], list[2]
+    a:start()
+    b:start()
+    local dir = H.tmpdir("hosts-stk-out")
+    local ok, err = pcall(function()
+      local ids = {}
+      for i = 1, 10 do ids[i] = a:start_saga("Slow", { n = "s" .. i, nap = "2s" }) end
+      H.sleep(0.5)
+      -- another session holds the journal table for 4 s: the takeover round reads the journals of
+      -- what it claims, so it waits on that lock
+      os.execute(H.pg_bin .. "/psql -X -q " .. H.q(db) .. " -c " ..
+        H.q("BEGIN; LOCK TABLE journal IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;") ..
+        " > " .. dir .. "/locker.out 2>&1 &")
+      local granted
+      for _ = 1, 100 do
+        granted = H.sql(db, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation" ..
+          " WHERE c.relname = 'journal' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1"
+        if granted then break end
+        H.sleep(0.05)
+      end
+      assert.is_true(granted, "the lock was not taken: " .. (H.read(dir .. "/locker.out") or ""))
+      local t_lock = H.now()
+      a:stop() -- releases its lease: b takes its sagas over at its next look (lease/3)
+      -- while the round waits on the lock, b answers at once
+      local worst, polls, waiting = 0, 0, false
+      while H.now() - t_lock < 3 do
+        local t0 = H.now()
+        assert.are.equal(200, (b:get("/healthz")))
+        assert.are.equal(200, (b:get("/v1/sagas?limit=1")))
+        worst = math.max(worst, H.now() - t0)
+        polls = polls + 1
+        -- b's round is there, on one of its reads' connections, waiting for the lock
+        waiting = waiting or H.sql(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE" ..
+          " 'sagahost pid " .. math.tointeger(b.pid) .. " on % (reads)' AND wait_event_type = 'Lock'") ~= "0"
+        H.sleep(0.1)
+      end
+      assert.is_true(waiting, "b's takeover round was never seen waiting for the lock")
+      assert.is_nil(b:log():match("took over %d+ saga%(s%) of host stk%-1"), "the takeover did not wait for the lock")
+      assert.is_true(worst < 1, string.format("b took %.2fs to answer while its takeover waited", worst))
+      local taken = b:wait_log("took over (%d+) saga%(s%) of host stk%-1", 10)
+      local took = H.now() - t_lock
+      assert.are.equal("10", taken)
+      assert.is_true(took > 3.5, string.format("the takeover did not wait for the lock (%.1fs)", took))
+      local got = b:wait_all(ids, 30)
+      for _, id in ipairs(ids) do
+        assert.are.equal("completed", got[id].status)
+        assert.are.same(EXPECTED, H.history(b:saga(id)))
+      end
+      for k, n in pairs(effects(list)) do assert.are.equal(1, n, "effect " .. k .. " applied " .. n .. " times") end
+      print(string.format("\n  a takeover held %.1fs by a lock: %d polls of /healthz and the list meanwhile, slowest %.0f ms",
+                          took, polls, worst * 1000))
+    end)
+    stop_all(list)
+    assert(ok, err)
+  end)
+
   it("a host frozen past its lease is fenced when it wakes: it drops its sagas and nothing is applied twice", function()
     H.pg_only("leases are PostgreSQL's")
     local list = hosts(2, "1s", "fen")
