@@ -272,7 +272,8 @@ struct sg_store_ops {
    * and so is that host's outbox; cb gets each claimed saga (its version bumped), then timer_cb each
    * of their timers and journal_cb each journal row of their current attempts (read in one round
    * trip each, after the commit). *dead names the host ("" for unowned sagas) and *expired_ms how long
-   * ago its lease ran out. 0 = nothing to take. */
+   * ago its lease ran out. 0 = nothing to take. Blocking: the engine uses SG_READ_TAKEOVER (the same
+   * round without waiting) when the store has read_start. */
   int (*take_over)(struct sg_store *s, int limit, sg_saga_cb cb, sg_timer_cb timer_cb, sg_journal_cb journal_cb,
                    void *ud, char dead[128], int64_t *expired_ms, int64_t *claimed, struct sg_error *e);
   int (*timer_each_saga)(struct sg_store *s, const char *saga_id, sg_timer_cb cb, void *ud, struct sg_error *e);
