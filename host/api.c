@@ -11,8 +11,18 @@
 #include <string.h>
 
 #include "http.h"
+#include "map.h"
+
+/* Counters of one saga type, from the engine's lifecycle events (after their commits). */
+struct type_stats {
+  char *type;                  /* the map's key */
+  int64_t started;
+  int64_t finished[SG_ST_RESOLVED + 1]; /* by terminal status */
+  int64_t attempts_failed;
+};
 
 struct sg_api {
+  struct sg_map types;         /* saga type -> struct type_stats */
   struct sg_engine *en;        /* acts: start, operator verbs */
   struct sg_store *store;      /* reads, after the commit */
   struct sg_script *sc;        /* definitions, Lua memory */
@@ -225,6 +235,8 @@ static void metric_breaker(void *ud, const char *service, const char *state, siz
   sg_buf_printf(lines[1], "sagahost_breaker_parked{service=\"%s\"} %zu\n", service, parked);
 }
 
+static void metrics_by_type(struct sg_api *api, struct sg_buf *b);
+
 /* GET /metrics: the counters in the Prometheus text format */
 static void metrics(struct sg_api *api, struct sg_http_req *req) {
   struct sg_engine_stats st;
@@ -289,8 +301,77 @@ static void metrics(struct sg_api *api, struct sg_http_req *req) {
   }
   sg_buf_free(&open);
   sg_buf_free(&parked);
+  metrics_by_type(api, &b);
   sg_http_reply_as(req, 200, "text/plain; version=0.0.4", b.data);
   sg_buf_free(&b);
+}
+
+/* the per-type counters of /metrics */
+static void on_event(void *ud, const struct sg_event *ev) {
+  struct sg_api *api = ud;
+  if (ev->kind != SG_EV_STARTED && ev->kind != SG_EV_TERMINAL && ev->kind != SG_EV_ATTEMPT_ENDED) return;
+  struct type_stats *t = sg_map_get(&api->types, ev->type);
+  if (!t) {
+    if (api->types.n >= 10000) return; /* a bound on label sets, whatever scripts define */
+    t = sg_xcalloc(1, sizeof *t);
+    t->type = sg_strdup(ev->type);
+    sg_map_put(&api->types, t->type, t);
+  }
+  if (ev->kind == SG_EV_STARTED) t->started++;
+  else if (ev->kind == SG_EV_TERMINAL && ev->status >= SG_ST_COMPLETED && ev->status <= SG_ST_RESOLVED) t->finished[ev->status]++;
+  else if (ev->kind == SG_EV_ATTEMPT_ENDED && ev->outcome && !strcmp(ev->outcome, "failed")) t->attempts_failed++;
+}
+
+/* a label value in the Prometheus text format: \, " and newline escaped */
+static void add_label(struct sg_buf *b, const char *v) {
+  for (; *v; v++) {
+    if (*v == '\\') sg_buf_adds(b, "\\\\");
+    else if (*v == '"') sg_buf_adds(b, "\\\"");
+    else if (*v == '\n') sg_buf_adds(b, "\\n");
+    else sg_buf_add(b, v, 1);
+  }
+}
+
+static void metric_live(void *ud, const char *type, int64_t n) {
+  struct sg_buf *b = ud;
+  sg_buf_adds(b, "sagahost_type_in_flight{type=\"");
+  add_label(b, type);
+  sg_buf_printf(b, "\"} %" PRId64 "\n", n);
+}
+
+static void metrics_by_type(struct sg_api *api, struct sg_buf *b) {
+  sg_buf_adds(b, "# HELP sagahost_type_started_total Sagas started by this host, by type.\n"
+                 "# TYPE sagahost_type_started_total counter\n");
+  for (size_t i = 0; i < api->types.cap; i++) {
+    if (!sg_map_live(&api->types, i)) continue;
+    const struct type_stats *t = api->types.slots[i].val;
+    sg_buf_adds(b, "sagahost_type_started_total{type=\"");
+    add_label(b, t->type);
+    sg_buf_printf(b, "\"} %" PRId64 "\n", t->started);
+  }
+  sg_buf_adds(b, "# HELP sagahost_type_finished_total Sagas that reached a terminal status on this host, by type and status.\n"
+                 "# TYPE sagahost_type_finished_total counter\n");
+  for (size_t i = 0; i < api->types.cap; i++) {
+    if (!sg_map_live(&api->types, i)) continue;
+    const struct type_stats *t = api->types.slots[i].val;
+    for (int st = SG_ST_COMPLETED; st <= SG_ST_RESOLVED; st++) {
+      sg_buf_adds(b, "sagahost_type_finished_total{type=\"");
+      add_label(b, t->type);
+      sg_buf_printf(b, "\",status=\"%s\"} %" PRId64 "\n", sg_status_name(st), t->finished[st]);
+    }
+  }
+  sg_buf_adds(b, "# HELP sagahost_type_attempts_failed_total Step attempts (actions and compensations) that failed, by type.\n"
+                 "# TYPE sagahost_type_attempts_failed_total counter\n");
+  for (size_t i = 0; i < api->types.cap; i++) {
+    if (!sg_map_live(&api->types, i)) continue;
+    const struct type_stats *t = api->types.slots[i].val;
+    sg_buf_adds(b, "sagahost_type_attempts_failed_total{type=\"");
+    add_label(b, t->type);
+    sg_buf_printf(b, "\"} %" PRId64 "\n", t->attempts_failed);
+  }
+  sg_buf_adds(b, "# HELP sagahost_type_in_flight Sagas running or compensating on this host, by type.\n"
+                 "# TYPE sagahost_type_in_flight gauge\n");
+  sg_engine_live_by_type(api->en, metric_live, b);
 }
 
 /* after the commit: answer a start, or serve a read */
@@ -620,8 +701,10 @@ struct sg_api *sg_api_start(struct ev_loop *loop, const struct sg_api_config *cf
   api->sc = sc;
   api->auth = cfg->auth;
   api->auth_metrics = cfg->auth_metrics;
+  sg_map_init(&api->types);
   api->http = sg_http_start_tls(loop, cfg->listen, cfg->max_body, cfg->tls, route, api, e);
-  if (!api->http) { free(api); return NULL; }
+  if (!api->http) { sg_map_free(&api->types); free(api); return NULL; }
+  sg_engine_observe(en, on_event, api);
   return api;
 }
 
@@ -632,5 +715,12 @@ void sg_api_set_auth(struct sg_api *api, const struct sg_auth *auth) { api->auth
 void sg_api_stop(struct sg_api *api) {
   if (!api) return;
   sg_http_stop(api->http);
+  for (size_t i = 0; i < api->types.cap; i++) {
+    if (!sg_map_live(&api->types, i)) continue;
+    struct type_stats *t = api->types.slots[i].val;
+    free(t->type);
+    free(t);
+  }
+  sg_map_free(&api->types);
   free(api);
 }

@@ -181,8 +181,70 @@ void eng_saga_free(struct sg_saga *s) {
 
 /* An attempt's history row is written once, when it ends; while it runs, the saga row's
  * attempt_started_at says so (the API shows it as a running entry). */
+/* ---- lifecycle events ---- */
+
+static const char *const ev_names[] = {
+  "started", "attempt_started", "attempt_ended", "compensating", "terminal", "operator",
+};
+
+const char *sg_event_name(int kind) {
+  return kind >= 0 && kind < (int)(sizeof ev_names / sizeof ev_names[0]) ? ev_names[kind] : "unknown";
+}
+
+int sg_engine_observe(struct sg_engine *en, sg_event_cb cb, void *ud) {
+  if (en->nobs == (int)(sizeof en->obs / sizeof en->obs[0])) return -1;
+  en->obs[en->nobs].cb = cb;
+  en->obs[en->nobs].ud = ud;
+  en->nobs++;
+  return 0;
+}
+
+void eng_event(struct sg_engine *en, int kind, const struct sg_saga *s, const char *outcome, const char *detail,
+               int64_t duration_ms) {
+  if (!en->nobs) return;
+  struct sg_event ev = {
+    .kind = kind, .saga_id = sg_strdup(s->row.id), .type = sg_strdup(s->row.type), .step = s->row.step,
+    .phase = s->row.phase, .attempt = s->row.attempt, .step_name = sg_strdup(eng_step_name(s)),
+    .outcome = outcome ? sg_strdup(outcome) : NULL, .status = s->row.status, .detail = detail ? sg_strdup(detail) : NULL,
+    .at = sg_now_ms(), .duration_ms = duration_ms,
+  };
+  PUSH(en->pev, en->npev, en->cappev, ev);
+}
+
+static void events_free(struct sg_engine *en) {
+  for (size_t i = 0; i < en->npev; i++) {
+    struct sg_event *ev = &en->pev[i];
+    free((char *)ev->saga_id); free((char *)ev->type); free((char *)ev->step_name);
+    free((char *)ev->outcome); free((char *)ev->detail);
+  }
+  en->npev = 0;
+}
+
+/* after a commit: the batch's events to every observer, in order */
+static void events_show(struct sg_engine *en) {
+  for (size_t i = 0; i < en->npev; i++)
+    for (int k = 0; k < en->nobs; k++) en->obs[k].cb(en->obs[k].ud, &en->pev[i]);
+  events_free(en);
+}
+
+void sg_engine_live_by_type(struct sg_engine *en, void (*cb)(void *ud, const char *type, int64_t n), void *ud) {
+  struct sg_map counts;
+  sg_map_init(&counts);
+  for (size_t i = 0; i < en->sagas.cap; i++) {
+    if (!sg_map_live(&en->sagas, i)) continue;
+    struct sg_saga *s = en->sagas.slots[i].val;
+    if (s->terminal || SG_ST_TERMINAL(s->row.status)) continue;
+    intptr_t n = (intptr_t)sg_map_get(&counts, s->row.type);
+    sg_map_put(&counts, s->row.type, (void *)(n + 1)); /* keys: the sagas' own type strings */
+  }
+  for (size_t i = 0; i < counts.cap; i++)
+    if (sg_map_live(&counts, i)) cb(ud, counts.slots[i].key, (int64_t)(intptr_t)counts.slots[i].val);
+  sg_map_free(&counts);
+}
+
 static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
   if (!s->row.attempt_started_at) return;
+  eng_event(en, SG_EV_ATTEMPT_ENDED, s, status, error, sg_now_ms() - s->row.attempt_started_at);
   struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = eng_step_name(s), .phase = s->row.phase,
                            .attempt = s->row.attempt, .status = status, .started_at = s->row.attempt_started_at,
                            .finished_at = sg_now_ms(), .error = error };
@@ -194,6 +256,7 @@ static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *sta
 /* A saga-level event in the history (timeouts, operator actions). */
 void eng_hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, const char *detail) {
   int64_t now = sg_now_ms();
+  if (!strncmp(event, "operator_", 9)) eng_event(en, SG_EV_OPERATOR, s, event, detail, 0);
   struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = eng_step_name(s), .phase = -1,
                            .attempt = s->row.attempt, .status = event, .started_at = now, .finished_at = now,
                            .error = detail };
@@ -211,6 +274,7 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
   eng_timer_cancel(en, &s->t_saga);
   journal_clear(s);
   eng_mark_dirty(en, s);
+  eng_event(en, SG_EV_TERMINAL, s, sg_status_name(status), error, 0);
   if (!s->terminal) {
     s->terminal = 1;
     PUSH(en->done, en->ndone, en->capdone, s);
@@ -238,6 +302,8 @@ void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
   s->row.error = sg_asprintf("step %s: %s", eng_step_name(s), why);
   eng_timer_cancel(en, &s->t_saga);
   sg_info("saga %s %s gives up at step %s: %s; compensating", s->row.type, s->row.id, eng_step_name(s), why);
+  s->row.status = SG_ST_COMPENSATING;
+  eng_event(en, SG_EV_COMPENSATING, s, NULL, s->row.error, 0);
   compensate_from(en, s, s->row.step - 1);
 }
 
@@ -323,6 +389,7 @@ void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
   int64_t now = sg_now_ms();
   s->row.attempt_started_at = now;
+  eng_event(en, SG_EV_ATTEMPT_STARTED, s, NULL, NULL, 0);
   if (ds->timeout_ms > 0) s->t_step = eng_timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
   journal_clear(s);
   s->seq = 0;
@@ -1262,6 +1329,7 @@ static void committed(struct sg_engine *en) {
   en->nout = 0;
   for (size_t i = 0; i < en->nacks; i++) en->tr->ops->ack(en->tr, en->acks[i].tag);
   en->nacks = 0;
+  events_show(en);
   for (size_t i = 0; i < en->ndone; i++) {
     struct sg_saga *s = en->done[i];
     sg_map_del(&en->sagas, s->row.id);
@@ -1612,6 +1680,7 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   en->st.started++;
   snprintf(id, 40, "%s", s->row.id);
   if (d->timeout_ms > 0) s->t_saga = eng_timer_new(en, s, TM_SAGA_TIMEOUT, r.deadline, 0);
+  eng_event(en, SG_EV_STARTED, s, NULL, NULL, 0);
   eng_begin_attempt(en, s);
   return 0;
 }
@@ -1919,6 +1988,7 @@ static void drop_waiting(struct sg_engine *en, int code, const char *why) {
 
 static void drop_all(struct sg_engine *en) {
   eng_runq_stop(en);
+  events_free(en); /* nothing of the batch happened */
   drop_waiting(en, SG_E_FENCED, "this host lost its sagas to another host (its lease ran out) before the start;"
                " it did not happen: retry");
   free_live(en);
@@ -2036,6 +2106,8 @@ void sg_engine_free(struct sg_engine *en) {
   free(en->checked);
   free(en->starts);
   free(en->verbs);
+  events_free(en);
+  free(en->pev);
   for (size_t i = 0; i < en->ndefs; i++) { free(en->defs[i].hash); free(en->defs[i].file); free(en->defs[i].source); }
   free(en->defs);
   free(en->chain);

@@ -144,6 +144,35 @@ void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *inpu
 typedef void (*sg_verb_cb)(void *ud, const struct sg_error *e);
 void sg_engine_verb_cb(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
                        sg_verb_cb cb, void *ud);
+/* Lifecycle events. The engine gives them to its observers after the commit that made them true
+ * (nothing uncommitted is ever shown; a batch dropped by a fence shows nothing), in the order they
+ * happened. Strings are borrowed for the call. */
+enum sg_event_kind {
+  SG_EV_STARTED,          /* a saga was started (not: recovered or taken over) */
+  SG_EV_ATTEMPT_STARTED,  /* an attempt of a step's action or compensation began */
+  SG_EV_ATTEMPT_ENDED,    /* it ended: outcome "completed" or "failed" (detail: the error), duration_ms */
+  SG_EV_COMPENSATING,     /* the saga gave up going forward (detail: why) and compensates */
+  SG_EV_TERMINAL,         /* the saga reached status (outcome: its name) */
+  SG_EV_OPERATOR,         /* an operator action (outcome: "operator_compensate", ...; detail: who and why) */
+};
+struct sg_event {
+  int kind;
+  const char *saga_id, *type;
+  int step, phase, attempt;  /* where the saga is (step 0-based, enum sg_phase) */
+  const char *step_name;
+  const char *outcome;       /* see the kinds, else NULL */
+  int status;                /* the saga's status after the event (enum sg_status) */
+  const char *detail;        /* or NULL */
+  int64_t at;                /* ms */
+  int64_t duration_ms;       /* SG_EV_ATTEMPT_ENDED */
+};
+typedef void (*sg_event_cb)(void *ud, const struct sg_event *ev);
+/* adds an observer (at most 8); -1 when full */
+int sg_engine_observe(struct sg_engine *en, sg_event_cb cb, void *ud);
+const char *sg_event_name(int kind); /* "started", "attempt_started", ... */
+/* the live (running or compensating) sagas of each type on this host */
+void sg_engine_live_by_type(struct sg_engine *en, void (*cb)(void *ud, const char *type, int64_t n), void *ud);
+
 /* Starts a read of the store (store.h: sg_store_read) and watches its answer on the loop. */
 struct sg_read;
 void sg_engine_read(struct sg_engine *en, struct sg_read *rd);

@@ -254,6 +254,10 @@ struct sg_engine {
   struct sg_read *op_pre;    /* the saga a verb read before it runs (saga_for_operator uses it) */
   struct pending_def *defs;  /* definitions loaded while a commit was on its way */
   size_t ndefs, capdefs;
+  struct sg_event *pev;      /* lifecycle events of the batch, shown to the observers after its commit */
+  size_t npev, cappev;
+  struct { sg_event_cb cb; void *ud; } obs[8];
+  int nobs;
   struct sg_engine_stats st;
 };
 
@@ -266,6 +270,9 @@ struct sg_engine {
   } while (0)
 
 /* engine.c */
+/* a lifecycle event of s, shown to the observers after the batch commits (outcome, detail copied) */
+void eng_event(struct sg_engine *en, int kind, const struct sg_saga *s, const char *outcome, const char *detail,
+               int64_t duration_ms);
 int eng_refuse_stalled(struct sg_engine *en, struct sg_error *e); /* SG_E_UNAVAILABLE with the store's reason */
 int eng_txn(struct sg_engine *en);           /* opens the batch's transaction if needed; -1 if the store failed */
 void eng_mark_dirty(struct sg_engine *en, struct sg_saga *s);

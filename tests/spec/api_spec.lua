@@ -110,6 +110,33 @@ describe("HTTP API", function()
     assert.is_true(tonumber(text:match("\nsagahost_store_commits_total (%d+)")) > 0)
   end)
 
+  it("counts per saga type in /metrics, from what was committed", function()
+    local ids = {}
+    for i = 1, 4 do
+      ids[i] = host:start_saga("OrderProcessing", { order_id = "m" .. i, sku = "pen", qty = 1, amount = 1,
+                                                    card = i == 1 and "declined" or "ok" })
+    end
+    for _, id in ipairs(ids) do host:wait(id) end
+    -- every saga of the type in the store was started by this host (its database is its own)
+    local function count(status)
+      local _, body = host:get("/v1/sagas?limit=1000&type=OrderProcessing" .. (status and ("&status=" .. status) or ""))
+      return #body.sagas
+    end
+    local _, _, text = host:get("/metrics")
+    assert.matches("# TYPE sagahost_type_started_total counter", text, 1, true)
+    assert.are.equal(count(), tonumber(text:match('sagahost_type_started_total{type="OrderProcessing"} (%d+)')))
+    for _, st in ipairs({ "completed", "compensated", "compensation_failed" }) do
+      assert.are.equal(count(st), tonumber(text:match('sagahost_type_finished_total{type="OrderProcessing",status="' ..
+                                                      st .. '"} (%d+)')), st)
+    end
+    assert.is_true(count("compensated") >= 1)
+    -- a declined card is a failed attempt of ProcessPayment
+    assert.is_true(tonumber(text:match('sagahost_type_attempts_failed_total{type="OrderProcessing"} (%d+)')) >= 1)
+    -- nothing of the type is in flight any more
+    local live = text:match('sagahost_type_in_flight{type="OrderProcessing"} (%d+)')
+    assert.is_true(live == nil or live == "0", "in flight: " .. tostring(live))
+  end)
+
   it("shows definitions and health", function()
     local code, body = host:get("/v1/definitions")
     assert.are.equal(200, code)
