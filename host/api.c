@@ -332,43 +332,47 @@ static void add_label(struct sg_buf *b, const char *v) {
   }
 }
 
-static void metric_live(void *ud, const char *type, int64_t n) {
-  struct sg_buf *b = ud;
-  sg_buf_adds(b, "sagahost_type_in_flight{type=\"");
+/* "name{type="T"": the start of a per-type sample (the caller adds more labels and the value) */
+static void type_sample(struct sg_buf *b, const char *name, const char *type) {
+  sg_buf_printf(b, "%s{type=\"", name);
   add_label(b, type);
-  sg_buf_printf(b, "\"} %" PRId64 "\n", n);
+  sg_buf_adds(b, "\"");
+}
+
+static void metric_live(void *ud, const char *type, int64_t n) {
+  type_sample(ud, "sagahost_type_in_flight", type);
+  sg_buf_printf(ud, "} %" PRId64 "\n", n);
 }
 
 static void metrics_by_type(struct sg_api *api, struct sg_buf *b) {
+  struct sg_buf started, finished, failed;
+  sg_buf_init(&started);
+  sg_buf_init(&finished);
+  sg_buf_init(&failed);
+  for (size_t i = 0; i < api->types.cap; i++) {
+    if (!sg_map_live(&api->types, i)) continue;
+    const struct type_stats *t = api->types.slots[i].val;
+    type_sample(&started, "sagahost_type_started_total", t->type);
+    sg_buf_printf(&started, "} %" PRId64 "\n", t->started);
+    for (int st = SG_ST_COMPLETED; st <= SG_ST_RESOLVED; st++) {
+      type_sample(&finished, "sagahost_type_finished_total", t->type);
+      sg_buf_printf(&finished, ",status=\"%s\"} %" PRId64 "\n", sg_status_name(st), t->finished[st]);
+    }
+    type_sample(&failed, "sagahost_type_attempts_failed_total", t->type);
+    sg_buf_printf(&failed, "} %" PRId64 "\n", t->attempts_failed);
+  }
   sg_buf_adds(b, "# HELP sagahost_type_started_total Sagas started by this host, by type.\n"
                  "# TYPE sagahost_type_started_total counter\n");
-  for (size_t i = 0; i < api->types.cap; i++) {
-    if (!sg_map_live(&api->types, i)) continue;
-    const struct type_stats *t = api->types.slots[i].val;
-    sg_buf_adds(b, "sagahost_type_started_total{type=\"");
-    add_label(b, t->type);
-    sg_buf_printf(b, "\"} %" PRId64 "\n", t->started);
-  }
+  if (started.len) sg_buf_add(b, started.data, started.len);
   sg_buf_adds(b, "# HELP sagahost_type_finished_total Sagas that reached a terminal status on this host, by type and status.\n"
                  "# TYPE sagahost_type_finished_total counter\n");
-  for (size_t i = 0; i < api->types.cap; i++) {
-    if (!sg_map_live(&api->types, i)) continue;
-    const struct type_stats *t = api->types.slots[i].val;
-    for (int st = SG_ST_COMPLETED; st <= SG_ST_RESOLVED; st++) {
-      sg_buf_adds(b, "sagahost_type_finished_total{type=\"");
-      add_label(b, t->type);
-      sg_buf_printf(b, "\",status=\"%s\"} %" PRId64 "\n", sg_status_name(st), t->finished[st]);
-    }
-  }
+  if (finished.len) sg_buf_add(b, finished.data, finished.len);
   sg_buf_adds(b, "# HELP sagahost_type_attempts_failed_total Step attempts (actions and compensations) that failed, by type.\n"
                  "# TYPE sagahost_type_attempts_failed_total counter\n");
-  for (size_t i = 0; i < api->types.cap; i++) {
-    if (!sg_map_live(&api->types, i)) continue;
-    const struct type_stats *t = api->types.slots[i].val;
-    sg_buf_adds(b, "sagahost_type_attempts_failed_total{type=\"");
-    add_label(b, t->type);
-    sg_buf_printf(b, "\"} %" PRId64 "\n", t->attempts_failed);
-  }
+  if (failed.len) sg_buf_add(b, failed.data, failed.len);
+  sg_buf_free(&started);
+  sg_buf_free(&finished);
+  sg_buf_free(&failed);
   sg_buf_adds(b, "# HELP sagahost_type_in_flight Sagas running or compensating on this host, by type.\n"
                  "# TYPE sagahost_type_in_flight gauge\n");
   sg_engine_live_by_type(api->en, metric_live, b);

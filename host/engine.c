@@ -179,8 +179,6 @@ void eng_saga_free(struct sg_saga *s) {
   free(s);
 }
 
-/* An attempt's history row is written once, when it ends; while it runs, the saga row's
- * attempt_started_at says so (the API shows it as a running entry). */
 /* ---- lifecycle events ---- */
 
 static const char *const ev_names[] = {
@@ -242,6 +240,8 @@ void sg_engine_live_by_type(struct sg_engine *en, void (*cb)(void *ud, const cha
   sg_map_free(&counts);
 }
 
+/* An attempt's history row is written once, when it ends; while it runs, the saga row's
+ * attempt_started_at says so (the API shows it as a running entry). */
 static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
   if (!s->row.attempt_started_at) return;
   eng_event(en, SG_EV_ATTEMPT_ENDED, s, status, error, sg_now_ms() - s->row.attempt_started_at);
@@ -443,9 +443,6 @@ static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
   m->attempt = s->row.attempt;
 }
 
-/* Every 250 ms: open breakers whose wait is over go half-open and release one probe; every few
- * seconds, sagas past their deadline whose timeout did not fire (e.g. created by an older host
- * without the timer) are timed out. */
 /* retention on a store whose statements need not block the loop (one of each kind at a time) */
 static void on_pruned(struct sg_read *rd) {
   struct sg_engine *en = rd->ud;
@@ -469,6 +466,9 @@ static void prune_start(struct sg_engine *en, const char *what, int64_t before, 
   sg_engine_read(en, rd);
 }
 
+/* Every 250 ms: open breakers whose wait is over go half-open and release one probe; every few
+ * seconds, sagas past their deadline whose timeout did not fire (e.g. created by an older host
+ * without the timer) are timed out. */
 static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_engine *en = w->data;
   if (en->broken || en->stalled || en->committing) return;
@@ -1495,12 +1495,8 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
   if (en->broken || en->stalled || en->committing) return;
   if (en->nchain) run_chain(en);
   if (en->in_txn) commit_batch(en);
-  /* several hosts: notes, takeover and mail between batches; what they start commits at once */
-  for (int i = 0; i < 4 && en->multi && !en->in_txn && !en->broken && !en->stalled && !en->reloading; i++) {
-    if (!eng_owner_prepare(en)) break;
-    if (en->nchain) run_chain(en);
-    if (en->in_txn) commit_batch(en);
-  }
+  /* several hosts: notes, and the reads of a takeover round or of mail, between batches */
+  if (en->multi && !en->in_txn && !en->broken && !en->stalled && !en->reloading) eng_owner_prepare(en);
   if (en->in_txn || en->broken || en->stalled) return;
   if (en->ncbs) {
     size_t n = en->ncbs;
@@ -1602,15 +1598,9 @@ static void defs_go_on(struct sg_engine *en) {
 
 struct sg_saga *eng_saga_new(const struct sg_saga_row *r) {
   struct sg_saga *s = sg_xcalloc(1, sizeof *s);
-  s->row = *r;
+  sg_store_saga_row_copy(&s->row, r);
   s->stored_status = r->status;
   s->stored = 1;
-  s->row.type = sg_strdup(r->type);
-  s->row.def_hash = sg_strdup(r->def_hash);
-  s->row.input = sg_strdup(r->input);
-  s->row.data = sg_strdup(r->data);
-  s->row.error = sg_strdup(r->error);
-  s->row.idem_key = sg_strdup(r->idem_key);
   return s;
 }
 
@@ -1777,13 +1767,7 @@ void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *inpu
     else cb(ud, id, existed, NULL);
     return;
   }
-  if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload) {
-    sg_errorf(&e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
-              en->cfg.max_payload);
-    cb(ud, NULL, 0, &e);
-    return;
-  }
-  struct start_req *r = sg_xcalloc(1, sizeof *r);
+  struct start_req *r = sg_xcalloc(1, sizeof *r); /* (an input over --max-payload is refused by start_saga) */
   r->en = en;
   r->type = sg_strdup(type);
   r->input = sg_strdup(input_json);
@@ -1843,12 +1827,16 @@ static int recover_journal_cb(void *ud, const struct sg_journal_row *r) {
   return 0;
 }
 
-/* a journal row of any saga being loaded (of its current attempt) */
-static int recover_journal_any_cb(void *ud, const struct sg_journal_row *r) {
-  struct sg_engine *en = ud;
-  struct sg_saga *s = sg_map_get(&en->sagas, r->saga_id);
+/* a journal row of s (NULL: not loaded), kept if it is of its current attempt */
+static void journal_load(struct sg_saga *s, const struct sg_journal_row *r) {
   if (s && r->step == s->row.step && r->phase == s->row.phase && r->attempt == s->row.attempt)
     journal_add(s, r->seq, r->done, r->is_error, r->result);
+}
+
+/* a journal row of any saga being loaded */
+static int recover_journal_any_cb(void *ud, const struct sg_journal_row *r) {
+  struct sg_engine *en = ud;
+  journal_load(sg_map_get(&en->sagas, r->saga_id), r);
   return 0;
 }
 
@@ -1911,18 +1899,14 @@ struct sg_saga *eng_adopt(struct sg_engine *en, const struct sg_saga_row *r) {
   return s;
 }
 
-int eng_adopt_timer(void *ud, const struct sg_timer_row *r) {
-  struct sg_engine *en = ud;
+void eng_adopt_timer(struct sg_engine *en, const struct sg_timer_row *r) {
   struct sg_saga *s = sg_map_get(&en->sagas, r->saga_id);
-  return s && s->adopting ? recover_timer_cb(en, r) : 0;
+  if (s && s->adopting) recover_timer_cb(en, r);
 }
 
-int eng_adopt_journal(void *ud, const struct sg_journal_row *r) {
-  struct sg_engine *en = ud;
+void eng_adopt_journal(struct sg_engine *en, const struct sg_journal_row *r) {
   struct sg_saga *s = sg_map_get(&en->sagas, r->saga_id);
-  if (s && s->adopting && r->step == s->row.step && r->phase == s->row.phase && r->attempt == s->row.attempt)
-    journal_add(s, r->seq, r->done, r->is_error, r->result);
-  return 0;
+  if (s && s->adopting) journal_load(s, r);
 }
 
 void eng_adopt_done(struct sg_engine *en, struct sg_saga *s) {

@@ -298,8 +298,8 @@ int eng_load_owned(struct sg_engine *en, struct sg_error *e);     /* what the st
  * loaded), eng_adopt_timer and eng_adopt_journal give it its timers and journal rows (those of other
  * sagas are ignored), eng_adopt_done lets it go on */
 struct sg_saga *eng_adopt(struct sg_engine *en, const struct sg_saga_row *r);
-int eng_adopt_timer(void *en, const struct sg_timer_row *r);
-int eng_adopt_journal(void *en, const struct sg_journal_row *r);
+void eng_adopt_timer(struct sg_engine *en, const struct sg_timer_row *r);
+void eng_adopt_journal(struct sg_engine *en, const struct sg_journal_row *r);
 void eng_adopt_done(struct sg_engine *en, struct sg_saga *s);
 void eng_park_delivery(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered);
 void eng_redispatch_parked(struct sg_engine *en);
@@ -313,7 +313,7 @@ void eng_owner_drop(struct sg_engine *en);
 /* owner.c */
 void eng_owner_init(struct sg_engine *en);
 int eng_owner_start(struct sg_engine *en, struct sg_error *e); /* registers this host */
-int eng_owner_prepare(struct sg_engine *en);  /* notes, takeover, mail: 1 if it opened a batch */
+void eng_owner_prepare(struct sg_engine *en); /* notes; starts a takeover round or a mail read when due */
 void eng_owner_committed(struct sg_engine *en);
 void eng_owner_stop(struct sg_engine *en);
 void eng_owner_free(struct sg_engine *en);

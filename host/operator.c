@@ -21,11 +21,7 @@ static struct sg_saga *saga_for_operator(struct sg_engine *en, const char *id, s
   int found;
   if (pre) {
     found = pre->rc;
-    if (found == 1) {
-      r = pre->rows[0];
-      r.type = sg_strdup(r.type); r.def_hash = sg_strdup(r.def_hash); r.input = sg_strdup(r.input);
-      r.data = sg_strdup(r.data); r.error = sg_strdup(r.error); r.idem_key = sg_strdup(r.idem_key);
-    }
+    if (found == 1) sg_store_saga_row_copy(&r, &pre->rows[0]);
   } else {
     found = en->store->ops->saga_get(en->store, id, &r, e);
   }

@@ -2,14 +2,15 @@
  *
  * Each host works on the sagas it owns: those it started and those it took over. Its claim is a
  * lease on its row in the store, renewed by every commit (the store's fence) and, when the host is
- * idle, by an empty batch every lease/3. Every lease/3 the host also looks (a read that does not block
- * the loop) for hosts whose lease ran out, and when there are some takes their sagas over, a bounded number per round (one round per loop iteration while
- * there is more, so that several hosts share a dead host's sagas). A host that finds itself fenced
+ * idle, by an empty batch every lease/3. Every lease/3 the host also looks for hosts whose lease ran
+ * out (and for mail), and when there are some takes their sagas over, a bounded number per round
+ * (another round as soon as one ends while there is more, so that several hosts share a dead host's
+ * sagas). All of it goes through the store's reads without waiting: the loop never waits for it. A host that finds itself fenced
  * (its epoch moved on: its sagas were taken) drops everything and loads what it still owns
  * (engine.c: eng_fenced).
  *
  * A saga owned by another host is reached through the database: an operator verb is written as mail
- * to the saga (the owner is woken by NOTIFY on its channel, and reads its mail every lease/3 anyway);
+ * to the saga (the owner is woken by NOTIFY on its channel, and looks for mail every lease/3 anyway);
  * the owner applies it in a batch that also notifies the sender, which then answers its client.
  * Replies reach the owner by their reply queue: a host that takes a saga over sends the call it waits
  * on again with its own reply queue. */
@@ -80,8 +81,8 @@ static void expire_forwards(struct sg_engine *en, int64_t now) {
   }
 }
 
-/* Whether a takeover round or a mail read would find anything, asked without blocking the loop: they
- * run (blocking: they lock and write) only when the answer says so, or when a note says there is mail. */
+/* Whether a takeover round or a mail read would find anything (a cheap read without locks): they run
+ * only when the answer says so, or when a note says there is mail. */
 static void on_probe(struct sg_read *rd) {
   struct sg_engine *en = rd->ud;
   en->probing = 0;
@@ -141,22 +142,6 @@ int eng_owner_start(struct sg_engine *en, struct sg_error *e) {
 
 /* ---- takeover ---- */
 
-struct adopt_ctx {
-  struct sg_engine *en;
-  struct sg_saga **list;     /* the sagas made live in this round, to go on once loaded */
-  size_t n, cap;
-};
-
-static int adopt_cb(void *ud, const struct sg_saga_row *r) {
-  struct adopt_ctx *a = ud;
-  struct sg_saga *s = eng_adopt(a->en, r);
-  if (s) PUSH(a->list, a->n, a->cap, s);
-  return 0;
-}
-
-static int adopt_timer_cb(void *ud, const struct sg_timer_row *r) { return eng_adopt_timer(((struct adopt_ctx *)ud)->en, r); }
-static int adopt_journal_cb(void *ud, const struct sg_journal_row *r) { return eng_adopt_journal(((struct adopt_ctx *)ud)->en, r); }
-
 static void took_over_log(const char *dead, int64_t expired, int64_t n, int64_t ms) {
   if (!dead[0])
     sg_info("took over %" PRId64 " saga(s) nobody owned (written by a one-host version, or released)", n);
@@ -199,12 +184,14 @@ static void on_taken(struct sg_read *rd) {
     return;
   }
   if (rd->rc > 0) {
-    struct adopt_ctx a = { .en = en };
-    for (size_t i = 0; i < rd->nrows; i++) adopt_cb(&a, &rd->rows[i]);
+    struct sg_saga **list = sg_xcalloc(rd->nrows + 1, sizeof *list); /* made live, to go on once loaded */
+    size_t n = 0;
+    for (size_t i = 0; i < rd->nrows; i++)
+      if ((list[n] = eng_adopt(en, &rd->rows[i]))) n++;
     for (size_t i = 0; i < rd->ntimers; i++) eng_adopt_timer(en, &rd->timers[i]);
     for (size_t i = 0; i < rd->njournals; i++) eng_adopt_journal(en, &rd->journals[i]);
-    for (size_t i = 0; i < a.n; i++) eng_adopt_done(en, a.list[i]);
-    free(a.list);
+    for (size_t i = 0; i < n; i++) eng_adopt_done(en, list[i]);
+    free(list);
     took_over_log(rd->owner, rd->before, (int64_t)rd->nrows, sg_now_ms() - en->take_t0);
     en->republish = 1; /* the outbox rows that came with them go out after the next commit */
     eng_txn(en);
@@ -236,65 +223,7 @@ static void take_over_start(struct sg_engine *en) {
   sg_engine_read(en, rd);
 }
 
-/* One round: 1 if sagas (or outbox rows) were taken, 0 if there was nothing, -1 if the host was fenced. */
-static int take_over(struct sg_engine *en) {
-  char dead[128];
-  int64_t expired = 0, n = 0;
-  struct adopt_ctx a = { .en = en };
-  struct sg_error e = {0};
-  int64_t t0 = sg_now_ms();
-  int rc = en->store->ops->take_over(en->store, TAKE_PER_ROUND, adopt_cb, adopt_timer_cb, adopt_journal_cb, &a, dead,
-                                     &expired, &n, &e);
-  if (rc < 0 && a.n) { /* some were taken but not loaded: load everything this host owns */
-    free(a.list);
-    eng_fenced(en, &e);
-    return -1;
-  }
-  if (rc < 0) {
-    if (e.code == SG_E_FENCED) { eng_fenced(en, &e); return -1; }
-    sg_warn("takeover: %s", e.msg);
-    return 0;
-  }
-  for (size_t i = 0; i < a.n; i++) eng_adopt_done(en, a.list[i]);
-  free(a.list);
-  if (rc == 0) return 0;
-  took_over_log(dead, expired, n, sg_now_ms() - t0);
-  en->republish = 1; /* the outbox rows that came with them go out after the next commit */
-  eng_txn(en);
-  return 1;
-}
-
-/* ---- mail ---- */
-
-static int on_mail(void *ud, const char *saga_id, const char *kind, const char *body) {
-  struct sg_engine *en = EN(ud);
-  if (strcmp(kind, MAIL_KIND_VERB) != 0) { sg_warn("mail of unknown kind '%s' for saga %s dropped", kind, saga_id); return 0; }
-  json_t *j = json_loads(body, 0, NULL);
-  const char *verb = json_string_value(json_object_get(j, "verb"));
-  const char *arg = json_string_value(json_object_get(j, "arg"));
-  const char *who = json_string_value(json_object_get(j, "who"));
-  const char *from = json_string_value(json_object_get(j, "from"));
-  const char *req = json_string_value(json_object_get(j, "req"));
-  struct sg_error e = {0};
-  int rc;
-  if (!verb) rc = sg_errorf(&e, SG_E_INVALID, "malformed mail");
-  else if (!strcmp(verb, "compensate")) rc = sg_engine_compensate(en, saga_id, arg, who, &e);
-  else if (!strcmp(verb, "retry")) rc = sg_engine_retry(en, saga_id, who, &e);
-  else if (!strcmp(verb, "resolve")) rc = sg_engine_resolve(en, saga_id, arg, who, &e);
-  else rc = sg_errorf(&e, SG_E_INVALID, "unknown verb '%s'", verb);
-  sg_info("saga %s: %s from host %s by %s: %s", saga_id, verb ? verb : "?", from ? from : "?", who ? who : "?",
-          rc < 0 ? e.msg : "applied");
-  if (from && req) {
-    char *note = rc < 0 ? sg_asprintf("done %s %d %.7000s", req, e.code, e.msg) : sg_asprintf("done %s 0", req);
-    struct sg_error ne = {0};
-    if (eng_txn(en) == 0 && en->store->ops->notify(en->store, from, note, &ne) < 0) sg_warn("answer to %s: %s", from, ne.msg);
-    free(note);
-  }
-  json_decref(j);
-  return 0;
-}
-
-/* ---- mail read without blocking ----
+/* ---- mail ----
  * One read at a time. Mail acted on is deleted in the batch that acts on it; until a read sent after
  * that batch's commit has come back, a read may still return it: en->mail_taken remembers its id
  * (with the commit count once committed) so that it is not acted on twice. */
@@ -433,35 +362,17 @@ static void mail_read(struct sg_engine *en) {
   sg_engine_read(en, rd);
 }
 
-int eng_owner_prepare(struct sg_engine *en) {
+void eng_owner_prepare(struct sg_engine *en) {
   en->store->ops->notes(en->store, 0, on_note, en); /* what blocking calls queued meanwhile */
   watch_notes(en);
-  if (en->claim_due && sg_now_ms() >= en->quiet_until && en->read_conns) {
+  if (en->claim_due && sg_now_ms() >= en->quiet_until) {
     en->claim_due = 0;
     if (!en->taking) take_over_start(en);
-  } else if (en->claim_due && sg_now_ms() >= en->quiet_until) {
-    en->claim_due = 0;
-    int rc = take_over(en);
-    if (rc < 0) return 1;
-    if (rc > 0) {
-      en->claim_due = 1; /* more may be left: the next iteration takes another round */
-      return 1;
-    }
   }
-  if (en->mail_due && en->taking) return 0; /* the mail may be for sagas being taken: after the round */
-  if (en->mail_due && en->read_conns && en->store->ops->mail_done) {
+  if (en->mail_due && !en->taking) { /* (mail may be for sagas being taken: after the round) */
     en->mail_due = 0;
     mail_read(en);
-    return 0;
   }
-  if (en->mail_due) {
-    en->mail_due = 0;
-    if (eng_txn(en) < 0) return 0;
-    struct sg_error e = {0};
-    if (en->store->ops->mail_take(en->store, on_mail, en, &e) < 0) sg_warn("mail: %s", e.msg);
-    return 1;
-  }
-  return 0;
 }
 
 void eng_owner_stop(struct sg_engine *en) {

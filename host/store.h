@@ -53,6 +53,7 @@ struct sg_saga_row {
   int same_status;    /* saga_update hint: the status is the one stored (its index needs no update) */
 };
 void sg_store_saga_row_free(struct sg_saga_row *r); /* frees the strings, not r itself */
+void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src); /* deep copy into dst */
 
 /* One attempt of an action or compensation (table history). */
 struct sg_hist_row {
@@ -139,8 +140,9 @@ enum sg_read_kind {
                    * delete what was acted on with mail_done, in the batch that acts on it */
   SG_READ_PRUNE,  /* retention, a statement of its own: a = "inbox" (entries received before `before`) or
                    * "sagas" (up to limit finished sagas updated before `before`, as saga_prune): rc 0, count */
-  SG_READ_TAKEOVER, /* several hosts: one takeover round (as take_over) in a transaction of its own on a
-                   * reads' connection: rc 1 when something was taken (rc 0: nothing), rows = the sagas
+  SG_READ_TAKEOVER, /* several hosts: one takeover round, in a transaction of its own: the sagas of the
+                   * host whose lease ran out longest ago (or of nobody: a database written by a one-host
+                   * version) become this host's (their version bumped), and so does its outbox: rc 1 when something was taken (rc 0: nothing), rows = the sagas
                    * claimed (limit at most), timers and journals = theirs (current attempts), owner =
                    * the host they were taken from ("" = nobody's), before = how long ago its lease ran
                    * out (-1: it released it), count = outbox rows taken. -1 with SG_E_FENCED: this host
@@ -265,18 +267,10 @@ struct sg_store_ops {
    * on the store works for that host: saga_each_active, timer_each and outbox_each see only what it
    * owns, saga_insert and outbox_put write it as the owner, and every commit renews the lease and
    * fails with SG_E_FENCED (rolled back) when the epoch has moved on: another host found the lease
-   * expired and took the sagas over. Then the engine drops everything and registers again. */
+   * expired and took the sagas over. Then the engine drops everything and registers again.
+   * Such a store also has read_start and answers SG_READ_PROBE, SG_READ_TAKEOVER and SG_READ_MAIL:
+   * taking sagas over and reading mail go through those reads. */
   int (*host_register)(struct sg_store *s, const char *host_id, int64_t lease_ms, struct sg_error *e);
-  /* one round of takeover, in its own transaction (no batch open): the sagas of one host whose lease
-   * expired (or of none: a database written by a one-host version) are made this host's, up to limit,
-   * and so is that host's outbox; cb gets each claimed saga (its version bumped), then timer_cb each
-   * of their timers and journal_cb each journal row of their current attempts (read in one round
-   * trip each, after the commit). *dead names the host ("" for unowned sagas) and *expired_ms how long
-   * ago its lease ran out. 0 = nothing to take. Blocking: the engine uses SG_READ_TAKEOVER (the same
-   * round without waiting) when the store has read_start. */
-  int (*take_over)(struct sg_store *s, int limit, sg_saga_cb cb, sg_timer_cb timer_cb, sg_journal_cb journal_cb,
-                   void *ud, char dead[128], int64_t *expired_ms, int64_t *claimed, struct sg_error *e);
-  int (*timer_each_saga)(struct sg_store *s, const char *saga_id, sg_timer_cb cb, void *ud, struct sg_error *e);
   /* the journal rows of the current attempts of every saga saga_each_active gives, by saga then seq,
    * in one round trip (NULL: journal_each per saga) */
   int (*journal_each_active)(struct sg_store *s, sg_journal_cb cb, void *ud, struct sg_error *e);
@@ -286,9 +280,6 @@ struct sg_store_ops {
   int (*saga_owner)(struct sg_store *s, const char *saga_id, char owner[128], int *alive, struct sg_error *e);
   /* mail to the owner of a saga (in the batch; its owner is woken at the commit) */
   int (*mail_put)(struct sg_store *s, const char *saga_id, const char *kind, const char *body, struct sg_error *e);
-  /* takes (in the batch: deleted at its commit) the mail of the sagas this host owns, in order */
-  int (*mail_take)(struct sg_store *s, int (*cb)(void *ud, const char *saga_id, const char *kind, const char *body),
-                   void *ud, struct sg_error *e);
   /* deletes mail read with SG_READ_MAIL (in the batch: at its commit) */
   int (*mail_done)(struct sg_store *s, const int64_t *ids, size_t n, struct sg_error *e);
   /* a note to another host, delivered at the commit */

@@ -40,6 +40,16 @@ void sg_store_saga_row_free(struct sg_saga_row *r) {
   r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = NULL;
 }
 
+void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src) {
+  *dst = *src;
+  dst->type = sg_strdup(src->type);
+  dst->def_hash = sg_strdup(src->def_hash);
+  dst->input = sg_strdup(src->input);
+  dst->data = sg_strdup(src->data);
+  dst->error = sg_strdup(src->error);
+  dst->idem_key = sg_strdup(src->idem_key);
+}
+
 void sg_msg_free(struct sg_msg *m) {
   if (!m) return;
   free(m->message_id);
@@ -121,20 +131,10 @@ void sg_read_free(struct sg_read *rd) {
   free(rd);
 }
 
-static void read_add_row(struct sg_read *rd, const struct sg_saga_row *r) {
-  rd->rows = sg_xrealloc(rd->rows, (rd->nrows + 1) * sizeof *rd->rows);
-  struct sg_saga_row *o = &rd->rows[rd->nrows++];
-  *o = *r;
-  o->type = r->type ? sg_strdup(r->type) : NULL;
-  o->def_hash = r->def_hash ? sg_strdup(r->def_hash) : NULL;
-  o->input = r->input ? sg_strdup(r->input) : NULL;
-  o->data = r->data ? sg_strdup(r->data) : NULL;
-  o->error = r->error ? sg_strdup(r->error) : NULL;
-  o->idem_key = r->idem_key ? sg_strdup(r->idem_key) : NULL;
-}
-
 static int read_row_cb(void *ud, const struct sg_saga_row *r) {
-  read_add_row(ud, r);
+  struct sg_read *rd = ud;
+  rd->rows = sg_xrealloc(rd->rows, (rd->nrows + 1) * sizeof *rd->rows);
+  sg_store_saga_row_copy(&rd->rows[rd->nrows++], r);
   return 0;
 }
 
@@ -142,10 +142,10 @@ void sg_read_add_hist(struct sg_read *rd, const struct sg_hist_row *h) {
   rd->hist = sg_xrealloc(rd->hist, (rd->nhist + 1) * sizeof *rd->hist);
   struct sg_hist_row *o = &rd->hist[rd->nhist++];
   *o = *h;
-  o->saga_id = h->saga_id ? sg_strdup(h->saga_id) : NULL;
-  o->step_name = h->step_name ? sg_strdup(h->step_name) : NULL;
-  o->status = h->status ? sg_strdup(h->status) : NULL;
-  o->error = h->error ? sg_strdup(h->error) : NULL;
+  o->saga_id = sg_strdup(h->saga_id);
+  o->step_name = sg_strdup(h->step_name);
+  o->status = sg_strdup(h->status);
+  o->error = sg_strdup(h->error);
 }
 
 static int read_hist_cb(void *ud, const struct sg_hist_row *h) {

@@ -6,8 +6,8 @@
  * the reads the engine recovers from see only the host's own. Every commit ends with sg_fence(host,
  * epoch, seq), which renews the lease and records the commit's sequence number, or aborts the
  * transaction (SQLSTATE SG001) when another host has bumped the epoch to take the sagas over
- * (take_over: the expired host's row locked FOR UPDATE SKIP LOCKED, its epoch bumped, up to N of its
- * sagas claimed FOR UPDATE SKIP LOCKED with their version bumped, and its outbox). Mail to a saga
+ * (SG_READ_TAKEOVER: the expired host's row locked FOR UPDATE SKIP LOCKED, its epoch bumped, up to N
+ * of its sagas claimed FOR UPDATE SKIP LOCKED with their version bumped, and its outbox). Mail to a saga
  * (operator verbs from other hosts) wakes its owner with NOTIFY on the owner's channel.
  *
  * A transaction's writes are kept and sent at its commit in one round trip (pipeline mode), without
@@ -158,7 +158,7 @@ enum {
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
-  ST_TIMER_EACH_SAGA, ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
+  ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
   ST_COUNT
 };
 
@@ -229,7 +229,6 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " AND updated_at < $1 LIMIT $2),"
                     " h AS (DELETE FROM history WHERE saga_id IN (SELECT id FROM p))"
                     " DELETE FROM sagas WHERE id IN (SELECT id FROM p)",
-  [ST_TIMER_EACH_SAGA] = "SELECT id, saga_id, due_at, kind, ref FROM timers WHERE saga_id = $1 ORDER BY due_at, id",
   [ST_SAGA_OWNER] = "SELECT s.owner, coalesce(h.lease_until > sg_now(), false) FROM sagas s"
                     " LEFT JOIN hosts h ON h.host_id = s.owner WHERE s.id = $1",
   /* the mail, and a wake-up to the saga's owner (delivered when the transaction commits) */
@@ -754,27 +753,6 @@ static int pg_begin(struct sg_store *base, struct sg_error *e) {
   return 0;
 }
 
-/* The host's fence (it renews the lease and records the commit's sequence number, or aborts the
- * transaction when the host was fenced) and the COMMIT, in one round trip. 0, or -1 with r's error
- * (*out). A store no host registered on (a tool) records the commit in store_state instead. */
-static int send_commit(struct pg_store *s, PGresult **out) {
-  char sql[400];
-  if (s->me[0]) {
-    char *lit = PQescapeLiteral(s->conn, s->me, strlen(s->me));
-    snprintf(sql, sizeof sql, "SELECT sg_fence(%s, %lld, %lld); COMMIT", lit ? lit : "''", (long long)s->epoch,
-             (long long)s->commit_seq + 1);
-    PQfreemem(lit);
-  } else {
-    snprintf(sql, sizeof sql, "UPDATE store_state SET commit_seq = %lld, next_timer = %lld, next_outbox = %lld;"
-             " COMMIT", (long long)s->commit_seq + 1, (long long)s->next_timer, (long long)s->next_outbox);
-  }
-  PGresult *r = PQexec(s->conn, sql);
-  /* COMMIT of an aborted transaction "succeeds" with the tag ROLLBACK */
-  if (PQresultStatus(r) == PGRES_COMMAND_OK && !strcmp(PQcmdStatus(r), "COMMIT")) { PQclear(r); return 0; }
-  *out = r;
-  return -1;
-}
-
 static void committed(struct pg_store *s) {
   s->commit_seq++;
   s->held = s->in_txn = s->commit_unknown = 0;
@@ -1287,6 +1265,31 @@ static int pg_journal_put(struct sg_store *base, const struct sg_journal_row *r,
   return wr_done(S(base), ST_JOURNAL_PUT, &p, e, "journal_put");
 }
 
+/* A row of the journal's columns (ST_JOURNAL_EACH's order); its strings point into the result. */
+static struct sg_journal_row journal_from_row(const PGresult *res, int i) {
+  struct sg_journal_row r = {
+    .saga_id = col(res, i, 0),
+    .step = col_int(res, i, 1),
+    .phase = col_int(res, i, 2),
+    .attempt = col_int(res, i, 3),
+    .seq = col_int(res, i, 4),
+    .kind = col(res, i, 5),
+    .done = col_int(res, i, 6),
+    .is_error = col_int(res, i, 7),
+    .result = col(res, i, 8),
+  };
+  return r;
+}
+
+/* each row of res to cb (until it says stop), then res is cleared */
+static void journal_rows(PGresult *res, sg_journal_cb cb, void *ud) {
+  for (int i = 0, n = PQntuples(res); i < n; i++) {
+    struct sg_journal_row r = journal_from_row(res, i);
+    if (cb(ud, &r)) break;
+  }
+  PQclear(res);
+}
+
 static int pg_journal_each(struct sg_store *base, const char *saga_id, int step, int phase, int attempt,
                            sg_journal_cb cb, void *ud, struct sg_error *e) {
   struct params p = {0};
@@ -1296,21 +1299,7 @@ static int pg_journal_each(struct sg_store *base, const char *saga_id, int step,
   p_int(&p, attempt);
   PGresult *res = rd_exec(S(base), ST_JOURNAL_EACH, &p, e, "journal_each");
   if (!res) return -1;
-  for (int i = 0, n = PQntuples(res); i < n; i++) {
-    struct sg_journal_row r = {
-      .saga_id = col(res, i, 0),
-      .step = col_int(res, i, 1),
-      .phase = col_int(res, i, 2),
-      .attempt = col_int(res, i, 3),
-      .seq = col_int(res, i, 4),
-      .kind = col(res, i, 5),
-      .done = col_int(res, i, 6),
-      .is_error = col_int(res, i, 7),
-      .result = col(res, i, 8),
-    };
-    if (cb(ud, &r)) break;
-  }
-  PQclear(res);
+  journal_rows(res, cb, ud);
   return 0;
 }
 
@@ -1343,19 +1332,25 @@ static int pg_timer_del(struct sg_store *base, int64_t id, struct sg_error *e) {
   return wr_done(S(base), ST_TIMER_DEL, &p, e, "timer_del");
 }
 
+/* A row of (id, saga_id, due_at, kind, ref); its strings point into the result. */
+static struct sg_timer_row timer_from_row(const PGresult *res, int i) {
+  struct sg_timer_row r = {
+    .id = col_i64(res, i, 0),
+    .saga_id = col(res, i, 1),
+    .due_at = col_i64(res, i, 2),
+    .kind = col(res, i, 3),
+    .ref = col_i64(res, i, 4),
+  };
+  return r;
+}
+
 static int timer_iter(struct pg_store *s, int st, const char *arg, sg_timer_cb cb, void *ud, struct sg_error *e) {
   struct params p = {0};
   p_text(&p, arg);
   PGresult *res = rd_exec(s, st, &p, e, "timer_each");
   if (!res) return -1;
   for (int i = 0, n = PQntuples(res); i < n; i++) {
-    struct sg_timer_row r = {
-      .id = col_i64(res, i, 0),
-      .saga_id = col(res, i, 1),
-      .due_at = col_i64(res, i, 2),
-      .kind = col(res, i, 3),
-      .ref = col_i64(res, i, 4),
-    };
+    struct sg_timer_row r = timer_from_row(res, i);
     if (cb(ud, &r)) break;
   }
   PQclear(res);
@@ -1364,11 +1359,6 @@ static int timer_iter(struct pg_store *s, int st, const char *arg, sg_timer_cb c
 
 static int pg_timer_each(struct sg_store *base, sg_timer_cb cb, void *ud, struct sg_error *e) {
   return timer_iter(S(base), ST_TIMER_EACH, S(base)->me, cb, ud, e);
-}
-
-static int pg_timer_each_saga(struct sg_store *base, const char *saga_id, sg_timer_cb cb, void *ud,
-                              struct sg_error *e) {
-  return timer_iter(S(base), ST_TIMER_EACH_SAGA, saga_id, cb, ud, e);
 }
 
 /* ---- outbox ---- */
@@ -1573,128 +1563,6 @@ static int pg_host_release(struct sg_store *base, struct sg_error *e) {
   return 0;
 }
 
-/* One round of takeover in its own transaction: the host with an expired lease that has the most
- * overdue lease and something to take (locked, so two hosts never take from the same one at once),
- * its epoch bumped (it is fenced from now on), up to limit of its active sagas and all its outbox rows
- * made ours; or, with no such host, sagas nobody owns. Committed with our own fence. */
-static int adopt_load(struct pg_store *s, PGresult *rows, sg_timer_cb timer_cb, sg_journal_cb journal_cb, void *ud,
-                      struct sg_error *e);
-
-static int pg_take_over(struct sg_store *base, int limit, sg_saga_cb cb, sg_timer_cb timer_cb, sg_journal_cb journal_cb,
-                        void *ud, char dead[128], int64_t *expired_ms, int64_t *claimed, struct sg_error *e) {
-  struct pg_store *s = S(base);
-  dead[0] = 0;
-  *expired_ms = 0;
-  *claimed = 0;
-  if (!s->me[0] || s->in_txn || s->held) return 0;
-  if (!conn_ok(s) && reconnect(s, 1, e) < 0) return -1;
-  char lim[16];
-  snprintf(lim, sizeof lim, "%d", limit);
-  PGresult *r = NULL, *rows = NULL;
-  if (exec_sql(s, "BEGIN", NULL, e, "take over: begin") < 0) return -1;
-  const char *v1[] = { s->me };
-  r = exec_params(s, "SELECT h.host_id, sg_now() - h.lease_until, h.lease_until FROM hosts h"
-                  " WHERE h.host_id <> $1 AND h.lease_until < sg_now()"
-                  " AND (EXISTS (SELECT 1 FROM sagas WHERE owner = h.host_id AND status IN ('running', 'compensating'))"
-                  "  OR EXISTS (SELECT 1 FROM outbox WHERE owner = h.host_id))"
-                  " ORDER BY h.lease_until LIMIT 1 FOR UPDATE SKIP LOCKED", 1, v1, e, "take over: find a host");
-  if (!r) goto fail;
-  int have_host = PQntuples(r) == 1;
-  if (have_host) {
-    snprintf(dead, 128, "%s", PQgetvalue(r, 0, 0));
-    *expired_ms = col_i64(r, 0, 2) == 0 ? -1 : col_i64(r, 0, 1); /* -1: it stopped and let go */
-  }
-  PQclear(r);
-  r = NULL;
-  const char *v2[] = { s->me, dead, lim };
-  if (have_host) {
-    r = exec_params(s, "UPDATE hosts SET epoch = epoch + 1 WHERE host_id = $1", 1, v2 + 1, e, "take over: fence");
-    if (!r) goto fail;
-    PQclear(r);
-    rows = exec_params(s, "UPDATE sagas SET owner = $1, version = version + 1 WHERE id IN (SELECT id FROM sagas"
-                       " WHERE owner = $2 AND status IN ('running', 'compensating') ORDER BY id LIMIT $3::int"
-                       " FOR UPDATE SKIP LOCKED) RETURNING " SAGA_COLS, 3, v2, e, "take over: claim sagas");
-    if (!rows) goto fail;
-    r = exec_params(s, "UPDATE outbox SET owner = $1 WHERE owner = $2", 2, v2, e, "take over: claim the outbox");
-  } else {
-    const char *v3[] = { s->me, lim };
-    rows = exec_params(s, "UPDATE sagas SET owner = $1, version = version + 1 WHERE id IN (SELECT id FROM sagas"
-                       " WHERE owner IS NULL AND status IN ('running', 'compensating') ORDER BY id LIMIT $2::int"
-                       " FOR UPDATE SKIP LOCKED) RETURNING " SAGA_COLS, 2, v3, e, "take over: claim unowned sagas");
-    if (!rows) goto fail;
-    r = exec_params(s, "UPDATE outbox SET owner = $1 WHERE owner IS NULL", 1, v3, e, "take over: claim the outbox");
-  }
-  if (!r) goto fail;
-  int64_t moved_out = cmd_rows(r);
-  PQclear(r);
-  r = NULL;
-  int n = PQntuples(rows);
-  if (n == 0 && moved_out == 0 && !have_host) {
-    PQclear(rows);
-    roll_back_open(s);
-    return 0;
-  }
-  if (send_commit(s, &r) < 0) {
-    int fence = res_is(r, "SG001");
-    int unknown = !res_is(r, "SG001") && PQresultStatus(r) != PGRES_COMMAND_OK && !conn_ok(s);
-    fail_res(s, e, fence || unknown ? SG_E_FENCED : SG_E_UNAVAILABLE, r, "take over: commit");
-    if (unknown) /* it may have committed: only a reload of what we own tells */
-      sg_errorf(e, SG_E_FENCED, "postgres: the answer to a takeover's commit was lost: reloading what this host owns");
-    PQclear(r);
-    PQclear(rows);
-    roll_back_open(s);
-    return -1;
-  }
-  s->commit_seq++;
-  s->commits++;
-  *claimed = n;
-  for (int i = 0; i < n; i++) {
-    struct sg_saga_row row;
-    saga_from_row(rows, i, &row, 0);
-    if (cb(ud, &row)) break;
-  }
-  int rc = n > 0 ? adopt_load(s, rows, timer_cb, journal_cb, ud, e) : 0;
-  PQclear(rows);
-  return rc < 0 ? -1 : 1;
-fail:
-  PQclear(rows);
-  roll_back_open(s);
-  return -1;
-}
-
-/* the timers and the current attempts' journals of the sagas just claimed: two round trips in all */
-static int adopt_load(struct pg_store *s, PGresult *rows, sg_timer_cb timer_cb, sg_journal_cb journal_cb, void *ud,
-                      struct sg_error *e) {
-  struct sg_buf ids;
-  sg_buf_init(&ids);
-  sg_buf_adds(&ids, "{");
-  for (int i = 0, n = PQntuples(rows); i < n; i++) sg_buf_printf(&ids, "%s\"%s\"", i ? "," : "", PQgetvalue(rows, i, 0));
-  sg_buf_adds(&ids, "}");
-  const char *v[] = { ids.data };
-  PGresult *t = exec_params(s, "SELECT id, saga_id, due_at, kind, ref FROM timers WHERE saga_id = ANY($1::text[])"
-                            " ORDER BY due_at, id", 1, v, e, "take over: timers");
-  PGresult *j = t ? exec_params(s, "SELECT j.saga_id, j.step, j.phase, j.attempt, j.seq, j.kind, j.done, j.is_error,"
-                                " j.result FROM journal j JOIN sagas s ON s.id = j.saga_id AND j.step = s.step"
-                                " AND j.phase = s.phase AND j.attempt = s.attempt WHERE s.id = ANY($1::text[])"
-                                " ORDER BY j.saga_id, j.seq", 1, v, e, "take over: journals") : NULL;
-  sg_buf_free(&ids);
-  if (!t || !j) { PQclear(t); return -1; }
-  for (int i = 0, n = PQntuples(t); i < n; i++) {
-    struct sg_timer_row r = { .id = col_i64(t, i, 0), .saga_id = col(t, i, 1), .due_at = col_i64(t, i, 2),
-                              .kind = col(t, i, 3), .ref = col_i64(t, i, 4) };
-    timer_cb(ud, &r);
-  }
-  for (int i = 0, n = PQntuples(j); i < n; i++) {
-    struct sg_journal_row r = { .saga_id = col(j, i, 0), .step = col_int(j, i, 1), .phase = col_int(j, i, 2),
-                                .attempt = col_int(j, i, 3), .seq = col_int(j, i, 4), .kind = col(j, i, 5),
-                                .done = col_int(j, i, 6), .is_error = col_int(j, i, 7), .result = col(j, i, 8) };
-    journal_cb(ud, &r);
-  }
-  PQclear(t);
-  PQclear(j);
-  return 0;
-}
-
 static int pg_journal_each_active(struct sg_store *base, sg_journal_cb cb, void *ud, struct sg_error *e) {
   struct pg_store *s = S(base);
   const char *v[] = { s->me };
@@ -1704,13 +1572,7 @@ static int pg_journal_each_active(struct sg_store *base, sg_journal_cb cb, void 
                             " AND s.status IN ('running', 'compensating') ORDER BY j.saga_id, j.seq", 1, v, e,
                             "journal_each_active");
   if (!j) return -1;
-  for (int i = 0, n = PQntuples(j); i < n; i++) {
-    struct sg_journal_row r = { .saga_id = col(j, i, 0), .step = col_int(j, i, 1), .phase = col_int(j, i, 2),
-                                .attempt = col_int(j, i, 3), .seq = col_int(j, i, 4), .kind = col(j, i, 5),
-                                .done = col_int(j, i, 6), .is_error = col_int(j, i, 7), .result = col(j, i, 8) };
-    if (cb(ud, &r)) break;
-  }
-  PQclear(j);
+  journal_rows(j, cb, ud);
   return 0;
 }
 
@@ -1738,32 +1600,6 @@ static int pg_mail_put(struct sg_store *base, const char *saga_id, const char *k
   p_text(&p, body);
   p_int(&p, sg_now_ms());
   return wr_done(S(base), ST_MAIL_PUT, &p, e, "mail_put");
-}
-
-/* Read, then deleted by id (a write of the batch: written again as it was if the batch is held). */
-static int pg_mail_take(struct sg_store *base, int (*cb)(void *ud, const char *saga_id, const char *kind, const char *body),
-                        void *ud, struct sg_error *e) {
-  struct pg_store *s = S(base);
-  if (!s->me[0]) return 0;
-  struct params p = {0};
-  p_text(&p, s->me);
-  PGresult *r = rd_exec(s, ST_MAIL_READ, &p, e, "mail_take");
-  if (!r) return -1;
-  int n = PQntuples(r);
-  if (n == 0) { PQclear(r); return 0; }
-  struct sg_buf ids;
-  sg_buf_init(&ids);
-  sg_buf_adds(&ids, "{");
-  for (int i = 0; i < n; i++) sg_buf_printf(&ids, "%s%s", i ? "," : "", PQgetvalue(r, i, 0));
-  sg_buf_adds(&ids, "}");
-  struct params d = {0};
-  p_text(&d, ids.data);
-  int rc = wr_done(s, ST_MAIL_DEL, &d, e, "mail_take");
-  sg_buf_free(&ids);
-  for (int i = 0; rc == 0 && i < n; i++)
-    if (cb(ud, PQgetvalue(r, i, 1), PQgetvalue(r, i, 2), PQgetvalue(r, i, 3))) break;
-  PQclear(r);
-  return rc;
 }
 
 static int pg_mail_done(struct sg_store *base, const int64_t *ids, size_t n, struct sg_error *e) {
@@ -1805,20 +1641,22 @@ static void pg_notes(struct sg_store *base, int read, void (*cb)(void *ud, const
 
 /* ---- reads without waiting ----
  *
- * sg_store_read's reads go over a second connection, in pipeline mode: each read is its statements
- * and a sync point, sent at once without waiting; the results come back in order and read_poll
- * (called by the loop when the socket is readable) hands each finished read to its done. The
- * connection is made without waiting too (PQconnectStartParams/PQconnectPoll); reads started
- * meanwhile wait for it. It holds no lock and runs no transaction: every statement sees the last
- * commit, as the blocking reads outside a transaction do. A lost connection fails the reads on their
- * way with SG_E_UNAVAILABLE; the next read connects again (at most once a second). */
+ * sg_store_read's reads go over up to RD_CONNS connections of their own, in pipeline mode: each read
+ * is its statements and a sync point, sent at once without waiting; the results come back in order
+ * and read_poll (called by the loop when a socket is ready) hands each finished read to its done.
+ * Connections are made without waiting too (PQconnectStartParams/PQconnectPoll), and only as load
+ * needs them (rd_pick); reads started meanwhile wait for theirs. They hold no lock and, but for a
+ * takeover round, run no transaction: every statement sees the last commit, as the blocking reads
+ * outside a transaction do. A connection that is lost sends its reads again, once, on a new one
+ * (rd_lost); a connection that cannot be made fails them with SG_E_UNAVAILABLE, and is tried again at
+ * most once a second. */
 enum { RD_NONE, RD_CONNECTING, RD_READY };
 
 /* A takeover round without waiting (SG_READ_TAKEOVER): one transaction, pipelined, on a reads'
  * connection. TK_FENCE checks that this host's epoch is still the one it registered with (else
  * SG002: it is fenced), without locking its row (the host's own commits renew its lease on that row
- * meanwhile: a round waiting on a lock must not hold them up); TK_CLAIM fences the host whose lease ran out longest ago that still owns
- * something (FOR UPDATE SKIP LOCKED: two hosts never take the same one at once) and claims up to $2
+ * meanwhile: a round waiting on a lock must not hold them up); TK_CLAIM fences the host whose lease
+ * ran out longest ago that still owns something (FOR UPDATE SKIP LOCKED: two hosts never take the same one at once) and claims up to $2
  * of its sagas and all of its outbox, or, with no such host, sagas and outbox rows nobody owns; one
  * row of the dead host's id, how long ago its lease ran out, its lease_until (0: it released it) and
  * the outbox rows moved, then the claimed saga (SAGA_COLS, NULL when none), per claimed saga.
@@ -1866,8 +1704,8 @@ static int rd_send_takeover(struct pg_store *s, PGconn *pq, struct sg_read *r) {
          PQsendQueryParams(pq, "COMMIT", 0, NULL, NULL, NULL, NULL, 0);
 }
 
-/* what a takeover round (pg_take_over) and a mail read (pg_mail_take) would find, without their locks:
- * the host runs them (blocking) only when there is something */
+/* whether a takeover round (SG_READ_TAKEOVER) or a mail read (SG_READ_MAIL) would find anything,
+ * without their locks: the host runs them only when there is something */
 #define PROBE_SQL \
   "SELECT EXISTS (SELECT 1 FROM hosts h WHERE h.host_id <> $1 AND h.lease_until < sg_now()" \
   "   AND (EXISTS (SELECT 1 FROM sagas WHERE owner = h.host_id AND status IN ('running', 'compensating'))" \
@@ -1890,8 +1728,8 @@ static void rd_clear_res(struct sg_read *r) {
   r->nres = 0;
 }
 
-/* closes the connection and ends every read on its way with rc -1 and why */
-static void rd_fail_all(struct pg_store *s, struct rdc *c, int code, const char *why) {
+/* closes the connection: its reads (sent, then waiting), in order, are the caller's */
+static struct sg_read *rd_detach(struct rdc *c) {
   struct sg_read *list = c->sent;
   if (c->sent_tail) c->sent_tail->next = c->wait;
   else list = c->wait;
@@ -1901,6 +1739,12 @@ static void rd_fail_all(struct pg_store *s, struct rdc *c, int code, const char 
   c->pq = NULL;
   c->state = RD_NONE;
   c->want_write = 0;
+  return list;
+}
+
+/* closes the connection and ends every read on its way with rc -1 and why */
+static void rd_fail_all(struct pg_store *s, struct rdc *c, int code, const char *why) {
+  struct sg_read *list = rd_detach(c);
   while (list) { /* a done may start new reads: they queue anew */
     struct sg_read *r = list;
     list = r->next;
@@ -1927,22 +1771,19 @@ static void rd_lost(struct pg_store *s, struct rdc *c) {
   snprintf(m, sizeof m, "%s", c->pq ? PQerrorMessage(c->pq) : "?");
   trim_nl(m);
   snprintf(why, sizeof why, "postgres: lost the connection to %.256s (the reads' connection): %s", s->where, m);
-  struct sg_read *list = c->sent;
-  if (c->sent_tail) c->sent_tail->next = c->wait;
-  else list = c->wait;
-  c->sent = c->sent_tail = c->wait = c->wait_tail = NULL;
-  PQfinish(c->pq);
-  c->pq = NULL;
-  c->state = RD_NONE;
-  c->want_write = 0;
+  struct sg_read *list = rd_detach(c);
   struct sg_read *fail = NULL, *fail_tail = NULL;
   while (list) {
     struct sg_read *r = list;
     list = r->next;
     rd_clear_res(r);
     r->failed = 0;
-    if (r->tries++ == 0 && r->kind != SG_READ_TAKEOVER) rd_push(&c->wait, &c->wait_tail, r);
-    else { rd_push(&fail, &fail_tail, r); c->n--; }
+    if (r->tries++ == 0 && r->kind != SG_READ_TAKEOVER) {
+      rd_push(&c->wait, &c->wait_tail, r);
+      c->n++;
+    } else {
+      rd_push(&fail, &fail_tail, r);
+    }
   }
   if (c->wait) {
     c->last_try = 0;
@@ -2105,8 +1946,8 @@ static void pg_read_start(struct sg_store *base, struct sg_read *r) {
     }
   }
   struct rdc *c = rd_pick(s);
-  c->n++;
   if (c->state == RD_READY && PQstatus(c->pq) != CONNECTION_OK) rd_lost(s, c); /* gone while idle */
+  c->n++;
   if (c->state == RD_READY) {
     if (rd_send(s, c, r) == 0) return;
     rd_push(&c->wait, &c->wait_tail, r); /* the send failed: it goes again with the others */
@@ -2130,7 +1971,7 @@ static int pg_read_wants(struct sg_store *base, int i) {
   return 0;
 }
 
-/* a read whose results have all arrived: its answer from them, then done */
+/* a takeover round's answer from its results */
 static void rd_finish_takeover(struct sg_read *r) {
   if (!r->failed && (r->nres != 6 || strcmp(PQcmdStatus(r->res[5]), "COMMIT") != 0)) {
     r->failed = 1; /* the transaction did not commit (COMMIT of an aborted one answers ROLLBACK) */
@@ -2150,24 +1991,24 @@ static void rd_finish_takeover(struct sg_read *r) {
     saga_from_row_at(m, i, TK_COLS, &r->rows[r->nrows++], 1);
   }
   if ((r->ntimers = (size_t)PQntuples(t))) r->timers = sg_xcalloc(r->ntimers, sizeof *r->timers);
-  for (size_t i = 0; i < r->ntimers; i++) {
-    int k = (int)i;
-    struct sg_timer_row x = { .id = col_i64(t, k, 0), .saga_id = sg_strdup(col(t, k, 1)), .due_at = col_i64(t, k, 2),
-                              .kind = sg_strdup(col(t, k, 3)), .ref = col_i64(t, k, 4) };
-    r->timers[i] = x;
+  for (size_t i = 0; i < r->ntimers; i++) { /* copies: the result is cleared before done */
+    struct sg_timer_row *x = &r->timers[i];
+    *x = timer_from_row(t, (int)i);
+    x->saga_id = sg_strdup(x->saga_id);
+    x->kind = sg_strdup(x->kind);
   }
   if ((r->njournals = (size_t)PQntuples(j))) r->journals = sg_xcalloc(r->njournals, sizeof *r->journals);
   for (size_t i = 0; i < r->njournals; i++) {
-    int k = (int)i;
-    const char *res = col(j, k, 8);
-    struct sg_journal_row x = { .saga_id = sg_strdup(col(j, k, 0)), .step = col_int(j, k, 1), .phase = col_int(j, k, 2),
-                                .attempt = col_int(j, k, 3), .seq = col_int(j, k, 4), .kind = sg_strdup(col(j, k, 5)),
-                                .done = col_int(j, k, 6), .is_error = col_int(j, k, 7), .result = res ? sg_strdup(res) : NULL };
-    r->journals[i] = x;
+    struct sg_journal_row *x = &r->journals[i];
+    *x = journal_from_row(j, (int)i);
+    x->saga_id = sg_strdup(x->saga_id);
+    x->kind = sg_strdup(x->kind);
+    x->result = sg_strdup(x->result);
   }
   r->rc = r->nrows > 0 || r->owner[0] || r->count > 0;
 }
 
+/* a read whose results have all arrived: its answer from them, then done */
 static void rd_finish(struct pg_store *s, struct sg_read *r) {
   if (r->kind == SG_READ_TAKEOVER) {
     rd_finish_takeover(r);
@@ -2237,7 +2078,6 @@ static void rd_finish(struct pg_store *s, struct sg_read *r) {
       sg_read_add_hist(r, &h);
     }
   }
-  (void)s;
   rd_clear_res(r);
   r->done(r);
 }
@@ -2344,13 +2184,10 @@ static const struct sg_store_ops pg_ops = {
   .journal_del = pg_journal_del,
   .saga_prune = pg_saga_prune,
   .host_register = pg_host_register,
-  .take_over = pg_take_over,
-  .timer_each_saga = pg_timer_each_saga,
   .journal_each_active = pg_journal_each_active,
   .host_release = pg_host_release,
   .saga_owner = pg_saga_owner,
   .mail_put = pg_mail_put,
-  .mail_take = pg_mail_take,
   .mail_done = pg_mail_done,
   .notify = pg_notify,
   .note_fd = pg_note_fd,

@@ -172,6 +172,22 @@ function H.pg_kill_session(pid)
   return tonumber(out)
 end
 
+-- Another session takes `table` of db (a postgres:// URL) in ACCESS EXCLUSIVE mode and holds it for
+-- `seconds` (psql in the background; its output in dir/locker.out): returns once the lock is granted.
+function H.pg_lock(db, table, seconds, dir)
+  os.execute(H.pg_bin .. "/psql -X -q " .. H.q(db) .. " -c " ..
+    H.q("BEGIN; LOCK TABLE " .. table .. " IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(" .. seconds .. "); COMMIT;") ..
+    " > " .. dir .. "/locker.out 2>&1 &")
+  for _ = 1, 100 do
+    if H.sql(db, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation" ..
+        " WHERE c.relname = '" .. table .. "' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1" then
+      return
+    end
+    H.sleep(0.05)
+  end
+  error("the lock on " .. table .. " was not taken: " .. (H.read(dir .. "/locker.out") or ""))
+end
+
 local counter = 0
 function H.tmpdir(name)
   counter = counter + 1

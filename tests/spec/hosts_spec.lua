@@ -79,6 +79,9 @@ describe("several hosts on one database", function()
       local ids = {}
       for i = 1, 20 do ids[i] = a:start_saga("Slow", { n = "r" .. i, nap = "3s" }) end
       H.sleep(0.5)
+      -- napping: all 20 are in flight on a, by type
+      assert.are.equal(20, metric(a, 'sagahost_type_in_flight{type="Slow"}'))
+      assert.are.equal(20, metric(a, 'sagahost_type_started_total{type="Slow"}'))
       local t0 = H.now()
       a:stop()
       -- takeover looks every lease/3 (2 s): well before the 6 s lease would have run out
@@ -111,17 +114,7 @@ describe("several hosts on one database", function()
       H.sleep(0.5)
       -- another session holds the journal table for 4 s: the takeover round reads the journals of
       -- what it claims, so it waits on that lock
-      os.execute(H.pg_bin .. "/psql -X -q " .. H.q(db) .. " -c " ..
-        H.q("BEGIN; LOCK TABLE journal IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;") ..
-        " > " .. dir .. "/locker.out 2>&1 &")
-      local granted
-      for _ = 1, 100 do
-        granted = H.sql(db, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation" ..
-          " WHERE c.relname = 'journal' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1"
-        if granted then break end
-        H.sleep(0.05)
-      end
-      assert.is_true(granted, "the lock was not taken: " .. (H.read(dir .. "/locker.out") or ""))
+      H.pg_lock(db, "journal", 4, dir)
       local t_lock = H.now()
       a:stop() -- releases its lease: b takes its sagas over at its next look (lease/3)
       -- while the round waits on the lock, b answers at once

@@ -123,17 +123,7 @@ saga.define { name = "PgStop", steps = {
       local id = host:start_saga("Cut", { n = 1 })
       assert.are.equal("completed", host:wait(id, nil, 20).status)
       -- another session holds the history table for 4 s: reading the saga's history waits for it
-      os.execute(H.pg_bin .. "/psql -X -q " .. H.q(host.db) .. " -c " ..
-        H.q("BEGIN; LOCK TABLE history IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(4); COMMIT;") ..
-        " > " .. dir .. "/locker.out 2>&1 &")
-      local granted
-      for _ = 1, 100 do
-        granted = H.sql(host.db, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation" ..
-          " WHERE c.relname = 'history' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1"
-        if granted then break end
-        H.sleep(0.05)
-      end
-      assert.is_true(granted, "the lock was not taken: " .. (H.read(dir .. "/locker.out") or ""))
+      H.pg_lock(host.db, "history", 4, dir)
       local t_lock = H.now()
       os.execute("curl -s -o " .. dir .. "/get.json -w '%{http_code}' " .. H.q(host.url .. "/v1/sagas/" .. id) ..
         " > " .. dir .. "/get.code 2>&1 &")
