@@ -6,14 +6,30 @@ pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libev-dev librabbitm
       lua-busted sqlite3 curl)
 # libFuzzer comes with Debian's clang runtime (libclang-rt-14-dev on Debian 12); make test-debug runs fuzz-smoke
 fuzz_pkgs=(clang libclang-rt-14-dev)
-[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika openssl "${fuzz_pkgs[@]}")
+[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika openssl chromium prometheus "${fuzz_pkgs[@]}")
+# the dashboard's browser tests run Node (playwright-core from npm, below): Debian's nodejs and npm unless a
+# node is there already (NodeSource's nodejs package brings its own npm and conflicts with Debian's)
+[ "${1:-}" = "--test" ] && ! command -v npm >/dev/null && pkgs+=(nodejs npm)
 [ "${1:-}" = "--fuzz" ] && pkgs+=("${fuzz_pkgs[@]}")
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
-echo "installing: ${missing[*]}"
-SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-$SUDO apt-get update -q
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# playwright-core (pinned in tests/web/package-lock.json) drives Debian's chromium: no browser download.
+# npm ci when it is missing or not the version the lock file pins.
+web="$(dirname "$0")/../tests/web"
+if [ "${1:-}" = "--test" ]; then
+  want=$(grep -A1 '"node_modules/playwright-core"' "$web/package-lock.json" | grep -o '"version": "[^"]*"' || true)
+  have=$(grep -o '"version": "[^"]*"' "$web/node_modules/playwright-core/package.json" 2>/dev/null | head -1 || true)
+  if [ -z "$have" ] || [ "$want" != "$have" ]; then
+    echo "installing: playwright-core (npm ci in tests/web)"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$web" --no-audit --no-fund
+  fi
+fi
+exit 0

@@ -10,19 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "duration.h"
+#include "events.h"
 #include "http.h"
 #include "map.h"
-
-/* Counters of one saga type, from the engine's lifecycle events (after their commits). */
-struct type_stats {
-  char *type;                  /* the map's key */
-  int64_t started;
-  int64_t finished[SG_ST_RESOLVED + 1]; /* by terminal status */
-  int64_t attempts_failed;
-};
+#include "metrics.h"
+#include "web.h"
 
 struct sg_api {
-  struct sg_map types;         /* saga type -> struct type_stats */
+  struct sg_metrics *metrics;  /* what GET /metrics shows (metrics.c) */
+  struct sg_events *events;    /* GET /v1/events and the waits of ?wait= (events.c) */
   struct sg_engine *en;        /* acts: start, operator verbs */
   struct sg_store *store;      /* reads, after the commit */
   struct sg_script *sc;        /* definitions, Lua memory */
@@ -39,6 +36,9 @@ struct pending {
   int existed;     /* start: the idempotency key was known */
   char verb[16];   /* operator action: the verb, its reason or note, who */
   char *arg, *by;
+  int reading;     /* ?wait=: a read of the saga on its way */
+  int final;       /* ?wait=: 0 waiting, else what ended the wait (the next read answers) */
+  int reread;      /* ?wait=: read again once after the terminal event */
 };
 
 static int status_for(int code) {
@@ -72,6 +72,7 @@ static void add_time(struct sg_buf *b, const char *key, int64_t ms) {
 static void saga_summary(struct sg_buf *b, const struct sg_saga_row *r) {
   sg_buf_adds(b, "{\"id\":"); sg_buf_add_json_str(b, r->id);
   sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, r->type);
+  sg_buf_adds(b, ",\"key\":"); sg_buf_add_json_str(b, r->biz_key);
   sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, sg_status_name(r->status));
   sg_buf_adds(b, ",\"definition_version\":"); sg_buf_add_json_str(b, r->def_hash);
   add_time(b, "created_at", r->created_at);
@@ -139,31 +140,99 @@ static void on_saga_read(struct sg_read *rd) {
   free(p);
 }
 
+/* ?wait=: the saga as read now; answered when it is terminal (or gone), or when the wait has ended */
+static void on_wait_read(struct sg_read *rd) {
+  struct pending *p = rd->ud;
+  p->reading = 0;
+  int terminal = rd->rc <= 0 || SG_ST_TERMINAL(rd->rows[0].status);
+  if (!terminal && p->final == SG_EVENTS_WAIT_TERMINAL && !p->reread) {
+    /* read before its terminal commit: once more (its event is committed, so this read sees it) */
+    p->reread = 1;
+    sg_read_free(rd);
+    struct sg_read *again = sg_read_new(SG_READ_SAGA, p->id, NULL, on_wait_read, p);
+    again->with_hist = 1;
+    p->reading = 1;
+    sg_engine_read(p->api->en, again);
+    return;
+  }
+  if (terminal || p->final) {
+    if (!p->final) sg_events_wait_cancel(p->api->events, p);
+    on_saga_read(rd); /* answers, frees rd and p */
+    return;
+  }
+  sg_read_free(rd); /* not yet: its terminal event will come */
+}
+
+static void wait_read(struct pending *p) {
+  struct sg_read *rd = sg_read_new(SG_READ_SAGA, p->id, NULL, on_wait_read, p);
+  rd->with_hist = 1;
+  p->reading = 1;
+  sg_engine_read(p->api->en, rd);
+}
+
+static int on_wait(void *ud, int what) {
+  struct pending *p = ud;
+  if (what == SG_EVENTS_WAIT_ARMED) {
+    wait_read(p);
+    return 0;
+  }
+  p->final = what;
+  if (!p->reading) wait_read(p);
+  return 1;
+}
+
+/* the longest ?wait= (a client wanting longer asks again) */
+#define WAIT_MAX_MS 300000
+
 static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id) {
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
+  const char *wait = sg_http_query(req, "wait");
+  if (wait && *wait) {
+    int64_t ms = 0;
+    struct sg_error de = {0};
+    char *end;
+    double secs = strtod(wait, &end); /* a bare number is seconds */
+    if (!*end && end != wait) ms = (int64_t)(secs * 1000);
+    else if (sg_duration_parse(wait, &ms, &de) < 0) ms = -1;
+    if (ms < 0 || ms > WAIT_MAX_MS) {
+      free(p);
+      sg_http_reply_error(req, 400, "malformed wait: a duration such as 30s, 500ms or 2m (or seconds), at most 5m");
+      return;
+    }
+    if (ms > 0) {
+      snprintf(p->id, sizeof p->id, "%s", id);
+      sg_events_wait(api->events, id, (double)ms / 1000.0, on_wait, p);
+      return;
+    }
+  }
   struct sg_read *rd = sg_read_new(SG_READ_SAGA, id, NULL, on_saga_read, p);
   rd->with_hist = 1;
   sg_engine_read(api->en, rd);
 }
 
+/* the list was read with one row more than the page: that row says whether there is a next page */
 static void on_list_read(struct sg_read *rd) {
   struct pending *p = rd->ud;
   if (rd->rc < 0) {
     reply_engine_error(p->req, &rd->err);
   } else {
+    size_t page = (size_t)rd->limit - 1, n = rd->nrows < page ? rd->nrows : page;
     struct sg_buf b;
     sg_buf_init(&b);
     sg_buf_adds(&b, "{\"sagas\":[");
-    for (size_t i = 0; i < rd->nrows; i++) {
+    for (size_t i = 0; i < n; i++) {
       if (i) sg_buf_adds(&b, ",");
       saga_summary(&b, &rd->rows[i]);
       sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, rd->rows[i].error);
       sg_buf_adds(&b, "}");
     }
+    /* the cursor: the order of the listing and the last id shown (the next page starts past it), so that
+     * it continues the same listing whether it comes back as cursor= or as after= (older clients) */
     sg_buf_adds(&b, "],\"next\":");
-    sg_buf_add_json_str(&b, rd->nrows > 0 && rd->nrows == (size_t)rd->limit ? rd->rows[rd->nrows - 1].id : NULL);
+    if (rd->nrows > page && n > 0) sg_buf_printf(&b, "\"%c.%s\"", rd->desc ? 'd' : 'a', rd->rows[n - 1].id);
+    else sg_buf_adds(&b, "null");
     sg_buf_adds(&b, "}");
     sg_http_reply(p->req, 200, b.data);
     sg_buf_free(&b);
@@ -172,33 +241,116 @@ static void on_list_read(struct sg_read *rd) {
   free(p);
 }
 
+/* a query parameter, NULL when absent or empty */
+static const char *query(struct sg_http_req *req, const char *key) {
+  const char *v = sg_http_query(req, key);
+  return v && *v ? v : NULL;
+}
+
+/* since= or until=: 0 and *ms (0 = absent), or -1 after answering 400 */
+static int query_time(struct sg_http_req *req, const char *key, int64_t *ms) {
+  const char *v = query(req, key);
+  *ms = 0;
+  if (!v) return 0;
+  if (sg_time_parse(v, ms) < 0) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s must be a UTC time like 2026-11-30T12:00:00Z or 2026-11-30T12:00:00.123Z, or"
+             " milliseconds since the epoch (got '%.80s')", key, v);
+    sg_http_reply_error(req, 400, msg);
+    return -1;
+  }
+  return 0;
+}
+
+/* GET /v1/sagas?key=&type=&status=&since=&until=&order=&limit=&cursor= (after=: the old oldest-first paging) */
 static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
-  int status = -1, limit = 100;
-  const char *st = sg_http_query(req, "status");
-  if (st && *st) {
+  int status = -1, limit = 100, desc = 1;
+  const char *st = query(req, "status");
+  if (st) {
     status = sg_status_parse(st);
     if (status < 0) {
       sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated, compensation_failed or resolved)");
       return;
     }
   }
-  const char *type = sg_http_query(req, "type");
-  const char *after = sg_http_query(req, "after");
-  const char *lim = sg_http_query(req, "limit");
-  if (lim && *lim) {
+  const char *type = query(req, "type"), *key = query(req, "key"), *order = query(req, "order");
+  const char *cursor = query(req, "cursor"), *after = query(req, "after");
+  if (key && strlen(key) > 200) { sg_http_reply_error(req, 400, "key must be 1 to 200 bytes"); return; }
+  const char *lim = query(req, "limit");
+  if (lim) {
     char *end;
     long l = strtol(lim, &end, 10);
     if (*end || l < 1 || l > 1000) { sg_http_reply_error(req, 400, "limit must be an integer from 1 to 1000"); return; }
     limit = (int)l;
   }
+  if (order && strcmp(order, "desc") && strcmp(order, "asc")) {
+    sg_http_reply_error(req, 400, "order must be desc (newest first, the default) or asc (oldest first)");
+    return;
+  }
+  if (cursor && after) { sg_http_reply_error(req, 400, "give cursor= or after= (deprecated), not both"); return; }
+  int cdesc = -1; /* the order the cursor continues, -1 = a bare id: the request's order */
+  const char *id = NULL;
+  if (cursor || after) {
+    const char *c = cursor ? cursor : after;
+    if ((c[0] == 'a' || c[0] == 'd') && c[1] == '.') {
+      cdesc = c[0] == 'd';
+      id = c + 2;
+    } else {
+      id = c;
+      if (after) cdesc = 0; /* after=ID: oldest first from that id, as it always was */
+    }
+    if (sg_uuid_time_ms(id) < 0) {
+      sg_http_reply_error(req, 400, cursor ? "malformed cursor: pass the \"next\" of the previous page unchanged"
+                                           : "malformed after: pass the \"next\" of the previous page unchanged");
+      return;
+    }
+  }
+  if (order) desc = !strcmp(order, "desc");
+  if (cdesc >= 0 && order && cdesc != desc) {
+    sg_http_reply_error(req, 400, cdesc ? "this cursor continues a listing with order=desc: ask with the same order"
+                                        : "this cursor continues a listing with order=asc: ask with the same order");
+    return;
+  }
+  if (cdesc >= 0) desc = cdesc;
+  int64_t since, until;
+  if (query_time(req, "since", &since) < 0 || query_time(req, "until", &until) < 0) return;
+  if (query(req, "until") && until <= 0) until = 1; /* before 1970: nothing was created then */
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
-  struct sg_read *rd = sg_read_new(SG_READ_LIST, type && *type ? type : NULL, after && *after ? after : NULL,
-                                   on_list_read, p);
+  struct sg_read *rd = sg_read_new(SG_READ_LIST, type, id, on_list_read, p);
   rd->status = status;
-  rd->limit = limit;
+  rd->limit = limit + 1; /* one more: is there a next page? */
+  rd->key = key ? sg_strdup(key) : NULL;
+  rd->since = since > 0 ? since : 0;
+  rd->until = until;
+  rd->desc = desc;
   sg_engine_read(api->en, rd);
+}
+
+/* GET /v1/counts[?type=]: the sagas of the whole store (every host's) by status */
+static void on_counts_read(struct sg_read *rd) {
+  struct pending *p = rd->ud;
+  if (rd->rc < 0) {
+    reply_engine_error(p->req, &rd->err);
+  } else {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"counts\":{");
+    for (int st = SG_ST_RUNNING; st <= SG_ST_RESOLVED; st++)
+      sg_buf_printf(&b, "%s\"%s\":%" PRId64, st ? "," : "", sg_status_name(st), rd->counts[st]);
+    sg_buf_adds(&b, "}}");
+    sg_http_reply(p->req, 200, b.data);
+    sg_buf_free(&b);
+  }
+  sg_read_free(rd);
+  free(p);
+}
+
+static void on_counts_committed(void *ud, int status) {
+  struct pending *p = ud;
+  (void)status; /* a read: it shows what is committed, whatever this commit did */
+  sg_engine_read(p->api->en, sg_read_new(SG_READ_COUNTS, query(p->req, "type"), NULL, on_counts_read, p));
 }
 
 static void healthz(struct sg_api *api, struct sg_http_req *req) {
@@ -216,166 +368,28 @@ static void healthz(struct sg_api *api, struct sg_http_req *req) {
                              " lease ran out); registering again and loading what it owns");
     return;
   }
-  char buf[640];
+  size_t subs = 0;
+  int64_t dropped = 0;
+  sg_events_stats(api->events, &subs, &dropped);
+  char buf[760];
   snprintf(buf, sizeof buf,
            "{\"status\":\"ok\",\"host_id\":\"%s\",\"live_sagas\":%" PRId64 ",\"coroutines\":%" PRId64 ",\"timers\":%" PRId64
            ",\"started\":%" PRId64 ",\"completed\":%" PRId64 ",\"compensated\":%" PRId64
            ",\"compensation_failed\":%" PRId64 ",\"resolved\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu"
-           ",\"taken_over\":%" PRId64 ",\"fenced\":%" PRId64 "}",
+           ",\"taken_over\":%" PRId64 ",\"fenced\":%" PRId64 ",\"event_subscribers\":%zu,\"event_subscribers_dropped\":%" PRId64 "}",
            st.host_id, st.live, st.coroutines, st.timers, st.started, st.completed, st.compensated, st.compensation_failed,
-           st.resolved, st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc), st.taken_over, st.fenced);
+           st.resolved, st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc), st.taken_over, st.fenced,
+           subs, dropped);
   sg_http_reply(req, 200, buf);
 }
 
-/* one breaker's lines of /metrics (service names are [A-Za-z0-9_-]: no label escaping needed) */
-static void metric_breaker(void *ud, const char *service, const char *state, size_t parked) {
-  struct sg_buf **lines = ud;
-  int v = !strcmp(state, "open") ? 1 : !strcmp(state, "half_open") ? 2 : 0;
-  sg_buf_printf(lines[0], "sagahost_breaker_open{service=\"%s\"} %d\n", service, v);
-  sg_buf_printf(lines[1], "sagahost_breaker_parked{service=\"%s\"} %zu\n", service, parked);
-}
-
-static void metrics_by_type(struct sg_api *api, struct sg_buf *b);
-
-/* GET /metrics: the counters in the Prometheus text format */
+/* GET /metrics: the Prometheus text format (metrics.c) */
 static void metrics(struct sg_api *api, struct sg_http_req *req) {
-  struct sg_engine_stats st;
-  sg_engine_stats(api->en, &st);
   struct sg_buf b;
   sg_buf_init(&b);
-  sg_buf_printf(&b,
-                "# HELP sagahost_sagas_started_total Sagas started by this host.\n"
-                "# TYPE sagahost_sagas_started_total counter\n"
-                "sagahost_sagas_started_total %" PRId64 "\n"
-                "# HELP sagahost_sagas_finished_total Sagas that reached a terminal status on this host.\n"
-                "# TYPE sagahost_sagas_finished_total counter\n"
-                "sagahost_sagas_finished_total{status=\"completed\"} %" PRId64 "\n"
-                "sagahost_sagas_finished_total{status=\"compensated\"} %" PRId64 "\n"
-                "sagahost_sagas_finished_total{status=\"compensation_failed\"} %" PRId64 "\n"
-                "sagahost_sagas_finished_total{status=\"resolved\"} %" PRId64 "\n"
-                "# HELP sagahost_live_sagas Sagas running or compensating.\n"
-                "# TYPE sagahost_live_sagas gauge\n"
-                "sagahost_live_sagas %" PRId64 "\n"
-                "# HELP sagahost_coroutines Sagas holding a Lua coroutine.\n"
-                "# TYPE sagahost_coroutines gauge\n"
-                "sagahost_coroutines %" PRId64 "\n"
-                "# HELP sagahost_timers Armed durable timers.\n"
-                "# TYPE sagahost_timers gauge\n"
-                "sagahost_timers %" PRId64 "\n"
-                "# HELP sagahost_store_commits_total Group commits of the store.\n"
-                "# TYPE sagahost_store_commits_total counter\n"
-                "sagahost_store_commits_total %" PRId64 "\n"
-                "# HELP sagahost_store_commit_failures_total Commits the store refused for a passing reason (disk full, I/O error).\n"
-                "# TYPE sagahost_store_commit_failures_total counter\n"
-                "sagahost_store_commit_failures_total %" PRId64 "\n"
-                "# HELP sagahost_store_stalled 1 while a refused commit waits to be written again (no new work is taken).\n"
-                "# TYPE sagahost_store_stalled gauge\n"
-                "sagahost_store_stalled %d\n"
-                "# HELP sagahost_sagas_taken_over_total Sagas this host took over from hosts whose lease ran out.\n"
-                "# TYPE sagahost_sagas_taken_over_total counter\n"
-                "sagahost_sagas_taken_over_total %" PRId64 "\n"
-                "# HELP sagahost_fenced_total Times this host found its sagas taken over and reloaded what it owns.\n"
-                "# TYPE sagahost_fenced_total counter\n"
-                "sagahost_fenced_total %" PRId64 "\n"
-                "# HELP sagahost_verbs_forwarded_total Operator verbs sent to the host that owns the saga.\n"
-                "# TYPE sagahost_verbs_forwarded_total counter\n"
-                "sagahost_verbs_forwarded_total %" PRId64 "\n"
-                "# HELP sagahost_lua_memory_bytes Memory of the Lua state.\n"
-                "# TYPE sagahost_lua_memory_bytes gauge\n"
-                "sagahost_lua_memory_bytes %zu\n",
-                st.started, st.completed, st.compensated, st.compensation_failed, st.resolved, st.live, st.coroutines,
-                st.timers, st.commits, st.store_failures, st.stalled, st.taken_over, st.fenced, st.forwarded,
-                sg_script_mem_used(api->sc));
-  struct sg_buf open, parked;
-  sg_buf_init(&open);
-  sg_buf_init(&parked);
-  struct sg_buf *lines[2] = { &open, &parked };
-  sg_engine_breakers_each(api->en, metric_breaker, lines);
-  if (open.len) {
-    sg_buf_adds(&b, "# HELP sagahost_breaker_open Circuit breaker state per service (0 closed, 1 open, 2 half-open).\n"
-                    "# TYPE sagahost_breaker_open gauge\n");
-    sg_buf_add(&b, open.data, open.len);
-    sg_buf_adds(&b, "# HELP sagahost_breaker_parked Sagas waiting for a service's breaker.\n"
-                    "# TYPE sagahost_breaker_parked gauge\n");
-    sg_buf_add(&b, parked.data, parked.len);
-  }
-  sg_buf_free(&open);
-  sg_buf_free(&parked);
-  metrics_by_type(api, &b);
+  sg_metrics_render(api->metrics, &b);
   sg_http_reply_as(req, 200, "text/plain; version=0.0.4", b.data);
   sg_buf_free(&b);
-}
-
-/* the per-type counters of /metrics */
-static void on_event(void *ud, const struct sg_event *ev) {
-  struct sg_api *api = ud;
-  if (ev->kind != SG_EV_STARTED && ev->kind != SG_EV_TERMINAL && ev->kind != SG_EV_ATTEMPT_ENDED) return;
-  struct type_stats *t = sg_map_get(&api->types, ev->type);
-  if (!t) {
-    if (api->types.n >= 10000) return; /* a bound on label sets, whatever scripts define */
-    t = sg_xcalloc(1, sizeof *t);
-    t->type = sg_strdup(ev->type);
-    sg_map_put(&api->types, t->type, t);
-  }
-  if (ev->kind == SG_EV_STARTED) t->started++;
-  else if (ev->kind == SG_EV_TERMINAL && ev->status >= SG_ST_COMPLETED && ev->status <= SG_ST_RESOLVED) t->finished[ev->status]++;
-  else if (ev->kind == SG_EV_ATTEMPT_ENDED && ev->outcome && !strcmp(ev->outcome, "failed")) t->attempts_failed++;
-}
-
-/* a label value in the Prometheus text format: \, " and newline escaped */
-static void add_label(struct sg_buf *b, const char *v) {
-  for (; *v; v++) {
-    if (*v == '\\') sg_buf_adds(b, "\\\\");
-    else if (*v == '"') sg_buf_adds(b, "\\\"");
-    else if (*v == '\n') sg_buf_adds(b, "\\n");
-    else sg_buf_add(b, v, 1);
-  }
-}
-
-/* "name{type="T"": the start of a per-type sample (the caller adds more labels and the value) */
-static void type_sample(struct sg_buf *b, const char *name, const char *type) {
-  sg_buf_printf(b, "%s{type=\"", name);
-  add_label(b, type);
-  sg_buf_adds(b, "\"");
-}
-
-static void metric_live(void *ud, const char *type, int64_t n) {
-  type_sample(ud, "sagahost_type_in_flight", type);
-  sg_buf_printf(ud, "} %" PRId64 "\n", n);
-}
-
-static void metrics_by_type(struct sg_api *api, struct sg_buf *b) {
-  struct sg_buf started, finished, failed;
-  sg_buf_init(&started);
-  sg_buf_init(&finished);
-  sg_buf_init(&failed);
-  for (size_t i = 0; i < api->types.cap; i++) {
-    if (!sg_map_live(&api->types, i)) continue;
-    const struct type_stats *t = api->types.slots[i].val;
-    type_sample(&started, "sagahost_type_started_total", t->type);
-    sg_buf_printf(&started, "} %" PRId64 "\n", t->started);
-    for (int st = SG_ST_COMPLETED; st <= SG_ST_RESOLVED; st++) {
-      type_sample(&finished, "sagahost_type_finished_total", t->type);
-      sg_buf_printf(&finished, ",status=\"%s\"} %" PRId64 "\n", sg_status_name(st), t->finished[st]);
-    }
-    type_sample(&failed, "sagahost_type_attempts_failed_total", t->type);
-    sg_buf_printf(&failed, "} %" PRId64 "\n", t->attempts_failed);
-  }
-  sg_buf_adds(b, "# HELP sagahost_type_started_total Sagas started by this host, by type.\n"
-                 "# TYPE sagahost_type_started_total counter\n");
-  if (started.len) sg_buf_add(b, started.data, started.len);
-  sg_buf_adds(b, "# HELP sagahost_type_finished_total Sagas that reached a terminal status on this host, by type and status.\n"
-                 "# TYPE sagahost_type_finished_total counter\n");
-  if (finished.len) sg_buf_add(b, finished.data, finished.len);
-  sg_buf_adds(b, "# HELP sagahost_type_attempts_failed_total Step attempts (actions and compensations) that failed, by type.\n"
-                 "# TYPE sagahost_type_attempts_failed_total counter\n");
-  if (failed.len) sg_buf_add(b, failed.data, failed.len);
-  sg_buf_free(&started);
-  sg_buf_free(&finished);
-  sg_buf_free(&failed);
-  sg_buf_adds(b, "# HELP sagahost_type_in_flight Sagas running or compensating on this host, by type.\n"
-                 "# TYPE sagahost_type_in_flight gauge\n");
-  sg_engine_live_by_type(api->en, metric_live, b);
 }
 
 /* after the commit: answer a start, or serve a read */
@@ -559,6 +573,9 @@ enum route_kind {
   R_BREAKERS,    /* /v1/breakers */
   R_HEALTHZ,     /* /healthz */
   R_METRICS,     /* /metrics */
+  R_COUNTS,      /* /v1/counts: sagas by status */
+  R_WEB,         /* / and /ui/{file}: the dashboard's static files (web.c) */
+  R_EVENTS,      /* /v1/events: the lifecycle events, as Server-Sent Events (events.c) */
 };
 
 static enum route_kind route_match(const char parts[4][256], int n) {
@@ -573,8 +590,11 @@ static enum route_kind route_match(const char parts[4][256], int n) {
   }
   if (v1 && n == 2 && strcmp(parts[1], "definitions") == 0) return R_DEFINITIONS;
   if (v1 && n == 2 && strcmp(parts[1], "breakers") == 0) return R_BREAKERS;
+  if (v1 && n == 2 && strcmp(parts[1], "counts") == 0) return R_COUNTS;
+  if (v1 && n == 2 && strcmp(parts[1], "events") == 0) return R_EVENTS;
   if (n == 1 && strcmp(parts[0], "healthz") == 0) return R_HEALTHZ;
   if (n == 1 && strcmp(parts[0], "metrics") == 0) return R_METRICS;
+  if (n == 0 || (n == 2 && strcmp(parts[0], "ui") == 0)) return R_WEB;
   return R_NONE;
 }
 
@@ -591,6 +611,7 @@ static const char *route_allow(enum route_kind k) {
 static enum sg_role route_role(const struct sg_api *api, enum route_kind k, int is_post) {
   switch (k) {
   case R_HEALTHZ: return SG_ROLE_NONE; /* liveness probes carry no credentials */
+  case R_WEB: return SG_ROLE_NONE;     /* the page holds no data: it asks the API with the user's token */
   case R_METRICS: return api->auth_metrics ? SG_ROLE_READ : SG_ROLE_NONE;
   case R_SAGA: return is_post ? SG_ROLE_START : SG_ROLE_READ;
   case R_ACTION: return SG_ROLE_OPERATE;
@@ -626,7 +647,7 @@ static void route(void *ud, struct sg_http_req *req) {
   int is_post = !strcmp(req->method, "POST");
   /* authenticated before 404/405 so that a stranger learns nothing about the routes */
   const struct sg_auth_entry *who = NULL;
-  int open = k == R_HEALTHZ || (k == R_METRICS && !api->auth_metrics);
+  int open = k == R_HEALTHZ || k == R_WEB || (k == R_METRICS && !api->auth_metrics);
   if (api->auth && !open && !(who = authenticate(api, req))) return;
   if (k == R_NONE) {
     /* the path only: the method is the client's arbitrary token and is not echoed */
@@ -659,6 +680,12 @@ static void route(void *ud, struct sg_http_req *req) {
     p->req = req;
     sg_engine_after_commit(api->en, on_read_committed, p);
     return;
+  case R_COUNTS:
+    p = sg_xcalloc(1, sizeof *p);
+    p->api = api;
+    p->req = req;
+    sg_engine_after_commit(api->en, on_counts_committed, p);
+    return;
   case R_PLAN:
     p = sg_xcalloc(1, sizeof *p);
     p->api = api;
@@ -684,6 +711,8 @@ static void route(void *ud, struct sg_http_req *req) {
   }
   case R_HEALTHZ: healthz(api, req); return;
   case R_METRICS: metrics(api, req); return;
+  case R_WEB: sg_web_serve(req, n == 0 ? "index.html" : parts[1]); return;
+  case R_EVENTS: sg_events_subscribe(api->events, req); return;
   case R_NONE: break; /* answered above */
   }
 }
@@ -705,10 +734,11 @@ struct sg_api *sg_api_start(struct ev_loop *loop, const struct sg_api_config *cf
   api->sc = sc;
   api->auth = cfg->auth;
   api->auth_metrics = cfg->auth_metrics;
-  sg_map_init(&api->types);
   api->http = sg_http_start_tls(loop, cfg->listen, cfg->max_body, cfg->tls, route, api, e);
-  if (!api->http) { sg_map_free(&api->types); free(api); return NULL; }
-  sg_engine_observe(en, on_event, api);
+  if (!api->http) { free(api); return NULL; }
+  api->metrics = sg_metrics_new(en, sc, e);
+  if (!api->metrics) { sg_http_stop(api->http); free(api); return NULL; }
+  api->events = sg_events_new(loop, en, store->ops->read_start != NULL);
   return api;
 }
 
@@ -719,12 +749,7 @@ void sg_api_set_auth(struct sg_api *api, const struct sg_auth *auth) { api->auth
 void sg_api_stop(struct sg_api *api) {
   if (!api) return;
   sg_http_stop(api->http);
-  for (size_t i = 0; i < api->types.cap; i++) {
-    if (!sg_map_live(&api->types, i)) continue;
-    struct type_stats *t = api->types.slots[i].val;
-    free(t->type);
-    free(t);
-  }
-  sg_map_free(&api->types);
+  sg_events_free(api->events);
+  sg_metrics_free(api->metrics);
   free(api);
 }

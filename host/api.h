@@ -5,7 +5,8 @@
  *   GET  /v1/definitions         loaded saga types, files with their load errors, services
  *   GET  /healthz                liveness and counters
  *   GET  /metrics                the counters in the Prometheus text format
- * With auth (auth.h), every route but /healthz (and /metrics unless auth_metrics) needs an
+ *   GET  /, /ui/{file}           the web dashboard's static files (web.h)
+ * With auth (auth.h), every route but /healthz, the dashboard's files (and /metrics unless auth_metrics) needs an
  * `Authorization: Bearer <token>`: none or an unknown one is 401 with `WWW-Authenticate: Bearer`,
  * a token whose role is too small is 403; the operator of compensate/retry/resolve is the token's name.
  * Errors are {"error": "..."} with 400, 401, 403, 404, 405, 409, 413 or 500. A known path with a method it does

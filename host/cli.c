@@ -270,13 +270,22 @@ static int sg_cli_terminal(const char *status) {
 
 /* Polls until the saga ends: quickly at first (most sagas finish in milliseconds), then backing
  * off so a long saga does not cost the host a request every 50 ms. */
+/* Waits for the saga's end with GET /v1/sagas/{id}?wait= (the host answers when it is terminal or the
+ * wait is over): one request per 50 s of --timeout (each under the 60 s request timeout), no polling. */
 static int sg_cli_wait(struct sg_cli *cli, const char *id, double timeout) {
-  char *path = sg_cli_path(cli, id, NULL);
-  double deadline = sg_cli_mono() + timeout, interval = 0.05;
+  char *base = sg_cli_path(cli, id, NULL);
+  double deadline = sg_cli_mono() + timeout;
   int rc = 1;
   for (;;) {
+    double left = deadline - sg_cli_mono();
+    long wait_ms = left <= 0 ? 1 : left > 50 ? 50000 : (long)(left * 1000) + 1;
+    char *path = sg_asprintf("%s?wait=%ldms", base, wait_ms);
     struct sg_cli_resp r;
-    if (sg_cli_request(cli, "GET", path, NULL, NULL, &r) < 0) break;
+    double t0 = sg_cli_mono();
+    int got = sg_cli_request(cli, "GET", path, NULL, NULL, &r);
+    double took = sg_cli_mono() - t0;
+    free(path);
+    if (got < 0) break;
     if (!sg_cli_ok(&r)) { sg_cli_http_error(&r); sg_buf_free(&r.body); break; }
     json_t *j = json_loads(r.body.data, 0, NULL);
     const char *status = json_string_value(json_object_get(j, "status"));
@@ -288,8 +297,7 @@ static int sg_cli_wait(struct sg_cli *cli, const char *id, double timeout) {
       sg_buf_free(&r.body);
       break;
     }
-    double left = deadline - sg_cli_mono();
-    if (left <= 0) {
+    if (deadline - sg_cli_mono() <= 0) {
       fprintf(stderr,
               "sagahost: saga %s is still %s after %g s (--timeout); it goes on in the host, "
               "see `sagahost show %s`\n", id, status ? status : "unknown", timeout, id);
@@ -299,10 +307,9 @@ static int sg_cli_wait(struct sg_cli *cli, const char *id, double timeout) {
     }
     json_decref(j);
     sg_buf_free(&r.body);
-    sg_cli_sleep(interval < left ? interval : left);
-    interval = interval * 1.5 > 0.5 ? 0.5 : interval * 1.5;
+    if (took * 2000 < (double)wait_ms) sg_cli_sleep(0.2); /* answered early, not finished: a host without ?wait= */
   }
-  free(path);
+  free(base);
   return rc;
 }
 
@@ -382,27 +389,38 @@ static void sg_cli_query_add(struct sg_cli *cli, struct sg_buf *b, const char *k
   curl_free(esc);
 }
 
+/* a key in the table: one line, at most 40 characters shown (the JSON output has it whole) */
+static const char *sg_cli_cell(const char *v, char *buf, size_t n) {
+  if (!v) return "-";
+  size_t len = strlen(v);
+  int cut = len > 40;
+  snprintf(buf, n, "%.*s%s", cut ? 37 : (int)len, v, cut ? "..." : "");
+  for (char *c = buf; *c; c++)
+    if ((unsigned char)*c < 0x20) *c = ' ';
+  return buf;
+}
+
 static void sg_cli_print_table(json_t *sagas) {
-  static const char *cols[] = {"id", "type", "status", "updated_at"};
-  static const char *heads[] = {"ID", "TYPE", "STATUS", "UPDATED"};
-  int w[4];
-  for (int c = 0; c < 4; c++) w[c] = (int)strlen(heads[c]);
+  enum { NC = 6 };
+  static const char *cols[NC] = {"id", "type", "key", "status", "created_at", "updated_at"};
+  static const char *heads[NC] = {"ID", "TYPE", "KEY", "STATUS", "CREATED", "UPDATED"};
+  int w[NC];
+  char buf[64];
+  for (int c = 0; c < NC; c++) w[c] = (int)strlen(heads[c]);
   size_t i;
   json_t *s;
   json_array_foreach(sagas, i, s) {
-    for (int c = 0; c < 4; c++) {
-      const char *v = json_string_value(json_object_get(s, cols[c]));
-      if (v && (int)strlen(v) > w[c]) w[c] = (int)strlen(v);
+    for (int c = 0; c < NC; c++) {
+      const char *v = sg_cli_cell(json_string_value(json_object_get(s, cols[c])), buf, sizeof buf);
+      if ((int)strlen(v) > w[c]) w[c] = (int)strlen(v);
     }
   }
-  printf("%-*s  %-*s  %-*s  %s\n", w[0], heads[0], w[1], heads[1], w[2], heads[2], heads[3]);
+  for (int c = 0; c < NC; c++) printf(c < NC - 1 ? "%-*s  " : "%.*s\n", c < NC - 1 ? w[c] : 999, heads[c]);
   json_array_foreach(sagas, i, s) {
-    const char *v[4];
-    for (int c = 0; c < 4; c++) {
-      v[c] = json_string_value(json_object_get(s, cols[c]));
-      if (!v[c]) v[c] = "-";
+    for (int c = 0; c < NC; c++) {
+      const char *v = sg_cli_cell(json_string_value(json_object_get(s, cols[c])), buf, sizeof buf);
+      printf(c < NC - 1 ? "%-*s  " : "%.*s\n", c < NC - 1 ? w[c] : 999, v);
     }
-    printf("%-*s  %-*s  %-*s  %s\n", w[0], v[0], w[1], v[1], w[2], v[2], v[3]);
   }
 }
 
@@ -414,12 +432,19 @@ static int sg_cli_list(struct sg_cli *cli) {
     if (end == limit || *end || n < 1 || n > 1000)
       return sg_cli_usage_error(cli, "--limit needs an integer from 1 to 1000, got '%s'", limit);
   }
+  if (sg_cli_opt(cli, "after") && sg_cli_opt(cli, "cursor"))
+    return sg_cli_usage_error(cli, "give --cursor or --after (deprecated), not both");
   struct sg_buf q;
   sg_buf_init(&q);
-  sg_cli_query_add(cli, &q, "status");
+  sg_cli_query_add(cli, &q, "key");
   sg_cli_query_add(cli, &q, "type");
+  sg_cli_query_add(cli, &q, "status");
+  sg_cli_query_add(cli, &q, "since");
+  sg_cli_query_add(cli, &q, "until");
   sg_cli_query_add(cli, &q, "limit");
+  sg_cli_query_add(cli, &q, "cursor");
   sg_cli_query_add(cli, &q, "after");
+  if (sg_cli_opt(cli, "oldest")) sg_buf_printf(&q, "%corder=asc", q.len ? '&' : '?');
   struct sg_buf path;
   sg_buf_init(&path);
   sg_buf_printf(&path, "/v1/sagas%s", q.data ? q.data : "");
@@ -444,7 +469,7 @@ static int sg_cli_list(struct sg_cli *cli) {
     } else {
       sg_cli_print_table(sagas);
       const char *next = json_string_value(json_object_get(j, "next"));
-      if (next) fprintf(stderr, "(more: add --after %s)\n", next);
+      if (next) fprintf(stderr, "(more: add --%s %s)\n", sg_cli_opt(cli, "after") ? "after" : "cursor", next);
     }
     json_decref(j);
   }
@@ -487,14 +512,20 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      " input id timeout ", " wait ", "TYPE", NULL, sg_cli_start},
     {"show", "ID [--server URL]", "show a saga: status, data and step history", "", "", "", "ID",
      NULL, sg_cli_show},
-    {"list", "[--status S] [--type T] [--limit N] [--after CURSOR] [--json] [--server URL]",
-     "list sagas, oldest first (ids are time-ordered), a page at a time",
-     "  --status S      running, compensating, completed, compensated, compensation_failed or resolved\n"
+    {"list", "[--key K] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"
+             " [--json] [--server URL]",
+     "list sagas, newest first, a page at a time",
+     "  --key K         only the sagas with this business key (saga.define{key = ...})\n"
      "  --type T        only sagas of this type\n"
-     "  --limit N       at most N (1..1000)\n"
-     "  --after CURSOR  continue a previous listing (the cursor it printed)\n"
+     "  --status S      running, compensating, completed, compensated, compensation_failed or resolved\n"
+     "  --since TIME    created at or after TIME: 2026-11-30T12:00:00Z (UTC, optional .123) or epoch ms\n"
+     "  --until TIME    created before TIME (same forms)\n"
+     "  --oldest        oldest first\n"
+     "  --limit N       at most N a page (1..1000, default 100)\n"
+     "  --cursor C      the next page: the same command with the cursor the last one printed\n"
+     "  --after C       deprecated: as --cursor C; a saga id for C lists oldest first from it\n"
      "  --json          print the host's JSON answer instead of a table\n",
-     " status type limit after ", " json ", NULL, NULL, sg_cli_list},
+     " key type status since until limit cursor after ", " json oldest ", NULL, NULL, sg_cli_list},
     {"compensate", "ID --reason TEXT [--server URL]", "give up on a running saga and compensate it",
      "  --reason TEXT   why, recorded in the saga's history\n", " reason ", "", "ID", "reason",
      sg_cli_compensate},

@@ -182,7 +182,8 @@ void eng_saga_free(struct sg_saga *s) {
 /* ---- lifecycle events ---- */
 
 static const char *const ev_names[] = {
-  "started", "attempt_started", "attempt_ended", "compensating", "terminal", "operator",
+  "started", "attempt_started", "attempt_ended", "compensating", "terminal", "operator", "definition_loaded",
+  "definition_failed",
 };
 
 const char *sg_event_name(int kind) {
@@ -197,16 +198,43 @@ int sg_engine_observe(struct sg_engine *en, sg_event_cb cb, void *ud) {
   return 0;
 }
 
+/* ev into the batch (table events, read by GET /v1/events) and, when someone observes, to the observers
+ * after the commit (copied) */
+static void event_add(struct sg_engine *en, const struct sg_event *ev) {
+  struct sg_event_row r = {
+    .at = ev->at, .kind = sg_event_name(ev->kind), .saga_id = ev->saga_id, .type = ev->type,
+    .status = ev->saga_id ? sg_status_name(ev->status) : NULL, .step = ev->step, .phase = ev->phase,
+    .attempt = ev->attempt, .step_name = ev->step_name, .outcome = ev->outcome, .detail = ev->detail,
+    .duration_ms = ev->duration_ms, .host_id = en->cfg.host_id,
+  };
+  STORE(en, en->store->ops->event_put(en->store, &r, SE), "event");
+  if (!en->nobs) return;
+  struct sg_event c = *ev;
+  c.saga_id = sg_strdup(ev->saga_id);
+  c.type = sg_strdup(ev->type);
+  c.step_name = sg_strdup(ev->step_name);
+  c.outcome = sg_strdup(ev->outcome);
+  c.detail = sg_strdup(ev->detail);
+  PUSH(en->pev, en->npev, en->cappev, c);
+}
+
 void eng_event(struct sg_engine *en, int kind, const struct sg_saga *s, const char *outcome, const char *detail,
                int64_t duration_ms) {
-  if (!en->nobs) return;
   struct sg_event ev = {
-    .kind = kind, .saga_id = sg_strdup(s->row.id), .type = sg_strdup(s->row.type), .step = s->row.step,
-    .phase = s->row.phase, .attempt = s->row.attempt, .step_name = sg_strdup(eng_step_name(s)),
-    .outcome = outcome ? sg_strdup(outcome) : NULL, .status = s->row.status, .detail = detail ? sg_strdup(detail) : NULL,
-    .at = sg_now_ms(), .duration_ms = duration_ms,
+    .kind = kind, .saga_id = s->row.id, .type = s->row.type, .step = s->row.step, .phase = s->row.phase,
+    .attempt = s->row.attempt, .step_name = eng_step_name(s), .outcome = outcome, .status = s->row.status,
+    .detail = detail, .at = sg_now_ms(), .duration_ms = duration_ms,
   };
-  PUSH(en->pev, en->npev, en->cappev, ev);
+  event_add(en, &ev);
+}
+
+/* a definition's event: loaded (file, version) or failed (file, error) */
+static void def_event(struct sg_engine *en, const char *file, const char *hash, const char *error) {
+  struct sg_event ev = {
+    .kind = error ? SG_EV_DEF_FAILED : SG_EV_DEF_LOADED, .step_name = file, .outcome = hash, .detail = error,
+    .at = sg_now_ms(),
+  };
+  event_add(en, &ev);
 }
 
 static void events_free(struct sg_engine *en) {
@@ -446,10 +474,10 @@ static void fill_saga_headers(struct sg_msg *m, const struct sg_saga *s) {
 /* retention on a store whose statements need not block the loop (one of each kind at a time) */
 static void on_pruned(struct sg_read *rd) {
   struct sg_engine *en = rd->ud;
-  int inbox = !strcmp(rd->a, "inbox");
-  if (inbox) en->pruning &= ~1;
-  else en->pruning &= ~2;
-  if (rd->rc < 0 && !en->stopped) sg_warn("%s retention: %s", inbox ? "inbox" : "saga", rd->err.msg);
+  int inbox = !strcmp(rd->a, "inbox"), events = !strcmp(rd->a, "events");
+  en->pruning &= ~(inbox ? 1 : events ? 4 : 2);
+  if (rd->rc < 0 && !en->stopped) sg_warn("%s retention: %s", rd->a, rd->err.msg);
+  else if (events) sg_debug("event retention: %" PRId64 " events removed", rd->count);
   else if (rd->count && inbox) sg_debug("inbox retention: %" PRId64 " entries older than %" PRId64 " ms removed", rd->count,
                                         en->cfg.inbox_retention_ms);
   else if (rd->count) sg_info("saga retention: %" PRId64 " finished saga(s) older than the retention removed", rd->count);
@@ -457,7 +485,7 @@ static void on_pruned(struct sg_read *rd) {
 }
 
 static void prune_start(struct sg_engine *en, const char *what, int64_t before, int limit) {
-  int bit = !strcmp(what, "inbox") ? 1 : 2;
+  int bit = !strcmp(what, "inbox") ? 1 : !strcmp(what, "events") ? 4 : 2;
   if (en->pruning & bit) return;
   en->pruning |= bit;
   struct sg_read *rd = sg_read_new(SG_READ_PRUNE, what, NULL, on_pruned, en);
@@ -502,6 +530,20 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
       sg_warn("saga retention: %s", e.msg);
     else if (gone)
       sg_info("saga retention: %" PRId64 " finished saga(s) older than the retention removed", gone);
+  }
+  /* lifecycle events past their retention, at most 20000 a pass: once a minute, or twice per retention if shorter */
+  int64_t every_ev = en->cfg.event_retention_ms / 2 / 250;
+  if (every_ev > 240) every_ev = 240;
+  if (every_ev < 4) every_ev = 4;
+  if (en->cfg.event_retention_ms > 0 && en->sweeps % every_ev == every_ev / 2) {
+    if (en->read_conns) {
+      prune_start(en, "events", now - en->cfg.event_retention_ms, 0);
+    } else if (en->store->ops->event_prune && eng_txn(en) == 0) {
+      struct sg_error e = {0};
+      int64_t gone = 0;
+      if (en->store->ops->event_prune(en->store, now - en->cfg.event_retention_ms, &gone, &e) < 0)
+        sg_warn("event retention: %s", e.msg);
+    }
   }
   if (en->sweeps % 20) return;
   struct sg_saga **stalled = NULL;
@@ -1112,6 +1154,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
 static void on_confirm(void *ud, int64_t outbox_id) {
   struct sg_engine *en = ud;
   if (outbox_id <= 0) return; /* an in-process message that never had an outbox row */
+  if (en->st.outbox > 0) en->st.outbox--; /* a row published twice (after a reconnect) is confirmed twice */
   if (!en->committing) eng_txn(en); /* while stalled or committing: deleted in the first batch after */
   PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, outbox_id);
 }
@@ -1145,6 +1188,7 @@ static void on_outbox_read(struct sg_read *rd) {
       en->republish = 1;
     }
   } else if (!en->stopped && !en->broken && rd->gen == en->st.fenced) { /* a fence reads it again */
+    en->st.outbox = (int64_t)rd->nmsgs;
     for (size_t i = 0; i < rd->nmsgs; i++)
       if (en->tr->ops->publish(en->tr, &rd->msgs[i], &e) < 0) sg_warn("publish %s: %s", rd->msgs[i].message_id, e.msg);
   }
@@ -1154,6 +1198,7 @@ static void on_outbox_read(struct sg_read *rd) {
 static int republish_cb(void *ud, const struct sg_msg *m) {
   struct sg_engine *en = ud;
   struct sg_error e = {0};
+  en->st.outbox++;
   if (en->tr->ops->publish(en->tr, m, &e) < 0) sg_warn("publish %s: %s", m->message_id, e.msg);
   return 0;
 }
@@ -1220,6 +1265,7 @@ static void commit_batch(struct sg_engine *en) {
     if (en->broken) return;
   }
   en->dirty = NULL;
+  en->commit_t0 = sg_mono_ns();
   if (en->store->ops->commit_start) {
     if (en->store->ops->commit_start(en->store, &e) == 0) { commit_wait(en); return; }
   } else if (en->store->ops->commit(en->store, &e) == 0) {
@@ -1303,6 +1349,7 @@ static void committed(struct sg_engine *en) {
   en->in_txn = 0;
   en->st.commits++;
   en->last_commit_ms = sg_now_ms();
+  if (en->on_commit) en->on_commit(en->on_commit_ud, (sg_mono_ns() - en->commit_t0) / 1000);
 
   /* commit, then publish */
   if (en->republish) {
@@ -1320,9 +1367,13 @@ static void committed(struct sg_engine *en) {
       rd->gen = en->st.fenced;
       sg_engine_read(en, rd);
     }
-    else if (en->store->ops->outbox_each(en->store, republish_cb, en, &e) < 0) sg_warn("outbox: %s", e.msg);
+    else {
+      en->st.outbox = 0; /* republish_cb counts the rows */
+      if (en->store->ops->outbox_each(en->store, republish_cb, en, &e) < 0) sg_warn("outbox: %s", e.msg);
+    }
   }
   for (size_t i = 0; i < en->nout; i++) {
+    if (en->out[i].outbox_id > 0) en->st.outbox++;
     if (en->tr->ops->publish(en->tr, &en->out[i], &e) < 0) sg_warn("publish %s: %s", en->out[i].message_id, e.msg);
     sg_msg_free(&en->out[i]);
   }
@@ -1508,7 +1559,7 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
 }
 
 void sg_engine_after_commit(struct sg_engine *en, sg_committed_cb cb, void *ud) {
-  if (en->stalled) { /* nothing new can be in a commit now: answer from the last one */
+  if (en->stalled || en->stopped) { /* nothing new can be in a commit now: answer from the last one */
     cb(ud, 0);
     return;
   }
@@ -1570,17 +1621,36 @@ void sg_engine_on_terminal(struct sg_engine *en, sg_terminal_cb cb, void *ud) {
   en->on_terminal_ud = ud;
 }
 
+void sg_engine_on_commit(struct sg_engine *en, sg_commit_cb cb, void *ud) {
+  en->on_commit = cb;
+  en->on_commit_ud = ud;
+}
+
+struct sg_transport *sg_engine_transport(struct sg_engine *en) { return en->tr; }
+
 int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *file, const char *source, struct sg_error *e) {
   if (en->stalled)
     return sg_errorf(e, SG_E_UNAVAILABLE, "the store cannot write now (%s); the file is loaded again when it can",
                      en->stall_error);
   if (en->committing) { /* written in the first batch after the commit on its way (before any saga on it) */
-    struct pending_def d = { sg_strdup(hash), sg_strdup(file), sg_strdup(source) };
+    struct pending_def d = { sg_strdup(hash), sg_strdup(file), sg_strdup(source), NULL };
     PUSH(en->defs, en->ndefs, en->capdefs, d);
     return 0;
   }
   if (eng_txn(en) < 0) return sg_errorf(e, SG_E_INTERNAL, "store unavailable");
-  return en->store->ops->def_put(en->store, hash, file, source, e);
+  if (en->store->ops->def_put(en->store, hash, file, source, e) < 0) return -1;
+  def_event(en, file, hash, NULL);
+  return 0;
+}
+
+void sg_engine_def_failed(struct sg_engine *en, const char *file, const char *error) {
+  if (en->stalled || en->broken) return;
+  if (en->committing) {
+    struct pending_def d = { NULL, sg_strdup(file), NULL, sg_strdup(error) };
+    PUSH(en->defs, en->ndefs, en->capdefs, d);
+    return;
+  }
+  def_event(en, file, NULL, error);
 }
 
 /* the definitions loaded while a commit was on its way */
@@ -1588,9 +1658,13 @@ static void defs_go_on(struct sg_engine *en) {
   size_t i = 0;
   for (; i < en->ndefs && !en->committing && !en->stalled && !en->broken && eng_txn(en) == 0; i++) {
     struct sg_error e = {0};
-    if (en->store->ops->def_put(en->store, en->defs[i].hash, en->defs[i].file, en->defs[i].source, &e) < 0)
+    if (en->defs[i].error)
+      def_event(en, en->defs[i].file, NULL, en->defs[i].error);
+    else if (en->store->ops->def_put(en->store, en->defs[i].hash, en->defs[i].file, en->defs[i].source, &e) < 0)
       sg_warn("definition %s: %s", en->defs[i].hash, e.msg);
-    free(en->defs[i].hash); free(en->defs[i].file); free(en->defs[i].source);
+    else
+      def_event(en, en->defs[i].file, en->defs[i].hash, NULL);
+    free(en->defs[i].hash); free(en->defs[i].file); free(en->defs[i].source); free(en->defs[i].error);
   }
   if (i) memmove(en->defs, en->defs + i, (en->ndefs - i) * sizeof *en->defs);
   en->ndefs -= i;
@@ -1646,6 +1720,8 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   }
   const struct sg_def *d = en->runner.def_get(en->runner.ud, type, NULL, e);
   if (!d) return -1;
+  char *biz_key = NULL; /* computed once, here: the saga keeps it */
+  if (d->has_key && en->runner.key && en->runner.key(en->runner.ud, d, input_json, &biz_key, e) < 0) return -1;
   struct sg_saga_row r = {0};
   sg_uuid(r.id);
   r.type = (char *)type;
@@ -1654,11 +1730,14 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   r.input = (char *)input_json;
   r.data = "{}";
   r.idem_key = (char *)idem_key;
-  r.created_at = r.updated_at = sg_now_ms();
+  r.biz_key = biz_key;
+  /* the id's own time: listing by id is listing by created_at (GET /v1/sagas pages by id) */
+  r.created_at = r.updated_at = sg_uuid_time_ms(r.id);
   r.deadline = d->timeout_ms > 0 ? r.created_at + d->timeout_ms : 0;
   r.attempt = 1;
   r.version = 0; /* inserted at the commit with version 1 */
   struct sg_saga *s = eng_saga_new(&r);
+  free(biz_key);
   s->def = d;
   s->stored = 0;
   if (idem_key) {
@@ -2092,7 +2171,7 @@ void sg_engine_free(struct sg_engine *en) {
   free(en->verbs);
   events_free(en);
   free(en->pev);
-  for (size_t i = 0; i < en->ndefs; i++) { free(en->defs[i].hash); free(en->defs[i].file); free(en->defs[i].source); }
+  for (size_t i = 0; i < en->ndefs; i++) { free(en->defs[i].hash); free(en->defs[i].file); free(en->defs[i].source); free(en->defs[i].error); }
   free(en->defs);
   free(en->chain);
   free(en->parked);

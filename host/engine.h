@@ -41,6 +41,7 @@ struct sg_def {
   int nsteps;
   struct sg_def_step *steps;   /* nsteps entries */
   int64_t timeout_ms;          /* whole-saga deadline, 0 = none */
+  int has_key;                 /* saga.define{key = ...}: each saga gets a business key (runner.key) */
 };
 
 /* What a step run ended with, filled by the runner. Strings are malloc'd and freed by the engine. */
@@ -84,6 +85,9 @@ struct sg_runner {
   int (*handle)(void *ud, const struct sg_msg *m, int *handle, char **status, char **body);
   /* continues a preempted handler for one more slice; returns like handle */
   int (*handle_cont)(void *ud, int handle, char **status, char **body);
+  /* the business key of a new saga of d (d->has_key) with this input: 0 and *key (malloc'd, NULL =
+   * none), or -1 with e (SG_E_INVALID: the key function failed or gave no usable key, said how) */
+  int (*key)(void *ud, const struct sg_def *d, const char *input_json, char **key, struct sg_error *e);
 };
 
 struct sg_engine_config {
@@ -95,6 +99,7 @@ struct sg_engine_config {
   int max_deliveries;        /* a redelivered command not handled after this many deliveries is dead-lettered */
   int64_t inbox_retention_ms; /* handled message ids are remembered this long (0 = forever) */
   int64_t saga_retention_ms;  /* finished sagas (not compensation_failed) are kept this long (0 = forever) */
+  int64_t event_retention_ms; /* lifecycle events are kept this long (0 = forever) */
   const char *host_id;       /* this host (several hosts on one database: its sagas are claimed under it) */
   int64_t lease_ms;          /* several hosts: how long a host's claim lasts without renewal (default 10 s) */
 };
@@ -120,6 +125,8 @@ void sg_engine_free(struct sg_engine *en);
 
 /* A definition version was loaded: record its source (same batch as everything else). */
 int sg_engine_def_loaded(struct sg_engine *en, const char *hash, const char *file, const char *source, struct sg_error *e);
+/* a script file failed to load: its event (SG_EV_DEF_FAILED) */
+void sg_engine_def_failed(struct sg_engine *en, const char *file, const char *error);
 
 /* Called after the batch holding a request's effect has committed (status: 0 ok, -1 the commit failed,
  * -2 the batch was dropped because another host took this host's sagas over: nothing of it happened). */
@@ -154,6 +161,8 @@ enum sg_event_kind {
   SG_EV_COMPENSATING,     /* the saga gave up going forward (detail: why) and compensates */
   SG_EV_TERMINAL,         /* the saga reached status (outcome: its name) */
   SG_EV_OPERATOR,         /* an operator action (outcome: "operator_compensate", ...; detail: who and why) */
+  SG_EV_DEF_LOADED,       /* a script file loaded (step_name: the file, outcome: its version); no saga */
+  SG_EV_DEF_FAILED,       /* a script file failed to load (step_name: the file, detail: the error); no saga */
 };
 struct sg_event {
   int kind;
@@ -225,6 +234,8 @@ struct sg_engine_stats {
   int64_t forwarded;   /* operator verbs sent to the host that owns the saga */
   int reloading;       /* fenced, and not yet registered again (the store cannot be reached) */
   char host_id[96];    /* this host's id */
+  int64_t outbox;      /* outbox rows committed and not yet confirmed by the broker (counted by this host;
+                        * recounted from the store whenever the transport (re)connects) */
 };
 void sg_engine_stats(struct sg_engine *en, struct sg_engine_stats *st);
 /* 1 while the store cannot write (see "Disk full" in docs/operations.md): sg_engine_start and the
@@ -239,6 +250,13 @@ int sg_engine_stalled(struct sg_engine *en);
 typedef void (*sg_forward_cb)(void *ud, const struct sg_error *e);
 int sg_engine_forward(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
                       int64_t timeout_ms, sg_forward_cb cb, void *ud, struct sg_error *e);
+
+/* Called after every commit that went through with how long it took from its start, in microseconds
+ * (a commit the store refused and held counts until it went through): /metrics. NULL cb: none. */
+typedef void (*sg_commit_cb)(void *ud, int64_t duration_us);
+void sg_engine_on_commit(struct sg_engine *en, sg_commit_cb cb, void *ud);
+/* the transport given to sg_engine_set_transport (NULL before) */
+struct sg_transport *sg_engine_transport(struct sg_engine *en);
 
 /* Called for every saga that reaches a terminal status, after its commit (bench latency figures). */
 typedef void (*sg_terminal_cb)(void *ud, const char *id, int status, int64_t created_at);

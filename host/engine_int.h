@@ -134,7 +134,8 @@ struct start_req {
 
 /* A definition version loaded while a commit was on its way: written in the next batch. */
 struct pending_def {
-  char *hash, *file, *source;
+  char *hash, *file, *source; /* a version to record (hash NULL: a failed load, see error) */
+  char *error;                /* a file that failed to load: only its event */
 };
 
 /* An operator verb whose saga is being read (a store with reads without waiting), or that waits for
@@ -217,6 +218,9 @@ struct sg_engine {
   struct sg_map inflight;    /* message id -> struct pending_cmd whose handler is in the run queue */
   sg_terminal_cb on_terminal;
   void *on_terminal_ud;
+  sg_commit_cb on_commit;    /* commit durations (/metrics), or NULL */
+  void *on_commit_ud;
+  int64_t commit_t0;         /* sg_mono_ns() when the commit on its way (or held by a stall) started */
   /* several hosts on one database (owner.c) */
   int multi;                 /* the store has host_register */
   ev_timer lease_timer;      /* every lease/3: renew the lease, look for sagas to take over, read mail */
@@ -240,7 +244,7 @@ struct sg_engine {
   ev_io read_io[READ_CONNS_MAX]; /* the sockets of the store's reads' connections */
   unsigned read_serial[READ_CONNS_MAX]; /* their connections, as read_fd numbers them */
   int read_conns;
-  int pruning;               /* retention statements on their way: 1 inbox, 2 sagas */
+  int pruning;               /* retention statements on their way: 1 inbox, 2 sagas, 4 events */
   struct sg_map checking;    /* message id -> struct inbox_check whose read is on its way or waits */
   struct inbox_check *checks, *checks_tail; /* in delivery order: answers are taken in that order
                               * (reads on several connections may come back in any order) */

@@ -11,6 +11,11 @@ static int hook_on_version(void *ud, const char *hash, const char *file, const c
   return h->en ? sg_engine_def_loaded(h->en, hash, file, source, e) : 0;
 }
 
+static void hook_on_load_failed(void *ud, const char *file, const char *error) {
+  struct sg_host *h = ud;
+  if (h->en) sg_engine_def_failed(h->en, file, error);
+}
+
 static char *hook_fetch_source(void *ud, const char *hash, char **file) {
   struct sg_host *h = ud;
   char *src = NULL;
@@ -47,6 +52,7 @@ void sg_host_config_defaults(struct sg_host_config *c) {
   c->engine.breaker_open_ms = 5000;
   c->engine.max_deliveries = 5;
   c->engine.inbox_retention_ms = 7LL * 24 * 3600 * 1000;
+  c->engine.event_retention_ms = 7LL * 24 * 3600 * 1000;
 }
 
 /* Stable across restarts (replies wait in a durable queue named after it) and distinct for two hosts
@@ -84,7 +90,9 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   if (!h->store) goto fail;
   struct sg_script_config scfg = c->script;
   scfg.dir = c->dir;
-  struct sg_script_hooks hooks = { h, hook_on_version, hook_fetch_source, hook_on_services, hook_on_breaker };
+  struct sg_script_hooks hooks = { .ud = h, .on_version = hook_on_version, .fetch_source = hook_fetch_source,
+                                   .on_services = hook_on_services, .on_load_failed = hook_on_load_failed,
+                                   .on_breaker = hook_on_breaker };
   h->sc = sg_script_new(&scfg, &hooks, e);
   if (!h->sc) goto fail;
   struct sg_engine_config ecfg = c->engine;

@@ -56,6 +56,7 @@ enum sg_http_phase {
   SG_HTTP_PENDING,    /* handler kept it: the connection is suspended until sg_http_reply */
   SG_HTTP_RESUMED,    /* reply stored and connection resumed: queued at MHD's next call */
   SG_HTTP_ANSWERED,   /* response queued: MHD sends it, then the completed callback frees us */
+  SG_HTTP_STREAM,     /* handler opened a stream (sg_http_stream_open): queued at the next call */
 };
 
 /* Why a connection is in the overflow pool (accepted over a cap only to be answered 503). */
@@ -103,7 +104,25 @@ struct sg_http_conn {
   const char *hdr_name;             /* one extra header (Allow of a 405, WWW-Authenticate of a 401): */
   const char *hdr_value;            /* both static strings, NULL = none */
   int close;                        /* 1: "Connection: close" (the connection ends after this reply) */
+  const void *sbody;                /* sg_http_reply_static: the body, sent as it is (not copied), */
+  size_t slen;                      /* its length; NULL = the reply string */
+  const char *more[2 * SG_HTTP_MORE_HDRS + 1]; /* sg_http_reply_static: more headers, name, value, ..., NULL */
+  struct sg_http_stream *stream;    /* the response is a stream (sg_http_stream_open), or NULL */
   struct sg_http_conn *prev, *next; /* srv->conns: pending requests must be resumed before stop */
+};
+
+/* A response written as it goes (Server-Sent Events): MHD pulls from buf through sg_http_stream_read;
+ * with nothing to send the connection is suspended (no busy loop, no timeout) until the next write. */
+struct sg_http_stream {
+  struct sg_http_conn *conn;        /* NULL once the connection is gone (then only the owner holds it) */
+  struct sg_buf buf;                /* bytes not yet taken by MHD, from off */
+  size_t off;
+  size_t cap;                       /* writes beyond this many unsent bytes are refused */
+  int suspended;                    /* the reader suspended the connection: a write resumes it */
+  int ended;                        /* sg_http_stream_end: send what is left, then end the response */
+  int aborted;                      /* sg_http_stream_abort: close the connection, unsent bytes dropped */
+  sg_http_stream_closed on_close;   /* the client went away (or the server stops) */
+  void *ud;
 };
 
 struct sg_http {
@@ -160,10 +179,12 @@ static void sg_http_log(void *cls, const char *fmt, va_list ap) {
 static enum MHD_Result sg_http_queue(struct sg_http_conn *c, int status, const char *json) {
   size_t len = strlen(json);
   struct MHD_Response *resp =
-      MHD_create_response_from_buffer(len, (void *)json, MHD_RESPMEM_MUST_COPY);
+      c->sbody ? MHD_create_response_from_buffer(c->slen, (void *)c->sbody, MHD_RESPMEM_PERSISTENT)
+               : MHD_create_response_from_buffer(len, (void *)json, MHD_RESPMEM_MUST_COPY);
   if (!resp) return MHD_NO;
   MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, c->ctype ? c->ctype : "application/json");
   if (c->hdr_name) MHD_add_response_header(resp, c->hdr_name, c->hdr_value);
+  for (const char *const *m = c->more; *m; m += 2) MHD_add_response_header(resp, m[0], m[1]);
   if (c->close) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   enum MHD_Result r = MHD_queue_response(c->mhd, (unsigned)status, resp);
   MHD_destroy_response(resp);
@@ -207,7 +228,55 @@ static enum MHD_Result sg_http_refuse(struct sg_http_conn *c, int status, const 
   return r;
 }
 
+static void sg_http_stream_resume(struct sg_http_stream *st) {
+  if (!st->suspended || !st->conn) return;
+  st->suspended = 0;
+  MHD_resume_connection(st->conn->mhd);
+  ev_feed_event(st->conn->srv->loop, &st->conn->srv->io, EV_READ);
+}
+
+/* MHD's content reader: what was written, else the end, else suspend until the next write */
+static ssize_t sg_http_stream_read(void *cls, uint64_t pos, char *out, size_t max) {
+  struct sg_http_stream *st = cls;
+  (void)pos;
+  if (st->aborted) return MHD_CONTENT_READER_END_WITH_ERROR;
+  size_t have = st->buf.len - st->off;
+  if (have) {
+    size_t n = have < max ? have : max;
+    memcpy(out, st->buf.data + st->off, n);
+    st->off += n;
+    if (st->off == st->buf.len) st->off = st->buf.len = 0;
+    else if (st->off > 65536 && st->off * 2 > st->buf.len) { /* keep the buffer from creeping */
+      memmove(st->buf.data, st->buf.data + st->off, st->buf.len - st->off);
+      st->buf.len -= st->off;
+      st->off = 0;
+    }
+    return (ssize_t)n;
+  }
+  if (st->ended) return MHD_CONTENT_READER_END_OF_STREAM;
+  /* the pattern microhttpd.h prescribes for "no data yet": suspend, return 0 */
+  st->suspended = 1;
+  MHD_suspend_connection(st->conn->mhd);
+  return 0;
+}
+
+static void sg_http_stream_free_cb(void *cls) { (void)cls; /* the stream lives until the request completes */ }
+
+static enum MHD_Result sg_http_queue_stream(struct sg_http_conn *c) {
+  struct MHD_Response *resp =
+      MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sg_http_stream_read, c->stream, sg_http_stream_free_cb);
+  if (!resp) return MHD_NO;
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, c->ctype ? c->ctype : "text/event-stream");
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+  MHD_add_response_header(resp, "X-Accel-Buffering", "no"); /* a proxy in front must not hold events back */
+  enum MHD_Result r = MHD_queue_response(c->mhd, 200, resp);
+  MHD_destroy_response(resp);
+  c->phase = SG_HTTP_ANSWERED;
+  return r;
+}
+
 static enum MHD_Result sg_http_queue_stored(struct sg_http_conn *c) {
+  if (c->stream) return sg_http_queue_stream(c);
   enum MHD_Result r = sg_http_queue(c, c->status, c->reply);
   free(c->reply);
   c->reply = NULL;
@@ -339,6 +408,16 @@ static void sg_http_conn_free(struct sg_http_conn *c) {
   if (c->next) c->next->prev = c->prev;
   sg_buf_free(&c->body);
   free(c->reply);
+  if (c->stream) { /* the client went away (or the server stops): the owner is told once */
+    struct sg_http_stream *st = c->stream;
+    st->conn = NULL;
+    if (st->ended) {
+      sg_buf_free(&st->buf);
+      free(st);
+    } else if (st->on_close) {
+      st->on_close(st->ud, st);
+    }
+  }
   free(c);
 }
 
@@ -392,7 +471,7 @@ static enum MHD_Result sg_http_access_cb(void *cls, struct MHD_Connection *mc, c
     c->req.body_len = c->body.len;
     c->phase = SG_HTTP_IN_HANDLER;
     h->handler(h->ud, &c->req);
-    if (c->reply) return sg_http_queue_stored(c);
+    if (c->reply || c->stream) return sg_http_queue_stored(c);
     c->phase = SG_HTTP_PENDING;
     MHD_suspend_connection(mc);
     return MHD_YES;
@@ -760,11 +839,15 @@ void sg_http_stop(struct sg_http *h) {
   ev_timer_stop(h->loop, &h->sweep);
   /* MHD_stop_daemon panics on suspended connections: resume them (with no reply) so it can
    * close them; the completed callback then frees their state. */
-  for (struct sg_http_conn *c = h->conns; c; c = c->next)
+  for (struct sg_http_conn *c = h->conns; c; c = c->next) {
     if (c->phase == SG_HTTP_PENDING) {
       c->phase = SG_HTTP_ANSWERED;
       MHD_resume_connection(c->mhd);
+    } else if (c->stream && c->stream->suspended) { /* closed by MHD_stop_daemon: on_close tells the owner */
+      c->stream->suspended = 0;
+      MHD_resume_connection(c->mhd);
     }
+  }
   MHD_stop_daemon(h->mhd);
   while (h->conns) sg_http_conn_free(h->conns); /* defensive: MHD should have freed them all */
   while (h->socks) { /* defensive too: notify-closed runs for each connection at stop */
@@ -816,6 +899,22 @@ void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_typ
   sg_http_store_reply(r, status, content_type, NULL, NULL, json);
 }
 
+void sg_http_reply_static(struct sg_http_req *r, int status, const char *content_type, const void *body, size_t len,
+                          const char *const *hdrs) {
+  struct sg_http_conn *c = r->priv;
+  if (!c->reply && (c->phase == SG_HTTP_IN_HANDLER || c->phase == SG_HTTP_PENDING)) { /* else refused below */
+    c->sbody = body ? body : "";
+    c->slen = body ? len : 0;
+    size_t n = 0;
+    for (; hdrs && hdrs[n] && n < 2 * SG_HTTP_MORE_HDRS; n += 2) {
+      c->more[n] = hdrs[n];
+      c->more[n + 1] = hdrs[n + 1];
+    }
+    c->more[n] = NULL;
+  }
+  sg_http_store_reply(r, status, content_type, NULL, NULL, "");
+}
+
 void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg) {
   char *json = sg_http_error_json(msg);
   sg_http_reply(r, status, json);
@@ -837,4 +936,56 @@ void sg_http_reply_error_with(struct sg_http_req *r, int status, const char *hdr
   char *json = sg_http_error_json(msg);
   sg_http_store_reply(r, status, NULL, hdr_name, hdr_value, json);
   free(json);
+}
+
+struct sg_http_stream *sg_http_stream_open(struct sg_http_req *r, const char *content_type, size_t cap,
+                                           sg_http_stream_closed on_close, void *ud) {
+  struct sg_http_conn *c = r->priv;
+  if (c->reply || c->stream || (c->phase != SG_HTTP_IN_HANDLER && c->phase != SG_HTTP_PENDING)) {
+    sg_err("http: a stream for %s %s after its reply (every request gets exactly one)", c->req.method, c->req.path);
+    return NULL;
+  }
+  struct sg_http_stream *st = sg_xcalloc(1, sizeof *st);
+  st->conn = c;
+  sg_buf_init(&st->buf);
+  st->cap = cap;
+  st->on_close = on_close;
+  st->ud = ud;
+  c->stream = st;
+  c->ctype = content_type;
+  if (c->phase == SG_HTTP_PENDING) {
+    c->phase = SG_HTTP_RESUMED;
+    MHD_resume_connection(c->mhd);
+    ev_feed_event(c->srv->loop, &c->srv->io, EV_READ);
+  }
+  return st;
+}
+
+int sg_http_stream_write(struct sg_http_stream *st, const char *data, size_t n) {
+  if (!st->conn || st->ended) return -1;
+  if (st->buf.len - st->off + n > st->cap) return -1;
+  sg_buf_add(&st->buf, data, n);
+  sg_http_stream_resume(st);
+  return 0;
+}
+
+size_t sg_http_stream_pending(const struct sg_http_stream *st) { return st->buf.len - st->off; }
+
+void sg_http_stream_end(struct sg_http_stream *st) {
+  if (!st) return;
+  st->on_close = NULL;
+  if (!st->conn) { /* the connection is already gone */
+    sg_buf_free(&st->buf);
+    free(st);
+    return;
+  }
+  st->ended = 1;
+  if (st->suspended) sg_http_stream_resume(st);
+}
+
+void sg_http_stream_abort(struct sg_http_stream *st) {
+  if (!st) return;
+  st->aborted = 1;
+  st->buf.len = st->off = 0;
+  sg_http_stream_end(st);
 }

@@ -81,6 +81,12 @@ const char *sg_http_header(struct sg_http_req *r, const char *name);
 void sg_http_reply(struct sg_http_req *r, int status, const char *json);
 /* the same with another content type (a static string, e.g. "text/plain; version=0.0.4") */
 void sg_http_reply_as(struct sg_http_req *r, int status, const char *content_type, const char *body);
+/* the same with a body of static bytes (any, not copied: they must outlive the reply) and up to
+ * SG_HTTP_MORE_HDRS more headers: hdrs is name, value, ..., NULL (static strings; the array itself is
+ * copied), NULL = none. For the dashboard's embedded files (web.c). */
+#define SG_HTTP_MORE_HDRS 8
+void sg_http_reply_static(struct sg_http_req *r, int status, const char *content_type, const void *body, size_t len,
+                          const char *const *hdrs);
 /* convenience: {"error": msg} */
 void sg_http_reply_error(struct sg_http_req *r, int status, const char *msg);
 /* 405 {"error": ...} with an Allow header; allow is a static string such as "GET, HEAD" */
@@ -88,5 +94,24 @@ void sg_http_reply_not_allowed(struct sg_http_req *r, const char *allow);
 /* {"error": msg} with one extra header (name and value static strings), e.g. WWW-Authenticate of a 401 */
 void sg_http_reply_error_with(struct sg_http_req *r, int status, const char *hdr_name, const char *hdr_value,
                               const char *msg);
+
+/* Streaming responses (Server-Sent Events): the handler (or a later callback, while the request is
+ * kept) turns the request into a 200 whose body is written as it goes, with chunked encoding,
+ * Cache-Control: no-cache and content_type (static; NULL = text/event-stream). At most cap bytes wait
+ * unsent: a write that would go over is refused (-1) and the caller decides (drop the client). When
+ * the client goes away, or the server stops, on_close is called once and the stream is then the
+ * owner's to end with sg_http_stream_end (which frees it; writes fail meanwhile). sg_http_stream_end
+ * on a live stream sends what is buffered, ends the response and frees the stream; on_close is not
+ * called after it. */
+struct sg_http_stream;
+typedef void (*sg_http_stream_closed)(void *ud, struct sg_http_stream *st);
+struct sg_http_stream *sg_http_stream_open(struct sg_http_req *r, const char *content_type, size_t cap,
+                                           sg_http_stream_closed on_close, void *ud);
+int sg_http_stream_write(struct sg_http_stream *st, const char *data, size_t n);
+size_t sg_http_stream_pending(const struct sg_http_stream *st);
+void sg_http_stream_end(struct sg_http_stream *st);
+/* the same, but the unsent bytes are dropped and the connection is closed at once (a client that
+ * does not read: the end of a response would wait behind what it has not read) */
+void sg_http_stream_abort(struct sg_http_stream *st);
 
 #endif

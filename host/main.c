@@ -38,6 +38,7 @@ static void usage(FILE *f) {
           "      [--breaker-window D] (30s) [--breaker-open D] (5s): per-service circuit breakers\n"
           "      [--inbox-retention D] (7d): how long handled message ids are remembered (0 = forever)\n"
           "      [--retention D] (0 = forever): how long finished sagas are kept (compensation_failed ones stay)\n"
+          "      [--event-retention D] (7d): how long lifecycle events (GET /v1/events) are kept (0 = forever)\n"
           "      [--auth FILE] (tokens with roles, `name role token` per line; re-read on SIGHUP) [--auth-metrics]\n"
           "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth)\n"
           "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64): over them, 503 with Retry-After\n"
@@ -317,9 +318,11 @@ int main(int argc, char **argv) {
       } else if (!strcmp(a, "--breaker-min-calls")) {
         o.cfg.engine.breaker_min_calls = (int)strtol(v, &end, 10);
         if (*end || o.cfg.engine.breaker_min_calls < 1) return usage_error("--breaker-min-calls must be a positive integer, got %s", v);
-      } else if (!strcmp(a, "--inbox-retention") || !strcmp(a, "--retention")) {
+      } else if (!strcmp(a, "--inbox-retention") || !strcmp(a, "--retention") || !strcmp(a, "--event-retention")) {
         struct sg_error de = {0};
-        int64_t *to = !strcmp(a, "--retention") ? &o.cfg.engine.saga_retention_ms : &o.cfg.engine.inbox_retention_ms;
+        int64_t *to = !strcmp(a, "--retention") ? &o.cfg.engine.saga_retention_ms
+                      : !strcmp(a, "--event-retention") ? &o.cfg.engine.event_retention_ms
+                                                        : &o.cfg.engine.inbox_retention_ms;
         if (sg_duration_parse(v, to, &de) < 0) return usage_error("%s", de.msg);
       } else if (!strcmp(a, "--lease")) {
         struct sg_error de = {0};

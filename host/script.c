@@ -161,6 +161,9 @@ static struct defent *build_def(lua_State *L, const char *hash) {
   lua_pop(L, 1);
   d->hash = sg_strdup(hash);
   d->timeout_ms = get_i64_field(L, t, "timeout_ms");
+  lua_getfield(L, t, "key");
+  d->has_key = !lua_isnil(L, -1);
+  lua_pop(L, 1);
   lua_getfield(L, t, "steps");
   int st = lua_gettop(L);
   d->nsteps = (int)luaL_len(L, st);
@@ -329,6 +332,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
   if (!src) {
     free(f->error);
     f->error = sg_strdup(e.msg);
+    if (sc->hooks.on_load_failed) sc->hooks.on_load_failed(sc->hooks.ud, f->path, f->error);
     return -1;
   }
   char hash[17];
@@ -338,6 +342,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
     free(f->error);
     f->error = sg_asprintf("%s: not a text script (binary chunks are not loaded)", f->path);
     sg_err("script %s", f->error);
+    if (sc->hooks.on_load_failed) sc->hooks.on_load_failed(sc->hooks.ud, f->path, f->error);
     free(src);
     return -1;
   }
@@ -345,6 +350,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
     free(f->error);
     f->error = sg_strdup(e.msg);
     sg_err("script %s failed to load%s: %s", f->path, f->hash ? " (its previous version stays in use)" : "", e.msg);
+    if (sc->hooks.on_load_failed) sc->hooks.on_load_failed(sc->hooks.ud, f->path, f->error);
     free(src);
     return -1;
   }
@@ -425,7 +431,7 @@ int sg_script_scan(struct sg_script *sc) {
     f->mtime = st.st_mtim;
     f->size = st.st_size;
     f->ino = st.st_ino;
-    load_file(sc, f);
+    if (load_file(sc, f) < 0) sc->load_failures++;
     changed = 1;
   }
   free(names);
@@ -499,6 +505,12 @@ void sg_script_unwatch(struct sg_script *sc) {
     sc->notify_fd = -1;
   }
   sc->loop = NULL;
+}
+
+void sg_script_load_stats(struct sg_script *sc, int64_t *failures, int *failing) {
+  *failures = sc->load_failures;
+  *failing = 0;
+  for (int i = 0; i < sc->nfiles; i++) *failing += sc->files[i].error != NULL;
 }
 
 int sg_script_print_errors(struct sg_script *sc, FILE *out) {

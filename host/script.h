@@ -20,6 +20,8 @@ struct sg_script_hooks {
   char *(*fetch_source)(void *ud, const char *hash, char **file);
   /* the set of services with handlers changed */
   void (*on_services)(void *ud, const char *const *services, int n);
+  /* a file failed to load (error says what and where; a previous version, if any, stays in use) */
+  void (*on_load_failed)(void *ud, const char *file, const char *error);
   /* a script configured the circuit breaker of a service it calls (saga.breaker) */
   void (*on_breaker)(void *ud, const char *service, const struct sg_breaker_config *c);
 };
@@ -47,6 +49,8 @@ void sg_script_unwatch(struct sg_script *sc);
 int sg_script_print_errors(struct sg_script *sc, FILE *out);
 /* {"definitions": [...], "files": [...], "handlers": [...]} (malloc'd) */
 char *sg_script_definitions_json(struct sg_script *sc);
+/* for /metrics: loads and reloads of files that failed since start, and the files failing now */
+void sg_script_load_stats(struct sg_script *sc, int64_t *failures, int *failing);
 /* number of saga types currently startable */
 int sg_script_type_count(struct sg_script *sc);
 

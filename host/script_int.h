@@ -32,6 +32,7 @@ enum run_kind {
   RUN_HANDLER, /* a saga.handle handler on a handler coroutine (preemptible) */
   RUN_LOAD,    /* a file's top-level code, on the main thread */
   RUN_CLOSE,   /* __close handlers of a coroutine being dropped: stopped at the first check */
+  RUN_KEY,     /* a saga's key function (saga.define{key = function}) as the saga starts, on the main thread */
 };
 
 /* What one attempt (or handler call) has used so far, kept between the resumes of its coroutine. */
@@ -92,6 +93,7 @@ struct sg_script {
   int runtime_ref;         /* the lua/saga.lua module table */
   int ctxs_ref;            /* table: coroutine handle -> the ctx its steps run with */
   struct sfile *files; int nfiles, capfiles;
+  int64_t load_failures;   /* loads and reloads of files that failed, since start (/metrics) */
   struct defent **defs; int ndefs, capdefs; /* every version ever loaded, never freed before the state */
   struct ev_loop *loop;
   ev_timer watch;          /* periodic rescan (the fallback) */

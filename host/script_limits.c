@@ -42,7 +42,8 @@ static void script_where(lua_State *L, char *buf, size_t n) {
 }
 
 static const char *run_what(int kind) {
-  return kind == RUN_HANDLER ? "this handler call" : kind == RUN_LOAD ? "the file's top-level code" : "this step attempt";
+  return kind == RUN_HANDLER ? "this handler call" : kind == RUN_LOAD ? "the file's top-level code"
+       : kind == RUN_KEY ? "the key function" : "this step attempt";
 }
 
 static void doom(struct sg_script *sc, lua_State *L, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -85,7 +86,8 @@ void *sc_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     size_t grow = nsize - osize;
     int over_state = sc->cfg.mem_limit && sc->mem_used + grow > sc->cfg.mem_limit;
     /* one attempt may not take more than its share, so a memory-hungry step fails alone */
-    int over_run = (r->kind == RUN_STEP || r->kind == RUN_HANDLER || r->kind == RUN_LOAD) && sc->cfg.run_mem_limit &&
+    int over_run = (r->kind == RUN_STEP || r->kind == RUN_HANDLER || r->kind == RUN_LOAD || r->kind == RUN_KEY) &&
+                   sc->cfg.run_mem_limit &&
                    r->u.mem + (int64_t)grow > (int64_t)sc->cfg.run_mem_limit;
     if (over_state || over_run) {
       /* Lua answers a refusal with an emergency collection and asks once more: only the second
@@ -149,6 +151,7 @@ static void hook(lua_State *L, lua_Debug *ar) {
     else if (!yieldable && ran > NOYIELD_NS)
       doom(sc, L, r->kind == RUN_LOAD
            ? "the file's top-level code ran for over %lld ms (an endless loop?): at load a file may only define sagas and handlers"
+           : r->kind == RUN_KEY ? "the key function ran for over %lld ms (an endless loop?): it runs as the saga starts"
            : "ran for over %lld ms where it cannot give the loop back (inside a coroutine the script created, a "
              "table.sort comparator, a string.gsub callback, a metamethod called from C or an error handler)", NOYIELD_NS / 1000000);
   }

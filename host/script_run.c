@@ -337,8 +337,45 @@ static int r_handle_cont(void *ud, int handle, char **status, char **body) {
   return run_handler(sc, handle, co, 0, status, body);
 }
 
+/* The business key of a new saga: runtime.saga_key on the main thread, under the limits of a run
+ * (RUN_KEY: not preemptible, so the 200 ms limit on such code applies, and the instruction, CPU and
+ * memory limits of a step attempt). */
+static int r_key(void *ud, const struct sg_def *d, const char *input_json, char **key, struct sg_error *e) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  *key = NULL;
+  if (sc->run.kind) /* a start from inside script code: nothing does that */
+    return sg_errorf(e, SG_E_INTERNAL, "saga type '%s': the key cannot be computed while script code runs", d->type);
+  int top = lua_gettop(L);
+  sc_push_runtime(sc, L, "saga_key");
+  lua_pushstring(L, d->hash);
+  lua_pushstring(L, d->type);
+  lua_pushstring(L, input_json);
+  struct sg_error pe = {0};
+  sc_run_begin(sc, L, RUN_KEY, NULL);
+  int rc = sc_pcall(L, 3, 2, &pe);
+  sc_run_end(sc, NULL);
+  sc_memory_verdict(sc, rc < 0 ? pe.msg : !lua_toboolean(L, -2) ? lua_tostring(L, -1) : NULL);
+  if (sc->run.doomed) { /* a limit stopped it: that is the failure, whatever got caught */
+    sg_errorf(e, SG_E_INVALID, "saga type '%s': key function failed: %s", d->type, sc->run.why);
+    sc->run.doomed = 0;
+  } else if (rc < 0) {
+    char *nl = strchr(pe.msg, '\n'); /* the traceback is for the log, not the client */
+    if (nl) *nl = 0;
+    sg_errorf(e, SG_E_INVALID, "saga type '%s': key function failed: %s", d->type, pe.msg);
+  } else if (!lua_toboolean(L, -2)) {
+    sg_errorf(e, SG_E_INVALID, "saga type '%s': %s", d->type, lua_tostring(L, -1) ? lua_tostring(L, -1) : "no key");
+  } else {
+    if (lua_type(L, -1) == LUA_TSTRING) *key = sg_strdup(lua_tostring(L, -1));
+    lua_settop(L, top);
+    return 0;
+  }
+  lua_settop(L, top);
+  return -1;
+}
+
 struct sg_runner sg_script_runner(struct sg_script *sc) {
-  struct sg_runner r = { sc, r_def_get, r_start, r_resume, r_cont, r_drop, r_handle, r_handle_cont };
+  struct sg_runner r = { sc, r_def_get, r_start, r_resume, r_cont, r_drop, r_handle, r_handle_cont, r_key };
   return r;
 }
 

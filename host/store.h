@@ -44,6 +44,7 @@ struct sg_saga_row {
   char *data;         /* JSON text (ctx.data at the last checkpoint) */
   char *error;        /* why it gave up/failed, or NULL */
   char *idem_key;     /* Idempotency-Key given at start, or NULL */
+  char *biz_key;      /* business key (saga.define{key = ...}) computed at start, or NULL; never changes */
   int64_t created_at;
   int64_t updated_at;
   int64_t deadline;   /* saga timeout due time, 0 = none */
@@ -67,6 +68,20 @@ struct sg_hist_row {
   int64_t started_at;
   int64_t finished_at; /* 0 while running */
   const char *error;  /* NULL unless failed */
+};
+
+/* A lifecycle event (table events), written in the commit that made it true. */
+struct sg_event_row {
+  char pos[48];       /* its position in the stream, an opaque string ("id" in SQLite, "txid-id" in
+                       * PostgreSQL): events are read back in position order; set by reads */
+  int64_t at;         /* ms */
+  const char *kind;   /* "started", "attempt_started", "attempt_ended", "compensating", "terminal",
+                       * "operator", "definition_loaded", "definition_failed" */
+  const char *saga_id, *type, *status; /* NULL for a definition's events */
+  int step, phase, attempt;            /* step 0-based; phase enum sg_phase */
+  const char *step_name, *outcome, *detail;
+  int64_t duration_ms;
+  const char *host_id;
 };
 
 /* A journaled durable operation inside one step attempt (table journal). */
@@ -109,9 +124,18 @@ void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src); /* deep copy */
 struct sg_saga_filter {
   int status;          /* -1 = any */
   const char *type;    /* NULL = any */
-  const char *after;   /* page cursor: id of the last row of the previous page, NULL = start */
+  const char *after;   /* page cursor: id of the last row of the previous page (the rows after it in the
+                        * order asked: greater ids, or smaller with desc), NULL = start */
   int limit;           /* max rows */
+  const char *key;     /* business key, NULL = any */
+  int64_t since, until; /* created_at bounds in ms: since <= created_at < until; 0 = no bound */
+  int desc;            /* newest first (descending ids) instead of oldest first */
 };
+/* For stores: the bounds on ids that a filter's created_at bounds and cursor imply, so that the list is
+ * a range of the id index (ids start with their creation ms, see sg_uuid): lo and hi (40 bytes each) get
+ * "rows have lo < id < hi" (lo "" = none, hi "" = none). The created_at bounds are still checked on the
+ * rows themselves: these only narrow the range read. */
+void sg_saga_filter_id_range(const struct sg_saga_filter *f, char *lo, char *hi);
 
 typedef int (*sg_saga_cb)(void *ud, const struct sg_saga_row *r);  /* return non-zero to stop */
 typedef int (*sg_hist_cb)(void *ud, const struct sg_hist_row *r);
@@ -133,12 +157,13 @@ enum sg_read_kind {
   SG_READ_SAGA,   /* a = saga id: rc 1 and rows[0], or rc 0; with_hist: its history rows too, in order;
                    * with_owner (several hosts): its owner and whether the owner's lease runs */
   SG_READ_IDEM,   /* a = type, b = idempotency key: rc 1 and rows[0], or rc 0 */
-  SG_READ_LIST,   /* filter (a = type or NULL, b = after or NULL): rc 0 and rows */
+  SG_READ_LIST,   /* filter (a = type or NULL, b = cursor or NULL, key, since, until, desc, status, limit):
+                   * rc 0 and rows, in the order asked (see struct sg_saga_filter) */
   SG_READ_INBOX,  /* a = message id: rc 1 and status, body (each may be NULL), or rc 0 */
   SG_READ_OUTBOX, /* the outbox rows this host owns, in id order: rc 0 and msgs */
   SG_READ_MAIL,   /* several hosts: the mail of the sagas this host owns, in order (up to 200): rc 0 and mail;
                    * delete what was acted on with mail_done, in the batch that acts on it */
-  SG_READ_PRUNE,  /* retention, a statement of its own: a = "inbox" (entries received before `before`) or
+  SG_READ_PRUNE,  /* retention, a statement of its own: a = "inbox" (entries received before `before`), "events" (events before `before`, up to 20000) or
                    * "sagas" (up to limit finished sagas updated before `before`, as saga_prune): rc 0, count */
   SG_READ_TAKEOVER, /* several hosts: one takeover round, in a transaction of its own: the sagas of the
                    * host whose lease ran out longest ago (or of nobody: a database written by a one-host
@@ -149,12 +174,21 @@ enum sg_read_kind {
                    * is fenced, or the answer was lost (it may have taken some: load what it owns) */
   SG_READ_PROBE,  /* several hosts: a = this host's id: rc 0 and flags: 1 = sagas or outbox rows to take over
                    * (a host's whose lease ran out, or nobody's), 2 = mail for this host's sagas */
+  SG_READ_COUNTS, /* a = type or NULL: rc 0 and counts, the sagas of the whole store by status */
+  SG_READ_EVENTS, /* a = a position (sg_event_row.pos): rc 0 and up to limit events after it, in position
+                   * order, and pos = the last one's (a when none); a = NULL: no events, pos = the end of
+                   * the stream now (what a reader starting now starts after). Only events that can no
+                   * longer be preceded by others are given (PostgreSQL: those below every open
+                   * transaction), so a reader following pos misses none. A malformed a: rc -1, SG_E_INVALID */
 };
 struct sg_read {
   int kind;
   char *a, *b;               /* arguments (owned) */
   int with_hist, with_owner; /* SG_READ_SAGA (not both) */
   int status, limit;         /* SG_READ_LIST: status (-1 = any), limit (0 = none) */
+  char *key;                 /* SG_READ_LIST: business key or NULL (owned) */
+  int64_t since, until;      /* SG_READ_LIST: created_at bounds, as in struct sg_saga_filter */
+  int desc;                  /* SG_READ_LIST: newest first */
   /* the answer */
   int rc;                    /* 1 found, 0 not found (or a list), -1 failed (err) */
   struct sg_error err;       /* SG_E_UNAVAILABLE: the database cannot be reached now */
@@ -165,6 +199,7 @@ struct sg_read {
   char *status_s, *body;     /* SG_READ_INBOX */
   int flags;                 /* SG_READ_PROBE */
   int64_t before, count;     /* SG_READ_PRUNE */
+  int64_t counts[SG_ST_RESOLVED + 1]; /* SG_READ_COUNTS: by enum sg_status */
   struct sg_msg *msgs;       /* SG_READ_OUTBOX (owned) */
   size_t nmsgs;
   struct sg_mail_row { int64_t id; char *saga_id, *kind, *body; } *mail; /* SG_READ_MAIL (owned) */
@@ -173,6 +208,9 @@ struct sg_read {
   size_t ntimers;
   struct sg_journal_row *journals;  /* SG_READ_TAKEOVER (strings owned) */
   size_t njournals;
+  struct sg_event_row *events; /* SG_READ_EVENTS (strings owned) */
+  size_t nevents;
+  char pos[48];              /* SG_READ_EVENTS */
   char owner[128];           /* SG_READ_SAGA with_owner: "" = none */
   int owner_alive;
   void (*done)(struct sg_read *rd);
@@ -190,6 +228,8 @@ void sg_read_free(struct sg_read *rd);
 void sg_store_read(struct sg_store *s, struct sg_read *rd);
 /* for stores: a copy of h (its strings too) at the end of rd->hist */
 void sg_read_add_hist(struct sg_read *rd, const struct sg_hist_row *h);
+/* for stores: a copy of ev (its strings too) at the end of rd->events */
+void sg_read_add_event(struct sg_read *rd, const struct sg_event_row *ev);
 
 /* The interface. Every function returns 0 on success or -1 with e filled, unless noted. */
 struct sg_store_ops {
@@ -229,8 +269,11 @@ struct sg_store_ops {
   /* returns 1 and fills out if found, 0 if not, -1 on error */
   int (*saga_get)(struct sg_store *s, const char *id, struct sg_saga_row *out, struct sg_error *e);
   int (*saga_find_idem)(struct sg_store *s, const char *type, const char *key, struct sg_saga_row *out, struct sg_error *e);
-  /* ordered by id (uuid order is arbitrary but stable, good for paging); created_at is in the row */
+  /* ordered by id, ascending or (f->desc) descending: ids are time-ordered uuids (sg_uuid), so this is
+   * creation order, ties within a millisecond broken by the id's random bits (stable, good for paging) */
   int (*saga_list)(struct sg_store *s, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud, struct sg_error *e);
+  /* how many sagas (of type, NULL = all) there are by status: counts[enum sg_status] */
+  int (*saga_counts)(struct sg_store *s, const char *type, int64_t counts[SG_ST_RESOLVED + 1], struct sg_error *e);
   int (*saga_each_active)(struct sg_store *s, sg_saga_cb cb, void *ud, struct sg_error *e); /* non-terminal */
 
   int (*hist_insert)(struct sg_store *s, struct sg_hist_row *r, struct sg_error *e); /* sets r->id */
@@ -257,6 +300,12 @@ struct sg_store_ops {
   /* retention: deletes up to `limit` completed, compensated or resolved sagas (with their history)
    * last updated before `before`; compensation_failed ones are kept for their operators */
   int (*saga_prune)(struct sg_store *s, int64_t before, int limit, int64_t *deleted, struct sg_error *e);
+  /* a lifecycle event (in the batch) */
+  int (*event_put)(struct sg_store *s, const struct sg_event_row *r, struct sg_error *e);
+  /* SG_READ_EVENTS answered at once (a store without read_start) */
+  int (*event_read)(struct sg_store *s, struct sg_read *rd, struct sg_error *e);
+  /* retention: forget events older than `before` (*deleted: how many) */
+  int (*event_prune)(struct sg_store *s, int64_t before, int64_t *deleted, struct sg_error *e);
   /* a finished saga's journal is of no more use */
   int (*journal_del)(struct sg_store *s, const char *saga_id, struct sg_error *e);
 

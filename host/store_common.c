@@ -1,6 +1,7 @@
 /* store_common: the parts of store.h shared by every store implementation (names, row helpers). */
 #include "store.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,7 +38,8 @@ void sg_store_saga_row_free(struct sg_saga_row *r) {
   free(r->data);
   free(r->error);
   free(r->idem_key);
-  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = NULL;
+  free(r->biz_key);
+  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = NULL;
 }
 
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src) {
@@ -48,6 +50,29 @@ void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *s
   dst->data = sg_strdup(src->data);
   dst->error = sg_strdup(src->error);
   dst->idem_key = sg_strdup(src->idem_key);
+  dst->biz_key = sg_strdup(src->biz_key);
+}
+
+/* How much earlier than its created_at a saga's id may say it was made: rows written before created_at
+ * was taken from the id read the clock twice (a millisecond or so apart). */
+#define ID_SLACK_MS 60000
+
+/* the smallest id-order string above every id made in a millisecond before ms (its hex time prefix) */
+static void id_prefix(int64_t ms, char *out) {
+  if (ms < 0) ms = 0;
+  if (ms > 0xffffffffffffLL) ms = 0xffffffffffffLL;
+  snprintf(out, 40, "%08x-%04x", (unsigned)(ms >> 16), (unsigned)(ms & 0xffff));
+}
+
+void sg_saga_filter_id_range(const struct sg_saga_filter *f, char *lo, char *hi) {
+  lo[0] = hi[0] = 0;
+  if (f->since > 0) id_prefix(f->since - ID_SLACK_MS, lo);
+  if (f->until > 0) id_prefix(f->until, hi); /* an id is never later than its created_at */
+  if (f->after && *f->after) {
+    char *b = f->desc ? hi : lo;
+    int tighter = f->desc ? (!*b || strcmp(f->after, b) < 0) : strcmp(f->after, b) > 0;
+    if (tighter) snprintf(b, 40, "%s", f->after);
+  }
 }
 
 void sg_msg_free(struct sg_msg *m) {
@@ -98,6 +123,7 @@ void sg_read_free(struct sg_read *rd) {
   if (!rd) return;
   free(rd->a);
   free(rd->b);
+  free(rd->key);
   for (size_t i = 0; i < rd->nrows; i++) sg_store_saga_row_free(&rd->rows[i]);
   free(rd->rows);
   for (size_t i = 0; i < rd->nhist; i++) {
@@ -128,6 +154,12 @@ void sg_read_free(struct sg_read *rd) {
     free((char *)rd->journals[i].result);
   }
   free(rd->journals);
+  for (size_t i = 0; i < rd->nevents; i++) {
+    struct sg_event_row *ev = &rd->events[i];
+    free((char *)ev->kind); free((char *)ev->saga_id); free((char *)ev->type); free((char *)ev->status);
+    free((char *)ev->step_name); free((char *)ev->outcome); free((char *)ev->detail); free((char *)ev->host_id);
+  }
+  free(rd->events);
   free(rd);
 }
 
@@ -146,6 +178,20 @@ void sg_read_add_hist(struct sg_read *rd, const struct sg_hist_row *h) {
   o->step_name = sg_strdup(h->step_name);
   o->status = sg_strdup(h->status);
   o->error = sg_strdup(h->error);
+}
+
+void sg_read_add_event(struct sg_read *rd, const struct sg_event_row *ev) {
+  rd->events = sg_xrealloc(rd->events, (rd->nevents + 1) * sizeof *rd->events);
+  struct sg_event_row *o = &rd->events[rd->nevents++];
+  *o = *ev;
+  o->kind = sg_strdup(ev->kind);
+  o->saga_id = sg_strdup(ev->saga_id);
+  o->type = sg_strdup(ev->type);
+  o->status = sg_strdup(ev->status);
+  o->step_name = sg_strdup(ev->step_name);
+  o->outcome = sg_strdup(ev->outcome);
+  o->detail = sg_strdup(ev->detail);
+  o->host_id = sg_strdup(ev->host_id);
 }
 
 static int read_hist_cb(void *ud, const struct sg_hist_row *h) {
@@ -176,10 +222,14 @@ static void read_now(struct sg_store *s, struct sg_read *rd) {
     }
     break;
   case SG_READ_LIST: {
-    struct sg_saga_filter f = { rd->status, rd->a, rd->b, rd->limit };
+    struct sg_saga_filter f = { .status = rd->status, .type = rd->a, .after = rd->b, .limit = rd->limit,
+                                .key = rd->key, .since = rd->since, .until = rd->until, .desc = rd->desc };
     rd->rc = o->saga_list(s, &f, read_row_cb, rd, &rd->err) < 0 ? -1 : 0;
     break;
   }
+  case SG_READ_COUNTS:
+    rd->rc = o->saga_counts(s, rd->a, rd->counts, &rd->err) < 0 ? -1 : 0;
+    break;
   case SG_READ_INBOX:
     rd->rc = o->inbox_get(s, rd->a, &rd->status_s, &rd->body, &rd->err);
     break;
@@ -187,9 +237,13 @@ static void read_now(struct sg_store *s, struct sg_read *rd) {
     rd->rc = o->outbox_each(s, read_msg_cb, rd, &rd->err) < 0 ? -1 : 0;
     break;
   case SG_READ_PRUNE:
-    rd->rc = !strcmp(rd->a, "inbox") ? o->inbox_prune(s, rd->before, &rd->count, &rd->err)
-                                     : o->saga_prune(s, rd->before, rd->limit, &rd->count, &rd->err);
+    rd->rc = !strcmp(rd->a, "inbox")    ? o->inbox_prune(s, rd->before, &rd->count, &rd->err)
+             : !strcmp(rd->a, "events") ? o->event_prune(s, rd->before, &rd->count, &rd->err)
+                                        : o->saga_prune(s, rd->before, rd->limit, &rd->count, &rd->err);
     if (rd->rc > 0) rd->rc = 0;
+    break;
+  case SG_READ_EVENTS:
+    rd->rc = o->event_read(s, rd, &rd->err) < 0 ? -1 : 0;
     break;
   case SG_READ_TAKEOVER: /* one host: nothing to take */
   case SG_READ_MAIL: /* one host: no mail */

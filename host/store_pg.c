@@ -145,25 +145,38 @@ static const char *const migrations[] = {
   " past)', h, ep USING ERRCODE = 'SG001';"
   "  END IF;"
   " END $$;",
+  /* 8: the business key of a saga (saga.define{key = ...}), found by GET /v1/sagas?key= */
+  "ALTER TABLE sagas ADD COLUMN biz_key TEXT COLLATE \"C\";"
+  "CREATE INDEX sagas_key ON sagas(biz_key, id) WHERE biz_key IS NOT NULL;",
+  /* 9: lifecycle events (GET /v1/events), written in the commit that made them true. Readers follow
+   * (txid, id): every transaction whose xid is below the oldest running one has ended, so rows below
+   * that horizon never change, whichever host wrote them and in whatever order their ids were taken. */
+  "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, txid xid8 NOT NULL DEFAULT pg_current_xact_id(),"
+  "  at BIGINT NOT NULL, kind TEXT NOT NULL, saga_id TEXT COLLATE \"C\", type TEXT COLLATE \"C\","
+  "  status TEXT, step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL, step_name TEXT,"
+  "  outcome TEXT, detail TEXT, duration_ms BIGINT NOT NULL, host_id TEXT);"
+  "CREATE INDEX events_txid ON events(txid, id);"
+  "CREATE INDEX events_at ON events(at);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
-/* The prepared statements, one per operation (saga_list has one per filter combination). */
+/* The prepared statements, one per operation (saga_list's SQL is made for its filter: list_query). */
 enum {
   ST_DEF_PUT, ST_DEF_GET,
   ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
-  ST_SAGA_LIST, ST_SAGA_LIST_STATUS, ST_SAGA_LIST_TYPE, ST_SAGA_LIST_BOTH, ST_SAGA_ACTIVE,
+  ST_SAGA_COUNTS, ST_SAGA_COUNTS_TYPE, ST_SAGA_ACTIVE,
   ST_HIST_INSERT, ST_HIST_EACH,
   ST_JOURNAL_PUT, ST_JOURNAL_EACH,
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
   ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
+  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_PRUNE,
   ST_COUNT
 };
 
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
-                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base"
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
@@ -172,7 +185,7 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
   [ST_SAGA_INSERT] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                     " $10, $11, $12, $13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING RETURNING 1)"
+                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT DO NOTHING RETURNING 1)"
                      " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
   [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
@@ -185,12 +198,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                        " RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = $1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND idem_key = $2",
-  /* LIMIT NULL: no limit */
-  [ST_SAGA_LIST] = "SELECT " SAGA_COLS " FROM sagas WHERE id > $1 ORDER BY id LIMIT $2",
-  [ST_SAGA_LIST_STATUS] = "SELECT " SAGA_COLS " FROM sagas WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3",
-  [ST_SAGA_LIST_TYPE] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND id > $2 ORDER BY id LIMIT $3",
-  [ST_SAGA_LIST_BOTH] = "SELECT " SAGA_COLS " FROM sagas WHERE status = $1 AND type = $2 AND id > $3"
-                        " ORDER BY id LIMIT $4",
+  [ST_SAGA_COUNTS] = "SELECT status, count(*) FROM sagas GROUP BY status",
+  [ST_SAGA_COUNTS_TYPE] = "SELECT status, count(*) FROM sagas WHERE type = $1 GROUP BY status",
   [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') AND owner = $1"
                      " ORDER BY id",
   [ST_HIST_INSERT] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
@@ -239,10 +248,19 @@ static const char *const stmt_sql[ST_COUNT] = {
                    " WHERE s.owner = $1 ORDER BY m.id LIMIT 200",
   [ST_MAIL_DEL] = "DELETE FROM mail WHERE id = ANY($1::bigint[])",
   [ST_NOTIFY] = "SELECT pg_notify(sg_channel($1), $2)",
+  [ST_EVENT_PUT] = "INSERT INTO events(at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome,"
+                   " detail, duration_ms, host_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+  /* positions are (txid, id): only rows below every open transaction, which no commit can precede any more */
+  [ST_EVENT_AFTER] = "SELECT txid::text, id, at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome,"
+                     " detail, duration_ms, host_id FROM events WHERE (txid, id) > ($1::xid8, $2::bigint)"
+                     " AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid, id LIMIT $3",
+  [ST_EVENT_END] = "SELECT txid::text, id FROM events WHERE txid < pg_snapshot_xmin(pg_current_snapshot())"
+                   " ORDER BY txid DESC, id DESC LIMIT 1",
+  [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 LIMIT 20000)",
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 18
+#define MAX_PARAMS 19
 struct params {
   int n;
   const char *v[MAX_PARAMS];
@@ -1080,6 +1098,7 @@ static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_r
   r->version = col_i64(res, i, o + 14);
   r->attempt_started_at = col_i64(res, i, o + 15);
   r->attempt_base = col_int(res, i, o + 16);
+  r->biz_key = own ? sg_strdup(col(res, i, o + 17)) : (char *)col(res, i, o + 17);
   r->same_status = 0;
 }
 
@@ -1103,6 +1122,7 @@ static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->version);
   p_int(&p, r->attempt_started_at);
   p_int(&p, r->attempt_base);
+  p_text(&p, r->biz_key);
   p_text(&p, s->me[0] ? s->me : NULL);
   int64_t rows = 0;
   int ran = wr_exec(s, ST_SAGA_INSERT, &p, &rows, e, "saga_insert");
@@ -1184,20 +1204,74 @@ static int saga_iter(struct pg_store *s, int st, const struct params *p, sg_saga
   return 0;
 }
 
+/* The SQL of saga_list for f (into sql, n bytes) and its parameters (p points into lo and hi, the
+ * caller's 40-byte buffers). Each filter names a column with an index ending in id, and the created_at
+ * bounds and the cursor narrow the range of ids read (sg_saga_filter_id_range). */
+static void list_query(const struct sg_saga_filter *f, char *sql, size_t n, struct params *p, char *lo, char *hi) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_buf_adds(&b, "SELECT " SAGA_COLS " FROM sagas WHERE true");
+  sg_saga_filter_id_range(f, lo, hi);
+#define COND(sql_, add) do { add; sg_buf_printf(&b, sql_, p->n); } while (0)
+  if (f->key) COND(" AND biz_key = $%d", p_text(p, f->key));
+  if (f->type) COND(" AND type = $%d", p_text(p, f->type));
+  if (f->status >= 0) COND(" AND status = $%d", p_text(p, sg_status_name(f->status)));
+  if (lo[0]) COND(" AND id > $%d", p_text(p, lo));
+  if (hi[0]) COND(" AND id < $%d", p_text(p, hi));
+  if (f->since > 0) COND(" AND created_at >= $%d", p_int(p, f->since));
+  if (f->until > 0) COND(" AND created_at < $%d", p_int(p, f->until));
+#undef COND
+  sg_buf_adds(&b, f->desc ? " ORDER BY id DESC" : " ORDER BY id");
+  if (f->limit > 0) {
+    p_int(p, f->limit);
+    sg_buf_printf(&b, " LIMIT $%d", p->n);
+  }
+  snprintf(sql, n, "%s", b.data);
+  sg_buf_free(&b);
+}
+
+static PGresult *exec_params(struct pg_store *s, const char *sql, int n, const char *const *v, struct sg_error *e,
+                             const char *what);
+
 static int pg_saga_list(struct sg_store *base, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud,
                         struct sg_error *e) {
-  int by_status = f->status >= 0, by_type = f->type != NULL;
-  int st = by_status && by_type ? ST_SAGA_LIST_BOTH
-         : by_status            ? ST_SAGA_LIST_STATUS
-         : by_type              ? ST_SAGA_LIST_TYPE
-                                : ST_SAGA_LIST;
+  struct pg_store *s = S(base);
+  char sql[1024], lo[40], hi[40];
   struct params p = {0};
-  if (by_status) p_text(&p, sg_status_name(f->status));
-  if (by_type) p_text(&p, f->type);
-  p_text(&p, f->after ? f->after : ""); /* every id sorts after "" */
-  if (f->limit > 0) p_int(&p, f->limit);
-  else p_text(&p, NULL); /* LIMIT NULL: no limit */
-  return saga_iter(S(base), st, &p, cb, ud, e, "saga_list");
+  list_query(f, sql, sizeof sql, &p, lo, hi);
+  char *own[MAX_PARAMS] = {0};
+  if (s->utf8) params_fix_utf8(&p, own);
+  PGresult *r = exec_params(s, sql, p.n, p.v, e, "saga_list");
+  if (s->utf8) params_free(p.n, own);
+  if (!r) return -1;
+  int rows = PQntuples(r);
+  for (int i = 0; i < rows; i++) {
+    struct sg_saga_row row;
+    saga_from_row(r, i, &row, 0);
+    if (cb(ud, &row)) break;
+  }
+  PQclear(r);
+  return 0;
+}
+
+/* a counts answer (status, count) into counts */
+static void counts_from(const PGresult *r, int64_t counts[SG_ST_RESOLVED + 1]) {
+  for (int i = 0; i <= SG_ST_RESOLVED; i++) counts[i] = 0;
+  for (int i = 0; i < PQntuples(r); i++) {
+    int status = sg_status_parse(PQgetvalue(r, i, 0));
+    if (status >= 0) counts[status] = col_i64(r, i, 1);
+  }
+}
+
+static int pg_saga_counts(struct sg_store *base, const char *type, int64_t counts[SG_ST_RESOLVED + 1],
+                          struct sg_error *e) {
+  struct params p = {0};
+  if (type) p_text(&p, type);
+  PGresult *r = rd_exec(S(base), type ? ST_SAGA_COUNTS_TYPE : ST_SAGA_COUNTS, &p, e, "saga_counts");
+  if (!r) return -1;
+  counts_from(r, counts);
+  PQclear(r);
+  return 0;
 }
 
 static int pg_saga_each_active(struct sg_store *base, sg_saga_cb cb, void *ud, struct sg_error *e) {
@@ -1300,6 +1374,38 @@ static int pg_journal_each(struct sg_store *base, const char *saga_id, int step,
   PGresult *res = rd_exec(S(base), ST_JOURNAL_EACH, &p, e, "journal_each");
   if (!res) return -1;
   journal_rows(res, cb, ud);
+  return 0;
+}
+
+/* ---- events ---- */
+
+static int pg_event_put(struct sg_store *base, const struct sg_event_row *r, struct sg_error *e) {
+  struct params p = {0};
+  p_int(&p, r->at);
+  p_text(&p, r->kind);
+  p_text(&p, r->saga_id);
+  p_text(&p, r->type);
+  p_text(&p, r->status);
+  p_int(&p, r->step);
+  p_int(&p, r->phase);
+  p_int(&p, r->attempt);
+  p_text(&p, r->step_name);
+  p_text(&p, r->outcome);
+  p_text(&p, r->detail);
+  p_int(&p, r->duration_ms);
+  p_text(&p, r->host_id);
+  return wr_exec(S(base), ST_EVENT_PUT, &p, NULL, e, "event_put") < 0 ? -1 : 0;
+}
+
+/* an event position "txid-id" (both decimal): 0, or -1 when malformed */
+static int event_pos_parse(const char *pos, char txid[24], char id[24]) {
+  const char *dash = strchr(pos, '-');
+  if (!dash || dash == pos || dash - pos > 20 || !dash[1] || strlen(dash + 1) > 20) return -1;
+  for (const char *c = pos; *c; c++)
+    if (c != dash && (*c < '0' || *c > '9')) return -1;
+  memcpy(txid, pos, (size_t)(dash - pos));
+  txid[dash - pos] = 0;
+  strcpy(id, dash + 1);
   return 0;
 }
 
@@ -1805,6 +1911,8 @@ static void rd_lost(struct pg_store *s, struct rdc *c) {
 static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
   const char *sql[2] = { NULL, NULL };
   struct params p = {0};
+  char ev_t[24], ev_i[24]; /* SG_READ_EVENTS: the position's parts (p points at them until the send) */
+  char list_sql[1024], lo[40], hi[40]; /* SG_READ_LIST's */
   switch (r->kind) {
   case SG_READ_SAGA:
     p_text(&p, r->a);
@@ -1818,16 +1926,16 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
     sql[0] = stmt_sql[ST_SAGA_FIND_IDEM];
     break;
   case SG_READ_LIST: {
-    int by_status = r->status >= 0, by_type = r->a != NULL;
-    sql[0] = stmt_sql[by_status && by_type ? ST_SAGA_LIST_BOTH : by_status ? ST_SAGA_LIST_STATUS
-                      : by_type ? ST_SAGA_LIST_TYPE : ST_SAGA_LIST];
-    if (by_status) p_text(&p, sg_status_name(r->status));
-    if (by_type) p_text(&p, r->a);
-    p_text(&p, r->b ? r->b : "");
-    if (r->limit > 0) p_int(&p, r->limit);
-    else p_text(&p, NULL);
+    struct sg_saga_filter f = { .status = r->status, .type = r->a, .after = r->b, .limit = r->limit,
+                                .key = r->key, .since = r->since, .until = r->until, .desc = r->desc };
+    list_query(&f, list_sql, sizeof list_sql, &p, lo, hi);
+    sql[0] = list_sql;
     break;
   }
+  case SG_READ_COUNTS:
+    if (r->a) p_text(&p, r->a);
+    sql[0] = stmt_sql[r->a ? ST_SAGA_COUNTS_TYPE : ST_SAGA_COUNTS];
+    break;
   case SG_READ_INBOX:
     p_text(&p, r->a);
     sql[0] = stmt_sql[ST_INBOX_GET];
@@ -1846,8 +1954,19 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
     break;
   case SG_READ_PRUNE:
     p_int(&p, r->before);
-    if (strcmp(r->a, "inbox") != 0) p_int(&p, r->limit);
-    sql[0] = stmt_sql[strcmp(r->a, "inbox") ? ST_SAGA_PRUNE : ST_INBOX_PRUNE];
+    if (!strcmp(r->a, "sagas")) p_int(&p, r->limit);
+    sql[0] = stmt_sql[!strcmp(r->a, "inbox") ? ST_INBOX_PRUNE : !strcmp(r->a, "events") ? ST_EVENT_PRUNE : ST_SAGA_PRUNE];
+    break;
+  case SG_READ_EVENTS:
+    if (r->a) {
+      event_pos_parse(r->a, ev_t, ev_i); /* checked by pg_read_start */
+      p_text(&p, ev_t);
+      p_text(&p, ev_i);
+      p_int(&p, r->limit > 0 ? r->limit : 1000);
+      sql[0] = stmt_sql[ST_EVENT_AFTER];
+    } else {
+      sql[0] = stmt_sql[ST_EVENT_END];
+    }
     break;
   }
   char *own[MAX_PARAMS] = {0};
@@ -1934,6 +2053,13 @@ static void pg_read_start(struct sg_store *base, struct sg_read *r) {
   struct pg_store *s = S(base);
   r->rc = 0;
   r->nres = r->failed = 0;
+  char t[24], i[24];
+  if (r->kind == SG_READ_EVENTS && r->a && event_pos_parse(r->a, t, i) < 0) {
+    r->rc = sg_errorf(&r->err, SG_E_INVALID, "malformed event id '%.60s': expected the id of an event of this"
+                      " store (two numbers joined by '-')", r->a);
+    r->done(r);
+    return;
+  }
   if (r->kind == SG_READ_INBOX) {
     uintptr_t at = (uintptr_t)sg_map_get(&s->kept_inbox, r->a);
     if (at) { /* handled in the open batch or the one on its way: not in the database yet */
@@ -2048,6 +2174,30 @@ static void rd_finish(struct pg_store *s, struct sg_read *r) {
   } else if (r->kind == SG_READ_PRUNE) {
     r->rc = 0;
     r->count = cmd_rows(a);
+  } else if (r->kind == SG_READ_COUNTS) {
+    r->rc = 0;
+    counts_from(a, r->counts);
+  } else if (r->kind == SG_READ_EVENTS) {
+    r->rc = 0;
+    int n = PQntuples(a);
+    if (!r->a) {
+      if (n > 0) snprintf(r->pos, sizeof r->pos, "%s-%s", PQgetvalue(a, 0, 0), PQgetvalue(a, 0, 1));
+      else snprintf(r->pos, sizeof r->pos, "0-0");
+      n = 0;
+    } else {
+      snprintf(r->pos, sizeof r->pos, "%s", r->a);
+    }
+    for (int i = 0; i < n; i++) {
+      struct sg_event_row ev = {
+        .at = col_i64(a, i, 2), .kind = col(a, i, 3), .saga_id = col(a, i, 4), .type = col(a, i, 5),
+        .status = col(a, i, 6), .step = col_int(a, i, 7), .phase = col_int(a, i, 8), .attempt = col_int(a, i, 9),
+        .step_name = col(a, i, 10), .outcome = col(a, i, 11), .detail = col(a, i, 12),
+        .duration_ms = col_i64(a, i, 13), .host_id = col(a, i, 14),
+      };
+      snprintf(ev.pos, sizeof ev.pos, "%s-%s", PQgetvalue(a, i, 0), PQgetvalue(a, i, 1));
+      sg_read_add_event(r, &ev);
+      memcpy(r->pos, ev.pos, sizeof r->pos);
+    }
   } else if (r->kind == SG_READ_PROBE) {
     r->rc = 0;
     r->flags = PQntuples(a) > 0 ? (!strcmp(PQgetvalue(a, 0, 0), "t") ? 1 : 0) | (!strcmp(PQgetvalue(a, 0, 1), "t") ? 2 : 0) : 0;
@@ -2167,6 +2317,7 @@ static const struct sg_store_ops pg_ops = {
   .saga_get = pg_saga_get,
   .saga_find_idem = pg_saga_find_idem,
   .saga_list = pg_saga_list,
+  .saga_counts = pg_saga_counts,
   .saga_each_active = pg_saga_each_active,
   .hist_insert = pg_hist_insert,
   .hist_each = pg_hist_each,
@@ -2182,6 +2333,7 @@ static const struct sg_store_ops pg_ops = {
   .inbox_put = pg_inbox_put,
   .inbox_prune = pg_inbox_prune,
   .journal_del = pg_journal_del,
+  .event_put = pg_event_put,
   .saga_prune = pg_saga_prune,
   .host_register = pg_host_register,
   .journal_each_active = pg_journal_each_active,

@@ -10,6 +10,7 @@
 #include "store.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -65,27 +66,37 @@ static const char *const migrations[] = {
   "CREATE INDEX inbox_received ON inbox(received_at);",
   /* 5: finished sagas are pruned by age */
   "CREATE INDEX sagas_finished ON sagas(status, updated_at);",
+  /* 6: the business key of a saga (saga.define{key = ...}), found by GET /v1/sagas?key= */
+  "ALTER TABLE sagas ADD COLUMN biz_key TEXT;"
+  "CREATE INDEX sagas_key ON sagas(biz_key, id) WHERE biz_key IS NOT NULL;",
+  /* 7: lifecycle events (GET /v1/events), written in the commit that made them true; one writer, so
+   * id order is commit order */
+  "CREATE TABLE events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, saga_id TEXT,"
+  "  type TEXT, status TEXT, step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL,"
+  "  step_name TEXT, outcome TEXT, detail TEXT, duration_ms INTEGER NOT NULL, host_id TEXT);"
+  "CREATE INDEX events_at ON events(at);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
-/* The cached statements, one per operation (saga_list has one per filter combination so each
- * gets a plan that uses its index). */
+/* The cached statements, one per operation (saga_list has one per filter combination so each gets a
+ * plan that uses its index: prepared when first used, see list_stmt). */
 enum {
   ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
   ST_DEF_PUT, ST_DEF_GET,
   ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
-  ST_SAGA_LIST, ST_SAGA_LIST_STATUS, ST_SAGA_LIST_TYPE, ST_SAGA_LIST_BOTH, ST_SAGA_ACTIVE,
+  ST_SAGA_COUNTS, ST_SAGA_COUNTS_TYPE, ST_SAGA_ACTIVE,
   ST_HIST_INSERT, ST_HIST_EACH,
   ST_JOURNAL_PUT, ST_JOURNAL_EACH,
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_PRUNE_CLEAR, ST_PRUNE_MARK, ST_PRUNE_HIST, ST_PRUNE_SAGAS,
+  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_PRUNE,
   ST_COUNT
 };
 
 /* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
-                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base"
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -94,7 +105,7 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
   [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                     " ?12, ?13, ?14, ?15, ?16, ?17)",
+                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
                      " attempt_started_at = ?12, attempt_base = ?13 WHERE id = ?1 AND version = ?11 - 1",
@@ -104,11 +115,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                        " attempt_started_at = ?12, attempt_base = ?13 WHERE id = ?1 AND version = ?11 - 1",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
-  [ST_SAGA_LIST] = "SELECT " SAGA_COLS " FROM sagas WHERE id > ?3 ORDER BY id LIMIT ?4",
-  [ST_SAGA_LIST_STATUS] = "SELECT " SAGA_COLS " FROM sagas WHERE status = ?1 AND id > ?3 ORDER BY id LIMIT ?4",
-  [ST_SAGA_LIST_TYPE] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
-  [ST_SAGA_LIST_BOTH] = "SELECT " SAGA_COLS " FROM sagas WHERE status = ?1 AND type = ?2 AND id > ?3"
-                        " ORDER BY id LIMIT ?4",
+  [ST_SAGA_COUNTS] = "SELECT status, count(*) FROM sagas GROUP BY status",
+  [ST_SAGA_COUNTS_TYPE] = "SELECT status, count(*) FROM sagas WHERE type = ?1 GROUP BY status",
   [ST_SAGA_ACTIVE] = "SELECT " SAGA_COLS " FROM sagas WHERE status IN ('running', 'compensating') ORDER BY id",
   [ST_HIST_INSERT] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
                      " finished_at, error, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -138,11 +146,17 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " 'resolved') AND updated_at < ?1 LIMIT ?2",
   [ST_PRUNE_HIST] = "DELETE FROM history WHERE saga_id IN (SELECT id FROM temp.prune)",
   [ST_PRUNE_SAGAS] = "DELETE FROM sagas WHERE id IN (SELECT id FROM temp.prune)",
+  [ST_EVENT_PUT] = "INSERT INTO events(at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome,"
+                   " detail, duration_ms, host_id, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+  [ST_EVENT_AFTER] = "SELECT id, at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome, detail,"
+                     " duration_ms, host_id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+  [ST_EVENT_END] = "SELECT coalesce(max(id), 0) FROM events",
+  [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 ORDER BY id LIMIT ?2)",
 };
 
 /* One write of the open transaction, as bound: kept until the commit so that a transaction the
  * disk refused can be written again (retry_commit). Text lives in the store's arena. */
-#define REDO_MAX_ARGS 17
+#define REDO_MAX_ARGS 18
 struct redo_arg {
   int kind;    /* 0 = NULL (or unbound), 1 = integer, 2 = text */
   int64_t i;   /* the integer */
@@ -159,6 +173,7 @@ struct sqlite_store {
   struct sg_store base;         /* ops table */
   sqlite3 *db;                  /* the connection (one per store, used from the loop thread only) */
   sqlite3_stmt *st[ST_COUNT];   /* prepared once at open, finalized at close */
+  sqlite3_stmt *list_st[16];    /* saga_list by filter combination (LIST_*), prepared when first used */
   int64_t commits;              /* successful COMMITs, for benchmarks and /healthz */
   int lock_fd;                  /* <path>.lock, flock'ed for the store's life (-1 = none, e.g. :memory:) */
   int in_txn;                   /* between begin and a commit that succeeded */
@@ -170,7 +185,7 @@ struct sqlite_store {
   struct sg_buf arena;          /* text arguments of redo */
   /* ids of new rows, assigned here (not by SQLite) so that a kept write gets the same id when it is
    * written again, and a write that was only kept still tells its caller the id */
-  int64_t next_hist, next_timer, next_outbox;
+  int64_t next_hist, next_timer, next_outbox, next_event;
 };
 
 static struct sqlite_store *S(struct sg_store *s) { return (struct sqlite_store *)s; }
@@ -471,6 +486,7 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
   r->version = sqlite3_column_int64(st, 14);
   r->attempt_started_at = sqlite3_column_int64(st, 15);
   r->attempt_base = sqlite3_column_int(st, 16);
+  r->biz_key = col_str(st, 17, own);
 }
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
@@ -493,6 +509,7 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 15, r->version);
   wr_i64(s, st, 16, r->attempt_started_at);
   wr_i64(s, st, 17, r->attempt_base);
+  wr_text(s, st, 18, r->biz_key);
   return wr_done(s, st, e, "saga_insert");
 }
 
@@ -595,20 +612,64 @@ static int saga_iter(struct sqlite_store *s, sqlite3_stmt *st, sg_saga_cb cb, vo
   return each_row(s, st, emit_saga, &sink, e, what);
 }
 
+/* The filter combinations of saga_list: the columns it names (each has an index ending in id) and the
+ * order. The id range and the created_at bounds are always bound (with values that let every row by). */
+enum { LIST_KEY = 1, LIST_TYPE = 2, LIST_STATUS = 4, LIST_DESC = 8 };
+
+static sqlite3_stmt *list_stmt(struct sqlite_store *s, int combo, struct sg_error *e) {
+  if (s->list_st[combo]) return s->list_st[combo];
+  char sql[512];
+  snprintf(sql, sizeof sql, "SELECT " SAGA_COLS " FROM sagas WHERE %s%s%sid > ?4 AND id < ?5"
+           " AND created_at >= ?6 AND created_at < ?7 ORDER BY id%s LIMIT ?8",
+           combo & LIST_KEY ? "biz_key = ?1 AND " : "", combo & LIST_TYPE ? "type = ?2 AND " : "",
+           combo & LIST_STATUS ? "status = ?3 AND " : "", combo & LIST_DESC ? " DESC" : "");
+  if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->list_st[combo], NULL) != SQLITE_OK) {
+    db_fail(s, e, "saga_list: prepare");
+    return NULL;
+  }
+  return s->list_st[combo];
+}
+
 static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud,
                         struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  int by_status = f->status >= 0, by_type = f->type != NULL;
-  int id = by_status && by_type ? ST_SAGA_LIST_BOTH
-         : by_status            ? ST_SAGA_LIST_STATUS
-         : by_type              ? ST_SAGA_LIST_TYPE
-                                : ST_SAGA_LIST;
-  sqlite3_stmt *st = stmt_use(s, id);
-  if (by_status) bind_text(st, 1, sg_status_name(f->status));
-  if (by_type) bind_text(st, 2, f->type);
-  bind_text(st, 3, f->after ? f->after : ""); /* every id sorts after "" */
-  bind_i64(st, 4, f->limit > 0 ? f->limit : -1); /* LIMIT -1: no limit */
+  int combo = (f->key ? LIST_KEY : 0) | (f->type ? LIST_TYPE : 0) | (f->status >= 0 ? LIST_STATUS : 0) |
+              (f->desc ? LIST_DESC : 0);
+  sqlite3_stmt *st = list_stmt(s, combo, e);
+  if (!st) return -1;
+  sqlite3_reset(st);
+  sqlite3_clear_bindings(st);
+  char lo[40], hi[40];
+  sg_saga_filter_id_range(f, lo, hi);
+  if (f->key) bind_text(st, 1, f->key);
+  if (f->type) bind_text(st, 2, f->type);
+  if (f->status >= 0) bind_text(st, 3, sg_status_name(f->status));
+  bind_text(st, 4, lo); /* every id sorts after "" */
+  bind_text(st, 5, hi[0] ? hi : "\x7f"); /* and before DEL (ids are ASCII) */
+  bind_i64(st, 6, f->since > 0 ? f->since : INT64_MIN);
+  bind_i64(st, 7, f->until > 0 ? f->until : INT64_MAX);
+  bind_i64(st, 8, f->limit > 0 ? f->limit : -1); /* LIMIT -1: no limit */
   return saga_iter(s, st, cb, ud, e, "saga_list");
+}
+
+static int sq_saga_counts(struct sg_store *base, const char *type, int64_t counts[SG_ST_RESOLVED + 1],
+                          struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, type ? ST_SAGA_COUNTS_TYPE : ST_SAGA_COUNTS);
+  if (type) bind_text(st, 1, type);
+  for (int i = 0; i <= SG_ST_RESOLVED; i++) counts[i] = 0;
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    int status = sg_status_parse(col_text(st, 0));
+    if (status >= 0) counts[status] = sqlite3_column_int64(st, 1);
+  }
+  if (rc != SQLITE_DONE) {
+    db_fail(s, e, "saga_counts");
+    stmt_done(st);
+    return -1;
+  }
+  stmt_done(st);
+  return 0;
 }
 
 static int sq_saga_each_active(struct sg_store *base, sg_saga_cb cb, void *ud, struct sg_error *e) {
@@ -659,6 +720,78 @@ static int sq_hist_each(struct sg_store *base, const char *saga_id, sg_hist_cb c
   bind_text(st, 1, saga_id);
   struct row_sink sink = { .cb.hist = cb, .ud = ud };
   return each_row(s, st, emit_hist, &sink, e, "hist_each");
+}
+
+/* ---- events ---- */
+
+static int sq_event_put(struct sg_store *base, const struct sg_event_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = wr_use(s, ST_EVENT_PUT);
+  wr_i64(s, st, 1, r->at);
+  wr_text(s, st, 2, r->kind);
+  wr_text(s, st, 3, r->saga_id);
+  wr_text(s, st, 4, r->type);
+  wr_text(s, st, 5, r->status);
+  wr_i64(s, st, 6, r->step);
+  wr_i64(s, st, 7, r->phase);
+  wr_i64(s, st, 8, r->attempt);
+  wr_text(s, st, 9, r->step_name);
+  wr_text(s, st, 10, r->outcome);
+  wr_text(s, st, 11, r->detail);
+  wr_i64(s, st, 12, r->duration_ms);
+  wr_text(s, st, 13, r->host_id);
+  wr_i64(s, st, 14, s->next_event++);
+  return wr_done(s, st, e, "event_put");
+}
+
+/* positions are the ids: one writer, so id order is commit order */
+static int sq_event_read(struct sg_store *base, struct sg_read *rd, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  if (!rd->a) {
+    sqlite3_stmt *st = stmt_use(s, ST_EVENT_END);
+    int rc = sqlite3_step(st);
+    int64_t end = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW) return db_fail(s, e, "event_read");
+    snprintf(rd->pos, sizeof rd->pos, "%" PRId64, end);
+    return 0;
+  }
+  char *end;
+  errno = 0;
+  long long after = strtoll(rd->a, &end, 10);
+  if (!*rd->a || *end || errno || after < 0)
+    return sg_errorf(e, SG_E_INVALID, "malformed event id '%.60s': expected the id of an event of this store", rd->a);
+  snprintf(rd->pos, sizeof rd->pos, "%lld", after);
+  sqlite3_stmt *st = stmt_use(s, ST_EVENT_AFTER);
+  sqlite3_bind_int64(st, 1, after);
+  sqlite3_bind_int64(st, 2, rd->limit > 0 ? rd->limit : 1000);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct sg_event_row ev = {
+      .at = sqlite3_column_int64(st, 1), .kind = col_text(st, 2), .saga_id = col_text(st, 3),
+      .type = col_text(st, 4), .status = col_text(st, 5), .step = sqlite3_column_int(st, 6),
+      .phase = sqlite3_column_int(st, 7), .attempt = sqlite3_column_int(st, 8), .step_name = col_text(st, 9),
+      .outcome = col_text(st, 10), .detail = col_text(st, 11), .duration_ms = sqlite3_column_int64(st, 12),
+      .host_id = col_text(st, 13),
+    };
+    snprintf(ev.pos, sizeof ev.pos, "%" PRId64, (int64_t)sqlite3_column_int64(st, 0));
+    sg_read_add_event(rd, &ev);
+    memcpy(rd->pos, ev.pos, sizeof rd->pos);
+  }
+  sqlite3_reset(st);
+  if (rc != SQLITE_DONE) return db_fail(s, e, "event_read");
+  return 0;
+}
+
+static int sq_event_prune(struct sg_store *base, int64_t before, int64_t *deleted, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = wr_use(s, ST_EVENT_PRUNE);
+  wr_i64(s, st, 1, before);
+  wr_i64(s, st, 2, 20000);
+  int ran = wr_exec(s, st, e, "event_prune");
+  if (ran < 0) return -1;
+  if (deleted) *deleted = ran ? sqlite3_changes(s->db) : 0;
+  return 0;
 }
 
 /* ---- journal ---- */
@@ -845,6 +978,7 @@ static void sq_close(struct sg_store *base) {
   struct sqlite_store *s = S(base);
   if (!s) return;
   for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(s->st[i]); /* NULL is a no-op */
+  for (int i = 0; i < 16; i++) sqlite3_finalize(s->list_st[i]);
   sqlite3_close(s->db); /* rolls back an open transaction */
   /* released only after the connection is closed, so the next writer starts on a quiet file; the
    * file itself stays: unlinking it would let a late opener lock a file nobody else can see */
@@ -898,6 +1032,7 @@ static const struct sg_store_ops sqlite_ops = {
   .saga_get = sq_saga_get,
   .saga_find_idem = sq_saga_find_idem,
   .saga_list = sq_saga_list,
+  .saga_counts = sq_saga_counts,
   .saga_each_active = sq_saga_each_active,
   .hist_insert = sq_hist_insert,
   .hist_each = sq_hist_each,
@@ -913,6 +1048,9 @@ static const struct sg_store_ops sqlite_ops = {
   .inbox_put = sq_inbox_put,
   .inbox_prune = sq_inbox_prune,
   .journal_del = sq_journal_del,
+  .event_put = sq_event_put,
+  .event_read = sq_event_read,
+  .event_prune = sq_event_prune,
   .saga_prune = sq_saga_prune,
   .commit_count = sq_commit_count,
 };
@@ -1060,6 +1198,7 @@ struct sg_store *sg_store_sqlite_open(const char *path, struct sg_error *e) {
   if (exec_sql(s, "CREATE TEMP TABLE prune(id TEXT PRIMARY KEY)", e, "create the retention table") < 0) goto fail;
   /* the next ids: past every row, and for the AUTOINCREMENT tables past every id ever given out */
   if (query_int(s, "SELECT coalesce(max(id), 0) + 1 FROM history", &s->next_hist, e, "read the next history id") < 0 ||
+      query_int(s, "SELECT coalesce(max(id), 0) + 1 FROM events", &s->next_event, e, "read the next event id") < 0 ||
       query_int(s, "SELECT max(coalesce((SELECT max(id) FROM timers), 0), coalesce((SELECT seq FROM sqlite_sequence"
                 " WHERE name = 'timers'), 0)) + 1", &s->next_timer, e, "read the next timer id") < 0 ||
       query_int(s, "SELECT max(coalesce((SELECT max(id) FROM outbox), 0), coalesce((SELECT seq FROM sqlite_sequence"

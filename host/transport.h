@@ -57,6 +57,7 @@ struct sg_transport_ops {
 struct sg_transport {
   const struct sg_transport_ops *ops;
   struct sg_transport_events ev; /* callbacks into the engine */
+  int64_t connects;              /* connections made to the broker, the first and every reconnect (AMQP; /metrics) */
 };
 
 struct sg_transport *sg_transport_local_new(struct ev_loop *loop, const struct sg_transport_events *ev);

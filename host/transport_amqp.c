@@ -715,6 +715,7 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   }
   t->backoff = BACKOFF_MIN;
   t->up = 1;
+  t->base.connects++;
   t->last_rx = ev_now(loop);
   ev_io_set(&t->io, amqp_get_sockfd(t->conn), EV_READ);
   ev_io_start(loop, &t->io);

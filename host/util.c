@@ -107,6 +107,93 @@ void sg_uuid(char out[37]) {
            (unsigned)(a & 0xffff), (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffULL));
 }
 
+int64_t sg_uuid_time_ms(const char *s) {
+  int64_t ms = 0;
+  for (int i = 0; i < 36; i++) {
+    char c = s[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-') return -1;
+      continue;
+    }
+    int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (v < 0) return -1; /* a NUL too: the id is shorter */
+    if (i < 13) ms = ms * 16 + v; /* the first 48 bits */
+  }
+  return s[36] ? -1 : ms;
+}
+
+/* days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil) */
+static int64_t days_from_civil(int64_t y, int m, int d) {
+  y -= m <= 2;
+  int64_t era = (y >= 0 ? y : y - 399) / 400;
+  int64_t yoe = y - era * 400;
+  int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+/* n digits at *p as a number (*p moves past them), -1 if they are not all digits */
+static int digits(const char **p, int n) {
+  int v = 0;
+  for (int i = 0; i < n; i++, (*p)++) {
+    if (**p < '0' || **p > '9') return -1;
+    v = v * 10 + (**p - '0');
+  }
+  return v;
+}
+
+int sg_time_parse(const char *s, int64_t *ms) {
+  if (!s || !*s) return -1;
+  const char *p = s;
+  if (strspn(s, "0123456789") == strlen(s)) { /* ms since the epoch */
+    if (strlen(s) > 15) return -1;           /* past the year 33000: surely a mistake */
+    *ms = strtoll(s, NULL, 10);
+    return 0;
+  }
+  int y = digits(&p, 4);
+  if (y < 0 || *p++ != '-') return -1;
+  int mo = digits(&p, 2);
+  if (mo < 1 || mo > 12 || *p++ != '-') return -1;
+  int d = digits(&p, 2);
+  static const int mdays[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31 };
+  int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  if (d < 1 || d > mdays[mo - 1] || (mo == 2 && d == 29 && !leap)) return -1;
+  if (*p != 'T' && *p != 't') return -1;
+  p++;
+  int h = digits(&p, 2);
+  if (h < 0 || h > 23 || *p++ != ':') return -1;
+  int mi = digits(&p, 2);
+  if (mi < 0 || mi > 59 || *p++ != ':') return -1;
+  int sec = digits(&p, 2);
+  if (sec < 0 || sec > 59) return -1;
+  int frac = 0;
+  if (*p == '.') {
+    p++;
+    int n = 0;
+    for (; *p >= '0' && *p <= '9'; p++, n++)
+      if (n < 3) frac = frac * 10 + (*p - '0');
+    if (n == 0 || n > 9) return -1;
+    for (; n < 3; n++) frac *= 10;
+  }
+  int off = 0; /* minutes east of UTC */
+  if (*p == 'Z' || *p == 'z') {
+    p++;
+  } else if (*p == '+' || *p == '-') {
+    int sign = *p++ == '-' ? -1 : 1;
+    int oh = digits(&p, 2);
+    if (oh < 0 || oh > 23 || *p++ != ':') return -1;
+    int om = digits(&p, 2);
+    if (om < 0 || om > 59) return -1;
+    off = sign * (oh * 60 + om);
+  } else {
+    return -1; /* no zone: local time would depend on the host's TZ */
+  }
+  if (*p) return -1;
+  int64_t t = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - (int64_t)off * 60;
+  *ms = t * 1000 + frac;
+  return 0;
+}
+
 void sg_sha256_hex(const char *data, size_t len, char out[65]) {
   unsigned char md[32];
   unsigned int mdlen = 0;

@@ -42,6 +42,12 @@ int64_t sg_now_ms(void);          /* wall clock, ms since the epoch (what is per
 int64_t sg_mono_ns(void);         /* monotonic clock, ns (durations; async-signal-safe) */
 void sg_iso8601(int64_t ms, char out[32]); /* "2026-11-26T09:20:00.123Z" */
 void sg_uuid(char out[37]);       /* time-ordered v7 uuid (ms time + random from a /dev/urandom-seeded PRNG) */
+/* the ms time an id made by sg_uuid starts with, or -1 when s is not such an id (36 characters,
+ * lowercase hex in groups 8-4-4-4-12) */
+int64_t sg_uuid_time_ms(const char *s);
+/* "2026-11-30T12:00:00Z", with an optional fraction (".123", up to 9 digits: cut to ms) and "Z" or an
+ * offset ("+02:00"), or an integer of ms since the epoch: 0 and *ms, or -1 */
+int sg_time_parse(const char *s, int64_t *ms);
 void sg_sha256_hex(const char *data, size_t len, char out[65]);
 
 char *sg_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* malloc'd */

@@ -120,7 +120,7 @@ end
 ---------------------------------------------------------------------------------------------------
 -- the DSL
 
-local SAGA_KEYS = { name = true, steps = true, retry = true, compensate_retry = true, timeout = true, description = true }
+local SAGA_KEYS = { name = true, steps = true, retry = true, compensate_retry = true, timeout = true, description = true, key = true }
 local STEP_KEYS = { name = true, action = true, compensate = true, retry = true, compensate_retry = true, timeout = true, description = true }
 local NAME_PATTERN = "^[%a_][%w_%.%-]*$"
 
@@ -130,7 +130,7 @@ local function define(ld, spec)
   local function fail(msg) error(where .. ": saga.define: " .. msg, 0) end
   if type(spec) ~= "table" then fail("expects a table") end
   for k in pairs(spec) do
-    if not SAGA_KEYS[k] then fail("unknown key '" .. tostring(k) .. "' (known: name, steps, retry, compensate_retry, timeout, description)") end
+    if not SAGA_KEYS[k] then fail("unknown key '" .. tostring(k) .. "' (known: name, steps, retry, compensate_retry, timeout, description, key)") end
   end
   local name = spec.name
   if type(name) ~= "string" or not name:match(NAME_PATTERN) then
@@ -139,7 +139,11 @@ local function define(ld, spec)
   local function sfail(msg) fail("saga '" .. name .. "': " .. msg) end
   if loading.defs[name] then sfail("defined twice in this file") end
   if type(spec.steps) ~= "table" or #spec.steps == 0 then sfail("'steps' must be a non-empty list of steps") end
-  local def = { name = name, file = loading.file, where = where, steps = {} }
+  local key = spec.key
+  if key ~= nil and not (type(key) == "string" and key ~= "") and type(key) ~= "function" then
+    sfail("'key' must be the name of an input field or a function(input) returning the key (got " .. type(key) .. ")")
+  end
+  local def = { name = name, file = loading.file, where = where, steps = {}, key = key }
   local ok, err = pcall(function()
     def.timeout_ms = spec.timeout ~= nil and duration_ms(spec.timeout, "timeout") or 0
     def.retry = parse_retry(spec.retry, "retry", DEFAULT_RETRY)
@@ -412,12 +416,58 @@ end
 function M.version(hash) return versions[hash] end
 
 ---------------------------------------------------------------------------------------------------
+-- business keys
+
+local readonly -- defined with ctx below
+
+local MAX_KEY = 200
+
+-- The business key of a new saga of type_ (version hash) with this input, as the host starts it (under
+-- the limits of a run: RUN_KEY). Returns true and the key (nil = none), or false and why.
+function M.saga_key(hash, type_, input_json)
+  local ld = versions[hash]
+  local def = ld and ld.defs[type_]
+  if not def or def.key == nil then return true, nil end
+  local ok, input = pcall(json.decode, input_json)
+  if not ok or type(input) ~= "table" then input = {} end
+  local v, what
+  if type(def.key) == "string" then
+    what = "key field '" .. def.key .. "'"
+    v = input[def.key]
+  else
+    what = "key function (" .. def.where .. ")"
+    local fok, r = xpcall(def.key, function(e)
+      if core.doomed() then return "" end -- the host has the message; run nothing of the script's
+      if type(e) == "string" then return e end
+      if getmt(e) == Err then return e.message end
+      if type(e) == "table" and type(rawget(e, "message")) == "string" then return rawget(e, "message") end
+      return "error object is a " .. type(e)
+    end, readonly(input))
+    if not fok then return false, "key function failed: " .. tostring(r) end
+    v = r
+  end
+  if v == nil or v == json.null then return true, nil end
+  if math.type(v) == "integer" then
+    v = string.format("%d", v)
+  elseif type(v) == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return false, what .. " gave " .. tostring(v) .. " (not a usable key)" end
+    v = (v == math.floor(v) and math.abs(v) < 2^63) and string.format("%d", math.tointeger(v)) or string.format("%.14g", v)
+  elseif type(v) ~= "string" then
+    return false, what .. " gave a " .. type(v) .. ": a key must be a string or a number (nil for none)"
+  end
+  if v == "" then return false, what .. " gave an empty string: a key must be 1 to " .. MAX_KEY .. " bytes (nil for none)" end
+  if #v > MAX_KEY then return false, what .. " gave " .. #v .. " bytes: a key must be 1 to " .. MAX_KEY .. " bytes" end
+  if v:find("\0", 1, true) or not utf8.len(v) then return false, what .. " gave a string that is not UTF-8 text" end
+  return true, v
+end
+
+---------------------------------------------------------------------------------------------------
 -- ctx
 
 -- A read-only view of a decoded JSON value (ctx.input).
 local originals = setmetatable({}, { __mode = "k" }) -- read-only view -> the table it shows
 
-local function readonly(t)
+function readonly(t)
   if type(t) ~= "table" then return t end
   local cache = {}
   local proxy = {}

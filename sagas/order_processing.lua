@@ -4,6 +4,7 @@ local saga = require "saga"
 
 saga.define {
   name = "OrderProcessing",
+  key = "order_id", -- find it by its order: GET /v1/sagas?key=o-1, sagahost list --key o-1
   timeout = "10m",
   retry = { attempts = 3, backoff = "exponential", initial = "200ms", max = "5s", jitter = true },
   steps = {

@@ -396,6 +396,86 @@ static void test_list(void) {
   s->ops->close(s);
 }
 
+/* the list's key, time bounds and order, the counts, and the key's round trip (ids made as sg_uuid
+ * makes them: the creation ms first) */
+static void test_list_keys(void) {
+  char path[160];
+  snprintf(path, sizeof path, "%s/keys.db", tmpdir);
+  struct sg_store *s = sg_store_sqlite_open(path, &err);
+  if (!CHECK(s != NULL)) return;
+  char ids[6][40];
+  static const char *keys[6] = {"k2", "k1", "k2", "k1", "k2", NULL};
+  static const int sts[6] = {SG_ST_COMPLETED, SG_ST_RUNNING, SG_ST_COMPLETED, SG_ST_COMPENSATED, SG_ST_RUNNING,
+                             SG_ST_COMPLETED};
+  OK(s->ops->begin(s, &err));
+  for (int i = 5; i >= 0; i--) {
+    int64_t ms = 1796040000000LL + 10 * i;
+    snprintf(ids[i], sizeof ids[i], "%08x-%04x-7000-8000-00000000000%d", (unsigned)(ms >> 16), (unsigned)(ms & 0xffff), i);
+    struct sg_saga_row r = mk_saga(ids[i], i == 2 ? "Refund" : "Order", sts[i], NULL);
+    r.biz_key = (char *)keys[i];
+    r.created_at = r.updated_at = ms;
+    OK(s->ops->saga_insert(s, &r, &err));
+  }
+  OK(s->ops->commit(s, &err));
+#define LIST(want_n, status_, ...)                                                          \
+  do {                                                                                      \
+    struct ids c_ = {0};                                                                    \
+    struct sg_saga_filter f_ = {.status = status_, __VA_ARGS__};                            \
+    if (!f_.limit) f_.limit = 100;                                                          \
+    OK(s->ops->saga_list(s, &f_, collect_saga, &c_, &err));                                 \
+    CHECK_EQ_INT(c_.n, (int)(sizeof want_n / sizeof want_n[0]));                            \
+    for (int i_ = 0; i_ < c_.n && i_ < (int)(sizeof want_n / sizeof want_n[0]); i_++)       \
+      CHECK_STR(c_.id[i_], ids[want_n[i_]]);                                                \
+  } while (0)
+  int all_desc[] = {5, 4, 3, 2, 1, 0};
+  LIST(all_desc, -1, .desc = 1);
+  int k1[] = {3, 1}, k2_asc[] = {0, 2, 4}, k2_order[] = {4, 0};
+  LIST(k1, -1, .key = "k1", .desc = 1);
+  LIST(k2_asc, -1, .key = "k2");
+  LIST(k2_order, -1, .key = "k2", .type = "Order", .desc = 1);
+  int k1_running[] = {1};
+  LIST(k1_running, SG_ST_RUNNING, .key = "k1");
+  struct ids c = {0};
+  struct sg_saga_filter f = {.status = -1, .key = "k3", .limit = 100};
+  OK(s->ops->saga_list(s, &f, collect_saga, &c, &err));
+  CHECK_EQ_INT(c.n, 0);
+  /* since inclusive, until exclusive, in either order, with a cursor */
+  int range[] = {2, 3}, range_desc[] = {3, 2}, after_cursor[] = {2, 1, 0}, before_cursor[] = {4, 5};
+  LIST(range, -1, .since = 1796040000020LL, .until = 1796040000040LL);
+  LIST(range_desc, -1, .since = 1796040000020LL, .until = 1796040000040LL, .desc = 1);
+  LIST(after_cursor, -1, .after = ids[3], .desc = 1);
+  LIST(before_cursor, -1, .after = ids[3]);
+  int cursor_since[] = {2};
+  LIST(cursor_since, -1, .after = ids[3], .since = 1796040000015LL, .desc = 1);
+  int limited[] = {5, 4};
+  LIST(limited, -1, .desc = 1, .limit = 2);
+#undef LIST
+  /* counts, of all and of a type */
+  int64_t counts[SG_ST_RESOLVED + 1];
+  OK(s->ops->saga_counts(s, NULL, counts, &err));
+  CHECK_EQ_INT(counts[SG_ST_RUNNING], 2);
+  CHECK_EQ_INT(counts[SG_ST_COMPLETED], 3);
+  CHECK_EQ_INT(counts[SG_ST_COMPENSATED], 1);
+  CHECK_EQ_INT(counts[SG_ST_COMPENSATING], 0);
+  CHECK_EQ_INT(counts[SG_ST_RESOLVED], 0);
+  OK(s->ops->saga_counts(s, "Refund", counts, &err));
+  CHECK_EQ_INT(counts[SG_ST_COMPLETED], 1);
+  CHECK_EQ_INT(counts[SG_ST_RUNNING], 0);
+  /* the key comes back with the row, and with its copy */
+  struct sg_saga_row got = {0}, copy;
+  CHECK_EQ_INT(s->ops->saga_get(s, ids[1], &got, &err), 1);
+  CHECK_STR(got.biz_key, "k1");
+  sg_store_saga_row_copy(&copy, &got);
+  CHECK_STR(copy.biz_key, "k1");
+  CHECK(copy.biz_key != got.biz_key);
+  sg_store_saga_row_free(&copy);
+  sg_store_saga_row_free(&got);
+  CHECK_EQ_INT(s->ops->saga_get(s, ids[5], &got, &err), 1);
+  CHECK_STR(got.biz_key, NULL);
+  sg_store_saga_row_free(&got);
+  s->ops->close(s);
+}
+
 /* ---- history ---- */
 
 /* Copies of the history rows a hist_each hands out. */
@@ -995,6 +1075,7 @@ int main(void) {
   s->ops->close(s);
   test_reopen();
   test_list();
+  test_list_keys();
   bench_group_commit();
   test_writer_lock();
 

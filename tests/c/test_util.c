@@ -92,7 +92,51 @@ static void test_dir_check(void) {
   rmdir(dir);
 }
 
+/* the times GET /v1/sagas takes for since= and until=, and the time in a saga id */
+static void test_time_parse(void) {
+  int64_t ms = -1;
+  CHECK_EQ_INT(sg_time_parse("2026-11-30T12:00:00Z", &ms), 0);
+  CHECK_EQ_INT(ms, 1796040000000LL);
+  CHECK_EQ_INT(sg_time_parse("2026-11-30T12:00:00.123Z", &ms), 0);
+  CHECK_EQ_INT(ms, 1796040000123LL);
+  CHECK_EQ_INT(sg_time_parse("2026-11-30T12:00:00.5z", &ms), 0);
+  CHECK_EQ_INT(ms, 1796040000500LL);
+  CHECK_EQ_INT(sg_time_parse("2026-11-30T12:00:00.123456789Z", &ms), 0);
+  CHECK_EQ_INT(ms, 1796040000123LL);
+  CHECK_EQ_INT(sg_time_parse("2026-11-30T13:30:00+01:30", &ms), 0);
+  CHECK_EQ_INT(ms, 1796040000000LL);
+  CHECK_EQ_INT(sg_time_parse("2026-11-30T10:00:00-02:00", &ms), 0);
+  CHECK_EQ_INT(ms, 1796040000000LL);
+  CHECK_EQ_INT(sg_time_parse("1970-01-01T00:00:00Z", &ms), 0);
+  CHECK_EQ_INT(ms, 0);
+  CHECK_EQ_INT(sg_time_parse("2024-02-29T00:00:00Z", &ms), 0);
+  CHECK_EQ_INT(ms, 1709164800000LL);
+  CHECK_EQ_INT(sg_time_parse("1796040000123", &ms), 0);
+  CHECK_EQ_INT(ms, 1796040000123LL);
+  static const char *bad[] = {
+    "", "yesterday", "2026-11-30", "2026-11-30T12:00:00", "2026-11-30 12:00:00Z", "2026-13-01T00:00:00Z",
+    "2026-02-29T00:00:00Z", "2026-11-31T00:00:00Z", "2026-11-30T24:00:00Z", "2026-11-30T12:60:00Z",
+    "2026-11-30T12:00:60Z", "2026-11-30T12:00:00.Z", "2026-11-30T12:00:00.1234567890Z", "2026-11-30T12:00:00ZZ",
+    "2026-11-30T12:00:00+0100", "-5", "12.5", "1796040000123x", "99999999999999999999",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+    if (!CHECK(sg_time_parse(bad[i], &ms) < 0)) fprintf(stderr, "  accepted '%s'\n", bad[i]);
+
+  char id[37];
+  int64_t before = sg_now_ms();
+  sg_uuid(id);
+  int64_t t = sg_uuid_time_ms(id);
+  CHECK(t >= before && t <= sg_now_ms());
+  CHECK_EQ_INT(sg_uuid_time_ms("01a22edc-9e48-7580-b506-f5f3507e8de4"), 0x01a22edc9e48LL);
+  CHECK_EQ_INT(sg_uuid_time_ms("01a22edc-9e48-7580-b506-f5f3507e8de"), -1);
+  CHECK_EQ_INT(sg_uuid_time_ms("01a22edc-9e48-7580-b506-f5f3507e8de45"), -1);
+  CHECK_EQ_INT(sg_uuid_time_ms("01A22EDC-9e48-7580-b506-f5f3507e8de4"), -1);
+  CHECK_EQ_INT(sg_uuid_time_ms("01a22edc_9e48-7580-b506-f5f3507e8de4"), -1);
+  CHECK_EQ_INT(sg_uuid_time_ms(""), -1);
+}
+
 int main(void) {
+  test_time_parse();
   test_rand_seeds();
   test_jitter_range();
   test_dir_check();

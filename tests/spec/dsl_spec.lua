@@ -33,6 +33,8 @@ describe("sagahost check", function()
     { "a saga defined twice", HEAD .. 'local f = function() end\nsaga.define { name = "X", steps = { { name = "A", action = f } } }\nsaga.define { name = "X", steps = { { name = "A", action = f } } }\n',
       "x.lua:4: .*defined twice" },
     { "no steps", HEAD .. 'saga.define { name = "X", steps = {} }\n', "x.lua:2: .*non%-empty list" },
+    { "a key that is neither a field name nor a function", HEAD .. 'saga.define { name = "X", key = 42, steps = { { name = "A", action = function() end } } }\n',
+      "x.lua:2: saga.define: saga 'X': 'key' must be the name of an input field or a function%(input%) returning the key %(got number%)" },
     { "a syntax error", HEAD .. 'saga.define { name = "X"\n', "x.lua:3: .*expected" },
     { "a runtime error at load", HEAD .. 'local t = nil\nprint(t.x)\n', "x.lua:3: attempt to index" },
     { "a forbidden library", HEAD .. 'io.open("/etc/passwd")\n', "x.lua:2: attempt to index a nil value %(global 'io'%)" },

@@ -307,7 +307,9 @@ describe("HTTP methods", function()
       { "PUT", s .. "/resolve", 405, "POST" },
       { "POST", s .. "/compensate", 409 }, { "POST", s .. "/retry", 409 }, { "POST", s .. "/resolve", 400 }, -- (no note)
       { "GET", "/v1/nothing", 404 }, { "DELETE", "/v2/x", 404 }, { "GET", s .. "/nope", 404 },
-      { "POST", s .. "/nope", 404 }, { "GET", "/", 404 }, { "POST", s .. "/compensate/extra", 404 },
+      { "POST", s .. "/nope", 404 }, { "POST", s .. "/compensate/extra", 404 },
+      { "GET", "/", 200 }, { "HEAD", "/", 200 }, { "POST", "/", 405, GH }, { "GET", "/ui/app.js", 200 }, -- the dashboard
+      { "DELETE", "/ui/app.js", 405, GH }, { "GET", "/ui/nope.js", 404 }, { "GET", "/ui", 404 }, { "GET", "/ui/a/b", 404 },
       { "GET", s .. "/plan/x/y", 404 },
       { "BREWCOFFEE", "/healthz", 405, GH }, { "BREWCOFFEE", "/nowhere", 404 },
     }

@@ -1,0 +1,570 @@
+/* events: GET /v1/events (Server-Sent Events) and the waits of GET /v1/sagas/{id}?wait=, on the table
+ * of lifecycle events the engine writes in the commit that made each one true.
+ *
+ * One tail per host follows the table (sg_store_read SG_READ_EVENTS, never blocking the loop): after
+ * every local commit that made events (an observer of the engine), and every EV_POLL_S on a store
+ * shared by several hosts, whose events arrive only through the table. What the tail reads goes to
+ * a ring of the latest events and to every live subscriber whose filters match. A subscriber that
+ * resumes (Last-Event-ID) reads the table from its position, a page at a time, until it reaches the
+ * ring, then joins the live ones: a reconnect misses nothing that is still in the store.
+ *
+ * Bounds: each subscriber's unsent bytes are capped (SUB_CAP); a client that does not read is
+ * dropped when it would go over (it reconnects and resumes from the store), so a stalled client
+ * never holds up the host or grows its memory. The ring keeps the last RING events. The tail runs
+ * only while someone subscribes or waits. */
+#include "events.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store.h"
+
+#define RING 4096               /* latest events kept for subscribers joining the live stream */
+#define SUB_CAP (1u << 20)      /* unsent bytes per subscriber before it is dropped */
+#define CATCHUP_PAUSE (256u << 10) /* a resuming subscriber reads the next page once below this */
+#define PAGE 500                /* events per read */
+#define EV_POLL_S 0.1           /* several hosts: how often the table is read for the others' events */
+#define KEEPALIVE_S 15.0        /* a comment line to every subscriber (proxies close quiet connections) */
+
+/* a position in the stream: (txid, id) on PostgreSQL, (0, id) on SQLite */
+struct pos { uint64_t t, i; };
+
+static int pos_parse(const char *s, struct pos *p) {
+  char *end;
+  p->t = 0;
+  p->i = strtoull(s, &end, 10);
+  if (*end == '-') {
+    p->t = p->i;
+    p->i = strtoull(end + 1, &end, 10);
+  }
+  return *end ? -1 : 0;
+}
+
+static int pos_cmp(struct pos a, struct pos b) {
+  if (a.t != b.t) return a.t < b.t ? -1 : 1;
+  return a.i < b.i ? -1 : a.i > b.i;
+}
+
+/* one event of the ring, formatted once for every subscriber */
+struct rec {
+  struct pos pos;
+  char *saga_id, *type, *status; /* for the filters */
+  int terminal;
+  char *frame;                  /* "id: ...\ndata: {...}\n\n" */
+  size_t len;
+};
+
+enum sub_state { SUB_INIT, SUB_CATCHUP, SUB_LIVE };
+
+struct sub {
+  struct sg_events *h;
+  struct sg_http_stream *st;
+  char *saga, *type;            /* filters, NULL = any */
+  int status;                   /* filter, -1 = any */
+  char from[48];                /* Last-Event-ID, "" = new events only */
+  struct pos pos;               /* the last event this subscriber has been given (or skipped by filter) */
+  enum sub_state state;
+  int reading;                  /* a catch-up read on its way */
+  ev_timer again;               /* a paused catch-up goes on */
+  struct sub *prev, *next;
+};
+
+struct waiter {
+  struct sg_events *h;
+  char id[40];
+  sg_events_wait_cb cb;
+  void *ud;
+  int armed;
+  ev_timer timer;
+  struct waiter *prev, *next;
+};
+
+struct sg_events {
+  struct ev_loop *loop;
+  struct sg_engine *en;
+  int shared;                   /* several hosts write the table: poll it */
+  int inited;                   /* pos is the tail's position */
+  char pos[48];                 /* where the tail is (the store's text) */
+  struct pos tail;              /* the same, parsed */
+  struct pos base;              /* the position just before ring[0] */
+  struct rec ring[RING];
+  size_t head, n;               /* ring[head] is the oldest of n */
+  int reading, again;           /* a tail read on its way; another one is due after it */
+  ev_timer poll, keepalive;
+  struct sub *subs;
+  struct waiter *waiters;
+  size_t nsubs, nwaiters;
+  int64_t dropped;              /* subscribers dropped for not reading */
+  int inflight;                 /* reads and after-commit calls on their way (they hold pointers to us) */
+  int stopping;                 /* sg_events_free was called: freed when inflight reaches 0 */
+};
+
+static void final_free(struct sg_events *h);
+
+/* a read or after-commit call of ours has come back; 1 when the host is stopping (and h may be gone) */
+static int came_back(struct sg_events *h) {
+  h->inflight--;
+  if (!h->stopping) return 0;
+  if (!h->inflight) final_free(h);
+  return 1;
+}
+
+static void tail_kick(struct sg_events *h);
+
+static void rec_free(struct rec *r) {
+  free(r->saga_id); free(r->type); free(r->status); free(r->frame);
+  memset(r, 0, sizeof *r);
+}
+
+static void ring_clear(struct sg_events *h) {
+  for (size_t k = 0; k < h->n; k++) rec_free(&h->ring[(h->head + k) % RING]);
+  h->head = h->n = 0;
+}
+
+static int active(const struct sg_events *h) { return h->nsubs + h->nwaiters > 0; }
+
+/* nobody follows any more: forget the tail (it is read again, from the end, when someone comes) */
+static void maybe_idle(struct sg_events *h) {
+  if (active(h)) return;
+  ev_timer_stop(h->loop, &h->poll);
+  ev_timer_stop(h->loop, &h->keepalive);
+  if (!h->reading) {
+    h->inited = 0;
+    ring_clear(h);
+  }
+}
+
+static void add_time(struct sg_buf *b, const char *key, int64_t ms) {
+  char ts[32];
+  sg_iso8601(ms, ts);
+  sg_buf_printf(b, ",\"%s\":\"%s\"", key, ts);
+}
+
+static void format(struct sg_buf *b, const struct sg_event_row *ev) {
+  sg_buf_printf(b, "id: %s\ndata: {\"event_id\":\"%s\",\"kind\":", ev->pos, ev->pos);
+  sg_buf_add_json_str(b, ev->kind);
+  if (!ev->saga_id) { /* a definition's */
+    sg_buf_adds(b, ",\"file\":"); sg_buf_add_json_str(b, ev->step_name);
+    sg_buf_adds(b, ",\"version\":"); sg_buf_add_json_str(b, ev->outcome);
+    sg_buf_adds(b, ",\"error\":"); sg_buf_add_json_str(b, ev->detail);
+  } else {
+    sg_buf_adds(b, ",\"saga_id\":"); sg_buf_add_json_str(b, ev->saga_id);
+    sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, ev->type);
+    sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, ev->status);
+    sg_buf_printf(b, ",\"step\":%d,\"step_name\":", ev->step + 1);
+    sg_buf_add_json_str(b, ev->step_name);
+    sg_buf_adds(b, ",\"phase\":"); sg_buf_add_json_str(b, sg_phase_name(ev->phase));
+    sg_buf_printf(b, ",\"attempt\":%d,\"outcome\":", ev->attempt);
+    sg_buf_add_json_str(b, ev->outcome);
+    sg_buf_adds(b, ",\"detail\":"); sg_buf_add_json_str(b, ev->detail);
+    sg_buf_printf(b, ",\"duration_ms\":%" PRId64, ev->duration_ms);
+  }
+  add_time(b, "at", ev->at);
+  sg_buf_adds(b, ",\"host_id\":"); sg_buf_add_json_str(b, ev->host_id);
+  sg_buf_adds(b, "}\n\n");
+}
+
+static int matches(const struct sub *s, const char *saga_id, const char *type, const char *status) {
+  if (s->saga && (!saga_id || strcmp(s->saga, saga_id))) return 0;
+  if (s->type && (!type || strcmp(s->type, type))) return 0;
+  if (s->status >= 0 && (!status || sg_status_parse(status) != s->status)) return 0;
+  return 1;
+}
+
+static void sub_free(struct sub *s) {
+  struct sg_events *h = s->h;
+  ev_timer_stop(h->loop, &s->again);
+  if (s->prev) s->prev->next = s->next;
+  else h->subs = s->next;
+  if (s->next) s->next->prev = s->prev;
+  h->nsubs--;
+  free(s->saga);
+  free(s->type);
+  free(s);
+}
+
+/* ends a subscriber's response: what is buffered is still sent, unless it does not read (abort) */
+static void sub_drop(struct sub *s, int abort, const char *why) {
+  sg_info("events: dropping a subscriber: %s", why);
+  if (abort) sg_http_stream_abort(s->st);
+  else sg_http_stream_end(s->st);
+  if (s->reading) { s->st = NULL; s->state = SUB_INIT; return; } /* freed when its read answers */
+  struct sg_events *h = s->h;
+  sub_free(s);
+  maybe_idle(h);
+}
+
+/* 0, or -1 after dropping s (it does not read fast enough) */
+static int sub_write(struct sub *s, const char *frame, size_t len) {
+  if (sg_http_stream_write(s->st, frame, len) == 0) return 0;
+  s->h->dropped++;
+  sub_drop(s, 1, "it does not read (its unsent events are over 1 MiB); it resumes from its last event id when it"
+              " reconnects");
+  return -1;
+}
+
+/* the ring's events after s->pos, then s is live */
+static int sub_join(struct sub *s) {
+  struct sg_events *h = s->h;
+  for (size_t k = 0; k < h->n; k++) {
+    struct rec *r = &h->ring[(h->head + k) % RING];
+    if (pos_cmp(r->pos, s->pos) <= 0) continue;
+    s->pos = r->pos;
+    if (matches(s, r->saga_id, r->type, r->status) && sub_write(s, r->frame, r->len) < 0) return -1;
+  }
+  s->pos = h->tail; /* (a position past the end is another store's: live from here) */
+  s->state = SUB_LIVE;
+  return 0;
+}
+
+static void catchup_read(struct sub *s);
+
+static void on_catchup(struct sg_read *rd) {
+  struct sub *s = rd->ud;
+  struct sg_events *h = s->h;
+  s->reading = 0;
+  if (h->stopping) {
+    sg_read_free(rd);
+    sub_free(s);
+    came_back(h);
+    return;
+  }
+  came_back(h);
+  if (!s->st) { /* dropped meanwhile */
+    sub_free(s);
+    sg_read_free(rd);
+    maybe_idle(h);
+    return;
+  }
+  if (rd->rc < 0) {
+    char line[700];
+    int n = snprintf(line, sizeof line, ": cannot resume from %s: %s\n\n", rd->a, rd->err.msg);
+    sg_http_stream_write(s->st, line, (size_t)n);
+    sg_read_free(rd);
+    sub_drop(s, 0, "its resume read failed");
+    return;
+  }
+  struct sg_buf b;
+  sg_buf_init(&b);
+  for (size_t k = 0; k < rd->nevents; k++) {
+    const struct sg_event_row *ev = &rd->events[k];
+    if (!matches(s, ev->saga_id, ev->type, ev->status)) continue;
+    format(&b, ev);
+  }
+  struct pos p;
+  if (pos_parse(rd->pos, &p) == 0) s->pos = p;
+  size_t got = rd->nevents;
+  sg_read_free(rd);
+  if (b.len && sub_write(s, b.data, b.len) < 0) { sg_buf_free(&b); return; }
+  sg_buf_free(&b);
+  /* reached the ring (or the end of what the store has): live from here */
+  if (pos_cmp(s->pos, s->h->base) >= 0 || got < PAGE) { sub_join(s); return; }
+  if (sg_http_stream_pending(s->st) > CATCHUP_PAUSE) { ev_timer_start(s->h->loop, &s->again); return; }
+  catchup_read(s);
+}
+
+static void catchup_read(struct sub *s) {
+  char at[48];
+  if (strchr(s->h->pos, '-')) snprintf(at, sizeof at, "%" PRIu64 "-%" PRIu64, s->pos.t, s->pos.i);
+  else snprintf(at, sizeof at, "%" PRIu64, s->pos.i);
+  struct sg_read *rd = sg_read_new(SG_READ_EVENTS, at, NULL, on_catchup, s);
+  rd->limit = PAGE;
+  s->reading = 1;
+  s->h->inflight++;
+  sg_engine_read(s->h->en, rd);
+}
+
+static void on_again(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sub *s = w->data;
+  if (sg_http_stream_pending(s->st) > CATCHUP_PAUSE) { ev_timer_again(loop, w); return; }
+  ev_timer_stop(loop, w);
+  catchup_read(s);
+}
+
+/* the tail is known: s starts (from its Last-Event-ID, or from now) */
+static void sub_start(struct sub *s) {
+  if (!s->from[0]) {
+    s->pos = s->h->tail;
+    s->state = SUB_LIVE;
+    return;
+  }
+  struct pos p;
+  if (pos_parse(s->from, &p) < 0) {
+    char line[200];
+    int n = snprintf(line, sizeof line, ": malformed Last-Event-ID '%.60s': starting with new events\n\n", s->from);
+    if (sub_write(s, line, (size_t)n) < 0) return;
+    s->pos = s->h->tail;
+    s->state = SUB_LIVE;
+    return;
+  }
+  s->pos = p;
+  if (pos_cmp(p, s->h->base) >= 0) { sub_join(s); return; }
+  s->state = SUB_CATCHUP;
+  catchup_read(s);
+}
+
+static void waiter_free(struct waiter *w) {
+  struct sg_events *h = w->h;
+  ev_timer_stop(h->loop, &w->timer);
+  if (w->prev) w->prev->next = w->next;
+  else h->waiters = w->next;
+  if (w->next) w->next->prev = w->prev;
+  h->nwaiters--;
+  free(w);
+}
+
+/* a waiter's callback; it is freed when the callback says it is done */
+static void waiter_call(struct waiter *w, int what) {
+  struct sg_events *h = w->h;
+  if (w->cb(w->ud, what)) {
+    waiter_free(w);
+    maybe_idle(h);
+  }
+}
+
+static void on_wait_timeout(struct ev_loop *loop, ev_timer *t, int revents) {
+  waiter_call(t->data, SG_EVENTS_WAIT_TIMEOUT);
+}
+
+/* events read by the tail: into the ring, to the live subscribers, to the waiters */
+static void tail_deliver(struct sg_events *h, struct sg_read *rd) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  for (size_t k = 0; k < rd->nevents; k++) {
+    const struct sg_event_row *ev = &rd->events[k];
+    struct pos p;
+    if (pos_parse(ev->pos, &p) < 0) continue;
+    b.len = 0;
+    format(&b, ev);
+    if (h->n == RING) { /* the oldest goes */
+      struct rec *old = &h->ring[h->head];
+      h->base = old->pos;
+      rec_free(old);
+      h->head = (h->head + 1) % RING;
+      h->n--;
+    }
+    struct rec *r = &h->ring[(h->head + h->n++) % RING];
+    r->pos = p;
+    r->saga_id = sg_strdup(ev->saga_id);
+    r->type = sg_strdup(ev->type);
+    r->status = sg_strdup(ev->status);
+    r->terminal = !strcmp(ev->kind, "terminal");
+    r->frame = sg_strdup(b.data);
+    r->len = b.len;
+    h->tail = p;
+    for (struct sub *s = h->subs, *next; s; s = next) {
+      next = s->next;
+      if (s->state != SUB_LIVE || pos_cmp(p, s->pos) <= 0) continue;
+      s->pos = p;
+      if (matches(s, r->saga_id, r->type, r->status)) sub_write(s, r->frame, r->len);
+    }
+    if (r->terminal && r->saga_id)
+      for (struct waiter *w = h->waiters, *next; w; w = next) {
+        next = w->next;
+        if (w->armed && !strcmp(w->id, r->saga_id)) waiter_call(w, SG_EVENTS_WAIT_TERMINAL);
+      }
+  }
+  sg_buf_free(&b);
+}
+
+static void on_tail(struct sg_read *rd) {
+  struct sg_events *h = rd->ud;
+  h->reading = 0;
+  if (came_back(h)) { sg_read_free(rd); return; }
+  if (rd->rc < 0) {
+    sg_warn("events: reading the event table: %s", rd->err.msg);
+    sg_read_free(rd);
+    if (!active(h)) maybe_idle(h);
+    return; /* the next commit or poll tries again */
+  }
+  size_t got = rd->nevents;
+  if (!h->inited) {
+    snprintf(h->pos, sizeof h->pos, "%s", rd->pos);
+    pos_parse(h->pos, &h->tail);
+    h->base = h->tail;
+    h->inited = 1;
+    sg_read_free(rd);
+    for (struct sub *s = h->subs, *next; s; s = next) {
+      next = s->next;
+      if (s->state == SUB_INIT && s->st) sub_start(s);
+    }
+    for (struct waiter *w = h->waiters, *next; w; w = next) {
+      next = w->next;
+      if (!w->armed) {
+        w->armed = 1;
+        waiter_call(w, SG_EVENTS_WAIT_ARMED);
+      }
+    }
+  } else {
+    tail_deliver(h, rd);
+    snprintf(h->pos, sizeof h->pos, "%s", rd->pos);
+    sg_read_free(rd);
+  }
+  if (!active(h)) { maybe_idle(h); return; }
+  if (h->again || got == PAGE) { h->again = 0; tail_kick(h); }
+}
+
+static void tail_read(void *ud, int status) {
+  struct sg_events *h = ud;
+  (void)status;
+  if (came_back(h)) return;
+  if (!active(h)) { h->reading = 0; maybe_idle(h); return; }
+  struct sg_read *rd = sg_read_new(SG_READ_EVENTS, h->inited ? h->pos : NULL, NULL, on_tail, h);
+  rd->limit = PAGE;
+  h->inflight++;
+  sg_engine_read(h->en, rd);
+}
+
+/* reads the table after the commit on its way (reads never show what is not committed) */
+static void tail_kick(struct sg_events *h) {
+  if (h->stopping || !active(h)) return;
+  if (h->reading) { h->again = 1; return; }
+  h->reading = 1;
+  h->inflight++;
+  sg_engine_after_commit(h->en, tail_read, h);
+}
+
+static void on_poll(struct ev_loop *loop, ev_timer *w, int revents) { tail_kick(w->data); }
+
+static void on_keepalive(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_events *h = w->data;
+  for (struct sub *s = h->subs, *next; s; s = next) {
+    next = s->next;
+    if (s->st) sub_write(s, ": keepalive\n\n", 13);
+  }
+}
+
+/* someone follows now: the tail runs */
+static void wake(struct sg_events *h) {
+  if (h->shared && !ev_is_active(&h->poll)) ev_timer_again(h->loop, &h->poll);
+  if (h->nsubs && !ev_is_active(&h->keepalive)) ev_timer_again(h->loop, &h->keepalive);
+  if (!h->inited) tail_kick(h);
+}
+
+static void on_event(void *ud, const struct sg_event *ev) {
+  (void)ev;
+  tail_kick(ud);
+}
+
+struct sg_events *sg_events_new(struct ev_loop *loop, struct sg_engine *en, int shared) {
+  struct sg_events *h = sg_xcalloc(1, sizeof *h);
+  h->loop = loop;
+  h->en = en;
+  h->shared = shared;
+  ev_timer_init(&h->poll, on_poll, 0., EV_POLL_S);
+  h->poll.data = h;
+  ev_timer_init(&h->keepalive, on_keepalive, 0., KEEPALIVE_S);
+  h->keepalive.data = h;
+  sg_engine_observe(en, on_event, h);
+  return h;
+}
+
+static void final_free(struct sg_events *h) {
+  ring_clear(h);
+  free(h);
+}
+
+void sg_events_free(struct sg_events *h) {
+  if (!h) return;
+  h->stopping = 1;
+  ev_timer_stop(h->loop, &h->poll);
+  ev_timer_stop(h->loop, &h->keepalive);
+  for (struct sub *s = h->subs, *next; s; s = next) {
+    next = s->next;
+    if (s->st) sg_http_stream_end(s->st);
+    s->st = NULL;
+    if (!s->reading) sub_free(s); /* else when its read comes back */
+  }
+  while (h->waiters) waiter_free(h->waiters);
+  if (!h->inflight) final_free(h);
+}
+
+static void on_stream_closed(void *ud, struct sg_http_stream *st) {
+  struct sub *s = ud;
+  sg_http_stream_end(st); /* frees it: the client is gone */
+  s->st = NULL;
+  if (s->reading) return; /* freed when its read answers */
+  struct sg_events *h = s->h;
+  sub_free(s);
+  maybe_idle(h);
+}
+
+void sg_events_subscribe(struct sg_events *h, struct sg_http_req *req) {
+  const char *saga = sg_http_query(req, "saga");
+  const char *type = sg_http_query(req, "type");
+  const char *status = sg_http_query(req, "status");
+  const char *from = sg_http_header(req, "Last-Event-ID");
+  if (!from || !*from) from = sg_http_query(req, "last_event_id");
+  int st = -1;
+  if (status && *status && (st = sg_status_parse(status)) < 0) {
+    sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated, "
+                                  "compensation_failed or resolved)");
+    return;
+  }
+  if (from && strlen(from) >= 48) {
+    sg_http_reply_error(req, 400, "malformed Last-Event-ID: too long to be an event id");
+    return;
+  }
+  struct pos p;
+  if (from && *from && pos_parse(from, &p) < 0) {
+    sg_http_reply_error(req, 400, "malformed Last-Event-ID: an event id is digits, or two numbers joined by '-'");
+    return;
+  }
+  struct sub *s = sg_xcalloc(1, sizeof *s);
+  s->h = h;
+  s->saga = saga && *saga ? sg_strdup(saga) : NULL;
+  s->type = type && *type ? sg_strdup(type) : NULL;
+  s->status = st;
+  snprintf(s->from, sizeof s->from, "%s", from ? from : "");
+  ev_timer_init(&s->again, on_again, 0.05, 0.05);
+  s->again.data = s;
+  s->st = sg_http_stream_open(req, "text/event-stream", SUB_CAP, on_stream_closed, s);
+  if (!s->st) {
+    free(s->saga); free(s->type); free(s);
+    return;
+  }
+  s->next = h->subs;
+  if (h->subs) h->subs->prev = s;
+  h->subs = s;
+  h->nsubs++;
+  /* the first bytes send the headers: the client knows it is connected */
+  if (sub_write(s, "retry: 2000\n\n", 13) < 0) return;
+  wake(h);
+  if (h->inited) sub_start(s);
+}
+
+void sg_events_wait(struct sg_events *h, const char *saga_id, double timeout_s, sg_events_wait_cb cb, void *ud) {
+  struct waiter *w = sg_xcalloc(1, sizeof *w);
+  w->h = h;
+  snprintf(w->id, sizeof w->id, "%s", saga_id);
+  w->cb = cb;
+  w->ud = ud;
+  ev_timer_init(&w->timer, on_wait_timeout, timeout_s, 0.);
+  w->timer.data = w;
+  ev_timer_start(h->loop, &w->timer);
+  w->next = h->waiters;
+  if (h->waiters) h->waiters->prev = w;
+  h->waiters = w;
+  h->nwaiters++;
+  wake(h);
+  if (h->inited) {
+    w->armed = 1;
+    waiter_call(w, SG_EVENTS_WAIT_ARMED);
+  }
+}
+
+void sg_events_wait_cancel(struct sg_events *h, void *ud) {
+  for (struct waiter *w = h->waiters; w; w = w->next)
+    if (w->ud == ud) {
+      waiter_free(w);
+      maybe_idle(h);
+      return;
+    }
+}
+
+void sg_events_stats(const struct sg_events *h, size_t *subscribers, int64_t *dropped) {
+  *subscribers = h->nsubs;
+  *dropped = h->dropped;
+}
