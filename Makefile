@@ -44,7 +44,7 @@ test-debug: test-deps build debug
 	SAGAHOST=$(CURDIR)/$(DEBUG_BUILD)/sagahost SG_SLOW=1 bash tests/run-specs.sh
 	SG_STORE=postgres SAGAHOST=$(CURDIR)/$(DEBUG_BUILD)/sagahost SG_SLOW=1 bash tests/run-specs.sh \
 	  tests/spec/pg_store_spec.lua tests/spec/hosts_spec.lua tests/spec/multihost_spec.lua tests/spec/api_spec.lua \
-	  tests/spec/amqp_spec.lua
+	  tests/spec/amqp_spec.lua tests/spec/events_spec.lua tests/spec/search_spec.lua
 	$(MAKE) fuzz-smoke
 
 # libFuzzer targets (tests/fuzz/README.md): a separate clang build with ASan/UBSan

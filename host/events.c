@@ -8,10 +8,12 @@
  * resumes (Last-Event-ID) reads the table from its position, a page at a time, until it reaches the
  * ring, then joins the live ones: a reconnect misses nothing that is still in the store.
  *
- * Bounds: each subscriber's unsent bytes are capped (SUB_CAP); a client that does not read is
- * dropped when it would go over (it reconnects and resumes from the store), so a stalled client
- * never holds up the host or grows its memory. The ring keeps the last RING events. The tail runs
- * only while someone subscribes or waits. */
+ * Bounds: a live subscriber with more than LAG bytes unsent stops getting events pushed and reads
+ * them from the store instead, at its own pace (the store is its buffer: nothing is skipped); it
+ * joins the live ones again when it has caught up. One whose unsent bytes do not go down for STALL_S
+ * is dropped (it resumes from the store when it reconnects), so a stalled client never holds up the
+ * host or grows its memory. The ring keeps the last RING events. The tail runs only while someone
+ * subscribes or waits. */
 #include "events.h"
 
 #include <inttypes.h>
@@ -22,29 +24,95 @@
 #include "store.h"
 
 #define RING 4096               /* latest events kept for subscribers joining the live stream */
-#define SUB_CAP (1u << 20)      /* unsent bytes per subscriber before it is dropped */
-#define CATCHUP_PAUSE (256u << 10) /* a resuming subscriber reads the next page once below this */
-#define PAGE 500                /* events per read */
+#define LAG (256u << 10)        /* unsent bytes past which a subscriber reads from the store */
+#define SUB_CAP (4u << 20)      /* unsent bytes no subscriber may have (LAG + what one event adds) */
+#define STALL_S 10.0            /* a subscriber whose unsent bytes do not go down for this long is dropped */
+#define CATCHUP_PAGE 4          /* batches per read of a subscriber catching up */
+#define PAGE 16                 /* batches (commits) per read */
 #define EV_POLL_S 0.1           /* several hosts: how often the table is read for the others' events */
 #define KEEPALIVE_S 15.0        /* a comment line to every subscriber (proxies close quiet connections) */
 
-/* a position in the stream: (txid, id) on PostgreSQL, (0, id) on SQLite */
-struct pos { uint64_t t, i; };
+/* A position in the stream: the event's batch (the row of the commit that wrote it: (txid, id) on
+ * PostgreSQL, (0, id) on SQLite) and its place k in it (1-based). An id without ".k" stands for the
+ * whole batch (k = ALL): a batch position the store gave, or "0" (before everything). Event ids are
+ * "id.k" (SQLite) and "txid-id.k" (PostgreSQL). */
+#define ALL UINT32_MAX
+struct pos { uint64_t t, i; uint32_t k; };
+
+static int digits(const char *s, const char *end) {
+  if (s == end || end - s > 20) return 0;
+  for (; s < end; s++) if (*s < '0' || *s > '9') return 0;
+  return 1;
+}
 
 static int pos_parse(const char *s, struct pos *p) {
-  char *end;
-  p->t = 0;
-  p->i = strtoull(s, &end, 10);
-  if (*end == '-') {
-    p->t = p->i;
-    p->i = strtoull(end + 1, &end, 10);
+  const char *dash = strchr(s, '-'), *dot = strchr(s, '.');
+  const char *i0 = dash ? dash + 1 : s, *i1 = dot ? dot : s + strlen(s);
+  if ((dash && (!digits(s, dash) || dash > i1)) || !digits(i0, i1) || (dot && !digits(dot + 1, dot + 1 + strlen(dot + 1))))
+    return -1;
+  p->t = dash ? strtoull(s, NULL, 10) : 0;
+  p->i = strtoull(i0, NULL, 10);
+  p->k = ALL;
+  if (dot) {
+    unsigned long long k = strtoull(dot + 1, NULL, 10);
+    if (k < 1 || k >= ALL) return -1;
+    p->k = (uint32_t)k;
   }
-  return *end ? -1 : 0;
+  return 0;
 }
 
 static int pos_cmp(struct pos a, struct pos b) {
   if (a.t != b.t) return a.t < b.t ? -1 : 1;
-  return a.i < b.i ? -1 : a.i > b.i;
+  if (a.i != b.i) return a.i < b.i ? -1 : 1;
+  return a.k < b.k ? -1 : a.k > b.k;
+}
+
+/* the batch part as the store writes it */
+static void batch_pos(char out[48], struct pos p, int dashed) {
+  if (dashed) snprintf(out, 48, "%" PRIu64 "-%" PRIu64, p.t, p.i);
+  else snprintf(out, 48, "%" PRIu64, p.i);
+}
+
+/* One event of a batch read back (sg_event_line_next), with its position and its batch's host */
+struct line {
+  struct pos pos;
+  struct sg_event_row ev;
+};
+
+static int next_line(char **at, struct line *l, const char *host_id) {
+  if (!sg_event_line_next(at, &l->ev)) return 0;
+  l->ev.host_id = host_id;
+  return 1;
+}
+
+/* "id: ...\ndata: {...}\n\n" (docs/events.md) */
+static void frame(struct sg_buf *b, const struct line *l, int dashed) {
+  const struct sg_event_row *ev = &l->ev;
+  char id[80], ts[32];
+  if (dashed) snprintf(id, sizeof id, "%" PRIu64 "-%" PRIu64 ".%u", l->pos.t, l->pos.i, l->pos.k);
+  else snprintf(id, sizeof id, "%" PRIu64 ".%u", l->pos.i, l->pos.k);
+  sg_buf_printf(b, "id: %s\ndata: {\"event_id\":\"%s\",\"kind\":", id, id);
+  sg_buf_add_json_str(b, ev->kind);
+  if (!ev->saga_id) { /* a definition's */
+    sg_buf_adds(b, ",\"file\":"); sg_buf_add_json_str(b, ev->step_name);
+    sg_buf_adds(b, ",\"version\":"); sg_buf_add_json_str(b, ev->outcome);
+    sg_buf_adds(b, ",\"error\":"); sg_buf_add_json_str(b, ev->detail);
+  } else {
+    sg_buf_adds(b, ",\"saga_id\":"); sg_buf_add_json_str(b, ev->saga_id);
+    sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, ev->type);
+    sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, ev->status);
+    sg_buf_printf(b, ",\"step\":%d,\"step_name\":", ev->step + 1);
+    sg_buf_add_json_str(b, ev->step_name);
+    sg_buf_adds(b, ",\"phase\":"); sg_buf_add_json_str(b, sg_phase_name(ev->phase));
+    sg_buf_printf(b, ",\"attempt\":%d,\"outcome\":", ev->attempt);
+    sg_buf_add_json_str(b, ev->outcome);
+    sg_buf_adds(b, ",\"detail\":"); sg_buf_add_json_str(b, ev->detail);
+    sg_buf_printf(b, ",\"duration_ms\":%" PRId64, ev->duration_ms);
+  }
+  sg_iso8601(ev->at, ts);
+  sg_buf_printf(b, ",\"at\":\"%s\",\"host_id\":", ts);
+  sg_buf_add_json_str(b, ev->host_id);
+  sg_buf_adds(b, "}\n\n");
 }
 
 /* one event of the ring, formatted once for every subscriber */
@@ -68,6 +136,8 @@ struct sub {
   enum sub_state state;
   int reading;                  /* a catch-up read on its way */
   ev_timer again;               /* a paused catch-up goes on */
+  size_t unsent;                /* while paused: the least unsent bytes seen, and since when */
+  ev_tstamp since;
   struct sub *prev, *next;
 };
 
@@ -92,6 +162,7 @@ struct sg_events {
   struct rec ring[RING];
   size_t head, n;               /* ring[head] is the oldest of n */
   int reading, again;           /* a tail read on its way; another one is due after it */
+  int dashed;                   /* positions are txid-id (PostgreSQL) */
   ev_timer poll, keepalive;
   struct sub *subs;
   struct waiter *waiters;
@@ -136,36 +207,6 @@ static void maybe_idle(struct sg_events *h) {
   }
 }
 
-static void add_time(struct sg_buf *b, const char *key, int64_t ms) {
-  char ts[32];
-  sg_iso8601(ms, ts);
-  sg_buf_printf(b, ",\"%s\":\"%s\"", key, ts);
-}
-
-static void format(struct sg_buf *b, const struct sg_event_row *ev) {
-  sg_buf_printf(b, "id: %s\ndata: {\"event_id\":\"%s\",\"kind\":", ev->pos, ev->pos);
-  sg_buf_add_json_str(b, ev->kind);
-  if (!ev->saga_id) { /* a definition's */
-    sg_buf_adds(b, ",\"file\":"); sg_buf_add_json_str(b, ev->step_name);
-    sg_buf_adds(b, ",\"version\":"); sg_buf_add_json_str(b, ev->outcome);
-    sg_buf_adds(b, ",\"error\":"); sg_buf_add_json_str(b, ev->detail);
-  } else {
-    sg_buf_adds(b, ",\"saga_id\":"); sg_buf_add_json_str(b, ev->saga_id);
-    sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, ev->type);
-    sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, ev->status);
-    sg_buf_printf(b, ",\"step\":%d,\"step_name\":", ev->step + 1);
-    sg_buf_add_json_str(b, ev->step_name);
-    sg_buf_adds(b, ",\"phase\":"); sg_buf_add_json_str(b, sg_phase_name(ev->phase));
-    sg_buf_printf(b, ",\"attempt\":%d,\"outcome\":", ev->attempt);
-    sg_buf_add_json_str(b, ev->outcome);
-    sg_buf_adds(b, ",\"detail\":"); sg_buf_add_json_str(b, ev->detail);
-    sg_buf_printf(b, ",\"duration_ms\":%" PRId64, ev->duration_ms);
-  }
-  add_time(b, "at", ev->at);
-  sg_buf_adds(b, ",\"host_id\":"); sg_buf_add_json_str(b, ev->host_id);
-  sg_buf_adds(b, "}\n\n");
-}
-
 static int matches(const struct sub *s, const char *saga_id, const char *type, const char *status) {
   if (s->saga && (!saga_id || strcmp(s->saga, saga_id))) return 0;
   if (s->type && (!type || strcmp(s->type, type))) return 0;
@@ -200,19 +241,30 @@ static void sub_drop(struct sub *s, int abort, const char *why) {
 static int sub_write(struct sub *s, const char *frame, size_t len) {
   if (sg_http_stream_write(s->st, frame, len) == 0) return 0;
   s->h->dropped++;
-  sub_drop(s, 1, "it does not read (its unsent events are over 1 MiB); it resumes from its last event id when it"
+  sub_drop(s, 1, "it does not read (its unsent events are over 4 MiB); it resumes from its last event id when it"
               " reconnects");
   return -1;
 }
 
 /* the ring's events after s->pos, then s is live */
+static void catchup_pause(struct sub *s);
+
+/* s has more than LAG unsent: it reads from the store from its position once it has sent some */
+static void sub_lag(struct sub *s) {
+  s->state = SUB_CATCHUP;
+  catchup_pause(s);
+}
+
+/* the ring's events after s->pos, then s is live (or, if that was too much at once, it catches up) */
 static int sub_join(struct sub *s) {
   struct sg_events *h = s->h;
   for (size_t k = 0; k < h->n; k++) {
     struct rec *r = &h->ring[(h->head + k) % RING];
     if (pos_cmp(r->pos, s->pos) <= 0) continue;
     s->pos = r->pos;
-    if (matches(s, r->saga_id, r->type, r->status) && sub_write(s, r->frame, r->len) < 0) return -1;
+    if (!matches(s, r->saga_id, r->type, r->status)) continue;
+    if (sub_write(s, r->frame, r->len) < 0) return -1;
+    if (sg_http_stream_pending(s->st) > LAG) { sub_lag(s); return 0; }
   }
   s->pos = h->tail; /* (a position past the end is another store's: live from here) */
   s->state = SUB_LIVE;
@@ -248,37 +300,69 @@ static void on_catchup(struct sg_read *rd) {
   }
   struct sg_buf b;
   sg_buf_init(&b);
-  for (size_t k = 0; k < rd->nevents; k++) {
-    const struct sg_event_row *ev = &rd->events[k];
-    if (!matches(s, ev->saga_id, ev->type, ev->status)) continue;
-    format(&b, ev);
+  int dashed = s->h->dashed, full = 0;
+  size_t room = LAG - (sg_http_stream_pending(s->st) < LAG ? sg_http_stream_pending(s->st) : LAG);
+  for (size_t k = 0; k < rd->nevents && !full; k++) {
+    struct pos bp;
+    if (pos_parse(rd->events[k].pos, &bp) < 0) continue;
+    char *at = rd->events[k].body;
+    struct line l;
+    for (uint32_t n = 1; next_line(&at, &l, rd->events[k].host_id); n++) {
+      l.pos = bp;
+      l.pos.k = n;
+      if (pos_cmp(l.pos, s->pos) <= 0) continue; /* the first batch: what the client had */
+      s->pos = l.pos;
+      if (matches(s, l.ev.saga_id, l.ev.type, l.ev.status)) frame(&b, &l, dashed);
+      if (b.len >= room) { full = 1; break; } /* the rest when these are sent (read again from here) */
+    }
+    if (!full) {
+      bp.k = ALL; /* the whole batch is behind */
+      s->pos = bp;
+    }
   }
-  struct pos p;
-  if (pos_parse(rd->pos, &p) == 0) s->pos = p;
   size_t got = rd->nevents;
   sg_read_free(rd);
   if (b.len && sub_write(s, b.data, b.len) < 0) { sg_buf_free(&b); return; }
   sg_buf_free(&b);
+  if (full) { catchup_pause(s); return; }
   /* reached the ring (or the end of what the store has): live from here */
-  if (pos_cmp(s->pos, s->h->base) >= 0 || got < PAGE) { sub_join(s); return; }
-  if (sg_http_stream_pending(s->st) > CATCHUP_PAUSE) { ev_timer_start(s->h->loop, &s->again); return; }
+  if (pos_cmp(s->pos, s->h->base) >= 0 || got < CATCHUP_PAGE) { sub_join(s); return; }
   catchup_read(s);
 }
 
 static void catchup_read(struct sub *s) {
   char at[48];
-  if (strchr(s->h->pos, '-')) snprintf(at, sizeof at, "%" PRIu64 "-%" PRIu64, s->pos.t, s->pos.i);
-  else snprintf(at, sizeof at, "%" PRIu64, s->pos.i);
+  batch_pos(at, s->pos, s->h->dashed);
   struct sg_read *rd = sg_read_new(SG_READ_EVENTS, at, NULL, on_catchup, s);
-  rd->limit = PAGE;
+  rd->limit = CATCHUP_PAGE;
+  rd->incl = s->pos.k != ALL; /* within a batch: the rest of it too */
   s->reading = 1;
   s->h->inflight++;
   sg_engine_read(s->h->en, rd);
 }
 
+/* s goes on reading from the store once its client has taken some of what is unsent */
+static void catchup_pause(struct sub *s) {
+  s->unsent = sg_http_stream_pending(s->st);
+  s->since = ev_now(s->h->loop);
+  ev_timer_again(s->h->loop, &s->again);
+}
+
 static void on_again(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sub *s = w->data;
-  if (sg_http_stream_pending(s->st) > CATCHUP_PAUSE) { ev_timer_again(loop, w); return; }
+  size_t unsent = sg_http_stream_pending(s->st);
+  if (unsent > LAG / 2) {
+    if (unsent < s->unsent) { /* it reads, slowly */
+      s->unsent = unsent;
+      s->since = ev_now(loop);
+    } else if (ev_now(loop) - s->since > STALL_S) {
+      ev_timer_stop(loop, w);
+      s->h->dropped++;
+      sub_drop(s, 1, "it does not read (nothing of its unsent events was taken for 10 s); it resumes from its last"
+                     " event id when it reconnects");
+    }
+    return;
+  }
   ev_timer_stop(loop, w);
   catchup_read(s);
 }
@@ -333,11 +417,16 @@ static void tail_deliver(struct sg_events *h, struct sg_read *rd) {
   struct sg_buf b;
   sg_buf_init(&b);
   for (size_t k = 0; k < rd->nevents; k++) {
-    const struct sg_event_row *ev = &rd->events[k];
-    struct pos p;
-    if (pos_parse(ev->pos, &p) < 0) continue;
+   struct pos bp;
+   if (pos_parse(rd->events[k].pos, &bp) < 0) continue;
+   char *at = rd->events[k].body;
+   struct line l;
+   for (uint32_t n = 1; next_line(&at, &l, rd->events[k].host_id); n++) {
+    struct pos p = bp;
+    p.k = n;
+    l.pos = p;
     b.len = 0;
-    format(&b, ev);
+    frame(&b, &l, h->dashed);
     if (h->n == RING) { /* the oldest goes */
       struct rec *old = &h->ring[h->head];
       h->base = old->pos;
@@ -347,10 +436,10 @@ static void tail_deliver(struct sg_events *h, struct sg_read *rd) {
     }
     struct rec *r = &h->ring[(h->head + h->n++) % RING];
     r->pos = p;
-    r->saga_id = sg_strdup(ev->saga_id);
-    r->type = sg_strdup(ev->type);
-    r->status = sg_strdup(ev->status);
-    r->terminal = !strcmp(ev->kind, "terminal");
+    r->saga_id = sg_strdup(l.ev.saga_id);
+    r->type = sg_strdup(l.ev.type);
+    r->status = sg_strdup(l.ev.status);
+    r->terminal = l.ev.kind && !strcmp(l.ev.kind, "terminal");
     r->frame = sg_strdup(b.data);
     r->len = b.len;
     h->tail = p;
@@ -358,13 +447,15 @@ static void tail_deliver(struct sg_events *h, struct sg_read *rd) {
       next = s->next;
       if (s->state != SUB_LIVE || pos_cmp(p, s->pos) <= 0) continue;
       s->pos = p;
-      if (matches(s, r->saga_id, r->type, r->status)) sub_write(s, r->frame, r->len);
+      if (!matches(s, r->saga_id, r->type, r->status) || sub_write(s, r->frame, r->len) < 0) continue;
+      if (sg_http_stream_pending(s->st) > LAG) sub_lag(s); /* the rest from the store, at its pace */
     }
     if (r->terminal && r->saga_id)
       for (struct waiter *w = h->waiters, *next; w; w = next) {
         next = w->next;
         if (w->armed && !strcmp(w->id, r->saga_id)) waiter_call(w, SG_EVENTS_WAIT_TERMINAL);
       }
+   }
   }
   sg_buf_free(&b);
 }
@@ -382,7 +473,8 @@ static void on_tail(struct sg_read *rd) {
   size_t got = rd->nevents;
   if (!h->inited) {
     snprintf(h->pos, sizeof h->pos, "%s", rd->pos);
-    pos_parse(h->pos, &h->tail);
+    pos_parse(h->pos, &h->tail); /* a batch position: k = ALL, the whole batch is behind */
+    h->dashed = strchr(h->pos, '-') != NULL;
     h->base = h->tail;
     h->inited = 1;
     sg_read_free(rd);
@@ -400,6 +492,8 @@ static void on_tail(struct sg_read *rd) {
   } else {
     tail_deliver(h, rd);
     snprintf(h->pos, sizeof h->pos, "%s", rd->pos);
+    struct pos end;
+    if (pos_parse(h->pos, &end) == 0) h->tail = end; /* the last batch is behind, whole */
     sg_read_free(rd);
   }
   if (!active(h)) { maybe_idle(h); return; }
@@ -509,7 +603,7 @@ void sg_events_subscribe(struct sg_events *h, struct sg_http_req *req) {
   }
   struct pos p;
   if (from && *from && pos_parse(from, &p) < 0) {
-    sg_http_reply_error(req, 400, "malformed Last-Event-ID: an event id is digits, or two numbers joined by '-'");
+    sg_http_reply_error(req, 400, "malformed Last-Event-ID: send back the id of an event this stream gave (e.g. 12.3 or 745-12.3), or 0");
     return;
   }
   struct sub *s = sg_xcalloc(1, sizeof *s);
@@ -518,7 +612,7 @@ void sg_events_subscribe(struct sg_events *h, struct sg_http_req *req) {
   s->type = type && *type ? sg_strdup(type) : NULL;
   s->status = st;
   snprintf(s->from, sizeof s->from, "%s", from ? from : "");
-  ev_timer_init(&s->again, on_again, 0.05, 0.05);
+  ev_timer_init(&s->again, on_again, 0., 0.05);
   s->again.data = s;
   s->st = sg_http_stream_open(req, "text/event-stream", SUB_CAP, on_stream_closed, s);
   if (!s->st) {

@@ -70,10 +70,10 @@ struct sg_hist_row {
   const char *error;  /* NULL unless failed */
 };
 
-/* A lifecycle event (table events), written in the commit that made it true. */
+/* A lifecycle event, written in the commit that made it true. The store keeps the events of a
+ * transaction as one row of table events (one write per commit, however many events): its body has
+ * one line per event (sg_event_line), read back as struct sg_event_batch. */
 struct sg_event_row {
-  char pos[48];       /* its position in the stream, an opaque string ("id" in SQLite, "txid-id" in
-                       * PostgreSQL): events are read back in position order; set by reads */
   int64_t at;         /* ms */
   const char *kind;   /* "started", "attempt_started", "attempt_ended", "compensating", "terminal",
                        * "operator", "definition_loaded", "definition_failed" */
@@ -82,6 +82,20 @@ struct sg_event_row {
   const char *step_name, *outcome, *detail;
   int64_t duration_ms;
   const char *host_id;
+};
+/* an event as a line of a batch's body: its fields tab-separated (text with \\, \\t, \\n escaped,
+ * \\N for NULL), host_id left out (the batch's) */
+void sg_event_line(struct sg_buf *b, const struct sg_event_row *r);
+/* the next event of a body (*at walks it, unescaping in place: the strings point into it): 1, or 0 at
+ * the end */
+int sg_event_line_next(char **at, struct sg_event_row *r);
+/* the events of one commit, as read back */
+struct sg_event_batch {
+  char pos[48];       /* the row's position: an opaque string ("id" in SQLite, "txid-id" in PostgreSQL) */
+  int64_t at;         /* its first event's */
+  int n;              /* events (lines) */
+  char *body;         /* owned */
+  char *host_id;      /* the host whose commit it was (owned) */
 };
 
 /* A journaled durable operation inside one step attempt (table journal). */
@@ -175,11 +189,12 @@ enum sg_read_kind {
   SG_READ_PROBE,  /* several hosts: a = this host's id: rc 0 and flags: 1 = sagas or outbox rows to take over
                    * (a host's whose lease ran out, or nobody's), 2 = mail for this host's sagas */
   SG_READ_COUNTS, /* a = type or NULL: rc 0 and counts, the sagas of the whole store by status */
-  SG_READ_EVENTS, /* a = a position (sg_event_row.pos): rc 0 and up to limit events after it, in position
-                   * order, and pos = the last one's (a when none); a = NULL: no events, pos = the end of
-                   * the stream now (what a reader starting now starts after). Only events that can no
-                   * longer be preceded by others are given (PostgreSQL: those below every open
-                   * transaction), so a reader following pos misses none. A malformed a: rc -1, SG_E_INVALID */
+  SG_READ_EVENTS, /* a = a batch position (sg_event_batch.pos): rc 0 and up to limit batches after it (incl:
+                   * from it), in position order, and pos = the last one's (a when none); a = NULL: no
+                   * batches, pos = the end of the stream now (what a reader starting now starts after).
+                   * Only batches that can no longer be preceded by others are given (PostgreSQL: those
+                   * below every open transaction), so a reader following pos misses none. A malformed
+                   * a: rc -1, SG_E_INVALID */
 };
 struct sg_read {
   int kind;
@@ -208,9 +223,10 @@ struct sg_read {
   size_t ntimers;
   struct sg_journal_row *journals;  /* SG_READ_TAKEOVER (strings owned) */
   size_t njournals;
-  struct sg_event_row *events; /* SG_READ_EVENTS (strings owned) */
+  struct sg_event_batch *events; /* SG_READ_EVENTS (owned) */
   size_t nevents;
   char pos[48];              /* SG_READ_EVENTS */
+  int incl;                  /* SG_READ_EVENTS: the batch at a too */
   char owner[128];           /* SG_READ_SAGA with_owner: "" = none */
   int owner_alive;
   void (*done)(struct sg_read *rd);
@@ -228,8 +244,8 @@ void sg_read_free(struct sg_read *rd);
 void sg_store_read(struct sg_store *s, struct sg_read *rd);
 /* for stores: a copy of h (its strings too) at the end of rd->hist */
 void sg_read_add_hist(struct sg_read *rd, const struct sg_hist_row *h);
-/* for stores: a copy of ev (its strings too) at the end of rd->events */
-void sg_read_add_event(struct sg_read *rd, const struct sg_event_row *ev);
+/* for stores: a batch of events at the end of rd->events (body copied), and rd->pos set to its */
+void sg_read_add_events(struct sg_read *rd, const char *pos, int64_t at, int n, const char *body, const char *host_id);
 
 /* The interface. Every function returns 0 on success or -1 with e filled, unless noted. */
 struct sg_store_ops {
@@ -300,7 +316,7 @@ struct sg_store_ops {
   /* retention: deletes up to `limit` completed, compensated or resolved sagas (with their history)
    * last updated before `before`; compensation_failed ones are kept for their operators */
   int (*saga_prune)(struct sg_store *s, int64_t before, int limit, int64_t *deleted, struct sg_error *e);
-  /* a lifecycle event (in the batch) */
+  /* a lifecycle event (in the transaction: its events are written as one row when it commits) */
   int (*event_put)(struct sg_store *s, const struct sg_event_row *r, struct sg_error *e);
   /* SG_READ_EVENTS answered at once (a store without read_start) */
   int (*event_read)(struct sg_store *s, struct sg_read *rd, struct sg_error *e);

@@ -154,11 +154,7 @@ void sg_read_free(struct sg_read *rd) {
     free((char *)rd->journals[i].result);
   }
   free(rd->journals);
-  for (size_t i = 0; i < rd->nevents; i++) {
-    struct sg_event_row *ev = &rd->events[i];
-    free((char *)ev->kind); free((char *)ev->saga_id); free((char *)ev->type); free((char *)ev->status);
-    free((char *)ev->step_name); free((char *)ev->outcome); free((char *)ev->detail); free((char *)ev->host_id);
-  }
+  for (size_t i = 0; i < rd->nevents; i++) { free(rd->events[i].body); free(rd->events[i].host_id); }
   free(rd->events);
   free(rd);
 }
@@ -180,19 +176,88 @@ void sg_read_add_hist(struct sg_read *rd, const struct sg_hist_row *h) {
   o->error = sg_strdup(h->error);
 }
 
-void sg_read_add_event(struct sg_read *rd, const struct sg_event_row *ev) {
+void sg_read_add_events(struct sg_read *rd, const char *pos, int64_t at, int n, const char *body, const char *host_id) {
   rd->events = sg_xrealloc(rd->events, (rd->nevents + 1) * sizeof *rd->events);
-  struct sg_event_row *o = &rd->events[rd->nevents++];
-  *o = *ev;
-  o->kind = sg_strdup(ev->kind);
-  o->saga_id = sg_strdup(ev->saga_id);
-  o->type = sg_strdup(ev->type);
-  o->status = sg_strdup(ev->status);
-  o->step_name = sg_strdup(ev->step_name);
-  o->outcome = sg_strdup(ev->outcome);
-  o->detail = sg_strdup(ev->detail);
-  o->host_id = sg_strdup(ev->host_id);
+  struct sg_event_batch *o = &rd->events[rd->nevents++];
+  snprintf(o->pos, sizeof o->pos, "%s", pos);
+  o->at = at;
+  o->n = n;
+  o->body = sg_strdup(body ? body : "");
+  o->host_id = sg_strdup(host_id);
+  snprintf(rd->pos, sizeof rd->pos, "%s", pos);
 }
+
+/* a field of an event line: \ tab and newline escaped (\\ \t \n); NULL is "\N" */
+static void line_text(struct sg_buf *b, const char *v) {
+  if (!v) { sg_buf_add(b, "\\N\t", 3); return; }
+  const char *run = v;
+  for (; *v; v++) {
+    const char *esc = *v == '\\' ? "\\\\" : *v == '\t' ? "\\t" : *v == '\n' ? "\\n" : NULL;
+    if (!esc) continue;
+    if (v > run) sg_buf_add(b, run, (size_t)(v - run));
+    sg_buf_add(b, esc, 2);
+    run = v + 1;
+  }
+  if (v > run) sg_buf_add(b, run, (size_t)(v - run));
+  sg_buf_add(b, "\t", 1);
+}
+
+void sg_event_line(struct sg_buf *b, const struct sg_event_row *r) {
+  line_text(b, r->kind);
+  line_text(b, r->saga_id);
+  line_text(b, r->type);
+  line_text(b, r->status);
+  line_text(b, r->step_name);
+  line_text(b, r->outcome);
+  line_text(b, r->detail);
+  sg_buf_printf(b, "%d\t%d\t%d\t%lld\t%lld\n", r->step, r->phase, r->attempt, (long long)r->at,
+                (long long)r->duration_ms);
+}
+
+/* the next field of a line, unescaped in place; NULL for \N */
+static char *line_take(char **at) {
+  char *p = *at;
+  if (p[0] == '\\' && p[1] == 'N' && (p[2] == '\t' || p[2] == '\n' || !p[2])) {
+    *at = p[2] == '\t' ? p + 3 : p + 2;
+    return NULL;
+  }
+  char *o = p, *start = p;
+  while (*p && *p != '\t' && *p != '\n') {
+    if (*p == '\\' && p[1]) {
+      p++;
+      *o++ = *p == 't' ? '\t' : *p == 'n' ? '\n' : *p;
+      p++;
+    } else {
+      *o++ = *p++;
+    }
+  }
+  char *next = *p == '\t' ? p + 1 : p; /* a newline ends the text fields: the numbers follow a tab */
+  *o = 0;
+  *at = next;
+  return start;
+}
+
+int sg_event_line_next(char **at, struct sg_event_row *r) {
+  if (!**at) return 0;
+  memset(r, 0, sizeof *r);
+  r->kind = line_take(at);
+  r->saga_id = line_take(at);
+  r->type = line_take(at);
+  r->status = line_take(at);
+  r->step_name = line_take(at);
+  r->outcome = line_take(at);
+  r->detail = line_take(at);
+  char *end;
+  r->step = (int)strtol(*at, &end, 10);
+  r->phase = (int)strtol(end, &end, 10);
+  r->attempt = (int)strtol(end, &end, 10);
+  r->at = strtoll(end, &end, 10);
+  r->duration_ms = strtoll(end, &end, 10);
+  while (*end && *end != '\n') end++;
+  *at = *end ? end + 1 : end;
+  return 1;
+}
+
 
 static int read_hist_cb(void *ud, const struct sg_hist_row *h) {
   sg_read_add_hist(ud, h);

@@ -148,15 +148,13 @@ static const char *const migrations[] = {
   /* 8: the business key of a saga (saga.define{key = ...}), found by GET /v1/sagas?key= */
   "ALTER TABLE sagas ADD COLUMN biz_key TEXT COLLATE \"C\";"
   "CREATE INDEX sagas_key ON sagas(biz_key, id) WHERE biz_key IS NOT NULL;",
-  /* 9: lifecycle events (GET /v1/events), written in the commit that made them true. Readers follow
-   * (txid, id): every transaction whose xid is below the oldest running one has ended, so rows below
-   * that horizon never change, whichever host wrote them and in whatever order their ids were taken. */
+  /* 9: lifecycle events (GET /v1/events): one row per commit that made any, its events a line each.
+   * Readers follow (txid, id): every transaction whose xid is below the oldest running one has ended,
+   * so rows below that horizon never change, whichever host wrote them and in whatever order their
+   * ids were taken. */
   "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, txid xid8 NOT NULL DEFAULT pg_current_xact_id(),"
-  "  at BIGINT NOT NULL, kind TEXT NOT NULL, saga_id TEXT COLLATE \"C\", type TEXT COLLATE \"C\","
-  "  status TEXT, step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL, step_name TEXT,"
-  "  outcome TEXT, detail TEXT, duration_ms BIGINT NOT NULL, host_id TEXT);"
-  "CREATE INDEX events_txid ON events(txid, id);"
-  "CREATE INDEX events_at ON events(at);",
+  "  at BIGINT NOT NULL, n INTEGER NOT NULL, host_id TEXT, body TEXT NOT NULL);"
+  "CREATE INDEX events_txid ON events(txid, id);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -171,7 +169,7 @@ enum {
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
   ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
-  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_PRUNE,
+  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_FROM, ST_EVENT_END, ST_EVENT_PRUNE,
   ST_COUNT
 };
 
@@ -248,15 +246,17 @@ static const char *const stmt_sql[ST_COUNT] = {
                    " WHERE s.owner = $1 ORDER BY m.id LIMIT 200",
   [ST_MAIL_DEL] = "DELETE FROM mail WHERE id = ANY($1::bigint[])",
   [ST_NOTIFY] = "SELECT pg_notify(sg_channel($1), $2)",
-  [ST_EVENT_PUT] = "INSERT INTO events(at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome,"
-                   " detail, duration_ms, host_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+  [ST_EVENT_PUT] = "INSERT INTO events(at, n, host_id, body) VALUES ($1, $2, $3, $4)",
   /* positions are (txid, id): only rows below every open transaction, which no commit can precede any more */
-  [ST_EVENT_AFTER] = "SELECT txid::text, id, at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome,"
-                     " detail, duration_ms, host_id FROM events WHERE (txid, id) > ($1::xid8, $2::bigint)"
+  [ST_EVENT_AFTER] = "SELECT txid::text, id, at, n, host_id, body FROM events WHERE (txid, id) > ($1::xid8, $2::bigint)"
                      " AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid, id LIMIT $3",
+  [ST_EVENT_FROM] = "SELECT txid::text, id, at, n, host_id, body FROM events WHERE (txid, id) >= ($1::xid8, $2::bigint)"
+                    " AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid, id LIMIT $3",
   [ST_EVENT_END] = "SELECT txid::text, id FROM events WHERE txid < pg_snapshot_xmin(pg_current_snapshot())"
                    " ORDER BY txid DESC, id DESC LIMIT 1",
-  [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 LIMIT 20000)",
+  /* by id (no index on at: one index less to write per event): the oldest 20000 before the first kept */
+  [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < coalesce((SELECT id FROM events"
+                     " WHERE at >= $1 ORDER BY id LIMIT 1), 9223372036854775807) ORDER BY id LIMIT 20000)",
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
@@ -363,6 +363,10 @@ struct pg_store {
   struct redo *redo;         /* the writes of the transaction, in order */
   size_t nredo, capredo;
   struct sg_buf arena;       /* text parameters of redo */
+  struct sg_buf evbody;      /* the transaction's events (sg_event_line each): one row when the commit is sent */
+  int nev;
+  int64_t ev_at;             /* the first one's time */
+  char ev_host[128];         /* and host */
   struct sg_map kept_inbox;  /* message id (own copy) -> 1 + index in redo of its last inbox_put: the
                               * batch's writes reach the server only at the commit, so inbox_get looks
                               * here first (a repeat arriving before the commit is a repeat) */
@@ -608,6 +612,8 @@ static int reconnect(struct pg_store *s, int throttle, struct sg_error *e) {
 static void redo_clear(struct pg_store *s) {
   s->nredo = 0;
   s->arena.len = 0;
+  s->evbody.len = 0;
+  s->nev = 0;
   if (s->kept_inbox.n) {
     for (size_t i = 0; i < s->kept_inbox.cap; i++)
       if (sg_map_live(&s->kept_inbox, i)) free((char *)s->kept_inbox.slots[i].key);
@@ -805,6 +811,8 @@ static int lost_commit_went_through(struct pg_store *s, struct sg_error *e) {
  * comes while a commit is on its way, which keeps the outcome for commit_poll).
  * Outcome: 0 = committed; -1 with e: SG_E_UNAVAILABLE (a passing failure: the writes stay kept, the
  * store is held), SG_E_FENCED, SG_E_CONFLICT, SG_E_INTERNAL (the writes are dropped). */
+static void events_flush(struct pg_store *s);
+
 static int pipeline_send(struct pg_store *s) {
   char seq[24], ep[24], ntimer[24], noutbox[24];
   snprintf(seq, sizeof seq, "%lld", (long long)s->commit_seq + 1);
@@ -813,6 +821,7 @@ static int pipeline_send(struct pg_store *s) {
   snprintf(noutbox, sizeof noutbox, "%lld", (long long)s->next_outbox);
   memset(&s->fl, 0, sizeof s->fl);
   s->fl.what = "commit";
+  events_flush(s);
   if (PQsetnonblocking(s->conn, 1) != 0 || !PQenterPipelineMode(s->conn)) return -1;
   int ok = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
   for (size_t k = 0; ok && k < s->nredo; k++) {
@@ -1379,22 +1388,39 @@ static int pg_journal_each(struct sg_store *base, const char *saga_id, int step,
 
 /* ---- events ---- */
 
-static int pg_event_put(struct sg_store *base, const struct sg_event_row *r, struct sg_error *e) {
+/* the transaction's events as one row (before the commit is sent; nothing when there are none) */
+static void events_flush(struct pg_store *s) {
+  if (!s->nev) return;
   struct params p = {0};
-  p_int(&p, r->at);
-  p_text(&p, r->kind);
-  p_text(&p, r->saga_id);
-  p_text(&p, r->type);
-  p_text(&p, r->status);
-  p_int(&p, r->step);
-  p_int(&p, r->phase);
-  p_int(&p, r->attempt);
-  p_text(&p, r->step_name);
-  p_text(&p, r->outcome);
-  p_text(&p, r->detail);
-  p_int(&p, r->duration_ms);
-  p_text(&p, r->host_id);
-  return wr_exec(S(base), ST_EVENT_PUT, &p, NULL, e, "event_put") < 0 ? -1 : 0;
+  p_int(&p, s->ev_at);
+  p_int(&p, s->nev);
+  p_text(&p, s->ev_host[0] ? s->ev_host : NULL);
+  p_text(&p, s->evbody.data);
+  redo_add(s, ST_EVENT_PUT, &p);
+  s->evbody.len = 0;
+  s->nev = 0;
+}
+
+/* kept in the transaction, and sent with its commit as one row (the line is UTF-8 already: JSON
+ * escapes, and text that is not valid UTF-8 is mended as every parameter is) */
+static int pg_event_put(struct sg_store *base, const struct sg_event_row *r, struct sg_error *e) {
+  struct pg_store *s = S(base);
+  if (!s->in_txn) return sg_errorf(e, SG_E_INTERNAL, "postgres: event_put outside a transaction");
+  if (!s->nev++) {
+    s->ev_at = r->at;
+    snprintf(s->ev_host, sizeof s->ev_host, "%s", r->host_id ? r->host_id : "");
+  }
+  size_t at = s->evbody.len;
+  sg_event_line(&s->evbody, r);
+  if (s->utf8) {
+    char *fixed = utf8_fixed(s->evbody.data + at);
+    if (fixed) {
+      s->evbody.len = at;
+      sg_buf_adds(&s->evbody, fixed);
+      free(fixed);
+    }
+  }
+  return 0;
 }
 
 /* an event position "txid-id" (both decimal): 0, or -1 when malformed */
@@ -1962,8 +1988,8 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
       event_pos_parse(r->a, ev_t, ev_i); /* checked by pg_read_start */
       p_text(&p, ev_t);
       p_text(&p, ev_i);
-      p_int(&p, r->limit > 0 ? r->limit : 1000);
-      sql[0] = stmt_sql[ST_EVENT_AFTER];
+      p_int(&p, r->limit > 0 ? r->limit : 16);
+      sql[0] = stmt_sql[r->incl ? ST_EVENT_FROM : ST_EVENT_AFTER];
     } else {
       sql[0] = stmt_sql[ST_EVENT_END];
     }
@@ -2188,15 +2214,9 @@ static void rd_finish(struct pg_store *s, struct sg_read *r) {
       snprintf(r->pos, sizeof r->pos, "%s", r->a);
     }
     for (int i = 0; i < n; i++) {
-      struct sg_event_row ev = {
-        .at = col_i64(a, i, 2), .kind = col(a, i, 3), .saga_id = col(a, i, 4), .type = col(a, i, 5),
-        .status = col(a, i, 6), .step = col_int(a, i, 7), .phase = col_int(a, i, 8), .attempt = col_int(a, i, 9),
-        .step_name = col(a, i, 10), .outcome = col(a, i, 11), .detail = col(a, i, 12),
-        .duration_ms = col_i64(a, i, 13), .host_id = col(a, i, 14),
-      };
-      snprintf(ev.pos, sizeof ev.pos, "%s-%s", PQgetvalue(a, i, 0), PQgetvalue(a, i, 1));
-      sg_read_add_event(r, &ev);
-      memcpy(r->pos, ev.pos, sizeof r->pos);
+      char pos[48];
+      snprintf(pos, sizeof pos, "%s-%s", PQgetvalue(a, i, 0), PQgetvalue(a, i, 1));
+      sg_read_add_events(r, pos, col_i64(a, i, 2), col_int(a, i, 3), col(a, i, 5), col(a, i, 4));
     }
   } else if (r->kind == SG_READ_PROBE) {
     r->rc = 0;
@@ -2298,6 +2318,7 @@ static void pg_close(struct sg_store *base) {
   redo_clear(s);
   sg_map_free(&s->kept_inbox);
   sg_buf_free(&s->arena);
+  sg_buf_free(&s->evbody);
   free(s);
 }
 

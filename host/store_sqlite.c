@@ -69,12 +69,10 @@ static const char *const migrations[] = {
   /* 6: the business key of a saga (saga.define{key = ...}), found by GET /v1/sagas?key= */
   "ALTER TABLE sagas ADD COLUMN biz_key TEXT;"
   "CREATE INDEX sagas_key ON sagas(biz_key, id) WHERE biz_key IS NOT NULL;",
-  /* 7: lifecycle events (GET /v1/events), written in the commit that made them true; one writer, so
-   * id order is commit order */
-  "CREATE TABLE events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL, saga_id TEXT,"
-  "  type TEXT, status TEXT, step INTEGER NOT NULL, phase INTEGER NOT NULL, attempt INTEGER NOT NULL,"
-  "  step_name TEXT, outcome TEXT, detail TEXT, duration_ms INTEGER NOT NULL, host_id TEXT);"
-  "CREATE INDEX events_at ON events(at);",
+  /* 7: lifecycle events (GET /v1/events): one row per commit that made any, its events a line each;
+   * one writer, so id order is commit order */
+  "CREATE TABLE events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, n INTEGER NOT NULL, host_id TEXT,"
+  "  body TEXT NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -146,12 +144,12 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " 'resolved') AND updated_at < ?1 LIMIT ?2",
   [ST_PRUNE_HIST] = "DELETE FROM history WHERE saga_id IN (SELECT id FROM temp.prune)",
   [ST_PRUNE_SAGAS] = "DELETE FROM sagas WHERE id IN (SELECT id FROM temp.prune)",
-  [ST_EVENT_PUT] = "INSERT INTO events(at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome,"
-                   " detail, duration_ms, host_id, id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-  [ST_EVENT_AFTER] = "SELECT id, at, kind, saga_id, type, status, step, phase, attempt, step_name, outcome, detail,"
-                     " duration_ms, host_id FROM events WHERE id > ?1 ORDER BY id LIMIT ?2",
+  [ST_EVENT_PUT] = "INSERT INTO events(id, at, n, host_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+  [ST_EVENT_AFTER] = "SELECT id, at, n, host_id, body FROM events WHERE id >= ?1 ORDER BY id LIMIT ?2",
   [ST_EVENT_END] = "SELECT coalesce(max(id), 0) FROM events",
-  [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 ORDER BY id LIMIT ?2)",
+  /* by id (no index on at: one index less to write per event): the oldest before the first kept */
+  [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < coalesce((SELECT id FROM"
+                     " events WHERE at >= ?1 ORDER BY id LIMIT 1), 9223372036854775807) ORDER BY id LIMIT ?2)",
 };
 
 /* One write of the open transaction, as bound: kept until the commit so that a transaction the
@@ -186,6 +184,10 @@ struct sqlite_store {
   /* ids of new rows, assigned here (not by SQLite) so that a kept write gets the same id when it is
    * written again, and a write that was only kept still tells its caller the id */
   int64_t next_hist, next_timer, next_outbox, next_event;
+  struct sg_buf evbody;      /* the open transaction's events (sg_event_line each), one row at the commit */
+  int nev;
+  int64_t ev_at;             /* the first one's time */
+  char ev_host[128];         /* and host */
 };
 
 static struct sqlite_store *S(struct sg_store *s) { return (struct sqlite_store *)s; }
@@ -327,6 +329,8 @@ static void redo_clear(struct sqlite_store *s) {
   s->nredo = 0;
   s->cur = -1;
   s->arena.len = 0;
+  s->nev = 0;
+  s->evbody.len = 0;
 }
 
 static int sq_begin(struct sg_store *base, struct sg_error *e) {
@@ -350,8 +354,11 @@ static int sq_begin(struct sg_store *base, struct sg_error *e) {
   return 0;
 }
 
+static int events_flush(struct sqlite_store *s, struct sg_error *e);
+
 static int sq_commit(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
+  if (!s->held && events_flush(s, e) < 0) return -1;
   if (s->held) return sg_errorf(e, SG_E_UNAVAILABLE, "%s", s->held_why);
   sqlite3_stmt *st = stmt_use(s, ST_COMMIT);
   int rc = sqlite3_step(st);
@@ -726,22 +733,27 @@ static int sq_hist_each(struct sg_store *base, const char *saga_id, sg_hist_cb c
 
 static int sq_event_put(struct sg_store *base, const struct sg_event_row *r, struct sg_error *e) {
   struct sqlite_store *s = S(base);
+  (void)e;
+  if (!s->nev++) {
+    s->ev_at = r->at;
+    snprintf(s->ev_host, sizeof s->ev_host, "%s", r->host_id ? r->host_id : "");
+  }
+  sg_event_line(&s->evbody, r);
+  return 0;
+}
+
+/* the transaction's events as one row, just before its COMMIT (kept in the redo like every write) */
+static int events_flush(struct sqlite_store *s, struct sg_error *e) {
+  if (!s->nev) return 0;
   sqlite3_stmt *st = wr_use(s, ST_EVENT_PUT);
-  wr_i64(s, st, 1, r->at);
-  wr_text(s, st, 2, r->kind);
-  wr_text(s, st, 3, r->saga_id);
-  wr_text(s, st, 4, r->type);
-  wr_text(s, st, 5, r->status);
-  wr_i64(s, st, 6, r->step);
-  wr_i64(s, st, 7, r->phase);
-  wr_i64(s, st, 8, r->attempt);
-  wr_text(s, st, 9, r->step_name);
-  wr_text(s, st, 10, r->outcome);
-  wr_text(s, st, 11, r->detail);
-  wr_i64(s, st, 12, r->duration_ms);
-  wr_text(s, st, 13, r->host_id);
-  wr_i64(s, st, 14, s->next_event++);
-  return wr_done(s, st, e, "event_put");
+  wr_i64(s, st, 1, s->next_event++);
+  wr_i64(s, st, 2, s->ev_at);
+  wr_i64(s, st, 3, s->nev);
+  wr_text(s, st, 4, s->ev_host[0] ? s->ev_host : NULL);
+  wr_text(s, st, 5, s->evbody.data);
+  s->nev = 0;
+  s->evbody.len = 0;
+  return wr_done(s, st, e, "events");
 }
 
 /* positions are the ids: one writer, so id order is commit order */
@@ -763,20 +775,14 @@ static int sq_event_read(struct sg_store *base, struct sg_read *rd, struct sg_er
     return sg_errorf(e, SG_E_INVALID, "malformed event id '%.60s': expected the id of an event of this store", rd->a);
   snprintf(rd->pos, sizeof rd->pos, "%lld", after);
   sqlite3_stmt *st = stmt_use(s, ST_EVENT_AFTER);
-  sqlite3_bind_int64(st, 1, after);
-  sqlite3_bind_int64(st, 2, rd->limit > 0 ? rd->limit : 1000);
+  sqlite3_bind_int64(st, 1, rd->incl ? after : after + 1);
+  sqlite3_bind_int64(st, 2, rd->limit > 0 ? rd->limit : 16);
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-    struct sg_event_row ev = {
-      .at = sqlite3_column_int64(st, 1), .kind = col_text(st, 2), .saga_id = col_text(st, 3),
-      .type = col_text(st, 4), .status = col_text(st, 5), .step = sqlite3_column_int(st, 6),
-      .phase = sqlite3_column_int(st, 7), .attempt = sqlite3_column_int(st, 8), .step_name = col_text(st, 9),
-      .outcome = col_text(st, 10), .detail = col_text(st, 11), .duration_ms = sqlite3_column_int64(st, 12),
-      .host_id = col_text(st, 13),
-    };
-    snprintf(ev.pos, sizeof ev.pos, "%" PRId64, (int64_t)sqlite3_column_int64(st, 0));
-    sg_read_add_event(rd, &ev);
-    memcpy(rd->pos, ev.pos, sizeof rd->pos);
+    char pos[48];
+    snprintf(pos, sizeof pos, "%" PRId64, (int64_t)sqlite3_column_int64(st, 0));
+    sg_read_add_events(rd, pos, sqlite3_column_int64(st, 1), sqlite3_column_int(st, 2), col_text(st, 4),
+                       col_text(st, 3));
   }
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return db_fail(s, e, "event_read");
@@ -985,6 +991,7 @@ static void sq_close(struct sg_store *base) {
   if (s->lock_fd >= 0) close(s->lock_fd);
   free(s->redo);
   sg_buf_free(&s->arena);
+  sg_buf_free(&s->evbody);
   free(s);
 }
 

@@ -65,6 +65,12 @@ static struct sg_saga_row mk_saga(const char *id, const char *type, int status, 
 
 /* ---- statuses and row helpers (store_common.c) ---- */
 
+static int H_count_lines(const char *s) {
+  int n = 0;
+  for (; *s; s++) n += *s == '\n';
+  return n;
+}
+
 static void test_common(void) {
   CHECK_STR(sg_status_name(SG_ST_RUNNING), "running");
   CHECK_STR(sg_status_name(SG_ST_COMPENSATING), "compensating");
@@ -398,6 +404,31 @@ static void test_list(void) {
 
 /* the list's key, time bounds and order, the counts, and the key's round trip (ids made as sg_uuid
  * makes them: the creation ms first) */
+/* events: a line per event, every text field surviving tabs, newlines, backslashes and NULL */
+static void test_event_lines(void) {
+  struct sg_event_row a = { .at = 1764547200123, .kind = "attempt_ended", .saga_id = "s-1", .type = "T\tx",
+                            .status = "running", .step = 2, .phase = 1, .attempt = 3, .step_name = "a\\b",
+                            .outcome = "failed", .detail = "line1\nline2\t\\N", .duration_ms = 42 };
+  struct sg_event_row d = { .at = 5, .kind = "definition_failed", .step_name = "f.lua", .detail = "\\N" };
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sg_event_line(&b, &a);
+  sg_event_line(&b, &d);
+  CHECK(strchr(b.data, '\n') && H_count_lines(b.data) == 2);
+  char *at = b.data;
+  struct sg_event_row r;
+  CHECK(sg_event_line_next(&at, &r) == 1);
+  CHECK(!strcmp(r.kind, "attempt_ended") && !strcmp(r.saga_id, "s-1") && !strcmp(r.type, "T\tx"));
+  CHECK(!strcmp(r.status, "running") && !strcmp(r.step_name, "a\\b") && !strcmp(r.outcome, "failed"));
+  CHECK(!strcmp(r.detail, "line1\nline2\t\\N"));
+  CHECK(r.step == 2 && r.phase == 1 && r.attempt == 3 && r.at == 1764547200123 && r.duration_ms == 42);
+  CHECK(sg_event_line_next(&at, &r) == 1);
+  CHECK(!strcmp(r.kind, "definition_failed") && r.saga_id == NULL && r.type == NULL && r.status == NULL);
+  CHECK(!strcmp(r.step_name, "f.lua") && r.outcome == NULL && !strcmp(r.detail, "\\N") && r.at == 5);
+  CHECK(sg_event_line_next(&at, &r) == 0);
+  sg_buf_free(&b);
+}
+
 static void test_list_keys(void) {
   char path[160];
   snprintf(path, sizeof path, "%s/keys.db", tmpdir);
@@ -1076,6 +1107,7 @@ int main(void) {
   test_reopen();
   test_list();
   test_list_keys();
+  test_event_lines();
   bench_group_commit();
   test_writer_lock();
 

@@ -126,7 +126,18 @@ describe("GET /v1/events", function()
       assert.equal(e.id, e.data.event_id)
       assert.is_nil(seen[e.id])
       seen[e.id] = true
-      if not H.pg and i > 1 then assert.is_true(tonumber(e.id) > tonumber(evs[i - 1].id)) end
+      -- "batch.k" (SQLite) and "txid-batch.k" (PostgreSQL): in stream order
+      local function key(id)
+        local t, b, k = id:match("^(%d+)-(%d+)%.(%d+)$")
+        if not t then t, b, k = 0, id:match("^(%d+)%.(%d+)$") end
+        assert(b and k, "malformed event id " .. id)
+        return { tonumber(t), tonumber(b), tonumber(k) }
+      end
+      if i > 1 then
+        local a, b = key(evs[i - 1].id), key(e.id)
+        local later = a[1] < b[1] or (a[1] == b[1] and (a[2] < b[2] or (a[2] == b[2] and a[3] < b[3])))
+        assert.is_true(later, evs[i - 1].id .. " then " .. e.id)
+      end
     end
   end)
 
