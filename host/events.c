@@ -117,10 +117,10 @@ static void frame(struct sg_buf *b, const struct line *l, int dashed) {
 
 /* one event of the ring, formatted once for every subscriber */
 struct rec {
-  struct pos pos;
-  char *saga_id, *type, *status; /* for the filters */
+  struct line l;                /* its strings point into blob */
+  char *blob;
   int terminal;
-  char *frame;                  /* "id: ...\ndata: {...}\n\n" */
+  char *frame;                  /* "id: ...\ndata: {...}\n\n", made when a subscriber first wants it */
   size_t len;
 };
 
@@ -185,8 +185,42 @@ static int came_back(struct sg_events *h) {
 static void tail_kick(struct sg_events *h);
 
 static void rec_free(struct rec *r) {
-  free(r->saga_id); free(r->type); free(r->status); free(r->frame);
+  free(r->blob); free(r->frame);
   memset(r, 0, sizeof *r);
+}
+
+/* a copy of l in r: its strings in one allocation */
+static void rec_set(struct rec *r, const struct line *l) {
+  const char **f[] = { &r->l.ev.kind, &r->l.ev.saga_id, &r->l.ev.type, &r->l.ev.status, &r->l.ev.step_name,
+                       &r->l.ev.outcome, &r->l.ev.detail, &r->l.ev.host_id };
+  r->l = *l;
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) n += *f[i] ? strlen(*f[i]) + 1 : 0;
+  char *o = r->blob = sg_xmalloc(n ? n : 1);
+  for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+    if (!*f[i]) continue;
+    size_t len = strlen(*f[i]) + 1;
+    memcpy(o, *f[i], len);
+    *f[i] = o;
+    o += len;
+  }
+  r->terminal = l->ev.kind && !strcmp(l->ev.kind, "terminal");
+  r->frame = NULL;
+  r->len = 0;
+}
+
+static int matches(const struct sub *s, const char *saga_id, const char *type, const char *status);
+
+static void rec_frame(const struct sg_events *h, struct rec *r) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  frame(&b, &r->l, h->dashed);
+  r->len = b.len;
+  r->frame = sg_buf_steal(&b);
+}
+
+static int rec_matches(const struct sub *s, const struct rec *r) {
+  return matches(s, r->l.ev.saga_id, r->l.ev.type, r->l.ev.status);
 }
 
 static void ring_clear(struct sg_events *h) {
@@ -260,9 +294,10 @@ static int sub_join(struct sub *s) {
   struct sg_events *h = s->h;
   for (size_t k = 0; k < h->n; k++) {
     struct rec *r = &h->ring[(h->head + k) % RING];
-    if (pos_cmp(r->pos, s->pos) <= 0) continue;
-    s->pos = r->pos;
-    if (!matches(s, r->saga_id, r->type, r->status)) continue;
+    if (pos_cmp(r->l.pos, s->pos) <= 0) continue;
+    s->pos = r->l.pos;
+    if (!rec_matches(s, r)) continue;
+    if (!r->frame) rec_frame(h, r);
     if (sub_write(s, r->frame, r->len) < 0) return -1;
     if (sg_http_stream_pending(s->st) > LAG) { sub_lag(s); return 0; }
   }
@@ -414,50 +449,40 @@ static void on_wait_timeout(struct ev_loop *loop, ev_timer *t, int revents) {
 
 /* events read by the tail: into the ring, to the live subscribers, to the waiters */
 static void tail_deliver(struct sg_events *h, struct sg_read *rd) {
-  struct sg_buf b;
-  sg_buf_init(&b);
   for (size_t k = 0; k < rd->nevents; k++) {
-   struct pos bp;
-   if (pos_parse(rd->events[k].pos, &bp) < 0) continue;
-   char *at = rd->events[k].body;
-   struct line l;
-   for (uint32_t n = 1; next_line(&at, &l, rd->events[k].host_id); n++) {
-    struct pos p = bp;
-    p.k = n;
-    l.pos = p;
-    b.len = 0;
-    frame(&b, &l, h->dashed);
-    if (h->n == RING) { /* the oldest goes */
-      struct rec *old = &h->ring[h->head];
-      h->base = old->pos;
-      rec_free(old);
-      h->head = (h->head + 1) % RING;
-      h->n--;
-    }
-    struct rec *r = &h->ring[(h->head + h->n++) % RING];
-    r->pos = p;
-    r->saga_id = sg_strdup(l.ev.saga_id);
-    r->type = sg_strdup(l.ev.type);
-    r->status = sg_strdup(l.ev.status);
-    r->terminal = l.ev.kind && !strcmp(l.ev.kind, "terminal");
-    r->frame = sg_strdup(b.data);
-    r->len = b.len;
-    h->tail = p;
-    for (struct sub *s = h->subs, *next; s; s = next) {
-      next = s->next;
-      if (s->state != SUB_LIVE || pos_cmp(p, s->pos) <= 0) continue;
-      s->pos = p;
-      if (!matches(s, r->saga_id, r->type, r->status) || sub_write(s, r->frame, r->len) < 0) continue;
-      if (sg_http_stream_pending(s->st) > LAG) sub_lag(s); /* the rest from the store, at its pace */
-    }
-    if (r->terminal && r->saga_id)
-      for (struct waiter *w = h->waiters, *next; w; w = next) {
-        next = w->next;
-        if (w->armed && !strcmp(w->id, r->saga_id)) waiter_call(w, SG_EVENTS_WAIT_TERMINAL);
+    struct pos bp;
+    if (pos_parse(rd->events[k].pos, &bp) < 0) continue;
+    char *at = rd->events[k].body;
+    struct line l;
+    for (uint32_t n = 1; next_line(&at, &l, rd->events[k].host_id); n++) {
+      l.pos = bp;
+      l.pos.k = n;
+      if (h->n == RING) { /* the oldest goes */
+        struct rec *old = &h->ring[h->head];
+        h->base = old->l.pos;
+        rec_free(old);
+        h->head = (h->head + 1) % RING;
+        h->n--;
       }
-   }
+      struct rec *r = &h->ring[(h->head + h->n++) % RING];
+      rec_set(r, &l);
+      h->tail = l.pos;
+      for (struct sub *s = h->subs, *next; s; s = next) {
+        next = s->next;
+        if (s->state != SUB_LIVE || pos_cmp(l.pos, s->pos) <= 0) continue;
+        s->pos = l.pos;
+        if (!rec_matches(s, r)) continue;
+        if (!r->frame) rec_frame(h, r); /* formatted once, for the first subscriber that wants it */
+        if (sub_write(s, r->frame, r->len) < 0) continue;
+        if (sg_http_stream_pending(s->st) > LAG) sub_lag(s); /* the rest from the store, at its pace */
+      }
+      if (r->terminal && r->l.ev.saga_id)
+        for (struct waiter *w = h->waiters, *next; w; w = next) {
+          next = w->next;
+          if (w->armed && !strcmp(w->id, r->l.ev.saga_id)) waiter_call(w, SG_EVENTS_WAIT_TERMINAL);
+        }
+    }
   }
-  sg_buf_free(&b);
 }
 
 static void on_tail(struct sg_read *rd) {

@@ -42,6 +42,9 @@
  * Reaching MHD's global limit would take the listening socket out of epoll (see sg_http_accept_cb). */
 #define SG_HTTP_MHD_HEADROOM 64u
 
+/* The kernel send buffer of a streaming response (sg_http_stream_open). */
+#define SG_HTTP_STREAM_SNDBUF (256 * 1024)
+
 /* What sg_http_start copies; main sets it from the --http-* flags. */
 static struct sg_http_limits sg_http_limits_cfg = SG_HTTP_LIMITS_DEFAULT;
 
@@ -953,6 +956,11 @@ struct sg_http_stream *sg_http_stream_open(struct sg_http_req *r, const char *co
   st->ud = ud;
   c->stream = st;
   c->ctype = content_type;
+  /* a small send buffer: what a client leaves unread waits in st->buf, which the caller bounds, rather
+   * than in megabytes of kernel buffers that loopback autotuning would give a connection */
+  struct sg_http_sock *sock = sg_http_sock_of(c->mhd);
+  int sndbuf = SG_HTTP_STREAM_SNDBUF;
+  if (sock && sock->fd >= 0) setsockopt(sock->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
   if (c->phase == SG_HTTP_PENDING) {
     c->phase = SG_HTTP_RESUMED;
     MHD_resume_connection(c->mhd);

@@ -64,4 +64,5 @@ round() {
 }
 
 echo "sagahost bench --server, $N sagas, concurrency $C, $S subscribers per round ($(nproc) cores)"
-for mode in none idle stalled reading none; do round "$mode"; done
+# MODES="none idle none idle" picks the rounds
+for mode in ${MODES:-none idle stalled reading none}; do round "$mode"; done
