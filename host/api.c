@@ -744,6 +744,8 @@ struct sg_api *sg_api_start(struct ev_loop *loop, const struct sg_api_config *cf
 
 int sg_api_port(struct sg_api *api) { return sg_http_port(api->http); }
 
+struct sg_events *sg_api_events(struct sg_api *api) { return api->events; }
+
 void sg_api_set_auth(struct sg_api *api, const struct sg_auth *auth) { api->auth = auth; }
 
 void sg_api_stop(struct sg_api *api) {

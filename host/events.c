@@ -25,7 +25,7 @@
 
 #define RING 4096               /* latest events kept for subscribers joining the live stream */
 #define LAG (256u << 10)        /* unsent bytes past which a subscriber reads from the store */
-#define SUB_CAP (4u << 20)      /* unsent bytes no subscriber may have (LAG + what one event adds) */
+#define SUB_CAP SG_EVENTS_SUB_CAP /* unsent bytes no subscriber may have (LAG + what one event adds) */
 #define STALL_S 10.0            /* a subscriber whose unsent bytes do not go down for this long is dropped */
 #define CATCHUP_PAGE 4          /* batches per read of a subscriber catching up */
 #define PAGE 16                 /* batches (commits) per read */
@@ -85,12 +85,17 @@ static int next_line(char **at, struct line *l, const char *host_id) {
   return 1;
 }
 
+/* the event id of the event at p (docs/events.md) */
+static void event_id(char id[80], struct pos p, int dashed) {
+  if (dashed) snprintf(id, 80, "%" PRIu64 "-%" PRIu64 ".%u", p.t, p.i, p.k);
+  else snprintf(id, 80, "%" PRIu64 ".%u", p.i, p.k);
+}
+
 /* "id: ...\ndata: {...}\n\n" (docs/events.md) */
 static void frame(struct sg_buf *b, const struct line *l, int dashed) {
   const struct sg_event_row *ev = &l->ev;
   char id[80], ts[32];
-  if (dashed) snprintf(id, sizeof id, "%" PRIu64 "-%" PRIu64 ".%u", l->pos.t, l->pos.i, l->pos.k);
-  else snprintf(id, sizeof id, "%" PRIu64 ".%u", l->pos.i, l->pos.k);
+  event_id(id, l->pos, dashed);
   sg_buf_printf(b, "id: %s\ndata: {\"event_id\":\"%s\",\"kind\":", id, id);
   sg_buf_add_json_str(b, ev->kind);
   if (!ev->saga_id) { /* a definition's */
@@ -126,9 +131,12 @@ struct rec {
 
 enum sub_state { SUB_INIT, SUB_CATCHUP, SUB_LIVE };
 
-struct sub {
+/* A subscriber's output (an HTTP stream of Server-Sent Events, or another API's, sg_events_subscribe_sink);
+ * out is NULL once it has ended. */
+struct sg_events_sub {
   struct sg_events *h;
-  struct sg_http_stream *st;
+  const struct sg_events_sink *sink;
+  void *out;
   char *saga, *type;            /* filters, NULL = any */
   int status;                   /* filter, -1 = any */
   char from[48];                /* Last-Event-ID, "" = new events only */
@@ -138,7 +146,7 @@ struct sub {
   ev_timer again;               /* a paused catch-up goes on */
   size_t unsent;                /* while paused: the least unsent bytes seen, and since when */
   ev_tstamp since;
-  struct sub *prev, *next;
+  struct sg_events_sub *prev, *next;
 };
 
 struct waiter {
@@ -164,7 +172,7 @@ struct sg_events {
   int reading, again;           /* a tail read on its way; another one is due after it */
   int dashed;                   /* positions are txid-id (PostgreSQL) */
   ev_timer poll, keepalive;
-  struct sub *subs;
+  struct sg_events_sub *subs;
   struct waiter *waiters;
   size_t nsubs, nwaiters;
   int64_t dropped;              /* subscribers dropped for not reading */
@@ -209,7 +217,7 @@ static void rec_set(struct rec *r, const struct line *l) {
   r->len = 0;
 }
 
-static int matches(const struct sub *s, const char *saga_id, const char *type, const char *status);
+static int matches(const struct sg_events_sub *s, const char *saga_id, const char *type, const char *status);
 
 static void rec_frame(const struct sg_events *h, struct rec *r) {
   struct sg_buf b;
@@ -219,7 +227,7 @@ static void rec_frame(const struct sg_events *h, struct rec *r) {
   r->frame = sg_buf_steal(&b);
 }
 
-static int rec_matches(const struct sub *s, const struct rec *r) {
+static int rec_matches(const struct sg_events_sub *s, const struct rec *r) {
   return matches(s, r->l.ev.saga_id, r->l.ev.type, r->l.ev.status);
 }
 
@@ -241,14 +249,14 @@ static void maybe_idle(struct sg_events *h) {
   }
 }
 
-static int matches(const struct sub *s, const char *saga_id, const char *type, const char *status) {
+static int matches(const struct sg_events_sub *s, const char *saga_id, const char *type, const char *status) {
   if (s->saga && (!saga_id || strcmp(s->saga, saga_id))) return 0;
   if (s->type && (!type || strcmp(s->type, type))) return 0;
   if (s->status >= 0 && (!status || sg_status_parse(status) != s->status)) return 0;
   return 1;
 }
 
-static void sub_free(struct sub *s) {
+static void sub_free(struct sg_events_sub *s) {
   struct sg_events *h = s->h;
   ev_timer_stop(h->loop, &s->again);
   if (s->prev) s->prev->next = s->next;
@@ -260,56 +268,78 @@ static void sub_free(struct sub *s) {
   free(s);
 }
 
-/* ends a subscriber's response: what is buffered is still sent, unless it does not read (abort) */
-static void sub_drop(struct sub *s, int abort, const char *why) {
+static size_t sub_pending(const struct sg_events_sub *s) { return s->sink->pending(s->out); }
+
+/* ends a subscriber's output: what is buffered is still sent, unless it does not read (abort) */
+static void sub_drop(struct sg_events_sub *s, int abort, int code, const char *why) {
   sg_info("events: dropping a subscriber: %s", why);
-  if (abort) sg_http_stream_abort(s->st);
-  else sg_http_stream_end(s->st);
-  if (s->reading) { s->st = NULL; s->state = SUB_INIT; return; } /* freed when its read answers */
+  s->sink->end(s->out, abort, code, why);
+  if (s->reading) { s->out = NULL; s->state = SUB_INIT; return; } /* freed when its read answers */
   struct sg_events *h = s->h;
   sub_free(s);
   maybe_idle(h);
 }
 
 /* 0, or -1 after dropping s (it does not read fast enough) */
-static int sub_write(struct sub *s, const char *frame, size_t len) {
-  if (sg_http_stream_write(s->st, frame, len) == 0) return 0;
+static int sub_write(struct sg_events_sub *s, const char *frame, size_t len) {
+  if (s->sink->write(s->out, frame, len) == 0) return 0;
   s->h->dropped++;
-  sub_drop(s, 1, "it does not read (its unsent events are over 4 MiB); it resumes from its last event id when it"
-              " reconnects");
+  sub_drop(s, 1, SG_E_TOOBIG, "it does not read (its unsent events are over 4 MiB); it resumes from its last event"
+           " id when it reconnects");
   return -1;
 }
 
+/* one event's bytes for s, added to b: an SSE frame, or what the sink makes of it */
+static void sub_format(struct sg_events_sub *s, struct sg_buf *b, const struct line *l) {
+  if (!s->sink->format) { frame(b, l, s->h->dashed); return; }
+  char id[80];
+  event_id(id, l->pos, s->h->dashed);
+  s->sink->format(s->out, b, id, &l->ev);
+}
+
+/* an event of the ring to s (an SSE frame is made once for every HTTP subscriber); as sub_write */
+static int sub_write_rec(struct sg_events_sub *s, struct rec *r) {
+  if (!s->sink->format) {
+    if (!r->frame) rec_frame(s->h, r);
+    return sub_write(s, r->frame, r->len);
+  }
+  struct sg_buf b;
+  sg_buf_init(&b);
+  sub_format(s, &b, &r->l);
+  int rc = b.len ? sub_write(s, b.data, b.len) : 0;
+  sg_buf_free(&b);
+  return rc;
+}
+
 /* the ring's events after s->pos, then s is live */
-static void catchup_pause(struct sub *s);
+static void catchup_pause(struct sg_events_sub *s);
 
 /* s has more than LAG unsent: it reads from the store from its position once it has sent some */
-static void sub_lag(struct sub *s) {
+static void sub_lag(struct sg_events_sub *s) {
   s->state = SUB_CATCHUP;
   catchup_pause(s);
 }
 
 /* the ring's events after s->pos, then s is live (or, if that was too much at once, it catches up) */
-static int sub_join(struct sub *s) {
+static int sub_join(struct sg_events_sub *s) {
   struct sg_events *h = s->h;
   for (size_t k = 0; k < h->n; k++) {
     struct rec *r = &h->ring[(h->head + k) % RING];
     if (pos_cmp(r->l.pos, s->pos) <= 0) continue;
     s->pos = r->l.pos;
     if (!rec_matches(s, r)) continue;
-    if (!r->frame) rec_frame(h, r);
-    if (sub_write(s, r->frame, r->len) < 0) return -1;
-    if (sg_http_stream_pending(s->st) > LAG) { sub_lag(s); return 0; }
+    if (sub_write_rec(s, r) < 0) return -1;
+    if (sub_pending(s) > LAG) { sub_lag(s); return 0; }
   }
   s->pos = h->tail; /* (a position past the end is another store's: live from here) */
   s->state = SUB_LIVE;
   return 0;
 }
 
-static void catchup_read(struct sub *s);
+static void catchup_read(struct sg_events_sub *s);
 
 static void on_catchup(struct sg_read *rd) {
-  struct sub *s = rd->ud;
+  struct sg_events_sub *s = rd->ud;
   struct sg_events *h = s->h;
   s->reading = 0;
   if (h->stopping) {
@@ -319,7 +349,7 @@ static void on_catchup(struct sg_read *rd) {
     return;
   }
   came_back(h);
-  if (!s->st) { /* dropped meanwhile */
+  if (!s->out) { /* dropped meanwhile */
     sub_free(s);
     sg_read_free(rd);
     maybe_idle(h);
@@ -327,16 +357,16 @@ static void on_catchup(struct sg_read *rd) {
   }
   if (rd->rc < 0) {
     char line[700];
-    int n = snprintf(line, sizeof line, ": cannot resume from %s: %s\n\n", rd->a, rd->err.msg);
-    sg_http_stream_write(s->st, line, (size_t)n);
+    snprintf(line, sizeof line, "cannot resume from %s: %s", rd->a, rd->err.msg);
+    int code = rd->err.code == SG_E_INVALID ? SG_E_INVALID : SG_E_UNAVAILABLE;
     sg_read_free(rd);
-    sub_drop(s, 0, "its resume read failed");
+    sub_drop(s, 0, code, line);
     return;
   }
   struct sg_buf b;
   sg_buf_init(&b);
-  int dashed = s->h->dashed, full = 0;
-  size_t room = LAG - (sg_http_stream_pending(s->st) < LAG ? sg_http_stream_pending(s->st) : LAG);
+  int full = 0;
+  size_t room = LAG - (sub_pending(s) < LAG ? sub_pending(s) : LAG);
   for (size_t k = 0; k < rd->nevents && !full; k++) {
     struct pos bp;
     if (pos_parse(rd->events[k].pos, &bp) < 0) continue;
@@ -347,7 +377,7 @@ static void on_catchup(struct sg_read *rd) {
       l.pos.k = n;
       if (pos_cmp(l.pos, s->pos) <= 0) continue; /* the first batch: what the client had */
       s->pos = l.pos;
-      if (matches(s, l.ev.saga_id, l.ev.type, l.ev.status)) frame(&b, &l, dashed);
+      if (matches(s, l.ev.saga_id, l.ev.type, l.ev.status)) sub_format(s, &b, &l);
       if (b.len >= room) { full = 1; break; } /* the rest when these are sent (read again from here) */
     }
     if (!full) {
@@ -365,7 +395,7 @@ static void on_catchup(struct sg_read *rd) {
   catchup_read(s);
 }
 
-static void catchup_read(struct sub *s) {
+static void catchup_read(struct sg_events_sub *s) {
   char at[48];
   batch_pos(at, s->pos, s->h->dashed);
   struct sg_read *rd = sg_read_new(SG_READ_EVENTS, at, NULL, on_catchup, s);
@@ -377,15 +407,15 @@ static void catchup_read(struct sub *s) {
 }
 
 /* s goes on reading from the store once its client has taken some of what is unsent */
-static void catchup_pause(struct sub *s) {
-  s->unsent = sg_http_stream_pending(s->st);
+static void catchup_pause(struct sg_events_sub *s) {
+  s->unsent = sub_pending(s);
   s->since = ev_now(s->h->loop);
   ev_timer_again(s->h->loop, &s->again);
 }
 
 static void on_again(struct ev_loop *loop, ev_timer *w, int revents) {
-  struct sub *s = w->data;
-  size_t unsent = sg_http_stream_pending(s->st);
+  struct sg_events_sub *s = w->data;
+  size_t unsent = sub_pending(s);
   if (unsent > LAG / 2) {
     if (unsent < s->unsent) { /* it reads, slowly */
       s->unsent = unsent;
@@ -393,7 +423,7 @@ static void on_again(struct ev_loop *loop, ev_timer *w, int revents) {
     } else if (ev_now(loop) - s->since > STALL_S) {
       ev_timer_stop(loop, w);
       s->h->dropped++;
-      sub_drop(s, 1, "it does not read (nothing of its unsent events was taken for 10 s); it resumes from its last"
+      sub_drop(s, 1, SG_E_TOOBIG, "it does not read (nothing of its unsent events was taken for 10 s); it resumes from its last"
                      " event id when it reconnects");
     }
     return;
@@ -403,7 +433,7 @@ static void on_again(struct ev_loop *loop, ev_timer *w, int revents) {
 }
 
 /* the tail is known: s starts (from its Last-Event-ID, or from now) */
-static void sub_start(struct sub *s) {
+static void sub_start(struct sg_events_sub *s) {
   if (!s->from[0]) {
     s->pos = s->h->tail;
     s->state = SUB_LIVE;
@@ -413,7 +443,7 @@ static void sub_start(struct sub *s) {
   if (pos_parse(s->from, &p) < 0) {
     char line[200];
     int n = snprintf(line, sizeof line, ": malformed Last-Event-ID '%.60s': starting with new events\n\n", s->from);
-    if (sub_write(s, line, (size_t)n) < 0) return;
+    if (!s->sink->format && sub_write(s, line, (size_t)n) < 0) return; /* an SSE comment */
     s->pos = s->h->tail;
     s->state = SUB_LIVE;
     return;
@@ -467,14 +497,13 @@ static void tail_deliver(struct sg_events *h, struct sg_read *rd) {
       struct rec *r = &h->ring[(h->head + h->n++) % RING];
       rec_set(r, &l);
       h->tail = l.pos;
-      for (struct sub *s = h->subs, *next; s; s = next) {
+      for (struct sg_events_sub *s = h->subs, *next; s; s = next) {
         next = s->next;
         if (s->state != SUB_LIVE || pos_cmp(l.pos, s->pos) <= 0) continue;
         s->pos = l.pos;
         if (!rec_matches(s, r)) continue;
-        if (!r->frame) rec_frame(h, r); /* formatted once, for the first subscriber that wants it */
-        if (sub_write(s, r->frame, r->len) < 0) continue;
-        if (sg_http_stream_pending(s->st) > LAG) sub_lag(s); /* the rest from the store, at its pace */
+        if (sub_write_rec(s, r) < 0) continue; /* an SSE frame is formatted once, for the first that wants it */
+        if (sub_pending(s) > LAG) sub_lag(s); /* the rest from the store, at its pace */
       }
       if (r->terminal && r->l.ev.saga_id)
         for (struct waiter *w = h->waiters, *next; w; w = next) {
@@ -503,9 +532,9 @@ static void on_tail(struct sg_read *rd) {
     h->base = h->tail;
     h->inited = 1;
     sg_read_free(rd);
-    for (struct sub *s = h->subs, *next; s; s = next) {
+    for (struct sg_events_sub *s = h->subs, *next; s; s = next) {
       next = s->next;
-      if (s->state == SUB_INIT && s->st) sub_start(s);
+      if (s->state == SUB_INIT && s->out) sub_start(s);
     }
     for (struct waiter *w = h->waiters, *next; w; w = next) {
       next = w->next;
@@ -549,9 +578,9 @@ static void on_poll(struct ev_loop *loop, ev_timer *w, int revents) { tail_kick(
 
 static void on_keepalive(struct ev_loop *loop, ev_timer *w, int revents) {
   struct sg_events *h = w->data;
-  for (struct sub *s = h->subs, *next; s; s = next) {
+  for (struct sg_events_sub *s = h->subs, *next; s; s = next) {
     next = s->next;
-    if (s->st) sub_write(s, ": keepalive\n\n", 13);
+    if (s->out && !s->sink->format) sub_write(s, ": keepalive\n\n", 13); /* SSE only */
   }
 }
 
@@ -590,24 +619,87 @@ void sg_events_free(struct sg_events *h) {
   h->stopping = 1;
   ev_timer_stop(h->loop, &h->poll);
   ev_timer_stop(h->loop, &h->keepalive);
-  for (struct sub *s = h->subs, *next; s; s = next) {
+  for (struct sg_events_sub *s = h->subs, *next; s; s = next) {
     next = s->next;
-    if (s->st) sg_http_stream_end(s->st);
-    s->st = NULL;
+    if (s->out) s->sink->end(s->out, 0, 0, "the host is stopping");
+    s->out = NULL;
     if (!s->reading) sub_free(s); /* else when its read comes back */
   }
   while (h->waiters) waiter_free(h->waiters);
   if (!h->inflight) final_free(h);
 }
 
-static void on_stream_closed(void *ud, struct sg_http_stream *st) {
-  struct sub *s = ud;
-  sg_http_stream_end(st); /* frees it: the client is gone */
-  s->st = NULL;
+void sg_events_unsubscribe(struct sg_events_sub *s) {
+  s->out = NULL;
   if (s->reading) return; /* freed when its read answers */
   struct sg_events *h = s->h;
   sub_free(s);
   maybe_idle(h);
+}
+
+static void on_stream_closed(void *ud, struct sg_http_stream *st) {
+  sg_http_stream_end(st); /* frees it: the client is gone */
+  sg_events_unsubscribe(ud);
+}
+
+/* GET /v1/events: Server-Sent Events on an HTTP stream */
+static int http_write(void *out, const char *data, size_t n) { return sg_http_stream_write(out, data, n) == 0 ? 0 : -1; }
+static size_t http_pending(void *out) { return sg_http_stream_pending(out); }
+static void http_end(void *out, int abort, int code, const char *why) {
+  if (code && code != SG_E_TOOBIG) { /* say why in a comment line (a client that does not read would not see it) */
+    char line[800];
+    int n = snprintf(line, sizeof line, ": %s\n\n", why);
+    sg_http_stream_write(out, line, (size_t)(n < (int)sizeof line ? n : (int)sizeof line - 1));
+  }
+  if (abort) sg_http_stream_abort(out);
+  else sg_http_stream_end(out);
+}
+static const struct sg_events_sink http_sink = { NULL, http_write, http_pending, http_end };
+
+/* a new subscriber on sink/out (not yet started) */
+static struct sg_events_sub *sub_new(struct sg_events *h, const char *saga, const char *type, int status, const char *from) {
+  struct sg_events_sub *s = sg_xcalloc(1, sizeof *s);
+  s->h = h;
+  s->saga = saga && *saga ? sg_strdup(saga) : NULL;
+  s->type = type && *type ? sg_strdup(type) : NULL;
+  s->status = status;
+  snprintf(s->from, sizeof s->from, "%s", from ? from : "");
+  ev_timer_init(&s->again, on_again, 0., 0.05);
+  s->again.data = s;
+  return s;
+}
+
+static void sub_link(struct sg_events *h, struct sg_events_sub *s) {
+  s->next = h->subs;
+  if (h->subs) h->subs->prev = s;
+  h->subs = s;
+  h->nsubs++;
+}
+
+/* the filters' and the resume id's error, or NULL; *st the status (-1 = any) */
+static const char *check_filters(const char *status, const char *from, int *st) {
+  struct pos p;
+  *st = -1;
+  if (status && *status && (*st = sg_status_parse(status)) < 0)
+    return "unknown status (use running, compensating, completed, compensated, compensation_failed or resolved)";
+  if (from && strlen(from) >= 48) return "malformed Last-Event-ID: too long to be an event id";
+  if (from && *from && pos_parse(from, &p) < 0)
+    return "malformed Last-Event-ID: send back the id of an event this stream gave (e.g. 12.3 or 745-12.3), or 0";
+  return NULL;
+}
+
+struct sg_events_sub *sg_events_subscribe_sink(struct sg_events *h, const struct sg_events_filter *f,
+                                               const struct sg_events_sink *sink, void *out, struct sg_error *e) {
+  int st;
+  const char *bad = check_filters(f->status, f->last_event_id, &st);
+  if (bad) { sg_errorf(e, SG_E_INVALID, "%s", bad); return NULL; }
+  struct sg_events_sub *s = sub_new(h, f->saga, f->type, st, f->last_event_id);
+  s->sink = sink;
+  s->out = out;
+  sub_link(h, s);
+  wake(h);
+  if (h->inited) sub_start(s);
+  return s;
 }
 
 void sg_events_subscribe(struct sg_events *h, struct sg_http_req *req) {
@@ -616,38 +708,17 @@ void sg_events_subscribe(struct sg_events *h, struct sg_http_req *req) {
   const char *status = sg_http_query(req, "status");
   const char *from = sg_http_header(req, "Last-Event-ID");
   if (!from || !*from) from = sg_http_query(req, "last_event_id");
-  int st = -1;
-  if (status && *status && (st = sg_status_parse(status)) < 0) {
-    sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated, "
-                                  "compensation_failed or resolved)");
-    return;
-  }
-  if (from && strlen(from) >= 48) {
-    sg_http_reply_error(req, 400, "malformed Last-Event-ID: too long to be an event id");
-    return;
-  }
-  struct pos p;
-  if (from && *from && pos_parse(from, &p) < 0) {
-    sg_http_reply_error(req, 400, "malformed Last-Event-ID: send back the id of an event this stream gave (e.g. 12.3 or 745-12.3), or 0");
-    return;
-  }
-  struct sub *s = sg_xcalloc(1, sizeof *s);
-  s->h = h;
-  s->saga = saga && *saga ? sg_strdup(saga) : NULL;
-  s->type = type && *type ? sg_strdup(type) : NULL;
-  s->status = st;
-  snprintf(s->from, sizeof s->from, "%s", from ? from : "");
-  ev_timer_init(&s->again, on_again, 0., 0.05);
-  s->again.data = s;
-  s->st = sg_http_stream_open(req, "text/event-stream", SUB_CAP, on_stream_closed, s);
-  if (!s->st) {
+  int st;
+  const char *bad = check_filters(status, from, &st);
+  if (bad) { sg_http_reply_error(req, 400, bad); return; }
+  struct sg_events_sub *s = sub_new(h, saga, type, st, from);
+  s->sink = &http_sink;
+  s->out = sg_http_stream_open(req, "text/event-stream", SUB_CAP, on_stream_closed, s);
+  if (!s->out) {
     free(s->saga); free(s->type); free(s);
     return;
   }
-  s->next = h->subs;
-  if (h->subs) h->subs->prev = s;
-  h->subs = s;
-  h->nsubs++;
+  sub_link(h, s);
   /* the first bytes send the headers: the client knows it is connected */
   if (sub_write(s, "retry: 2000\n\n", 13) < 0) return;
   wake(h);

@@ -705,7 +705,7 @@ static void sg_http_completed_cb(void *cls, struct MHD_Connection *mc, void **co
   *con_cls = NULL;
 }
 
-static int sg_http_parse_listen(const char *listen, struct sockaddr_in *sa, struct sg_error *e) {
+int sg_http_parse_listen(const char *listen, struct sockaddr_in *sa, struct sg_error *e) {
   const char *colon = listen ? strrchr(listen, ':') : NULL;
   if (!colon || colon == listen || !colon[1])
     return sg_errorf(e, SG_E_INVALID, "bad listen address '%s': expected host:port, e.g. 127.0.0.1:7070",

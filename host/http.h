@@ -67,6 +67,9 @@ struct sg_http_tls {
 struct sg_http *sg_http_start_tls(struct ev_loop *loop, const char *listen, size_t max_body,
                                   const struct sg_http_tls *tls, sg_http_handler h, void *ud,
                                   struct sg_error *e);
+/* "host:port" (IPv4 or localhost; port 0..65535) as an address to bind: 0, or -1 and e (SG_E_INVALID) */
+struct sockaddr_in;
+int sg_http_parse_listen(const char *listen, struct sockaddr_in *sa, struct sg_error *e);
 /* 1 when listen's host is loopback only: 127.0.0.0/8, ::1 or localhost */
 int sg_http_listen_is_loopback(const char *listen);
 int sg_http_port(struct sg_http *h);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "grpc.h"
 #include "host.h"
 #include "bench.h"
 #include "duration.h"
@@ -41,6 +42,7 @@ static void usage(FILE *f) {
           "      [--event-retention D] (7d): how long lifecycle events (GET /v1/events) are kept (0 = forever)\n"
           "      [--auth FILE] (tokens with roles, `name role token` per line; re-read on SIGHUP) [--auth-metrics]\n"
           "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth)\n"
+          "      [--grpc ADDR:PORT] (serve the gRPC service sagahost.v1.Sagas there, plaintext; docs/grpc.md)\n"
           "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64): over them, 503 with Retry-After\n"
           "      [--http-request-timeout D] (10s): a request must be fully received within D of its start\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
@@ -56,6 +58,7 @@ static void usage(FILE *f) {
 struct run {
   struct sg_host host;  /* store, scripts, engine, transport */
   struct sg_api *api;   /* the HTTP API */
+  struct sg_grpc *grpc; /* --grpc: the gRPC service, NULL = off */
   struct sg_auth *auth; /* --auth tokens (owned; swapped on SIGHUP), NULL = none */
   const char *auth_file; /* where they come from, for the re-read */
   ev_signal sighup;     /* re-reads --auth */
@@ -76,6 +79,7 @@ static void on_sighup(struct ev_loop *loop, ev_signal *w, int revents) {
   struct sg_auth *a = sg_auth_load(r->auth_file, &e);
   if (!a) { sg_err("SIGHUP: keeping the previous tokens: %s", e.msg); return; }
   sg_api_set_auth(r->api, a);
+  if (r->grpc) sg_grpc_set_auth(r->grpc, a);
   sg_auth_free(r->auth);
   r->auth = a;
   sg_info("SIGHUP: re-read %s: %d token(s)", r->auth_file, sg_auth_count(a));
@@ -100,6 +104,7 @@ static void on_demo(struct ev_loop *loop, ev_timer *w, int revents) {
 struct run_opts {
   struct sg_host_config cfg; /* store, scripts, transport, limits */
   const char *listen;        /* HTTP API address */
+  const char *grpc;          /* --grpc: the gRPC service's address, NULL = off */
   const char *auth_file;     /* --auth: tokens with roles, NULL = no auth */
   int auth_metrics;          /* --auth-metrics: /metrics needs role read */
   int insecure;              /* --insecure: a non-loopback listen without --auth is allowed */
@@ -140,6 +145,14 @@ static int cmd_run(const struct run_opts *o) {
             "compensate sagas. Give --auth FILE (tokens with roles, see docs/operations.md), listen on a "
             "loopback address (127.0.0.1), or pass --insecure if a proxy in front already authenticates\n",
             o->listen);
+    return 2;
+  }
+  /* gRPC is plaintext: a bearer token on it can be read by anyone on the path */
+  if (o->grpc && !o->insecure && !sg_http_listen_is_loopback(o->grpc)) {
+    fprintf(stderr,
+            "sagahost: refusing --grpc %s: the gRPC service is plaintext (no TLS), so tokens and sagas on it can be "
+            "read on the network. Listen on a loopback address (127.0.0.1) behind a TLS proxy, or pass --insecure "
+            "if the network is private (docs/grpc.md)\n", o->grpc);
     return 2;
   }
   if (!o->tls_cert != !o->tls_key) {
@@ -202,6 +215,15 @@ static int cmd_run(const struct run_opts *o) {
             o->auth_metrics ? " is" : " and /metrics are");
   else if (!sg_http_listen_is_loopback(o->listen))
     sg_warn("--insecure: the API on %s has no authentication", shown);
+  if (o->grpc) {
+    struct sg_grpc_config gcfg = { o->grpc, 1 << 20, r.auth };
+    r.grpc = sg_grpc_start(loop, &gcfg, r.host.en, sg_api_events(r.api), &e);
+    if (!r.grpc) { fprintf(stderr, "sagahost: --grpc: %s\n", e.msg); goto out; }
+    snprintf(shown, sizeof shown, "%s", o->grpc);
+    colon = strrchr(shown, ':');
+    if (colon) snprintf(colon + 1, sizeof shown - (size_t)(colon + 1 - shown), "%d", sg_grpc_port(r.grpc));
+    sg_info("gRPC (sagahost.v1.Sagas, plaintext HTTP/2) listening on %s%s", shown, r.auth ? ", with --auth" : "");
+  }
   if (r.auth) {
     ev_signal_init(&r.sighup, on_sighup, SIGHUP);
     r.sighup.data = &r;
@@ -230,6 +252,7 @@ out:
   ev_signal_stop(loop, &r.sigterm);
   /* commit first (it answers the requests waiting for that commit), then close the API */
   sg_engine_stop(r.host.en);
+  sg_grpc_stop(r.grpc); /* before the API: its calls follow the API's events hub */
   sg_api_stop(r.api);
   sg_host_close(&r.host);
   sg_auth_free(r.auth);
@@ -293,6 +316,7 @@ int main(int argc, char **argv) {
       char *end = NULL;
       if (!strcmp(a, "--db")) o.cfg.db = v;
       else if (!strcmp(a, "--listen")) o.listen = v;
+      else if (!strcmp(a, "--grpc")) o.grpc = v;
       else if (!strcmp(a, "--auth")) o.auth_file = v;
       else if (!strcmp(a, "--tls-cert")) o.tls_cert = v;
       else if (!strcmp(a, "--tls-key")) o.tls_key = v;

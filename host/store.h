@@ -191,7 +191,8 @@ enum sg_read_kind {
   SG_READ_COUNTS, /* a = type or NULL: rc 0 and counts, the sagas of the whole store by status */
   SG_READ_EVENTS, /* a = a batch position (sg_event_batch.pos): rc 0 and up to limit batches after it (incl:
                    * from it), in position order, and pos = the last one's (a when none); a = NULL: no
-                   * batches, pos = the end of the stream now (what a reader starting now starts after).
+                   * batches, pos = the end of the stream now (what a reader starting now starts after);
+                   * a = NULL and before > 0: pos = the last batch written before `before` (ms; "0"/"0-0": none).
                    * Only batches that can no longer be preceded by others are given (PostgreSQL: those
                    * below every open transaction), so a reader following pos misses none. A malformed
                    * a: rc -1, SG_E_INVALID */
@@ -213,7 +214,7 @@ struct sg_read {
   size_t nhist;
   char *status_s, *body;     /* SG_READ_INBOX */
   int flags;                 /* SG_READ_PROBE */
-  int64_t before, count;     /* SG_READ_PRUNE */
+  int64_t before, count;     /* SG_READ_PRUNE; before: SG_READ_EVENTS too */
   int64_t counts[SG_ST_RESOLVED + 1]; /* SG_READ_COUNTS: by enum sg_status */
   struct sg_msg *msgs;       /* SG_READ_OUTBOX (owned) */
   size_t nmsgs;

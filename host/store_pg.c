@@ -169,7 +169,7 @@ enum {
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
   ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
-  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_FROM, ST_EVENT_END, ST_EVENT_PRUNE,
+  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_FROM, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
   ST_COUNT
 };
 
@@ -254,6 +254,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid, id LIMIT $3",
   [ST_EVENT_END] = "SELECT txid::text, id FROM events WHERE txid < pg_snapshot_xmin(pg_current_snapshot())"
                    " ORDER BY txid DESC, id DESC LIMIT 1",
+  /* the last batch written before a time, from the newest back (no index on at: cheap for a recent time) */
+  [ST_EVENT_BEFORE] = "SELECT txid::text, id FROM events WHERE txid < pg_snapshot_xmin(pg_current_snapshot())"
+                      " AND at < $1 ORDER BY txid DESC, id DESC LIMIT 1",
   /* by id (no index on at: one index less to write per event): the oldest 20000 before the first kept */
   [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < coalesce((SELECT id FROM events"
                      " WHERE at >= $1 ORDER BY id LIMIT 1), 9223372036854775807) ORDER BY id LIMIT 20000)",
@@ -1990,6 +1993,9 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
       p_text(&p, ev_i);
       p_int(&p, r->limit > 0 ? r->limit : 16);
       sql[0] = stmt_sql[r->incl ? ST_EVENT_FROM : ST_EVENT_AFTER];
+    } else if (r->before > 0) {
+      p_int(&p, r->before);
+      sql[0] = stmt_sql[ST_EVENT_BEFORE];
     } else {
       sql[0] = stmt_sql[ST_EVENT_END];
     }

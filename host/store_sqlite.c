@@ -88,7 +88,7 @@ enum {
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_PRUNE_CLEAR, ST_PRUNE_MARK, ST_PRUNE_HIST, ST_PRUNE_SAGAS,
-  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_PRUNE,
+  ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
   ST_COUNT
 };
 
@@ -147,6 +147,8 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_EVENT_PUT] = "INSERT INTO events(id, at, n, host_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
   [ST_EVENT_AFTER] = "SELECT id, at, n, host_id, body FROM events WHERE id >= ?1 ORDER BY id LIMIT ?2",
   [ST_EVENT_END] = "SELECT coalesce(max(id), 0) FROM events",
+  /* from the newest back (no index on at): cheap for a recent time */
+  [ST_EVENT_BEFORE] = "SELECT coalesce((SELECT id FROM events WHERE at < ?1 ORDER BY id DESC LIMIT 1), 0)",
   /* by id (no index on at: one index less to write per event): the oldest before the first kept */
   [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < coalesce((SELECT id FROM"
                      " events WHERE at >= ?1 ORDER BY id LIMIT 1), 9223372036854775807) ORDER BY id LIMIT ?2)",
@@ -760,7 +762,8 @@ static int events_flush(struct sqlite_store *s, struct sg_error *e) {
 static int sq_event_read(struct sg_store *base, struct sg_read *rd, struct sg_error *e) {
   struct sqlite_store *s = S(base);
   if (!rd->a) {
-    sqlite3_stmt *st = stmt_use(s, ST_EVENT_END);
+    sqlite3_stmt *st = stmt_use(s, rd->before > 0 ? ST_EVENT_BEFORE : ST_EVENT_END);
+    if (rd->before > 0) sqlite3_bind_int64(st, 1, rd->before);
     int rc = sqlite3_step(st);
     int64_t end = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
     sqlite3_reset(st);
