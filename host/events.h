@@ -1,7 +1,8 @@
 /* events: the lifecycle event stream of GET /v1/events (Server-Sent Events) and the waits of
  * GET /v1/sagas/{id}?wait=, read from the store's event table (what every host's commits wrote), so
  * that a client connected to any host sees every host's events and a reconnect with Last-Event-ID
- * misses nothing the store still holds (--event-retention). */
+ * misses nothing the store still holds (--event-retention). Other APIs' streams (gRPC Watch and WatchAll,
+ * grpc.c) subscribe through a sink (sg_events_subscribe_sink) and get the same filters, resume and bounds. */
 #ifndef SG_EVENTS_H
 #define SG_EVENTS_H
 
