@@ -263,7 +263,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 19
+#define MAX_PARAMS 20 /* saga_insert: the saga columns and its owner */
 struct params {
   int n;
   const char *v[MAX_PARAMS];
