@@ -80,6 +80,8 @@ int sg_amqp_encode(const struct sg_msg *m, struct sg_amqp_out *o, struct sg_erro
     put_int(o, "attempt", m->attempt);
   }
   if (m->status) put_str(o, "saga-status", m->status);
+  if (m->traceparent) put_str(o, "traceparent", m->traceparent);
+  if (m->traceparent && m->tracestate) put_str(o, "tracestate", m->tracestate);
   return 0;
 }
 
@@ -230,6 +232,9 @@ static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, 
       hdr_str(h, "saga-status", &m->status, e) < 0 || hdr_int(h, "step", &m->step, e) < 0 ||
       hdr_int(h, "attempt", &m->attempt, e) < 0)
     return -1;
+  /* trace context is best effort: a header of another type is ignored, never dead-letters */
+  m->traceparent = sg_amqp_header_str(h, "traceparent");
+  if (m->traceparent) m->tracestate = sg_amqp_header_str(h, "tracestate");
 
   if (!reply) { /* a command: a saga-status header does not make it a reply */
     free(m->status);

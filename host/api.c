@@ -442,7 +442,9 @@ static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
-  sg_engine_start_cb(api->en, type, body, key, on_started, p);
+  /* W3C Trace Context: the saga's span continues the caller's trace (with tracing on) */
+  sg_engine_start_cb(api->en, type, body, key, sg_http_header(req, "traceparent"), sg_http_header(req, "tracestate"),
+                     on_started, p);
 }
 
 static void on_read_committed(void *ud, int status);

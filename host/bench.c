@@ -103,6 +103,7 @@ struct bench_opts {
   long fail_every;          /* K: every K-th saga compensates, 0 = none */
   const char *db;           /* database path (in-process and --amqp orchestrator), NULL = temp file */
   const char *amqp;         /* broker URL, or NULL */
+  const char *otlp;         /* --otlp: the orchestrator exports its spans there (NULL: the environment's, or off) */
   const char *server;       /* host URL, or NULL */
   const char *write_script; /* --write-script DIR, or NULL */
 };
@@ -122,7 +123,7 @@ struct bench_result {
 
 static void bench_usage(FILE *f) {
   fprintf(f,
-          "usage: sagahost bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --server URL]\n"
+          "usage: sagahost bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --server URL] [--otlp URL]\n"
           "       sagahost bench --write-script DIR\n"
           "\n"
           "Runs N (default 10000) BenchOrder sagas, 3 steps each, with C (default 64) in flight; every K-th one\n"
@@ -136,6 +137,7 @@ static void bench_usage(FILE *f) {
           "  --server URL      drive a running host over its HTTP API; that host must have the bench saga:\n"
           "                    sagahost bench --write-script DIR && sagahost run DIR (sends $SAGAHOST_TOKEN\n"
           "                    as a bearer token when set, needs role start; $SAGAHOST_CACERT for https)\n"
+          "  --otlp URL        trace the orchestrator's sagas: spans to URL/v1/traces (OTLP/HTTP JSON)\n"
           "  --write-script DIR  write the bench saga and its participants into DIR and exit\n");
 }
 
@@ -483,6 +485,7 @@ static int run_orchestrator(const struct bench_opts *o) {
   cfg.db = dbpath;
   cfg.dir = sagas_dir;
   cfg.amqp = o->amqp;
+  cfg.otlp = o->otlp;
   cfg.host_id = o->amqp ? "sagahost-bench" : "bench";
   if (sg_host_open(&b.host, b.loop, &cfg, &e) < 0) {
     fprintf(stderr, "sagahost bench: cannot start the host: %s\n", e.msg);
@@ -779,13 +782,13 @@ static long parse_count(const char *v) {
 }
 
 int sg_bench_main(int argc, char **argv) {
-  struct bench_opts o = { 10000, 64, 0, NULL, NULL, NULL, NULL };
+  struct bench_opts o = { 10000, 64, 0, NULL, NULL, NULL, NULL, NULL };
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) { bench_usage(stdout); return 0; }
     if (strcmp(a, "--sagas") && strcmp(a, "--concurrency") && strcmp(a, "--fail-every") && strcmp(a, "--db") &&
-        strcmp(a, "--amqp") && strcmp(a, "--server") && strcmp(a, "--write-script")) {
+        strcmp(a, "--amqp") && strcmp(a, "--server") && strcmp(a, "--write-script") && strcmp(a, "--otlp")) {
       if (a[0] == '-') return bench_usage_error("unknown option %s for bench", a);
       return bench_usage_error("bench takes no arguments (got '%s')", a);
     }
@@ -798,6 +801,7 @@ int sg_bench_main(int argc, char **argv) {
     } else if (!strcmp(a, "--fail-every")) {
       if ((o.fail_every = parse_count(v)) < 0) return bench_usage_error("--fail-every needs an integer >= 0 (0 = none), got '%s'", v);
     } else if (!strcmp(a, "--db")) o.db = v;
+    else if (!strcmp(a, "--otlp")) o.otlp = v;
     else if (!strcmp(a, "--amqp")) o.amqp = v;
     else if (!strcmp(a, "--server")) o.server = v;
     else o.write_script = v;

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "engine_int.h"
+#include "otel.h"
 
 static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout"};
 
@@ -97,6 +98,7 @@ static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_err
   }
   struct jent *j = &s->journal[s->njournal++];
   j->seq = seq; j->done = done; j->is_error = is_error; j->result = sg_strdup(result); j->service = NULL;
+  j->t0_us = 0;
   j->kind = "op"; j->dirty = 0;
   return j;
 }
@@ -215,6 +217,7 @@ static void event_add(struct sg_engine *en, const struct sg_event *ev) {
   c.step_name = sg_strdup(ev->step_name);
   c.outcome = sg_strdup(ev->outcome);
   c.detail = sg_strdup(ev->detail);
+  c.trace = sg_strdup(ev->trace); /* NULL with tracing off: nothing allocated */
   PUSH(en->pev, en->npev, en->cappev, c);
 }
 
@@ -223,7 +226,8 @@ void eng_event(struct sg_engine *en, int kind, const struct sg_saga *s, const ch
   struct sg_event ev = {
     .kind = kind, .saga_id = s->row.id, .type = s->row.type, .step = s->row.step, .phase = s->row.phase,
     .attempt = s->row.attempt, .step_name = eng_step_name(s), .outcome = outcome, .status = s->row.status,
-    .detail = detail, .at = sg_now_ms(), .duration_ms = duration_ms,
+    .detail = detail, .at = sg_now_ms(), .duration_ms = duration_ms, .trace = s->row.trace,
+    .created_at = s->row.created_at,
   };
   event_add(en, &ev);
 }
@@ -241,7 +245,7 @@ static void events_free(struct sg_engine *en) {
   for (size_t i = 0; i < en->npev; i++) {
     struct sg_event *ev = &en->pev[i];
     free((char *)ev->saga_id); free((char *)ev->type); free((char *)ev->step_name);
-    free((char *)ev->outcome); free((char *)ev->detail);
+    free((char *)ev->outcome); free((char *)ev->detail); free((char *)ev->trace);
   }
   en->npev = 0;
 }
@@ -600,6 +604,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     m.body = sg_strdup(payload);
     if (is_call) m.reply_to = sg_strdup(en->tr->ops->reply_queue(en->tr));
     fill_saga_headers(&m, s);
+    if (en->otel) eng_trace_outgoing(en, s, &m, is_call);
     if (is_call || is_send) {
       struct sg_error e = {0};
       if (en->tr->ops->declare_service(en->tr, op->a, &e) < 0) sg_warn("declare %s: %s", op->a, e.msg);
@@ -615,6 +620,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     }
     struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
     if (is_call) j->service = sg_strdup(op->a);
+    if (is_call && en->otel) j->t0_us = sg_now_ms() * 1000;
     journal_write(en, s, kind, j);
     if (!is_call) { *result = sg_strdup("null"); return 0; }
     int64_t timeout_ms = op->d ? strtoll(op->d, NULL, 10) : 0;
@@ -850,6 +856,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
     }
     eng_breaker_record(en, j->service, j->is_error && retryable);
   }
+  if (en->otel) eng_trace_reply(en, s, m, j->service, j->t0_us, j->is_error);
   journal_write(en, s, "call", j);
   ack_after_commit(en, tag);
   if (s->wait_seq == seq) wake(en, s, j);
@@ -861,8 +868,12 @@ static int own_call(struct sg_engine *en, const struct sg_msg *m) {
   return en->tr->ops->in_process && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
 }
 
-static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, const char *status, const char *body) {
+/* tp: the traceparent of the handler's server span, or NULL */
+static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, const char *status, const char *body,
+                             const char *tp) {
   struct sg_msg r = {0};
+  r.traceparent = sg_strdup(tp);
+  if (tp) r.tracestate = sg_strdup(cmd->tracestate);
   r.message_id = sg_asprintf("%s.reply", cmd->message_id);
   r.correlation_id = sg_strdup(cmd->message_id);
   r.exchange = sg_strdup("");
@@ -959,6 +970,7 @@ static void command_checked(struct sg_engine *en, const struct sg_msg *m, uint64
       return;
     }
     int h = 0;
+    if (en->otel) en->cmd_t0_us = sg_now_ms() * 1000;
     int rc = en->runner.handle(en->runner.ud, m, &h, &status, &body);
     if (rc < 0) {
       free(status); free(body);
@@ -971,6 +983,7 @@ static void command_checked(struct sg_engine *en, const struct sg_msg *m, uint64
       pc->tag = tag;
       pc->chained = chained;
       pc->handle = h;
+      pc->t0_us = en->cmd_t0_us;
       sg_map_put(&en->inflight, pc->m.message_id, pc);
       eng_runq_command(en, pc);
       return;
@@ -1006,7 +1019,9 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
   /* A call from a saga of this host is answered in this transaction (reply_to_command): once that
    * commits the saga never re-issues it, so it needs no inbox entry. */
   if (record && !chained) STORE(en, en->store->ops->inbox_put(en->store, m->message_id, status, body, SE), "inbox");
-  if (m->reply_to && *m->reply_to) reply_to_command(en, m, status ? status : "error", body ? body : "{}");
+  char tp[56] = "";
+  if (en->otel && record) eng_trace_command(en, m, en->cmd_t0_us, status, body, tp);
+  if (m->reply_to && *m->reply_to) reply_to_command(en, m, status ? status : "error", body ? body : "{}", tp[0] ? tp : NULL);
   ack_after_commit(en, tag);
   free(too_large);
 }
@@ -1177,11 +1192,20 @@ struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
 /* ---------------------------------------------------------------------------------------------- */
 /* group commit */
 
+/* an outbox row read back from the store goes out again (with tracing on, with its saga's traceparent) */
+static void republish_one(struct sg_engine *en, const struct sg_msg *m) {
+  struct sg_error e = {0};
+  struct sg_msg copy;
+  int traced = en->otel && !m->traceparent;
+  if (traced) eng_trace_republish(en, m, &copy);
+  if (en->tr->ops->publish(en->tr, traced ? &copy : m, &e) < 0) sg_warn("publish %s: %s", m->message_id, e.msg);
+  if (traced) sg_msg_free(&copy);
+}
+
 /* the outbox, read without waiting after the transport (re)connected: all of it goes out (a row
  * confirmed meanwhile may go twice: its receiver's inbox answers the repeat) */
 static void on_outbox_read(struct sg_read *rd) {
   struct sg_engine *en = rd->ud;
-  struct sg_error e = {0};
   if (rd->rc < 0) {
     if (!en->stopped) { /* tried again after the next commit */
       sg_warn("outbox: %s; publishing it again after the next commit", rd->err.msg);
@@ -1189,17 +1213,15 @@ static void on_outbox_read(struct sg_read *rd) {
     }
   } else if (!en->stopped && !en->broken && rd->gen == en->st.fenced) { /* a fence reads it again */
     en->st.outbox = (int64_t)rd->nmsgs;
-    for (size_t i = 0; i < rd->nmsgs; i++)
-      if (en->tr->ops->publish(en->tr, &rd->msgs[i], &e) < 0) sg_warn("publish %s: %s", rd->msgs[i].message_id, e.msg);
+    for (size_t i = 0; i < rd->nmsgs; i++) republish_one(en, &rd->msgs[i]);
   }
   sg_read_free(rd);
 }
 
 static int republish_cb(void *ud, const struct sg_msg *m) {
   struct sg_engine *en = ud;
-  struct sg_error e = {0};
   en->st.outbox++;
-  if (en->tr->ops->publish(en->tr, m, &e) < 0) sg_warn("publish %s: %s", m->message_id, e.msg);
+  republish_one(en, m);
   return 0;
 }
 
@@ -1679,16 +1701,20 @@ struct sg_saga *eng_saga_new(const struct sg_saga_row *r) {
 }
 
 static int start_saga(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
-                      int looked_up, char id[40], int *existed, struct sg_error *e);
+                      const char *trace, int looked_up, char id[40], int *existed, struct sg_error *e);
 
 int sg_engine_start(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
                     char id[40], int *existed, struct sg_error *e) {
-  return start_saga(en, type, input_json, idem_key, 0, id, existed, e);
+  char *trace = en->otel ? sg_otel_saga_trace_new(NULL, NULL) : NULL;
+  int rc = start_saga(en, type, input_json, idem_key, trace, 0, id, existed, e);
+  free(trace);
+  return rc;
 }
 
-/* looked_up: the store has been asked for idem_key already (it had no saga with it) */
+/* looked_up: the store has been asked for idem_key already (it had no saga with it); trace: the new
+ * saga's trace context (tracing on), or NULL */
 static int start_saga(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
-                      int looked_up, char id[40], int *existed, struct sg_error *e) {
+                      const char *trace, int looked_up, char id[40], int *existed, struct sg_error *e) {
   *existed = 0;
   if (en->broken) return sg_errorf(e, SG_E_INTERNAL, "the host is stopping after a store failure");
   if (en->stalled || en->reloading) return eng_refuse_stalled(en, e);
@@ -1731,6 +1757,7 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   r.data = "{}";
   r.idem_key = (char *)idem_key;
   r.biz_key = biz_key;
+  r.trace = (char *)trace;
   /* the id's own time: listing by id is listing by created_at (GET /v1/sagas pages by id) */
   r.created_at = r.updated_at = sg_uuid_time_ms(r.id);
   r.deadline = d->timeout_ms > 0 ? r.created_at + d->timeout_ms : 0;
@@ -1757,7 +1784,7 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
 /* ---- starts without waiting ---- */
 
 static void start_req_free(struct start_req *r) {
-  free(r->type); free(r->input); free(r->key); free(r->mkey);
+  free(r->type); free(r->input); free(r->key); free(r->mkey); free(r->trace);
   free(r);
 }
 
@@ -1803,7 +1830,7 @@ static void start_go(struct sg_engine *en, struct start_req *r) {
   }
   char id[40];
   int existed = 0;
-  if (start_saga(en, r->type, r->input, r->key, r->looked_up, id, &existed, &e) < 0) start_answer(r, NULL, 0, &e);
+  if (start_saga(en, r->type, r->input, r->key, r->trace, r->looked_up, id, &existed, &e) < 0) start_answer(r, NULL, 0, &e);
   else start_answer(r, id, existed, NULL);
 }
 
@@ -1837,17 +1864,20 @@ static void starts_go_on(struct sg_engine *en) {
 }
 
 void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
-                        sg_started_cb cb, void *ud) {
+                        const char *traceparent, const char *tracestate, sg_started_cb cb, void *ud) {
   struct sg_error e = {0};
+  char *trace = en->otel ? sg_otel_saga_trace_new(traceparent, tracestate) : NULL;
   if (!en->store->ops->read_start) { /* local reads: at once */
     char id[40];
     int existed = 0;
-    if (sg_engine_start(en, type, input_json, idem_key, id, &existed, &e) < 0) cb(ud, NULL, 0, &e);
+    if (start_saga(en, type, input_json, idem_key, trace, 0, id, &existed, &e) < 0) cb(ud, NULL, 0, &e);
     else cb(ud, id, existed, NULL);
+    free(trace);
     return;
   }
   struct start_req *r = sg_xcalloc(1, sizeof *r); /* (an input over --max-payload is refused by start_saga) */
   r->en = en;
+  r->trace = trace;
   r->type = sg_strdup(type);
   r->input = sg_strdup(input_json);
   if (idem_key) {

@@ -143,8 +143,10 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
  * without blocking the loop, and a start that comes while a commit is on its way waits for its end
  * (instead of blocking on it); starts with the same key share one look-up. */
 typedef void (*sg_started_cb)(void *ud, const char *id, int existed, const struct sg_error *e);
+/* traceparent, tracestate: W3C Trace Context of the request (may be NULL): with tracing on, the saga's
+ * span is a child of it */
 void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
-                        sg_started_cb cb, void *ud);
+                        const char *traceparent, const char *tracestate, sg_started_cb cb, void *ud);
 /* An operator verb ("compensate", "retry", "resolve"; arg is the reason or note) without blocking the
  * loop on the store: cb gets NULL when it is applied (durable at the next after_commit callback) or
  * the error (SG_E_ELSEWHERE: another host owns the saga), perhaps before this returns. */
@@ -174,6 +176,8 @@ struct sg_event {
   const char *detail;        /* or NULL */
   int64_t at;                /* ms */
   int64_t duration_ms;       /* SG_EV_ATTEMPT_ENDED */
+  const char *trace;         /* the saga's trace context (sagas.trace, otel.h), or NULL */
+  int64_t created_at;        /* the saga's start, ms */
 };
 typedef void (*sg_event_cb)(void *ud, const struct sg_event *ev);
 /* adds an observer (at most 8); -1 when full */
@@ -255,6 +259,11 @@ int sg_engine_forward(struct sg_engine *en, const char *id, const char *verb, co
  * (a commit the store refused and held counts until it went through): /metrics. NULL cb: none. */
 typedef void (*sg_commit_cb)(void *ud, int64_t duration_us);
 void sg_engine_on_commit(struct sg_engine *en, sg_commit_cb cb, void *ud);
+/* Tracing (tracing.c): the engine's spans go to o (NULL: tracing off, the default). -1 when the
+ * engine takes no more observers. o must outlive the engine's loop. */
+struct sg_otel;
+int sg_engine_set_otel(struct sg_engine *en, struct sg_otel *o);
+struct sg_otel *sg_engine_otel(struct sg_engine *en); /* NULL when off */
 /* the transport given to sg_engine_set_transport (NULL before) */
 struct sg_transport *sg_engine_transport(struct sg_engine *en);
 

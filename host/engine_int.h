@@ -21,6 +21,7 @@ struct jent {
   int is_error; /* result is an error reply */
   char *result; /* JSON, NULL while waiting */
   char *service; /* call: the service called (for its circuit breaker); NULL after a restart */
+  int64_t t0_us; /* call with tracing on: when it was issued (its client span's start); 0 after a restart */
   const char *kind; /* "call", "sleep", ... (static strings) */
   int dirty;    /* changed since the last commit: written at the next one if the attempt still runs */
 };
@@ -84,6 +85,7 @@ struct pending_cmd {
   uint64_t tag;              /* its delivery, acked after the answer commits */
   int chained;               /* a call from a saga of this host: answered without an inbox row */
   int handle;                /* the runner's handler coroutine */
+  int64_t t0_us;             /* tracing on: when its handler began (its server span's start) */
   uint64_t *extra_tags;      /* later deliveries of the same message id, acked with it */
   size_t nextra, capextra;
 };
@@ -125,6 +127,7 @@ struct inbox_check {
 struct start_req {
   struct sg_engine *en;
   char *type, *input, *key, *mkey; /* mkey: "type\x1fkey", NULL without a key */
+  char *trace;               /* tracing on: the new saga's trace context (otel.h), else NULL */
   sg_started_cb cb;
   void *ud;
   int64_t gen;
@@ -262,6 +265,8 @@ struct sg_engine {
   size_t npev, cappev;
   struct { sg_event_cb cb; void *ud; } obs[8];
   int nobs;
+  struct sg_otel *otel;      /* the span exporter (tracing.c), NULL: tracing off */
+  int64_t cmd_t0_us;         /* tracing on: when the handler of the command being answered began */
   struct sg_engine_stats st;
 };
 
@@ -295,6 +300,19 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
 
 void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
                           const char *status, const char *body);
+
+/* tracing.c (called only when en->otel is set) */
+struct sg_otel;
+/* a call, send or publish of s gets its traceparent (a send's or publish's span is ended at once) */
+void eng_trace_outgoing(struct sg_engine *en, const struct sg_saga *s, struct sg_msg *m, int is_call);
+/* copy: m, with the traceparent its saga gives it (an outbox row read back from the store) */
+void eng_trace_republish(struct sg_engine *en, const struct sg_msg *m, struct sg_msg *copy);
+/* the reply to a call of s came: its client span ends */
+void eng_trace_reply(struct sg_engine *en, const struct sg_saga *s, const struct sg_msg *reply, const char *service,
+                     int64_t start_us, int is_error);
+/* a command was handled: its server span (a child of its traceparent), whose traceparent goes into tp */
+void eng_trace_command(struct sg_engine *en, const struct sg_msg *m, int64_t start_us, const char *status,
+                       const char *body, char tp[56]);
 
 void eng_fenced(struct sg_engine *en, const struct sg_error *e); /* drop everything, register again, reload */
 int eng_load_owned(struct sg_engine *en, struct sg_error *e);     /* what the store says this host owns */

@@ -54,6 +54,8 @@ struct call {
   char path[96];                /* :path */
   char ctype[64];               /* content-type */
   char authz[600];              /* authorization */
+  char traceparent[64];         /* W3C Trace Context metadata (Start: the saga's span continues it) */
+  char tracestate[512];
   struct sg_buf in;             /* the request body (framed messages) */
   int too_big;                  /* the body went over max_message */
   struct sg_buf out;            /* answer bytes not yet taken by nghttp2, from out_off */
@@ -429,7 +431,8 @@ static void rpc_start(struct call *k, const Sagahost__V1__StartRequest *q) {
   if (key && strlen(key) > 200) { call_finish(k, GS_INVALID_ARGUMENT, "idempotency_key must be 1 to 200 characters"); return; }
   if (!q->type || !*q->type) { call_finish(k, GS_INVALID_ARGUMENT, "type is required"); return; }
   k->busy = 1;
-  sg_engine_start_cb(k->g->en, q->type, input, key, on_started, k);
+  sg_engine_start_cb(k->g->en, q->type, input, key, k->traceparent[0] ? k->traceparent : NULL,
+                     k->tracestate[0] ? k->tracestate : NULL, on_started, k);
 }
 
 /* ---- List ---- */
@@ -817,6 +820,8 @@ static int on_header(nghttp2_session *ses, const nghttp2_frame *f, const uint8_t
   if (namelen == 5 && !memcmp(name, ":path", 5)) copy_value(k->path, sizeof k->path, value, valuelen);
   else if (namelen == 12 && !memcmp(name, "content-type", 12)) copy_value(k->ctype, sizeof k->ctype, value, valuelen);
   else if (namelen == 13 && !memcmp(name, "authorization", 13)) copy_value(k->authz, sizeof k->authz, value, valuelen);
+  else if (namelen == 11 && !memcmp(name, "traceparent", 11)) copy_value(k->traceparent, sizeof k->traceparent, value, valuelen);
+  else if (namelen == 10 && !memcmp(name, "tracestate", 10)) copy_value(k->tracestate, sizeof k->tracestate, value, valuelen);
   return 0;
 }
 

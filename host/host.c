@@ -1,5 +1,6 @@
 /* host: the wiring of store, script runtime, engine and transport. */
 #include "host.h"
+#include "otel.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -71,6 +72,20 @@ static void default_host_id(const char *db, char *out, size_t n) {
   snprintf(out, n, "%.30s-%.8s", hn, hash);
 }
 
+/* the traces endpoint: --otlp, else the OpenTelemetry environment variables; NULL: tracing off */
+static char *otlp_url(const char *flag) {
+  const char *base = flag;
+  if (!base || !*base) {
+    const char *t = getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if (t && *t) return sg_strdup(t);
+    base = getenv("OTEL_EXPORTER_OTLP_ENDPOINT");
+  }
+  if (!base || !*base) return NULL;
+  size_t n = strlen(base);
+  if (n >= 10 && !strcmp(base + n - 10, "/v1/traces")) return sg_strdup(base);
+  return sg_asprintf("%.*s/v1/traces", (int)(base[n - 1] == '/' ? n - 1 : n), base);
+}
+
 int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e) {
   memset(h, 0, sizeof *h);
   h->loop = loop;
@@ -108,6 +123,17 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
     h->tr = sg_transport_local_new(loop, &tev);
   }
   sg_engine_set_transport(h->en, h->tr);
+  char *otlp = otlp_url(c->otlp);
+  if (otlp) {
+    h->otel = sg_otel_new(otlp, "sagahost", h->host_id, 0, e);
+    if (!h->otel || sg_engine_set_otel(h->en, h->otel) < 0) {
+      if (h->otel) sg_errorf(e, SG_E_INTERNAL, "tracing: the engine takes no more observers");
+      free(otlp);
+      goto fail;
+    }
+    sg_info("tracing: spans exported with OTLP/HTTP (JSON) to %s", otlp);
+    free(otlp);
+  }
   h->load_errors = sg_script_scan(h->sc);
   if (sg_engine_recover(h->en, e) < 0) goto fail;
   return 0;
@@ -121,6 +147,7 @@ void sg_host_close(struct sg_host *h) {
   if (h->sc) sg_script_unwatch(h->sc);
   if (h->tr) h->tr->ops->close(h->tr);
   sg_engine_free(h->en);
+  sg_otel_free(h->otel); /* after the engine's last spans: sends what is queued */
   sg_script_free(h->sc);
   if (h->store) h->store->ops->close(h->store);
   memset(h, 0, sizeof *h);

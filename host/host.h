@@ -17,6 +17,9 @@ struct sg_host_config {
   const char *dir;             /* script directory */
   const char *amqp;            /* broker URL, NULL = in-process transport */
   const char *host_id;         /* names the reply queue; NULL = host name + hash of the db path */
+  const char *otlp;            /* --otlp: OTLP/HTTP collector URL (spans to <url>/v1/traces); NULL = the
+                                * environment's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as is) or
+                                * OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces), else tracing off */
   struct sg_script_config script; /* Lua limits (script.dir is set from dir) */
   struct sg_engine_config engine; /* payload limit, breakers, retention */
 };
@@ -29,6 +32,7 @@ struct sg_host {
   struct sg_script *sc;
   struct sg_engine *en;
   struct sg_transport *tr;
+  struct sg_otel *otel;        /* the span exporter, NULL: tracing off */
   char host_id[96];            /* the id in use */
   int load_errors;             /* script files that failed to load at open */
 };

@@ -28,6 +28,8 @@ static void usage(FILE *f) {
           "                         or PostgreSQL at postgres://user:pass@host:port/db (several hosts may share one),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
           "                         sends commands through RabbitMQ instead of in-process\n"
+          "      [--otlp URL] (OpenTelemetry: spans to URL/v1/traces with OTLP/HTTP JSON; default off, or\n"
+          "                   $OTEL_EXPORTER_OTLP_ENDPOINT)\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
           "      [--lua-budget N] (VM instructions per step attempt or handler call, default 100000000)\n"
           "      [--lua-step-cpu D] (time one step attempt or handler call may run Lua, default 1s)\n"
@@ -321,6 +323,7 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--tls-cert")) o.tls_cert = v;
       else if (!strcmp(a, "--tls-key")) o.tls_key = v;
       else if (!strcmp(a, "--amqp")) o.cfg.amqp = v;
+      else if (!strcmp(a, "--otlp")) o.cfg.otlp = v;
       else if (!strcmp(a, "--host-id")) o.cfg.host_id = v;
       else if (!strcmp(a, "--log-level")) {
         int l = sg_log_parse_level(v);

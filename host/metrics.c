@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "map.h"
+#include "otel.h"
 #include "transport.h"
 
 #define DEFAULT_LIMIT 10000
@@ -308,6 +309,19 @@ void sg_metrics_render(struct sg_metrics *m, struct sg_buf *b) {
   sg_buf_printf(b, "sagahost_script_load_failures_total %" PRId64 "\n", load_failures);
   family(b, "sagahost_script_files_failing", "gauge", "Script files whose last load failed (their previous version, if any, stays in use).");
   sg_buf_printf(b, "sagahost_script_files_failing %d\n", failing);
+
+  struct sg_otel *otel = sg_engine_otel(m->en);
+  if (otel) {
+    struct sg_otel_stats os;
+    sg_otel_stats(otel, &os);
+    family(b, "sagahost_otel_spans_exported_total", "counter", "Spans the OTLP collector accepted.");
+    sg_buf_printf(b, "sagahost_otel_spans_exported_total %" PRId64 "\n", os.exported);
+    family(b, "sagahost_otel_spans_dropped_total", "counter",
+           "Spans lost: the export queue was full, or their batch could not be delivered to the collector.");
+    sg_buf_printf(b, "sagahost_otel_spans_dropped_total %" PRId64 "\n", os.dropped);
+    family(b, "sagahost_otel_queue_spans", "gauge", "Spans waiting in the export queue.");
+    sg_buf_printf(b, "sagahost_otel_queue_spans %" PRId64 "\n", os.queue);
+  }
 
   struct sg_transport *tr = sg_engine_transport(m->en);
   if (tr) {

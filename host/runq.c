@@ -58,6 +58,7 @@ static int command_slice(struct sg_engine *en, struct pending_cmd *pc) {
   char *status = NULL, *body = NULL;
   if (en->runner.handle_cont(en->runner.ud, pc->handle, &status, &body) == 1) return 1;
   sg_map_del(&en->inflight, pc->m.message_id);
+  en->cmd_t0_us = pc->t0_us;
   eng_command_answered(en, &pc->m, pc->tag, pc->chained, 1, status, body);
   for (size_t i = 0; i < pc->nextra; i++) eng_command_answered(en, &pc->m, pc->extra_tags[i], pc->chained, 0, status, body);
   free(status);

@@ -45,6 +45,7 @@ struct sg_saga_row {
   char *error;        /* why it gave up/failed, or NULL */
   char *idem_key;     /* Idempotency-Key given at start, or NULL */
   char *biz_key;      /* business key (saga.define{key = ...}) computed at start, or NULL; never changes */
+  char *trace;        /* its trace context (otel.h), or NULL; never changes */
   int64_t created_at;
   int64_t updated_at;
   int64_t deadline;   /* saga timeout due time, 0 = none */
@@ -130,6 +131,7 @@ struct sg_msg {
   int step, attempt;     /* headers step, attempt */
   char *status;          /* replies: "ok" or "error"; else NULL */
   char *body;            /* JSON text */
+  char *traceparent, *tracestate; /* headers traceparent, tracestate (W3C Trace Context), or NULL */
   int64_t created_at;
 };
 void sg_msg_free(struct sg_msg *m); /* frees the strings, not m itself */

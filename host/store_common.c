@@ -39,7 +39,8 @@ void sg_store_saga_row_free(struct sg_saga_row *r) {
   free(r->error);
   free(r->idem_key);
   free(r->biz_key);
-  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = NULL;
+  free(r->trace);
+  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = r->trace = NULL;
 }
 
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src) {
@@ -51,6 +52,7 @@ void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *s
   dst->error = sg_strdup(src->error);
   dst->idem_key = sg_strdup(src->idem_key);
   dst->biz_key = sg_strdup(src->biz_key);
+  dst->trace = sg_strdup(src->trace);
 }
 
 /* How much earlier than its created_at a saga's id may say it was made: rows written before created_at
@@ -87,6 +89,9 @@ void sg_msg_free(struct sg_msg *m) {
   free(m->saga_type);
   free(m->status);
   free(m->body);
+  free(m->traceparent);
+  free(m->tracestate);
+  m->traceparent = m->tracestate = NULL;
   m->message_id = m->correlation_id = m->exchange = m->routing_key = m->reply_to = NULL;
   m->type = m->saga_id = m->saga_type = m->status = m->body = NULL;
 }
@@ -104,6 +109,8 @@ void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
   dst->saga_type = sg_strdup(src->saga_type);
   dst->status = sg_strdup(src->status);
   dst->body = sg_strdup(src->body);
+  dst->traceparent = sg_strdup(src->traceparent);
+  dst->tracestate = sg_strdup(src->tracestate);
 }
 
 /* ---- reads without waiting ---- */

@@ -155,6 +155,9 @@ static const char *const migrations[] = {
   "CREATE TABLE events (id BIGSERIAL PRIMARY KEY, txid xid8 NOT NULL DEFAULT pg_current_xact_id(),"
   "  at BIGINT NOT NULL, n INTEGER NOT NULL, host_id TEXT, body TEXT NOT NULL);"
   "CREATE INDEX events_txid ON events(txid, id);",
+  /* 10: the saga's trace context (otel.h: "<trace id>-<span id>[-<parent span id>][ <tracestate>]"),
+   * NULL when it started with tracing off */
+  "ALTER TABLE sagas ADD COLUMN trace TEXT;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -174,7 +177,7 @@ enum {
 };
 
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
-                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key"
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
@@ -183,7 +186,7 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
   [ST_SAGA_INSERT] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) ON CONFLICT DO NOTHING RETURNING 1)"
+                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) ON CONFLICT DO NOTHING RETURNING 1)"
                      " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
   [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
@@ -263,7 +266,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 19
+#define MAX_PARAMS 20 /* saga_insert: the saga columns and its owner */
 struct params {
   int n;
   const char *v[MAX_PARAMS];
@@ -1111,6 +1114,7 @@ static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_r
   r->attempt_started_at = col_i64(res, i, o + 15);
   r->attempt_base = col_int(res, i, o + 16);
   r->biz_key = own ? sg_strdup(col(res, i, o + 17)) : (char *)col(res, i, o + 17);
+  r->trace = own ? sg_strdup(col(res, i, o + 18)) : (char *)col(res, i, o + 18);
   r->same_status = 0;
 }
 
@@ -1135,6 +1139,7 @@ static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->attempt_started_at);
   p_int(&p, r->attempt_base);
   p_text(&p, r->biz_key);
+  p_text(&p, r->trace);
   p_text(&p, s->me[0] ? s->me : NULL);
   int64_t rows = 0;
   int ran = wr_exec(s, ST_SAGA_INSERT, &p, &rows, e, "saga_insert");

@@ -73,6 +73,9 @@ static const char *const migrations[] = {
    * one writer, so id order is commit order */
   "CREATE TABLE events (id INTEGER PRIMARY KEY, at INTEGER NOT NULL, n INTEGER NOT NULL, host_id TEXT,"
   "  body TEXT NOT NULL);",
+  /* 8: the saga's trace context (otel.h: "<trace id>-<span id>[-<parent span id>][ <tracestate>]"),
+   * NULL when it started with tracing off */
+  "ALTER TABLE sagas ADD COLUMN trace TEXT;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -94,7 +97,7 @@ enum {
 
 /* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
-                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key"
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -103,7 +106,7 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
   [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
                      " attempt_started_at = ?12, attempt_base = ?13 WHERE id = ?1 AND version = ?11 - 1",
@@ -496,6 +499,7 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
   r->attempt_started_at = sqlite3_column_int64(st, 15);
   r->attempt_base = sqlite3_column_int(st, 16);
   r->biz_key = col_str(st, 17, own);
+  r->trace = col_str(st, 18, own);
 }
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
@@ -519,6 +523,7 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 16, r->attempt_started_at);
   wr_i64(s, st, 17, r->attempt_base);
   wr_text(s, st, 18, r->biz_key);
+  wr_text(s, st, 19, r->trace);
   return wr_done(s, st, e, "saga_insert");
 }
 
