@@ -1,9 +1,17 @@
 /* grpc: sagahost.v1.Sagas over HTTP/2 (nghttp2) inside the libev loop (grpc.h).
  *
  * A connection is a non-blocking socket with two ev_io watchers: reads are fed to nghttp2 as they
- * come; writes happen only in the write watcher's callback (conn_io), which the rest of the file
+ * come; writes happen only in the write watcher's callback (on_write), which the rest of the file
  * starts when it has something to send (conn_kick). So nothing reached from the engine or the events
- * hub ever sends, closes or frees a connection under its caller's feet.
+ * hub ever sends, closes or frees a connection under its caller's feet. With TLS the same watchers
+ * drive a non-blocking OpenSSL session: the handshake first (ALPN must pick h2), then nghttp2 is fed
+ * from SSL_read and its output goes out through SSL_write; SSL_ERROR_WANT_READ/WANT_WRITE just wait
+ * for the watcher that the session asked for.
+ *
+ * Limits (HTTP's flags): a connection over --http-max-connections or --http-max-per-ip gets a GOAWAY
+ * saying which (ENHANCE_YOUR_CALM, no stream served) and is closed; one that has not completed a first
+ * request within --http-request-timeout of its accept is closed; one with no open call for
+ * --grpc-idle-timeout gets a GOAWAY (NO_ERROR) and is closed. A periodic sweep checks the deadlines.
  *
  * A call is one HTTP/2 stream: its request message is buffered until END_STREAM, then dispatched by
  * :path. Its answer goes to call->out (5-byte length-prefixed messages) and nghttp2 pulls it through a
@@ -18,7 +26,10 @@
 #include <jansson.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <limits.h>
 #include <nghttp2/nghttp2.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +42,7 @@
 #include "store.h"
 
 #define MAX_STREAMS 100         /* concurrent calls per connection (SETTINGS_MAX_CONCURRENT_STREAMS) */
-#define MAX_CONNS 1000          /* connections in all; more are closed at once */
+#define DRAIN_S 2.0             /* after our GOAWAY went out: how long the client has to close first */
 #define FORWARD_TIMEOUT_MS 10000 /* a verb another host owns: how long to wait for it (as HTTP) */
 #define WATCH_SLACK_MS 2000     /* Watch from a saga's start: events from this long before it (hosts' clocks) */
 
@@ -84,7 +95,15 @@ struct conn {
   nghttp2_session *ses;
   struct sg_buf wbuf;           /* bytes nghttp2 gave that the socket did not take yet, from woff */
   size_t woff;
-  int dead;                     /* close at the end of this io callback */
+  SSL *ssl;                     /* TLS: the session; NULL = plaintext */
+  int tls_ready;                /* TLS: the handshake is done and ALPN chose h2 */
+  struct in_addr peer;          /* the client's address (--http-max-per-ip, logs) */
+  int refused;                  /* over a cap: served nothing, gets a GOAWAY and is closed */
+  int closing;                  /* a GOAWAY of ours is queued: shut down once everything is written */
+  int drained;                  /* our side is shut down: what comes is discarded until EOF or DRAIN_S */
+  int requested;                /* a first complete request came in (request_timeout no longer applies) */
+  ev_tstamp since;              /* accept */
+  ev_tstamp idle_since;         /* the last call's end (or accept, or the shutdown when drained) */
   struct call *calls;
   struct conn *prev, *next;
 };
@@ -97,8 +116,13 @@ struct sg_grpc {
   size_t max_message;
   int fd, port;
   ev_io accept_w;
+  SSL_CTX *tls;                 /* --tls-cert/--tls-key: serve TLS with ALPN h2; NULL = plaintext */
+  unsigned max_connections, max_per_ip; /* serving connections in all, from one address */
+  double request_timeout;       /* s from accept to a first complete request */
+  double idle_timeout;          /* s without an open call */
+  ev_timer sweep;               /* the deadlines above */
   struct conn *conns;
-  size_t nconns;
+  size_t nconns;                /* all, refused ones included */
 };
 
 static void conn_kick(struct conn *c) {
@@ -125,6 +149,7 @@ static void call_detach(struct call *k) {
     else c->calls = k->next;
     if (k->next) k->next->prev = k->prev;
     k->c = NULL;
+    if (!c->calls) c->idle_since = ev_now(c->g->loop);
   }
   if (k->sub) {
     sg_events_unsubscribe(k->sub);
@@ -842,6 +867,7 @@ static int on_frame(nghttp2_session *ses, const nghttp2_frame *f, void *ud) {
   if ((f->hd.type != NGHTTP2_DATA && f->hd.type != NGHTTP2_HEADERS) || !(f->hd.flags & NGHTTP2_FLAG_END_STREAM))
     return 0;
   struct call *k = nghttp2_session_get_stream_user_data(ses, f->hd.stream_id);
+  if (k) ((struct conn *)ud)->requested = 1;
   if (k && !k->answered && !k->finished && !k->busy) dispatch(k);
   return 0;
 }
@@ -858,6 +884,7 @@ static void conn_free(struct conn *c) {
   ev_io_stop(g->loop, &c->rio);
   ev_io_stop(g->loop, &c->wio);
   nghttp2_session_del(c->ses);
+  if (c->ssl) SSL_free(c->ssl);
   close(c->fd);
   sg_buf_free(&c->wbuf);
   if (c->prev) c->prev->next = c->next;
@@ -867,14 +894,103 @@ static void conn_free(struct conn *c) {
   free(c);
 }
 
+/* ends the connection politely: a GOAWAY (no stream after last_sid is served) saying why, then a
+ * shutdown once it is written (conn_send), then the close when the client closes or after DRAIN_S */
+static void conn_goaway(struct conn *c, uint32_t code, const char *why) {
+  if (c->closing) return;
+  c->closing = 1;
+  nghttp2_submit_goaway(c->ses, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c->ses), code,
+                        (const uint8_t *)why, strlen(why));
+  if (!c->ssl || c->tls_ready) conn_kick(c);
+}
+
+static const char *peer_name(const struct conn *c, char buf[INET_ADDRSTRLEN]) {
+  return inet_ntop(AF_INET, &c->peer, buf, INET_ADDRSTRLEN) ? buf : "?";
+}
+
+/* TLS errors for the log: OpenSSL's queue, or the errno of a failed syscall */
+static const char *tls_error(int err, char *buf, size_t n) {
+  unsigned long e = ERR_get_error();
+  if (e) ERR_error_string_n(e, buf, n);
+  else if (err == SSL_ERROR_SYSCALL) snprintf(buf, n, "%s", errno ? strerror(errno) : "the client closed");
+  else snprintf(buf, n, "TLS error %d", err);
+  return buf;
+}
+
+/* TLS: advances the handshake; 1 when done, 0 waiting for the socket, -1 failed (the caller closes) */
+static int conn_handshake(struct conn *c) {
+  ERR_clear_error();
+  int r = SSL_do_handshake(c->ssl);
+  if (r == 1) {
+    const unsigned char *p = NULL;
+    unsigned n = 0;
+    SSL_get0_alpn_selected(c->ssl, &p, &n);
+    if (n != 2 || memcmp(p, "h2", 2)) { /* a client that offered no ALPN at all (one without h2 got an alert) */
+      char ip[INET_ADDRSTRLEN];
+      sg_debug("grpc: closing a TLS connection from %s: it did not negotiate HTTP/2 (ALPN h2)", peer_name(c, ip));
+      return -1;
+    }
+    c->tls_ready = 1;
+    return 1;
+  }
+  int err = SSL_get_error(c->ssl, r);
+  if (err == SSL_ERROR_WANT_READ) { ev_io_stop(c->g->loop, &c->wio); return 0; }
+  if (err == SSL_ERROR_WANT_WRITE) { ev_io_start(c->g->loop, &c->wio); return 0; }
+  char ip[INET_ADDRSTRLEN], msg[256];
+  sg_debug("grpc: TLS handshake with %s failed: %s", peer_name(c, ip), tls_error(err, msg, sizeof msg));
+  return -1;
+}
+
+/* n bytes written (> 0), 0 when the socket (or the TLS session) must wait, -1 when the connection is done */
+static ssize_t conn_write(struct conn *c, const char *d, size_t len) {
+  if (!c->ssl) {
+    for (;;) {
+      ssize_t n = write(c->fd, d, len);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) { ev_io_start(c->g->loop, &c->wio); return 0; }
+      return -1;
+    }
+  }
+  ERR_clear_error();
+  int n = SSL_write(c->ssl, d, len > INT_MAX ? INT_MAX : (int)len);
+  if (n > 0) return n;
+  switch (SSL_get_error(c->ssl, n)) {
+  case SSL_ERROR_WANT_WRITE: ev_io_start(c->g->loop, &c->wio); return 0;
+  case SSL_ERROR_WANT_READ: ev_io_stop(c->g->loop, &c->wio); return 0; /* on_read sends again */
+  default: return -1;
+  }
+}
+
+/* n bytes read (> 0), 0 when nothing more is there now, -1 at the end (EOF, error) */
+static ssize_t conn_read(struct conn *c, uint8_t *buf, size_t len) {
+  if (!c->ssl || c->drained) { /* drained: the TLS session is over, what comes is only discarded */
+    for (;;) {
+      ssize_t n = read(c->fd, buf, len);
+      if (n > 0) return n;
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+      return -1;
+    }
+  }
+  ERR_clear_error();
+  int n = SSL_read(c->ssl, buf, (int)len);
+  if (n > 0) return n;
+  switch (SSL_get_error(c->ssl, n)) {
+  case SSL_ERROR_WANT_READ: return 0;
+  case SSL_ERROR_WANT_WRITE: ev_io_start(c->g->loop, &c->wio); return 0;
+  default: return -1; /* SSL_ERROR_ZERO_RETURN (close_notify), a reset, a bad record */
+  }
+}
+
 /* sends what nghttp2 has (and what the socket did not take before); -1 when the connection is done */
 static int conn_send(struct conn *c) {
+  if (c->drained) { ev_io_stop(c->g->loop, &c->wio); return 0; }
   for (;;) {
     while (c->woff < c->wbuf.len) {
-      ssize_t n = write(c->fd, c->wbuf.data + c->woff, c->wbuf.len - c->woff);
-      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) { ev_io_start(c->g->loop, &c->wio); return 0; }
-      if (n < 0 && errno == EINTR) continue;
+      ssize_t n = conn_write(c, c->wbuf.data + c->woff, c->wbuf.len - c->woff);
       if (n < 0) return -1;
+      if (n == 0) return 0;
       c->woff += (size_t)n;
     }
     c->wbuf.len = c->woff = 0;
@@ -885,39 +1001,135 @@ static int conn_send(struct conn *c) {
     sg_buf_add(&c->wbuf, (const char *)d, (size_t)n);
   }
   ev_io_stop(c->g->loop, &c->wio);
+  if (c->closing) { /* our GOAWAY is out: stop sending and let the client close first (it reads it all) */
+    if (c->ssl) SSL_shutdown(c->ssl); /* close_notify; its answer is not waited for */
+    shutdown(c->fd, SHUT_WR);
+    c->drained = 1;
+    c->idle_since = ev_now(c->g->loop);
+    return 0;
+  }
   return nghttp2_session_want_read(c->ses) || nghttp2_session_want_write(c->ses) ? 0 : -1;
 }
 
 static void on_read(struct ev_loop *loop, ev_io *w, int revents) {
   struct conn *c = w->data;
+  if (c->ssl && !c->tls_ready) {
+    int h = conn_handshake(c);
+    if (h < 0) { conn_free(c); return; }
+    if (h == 0) return;
+  }
   uint8_t buf[16384];
   for (;;) {
-    ssize_t n = read(c->fd, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-    if (n <= 0) { conn_free(c); return; }
+    ssize_t n = conn_read(c, buf, sizeof buf);
+    if (n < 0) { conn_free(c); return; }
+    if (n == 0) break;
+    if (c->drained) continue;
     if (nghttp2_session_mem_recv(c->ses, buf, (size_t)n) < 0) { conn_free(c); return; }
-    if ((size_t)n < sizeof buf) break;
+    if (!c->ssl && (size_t)n < sizeof buf) break; /* (TLS: read until the session says WANT_READ) */
   }
   if (conn_send(c) < 0) conn_free(c);
 }
 
 static void on_write(struct ev_loop *loop, ev_io *w, int revents) {
   struct conn *c = w->data;
+  if (c->ssl && !c->tls_ready) {
+    int h = conn_handshake(c);
+    if (h < 0) { conn_free(c); return; }
+    if (h == 0) return;
+  }
   if (conn_send(c) < 0) conn_free(c);
+}
+
+/* the deadlines: a first request within request_timeout, an open call within idle_timeout, the
+ * client's close within DRAIN_S of our shutdown */
+static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct sg_grpc *g = w->data;
+  ev_tstamp now = ev_now(loop);
+  struct conn *next;
+  for (struct conn *c = g->conns; c; c = next) {
+    next = c->next;
+    char ip[INET_ADDRSTRLEN];
+    if (c->drained) {
+      if (now - c->idle_since >= DRAIN_S) conn_free(c);
+    } else if (!c->requested && !c->refused && now - c->since >= g->request_timeout) {
+      sg_debug("grpc: closing a connection from %s: no complete request %.1fs after it opened (--http-request-timeout)",
+               peer_name(c, ip), now - c->since);
+      conn_free(c);
+    } else if (!c->calls && !c->closing && now - c->idle_since >= g->idle_timeout) {
+      char why[120];
+      snprintf(why, sizeof why, "idle for %.0fs with no call (--grpc-idle-timeout)", now - c->idle_since);
+      sg_debug("grpc: closing a connection from %s: %s", peer_name(c, ip), why);
+      conn_goaway(c, NGHTTP2_NO_ERROR, why);
+    } else if (c->refused && now - c->since >= g->request_timeout + DRAIN_S) {
+      conn_free(c); /* (its TLS handshake never finished) */
+    }
+  }
+}
+
+/* ALPN: h2 or nothing (gRPC is HTTP/2 only) */
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                       unsigned int inlen, void *arg) {
+  static const unsigned char h2[] = "\x02h2";
+  if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof h2 - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static SSL_CTX *tls_context(const char *cert, const char *key, struct sg_error *e) {
+  ERR_clear_error();
+  SSL_CTX *t = SSL_CTX_new(TLS_server_method());
+  if (!t) { sg_errorf(e, SG_E_INTERNAL, "cannot create a TLS context"); return NULL; }
+  SSL_CTX_set_min_proto_version(t, TLS1_2_VERSION); /* HTTP/2 needs TLS 1.2 or later */
+  SSL_CTX_set_options(t, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+  /* conn_send retries a write from wbuf, which may have moved (grown) in between */
+  SSL_CTX_set_mode(t, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS);
+  const char *what = "certificate";
+  if (SSL_CTX_use_certificate_chain_file(t, cert) == 1 && (what = "key", SSL_CTX_use_PrivateKey_file(t, key, SSL_FILETYPE_PEM) == 1) &&
+      (what = "key for the certificate", SSL_CTX_check_private_key(t) == 1)) {
+    SSL_CTX_set_alpn_select_cb(t, alpn_select, NULL);
+    return t;
+  }
+  char msg[256];
+  ERR_error_string_n(ERR_get_error(), msg, sizeof msg);
+  sg_errorf(e, SG_E_INVALID, "TLS %s (%s, %s): %s", what, cert, key, msg);
+  SSL_CTX_free(t);
+  return NULL;
 }
 
 static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
   struct sg_grpc *g = w->data;
   for (;;) {
-    int fd = accept4(g->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    struct sockaddr_in peer = {0};
+    socklen_t pl = sizeof peer;
+    int fd = accept4(g->fd, (struct sockaddr *)&peer, &pl, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
-    if (g->nconns >= MAX_CONNS) { close(fd); continue; }
+    /* over the caps: a GOAWAY that says which, for up to SG_HTTP_OVERFLOW connections; beyond, closed at once */
+    unsigned all = 0, same = 0;
+    for (struct conn *o = g->conns; o; o = o->next) {
+      if (o->refused) continue;
+      all++;
+      if (o->peer.s_addr == peer.sin_addr.s_addr) same++;
+    }
+    char why[200] = "";
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &peer.sin_addr, ip, sizeof ip);
+    if (all >= g->max_connections)
+      snprintf(why, sizeof why, "server busy: %u connections open (--http-max-connections); retry later", all);
+    else if (same >= g->max_per_ip)
+      snprintf(why, sizeof why, "too many connections from %s (--http-max-per-ip %u); retry later", ip, g->max_per_ip);
+    if (why[0] && g->nconns >= (size_t)g->max_connections + SG_HTTP_OVERFLOW) {
+      sg_warn("grpc: closing a connection from %s at once: %s", ip, why);
+      close(fd);
+      continue;
+    }
+    if (why[0]) sg_warn("grpc: refusing a connection from %s with GOAWAY: %s", ip, why);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct conn *c = sg_xcalloc(1, sizeof *c);
     c->g = g;
     c->fd = fd;
+    c->peer = peer.sin_addr;
+    c->since = c->idle_since = ev_now(loop);
     sg_buf_init(&c->wbuf);
     nghttp2_session_callbacks *cb;
     nghttp2_session_callbacks_new(&cb);
@@ -930,15 +1142,24 @@ static void on_accept(struct ev_loop *loop, ev_io *w, int revents) {
     nghttp2_session_callbacks_del(cb);
     nghttp2_settings_entry s[] = { { NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, MAX_STREAMS } };
     nghttp2_submit_settings(c->ses, NGHTTP2_FLAG_NONE, s, 1);
+    if (g->tls) {
+      c->ssl = SSL_new(g->tls);
+      SSL_set_fd(c->ssl, fd);
+      SSL_set_accept_state(c->ssl);
+    }
     ev_io_init(&c->rio, on_read, fd, EV_READ);
     ev_io_init(&c->wio, on_write, fd, EV_WRITE);
     c->rio.data = c->wio.data = c;
     ev_io_start(loop, &c->rio);
-    ev_io_start(loop, &c->wio); /* our SETTINGS */
+    if (!c->ssl) ev_io_start(loop, &c->wio); /* our SETTINGS (with TLS: after the handshake) */
     c->next = g->conns;
     if (g->conns) g->conns->prev = c;
     g->conns = c;
     g->nconns++;
+    if (why[0]) {
+      c->refused = 1;
+      conn_goaway(c, NGHTTP2_ENHANCE_YOUR_CALM, why);
+    }
   }
 }
 
@@ -954,9 +1175,25 @@ struct sg_grpc *sg_grpc_start(struct ev_loop *loop, const struct sg_grpc_config 
     if (fd >= 0) close(fd);
     return NULL;
   }
+  SSL_CTX *tls = NULL;
+  if (cfg->tls_cert && !(tls = tls_context(cfg->tls_cert, cfg->tls_key, e))) {
+    close(fd);
+    return NULL;
+  }
   socklen_t sl = sizeof sa;
   getsockname(fd, (struct sockaddr *)&sa, &sl);
   struct sg_grpc *g = sg_xcalloc(1, sizeof *g);
+  g->tls = tls;
+  g->max_connections = cfg->max_connections ? cfg->max_connections : 1000;
+  g->max_per_ip = cfg->max_per_ip ? cfg->max_per_ip : 64;
+  g->request_timeout = cfg->request_timeout > 0 ? cfg->request_timeout : 10.0;
+  g->idle_timeout = cfg->idle_timeout > 0 ? cfg->idle_timeout : 60.0;
+  double every = (g->request_timeout < g->idle_timeout ? g->request_timeout : g->idle_timeout) / 10;
+  if (every < 0.05) every = 0.05;
+  if (every > 1.0) every = 1.0;
+  ev_timer_init(&g->sweep, on_sweep, every, every);
+  g->sweep.data = g;
+  ev_timer_start(loop, &g->sweep);
   g->loop = loop;
   g->en = en;
   g->events = events;
@@ -978,6 +1215,8 @@ void sg_grpc_stop(struct sg_grpc *g) {
   if (!g) return;
   while (g->conns) conn_free(g->conns);
   ev_io_stop(g->loop, &g->accept_w);
+  ev_timer_stop(g->loop, &g->sweep);
   close(g->fd);
+  if (g->tls) SSL_CTX_free(g->tls);
   free(g);
 }

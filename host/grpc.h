@@ -1,6 +1,8 @@
 /* grpc: the gRPC service sagahost.v1.Sagas (proto/sagahost/v1/sagas.proto, docs/grpc.md) on
- * `--grpc ADDR:PORT`: HTTP/2 (nghttp2) over plaintext TCP inside the libev loop (non-blocking sockets
- * watched by ev_io, no threads), messages encoded with protobuf-c from code generated at build time.
+ * `--grpc ADDR:PORT`: HTTP/2 (nghttp2) over TCP, or over TLS (OpenSSL, ALPN h2) when the host has
+ * --tls-cert/--tls-key, inside the libev loop (non-blocking sockets watched by ev_io, no threads),
+ * messages encoded with protobuf-c from code generated at build time. Connections are capped in all
+ * and per client address and closed when idle or too slow to send a first request (like HTTP's).
  *
  * It acts through the same engine calls as the HTTP API (api.c) and follows the same events hub
  * (events.c) for Watch and WatchAll, with its flow control. Auth is the HTTP API's tokens and roles.
@@ -20,6 +22,13 @@ struct sg_grpc_config {
   const char *listen;         /* "host:port" (IPv4 or localhost; port 0 picks one: sg_grpc_port) */
   size_t max_message;         /* larger request messages get RESOURCE_EXHAUSTED */
   const struct sg_auth *auth; /* tokens and roles (the caller's); NULL = every call open */
+  const char *tls_cert;       /* PEM file: certificate chain; with tls_key, serve TLS (ALPN h2); NULL = plaintext */
+  const char *tls_key;        /* PEM file: its private key, unencrypted */
+  unsigned max_connections;   /* open connections in all; more get GOAWAY (--http-max-connections) */
+  unsigned max_per_ip;        /* open connections from one address; more get GOAWAY (--http-max-per-ip) */
+  double request_timeout;     /* seconds from accept to the first complete request (TLS handshake and
+                               * HTTP/2 preface included), else closed (--http-request-timeout) */
+  double idle_timeout;        /* seconds a connection with no open call stays open (--grpc-idle-timeout) */
 };
 
 struct sg_grpc;

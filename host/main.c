@@ -44,7 +44,8 @@ static void usage(FILE *f) {
           "      [--event-retention D] (7d): how long lifecycle events (GET /v1/events) are kept (0 = forever)\n"
           "      [--auth FILE] (tokens with roles, `name role token` per line; re-read on SIGHUP) [--auth-metrics]\n"
           "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth)\n"
-          "      [--grpc ADDR:PORT] (serve the gRPC service sagahost.v1.Sagas there, plaintext; docs/grpc.md)\n"
+          "      [--grpc ADDR:PORT] (serve the gRPC service sagahost.v1.Sagas there; over TLS with --tls-cert; docs/grpc.md)\n"
+          "      [--grpc-idle-timeout D] (60s): a gRPC connection with no open call is closed after D\n"
           "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64): over them, 503 with Retry-After\n"
           "      [--http-request-timeout D] (10s): a request must be fully received within D of its start\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
@@ -112,6 +113,7 @@ struct run_opts {
   int insecure;              /* --insecure: a non-loopback listen without --auth is allowed */
   const char *tls_cert;      /* --tls-cert: PEM file, with tls_key: serve HTTPS */
   const char *tls_key;       /* --tls-key */
+  double grpc_idle_timeout;  /* --grpc-idle-timeout in seconds (0 = the default, 60) */
   int demo;                  /* start sample orders */
   const char *argv0;         /* how this binary was invoked (for the demo's examples) */
   struct sg_http_limits http; /* --http-max-connections, --http-max-per-ip, --http-request-timeout */
@@ -149,12 +151,15 @@ static int cmd_run(const struct run_opts *o) {
             o->listen);
     return 2;
   }
-  /* gRPC is plaintext: a bearer token on it can be read by anyone on the path */
-  if (o->grpc && !o->insecure && !sg_http_listen_is_loopback(o->grpc)) {
+  /* gRPC off loopback: HTTP's rule (--auth, or --insecure), and TLS too, since without it a bearer token
+   * on it can be read by anyone on the path */
+  if (o->grpc && !o->insecure && !sg_http_listen_is_loopback(o->grpc) && !(o->auth_file && o->tls_cert)) {
     fprintf(stderr,
-            "sagahost: refusing --grpc %s: the gRPC service is plaintext (no TLS), so tokens and sagas on it can be "
-            "read on the network. Listen on a loopback address (127.0.0.1) behind a TLS proxy, or pass --insecure "
-            "if the network is private (docs/grpc.md)\n", o->grpc);
+            "sagahost: refusing --grpc %s: %s, so anyone who can reach it could %s. Give --auth FILE and "
+            "--tls-cert/--tls-key (gRPC over TLS with tokens), listen on a loopback address (127.0.0.1), or pass "
+            "--insecure if the network is private (docs/grpc.md)\n", o->grpc,
+            !o->auth_file ? "it has no --auth" : "it is plaintext (no --tls-cert)",
+            !o->auth_file ? "start and compensate sagas" : "read tokens and sagas on the network");
     return 2;
   }
   if (!o->tls_cert != !o->tls_key) {
@@ -218,13 +223,15 @@ static int cmd_run(const struct run_opts *o) {
   else if (!sg_http_listen_is_loopback(o->listen))
     sg_warn("--insecure: the API on %s has no authentication", shown);
   if (o->grpc) {
-    struct sg_grpc_config gcfg = { o->grpc, 1 << 20, r.auth };
+    struct sg_grpc_config gcfg = { o->grpc, 1 << 20, r.auth, o->tls_cert, o->tls_key, o->http.max_connections,
+                                   o->http.max_per_ip, o->http.request_timeout, o->grpc_idle_timeout };
     r.grpc = sg_grpc_start(loop, &gcfg, r.host.en, sg_api_events(r.api), &e);
     if (!r.grpc) { fprintf(stderr, "sagahost: --grpc: %s\n", e.msg); goto out; }
     snprintf(shown, sizeof shown, "%s", o->grpc);
     colon = strrchr(shown, ':');
     if (colon) snprintf(colon + 1, sizeof shown - (size_t)(colon + 1 - shown), "%d", sg_grpc_port(r.grpc));
-    sg_info("gRPC (sagahost.v1.Sagas, plaintext HTTP/2) listening on %s%s", shown, r.auth ? ", with --auth" : "");
+    sg_info("gRPC (sagahost.v1.Sagas, %s) listening on %s%s", o->tls_cert ? "HTTP/2 over TLS" : "plaintext HTTP/2", shown,
+            r.auth ? ", with --auth" : "");
   }
   if (r.auth) {
     ev_signal_init(&r.sighup, on_sighup, SIGHUP);
@@ -375,6 +382,12 @@ int main(int argc, char **argv) {
         if (sg_duration_parse(v, &ms, &de) < 0) return usage_error("--http-request-timeout: %s", de.msg);
         if (ms <= 0) return usage_error("--http-request-timeout must be positive, got %s", v);
         o.http.request_timeout = (double)ms / 1000.0;
+      } else if (!strcmp(a, "--grpc-idle-timeout")) {
+        struct sg_error de = {0};
+        int64_t ms;
+        if (sg_duration_parse(v, &ms, &de) < 0) return usage_error("--grpc-idle-timeout: %s", de.msg);
+        if (ms <= 0) return usage_error("--grpc-idle-timeout must be positive, got %s", v);
+        o.grpc_idle_timeout = (double)ms / 1000.0;
       } else {
         return usage_error("unknown option %s for run (see --help)", a);
       }

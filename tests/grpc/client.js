@@ -1,7 +1,7 @@
 // A gRPC client of sagahost.v1.Sagas for tests/spec/grpc_spec.lua (@grpc/grpc-js, @grpc/proto-loader).
 //   node client.js ADDR METHOD 'REQUEST-JSON' [OPTIONS-JSON]
 // OPTIONS: token (sent as `authorization: Bearer ...`), count (streams: stop after this many events),
-// timeout_ms (a deadline, default 20000).
+// timeout_ms (a deadline, default 20000), ca (a PEM file: connect over TLS trusting it; else plaintext).
 // Prints one JSON line: {"ok": true, "response": ...} for a unary call, {"ok": true, "events": [...]}
 // for a stream that ended or gave `count` events; on an error {"ok": false, "code": N, "name": "NOT_FOUND",
 // "details": "...", "events": [...]}.
@@ -15,7 +15,9 @@ const opts = optJson ? JSON.parse(optJson) : {};
 const def = loader.loadSync(path.join(__dirname, "../../proto/sagahost/v1/sagas.proto"),
   { keepCase: true, longs: Number, defaults: true });
 const Sagas = grpc.loadPackageDefinition(def).sagahost.v1.Sagas;
-const client = new Sagas(addr, grpc.credentials.createInsecure());
+const fs = require("fs");
+const creds = opts.ca ? grpc.credentials.createSsl(fs.readFileSync(opts.ca)) : grpc.credentials.createInsecure();
+const client = new Sagas(addr, creds);
 const md = new grpc.Metadata();
 if (opts.token) md.set("authorization", "Bearer " + opts.token);
 const deadline = new Date(Date.now() + (opts.timeout_ms || 20000));
