@@ -2,7 +2,10 @@
 -- gRPC client (tests/grpc/client.js: @grpc/grpc-js and @grpc/proto-loader, installed by
 -- `.ci/deps.sh --test`): Start, Watch (every event of a saga in order up to its terminal one, matching
 -- GET /v1/sagas/{id}), Get and List (the HTTP API's answers), WatchAll with a type filter and a resume
--- from an event id, Compensate of a running saga, the status codes, and the auth codes.
+-- from an event id, Compensate of a running saga, the status codes, and the auth codes; over TLS
+-- (--tls-cert/--tls-key, ALPN h2) on a non-loopback address with --auth; the connection limits
+-- (--http-max-per-ip's GOAWAY, --grpc-idle-timeout, --http-request-timeout) through bare HTTP/2
+-- connections (tests/grpc/conns.js).
 local H = require "helper"
 local cjson = require "cjson"
 
@@ -27,13 +30,14 @@ saga.define {
 ]]
 
 local CLIENT = "tests/grpc/client.js"
+local CONNS = "tests/grpc/conns.js"
 
 -- starts h with --grpc on a free port; h.grpc is its address
 local function start(h, extra)
   h:start("--grpc 127.0.0.1:0 " .. (extra or ""))
   local deadline = H.now() + 5 * H.slow
   repeat
-    local port = (H.read(h.curlog) or ""):match("gRPC .- listening on 127%.0%.0%.1:(%d+)")
+    local port = (H.read(h.curlog) or ""):match("gRPC .- listening on [%d.]+:(%d+)")
     if port then h.grpc = "127.0.0.1:" .. port; return h end
     H.sleep(0.05)
   until H.now() > deadline
@@ -45,6 +49,13 @@ local function call(h, method, req, opts)
   local code, out, err = H.run(string.format("node %s %s %s %s %s", CLIENT, h.grpc, method,
     H.q(cjson.encode(req or {})), H.q(cjson.encode(opts or {}))))
   assert(code == 0 and out ~= "", "the gRPC client failed (" .. tostring(code) .. "): " .. out .. err)
+  return cjson.decode(out)
+end
+
+-- bare connections (conns.js): per connection {goaway = {code, data}, closed_ms}
+local function conns(h, opts)
+  local code, out, err = H.run(string.format("node %s %s %s", CONNS, h.grpc, H.q(cjson.encode(opts))))
+  assert(code == 0 and out ~= "", "conns.js failed (" .. tostring(code) .. "): " .. out .. err)
   return cjson.decode(out)
 end
 
@@ -199,10 +210,100 @@ describe("gRPC", function()
     assert.equals(id, c.id)
   end)
 
-  it("refuses --grpc on a non-loopback address without --insecure", function()
+  it("refuses --grpc on a non-loopback address without --auth and TLS (or --insecure)", function()
     local d = H.tmpdir("grpc-refuse")
     local code, _, err = H.run(H.bin .. " run --db " .. d .. "/x.db --grpc 0.0.0.0:0 " .. d .. "/sagas")
     assert.equals(2, code)
-    assert.matches("refusing %-%-grpc 0%.0%.0%.0:0: the gRPC service is plaintext", err)
+    assert.matches("refusing %-%-grpc 0%.0%.0%.0:0: it has no %-%-auth", err)
+    H.write(d .. "/tokens", "ops operate oooooooooooooooooooo\n")
+    code, _, err = H.run(H.bin .. " run --db " .. d .. "/x.db --auth " .. d .. "/tokens --grpc 0.0.0.0:0 " .. d .. "/sagas")
+    assert.equals(2, code)
+    assert.matches("refusing %-%-grpc 0%.0%.0%.0:0: it is plaintext %(no %-%-tls%-cert%)", err)
+  end)
+
+  it("caps connections per address: the ones over --http-max-per-ip get a GOAWAY saying so", function()
+    local a = H.host { name = "grpc-cap", scripts = { ["trip.lua"] = SCRIPT } }
+    start(a, "--http-max-per-ip 2")
+    finally(function() a:stop() end)
+    local r = conns(a, { n = 4, hold_ms = 800 })
+    assert.is_nil(r[1].goaway, cjson.encode(r))
+    assert.is_nil(r[2].goaway, cjson.encode(r))
+    assert.is_nil(r[1].closed_ms, cjson.encode(r))
+    for i = 3, 4 do
+      assert.equals(11, r[i].goaway.code, cjson.encode(r)) -- ENHANCE_YOUR_CALM
+      assert.matches("too many connections from 127%.0%.0%.1 %(%-%-http%-max%-per%-ip 2%)", r[i].goaway.data)
+      assert.truthy(r[i].closed_ms, cjson.encode(r))
+    end
+    assert.matches("grpc: refusing a connection from 127%.0%.0%.1 with GOAWAY: too many connections", H.read(a.curlog))
+    -- once those are gone, calls go through again
+    ok(call(a, "List", {}))
+  end)
+
+  it("closes a connection idle past --grpc-idle-timeout and one without a request past --http-request-timeout", function()
+    local a = H.host { name = "grpc-idle", scripts = { ["trip.lua"] = SCRIPT } }
+    start(a, "--grpc-idle-timeout 1s --http-request-timeout 3s")
+    finally(function() a:stop() end)
+    local r = conns(a, { n = 1, hold_ms = 2500 })[1]
+    assert.equals(0, r.goaway and r.goaway.code, cjson.encode(r)) -- NO_ERROR
+    assert.matches("idle for 1s with no call %(%-%-grpc%-idle%-timeout%)", r.goaway.data)
+    assert.truthy(r.closed_ms >= 900 and r.closed_ms < 2500, cjson.encode(r))
+    -- a Watch keeps its connection open past the idle timeout
+    local id = ok(call(a, "Start", { type = "Trip", input = cjson.encode { nap = "2s" } })).id
+    local evs = ok(call(a, "Watch", { id = id }))
+    assert.equals("completed", evs[#evs].status)
+    local b = H.host { name = "grpc-slow", scripts = { ["trip.lua"] = SCRIPT } }
+    start(b, "--http-request-timeout 1s")
+    finally(function() b:stop() end)
+    r = conns(b, { n = 1, hold_ms = 2500, raw = true })[1] -- TCP only: no preface, no request
+    assert.truthy(r.closed_ms and r.closed_ms >= 900 and r.closed_ms < 2500, cjson.encode(r))
+  end)
+end)
+
+describe("gRPC over TLS", function()
+  local h, cert
+  local OPS = "oooooooooooooooooooo"
+  setup(function()
+    h = H.host { name = "grpc-tls", scripts = { ["trip.lua"] = SCRIPT } }
+    cert = h.dir .. "/cert.pem"
+    local key = h.dir .. "/key.pem"
+    local code, out = H.sh("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -days 1 " ..
+      "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout " .. key .. " -out " .. cert)
+    assert(code == 0, "openssl: " .. out)
+    H.write(h.dir .. "/tokens", "ops operate " .. OPS .. "\n")
+    h.opts.args = "--auth " .. h.dir .. "/tokens --tls-cert " .. cert .. " --tls-key " .. key
+    h.opts.curl_args = "--cacert " .. cert
+    -- a non-loopback address: allowed with --auth and TLS
+    h:start("--grpc 0.0.0.0:0 --log-level debug")
+    local deadline = H.now() + 5 * H.slow
+    repeat
+      local port = (H.read(h.curlog) or ""):match("gRPC %(sagahost%.v1%.Sagas, HTTP/2 over TLS%) listening on 0%.0%.0%.0:(%d+)")
+      if port then h.grpc = "127.0.0.1:" .. port; break end
+      H.sleep(0.05)
+    until H.now() > deadline
+    assert(h.grpc, "no gRPC over TLS listening line:\n" .. (H.read(h.curlog) or ""))
+  end)
+  teardown(function() h:stop() end)
+
+  it("serves Start and Watch to a client that trusts the certificate", function()
+    local tls = { ca = cert, token = OPS }
+    local id = ok(call(h, "Start", { type = "Trip", input = cjson.encode { nap = "200ms" } }, tls)).id
+    local r = call(h, "Watch", { id = id }, tls)
+    assert.is_true(r.ok and r.ended, cjson.encode(r))
+    assert.equals("started", r.events[1].kind)
+    assert.equals("terminal", r.events[#r.events].kind)
+    assert.equals("completed", r.events[#r.events].status)
+    assert.equals(8, #r.events)
+  end)
+
+  it("a plaintext client gets nothing from the TLS port", function()
+    local r = call(h, "List", {}, { token = OPS, timeout_ms = 3000 })
+    assert.is_false(r.ok, cjson.encode(r))
+    assert.truthy(r.name == "UNAVAILABLE" or r.name == "DEADLINE_EXCEEDED", cjson.encode(r))
+    -- nor does a bare HTTP/2 one, and a TLS one without ALPN h2 is refused in the handshake
+    local c = conns(h, { n = 1, hold_ms = 1500, raw = true })[1]
+    assert.is_nil(c.goaway)
+    local code = H.sh("curl -s -o /dev/null --http1.1 --cacert " .. cert .. " https://127.0.0.1:" .. h.grpc:match(":(%d+)$") .. "/")
+    assert.are_not.equal(0, code)
+    assert.matches("grpc: TLS handshake with 127%.0%.0%.1 failed: .-no application protocol", H.read(h.curlog))
   end)
 end)
