@@ -43,7 +43,7 @@ static void usage(FILE *f) {
           "      [--retention D] (0 = forever): how long finished sagas are kept (compensation_failed ones stay)\n"
           "      [--event-retention D] (7d): how long lifecycle events (GET /v1/events) are kept (0 = forever)\n"
           "      [--auth FILE] (tokens with roles, `name role token` per line; re-read on SIGHUP) [--auth-metrics]\n"
-          "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth)\n"
+          "      [--tls-cert FILE --tls-key FILE] (serve HTTPS) [--insecure] (allow a non-loopback --listen without --auth, --grpc without --auth and TLS)\n"
           "      [--grpc ADDR:PORT] (serve the gRPC service sagahost.v1.Sagas there; over TLS with --tls-cert; docs/grpc.md)\n"
           "      [--grpc-idle-timeout D] (60s): a gRPC connection with no open call is closed after D\n"
           "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64): over them, 503 with Retry-After\n"
