@@ -127,12 +127,33 @@ char *sg_otel_saga_trace_new(const char *traceparent, const char *tracestate) {
   return sg_buf_steal(&b);
 }
 
+char *sg_otel_trace_text(const struct sg_tctx *c) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  hex(&b, c->trace, 16);
+  sg_buf_adds(&b, "-");
+  hex(&b, c->span, 8);
+  if (!zero(c->parent, 8)) {
+    sg_buf_adds(&b, "-");
+    hex(&b, c->parent, 8);
+    if (c->since_ms > 0) sg_buf_printf(&b, "@%" PRId64, c->since_ms);
+  }
+  if (c->state) { sg_buf_adds(&b, " "); sg_buf_adds(&b, c->state); }
+  return sg_buf_steal(&b);
+}
+
 void sg_otel_saga_ctx(const char *trace, const char *saga_id, struct sg_tctx *c) {
   memset(c, 0, sizeof *c);
   size_t n = trace ? strlen(trace) : 0;
   if (n >= 49 && trace[32] == '-' && unhex(trace, c->trace, 16) == 0 && unhex(trace + 33, c->span, 8) == 0) {
-    if (n >= 66 && trace[49] == '-' && unhex(trace + 50, c->parent, 8) == 0) n = 66;
-    else { memset(c->parent, 0, 8); n = 49; }
+    if (n >= 66 && trace[49] == '-' && unhex(trace + 50, c->parent, 8) == 0) {
+      n = 66;
+      if (trace[n] == '@') {
+        char *end;
+        c->since_ms = strtoll(trace + n + 1, &end, 10);
+        n = (size_t)(end - trace);
+      }
+    } else { memset(c->parent, 0, 8); n = 49; }
     if (trace[n] == ' ' && trace[n + 1]) c->state = trace + n + 1;
     return;
   }

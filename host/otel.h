@@ -9,7 +9,9 @@
  *
  * Trace contexts are W3C Trace Context (`traceparent` "00-<32 hex trace id>-<16 hex span id>-<2 hex
  * flags>", `tracestate` passed on as is). A saga's context lives in its row (sagas.trace) as text
- * "<trace id>-<span id>[-<parent span id>][ <tracestate>]"; the ids of its attempt spans and of the
+ * "<trace id>-<span id>[-<parent span id>[@<ms>]][ <tracestate>]" (@<ms>: the context of what an
+ * operator's retry began at ms, a child of the saga's span; the saga's own span ended at its first
+ * terminal status); the ids of its attempt spans and of the
  * client spans of its calls are derived from it (sg_otel_derive), so they are the same after a restart
  * and a command sent again carries the same traceparent.
  *
@@ -28,6 +30,7 @@ struct sg_tctx {
   uint8_t span[8];    /* span id */
   uint8_t parent[8];  /* parent span id (all zero: a root span) */
   const char *state;  /* tracestate (borrowed), or NULL */
+  int64_t since_ms;   /* a saga's context after an operator's retry: when the retry began (ms), else 0 */
 };
 
 /* span kinds, as OTLP numbers them */
@@ -61,6 +64,8 @@ char *sg_otel_saga_trace_new(const char *traceparent, const char *tracestate);
 /* The saga's context from its sagas.trace text; a saga without one (started while tracing was off)
  * gets ids derived from its id, so its spans still form one trace. */
 void sg_otel_saga_ctx(const char *trace, const char *saga_id, struct sg_tctx *c);
+/* c as sagas.trace text (malloc'd) */
+char *sg_otel_trace_text(const struct sg_tctx *c);
 /* An id derived from a span id and a label (the same inputs, the same id). */
 void sg_otel_derive(const uint8_t span[8], const char *label, uint8_t out[8]);
 /* a random span id */
