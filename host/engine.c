@@ -74,7 +74,11 @@ void eng_mark_dirty(struct sg_engine *en, struct sg_saga *s) {
 }
 
 static void journal_clear(struct sg_saga *s) {
-  for (int i = 0; i < s->njournal; i++) { free(s->journal[i].result); free(s->journal[i].service); }
+  for (int i = 0; i < s->njournal; i++) {
+    free(s->journal[i].result);
+    free(s->journal[i].service);
+    free(s->journal[i].cmd);
+  }
   s->njournal = 0;
 }
 
@@ -98,7 +102,7 @@ static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_err
   }
   struct jent *j = &s->journal[s->njournal++];
   j->seq = seq; j->done = done; j->is_error = is_error; j->result = sg_strdup(result); j->service = NULL;
-  j->t0_us = 0;
+  j->t0_us = 0; j->cmd = NULL;
   j->kind = "op"; j->dirty = 0;
   return j;
 }
@@ -141,6 +145,21 @@ void eng_timer_cancel(struct sg_engine *en, struct sg_timer **slot) {
 static void msg_id_for(const struct sg_saga *s, int seq, char *out, size_t n) {
   snprintf(out, n, "%s.%d.%c.%d.%d", s->row.id, s->row.step, s->row.phase == SG_PH_ACTION ? 'a' : 'c',
            s->row.attempt, seq);
+}
+
+/* With tracing on: one call (seq) of the running attempt, or every call still waiting (seq 0), will get
+ * no reply; their client spans end with why (a call without a span is invisible in the trace). */
+static void trace_given_up(struct sg_engine *en, struct sg_saga *s, int seq, const char *why, const char *error) {
+  if (!en->otel) return;
+  for (int i = 0; i < s->njournal; i++) {
+    struct jent *j = &s->journal[i];
+    if (!j->service || (seq ? j->seq != seq : j->done)) continue;
+    char id[160];
+    msg_id_for(s, j->seq, id, sizeof id);
+    char *msg = error ? sg_asprintf("%s: %s", why, error) : NULL;
+    eng_trace_call_given_up(en, s, id, j->service, j->cmd, j->t0_us, msg ? msg : why);
+    free(msg);
+  }
 }
 
 /* Writes a message to the outbox; it is published after the commit. Takes ownership of m's strings.
@@ -304,6 +323,7 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
   eng_timer_cancel(en, &s->t_retry);
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_saga);
+  trace_given_up(en, s, 0, "no reply: the saga ended", sg_status_name(status));
   journal_clear(s);
   eng_mark_dirty(en, s);
   eng_event(en, SG_EV_TERMINAL, s, sg_status_name(status), error, 0);
@@ -364,6 +384,7 @@ void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status
   hist_finish(en, s, status, error);
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_wait);
+  if (strcmp(status, "completed") != 0) trace_given_up(en, s, 0, "no reply: the attempt ended", error ? error : status);
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -620,7 +641,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
     }
     struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
     if (is_call) j->service = sg_strdup(op->a);
-    if (is_call && en->otel) j->t0_us = sg_now_ms() * 1000;
+    if (is_call && en->otel) { j->t0_us = sg_now_ms() * 1000; j->cmd = sg_strdup(op->b); }
     journal_write(en, s, kind, j);
     if (!is_call) { *result = sg_strdup("null"); return 0; }
     int64_t timeout_ms = op->d ? strtoll(op->d, NULL, 10) : 0;
@@ -773,6 +794,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     if (!j || j->done) return;
     j->done = 1;
     if (kind == TM_CALL_TIMEOUT) {
+      trace_given_up(en, s, j->seq, "timed out waiting for the reply", NULL);
       eng_breaker_record(en, j->service, 1);
       j->is_error = 1;
       j->result = sg_strdup("{\"error\":\"timed out waiting for the reply\",\"retryable\":true}");

@@ -22,6 +22,7 @@ struct jent {
   char *result; /* JSON, NULL while waiting */
   char *service; /* call: the service called (for its circuit breaker); NULL after a restart */
   int64_t t0_us; /* call with tracing on: when it was issued (its client span's start); 0 after a restart */
+  char *cmd;     /* call with tracing on: the command (its client span's name if it is given up), else NULL */
   const char *kind; /* "call", "sleep", ... (static strings) */
   int dirty;    /* changed since the last commit: written at the next one if the attempt still runs */
 };
@@ -310,6 +311,12 @@ void eng_trace_republish(struct sg_engine *en, const struct sg_msg *m, struct sg
 /* the reply to a call of s came: its client span ends */
 void eng_trace_reply(struct sg_engine *en, const struct sg_saga *s, const struct sg_msg *reply, const char *service,
                      int64_t start_us, int is_error);
+/* a call (message id) that will get no reply: it timed out, or its attempt or saga ended without it;
+ * its client span ends now, an error with why */
+void eng_trace_call_given_up(struct sg_engine *en, const struct sg_saga *s, const char *message_id,
+                             const char *service, const char *cmd, int64_t start_us, const char *why);
+/* an operator retries s: what follows is a span of its own, a child of the saga's (s->row.trace changes) */
+void eng_trace_retry(struct sg_engine *en, struct sg_saga *s);
 /* a command was handled: its server span (a child of its traceparent), whose traceparent goes into tp */
 void eng_trace_command(struct sg_engine *en, const struct sg_msg *m, int64_t start_us, const char *status,
                        const char *body, char tp[56]);

@@ -100,6 +100,7 @@ int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struc
   s->row.phase = SG_PH_COMPENSATE;
   s->row.attempt++;
   s->row.attempt_base = s->row.attempt - 1;
+  if (en->otel) eng_trace_retry(en, s);
   eng_mark_dirty(en, s);
   eng_begin_attempt(en, s);
   return 0;

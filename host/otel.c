@@ -4,13 +4,14 @@
 #include <curl/curl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #define DEFAULT_QUEUE 8192
-#define BATCH 512          /* spans per request at most */
+#define BATCH 2048         /* spans per request at most */
 #define FLUSH_MS 500       /* a partial batch waits at most this long */
 
 struct sg_otel {
@@ -19,8 +20,8 @@ struct sg_otel {
   pthread_t worker;        /* sends batches */
   pthread_mutex_t mu;      /* guards everything below */
   pthread_cond_t cv;       /* signalled when a batch is full or at stop */
-  char **q;                /* ring of span JSON texts (owned) */
-  int cap, head, n;        /* ring size, first, count */
+  struct sg_span *q;       /* ring of spans; the worker formats the first `taken` in place */
+  int cap, head, n;        /* ring size, first, count (taken ones included: not overwritten) */
   int stop;                /* sg_otel_free: send what is left and end */
   int64_t queued, exported, dropped;
 };
@@ -127,12 +128,33 @@ char *sg_otel_saga_trace_new(const char *traceparent, const char *tracestate) {
   return sg_buf_steal(&b);
 }
 
+char *sg_otel_trace_text(const struct sg_tctx *c) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  hex(&b, c->trace, 16);
+  sg_buf_adds(&b, "-");
+  hex(&b, c->span, 8);
+  if (!zero(c->parent, 8)) {
+    sg_buf_adds(&b, "-");
+    hex(&b, c->parent, 8);
+    if (c->since_ms > 0) sg_buf_printf(&b, "@%" PRId64, c->since_ms);
+  }
+  if (c->state) { sg_buf_adds(&b, " "); sg_buf_adds(&b, c->state); }
+  return sg_buf_steal(&b);
+}
+
 void sg_otel_saga_ctx(const char *trace, const char *saga_id, struct sg_tctx *c) {
   memset(c, 0, sizeof *c);
   size_t n = trace ? strlen(trace) : 0;
   if (n >= 49 && trace[32] == '-' && unhex(trace, c->trace, 16) == 0 && unhex(trace + 33, c->span, 8) == 0) {
-    if (n >= 66 && trace[49] == '-' && unhex(trace + 50, c->parent, 8) == 0) n = 66;
-    else { memset(c->parent, 0, 8); n = 49; }
+    if (n >= 66 && trace[49] == '-' && unhex(trace + 50, c->parent, 8) == 0) {
+      n = 66;
+      if (trace[n] == '@') {
+        char *end;
+        c->since_ms = strtoll(trace + n + 1, &end, 10);
+        n = (size_t)(end - trace);
+      }
+    } else { memset(c->parent, 0, 8); n = 49; }
     if (trace[n] == ' ' && trace[n + 1]) c->state = trace + n + 1;
     return;
   }
@@ -145,68 +167,103 @@ void sg_otel_saga_ctx(const char *trace, const char *saga_id, struct sg_tctx *c)
 
 /* ---- spans ---- */
 
+/* s into the pool: its offset, or -1 when the pool is full (what fits is kept) */
+static int16_t pool_add(struct sg_span *sp, const char *s) {
+  size_t room = SG_SPAN_POOL - sp->used;
+  if (room < 2) return -1;
+  size_t n = strlen(s);
+  if (n > room - 1) n = room - 1;
+  int16_t off = (int16_t)sp->used;
+  memcpy(sp->pool + off, s, n);
+  sp->pool[off + n] = 0;
+  sp->used = (uint16_t)(sp->used + n + 1);
+  return off;
+}
+
 void sg_span_begin(struct sg_span *sp, const struct sg_tctx *c, const char *name, int kind, int64_t start_us,
                    int64_t end_us) {
   if (end_us < start_us) end_us = start_us;
-  sg_buf_init(&sp->b);
+  memcpy(sp->trace, c->trace, 16);
+  memcpy(sp->span, c->span, 8);
+  memcpy(sp->parent, c->parent, 8);
+  sp->used = 0;
   sp->nattr = 0;
-  sg_buf_adds(&sp->b, "{\"traceId\":\"");
-  hex(&sp->b, c->trace, 16);
-  sg_buf_adds(&sp->b, "\",\"spanId\":\"");
-  hex(&sp->b, c->span, 8);
-  if (!zero(c->parent, 8)) {
-    sg_buf_adds(&sp->b, "\",\"parentSpanId\":\"");
-    hex(&sp->b, c->parent, 8);
-  }
-  sg_buf_adds(&sp->b, "\"");
-  if (c->state) { sg_buf_adds(&sp->b, ",\"traceState\":"); sg_buf_add_json_str(&sp->b, c->state); }
-  sg_buf_adds(&sp->b, ",\"name\":");
-  sg_buf_add_json_str(&sp->b, name);
-  sg_buf_printf(&sp->b, ",\"kind\":%d,\"startTimeUnixNano\":\"%" PRId64 "000\",\"endTimeUnixNano\":\"%" PRId64
-                "000\",\"attributes\":[", kind, start_us, end_us);
-}
-
-static void attr_key(struct sg_span *sp, const char *key) {
-  if (sp->nattr++) sg_buf_adds(&sp->b, ",");
-  sg_buf_adds(&sp->b, "{\"key\":");
-  sg_buf_add_json_str(&sp->b, key);
+  sp->kind = (uint8_t)kind;
+  sp->error = 0;
+  sp->msg = -1;
+  sp->start_us = start_us;
+  sp->end_us = end_us;
+  sp->name = pool_add(sp, name);
+  sp->state = c->state ? pool_add(sp, c->state) : -1;
 }
 
 void sg_span_str(struct sg_span *sp, const char *key, const char *val) {
-  if (!val) return;
-  attr_key(sp, key);
-  sg_buf_adds(&sp->b, ",\"value\":{\"stringValue\":");
-  sg_buf_add_json_str(&sp->b, val);
-  sg_buf_adds(&sp->b, "}}");
+  if (!val || sp->nattr == SG_SPAN_ATTRS) return;
+  int16_t off = pool_add(sp, val);
+  if (off < 0) return;
+  sp->attr[sp->nattr++] = (struct sg_span_attr){ .key = key, .off = off };
 }
 
 void sg_span_int(struct sg_span *sp, const char *key, int64_t val) {
-  attr_key(sp, key);
-  sg_buf_printf(&sp->b, ",\"value\":{\"intValue\":\"%" PRId64 "\"}}", val);
+  if (sp->nattr == SG_SPAN_ATTRS) return;
+  sp->attr[sp->nattr++] = (struct sg_span_attr){ .key = key, .ival = val, .off = -1 };
 }
 
 void sg_span_end(struct sg_otel *o, struct sg_span *sp, int error, const char *msg) {
-  sg_buf_adds(&sp->b, "],\"status\":{");
-  if (error) {
-    sg_buf_adds(&sp->b, "\"code\":2");
-    if (msg) { sg_buf_adds(&sp->b, ",\"message\":"); sg_buf_add_json_str(&sp->b, msg); }
-  } else {
-    sg_buf_adds(&sp->b, "\"code\":0");
-  }
-  sg_buf_adds(&sp->b, "}}");
-  char *s = sg_buf_steal(&sp->b);
+  sp->error = (uint8_t)(error != 0);
+  if (error && msg) sp->msg = pool_add(sp, msg);
+  /* only what is used: the header and the used part of the pool */
+  size_t n = offsetof(struct sg_span, pool) + sp->used;
   pthread_mutex_lock(&o->mu);
   if (o->n == o->cap) {
     o->dropped++;
     pthread_mutex_unlock(&o->mu);
-    free(s);
     return;
   }
-  o->q[(o->head + o->n) % o->cap] = s;
+  memcpy(&o->q[(o->head + o->n) % o->cap], sp, n);
   o->n++;
   o->queued++;
   if (o->n == BATCH) pthread_cond_signal(&o->cv);
   pthread_mutex_unlock(&o->mu);
+}
+
+/* one span as OTLP JSON (in the worker) */
+static void span_json(struct sg_buf *b, const struct sg_span *sp) {
+  sg_buf_adds(b, "{\"traceId\":\"");
+  hex(b, sp->trace, 16);
+  sg_buf_adds(b, "\",\"spanId\":\"");
+  hex(b, sp->span, 8);
+  if (!zero(sp->parent, 8)) {
+    sg_buf_adds(b, "\",\"parentSpanId\":\"");
+    hex(b, sp->parent, 8);
+  }
+  sg_buf_adds(b, "\"");
+  if (sp->state >= 0) { sg_buf_adds(b, ",\"traceState\":"); sg_buf_add_json_str(b, sp->pool + sp->state); }
+  sg_buf_adds(b, ",\"name\":");
+  sg_buf_add_json_str(b, sp->name >= 0 ? sp->pool + sp->name : "?");
+  sg_buf_printf(b, ",\"kind\":%d,\"startTimeUnixNano\":\"%" PRId64 "000\",\"endTimeUnixNano\":\"%" PRId64
+                "000\",\"attributes\":[", sp->kind, sp->start_us, sp->end_us);
+  for (int i = 0; i < sp->nattr; i++) {
+    const struct sg_span_attr *a = &sp->attr[i];
+    if (i) sg_buf_adds(b, ",");
+    sg_buf_adds(b, "{\"key\":");
+    sg_buf_add_json_str(b, a->key);
+    if (a->off < 0) {
+      sg_buf_printf(b, ",\"value\":{\"intValue\":\"%" PRId64 "\"}}", a->ival);
+    } else {
+      sg_buf_adds(b, ",\"value\":{\"stringValue\":");
+      sg_buf_add_json_str(b, sp->pool + a->off);
+      sg_buf_adds(b, "}}");
+    }
+  }
+  sg_buf_adds(b, "],\"status\":{");
+  if (sp->error) {
+    sg_buf_adds(b, "\"code\":2");
+    if (sp->msg >= 0) { sg_buf_adds(b, ",\"message\":"); sg_buf_add_json_str(b, sp->pool + sp->msg); }
+  } else {
+    sg_buf_adds(b, "\"code\":0");
+  }
+  sg_buf_adds(b, "}}");
 }
 
 /* ---- export ---- */
@@ -216,16 +273,19 @@ static size_t discard(void *p, size_t sz, size_t n, void *ud) {
   return sz * n;
 }
 
-/* POSTs one batch; 0 when the collector took it */
-static int post(struct sg_otel *o, CURL *c, char **spans, int n) {
-  struct sg_buf b;
-  sg_buf_init(&b);
-  sg_buf_adds(&b, o->resource);
+/* formats the n spans from the ring's head (the producer does not touch them: they still count in o->n) */
+static void batch_json(struct sg_otel *o, struct sg_buf *b, int head, int n) {
+  sg_buf_adds(b, o->resource);
   for (int i = 0; i < n; i++) {
-    if (i) sg_buf_adds(&b, ",");
-    sg_buf_adds(&b, spans[i]);
+    if (i) sg_buf_adds(b, ",");
+    span_json(b, &o->q[(head + i) % o->cap]);
   }
-  sg_buf_adds(&b, "]}]}]}");
+  sg_buf_adds(b, "]}]}]}");
+}
+
+/* POSTs one batch's JSON; 0 when the collector took it */
+static int post(struct sg_otel *o, CURL *c, struct sg_buf *bb, int n) {
+  struct sg_buf b = *bb;
   struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
   curl_easy_setopt(c, CURLOPT_URL, o->url);
   curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
@@ -239,7 +299,6 @@ static int post(struct sg_otel *o, CURL *c, char **spans, int n) {
   long status = 0;
   curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
   curl_slist_free_all(h);
-  sg_buf_free(&b);
   if (rc != CURLE_OK || status < 200 || status >= 300) {
     sg_debug("otlp: %d span(s) to %s not delivered: %s", n, o->url,
              rc != CURLE_OK ? curl_easy_strerror(rc) : "the collector refused them");
@@ -251,7 +310,8 @@ static int post(struct sg_otel *o, CURL *c, char **spans, int n) {
 static void *worker(void *ud) {
   struct sg_otel *o = ud;
   CURL *c = curl_easy_init();
-  char *batch[BATCH];
+  struct sg_buf b;
+  sg_buf_init(&b);
   pthread_mutex_lock(&o->mu);
   for (;;) {
     if (!o->stop && o->n < BATCH) {
@@ -265,19 +325,20 @@ static void *worker(void *ud) {
       if (o->stop) break;
       continue;
     }
-    int n = 0;
-    while (o->n && n < BATCH) {
-      batch[n++] = o->q[o->head];
-      o->head = (o->head + 1) % o->cap;
-      o->n--;
-    }
+    int n = o->n < BATCH ? o->n : BATCH, head = o->head;
     pthread_mutex_unlock(&o->mu);
-    int ok = c && post(o, c, batch, n) == 0;
-    for (int i = 0; i < n; i++) free(batch[i]);
+    b.len = 0;
+    batch_json(o, &b, head, n);
+    pthread_mutex_lock(&o->mu);
+    o->head = (o->head + n) % o->cap; /* formatted: their slots are free again */
+    o->n -= n;
+    pthread_mutex_unlock(&o->mu);
+    int ok = c && post(o, c, &b, n) == 0;
     pthread_mutex_lock(&o->mu);
     if (ok) o->exported += n;
     else o->dropped += n;
   }
+  sg_buf_free(&b);
   pthread_mutex_unlock(&o->mu);
   if (c) curl_easy_cleanup(c);
   return NULL;
@@ -318,7 +379,6 @@ void sg_otel_free(struct sg_otel *o) {
   pthread_cond_signal(&o->cv);
   pthread_mutex_unlock(&o->mu);
   pthread_join(o->worker, NULL);
-  for (int i = 0; i < o->n; i++) free(o->q[(o->head + i) % o->cap]);
   pthread_mutex_destroy(&o->mu);
   pthread_cond_destroy(&o->cv);
   free(o->q); free(o->url); free(o->resource); free(o);

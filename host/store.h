@@ -45,7 +45,7 @@ struct sg_saga_row {
   char *error;        /* why it gave up/failed, or NULL */
   char *idem_key;     /* Idempotency-Key given at start, or NULL */
   char *biz_key;      /* business key (saga.define{key = ...}) computed at start, or NULL; never changes */
-  char *trace;        /* its trace context (otel.h), or NULL; never changes */
+  char *trace;        /* its trace context (otel.h), or NULL; changes only at an operator's retry */
   int64_t created_at;
   int64_t updated_at;
   int64_t deadline;   /* saga timeout due time, 0 = none */

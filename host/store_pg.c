@@ -190,7 +190,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
   [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
-                     " attempt_started_at = $12, attempt_base = $13, owner = $14 WHERE id = $1"
+                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace) WHERE id = $1"
                      " AND version = $11::bigint - 1 RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
   [ST_SAGA_PROGRESS] = "WITH w AS (UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
@@ -1171,6 +1171,7 @@ static int pg_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->attempt_started_at);
   p_int(&p, r->attempt_base);
   if (!r->same_status) p_text(&p, s->me[0] ? s->me : NULL); /* an operator's verb on a finished saga makes it ours */
+  if (!r->same_status) p_text(&p, r->trace); /* an operator's retry changes it */
   int64_t rows = 0;
   int ran = wr_exec(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE, &p, &rows, e, "saga_update");
   if (ran < 0) return -1;

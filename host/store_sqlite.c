@@ -109,7 +109,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                     " attempt_started_at = ?12, attempt_base = ?13 WHERE id = ?1 AND version = ?11 - 1",
+                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace)"
+                     " WHERE id = ?1 AND version = ?11 - 1",
   /* the same without status and def_hash: no status index maintenance for a step's progress */
   [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = ?4, phase = ?5, attempt = ?6,"
                        " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
@@ -545,6 +546,7 @@ static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 11, r->version);
   wr_i64(s, st, 12, r->attempt_started_at);
   wr_i64(s, st, 13, r->attempt_base);
+  if (!r->same_status) wr_text(s, st, 14, r->trace); /* an operator's retry changes it */
   int ran = wr_exec(s, st, e, "saga_update");
   if (ran < 0) return -1;
   if (ran && sqlite3_changes(s->db) == 0)

@@ -116,6 +116,43 @@ void eng_trace_reply(struct sg_engine *en, const struct sg_saga *s, const struct
   sg_span_end(en->otel, &sp, is_error, is_error ? reply->body : NULL);
 }
 
+void eng_trace_call_given_up(struct sg_engine *en, const struct sg_saga *s, const char *message_id,
+                             const char *service, const char *cmd, int64_t start_us, const char *why) {
+  struct sg_tctx saga, c;
+  sg_otel_saga_ctx(s->row.trace, s->row.id, &saga);
+  message_ctx(&saga, message_id, s->row.step, s->row.phase, s->row.attempt, &c);
+  int64_t now = sg_now_ms() * 1000;
+  if (start_us <= 0) start_us = s->row.attempt_started_at > 0 ? s->row.attempt_started_at * 1000 : now;
+  char name[300], rk[300];
+  if (cmd) snprintf(name, sizeof name, "call %s.%s", service, cmd);
+  else snprintf(name, sizeof name, "call %s", service);
+  struct sg_span sp;
+  sg_span_begin(&sp, &c, name, SG_SPAN_CLIENT, start_us, now);
+  struct sg_msg cm = { .exchange = "saga.commands", .message_id = (char *)message_id,
+                       .correlation_id = (char *)message_id };
+  if (cmd) { snprintf(rk, sizeof rk, "%s.%s", service, cmd); cm.routing_key = rk; }
+  msg_attrs(en, &sp, &cm, "send");
+  sg_span_str(&sp, "messaging.operation.name", "call");
+  saga_attrs(&sp, s->row.id, s->row.type);
+  sg_span_str(&sp, "saga.reply.status", "none");
+  sg_span_end(en->otel, &sp, 1, why);
+}
+
+void eng_trace_retry(struct sg_engine *en, struct sg_saga *s) {
+  (void)en;
+  struct sg_tctx c, r;
+  sg_otel_saga_ctx(s->row.trace, s->row.id, &c);
+  char label[64];
+  snprintf(label, sizeof label, "retry/%d", s->row.attempt);
+  r = c;
+  memcpy(r.parent, c.span, 8);
+  sg_otel_derive(c.span, label, r.span);
+  r.since_ms = sg_now_ms();
+  char *text = sg_otel_trace_text(&r);
+  free(s->row.trace);
+  s->row.trace = text;
+}
+
 void eng_trace_command(struct sg_engine *en, const struct sg_msg *m, int64_t start_us, const char *status,
                        const char *body, char tp[56]) {
   struct sg_tctx c = {0};
@@ -156,16 +193,36 @@ void eng_trace_command(struct sg_engine *en, const struct sg_msg *m, int64_t sta
 static void on_event(void *ud, const struct sg_event *ev) {
   struct sg_engine *en = ud;
   if (!en->otel || !ev->saga_id) return;
-  if (ev->kind != SG_EV_ATTEMPT_ENDED && ev->kind != SG_EV_TERMINAL) return;
-  /* resolved follows compensation_failed, which ended the saga's span already */
+  if (ev->kind != SG_EV_ATTEMPT_ENDED && ev->kind != SG_EV_TERMINAL && ev->kind != SG_EV_OPERATOR) return;
+  /* resolved follows compensation_failed, which ended the saga's (or the retry's) span already */
   if (ev->kind == SG_EV_TERMINAL && ev->status == SG_ST_RESOLVED) return;
   struct sg_tctx saga;
   sg_otel_saga_ctx(ev->trace, ev->saga_id, &saga);
   struct sg_span sp;
   char name[300];
+  if (ev->kind == SG_EV_OPERATOR) {
+    /* an instant span under the saga's (or the retry's) span: the verb, who and why */
+    struct sg_tctx c = saga;
+    char label[160];
+    snprintf(label, sizeof label, "operator/%s/%" PRId64 "/%d", ev->outcome ? ev->outcome : "?", ev->at, ev->attempt);
+    memcpy(c.parent, saga.span, 8);
+    sg_otel_derive(saga.span, label, c.span);
+    const char *verb = ev->outcome && !strncmp(ev->outcome, "operator_", 9) ? ev->outcome + 9 : ev->outcome;
+    snprintf(name, sizeof name, "operator %s", verb ? verb : "?");
+    sg_span_begin(&sp, &c, name, SG_SPAN_INTERNAL, ev->at * 1000, ev->at * 1000);
+    saga_attrs(&sp, ev->saga_id, ev->type);
+    sg_span_str(&sp, "saga.operator.action", verb);
+    sg_span_str(&sp, "saga.operator.detail", ev->detail);
+    sg_span_str(&sp, "saga.step", ev->step_name);
+    sg_span_end(en->otel, &sp, 0, NULL);
+    return;
+  }
   if (ev->kind == SG_EV_TERMINAL) {
-    snprintf(name, sizeof name, "saga %s", ev->type);
-    sg_span_begin(&sp, &saga, name, SG_SPAN_INTERNAL, ev->created_at * 1000, ev->at * 1000);
+    /* the saga's span ends at its first terminal status; after an operator's retry the context is the
+     * retry's (since_ms set): a span of its own from the retry to the status it reached */
+    int retry = saga.since_ms > 0;
+    snprintf(name, sizeof name, retry ? "retry saga %s" : "saga %s", ev->type);
+    sg_span_begin(&sp, &saga, name, SG_SPAN_INTERNAL, (retry ? saga.since_ms : ev->created_at) * 1000, ev->at * 1000);
     saga_attrs(&sp, ev->saga_id, ev->type);
     sg_span_str(&sp, "saga.status", sg_status_name(ev->status));
     int err = ev->status != SG_ST_COMPLETED;

@@ -28,6 +28,44 @@ saga.define {
 }
 ]]
 
+-- a saga whose compensation fails until the ledger script is replaced (quarantine, then an operator's retry)
+local OP_SAGA = [[
+local saga = require "saga"
+saga.define {
+  name = "TracedOp",
+  compensate_retry = { attempts = 1 },
+  steps = {
+    { name = "Book", action = function(ctx) ctx:call("@LED@", "Do", {}) end,
+      compensate = function(ctx) ctx:call("@LED@", "Undo", {}) end },
+    { name = "Refuse", action = function(ctx) ctx:fail("refused") end },
+  },
+}
+]]
+local LEDGER_BROKEN = [[
+local saga = require "saga"
+saga.handle("@LED@", "Do", function() return {} end)
+saga.handle("@LED@", "Undo", function() error("ledger is read-only") end)
+]]
+local LEDGER_FIXED = [[
+local saga = require "saga"
+saga.handle("@LED@", "Do", function() return {} end)
+saga.handle("@LED@", "Undo", function() return { fixed = true } end)
+]]
+
+-- calls nobody answers: one with a call timeout, one that waits until an operator compensates
+local DEAF_SAGA = [[
+local saga = require "saga"
+saga.define {
+  name = "Deaf",
+  steps = { { name = "Ask", retry = { attempts = 1 },
+    action = function(ctx) ctx:call("@NOBODY@", "Answer", {}, { timeout = "300ms" }) end } },
+}
+saga.define {
+  name = "Hangs",
+  steps = { { name = "Wait", action = function(ctx) ctx:call("@NOBODY@", "Answer", {}) end } },
+}
+]]
+
 -- the receiver: a node process writing each request as a line of dir/spans.jsonl
 local function receiver(dir)
   local r = H.proc { name = "otlp", dir = dir, cmd = "node tests/otel/receiver.mjs " .. H.q(dir .. "/spans.jsonl") }
@@ -73,6 +111,16 @@ local function wait_trace(r, trace, pred)
     H.sleep(0.2)
   until os.time() > deadline
   error("trace " .. trace .. " never had what was expected; it has " .. cjson.encode(list))
+end
+
+-- no span id is sent twice
+local function assert_unique(r)
+  local seen = {}
+  for _, s in ipairs(spans(r)) do
+    local k = s.trace .. "/" .. s.id
+    assert.is_nil(seen[k], "span " .. s.name .. " " .. k .. " exported twice")
+    seen[k] = true
+  end
 end
 
 local function by(list, f)
@@ -131,12 +179,14 @@ local function check_tree(list, id)
 end
 
 describe("tracing with OTLP/HTTP", function()
-  local dir, recv, host, svc
+  local dir, recv, host, svc, led
   setup(function()
     dir = H.tmpdir("otel")
     recv = receiver(dir)
     svc = "tsvc_" .. H.uid()
-    host = H.host { name = "otel", scripts = { ["traced.lua"] = (SAGA:gsub("@SVC@", svc)) },
+    led = "tled_" .. H.uid()
+    host = H.host { name = "otel", scripts = { ["traced.lua"] = (SAGA:gsub("@SVC@", svc)),
+      ["op.lua"] = (OP_SAGA:gsub("@LED@", led)), ["ledger.lua"] = (LEDGER_BROKEN:gsub("@LED@", led)) },
       args = "--otlp " .. recv.url }
     host:start()
   end)
@@ -183,18 +233,53 @@ describe("tracing with OTLP/HTTP", function()
     check_tree(list, id)
     assert.are.equal(1, #named(list, "saga Traced"), "the saga span ends once")
   end)
+
+  it("ends the saga span once at compensation_failed; an operator's retry is a span of its own", function()
+    local id = host:start_saga("TracedOp", {})
+    assert.are.equal("compensation_failed", host:wait(id).status)
+    local trace = trace_of(recv, id)
+    local list = wait_trace(recv, trace, function(l) return #named(l, "saga TracedOp") == 1 end)
+    local saga = named(list, "saga TracedOp")[1]
+    assert.are.equal("compensation_failed", saga.attrs["saga.status"])
+    assert.is_true(saga.error)
+    host:script("ledger.lua", (LEDGER_FIXED:gsub("@LED@", led)))
+    H.sleep(1)
+    local code, body = host:post("/v1/sagas/" .. id .. "/retry", { by = "alice" })
+    assert.are.equal(200, code, body and body.error)
+    assert.are.equal("compensated", host:wait(id, "compensated").status)
+    list = wait_trace(recv, trace, function(l) return #named(l, "retry saga TracedOp") == 1 end)
+    H.sleep(1) -- anything sent twice would be in by now
+    list = wait_trace(recv, trace, function() return true end)
+    assert.are.equal(1, #named(list, "saga TracedOp"), "the saga span is exported once")
+    assert_unique(recv)
+    local op = named(list, "operator retry")
+    assert.are.equal(1, #op)
+    assert.are.equal(saga.id, op[1].parent)
+    assert.matches("by alice", op[1].attrs["saga.operator.detail"])
+    local retry = named(list, "retry saga TracedOp")[1]
+    assert.are.equal(saga.id, retry.parent)
+    assert.are.equal("compensated", retry.attrs["saga.status"])
+    assert.is_true(retry.start >= saga.finish, "the retry span begins after the saga span ended")
+    -- the compensation after the retry is a child of the retry's span, its call a child of that
+    local after = by(list, function(s) return s.name == "compensate Book" and s.parent == retry.id end)
+    assert.are.equal(1, #after)
+    assert.are.equal("completed", after[1].attrs["saga.outcome"])
+    assert.are.equal(1, #by(list, function(s) return s.parent == after[1].id and s.kind == 3 end))
+  end)
 end)
 
 describe("tracing through RabbitMQ", function()
-  local dir, recv, orch, pika, svc, own, hid
+  local dir, recv, orch, pika, svc, own, hid, nobody
   setup(function()
     H.broker_up()
     dir = H.tmpdir("otel-amqp")
     recv = receiver(dir)
     local suffix = H.uid()
     svc, own, hid = "tpika_" .. suffix, "tsvc_" .. suffix, "spec-otel-" .. suffix
+    nobody = "tnobody_" .. suffix
     orch = H.host { name = "otel-amqp", amqp = true, host_id = hid, args = "--otlp " .. recv.url, dir = dir,
-      scripts = { ["pika.lua"] = (PIKA_SAGA:gsub("@SVC@", svc)), ["traced.lua"] = (SAGA:gsub("@SVC@", own)) } }
+      scripts = { ["pika.lua"] = (PIKA_SAGA:gsub("@SVC@", svc)), ["traced.lua"] = (SAGA:gsub("@SVC@", own)),
+        ["deaf.lua"] = (DEAF_SAGA:gsub("@NOBODY@", nobody)) } }
     pika = H.proc { name = "pika", dir = dir, cmd = "env OTEL_EXPORTER_OTLP_ENDPOINT=" .. recv.url .. " " .. H.python ..
       " -u " .. H.participants .. "/pika_participant.py " .. svc .. " " .. H.q(H.pika_url()) }
     pika:start()
@@ -205,7 +290,7 @@ describe("tracing through RabbitMQ", function()
     if orch then orch:stop() end
     if pika then pika:stop() end
     if recv then recv:stop() end
-    if svc then H.delete_queues({ svc, own }, { hid }) end
+    if svc then H.delete_queues({ svc, own, nobody }, { hid }) end
   end)
 
   it("a sagahost participant over the broker continues the trace from the command's traceparent", function()
@@ -240,5 +325,36 @@ describe("tracing through RabbitMQ", function()
     assert.are.equal("00-" .. trace .. "-" .. theirs.id .. "-01", s.data.echo.traceparent)
     -- the reply's traceparent (the participant's span) is recorded on the call span
     assert.are.equal(s.data.echo.traceparent, call.attrs["saga.reply.traceparent"])
+  end)
+
+  it("a call that times out still has its client span, an error saying so", function()
+    local id = orch:start_saga("Deaf", {})
+    assert.is_truthy(({ failed = true, compensated = true })[orch:wait(id, nil, 30).status])
+    local trace = trace_of(recv, id)
+    local list = wait_trace(recv, trace, function(l) return #named(l, "saga Deaf") == 1 and #by(l, function(x) return x.kind == 3 end) == 1 end)
+    local call = by(list, function(x) return x.kind == 3 end)[1]
+    assert.are.equal("call " .. nobody .. ".Answer", call.name)
+    assert.is_true(call.error)
+    assert.are.equal("none", call.attrs["saga.reply.status"])
+    assert.are.equal(named(list, "step Ask")[1].id, call.parent)
+    assert.is_true(call.finish - call.start >= 250e6, "it lasted until the timeout")
+    assert_unique(recv)
+  end)
+
+  it("a call without a reply ends its client span when an operator compensates the saga", function()
+    local id = orch:start_saga("Hangs", {})
+    H.sleep(1)
+    local code, body = orch:post("/v1/sagas/" .. id .. "/compensate", { reason = "nobody answers", by = "carol" })
+    assert.are.equal(200, code, body and body.error)
+    assert.are.equal("compensated", orch:wait(id, nil, 30).status)
+    local trace = trace_of(recv, id)
+    local list = wait_trace(recv, trace, function(l) return #named(l, "saga Hangs") == 1 and #by(l, function(x) return x.kind == 3 end) == 1 end)
+    local call = by(list, function(x) return x.kind == 3 end)[1]
+    assert.is_true(call.error)
+    assert.are.equal(named(list, "step Wait")[1].id, call.parent)
+    local op = named(list, "operator compensate")
+    assert.are.equal(1, #op)
+    assert.matches("by carol: nobody answers", op[1].attrs["saga.operator.detail"])
+    assert_unique(recv)
   end)
 end)
