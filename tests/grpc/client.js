@@ -1,7 +1,8 @@
 // A gRPC client of sagahost.v1.Sagas for tests/spec/grpc_spec.lua (@grpc/grpc-js, @grpc/proto-loader).
 //   node client.js ADDR METHOD 'REQUEST-JSON' [OPTIONS-JSON]
 // OPTIONS: token (sent as `authorization: Bearer ...`), count (streams: stop after this many events),
-// timeout_ms (a deadline, default 20000), ca (a PEM file: connect over TLS trusting it; else plaintext).
+// timeout_ms (a deadline, default 20000), ca (a PEM file: connect over TLS trusting it; else plaintext),
+// traceparent (sent as that metadata).
 // Prints one JSON line: {"ok": true, "response": ...} for a unary call, {"ok": true, "events": [...]}
 // for a stream that ended or gave `count` events; on an error {"ok": false, "code": N, "name": "NOT_FOUND",
 // "details": "...", "events": [...]}.
@@ -20,6 +21,7 @@ const creds = opts.ca ? grpc.credentials.createSsl(fs.readFileSync(opts.ca)) : g
 const client = new Sagas(addr, creds);
 const md = new grpc.Metadata();
 if (opts.token) md.set("authorization", "Bearer " + opts.token);
+if (opts.traceparent) md.set("traceparent", opts.traceparent);
 const deadline = new Date(Date.now() + (opts.timeout_ms || 20000));
 const request = JSON.parse(reqJson || "{}");
 const names = Object.fromEntries(Object.entries(grpc.status).map(([k, v]) => [v, k]));

@@ -281,6 +281,16 @@ function Host:kill9()
   if self.pid then
     os.execute("kill -9 " .. self.pid .. " 2>/dev/null")
     while self:alive() do H.sleep(0.02) end
+    -- the main thread can be a zombie while another thread (the tracing exporter's) is still being torn
+    -- down, its files (the database lock) still open: wait for them to close
+    local deadline = H.now() + 5
+    while H.now() < deadline do
+      local p = io.popen("ls /proc/" .. self.pid .. "/fd 2>/dev/null | wc -l")
+      local n = tonumber(p:read("l")) or 0
+      p:close()
+      if n == 0 then break end
+      H.sleep(0.02)
+    end
     self.pid = nil
   end
 end

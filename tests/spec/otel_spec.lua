@@ -187,7 +187,7 @@ describe("tracing with OTLP/HTTP", function()
     led = "tled_" .. H.uid()
     host = H.host { name = "otel", scripts = { ["traced.lua"] = (SAGA:gsub("@SVC@", svc)),
       ["op.lua"] = (OP_SAGA:gsub("@LED@", led)), ["ledger.lua"] = (LEDGER_BROKEN:gsub("@LED@", led)) },
-      args = "--otlp " .. recv.url }
+      args = "--otlp " .. recv.url .. " --grpc 127.0.0.1:0" }
     host:start()
   end)
   teardown(function()
@@ -215,6 +215,23 @@ describe("tracing with OTLP/HTTP", function()
     assert.are.equal("completed", host:wait(body.id).status)
     local list = wait_trace(recv, trace, function(l) return #named(l, "saga Traced") == 1 and #l >= 8 end)
     local saga = check_tree(list, body.id)
+    assert.are.equal(parent, saga.parent)
+  end)
+
+  it("continues the traceparent given as metadata to the gRPC Start", function()
+    local trace, parent = "5bf92f3577b34da6a3ce929d0e0e4737", "10f067aa0ba902b8"
+    local port = host:log():match("gRPC .- listening on [%d.]+:(%d+)")
+    assert(port, "the host does not say where gRPC listens:\n" .. host:log():sub(1, 2000))
+    local code, out = H.run(string.format("node tests/grpc/client.js 127.0.0.1:%s Start %s %s", port,
+      H.q(cjson.encode({ type = "Traced", input = "{}" })),
+      H.q(cjson.encode({ traceparent = "00-" .. trace .. "-" .. parent .. "-01" }))))
+    assert.are.equal(0, code, out)
+    local r = cjson.decode(out)
+    assert.is_true(r.ok, out)
+    local id = r.response.id
+    assert.are.equal("completed", host:wait(id).status)
+    local list = wait_trace(recv, trace, function(l) return #named(l, "saga Traced") == 1 end)
+    local saga = check_tree(list, id)
     assert.are.equal(parent, saga.parent)
   end)
 
