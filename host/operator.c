@@ -264,10 +264,13 @@ char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e) {
     sg_buf_add_json_str(&b, r.id);
     sg_buf_adds(&b, ",\"status\":");
     sg_buf_add_json_str(&b, sg_status_name(r.status));
-    int abortable = r.status == SG_ST_RUNNING || r.status == SG_ST_COMPENSATING || r.status == SG_ST_COMPENSATION_FAILED;
+    /* abortable: what sg_engine_compensate accepts (a running saga); a compensating or compensation_failed
+     * one shows the compensations still to run, but compensate answers 409 for it */
+    int abortable = r.status == SG_ST_RUNNING;
     sg_buf_printf(&b, ",\"abortable\":%s,\"compensations\":", abortable ? "true" : "false");
     if (r.status == SG_ST_RUNNING) plan_json(&b, d, r.step, 0);          /* the completed steps */
-    else if (abortable) plan_json(&b, d, r.step, 1);                      /* the current one and below */
+    else if (r.status == SG_ST_COMPENSATING || r.status == SG_ST_COMPENSATION_FAILED)
+      plan_json(&b, d, r.step, 1);                                        /* the current one and below */
     else sg_buf_adds(&b, "[]");
     sg_buf_adds(&b, "}");
     out = sg_buf_steal(&b);

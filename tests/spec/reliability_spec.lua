@@ -226,7 +226,16 @@ saga.define {
 
   it("resolve needs a note and records it", function()
     local s = quarantined()
-    local code, body = host:post("/v1/sagas/" .. s.id .. "/resolve", {})
+    -- the plan agrees with what compensate accepts: not abortable, compensate 409, and what is left to undo
+    local code, plan = host:get("/v1/sagas/" .. s.id .. "/plan")
+    assert.are.equal(200, code)
+    assert.are.equal("compensation_failed", plan.status)
+    assert.is_false(plan.abortable)
+    assert.is_true(#plan.compensations >= 1)
+    code = host:post("/v1/sagas/" .. s.id .. "/compensate", { reason = "stop it" })
+    assert.are.equal(409, code)
+    local body
+    code, body = host:post("/v1/sagas/" .. s.id .. "/resolve", {})
     assert.are.equal(400, code)
     assert.matches("note is required", body.error)
     code, body = host:post("/v1/sagas/" .. s.id .. "/resolve", { note = "refunded by hand, ticket 42", by = "bob" })
