@@ -137,6 +137,7 @@ struct sg_events_sub {
   struct sg_events *h;
   const struct sg_events_sink *sink;
   void *out;
+  struct sg_http_req *req;      /* GET /v1/events kept until the tail's position is known (out is NULL) */
   char *saga, *type;            /* filters, NULL = any */
   int status;                   /* filter, -1 = any */
   char from[48];                /* Last-Event-ID, "" = new events only */
@@ -239,6 +240,8 @@ static void ring_clear(struct sg_events *h) {
 static int active(const struct sg_events *h) { return h->nsubs + h->nwaiters > 0; }
 
 /* nobody follows any more: forget the tail (it is read again, from the end, when someone comes) */
+static void http_open(struct sg_events_sub *s);
+
 static void maybe_idle(struct sg_events *h) {
   if (active(h)) return;
   ev_timer_stop(h->loop, &h->poll);
@@ -534,7 +537,8 @@ static void on_tail(struct sg_read *rd) {
     sg_read_free(rd);
     for (struct sg_events_sub *s = h->subs, *next; s; s = next) {
       next = s->next;
-      if (s->state == SUB_INIT && s->out) sub_start(s);
+      if (s->state == SUB_INIT && !s->out && s->req) http_open(s);
+      else if (s->state == SUB_INIT && s->out) sub_start(s);
     }
     for (struct waiter *w = h->waiters, *next; w; w = next) {
       next = w->next;
@@ -702,6 +706,23 @@ struct sg_events_sub *sg_events_subscribe_sink(struct sg_events *h, const struct
   return s;
 }
 
+/* the answer to a GET /v1/events that waited for the tail's position: the stream opens now, so that
+ * whatever its client does once it sees it open comes after that position */
+static void http_open(struct sg_events_sub *s) {
+  struct sg_http_req *req = s->req;
+  s->req = NULL;
+  s->out = sg_http_stream_open(req, "text/event-stream", SUB_CAP, on_stream_closed, s);
+  if (!s->out) {
+    struct sg_events *h = s->h;
+    sub_free(s);
+    maybe_idle(h);
+    return;
+  }
+  /* the first bytes: the client knows it is connected */
+  if (sub_write(s, "retry: 2000\n\n", 13) < 0) return;
+  sub_start(s);
+}
+
 void sg_events_subscribe(struct sg_events *h, struct sg_http_req *req) {
   const char *saga = sg_http_query(req, "saga");
   const char *type = sg_http_query(req, "type");
@@ -713,6 +734,12 @@ void sg_events_subscribe(struct sg_events *h, struct sg_http_req *req) {
   if (bad) { sg_http_reply_error(req, 400, bad); return; }
   struct sg_events_sub *s = sub_new(h, saga, type, st, from);
   s->sink = &http_sink;
+  if (!h->inited) { /* answered when the tail's position is known (http_open) */
+    s->req = req;
+    sub_link(h, s);
+    wake(h);
+    return;
+  }
   s->out = sg_http_stream_open(req, "text/event-stream", SUB_CAP, on_stream_closed, s);
   if (!s->out) {
     free(s->saga); free(s->type); free(s);
