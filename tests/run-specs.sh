@@ -29,11 +29,30 @@ fi
 : "${SG_AMQP_URL:=$(bash tests/amqp-broker.sh url)}"
 export SG_AMQP_URL
 [ $# -eq 0 ] && set -- tests/spec
+# each spec file runs in a busted of its own under a time limit (SG_SPEC_TIMEOUT seconds, 900 unless
+# set), so a spec that hangs fails with its name instead of holding up the whole run
+files=() opts=()
+for a in "$@"; do
+  if [ -d "$a" ]; then
+    while IFS= read -r f; do files+=("$f"); done < <(find "$a" -name '*_spec.lua' | LC_ALL=C sort)
+  elif [ -f "$a" ]; then files+=("$a")
+  else opts+=("$a")
+  fi
+done
 out=tests/tmp/specs.tap
-busted --lua=lua5.4 --lpath='tests/spec/?.lua' -o TAP "$@" | tee "$out"
-rc=${PIPESTATUS[0]}
+: > "$out"
+rc=0
+for f in "${files[@]}"; do
+  echo "# $f"
+  timeout -k 15 "${SG_SPEC_TIMEOUT:-900}" busted --lua=lua5.4 --lpath='tests/spec/?.lua' -o TAP "${opts[@]}" "$f" | tee -a "$out"
+  frc=${PIPESTATUS[0]}
+  if [ "$frc" -eq 124 ] || [ "$frc" -eq 137 ]; then
+    echo "not ok - $f did not end within ${SG_SPEC_TIMEOUT:-900} s (stopped)" | tee -a "$out"
+  fi
+  [ "$frc" -ne 0 ] && rc=$frc
+done
 passed=$(grep -c '^ok ' "$out")
 failed=$(grep -c '^not ok ' "$out")
 skipped=$(grep -c '^ok .*# SKIP' "$out")
-echo "specs: $passed passed, $failed failed (store ${SG_STORE:-sqlite}; $skipped of the passed skipped themselves)"
+echo "specs: $passed passed, $failed failed in ${#files[@]} files (store ${SG_STORE:-sqlite}; $skipped of the passed skipped themselves)"
 [ "$rc" -eq 0 ] && [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
