@@ -11,6 +11,7 @@
 #define CATCH_UP_MAX 1000     /* catch_up = "all" starts at most this many missed fires (the newest) */
 #define COUNT_MAX 1000000     /* missed fires counted beyond that, for the warning */
 #define RETRY_MS 1000         /* a fire the store could not take now is tried again after this */
+#define LATE_MS 60000         /* while the host runs, a fire up to this late (or one cron minute) is not missed */
 
 static const char *catch_up_names[] = {"one", "all", "none"};
 
@@ -100,31 +101,37 @@ static void arm(struct sched *c, int64_t due) {
   sg_engine_timer_arm(c->ss->en, &c->timer, due);
 }
 
-/* The fires due now: the one of this moment fires; the ones missed before it (the host was down, or
- * stalled for longer than a cron minute) go by the catch-up policy. At the first run after a load every
- * due fire was missed (the host was not running then). */
+/* The fires due now. While the host runs they fire as they come, also when the loop was held up a
+ * little (up to LATE_MS, or one cron minute if longer); the ones missed before that (the host was
+ * down, or stalled for longer) go by the catch-up policy. At the first run after a load every due fire
+ * was missed (the host was not running then). */
 static void run_due(struct sched *c) {
-  int64_t now = sg_now_ms(), mm = c->ss->minute_ms;
+  int64_t now = sg_now_ms(), mm = c->ss->minute_ms, late = mm > LATE_MS ? mm : LATE_MS;
   int64_t ring[CATCH_UP_MAX];
-  int64_t count = 0, current = -1;
+  int64_t count = 0, ncur = 0;
   for (int64_t f = next_after(c, c->last_fire); f >= 0 && f <= now && count < COUNT_MAX; f = next_after(c, f))
     ring[count++ % CATCH_UP_MAX] = f;
-  if (c->running && count > 0 && now - ring[(count - 1) % CATCH_UP_MAX] < mm) current = ring[--count % CATCH_UP_MAX];
+  while (c->running && ncur < count && ncur < CATCH_UP_MAX && now - ring[(count - 1 - ncur) % CATCH_UP_MAX] < late)
+    ncur++;
+  int64_t current[CATCH_UP_MAX];
+  for (int64_t i = 0; i < ncur; i++) current[i] = ring[(count - ncur + i) % CATCH_UP_MAX];
+  count -= ncur; /* the missed ones */
   int done = 1;
   if (count > 0) { /* missed fires */
     int64_t newest = ring[(count - 1) % CATCH_UP_MAX];
     if (c->catch_up == SG_CATCH_UP_ALL) {
-      if (count > CATCH_UP_MAX)
-        sg_warn("schedule %s missed %" PRId64 "%s fires: catch_up = \"all\" starts the newest %d", c->name, count,
-                count >= COUNT_MAX ? " or more" : "", CATCH_UP_MAX);
-      int64_t first = count > CATCH_UP_MAX ? count - CATCH_UP_MAX : 0;
+      /* the ring holds the newest CATCH_UP_MAX due fires, the current ones among them */
+      int64_t first = count + ncur > CATCH_UP_MAX ? count + ncur - CATCH_UP_MAX : 0;
+      if (first > 0)
+        sg_warn("schedule %s missed %" PRId64 "%s fires: catch_up = \"all\" starts the newest %" PRId64, c->name, count,
+                count + ncur >= COUNT_MAX ? " or more" : "", count - first);
       for (int64_t i = first; i < count && done; i++) done = fire_one(c, ring[i % CATCH_UP_MAX], 1, 1);
     } else {
       sg_info("schedule %s missed %" PRId64 " fire(s): catch_up = \"%s\"", c->name, count, catch_up_names[c->catch_up]);
       done = fire_one(c, newest, 1, c->catch_up == SG_CATCH_UP_ONE);
     }
   }
-  if (done && current >= 0) done = fire_one(c, current, 0, 1);
+  for (int64_t i = 0; i < ncur && done; i++) done = fire_one(c, current[i], 0, 1);
   if (!done) { arm(c, now + RETRY_MS); return; }
   c->running = 1;
   c->next_fire = next_after(c, c->last_fire > now ? c->last_fire : now);

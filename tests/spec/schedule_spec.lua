@@ -181,7 +181,7 @@ end)
 
 describe("cron schedules", function()
   it("fire every cron minute, each fire time once, with the input of the fire", function()
-    local host = H.host { name = "sched-cron", env = ENV, scripts = { ["tick.lua"] = tick_script("one", [[
+    local host = H.host { name = "sched-cron", env = ENV, scripts = { ["tick.lua"] = tick_script("all", [[
 saga.define { name = "Static", steps = { { name = "S", action = function(ctx) end } } }
 saga.schedule { name = "static-two", cron = "*/2 * * * *", saga = "Static", input = { kind = "static", n = 2 } }
 ]]) } }
