@@ -220,6 +220,9 @@ saga.schedule { name = "static-two", cron = "*/2 * * * *", saga = "Static", inpu
         wait_until("3 fires", function() return #sagas_of(host, "Tick") >= 3 end, 15)
         local last_before = 0
         for _, at in ipairs(fire_times(sagas_of(host, "Tick"))) do last_before = math.max(last_before, at) end
+        -- killed right after a fire: the restart must not start that fire again
+        local fired = H.count(host:log(), "schedule every: fire at")
+        wait_until("the next fire", function() return H.count(host:log(), "schedule every: fire at") > fired end, 5)
         host:kill9()
         local down_at = H.now() * 1000
         H.sleep(6 * MINUTE / 1000) -- about 6 fires missed
@@ -353,6 +356,18 @@ saga.define { name = "Tick", steps = { { name = "Run", action = function(ctx) en
     local n = #sagas_of(host, "Tick")
     H.sleep(4 * MINUTE / 1000)
     assert.are.equal(n, #sagas_of(host, "Tick"))
+  end)
+
+  it("GET /v1/schedules needs the read role when the host has --auth", function()
+    host:stop()
+    H.write(host.dir .. "/tokens", "rita read read-token-0123456789abcdef\n")
+    host.opts.args = "--auth " .. host.dir .. "/tokens"
+    host:start()
+    local code = host:get("/v1/schedules")
+    assert.are.equal(401, code)
+    local code2, body = host:request("GET", "/v1/schedules", nil, { Authorization = "Bearer read-token-0123456789abcdef" })
+    assert.are.equal(200, code2)
+    assert.are.equal("every", body.schedules[1].name)
   end)
 
   it("sagahost check names the file:line of a bad cron, an unknown catch_up and a duplicate name", function()
