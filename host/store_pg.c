@@ -278,7 +278,7 @@ struct params {
   char num[MAX_PARAMS][24];
 };
 static void p_full(const struct params *p) {
-  if (p->n >= MAX_PARAMS) { sg_error("postgres: more than %d statement parameters (MAX_PARAMS)", MAX_PARAMS); abort(); }
+  if (p->n >= MAX_PARAMS) { sg_warn("postgres: more than %d statement parameters (MAX_PARAMS)", MAX_PARAMS); abort(); }
 }
 static void p_text(struct params *p, const char *v) { p_full(p); p->v[p->n++] = v; }
 static void p_int(struct params *p, int64_t x) {
