@@ -317,7 +317,7 @@ static void saga_msg_fill(struct saga_msg *m, struct sg_engine *en, const struct
     if (!h) { /* the running attempt: its history row is written when it ends */
       if (SG_ST_TERMINAL(r->status) || r->attempt_started_at <= 0 || r->attempt == 0) break;
       running = (struct sg_hist_row){ .saga_id = r->id, .step = r->step, .step_name = sg_engine_step_name(en, r),
-                                      .phase = r->phase, .attempt = r->attempt, .status = "running",
+                                      .phase = r->phase, .attempt = r->phase == SG_PH_PARTIAL ? r->attempt - r->attempt_base : r->attempt, .status = "running",
                                       .started_at = r->attempt_started_at };
       h = &running;
     }
@@ -521,7 +521,7 @@ static void rpc_list(struct call *k, const Sagahost__V1__ListRequest *q) {
   int status = -1, desc = 1, limit = q->limit ? q->limit : 100;
   if (*S(q->status) && (status = sg_status_parse(q->status)) < 0) {
     call_finish(k, GS_INVALID_ARGUMENT, "unknown status (use running, compensating, completed, compensated,"
-                                        " compensation_failed or resolved)");
+                                        " compensation_failed, resolved or terminated)");
     return;
   }
   if (strlen(S(q->key)) > 200) { call_finish(k, GS_INVALID_ARGUMENT, "key must be 1 to 200 bytes"); return; }

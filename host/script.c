@@ -178,6 +178,9 @@ static struct defent *build_def(lua_State *L, const char *hash) {
     lua_getfield(L, s, "compensate");
     ds->has_compensate = lua_isfunction(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, s, "compensate_partial");
+    ds->compensate_partial = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     ds->timeout_ms = get_i64_field(L, s, "timeout_ms");
     read_retry(L, s, "retry", &ds->retry);
     read_retry(L, s, "compensate_retry", &ds->comp_retry);
@@ -393,6 +396,28 @@ int sg_script_schedule_input(void *ud, const char *file, const char *name, int64
   return -1;
 }
 
+/* The warnings of the load at the top of the stack (runtime.lint) replace f's, and are logged. */
+static void keep_warnings(struct sg_script *sc, struct sfile *f) {
+  lua_State *L = sc->L;
+  free(f->warnings);
+  f->warnings = NULL;
+  lua_getfield(L, -1, "warnings");
+  int n = lua_istable(L, -1) ? (int)luaL_len(L, -1) : 0;
+  struct sg_buf b = {0};
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    const char *w = lua_tostring(L, -1);
+    if (w) {
+      sg_warn("script %s", w);
+      sg_buf_adds(&b, w);
+      sg_buf_adds(&b, "\n");
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  f->warnings = b.data;
+}
+
 /* Loads one file; on success it becomes the current version of its sagas and handlers. */
 static int load_file(struct sg_script *sc, struct sfile *f) {
   struct sg_error e = {0};
@@ -439,6 +464,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
   sc_register_defs(sc, hash, 1);
   report_breakers(sc);
   report_schedules(sc, f->path);
+  keep_warnings(sc, f);
   lua_pop(sc->L, 1);
   sg_info("loaded %s (version %s)%s", f->path, hash, f->hash ? " replacing the previous version" : "");
   free(f->hash);
@@ -516,7 +542,7 @@ int sg_script_scan(struct sg_script *sc) {
     struct sg_error e = {0};
     sc_pcall(sc->L, 1, 0, &e);
     if (sc->hooks.on_schedules) sc->hooks.on_schedules(sc->hooks.ud, f->path, NULL, 0);
-    free(f->path); free(f->hash); free(f->error);
+    free(f->path); free(f->hash); free(f->error); free(f->warnings);
     sc->files[j] = sc->files[--sc->nfiles];
     changed = 1;
   }
@@ -588,6 +614,17 @@ int sg_script_print_errors(struct sg_script *sc, FILE *out) {
   int n = 0;
   for (int i = 0; i < sc->nfiles; i++)
     if (sc->files[i].error) { fprintf(out, "%s\n", sc->files[i].error); n++; }
+  return n;
+}
+
+int sg_script_print_warnings(struct sg_script *sc, FILE *out) {
+  int n = 0;
+  for (int i = 0; i < sc->nfiles; i++) {
+    const char *w = sc->files[i].warnings;
+    if (!w || sc->files[i].error) continue;
+    fputs(w, out);
+    for (; *w; w++) n += *w == '\n';
+  }
   return n;
 }
 
@@ -674,7 +711,9 @@ void sg_script_free(struct sg_script *sc) {
   free(sc->pool);
   free(sc->usage);
   sg_watchdog_release();
-  for (int i = 0; i < sc->nfiles; i++) { free(sc->files[i].path); free(sc->files[i].hash); free(sc->files[i].error); }
+  for (int i = 0; i < sc->nfiles; i++) {
+    free(sc->files[i].path); free(sc->files[i].hash); free(sc->files[i].error); free(sc->files[i].warnings);
+  }
   free(sc->files);
   for (int i = 0; i < sc->ndefs; i++) free_def(sc->defs[i]);
   free(sc->defs);

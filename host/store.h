@@ -22,14 +22,19 @@ enum sg_status {
   SG_ST_COMPENSATED,
   SG_ST_COMPENSATION_FAILED,
   SG_ST_RESOLVED,            /* compensation_failed, then marked resolved by an operator with a note */
+  SG_ST_TERMINATED,          /* stopped by an operator without compensating (terminate, with a reason) */
+  SG_ST__COUNT
 };
 const char *sg_status_name(int st);  /* "running", ... */
 int sg_status_parse(const char *s);  /* -1 if unknown */
 #define SG_ST_TERMINAL(st) ((st) >= SG_ST_COMPLETED)
 
 /* Step phases. */
-enum sg_phase { SG_PH_ACTION = 0, SG_PH_COMPENSATE = 1 };
-const char *sg_phase_name(int ph); /* "action", "compensate" */
+/* SG_PH_PARTIAL: the step's compensate function runs for an action attempt that failed or was aborted
+ * after some of its calls completed (sg_saga_row.partial says which and what completed); its history
+ * shows it as "compensate" */
+enum sg_phase { SG_PH_ACTION = 0, SG_PH_COMPENSATE = 1, SG_PH_PARTIAL = 2 };
+const char *sg_phase_name(int ph); /* "action", "compensate" (also for SG_PH_PARTIAL) */
 
 /* One saga instance (table sagas). */
 struct sg_saga_row {
@@ -46,6 +51,8 @@ struct sg_saga_row {
   char *idem_key;     /* Idempotency-Key given at start, or NULL */
   char *biz_key;      /* business key (saga.define{key = ...}) computed at start, or NULL; never changes */
   char *trace;        /* its trace context (otel.h), or NULL; changes only at an operator's retry */
+  char *partial;      /* phase SG_PH_PARTIAL (or about to be): JSON {"attempt": the action attempt it undoes,
+                       * "base": that attempt's attempt_base, "journal": [the calls that completed]}; else NULL */
   int64_t created_at;
   int64_t updated_at;
   int64_t deadline;   /* saga timeout due time, 0 = none */
@@ -103,7 +110,8 @@ struct sg_event_batch {
 struct sg_journal_row {
   const char *saga_id;
   int step, phase, attempt, seq; /* key: the seq-th operation of that attempt, 1-based */
-  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid" */
+  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid"; a call also names its target:
+                       * "call hotel.Book" */
   int done;           /* 0 = issued and waiting (call/sleep), 1 = result known */
   int is_error;       /* result is an error reply */
   const char *result; /* JSON text, NULL while waiting */
@@ -217,7 +225,7 @@ struct sg_read {
   char *status_s, *body;     /* SG_READ_INBOX */
   int flags;                 /* SG_READ_PROBE */
   int64_t before, count;     /* SG_READ_PRUNE; before: SG_READ_EVENTS too */
-  int64_t counts[SG_ST_RESOLVED + 1]; /* SG_READ_COUNTS: by enum sg_status */
+  int64_t counts[SG_ST__COUNT]; /* SG_READ_COUNTS: by enum sg_status */
   struct sg_msg *msgs;       /* SG_READ_OUTBOX (owned) */
   size_t nmsgs;
   struct sg_mail_row { int64_t id; char *saga_id, *kind, *body; } *mail; /* SG_READ_MAIL (owned) */
@@ -292,7 +300,7 @@ struct sg_store_ops {
    * creation order, ties within a millisecond broken by the id's random bits (stable, good for paging) */
   int (*saga_list)(struct sg_store *s, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud, struct sg_error *e);
   /* how many sagas (of type, NULL = all) there are by status: counts[enum sg_status] */
-  int (*saga_counts)(struct sg_store *s, const char *type, int64_t counts[SG_ST_RESOLVED + 1], struct sg_error *e);
+  int (*saga_counts)(struct sg_store *s, const char *type, int64_t counts[SG_ST__COUNT], struct sg_error *e);
   int (*saga_each_active)(struct sg_store *s, sg_saga_cb cb, void *ud, struct sg_error *e); /* non-terminal */
 
   int (*hist_insert)(struct sg_store *s, struct sg_hist_row *r, struct sg_error *e); /* sets r->id */

@@ -121,7 +121,7 @@ end
 -- the DSL
 
 local SAGA_KEYS = { name = true, steps = true, retry = true, compensate_retry = true, timeout = true, description = true, key = true }
-local STEP_KEYS = { name = true, action = true, compensate = true, retry = true, compensate_retry = true, timeout = true, description = true }
+local STEP_KEYS = { name = true, action = true, compensate = true, compensate_partial = true, retry = true, compensate_retry = true, timeout = true, description = true }
 local NAME_PATTERN = "^[%a_][%w_%.%-]*$"
 
 local function define(ld, spec)
@@ -155,7 +155,7 @@ local function define(ld, spec)
     local function stfail(msg) sfail("step " .. i .. (type(st) == "table" and st.name and (" ('" .. tostring(st.name) .. "')") or "") .. ": " .. msg) end
     if type(st) ~= "table" then stfail("must be a table") end
     for k in pairs(st) do
-      if not STEP_KEYS[k] then stfail("unknown key '" .. tostring(k) .. "' (known: name, action, compensate, retry, compensate_retry, timeout, description)") end
+      if not STEP_KEYS[k] then stfail("unknown key '" .. tostring(k) .. "' (known: name, action, compensate, compensate_partial, retry, compensate_retry, timeout, description)") end
     end
     local sname, action, compensate = st.name, st.action, st.compensate
     if type(sname) ~= "string" or not sname:match(NAME_PATTERN) then stfail("'name' must be a string") end
@@ -163,7 +163,8 @@ local function define(ld, spec)
     seen[sname] = true
     if type(action) ~= "function" then stfail("'action' must be a function") end
     if compensate ~= nil and type(compensate) ~= "function" then stfail("'compensate' must be a function") end
-    local s = { name = sname, action = action, compensate = compensate }
+    if st.compensate_partial ~= nil and type(st.compensate_partial) ~= "boolean" then stfail("'compensate_partial' must be a boolean") end
+    local s = { name = sname, action = action, compensate = compensate, compensate_partial = st.compensate_partial ~= false }
     local ok2, err2 = pcall(function()
       s.timeout_ms = st.timeout ~= nil and duration_ms(st.timeout, "timeout") or 0
       s.retry = parse_retry(st.retry, "retry", def.retry)
@@ -432,7 +433,48 @@ function M.load(file, source, hash, historic)
     end
   end
   versions[hash] = versions[hash] or ld
+  if not historic then ld.warnings = M.lint(ld, source) end
   return ld
+end
+
+-- Warnings about a loaded file (sagahost check prints them, a load logs them): a step without a
+-- compensate function whose action can still fail after a call that completed leaves that call's
+-- effect in place (partial steps are compensated by the step's compensate function). A look at the
+-- source lines of the action: a call, then on a later line another durable operation, error(),
+-- assert() or ctx:fail().
+local EFFECTS = { "ctx:call%s*%(", "ctx:call_all%s*[%({]", "ctx:all%s*[%({]", "ctx:run%s*%(" }
+local FAILS = { "ctx:call[%w_]*%s*[%({]", "ctx:all%s*[%({]", "ctx:run%s*%(", "ctx:sleep%s*%(", "ctx:wait%s*%(",
+                "ctx:fail%s*[%(\"']", "ctx:send%s*%(", "ctx:publish%s*%(", "%f[%w_]error%s*[%(\"'{]", "%f[%w_]assert%s*%(" }
+local function any_of(text, pats)
+  for _, p in ipairs(pats) do if text:find(p) then return true end end
+  return false
+end
+function M.lint(ld, source)
+  local out, lines = {}, nil
+  for _, name in ipairs(ld.order) do
+    local d = ld.defs[name]
+    for _, st in ipairs(d.steps) do
+      local info = st.compensate == nil and debug.getinfo(st.action, "S")
+      if info and info.source == "@" .. ld.file and info.lastlinedefined > info.linedefined then
+        if not lines then
+          lines = {}
+          for l in (source .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+        end
+        local call_at
+        for ln = info.linedefined + 1, info.lastlinedefined do
+          local text = (lines[ln] or ""):gsub("%-%-.*$", "")
+          if call_at and any_of(text, FAILS) then
+            out[#out + 1] = string.format("%s:%d: warning: step '%s' of saga '%s' has no compensate function: if its "
+              .. "action fails after this call (line %d can), what the call did is never undone; add a compensate "
+              .. "function (it also runs for an attempt that failed after its calls)", ld.file, call_at, st.name, name, ln)
+            break
+          end
+          if not call_at and any_of(text, EFFECTS) then call_at = ln end
+        end
+      end
+    end
+  end
+  return out
 end
 
 local function rebuild_handlers()
@@ -685,14 +727,21 @@ function Ctx:fail(reason)
   error(setmetatable({ message = tostring(reason or "failed"), retryable = false, fail = true }, Err), 0)
 end
 
-function M.new_ctx(id, type_, input_json, data_json, step, phase, attempt)
+-- partial_json: the step's compensation runs for an action attempt that failed after some of its
+-- calls completed: ctx.partial = true and ctx.journal lists those calls ({seq, service, command, result}).
+function M.new_ctx(id, type_, input_json, data_json, step, phase, attempt, partial_json)
   local ok, input = pcall(json.decode, input_json)
   if not ok then input = {} end
   local ok2, data = pcall(json.decode, data_json)
   if not ok2 or type(data) ~= "table" then data = {} end
+  local partial, journal
+  if partial_json then
+    local ok3, p = pcall(json.decode, partial_json)
+    partial, journal = true, ok3 and type(p) == "table" and type(p.journal) == "table" and p.journal or {}
+  end
   return setmetatable({
     id = id, type = type_, input = readonly(input), data = data,
-    step = step, phase = phase, attempt = attempt,
+    step = step, phase = phase, attempt = attempt, partial = partial, journal = journal,
   }, Ctx)
 end
 
