@@ -179,7 +179,8 @@ void sg_engine_start_at_cb(struct sg_engine *en, const char *type, const char *i
                            const char *traceparent, const char *tracestate, int64_t start_at, sg_started_cb cb,
                            void *ud);
 /* A timer without a saga, in the engine's timer heap (not stored): cb runs when it is due and the
- * store can be written. The caller owns the struct; arm again to move it. */
+ * store can be written. The caller owns the struct (t.idx = SIZE_MAX before its first arm); arm again
+ * to move it, disarm it before freeing it or the engine. */
 struct sg_engine_timer {
   struct sg_timer t;           /* the heap's entry (kind TM_NO_SAGA) */
   void (*cb)(void *ud);        /* called once per arming, out of the heap */
