@@ -358,6 +358,24 @@ saga.define { name = "Tick", steps = { { name = "Run", action = function(ctx) en
     assert.are.equal(n, #sagas_of(host, "Tick"))
   end)
 
+  it("a fire whose input function fails starts nothing and says why in last_error", function()
+    host:script("oops.lua", [[
+local saga = require "saga"
+saga.define { name = "Oops", steps = { { name = "S", action = function(ctx) end } } }
+saga.schedule { name = "oops", cron = "* * * * *", saga = "Oops", input = function(fire) error("no input today") end }
+]])
+    local c = wait_until("the failed fire", function()
+      local _, body = host:get("/v1/schedules")
+      for _, x in ipairs(body.schedules) do
+        if x.name == "oops" and x.last_error ~= cjson.null then return x end
+      end
+    end, 10)
+    assert.matches("oops.lua:3: no input today", c.last_error, 1, true)
+    assert.are.equal(0, c.fires)
+    assert.are.equal(0, #sagas_of(host, "Oops"))
+    assert.is_true(#sagas_of(host, "Tick") >= 1) -- the other schedule goes on
+  end)
+
   it("GET /v1/schedules needs the read role when the host has --auth", function()
     host:stop()
     H.write(host.dir .. "/tokens", "rita read read-token-0123456789abcdef\n")
