@@ -193,6 +193,7 @@ void eng_drop_co(struct sg_engine *en, struct sg_saga *s) {
 void eng_saga_free(struct sg_saga *s) {
   free(s->idem_mkey);
   sg_run_out_clear(&s->parked_op);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   free(s->journal);
   sg_store_saga_row_free(&s->row);
@@ -324,6 +325,7 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_saga);
   trace_given_up(en, s, 0, "no reply: the saga ended", sg_status_name(status));
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   eng_mark_dirty(en, s);
   eng_event(en, SG_EV_TERMINAL, s, sg_status_name(status), error, 0);
@@ -385,6 +387,7 @@ void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_wait);
   if (strcmp(status, "completed") != 0) trace_given_up(en, s, 0, "no reply: the attempt ended", error ? error : status);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -444,6 +447,7 @@ void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   s->row.attempt_started_at = now;
   eng_event(en, SG_EV_ATTEMPT_STARTED, s, NULL, NULL, 0);
   if (ds->timeout_ms > 0) s->t_step = eng_timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -467,6 +471,7 @@ static void replay(struct sg_engine *en, struct sg_saga *s) {
   struct sg_error e = {0};
   s->seq = 0;
   s->wait_seq = 0;
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   eng_drop_co(en, s);
   if (en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e) < 0) {
     step_failed(en, s, e.msg, 0);
@@ -721,6 +726,10 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       return;
     }
     case SG_RUN_OP: {
+      if (out->op && strcmp(out->op, "all") == 0) { /* fan-out (fanout.c): several calls at once */
+        if (eng_fanout_op(en, s, out)) return;
+        break;
+      }
       int seq = ++s->seq;
       struct jent *j = journal_find(s, seq);
       int ok = 1;
@@ -768,6 +777,18 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
   }
 }
 
+/* ---- fan-out (fanout.c): what it uses of this file ---- */
+struct jent *eng_journal_find(struct sg_saga *s, int seq) { return journal_find(s, seq); }
+int eng_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result, char **err) {
+  return perform(en, s, op, seq, result, err);
+}
+void eng_replay(struct sg_engine *en, struct sg_saga *s) { replay(en, s); }
+void eng_park_co(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) { park_coroutine(en, s, op); }
+void eng_step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, int retryable) {
+  step_failed(en, s, err, retryable);
+}
+/* ---- end fan-out ---- */
+
 /* ---------------------------------------------------------------------------------------------- */
 /* timers */
 
@@ -803,6 +824,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     }
     journal_write(en, s, kind == TM_SLEEP ? "sleep" : "call", j);
     if (s->wait_seq == (int)ref) wake(en, s, j);
+    else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
     return;
   }
   case TM_RETRY:
@@ -882,6 +904,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
   journal_write(en, s, "call", j);
   ack_after_commit(en, tag);
   if (s->wait_seq == seq) wake(en, s, j);
+  else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
 }
 
 /* A call from a saga of this host to a handler of this host (in-process transport): its reply is

@@ -1,0 +1,232 @@
+-- Fan-out: ctx:all / ctx:call_all run several durable calls of one step concurrently, each journaled
+-- on its own (its own operation number and message id), so a crash re-sends none that completed.
+local H = require "helper"
+local cjson = require "cjson"
+
+local SCRIPT = [[
+local saga = require "saga"
+local function trace(msg) print("HANDLED " .. msg.message_id .. " " .. msg.service .. "." .. msg.command) end
+saga.handle("hotel", "Hold", function(p, msg) trace(msg); return { hold = "h-" .. p.city } end)
+saga.handle("hotel", "Release", function(p, msg) trace(msg); return {} end)
+saga.handle("hotel", "Book", function(p, msg) trace(msg); return { hotel = "hotel-" .. p.city } end)
+saga.handle("car", "Rent", function(p, msg) trace(msg); return { car = "car-" .. p.city } end)
+saga.handle("car", "Confirm", function(p, msg) trace(msg); return { confirmed = p.car } end)
+saga.handle("flight", "Book", function(p, msg)
+  trace(msg)
+  if p.full then error({ message = "no seats left", retryable = false }) end
+  return { flight = "fl-" .. p.city }
+end)
+
+local function trip(ctx, branches)
+  ctx.data.hotel, ctx.data.car, ctx.data.flight = ctx:all(branches)
+end
+
+saga.define {
+  name = "Trip",
+  steps = {
+    { name = "Hold", action = function(ctx) ctx.data.hold = ctx:call("hotel", "Hold", { city = ctx.input.city }).hold end,
+      compensate = function(ctx) ctx:call("hotel", "Release", { hold = ctx.data.hold }); ctx.data.released = true end },
+    { name = "Book", retry = { attempts = 1 }, action = function(ctx)
+        local city = ctx.input.city
+        trip(ctx, {
+          function() return ctx:call("hotel", "Book", { city = city }).hotel end,
+          function() -- two calls in a row: its second one goes out in a second round
+            local c = ctx:call("car", "Rent", { city = city })
+            return ctx:call("car", "Confirm", { car = c.car }).confirmed
+          end,
+          function() return ctx:call("flight", "Book", { city = city, full = ctx.input.full }).flight end,
+        })
+      end },
+  },
+}
+
+saga.define {
+  name = "TripShort",
+  steps = {
+    { name = "Book", action = function(ctx)
+        local h, c, f = ctx:call_all {
+          { "hotel", "Book", { city = ctx.input.city } },
+          { "car", "Rent", { city = ctx.input.city } },
+          { "flight", "Book", { city = ctx.input.city } },
+        }
+        ctx.data.got = { h.hotel, c.car, f.flight }
+      end },
+  },
+}
+
+saga.define {
+  name = "TripSettled",
+  steps = {
+    { name = "Book", action = function(ctx)
+        local out = { ctx:all {
+          function() return ctx:call("hotel", "Book", { city = "Oslo" }).hotel end,
+          function() return ctx:call("flight", "Book", { city = "Oslo", full = true }).flight end,
+          function() return 42 end, -- a branch need not call at all
+          settle = true,
+        } }
+        ctx.data.outcomes = out
+      end },
+  },
+}
+
+saga.define {
+  name = "Misuse",
+  steps = {
+    { name = "S", retry = { attempts = 1 }, action = function(ctx)
+        ctx:all { function() ctx:sleep("1ms") end }
+      end },
+  },
+}
+]]
+
+-- "HANDLED <message id> <service>.<command>" lines of the host's logs: { {id, what}, ... }
+local function handled(host)
+  local out = {}
+  for id, what in host:log():gmatch("HANDLED (%S+) (%S+)") do out[#out + 1] = { id = id, what = what } end
+  return out
+end
+
+local function count(list, what)
+  local n = 0
+  for _, h in ipairs(list) do if h.what == what then n = n + 1 end end
+  return n
+end
+
+local function id_of(list, what)
+  for _, h in ipairs(list) do if h.what == what then return h.id end end
+end
+
+describe("fan-out (in-process participants)", function()
+  local host
+  before_each(function()
+    host = H.host { name = "fanout", scripts = { ["trip.lua"] = SCRIPT } }
+    host:start()
+  end)
+  after_each(function() host:stop() end)
+
+  it("ctx:all: every call succeeds, results come back in branch order, each participant got its command once", function()
+    local id = host:start_saga("Trip", { city = "Rome" })
+    local s = host:wait(id)
+    assert.are.equal("completed", s.status)
+    local d = s.data
+    assert.are.equal("hotel-Rome", d.hotel)
+    assert.are.equal("car-Rome", d.car)
+    assert.are.equal("fl-Rome", d.flight)
+    local h = handled(host)
+    for _, what in ipairs { "hotel.Hold", "hotel.Book", "car.Rent", "car.Confirm", "flight.Book" } do
+      assert.are.equal(1, count(h, what), what .. " handled once")
+    end
+    -- each call has its own operation number, in branch order, the second round after the first
+    assert.matches("%.1%.a%.1%.1$", id_of(h, "hotel.Book"))
+    assert.matches("%.1%.a%.1%.2$", id_of(h, "car.Rent"))
+    assert.matches("%.1%.a%.1%.3$", id_of(h, "flight.Book"))
+    assert.matches("%.1%.a%.1%.4$", id_of(h, "car.Confirm"))
+  end)
+
+  it("ctx:call_all is the shorthand for a list of calls", function()
+    local s = host:wait(host:start_saga("TripShort", { city = "Lima" }))
+    assert.are.equal("completed", s.status)
+    assert.are.same({ "hotel-Lima", "car-Lima", "fl-Lima" }, s.data.got)
+  end)
+
+  it("one branch fails: the step raises 'k of n calls failed' after the others ended, and the saga compensates", function()
+    local id = host:start_saga("Trip", { city = "Bern", full = true })
+    local s = host:wait(id)
+    assert.are.equal("compensated", s.status)
+    assert.matches("^1 of 3 calls failed: flight%.Book: no seats left", s.steps[2].error)
+    local h = handled(host)
+    -- the other branches ran to their end, the car's second round included
+    assert.are.equal(1, count(h, "hotel.Book"))
+    assert.are.equal(1, count(h, "car.Rent"))
+    assert.are.equal(1, count(h, "car.Confirm"))
+    assert.are.equal(1, count(h, "flight.Book"))
+    -- not retryable (the flight said so): one attempt, then the completed step is compensated
+    assert.are.same({ "Hold:action:completed", "Book:action:failed", "Hold:compensate:completed" }, H.history(s))
+    assert.are.equal(1, count(h, "hotel.Release"))
+  end)
+
+  it("settle = true returns every outcome and does not raise", function()
+    local s = host:wait(host:start_saga("TripSettled", {}))
+    assert.are.equal("completed", s.status)
+    local o = s.data.outcomes
+    assert.are.equal(3, #o)
+    assert.are.same({ ok = true, value = "hotel-Oslo" }, o[1])
+    assert.is_false(o[2].ok)
+    assert.matches("^flight%.Book: no seats left", o[2].error)
+    assert.is_false(o[2].retryable)
+    assert.are.same({ ok = true, value = 42 }, o[3])
+  end)
+
+  it("a branch may only make calls: another durable operation fails the step with a clear message", function()
+    local s = host:wait(host:start_saga("Misuse", {}))
+    assert.are.equal("compensated", s.status)
+    assert.matches("1 of 1 calls failed: .*ctx:sleep cannot be used inside a ctx:all branch", s.steps[1].error)
+  end)
+end)
+
+describe("fan-out over RabbitMQ", function()
+  local host, fast, uid, hid, fast_svc, slow_svc
+
+  setup(function() H.broker_up() end)
+
+  before_each(function()
+    uid = H.uid()
+    hid = "fan" .. uid
+    fast_svc, slow_svc = "fast" .. uid, "slow" .. uid
+    host = H.host { name = "fanout-amqp", amqp = true, host_id = hid, scripts = { ["f.lua"] = string.format([[
+local saga = require "saga"
+saga.define { name = "Pair", steps = {
+  { name = "Both", action = function(ctx)
+      local f, s = ctx:all {
+        function() return ctx:call(%q, "Echo", { n = 1 }) end,
+        function() return ctx:call(%q, "Echo", { n = 2 }) end,
+      }
+      ctx.data.fast = f.echo.n
+      ctx.data.slow = s.slow
+    end },
+} }
+]], fast_svc, slow_svc) } }
+    fast = H.proc { name = "fast", dir = host.dir,
+      cmd = H.python .. " " .. H.participants .. "/pika_participant.py " .. fast_svc .. " " .. H.q(H.pika_url()) }
+  end)
+
+  after_each(function()
+    host:stop()
+    if fast then fast:stop() end
+    H.delete_queues({ fast_svc, slow_svc }, { hid })
+  end)
+
+  it("kill -9 while one call is out: after the restart the completed call is not sent again", function()
+    fast:start()
+    fast:wait_log("READY", 30)
+    host:start_amqp()
+    local id = host:start_saga("Pair", {})
+    -- the fast participant answers; the slow one (this spec) has not taken its command yet
+    local fast_mid = fast:wait_log("HANDLED (%S+) Echo", 30)
+    assert.matches("%.1$", fast_mid)
+    -- the fast reply is journaled (committed) while the slow call is still out
+    local deadline = os.time() + 20 * H.slow
+    local q = "SELECT count(*) FROM journal WHERE saga_id = '" .. id .. "' AND done = 1"
+    while H.sql(host.db, q) ~= "1" do
+      assert(os.time() < deadline, "the fast reply was never journaled")
+      H.sleep(0.05)
+    end
+    assert.are.equal("running", host:saga(id).status)
+    host:kill9()
+    host:start_amqp()
+    -- the slow participant answers now: the command (re-sent after the restart under the same id)
+    local cmd = cjson.decode(H.amqp_tool("get", "saga.svc." .. slow_svc, tostring(20 * H.slow)))
+    assert.is_table(cmd, "the slow call never reached its queue")
+    assert.matches("%.2$", cmd.message_id)
+    H.amqp_tool("publish", "saga.reply." .. hid, cjson.encode {
+      body = '{"slow":"yes"}', correlation_id = cmd.message_id, headers = { ["saga-status"] = "ok" } })
+    local s = host:wait(id, nil, 30)
+    assert.are.equal("completed", s.status)
+    assert.are.equal(1, s.data.fast)
+    assert.are.equal("yes", s.data.slow)
+    -- the fast participant saw its command exactly once: no re-send, no redelivery
+    local log = H.read(fast.curlog)
+    assert.are.equal(1, H.count(log, "HANDLED "))
+    assert.are.equal(0, H.count(log, "DUPLICATE"))
+  end)
+end)
