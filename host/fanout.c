@@ -92,6 +92,7 @@ static void arm_timeout(struct sg_engine *en, struct sg_saga *s) {
 static void park_on_breaker(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, const char *service,
                             const char *spec, int first) {
   struct sg_run_out p = {0};
+  p.result = SG_RUN_OP;
   p.op = sg_strdup("all");
   p.a = sg_strdup(service);
   p.b = sg_strdup(spec);

@@ -164,6 +164,98 @@ describe("fan-out (in-process participants)", function()
   end)
 end)
 
+describe("fan-out: limits and breakers apply per call", function()
+  local host
+  after_each(function() host:stop() end)
+
+  it("a call over --max-payload fails the step before any call of the round goes out", function()
+    host = H.host { name = "fanout-limit", args = "--max-payload 2000", scripts = { ["t.lua"] = SCRIPT .. [=[
+saga.define { name = "Big", steps = {
+  { name = "S", action = function(ctx)
+      ctx:call_all { { "hotel", "Book", { city = "Ulm" } }, { "car", "Rent", { city = string.rep("x", 3000) } } }
+    end },
+} }
+]=] } }
+    host:start()
+    local s = host:wait(host:start_saga("Big", {}))
+    assert.are.equal("compensated", s.status)
+    assert.matches("ctx:all: call 2 of 2 %(car%.Rent%): payload is %d+ bytes, over the limit of 2000 bytes", s.steps[1].error)
+    assert.are.same({ "S:action:failed" }, H.history(s)) -- not retryable
+    assert.are.equal(0, #handled(host))
+  end)
+
+  it("a round with a call whose breaker is open waits whole, and goes out with the probe", function()
+    host = H.host { name = "fanout-breaker", scripts = { ["t.lua"] = SCRIPT .. [=[
+saga.breaker("flaky", { failure_rate = 0.5, min_calls = 2, window = "30s", open_for = "1s" })
+local n = 0
+saga.handle("flaky", "Do", function(p, msg)
+  trace(msg)
+  n = n + 1
+  if n <= 2 then error({ message = "down", retryable = true }) end
+  return { n = n }
+end)
+saga.define { name = "Flaky", steps = {
+  { name = "S", retry = { attempts = 1 }, action = function(ctx) ctx:call("flaky", "Do", {}) end },
+} }
+saga.define { name = "FanFlaky", steps = {
+  { name = "S", action = function(ctx)
+      local h, f = ctx:call_all { { "hotel", "Book", { city = "Graz" } }, { "flaky", "Do", {} } }
+      ctx.data.got = { h.hotel, f.n }
+    end },
+} }
+]=] } }
+    host:start()
+    for _ = 1, 2 do assert.are.equal("compensated", host:wait(host:start_saga("Flaky", {})).status) end
+    local id = host:start_saga("FanFlaky", {})
+    -- parked on the open breaker: nothing of the round was sent
+    local deadline = os.time() + 10 * H.slow
+    local parked
+    repeat
+      local code, b = host:get("/v1/breakers")
+      assert.are.equal(200, code)
+      for _, br in ipairs(b.breakers) do if br.service == "flaky" then parked = br.parked end end
+      if parked ~= 1 then H.sleep(0.05) end
+    until parked == 1 or os.time() > deadline
+    assert.are.equal(1, parked)
+    assert.are.equal(0, count(handled(host), "hotel.Book"))
+    local s = host:wait(id)
+    assert.are.equal("completed", s.status)
+    assert.are.same({ "hotel-Graz", 3 }, s.data.got)
+    assert.are.equal(1, count(handled(host), "hotel.Book"))
+    assert.are.equal(3, count(handled(host), "flaky.Do"))
+  end)
+end)
+
+-- FAST: a pika participant; SLOW: a queue nobody consumes but the spec itself
+local AMQP_SCRIPT = [[
+local saga = require "saga"
+saga.define { name = "Pair", steps = {
+  { name = "Both", action = function(ctx)
+      local f, s = ctx:all {
+        function() return ctx:call("FAST", "Echo", { n = 1 }) end,
+        function() return ctx:call("SLOW", "Echo", { n = 2 }) end,
+      }
+      ctx.data.fast = f.echo.n
+      ctx.data.slow = s.slow
+    end },
+} }
+saga.define { name = "Timeouts", steps = {
+  { name = "Calls", action = function(ctx)
+      ctx.data.outcomes = { ctx:call_all {
+        { "FAST", "Echo", { n = 1 } },
+        { "SLOW", "Echo", { n = 2 }, { timeout = "1200ms" } },
+        { "SLOW", "Echo", { n = 3 }, { timeout = "300ms" } },
+        settle = true,
+      } }
+    end },
+} }
+saga.define { name = "StepTimeout", steps = {
+  { name = "Both", timeout = "1s", retry = { attempts = 2, initial = "10ms" }, action = function(ctx)
+      ctx:call_all { { "FAST", "Echo", { n = 1 } }, { "SLOW", "Echo", { n = 2 } } }
+    end },
+} }
+]]
+
 describe("fan-out over RabbitMQ", function()
   local host, fast, uid, hid, fast_svc, slow_svc
 
@@ -173,19 +265,8 @@ describe("fan-out over RabbitMQ", function()
     uid = H.uid()
     hid = "fan" .. uid
     fast_svc, slow_svc = "fast" .. uid, "slow" .. uid
-    host = H.host { name = "fanout-amqp", amqp = true, host_id = hid, scripts = { ["f.lua"] = string.format([[
-local saga = require "saga"
-saga.define { name = "Pair", steps = {
-  { name = "Both", action = function(ctx)
-      local f, s = ctx:all {
-        function() return ctx:call(%q, "Echo", { n = 1 }) end,
-        function() return ctx:call(%q, "Echo", { n = 2 }) end,
-      }
-      ctx.data.fast = f.echo.n
-      ctx.data.slow = s.slow
-    end },
-} }
-]], fast_svc, slow_svc) } }
+    host = H.host { name = "fanout-amqp", amqp = true, host_id = hid,
+      scripts = { ["f.lua"] = (AMQP_SCRIPT:gsub("FAST", fast_svc):gsub("SLOW", slow_svc)) } }
     fast = H.proc { name = "fast", dir = host.dir,
       cmd = H.python .. " " .. H.participants .. "/pika_participant.py " .. fast_svc .. " " .. H.q(H.pika_url()) }
   end)
@@ -228,5 +309,61 @@ saga.define { name = "Pair", steps = {
     local log = H.read(fast.curlog)
     assert.are.equal(1, H.count(log, "HANDLED "))
     assert.are.equal(0, H.count(log, "DUPLICATE"))
+  end)
+  it("each call has its own timeout; the ones that time out are error outcomes", function()
+    fast:start()
+    fast:wait_log("READY", 30)
+    host:start_amqp()
+    local t0 = H.now()
+    local s = host:wait(host:start_saga("Timeouts", {}), nil, 30)
+    local took = H.now() - t0
+    assert.are.equal("completed", s.status)
+    local o = s.data.outcomes
+    assert.are.equal(1, o[1].value.echo.n)
+    assert.is_false(o[2].ok)
+    assert.matches("timed out waiting for the reply", o[2].error)
+    assert.is_false(o[3].ok)
+    assert.matches("timed out waiting for the reply", o[3].error)
+    -- the step went on only once the later deadline (1.2 s) had passed too
+    assert.is_true(took >= 1.15, "the fan-out ended after " .. took .. " s")
+  end)
+
+  it("the step timeout ends the attempt with its calls out; the retry sends the fan-out again under new ids", function()
+    fast:start()
+    fast:wait_log("READY", 30)
+    host:start_amqp()
+    local s = host:wait(host:start_saga("StepTimeout", {}), nil, 30)
+    assert.are.equal("compensated", s.status)
+    assert.are.same({ "Both:action:failed", "Both:action:failed" }, H.history(s))
+    assert.matches("timeout", s.steps[1].error)
+    local ids = {}
+    for mid in H.read(fast.curlog):gmatch("HANDLED (%S+) Echo") do ids[#ids + 1] = mid end
+    assert.are.equal(2, #ids)
+    assert.matches("%.1%.1$", ids[1])
+    assert.matches("%.2%.1$", ids[2])
+    -- the slow call was sent once per attempt (and then nothing more)
+    assert.are.equal("2", H.amqp_tool("count", "saga.svc." .. slow_svc):gsub("%s+", ""))
+  end)
+
+  it("a saga whose coroutine was dropped while it waited goes on from the journal", function()
+    fast:start()
+    fast:wait_log("READY", 30)
+    host:start_amqp()
+    local id = host:start_saga("Pair", {})
+    fast:wait_log("HANDLED (%S+) Echo", 30)
+    -- waiting sagas keep no coroutine for long: once it is gone, the step is replayed on the last reply
+    local deadline = os.time() + 20 * H.slow
+    while host:healthz().coroutines ~= 0 do
+      assert(os.time() < deadline, "the waiting saga's coroutine was never dropped")
+      H.sleep(0.1)
+    end
+    local cmd = cjson.decode(H.amqp_tool("get", "saga.svc." .. slow_svc, tostring(20 * H.slow)))
+    H.amqp_tool("publish", "saga.reply." .. hid, cjson.encode {
+      body = '{"slow":"late"}', correlation_id = cmd.message_id, headers = { ["saga-status"] = "ok" } })
+    local s = host:wait(id, nil, 30)
+    assert.are.equal("completed", s.status)
+    assert.are.equal(1, s.data.fast)
+    assert.are.equal("late", s.data.slow)
+    assert.are.equal(1, H.count(H.read(fast.curlog), "HANDLED "))
   end)
 end)
