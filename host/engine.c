@@ -40,7 +40,7 @@ void sg_run_out_clear(struct sg_run_out *o) {
 
 static const char *const op_names[SG_OP__COUNT] = {
   [SG_OP_CALL] = "call", [SG_OP_SEND] = "send", [SG_OP_PUBLISH] = "publish",
-  [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid",
+  [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid", [SG_OP_ALL] = "all",
 };
 
 const char *sg_op_name(enum sg_op op) { return op > SG_OP_NONE && op < SG_OP__COUNT ? op_names[op] : NULL; }
@@ -687,6 +687,8 @@ static int op_sleep(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *
   return 1;
 }
 
+/* SG_OP_ALL (a fan-out round) is not here: it takes several operation numbers, eng_process hands it
+ * to fanout.c */
 static const op_handler ops[SG_OP__COUNT] = {
   [SG_OP_CALL] = op_message, [SG_OP_SEND] = op_message, [SG_OP_PUBLISH] = op_message,
   [SG_OP_SLEEP] = op_sleep, [SG_OP_NOW] = op_value, [SG_OP_UUID] = op_value,
@@ -758,7 +760,7 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       return;
     }
     case SG_RUN_OP: {
-      if (out->op && strcmp(out->op, "all") == 0) { /* fan-out (fanout.c): several calls at once */
+      if (out->op == SG_OP_ALL) { /* fan-out (fanout.c): several calls at once, not in ops[] */
         if (eng_fanout_op(en, s, out)) return;
         break;
       }

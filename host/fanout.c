@@ -88,14 +88,14 @@ static void arm_timeout(struct sg_engine *en, struct sg_saga *s) {
 }
 
 /* A round that waits for an open breaker: parked whole, nothing of it sent; released, it comes back
- * to eng_fanout_op as op "all" with a = the service and b = the list. */
+ * to eng_fanout_op (SG_OP_ALL, with the breaker's service). */
 static void park_on_breaker(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, const char *service,
                             const char *spec, int first) {
   struct sg_run_out p = {0};
   p.result = SG_RUN_OP;
-  p.op = sg_strdup("all");
-  p.a = sg_strdup(service);
-  p.b = sg_strdup(spec);
+  p.op = SG_OP_ALL;
+  p.service = sg_strdup(service);
+  p.payload = sg_strdup(spec);
   sg_run_out_clear(out);
   s->seq = first; /* release_parked steps back one: the round gets the same numbers again */
   eng_park(en, s, &p, first);
@@ -113,10 +113,10 @@ static int send_round(struct sg_engine *en, struct sg_saga *s, json_t *root, int
     call_at(root, i, &svc, &cmd, &payload, &t);
     if (!admitted) eng_breaker_admit(eng_breaker_get(en, svc)); /* a half-open breaker: this is its probe */
     struct sg_run_out c = {0};
-    c.op = (char *)"call";
-    c.a = (char *)svc;
-    c.b = (char *)cmd;
-    c.c = (char *)payload;
+    c.op = SG_OP_CALL;
+    c.service = (char *)svc;
+    c.name = (char *)cmd;
+    c.payload = (char *)payload; /* its timeout is the round's (arm_timeout), not the call's own timer */
     char *res = NULL;
     s->admitted = 1; /* admitted above, for the whole round */
     int r = eng_perform(en, s, &c, first + (int)i, &res, err);
@@ -128,7 +128,7 @@ static int send_round(struct sg_engine *en, struct sg_saga *s, json_t *root, int
 }
 
 int eng_fanout_op(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out) {
-  const char *spec = out->b ? out->b : out->a; /* b: a round released by its breaker */
+  const char *spec = out->payload;
   json_t *root = spec ? json_loads(spec, 0, NULL) : NULL;
   size_t n = json_is_array(root) ? json_array_size(root) : 0;
   for (size_t i = 0; i < n; i++) {

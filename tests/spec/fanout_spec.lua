@@ -249,6 +249,11 @@ saga.define { name = "Timeouts", steps = {
       } }
     end },
 } }
+saga.define { name = "Deadline", timeout = "1s", steps = {
+  { name = "Both", action = function(ctx)
+      ctx:call_all { { "FAST", "Echo", { n = 1 } }, { "SLOW", "Echo", { n = 2 } } }
+    end },
+} }
 saga.define { name = "StepTimeout", steps = {
   { name = "Both", timeout = "1s", retry = { attempts = 2, initial = "10ms" }, action = function(ctx)
       ctx:call_all { { "FAST", "Echo", { n = 1 } }, { "SLOW", "Echo", { n = 2 } } }
@@ -343,6 +348,29 @@ describe("fan-out over RabbitMQ", function()
     assert.matches("%.2%.1$", ids[2])
     -- the slow call was sent once per attempt (and then nothing more)
     assert.are.equal("2", H.amqp_tool("count", "saga.svc." .. slow_svc):gsub("%s+", ""))
+  end)
+
+  it("the saga deadline ends the fan-out with a call out; its late reply changes nothing", function()
+    fast:start()
+    fast:wait_log("READY", 30)
+    host:start_amqp()
+    local id = host:start_saga("Deadline", {})
+    local s = host:wait(id, nil, 30)
+    assert.are.equal("compensated", s.status)
+    assert.matches("saga timed out", s.error)
+    local cmd = cjson.decode(H.amqp_tool("get", "saga.svc." .. slow_svc, tostring(10 * H.slow)))
+    H.amqp_tool("publish", "saga.reply." .. hid, cjson.encode {
+      body = '{"slow":"late"}', correlation_id = cmd.message_id, headers = { ["saga-status"] = "ok" } })
+    -- the late reply is taken off the reply queue and ignored
+    local deadline = os.time() + 10 * H.slow
+    while H.amqp_tool("count", "saga.reply." .. hid):gsub("%s+", "") ~= "0" do
+      assert(os.time() < deadline, "the late reply was never consumed")
+      H.sleep(0.05)
+    end
+    local again = host:saga(id)
+    assert.are.equal("compensated", again.status)
+    assert.are.same(H.history(s), H.history(again))
+    assert.are.equal(1, H.count(H.read(fast.curlog), "HANDLED "))
   end)
 
   it("a saga whose coroutine was dropped while it waited goes on from the journal", function()
