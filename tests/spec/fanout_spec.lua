@@ -77,6 +77,22 @@ saga.define {
       end },
   },
 }
+saga.define {
+  name = "Nested",
+  steps = {
+    { name = "S", retry = { attempts = 1 }, action = function(ctx)
+        ctx:all { function() return ctx:all { function() return 1 end } end }
+      end },
+  },
+}
+saga.define {
+  name = "NotAFunction",
+  steps = {
+    { name = "S", retry = { attempts = 1 }, action = function(ctx)
+        ctx:all { function() return 1 end, 42 }
+      end },
+  },
+}
 ]]
 
 -- "HANDLED <message id> <service>.<command>" lines of the host's logs: { {id, what}, ... }
@@ -161,6 +177,10 @@ describe("fan-out (in-process participants)", function()
     local s = host:wait(host:start_saga("Misuse", {}))
     assert.are.equal("compensated", s.status)
     assert.matches("1 of 1 calls failed: .*ctx:sleep cannot be used inside a ctx:all branch", s.steps[1].error)
+    s = host:wait(host:start_saga("Nested", {}))
+    assert.matches("1 of 1 calls failed: .*ctx:all cannot be used inside a ctx:all branch", s.steps[1].error)
+    s = host:wait(host:start_saga("NotAFunction", {}))
+    assert.matches("trip%.lua:%d+: ctx:all: branch 2 must be a function %(got number%)", s.steps[1].error)
   end)
 end)
 
