@@ -1271,8 +1271,35 @@ struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
 /* ---------------------------------------------------------------------------------------------- */
 /* group commit */
 
-/* an outbox row read back from the store goes out again (with tracing on, with its saga's traceparent) */
+/* ---- fan-out: a command whose reply is already journaled is not sent again ---- */
+/* An outbox row of a call whose reply this host has journaled for the attempt running now: its
+ * publish was not confirmed (or the confirm not committed) before the host stopped, but the call is
+ * over, so a re-send would only reach its participant twice (with fan-out the other calls of the
+ * round keep the step waiting, which makes that window wider than for one ctx:call). */
+static int call_answered(struct sg_engine *en, const struct sg_msg *m) {
+  if (!m->reply_to || !m->message_id || !m->exchange || strcmp(m->exchange, "saga.commands") != 0) return 0;
+  char sid[40], ph;
+  int step, attempt, seq, end = 0;
+  if (sscanf(m->message_id, "%39[^.].%d.%c.%d.%d%n", sid, &step, &ph, &attempt, &seq, &end) != 5 ||
+      m->message_id[end] != 0)
+    return 0;
+  struct sg_saga *s = sg_map_get(&en->sagas, sid);
+  if (!s || s->terminal || s->row.step != step || s->row.attempt != attempt ||
+      s->row.phase != (ph == 'a' ? SG_PH_ACTION : SG_PH_COMPENSATE))
+    return 0;
+  struct jent *j = journal_find(s, seq);
+  return j && j->done;
+}
+/* ---- end fan-out ---- */
+
+/* an outbox row read back from the store goes out again (with tracing on, with its saga's traceparent);
+ * a call already answered does not: its row goes as if the broker had confirmed it */
 static void republish_one(struct sg_engine *en, const struct sg_msg *m) {
+  if (m->outbox_id > 0 && call_answered(en, m)) { /* deleted with the next batch */
+    if (en->st.outbox > 0) en->st.outbox--;
+    PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, m->outbox_id);
+    return;
+  }
   struct sg_error e = {0};
   struct sg_msg copy;
   int traced = en->otel && !m->traceparent;

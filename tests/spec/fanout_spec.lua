@@ -302,7 +302,9 @@ describe("fan-out over RabbitMQ", function()
     H.delete_queues({ fast_svc, slow_svc }, { hid })
   end)
 
-  it("kill -9 while one call is out: after the restart the completed call is not sent again", function()
+  -- starts a Pair saga and kills the host once the fast call's reply is journaled (the slow call still
+  -- out); returns the saga id and the fast command's message id
+  local function pair_until_fast_answered()
     fast:start()
     fast:wait_log("READY", 30)
     host:start_amqp()
@@ -319,8 +321,11 @@ describe("fan-out over RabbitMQ", function()
     end
     assert.are.equal("running", host:saga(id).status)
     host:kill9()
-    host:start_amqp()
-    -- the slow participant answers now: the command (re-sent after the restart under the same id)
+    return id, fast_mid
+  end
+
+  -- the slow participant (this spec) answers the slow command; the saga completes
+  local function answer_slow_and_finish(id)
     local cmd = cjson.decode(H.amqp_tool("get", "saga.svc." .. slow_svc, tostring(20 * H.slow)))
     assert.is_table(cmd, "the slow call never reached its queue")
     assert.matches("%.2$", cmd.message_id)
@@ -330,11 +335,45 @@ describe("fan-out over RabbitMQ", function()
     assert.are.equal("completed", s.status)
     assert.are.equal(1, s.data.fast)
     assert.are.equal("yes", s.data.slow)
+  end
+
+  it("kill -9 while one call is out: after the restart the completed call is not sent again", function()
+    local id = pair_until_fast_answered()
+    host:start_amqp()
+    -- the slow command was re-sent after the restart under the same id (or the first one is taken)
+    answer_slow_and_finish(id)
     -- the fast participant saw its command exactly once: no re-send, no redelivery
     local log = H.read(fast.curlog)
     assert.are.equal(1, H.count(log, "HANDLED "))
     assert.are.equal(0, H.count(log, "DUPLICATE"))
   end)
+
+  it("a command answered before its publish was confirmed is not published again after a crash", function()
+    local id, fast_mid = pair_until_fast_answered()
+    -- the host died before the broker's confirm of the fast command was committed: its outbox row is
+    -- still there (put back here, as it would be)
+    local cols = "id, message_id, correlation_id, exchange, routing_key, reply_to, type, saga_id, saga_type, step, " ..
+      "attempt, body, created_at"
+    local vals = string.format("987654321, '%s', '%s', 'saga.commands', '%s.Echo', 'saga.reply.%s', 'Echo', '%s', " ..
+      "'Pair', 0, 1, '{\"n\":1}', 0", fast_mid, fast_mid, fast_svc, hid, id)
+    if H.pg then
+      H.sql(host.db, "INSERT INTO outbox (" .. cols .. ", owner) SELECT " .. vals .. ", owner FROM sagas WHERE id = '" .. id .. "'")
+    else
+      H.sql(host.db, "INSERT INTO outbox (" .. cols .. ") VALUES (" .. vals .. ")")
+    end
+    host:start_amqp()
+    answer_slow_and_finish(id)
+    local log = H.read(fast.curlog)
+    assert.are.equal(1, H.count(log, "HANDLED "))
+    assert.are.equal(0, H.count(log, "DUPLICATE"))
+    -- and its row is gone
+    local deadline = os.time() + 10 * H.slow
+    while H.sql(host.db, "SELECT count(*) FROM outbox WHERE id = 987654321") ~= "0" do
+      assert(os.time() < deadline, "the answered command's outbox row stayed")
+      H.sleep(0.05)
+    end
+  end)
+
   it("each call has its own timeout; the ones that time out are error outcomes", function()
     fast:start()
     fast:wait_log("READY", 30)
