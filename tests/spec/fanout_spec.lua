@@ -40,6 +40,27 @@ saga.define {
   },
 }
 
+saga.handle("undo", "Undo", function(p, msg) print("UNDO " .. p.what .. " " .. saga.json.encode(p.result)); return {} end)
+saga.define {
+  name = "TripPartial",
+  steps = {
+    { name = "Book", retry = { attempts = 1 },
+      action = function(ctx)
+        ctx:call_all {
+          { "hotel", "Book", { city = "Kyiv" } },
+          { "flight", "Book", { city = "Kyiv", full = true } },
+          { "car", "Rent", { city = "Kyiv" } },
+        }
+      end,
+      compensate = function(ctx)
+        -- the failed fan-out: ctx.journal lists the calls of it that completed
+        for _, j in ipairs(ctx.journal) do
+          ctx:call("undo", "Undo", { what = j.service .. "." .. j.command, result = j.result })
+        end
+      end },
+  },
+}
+
 saga.define {
   name = "TripShort",
   steps = {
@@ -94,6 +115,43 @@ saga.define {
   },
 }
 ]]
+
+-- the saga of docs/lua-api.md's Fan-out example (its Pay step filled in)
+local DOC_SAGA = [==[
+saga.define {
+  name = "Trip",
+  steps = {
+    { name = "Book",
+      action = function(ctx)
+        local trip = ctx.input
+        local hotel, car, flight = ctx:all {
+          function() return ctx:call("hotel", "Book", { city = trip.city, nights = trip.nights }) end,
+          function() return ctx:call("car", "Rent", { city = trip.city, days = trip.nights }) end,
+          function()
+            local f = ctx:call("flight", "Book", { to = trip.city }, { timeout = "20s" })
+            return ctx:call("flight", "Seat", { booking = f.booking, seat = trip.seat })  -- a second round
+          end,
+        }
+        ctx.data.hotel, ctx.data.car, ctx.data.flight = hotel.booking, car.booking, flight.booking
+      end,
+      compensate = function(ctx)
+        local b = ctx.data              -- the step completed: every booking is in ctx.data
+        if ctx.partial then             -- the fan-out failed: what its completed calls booked
+          b = {}
+          for _, c in ipairs(ctx.journal) do
+            if c.command ~= "Seat" then b[c.service] = c.result.booking end
+          end
+        end
+        local cancels = {}
+        for _, svc in ipairs { "hotel", "car", "flight" } do
+          if b[svc] then cancels[#cancels + 1] = { svc, "Cancel", { booking = b[svc] } } end
+        end
+        ctx:call_all(cancels)           -- the cancellations, concurrently too
+      end },
+    { name = "Pay", action = function(ctx) if ctx.input.fail_pay then ctx:fail("card declined") end end },
+  },
+}
+]==]
 
 -- "HANDLED <message id> <service>.<command>" lines of the host's logs: { {id, what}, ... }
 local function handled(host)
@@ -161,6 +219,16 @@ describe("fan-out (in-process participants)", function()
     assert.are.equal(1, count(h, "hotel.Release"))
   end)
 
+  it("a failed fan-out's partial compensation sees exactly the calls that completed", function()
+    local s = host:wait(host:start_saga("TripPartial", {}))
+    assert.are.equal("compensated", s.status)
+    assert.matches("^1 of 3 calls failed: flight%.Book: no seats left", s.steps[1].error)
+    local undone = {}
+    for line in host:log():gmatch("UNDO ([^\n]+)") do undone[#undone + 1] = line end
+    table.sort(undone)
+    assert.are.same({ 'car.Rent {"car":"car-Kyiv"}', 'hotel.Book {"hotel":"hotel-Kyiv"}' }, undone)
+  end)
+
   it("settle = true returns every outcome and does not raise", function()
     local s = host:wait(host:start_saga("TripSettled", {}))
     assert.are.equal("completed", s.status)
@@ -181,6 +249,50 @@ describe("fan-out (in-process participants)", function()
     assert.matches("1 of 1 calls failed: .*ctx:all cannot be used inside a ctx:all branch", s.steps[1].error)
     s = host:wait(host:start_saga("NotAFunction", {}))
     assert.matches("trip%.lua:%d+: ctx:all: branch 2 must be a function %(got number%)", s.steps[1].error)
+  end)
+end)
+
+-- the example of docs/lua-api.md ("Fan-out"), with participants that print what they cancel
+local DOC_EXAMPLE = [==[
+local saga = require "saga"
+saga.handle("hotel", "Book", function(p) return { booking = "H-" .. p.city } end)
+saga.handle("car", "Rent", function(p) return { booking = "C-" .. p.city } end)
+saga.handle("flight", "Book", function(p) return { booking = "F-" .. p.to } end)
+saga.handle("flight", "Seat", function(p)
+  if p.seat == "none" then error({ message = "no seat", retryable = false }) end
+  return { booking = p.booking, seat = p.seat }
+end)
+for _, svc in ipairs { "hotel", "car", "flight" } do
+  saga.handle(svc, "Cancel", function(p) print("CANCEL " .. svc .. " " .. p.booking); return {} end)
+end
+]==] .. DOC_SAGA
+
+describe("fan-out: the example of docs/lua-api.md", function()
+  local host
+  before_each(function()
+    host = H.host { name = "fanout-doc", scripts = { ["trip.lua"] = DOC_EXAMPLE } }
+    host:start()
+  end)
+  after_each(function() host:stop() end)
+
+  local function cancels()
+    local out = {}
+    for line in host:log():gmatch("CANCEL ([^\n]+)") do out[#out + 1] = line end
+    table.sort(out)
+    return out
+  end
+
+  it("a later step fails: the completed fan-out is cancelled whole", function()
+    local s = host:wait(host:start_saga("Trip", { city = "Oslo", nights = 2, seat = "12A", fail_pay = true }))
+    assert.are.equal("compensated", s.status)
+    assert.are.same({ "car C-Oslo", "flight F-Oslo", "hotel H-Oslo" }, cancels())
+  end)
+
+  it("the fan-out fails in its second round: what its completed calls booked is cancelled", function()
+    local s = host:wait(host:start_saga("Trip", { city = "Oslo", nights = 2, seat = "none" }))
+    assert.are.equal("compensated", s.status)
+    assert.matches("1 of 3 calls failed: flight%.Seat: no seat", s.steps[1].error)
+    assert.are.same({ "car C-Oslo", "flight F-Oslo", "hotel H-Oslo" }, cancels())
   end)
 end)
 
