@@ -40,7 +40,7 @@ void sg_run_out_clear(struct sg_run_out *o) {
 
 static const char *const op_names[SG_OP__COUNT] = {
   [SG_OP_CALL] = "call", [SG_OP_SEND] = "send", [SG_OP_PUBLISH] = "publish",
-  [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid",
+  [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid", [SG_OP_ALL] = "all",
 };
 
 const char *sg_op_name(enum sg_op op) { return op > SG_OP_NONE && op < SG_OP__COUNT ? op_names[op] : NULL; }
@@ -222,6 +222,7 @@ void eng_drop_co(struct sg_engine *en, struct sg_saga *s) {
 void eng_saga_free(struct sg_saga *s) {
   free(s->idem_mkey);
   sg_run_out_clear(&s->parked_op);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   free(s->journal);
   sg_store_saga_row_free(&s->row);
@@ -353,6 +354,7 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_saga);
   trace_given_up(en, s, 0, "no reply: the saga ended", sg_status_name(status));
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   eng_mark_dirty(en, s);
   eng_event(en, SG_EV_TERMINAL, s, sg_status_name(status), error, 0);
@@ -501,6 +503,7 @@ void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status
   eng_timer_cancel(en, &s->t_wait);
   if (strcmp(status, "completed") != 0) trace_given_up(en, s, 0, "no reply: the attempt ended", error ? error : status);
   if (s->row.phase == SG_PH_ACTION && strcmp(status, "completed") != 0) partial_capture(s);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -568,6 +571,7 @@ void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   s->row.attempt_started_at = now;
   eng_event(en, SG_EV_ATTEMPT_STARTED, s, NULL, NULL, 0);
   if (ds->timeout_ms > 0) s->t_step = eng_timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -591,6 +595,7 @@ static void replay(struct sg_engine *en, struct sg_saga *s) {
   struct sg_error e = {0};
   s->seq = 0;
   s->wait_seq = 0;
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   eng_drop_co(en, s);
   if (en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e) < 0) {
     step_failed(en, s, e.msg, 0);
@@ -796,6 +801,8 @@ static int op_sleep(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *
   return 1;
 }
 
+/* SG_OP_ALL (a fan-out round) is not here: it takes several operation numbers, eng_process hands it
+ * to fanout.c */
 static const op_handler ops[SG_OP__COUNT] = {
   [SG_OP_CALL] = op_message, [SG_OP_SEND] = op_message, [SG_OP_PUBLISH] = op_message,
   [SG_OP_SLEEP] = op_sleep, [SG_OP_NOW] = op_value, [SG_OP_UUID] = op_value,
@@ -867,6 +874,10 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       return;
     }
     case SG_RUN_OP: {
+      if (out->op == SG_OP_ALL) { /* fan-out (fanout.c): several calls at once, not in ops[] */
+        if (eng_fanout_op(en, s, out)) return;
+        break;
+      }
       int seq = ++s->seq;
       struct jent *j = journal_find(s, seq);
       int ok = 1;
@@ -914,6 +925,18 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
   }
 }
 
+/* ---- fan-out (fanout.c): what it uses of this file ---- */
+struct jent *eng_journal_find(struct sg_saga *s, int seq) { return journal_find(s, seq); }
+int eng_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result, char **err) {
+  return perform(en, s, op, seq, result, err);
+}
+void eng_replay(struct sg_engine *en, struct sg_saga *s) { replay(en, s); }
+void eng_park_co(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) { park_coroutine(en, s, op); }
+void eng_step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, int retryable) {
+  step_failed(en, s, err, retryable);
+}
+/* ---- end fan-out ---- */
+
 /* ---------------------------------------------------------------------------------------------- */
 /* timers */
 
@@ -949,6 +972,7 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     }
     journal_write(en, s, kind == TM_SLEEP ? "sleep" : "call", j);
     if (s->wait_seq == (int)ref) wake(en, s, j);
+    else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
     return;
   }
   case TM_RETRY:
@@ -1028,6 +1052,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
   journal_write(en, s, "call", j);
   ack_after_commit(en, tag);
   if (s->wait_seq == seq) wake(en, s, j);
+  else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
 }
 
 /* A call from a saga of this host to a handler of this host (in-process transport): its reply is
@@ -1360,8 +1385,35 @@ struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
 /* ---------------------------------------------------------------------------------------------- */
 /* group commit */
 
-/* an outbox row read back from the store goes out again (with tracing on, with its saga's traceparent) */
+/* ---- fan-out: a command whose reply is already journaled is not sent again ---- */
+/* An outbox row of a call whose reply this host has journaled for the attempt running now: its
+ * publish was not confirmed (or the confirm not committed) before the host stopped, but the call is
+ * over, so a re-send would only reach its participant twice (with fan-out the other calls of the
+ * round keep the step waiting, which makes that window wider than for one ctx:call). */
+static int call_answered(struct sg_engine *en, const struct sg_msg *m) {
+  if (!m->reply_to || !m->message_id || !m->exchange || strcmp(m->exchange, "saga.commands") != 0) return 0;
+  char sid[40], ph;
+  int step, attempt, seq, end = 0;
+  if (sscanf(m->message_id, "%39[^.].%d.%c.%d.%d%n", sid, &step, &ph, &attempt, &seq, &end) != 5 ||
+      m->message_id[end] != 0)
+    return 0;
+  struct sg_saga *s = sg_map_get(&en->sagas, sid);
+  if (!s || s->terminal || s->row.step != step || s->row.attempt != attempt ||
+      s->row.phase != (ph == 'a' ? SG_PH_ACTION : ph == 'p' ? SG_PH_PARTIAL : SG_PH_COMPENSATE))
+    return 0;
+  struct jent *j = journal_find(s, seq);
+  return j && j->done;
+}
+/* ---- end fan-out ---- */
+
+/* an outbox row read back from the store goes out again (with tracing on, with its saga's traceparent);
+ * a call already answered does not: its row goes as if the broker had confirmed it */
 static void republish_one(struct sg_engine *en, const struct sg_msg *m) {
+  if (m->outbox_id > 0 && call_answered(en, m)) { /* deleted with the next batch */
+    if (en->st.outbox > 0) en->st.outbox--;
+    PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, m->outbox_id);
+    return;
+  }
   struct sg_error e = {0};
   struct sg_msg copy;
   int traced = en->otel && !m->traceparent;

@@ -65,6 +65,9 @@ enum sg_op {
   SG_OP_SLEEP,   /* ms */
   SG_OP_NOW,     /* the time, journaled */
   SG_OP_UUID,    /* a UUID, journaled */
+  SG_OP_ALL,     /* fan-out (fanout.c): a round of calls, payload = their JSON list; it takes one operation
+                  * number per call, so eng_process hands it to fanout.c instead of ops[]; service: while
+                  * an open breaker holds the round back, that breaker's service */
   SG_OP__COUNT
 };
 /* "call", "send", ...; NULL for SG_OP_NONE or out of range */

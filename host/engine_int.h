@@ -65,6 +65,7 @@ struct sg_saga {
   int admitted;              /* released by its breaker: the next call goes out without asking again */
   int preempted;             /* its step's slice ended: it waits in the run queue to go on */
   struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
+  struct fanout *fan;        /* fan-out (fanout.c): the round of calls it waits on (wait_seq = -its first), or NULL */
   struct sg_saga *next_dirty;
 };
 
@@ -305,6 +306,18 @@ int eng_shown_attempt(const struct sg_saga *s);
 
 void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
                           const char *status, const char *body);
+
+/* fan-out (fanout.c) */
+struct jent *eng_journal_find(struct sg_saga *s, int seq);
+int eng_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result, char **err);
+void eng_replay(struct sg_engine *en, struct sg_saga *s);
+void eng_park_co(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op); /* eviction bookkeeping */
+void eng_step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, int retryable);
+/* op "all" (a round of calls): 1 = the saga parked or its step ended, 0 = out holds the step's next run */
+int eng_fanout_op(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
+/* a call of the round the saga waits on ended: the step goes on once all have */
+void eng_fanout_progress(struct sg_engine *en, struct sg_saga *s);
+void eng_fanout_clear(struct sg_saga *s);
 
 /* tracing.c (called only when en->otel is set) */
 struct sg_otel;

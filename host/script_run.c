@@ -78,6 +78,9 @@ static void decode_op(lua_State *co, int base, int nres, struct sg_run_out *out)
   case SG_OP_NOW:
   case SG_OP_UUID:
     break;
+  case SG_OP_ALL: /* fan-out: the JSON list of the round's calls */
+    if (nres > 1) out->payload = dup_at(co, base + 1);
+    break;
   case SG_OP_NONE:
   case SG_OP__COUNT:
     out->result = SG_RUN_ERROR;

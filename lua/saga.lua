@@ -585,7 +585,18 @@ end
 
 -- Resumed by the host with (ok, result_json).
 local on_step = core.on_step
+local running = coroutine.running
+-- The branch threads of a ctx:all while it runs (the runtime's own coroutines, never the script's):
+-- their ctx:call yields to the fan-out scheduler (run_all), not to the host.
+local branch_of = setmetatable({}, { __mode = "k" })
+local FAN = {} -- what a branch's ctx:call yields to the scheduler, ahead of the call
 local function await(op, ...)
+  if branch_of[running()] then
+    if op ~= "call" then
+      error("ctx:" .. op .. " cannot be used inside a ctx:all branch: branches make calls (ctx:call) only", 3)
+    end
+    return yield(FAN, ...)
+  end
   if not on_step() then
     error("ctx:" .. op .. " cannot be used inside a coroutine the script created: durable operations run on the step itself", 3)
   end
@@ -614,6 +625,132 @@ function Ctx:call(service, command, payload, opts)
     retryable = not (type(v) == "table" and v.retryable == false),
     remote = true,
   }, Err), 0)
+end
+
+-- Fan-out: runs the branch functions fns[1..n], each in a coroutine of its own, concurrently. Every
+-- time all the branches still running wait on a ctx:call, their calls go to the host as ONE operation
+-- ("all", the JSON list of the calls in branch order); the host journals each under its own number,
+-- sends them together and answers once all have their result; each branch gets its own and goes on.
+-- The same results give the same rounds in the same order: a replay maps each call to its journal entry.
+local function run_all(fns, n, settle)
+  local threads, outcome, input = {}, {}, {}
+  for i = 1, n do
+    local fn = fns[i]
+    local co = coroutine.create(function() return table.pack(xpcall(fn, normalize_error)) end)
+    branch_of[co] = true
+    threads[i] = co
+  end
+  local live = n
+  while live > 0 do
+    local calls, who = {}, {}
+    for i = 1, n do
+      local co = threads[i]
+      if co then
+        local args = input[i]
+        input[i] = nil
+        local rok, a, b, c, d, e
+        if args then rok, a, b, c, d, e = coroutine.resume(co, args[1], args[2])
+        else rok, a, b, c, d, e = coroutine.resume(co) end
+        if core.doomed() then error(DOOMED, 0) end -- a limit stopped it: the host has the message
+        if not rok or coroutine.status(co) == "dead" then
+          threads[i] = nil
+          branch_of[co] = nil
+          live = live - 1
+          if rok then outcome[i] = a
+          else outcome[i] = { false, normalize_error(a) } end
+        elseif a == FAN then
+          calls[#calls + 1] = { s = b, c = c, p = d, t = tonumber(e) or 0 }
+          who[#who + 1] = i
+        else
+          threads[i] = nil
+          branch_of[co] = nil
+          live = live - 1
+          outcome[i] = { false, normalize_error("ctx:all: branch " .. i .. " yielded outside a ctx:call") }
+        end
+      end
+    end
+    if #calls > 0 then
+      local _, res = yield("all", json.encode(calls))
+      local results = json.decode(res)
+      for k, i in ipairs(who) do input[i] = { results[k][1] == "ok", results[k][2] } end
+    end
+  end
+  if settle then
+    local out = {}
+    for i = 1, n do
+      local o = outcome[i]
+      if o[1] then out[i] = { ok = true, value = o[2] }
+      else out[i] = { ok = false, error = o[2].message, retryable = o[2].retryable ~= false } end
+    end
+    return table.unpack(out, 1, n)
+  end
+  local fails, retryable, fail = {}, true, nil
+  for i = 1, n do
+    local o = outcome[i]
+    if not o[1] then
+      fails[#fails + 1] = o[2].message
+      if o[2].retryable == false then retryable = false end
+      if o[2].fail then fail = true end
+    end
+  end
+  if #fails > 0 then
+    error(setmetatable({
+      message = string.format("%d of %d calls failed: %s", #fails, n, table.concat(fails, "; ")),
+      retryable = retryable, fail = fail,
+    }, Err), 0)
+  end
+  local vals = {}
+  for i = 1, n do vals[i] = outcome[i][2] end
+  return table.unpack(vals, 1, n)
+end
+
+-- The list part (1..n) and the settle flag of a ctx:all / ctx:call_all table.
+local function fan_spec(spec, what, check)
+  if type(spec) ~= "table" then error(what .. ": expects a table (a list, and settle = true to get every outcome)", 3) end
+  if branch_of[running()] then error(what .. " cannot be used inside a ctx:all branch", 3) end
+  if not on_step() then
+    error(what .. " cannot be used inside a coroutine the script created: durable operations run on the step itself", 3)
+  end
+  local n, settle = #spec, false
+  for k, v in pairs(spec) do
+    if k == "settle" then
+      if type(v) ~= "boolean" then error(what .. ": settle must be a boolean", 3) end
+      settle = v
+    elseif math.type(k) ~= "integer" or k < 1 or k > n then
+      error(what .. ": unknown key '" .. tostring(k) .. "' (a list, and settle)", 3)
+    else
+      check(k, v)
+    end
+  end
+  return n, settle
+end
+
+-- ctx:all{ function() return ctx:call(...) end, ..., settle = false }: the branches run concurrently;
+-- returns their results in order, or raises "k of n calls failed: ..." once all have ended; with
+-- settle = true returns every outcome as { ok = true, value = v } or { ok = false, error = message }.
+function Ctx:all(spec)
+  local n, settle = fan_spec(spec, "ctx:all", function(k, v)
+    if type(v) ~= "function" then error("ctx:all: branch " .. k .. " must be a function (got " .. type(v) .. ")", 4) end
+  end)
+  local fns = {}
+  for i = 1, n do fns[i] = spec[i] end
+  return run_all(fns, n, settle)
+end
+
+-- ctx:call_all{ {service, command, payload [, opts]}, ..., settle = false }: ctx:all of those ctx:call.
+function Ctx:call_all(spec)
+  local n, settle = fan_spec(spec, "ctx:call_all", function(k, v)
+    if type(v) ~= "table" then error("ctx:call_all: call " .. k .. " must be a table {service, command, payload, opts}", 4) end
+    check_name(v[1], "ctx:call_all: call " .. k .. ": service", 4)
+    check_name(v[2], "ctx:call_all: call " .. k .. ": command", 4)
+  end)
+  local fns = {}
+  for i = 1, n do
+    local c = spec[i]
+    local svc, cmd, payload, opts = c[1], c[2], c[3], c[4]
+    fns[i] = function() return self:call(svc, cmd, payload, opts) end
+  end
+  return run_all(fns, n, settle)
 end
 
 function Ctx:send(service, command, payload)
