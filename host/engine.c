@@ -17,7 +17,7 @@
 #include "engine_int.h"
 #include "otel.h"
 
-static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout"};
+static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout", "wait_timeout"};
 
 static int tm_parse(const char *s) {
   for (int i = 1; i <= TM_CALL_TIMEOUT; i++)
@@ -89,7 +89,7 @@ static struct jent *journal_find(struct sg_saga *s, int seq) {
 }
 
 static const char *kind_name(const char *k) {
-  static const char *kinds[] = {"call", "send", "publish", "sleep", "now", "uuid"};
+  static const char *kinds[] = {"call", "send", "publish", "sleep", "now", "uuid", "wait"};
   for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
     if (strcmp(k, kinds[i]) == 0) return kinds[i];
   return "op";
@@ -191,6 +191,7 @@ void eng_drop_co(struct sg_engine *en, struct sg_saga *s) {
 }
 
 void eng_saga_free(struct sg_saga *s) {
+  eng_signal_free(s); /* signals.c */
   free(s->idem_mkey);
   sg_run_out_clear(&s->parked_op);
   journal_clear(s);
@@ -593,6 +594,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
                    char **err) {
   char idbuf[128];
   const char *kind = op->op;
+  if (strcmp(kind, "wait") == 0) return eng_signal_wait(en, s, op, seq, result, err); /* signals.c */
   if (strcmp(kind, "now") == 0 || strcmp(kind, "uuid") == 0) {
     char buf[64];
     if (kind[0] == 'n') snprintf(buf, sizeof buf, "%" PRId64, sg_now_ms());
@@ -666,6 +668,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
 }
 
 static void park_coroutine(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) {
+  if (strcmp(op->op, "wait") == 0) { eng_drop_co(en, s); return; } /* a signal may never come: no coroutine meanwhile */
   if (strcmp(op->op, "sleep") == 0) {
     if (op->a && strtoll(op->a, NULL, 10) >= EVICT_SLEEP_MS) eng_drop_co(en, s);
     return;
@@ -768,6 +771,18 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
   }
 }
 
+/* ---- for signals.c (a wait is journaled and woken like a sleep) ---- */
+
+struct jent *eng_journal_find(struct sg_saga *s, int seq) { return journal_find(s, seq); }
+struct jent *eng_journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
+  return journal_add(s, seq, done, is_error, result);
+}
+void eng_journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j) {
+  journal_write(en, s, kind, j);
+}
+void eng_wake(struct sg_engine *en, struct sg_saga *s, struct jent *j) { wake(en, s, j); }
+void eng_store_failed(struct sg_engine *en, const char *what, struct sg_error *e) { fatal_store(en, what, e); }
+
 /* ---------------------------------------------------------------------------------------------- */
 /* timers */
 
@@ -805,6 +820,9 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     if (s->wait_seq == (int)ref) wake(en, s, j);
     return;
   }
+  case TM_WAIT_TIMEOUT:
+    eng_signal_timeout(en, s, (int)ref); /* signals.c */
+    return;
   case TM_RETRY:
     s->row.attempt = (int)ref;
     eng_begin_attempt(en, s);
@@ -1184,6 +1202,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
     en->tr->ops->nack(en->tr, tag, m, why);
     return;
   }
+  if (eng_signal_message(en, m, tag)) return; /* signals.c: routing key saga.signal */
   if (m->status) on_reply(en, m, tag);
   else on_command(en, m, tag, redelivered);
 }
@@ -1944,7 +1963,7 @@ static int recover_timer_cb(void *ud, const struct sg_timer_row *r) {
   if (!s || !kind) return 0;
   struct sg_timer *t = sg_xcalloc(1, sizeof *t);
   t->due = r->due_at; t->id = r->id; t->kind = kind; t->ref = r->ref; t->owner = s; t->idx = SIZE_MAX;
-  struct sg_timer **slot = kind == TM_SLEEP || kind == TM_CALL_TIMEOUT ? &s->t_wait
+  struct sg_timer **slot = kind == TM_SLEEP || kind == TM_CALL_TIMEOUT || kind == TM_WAIT_TIMEOUT ? &s->t_wait
                          : kind == TM_RETRY ? &s->t_retry : kind == TM_STEP_TIMEOUT ? &s->t_step : &s->t_saga;
   if (*slot) { free(t); return 0; }
   *slot = t;
@@ -1954,14 +1973,14 @@ static int recover_timer_cb(void *ud, const struct sg_timer_row *r) {
 
 static int recover_journal_cb(void *ud, const struct sg_journal_row *r) {
   struct sg_saga *s = ud;
-  journal_add(s, r->seq, r->done, r->is_error, r->result);
+  journal_add(s, r->seq, r->done, r->is_error, r->result)->kind = kind_name(r->kind);
   return 0;
 }
 
 /* a journal row of s (NULL: not loaded), kept if it is of its current attempt */
 static void journal_load(struct sg_saga *s, const struct sg_journal_row *r) {
   if (s && r->step == s->row.step && r->phase == s->row.phase && r->attempt == s->row.attempt)
-    journal_add(s, r->seq, r->done, r->is_error, r->result);
+    journal_add(s, r->seq, r->done, r->is_error, r->result)->kind = kind_name(r->kind);
 }
 
 /* a journal row of any saga being loaded */
@@ -1979,7 +1998,12 @@ static int resume_loaded(struct sg_engine *en, struct sg_saga *s, int reissue) {
   if (s->t_retry) return 1;
   struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
   int sleeping = s->t_wait && s->t_wait->kind == TM_SLEEP;
-  if (last && !last->done && (!reissue || sleeping)) { s->wait_seq = last->seq; return 1; }
+  int waiting = last && !strcmp(last->kind, "wait"); /* for a signal: nothing to send again */
+  if (last && !last->done && (!reissue || sleeping || waiting)) {
+    s->wait_seq = last->seq;
+    if (waiting) eng_signal_offer(en, s); /* signals.c: one may have come meanwhile */
+    return 1;
+  }
   replay(en, s);
   return 0;
 }

@@ -405,7 +405,8 @@ int main(int argc, char **argv) {
     return cmd_check(argv[2]);
   }
   if (!strcmp(cmd, "start") || !strcmp(cmd, "show") || !strcmp(cmd, "list") || !strcmp(cmd, "compensate") ||
-      !strcmp(cmd, "retry") || !strcmp(cmd, "resolve") || !strcmp(cmd, "plan"))
+      !strcmp(cmd, "retry") || !strcmp(cmd, "resolve") || !strcmp(cmd, "plan") ||
+      !strcmp(cmd, "signal"))
     return sg_cli_client(argc - 1, argv + 1);
   return usage_error("unknown command '%s'", cmd);
 }

@@ -130,6 +130,7 @@ static int verb_apply(struct sg_engine *en, const char *id, const char *verb, co
   if (!strcmp(verb, "compensate")) return sg_engine_compensate(en, id, arg, who, e);
   if (!strcmp(verb, "retry")) return sg_engine_retry(en, id, who, e);
   if (!strcmp(verb, "resolve")) return sg_engine_resolve(en, id, arg, who, e);
+  if (!strcmp(verb, "signal")) return eng_signal_poke(en, id, e); /* mail from the host a signal reached */
   return sg_errorf(e, SG_E_INVALID, "unknown verb '%.15s'", verb);
 }
 
