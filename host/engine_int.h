@@ -311,8 +311,9 @@ void eng_wake(struct sg_engine *en, struct sg_saga *s, struct jent *j); /* its o
 void eng_store_failed(struct sg_engine *en, const char *what, struct sg_error *e); /* stops the loop */
 
 /* signals.c */
-/* ctx:wait (op a = name, b = timeout ms or NULL): as perform (0 = *result now, 1 = parked, -1 = *err) */
-int eng_signal_wait(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op, int seq, char **result,
+/* SG_OP_WAIT, the handler of ctx:wait (op->name, op->ms = timeout or 0): 0 = *result now, 1 = parked,
+ * -1 = *err (engine.c: op_handler) */
+int eng_signal_wait(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
                     char **err);
 void eng_signal_timeout(struct sg_engine *en, struct sg_saga *s, int seq); /* its wait's timeout fired */
 void eng_signal_offer(struct sg_engine *en, struct sg_saga *s); /* parked on a wait: a kept signal, if any, wakes it */

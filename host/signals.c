@@ -156,9 +156,9 @@ static char *q_take(struct sg_engine *en, struct sg_saga *s, struct sigq *q, siz
 
 /* ---- waits ---- */
 
-int eng_signal_wait(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op, int seq, char **result,
+int eng_signal_wait(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
                     char **err) {
-  const char *name = op->a;
+  const char *name = op->name;
   if (!sg_signal_name_ok(name)) {
     *err = sg_asprintf("ctx:wait: '%.100s' is not a signal name (1 to 100 letters, digits, '_' or '-', not starting with a digit or '-')",
                        name ? name : "");
@@ -185,7 +185,7 @@ int eng_signal_wait(struct sg_engine *en, struct sg_saga *s, const struct sg_run
   struct jent *j = eng_journal_add(s, seq, 0, 0, b.data);
   sg_buf_free(&b);
   eng_journal_write(en, s, "wait", j);
-  int64_t timeout_ms = op->b ? strtoll(op->b, NULL, 10) : 0;
+  int64_t timeout_ms = op->ms;
   if (timeout_ms > 0) {
     eng_timer_cancel(en, &s->t_wait);
     s->t_wait = eng_timer_new(en, s, TM_WAIT_TIMEOUT, sg_now_ms() + timeout_ms, seq);
