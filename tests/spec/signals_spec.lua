@@ -225,4 +225,29 @@ describe("signals", function()
     local s = host:wait(id)
     assert.same({ "timeout" }, s.data.got)
   end)
+
+  it("with --auth, sending a signal needs the role start (read is 403)", function()
+    host:stop()
+    H.write(host.dir .. "/tokens", "rita read read-token-0123456789abcdef\nsam start start-token-0123456789abcdef\n")
+    host:start("--auth " .. host.dir .. "/tokens")
+    local function as(token) return { Authorization = "Bearer " .. token } end
+    local code, body = host:request("POST", "/v1/sagas/Order", '{"order_id":"o-auth"}', as("start-token-0123456789abcdef"))
+    assert.equal(201, code)
+    local id = body.id
+    code, body = host:request("POST", "/v1/sagas/" .. id .. "/signals/payment_confirmed", "{}", as("read-token-0123456789abcdef"))
+    assert.equal(403, code)
+    assert.matches("sending a signal needs role start", body.error)
+    code = host:request("POST", "/v1/sagas/" .. id .. "/signals/payment_confirmed", "{}")
+    assert.equal(401, code)
+    code, body = host:request("POST", "/v1/sagas/" .. id .. "/signals/payment_confirmed", '{"ok":1}', as("start-token-0123456789abcdef"))
+    assert.equal(202, code)
+    local deadline = os.time() + 20
+    repeat
+      code, body = host:request("GET", "/v1/sagas/" .. id, nil, as("read-token-0123456789abcdef"))
+      if body.status == "completed" then break end
+      H.sleep(0.05)
+    until os.time() > deadline
+    assert.equal("completed", body.status)
+    assert.same({ { ok = 1 } }, body.data.got)
+  end)
 end)
