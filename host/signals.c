@@ -245,7 +245,7 @@ void eng_signal_timeout(struct sg_engine *en, struct sg_saga *s, int seq) {
 
 int eng_signal_poke(struct sg_engine *en, const char *id, struct sg_error *e) {
   struct sg_saga *s = sg_map_get(&en->sagas, id);
-  if (!s || s->terminal) return 0; /* finished, or not this host's: nothing waits here */
+  if (!s || s->terminal || SG_ST_TERMINAL(s->row.status)) return 0; /* finished, or not this host's: nothing waits */
   if (q_load(en, s, e) < 0) { eng_signal_free(s); return -1; }
   eng_signal_offer(en, s);
   return 0;
@@ -277,7 +277,8 @@ static int put(struct sg_engine *en, const char *sig_id, const char *saga_id, co
 
 static int arrive_live(struct sg_engine *en, struct sg_saga *s, const char *name, const char *payload, const char *key,
                        const char *via, const char **outcome, struct sg_error *e) {
-  if (s->terminal) return finished(en, s->row.id, s->row.status, s->sigq, key, outcome, e);
+  /* (a finished saga is live here only briefly: until the commit after its end, or an operator verb on it) */
+  if (s->terminal || SG_ST_TERMINAL(s->row.status)) return finished(en, s->row.id, s->row.status, s->sigq, key, outcome, e);
   struct sigq *q = q_get(en, s, e);
   if (!q) return -1;
   if (key) {
