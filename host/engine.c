@@ -396,6 +396,7 @@ void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status
   eng_unpark(en, s);
   /* a cleanly finished step leaves its coroutine and ctx for the next step to reuse */
   if (strcmp(status, "completed") != 0) eng_drop_co(en, s);
+  if (strcmp(status, "completed") != 0) eng_signal_give_back(en, s); /* signals.c: the retry takes them again */
   hist_finish(en, s, status, error);
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_wait);

@@ -319,6 +319,7 @@ void eng_signal_timeout(struct sg_engine *en, struct sg_saga *s, int seq); /* it
 void eng_signal_offer(struct sg_engine *en, struct sg_saga *s); /* parked on a wait: a kept signal, if any, wakes it */
 int eng_signal_poke(struct sg_engine *en, const char *id, struct sg_error *e); /* mail: signals came from elsewhere */
 int eng_signal_message(struct sg_engine *en, const struct sg_msg *m, uint64_t tag); /* 1 = a signal, handled */
+void eng_signal_give_back(struct sg_engine *en, struct sg_saga *s); /* its attempt failed: its waits' signals go back */
 void eng_signal_free(struct sg_saga *s);
 
 /* tracing.c (called only when en->otel is set) */

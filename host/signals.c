@@ -7,7 +7,11 @@
  * journal row are written in the same batch, so after a crash the replay finds the payload in the
  * journal and the signal no longer pending. A wait with nothing to take parks with its name in its
  * journal row's result (done = 0), the saga keeps no coroutine meanwhile, and a signal of that name
- * (or the wait's timeout, TM_WAIT_TIMEOUT) wakes it. */
+ * (or the wait's timeout, TM_WAIT_TIMEOUT) wakes it.
+ *
+ * A taken signal's journal result says which signal it was ({"signal": id, "name", "seq", "payload"},
+ * lua/saga.lua returns the payload), so that an attempt that fails gives back what it took
+ * (eng_signal_give_back): the retry's wait takes the same signal again. */
 #include <inttypes.h>
 #include <stdio.h>
 
@@ -19,10 +23,12 @@
 /* One signal of a saga, as this host knows it. */
 struct sig {
   char id[40];          /* the row's id */
+  int64_t seq;          /* arrival order */
   char *name;           /* its name */
   char *payload;        /* JSON; NULL once taken */
   char *key;            /* idempotency key or NULL */
   int taken;            /* a wait took it (its row is marked in this batch or an earlier one) */
+  int takes;            /* times a wait took it here (an attempt that failed gives it back) */
 };
 
 /* The signals of one live saga, in arrival order (taken ones stay: their keys answer repeats). */
@@ -66,15 +72,21 @@ void eng_signal_free(struct sg_saga *s) {
   s->sigq = NULL;
 }
 
-static struct sig *q_add(struct sigq *q, const char *id, const char *name, const char *payload, const char *key) {
+/* a signal into the queue at its place in arrival order (the end, but for one given back) */
+static struct sig *q_add(struct sigq *q, const char *id, int64_t seq, const char *name, const char *payload,
+                         const char *key) {
   struct sig g = {0};
   if (id) snprintf(g.id, sizeof g.id, "%s", id);
   else sg_uuid(g.id);
+  g.seq = seq;
   g.name = sg_strdup(name);
   g.payload = sg_strdup(payload);
   g.key = key ? sg_strdup(key) : NULL;
   PUSH(q->v, q->n, q->cap, g);
-  return &q->v[q->n - 1];
+  size_t i = q->n - 1;
+  for (; i > 0 && q->v[i - 1].seq > seq; i--) q->v[i] = q->v[i - 1];
+  q->v[i] = g;
+  return &q->v[i];
 }
 
 static struct sig *q_find_id(struct sigq *q, const char *id) {
@@ -112,7 +124,7 @@ static int merge_cb(void *ud, const struct sg_signal_row *r) {
     if (mc->en->store->ops->signal_done(mc->en->store, r->id, sg_now_ms(), &mc->e) < 0) { mc->failed = 1; return 1; }
     return 0;
   }
-  q_add(mc->q, r->id, r->name, r->payload, r->idem_key);
+  q_add(mc->q, r->id, r->seq, r->name, r->payload, r->idem_key);
   return 0;
 }
 
@@ -141,7 +153,8 @@ static struct sigq *q_get(struct sg_engine *en, struct sg_saga *s, struct sg_err
   return s->sigq;
 }
 
-/* A wait of s takes signal i: marked in the store (this batch), the payload (malloc'd) handed over. */
+/* A wait of s takes signal i: marked in the store (this batch); its journal result (malloc'd) returned:
+ * {"signal":"<id>","name":"<name>","seq":<seq>,"payload":<payload>}, in that form exactly (taken_parse) */
 static char *q_take(struct sg_engine *en, struct sg_saga *s, struct sigq *q, size_t i) {
   struct sig *g = &q->v[i];
   struct sg_error e = {0};
@@ -149,9 +162,57 @@ static char *q_take(struct sg_engine *en, struct sg_saga *s, struct sigq *q, siz
     eng_store_failed(en, "signal", &e);
   eng_hist_event(en, s, "signal_delivered", g->name);
   g->taken = 1;
-  char *payload = g->payload;
+  g->takes++;
+  char *result = sg_asprintf("{\"signal\":\"%s\",\"name\":\"%s\",\"seq\":%" PRId64 ",\"payload\":%s}", g->id, g->name,
+                             g->seq, g->payload);
+  free(g->payload);
   g->payload = NULL;
-  return payload;
+  return result;
+}
+
+/* a taken signal's journal result read back (q_take's form): id, name (points into r, cut), seq, payload */
+static int taken_parse(char *r, char id[40], char **name, int64_t *seq, char **payload) {
+  static const char p1[] = "{\"signal\":\"", p2[] = "\",\"name\":\"", p3[] = "\",\"seq\":", p4[] = ",\"payload\":";
+  if (!r || strncmp(r, p1, sizeof p1 - 1) != 0) return 0;
+  char *at = r + sizeof p1 - 1, *end = strstr(at, p2);
+  if (!end || end - at >= 40) return 0;
+  memcpy(id, at, (size_t)(end - at));
+  id[end - at] = 0;
+  *name = end + sizeof p2 - 1;
+  if (!(end = strstr(*name, p3))) return 0;
+  *end = 0;
+  *seq = strtoll(end + sizeof p3 - 1, &at, 10);
+  if (strncmp(at, p4, sizeof p4 - 1) != 0) return 0;
+  *payload = at + sizeof p4 - 1;
+  size_t n = strlen(*payload);
+  if (n < 2 || (*payload)[n - 1] != '}') return 0;
+  (*payload)[n - 1] = 0;
+  return 1;
+}
+
+void eng_signal_give_back(struct sg_engine *en, struct sg_saga *s) {
+  for (int k = 0; k < s->njournal; k++) {
+    struct jent *j = &s->journal[k];
+    if (!j->done || j->is_error || strcmp(j->kind, "wait") != 0 || !j->result) continue;
+    char *r = sg_strdup(j->result), id[40], *name, *payload;
+    int64_t seq;
+    if (taken_parse(r, id, &name, &seq, &payload)) {
+      struct sg_error e = {0};
+      struct sigq *q = q_get(en, s, &e); /* (the other pending ones first: after a restart it is not read yet) */
+      struct sig *g = q ? q_find_id(q, id) : NULL;
+      if (g && g->taken) {
+        g->taken = 0;
+        g->payload = sg_strdup(payload);
+      } else if (q && !g) {
+        q_add(q, id, seq, name, payload, NULL);
+      }
+      if (!q) sg_warn("saga %s: its signals could not be read (%s): signal %s is given back in the store only", s->row.id,
+                      e.msg, id);
+      if (eng_txn(en) == 0 && en->store->ops->signal_done(en->store, id, 0, &e) < 0) eng_store_failed(en, "signal", &e);
+      eng_hist_event(en, s, "signal_given_back", name);
+    }
+    free(r);
+  }
 }
 
 /* ---- waits ---- */
@@ -263,11 +324,11 @@ static int finished(struct sg_engine *en, const char *id, int status, const stru
   return sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: a finished saga takes no more signals", id, sg_status_name(status));
 }
 
-static int put(struct sg_engine *en, const char *sig_id, const char *saga_id, const char *name, const char *payload,
-               const char *key, struct sg_error *e) {
+static int put(struct sg_engine *en, const char *sig_id, int64_t seq, const char *saga_id, const char *name,
+               const char *payload, const char *key, struct sg_error *e) {
   int64_t now = sg_now_ms();
   struct sg_signal_row r = { .id = sig_id, .saga_id = saga_id, .name = name, .payload = payload, .idem_key = key,
-                             .seq = next_seq(), .received_at = now };
+                             .seq = seq, .received_at = now };
   if (en->store->ops->signal_put(en->store, &r, e) < 0) {
     eng_store_failed(en, "signal", e);
     return -1;
@@ -286,14 +347,16 @@ static int arrive_live(struct sg_engine *en, struct sg_saga *s, const char *name
     if (f < 0) return -1;
     if (f) { *outcome = "duplicate"; return 0; }
   }
-  struct sig *g = q_add(q, NULL, name, payload, key);
-  size_t i = q->n - 1;
-  if (put(en, g->id, s->row.id, name, payload, key, e) < 0) return -1;
+  struct sig *g = q_add(q, NULL, next_seq(), name, payload, key);
+  char sig_id[40];
+  snprintf(sig_id, sizeof sig_id, "%s", g->id);
+  if (put(en, g->id, g->seq, s->row.id, name, payload, key, e) < 0) return -1;
   char *detail = sg_asprintf("%s (%s)", name, via);
   eng_hist_event(en, s, "signal_received", detail);
   free(detail);
   eng_signal_offer(en, s);
-  *outcome = q->v[i].taken ? "delivered" : "kept";
+  g = q_find_id(q, sig_id);
+  *outcome = g && g->takes ? "delivered" : "kept"; /* (taken, even if its attempt failed and gave it back) */
   return 0;
 }
 
@@ -317,7 +380,7 @@ static int arrive_stored(struct sg_engine *en, const char *id, const char *name,
   }
   char sig_id[40];
   sg_uuid(sig_id);
-  if ((rc = put(en, sig_id, id, name, payload, key, e)) < 0) goto out;
+  if ((rc = put(en, sig_id, next_seq(), id, name, payload, key, e)) < 0) goto out;
   char *detail = sg_asprintf("%s (%s, kept for its owner)", name, via);
   int64_t now = sg_now_ms();
   struct sg_hist_row h = { .saga_id = id, .step = r.step, .step_name = sg_engine_step_name(en, &r), .phase = -1,

@@ -347,7 +347,7 @@ struct sg_store_ops {
    * signal_put inserts r unless the saga has a signal with r->idem_key already (then nothing: a
    * repeat is stored once; the engine tells a repeat from what it reads with signal_find and what it
    * holds in memory); signal_done marks it taken by a wait at `at` (in the batch of the wait's journal
-   * row); signal_find: 1 when the saga has a signal (pending or taken) with that key, 0 when not;
+   * row), or pending again with at = 0 (the wait's attempt failed); signal_find: 1 when the saga has a signal (pending or taken) with that key, 0 when not;
    * signal_each: the saga's pending signals, in arrival order (seq) */
   int (*signal_put)(struct sg_store *s, const struct sg_signal_row *r, struct sg_error *e);
   int (*signal_done)(struct sg_store *s, const char *id, int64_t at, struct sg_error *e);

@@ -606,7 +606,7 @@ function Ctx:wait(name, opts)
   end
   local ok, res = await("wait", name, timeout_ms)
   if not ok then return nil end
-  return json.decode(res)
+  return json.decode(res).payload -- {"signal": id, "name", "seq", "payload"}: the host gives it back if the attempt fails
 end
 
 -- Seconds since the epoch (with milliseconds), journaled: a re-run sees the same value.

@@ -29,6 +29,17 @@ saga.define {
     { name = "Ship", action = function(ctx) ctx.data.shipped = true end },
   },
 }
+saga.define {
+  name = "Flaky",
+  retry = { attempts = 2, backoff = "fixed", initial = "100ms" },
+  steps = {
+    { name = "WaitThenFail", action = function(ctx)
+        local p = ctx:wait("go")
+        if ctx.attempt == 1 then error("transient failure after the signal") end
+        ctx.data.got, ctx.data.attempt = p, ctx.attempt
+      end },
+  },
+}
 ]]
 
 -- waits until the saga is parked in a ctx:wait (its journal row says so), within a bound
@@ -206,6 +217,23 @@ describe("signals", function()
     local s = host:wait(id)
     assert.equal("completed", s.status)
     assert.same({ { kept = "across a crash" } }, s.data.got)
+  end)
+
+  it("an attempt that fails after its wait took a signal gives it back: the retry's wait takes it again", function()
+    local id = host:start_saga("Flaky", {})
+    wait_parked(host, id)
+    assert.equal("delivered", select(2, signal(host, id, { n = 1 }, "k-flaky", "go")).outcome)
+    local s = host:wait(id)
+    assert.equal("completed", s.status)
+    assert.same({ n = 1 }, s.data.got)
+    assert.equal(2, s.data.attempt)
+    assert.same({ "WaitThenFail:action:failed", "WaitThenFail:action:completed" }, H.history(s))
+    local ev = events(s)
+    assert.same({ "signal_received:go (http)", "signal_delivered:go", "signal_given_back:go", "signal_delivered:go" }, ev)
+    -- given back, it kept its key: a repeat is still a repeat
+    local code, body = signal(host, id, { n = 1 }, "k-flaky", "go")
+    assert.equal(200, code)
+    assert.equal("duplicate", body.outcome)
   end)
 
   it("refuses an unknown saga (404), bad JSON and bad names (400), and GET (405)", function()
