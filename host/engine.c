@@ -20,7 +20,7 @@
 static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout", "wait_timeout"};
 
 static int tm_parse(const char *s) {
-  for (int i = 1; i <= TM_CALL_TIMEOUT; i++)
+  for (int i = 1; i < (int)(sizeof tm_names / sizeof *tm_names); i++)
     if (strcmp(s, tm_names[i]) == 0) return i;
   return 0;
 }

@@ -192,6 +192,18 @@ describe("signals", function()
     assert.same({ { after = "restart" } }, s.data.got)
   end)
 
+  it("a wait's timeout survives kill -9: after the restart it still returns nil at its due time", function()
+    local t0 = H.now()
+    local id = host:start_saga("Order", { order_id = "o-8t", timeout = "2s" })
+    wait_parked(host, id)
+    host:kill9()
+    host:start()
+    local s = host:wait(id)
+    assert.equal("completed", s.status)
+    assert.same({ "timeout" }, s.data.got)
+    assert.is_true(H.now() - t0 >= 2, "the timeout fired early")
+  end)
+
   it("a signal taken by a wait comes back from the journal after kill -9 (not taken twice)", function()
     -- two waits: the first takes its signal, the step parks in the second, kill -9, then the second signal
     local id = host:start_saga("Order", { order_id = "o-9", waits = 2 })
