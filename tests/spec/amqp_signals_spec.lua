@@ -201,4 +201,33 @@ describe("signals with two hosts on one PostgreSQL database", function()
     assert.same({ 1, 2, 3 }, ns)
     assert.equal(3, tonumber(H.sql(A.db, "SELECT count(*) FROM signals WHERE saga_id = '" .. id .. "'")))
   end)
+
+  it("a signal kept while the owner is dead is delivered by the host that takes the saga over", function()
+    H.pg_only("several hosts share one PostgreSQL database")
+    local u = H.uid()
+    local shared = H.db_for(H.tmpdir("sig-takeover"), "shared.db")
+    local function host(name)
+      return H.host { name = "sig-t" .. name, host_id = "sig-t" .. name .. "-" .. u, db = shared, args = "--lease 2s",
+                      scripts = { ["order.lua"] = SCRIPT } }
+    end
+    local C, D = host("c"), host("d")
+    local ok, err = pcall(function()
+      C:start()
+      D:start()
+      local id = C:start_saga("Order", { order_id = "to-" .. u })
+      wait_parked(C, id)
+      C:kill9()
+      -- D does not own it (yet): it stores the signal for the owner
+      local code, body = D:post("/v1/sagas/" .. id .. "/signals/payment_confirmed", { after = "takeover" })
+      assert.equal(202, code)
+      assert.equal("kept", body.outcome)
+      local s = D:wait(id, nil, 40) -- D takes C's sagas over once C's lease has run out, and delivers it
+      assert.equal("completed", s.status)
+      assert.same({ { after = "takeover" } }, s.data.got)
+      assert.matches("took over 1 saga", D:log(), 1, true)
+    end)
+    C:stop()
+    D:stop()
+    assert(ok, err)
+  end)
 end)
