@@ -25,7 +25,8 @@ int sg_status_parse(const char *s) {
 const char *sg_phase_name(int ph) {
   switch (ph) {
   case SG_PH_ACTION: return "action";
-  case SG_PH_COMPENSATE: return "compensate";
+  case SG_PH_COMPENSATE:
+  case SG_PH_PARTIAL: return "compensate";
   default: return "saga"; /* phase -1: saga-level history events */
   }
 }
@@ -40,7 +41,8 @@ void sg_store_saga_row_free(struct sg_saga_row *r) {
   free(r->idem_key);
   free(r->biz_key);
   free(r->trace);
-  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = r->trace = NULL;
+  free(r->partial);
+  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = r->trace = r->partial = NULL;
 }
 
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src) {
@@ -53,6 +55,7 @@ void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *s
   dst->idem_key = sg_strdup(src->idem_key);
   dst->biz_key = sg_strdup(src->biz_key);
   dst->trace = sg_strdup(src->trace);
+  dst->partial = sg_strdup(src->partial);
 }
 
 /* How much earlier than its created_at a saga's id may say it was made: rows written before created_at

@@ -158,7 +158,10 @@ static const char *const migrations[] = {
   /* 10: the saga's trace context (otel.h: "<trace id>-<span id>[-<parent span id>][ <tracestate>]"),
    * NULL when it started with tracing off */
   "ALTER TABLE sagas ADD COLUMN trace TEXT;",
-  /* 11: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
+  /* 11: a step's compensation running for an action attempt that failed after some of its calls
+   * completed (sg_saga_row.partial) */
+  "ALTER TABLE sagas ADD COLUMN partial TEXT;",
+  /* 12: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
    * idempotency key answers a repeat) until its saga is pruned. Any host writes them; the saga's owner
    * takes them (woken by mail) */
   "CREATE TABLE signals (id TEXT COLLATE \"C\" PRIMARY KEY, saga_id TEXT COLLATE \"C\" NOT NULL, name TEXT NOT NULL,"
@@ -186,7 +189,8 @@ enum {
 };
 
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
-                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace"
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
+                  " partial"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
@@ -195,16 +199,17 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
   [ST_SAGA_INSERT] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) ON CONFLICT DO NOTHING RETURNING 1)"
+                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT DO NOTHING RETURNING 1)"
                      " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
   [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
-                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace) WHERE id = $1"
+                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace), partial = $16"
+                     " WHERE id = $1"
                      " AND version = $11::bigint - 1 RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
   [ST_SAGA_PROGRESS] = "WITH w AS (UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
                        " data = $5, error = $6, updated_at = $7, deadline = $8, version = $9,"
-                       " attempt_started_at = $10, attempt_base = $11 WHERE id = $1 AND version = $9::bigint - 1"
+                       " attempt_started_at = $10, attempt_base = $11, partial = $12 WHERE id = $1 AND version = $9::bigint - 1"
                        " RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = $1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND idem_key = $2",
@@ -284,14 +289,18 @@ static const char *const stmt_sql[ST_COUNT] = {
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 20 /* saga_insert: the saga columns and its owner */
+#define MAX_PARAMS 24 /* saga_insert: the saga columns and its owner, and room */
 struct params {
   int n;
   const char *v[MAX_PARAMS];
   char num[MAX_PARAMS][24];
 };
-static void p_text(struct params *p, const char *v) { p->v[p->n++] = v; }
+static void p_full(const struct params *p) {
+  if (p->n >= MAX_PARAMS) { sg_warn("postgres: more than %d statement parameters (MAX_PARAMS)", MAX_PARAMS); abort(); }
+}
+static void p_text(struct params *p, const char *v) { p_full(p); p->v[p->n++] = v; }
 static void p_int(struct params *p, int64_t x) {
+  p_full(p);
   snprintf(p->num[p->n], sizeof p->num[p->n], "%lld", (long long)x);
   p->v[p->n] = p->num[p->n];
   p->n++;
@@ -1133,6 +1142,7 @@ static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_r
   r->attempt_base = col_int(res, i, o + 16);
   r->biz_key = own ? sg_strdup(col(res, i, o + 17)) : (char *)col(res, i, o + 17);
   r->trace = own ? sg_strdup(col(res, i, o + 18)) : (char *)col(res, i, o + 18);
+  r->partial = own ? sg_strdup(col(res, i, o + 19)) : (char *)col(res, i, o + 19);
   r->same_status = 0;
 }
 
@@ -1158,6 +1168,7 @@ static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->attempt_base);
   p_text(&p, r->biz_key);
   p_text(&p, r->trace);
+  p_text(&p, r->partial);
   p_text(&p, s->me[0] ? s->me : NULL);
   int64_t rows = 0;
   int ran = wr_exec(s, ST_SAGA_INSERT, &p, &rows, e, "saga_insert");
@@ -1190,6 +1201,7 @@ static int pg_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->attempt_base);
   if (!r->same_status) p_text(&p, s->me[0] ? s->me : NULL); /* an operator's verb on a finished saga makes it ours */
   if (!r->same_status) p_text(&p, r->trace); /* an operator's retry changes it */
+  p_text(&p, r->partial);
   int64_t rows = 0;
   int ran = wr_exec(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE, &p, &rows, e, "saga_update");
   if (ran < 0) return -1;

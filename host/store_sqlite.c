@@ -76,7 +76,10 @@ static const char *const migrations[] = {
   /* 8: the saga's trace context (otel.h: "<trace id>-<span id>[-<parent span id>][ <tracestate>]"),
    * NULL when it started with tracing off */
   "ALTER TABLE sagas ADD COLUMN trace TEXT;",
-  /* 9: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
+  /* 9: a step's compensation running for an action attempt that failed after some of its calls
+   * completed (sg_saga_row.partial) */
+  "ALTER TABLE sagas ADD COLUMN partial TEXT;",
+  /* 10: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
    * idempotency key answers a repeat) until its saga is pruned */
   "CREATE TABLE signals (id TEXT PRIMARY KEY, saga_id TEXT NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL,"
   "  idem_key TEXT, seq INTEGER NOT NULL, received_at INTEGER NOT NULL, delivered_at INTEGER NOT NULL DEFAULT 0)"
@@ -105,7 +108,8 @@ enum {
 
 /* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
-                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace"
+                  " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
+                  " partial"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -114,15 +118,15 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
   [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace)"
+                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace), partial = ?15"
                      " WHERE id = ?1 AND version = ?11 - 1",
   /* the same without status and def_hash: no status index maintenance for a step's progress */
   [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = ?4, phase = ?5, attempt = ?6,"
                        " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                       " attempt_started_at = ?12, attempt_base = ?13 WHERE id = ?1 AND version = ?11 - 1",
+                       " attempt_started_at = ?12, attempt_base = ?13, partial = ?15 WHERE id = ?1 AND version = ?11 - 1",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
   [ST_SAGA_COUNTS] = "SELECT status, count(*) FROM sagas GROUP BY status",
@@ -517,6 +521,7 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
   r->attempt_base = sqlite3_column_int(st, 16);
   r->biz_key = col_str(st, 17, own);
   r->trace = col_str(st, 18, own);
+  r->partial = col_str(st, 19, own);
 }
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
@@ -541,6 +546,7 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 17, r->attempt_base);
   wr_text(s, st, 18, r->biz_key);
   wr_text(s, st, 19, r->trace);
+  wr_text(s, st, 20, r->partial);
   return wr_done(s, st, e, "saga_insert");
 }
 
@@ -563,6 +569,7 @@ static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 12, r->attempt_started_at);
   wr_i64(s, st, 13, r->attempt_base);
   if (!r->same_status) wr_text(s, st, 14, r->trace); /* an operator's retry changes it */
+  wr_text(s, st, 15, r->partial);
   int ran = wr_exec(s, st, e, "saga_update");
   if (ran < 0) return -1;
   if (ran && sqlite3_changes(s->db) == 0)
