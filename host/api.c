@@ -15,6 +15,7 @@
 #include "http.h"
 #include "map.h"
 #include "metrics.h"
+#include "signals.h"
 #include "web.h"
 
 struct sg_api {
@@ -584,13 +585,71 @@ static void upgrade_action(struct sg_api *api, struct sg_http_req *req, const ch
   sg_engine_after_commit(api->en, on_upgrade_plan_committed, p);
 }
 
-static int split_path(const char *path, char parts[4][256]) {
+#define PATH_PARTS 5 /* /v1/sagas/{id}/signals/{name} */
+/* the signal is durable (or refused): 202 delivered or kept, 200 a repeat of its idempotency key */
+static void on_signal_sent(void *ud, const char *outcome, const struct sg_error *e) {
+  struct pending *p = ud;
+  if (e) {
+    reply_engine_error(p->req, e);
+  } else {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"id\":");
+    sg_buf_add_json_str(&b, p->id);
+    sg_buf_adds(&b, ",\"signal\":");
+    sg_buf_add_json_str(&b, p->arg);
+    sg_buf_adds(&b, ",\"outcome\":");
+    sg_buf_add_json_str(&b, outcome);
+    sg_buf_adds(&b, "}");
+    sg_http_reply(p->req, strcmp(outcome, "duplicate") == 0 ? 200 : 202, b.data);
+    sg_buf_free(&b);
+  }
+  pending_free(p);
+}
+
+/* POST /v1/sagas/{id}/signals/{name}: body = the payload (any JSON value, optional), header
+ * Idempotency-Key = the signal's key */
+static void send_signal(struct sg_api *api, struct sg_http_req *req, const char *id, const char *name) {
+  if (!sg_signal_name_ok(name)) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "'%.100s' is not a signal name: use 1 to 100 letters, digits, '_' or '-', starting with"
+             " a letter or '_'", name);
+    sg_http_reply_error(req, 400, msg);
+    return;
+  }
+  if (req->body_len) {
+    json_error_t jerr;
+    json_t *j = json_loadb(req->body, req->body_len, JSON_DECODE_ANY, &jerr);
+    if (!j) {
+      char msg[400];
+      snprintf(msg, sizeof msg, "malformed JSON payload at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+      sg_http_reply_error(req, 400, msg);
+      return;
+    }
+    json_decref(j);
+  }
+  const char *key = sg_http_header(req, "Idempotency-Key");
+  if (key && (!*key || strlen(key) > 200)) {
+    sg_http_reply_error(req, 400, "Idempotency-Key must be 1 to 200 characters");
+    return;
+  }
+  if (strlen(id) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
+  struct pending *p = sg_xcalloc(1, sizeof *p);
+  p->api = api;
+  p->req = req;
+  snprintf(p->id, sizeof p->id, "%s", id);
+  p->arg = sg_strdup(name);
+  sg_engine_signal(api->en, id, name, req->body_len ? req->body : NULL, key, "http", on_signal_sent, p);
+}
+
+static int split_path(const char *path, char parts[PATH_PARTS][256]) {
   int n = 0;
   const char *p = path;
   while (*p == '/') p++;
   while (*p) {
-    /* a fifth segment: no route is that deep (/v1/sagas/{id}/retry/x must not act as retry) */
-    if (n == 4) return -1;
+    /* a sixth segment: no route is that deep (each route checks its own depth: /v1/sagas/{id}/retry/x
+     * must not act as retry) */
+    if (n == PATH_PARTS) return -1;
     const char *s = strchr(p, '/');
     size_t len = s ? (size_t)(s - p) : strlen(p);
     if (len >= 256) return -1;
@@ -620,9 +679,10 @@ enum route_kind {
   R_COUNTS,      /* /v1/counts: sagas by status */
   R_WEB,         /* / and /ui/{file}: the dashboard's static files (web.c) */
   R_EVENTS,      /* /v1/events: the lifecycle events, as Server-Sent Events (events.c) */
+  R_SIGNAL,      /* /v1/sagas/{id}/signals/{name}: POST sends a signal (signals.c) */
 };
 
-static enum route_kind route_match(const char parts[4][256], int n) {
+static enum route_kind route_match(const char parts[PATH_PARTS][256], int n) {
   int v1 = n >= 2 && strcmp(parts[0], "v1") == 0;
   if (v1 && strcmp(parts[1], "sagas") == 0) {
     if (n == 2) return R_SAGAS;
@@ -632,6 +692,7 @@ static enum route_kind route_match(const char parts[4][256], int n) {
       return R_ACTION;
     if (n == 4 && !strcmp(parts[3], "terminate")) return R_ADMIN_ACTION;
     if (n == 4 && !strcmp(parts[3], "upgrade")) return R_UPGRADE;
+    if (n == 5 && strcmp(parts[3], "signals") == 0) return R_SIGNAL;
     return R_NONE;
   }
   if (v1 && n == 2 && strcmp(parts[1], "definitions") == 0) return R_DEFINITIONS;
@@ -650,7 +711,8 @@ static const char *route_allow(enum route_kind k) {
   case R_SAGA: return "GET, HEAD, POST";
   case R_ACTION:
   case R_ADMIN_ACTION:
-  case R_UPGRADE: return "POST";
+  case R_UPGRADE:
+  case R_SIGNAL: return "POST";
   default: return "GET, HEAD";
   }
 }
@@ -665,6 +727,7 @@ static enum sg_role route_role(const struct sg_api *api, enum route_kind k, int 
   case R_ACTION:
   case R_UPGRADE: return SG_ROLE_OPERATE;
   case R_ADMIN_ACTION: return SG_ROLE_ADMIN;
+  case R_SIGNAL: return SG_ROLE_START; /* what a webhook sends: the role that starts sagas */
   default: return SG_ROLE_READ;
   }
 }
@@ -690,7 +753,7 @@ static const struct sg_auth_entry *authenticate(struct sg_api *api, struct sg_ht
 
 static void route(void *ud, struct sg_http_req *req) {
   struct sg_api *api = ud;
-  char parts[4][256];
+  char parts[PATH_PARTS][256];
   int n = split_path(req->path, parts);
   enum route_kind k = n < 0 ? R_NONE : route_match(parts, n);
   int is_get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
@@ -706,14 +769,16 @@ static void route(void *ud, struct sg_http_req *req) {
     sg_http_reply_error(req, 404, msg);
     return;
   }
-  int ok = k == R_SAGA ? is_get || is_post : k == R_ACTION || k == R_ADMIN_ACTION || k == R_UPGRADE ? is_post : is_get;
+  int ok = k == R_SAGA ? is_get || is_post
+         : k == R_ACTION || k == R_ADMIN_ACTION || k == R_UPGRADE || k == R_SIGNAL ? is_post : is_get;
   if (!ok) { sg_http_reply_not_allowed(req, route_allow(k)); return; }
   enum sg_role need = route_role(api, k, is_post);
   if (who && who->role < need) {
     char msg[300];
     snprintf(msg, sizeof msg, "forbidden: %s needs role %s (or higher); the token of %s has role %s",
              k == R_SAGA && is_post ? "starting a saga" : k == R_ACTION ? "an operator action"
-             : k == R_ADMIN_ACTION ? "terminate" : k == R_UPGRADE ? "upgrade" : "this route",
+             : k == R_ADMIN_ACTION ? "terminate" : k == R_UPGRADE ? "upgrade" : k == R_SIGNAL ? "sending a signal"
+             : "this route",
              sg_role_name(need), who->name, sg_role_name(who->role));
     sg_http_reply_error(req, 403, msg);
     return;
@@ -753,6 +818,7 @@ static void route(void *ud, struct sg_http_req *req) {
     if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
     operator_action(api, req, parts[2], parts[3], who ? who->name : NULL);
     return;
+  case R_SIGNAL: send_signal(api, req, parts[2], parts[4]); return;
   case R_DEFINITIONS: {
     char *json = sg_script_definitions_json(api->sc);
     sg_http_reply(req, 200, json);
@@ -775,7 +841,7 @@ static void route(void *ud, struct sg_http_req *req) {
 
 static void on_read_committed(void *ud, int status) {
   struct pending *p = ud;
-  char parts[4][256];
+  char parts[PATH_PARTS][256];
   int n = split_path(p->req->path, parts);
   if (n == 2) list_sagas(p->api, p->req);
   else get_saga(p->api, p->req, parts[2]);

@@ -17,10 +17,10 @@
 #include "engine_int.h"
 #include "otel.h"
 
-static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout"};
+static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout", "wait_timeout"};
 
 static int tm_parse(const char *s) {
-  for (int i = 1; i <= TM_CALL_TIMEOUT; i++)
+  for (int i = 1; i < (int)(sizeof tm_names / sizeof *tm_names); i++)
     if (strcmp(s, tm_names[i]) == 0) return i;
   return 0;
 }
@@ -41,6 +41,7 @@ void sg_run_out_clear(struct sg_run_out *o) {
 static const char *const op_names[SG_OP__COUNT] = {
   [SG_OP_CALL] = "call", [SG_OP_SEND] = "send", [SG_OP_PUBLISH] = "publish",
   [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid", [SG_OP_ALL] = "all",
+  [SG_OP_WAIT] = "wait",
 };
 
 const char *sg_op_name(enum sg_op op) { return op > SG_OP_NONE && op < SG_OP__COUNT ? op_names[op] : NULL; }
@@ -220,6 +221,7 @@ void eng_drop_co(struct sg_engine *en, struct sg_saga *s) {
 }
 
 void eng_saga_free(struct sg_saga *s) {
+  eng_signal_free(s); /* signals.c */
   free(s->idem_mkey);
   sg_run_out_clear(&s->parked_op);
   eng_fanout_clear(s); /* fan-out (fanout.c) */
@@ -498,6 +500,7 @@ void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status
   eng_unpark(en, s);
   /* a cleanly finished step leaves its coroutine and ctx for the next step to reuse */
   if (strcmp(status, "completed") != 0) eng_drop_co(en, s);
+  if (strcmp(status, "completed") != 0) eng_signal_give_back(en, s); /* signals.c: the retry takes them again */
   hist_finish(en, s, status, error);
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_wait);
@@ -806,6 +809,7 @@ static int op_sleep(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *
 static const op_handler ops[SG_OP__COUNT] = {
   [SG_OP_CALL] = op_message, [SG_OP_SEND] = op_message, [SG_OP_PUBLISH] = op_message,
   [SG_OP_SLEEP] = op_sleep, [SG_OP_NOW] = op_value, [SG_OP_UUID] = op_value,
+  [SG_OP_WAIT] = eng_signal_wait, /* signals.c */
 };
 
 /* Carries out one durable operation the step yielded (see op_handler for what it returns). */
@@ -819,6 +823,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
 }
 
 static void park_coroutine(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) {
+  if (op->op == SG_OP_WAIT) { eng_drop_co(en, s); return; } /* a signal may never come: no coroutine meanwhile */
   if (op->op == SG_OP_SLEEP) {
     if (op->ms >= EVICT_SLEEP_MS) eng_drop_co(en, s);
     return;
@@ -937,6 +942,17 @@ void eng_step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, i
 }
 /* ---- end fan-out ---- */
 
+/* ---- for signals.c (a wait is journaled and woken like a sleep) ---- */
+
+struct jent *eng_journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
+  return journal_add(s, seq, done, is_error, result);
+}
+void eng_journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j) {
+  journal_write(en, s, kind, j);
+}
+void eng_wake(struct sg_engine *en, struct sg_saga *s, struct jent *j) { wake(en, s, j); }
+void eng_store_failed(struct sg_engine *en, const char *what, struct sg_error *e) { fatal_store(en, what, e); }
+
 /* ---------------------------------------------------------------------------------------------- */
 /* timers */
 
@@ -975,6 +991,9 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
     return;
   }
+  case TM_WAIT_TIMEOUT:
+    eng_signal_timeout(en, s, (int)ref); /* signals.c */
+    return;
   case TM_RETRY:
     s->row.attempt = (int)ref;
     eng_begin_attempt(en, s);
@@ -1355,6 +1374,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
     en->tr->ops->nack(en->tr, tag, m, why);
     return;
   }
+  if (eng_signal_message(en, m, tag)) return; /* signals.c: routing key saga.signal */
   if (m->status) on_reply(en, m, tag);
   else on_command(en, m, tag, redelivered);
 }
@@ -2145,7 +2165,7 @@ static int recover_timer_cb(void *ud, const struct sg_timer_row *r) {
   if (!s || !kind) return 0;
   struct sg_timer *t = sg_xcalloc(1, sizeof *t);
   t->due = r->due_at; t->id = r->id; t->kind = kind; t->ref = r->ref; t->owner = s; t->idx = SIZE_MAX;
-  struct sg_timer **slot = kind == TM_SLEEP || kind == TM_CALL_TIMEOUT ? &s->t_wait
+  struct sg_timer **slot = kind == TM_SLEEP || kind == TM_CALL_TIMEOUT || kind == TM_WAIT_TIMEOUT ? &s->t_wait
                          : kind == TM_RETRY ? &s->t_retry : kind == TM_STEP_TIMEOUT ? &s->t_step : &s->t_saga;
   if (*slot) { free(t); return 0; }
   *slot = t;
@@ -2180,7 +2200,12 @@ static int resume_loaded(struct sg_engine *en, struct sg_saga *s, int reissue) {
   if (s->t_retry) return 1;
   struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
   int sleeping = s->t_wait && s->t_wait->kind == TM_SLEEP;
-  if (last && !last->done && (!reissue || sleeping)) { s->wait_seq = last->seq; return 1; }
+  int waiting = last && !strcmp(last->kind, "wait"); /* for a signal: nothing to send again */
+  if (last && !last->done && (!reissue || sleeping || waiting)) {
+    s->wait_seq = last->seq;
+    if (waiting) eng_signal_offer(en, s); /* signals.c: one may have come meanwhile */
+    return 1;
+  }
   replay(en, s);
   return 0;
 }

@@ -12,7 +12,7 @@
 #include "map.h"
 #include "timers.h"
 
-enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT };
+enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT, TM_WAIT_TIMEOUT };
 
 /* One journaled operation of the current attempt. */
 struct jent {
@@ -66,6 +66,7 @@ struct sg_saga {
   int preempted;             /* its step's slice ended: it waits in the run queue to go on */
   struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
   struct fanout *fan;        /* fan-out (fanout.c): the round of calls it waits on (wait_seq = -its first), or NULL */
+  struct sigq *sigq;         /* signals.c: its signals as this host knows them, NULL until first needed */
   struct sg_saga *next_dirty;
 };
 
@@ -318,6 +319,23 @@ int eng_fanout_op(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *ou
 /* a call of the round the saga waits on ended: the step goes on once all have */
 void eng_fanout_progress(struct sg_engine *en, struct sg_saga *s);
 void eng_fanout_clear(struct sg_saga *s);
+/* engine.c, for signals.c */
+struct jent *eng_journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result);
+void eng_journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j); /* at the commit */
+void eng_wake(struct sg_engine *en, struct sg_saga *s, struct jent *j); /* its operation j has its result */
+void eng_store_failed(struct sg_engine *en, const char *what, struct sg_error *e); /* stops the loop */
+
+/* signals.c */
+/* SG_OP_WAIT, the handler of ctx:wait (op->name, op->ms = timeout or 0): 0 = *result now, 1 = parked,
+ * -1 = *err (engine.c: op_handler) */
+int eng_signal_wait(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                    char **err);
+void eng_signal_timeout(struct sg_engine *en, struct sg_saga *s, int seq); /* its wait's timeout fired */
+void eng_signal_offer(struct sg_engine *en, struct sg_saga *s); /* parked on a wait: a kept signal, if any, wakes it */
+int eng_signal_poke(struct sg_engine *en, const char *id, struct sg_error *e); /* mail: signals came from elsewhere */
+int eng_signal_message(struct sg_engine *en, const struct sg_msg *m, uint64_t tag); /* 1 = a signal, handled */
+void eng_signal_give_back(struct sg_engine *en, struct sg_saga *s); /* its attempt failed: its waits' signals go back */
+void eng_signal_free(struct sg_saga *s);
 
 /* tracing.c (called only when en->otel is set) */
 struct sg_otel;

@@ -279,6 +279,7 @@ static int verb_apply(struct sg_engine *en, const char *id, const char *verb, co
   if (!strcmp(verb, "resolve")) return sg_engine_resolve(en, id, arg, who, e);
   if (!strcmp(verb, "terminate")) return sg_engine_terminate(en, id, arg, who, e);
   if (!strcmp(verb, "upgrade")) return sg_engine_upgrade(en, id, who, e);
+  if (!strcmp(verb, "signal")) return eng_signal_poke(en, id, e); /* mail from the host a signal reached */
   return sg_errorf(e, SG_E_INVALID, "unknown verb '%.15s'", verb);
 }
 

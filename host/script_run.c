@@ -58,7 +58,8 @@ static int64_t int_at(lua_State *L, int idx) {
 }
 
 /* What lua/saga.lua yields, (name, args...), into a typed operation:
- *   call service command payload [timeout_ms] | send/publish service name payload | sleep ms | now | uuid */
+ *   call service command payload [timeout_ms] | send/publish service name payload | sleep ms | now | uuid
+ *   | wait name [timeout_ms] */
 static void decode_op(lua_State *co, int base, int nres, struct sg_run_out *out) {
   out->result = SG_RUN_OP;
   out->op = nres > 0 && lua_type(co, base) == LUA_TSTRING ? sg_op_from_name(lua_tostring(co, base)) : SG_OP_NONE;
@@ -74,6 +75,10 @@ static void decode_op(lua_State *co, int base, int nres, struct sg_run_out *out)
     break;
   case SG_OP_SLEEP:
     if (nres > 1) out->ms = int_at(co, base + 1);
+    break;
+  case SG_OP_WAIT:
+    if (nres > 1) out->name = dup_at(co, base + 1);
+    if (nres > 2) out->ms = int_at(co, base + 2);
     break;
   case SG_OP_NOW:
   case SG_OP_UUID:

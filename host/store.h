@@ -110,12 +110,26 @@ struct sg_event_batch {
 struct sg_journal_row {
   const char *saga_id;
   int step, phase, attempt, seq; /* key: the seq-th operation of that attempt, 1-based */
-  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid"; a call also names its target:
-                       * "call hotel.Book" */
-  int done;           /* 0 = issued and waiting (call/sleep), 1 = result known */
+  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid", "wait"; a call also names its
+                       * target: "call hotel.Book" */
+  int done;           /* 0 = issued and waiting (call/sleep/wait), 1 = result known */
   int is_error;       /* result is an error reply */
-  const char *result; /* JSON text, NULL while waiting */
+  const char *result; /* JSON text, NULL while waiting (a wait: the signal's name as a JSON string) */
 };
+
+/* A signal sent to a saga (table signals): kept until a ctx:wait of its name takes it (signals.c). */
+struct sg_signal_row {
+  const char *id;        /* uuid, given by the host that received it */
+  const char *saga_id;
+  const char *name;      /* the signal's name (letters, digits, '_', '-') */
+  const char *payload;   /* JSON text */
+  const char *idem_key;  /* Idempotency-Key / AMQP message_id, or NULL: a second signal with the same key
+                          * for the same saga is not stored */
+  int64_t seq;           /* arrival order (us since the epoch, made unique by the receiving host) */
+  int64_t received_at;   /* ms */
+  int64_t delivered_at;  /* ms; 0 = pending (no wait has taken it) */
+};
+typedef int (*sg_signal_cb)(void *ud, const struct sg_signal_row *r);
 
 /* A durable timer (table timers). One saga may have several (sleep, retry, timeouts). */
 struct sg_timer_row {
@@ -140,6 +154,7 @@ struct sg_msg {
   char *status;          /* replies: "ok" or "error"; else NULL */
   char *body;            /* JSON text */
   char *traceparent, *tracestate; /* headers traceparent, tracestate (W3C Trace Context), or NULL */
+  char *saga_key, *signal;  /* a signal (routing key saga.signal): headers saga-key and signal-name, or NULL */
   int64_t created_at;
 };
 void sg_msg_free(struct sg_msg *m); /* frees the strings, not m itself */
@@ -335,6 +350,17 @@ struct sg_store_ops {
   int (*event_prune)(struct sg_store *s, int64_t before, int64_t *deleted, struct sg_error *e);
   /* a finished saga's journal is of no more use */
   int (*journal_del)(struct sg_store *s, const char *saga_id, struct sg_error *e);
+
+  /* ---- signals (signals.c); saga_prune deletes the signals of the sagas it deletes ----
+   * signal_put inserts r unless the saga has a signal with r->idem_key already (then nothing: a
+   * repeat is stored once; the engine tells a repeat from what it reads with signal_find and what it
+   * holds in memory); signal_done marks it taken by a wait at `at` (in the batch of the wait's journal
+   * row), or pending again with at = 0 (the wait's attempt failed); signal_find: 1 when the saga has a signal (pending or taken) with that key, 0 when not;
+   * signal_each: the saga's pending signals, in arrival order (seq) */
+  int (*signal_put)(struct sg_store *s, const struct sg_signal_row *r, struct sg_error *e);
+  int (*signal_done)(struct sg_store *s, const char *id, int64_t at, struct sg_error *e);
+  int (*signal_find)(struct sg_store *s, const char *saga_id, const char *idem_key, struct sg_error *e);
+  int (*signal_each)(struct sg_store *s, const char *saga_id, sg_signal_cb cb, void *ud, struct sg_error *e);
 
   /* ---- several hosts on one database (PostgreSQL; NULL in a store that has one host, which owns
    * everything) ----

@@ -95,9 +95,12 @@ void sg_msg_free(struct sg_msg *m) {
   free(m->body);
   free(m->traceparent);
   free(m->tracestate);
+  free(m->saga_key);
+  free(m->signal);
   m->traceparent = m->tracestate = NULL;
   m->message_id = m->correlation_id = m->exchange = m->routing_key = m->reply_to = NULL;
   m->type = m->saga_id = m->saga_type = m->status = m->body = NULL;
+  m->saga_key = m->signal = NULL;
 }
 
 void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
@@ -115,6 +118,8 @@ void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
   dst->body = sg_strdup(src->body);
   dst->traceparent = sg_strdup(src->traceparent);
   dst->tracestate = sg_strdup(src->tracestate);
+  dst->saga_key = sg_strdup(src->saga_key);
+  dst->signal = sg_strdup(src->signal);
 }
 
 /* ---- reads without waiting ---- */

@@ -161,6 +161,14 @@ static const char *const migrations[] = {
   /* 11: a step's compensation running for an action attempt that failed after some of its calls
    * completed (sg_saga_row.partial) */
   "ALTER TABLE sagas ADD COLUMN partial TEXT;",
+  /* 12: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
+   * idempotency key answers a repeat) until its saga is pruned. Any host writes them; the saga's owner
+   * takes them (woken by mail) */
+  "CREATE TABLE signals (id TEXT COLLATE \"C\" PRIMARY KEY, saga_id TEXT COLLATE \"C\" NOT NULL, name TEXT NOT NULL,"
+  "  payload TEXT NOT NULL, idem_key TEXT COLLATE \"C\", seq BIGINT NOT NULL, received_at BIGINT NOT NULL,"
+  "  delivered_at BIGINT NOT NULL DEFAULT 0);"
+  "CREATE UNIQUE INDEX signals_idem ON signals(saga_id, idem_key) WHERE idem_key IS NOT NULL;"
+  "CREATE INDEX signals_pending ON signals(saga_id, seq) WHERE delivered_at = 0;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -176,6 +184,7 @@ enum {
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
   ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
   ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_FROM, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
+  ST_SIGNAL_PUT, ST_SIGNAL_DONE, ST_SIGNAL_FIND, ST_SIGNAL_EACH,
   ST_COUNT
 };
 
@@ -242,7 +251,8 @@ static const char *const stmt_sql[ST_COUNT] = {
    * history and the sagas; the row count is that of the sagas */
   [ST_SAGA_PRUNE] = "WITH p AS (SELECT id FROM sagas WHERE status IN ('completed', 'compensated', 'resolved')"
                     " AND updated_at < $1 LIMIT $2),"
-                    " h AS (DELETE FROM history WHERE saga_id IN (SELECT id FROM p))"
+                    " h AS (DELETE FROM history WHERE saga_id IN (SELECT id FROM p)),"
+                    " g AS (DELETE FROM signals WHERE saga_id IN (SELECT id FROM p))"
                     " DELETE FROM sagas WHERE id IN (SELECT id FROM p)",
   [ST_SAGA_OWNER] = "SELECT s.owner, coalesce(h.lease_until > sg_now(), false) FROM sagas s"
                     " LEFT JOIN hosts h ON h.host_id = s.owner WHERE s.id = $1",
@@ -254,6 +264,14 @@ static const char *const stmt_sql[ST_COUNT] = {
                    " WHERE s.owner = $1 ORDER BY m.id LIMIT 200",
   [ST_MAIL_DEL] = "DELETE FROM mail WHERE id = ANY($1::bigint[])",
   [ST_NOTIFY] = "SELECT pg_notify(sg_channel($1), $2)",
+  /* DO NOTHING: a repeat of an idempotency key (signals_idem), from this host or another, is not stored
+   * again and does not abort the batch */
+  [ST_SIGNAL_PUT] = "INSERT INTO signals(id, saga_id, name, payload, idem_key, seq, received_at, delivered_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+  [ST_SIGNAL_DONE] = "UPDATE signals SET delivered_at = $2 WHERE id = $1",
+  [ST_SIGNAL_FIND] = "SELECT 1 FROM signals WHERE saga_id = $1 AND idem_key = $2",
+  [ST_SIGNAL_EACH] = "SELECT id, saga_id, name, payload, idem_key, seq, received_at, delivered_at FROM signals"
+                     " WHERE saga_id = $1 AND delivered_at = 0 ORDER BY seq",
   [ST_EVENT_PUT] = "INSERT INTO events(at, n, host_id, body) VALUES ($1, $2, $3, $4)",
   /* positions are (txid, id): only rows below every open transaction, which no commit can precede any more */
   [ST_EVENT_AFTER] = "SELECT txid::text, id, at, n, host_id, body FROM events WHERE (txid, id) > ($1::xid8, $2::bigint)"
@@ -1639,6 +1657,56 @@ static int pg_saga_prune(struct sg_store *base, int64_t before, int limit, int64
   return 0;
 }
 
+/* ---- signals ---- */
+
+static int pg_signal_put(struct sg_store *base, const struct sg_signal_row *r, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, r->id);
+  p_text(&p, r->saga_id);
+  p_text(&p, r->name);
+  p_text(&p, r->payload);
+  p_text(&p, r->idem_key);
+  p_int(&p, r->seq);
+  p_int(&p, r->received_at);
+  p_int(&p, r->delivered_at);
+  return wr_done(S(base), ST_SIGNAL_PUT, &p, e, "signal_put");
+}
+
+static int pg_signal_done(struct sg_store *base, const char *id, int64_t at, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, id);
+  p_int(&p, at);
+  return wr_done(S(base), ST_SIGNAL_DONE, &p, e, "signal_done");
+}
+
+static int pg_signal_find(struct sg_store *base, const char *saga_id, const char *idem_key, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  p_text(&p, idem_key);
+  PGresult *res = rd_exec(S(base), ST_SIGNAL_FIND, &p, e, "signal_find");
+  if (!res) return -1;
+  int found = PQntuples(res) > 0;
+  PQclear(res);
+  return found;
+}
+
+static int pg_signal_each(struct sg_store *base, const char *saga_id, sg_signal_cb cb, void *ud, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  PGresult *res = rd_exec(S(base), ST_SIGNAL_EACH, &p, e, "signal_each");
+  if (!res) return -1;
+  for (int i = 0; i < PQntuples(res); i++) {
+    struct sg_signal_row r = {
+      .id = col(res, i, 0), .saga_id = col(res, i, 1), .name = col(res, i, 2), .payload = col(res, i, 3),
+      .idem_key = col(res, i, 4), .seq = col_i64(res, i, 5), .received_at = col_i64(res, i, 6),
+      .delivered_at = col_i64(res, i, 7),
+    };
+    if (cb(ud, &r)) break;
+  }
+  PQclear(res);
+  return 0;
+}
+
 /* ---- several hosts ---- */
 
 /* A statement outside the engine's transactions (autocommit or its own), with text parameters. */
@@ -2380,6 +2448,10 @@ static const struct sg_store_ops pg_ops = {
   .journal_del = pg_journal_del,
   .event_put = pg_event_put,
   .saga_prune = pg_saga_prune,
+  .signal_put = pg_signal_put,
+  .signal_done = pg_signal_done,
+  .signal_find = pg_signal_find,
+  .signal_each = pg_signal_each,
   .host_register = pg_host_register,
   .journal_each_active = pg_journal_each_active,
   .host_release = pg_host_release,

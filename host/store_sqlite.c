@@ -79,6 +79,13 @@ static const char *const migrations[] = {
   /* 9: a step's compensation running for an action attempt that failed after some of its calls
    * completed (sg_saga_row.partial) */
   "ALTER TABLE sagas ADD COLUMN partial TEXT;",
+  /* 10: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
+   * idempotency key answers a repeat) until its saga is pruned */
+  "CREATE TABLE signals (id TEXT PRIMARY KEY, saga_id TEXT NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL,"
+  "  idem_key TEXT, seq INTEGER NOT NULL, received_at INTEGER NOT NULL, delivered_at INTEGER NOT NULL DEFAULT 0)"
+  "  WITHOUT ROWID;"
+  "CREATE UNIQUE INDEX signals_idem ON signals(saga_id, idem_key) WHERE idem_key IS NOT NULL;"
+  "CREATE INDEX signals_pending ON signals(saga_id, seq) WHERE delivered_at = 0;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -95,6 +102,7 @@ enum {
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_PRUNE_CLEAR, ST_PRUNE_MARK, ST_PRUNE_HIST, ST_PRUNE_SAGAS,
   ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
+  ST_SIGNAL_PUT, ST_SIGNAL_DONE, ST_SIGNAL_FIND, ST_SIGNAL_EACH, ST_PRUNE_SIGNALS,
   ST_COUNT
 };
 
@@ -152,6 +160,14 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " 'resolved') AND updated_at < ?1 LIMIT ?2",
   [ST_PRUNE_HIST] = "DELETE FROM history WHERE saga_id IN (SELECT id FROM temp.prune)",
   [ST_PRUNE_SAGAS] = "DELETE FROM sagas WHERE id IN (SELECT id FROM temp.prune)",
+  [ST_PRUNE_SIGNALS] = "DELETE FROM signals WHERE saga_id IN (SELECT id FROM temp.prune)",
+  /* OR IGNORE: a repeat of an idempotency key (signals_idem) is not stored again */
+  [ST_SIGNAL_PUT] = "INSERT OR IGNORE INTO signals(id, saga_id, name, payload, idem_key, seq, received_at, delivered_at)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+  [ST_SIGNAL_DONE] = "UPDATE signals SET delivered_at = ?2 WHERE id = ?1",
+  [ST_SIGNAL_FIND] = "SELECT 1 FROM signals WHERE saga_id = ?1 AND idem_key = ?2",
+  [ST_SIGNAL_EACH] = "SELECT id, saga_id, name, payload, idem_key, seq, received_at, delivered_at FROM signals"
+                     " WHERE saga_id = ?1 AND delivered_at = 0 ORDER BY seq",
   [ST_EVENT_PUT] = "INSERT INTO events(id, at, n, host_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
   [ST_EVENT_AFTER] = "SELECT id, at, n, host_id, body FROM events WHERE id >= ?1 ORDER BY id LIMIT ?2",
   [ST_EVENT_END] = "SELECT coalesce(max(id), 0) FROM events",
@@ -1032,6 +1048,7 @@ static int sq_saga_prune(struct sg_store *base, int64_t before, int limit, int64
   if (ran < 0) return -1;
   if (deleted) *deleted = ran ? sqlite3_changes(s->db) : 0;
   if (wr_exec(s, wr_use(s, ST_PRUNE_HIST), e, "saga_prune history") < 0) return -1;
+  if (wr_exec(s, wr_use(s, ST_PRUNE_SIGNALS), e, "saga_prune signals") < 0) return -1;
   return wr_done(s, wr_use(s, ST_PRUNE_SAGAS), e, "saga_prune sagas");
 }
 
@@ -1040,6 +1057,63 @@ static int sq_journal_del(struct sg_store *base, const char *saga_id, struct sg_
   sqlite3_stmt *st = wr_use(s, ST_JOURNAL_DEL);
   wr_text(s, st, 1, saga_id);
   return wr_done(s, st, e, "journal_del");
+}
+
+/* ---- signals ---- */
+
+static int sq_signal_put(struct sg_store *base, const struct sg_signal_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = wr_use(s, ST_SIGNAL_PUT);
+  wr_text(s, st, 1, r->id);
+  wr_text(s, st, 2, r->saga_id);
+  wr_text(s, st, 3, r->name);
+  wr_text(s, st, 4, r->payload);
+  wr_text(s, st, 5, r->idem_key);
+  wr_i64(s, st, 6, r->seq);
+  wr_i64(s, st, 7, r->received_at);
+  wr_i64(s, st, 8, r->delivered_at);
+  return wr_done(s, st, e, "signal_put");
+}
+
+static int sq_signal_done(struct sg_store *base, const char *id, int64_t at, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = wr_use(s, ST_SIGNAL_DONE);
+  wr_text(s, st, 1, id);
+  wr_i64(s, st, 2, at);
+  return wr_done(s, st, e, "signal_done");
+}
+
+static int sq_signal_find(struct sg_store *base, const char *saga_id, const char *idem_key, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SIGNAL_FIND);
+  bind_text(st, 1, saga_id);
+  bind_text(st, 2, idem_key);
+  int rc = sqlite3_step(st), found = rc == SQLITE_ROW;
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) found = db_fail(s, e, "signal_find");
+  stmt_done(st);
+  return found;
+}
+
+static int sq_signal_each(struct sg_store *base, const char *saga_id, sg_signal_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SIGNAL_EACH);
+  bind_text(st, 1, saga_id);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct sg_signal_row r = {
+      .id = col_text(st, 0), .saga_id = col_text(st, 1), .name = col_text(st, 2), .payload = col_text(st, 3),
+      .idem_key = col_text(st, 4), .seq = sqlite3_column_int64(st, 5), .received_at = sqlite3_column_int64(st, 6),
+      .delivered_at = sqlite3_column_int64(st, 7),
+    };
+    if (cb(ud, &r)) break;
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    db_fail(s, e, "signal_each");
+    stmt_done(st);
+    return -1;
+  }
+  stmt_done(st);
+  return 0;
 }
 
 static const struct sg_store_ops sqlite_ops = {
@@ -1076,6 +1150,10 @@ static const struct sg_store_ops sqlite_ops = {
   .event_read = sq_event_read,
   .event_prune = sq_event_prune,
   .saga_prune = sq_saga_prune,
+  .signal_put = sq_signal_put,
+  .signal_done = sq_signal_done,
+  .signal_find = sq_signal_find,
+  .signal_each = sq_signal_each,
   .commit_count = sq_commit_count,
 };
 

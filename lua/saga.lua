@@ -770,6 +770,24 @@ function Ctx:sleep(d)
   await("sleep", tostring(ms))
 end
 
+-- Waits for the signal `name` (docs/lua-api.md, Signals): its payload, or nil once opts.timeout passed.
+function Ctx:wait(name, opts)
+  if type(name) ~= "string" or #name > 100 or not is_name(name) then
+    error("ctx:wait: name must be a signal name of 1 to 100 letters, digits, '_' or '-' (got " .. tostring(name) .. ")", 2)
+  end
+  local timeout_ms = nil
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("ctx:wait: opts must be a table", 2) end
+    for k, v in pairs(opts) do
+      if k == "timeout" then timeout_ms = tostring(duration_ms(v, "ctx:wait: opts.timeout"))
+      else error("ctx:wait: unknown option '" .. tostring(k) .. "' (known: timeout)", 2) end
+    end
+  end
+  local ok, res = await("wait", name, timeout_ms)
+  if not ok then return nil end
+  return json.decode(res).payload -- {"signal": id, "name", "seq", "payload"}: the host gives it back if the attempt fails
+end
+
 -- Seconds since the epoch (with milliseconds), journaled: a re-run sees the same value.
 function Ctx:now()
   local _, res = await("now")
