@@ -89,7 +89,7 @@ static struct jent *journal_find(struct sg_saga *s, int seq) {
 }
 
 static const char *kind_name(const char *k) {
-  static const char *kinds[] = {"call", "send", "publish", "sleep", "now", "uuid"};
+  static const char *kinds[] = {"call", "send", "publish", "sleep", "now", "uuid", "run", "child_compensate"};
   for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
     if (strcmp(k, kinds[i]) == 0) return kinds[i];
   return "op";
@@ -315,6 +315,7 @@ void eng_hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, 
 }
 
 void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error) {
+  eng_child_abandon(en, s, error ? error : sg_status_name(status)); /* children.c: a child it waits on gives up */
   eng_unpark(en, s);
   s->row.status = status;
   if (error) { free(s->row.error); s->row.error = sg_strdup(error); }
@@ -332,12 +333,13 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
     PUSH(en->done, en->ndone, en->capdone, s);
   }
   sg_info("saga %s %s %s%s%s", s->row.type, s->row.id, sg_status_name(status), error ? ": " : "", error ? error : "");
+  eng_child_finished(en, s); /* children.c: a parent waiting on it goes on (last: it may run the parent) */
 }
 
 /* Starts compensating from step `from` downwards (the completed steps, in reverse order). */
 static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   int j = from;
-  while (j >= 0 && !s->def->steps[j].has_compensate) j--;
+  while (j >= 0 && !s->def->steps[j].has_compensate && !eng_child_in_step(s, j)) j--; /* children.c */
   s->row.status = SG_ST_COMPENSATING;
   if (j < 0) { eng_finish(en, s, SG_ST_COMPENSATED, NULL); return; }
   s->row.step = j;
@@ -378,6 +380,7 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
 
 /* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
 void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  if (strcmp(status, "completed") != 0) eng_child_abandon(en, s, error ? error : status); /* children.c */
   eng_unpark(en, s);
   /* a cleanly finished step leaves its coroutine and ctx for the next step to reuse */
   if (strcmp(status, "completed") != 0) eng_drop_co(en, s);
@@ -528,6 +531,7 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   int64_t now = sg_now_ms();
   eng_breakers_tick(en, now);
   evict_idle(en, now);
+  eng_children_tick(en); /* children.c: children owned by other hosts */
   /* message ids older than the retention are forgotten: once a minute, or twice per retention if shorter */
   int64_t every = en->cfg.inbox_retention_ms / 2 / 250;
   if (every > 240) every = 240;
@@ -593,6 +597,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
                    char **err) {
   char idbuf[128];
   const char *kind = op->op;
+  if (eng_child_op(kind)) return eng_child_perform(en, s, op, seq, result, err); /* children.c */
   if (strcmp(kind, "now") == 0 || strcmp(kind, "uuid") == 0) {
     char buf[64];
     if (kind[0] == 'n') snprintf(buf, sizeof buf, "%" PRId64, sg_now_ms());
@@ -728,6 +733,7 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       if (j && !j->done) { /* issued before (replay): keep waiting for it */
         s->wait_seq = seq;
         sg_run_out_clear(out);
+        eng_child_waiting(en, s, j); /* children.c (last: it may wake s) */
         return;
       }
       if (j) {
@@ -1803,6 +1809,25 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   return 0;
 }
 
+/* ---- for child sagas (children.c) ---- */
+
+struct jent *eng_journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
+  return journal_add(s, seq, done, is_error, result);
+}
+struct jent *eng_journal_find(struct sg_saga *s, int seq) { return journal_find(s, seq); }
+void eng_journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j) {
+  journal_write(en, s, kind, j);
+}
+void eng_wake(struct sg_engine *en, struct sg_saga *s, struct jent *j) { wake(en, s, j); }
+void eng_compensate_from(struct sg_engine *en, struct sg_saga *s, int from) { compensate_from(en, s, from); }
+int eng_start_child(struct sg_engine *en, const char *type, const char *input_json, const char *key, int looked_up,
+                    char id[40], int *existed, struct sg_error *e) {
+  char *trace = en->otel ? sg_otel_saga_trace_new(NULL, NULL) : NULL;
+  int rc = start_saga(en, type, input_json, key, trace, looked_up, id, existed, e);
+  free(trace);
+  return rc;
+}
+
 /* ---- starts without waiting ---- */
 
 static void start_req_free(struct start_req *r) {
@@ -1979,7 +2004,11 @@ static int resume_loaded(struct sg_engine *en, struct sg_saga *s, int reissue) {
   if (s->t_retry) return 1;
   struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
   int sleeping = s->t_wait && s->t_wait->kind == TM_SLEEP;
-  if (last && !last->done && (!reissue || sleeping)) { s->wait_seq = last->seq; return 1; }
+  if (last && !last->done && (!reissue || sleeping || eng_child_pending(last))) {
+    s->wait_seq = last->seq;
+    eng_child_waiting(en, s, last); /* children.c: a child may have ended meanwhile */
+    return 1;
+  }
   replay(en, s);
   return 0;
 }
@@ -2077,6 +2106,7 @@ static void free_live(struct sg_engine *en) {
   sg_map_init(&en->sagas);
   sg_map_free(&en->idem); /* its keys belonged to the sagas */
   sg_map_init(&en->idem);
+  eng_children_drop(en);
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
   en->nout = 0;
   for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);

@@ -165,6 +165,20 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate");
   lua_replace(co, -6);
   lua_pop(co, 4); /* stack: run_step, fn */
+  if (r->phase == SG_PH_COMPENSATE && r->children && r->children[0] && strcmp(r->children, "[]") != 0) {
+    /* the step's children are compensated first (children.c) */
+    sc_push_runtime(sc, co, "compensation");
+    lua_insert(co, -2);
+    lua_pushstring(co, r->children);
+    lua_pushinteger(co, r->step);
+    if (lua_pcall(co, 3, 1, 0) != LUA_OK) {
+      sg_errorf(e, SG_E_INTERNAL, "cannot compensate the children of %s step %d: %s", d->type, r->step + 1,
+                lua_tostring(co, -1) ? lua_tostring(co, -1) : "?");
+      r_drop(sc, h);
+      lua_settop(L, top);
+      return -1;
+    }
+  }
   if (!lua_isfunction(co, -1)) {
     r_drop(sc, h);
     lua_settop(L, top);
