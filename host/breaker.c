@@ -73,8 +73,8 @@ void eng_breaker_record(struct sg_engine *en, const char *service, int failed) {
 }
 
 void eng_unpark(struct sg_engine *en, struct sg_saga *s) {
-  if (!s->parked_op.op) return;
-  struct breaker *b = sg_map_get(&en->breakers, s->parked_op.a);
+  if (s->parked_op.op == SG_OP_NONE) return;
+  struct breaker *b = sg_map_get(&en->breakers, s->parked_op.service);
   if (b) {
     for (size_t i = 0; i < b->nparked; i++)
       if (b->parked[i] == s) { memmove(&b->parked[i], &b->parked[i + 1], (b->nparked - i - 1) * sizeof *b->parked); b->nparked--; break; }
@@ -115,7 +115,7 @@ static void release_parked(struct sg_engine *en, struct breaker *b, size_t max) 
 
 /* A call that an open breaker holds back: the saga waits without spending an attempt. */
 void eng_park(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out, int seq) {
-  struct breaker *b = eng_breaker_get(en, out->a);
+  struct breaker *b = eng_breaker_get(en, out->service);
   s->parked_op = *out;
   memset(out, 0, sizeof *out);
   s->wait_seq = seq;

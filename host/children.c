@@ -26,10 +26,6 @@
 
 #include "engine_int.h"
 
-int eng_child_op(const char *kind) {
-  return strcmp(kind, "run") == 0 || strcmp(kind, "child_compensate") == 0;
-}
-
 /* The child a pending entry waits on (into id) and whether for its compensation: 1, or 0 when j is
  * not such an entry. */
 static int pending_child(const struct jent *j, char id[40], int *compensate) {
@@ -313,10 +309,10 @@ static int compensate_child(struct sg_engine *en, struct sg_saga *s, const char 
   return wait_child(en, s, seq, id, 1, result, err);
 }
 
-int eng_child_perform(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op, int seq, char **result,
+int eng_child_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
                       char **err) {
-  if (strcmp(op->op, "child_compensate") == 0) return compensate_child(en, s, op->a, seq, result, err);
-  const char *type = op->a, *input = op->b ? op->b : "{}", *key = op->c;
+  if (op->op == SG_OP_CHILD_COMPENSATE) return compensate_child(en, s, op->name, seq, result, err);
+  const char *type = op->name, *input = op->payload ? op->payload : "{}", *key = op->key;
   if (!type || !*type) { *err = sg_strdup("ctx:run: no saga type"); return -1; }
   char own_key[160];
   if (!key) {

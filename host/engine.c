@@ -34,8 +34,23 @@ static int commit_check(struct sg_engine *en, int block);
 static void on_reload_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 void sg_run_out_clear(struct sg_run_out *o) {
-  free(o->data); free(o->op); free(o->a); free(o->b); free(o->c); free(o->d); free(o->error);
+  free(o->data); free(o->service); free(o->name); free(o->payload); free(o->key); free(o->error);
   memset(o, 0, sizeof *o);
+}
+
+static const char *const op_names[SG_OP__COUNT] = {
+  [SG_OP_CALL] = "call", [SG_OP_SEND] = "send", [SG_OP_PUBLISH] = "publish",
+  [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid",
+  [SG_OP_RUN] = "run", [SG_OP_CHILD_COMPENSATE] = "child_compensate",
+};
+
+const char *sg_op_name(enum sg_op op) { return op > SG_OP_NONE && op < SG_OP__COUNT ? op_names[op] : NULL; }
+
+enum sg_op sg_op_from_name(const char *name) {
+  if (!name) return SG_OP_NONE;
+  for (int i = SG_OP_NONE + 1; i < SG_OP__COUNT; i++)
+    if (op_names[i] && strcmp(op_names[i], name) == 0) return (enum sg_op)i;
+  return SG_OP_NONE;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -88,11 +103,10 @@ static struct jent *journal_find(struct sg_saga *s, int seq) {
   return NULL;
 }
 
+/* the journal's kind of an operation name read back from the store (static strings) */
 static const char *kind_name(const char *k) {
-  static const char *kinds[] = {"call", "send", "publish", "sleep", "now", "uuid", "run", "child_compensate"};
-  for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
-    if (strcmp(k, kinds[i]) == 0) return kinds[i];
-  return "op";
+  const char *name = sg_op_name(sg_op_from_name(k));
+  return name ? name : "op";
 }
 
 static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
@@ -591,88 +605,107 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   free(stalled);
 }
 
-/* Carries out one durable operation the step yielded. Returns 1 if the saga parked, 0 if *result
- * holds an immediate result to resume with. */
-static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
-                   char **err) {
+/* The durable operations, one handler each (ops[] below). A handler returns 1 if the saga parked,
+ * 0 if *result holds an immediate result to resume with, 2 if an open breaker holds the call back,
+ * -1 with *err if the step fails. */
+typedef int (*op_handler)(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                          char **err);
+
+/* now, uuid: a value journaled at once, so a replay sees the same one */
+static int op_value(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                    char **err) {
+  (void)err;
+  char buf[64];
+  if (op->op == SG_OP_NOW) snprintf(buf, sizeof buf, "%" PRId64, sg_now_ms());
+  else { char u[37]; sg_uuid(u); snprintf(buf, sizeof buf, "\"%s\"", u); }
+  struct jent *j = journal_add(s, seq, 1, 0, buf);
+  journal_write(en, s, sg_op_name(op->op), j);
+  *result = sg_strdup(buf);
+  return 0;
+}
+
+/* call, send, publish: a message through the outbox (a call then waits for its reply) */
+static int op_message(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                      char **err) {
   char idbuf[128];
-  const char *kind = op->op;
-  if (eng_child_op(kind)) return eng_child_perform(en, s, op, seq, result, err); /* children.c */
-  if (strcmp(kind, "now") == 0 || strcmp(kind, "uuid") == 0) {
-    char buf[64];
-    if (kind[0] == 'n') snprintf(buf, sizeof buf, "%" PRId64, sg_now_ms());
-    else { char u[37]; sg_uuid(u); snprintf(buf, sizeof buf, "\"%s\"", u); }
-    struct jent *j = journal_add(s, seq, 1, 0, buf);
-    journal_write(en, s, kind, j);
-    *result = sg_strdup(buf);
-    return 0;
-  }
-  int is_call = strcmp(kind, "call") == 0, is_send = strcmp(kind, "send") == 0;
-  if (is_call && op->a) {
-    int admitted = s->admitted || eng_breaker_admit(eng_breaker_get(en, op->a));
+  const char *kind = sg_op_name(op->op);
+  int is_call = op->op == SG_OP_CALL, is_send = op->op == SG_OP_SEND;
+  if (is_call && op->service) {
+    int admitted = s->admitted || eng_breaker_admit(eng_breaker_get(en, op->service));
     s->admitted = 0;
     if (!admitted) return 2;
   }
-  if (is_call || is_send || strcmp(kind, "publish") == 0) {
-    const char *payload = op->c ? op->c : "{}";
-    if (en->cfg.max_payload > 0 && (int64_t)strlen(payload) > en->cfg.max_payload) {
-      *err = sg_asprintf("ctx:%s %s.%s: payload is %zu bytes, over the limit of %" PRId64 " bytes", kind, op->a,
-                         op->b, strlen(payload), en->cfg.max_payload);
-      return -1;
-    }
-    msg_id_for(s, seq, idbuf, sizeof idbuf);
-    struct sg_msg m = {0};
-    m.message_id = sg_strdup(idbuf);
-    m.correlation_id = sg_strdup(idbuf);
-    m.exchange = sg_strdup(is_call || is_send ? "saga.commands" : "saga.events");
-    m.routing_key = sg_asprintf("%s.%s", op->a, op->b);
-    m.type = sg_strdup(op->b);
-    m.body = sg_strdup(payload);
-    if (is_call) m.reply_to = sg_strdup(en->tr->ops->reply_queue(en->tr));
-    fill_saga_headers(&m, s);
-    if (en->otel) eng_trace_outgoing(en, s, &m, is_call);
-    if (is_call || is_send) {
-      struct sg_error e = {0};
-      if (en->tr->ops->declare_service(en->tr, op->a, &e) < 0) sg_warn("declare %s: %s", op->a, e.msg);
-    }
-    if (is_call && en->tr->ops->in_process && s->stored) {
-      /* answered before this batch commits (run_chain): the saga's start is already durable, and
-       * the handler's effect, the reply and the saga's next steps commit together */
-      m.created_at = sg_now_ms();
-      eng_txn(en);
-      PUSH(en->chain, en->nchain, en->capchain, m);
-    } else {
-      outbox_add(en, &m, !is_call);
-    }
-    struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
-    if (is_call) j->service = sg_strdup(op->a);
-    if (is_call && en->otel) { j->t0_us = sg_now_ms() * 1000; j->cmd = sg_strdup(op->b); }
-    journal_write(en, s, kind, j);
-    if (!is_call) { *result = sg_strdup("null"); return 0; }
-    int64_t timeout_ms = op->d ? strtoll(op->d, NULL, 10) : 0;
-    if (timeout_ms > 0) {
-      /* after a restart the re-issued call keeps the timeout it had */
-      if (s->t_wait && (s->t_wait->kind != TM_CALL_TIMEOUT || s->t_wait->ref != seq)) eng_timer_cancel(en, &s->t_wait);
-      if (!s->t_wait) s->t_wait = eng_timer_new(en, s, TM_CALL_TIMEOUT, sg_now_ms() + timeout_ms, seq);
-    }
-    return 1;
+  const char *payload = op->payload ? op->payload : "{}";
+  if (en->cfg.max_payload > 0 && (int64_t)strlen(payload) > en->cfg.max_payload) {
+    *err = sg_asprintf("ctx:%s %s.%s: payload is %zu bytes, over the limit of %" PRId64 " bytes", kind, op->service,
+                       op->name, strlen(payload), en->cfg.max_payload);
+    return -1;
   }
-  if (strcmp(kind, "sleep") == 0) {
-    int64_t ms = op->a ? strtoll(op->a, NULL, 10) : 0;
-    char due[32];
-    snprintf(due, sizeof due, "%" PRId64, sg_now_ms() + ms);
-    struct jent *j = journal_add(s, seq, 0, 0, NULL);
-    journal_write(en, s, kind, j);
-    s->t_wait = eng_timer_new(en, s, TM_SLEEP, sg_now_ms() + ms, seq);
-    return 1;
+  msg_id_for(s, seq, idbuf, sizeof idbuf);
+  struct sg_msg m = {0};
+  m.message_id = sg_strdup(idbuf);
+  m.correlation_id = sg_strdup(idbuf);
+  m.exchange = sg_strdup(is_call || is_send ? "saga.commands" : "saga.events");
+  m.routing_key = sg_asprintf("%s.%s", op->service, op->name);
+  m.type = sg_strdup(op->name);
+  m.body = sg_strdup(payload);
+  if (is_call) m.reply_to = sg_strdup(en->tr->ops->reply_queue(en->tr));
+  fill_saga_headers(&m, s);
+  if (en->otel) eng_trace_outgoing(en, s, &m, is_call);
+  if (is_call || is_send) {
+    struct sg_error e = {0};
+    if (en->tr->ops->declare_service(en->tr, op->service, &e) < 0) sg_warn("declare %s: %s", op->service, e.msg);
   }
-  *err = sg_asprintf("unknown durable operation '%s'", kind);
-  return -1;
+  if (is_call && en->tr->ops->in_process && s->stored) {
+    /* answered before this batch commits (run_chain): the saga's start is already durable, and
+     * the handler's effect, the reply and the saga's next steps commit together */
+    m.created_at = sg_now_ms();
+    eng_txn(en);
+    PUSH(en->chain, en->nchain, en->capchain, m);
+  } else {
+    outbox_add(en, &m, !is_call);
+  }
+  struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
+  if (is_call) j->service = sg_strdup(op->service);
+  if (is_call && en->otel) { j->t0_us = sg_now_ms() * 1000; j->cmd = sg_strdup(op->name); }
+  journal_write(en, s, kind, j);
+  if (!is_call) { *result = sg_strdup("null"); return 0; }
+  if (op->ms > 0) {
+    /* after a restart the re-issued call keeps the timeout it had */
+    if (s->t_wait && (s->t_wait->kind != TM_CALL_TIMEOUT || s->t_wait->ref != seq)) eng_timer_cancel(en, &s->t_wait);
+    if (!s->t_wait) s->t_wait = eng_timer_new(en, s, TM_CALL_TIMEOUT, sg_now_ms() + op->ms, seq);
+  }
+  return 1;
+}
+
+static int op_sleep(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                    char **err) {
+  (void)result; (void)err;
+  struct jent *j = journal_add(s, seq, 0, 0, NULL);
+  journal_write(en, s, sg_op_name(op->op), j);
+  s->t_wait = eng_timer_new(en, s, TM_SLEEP, sg_now_ms() + op->ms, seq);
+  return 1;
+}
+
+static const op_handler ops[SG_OP__COUNT] = {
+  [SG_OP_CALL] = op_message, [SG_OP_SEND] = op_message, [SG_OP_PUBLISH] = op_message,
+  [SG_OP_SLEEP] = op_sleep, [SG_OP_NOW] = op_value, [SG_OP_UUID] = op_value,
+  [SG_OP_RUN] = eng_child_perform, [SG_OP_CHILD_COMPENSATE] = eng_child_perform, /* children.c */
+};
+
+/* Carries out one durable operation the step yielded (see op_handler for what it returns). */
+static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                   char **err) {
+  if (op->op <= SG_OP_NONE || op->op >= SG_OP__COUNT || !ops[op->op]) {
+    *err = sg_asprintf("unknown durable operation %d", (int)op->op);
+    return -1;
+  }
+  return ops[op->op](en, s, op, seq, result, err);
 }
 
 static void park_coroutine(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) {
-  if (strcmp(op->op, "sleep") == 0) {
-    if (op->a && strtoll(op->a, NULL, 10) >= EVICT_SLEEP_MS) eng_drop_co(en, s);
+  if (op->op == SG_OP_SLEEP) {
+    if (op->ms >= EVICT_SLEEP_MS) eng_drop_co(en, s);
     return;
   }
   if (en->nevict == en->capevict) {

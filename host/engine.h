@@ -52,13 +52,37 @@ enum sg_run_result {
   SG_RUN_FAIL,     /* ctx:fail(reason): give up at once */
   SG_RUN_PREEMPTED, /* its time slice ended: continue it (cont) once the loop has served others */
 };
+/* The durable operations a step can yield. Each has one handler in engine.c's table (ops[]) and one
+ * name: the journal's kind and what lua/saga.lua yields. A new operation is one enum value, one name,
+ * one decoder case (sg_op_decode) and one handler. */
+enum sg_op {
+  SG_OP_NONE = 0,
+  SG_OP_CALL,    /* service.name(payload), waits for the reply; ms = timeout (0 = none) */
+  SG_OP_SEND,    /* service.name(payload), no reply */
+  SG_OP_PUBLISH, /* event name on topic service, payload */
+  SG_OP_SLEEP,   /* ms */
+  SG_OP_NOW,     /* the time, journaled */
+  SG_OP_UUID,    /* a UUID, journaled */
+  SG_OP_RUN,     /* a child saga of type name with input payload, waited for; key = its idempotency key or NULL */
+  SG_OP_CHILD_COMPENSATE, /* a compensation compensates child saga name (its id) and waits for it */
+  SG_OP__COUNT
+};
+/* "call", "send", ...; NULL for SG_OP_NONE or out of range */
+const char *sg_op_name(enum sg_op op);
+/* the operation named name, or SG_OP_NONE */
+enum sg_op sg_op_from_name(const char *name);
+
 struct sg_run_out {
-  int result;     /* enum sg_run_result */
-  char *data;     /* DONE: ctx.data as JSON */
-  char *op;       /* OP: "call", "send", "publish", "sleep", "now", "uuid" */
-  char *a, *b, *c, *d; /* OP arguments (call: service, command, payload, timeout ms or NULL; sleep: ms) */
-  char *error;    /* ERROR/FAIL: message with file:line */
-  int retryable;  /* ERROR: may another attempt help */
+  int result;       /* enum sg_run_result */
+  char *data;       /* DONE: ctx.data as JSON */
+  enum sg_op op;    /* OP: which operation; its arguments follow */
+  char *service;    /* call/send: the service; publish: the topic */
+  char *name;       /* call/send: the command; publish: the event */
+  char *payload;    /* call/send/publish: the JSON body (NULL = "{}") */
+  int64_t ms;       /* call: its timeout (0 = none); sleep: how long */
+  char *key;        /* run: the child's idempotency key ({id = key}), NULL = the parent's own */
+  char *error;      /* ERROR/FAIL: message with file:line */
+  int retryable;    /* ERROR: may another attempt help */
 };
 void sg_run_out_clear(struct sg_run_out *o);
 

@@ -370,9 +370,9 @@ int eng_start_child(struct sg_engine *en, const char *type, const char *input_js
 /* children.c: child sagas (ctx:run). A parent's wait on a child is a journal entry of kind "run"
  * (or "child_compensate" while its compensation compensates a child) whose result, while pending,
  * names the child: {"child": id, "op": "run" | "compensate"}. */
-int eng_child_op(const char *kind);           /* "run" or "child_compensate" */
-int eng_child_perform(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op, int seq, char **result,
-                      char **err);            /* as perform: 1 parked, 0 *result now, -1 *err */
+/* the handler of SG_OP_RUN and SG_OP_CHILD_COMPENSATE (engine.c's ops[]): 1 parked, 0 *result now, -1 *err */
+int eng_child_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                      char **err);
 int eng_child_pending(const struct jent *j);  /* j waits on a child */
 void eng_child_waiting(struct sg_engine *en, struct sg_saga *s, struct jent *j); /* s parked on j again (replay, recovery) */
 void eng_child_finished(struct sg_engine *en, struct sg_saga *s); /* s reached a terminal status: its waiters go on */

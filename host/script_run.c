@@ -49,6 +49,54 @@ static char *dup_at(lua_State *L, int idx) {
   return lua_type(L, idx) == LUA_TSTRING || lua_type(L, idx) == LUA_TNUMBER ? sg_strdup(lua_tostring(L, idx)) : NULL;
 }
 
+static int64_t int_at(lua_State *L, int idx) {
+  int isnum = 0;
+  lua_Integer v = lua_tointegerx(L, idx, &isnum);
+  if (isnum) return (int64_t)v;
+  const char *str = lua_tostring(L, idx);
+  return str ? strtoll(str, NULL, 10) : 0;
+}
+
+/* What lua/saga.lua yields, (name, args...), into a typed operation:
+ *   call service command payload [timeout_ms] | send/publish service name payload | sleep ms | now | uuid
+ *   | run type input [key] | child_compensate id */
+static void decode_op(lua_State *co, int base, int nres, struct sg_run_out *out) {
+  out->result = SG_RUN_OP;
+  out->op = nres > 0 && lua_type(co, base) == LUA_TSTRING ? sg_op_from_name(lua_tostring(co, base)) : SG_OP_NONE;
+  switch (out->op) {
+  case SG_OP_CALL:
+    if (nres > 4) out->ms = int_at(co, base + 4);
+    /* fall through */
+  case SG_OP_SEND:
+  case SG_OP_PUBLISH:
+    if (nres > 1) out->service = dup_at(co, base + 1);
+    if (nres > 2) out->name = dup_at(co, base + 2);
+    if (nres > 3) out->payload = dup_at(co, base + 3);
+    break;
+  case SG_OP_SLEEP:
+    if (nres > 1) out->ms = int_at(co, base + 1);
+    break;
+  case SG_OP_NOW:
+  case SG_OP_UUID:
+    break;
+  case SG_OP_RUN: /* run type input [key] */
+    if (nres > 1) out->name = dup_at(co, base + 1);
+    if (nres > 2) out->payload = dup_at(co, base + 2);
+    if (nres > 3) out->key = dup_at(co, base + 3);
+    break;
+  case SG_OP_CHILD_COMPENSATE: /* child_compensate id */
+    if (nres > 1) out->name = dup_at(co, base + 1);
+    break;
+  case SG_OP_NONE:
+  case SG_OP__COUNT:
+    out->result = SG_RUN_ERROR;
+    out->error = sg_strdup(nres > 0 && lua_type(co, base) == LUA_TSTRING
+                               ? "a step yielded an operation the host does not know"
+                               : "coroutine.yield is not available in steps");
+    break;
+  }
+}
+
 /* Reads what a resume of co produced into out; on finish the coroutine is left for drop(). */
 static int collect(struct sg_script *sc, lua_State *co, int status, int nres, struct sg_run_out *out) {
   memset(out, 0, sizeof *out);
@@ -72,14 +120,8 @@ static int collect(struct sg_script *sc, lua_State *co, int status, int nres, st
     return 0;
   }
   if (status == LUA_YIELD) {
-    out->result = SG_RUN_OP;
-    out->op = nres > 0 ? dup_at(co, base) : NULL;
-    if (nres > 1) out->a = dup_at(co, base + 1);
-    if (nres > 2) out->b = dup_at(co, base + 2);
-    if (nres > 3) out->c = dup_at(co, base + 3);
-    if (nres > 4) out->d = dup_at(co, base + 4);
+    decode_op(co, base, nres, out);
     lua_pop(co, nres);
-    if (!out->op) { out->result = SG_RUN_ERROR; out->error = sg_strdup("coroutine.yield is not available in steps"); }
     return 0;
   }
   if (status == LUA_OK) {
