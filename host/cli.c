@@ -437,6 +437,7 @@ static int sg_cli_list(struct sg_cli *cli) {
   struct sg_buf q;
   sg_buf_init(&q);
   sg_cli_query_add(cli, &q, "key");
+  sg_cli_query_add(cli, &q, "parent");
   sg_cli_query_add(cli, &q, "type");
   sg_cli_query_add(cli, &q, "status");
   sg_cli_query_add(cli, &q, "since");
@@ -512,10 +513,11 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      " input id timeout ", " wait ", "TYPE", NULL, sg_cli_start},
     {"show", "ID [--server URL]", "show a saga: status, data and step history", "", "", "", "ID",
      NULL, sg_cli_show},
-    {"list", "[--key K] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"
+    {"list", "[--key K] [--parent ID] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"
              " [--json] [--server URL]",
      "list sagas, newest first, a page at a time",
      "  --key K         only the sagas with this business key (saga.define{key = ...})\n"
+     "  --parent ID     only the child sagas that saga ID started (ctx:run)\n"
      "  --type T        only sagas of this type\n"
      "  --status S      running, compensating, completed, compensated, compensation_failed or resolved\n"
      "  --since TIME    created at or after TIME: 2026-11-30T12:00:00Z (UTC, optional .123) or epoch ms\n"
@@ -525,7 +527,7 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      "  --cursor C      the next page: the same command with the cursor the last one printed\n"
      "  --after C       deprecated: as --cursor C; a saga id for C lists oldest first from it\n"
      "  --json          print the host's JSON answer instead of a table\n",
-     " key type status since until limit cursor after ", " json oldest ", NULL, NULL, sg_cli_list},
+     " key parent type status since until limit cursor after ", " json oldest ", NULL, NULL, sg_cli_list},
     {"compensate", "ID --reason TEXT [--server URL]", "give up on a running saga and compensate it",
      "  --reason TEXT   why, recorded in the saga's history\n", " reason ", "", "ID", "reason",
      sg_cli_compensate},

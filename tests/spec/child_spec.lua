@@ -252,6 +252,23 @@ describe("child sagas", function()
     assert.are.equal(1, H.count(all, "AUDIT crash Label.Print"))
   end)
 
+  it("a parent waiting on a child keeps no coroutine for long", function()
+    local id = host:start_saga("Order", { order = "o-6", tag = "evict", sleep = "4s" })
+    local deadline = H.now() + 3.5
+    local co
+    repeat
+      local code, h = host:get("/healthz")
+      assert.are.equal(200, code)
+      co = h.coroutines
+      if co ~= 0 then H.sleep(0.1) end
+    until co == 0 or H.now() > deadline
+    assert.are.equal(0, co, "coroutines still held while the parent waits")
+    assert.are.equal("running", host:saga(id).status)
+    local o = host:wait(id)
+    assert.are.equal("completed", o.status)
+    assert.are.equal("L-o-6", o.data.label)
+  end)
+
   it("{id = key}: parents with the same key share one child", function()
     local a = host:start_saga("Payer", { ref = "r-1", tag = "key" })
     local pa = host:wait(a)
