@@ -103,6 +103,19 @@ saga.define {
     end } },
 }
 saga.define {
+  name = "SlowLedger",
+  steps = { { name = "Post", action = function(ctx)
+      ctx:sleep(ctx.input.sleep)
+      ctx.data.entry = "S-" .. ctx.input.ref
+    end } },
+}
+saga.define {
+  name = "SlowPayer",
+  steps = { { name = "Pay", action = function(ctx)
+      ctx.data.ledger = ctx:run("SlowLedger", { ref = ctx.input.ref, sleep = ctx.input.sleep }, { id = "slow-" .. ctx.input.ref })
+    end } },
+}
+saga.define {
   name = "Payer",
   steps = { { name = "Pay", action = function(ctx)
       ctx.data.ledger = ctx:run("Ledger", { ref = ctx.input.ref, tag = ctx.input.tag }, { id = "ledger-" .. ctx.input.ref })
@@ -287,5 +300,35 @@ describe("child sagas", function()
     assert.are.same({}, pb.children)
     assert.are.equal("ledger-r-1", host:saga(ledgers[1].id).idempotency_key)
     assert.are.equal("Ledger.Post", audit_log(host, "key"))
+  end)
+
+  it("several hosts: a parent waiting on a child another host owns goes on when that child ends", function()
+    H.pg_only("hosts sharing a database")
+    local dir = H.tmpdir("child-hosts")
+    local db = H.db_for(dir, "shared.db")
+    local a = H.host { name = "child-a", db = db, host_id = "child-a", scripts = { ["c.lua"] = SCRIPT } }
+    local b = H.host { name = "child-b", db = db, host_id = "child-b", scripts = { ["c.lua"] = SCRIPT } }
+    a:start()
+    b:start()
+    local ok, err = pcall(function()
+      local p1 = a:start_saga("SlowPayer", { ref = "x-1", sleep = "3s" })
+      local deadline = os.time() + 10
+      while #list(a, "type=SlowLedger&parent=" .. p1) == 0 and os.time() < deadline do H.sleep(0.05) end
+      -- the same child from a parent on the other host: it waits for host a's child
+      local p2 = b:start_saga("SlowPayer", { ref = "x-1", sleep = "3s" })
+      local s2 = b:wait(p2, nil, 20)
+      local s1 = a:wait(p1, nil, 20)
+      assert.are.equal("completed", s1.status)
+      assert.are.equal("completed", s2.status)
+      assert.are.equal("S-x-1", s2.data.ledger.entry)
+      assert.are.same(s1.data.ledger, s2.data.ledger)
+      local ledgers = list(a, "type=SlowLedger")
+      assert.are.equal(1, #ledgers)
+      assert.are.equal("child-a", H.sql(db, "SELECT owner FROM sagas WHERE id = '" .. ledgers[1].id .. "'"))
+      assert.are.equal("child-b", H.sql(db, "SELECT owner FROM sagas WHERE id = '" .. p2 .. "'"))
+    end)
+    a:stop()
+    b:stop()
+    assert(ok, err)
   end)
 end)
