@@ -91,7 +91,7 @@ static void waiters_go_on(struct sg_engine *en, const struct sg_saga_row *r) {
   for (size_t i = 0; i < en->sagas.cap; i++) {
     if (!sg_map_live(&en->sagas, i)) continue;
     struct sg_saga *s = en->sagas.slots[i].val;
-    if (s->terminal) continue;
+    if (s->terminal || s->adopting) continue; /* (one being taken over looks when it goes on) */
     for (int k = 0; k < s->njournal; k++) {
       struct jent *j = &s->journal[k];
       char cid[40];
@@ -170,11 +170,16 @@ void eng_child_waiting(struct sg_engine *en, struct sg_saga *s, struct jent *j) 
 
 void eng_children_tick(struct sg_engine *en) {
   if (!en->awaited.n || en->child_polls || en->sweeps % 8) return;
+  /* the ids first: an answer may come at once (SQLite) and wake parents that change the map */
+  char (*ids)[40] = NULL;
+  size_t n = 0, cap = 0;
   for (size_t i = 0; i < en->awaited.cap; i++) {
-    if (!sg_map_live(&en->awaited, i)) continue;
-    const char *id = en->awaited.slots[i].key;
-    if (!sg_map_get(&en->sagas, id)) read_child(en, id); /* (SQLite answers at once: no write to the map) */
+    if (!sg_map_live(&en->awaited, i) || sg_map_get(&en->sagas, en->awaited.slots[i].key)) continue;
+    if (n == cap) { cap = cap ? cap * 2 : 8; ids = sg_xrealloc(ids, cap * sizeof *ids); }
+    snprintf(ids[n++], 40, "%s", en->awaited.slots[i].key);
   }
+  for (size_t i = 0; i < n; i++) read_child(en, ids[i]);
+  free(ids);
 }
 
 void eng_children_drop(struct sg_engine *en) {
