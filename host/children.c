@@ -201,9 +201,9 @@ static void add_child(struct sg_engine *en, struct sg_saga *s, const char *id, c
   eng_mark_dirty(en, s);
 }
 
-int eng_child_in_step(const struct sg_saga *s, int step) {
-  if (!s->row.children) return 0;
-  json_t *a = json_loads(s->row.children, 0, NULL);
+int eng_child_in_step(const char *children, int step) {
+  if (!children) return 0;
+  json_t *a = json_loads(children, 0, NULL);
   size_t i;
   json_t *c;
   int found = 0;

@@ -353,7 +353,7 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
 /* Starts compensating from step `from` downwards (the completed steps, in reverse order). */
 static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   int j = from;
-  while (j >= 0 && !s->def->steps[j].has_compensate && !eng_child_in_step(s, j)) j--; /* children.c */
+  while (j >= 0 && !s->def->steps[j].has_compensate && !eng_child_in_step(s->row.children, j)) j--; /* children.c */
   s->row.status = SG_ST_COMPENSATING;
   if (j < 0) { eng_finish(en, s, SG_ST_COMPENSATED, NULL); return; }
   s->row.step = j;

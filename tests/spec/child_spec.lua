@@ -82,6 +82,15 @@ saga.define {
   },
 }
 
+-- a step with a child and no compensate function of its own
+saga.define {
+  name = "Wrapper",
+  steps = {
+    { name = "Run", action = function(ctx) ctx.data.label = ctx:run("Label", { order = "w", tag = ctx.input.tag }).label end },
+    { name = "Wait", action = function(ctx) ctx:sleep("60s") end },
+  },
+}
+
 -- a failed child caught by its parent
 saga.define {
   name = "Careful",
@@ -221,6 +230,21 @@ describe("child sagas", function()
     -- Label undid its completed step, then Shipping its own, then the order its own
     assert.are.equal("Order.Reserve,Shipping.Book,Label.Print,-Label.Print,-Shipping.Book,-Order.Reserve",
                      audit_log(host, "op"))
+  end)
+
+  it("a step that started a child is compensated for it even without a compensate function; plan shows it", function()
+    local id = host:start_saga("Wrapper", { tag = "wrap" })
+    local deadline = os.time() + 10
+    while host:saga(id).steps[2] == nil and os.time() < deadline do H.sleep(0.05) end
+    local code, plan = host:get("/v1/sagas/" .. id .. "/plan")
+    assert.are.equal(200, code)
+    assert.is_true(plan.abortable)
+    assert.are.same({ { step = 1, name = "Run" } }, plan.compensations)
+    assert.are.equal(200, (host:post("/v1/sagas/" .. id .. "/compensate", { reason = "test", by = "spec" })))
+    local w = host:wait(id)
+    assert.are.equal("compensated", w.status)
+    assert.are.equal("compensated", w.children[1].status)
+    assert.are.equal("Label.Print,-Label.Attach,-Label.Print", audit_log(host, "wrap"))
   end)
 
   it("a failed child is an error the parent catches with pcall; uncaught it fails the parent's step", function()
