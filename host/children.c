@@ -26,6 +26,11 @@
 
 #include "engine_int.h"
 
+/* A child's first steps run at once, inside its parent's operation (and its children's inside its):
+ * a saga that starts itself without waiting in between would nest without end. */
+#define NEST_MAX 32
+static int nesting; /* children being started on the C stack now (one thread; hosts take turns on it) */
+
 /* The child a pending entry waits on (into id) and whether for its compensation: 1, or 0 when j is
  * not such an entry. */
 static int pending_child(const struct jent *j, char id[40], int *compensate) {
@@ -327,8 +332,16 @@ int eng_child_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
   char id[40];
   int existed = 0;
   struct sg_error e = {0};
+  if (nesting >= NEST_MAX) {
+    *err = sg_asprintf("ctx:run %s: child sagas nested more than %d deep at once (does a saga start itself before"
+                       " its first wait?)", type, NEST_MAX);
+    return -1;
+  }
   /* a key of the parent's own is new unless the journal has it: no look-up */
-  if (eng_start_child(en, type, input, key ? key : own_key, !key, id, &existed, &e) < 0) {
+  nesting++;
+  int rc = eng_start_child(en, type, input, key ? key : own_key, !key, id, &existed, &e);
+  nesting--;
+  if (rc < 0) {
     *err = sg_asprintf("ctx:run %s: %s", type, e.msg);
     return -1;
   }

@@ -91,6 +91,12 @@ saga.define {
   },
 }
 
+-- a saga that starts itself at once, without end
+saga.define {
+  name = "Forever",
+  steps = { { name = "Again", action = function(ctx) ctx:run("Forever", { n = (ctx.input.n or 0) + 1 }) end } },
+}
+
 -- a failed child caught by its parent
 saga.define {
   name = "Careful",
@@ -265,6 +271,18 @@ describe("child sagas", function()
     assert.is_truthy(o.error:find("child saga Shipping", 1, true), o.error)
     assert.are.equal("Order.Reserve,Shipping.Book,-Shipping.Book,-Order.Reserve", audit_log(host, "uncaught"))
     assert.are.equal("compensated", o.children[1].status)
+  end)
+
+  it("a saga that starts itself at once fails at a bounded depth; the host stays up", function()
+    local id = host:start_saga("Forever", {})
+    local f = host:wait(id)
+    assert.are.equal("compensated", f.status)
+    assert.is_truthy(f.error:find("child saga Forever", 1, true), f.error)
+    assert.is_true(host:alive())
+    -- the deepest one names the limit
+    local deepest = list(host, "type=Forever&limit=1")[1]
+    assert.is_truthy(host:saga(deepest.id).error:find("nested more than 32 deep", 1, true))
+    assert.are.equal(33, #list(host, "type=Forever"))
   end)
 
   it("kill -9 while the child sleeps: after the restart the parent gets its data and no second child starts", function()
