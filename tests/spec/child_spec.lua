@@ -33,7 +33,10 @@ saga.define {
         audit(ctx, "Label.Print")
         ctx.data.label = "L-" .. ctx.input.order
       end,
-      compensate = function(ctx) audit(ctx, "-Label.Print") end },
+      compensate = function(ctx)
+        if ctx.input.comp_sleep then ctx:sleep(ctx.input.comp_sleep) end
+        audit(ctx, "-Label.Print")
+      end },
     { name = "Attach",
       action = function(ctx)
         if ctx.input.label_sleep then ctx:sleep(ctx.input.label_sleep) end
@@ -56,7 +59,7 @@ saga.define {
     { name = "MakeLabel",
       action = function(ctx)
         local l = ctx:run("Label", { order = ctx.input.order, tag = ctx.input.tag, fail_label = ctx.input.fail_label,
-                                     label_sleep = ctx.input.label_sleep })
+                                     label_sleep = ctx.input.label_sleep, comp_sleep = ctx.input.comp_sleep })
         ctx.data.label = l.label
       end,
       compensate = function(ctx) audit(ctx, "-Shipping.MakeLabel") end },
@@ -71,7 +74,8 @@ saga.define {
     { name = "Ship",
       action = function(ctx)
         local s = ctx:run("Shipping", { order = ctx.input.order, tag = ctx.input.tag, sleep = ctx.input.sleep,
-                                        fail_label = ctx.input.fail_label, label_sleep = ctx.input.label_sleep })
+                                        fail_label = ctx.input.fail_label, label_sleep = ctx.input.label_sleep,
+                                        comp_sleep = ctx.input.comp_sleep })
         ctx.data.booking, ctx.data.label = s.booking, s.label
       end,
       compensate = function(ctx) audit(ctx, "-Order.Ship") end },
@@ -322,6 +326,23 @@ describe("child sagas", function()
     local o = host:wait(id)
     assert.are.equal("completed", o.status)
     assert.are.equal("L-o-6", o.data.label)
+  end)
+
+  it("kill -9 while a child compensates for its parent: after the restart each compensation runs once, in order", function()
+    local id = host:start_saga("Order", { order = "o-7", tag = "ccrash", fail_charge = true, comp_sleep = "3s" })
+    host:wait_log("AUDIT ccrash %-Label%.Attach", 10)
+    H.sleep(0.5)
+    host:kill9()
+    H.sleep(1)
+    host:start()
+    local o = host:wait(id, nil, 30)
+    assert.are.equal("compensated", o.status)
+    local all = host:log()
+    local order = {}
+    for what in all:gmatch("AUDIT ccrash (%S+)") do order[#order + 1] = what end
+    assert.are.equal("Order.Reserve,Shipping.Book,Label.Print,-Label.Attach,-Label.Print,-Shipping.MakeLabel," ..
+                     "-Shipping.Book,-Order.Ship,-Order.Reserve", table.concat(order, ","))
+    assert.are.equal("compensated", host:saga(o.children[1].id).status)
   end)
 
   it("{id = key}: parents with the same key share one child", function()
