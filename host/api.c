@@ -177,7 +177,7 @@ static void on_saga_read(struct sg_read *rd) {
     if (!SG_ST_TERMINAL(r->status) && r->attempt_started_at > 0) {
       /* the running attempt: its history row is written when it ends */
       struct sg_hist_row h = { .saga_id = r->id, .step = r->step, .step_name = sg_engine_step_name(p->api->en, r),
-                               .phase = r->phase, .attempt = r->attempt, .status = "running",
+                               .phase = r->phase, .attempt = r->phase == SG_PH_PARTIAL ? r->attempt - r->attempt_base : r->attempt, .status = "running",
                                .started_at = r->attempt_started_at };
       hist_cb(&b, &h);
     }

@@ -93,6 +93,7 @@ static void journal_clear(struct sg_saga *s) {
     free(s->journal[i].result);
     free(s->journal[i].service);
     free(s->journal[i].cmd);
+    free(s->journal[i].target);
   }
   s->njournal = 0;
 }
@@ -116,8 +117,23 @@ static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_err
   }
   struct jent *j = &s->journal[s->njournal++];
   j->seq = seq; j->done = done; j->is_error = is_error; j->result = sg_strdup(result); j->service = NULL;
-  j->t0_us = 0; j->cmd = NULL;
+  j->t0_us = 0; j->cmd = NULL; j->target = NULL;
   j->kind = "op"; j->dirty = 0;
+  return j;
+}
+
+/* A journal row read back from the store: "call hotel.Book" is a call to that target. */
+static struct jent *journal_add_row(struct sg_saga *s, const struct sg_journal_row *r) {
+  struct jent *j = journal_add(s, r->seq, r->done, r->is_error, r->result);
+  const char *sp = r->kind ? strchr(r->kind, ' ') : NULL;
+  if (sp) {
+    char kind[16];
+    snprintf(kind, sizeof kind, "%.*s", (int)(sp - r->kind < 15 ? sp - r->kind : 15), r->kind);
+    j->kind = kind_name(kind);
+    j->target = sg_strdup(sp + 1);
+  } else if (r->kind) {
+    j->kind = kind_name(r->kind);
+  }
   return j;
 }
 
@@ -157,8 +173,8 @@ void eng_timer_cancel(struct sg_engine *en, struct sg_timer **slot) {
 }
 
 static void msg_id_for(const struct sg_saga *s, int seq, char *out, size_t n) {
-  snprintf(out, n, "%s.%d.%c.%d.%d", s->row.id, s->row.step, s->row.phase == SG_PH_ACTION ? 'a' : 'c',
-           s->row.attempt, seq);
+  snprintf(out, n, "%s.%d.%c.%d.%d", s->row.id, s->row.step,
+           s->row.phase == SG_PH_ACTION ? 'a' : s->row.phase == SG_PH_PARTIAL ? 'p' : 'c', s->row.attempt, seq);
 }
 
 /* With tracing on: one call (seq) of the running attempt, or every call still waiting (seq 0), will get
@@ -258,7 +274,7 @@ void eng_event(struct sg_engine *en, int kind, const struct sg_saga *s, const ch
                int64_t duration_ms) {
   struct sg_event ev = {
     .kind = kind, .saga_id = s->row.id, .type = s->row.type, .step = s->row.step, .phase = s->row.phase,
-    .attempt = s->row.attempt, .step_name = eng_step_name(s), .outcome = outcome, .status = s->row.status,
+    .attempt = eng_shown_attempt(s), .step_name = eng_step_name(s), .outcome = outcome, .status = s->row.status,
     .detail = detail, .at = sg_now_ms(), .duration_ms = duration_ms, .trace = s->row.trace,
     .created_at = s->row.created_at,
   };
@@ -311,7 +327,7 @@ static void hist_finish(struct sg_engine *en, struct sg_saga *s, const char *sta
   if (!s->row.attempt_started_at) return;
   eng_event(en, SG_EV_ATTEMPT_ENDED, s, status, error, sg_now_ms() - s->row.attempt_started_at);
   struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = eng_step_name(s), .phase = s->row.phase,
-                           .attempt = s->row.attempt, .status = status, .started_at = s->row.attempt_started_at,
+                           .attempt = eng_shown_attempt(s), .status = status, .started_at = s->row.attempt_started_at,
                            .finished_at = sg_now_ms(), .error = error };
   STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
   s->row.attempt_started_at = 0;
@@ -323,7 +339,7 @@ void eng_hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, 
   int64_t now = sg_now_ms();
   if (!strncmp(event, "operator_", 9)) eng_event(en, SG_EV_OPERATOR, s, event, detail, 0);
   struct sg_hist_row h = { .saga_id = s->row.id, .step = s->row.step, .step_name = eng_step_name(s), .phase = -1,
-                           .attempt = s->row.attempt, .status = event, .started_at = now, .finished_at = now,
+                           .attempt = eng_shown_attempt(s), .status = event, .started_at = now, .finished_at = now,
                            .error = detail };
   STORE(en, en->store->ops->hist_insert(en->store, &h, SE), "history");
 }
@@ -364,7 +380,86 @@ static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   eng_begin_attempt(en, s);
 }
 
-/* The forward path gives up: compensate what completed. */
+/* ---- partial steps: an action attempt that failed or was aborted after some of its calls completed
+ * gets its step's compensate function run for it (phase SG_PH_PARTIAL, ctx.partial and ctx.journal),
+ * before the step is retried (the saga stays running) or the steps before it are compensated. Its
+ * attempts are numbered from attempt_base = 1000 x the action attempt it undoes, so their journal
+ * rows and message ids never meet those of another attempt's. */
+
+/* an attempt as users see it (history, ctx.attempt): a partial compensation's count from 1 */
+int eng_shown_attempt(const struct sg_saga *s) {
+  return s->row.phase == SG_PH_PARTIAL ? s->row.attempt - s->row.attempt_base : s->row.attempt;
+}
+
+/* The ending action attempt's completed calls, as row.partial, if its step compensates them. */
+static void partial_capture(struct sg_saga *s) {
+  const struct sg_def_step *ds = &s->def->steps[s->row.step];
+  if (!ds->has_compensate || !ds->compensate_partial || s->row.partial) return;
+  struct sg_buf b = {0};
+  int n = 0;
+  for (int i = 0; i < s->njournal; i++) {
+    const struct jent *j = &s->journal[i];
+    if (strcmp(j->kind, "call") != 0 || !j->done || j->is_error || !j->result) continue;
+    sg_buf_adds(&b, n++ ? "," : "[");
+    sg_buf_printf(&b, "{\"seq\":%d", j->seq);
+    const char *dot = j->target ? strchr(j->target, '.') : NULL;
+    if (dot) {
+      char svc[128];
+      snprintf(svc, sizeof svc, "%.*s", (int)(dot - j->target < 127 ? dot - j->target : 127), j->target);
+      sg_buf_adds(&b, ",\"service\":");
+      sg_buf_add_json_str(&b, svc);
+      sg_buf_adds(&b, ",\"command\":");
+      sg_buf_add_json_str(&b, dot + 1);
+    }
+    sg_buf_adds(&b, ",\"result\":");
+    sg_buf_adds(&b, j->result);
+    sg_buf_adds(&b, "}");
+  }
+  if (!n) { free(b.data); return; }
+  sg_buf_adds(&b, "]");
+  s->row.partial = sg_asprintf("{\"attempt\":%d,\"base\":%d,\"journal\":%s}", s->row.attempt, s->row.attempt_base,
+                               b.data);
+  free(b.data);
+}
+
+/* Runs the step's compensate function for the action attempt row.partial names. */
+static void partial_begin(struct sg_engine *en, struct sg_saga *s) {
+  sg_info("saga %s %s: step %s attempt %d failed after some of its calls completed: compensating them", s->row.type,
+          s->row.id, eng_step_name(s), s->row.attempt);
+  s->row.phase = SG_PH_PARTIAL;
+  s->row.attempt_base = s->row.attempt * 1000;
+  s->row.attempt = s->row.attempt_base + 1;
+  eng_mark_dirty(en, s);
+  eng_begin_attempt(en, s);
+}
+
+static int64_t retry_delay(const struct sg_retry *p, int attempt);
+
+/* The partial compensation completed: the step is retried (the saga still runs), or the steps
+ * before it are compensated. */
+static void partial_done(struct sg_engine *en, struct sg_saga *s) {
+  int attempt = 1, base = 0;
+  json_t *pj = s->row.partial ? json_loads(s->row.partial, 0, NULL) : NULL;
+  if (pj) {
+    attempt = (int)json_integer_value(json_object_get(pj, "attempt"));
+    base = (int)json_integer_value(json_object_get(pj, "base"));
+    json_decref(pj);
+  }
+  free(s->row.partial);
+  s->row.partial = NULL;
+  eng_mark_dirty(en, s);
+  if (s->row.status == SG_ST_RUNNING) {
+    s->row.phase = SG_PH_ACTION;
+    s->row.attempt = attempt > 0 ? attempt : 1;
+    s->row.attempt_base = base;
+    const struct sg_retry *p = &s->def->steps[s->row.step].retry;
+    s->t_retry = eng_timer_new(en, s, TM_RETRY, sg_now_ms() + retry_delay(p, s->row.attempt), s->row.attempt + 1);
+    return;
+  }
+  compensate_from(en, s, s->row.step - 1);
+}
+
+/* The forward path gives up: compensate what completed (first what the failed attempt did). */
 void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
   free(s->row.error);
   s->row.error = sg_asprintf("step %s: %s", eng_step_name(s), why);
@@ -372,6 +467,13 @@ void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
   sg_info("saga %s %s gives up at step %s: %s; compensating", s->row.type, s->row.id, eng_step_name(s), why);
   s->row.status = SG_ST_COMPENSATING;
   eng_event(en, SG_EV_COMPENSATING, s, NULL, s->row.error, 0);
+  if (s->row.phase == SG_PH_PARTIAL) { /* its partial compensation was interrupted: it runs again, to the end */
+    s->row.attempt++;
+    eng_mark_dirty(en, s);
+    eng_begin_attempt(en, s);
+    return;
+  }
+  if (s->row.partial) { partial_begin(en, s); return; }
   compensate_from(en, s, s->row.step - 1);
 }
 
@@ -402,6 +504,7 @@ void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_wait);
   if (strcmp(status, "completed") != 0) trace_given_up(en, s, 0, "no reply: the attempt ended", error ? error : status);
+  if (s->row.phase == SG_PH_ACTION && strcmp(status, "completed") != 0) partial_capture(s);
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -412,8 +515,9 @@ static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
   const struct sg_retry *p = s->row.phase == SG_PH_ACTION ? &ds->retry : &ds->comp_retry;
   sg_info("saga %s %s: %s %s attempt %d failed: %s", s->row.type, s->row.id, ds->name,
-          sg_phase_name(s->row.phase), s->row.attempt, err);
+          sg_phase_name(s->row.phase), eng_shown_attempt(s), err);
   if (retryable && s->row.attempt - s->row.attempt_base < p->attempts) {
+    if (s->row.phase == SG_PH_ACTION && s->row.partial) { partial_begin(en, s); return; } /* then the retry */
     int64_t delay = retry_delay(p, s->row.attempt);
     s->t_retry = eng_timer_new(en, s, TM_RETRY, sg_now_ms() + delay, s->row.attempt + 1);
     eng_mark_dirty(en, s);
@@ -421,6 +525,12 @@ static void step_failed(struct sg_engine *en, struct sg_saga *s, const char *err
   }
   if (s->row.phase == SG_PH_ACTION) {
     eng_give_up(en, s, err);
+  } else if (s->row.phase == SG_PH_PARTIAL) {
+    int of = s->row.attempt_base / 1000;
+    char *why = sg_asprintf("compensation of step %s (for its failed attempt %d) failed after %d attempt(s): %s",
+                            ds->name, of, eng_shown_attempt(s), err);
+    eng_finish(en, s, SG_ST_COMPENSATION_FAILED, why);
+    free(why);
   } else {
     char *why = sg_asprintf("compensation of step %s failed after %d attempt(s): %s", ds->name, s->row.attempt, err);
     eng_finish(en, s, SG_ST_COMPENSATION_FAILED, why);
@@ -445,6 +555,7 @@ static void step_done(struct sg_engine *en, struct sg_saga *s, char *data) {
     s->row.data = data;
   }
   eng_mark_dirty(en, s);
+  if (s->row.phase == SG_PH_PARTIAL) { partial_done(en, s); return; }
   if (s->row.phase == SG_PH_ACTION) {
     if (s->row.step + 1 >= s->def->nsteps) { eng_finish(en, s, SG_ST_COMPLETED, NULL); return; }
     s->row.step++;
@@ -666,7 +777,10 @@ static int op_message(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
     outbox_add(en, &m, !is_call);
   }
   struct jent *j = journal_add(s, seq, !is_call, 0, is_call ? NULL : "null");
-  if (is_call) j->service = sg_strdup(op->service);
+  if (is_call) {
+    j->service = sg_strdup(op->service);
+    j->target = sg_asprintf("%s.%s", op->service, op->name);
+  }
   if (is_call && en->otel) { j->t0_us = sg_now_ms() * 1000; j->cmd = sg_strdup(op->name); }
   journal_write(en, s, kind, j);
   if (!is_call) { *result = sg_strdup("null"); return 0; }
@@ -896,7 +1010,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
     return;
   }
   struct sg_saga *s = sg_map_get(&en->sagas, sid);
-  int phase = ph == 'a' ? SG_PH_ACTION : SG_PH_COMPENSATE;
+  int phase = ph == 'a' ? SG_PH_ACTION : ph == 'p' ? SG_PH_PARTIAL : SG_PH_COMPENSATE;
   if (!s || s->terminal || s->row.step != step || s->row.phase != phase || s->row.attempt != attempt) {
     sg_debug("stale reply %s ignored", m->correlation_id);
     ack_after_commit(en, tag);
@@ -1303,9 +1417,11 @@ static int flush_saga(struct sg_engine *en, struct sg_saga *s, struct sg_error *
     for (int i = 0; i < s->njournal; i++) {
       struct jent *j = &s->journal[i];
       if (!j->dirty || (!j->done && strcmp(j->kind, "call") == 0)) continue;
+      char kind[200];
+      if (j->target) snprintf(kind, sizeof kind, "%s %s", j->kind, j->target);
       struct sg_journal_row r = {
         .saga_id = s->row.id, .step = s->row.step, .phase = s->row.phase, .attempt = s->row.attempt,
-        .seq = j->seq, .kind = j->kind, .done = j->done, .is_error = j->is_error, .result = j->result,
+        .seq = j->seq, .kind = j->target ? kind : j->kind, .done = j->done, .is_error = j->is_error, .result = j->result,
       };
       if (en->store->ops->journal_put(en->store, &r, e) < 0) return -1;
       j->dirty = 0;
@@ -2012,14 +2128,14 @@ static int recover_timer_cb(void *ud, const struct sg_timer_row *r) {
 
 static int recover_journal_cb(void *ud, const struct sg_journal_row *r) {
   struct sg_saga *s = ud;
-  journal_add(s, r->seq, r->done, r->is_error, r->result);
+  journal_add_row(s, r);
   return 0;
 }
 
 /* a journal row of s (NULL: not loaded), kept if it is of its current attempt */
 static void journal_load(struct sg_saga *s, const struct sg_journal_row *r) {
   if (s && r->step == s->row.step && r->phase == s->row.phase && r->attempt == s->row.attempt)
-    journal_add(s, r->seq, r->done, r->is_error, r->result);
+    journal_add_row(s, r);
 }
 
 /* a journal row of any saga being loaded */

@@ -28,6 +28,8 @@ struct sg_retry {
 struct sg_def_step {
   char *name;                  /* step name, unique in its saga */
   int has_compensate;          /* a compensate function exists */
+  int compensate_partial;      /* compensate also runs for an attempt that failed after some of its calls
+                                * completed (the default; compensate_partial = false turns it off) */
   int64_t timeout_ms;          /* per attempt, 0 = none */
   struct sg_retry retry;       /* policy for the action (step wins over saga over default) */
   struct sg_retry comp_retry;  /* policy for the compensation */

@@ -23,6 +23,7 @@ struct jent {
   char *service; /* call: the service called (for its circuit breaker); NULL after a restart */
   int64_t t0_us; /* call with tracing on: when it was issued (its client span's start); 0 after a restart */
   char *cmd;     /* call with tracing on: the command (its client span's name if it is given up), else NULL */
+  char *target;  /* call: "service.command" (kept in the journal row's kind: ctx.journal of a partial step) */
   const char *kind; /* "call", "sleep", ... (static strings) */
   int dirty;    /* changed since the last commit: written at the next one if the attempt still runs */
 };
@@ -301,6 +302,9 @@ void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why);
 void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error);
 void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s);
 void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
+
+/* the attempt number users see: a partial compensation's (SG_PH_PARTIAL) counts from 1 */
+int eng_shown_attempt(const struct sg_saga *s);
 
 void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
                           const char *status, const char *body);

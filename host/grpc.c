@@ -314,7 +314,7 @@ static void saga_msg_fill(struct saga_msg *m, struct sg_engine *en, const struct
     if (!h) { /* the running attempt: its history row is written when it ends */
       if (SG_ST_TERMINAL(r->status) || r->attempt_started_at <= 0) break;
       running = (struct sg_hist_row){ .saga_id = r->id, .step = r->step, .step_name = sg_engine_step_name(en, r),
-                                      .phase = r->phase, .attempt = r->attempt, .status = "running",
+                                      .phase = r->phase, .attempt = r->phase == SG_PH_PARTIAL ? r->attempt - r->attempt_base : r->attempt, .status = "running",
                                       .started_at = r->attempt_started_at };
       h = &running;
     }

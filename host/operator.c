@@ -97,9 +97,9 @@ int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struc
   free(detail);
   /* the next attempt number keeps the journal of earlier attempts apart */
   s->row.status = SG_ST_COMPENSATING;
-  s->row.phase = SG_PH_COMPENSATE;
+  if (s->row.phase != SG_PH_PARTIAL) s->row.phase = SG_PH_COMPENSATE; /* a partial compensation stays one */
   s->row.attempt++;
-  s->row.attempt_base = s->row.attempt - 1;
+  if (s->row.phase != SG_PH_PARTIAL) s->row.attempt_base = s->row.attempt - 1;
   if (en->otel) eng_trace_retry(en, s);
   eng_mark_dirty(en, s);
   eng_begin_attempt(en, s);

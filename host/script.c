@@ -178,6 +178,9 @@ static struct defent *build_def(lua_State *L, const char *hash) {
     lua_getfield(L, s, "compensate");
     ds->has_compensate = lua_isfunction(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, s, "compensate_partial");
+    ds->compensate_partial = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     ds->timeout_ms = get_i64_field(L, s, "timeout_ms");
     read_retry(L, s, "retry", &ds->retry);
     read_retry(L, s, "compensate_retry", &ds->comp_retry);

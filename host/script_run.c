@@ -204,7 +204,7 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   lua_getfield(co, -1, d->type);
   lua_getfield(co, -1, "steps");
   lua_rawgeti(co, -1, r->step + 1);
-  lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate");
+  lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate"); /* SG_PH_PARTIAL too */
   lua_replace(co, -6);
   lua_pop(co, 4); /* stack: run_step, fn */
   if (r->phase == SG_PH_COMPENSATE && r->children && r->children[0] && strcmp(r->children, "[]") != 0) {
@@ -235,8 +235,12 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
     lua_setfield(co, -2, "step");
     lua_pushstring(co, sg_phase_name(r->phase));
     lua_setfield(co, -2, "phase");
-    lua_pushinteger(co, r->attempt);
+    lua_pushinteger(co, r->phase == SG_PH_PARTIAL ? r->attempt - r->attempt_base : r->attempt);
     lua_setfield(co, -2, "attempt");
+    lua_pushnil(co); /* a completed step's compensation is not partial */
+    lua_setfield(co, -2, "partial");
+    lua_pushnil(co);
+    lua_setfield(co, -2, "journal");
   } else {
     lua_pop(co, 1);
     sc_push_runtime(sc, co, "new_ctx");
@@ -246,8 +250,9 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
     lua_pushstring(co, r->data ? r->data : "{}");
     lua_pushstring(co, d->steps[r->step].name);
     lua_pushstring(co, sg_phase_name(r->phase));
-    lua_pushinteger(co, r->attempt);
-    if (lua_pcall(co, 7, 1, 0) != LUA_OK) { /* out of memory, or a broken runtime */
+    lua_pushinteger(co, r->phase == SG_PH_PARTIAL ? r->attempt - r->attempt_base : r->attempt);
+    if (r->phase == SG_PH_PARTIAL && r->partial) lua_pushstring(co, r->partial); else lua_pushnil(co);
+    if (lua_pcall(co, 8, 1, 0) != LUA_OK) { /* out of memory, or a broken runtime */
       sg_errorf(e, SG_E_INTERNAL, "cannot create the step's ctx: %s", lua_tostring(co, -1) ? lua_tostring(co, -1) : "?");
       r_drop(sc, h);
       lua_settop(L, top);

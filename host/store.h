@@ -28,8 +28,11 @@ int sg_status_parse(const char *s);  /* -1 if unknown */
 #define SG_ST_TERMINAL(st) ((st) >= SG_ST_COMPLETED)
 
 /* Step phases. */
-enum sg_phase { SG_PH_ACTION = 0, SG_PH_COMPENSATE = 1 };
-const char *sg_phase_name(int ph); /* "action", "compensate" */
+/* SG_PH_PARTIAL: the step's compensate function runs for an action attempt that failed or was aborted
+ * after some of its calls completed (sg_saga_row.partial says which and what completed); its history
+ * shows it as "compensate" */
+enum sg_phase { SG_PH_ACTION = 0, SG_PH_COMPENSATE = 1, SG_PH_PARTIAL = 2 };
+const char *sg_phase_name(int ph); /* "action", "compensate" (also for SG_PH_PARTIAL) */
 
 /* One saga instance (table sagas). */
 struct sg_saga_row {
@@ -46,6 +49,8 @@ struct sg_saga_row {
   char *idem_key;     /* Idempotency-Key given at start, or NULL */
   char *biz_key;      /* business key (saga.define{key = ...}) computed at start, or NULL; never changes */
   char *trace;        /* its trace context (otel.h), or NULL; changes only at an operator's retry */
+  char *partial;      /* phase SG_PH_PARTIAL (or about to be): JSON {"attempt": the action attempt it undoes,
+                       * "base": that attempt's attempt_base, "journal": [the calls that completed]}; else NULL */
   int64_t created_at;
   int64_t updated_at;
   int64_t deadline;   /* saga timeout due time, 0 = none */
@@ -106,7 +111,8 @@ struct sg_event_batch {
 struct sg_journal_row {
   const char *saga_id;
   int step, phase, attempt, seq; /* key: the seq-th operation of that attempt, 1-based */
-  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid" */
+  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid"; a call also names its target:
+                       * "call hotel.Book" */
   int done;           /* 0 = issued and waiting (call/sleep), 1 = result known */
   int is_error;       /* result is an error reply */
   const char *result; /* JSON text, NULL while waiting */

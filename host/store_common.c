@@ -25,7 +25,8 @@ int sg_status_parse(const char *s) {
 const char *sg_phase_name(int ph) {
   switch (ph) {
   case SG_PH_ACTION: return "action";
-  case SG_PH_COMPENSATE: return "compensate";
+  case SG_PH_COMPENSATE:
+  case SG_PH_PARTIAL: return "compensate";
   default: return "saga"; /* phase -1: saga-level history events */
   }
 }
@@ -40,9 +41,10 @@ void sg_store_saga_row_free(struct sg_saga_row *r) {
   free(r->idem_key);
   free(r->biz_key);
   free(r->trace);
+  free(r->partial);
   free(r->parent);
   free(r->children);
-  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = r->trace = NULL;
+  r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = r->trace = r->partial = NULL;
   r->parent = r->children = NULL;
 }
 
@@ -56,6 +58,7 @@ void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *s
   dst->idem_key = sg_strdup(src->idem_key);
   dst->biz_key = sg_strdup(src->biz_key);
   dst->trace = sg_strdup(src->trace);
+  dst->partial = sg_strdup(src->partial);
   dst->parent = sg_strdup(src->parent);
   dst->children = sg_strdup(src->children);
 }

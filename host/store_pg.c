@@ -158,7 +158,10 @@ static const char *const migrations[] = {
   /* 10: the saga's trace context (otel.h: "<trace id>-<span id>[-<parent span id>][ <tracestate>]"),
    * NULL when it started with tracing off */
   "ALTER TABLE sagas ADD COLUMN trace TEXT;",
-  /* 11: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
+  /* 11: a step's compensation running for an action attempt that failed after some of its calls
+   * completed (sg_saga_row.partial) */
+  "ALTER TABLE sagas ADD COLUMN partial TEXT;",
+  /* 12: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
   "ALTER TABLE sagas ADD COLUMN parent TEXT COLLATE \"C\";"
   "ALTER TABLE sagas ADD COLUMN children TEXT;"
   "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
@@ -182,7 +185,7 @@ enum {
 
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
                   " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
-                  " parent, children"
+                  " partial, parent, children"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
@@ -191,17 +194,19 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
   [ST_SAGA_INSERT] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT DO NOTHING RETURNING 1)"
+                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING RETURNING 1)"
                      " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
   [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
-                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace), children = $16"
+                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace), partial = $16,"
+                     " children = $17"
                      " WHERE id = $1"
                      " AND version = $11::bigint - 1 RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
   [ST_SAGA_PROGRESS] = "WITH w AS (UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
                        " data = $5, error = $6, updated_at = $7, deadline = $8, version = $9,"
-                       " attempt_started_at = $10, attempt_base = $11, children = $12 WHERE id = $1 AND version = $9::bigint - 1"
+                       " attempt_started_at = $10, attempt_base = $11, partial = $12, children = $13"
+                       " WHERE id = $1 AND version = $9::bigint - 1"
                        " RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = $1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND idem_key = $2",
@@ -272,14 +277,18 @@ static const char *const stmt_sql[ST_COUNT] = {
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 24 /* saga_insert: the saga columns and its owner */
+#define MAX_PARAMS 24 /* saga_insert: the saga columns and its owner, and room */
 struct params {
   int n;
   const char *v[MAX_PARAMS];
   char num[MAX_PARAMS][24];
 };
-static void p_text(struct params *p, const char *v) { p->v[p->n++] = v; }
+static void p_full(const struct params *p) {
+  if (p->n >= MAX_PARAMS) { sg_warn("postgres: more than %d statement parameters (MAX_PARAMS)", MAX_PARAMS); abort(); }
+}
+static void p_text(struct params *p, const char *v) { p_full(p); p->v[p->n++] = v; }
 static void p_int(struct params *p, int64_t x) {
+  p_full(p);
   snprintf(p->num[p->n], sizeof p->num[p->n], "%lld", (long long)x);
   p->v[p->n] = p->num[p->n];
   p->n++;
@@ -1121,8 +1130,9 @@ static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_r
   r->attempt_base = col_int(res, i, o + 16);
   r->biz_key = own ? sg_strdup(col(res, i, o + 17)) : (char *)col(res, i, o + 17);
   r->trace = own ? sg_strdup(col(res, i, o + 18)) : (char *)col(res, i, o + 18);
-  r->parent = own ? sg_strdup(col(res, i, o + 19)) : (char *)col(res, i, o + 19);
-  r->children = own ? sg_strdup(col(res, i, o + 20)) : (char *)col(res, i, o + 20);
+  r->partial = own ? sg_strdup(col(res, i, o + 19)) : (char *)col(res, i, o + 19);
+  r->parent = own ? sg_strdup(col(res, i, o + 20)) : (char *)col(res, i, o + 20);
+  r->children = own ? sg_strdup(col(res, i, o + 21)) : (char *)col(res, i, o + 21);
   r->same_status = 0;
 }
 
@@ -1148,6 +1158,7 @@ static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->attempt_base);
   p_text(&p, r->biz_key);
   p_text(&p, r->trace);
+  p_text(&p, r->partial);
   p_text(&p, r->parent);
   p_text(&p, r->children);
   p_text(&p, s->me[0] ? s->me : NULL);
@@ -1182,6 +1193,7 @@ static int pg_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   p_int(&p, r->attempt_base);
   if (!r->same_status) p_text(&p, s->me[0] ? s->me : NULL); /* an operator's verb on a finished saga makes it ours */
   if (!r->same_status) p_text(&p, r->trace); /* an operator's retry changes it */
+  p_text(&p, r->partial);
   p_text(&p, r->children);
   int64_t rows = 0;
   int ran = wr_exec(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE, &p, &rows, e, "saga_update");

@@ -76,7 +76,10 @@ static const char *const migrations[] = {
   /* 8: the saga's trace context (otel.h: "<trace id>-<span id>[-<parent span id>][ <tracestate>]"),
    * NULL when it started with tracing off */
   "ALTER TABLE sagas ADD COLUMN trace TEXT;",
-  /* 9: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
+  /* 9: a step's compensation running for an action attempt that failed after some of its calls
+   * completed (sg_saga_row.partial) */
+  "ALTER TABLE sagas ADD COLUMN partial TEXT;",
+  /* 10: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
   "ALTER TABLE sagas ADD COLUMN parent TEXT;"
   "ALTER TABLE sagas ADD COLUMN children TEXT;"
   "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
@@ -102,7 +105,7 @@ enum {
 /* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
                   " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
-                  " parent, children"
+                  " partial, parent, children"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -111,15 +114,17 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
   [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace), children = ?15"
+                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace), partial = ?15,"
+                     " children = ?16"
                      " WHERE id = ?1 AND version = ?11 - 1",
   /* the same without status and def_hash: no status index maintenance for a step's progress */
   [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = ?4, phase = ?5, attempt = ?6,"
                        " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                       " attempt_started_at = ?12, attempt_base = ?13, children = ?15 WHERE id = ?1 AND version = ?11 - 1",
+                       " attempt_started_at = ?12, attempt_base = ?13, partial = ?15, children = ?16"
+                       " WHERE id = ?1 AND version = ?11 - 1",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
   [ST_SAGA_COUNTS] = "SELECT status, count(*) FROM sagas GROUP BY status",
@@ -506,8 +511,9 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
   r->attempt_base = sqlite3_column_int(st, 16);
   r->biz_key = col_str(st, 17, own);
   r->trace = col_str(st, 18, own);
-  r->parent = col_str(st, 19, own);
-  r->children = col_str(st, 20, own);
+  r->partial = col_str(st, 19, own);
+  r->parent = col_str(st, 20, own);
+  r->children = col_str(st, 21, own);
 }
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
@@ -532,8 +538,9 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 17, r->attempt_base);
   wr_text(s, st, 18, r->biz_key);
   wr_text(s, st, 19, r->trace);
-  wr_text(s, st, 20, r->parent);
-  wr_text(s, st, 21, r->children);
+  wr_text(s, st, 20, r->partial);
+  wr_text(s, st, 21, r->parent);
+  wr_text(s, st, 22, r->children);
   return wr_done(s, st, e, "saga_insert");
 }
 
@@ -556,7 +563,8 @@ static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 12, r->attempt_started_at);
   wr_i64(s, st, 13, r->attempt_base);
   if (!r->same_status) wr_text(s, st, 14, r->trace); /* an operator's retry changes it */
-  wr_text(s, st, 15, r->children);
+  wr_text(s, st, 15, r->partial);
+  wr_text(s, st, 16, r->children);
   int ran = wr_exec(s, st, e, "saga_update");
   if (ran < 0) return -1;
   if (ran && sqlite3_changes(s->db) == 0)

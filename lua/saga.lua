@@ -121,7 +121,7 @@ end
 -- the DSL
 
 local SAGA_KEYS = { name = true, steps = true, retry = true, compensate_retry = true, timeout = true, description = true, key = true }
-local STEP_KEYS = { name = true, action = true, compensate = true, retry = true, compensate_retry = true, timeout = true, description = true }
+local STEP_KEYS = { name = true, action = true, compensate = true, compensate_partial = true, retry = true, compensate_retry = true, timeout = true, description = true }
 local NAME_PATTERN = "^[%a_][%w_%.%-]*$"
 
 local function define(ld, spec)
@@ -155,7 +155,7 @@ local function define(ld, spec)
     local function stfail(msg) sfail("step " .. i .. (type(st) == "table" and st.name and (" ('" .. tostring(st.name) .. "')") or "") .. ": " .. msg) end
     if type(st) ~= "table" then stfail("must be a table") end
     for k in pairs(st) do
-      if not STEP_KEYS[k] then stfail("unknown key '" .. tostring(k) .. "' (known: name, action, compensate, retry, compensate_retry, timeout, description)") end
+      if not STEP_KEYS[k] then stfail("unknown key '" .. tostring(k) .. "' (known: name, action, compensate, compensate_partial, retry, compensate_retry, timeout, description)") end
     end
     local sname, action, compensate = st.name, st.action, st.compensate
     if type(sname) ~= "string" or not sname:match(NAME_PATTERN) then stfail("'name' must be a string") end
@@ -163,7 +163,8 @@ local function define(ld, spec)
     seen[sname] = true
     if type(action) ~= "function" then stfail("'action' must be a function") end
     if compensate ~= nil and type(compensate) ~= "function" then stfail("'compensate' must be a function") end
-    local s = { name = sname, action = action, compensate = compensate }
+    if st.compensate_partial ~= nil and type(st.compensate_partial) ~= "boolean" then stfail("'compensate_partial' must be a boolean") end
+    local s = { name = sname, action = action, compensate = compensate, compensate_partial = st.compensate_partial ~= false }
     local ok2, err2 = pcall(function()
       s.timeout_ms = st.timeout ~= nil and duration_ms(st.timeout, "timeout") or 0
       s.retry = parse_retry(st.retry, "retry", def.retry)
@@ -643,14 +644,21 @@ function Ctx:fail(reason)
   error(setmetatable({ message = tostring(reason or "failed"), retryable = false, fail = true }, Err), 0)
 end
 
-function M.new_ctx(id, type_, input_json, data_json, step, phase, attempt)
+-- partial_json: the step's compensation runs for an action attempt that failed after some of its
+-- calls completed: ctx.partial = true and ctx.journal lists those calls ({seq, service, command, result}).
+function M.new_ctx(id, type_, input_json, data_json, step, phase, attempt, partial_json)
   local ok, input = pcall(json.decode, input_json)
   if not ok then input = {} end
   local ok2, data = pcall(json.decode, data_json)
   if not ok2 or type(data) ~= "table" then data = {} end
+  local partial, journal
+  if partial_json then
+    local ok3, p = pcall(json.decode, partial_json)
+    partial, journal = true, ok3 and type(p) == "table" and type(p.journal) == "table" and p.journal or {}
+  end
   return setmetatable({
     id = id, type = type_, input = readonly(input), data = data,
-    step = step, phase = phase, attempt = attempt,
+    step = step, phase = phase, attempt = attempt, partial = partial, journal = journal,
   }, Ctx)
 end
 
