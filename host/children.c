@@ -206,6 +206,15 @@ static void add_child(struct sg_engine *en, struct sg_saga *s, const char *id, c
   eng_mark_dirty(en, s);
 }
 
+int eng_child_ran(const struct sg_saga *s) {
+  if (!eng_child_in_step(s->row.children, s->row.step)) return 0; /* (a child it only attached to is not its own) */
+  for (int k = 0; k < s->njournal; k++) { /* a child that completed (one that gave up undoes itself) */
+    const struct jent *j = &s->journal[k];
+    if (strcmp(j->kind, "run") == 0 && j->done && j->result && strncmp(j->result, "{\"ok\":true", 10) == 0) return 1;
+  }
+  return 0;
+}
+
 int eng_child_in_step(const char *children, int step) {
   if (!children) return 0;
   json_t *a = json_loads(children, 0, NULL);

@@ -394,7 +394,8 @@ int eng_shown_attempt(const struct sg_saga *s) {
 /* The ending action attempt's completed calls, as row.partial, if its step compensates them. */
 static void partial_capture(struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
-  if (!ds->has_compensate || !ds->compensate_partial || s->row.partial) return;
+  int kids = eng_child_ran(s); /* children.c: the attempt started children: they are compensated too */
+  if ((!ds->has_compensate && !kids) || !ds->compensate_partial || s->row.partial) return;
   struct sg_buf b = {0};
   int n = 0;
   for (int i = 0; i < s->njournal; i++) {
@@ -415,8 +416,8 @@ static void partial_capture(struct sg_saga *s) {
     sg_buf_adds(&b, j->result);
     sg_buf_adds(&b, "}");
   }
-  if (!n) { free(b.data); return; }
-  sg_buf_adds(&b, "]");
+  if (!n && !kids) { free(b.data); return; }
+  sg_buf_adds(&b, n ? "]" : "[]");
   s->row.partial = sg_asprintf("{\"attempt\":%d,\"base\":%d,\"journal\":%s}", s->row.attempt, s->row.attempt_base,
                                b.data);
   free(b.data);

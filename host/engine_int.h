@@ -381,6 +381,7 @@ int eng_child_pending(const struct jent *j);  /* j waits on a child */
 void eng_child_waiting(struct sg_engine *en, struct sg_saga *s, struct jent *j); /* s parked on j again (replay, recovery) */
 void eng_child_finished(struct sg_engine *en, struct sg_saga *s); /* s reached a terminal status: its waiters go on */
 void eng_child_abandon(struct sg_engine *en, struct sg_saga *s, const char *why); /* s stops waiting: the child gives up */
+int eng_child_ran(const struct sg_saga *s); /* its running attempt ran a child that completed, of its own */
 int eng_child_in_step(const char *children, int step); /* sagas.children: step started children (compensated with it) */
 void eng_children_tick(struct sg_engine *en); /* the sweep: children owned by other hosts are read */
 void eng_children_drop(struct sg_engine *en); /* every wait forgotten (fence, free) */

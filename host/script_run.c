@@ -207,8 +207,9 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate"); /* SG_PH_PARTIAL too */
   lua_replace(co, -6);
   lua_pop(co, 4); /* stack: run_step, fn */
-  if (r->phase == SG_PH_COMPENSATE && r->children && r->children[0] && strcmp(r->children, "[]") != 0) {
-    /* the step's children are compensated first (children.c) */
+  if ((r->phase == SG_PH_COMPENSATE || r->phase == SG_PH_PARTIAL) && r->children && r->children[0] &&
+      strcmp(r->children, "[]") != 0) {
+    /* the step's children are compensated first (children.c), also for a failed attempt's (partial) */
     sc_push_runtime(sc, co, "compensation");
     lua_insert(co, -2);
     lua_pushstring(co, r->children);

@@ -95,6 +95,19 @@ saga.define {
   },
 }
 
+-- a step that runs a child and then fails once: its failed attempt's child is compensated before the retry
+saga.define {
+  name = "Flaky",
+  steps = {
+    { name = "Ship", retry = { attempts = 2, initial = "10ms", jitter = false },
+      action = function(ctx)
+        local l = ctx:run("Label", { order = "f" .. ctx.attempt, tag = ctx.input.tag })
+        if ctx.attempt == 1 then error("lost the parcel") end
+        ctx.data.label = l.label
+      end },
+  },
+}
+
 -- a saga that starts itself at once, without end
 saga.define {
   name = "Forever",
@@ -275,6 +288,17 @@ describe("child sagas", function()
     assert.is_truthy(o.error:find("child saga Shipping", 1, true), o.error)
     assert.are.equal("Order.Reserve,Shipping.Book,-Shipping.Book,-Order.Reserve", audit_log(host, "uncaught"))
     assert.are.equal("compensated", o.children[1].status)
+  end)
+
+  it("a child of an attempt that failed afterwards is compensated before the step is retried", function()
+    local id = host:start_saga("Flaky", { tag = "flaky" })
+    local f = host:wait(id)
+    assert.are.equal("completed", f.status)
+    assert.are.equal("L-f2", f.data.label)
+    assert.are.equal(2, #f.children)
+    assert.are.equal("compensated", f.children[1].status)
+    assert.are.equal("completed", f.children[2].status)
+    assert.are.equal("Label.Print,-Label.Attach,-Label.Print,Label.Print", audit_log(host, "flaky"))
   end)
 
   it("a saga that starts itself at once fails at a bounded depth; the host stays up", function()
