@@ -196,10 +196,12 @@ void eng_children_drop(struct sg_engine *en) {
 /* ---- starting and waiting ---- */
 
 /* s's action step started child id: remembered on s (compensated with the step) */
-static void add_child(struct sg_engine *en, struct sg_saga *s, const char *id, const char *type) {
+static void add_child(struct sg_engine *en, struct sg_saga *s, const char *id, const char *type, int keyed) {
   json_t *a = s->row.children ? json_loads(s->row.children, 0, NULL) : NULL;
   if (!json_is_array(a)) { json_decref(a); a = json_array(); }
-  json_array_append_new(a, json_pack("{s:s, s:s, s:i}", "id", id, "type", type, "step", s->row.step));
+  json_t *c = json_pack("{s:s, s:s, s:i}", "id", id, "type", type, "step", s->row.step);
+  if (keyed) json_object_set_new(c, "key", json_true()); /* {id = key}: the step's retries share it */
+  json_array_append_new(a, c);
   free(s->row.children);
   s->row.children = json_dumps(a, JSON_COMPACT);
   json_decref(a);
@@ -358,7 +360,7 @@ int eng_child_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
   if (c && !existed) {
     c->row.parent = sg_strdup(s->row.id);
     eng_mark_dirty(en, c);
-    if (s->row.phase == SG_PH_ACTION) add_child(en, s, id, type);
+    if (s->row.phase == SG_PH_ACTION) add_child(en, s, id, type, key != NULL);
   }
   return wait_child(en, s, seq, id, 0, result, err);
 }

@@ -214,7 +214,9 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
     lua_insert(co, -2);
     lua_pushstring(co, r->children);
     lua_pushinteger(co, r->step);
-    if (lua_pcall(co, 3, 1, 0) != LUA_OK) {
+    /* a failed attempt's compensation before a retry leaves the children the retry shares ({id = key}) */
+    lua_pushboolean(co, r->phase == SG_PH_PARTIAL && r->status == SG_ST_RUNNING);
+    if (lua_pcall(co, 4, 1, 0) != LUA_OK) {
       sg_errorf(e, SG_E_INTERNAL, "cannot compensate the children of %s step %d: %s", d->type, r->step + 1,
                 lua_tostring(co, -1) ? lua_tostring(co, -1) : "?");
       r_drop(sc, h);

@@ -59,8 +59,8 @@ struct sg_saga_row {
   int attempt_base;   /* attempts made before an operator's retry: the retry policy counts from here */
   int same_status;    /* saga_update hint: the status is the one stored (its index needs no update) */
   char *parent;       /* a child saga (ctx:run): the id of the saga that started it, else NULL; never changes */
-  char *children;     /* a parent: the children its steps started, JSON [{"id","type","step"}] (step 0-based,
-                       * in start order), else NULL (children.c) */
+  char *children;     /* a parent: the children its steps started, JSON [{"id","type","step"[,"key":true]}]
+                       * (step 0-based, in start order; key: started with {id = key}), else NULL (children.c) */
 };
 void sg_store_saga_row_free(struct sg_saga_row *r); /* frees the strings, not r itself */
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src); /* deep copy into dst */

@@ -665,15 +665,20 @@ end
 -- The compensate function of a step that started child sagas (children_json: sagas.children, step
 -- 0-based): the children of that step are compensated first, newest first, each a journaled
 -- operation that waits until the child has compensated; then the step's own compensate (if any).
-function M.compensation(fn, children_json, step)
+-- keep_keyed: a failed attempt's compensation before a retry: children started with {id = key} stay
+-- (the retry gets the same child).
+function M.compensation(fn, children_json, step, keep_keyed)
   local ok, list = pcall(json.decode, children_json)
-  local ids = {}
+  local ids, any = {}, false
   if ok and type(list) == "table" then
     for _, c in ipairs(list) do
-      if c.step == step then ids[#ids + 1] = c end
+      if c.step == step then
+        any = true
+        if not (keep_keyed and c.key) then ids[#ids + 1] = c end
+      end
     end
   end
-  if #ids == 0 then return fn end
+  if not any then return fn end
   return function(ctx)
     for i = #ids, 1, -1 do
       local _, res = await("child_compensate", ids[i].id)

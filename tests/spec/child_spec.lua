@@ -108,6 +108,19 @@ saga.define {
   },
 }
 
+-- the same with a keyed child: the retry gets the same child, left as it was
+saga.define {
+  name = "KeyedFlaky",
+  steps = {
+    { name = "Ship", retry = { attempts = 2, initial = "10ms", jitter = false },
+      action = function(ctx)
+        local l = ctx:run("Label", { order = "k", tag = ctx.input.tag }, { id = "kf-" .. ctx.id })
+        if ctx.attempt == 1 then error("lost the parcel") end
+        ctx.data.label = l.label
+      end },
+  },
+}
+
 -- a saga that starts itself at once, without end
 saga.define {
   name = "Forever",
@@ -299,6 +312,16 @@ describe("child sagas", function()
     assert.are.equal("compensated", f.children[1].status)
     assert.are.equal("completed", f.children[2].status)
     assert.are.equal("Label.Print,-Label.Attach,-Label.Print,Label.Print", audit_log(host, "flaky"))
+  end)
+
+  it("with {id = key} the retry of a failed attempt gets the same child, not compensated", function()
+    local id = host:start_saga("KeyedFlaky", { tag = "kflaky" })
+    local f = host:wait(id)
+    assert.are.equal("completed", f.status)
+    assert.are.equal("L-k", f.data.label)
+    assert.are.equal(1, #f.children)
+    assert.are.equal("completed", f.children[1].status)
+    assert.are.equal("Label.Print", audit_log(host, "kflaky"))
   end)
 
   it("a saga that starts itself at once fails at a bounded depth; the host stays up", function()
