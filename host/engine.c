@@ -394,7 +394,7 @@ int eng_shown_attempt(const struct sg_saga *s) {
 /* The ending action attempt's completed calls, as row.partial, if its step compensates them. */
 static void partial_capture(struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
-  int kids = eng_child_ran(s); /* children.c: the attempt started children: they are compensated too */
+  int kids = eng_child_ran(s); /* children.c: a child of its own completed: compensated with the calls */
   if ((!ds->has_compensate && !kids) || !ds->compensate_partial || s->row.partial) return;
   struct sg_buf b = {0};
   int n = 0;
