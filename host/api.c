@@ -319,7 +319,7 @@ static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
   if (st) {
     status = sg_status_parse(st);
     if (status < 0) {
-      sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated, compensation_failed or resolved)");
+      sg_http_reply_error(req, 400, "unknown status (use running, compensating, completed, compensated, compensation_failed, resolved or terminated)");
       return;
     }
   }
@@ -388,7 +388,7 @@ static void on_counts_read(struct sg_read *rd) {
     struct sg_buf b;
     sg_buf_init(&b);
     sg_buf_adds(&b, "{\"counts\":{");
-    for (int st = SG_ST_RUNNING; st <= SG_ST_RESOLVED; st++)
+    for (int st = SG_ST_RUNNING; st < SG_ST__COUNT; st++)
       sg_buf_printf(&b, "%s\"%s\":%" PRId64, st ? "," : "", sg_status_name(st), rd->counts[st]);
     sg_buf_adds(&b, "}}");
     sg_http_reply(p->req, 200, b.data);
@@ -426,10 +426,10 @@ static void healthz(struct sg_api *api, struct sg_http_req *req) {
   snprintf(buf, sizeof buf,
            "{\"status\":\"ok\",\"host_id\":\"%s\",\"live_sagas\":%" PRId64 ",\"coroutines\":%" PRId64 ",\"timers\":%" PRId64
            ",\"started\":%" PRId64 ",\"completed\":%" PRId64 ",\"compensated\":%" PRId64
-           ",\"compensation_failed\":%" PRId64 ",\"resolved\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu"
+           ",\"compensation_failed\":%" PRId64 ",\"resolved\":%" PRId64 ",\"terminated\":%" PRId64 ",\"commits\":%" PRId64 ",\"saga_types\":%d,\"lua_memory\":%zu"
            ",\"taken_over\":%" PRId64 ",\"fenced\":%" PRId64 ",\"event_subscribers\":%zu,\"event_subscribers_dropped\":%" PRId64 "}",
            st.host_id, st.live, st.coroutines, st.timers, st.started, st.completed, st.compensated, st.compensation_failed,
-           st.resolved, st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc), st.taken_over, st.fenced,
+           st.resolved, st.terminated, st.commits, sg_script_type_count(api->sc), sg_script_mem_used(api->sc), st.taken_over, st.fenced,
            subs, dropped);
   sg_http_reply(req, 200, buf);
 }
@@ -557,7 +557,7 @@ static void on_verb_done(void *ud, const struct sg_error *e) {
   sg_engine_after_commit(p->api->en, on_action_committed, p);
 }
 
-/* POST /v1/sagas/{id}/{compensate|retry|resolve}, body {"reason"|"note", "by"}. who is the
+/* POST /v1/sagas/{id}/{compensate|retry|resolve|terminate}, body {"reason"|"note", "by"}. who is the
  * authenticated token's name, NULL without auth: then the body's "by" or X-Operator is all we have. */
 static void operator_action(struct sg_api *api, struct sg_http_req *req, const char *id, const char *verb,
                             const char *who) {
@@ -595,6 +595,46 @@ static void on_plan_committed(void *ud, int status) {
   free(p);
 }
 
+static void on_upgrade_plan_committed(void *ud, int status) {
+  (void)status;
+  struct pending *p = ud;
+  struct sg_error e = {0};
+  char *json = sg_engine_upgrade_plan(p->api->en, p->id, &e);
+  if (json) sg_http_reply(p->req, 200, json);
+  else reply_engine_error(p->req, &e);
+  free(json);
+  free(p);
+}
+
+/* POST /v1/sagas/{id}/upgrade, body {"dry_run": true|false, "by"}: a dry run says what would change
+ * (read here, whichever host owns the saga); otherwise the verb "upgrade" */
+static void upgrade_action(struct sg_api *api, struct sg_http_req *req, const char *id, const char *who) {
+  json_error_t jerr;
+  json_t *j = req->body_len ? json_loadb(req->body, req->body_len, 0, &jerr) : json_object();
+  if (!j || !json_is_object(j)) {
+    char msg[400];
+    if (j) snprintf(msg, sizeof msg, "the body must be a JSON object: {\"dry_run\": true} or {}");
+    else snprintf(msg, sizeof msg, "malformed JSON body at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+    json_decref(j);
+    sg_http_reply_error(req, 400, msg);
+    return;
+  }
+  json_t *dry = json_object_get(j, "dry_run");
+  if (dry && !json_is_boolean(dry)) {
+    json_decref(j);
+    sg_http_reply_error(req, 400, "dry_run must be true or false");
+    return;
+  }
+  int is_dry = dry && json_is_true(dry);
+  json_decref(j);
+  if (!is_dry) { operator_action(api, req, id, "upgrade", who); return; }
+  struct pending *p = sg_xcalloc(1, sizeof *p);
+  p->api = api;
+  p->req = req;
+  snprintf(p->id, sizeof p->id, "%.39s", id);
+  sg_engine_after_commit(api->en, on_upgrade_plan_committed, p);
+}
+
 static int split_path(const char *path, char parts[4][256]) {
   int n = 0;
   const char *p = path;
@@ -622,6 +662,8 @@ enum route_kind {
   R_SAGA,        /* /v1/sagas/{x}: GET the saga with id x, POST starts a saga of type x */
   R_PLAN,        /* /v1/sagas/{id}/plan */
   R_ACTION,      /* /v1/sagas/{id}/{compensate|retry|resolve} */
+  R_ADMIN_ACTION, /* /v1/sagas/{id}/terminate: a verb for administrators */
+  R_UPGRADE,     /* /v1/sagas/{id}/upgrade: to the current version (or a dry run) */
   R_DEFINITIONS, /* /v1/definitions */
   R_BREAKERS,    /* /v1/breakers */
   R_HEALTHZ,     /* /healthz */
@@ -639,6 +681,8 @@ static enum route_kind route_match(const char parts[4][256], int n) {
     if (n == 4 && strcmp(parts[3], "plan") == 0) return R_PLAN;
     if (n == 4 && (!strcmp(parts[3], "compensate") || !strcmp(parts[3], "retry") || !strcmp(parts[3], "resolve")))
       return R_ACTION;
+    if (n == 4 && !strcmp(parts[3], "terminate")) return R_ADMIN_ACTION;
+    if (n == 4 && !strcmp(parts[3], "upgrade")) return R_UPGRADE;
     return R_NONE;
   }
   if (v1 && n == 2 && strcmp(parts[1], "definitions") == 0) return R_DEFINITIONS;
@@ -655,7 +699,9 @@ static enum route_kind route_match(const char parts[4][256], int n) {
 static const char *route_allow(enum route_kind k) {
   switch (k) {
   case R_SAGA: return "GET, HEAD, POST";
-  case R_ACTION: return "POST";
+  case R_ACTION:
+  case R_ADMIN_ACTION:
+  case R_UPGRADE: return "POST";
   default: return "GET, HEAD";
   }
 }
@@ -667,7 +713,9 @@ static enum sg_role route_role(const struct sg_api *api, enum route_kind k, int 
   case R_WEB: return SG_ROLE_NONE;     /* the page holds no data: it asks the API with the user's token */
   case R_METRICS: return api->auth_metrics ? SG_ROLE_READ : SG_ROLE_NONE;
   case R_SAGA: return is_post ? SG_ROLE_START : SG_ROLE_READ;
-  case R_ACTION: return SG_ROLE_OPERATE;
+  case R_ACTION:
+  case R_UPGRADE: return SG_ROLE_OPERATE;
+  case R_ADMIN_ACTION: return SG_ROLE_ADMIN;
   default: return SG_ROLE_READ;
   }
 }
@@ -709,13 +757,14 @@ static void route(void *ud, struct sg_http_req *req) {
     sg_http_reply_error(req, 404, msg);
     return;
   }
-  int ok = k == R_SAGA ? is_get || is_post : k == R_ACTION ? is_post : is_get;
+  int ok = k == R_SAGA ? is_get || is_post : k == R_ACTION || k == R_ADMIN_ACTION || k == R_UPGRADE ? is_post : is_get;
   if (!ok) { sg_http_reply_not_allowed(req, route_allow(k)); return; }
   enum sg_role need = route_role(api, k, is_post);
   if (who && who->role < need) {
     char msg[300];
     snprintf(msg, sizeof msg, "forbidden: %s needs role %s (or higher); the token of %s has role %s",
-             k == R_SAGA && is_post ? "starting a saga" : k == R_ACTION ? "an operator action" : "this route",
+             k == R_SAGA && is_post ? "starting a saga" : k == R_ACTION ? "an operator action"
+             : k == R_ADMIN_ACTION ? "terminate" : k == R_UPGRADE ? "upgrade" : "this route",
              sg_role_name(need), who->name, sg_role_name(who->role));
     sg_http_reply_error(req, 403, msg);
     return;
@@ -746,7 +795,12 @@ static void route(void *ud, struct sg_http_req *req) {
     snprintf(p->id, sizeof p->id, "%.39s", parts[2]);
     sg_engine_after_commit(api->en, on_plan_committed, p);
     return;
+  case R_UPGRADE:
+    if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
+    upgrade_action(api, req, parts[2], who ? who->name : NULL);
+    return;
   case R_ACTION:
+  case R_ADMIN_ACTION:
     if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
     operator_action(api, req, parts[2], parts[3], who ? who->name : NULL);
     return;

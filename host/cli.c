@@ -501,6 +501,11 @@ static int sg_cli_body_call(struct sg_cli *cli, const char *suffix, const char *
 static int sg_cli_compensate(struct sg_cli *cli) { return sg_cli_body_call(cli, "/compensate", "reason"); }
 static int sg_cli_retry(struct sg_cli *cli) { return sg_cli_body_call(cli, "/retry", NULL); }
 static int sg_cli_resolve(struct sg_cli *cli) { return sg_cli_body_call(cli, "/resolve", "note"); }
+static int sg_cli_terminate(struct sg_cli *cli) { return sg_cli_body_call(cli, "/terminate", "reason"); }
+static int sg_cli_upgrade(struct sg_cli *cli) {
+  if (sg_cli_opt(cli, "dry-run")) return sg_cli_simple(cli, "POST", "/upgrade", "{\"dry_run\":true}");
+  return sg_cli_body_call(cli, "/upgrade", NULL);
+}
 static int sg_cli_plan(struct sg_cli *cli) { return sg_cli_simple(cli, "GET", "/plan", NULL); }
 
 static const struct sg_cli_cmd sg_cli_cmds[] = {
@@ -519,7 +524,8 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      "  --key K         only the sagas with this business key (saga.define{key = ...})\n"
      "  --parent ID     only the child sagas that saga ID started (ctx:run)\n"
      "  --type T        only sagas of this type\n"
-     "  --status S      running, compensating, completed, compensated, compensation_failed or resolved\n"
+     "  --status S      running, compensating, completed, compensated, compensation_failed, resolved\n"
+     "                  or terminated\n"
      "  --since TIME    created at or after TIME: 2026-11-30T12:00:00Z (UTC, optional .123) or epoch ms\n"
      "  --until TIME    created before TIME (same forms)\n"
      "  --oldest        oldest first\n"
@@ -537,6 +543,14 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      "mark a compensation_failed saga as resolved by hand",
      "  --note TEXT     what was done, recorded in the saga's history\n", " note ", "", "ID", "note",
      sg_cli_resolve},
+    {"terminate", "ID --reason TEXT [--server URL]",
+     "stop a running or compensating saga without compensating (role admin)",
+     "  --reason TEXT   why, recorded in the saga's history (required)\n", " reason ", "", "ID", "reason",
+     sg_cli_terminate},
+    {"upgrade", "ID [--dry-run] [--server URL]",
+     "move a waiting or compensation_failed saga to the current version of its type",
+     "  --dry-run       only show what would change (or why it is refused)\n", "", " dry-run ", "ID", NULL,
+     sg_cli_upgrade},
     {"plan", "ID [--server URL]", "show which compensations would run, in order, if the saga were aborted now", "", "", "",
      "ID", NULL, sg_cli_plan},
     {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},

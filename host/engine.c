@@ -1588,6 +1588,7 @@ static void committed(struct sg_engine *en) {
     if (s->row.status == SG_ST_COMPLETED) en->st.completed++;
     else if (s->row.status == SG_ST_COMPENSATED) en->st.compensated++;
     else if (s->row.status == SG_ST_RESOLVED) en->st.resolved++;
+    else if (s->row.status == SG_ST_TERMINATED) en->st.terminated++;
     else en->st.compensation_failed++;
     if (en->on_terminal) en->on_terminal(en->on_terminal_ud, s->row.id, s->row.status, s->row.created_at);
     eng_saga_free(s);

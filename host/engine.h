@@ -222,6 +222,14 @@ void sg_engine_read(struct sg_engine *en, struct sg_read *rd);
 int sg_engine_compensate(struct sg_engine *en, const char *id, const char *reason, const char *who, struct sg_error *e);
 int sg_engine_retry(struct sg_engine *en, const char *id, const char *who, struct sg_error *e);
 int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, const char *who, struct sg_error *e);
+/* moves a running, compensating or compensation_failed saga to the current version of its type when the
+ * steps up to where it stands keep their names and compensations (else SG_E_CONFLICT saying why); a
+ * waiting step replays on the new code when it wakes. sg_engine_upgrade_plan: the same checks, nothing
+ * changed: what would change (JSON, malloc'd) or NULL + e. */
+int sg_engine_upgrade(struct sg_engine *en, const char *id, const char *who, struct sg_error *e);
+char *sg_engine_upgrade_plan(struct sg_engine *en, const char *id, struct sg_error *e);
+/* stops a running or compensating saga without compensating anything: status terminated (reason required) */
+int sg_engine_terminate(struct sg_engine *en, const char *id, const char *reason, const char *who, struct sg_error *e);
 /* JSON list of the compensations still to run for a compensating or compensation_failed saga
  * ([{"step": n, "name": ...}], malloc'd), NULL otherwise */
 char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga_row *r);
@@ -250,7 +258,7 @@ void sg_engine_breakers_each(struct sg_engine *en, sg_breaker_cb cb, void *ud);
 struct sg_engine_stats {
   int64_t live;        /* sagas in memory (non-terminal) */
   int64_t coroutines;  /* of those, holding a coroutine */
-  int64_t started, completed, compensated, compensation_failed, resolved; /* since start */
+  int64_t started, completed, compensated, compensation_failed, resolved, terminated; /* since start */
   int64_t commits;     /* store commits */
   int64_t timers;      /* armed timers */
   int64_t store_failures; /* commits the store refused for a passing reason (disk full, I/O error) */

@@ -506,7 +506,7 @@ static void rpc_list(struct call *k, const Sagahost__V1__ListRequest *q) {
   int status = -1, desc = 1, limit = q->limit ? q->limit : 100;
   if (*S(q->status) && (status = sg_status_parse(q->status)) < 0) {
     call_finish(k, GS_INVALID_ARGUMENT, "unknown status (use running, compensating, completed, compensated,"
-                                        " compensation_failed or resolved)");
+                                        " compensation_failed, resolved or terminated)");
     return;
   }
   if (strlen(S(q->key)) > 200) { call_finish(k, GS_INVALID_ARGUMENT, "key must be 1 to 200 bytes"); return; }

@@ -48,7 +48,7 @@ static void usage(FILE *f) {
           "      [--grpc-idle-timeout D] (60s): a gRPC connection with no open call is closed after D\n"
           "      [--http-max-connections N] (1000) [--http-max-per-ip N] (64): over them, 503 with Retry-After\n"
           "      [--http-request-timeout D] (10s): a request must be fully received within D of its start\n"
-          "  check SCRIPT_DIR       validate every script; prints file:line errors, exit 1 on any\n"
+          "  check SCRIPT_DIR       validate every script; prints file:line errors (exit 1 on any) and warnings\n"
           "                         (exit 2 when SCRIPT_DIR is missing or unreadable)\n"
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
@@ -281,7 +281,8 @@ static int cmd_check(const char *dir) {
   int errors = sg_script_scan(sc);
   sg_log_level = prev;
   sg_script_print_errors(sc, stderr);
-  if (!errors) printf("%s: %d saga type(s) OK\n", dir, sg_script_type_count(sc));
+  int warnings = sg_script_print_warnings(sc, stderr);
+  if (!errors) printf("%s: %d saga type(s) OK%s\n", dir, sg_script_type_count(sc), warnings ? " (with warnings)" : "");
   sg_script_free(sc);
   return errors ? 1 : 0;
 }
@@ -405,7 +406,8 @@ int main(int argc, char **argv) {
     return cmd_check(argv[2]);
   }
   if (!strcmp(cmd, "start") || !strcmp(cmd, "show") || !strcmp(cmd, "list") || !strcmp(cmd, "compensate") ||
-      !strcmp(cmd, "retry") || !strcmp(cmd, "resolve") || !strcmp(cmd, "plan"))
+      !strcmp(cmd, "retry") || !strcmp(cmd, "resolve") || !strcmp(cmd, "plan") || !strcmp(cmd, "terminate") ||
+      !strcmp(cmd, "upgrade"))
     return sg_cli_client(argc - 1, argv + 1);
   return usage_error("unknown command '%s'", cmd);
 }

@@ -33,7 +33,7 @@ struct hist {
 struct type_stats {
   char *type;                  /* the map's key */
   int64_t started;
-  int64_t finished[SG_ST_RESOLVED + 1]; /* by terminal status */
+  int64_t finished[SG_ST__COUNT]; /* by terminal status */
   int64_t attempts_failed;
 };
 
@@ -110,7 +110,7 @@ static void on_event(void *ud, const struct sg_event *ev) {
     sg_map_put(&m->types, t->type, t);
   }
   if (ev->kind == SG_EV_STARTED) t->started++;
-  else if (ev->kind == SG_EV_TERMINAL && ev->status >= SG_ST_COMPLETED && ev->status <= SG_ST_RESOLVED) t->finished[ev->status]++;
+  else if (ev->kind == SG_EV_TERMINAL && ev->status >= SG_ST_COMPLETED && ev->status < SG_ST__COUNT) t->finished[ev->status]++;
   else if (ev->kind == SG_EV_ATTEMPT_ENDED && ev->outcome && !strcmp(ev->outcome, "failed")) t->attempts_failed++;
 }
 
@@ -195,7 +195,7 @@ static void render_by_type(struct sg_metrics *m, struct sg_buf *b) {
     const struct type_stats *t = m->types.slots[i].val;
     type_sample(&started, "sagahost_type_started_total", t->type);
     sg_buf_printf(&started, "} %" PRId64 "\n", t->started);
-    for (int st = SG_ST_COMPLETED; st <= SG_ST_RESOLVED; st++) {
+    for (int st = SG_ST_COMPLETED; st < SG_ST__COUNT; st++) {
       type_sample(&finished, "sagahost_type_finished_total", t->type);
       sg_buf_printf(&finished, ",status=\"%s\"} %" PRId64 "\n", sg_status_name(st), t->finished[st]);
     }
@@ -265,6 +265,7 @@ void sg_metrics_render(struct sg_metrics *m, struct sg_buf *b) {
                 "sagahost_sagas_finished_total{status=\"compensated\"} %" PRId64 "\n"
                 "sagahost_sagas_finished_total{status=\"compensation_failed\"} %" PRId64 "\n"
                 "sagahost_sagas_finished_total{status=\"resolved\"} %" PRId64 "\n"
+                "sagahost_sagas_finished_total{status=\"terminated\"} %" PRId64 "\n"
                 "# HELP sagahost_live_sagas Sagas running or compensating.\n"
                 "# TYPE sagahost_live_sagas gauge\n"
                 "sagahost_live_sagas %" PRId64 "\n"
@@ -298,7 +299,7 @@ void sg_metrics_render(struct sg_metrics *m, struct sg_buf *b) {
                 "# HELP sagahost_outbox_depth Messages written to the outbox and not yet confirmed by the broker.\n"
                 "# TYPE sagahost_outbox_depth gauge\n"
                 "sagahost_outbox_depth %" PRId64 "\n",
-                st.started, st.completed, st.compensated, st.compensation_failed, st.resolved, st.live, st.coroutines,
+                st.started, st.completed, st.compensated, st.compensation_failed, st.resolved, st.terminated, st.live, st.coroutines,
                 st.timers, st.commits, st.store_failures, st.stalled, st.taken_over, st.fenced, st.forwarded,
                 sg_script_mem_used(m->sc), st.outbox);
 

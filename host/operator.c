@@ -123,6 +123,153 @@ int sg_engine_resolve(struct sg_engine *en, const char *id, const char *note, co
   return 0;
 }
 
+int sg_engine_terminate(struct sg_engine *en, const char *id, const char *reason, const char *who, struct sg_error *e) {
+  if (!reason || !*reason)
+    return sg_errorf(e, SG_E_INVALID, "a reason is required to terminate a saga (it stops without compensating)");
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  if (s->row.status != SG_ST_RUNNING && s->row.status != SG_ST_COMPENSATING) {
+    sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a running or compensating saga can be terminated%s", id,
+              sg_status_name(s->row.status),
+              s->row.status == SG_ST_COMPENSATION_FAILED ? " (mark it resolved instead)" : "");
+    release_unused(en, s);
+    return -1;
+  }
+  char *detail = sg_asprintf("by %s: %s", who && *who ? who : "operator", reason);
+  eng_hist_event(en, s, "operator_terminate", detail);
+  char *why = sg_asprintf("terminated %s", detail);
+  eng_end_attempt(en, s, "failed", why);
+  free(s->row.partial); /* nothing more is compensated */
+  s->row.partial = NULL;
+  eng_finish(en, s, SG_ST_TERMINATED, why);
+  free(why);
+  free(detail);
+  return 0;
+}
+
+/* ---- upgrade: a saga moves to the current version of its type ---- */
+
+/* Whether saga row r, on version `old`, can go on on version `cur`: the steps it ran or stands at keep
+ * their names and, where it will compensate them, their compensate functions. 0, or -1 + e (conflict). */
+static int upgrade_check(const struct sg_def *old, const struct sg_def *cur, const struct sg_saga_row *r,
+                         struct sg_error *e) {
+  if (r->status != SG_ST_RUNNING && r->status != SG_ST_COMPENSATING && r->status != SG_ST_COMPENSATION_FAILED)
+    return sg_errorf(e, SG_E_CONFLICT, "saga %s is %s: only a running, compensating or compensation_failed saga is "
+                     "upgraded", r->id, sg_status_name(r->status));
+  if (!strcmp(old->hash, cur->hash))
+    return sg_errorf(e, SG_E_CONFLICT, "saga %s already runs on the current version %s of %s", r->id, cur->hash,
+                     cur->type);
+  if (r->step >= cur->nsteps)
+    return sg_errorf(e, SG_E_CONFLICT, "saga %s stands at step %d (%s) but the current version %s of %s has only %d "
+                     "step(s)", r->id, r->step + 1, old->steps[r->step].name, cur->hash, cur->type, cur->nsteps);
+  for (int i = 0; i <= r->step && i < old->nsteps; i++) {
+    if (strcmp(old->steps[i].name, cur->steps[i].name) != 0)
+      return sg_errorf(e, SG_E_CONFLICT, "step %d is '%s' in the saga's version %s but '%s' in the current version %s: "
+                       "a saga moves only when the steps up to where it stands keep their names", i + 1,
+                       old->steps[i].name, old->hash, cur->steps[i].name, cur->hash);
+    int compensates = r->status != SG_ST_RUNNING || i < r->step || r->phase == SG_PH_PARTIAL;
+    if (compensates && old->steps[i].has_compensate && !cur->steps[i].has_compensate)
+      return sg_errorf(e, SG_E_CONFLICT, "step '%s' has a compensate function in the saga's version %s but none in the "
+                       "current version %s: what it did would not be undone", old->steps[i].name, old->hash, cur->hash);
+  }
+  return 0;
+}
+
+/* the saga's row (live or stored; *live set when it is the engine's own) and its and the current
+ * versions, or -1 + e */
+static int upgrade_load(struct sg_engine *en, const char *id, struct sg_saga_row *r, int *live,
+                        const struct sg_def **old, const struct sg_def **cur, struct sg_error *e) {
+  struct sg_saga *s = sg_map_get(&en->sagas, id);
+  *live = s != NULL;
+  if (s) {
+    *r = s->row;
+  } else {
+    int found = en->store->ops->saga_get(en->store, id, r, e);
+    if (found < 0) return -1;
+    if (!found) return sg_errorf(e, SG_E_NOTFOUND, "no saga with id '%.60s'", id);
+  }
+  *old = s ? s->def : en->runner.def_get(en->runner.ud, r->type, r->def_hash, e);
+  *cur = *old ? en->runner.def_get(en->runner.ud, r->type, NULL, e) : NULL;
+  if (!*old || !*cur) {
+    if (!*live) sg_store_saga_row_free(r);
+    return -1;
+  }
+  return 0;
+}
+
+static void steps_json(struct sg_buf *b, const struct sg_def *d) {
+  sg_buf_adds(b, "[");
+  for (int i = 0; i < d->nsteps; i++) {
+    sg_buf_adds(b, i ? ",{\"name\":" : "{\"name\":");
+    sg_buf_add_json_str(b, d->steps[i].name);
+    sg_buf_printf(b, ",\"compensate\":%s}", d->steps[i].has_compensate ? "true" : "false");
+  }
+  sg_buf_adds(b, "]");
+}
+
+char *sg_engine_upgrade_plan(struct sg_engine *en, const char *id, struct sg_error *e) {
+  struct sg_saga_row r = {0};
+  int live = 0;
+  const struct sg_def *old = NULL, *cur = NULL;
+  if (upgrade_load(en, id, &r, &live, &old, &cur, e) < 0) return NULL;
+  char *out = NULL;
+  if (upgrade_check(old, cur, &r, e) == 0) {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"id\":");
+    sg_buf_add_json_str(&b, r.id);
+    sg_buf_adds(&b, ",\"dry_run\":true,\"type\":");
+    sg_buf_add_json_str(&b, r.type);
+    sg_buf_adds(&b, ",\"status\":");
+    sg_buf_add_json_str(&b, sg_status_name(r.status));
+    sg_buf_adds(&b, ",\"step\":");
+    sg_buf_add_json_str(&b, old->steps[r.step].name);
+    sg_buf_adds(&b, ",\"phase\":");
+    sg_buf_add_json_str(&b, sg_phase_name(r.phase));
+    sg_buf_adds(&b, ",\"from\":{\"version\":");
+    sg_buf_add_json_str(&b, old->hash);
+    sg_buf_adds(&b, ",\"file\":");
+    sg_buf_add_json_str(&b, old->file);
+    sg_buf_adds(&b, ",\"steps\":");
+    steps_json(&b, old);
+    sg_buf_adds(&b, "},\"to\":{\"version\":");
+    sg_buf_add_json_str(&b, cur->hash);
+    sg_buf_adds(&b, ",\"file\":");
+    sg_buf_add_json_str(&b, cur->file);
+    sg_buf_adds(&b, ",\"steps\":");
+    steps_json(&b, cur);
+    sg_buf_adds(&b, "},\"then\":");
+    sg_buf_add_json_str(&b, r.status == SG_ST_COMPENSATION_FAILED
+                                ? "it stays compensation_failed: retry runs its compensations on the new version"
+                                : "its current step re-runs on the new version from its start; the journal answers "
+                                  "what already happened (no call is sent again, a sleep keeps its due time)");
+    sg_buf_adds(&b, "}");
+    out = sg_buf_steal(&b);
+  }
+  if (!live) sg_store_saga_row_free(&r);
+  return out;
+}
+
+int sg_engine_upgrade(struct sg_engine *en, const char *id, const char *who, struct sg_error *e) {
+  struct sg_saga *s = saga_for_operator(en, id, e);
+  if (!s) return -1;
+  const struct sg_def *cur = en->runner.def_get(en->runner.ud, s->row.type, NULL, e);
+  if (!cur || upgrade_check(s->def, cur, &s->row, e) < 0) { release_unused(en, s); return -1; }
+  char *detail = sg_asprintf("by %s: from version %s to %s", who && *who ? who : "operator", s->def->hash, cur->hash);
+  eng_hist_event(en, s, "operator_upgrade", detail);
+  sg_info("saga %s %s upgraded %s", s->row.type, s->row.id, detail);
+  free(detail);
+  free(s->row.def_hash);
+  s->row.def_hash = sg_strdup(cur->hash);
+  s->def = cur;
+  s->stored_status = -1;  /* the next write is a full one: def_hash goes with the status */
+  /* a step waiting on a call or a sleep replays on the new code when it wakes: the journal answers
+   * what happened, so nothing is sent again and the sleep keeps its timer */
+  eng_drop_co(en, s);
+  eng_mark_dirty(en, s);
+  return 0;
+}
+
 /* ---- verbs without blocking the loop ---- */
 
 static int verb_apply(struct sg_engine *en, const char *id, const char *verb, const char *arg, const char *who,
@@ -130,6 +277,8 @@ static int verb_apply(struct sg_engine *en, const char *id, const char *verb, co
   if (!strcmp(verb, "compensate")) return sg_engine_compensate(en, id, arg, who, e);
   if (!strcmp(verb, "retry")) return sg_engine_retry(en, id, who, e);
   if (!strcmp(verb, "resolve")) return sg_engine_resolve(en, id, arg, who, e);
+  if (!strcmp(verb, "terminate")) return sg_engine_terminate(en, id, arg, who, e);
+  if (!strcmp(verb, "upgrade")) return sg_engine_upgrade(en, id, who, e);
   return sg_errorf(e, SG_E_INVALID, "unknown verb '%.15s'", verb);
 }
 

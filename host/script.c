@@ -327,6 +327,28 @@ static void report_breakers(struct sg_script *sc) {
   lua_pop(L, 1);
 }
 
+/* The warnings of the load at the top of the stack (runtime.lint) replace f's, and are logged. */
+static void keep_warnings(struct sg_script *sc, struct sfile *f) {
+  lua_State *L = sc->L;
+  free(f->warnings);
+  f->warnings = NULL;
+  lua_getfield(L, -1, "warnings");
+  int n = lua_istable(L, -1) ? (int)luaL_len(L, -1) : 0;
+  struct sg_buf b = {0};
+  for (int i = 1; i <= n; i++) {
+    lua_rawgeti(L, -1, i);
+    const char *w = lua_tostring(L, -1);
+    if (w) {
+      sg_warn("script %s", w);
+      sg_buf_adds(&b, w);
+      sg_buf_adds(&b, "\n");
+    }
+    lua_pop(L, 1);
+  }
+  lua_pop(L, 1);
+  f->warnings = b.data;
+}
+
 /* Loads one file; on success it becomes the current version of its sagas and handlers. */
 static int load_file(struct sg_script *sc, struct sfile *f) {
   struct sg_error e = {0};
@@ -372,6 +394,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
   if (sc_pcall(sc->L, 1, 0, &e) < 0) sg_err("commit %s: %s", f->path, e.msg);
   sc_register_defs(sc, hash, 1);
   report_breakers(sc);
+  keep_warnings(sc, f);
   lua_pop(sc->L, 1);
   sg_info("loaded %s (version %s)%s", f->path, hash, f->hash ? " replacing the previous version" : "");
   free(f->hash);
@@ -448,7 +471,7 @@ int sg_script_scan(struct sg_script *sc) {
     lua_pushstring(sc->L, f->path);
     struct sg_error e = {0};
     sc_pcall(sc->L, 1, 0, &e);
-    free(f->path); free(f->hash); free(f->error);
+    free(f->path); free(f->hash); free(f->error); free(f->warnings);
     sc->files[j] = sc->files[--sc->nfiles];
     changed = 1;
   }
@@ -520,6 +543,17 @@ int sg_script_print_errors(struct sg_script *sc, FILE *out) {
   int n = 0;
   for (int i = 0; i < sc->nfiles; i++)
     if (sc->files[i].error) { fprintf(out, "%s\n", sc->files[i].error); n++; }
+  return n;
+}
+
+int sg_script_print_warnings(struct sg_script *sc, FILE *out) {
+  int n = 0;
+  for (int i = 0; i < sc->nfiles; i++) {
+    const char *w = sc->files[i].warnings;
+    if (!w || sc->files[i].error) continue;
+    fputs(w, out);
+    for (; *w; w++) n += *w == '\n';
+  }
   return n;
 }
 
@@ -606,7 +640,9 @@ void sg_script_free(struct sg_script *sc) {
   free(sc->pool);
   free(sc->usage);
   sg_watchdog_release();
-  for (int i = 0; i < sc->nfiles; i++) { free(sc->files[i].path); free(sc->files[i].hash); free(sc->files[i].error); }
+  for (int i = 0; i < sc->nfiles; i++) {
+    free(sc->files[i].path); free(sc->files[i].hash); free(sc->files[i].error); free(sc->files[i].warnings);
+  }
   free(sc->files);
   for (int i = 0; i < sc->ndefs; i++) free_def(sc->defs[i]);
   free(sc->defs);

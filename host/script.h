@@ -47,6 +47,8 @@ void sg_script_watch(struct sg_script *sc, struct ev_loop *loop, double interval
 void sg_script_unwatch(struct sg_script *sc);
 /* Prints "file:line: message" for every file that failed to load; returns how many. */
 int sg_script_print_errors(struct sg_script *sc, FILE *out);
+/* prints the warnings of the files that loaded (a line each: file:line: warning: ...); returns how many */
+int sg_script_print_warnings(struct sg_script *sc, FILE *out);
 /* {"definitions": [...], "files": [...], "handlers": [...]} (malloc'd) */
 char *sg_script_definitions_json(struct sg_script *sc);
 /* for /metrics: loads and reloads of files that failed since start, and the files failing now */

@@ -64,6 +64,7 @@ struct sfile {
   char *path;        /* dir/name.lua */
   char *hash;        /* version of its current good load, NULL if it never loaded */
   char *error;       /* error of its last load attempt, NULL if that one succeeded */
+  char *warnings;    /* its current version's warnings (runtime.lint), a line each, or NULL */
   struct timespec mtime; /* stat of the last read, to notice changes cheaply */
   off_t size;
   ino_t ino;

@@ -22,6 +22,8 @@ enum sg_status {
   SG_ST_COMPENSATED,
   SG_ST_COMPENSATION_FAILED,
   SG_ST_RESOLVED,            /* compensation_failed, then marked resolved by an operator with a note */
+  SG_ST_TERMINATED,          /* stopped by an operator without compensating (terminate, with a reason) */
+  SG_ST__COUNT
 };
 const char *sg_status_name(int st);  /* "running", ... */
 int sg_status_parse(const char *s);  /* -1 if unknown */
@@ -228,7 +230,7 @@ struct sg_read {
   char *status_s, *body;     /* SG_READ_INBOX */
   int flags;                 /* SG_READ_PROBE */
   int64_t before, count;     /* SG_READ_PRUNE; before: SG_READ_EVENTS too */
-  int64_t counts[SG_ST_RESOLVED + 1]; /* SG_READ_COUNTS: by enum sg_status */
+  int64_t counts[SG_ST__COUNT]; /* SG_READ_COUNTS: by enum sg_status */
   struct sg_msg *msgs;       /* SG_READ_OUTBOX (owned) */
   size_t nmsgs;
   struct sg_mail_row { int64_t id; char *saga_id, *kind, *body; } *mail; /* SG_READ_MAIL (owned) */
@@ -303,7 +305,7 @@ struct sg_store_ops {
    * creation order, ties within a millisecond broken by the id's random bits (stable, good for paging) */
   int (*saga_list)(struct sg_store *s, const struct sg_saga_filter *f, sg_saga_cb cb, void *ud, struct sg_error *e);
   /* how many sagas (of type, NULL = all) there are by status: counts[enum sg_status] */
-  int (*saga_counts)(struct sg_store *s, const char *type, int64_t counts[SG_ST_RESOLVED + 1], struct sg_error *e);
+  int (*saga_counts)(struct sg_store *s, const char *type, int64_t counts[SG_ST__COUNT], struct sg_error *e);
   int (*saga_each_active)(struct sg_store *s, sg_saga_cb cb, void *ud, struct sg_error *e); /* non-terminal */
 
   int (*hist_insert)(struct sg_store *s, struct sg_hist_row *r, struct sg_error *e); /* sets r->id */

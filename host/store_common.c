@@ -8,6 +8,7 @@
 /* Indexed by enum sg_status; these texts are what the database and the API carry. */
 static const char *const status_names[] = {
   "running", "compensating", "completed", "compensated", "compensation_failed", "resolved",
+  "terminated",
 };
 #define N_STATUS ((int)(sizeof status_names / sizeof status_names[0]))
 

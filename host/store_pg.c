@@ -1297,15 +1297,15 @@ static int pg_saga_list(struct sg_store *base, const struct sg_saga_filter *f, s
 }
 
 /* a counts answer (status, count) into counts */
-static void counts_from(const PGresult *r, int64_t counts[SG_ST_RESOLVED + 1]) {
-  for (int i = 0; i <= SG_ST_RESOLVED; i++) counts[i] = 0;
+static void counts_from(const PGresult *r, int64_t counts[SG_ST__COUNT]) {
+  for (int i = 0; i < SG_ST__COUNT; i++) counts[i] = 0;
   for (int i = 0; i < PQntuples(r); i++) {
     int status = sg_status_parse(PQgetvalue(r, i, 0));
     if (status >= 0) counts[status] = col_i64(r, i, 1);
   }
 }
 
-static int pg_saga_counts(struct sg_store *base, const char *type, int64_t counts[SG_ST_RESOLVED + 1],
+static int pg_saga_counts(struct sg_store *base, const char *type, int64_t counts[SG_ST__COUNT],
                           struct sg_error *e) {
   struct params p = {0};
   if (type) p_text(&p, type);

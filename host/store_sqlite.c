@@ -688,12 +688,12 @@ static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, s
   return saga_iter(s, st, cb, ud, e, "saga_list");
 }
 
-static int sq_saga_counts(struct sg_store *base, const char *type, int64_t counts[SG_ST_RESOLVED + 1],
+static int sq_saga_counts(struct sg_store *base, const char *type, int64_t counts[SG_ST__COUNT],
                           struct sg_error *e) {
   struct sqlite_store *s = S(base);
   sqlite3_stmt *st = stmt_use(s, type ? ST_SAGA_COUNTS_TYPE : ST_SAGA_COUNTS);
   if (type) bind_text(st, 1, type);
-  for (int i = 0; i <= SG_ST_RESOLVED; i++) counts[i] = 0;
+  for (int i = 0; i < SG_ST__COUNT; i++) counts[i] = 0;
   int rc;
   while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
     int status = sg_status_parse(col_text(st, 0));

@@ -382,7 +382,48 @@ function M.load(file, source, hash, historic)
     end
   end
   versions[hash] = versions[hash] or ld
+  if not historic then ld.warnings = M.lint(ld, source) end
   return ld
+end
+
+-- Warnings about a loaded file (sagahost check prints them, a load logs them): a step without a
+-- compensate function whose action can still fail after a call that completed leaves that call's
+-- effect in place (partial steps are compensated by the step's compensate function). A look at the
+-- source lines of the action: a call, then on a later line another durable operation, error(),
+-- assert() or ctx:fail().
+local EFFECTS = { "ctx:call%s*%(", "ctx:call_all%s*[%({]", "ctx:all%s*[%({]", "ctx:run%s*%(" }
+local FAILS = { "ctx:call[%w_]*%s*[%({]", "ctx:all%s*[%({]", "ctx:run%s*%(", "ctx:sleep%s*%(", "ctx:wait%s*%(",
+                "ctx:fail%s*[%(\"']", "ctx:send%s*%(", "ctx:publish%s*%(", "%f[%w_]error%s*[%(\"'{]", "%f[%w_]assert%s*%(" }
+local function any_of(text, pats)
+  for _, p in ipairs(pats) do if text:find(p) then return true end end
+  return false
+end
+function M.lint(ld, source)
+  local out, lines = {}, nil
+  for _, name in ipairs(ld.order) do
+    local d = ld.defs[name]
+    for _, st in ipairs(d.steps) do
+      local info = st.compensate == nil and debug.getinfo(st.action, "S")
+      if info and info.source == "@" .. ld.file and info.lastlinedefined > info.linedefined then
+        if not lines then
+          lines = {}
+          for l in (source .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+        end
+        local call_at
+        for ln = info.linedefined + 1, info.lastlinedefined do
+          local text = (lines[ln] or ""):gsub("%-%-.*$", "")
+          if call_at and any_of(text, FAILS) then
+            out[#out + 1] = string.format("%s:%d: warning: step '%s' of saga '%s' has no compensate function: if its "
+              .. "action fails after this call (line %d can), what the call did is never undone; add a compensate "
+              .. "function (it also runs for an attempt that failed after its calls)", ld.file, call_at, st.name, name, ln)
+            break
+          end
+          if not call_at and any_of(text, EFFECTS) then call_at = ln end
+        end
+      end
+    end
+  end
+  return out
 end
 
 local function rebuild_handlers()

@@ -52,7 +52,8 @@ export RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins RABBITMQ_MOTD_FILE=$di
 export RABBITMQ_MNESIA_BASE=$dir/mnesia RABBITMQ_LOG_BASE=$dir/log
 export ERL_CRASH_DUMP=$dir/erl_crash.dump
 
-ctl() { "$rmq_bin/rabbitmqctl" -q -n "$node" "$@"; }
+# bounded: a wedged node fails the caller instead of hanging it
+ctl() { timeout -k 5 120 "$rmq_bin/rabbitmqctl" -q -n "$node" "$@"; }
 # the node's VM runs, is registered with its epmd and accepts this cookie (its app may be stopped)
 node_up() { [ -s "$dir/.erlang.cookie" ] && ctl ping >/dev/null 2>&1; }
 # a bare TCP connect to the AMQP port: the listener is up only once the app has started

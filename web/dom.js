@@ -29,8 +29,8 @@ export function clear(el, ...children) {
   return append(el, children);
 }
 
-export const STATUSES = ['running', 'compensating', 'completed', 'compensated', 'compensation_failed', 'resolved'];
-export const TERMINAL = new Set(['completed', 'compensated', 'compensation_failed', 'resolved']);
+export const STATUSES = ['running', 'compensating', 'completed', 'compensated', 'compensation_failed', 'resolved', 'terminated'];
+export const TERMINAL = new Set(['completed', 'compensated', 'compensation_failed', 'resolved', 'terminated']);
 
 export function statusBadge(status) {
   return h('span', { class: `badge st-${status || 'unknown'}`, 'data-status': status || '' },

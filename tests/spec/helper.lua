@@ -324,7 +324,9 @@ end
 function Host:request(method, path, body, headers)
   local bodyfile = os.tmpname()
   local outfile = os.tmpname()
-  local cmd = { "curl -s -o", outfile, "-w '%{http_code}' -X", method, self.opts.curl_args or "" }
+  -- bounded: a host that takes a connection and never answers fails the spec instead of hanging the run
+  local cmd = { "curl -s --max-time", tostring(math.floor(120 * H.slow)), "-o", outfile, "-w '%{http_code}' -X", method,
+                self.opts.curl_args or "" }
   for k, v in pairs(headers or {}) do cmd[#cmd + 1] = "-H " .. H.q(k .. ": " .. v) end
   if body then
     H.write(bodyfile, type(body) == "table" and cjson.encode(body) or body)

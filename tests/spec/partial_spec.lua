@@ -174,3 +174,40 @@ describe("partial steps across a kill -9", function()
     assert(ok, err)
   end)
 end)
+
+describe("sagahost check", function()
+  it("warns about a step without compensate that can fail after a call, at the call's line", function()
+    local dir = H.tmpdir("partial-check")
+    H.write(dir .. "/w.lua", [[
+local saga = require "saga"
+saga.define { name = "Risky", steps = {
+  { name = "Book", action = function(ctx)
+      local b = ctx:call("hotel", "Book", {})
+      if not b.ok then error("no room") end
+    end },
+  { name = "Two", action = function(ctx)
+      ctx:call("car", "Rent", {})
+      ctx:call("flight", "Book", {})
+    end },
+  { name = "Safe", action = function(ctx)
+      ctx:call("hotel", "Book", {})
+    end, },
+  { name = "Undone", action = function(ctx)
+      ctx:call("hotel", "Book", {})
+      error("x")
+    end, compensate = function(ctx) end },
+} }
+]])
+    local rc, out = H.sh(H.bin .. " check " .. H.q(dir))
+    assert.are.equal(0, rc, out)
+    local warnings = {}
+    for line in out:gmatch("[^\n]+") do
+      if line:find("warning:", 1, true) then warnings[#warnings + 1] = line end
+    end
+    assert.are.equal(2, #warnings, out)
+    assert.matches("w%.lua:4: warning: step 'Book' of saga 'Risky' has no compensate function", warnings[1])
+    assert.matches("line 5 can", warnings[1])
+    assert.matches("w%.lua:8: warning: step 'Two'", warnings[2])
+    assert.matches("1 saga type%(s%) OK %(with warnings%)", out)
+  end)
+end)
