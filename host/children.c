@@ -58,7 +58,9 @@ static char *outcome(const struct sg_saga_row *r, int compensate) {
   struct sg_buf b;
   sg_buf_init(&b);
   const char *st = sg_status_name(r->status);
-  int ok = compensate ? r->status == SG_ST_COMPENSATED || r->status == SG_ST_RESOLVED : r->status == SG_ST_COMPLETED;
+  /* (resolved or terminated: an operator answered for it) */
+  int ok = compensate ? r->status == SG_ST_COMPENSATED || r->status == SG_ST_RESOLVED || r->status == SG_ST_TERMINATED
+                      : r->status == SG_ST_COMPLETED;
   sg_buf_adds(&b, ok ? "{\"ok\":true" : "{\"ok\":false");
   if (ok && !compensate) { sg_buf_adds(&b, ",\"data\":"); sg_buf_adds(&b, r->data && *r->data ? r->data : "{}"); }
   if (!ok) {

@@ -283,6 +283,24 @@ describe("child sagas", function()
     assert.are.equal("Label.Print,-Label.Attach,-Label.Print", audit_log(host, "wrap"))
   end)
 
+  it("a child still running when its parent is terminated gives up; the parent compensates nothing", function()
+    local id = host:start_saga("Order", { order = "o-8", tag = "term", label_sleep = "60s" })
+    local deadline = os.time() + 10
+    local label
+    repeat
+      for _, x in ipairs(list(host, "type=Label&status=running")) do label = x end
+      if not label then H.sleep(0.05) end
+    until label or os.time() > deadline
+    assert.is_truthy(label, "the Label child never ran")
+    assert.are.equal(200, (host:post("/v1/sagas/" .. id .. "/terminate", { reason = "duplicate order", by = "spec" })))
+    local o = host:wait(id, "terminated")
+    assert.are.equal("compensated", host:wait(label.id).status)
+    assert.are.equal("compensated", host:wait(o.children[1].id).status)
+    assert.is_truthy(host:saga(label.id).error:find("gave up", 1, true))
+    -- the children undid what they had done; the order itself compensated nothing
+    assert.are.equal("Order.Reserve,Shipping.Book,Label.Print,-Label.Print,-Shipping.Book", audit_log(host, "term"))
+  end)
+
   it("a failed child is an error the parent catches with pcall; uncaught it fails the parent's step", function()
     local id = host:start_saga("Careful", { tag = "catch" })
     local c = host:wait(id)
