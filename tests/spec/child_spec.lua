@@ -48,6 +48,7 @@ saga.define {
 
 saga.define {
   name = "Shipping",
+  key = "order", -- a child's business key is computed as for any start
   steps = {
     { name = "Book",
       action = function(ctx)
@@ -206,6 +207,7 @@ describe("child sagas", function()
     local s = host:saga(sc.id)
     assert.are.equal("completed", s.status)
     assert.are.equal(id, s.parent)
+    assert.are.equal("o-1", s.key)
     assert.are.equal(1, #s.children)
     assert.are.equal("Label", s.children[1].type)
     assert.are.equal("completed", s.children[1].status)
