@@ -20,7 +20,7 @@ saga.define { name = "Naps", key = "order_id",
 saga.define { name = "Many", key = "group", steps = done }
 ]]
 
-local STATUSES = { "running", "compensating", "completed", "compensated", "compensation_failed", "resolved" }
+local STATUSES = { "running", "compensating", "completed", "compensated", "compensation_failed", "resolved", "terminated" }
 
 -- "2026-11-30T12:00:00.123Z" -> ms since the epoch
 local function ms_of(iso)
@@ -314,7 +314,7 @@ describe("finding sagas", function()
     code, body = host:get("/v1/counts?type=Many")
     assert.are.equal(200, code)
     assert.are.same({ running = 0, compensating = 0, completed = 300, compensated = 0, compensation_failed = 0,
-                      resolved = 0 }, body.counts)
+                      resolved = 0, terminated = 0 }, body.counts)
     code, body = host:get("/v1/counts?type=NoSuchType")
     assert.are.equal(200, code)
     assert.are.equal(0, body.counts.completed)
