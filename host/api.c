@@ -40,6 +40,7 @@ struct pending {
   int reading;     /* ?wait=: a read of the saga on its way */
   int final;       /* ?wait=: 0 waiting, else what ended the wait (the next read answers) */
   int reread;      /* ?wait=: read again once after the terminal event */
+  struct sg_read *saga_rd; /* GET /v1/sagas/{id} of a parent: the saga, while its children are read */
 };
 
 static int status_for(int code) {
@@ -74,6 +75,7 @@ static void saga_summary(struct sg_buf *b, const struct sg_saga_row *r) {
   sg_buf_adds(b, "{\"id\":"); sg_buf_add_json_str(b, r->id);
   sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, r->type);
   sg_buf_adds(b, ",\"key\":"); sg_buf_add_json_str(b, r->biz_key);
+  sg_buf_adds(b, ",\"parent\":"); sg_buf_add_json_str(b, r->parent);
   sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, sg_status_name(r->status));
   sg_buf_adds(b, ",\"definition_version\":"); sg_buf_add_json_str(b, r->def_hash);
   add_time(b, "created_at", r->created_at);
@@ -99,10 +101,56 @@ static int hist_cb(void *ud, const struct sg_hist_row *h) {
   return 0;
 }
 
+/* "children": [{"id", "type", "status", "step"}] of a parent (r->children, in start order), their
+ * statuses from cl (a list read of its children; NULL: none read) */
+static void children_json(struct sg_buf *b, const struct sg_saga_row *r, const struct sg_read *cl) {
+  sg_buf_adds(b, ",\"children\":[");
+  json_t *a = r->children ? json_loads(r->children, 0, NULL) : NULL;
+  size_t i;
+  json_t *c;
+  json_array_foreach(a, i, c) {
+    const char *id = json_string_value(json_object_get(c, "id"));
+    const char *st = NULL;
+    for (size_t k = 0; cl && id && k < cl->nrows; k++)
+      if (strcmp(cl->rows[k].id, id) == 0) st = sg_status_name(cl->rows[k].status);
+    sg_buf_adds(b, i ? ",{\"id\":" : "{\"id\":"); sg_buf_add_json_str(b, id);
+    sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, json_string_value(json_object_get(c, "type")));
+    sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, st);
+    sg_buf_printf(b, ",\"step\":%d}", (int)json_integer_value(json_object_get(c, "step")) + 1);
+  }
+  json_decref(a);
+  sg_buf_adds(b, "]");
+}
+
+static void on_saga_read(struct sg_read *rd);
+
+/* a parent's children, read: the saga is answered */
+static void on_children_read(struct sg_read *cl) {
+  struct pending *p = cl->ud;
+  struct sg_read *rd = p->saga_rd;
+  p->saga_rd = cl; /* (freed with rd's answer) */
+  if (cl->rc < 0) {
+    reply_engine_error(p->req, &cl->err);
+    sg_read_free(cl);
+    sg_read_free(rd);
+    free(p);
+    return;
+  }
+  on_saga_read(rd);
+}
+
 /* GET /v1/sagas/{id}: the saga and its history, read without blocking the loop */
 static void on_saga_read(struct sg_read *rd) {
   struct pending *p = rd->ud;
   struct sg_http_req *req = p->req;
+  if (rd->rc == 1 && rd->rows[0].children && !p->saga_rd) { /* its children's statuses first */
+    p->saga_rd = rd;
+    struct sg_read *cl = sg_read_new(SG_READ_LIST, NULL, NULL, on_children_read, p);
+    cl->parent = sg_strdup(rd->rows[0].id);
+    cl->limit = 10000;
+    sg_engine_read(p->api->en, cl);
+    return;
+  }
   if (rd->rc < 0) {
     reply_engine_error(req, &rd->err);
   } else if (rd->rc == 0) {
@@ -118,6 +166,7 @@ static void on_saga_read(struct sg_read *rd) {
     sg_buf_adds(&b, ",\"data\":"); sg_buf_adds(&b, r->data ? r->data : "null");
     sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, r->error);
     sg_buf_adds(&b, ",\"idempotency_key\":"); sg_buf_add_json_str(&b, r->idem_key);
+    children_json(&b, r, p->saga_rd);
     char *pending = sg_engine_pending_compensations(p->api->en, r);
     if (pending) {
       sg_buf_adds(&b, ",\"pending_compensations\":");
@@ -137,6 +186,7 @@ static void on_saga_read(struct sg_read *rd) {
     sg_http_reply(req, 200, b.data);
     sg_buf_free(&b);
   }
+  if (p->saga_rd != rd) sg_read_free(p->saga_rd);
   sg_read_free(rd);
   free(p);
 }
@@ -323,6 +373,7 @@ static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
   rd->status = status;
   rd->limit = limit + 1; /* one more: is there a next page? */
   rd->key = key ? sg_strdup(key) : NULL;
+  rd->parent = query(req, "parent") ? sg_strdup(query(req, "parent")) : NULL;
   rd->since = since > 0 ? since : 0;
   rd->until = until;
   rd->desc = desc;

@@ -442,6 +442,7 @@ static int sg_cli_list(struct sg_cli *cli) {
   struct sg_buf q;
   sg_buf_init(&q);
   sg_cli_query_add(cli, &q, "key");
+  sg_cli_query_add(cli, &q, "parent");
   sg_cli_query_add(cli, &q, "type");
   sg_cli_query_add(cli, &q, "status");
   sg_cli_query_add(cli, &q, "since");
@@ -551,10 +552,11 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      " input id timeout ", " wait ", "TYPE", NULL, sg_cli_start, 0},
     {"show", "ID [--server URL]", "show a saga: status, data and step history", "", "", "", "ID",
      NULL, sg_cli_show, 0},
-    {"list", "[--key K] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"
+    {"list", "[--key K] [--parent ID] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"
              " [--json] [--server URL]",
      "list sagas, newest first, a page at a time",
      "  --key K         only the sagas with this business key (saga.define{key = ...})\n"
+     "  --parent ID     only the child sagas that saga ID started (ctx:run)\n"
      "  --type T        only sagas of this type\n"
      "  --status S      running, compensating, completed, compensated, compensation_failed, resolved\n"
      "                  or terminated\n"
@@ -565,7 +567,7 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      "  --cursor C      the next page: the same command with the cursor the last one printed\n"
      "  --after C       deprecated: as --cursor C; a saga id for C lists oldest first from it\n"
      "  --json          print the host's JSON answer instead of a table\n",
-     " key type status since until limit cursor after ", " json oldest ", NULL, NULL, sg_cli_list, 0},
+     " key parent type status since until limit cursor after ", " json oldest ", NULL, NULL, sg_cli_list, 0},
     {"compensate", "ID --reason TEXT [--server URL]", "give up on a running saga and compensate it",
      "  --reason TEXT   why, recorded in the saga's history\n", " reason ", "", "ID", "reason",
      sg_cli_compensate, 0},

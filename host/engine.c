@@ -34,7 +34,7 @@ static int commit_check(struct sg_engine *en, int block);
 static void on_reload_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 void sg_run_out_clear(struct sg_run_out *o) {
-  free(o->data); free(o->service); free(o->name); free(o->payload); free(o->error);
+  free(o->data); free(o->service); free(o->name); free(o->payload); free(o->key); free(o->error);
   memset(o, 0, sizeof *o);
 }
 
@@ -42,6 +42,7 @@ static const char *const op_names[SG_OP__COUNT] = {
   [SG_OP_CALL] = "call", [SG_OP_SEND] = "send", [SG_OP_PUBLISH] = "publish",
   [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid", [SG_OP_ALL] = "all",
   [SG_OP_WAIT] = "wait",
+  [SG_OP_RUN] = "run", [SG_OP_CHILD_COMPENSATE] = "child_compensate",
 };
 
 const char *sg_op_name(enum sg_op op) { return op > SG_OP_NONE && op < SG_OP__COUNT ? op_names[op] : NULL; }
@@ -347,6 +348,7 @@ void eng_hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, 
 }
 
 void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error) {
+  eng_child_abandon(en, s, error ? error : sg_status_name(status)); /* children.c: a child it waits on gives up */
   eng_unpark(en, s);
   s->row.status = status;
   if (error) { free(s->row.error); s->row.error = sg_strdup(error); }
@@ -365,12 +367,13 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
     PUSH(en->done, en->ndone, en->capdone, s);
   }
   sg_info("saga %s %s %s%s%s", s->row.type, s->row.id, sg_status_name(status), error ? ": " : "", error ? error : "");
+  eng_child_finished(en, s); /* children.c: a parent waiting on it goes on (last: it may run the parent) */
 }
 
 /* Starts compensating from step `from` downwards (the completed steps, in reverse order). */
 static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   int j = from;
-  while (j >= 0 && !s->def->steps[j].has_compensate) j--;
+  while (j >= 0 && !s->def->steps[j].has_compensate && !eng_child_in_step(s->row.children, j)) j--; /* children.c */
   s->row.status = SG_ST_COMPENSATING;
   if (j < 0) { eng_finish(en, s, SG_ST_COMPENSATED, NULL); return; }
   s->row.step = j;
@@ -395,7 +398,8 @@ int eng_shown_attempt(const struct sg_saga *s) {
 /* The ending action attempt's completed calls, as row.partial, if its step compensates them. */
 static void partial_capture(struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
-  if (!ds->has_compensate || !ds->compensate_partial || s->row.partial) return;
+  int kids = eng_child_ran(s); /* children.c: a child of its own completed: compensated with the calls */
+  if ((!ds->has_compensate && !kids) || !ds->compensate_partial || s->row.partial) return;
   struct sg_buf b = {0};
   int n = 0;
   for (int i = 0; i < s->njournal; i++) {
@@ -416,8 +420,8 @@ static void partial_capture(struct sg_saga *s) {
     sg_buf_adds(&b, j->result);
     sg_buf_adds(&b, "}");
   }
-  if (!n) { free(b.data); return; }
-  sg_buf_adds(&b, "]");
+  if (!n && !kids) { free(b.data); return; }
+  sg_buf_adds(&b, n ? "]" : "[]");
   s->row.partial = sg_asprintf("{\"attempt\":%d,\"base\":%d,\"journal\":%s}", s->row.attempt, s->row.attempt_base,
                                b.data);
   free(b.data);
@@ -497,6 +501,7 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
 
 /* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
 void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  if (strcmp(status, "completed") != 0) eng_child_abandon(en, s, error ? error : status); /* children.c */
   eng_unpark(en, s);
   /* a cleanly finished step leaves its coroutine and ctx for the next step to reuse */
   if (strcmp(status, "completed") != 0) eng_drop_co(en, s);
@@ -660,6 +665,7 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   int64_t now = sg_now_ms();
   eng_breakers_tick(en, now);
   evict_idle(en, now);
+  eng_children_tick(en); /* children.c: children owned by other hosts */
   /* message ids older than the retention are forgotten: once a minute, or twice per retention if shorter */
   int64_t every = en->cfg.inbox_retention_ms / 2 / 250;
   if (every > 240) every = 240;
@@ -810,6 +816,7 @@ static const op_handler ops[SG_OP__COUNT] = {
   [SG_OP_CALL] = op_message, [SG_OP_SEND] = op_message, [SG_OP_PUBLISH] = op_message,
   [SG_OP_SLEEP] = op_sleep, [SG_OP_NOW] = op_value, [SG_OP_UUID] = op_value,
   [SG_OP_WAIT] = eng_signal_wait, /* signals.c */
+  [SG_OP_RUN] = eng_child_perform, [SG_OP_CHILD_COMPENSATE] = eng_child_perform, /* children.c */
 };
 
 /* Carries out one durable operation the step yielded (see op_handler for what it returns). */
@@ -890,6 +897,7 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       if (j && !j->done) { /* issued before (replay): keep waiting for it */
         s->wait_seq = seq;
         sg_run_out_clear(out);
+        eng_child_waiting(en, s, j); /* children.c (last: it may wake s) */
         return;
       }
       if (j) {
@@ -2024,6 +2032,17 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   return 0;
 }
 
+/* ---- for child sagas (children.c; the journal wrappers are signals.c's, above) ---- */
+
+void eng_compensate_from(struct sg_engine *en, struct sg_saga *s, int from) { compensate_from(en, s, from); }
+int eng_start_child(struct sg_engine *en, const char *type, const char *input_json, const char *key, int looked_up,
+                    char id[40], int *existed, struct sg_error *e) {
+  char *trace = en->otel ? sg_otel_saga_trace_new(NULL, NULL) : NULL;
+  int rc = start_saga(en, type, input_json, key, trace, looked_up, id, existed, e);
+  free(trace);
+  return rc;
+}
+
 /* ---- starts without waiting ---- */
 
 static void start_req_free(struct start_req *r) {
@@ -2201,9 +2220,10 @@ static int resume_loaded(struct sg_engine *en, struct sg_saga *s, int reissue) {
   struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
   int sleeping = s->t_wait && s->t_wait->kind == TM_SLEEP;
   int waiting = last && !strcmp(last->kind, "wait"); /* for a signal: nothing to send again */
-  if (last && !last->done && (!reissue || sleeping || waiting)) {
+  if (last && !last->done && (!reissue || sleeping || waiting || eng_child_pending(last))) {
     s->wait_seq = last->seq;
     if (waiting) eng_signal_offer(en, s); /* signals.c: one may have come meanwhile */
+    eng_child_waiting(en, s, last); /* children.c: a child may have ended meanwhile */
     return 1;
   }
   replay(en, s);
@@ -2303,6 +2323,7 @@ static void free_live(struct sg_engine *en) {
   sg_map_init(&en->sagas);
   sg_map_free(&en->idem); /* its keys belonged to the sagas */
   sg_map_init(&en->idem);
+  eng_children_drop(en);
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
   en->nout = 0;
   for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);

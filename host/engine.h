@@ -69,6 +69,8 @@ enum sg_op {
                   * number per call, so eng_process hands it to fanout.c instead of ops[]; service: while
                   * an open breaker holds the round back, that breaker's service */
   SG_OP_WAIT,    /* the next signal called name (signals.c); ms = timeout (0 = none) */
+  SG_OP_RUN,     /* a child saga of type name with input payload, waited for; key = its idempotency key or NULL */
+  SG_OP_CHILD_COMPENSATE, /* a compensation compensates child saga name (its id) and waits for it */
   SG_OP__COUNT
 };
 /* "call", "send", ...; NULL for SG_OP_NONE or out of range */
@@ -84,6 +86,7 @@ struct sg_run_out {
   char *name;       /* call/send: the command; publish: the event; wait: the signal */
   char *payload;    /* call/send/publish: the JSON body (NULL = "{}") */
   int64_t ms;       /* call, wait: its timeout (0 = none); sleep: how long */
+  char *key;        /* run: the child's idempotency key ({id = key}), NULL = the parent's own */
   char *error;      /* ERROR/FAIL: message with file:line */
   int retryable;    /* ERROR: may another attempt help */
 };

@@ -271,6 +271,9 @@ struct sg_engine {
   int nobs;
   struct sg_otel *otel;      /* the span exporter (tracing.c), NULL: tracing off */
   int64_t cmd_t0_us;         /* tracing on: when the handler of the command being answered began */
+  /* child sagas (children.c) */
+  struct sg_map awaited;     /* child id -> its id (malloc'd, the key too): children some saga here waits on */
+  int child_polls;           /* reads of children owned elsewhere on their way (one round at a time) */
   struct sg_engine_stats st;
 };
 
@@ -388,6 +391,28 @@ void eng_runq_saga(struct sg_engine *en, struct sg_saga *s);          /* s was p
 void eng_runq_command(struct sg_engine *en, struct pending_cmd *pc);  /* takes pc */
 void eng_runq_stop(struct sg_engine *en);
 void eng_runq_free(struct sg_engine *en);
+
+/* engine.c, for children.c */
+/* (and eng_journal_add, eng_journal_find, eng_journal_write, eng_wake, declared above) */
+void eng_compensate_from(struct sg_engine *en, struct sg_saga *s, int from); /* steps from..0, reverse */
+/* starts a saga as a child would (no request trace); looked_up: key is known to be unused */
+int eng_start_child(struct sg_engine *en, const char *type, const char *input_json, const char *key, int looked_up,
+                    char id[40], int *existed, struct sg_error *e);
+
+/* children.c: child sagas (ctx:run). A parent's wait on a child is a journal entry of kind "run"
+ * (or "child_compensate" while its compensation compensates a child) whose result, while pending,
+ * names the child: {"child": id, "op": "run" | "compensate"}. */
+/* the handler of SG_OP_RUN and SG_OP_CHILD_COMPENSATE (engine.c's ops[]): 1 parked, 0 *result now, -1 *err */
+int eng_child_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                      char **err);
+int eng_child_pending(const struct jent *j);  /* j waits on a child */
+void eng_child_waiting(struct sg_engine *en, struct sg_saga *s, struct jent *j); /* s parked on j again (replay, recovery) */
+void eng_child_finished(struct sg_engine *en, struct sg_saga *s); /* s reached a terminal status: its waiters go on */
+void eng_child_abandon(struct sg_engine *en, struct sg_saga *s, const char *why); /* s stops waiting: the child gives up */
+int eng_child_ran(const struct sg_saga *s); /* its running attempt ran a child that completed, of its own */
+int eng_child_in_step(const char *children, int step); /* sagas.children: step started children (compensated with it) */
+void eng_children_tick(struct sg_engine *en); /* the sweep: children owned by other hosts are read */
+void eng_children_drop(struct sg_engine *en); /* every wait forgotten (fence, free) */
 
 /* breaker.c */
 struct breaker *eng_breaker_get(struct sg_engine *en, const char *service);

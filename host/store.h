@@ -60,6 +60,9 @@ struct sg_saga_row {
   int64_t attempt_started_at; /* start of the running attempt, 0 = none (its history row is written when it ends) */
   int attempt_base;   /* attempts made before an operator's retry: the retry policy counts from here */
   int same_status;    /* saga_update hint: the status is the one stored (its index needs no update) */
+  char *parent;       /* a child saga (ctx:run): the id of the saga that started it, else NULL; never changes */
+  char *children;     /* a parent: the children its steps started, JSON [{"id","type","step"[,"key":true]}]
+                       * (step 0-based, in start order; key: started with {id = key}), else NULL (children.c) */
 };
 void sg_store_saga_row_free(struct sg_saga_row *r); /* frees the strings, not r itself */
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src); /* deep copy into dst */
@@ -169,6 +172,7 @@ struct sg_saga_filter {
   const char *key;     /* business key, NULL = any */
   int64_t since, until; /* created_at bounds in ms: since <= created_at < until; 0 = no bound */
   int desc;            /* newest first (descending ids) instead of oldest first */
+  const char *parent;  /* the children of this saga (ctx:run), NULL = any */
 };
 /* For stores: the bounds on ids that a filter's created_at bounds and cursor imply, so that the list is
  * a range of the id index (ids start with their creation ms, see sg_uuid): lo and hi (40 bytes each) get
@@ -196,7 +200,7 @@ enum sg_read_kind {
   SG_READ_SAGA,   /* a = saga id: rc 1 and rows[0], or rc 0; with_hist: its history rows too, in order;
                    * with_owner (several hosts): its owner and whether the owner's lease runs */
   SG_READ_IDEM,   /* a = type, b = idempotency key: rc 1 and rows[0], or rc 0 */
-  SG_READ_LIST,   /* filter (a = type or NULL, b = cursor or NULL, key, since, until, desc, status, limit):
+  SG_READ_LIST,   /* filter (a = type or NULL, b = cursor or NULL, key, parent, since, until, desc, status, limit):
                    * rc 0 and rows, in the order asked (see struct sg_saga_filter) */
   SG_READ_INBOX,  /* a = message id: rc 1 and status, body (each may be NULL), or rc 0 */
   SG_READ_OUTBOX, /* the outbox rows this host owns, in id order: rc 0 and msgs */
@@ -230,6 +234,7 @@ struct sg_read {
   char *key;                 /* SG_READ_LIST: business key or NULL (owned) */
   int64_t since, until;      /* SG_READ_LIST: created_at bounds, as in struct sg_saga_filter */
   int desc;                  /* SG_READ_LIST: newest first */
+  char *parent;              /* SG_READ_LIST: the children of this saga, or NULL (owned) */
   /* the answer */
   int rc;                    /* 1 found, 0 not found (or a list), -1 failed (err) */
   struct sg_error err;       /* SG_E_UNAVAILABLE: the database cannot be reached now */

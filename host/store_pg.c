@@ -169,6 +169,10 @@ static const char *const migrations[] = {
   "  delivered_at BIGINT NOT NULL DEFAULT 0);"
   "CREATE UNIQUE INDEX signals_idem ON signals(saga_id, idem_key) WHERE idem_key IS NOT NULL;"
   "CREATE INDEX signals_pending ON signals(saga_id, seq) WHERE delivered_at = 0;",
+  /* 13: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
+  "ALTER TABLE sagas ADD COLUMN parent TEXT COLLATE \"C\";"
+  "ALTER TABLE sagas ADD COLUMN children TEXT;"
+  "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -190,7 +194,7 @@ enum {
 
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
                   " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
-                  " partial"
+                  " partial, parent, children"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
@@ -199,17 +203,19 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
   [ST_SAGA_INSERT] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT DO NOTHING RETURNING 1)"
+                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING RETURNING 1)"
                      " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
   [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
-                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace), partial = $16"
+                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace), partial = $16,"
+                     " children = $17"
                      " WHERE id = $1"
                      " AND version = $11::bigint - 1 RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
   [ST_SAGA_PROGRESS] = "WITH w AS (UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
                        " data = $5, error = $6, updated_at = $7, deadline = $8, version = $9,"
-                       " attempt_started_at = $10, attempt_base = $11, partial = $12 WHERE id = $1 AND version = $9::bigint - 1"
+                       " attempt_started_at = $10, attempt_base = $11, partial = $12, children = $13"
+                       " WHERE id = $1 AND version = $9::bigint - 1"
                        " RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = $1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND idem_key = $2",
@@ -1143,6 +1149,8 @@ static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_r
   r->biz_key = own ? sg_strdup(col(res, i, o + 17)) : (char *)col(res, i, o + 17);
   r->trace = own ? sg_strdup(col(res, i, o + 18)) : (char *)col(res, i, o + 18);
   r->partial = own ? sg_strdup(col(res, i, o + 19)) : (char *)col(res, i, o + 19);
+  r->parent = own ? sg_strdup(col(res, i, o + 20)) : (char *)col(res, i, o + 20);
+  r->children = own ? sg_strdup(col(res, i, o + 21)) : (char *)col(res, i, o + 21);
   r->same_status = 0;
 }
 
@@ -1169,6 +1177,8 @@ static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   p_text(&p, r->biz_key);
   p_text(&p, r->trace);
   p_text(&p, r->partial);
+  p_text(&p, r->parent);
+  p_text(&p, r->children);
   p_text(&p, s->me[0] ? s->me : NULL);
   int64_t rows = 0;
   int ran = wr_exec(s, ST_SAGA_INSERT, &p, &rows, e, "saga_insert");
@@ -1202,6 +1212,7 @@ static int pg_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   if (!r->same_status) p_text(&p, s->me[0] ? s->me : NULL); /* an operator's verb on a finished saga makes it ours */
   if (!r->same_status) p_text(&p, r->trace); /* an operator's retry changes it */
   p_text(&p, r->partial);
+  p_text(&p, r->children);
   int64_t rows = 0;
   int ran = wr_exec(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE, &p, &rows, e, "saga_update");
   if (ran < 0) return -1;
@@ -1262,6 +1273,7 @@ static void list_query(const struct sg_saga_filter *f, char *sql, size_t n, stru
   sg_saga_filter_id_range(f, lo, hi);
 #define COND(sql_, add) do { add; sg_buf_printf(&b, sql_, p->n); } while (0)
   if (f->key) COND(" AND biz_key = $%d", p_text(p, f->key));
+  if (f->parent) COND(" AND parent = $%d", p_text(p, f->parent));
   if (f->type) COND(" AND type = $%d", p_text(p, f->type));
   if (f->status >= 0) COND(" AND status = $%d", p_text(p, sg_status_name(f->status)));
   if (lo[0]) COND(" AND id > $%d", p_text(p, lo));
@@ -2042,7 +2054,8 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
     break;
   case SG_READ_LIST: {
     struct sg_saga_filter f = { .status = r->status, .type = r->a, .after = r->b, .limit = r->limit,
-                                .key = r->key, .since = r->since, .until = r->until, .desc = r->desc };
+                                .key = r->key, .since = r->since, .until = r->until, .desc = r->desc,
+                                .parent = r->parent };
     list_query(&f, list_sql, sizeof list_sql, &p, lo, hi);
     sql[0] = list_sql;
     break;

@@ -86,6 +86,10 @@ static const char *const migrations[] = {
   "  WITHOUT ROWID;"
   "CREATE UNIQUE INDEX signals_idem ON signals(saga_id, idem_key) WHERE idem_key IS NOT NULL;"
   "CREATE INDEX signals_pending ON signals(saga_id, seq) WHERE delivered_at = 0;",
+  /* 11: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
+  "ALTER TABLE sagas ADD COLUMN parent TEXT;"
+  "ALTER TABLE sagas ADD COLUMN children TEXT;"
+  "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -109,7 +113,7 @@ enum {
 /* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
                   " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
-                  " partial"
+                  " partial, parent, children"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -118,15 +122,17 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
   [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace), partial = ?15"
+                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace), partial = ?15,"
+                     " children = ?16"
                      " WHERE id = ?1 AND version = ?11 - 1",
   /* the same without status and def_hash: no status index maintenance for a step's progress */
   [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = ?4, phase = ?5, attempt = ?6,"
                        " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                       " attempt_started_at = ?12, attempt_base = ?13, partial = ?15 WHERE id = ?1 AND version = ?11 - 1",
+                       " attempt_started_at = ?12, attempt_base = ?13, partial = ?15, children = ?16"
+                       " WHERE id = ?1 AND version = ?11 - 1",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
   [ST_SAGA_COUNTS] = "SELECT status, count(*) FROM sagas GROUP BY status",
@@ -197,7 +203,7 @@ struct sqlite_store {
   struct sg_store base;         /* ops table */
   sqlite3 *db;                  /* the connection (one per store, used from the loop thread only) */
   sqlite3_stmt *st[ST_COUNT];   /* prepared once at open, finalized at close */
-  sqlite3_stmt *list_st[16];    /* saga_list by filter combination (LIST_*), prepared when first used */
+  sqlite3_stmt *list_st[32];    /* saga_list by filter combination (LIST_*), prepared when first used */
   int64_t commits;              /* successful COMMITs, for benchmarks and /healthz */
   int lock_fd;                  /* <path>.lock, flock'ed for the store's life (-1 = none, e.g. :memory:) */
   int in_txn;                   /* between begin and a commit that succeeded */
@@ -522,6 +528,8 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
   r->biz_key = col_str(st, 17, own);
   r->trace = col_str(st, 18, own);
   r->partial = col_str(st, 19, own);
+  r->parent = col_str(st, 20, own);
+  r->children = col_str(st, 21, own);
 }
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
@@ -547,6 +555,8 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   wr_text(s, st, 18, r->biz_key);
   wr_text(s, st, 19, r->trace);
   wr_text(s, st, 20, r->partial);
+  wr_text(s, st, 21, r->parent);
+  wr_text(s, st, 22, r->children);
   return wr_done(s, st, e, "saga_insert");
 }
 
@@ -570,6 +580,7 @@ static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 13, r->attempt_base);
   if (!r->same_status) wr_text(s, st, 14, r->trace); /* an operator's retry changes it */
   wr_text(s, st, 15, r->partial);
+  wr_text(s, st, 16, r->children);
   int ran = wr_exec(s, st, e, "saga_update");
   if (ran < 0) return -1;
   if (ran && sqlite3_changes(s->db) == 0)
@@ -653,13 +664,14 @@ static int saga_iter(struct sqlite_store *s, sqlite3_stmt *st, sg_saga_cb cb, vo
 
 /* The filter combinations of saga_list: the columns it names (each has an index ending in id) and the
  * order. The id range and the created_at bounds are always bound (with values that let every row by). */
-enum { LIST_KEY = 1, LIST_TYPE = 2, LIST_STATUS = 4, LIST_DESC = 8 };
+enum { LIST_KEY = 1, LIST_TYPE = 2, LIST_STATUS = 4, LIST_DESC = 8, LIST_PARENT = 16 };
 
 static sqlite3_stmt *list_stmt(struct sqlite_store *s, int combo, struct sg_error *e) {
   if (s->list_st[combo]) return s->list_st[combo];
-  char sql[512];
-  snprintf(sql, sizeof sql, "SELECT " SAGA_COLS " FROM sagas WHERE %s%s%sid > ?4 AND id < ?5"
+  char sql[768];
+  snprintf(sql, sizeof sql, "SELECT " SAGA_COLS " FROM sagas WHERE %s%s%s%sid > ?4 AND id < ?5"
            " AND created_at >= ?6 AND created_at < ?7 ORDER BY id%s LIMIT ?8",
+           combo & LIST_PARENT ? "parent = ?9 AND " : "",
            combo & LIST_KEY ? "biz_key = ?1 AND " : "", combo & LIST_TYPE ? "type = ?2 AND " : "",
            combo & LIST_STATUS ? "status = ?3 AND " : "", combo & LIST_DESC ? " DESC" : "");
   if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->list_st[combo], NULL) != SQLITE_OK) {
@@ -673,7 +685,7 @@ static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, s
                         struct sg_error *e) {
   struct sqlite_store *s = S(base);
   int combo = (f->key ? LIST_KEY : 0) | (f->type ? LIST_TYPE : 0) | (f->status >= 0 ? LIST_STATUS : 0) |
-              (f->desc ? LIST_DESC : 0);
+              (f->desc ? LIST_DESC : 0) | (f->parent ? LIST_PARENT : 0);
   sqlite3_stmt *st = list_stmt(s, combo, e);
   if (!st) return -1;
   sqlite3_reset(st);
@@ -683,6 +695,7 @@ static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, s
   if (f->key) bind_text(st, 1, f->key);
   if (f->type) bind_text(st, 2, f->type);
   if (f->status >= 0) bind_text(st, 3, sg_status_name(f->status));
+  if (f->parent) bind_text(st, 9, f->parent);
   bind_text(st, 4, lo); /* every id sorts after "" */
   bind_text(st, 5, hi[0] ? hi : "\x7f"); /* and before DEL (ids are ASCII) */
   bind_i64(st, 6, f->since > 0 ? f->since : INT64_MIN);
@@ -1017,7 +1030,7 @@ static void sq_close(struct sg_store *base) {
   struct sqlite_store *s = S(base);
   if (!s) return;
   for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(s->st[i]); /* NULL is a no-op */
-  for (int i = 0; i < 16; i++) sqlite3_finalize(s->list_st[i]);
+  for (int i = 0; i < 32; i++) sqlite3_finalize(s->list_st[i]);
   sqlite3_close(s->db); /* rolls back an open transaction */
   /* released only after the connection is closed, so the next writer starts on a quiet file; the
    * file itself stays: unlinking it would let a late opener lock a file nobody else can see */

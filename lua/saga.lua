@@ -753,6 +753,36 @@ function Ctx:call_all(spec)
   return run_all(fns, n, settle)
 end
 
+-- A child saga: started durably (with the journal entry that waits for it) and waited for. Its ctx.data
+-- when it completes; an error (retryable = false) when it ends compensated or compensation_failed.
+local TYPE_PATTERN = "^[%a_][%w_%.%-]*$"
+function Ctx:run(type_, input, opts)
+  if type(type_) ~= "string" or not type_:match(TYPE_PATTERN) then
+    error("ctx:run: saga type must be a name of letters, digits, '_', '.' or '-' (got " .. tostring(type_) .. ")", 2)
+  end
+  local body = encode_payload(input, "ctx:run")
+  local key = nil
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("ctx:run: opts must be a table", 2) end
+    for k, v in pairs(opts) do
+      if k == "id" then
+        if math.type(v) == "integer" then v = string.format("%d", v) end
+        if type(v) ~= "string" or v == "" or #v > 200 then error("ctx:run: opts.id must be a string of 1 to 200 bytes or an integer", 2) end
+        key = v
+      else
+        error("ctx:run: unknown option '" .. tostring(k) .. "' (known: id)", 2)
+      end
+    end
+  end
+  local _, res = await("run", type_, body, key)
+  local v = json.decode(res)
+  if v.ok then return v.data end
+  error(setmetatable({
+    message = tostring(v.error), retryable = false,
+    child = { id = v.id, type = v.type, status = v.status },
+  }, Err), 0)
+end
+
 function Ctx:send(service, command, payload)
   check_name(service, "ctx:send: service", 2)
   check_name(command, "ctx:send: command", 2)
@@ -826,6 +856,33 @@ function M.new_ctx(id, type_, input_json, data_json, step, phase, attempt, parti
     id = id, type = type_, input = readonly(input), data = data,
     step = step, phase = phase, attempt = attempt, partial = partial, journal = journal,
   }, Ctx)
+end
+
+-- The compensate function of a step that started child sagas (children_json: sagas.children, step
+-- 0-based): the children of that step are compensated first, newest first, each a journaled
+-- operation that waits until the child has compensated; then the step's own compensate (if any).
+-- keep_keyed: a failed attempt's compensation before a retry: children started with {id = key} stay
+-- (the retry gets the same child).
+function M.compensation(fn, children_json, step, keep_keyed)
+  local ok, list = pcall(json.decode, children_json)
+  local ids, any = {}, false
+  if ok and type(list) == "table" then
+    for _, c in ipairs(list) do
+      if c.step == step then
+        any = true
+        if not (keep_keyed and c.key) then ids[#ids + 1] = c end
+      end
+    end
+  end
+  if not any then return fn end
+  return function(ctx)
+    for i = #ids, 1, -1 do
+      local _, res = await("child_compensate", ids[i].id)
+      local v = json.decode(res)
+      if not v.ok then error(setmetatable({ message = tostring(v.error), retryable = true }, Err), 0) end
+    end
+    if fn then return fn(ctx) end
+  end
 end
 
 -- The body of every saga coroutine: runs one step function. Returns
