@@ -232,6 +232,8 @@ static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, 
       hdr_str(h, "saga-status", &m->status, e) < 0 || hdr_int(h, "step", &m->step, e) < 0 ||
       hdr_int(h, "attempt", &m->attempt, e) < 0)
     return -1;
+  /* a signal (docs/protocol.md): its saga by key and its name (checked by the engine, signals.c) */
+  if (hdr_str(h, "saga-key", &m->saga_key, e) < 0 || hdr_str(h, "signal-name", &m->signal, e) < 0) return -1;
   /* trace context is best effort: a header of another type is ignored, never dead-letters */
   m->traceparent = sg_amqp_header_str(h, "traceparent");
   if (m->traceparent) m->tracestate = sg_amqp_header_str(h, "tracestate");

@@ -16,6 +16,7 @@
 #include "map.h"
 #include "metrics.h"
 #include "schedule.h"
+#include "signals.h"
 #include "web.h"
 
 struct sg_api {
@@ -41,6 +42,7 @@ struct pending {
   int reading;     /* ?wait=: a read of the saga on its way */
   int final;       /* ?wait=: 0 waiting, else what ended the wait (the next read answers) */
   int reread;      /* ?wait=: read again once after the terminal event */
+  struct sg_read *saga_rd; /* GET /v1/sagas/{id} of a parent: the saga, while its children are read */
 };
 
 static int status_for(int code) {
@@ -75,6 +77,7 @@ static void saga_summary(struct sg_buf *b, const struct sg_saga_row *r) {
   sg_buf_adds(b, "{\"id\":"); sg_buf_add_json_str(b, r->id);
   sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, r->type);
   sg_buf_adds(b, ",\"key\":"); sg_buf_add_json_str(b, r->biz_key);
+  sg_buf_adds(b, ",\"parent\":"); sg_buf_add_json_str(b, r->parent);
   /* a delayed start not yet due (attempt 0, see sg_engine_start_at_cb) is "scheduled" until its first step */
   int scheduled = r->status == SG_ST_RUNNING && r->attempt == 0;
   sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, scheduled ? "scheduled" : sg_status_name(r->status));
@@ -103,10 +106,56 @@ static int hist_cb(void *ud, const struct sg_hist_row *h) {
   return 0;
 }
 
+/* "children": [{"id", "type", "status", "step"}] of a parent (r->children, in start order), their
+ * statuses from cl (a list read of its children; NULL: none read) */
+static void children_json(struct sg_buf *b, const struct sg_saga_row *r, const struct sg_read *cl) {
+  sg_buf_adds(b, ",\"children\":[");
+  json_t *a = r->children ? json_loads(r->children, 0, NULL) : NULL;
+  size_t i;
+  json_t *c;
+  json_array_foreach(a, i, c) {
+    const char *id = json_string_value(json_object_get(c, "id"));
+    const char *st = NULL;
+    for (size_t k = 0; cl && id && k < cl->nrows; k++)
+      if (strcmp(cl->rows[k].id, id) == 0) st = sg_status_name(cl->rows[k].status);
+    sg_buf_adds(b, i ? ",{\"id\":" : "{\"id\":"); sg_buf_add_json_str(b, id);
+    sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, json_string_value(json_object_get(c, "type")));
+    sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, st);
+    sg_buf_printf(b, ",\"step\":%d}", (int)json_integer_value(json_object_get(c, "step")) + 1);
+  }
+  json_decref(a);
+  sg_buf_adds(b, "]");
+}
+
+static void on_saga_read(struct sg_read *rd);
+
+/* a parent's children, read: the saga is answered */
+static void on_children_read(struct sg_read *cl) {
+  struct pending *p = cl->ud;
+  struct sg_read *rd = p->saga_rd;
+  p->saga_rd = cl; /* (freed with rd's answer) */
+  if (cl->rc < 0) {
+    reply_engine_error(p->req, &cl->err);
+    sg_read_free(cl);
+    sg_read_free(rd);
+    free(p);
+    return;
+  }
+  on_saga_read(rd);
+}
+
 /* GET /v1/sagas/{id}: the saga and its history, read without blocking the loop */
 static void on_saga_read(struct sg_read *rd) {
   struct pending *p = rd->ud;
   struct sg_http_req *req = p->req;
+  if (rd->rc == 1 && rd->rows[0].children && !p->saga_rd) { /* its children's statuses first */
+    p->saga_rd = rd;
+    struct sg_read *cl = sg_read_new(SG_READ_LIST, NULL, NULL, on_children_read, p);
+    cl->parent = sg_strdup(rd->rows[0].id);
+    cl->limit = 10000;
+    sg_engine_read(p->api->en, cl);
+    return;
+  }
   if (rd->rc < 0) {
     reply_engine_error(req, &rd->err);
   } else if (rd->rc == 0) {
@@ -122,6 +171,7 @@ static void on_saga_read(struct sg_read *rd) {
     sg_buf_adds(&b, ",\"data\":"); sg_buf_adds(&b, r->data ? r->data : "null");
     sg_buf_adds(&b, ",\"error\":"); sg_buf_add_json_str(&b, r->error);
     sg_buf_adds(&b, ",\"idempotency_key\":"); sg_buf_add_json_str(&b, r->idem_key);
+    children_json(&b, r, p->saga_rd);
     char *pending = sg_engine_pending_compensations(p->api->en, r);
     if (pending) {
       sg_buf_adds(&b, ",\"pending_compensations\":");
@@ -141,6 +191,7 @@ static void on_saga_read(struct sg_read *rd) {
     sg_http_reply(req, 200, b.data);
     sg_buf_free(&b);
   }
+  if (p->saga_rd != rd) sg_read_free(p->saga_rd);
   sg_read_free(rd);
   free(p);
 }
@@ -327,6 +378,7 @@ static void list_sagas(struct sg_api *api, struct sg_http_req *req) {
   rd->status = status;
   rd->limit = limit + 1; /* one more: is there a next page? */
   rd->key = key ? sg_strdup(key) : NULL;
+  rd->parent = query(req, "parent") ? sg_strdup(query(req, "parent")) : NULL;
   rd->since = since > 0 ? since : 0;
   rd->until = until;
   rd->desc = desc;
@@ -604,13 +656,71 @@ static void upgrade_action(struct sg_api *api, struct sg_http_req *req, const ch
   sg_engine_after_commit(api->en, on_upgrade_plan_committed, p);
 }
 
-static int split_path(const char *path, char parts[4][256]) {
+#define PATH_PARTS 5 /* /v1/sagas/{id}/signals/{name} */
+/* the signal is durable (or refused): 202 delivered or kept, 200 a repeat of its idempotency key */
+static void on_signal_sent(void *ud, const char *outcome, const struct sg_error *e) {
+  struct pending *p = ud;
+  if (e) {
+    reply_engine_error(p->req, e);
+  } else {
+    struct sg_buf b;
+    sg_buf_init(&b);
+    sg_buf_adds(&b, "{\"id\":");
+    sg_buf_add_json_str(&b, p->id);
+    sg_buf_adds(&b, ",\"signal\":");
+    sg_buf_add_json_str(&b, p->arg);
+    sg_buf_adds(&b, ",\"outcome\":");
+    sg_buf_add_json_str(&b, outcome);
+    sg_buf_adds(&b, "}");
+    sg_http_reply(p->req, strcmp(outcome, "duplicate") == 0 ? 200 : 202, b.data);
+    sg_buf_free(&b);
+  }
+  pending_free(p);
+}
+
+/* POST /v1/sagas/{id}/signals/{name}: body = the payload (any JSON value, optional), header
+ * Idempotency-Key = the signal's key */
+static void send_signal(struct sg_api *api, struct sg_http_req *req, const char *id, const char *name) {
+  if (!sg_signal_name_ok(name)) {
+    char msg[300];
+    snprintf(msg, sizeof msg, "'%.100s' is not a signal name: use 1 to 100 letters, digits, '_' or '-', starting with"
+             " a letter or '_'", name);
+    sg_http_reply_error(req, 400, msg);
+    return;
+  }
+  if (req->body_len) {
+    json_error_t jerr;
+    json_t *j = json_loadb(req->body, req->body_len, JSON_DECODE_ANY, &jerr);
+    if (!j) {
+      char msg[400];
+      snprintf(msg, sizeof msg, "malformed JSON payload at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+      sg_http_reply_error(req, 400, msg);
+      return;
+    }
+    json_decref(j);
+  }
+  const char *key = sg_http_header(req, "Idempotency-Key");
+  if (key && (!*key || strlen(key) > 200)) {
+    sg_http_reply_error(req, 400, "Idempotency-Key must be 1 to 200 characters");
+    return;
+  }
+  if (strlen(id) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
+  struct pending *p = sg_xcalloc(1, sizeof *p);
+  p->api = api;
+  p->req = req;
+  snprintf(p->id, sizeof p->id, "%s", id);
+  p->arg = sg_strdup(name);
+  sg_engine_signal(api->en, id, name, req->body_len ? req->body : NULL, key, "http", on_signal_sent, p);
+}
+
+static int split_path(const char *path, char parts[PATH_PARTS][256]) {
   int n = 0;
   const char *p = path;
   while (*p == '/') p++;
   while (*p) {
-    /* a fifth segment: no route is that deep (/v1/sagas/{id}/retry/x must not act as retry) */
-    if (n == 4) return -1;
+    /* a sixth segment: no route is that deep (each route checks its own depth: /v1/sagas/{id}/retry/x
+     * must not act as retry) */
+    if (n == PATH_PARTS) return -1;
     const char *s = strchr(p, '/');
     size_t len = s ? (size_t)(s - p) : strlen(p);
     if (len >= 256) return -1;
@@ -640,10 +750,11 @@ enum route_kind {
   R_COUNTS,      /* /v1/counts: sagas by status */
   R_WEB,         /* / and /ui/{file}: the dashboard's static files (web.c) */
   R_EVENTS,      /* /v1/events: the lifecycle events, as Server-Sent Events (events.c) */
+  R_SIGNAL,      /* /v1/sagas/{id}/signals/{name}: POST sends a signal (signals.c) */
   R_SCHEDULES,   /* /v1/schedules: the scripts' cron schedules (schedule.c) */
 };
 
-static enum route_kind route_match(const char parts[4][256], int n) {
+static enum route_kind route_match(const char parts[PATH_PARTS][256], int n) {
   int v1 = n >= 2 && strcmp(parts[0], "v1") == 0;
   if (v1 && strcmp(parts[1], "sagas") == 0) {
     if (n == 2) return R_SAGAS;
@@ -653,6 +764,7 @@ static enum route_kind route_match(const char parts[4][256], int n) {
       return R_ACTION;
     if (n == 4 && !strcmp(parts[3], "terminate")) return R_ADMIN_ACTION;
     if (n == 4 && !strcmp(parts[3], "upgrade")) return R_UPGRADE;
+    if (n == 5 && strcmp(parts[3], "signals") == 0) return R_SIGNAL;
     return R_NONE;
   }
   if (v1 && n == 2 && strcmp(parts[1], "definitions") == 0) return R_DEFINITIONS;
@@ -672,7 +784,8 @@ static const char *route_allow(enum route_kind k) {
   case R_SAGA: return "GET, HEAD, POST";
   case R_ACTION:
   case R_ADMIN_ACTION:
-  case R_UPGRADE: return "POST";
+  case R_UPGRADE:
+  case R_SIGNAL: return "POST";
   default: return "GET, HEAD";
   }
 }
@@ -687,6 +800,7 @@ static enum sg_role route_role(const struct sg_api *api, enum route_kind k, int 
   case R_ACTION:
   case R_UPGRADE: return SG_ROLE_OPERATE;
   case R_ADMIN_ACTION: return SG_ROLE_ADMIN;
+  case R_SIGNAL: return SG_ROLE_START; /* what a webhook sends: the role that starts sagas */
   default: return SG_ROLE_READ;
   }
 }
@@ -712,7 +826,7 @@ static const struct sg_auth_entry *authenticate(struct sg_api *api, struct sg_ht
 
 static void route(void *ud, struct sg_http_req *req) {
   struct sg_api *api = ud;
-  char parts[4][256];
+  char parts[PATH_PARTS][256];
   int n = split_path(req->path, parts);
   enum route_kind k = n < 0 ? R_NONE : route_match(parts, n);
   int is_get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
@@ -728,14 +842,16 @@ static void route(void *ud, struct sg_http_req *req) {
     sg_http_reply_error(req, 404, msg);
     return;
   }
-  int ok = k == R_SAGA ? is_get || is_post : k == R_ACTION || k == R_ADMIN_ACTION || k == R_UPGRADE ? is_post : is_get;
+  int ok = k == R_SAGA ? is_get || is_post
+         : k == R_ACTION || k == R_ADMIN_ACTION || k == R_UPGRADE || k == R_SIGNAL ? is_post : is_get;
   if (!ok) { sg_http_reply_not_allowed(req, route_allow(k)); return; }
   enum sg_role need = route_role(api, k, is_post);
   if (who && who->role < need) {
     char msg[300];
     snprintf(msg, sizeof msg, "forbidden: %s needs role %s (or higher); the token of %s has role %s",
              k == R_SAGA && is_post ? "starting a saga" : k == R_ACTION ? "an operator action"
-             : k == R_ADMIN_ACTION ? "terminate" : k == R_UPGRADE ? "upgrade" : "this route",
+             : k == R_ADMIN_ACTION ? "terminate" : k == R_UPGRADE ? "upgrade" : k == R_SIGNAL ? "sending a signal"
+             : "this route",
              sg_role_name(need), who->name, sg_role_name(who->role));
     sg_http_reply_error(req, 403, msg);
     return;
@@ -775,6 +891,7 @@ static void route(void *ud, struct sg_http_req *req) {
     if (strlen(parts[2]) >= 40) { sg_http_reply_error(req, 404, "no saga with that id"); return; }
     operator_action(api, req, parts[2], parts[3], who ? who->name : NULL);
     return;
+  case R_SIGNAL: send_signal(api, req, parts[2], parts[4]); return;
   case R_DEFINITIONS: {
     char *json = sg_script_definitions_json(api->sc);
     sg_http_reply(req, 200, json);
@@ -803,7 +920,7 @@ static void route(void *ud, struct sg_http_req *req) {
 
 static void on_read_committed(void *ud, int status) {
   struct pending *p = ud;
-  char parts[4][256];
+  char parts[PATH_PARTS][256];
   int n = split_path(p->req->path, parts);
   if (n == 2) list_sagas(p->api, p->req);
   else get_saga(p->api, p->req, parts[2]);

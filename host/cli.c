@@ -38,6 +38,7 @@ struct sg_cli_cmd {
   const char *positional; /* what the one positional argument is ("TYPE", "ID"), NULL if none */
   const char *required;   /* a valued flag that must be given, NULL if none */
   int (*run)(struct sg_cli *cli);
+  int more;               /* positional arguments accepted after the first (signal: NAME [JSON]), 0 = none */
 };
 
 /* One invocation: its parsed arguments and the curl handle its requests share. */
@@ -47,6 +48,8 @@ struct sg_cli {
   const char *cacert;                    /* --cacert or $SAGAHOST_CACERT: CA file for https, NULL = system's */
   char *auth_header;                     /* "Authorization: Bearer $SAGAHOST_TOKEN" (owned), NULL if unset */
   const char *arg;                       /* the positional argument, NULL if none */
+  const char *more[2];                   /* the ones after it (cmd->more at most), NULL if not given */
+  int nmore;
   char names[SG_CLI_MAX_FLAGS][32];      /* flags given, without the leading "--" */
   const char *values[SG_CLI_MAX_FLAGS];  /* their values ("" for switches); point into argv */
   int nflags;                            /* entries used in names/values */
@@ -122,6 +125,8 @@ static int sg_cli_parse(struct sg_cli *cli, int argc, char **argv) {
       cli->values[cli->nflags++] = value;
     } else if (c->positional && !cli->arg) {
       cli->arg = a;
+    } else if (cli->nmore < c->more && cli->nmore < 2) {
+      cli->more[cli->nmore++] = a;
     } else if (c->positional) {
       return sg_cli_usage_error(cli, "%s takes one %s (got a second: %s)", c->name, c->positional, a);
     } else {
@@ -447,6 +452,7 @@ static int sg_cli_list(struct sg_cli *cli) {
   struct sg_buf q;
   sg_buf_init(&q);
   sg_cli_query_add(cli, &q, "key");
+  sg_cli_query_add(cli, &q, "parent");
   sg_cli_query_add(cli, &q, "type");
   sg_cli_query_add(cli, &q, "status");
   sg_cli_query_add(cli, &q, "since");
@@ -546,6 +552,35 @@ static int sg_cli_schedules(struct sg_cli *cli) {
   return rc ? 1 : 0;
 }
 
+/* signal ID NAME [JSON] [--key K]: POST /v1/sagas/{id}/signals/{name} */
+static int sg_cli_signal(struct sg_cli *cli) {
+  const char *name = cli->more[0], *payload = cli->more[1], *key = sg_cli_opt(cli, "key");
+  if (!name || !*name) return sg_cli_usage_error(cli, "signal needs a NAME after the ID");
+  if (payload) {
+    json_error_t je;
+    json_t *j = json_loads(payload, JSON_DECODE_ANY, &je);
+    if (!j) return sg_cli_usage_error(cli, "the payload is not valid JSON: %s at line %d, column %d", je.text, je.line,
+                                      je.column);
+    json_decref(j);
+  }
+  if (key && (!*key || strlen(key) > 200 || strpbrk(key, "\r\n")))
+    return sg_cli_usage_error(cli, "--key must be 1 to 200 characters on one line");
+  char *esc = curl_easy_escape(cli->curl, name, 0);
+  char *suffix = sg_asprintf("/signals/%s", esc ? esc : "");
+  curl_free(esc);
+  char *path = sg_cli_path(cli, cli->arg, suffix);
+  free(suffix);
+  struct sg_cli_resp r;
+  int rc = sg_cli_request(cli, "POST", path, payload ? payload : "", key, &r);
+  free(path);
+  if (rc == 0) {
+    if (sg_cli_ok(&r)) sg_cli_print_json(r.body.data);
+    else rc = sg_cli_http_error(&r);
+  }
+  sg_buf_free(&r.body);
+  return rc ? 1 : 0;
+}
+
 static const struct sg_cli_cmd sg_cli_cmds[] = {
     {"start", "TYPE [--input JSON] [--id KEY] [--start-at TIME | --delay DUR] [--wait] [--timeout SECS] [--server URL]",
      "start a saga of TYPE; prints its id",
@@ -555,15 +590,16 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      "  --delay DUR     its first step starts after DUR: 300ms, 30s, 5m, 1h, 1d (the saga is stored at once)\n"
      "  --wait          wait until the saga ends and print it; exit 0 only if it completed\n"
      "  --timeout SECS  how long --wait waits (default 60); the saga itself keeps running\n",
-     " input id timeout start-at delay ", " wait ", "TYPE", NULL, sg_cli_start},
+     " input id timeout start-at delay ", " wait ", "TYPE", NULL, sg_cli_start, 0},
     {"schedules", "[--json] [--server URL]", "list the scripts' cron schedules (saga.schedule) and their next fires",
-     "  --json          print the host's JSON answer instead of a table\n", "", " json ", NULL, NULL, sg_cli_schedules},
+     "  --json          print the host's JSON answer instead of a table\n", "", " json ", NULL, NULL, sg_cli_schedules, 0},
     {"show", "ID [--server URL]", "show a saga: status, data and step history", "", "", "", "ID",
-     NULL, sg_cli_show},
-    {"list", "[--key K] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"
+     NULL, sg_cli_show, 0},
+    {"list", "[--key K] [--parent ID] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"
              " [--json] [--server URL]",
      "list sagas, newest first, a page at a time",
      "  --key K         only the sagas with this business key (saga.define{key = ...})\n"
+     "  --parent ID     only the child sagas that saga ID started (ctx:run)\n"
      "  --type T        only sagas of this type\n"
      "  --status S      running, compensating, completed, compensated, compensation_failed, resolved\n"
      "                  or terminated\n"
@@ -574,27 +610,32 @@ static const struct sg_cli_cmd sg_cli_cmds[] = {
      "  --cursor C      the next page: the same command with the cursor the last one printed\n"
      "  --after C       deprecated: as --cursor C; a saga id for C lists oldest first from it\n"
      "  --json          print the host's JSON answer instead of a table\n",
-     " key type status since until limit cursor after ", " json oldest ", NULL, NULL, sg_cli_list},
+     " key parent type status since until limit cursor after ", " json oldest ", NULL, NULL, sg_cli_list, 0},
     {"compensate", "ID --reason TEXT [--server URL]", "give up on a running saga and compensate it",
      "  --reason TEXT   why, recorded in the saga's history\n", " reason ", "", "ID", "reason",
-     sg_cli_compensate},
+     sg_cli_compensate, 0},
     {"retry", "ID [--server URL]", "retry the failed compensations of a compensation_failed saga", "",
-     "", "", "ID", NULL, sg_cli_retry},
+     "", "", "ID", NULL, sg_cli_retry, 0},
     {"resolve", "ID --note TEXT [--server URL]",
      "mark a compensation_failed saga as resolved by hand",
      "  --note TEXT     what was done, recorded in the saga's history\n", " note ", "", "ID", "note",
-     sg_cli_resolve},
+     sg_cli_resolve, 0},
     {"terminate", "ID --reason TEXT [--server URL]",
      "stop a running or compensating saga without compensating (role admin)",
      "  --reason TEXT   why, recorded in the saga's history (required)\n", " reason ", "", "ID", "reason",
-     sg_cli_terminate},
+     sg_cli_terminate, 0},
     {"upgrade", "ID [--dry-run] [--server URL]",
      "move a waiting or compensation_failed saga to the current version of its type",
      "  --dry-run       only show what would change (or why it is refused)\n", "", " dry-run ", "ID", NULL,
-     sg_cli_upgrade},
+     sg_cli_upgrade, 0},
     {"plan", "ID [--server URL]", "show which compensations would run, in order, if the saga were aborted now", "", "", "",
-     "ID", NULL, sg_cli_plan},
-    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL},
+     "ID", NULL, sg_cli_plan, 0},
+    {"signal", "ID NAME [JSON] [--key K] [--server URL]",
+     "send the signal NAME (payload JSON, default {}) to a saga: a ctx:wait(NAME) takes it",
+     "  JSON            the payload, any JSON value (default: none, delivered as {})\n"
+     "  --key K         idempotency key: the same signal sent again with K is delivered once\n",
+     " key ", "", "ID", NULL, sg_cli_signal, 2},
+    {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0},
 };
 
 void sg_cli_usage(FILE *f) {

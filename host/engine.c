@@ -17,10 +17,10 @@
 #include "engine_int.h"
 #include "otel.h"
 
-static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout"};
+static const char *tm_names[] = {"", "sleep", "retry", "step_timeout", "saga_timeout", "call_timeout", "wait_timeout"};
 
 static int tm_parse(const char *s) {
-  for (int i = 1; i <= TM_CALL_TIMEOUT; i++)
+  for (int i = 1; i < (int)(sizeof tm_names / sizeof *tm_names); i++)
     if (strcmp(s, tm_names[i]) == 0) return i;
   return 0;
 }
@@ -34,13 +34,15 @@ static int commit_check(struct sg_engine *en, int block);
 static void on_reload_timer(struct ev_loop *loop, ev_timer *w, int revents);
 
 void sg_run_out_clear(struct sg_run_out *o) {
-  free(o->data); free(o->service); free(o->name); free(o->payload); free(o->error);
+  free(o->data); free(o->service); free(o->name); free(o->payload); free(o->key); free(o->error);
   memset(o, 0, sizeof *o);
 }
 
 static const char *const op_names[SG_OP__COUNT] = {
   [SG_OP_CALL] = "call", [SG_OP_SEND] = "send", [SG_OP_PUBLISH] = "publish",
-  [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid",
+  [SG_OP_SLEEP] = "sleep", [SG_OP_NOW] = "now", [SG_OP_UUID] = "uuid", [SG_OP_ALL] = "all",
+  [SG_OP_WAIT] = "wait",
+  [SG_OP_RUN] = "run", [SG_OP_CHILD_COMPENSATE] = "child_compensate",
 };
 
 const char *sg_op_name(enum sg_op op) { return op > SG_OP_NONE && op < SG_OP__COUNT ? op_names[op] : NULL; }
@@ -220,8 +222,10 @@ void eng_drop_co(struct sg_engine *en, struct sg_saga *s) {
 }
 
 void eng_saga_free(struct sg_saga *s) {
+  eng_signal_free(s); /* signals.c */
   free(s->idem_mkey);
   sg_run_out_clear(&s->parked_op);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   free(s->journal);
   sg_store_saga_row_free(&s->row);
@@ -344,6 +348,7 @@ void eng_hist_event(struct sg_engine *en, struct sg_saga *s, const char *event, 
 }
 
 void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char *error) {
+  eng_child_abandon(en, s, error ? error : sg_status_name(status)); /* children.c: a child it waits on gives up */
   eng_unpark(en, s);
   s->row.status = status;
   if (error) { free(s->row.error); s->row.error = sg_strdup(error); }
@@ -353,6 +358,7 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_saga);
   trace_given_up(en, s, 0, "no reply: the saga ended", sg_status_name(status));
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   eng_mark_dirty(en, s);
   eng_event(en, SG_EV_TERMINAL, s, sg_status_name(status), error, 0);
@@ -361,12 +367,13 @@ void eng_finish(struct sg_engine *en, struct sg_saga *s, int status, const char 
     PUSH(en->done, en->ndone, en->capdone, s);
   }
   sg_info("saga %s %s %s%s%s", s->row.type, s->row.id, sg_status_name(status), error ? ": " : "", error ? error : "");
+  eng_child_finished(en, s); /* children.c: a parent waiting on it goes on (last: it may run the parent) */
 }
 
 /* Starts compensating from step `from` downwards (the completed steps, in reverse order). */
 static void compensate_from(struct sg_engine *en, struct sg_saga *s, int from) {
   int j = from;
-  while (j >= 0 && !s->def->steps[j].has_compensate) j--;
+  while (j >= 0 && !s->def->steps[j].has_compensate && !eng_child_in_step(s->row.children, j)) j--; /* children.c */
   s->row.status = SG_ST_COMPENSATING;
   if (j < 0) { eng_finish(en, s, SG_ST_COMPENSATED, NULL); return; }
   s->row.step = j;
@@ -391,7 +398,8 @@ int eng_shown_attempt(const struct sg_saga *s) {
 /* The ending action attempt's completed calls, as row.partial, if its step compensates them. */
 static void partial_capture(struct sg_saga *s) {
   const struct sg_def_step *ds = &s->def->steps[s->row.step];
-  if (!ds->has_compensate || !ds->compensate_partial || s->row.partial) return;
+  int kids = eng_child_ran(s); /* children.c: a child of its own completed: compensated with the calls */
+  if ((!ds->has_compensate && !kids) || !ds->compensate_partial || s->row.partial) return;
   struct sg_buf b = {0};
   int n = 0;
   for (int i = 0; i < s->njournal; i++) {
@@ -412,8 +420,8 @@ static void partial_capture(struct sg_saga *s) {
     sg_buf_adds(&b, j->result);
     sg_buf_adds(&b, "}");
   }
-  if (!n) { free(b.data); return; }
-  sg_buf_adds(&b, "]");
+  if (!n && !kids) { free(b.data); return; }
+  sg_buf_adds(&b, n ? "]" : "[]");
   s->row.partial = sg_asprintf("{\"attempt\":%d,\"base\":%d,\"journal\":%s}", s->row.attempt, s->row.attempt_base,
                                b.data);
   free(b.data);
@@ -493,14 +501,17 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
 
 /* Ends the running attempt (history, timers, coroutine, journal); returns to a clean between-attempts state. */
 void eng_end_attempt(struct sg_engine *en, struct sg_saga *s, const char *status, const char *error) {
+  if (strcmp(status, "completed") != 0) eng_child_abandon(en, s, error ? error : status); /* children.c */
   eng_unpark(en, s);
   /* a cleanly finished step leaves its coroutine and ctx for the next step to reuse */
   if (strcmp(status, "completed") != 0) eng_drop_co(en, s);
+  if (strcmp(status, "completed") != 0) eng_signal_give_back(en, s); /* signals.c: the retry takes them again */
   hist_finish(en, s, status, error);
   eng_timer_cancel(en, &s->t_step);
   eng_timer_cancel(en, &s->t_wait);
   if (strcmp(status, "completed") != 0) trace_given_up(en, s, 0, "no reply: the attempt ended", error ? error : status);
   if (s->row.phase == SG_PH_ACTION && strcmp(status, "completed") != 0) partial_capture(s);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -568,6 +579,7 @@ void eng_begin_attempt(struct sg_engine *en, struct sg_saga *s) {
   s->row.attempt_started_at = now;
   eng_event(en, SG_EV_ATTEMPT_STARTED, s, NULL, NULL, 0);
   if (ds->timeout_ms > 0) s->t_step = eng_timer_new(en, s, TM_STEP_TIMEOUT, now + ds->timeout_ms, s->row.attempt);
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   journal_clear(s);
   s->seq = 0;
   s->wait_seq = 0;
@@ -591,6 +603,7 @@ static void replay(struct sg_engine *en, struct sg_saga *s) {
   struct sg_error e = {0};
   s->seq = 0;
   s->wait_seq = 0;
+  eng_fanout_clear(s); /* fan-out (fanout.c) */
   eng_drop_co(en, s);
   if (en->runner.start(en->runner.ud, s->def, &s->row, &s->co, &out, &e) < 0) {
     step_failed(en, s, e.msg, 0);
@@ -652,6 +665,7 @@ static void on_sweep(struct ev_loop *loop, ev_timer *w, int revents) {
   int64_t now = sg_now_ms();
   eng_breakers_tick(en, now);
   evict_idle(en, now);
+  eng_children_tick(en); /* children.c: children owned by other hosts */
   /* message ids older than the retention are forgotten: once a minute, or twice per retention if shorter */
   int64_t every = en->cfg.inbox_retention_ms / 2 / 250;
   if (every > 240) every = 240;
@@ -796,9 +810,13 @@ static int op_sleep(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *
   return 1;
 }
 
+/* SG_OP_ALL (a fan-out round) is not here: it takes several operation numbers, eng_process hands it
+ * to fanout.c */
 static const op_handler ops[SG_OP__COUNT] = {
   [SG_OP_CALL] = op_message, [SG_OP_SEND] = op_message, [SG_OP_PUBLISH] = op_message,
   [SG_OP_SLEEP] = op_sleep, [SG_OP_NOW] = op_value, [SG_OP_UUID] = op_value,
+  [SG_OP_WAIT] = eng_signal_wait, /* signals.c */
+  [SG_OP_RUN] = eng_child_perform, [SG_OP_CHILD_COMPENSATE] = eng_child_perform, /* children.c */
 };
 
 /* Carries out one durable operation the step yielded (see op_handler for what it returns). */
@@ -812,6 +830,7 @@ static int perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *o
 }
 
 static void park_coroutine(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) {
+  if (op->op == SG_OP_WAIT) { eng_drop_co(en, s); return; } /* a signal may never come: no coroutine meanwhile */
   if (op->op == SG_OP_SLEEP) {
     if (op->ms >= EVICT_SLEEP_MS) eng_drop_co(en, s);
     return;
@@ -867,6 +886,10 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       return;
     }
     case SG_RUN_OP: {
+      if (out->op == SG_OP_ALL) { /* fan-out (fanout.c): several calls at once, not in ops[] */
+        if (eng_fanout_op(en, s, out)) return;
+        break;
+      }
       int seq = ++s->seq;
       struct jent *j = journal_find(s, seq);
       int ok = 1;
@@ -874,6 +897,7 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
       if (j && !j->done) { /* issued before (replay): keep waiting for it */
         s->wait_seq = seq;
         sg_run_out_clear(out);
+        eng_child_waiting(en, s, j); /* children.c (last: it may wake s) */
         return;
       }
       if (j) {
@@ -913,6 +937,29 @@ void eng_process(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out
     }
   }
 }
+
+/* ---- fan-out (fanout.c): what it uses of this file ---- */
+struct jent *eng_journal_find(struct sg_saga *s, int seq) { return journal_find(s, seq); }
+int eng_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result, char **err) {
+  return perform(en, s, op, seq, result, err);
+}
+void eng_replay(struct sg_engine *en, struct sg_saga *s) { replay(en, s); }
+void eng_park_co(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op) { park_coroutine(en, s, op); }
+void eng_step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, int retryable) {
+  step_failed(en, s, err, retryable);
+}
+/* ---- end fan-out ---- */
+
+/* ---- for signals.c (a wait is journaled and woken like a sleep) ---- */
+
+struct jent *eng_journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
+  return journal_add(s, seq, done, is_error, result);
+}
+void eng_journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j) {
+  journal_write(en, s, kind, j);
+}
+void eng_wake(struct sg_engine *en, struct sg_saga *s, struct jent *j) { wake(en, s, j); }
+void eng_store_failed(struct sg_engine *en, const char *what, struct sg_error *e) { fatal_store(en, what, e); }
 
 /* ---------------------------------------------------------------------------------------------- */
 /* timers */
@@ -954,8 +1001,12 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     }
     journal_write(en, s, kind == TM_SLEEP ? "sleep" : "call", j);
     if (s->wait_seq == (int)ref) wake(en, s, j);
+    else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
     return;
   }
+  case TM_WAIT_TIMEOUT:
+    eng_signal_timeout(en, s, (int)ref); /* signals.c */
+    return;
   case TM_RETRY:
     s->row.attempt = (int)ref;
     eng_begin_attempt(en, s);
@@ -1033,6 +1084,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
   journal_write(en, s, "call", j);
   ack_after_commit(en, tag);
   if (s->wait_seq == seq) wake(en, s, j);
+  else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
 }
 
 /* A call from a saga of this host to a handler of this host (in-process transport): its reply is
@@ -1335,6 +1387,7 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
     en->tr->ops->nack(en->tr, tag, m, why);
     return;
   }
+  if (eng_signal_message(en, m, tag)) return; /* signals.c: routing key saga.signal */
   if (m->status) on_reply(en, m, tag);
   else on_command(en, m, tag, redelivered);
 }
@@ -1365,8 +1418,35 @@ struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
 /* ---------------------------------------------------------------------------------------------- */
 /* group commit */
 
-/* an outbox row read back from the store goes out again (with tracing on, with its saga's traceparent) */
+/* ---- fan-out: a command whose reply is already journaled is not sent again ---- */
+/* An outbox row of a call whose reply this host has journaled for the attempt running now: its
+ * publish was not confirmed (or the confirm not committed) before the host stopped, but the call is
+ * over, so a re-send would only reach its participant twice (with fan-out the other calls of the
+ * round keep the step waiting, which makes that window wider than for one ctx:call). */
+static int call_answered(struct sg_engine *en, const struct sg_msg *m) {
+  if (!m->reply_to || !m->message_id || !m->exchange || strcmp(m->exchange, "saga.commands") != 0) return 0;
+  char sid[40], ph;
+  int step, attempt, seq, end = 0;
+  if (sscanf(m->message_id, "%39[^.].%d.%c.%d.%d%n", sid, &step, &ph, &attempt, &seq, &end) != 5 ||
+      m->message_id[end] != 0)
+    return 0;
+  struct sg_saga *s = sg_map_get(&en->sagas, sid);
+  if (!s || s->terminal || s->row.step != step || s->row.attempt != attempt ||
+      s->row.phase != (ph == 'a' ? SG_PH_ACTION : ph == 'p' ? SG_PH_PARTIAL : SG_PH_COMPENSATE))
+    return 0;
+  struct jent *j = journal_find(s, seq);
+  return j && j->done;
+}
+/* ---- end fan-out ---- */
+
+/* an outbox row read back from the store goes out again (with tracing on, with its saga's traceparent);
+ * a call already answered does not: its row goes as if the broker had confirmed it */
 static void republish_one(struct sg_engine *en, const struct sg_msg *m) {
+  if (m->outbox_id > 0 && call_answered(en, m)) { /* deleted with the next batch */
+    if (en->st.outbox > 0) en->st.outbox--;
+    PUSH(en->confirmed, en->nconfirmed, en->capconfirmed, m->outbox_id);
+    return;
+  }
   struct sg_error e = {0};
   struct sg_msg copy;
   int traced = en->otel && !m->traceparent;
@@ -1962,6 +2042,17 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   return 0;
 }
 
+/* ---- for child sagas (children.c; the journal wrappers are signals.c's, above) ---- */
+
+void eng_compensate_from(struct sg_engine *en, struct sg_saga *s, int from) { compensate_from(en, s, from); }
+int eng_start_child(struct sg_engine *en, const char *type, const char *input_json, const char *key, int looked_up,
+                    char id[40], int *existed, struct sg_error *e) {
+  char *trace = en->otel ? sg_otel_saga_trace_new(NULL, NULL) : NULL;
+  int rc = start_saga(en, type, input_json, key, trace, looked_up, 0, id, existed, e);
+  free(trace);
+  return rc;
+}
+
 /* ---- starts without waiting ---- */
 
 static void start_req_free(struct start_req *r) {
@@ -2178,7 +2269,7 @@ static int recover_timer_cb(void *ud, const struct sg_timer_row *r) {
   if (!s || !kind) return 0;
   struct sg_timer *t = sg_xcalloc(1, sizeof *t);
   t->due = r->due_at; t->id = r->id; t->kind = kind; t->ref = r->ref; t->owner = s; t->idx = SIZE_MAX;
-  struct sg_timer **slot = kind == TM_SLEEP || kind == TM_CALL_TIMEOUT ? &s->t_wait
+  struct sg_timer **slot = kind == TM_SLEEP || kind == TM_CALL_TIMEOUT || kind == TM_WAIT_TIMEOUT ? &s->t_wait
                          : kind == TM_RETRY ? &s->t_retry : kind == TM_STEP_TIMEOUT ? &s->t_step : &s->t_saga;
   if (*slot) { free(t); return 0; }
   *slot = t;
@@ -2215,7 +2306,13 @@ static int resume_loaded(struct sg_engine *en, struct sg_saga *s, int reissue) {
   if (s->t_retry) return 1;
   struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
   int sleeping = s->t_wait && s->t_wait->kind == TM_SLEEP;
-  if (last && !last->done && (!reissue || sleeping)) { s->wait_seq = last->seq; return 1; }
+  int waiting = last && !strcmp(last->kind, "wait"); /* for a signal: nothing to send again */
+  if (last && !last->done && (!reissue || sleeping || waiting || eng_child_pending(last))) {
+    s->wait_seq = last->seq;
+    if (waiting) eng_signal_offer(en, s); /* signals.c: one may have come meanwhile */
+    eng_child_waiting(en, s, last); /* children.c: a child may have ended meanwhile */
+    return 1;
+  }
   replay(en, s);
   return 0;
 }
@@ -2313,6 +2410,7 @@ static void free_live(struct sg_engine *en) {
   sg_map_init(&en->sagas);
   sg_map_free(&en->idem); /* its keys belonged to the sagas */
   sg_map_init(&en->idem);
+  eng_children_drop(en);
   for (size_t i = 0; i < en->nout; i++) sg_msg_free(&en->out[i]);
   en->nout = 0;
   for (size_t i = 0; i < en->nchain; i++) sg_msg_free(&en->chain[i]);

@@ -66,6 +66,12 @@ enum sg_op {
   SG_OP_SLEEP,   /* ms */
   SG_OP_NOW,     /* the time, journaled */
   SG_OP_UUID,    /* a UUID, journaled */
+  SG_OP_ALL,     /* fan-out (fanout.c): a round of calls, payload = their JSON list; it takes one operation
+                  * number per call, so eng_process hands it to fanout.c instead of ops[]; service: while
+                  * an open breaker holds the round back, that breaker's service */
+  SG_OP_WAIT,    /* the next signal called name (signals.c); ms = timeout (0 = none) */
+  SG_OP_RUN,     /* a child saga of type name with input payload, waited for; key = its idempotency key or NULL */
+  SG_OP_CHILD_COMPENSATE, /* a compensation compensates child saga name (its id) and waits for it */
   SG_OP__COUNT
 };
 /* "call", "send", ...; NULL for SG_OP_NONE or out of range */
@@ -78,9 +84,10 @@ struct sg_run_out {
   char *data;       /* DONE: ctx.data as JSON */
   enum sg_op op;    /* OP: which operation; its arguments follow */
   char *service;    /* call/send: the service; publish: the topic */
-  char *name;       /* call/send: the command; publish: the event */
+  char *name;       /* call/send: the command; publish: the event; wait: the signal */
   char *payload;    /* call/send/publish: the JSON body (NULL = "{}") */
-  int64_t ms;       /* call: its timeout (0 = none); sleep: how long */
+  int64_t ms;       /* call, wait: its timeout (0 = none); sleep: how long */
+  char *key;        /* run: the child's idempotency key ({id = key}), NULL = the parent's own */
   char *error;      /* ERROR/FAIL: message with file:line */
   int retryable;    /* ERROR: may another attempt help */
 };

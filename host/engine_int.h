@@ -12,7 +12,7 @@
 #include "map.h"
 #include "timers.h"
 
-enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT };
+enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT, TM_WAIT_TIMEOUT };
 /* a timer without a saga (struct sg_engine_timer: schedules); never stored */
 #define TM_NO_SAGA 100
 
@@ -67,6 +67,8 @@ struct sg_saga {
   int admitted;              /* released by its breaker: the next call goes out without asking again */
   int preempted;             /* its step's slice ended: it waits in the run queue to go on */
   struct sg_run_out parked_op; /* a call held back by an open breaker (op != NULL while parked) */
+  struct fanout *fan;        /* fan-out (fanout.c): the round of calls it waits on (wait_seq = -its first), or NULL */
+  struct sigq *sigq;         /* signals.c: its signals as this host knows them, NULL until first needed */
   struct sg_saga *next_dirty;
 };
 
@@ -272,6 +274,9 @@ struct sg_engine {
   int nobs;
   struct sg_otel *otel;      /* the span exporter (tracing.c), NULL: tracing off */
   int64_t cmd_t0_us;         /* tracing on: when the handler of the command being answered began */
+  /* child sagas (children.c) */
+  struct sg_map awaited;     /* child id -> its id (malloc'd, the key too): children some saga here waits on */
+  int child_polls;           /* reads of children owned elsewhere on their way (one round at a time) */
   struct sg_engine_stats st;
 };
 
@@ -308,6 +313,35 @@ int eng_shown_attempt(const struct sg_saga *s);
 
 void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int chained, int record,
                           const char *status, const char *body);
+
+/* fan-out (fanout.c) */
+struct jent *eng_journal_find(struct sg_saga *s, int seq);
+int eng_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result, char **err);
+void eng_replay(struct sg_engine *en, struct sg_saga *s);
+void eng_park_co(struct sg_engine *en, struct sg_saga *s, const struct sg_run_out *op); /* eviction bookkeeping */
+void eng_step_failed(struct sg_engine *en, struct sg_saga *s, const char *err, int retryable);
+/* op "all" (a round of calls): 1 = the saga parked or its step ended, 0 = out holds the step's next run */
+int eng_fanout_op(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *out);
+/* a call of the round the saga waits on ended: the step goes on once all have */
+void eng_fanout_progress(struct sg_engine *en, struct sg_saga *s);
+void eng_fanout_clear(struct sg_saga *s);
+/* engine.c, for signals.c */
+struct jent *eng_journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result);
+void eng_journal_write(struct sg_engine *en, struct sg_saga *s, const char *kind, struct jent *j); /* at the commit */
+void eng_wake(struct sg_engine *en, struct sg_saga *s, struct jent *j); /* its operation j has its result */
+void eng_store_failed(struct sg_engine *en, const char *what, struct sg_error *e); /* stops the loop */
+
+/* signals.c */
+/* SG_OP_WAIT, the handler of ctx:wait (op->name, op->ms = timeout or 0): 0 = *result now, 1 = parked,
+ * -1 = *err (engine.c: op_handler) */
+int eng_signal_wait(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                    char **err);
+void eng_signal_timeout(struct sg_engine *en, struct sg_saga *s, int seq); /* its wait's timeout fired */
+void eng_signal_offer(struct sg_engine *en, struct sg_saga *s); /* parked on a wait: a kept signal, if any, wakes it */
+int eng_signal_poke(struct sg_engine *en, const char *id, struct sg_error *e); /* mail: signals came from elsewhere */
+int eng_signal_message(struct sg_engine *en, const struct sg_msg *m, uint64_t tag); /* 1 = a signal, handled */
+void eng_signal_give_back(struct sg_engine *en, struct sg_saga *s); /* its attempt failed: its waits' signals go back */
+void eng_signal_free(struct sg_saga *s);
 
 /* tracing.c (called only when en->otel is set) */
 struct sg_otel;
@@ -360,6 +394,28 @@ void eng_runq_saga(struct sg_engine *en, struct sg_saga *s);          /* s was p
 void eng_runq_command(struct sg_engine *en, struct pending_cmd *pc);  /* takes pc */
 void eng_runq_stop(struct sg_engine *en);
 void eng_runq_free(struct sg_engine *en);
+
+/* engine.c, for children.c */
+/* (and eng_journal_add, eng_journal_find, eng_journal_write, eng_wake, declared above) */
+void eng_compensate_from(struct sg_engine *en, struct sg_saga *s, int from); /* steps from..0, reverse */
+/* starts a saga as a child would (no request trace); looked_up: key is known to be unused */
+int eng_start_child(struct sg_engine *en, const char *type, const char *input_json, const char *key, int looked_up,
+                    char id[40], int *existed, struct sg_error *e);
+
+/* children.c: child sagas (ctx:run). A parent's wait on a child is a journal entry of kind "run"
+ * (or "child_compensate" while its compensation compensates a child) whose result, while pending,
+ * names the child: {"child": id, "op": "run" | "compensate"}. */
+/* the handler of SG_OP_RUN and SG_OP_CHILD_COMPENSATE (engine.c's ops[]): 1 parked, 0 *result now, -1 *err */
+int eng_child_perform(struct sg_engine *en, struct sg_saga *s, struct sg_run_out *op, int seq, char **result,
+                      char **err);
+int eng_child_pending(const struct jent *j);  /* j waits on a child */
+void eng_child_waiting(struct sg_engine *en, struct sg_saga *s, struct jent *j); /* s parked on j again (replay, recovery) */
+void eng_child_finished(struct sg_engine *en, struct sg_saga *s); /* s reached a terminal status: its waiters go on */
+void eng_child_abandon(struct sg_engine *en, struct sg_saga *s, const char *why); /* s stops waiting: the child gives up */
+int eng_child_ran(const struct sg_saga *s); /* its running attempt ran a child that completed, of its own */
+int eng_child_in_step(const char *children, int step); /* sagas.children: step started children (compensated with it) */
+void eng_children_tick(struct sg_engine *en); /* the sweep: children owned by other hosts are read */
+void eng_children_drop(struct sg_engine *en); /* every wait forgotten (fence, free) */
 
 /* breaker.c */
 struct breaker *eng_breaker_get(struct sg_engine *en, const char *service);

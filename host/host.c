@@ -1,6 +1,7 @@
 /* host: the wiring of store, script runtime, engine and transport. */
 #include "host.h"
 #include "otel.h"
+#include "signals.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -124,6 +125,8 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   if (c->amqp) {
     h->tr = sg_transport_amqp_new(loop, c->amqp, h->host_id, &tev, e);
     if (!h->tr) goto fail;
+    /* signals over AMQP (docs/protocol.md): every host consumes saga.svc.saga */
+    if (h->tr->ops->subscribe(h->tr, SG_SIGNAL_SERVICE, e) < 0) goto fail;
   } else {
     h->tr = sg_transport_local_new(loop, &tev);
   }

@@ -408,7 +408,7 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(cmd, "start") || !strcmp(cmd, "show") || !strcmp(cmd, "list") || !strcmp(cmd, "compensate") ||
       !strcmp(cmd, "retry") || !strcmp(cmd, "resolve") || !strcmp(cmd, "plan") || !strcmp(cmd, "terminate") ||
-      !strcmp(cmd, "upgrade") || !strcmp(cmd, "schedules"))
+      !strcmp(cmd, "upgrade") || !strcmp(cmd, "signal") || !strcmp(cmd, "schedules"))
     return sg_cli_client(argc - 1, argv + 1);
   return usage_error("unknown command '%s'", cmd);
 }

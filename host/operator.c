@@ -279,6 +279,7 @@ static int verb_apply(struct sg_engine *en, const char *id, const char *verb, co
   if (!strcmp(verb, "resolve")) return sg_engine_resolve(en, id, arg, who, e);
   if (!strcmp(verb, "terminate")) return sg_engine_terminate(en, id, arg, who, e);
   if (!strcmp(verb, "upgrade")) return sg_engine_upgrade(en, id, who, e);
+  if (!strcmp(verb, "signal")) return eng_signal_poke(en, id, e); /* mail from the host a signal reached */
   return sg_errorf(e, SG_E_INVALID, "unknown verb '%.15s'", verb);
 }
 
@@ -380,11 +381,12 @@ void eng_verbs_refuse(struct sg_engine *en, int code, const char *why) {
   free(list);
 }
 
-static void plan_json(struct sg_buf *b, const struct sg_def *d, int from, int include_from) {
+/* children: the saga's sagas.children (a step that started children is compensated for them too) */
+static void plan_json(struct sg_buf *b, const struct sg_def *d, const char *children, int from, int include_from) {
   sg_buf_adds(b, "[");
   int first = 1;
   for (int j = from; j >= 0; j--) {
-    if (!d->steps[j].has_compensate) continue;
+    if (!d->steps[j].has_compensate && !eng_child_in_step(children, j)) continue;
     if (j == from && !include_from) continue;
     sg_buf_printf(b, "%s{\"step\":%d,\"name\":", first ? "" : ",", j + 1);
     sg_buf_add_json_str(b, d->steps[j].name);
@@ -417,9 +419,9 @@ char *sg_engine_plan(struct sg_engine *en, const char *id, struct sg_error *e) {
      * one shows the compensations still to run, but compensate answers 409 for it */
     int abortable = r.status == SG_ST_RUNNING;
     sg_buf_printf(&b, ",\"abortable\":%s,\"compensations\":", abortable ? "true" : "false");
-    if (r.status == SG_ST_RUNNING) plan_json(&b, d, r.step, 0);          /* the completed steps */
+    if (r.status == SG_ST_RUNNING) plan_json(&b, d, r.children, r.step, 0);          /* the completed steps */
     else if (r.status == SG_ST_COMPENSATING || r.status == SG_ST_COMPENSATION_FAILED)
-      plan_json(&b, d, r.step, 1);                                        /* the current one and below */
+      plan_json(&b, d, r.children, r.step, 1);                            /* the current one and below */
     else sg_buf_adds(&b, "[]");
     sg_buf_adds(&b, "}");
     out = sg_buf_steal(&b);
@@ -442,7 +444,7 @@ char *sg_engine_pending_compensations(struct sg_engine *en, const struct sg_saga
   if (!d) return NULL;
   struct sg_buf b;
   sg_buf_init(&b);
-  plan_json(&b, d, r->step, 1);
+  plan_json(&b, d, r->children, r->step, 1);
   return sg_buf_steal(&b);
 }
 

@@ -58,7 +58,8 @@ static int64_t int_at(lua_State *L, int idx) {
 }
 
 /* What lua/saga.lua yields, (name, args...), into a typed operation:
- *   call service command payload [timeout_ms] | send/publish service name payload | sleep ms | now | uuid */
+ *   call service command payload [timeout_ms] | send/publish service name payload | sleep ms | now | uuid
+ *   | wait name [timeout_ms] | run type input [key] | child_compensate id */
 static void decode_op(lua_State *co, int base, int nres, struct sg_run_out *out) {
   out->result = SG_RUN_OP;
   out->op = nres > 0 && lua_type(co, base) == LUA_TSTRING ? sg_op_from_name(lua_tostring(co, base)) : SG_OP_NONE;
@@ -75,8 +76,23 @@ static void decode_op(lua_State *co, int base, int nres, struct sg_run_out *out)
   case SG_OP_SLEEP:
     if (nres > 1) out->ms = int_at(co, base + 1);
     break;
+  case SG_OP_WAIT:
+    if (nres > 1) out->name = dup_at(co, base + 1);
+    if (nres > 2) out->ms = int_at(co, base + 2);
+    break;
   case SG_OP_NOW:
   case SG_OP_UUID:
+    break;
+  case SG_OP_ALL: /* fan-out: the JSON list of the round's calls */
+    if (nres > 1) out->payload = dup_at(co, base + 1);
+    break;
+  case SG_OP_RUN: /* run type input [key] */
+    if (nres > 1) out->name = dup_at(co, base + 1);
+    if (nres > 2) out->payload = dup_at(co, base + 2);
+    if (nres > 3) out->key = dup_at(co, base + 3);
+    break;
+  case SG_OP_CHILD_COMPENSATE: /* child_compensate id */
+    if (nres > 1) out->name = dup_at(co, base + 1);
     break;
   case SG_OP_NONE:
   case SG_OP__COUNT:
@@ -198,6 +214,23 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
   lua_getfield(co, -1, r->phase == SG_PH_ACTION ? "action" : "compensate"); /* SG_PH_PARTIAL too */
   lua_replace(co, -6);
   lua_pop(co, 4); /* stack: run_step, fn */
+  if ((r->phase == SG_PH_COMPENSATE || r->phase == SG_PH_PARTIAL) && r->children && r->children[0] &&
+      strcmp(r->children, "[]") != 0) {
+    /* the step's children are compensated first (children.c), also for a failed attempt's (partial) */
+    sc_push_runtime(sc, co, "compensation");
+    lua_insert(co, -2);
+    lua_pushstring(co, r->children);
+    lua_pushinteger(co, r->step);
+    /* a failed attempt's compensation before a retry leaves the children the retry shares ({id = key}) */
+    lua_pushboolean(co, r->phase == SG_PH_PARTIAL && r->status == SG_ST_RUNNING);
+    if (lua_pcall(co, 4, 1, 0) != LUA_OK) {
+      sg_errorf(e, SG_E_INTERNAL, "cannot compensate the children of %s step %d: %s", d->type, r->step + 1,
+                lua_tostring(co, -1) ? lua_tostring(co, -1) : "?");
+      r_drop(sc, h);
+      lua_settop(L, top);
+      return -1;
+    }
+  }
   if (!lua_isfunction(co, -1)) {
     r_drop(sc, h);
     lua_settop(L, top);

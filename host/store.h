@@ -60,6 +60,9 @@ struct sg_saga_row {
   int64_t attempt_started_at; /* start of the running attempt, 0 = none (its history row is written when it ends) */
   int attempt_base;   /* attempts made before an operator's retry: the retry policy counts from here */
   int same_status;    /* saga_update hint: the status is the one stored (its index needs no update) */
+  char *parent;       /* a child saga (ctx:run): the id of the saga that started it, else NULL; never changes */
+  char *children;     /* a parent: the children its steps started, JSON [{"id","type","step"[,"key":true]}]
+                       * (step 0-based, in start order; key: started with {id = key}), else NULL (children.c) */
 };
 void sg_store_saga_row_free(struct sg_saga_row *r); /* frees the strings, not r itself */
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src); /* deep copy into dst */
@@ -110,12 +113,26 @@ struct sg_event_batch {
 struct sg_journal_row {
   const char *saga_id;
   int step, phase, attempt, seq; /* key: the seq-th operation of that attempt, 1-based */
-  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid"; a call also names its target:
-                       * "call hotel.Book" */
-  int done;           /* 0 = issued and waiting (call/sleep), 1 = result known */
+  const char *kind;   /* "call", "send", "publish", "sleep", "now", "uuid", "wait"; a call also names its
+                       * target: "call hotel.Book" */
+  int done;           /* 0 = issued and waiting (call/sleep/wait), 1 = result known */
   int is_error;       /* result is an error reply */
-  const char *result; /* JSON text, NULL while waiting */
+  const char *result; /* JSON text, NULL while waiting (a wait: the signal's name as a JSON string) */
 };
+
+/* A signal sent to a saga (table signals): kept until a ctx:wait of its name takes it (signals.c). */
+struct sg_signal_row {
+  const char *id;        /* uuid, given by the host that received it */
+  const char *saga_id;
+  const char *name;      /* the signal's name (letters, digits, '_', '-') */
+  const char *payload;   /* JSON text */
+  const char *idem_key;  /* Idempotency-Key / AMQP message_id, or NULL: a second signal with the same key
+                          * for the same saga is not stored */
+  int64_t seq;           /* arrival order (us since the epoch, made unique by the receiving host) */
+  int64_t received_at;   /* ms */
+  int64_t delivered_at;  /* ms; 0 = pending (no wait has taken it) */
+};
+typedef int (*sg_signal_cb)(void *ud, const struct sg_signal_row *r);
 
 /* A durable timer (table timers). One saga may have several (sleep, retry, timeouts). */
 struct sg_timer_row {
@@ -140,6 +157,7 @@ struct sg_msg {
   char *status;          /* replies: "ok" or "error"; else NULL */
   char *body;            /* JSON text */
   char *traceparent, *tracestate; /* headers traceparent, tracestate (W3C Trace Context), or NULL */
+  char *saga_key, *signal;  /* a signal (routing key saga.signal): headers saga-key and signal-name, or NULL */
   int64_t created_at;
 };
 void sg_msg_free(struct sg_msg *m); /* frees the strings, not m itself */
@@ -154,6 +172,7 @@ struct sg_saga_filter {
   const char *key;     /* business key, NULL = any */
   int64_t since, until; /* created_at bounds in ms: since <= created_at < until; 0 = no bound */
   int desc;            /* newest first (descending ids) instead of oldest first */
+  const char *parent;  /* the children of this saga (ctx:run), NULL = any */
 };
 /* For stores: the bounds on ids that a filter's created_at bounds and cursor imply, so that the list is
  * a range of the id index (ids start with their creation ms, see sg_uuid): lo and hi (40 bytes each) get
@@ -181,7 +200,7 @@ enum sg_read_kind {
   SG_READ_SAGA,   /* a = saga id: rc 1 and rows[0], or rc 0; with_hist: its history rows too, in order;
                    * with_owner (several hosts): its owner and whether the owner's lease runs */
   SG_READ_IDEM,   /* a = type, b = idempotency key: rc 1 and rows[0], or rc 0 */
-  SG_READ_LIST,   /* filter (a = type or NULL, b = cursor or NULL, key, since, until, desc, status, limit):
+  SG_READ_LIST,   /* filter (a = type or NULL, b = cursor or NULL, key, parent, since, until, desc, status, limit):
                    * rc 0 and rows, in the order asked (see struct sg_saga_filter) */
   SG_READ_INBOX,  /* a = message id: rc 1 and status, body (each may be NULL), or rc 0 */
   SG_READ_OUTBOX, /* the outbox rows this host owns, in id order: rc 0 and msgs */
@@ -215,6 +234,7 @@ struct sg_read {
   char *key;                 /* SG_READ_LIST: business key or NULL (owned) */
   int64_t since, until;      /* SG_READ_LIST: created_at bounds, as in struct sg_saga_filter */
   int desc;                  /* SG_READ_LIST: newest first */
+  char *parent;              /* SG_READ_LIST: the children of this saga, or NULL (owned) */
   /* the answer */
   int rc;                    /* 1 found, 0 not found (or a list), -1 failed (err) */
   struct sg_error err;       /* SG_E_UNAVAILABLE: the database cannot be reached now */
@@ -336,6 +356,16 @@ struct sg_store_ops {
   /* a finished saga's journal is of no more use */
   int (*journal_del)(struct sg_store *s, const char *saga_id, struct sg_error *e);
 
+  /* ---- signals (signals.c); saga_prune deletes the signals of the sagas it deletes ----
+   * signal_put inserts r unless the saga has a signal with r->idem_key already (then nothing: a
+   * repeat is stored once; the engine tells a repeat from what it reads with signal_find and what it
+   * holds in memory); signal_done marks it taken by a wait at `at` (in the batch of the wait's journal
+   * row), or pending again with at = 0 (the wait's attempt failed); signal_find: 1 when the saga has a signal (pending or taken) with that key, 0 when not;
+   * signal_each: the saga's pending signals, in arrival order (seq) */
+  int (*signal_put)(struct sg_store *s, const struct sg_signal_row *r, struct sg_error *e);
+  int (*signal_done)(struct sg_store *s, const char *id, int64_t at, struct sg_error *e);
+  int (*signal_find)(struct sg_store *s, const char *saga_id, const char *idem_key, struct sg_error *e);
+  int (*signal_each)(struct sg_store *s, const char *saga_id, sg_signal_cb cb, void *ud, struct sg_error *e);
   /* ---- schedules (schedule.c) ----
    * The last fire time claimed for schedule `name`: 1 and *last, or 0 when it never had one. */
   int (*schedule_last)(struct sg_store *s, const char *name, int64_t *last, struct sg_error *e);

@@ -43,7 +43,10 @@ void sg_store_saga_row_free(struct sg_saga_row *r) {
   free(r->biz_key);
   free(r->trace);
   free(r->partial);
+  free(r->parent);
+  free(r->children);
   r->type = r->def_hash = r->input = r->data = r->error = r->idem_key = r->biz_key = r->trace = r->partial = NULL;
+  r->parent = r->children = NULL;
 }
 
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src) {
@@ -57,6 +60,8 @@ void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *s
   dst->biz_key = sg_strdup(src->biz_key);
   dst->trace = sg_strdup(src->trace);
   dst->partial = sg_strdup(src->partial);
+  dst->parent = sg_strdup(src->parent);
+  dst->children = sg_strdup(src->children);
 }
 
 /* How much earlier than its created_at a saga's id may say it was made: rows written before created_at
@@ -95,9 +100,12 @@ void sg_msg_free(struct sg_msg *m) {
   free(m->body);
   free(m->traceparent);
   free(m->tracestate);
+  free(m->saga_key);
+  free(m->signal);
   m->traceparent = m->tracestate = NULL;
   m->message_id = m->correlation_id = m->exchange = m->routing_key = m->reply_to = NULL;
   m->type = m->saga_id = m->saga_type = m->status = m->body = NULL;
+  m->saga_key = m->signal = NULL;
 }
 
 void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
@@ -115,6 +123,8 @@ void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
   dst->body = sg_strdup(src->body);
   dst->traceparent = sg_strdup(src->traceparent);
   dst->tracestate = sg_strdup(src->tracestate);
+  dst->saga_key = sg_strdup(src->saga_key);
+  dst->signal = sg_strdup(src->signal);
 }
 
 /* ---- reads without waiting ---- */
@@ -135,6 +145,7 @@ void sg_read_free(struct sg_read *rd) {
   free(rd->a);
   free(rd->b);
   free(rd->key);
+  free(rd->parent);
   for (size_t i = 0; i < rd->nrows; i++) sg_store_saga_row_free(&rd->rows[i]);
   free(rd->rows);
   for (size_t i = 0; i < rd->nhist; i++) {
@@ -299,7 +310,8 @@ static void read_now(struct sg_store *s, struct sg_read *rd) {
     break;
   case SG_READ_LIST: {
     struct sg_saga_filter f = { .status = rd->status, .type = rd->a, .after = rd->b, .limit = rd->limit,
-                                .key = rd->key, .since = rd->since, .until = rd->until, .desc = rd->desc };
+                                .key = rd->key, .since = rd->since, .until = rd->until, .desc = rd->desc,
+                                .parent = rd->parent };
     rd->rc = o->saga_list(s, &f, read_row_cb, rd, &rd->err) < 0 ? -1 : 0;
     break;
   }

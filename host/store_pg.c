@@ -161,7 +161,19 @@ static const char *const migrations[] = {
   /* 11: a step's compensation running for an action attempt that failed after some of its calls
    * completed (sg_saga_row.partial) */
   "ALTER TABLE sagas ADD COLUMN partial TEXT;",
-  /* 12: schedules (saga.schedule): the last fire time claimed for each; a claim moves it forward in
+  /* 12: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
+   * idempotency key answers a repeat) until its saga is pruned. Any host writes them; the saga's owner
+   * takes them (woken by mail) */
+  "CREATE TABLE signals (id TEXT COLLATE \"C\" PRIMARY KEY, saga_id TEXT COLLATE \"C\" NOT NULL, name TEXT NOT NULL,"
+  "  payload TEXT NOT NULL, idem_key TEXT COLLATE \"C\", seq BIGINT NOT NULL, received_at BIGINT NOT NULL,"
+  "  delivered_at BIGINT NOT NULL DEFAULT 0);"
+  "CREATE UNIQUE INDEX signals_idem ON signals(saga_id, idem_key) WHERE idem_key IS NOT NULL;"
+  "CREATE INDEX signals_pending ON signals(saga_id, seq) WHERE delivered_at = 0;",
+  /* 13: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
+  "ALTER TABLE sagas ADD COLUMN parent TEXT COLLATE \"C\";"
+  "ALTER TABLE sagas ADD COLUMN children TEXT;"
+  "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
+  /* 14: schedules (saga.schedule): the last fire time claimed for each; a claim moves it forward in
    * the transaction that inserts the fire's saga, so two hosts never start one fire twice */
   "CREATE TABLE schedules (name TEXT COLLATE \"C\" PRIMARY KEY, last_fire BIGINT NOT NULL);",
 };
@@ -179,13 +191,14 @@ enum {
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_SAGA_PRUNE,
   ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
   ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_FROM, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
+  ST_SIGNAL_PUT, ST_SIGNAL_DONE, ST_SIGNAL_FIND, ST_SIGNAL_EACH,
   ST_SCHED_LAST, ST_SCHED_CLAIM,
   ST_COUNT
 };
 
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
                   " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
-                  " partial"
+                  " partial, parent, children"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_SCHED_LAST] = "SELECT last_fire FROM schedules WHERE name = $1",
@@ -195,7 +208,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " SET last_fire = EXCLUDED.last_fire WHERE schedules.last_fire < EXCLUDED.last_fire RETURNING 1),"
                      " w AS (INSERT INTO sagas(" SAGA_COLS ", owner) SELECT $3::text, $4::text, $5::text, $6::text,"
                      " $7::int, $8::int, $9::int, $10::text, $11::text, $12::text, $13::text, $14::bigint, $15::bigint,"
-                     " $16::bigint, $17::bigint, $18::bigint, $19::int, $20::text, $21::text, $22::text, $23::text FROM c"
+                     " $16::bigint, $17::bigint, $18::bigint, $19::int, $20::text, $21::text, $22::text, $23::text, $24::text,"
+                     " $25::text FROM c"
                      " WHERE $3::text IS NOT NULL RETURNING 1)"
                      " SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM w)",
   [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
@@ -204,17 +218,19 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* DO NOTHING: a duplicate id or (type, idem_key) is reported as a conflict (0 rows) without
    * aborting the transaction, as SQLite's failed statement leaves its transaction usable */
   [ST_SAGA_INSERT] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT DO NOTHING RETURNING 1)"
+                     " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23) ON CONFLICT DO NOTHING RETURNING 1)"
                      " SELECT sg_one(count(*), 'saga ' || $1 || ' insert') FROM w",
   [ST_SAGA_UPDATE] = "WITH w AS (UPDATE sagas SET def_hash = $2, status = $3, step = $4, phase = $5, attempt = $6,"
                      " data = $7, error = $8, updated_at = $9, deadline = $10, version = $11,"
-                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace), partial = $16"
+                     " attempt_started_at = $12, attempt_base = $13, owner = $14, trace = COALESCE($15, trace), partial = $16,"
+                     " children = $17"
                      " WHERE id = $1"
                      " AND version = $11::bigint - 1 RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   /* the same without status and def_hash: no index column changes, so PostgreSQL can update in place (HOT) */
   [ST_SAGA_PROGRESS] = "WITH w AS (UPDATE sagas SET step = $2, phase = $3, attempt = $4,"
                        " data = $5, error = $6, updated_at = $7, deadline = $8, version = $9,"
-                       " attempt_started_at = $10, attempt_base = $11, partial = $12 WHERE id = $1 AND version = $9::bigint - 1"
+                       " attempt_started_at = $10, attempt_base = $11, partial = $12, children = $13"
+                       " WHERE id = $1 AND version = $9::bigint - 1"
                        " RETURNING 1) SELECT sg_one(count(*), 'saga ' || $1 || ' update') FROM w",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = $1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = $1 AND idem_key = $2",
@@ -256,7 +272,8 @@ static const char *const stmt_sql[ST_COUNT] = {
    * history and the sagas; the row count is that of the sagas */
   [ST_SAGA_PRUNE] = "WITH p AS (SELECT id FROM sagas WHERE status IN ('completed', 'compensated', 'resolved')"
                     " AND updated_at < $1 LIMIT $2),"
-                    " h AS (DELETE FROM history WHERE saga_id IN (SELECT id FROM p))"
+                    " h AS (DELETE FROM history WHERE saga_id IN (SELECT id FROM p)),"
+                    " g AS (DELETE FROM signals WHERE saga_id IN (SELECT id FROM p))"
                     " DELETE FROM sagas WHERE id IN (SELECT id FROM p)",
   [ST_SAGA_OWNER] = "SELECT s.owner, coalesce(h.lease_until > sg_now(), false) FROM sagas s"
                     " LEFT JOIN hosts h ON h.host_id = s.owner WHERE s.id = $1",
@@ -268,6 +285,14 @@ static const char *const stmt_sql[ST_COUNT] = {
                    " WHERE s.owner = $1 ORDER BY m.id LIMIT 200",
   [ST_MAIL_DEL] = "DELETE FROM mail WHERE id = ANY($1::bigint[])",
   [ST_NOTIFY] = "SELECT pg_notify(sg_channel($1), $2)",
+  /* DO NOTHING: a repeat of an idempotency key (signals_idem), from this host or another, is not stored
+   * again and does not abort the batch */
+  [ST_SIGNAL_PUT] = "INSERT INTO signals(id, saga_id, name, payload, idem_key, seq, received_at, delivered_at)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+  [ST_SIGNAL_DONE] = "UPDATE signals SET delivered_at = $2 WHERE id = $1",
+  [ST_SIGNAL_FIND] = "SELECT 1 FROM signals WHERE saga_id = $1 AND idem_key = $2",
+  [ST_SIGNAL_EACH] = "SELECT id, saga_id, name, payload, idem_key, seq, received_at, delivered_at FROM signals"
+                     " WHERE saga_id = $1 AND delivered_at = 0 ORDER BY seq",
   [ST_EVENT_PUT] = "INSERT INTO events(at, n, host_id, body) VALUES ($1, $2, $3, $4)",
   /* positions are (txid, id): only rows below every open transaction, which no commit can precede any more */
   [ST_EVENT_AFTER] = "SELECT txid::text, id, at, n, host_id, body FROM events WHERE (txid, id) > ($1::xid8, $2::bigint)"
@@ -285,8 +310,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 24 /* saga_insert: the saga columns and its owner; schedule_claim: the schedule, its fire
-                       * time, the saga columns and its owner */
+#define MAX_PARAMS 26 /* schedule_claim: the schedule, its fire time, the saga columns and its owner */
 struct params {
   int n;
   const char *v[MAX_PARAMS];
@@ -1140,6 +1164,8 @@ static void saga_from_row_at(const PGresult *res, int i, int o, struct sg_saga_r
   r->biz_key = own ? sg_strdup(col(res, i, o + 17)) : (char *)col(res, i, o + 17);
   r->trace = own ? sg_strdup(col(res, i, o + 18)) : (char *)col(res, i, o + 18);
   r->partial = own ? sg_strdup(col(res, i, o + 19)) : (char *)col(res, i, o + 19);
+  r->parent = own ? sg_strdup(col(res, i, o + 20)) : (char *)col(res, i, o + 20);
+  r->children = own ? sg_strdup(col(res, i, o + 21)) : (char *)col(res, i, o + 21);
   r->same_status = 0;
 }
 
@@ -1166,6 +1192,8 @@ static int pg_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   p_text(&p, r->biz_key);
   p_text(&p, r->trace);
   p_text(&p, r->partial);
+  p_text(&p, r->parent);
+  p_text(&p, r->children);
   p_text(&p, s->me[0] ? s->me : NULL);
   int64_t rows = 0;
   int ran = wr_exec(s, ST_SAGA_INSERT, &p, &rows, e, "saga_insert");
@@ -1199,6 +1227,7 @@ static int pg_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   if (!r->same_status) p_text(&p, s->me[0] ? s->me : NULL); /* an operator's verb on a finished saga makes it ours */
   if (!r->same_status) p_text(&p, r->trace); /* an operator's retry changes it */
   p_text(&p, r->partial);
+  p_text(&p, r->children);
   int64_t rows = 0;
   int ran = wr_exec(s, r->same_status ? ST_SAGA_PROGRESS : ST_SAGA_UPDATE, &p, &rows, e, "saga_update");
   if (ran < 0) return -1;
@@ -1259,6 +1288,7 @@ static void list_query(const struct sg_saga_filter *f, char *sql, size_t n, stru
   sg_saga_filter_id_range(f, lo, hi);
 #define COND(sql_, add) do { add; sg_buf_printf(&b, sql_, p->n); } while (0)
   if (f->key) COND(" AND biz_key = $%d", p_text(p, f->key));
+  if (f->parent) COND(" AND parent = $%d", p_text(p, f->parent));
   if (f->type) COND(" AND type = $%d", p_text(p, f->type));
   if (f->status >= 0) COND(" AND status = $%d", p_text(p, sg_status_name(f->status)));
   if (lo[0]) COND(" AND id > $%d", p_text(p, lo));
@@ -1642,6 +1672,8 @@ static int pg_schedule_claim(struct sg_store *base, const char *name, int64_t at
   p_text(&p, r->biz_key);
   p_text(&p, r->trace);
   p_text(&p, r->partial);
+  p_text(&p, r->parent);
+  p_text(&p, r->children);
   p_text(&p, s->me[0] ? s->me : NULL);
   PGresult *res = rd_exec(s, ST_SCHED_CLAIM, &p, e, "schedule_claim");
   if (!res) return -1;
@@ -1704,6 +1736,56 @@ static int pg_saga_prune(struct sg_store *base, int64_t before, int limit, int64
   int64_t rows = 0;
   if (wr_exec(S(base), ST_SAGA_PRUNE, &p, &rows, e, "saga_prune") < 0) return -1;
   if (deleted) *deleted = rows;
+  return 0;
+}
+
+/* ---- signals ---- */
+
+static int pg_signal_put(struct sg_store *base, const struct sg_signal_row *r, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, r->id);
+  p_text(&p, r->saga_id);
+  p_text(&p, r->name);
+  p_text(&p, r->payload);
+  p_text(&p, r->idem_key);
+  p_int(&p, r->seq);
+  p_int(&p, r->received_at);
+  p_int(&p, r->delivered_at);
+  return wr_done(S(base), ST_SIGNAL_PUT, &p, e, "signal_put");
+}
+
+static int pg_signal_done(struct sg_store *base, const char *id, int64_t at, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, id);
+  p_int(&p, at);
+  return wr_done(S(base), ST_SIGNAL_DONE, &p, e, "signal_done");
+}
+
+static int pg_signal_find(struct sg_store *base, const char *saga_id, const char *idem_key, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  p_text(&p, idem_key);
+  PGresult *res = rd_exec(S(base), ST_SIGNAL_FIND, &p, e, "signal_find");
+  if (!res) return -1;
+  int found = PQntuples(res) > 0;
+  PQclear(res);
+  return found;
+}
+
+static int pg_signal_each(struct sg_store *base, const char *saga_id, sg_signal_cb cb, void *ud, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, saga_id);
+  PGresult *res = rd_exec(S(base), ST_SIGNAL_EACH, &p, e, "signal_each");
+  if (!res) return -1;
+  for (int i = 0; i < PQntuples(res); i++) {
+    struct sg_signal_row r = {
+      .id = col(res, i, 0), .saga_id = col(res, i, 1), .name = col(res, i, 2), .payload = col(res, i, 3),
+      .idem_key = col(res, i, 4), .seq = col_i64(res, i, 5), .received_at = col_i64(res, i, 6),
+      .delivered_at = col_i64(res, i, 7),
+    };
+    if (cb(ud, &r)) break;
+  }
+  PQclear(res);
   return 0;
 }
 
@@ -2042,7 +2124,8 @@ static int rd_send(struct pg_store *s, struct rdc *c, struct sg_read *r) {
     break;
   case SG_READ_LIST: {
     struct sg_saga_filter f = { .status = r->status, .type = r->a, .after = r->b, .limit = r->limit,
-                                .key = r->key, .since = r->since, .until = r->until, .desc = r->desc };
+                                .key = r->key, .since = r->since, .until = r->until, .desc = r->desc,
+                                .parent = r->parent };
     list_query(&f, list_sql, sizeof list_sql, &p, lo, hi);
     sql[0] = list_sql;
     break;
@@ -2450,6 +2533,10 @@ static const struct sg_store_ops pg_ops = {
   .journal_del = pg_journal_del,
   .event_put = pg_event_put,
   .saga_prune = pg_saga_prune,
+  .signal_put = pg_signal_put,
+  .signal_done = pg_signal_done,
+  .signal_find = pg_signal_find,
+  .signal_each = pg_signal_each,
   .host_register = pg_host_register,
   .journal_each_active = pg_journal_each_active,
   .host_release = pg_host_release,

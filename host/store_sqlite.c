@@ -79,7 +79,18 @@ static const char *const migrations[] = {
   /* 9: a step's compensation running for an action attempt that failed after some of its calls
    * completed (sg_saga_row.partial) */
   "ALTER TABLE sagas ADD COLUMN partial TEXT;",
-  /* 10: schedules (saga.schedule): the last fire time claimed for each, so a fire starts once */
+  /* 10: signals sent to sagas (signals.c), kept until a ctx:wait takes them; a taken one stays (its
+   * idempotency key answers a repeat) until its saga is pruned */
+  "CREATE TABLE signals (id TEXT PRIMARY KEY, saga_id TEXT NOT NULL, name TEXT NOT NULL, payload TEXT NOT NULL,"
+  "  idem_key TEXT, seq INTEGER NOT NULL, received_at INTEGER NOT NULL, delivered_at INTEGER NOT NULL DEFAULT 0)"
+  "  WITHOUT ROWID;"
+  "CREATE UNIQUE INDEX signals_idem ON signals(saga_id, idem_key) WHERE idem_key IS NOT NULL;"
+  "CREATE INDEX signals_pending ON signals(saga_id, seq) WHERE delivered_at = 0;",
+  /* 11: child sagas (ctx:run): a child names its parent; a parent lists the children its steps started */
+  "ALTER TABLE sagas ADD COLUMN parent TEXT;"
+  "ALTER TABLE sagas ADD COLUMN children TEXT;"
+  "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
+  /* 12: schedules (saga.schedule): the last fire time claimed for each, so a fire starts once */
   "CREATE TABLE schedules (name TEXT PRIMARY KEY, last_fire INTEGER NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
@@ -97,6 +108,7 @@ enum {
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_PRUNE_CLEAR, ST_PRUNE_MARK, ST_PRUNE_HIST, ST_PRUNE_SAGAS,
   ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
+  ST_SIGNAL_PUT, ST_SIGNAL_DONE, ST_SIGNAL_FIND, ST_SIGNAL_EACH, ST_PRUNE_SIGNALS,
   ST_SCHED_LAST, ST_SCHED_CLAIM,
   ST_COUNT
 };
@@ -104,7 +116,7 @@ enum {
 /* Column list shared by every saga SELECT, in the order saga_from_stmt reads it. */
 #define SAGA_COLS "id, type, def_hash, status, step, phase, attempt, input, data, error, idem_key," \
                   " created_at, updated_at, deadline, version, attempt_started_at, attempt_base, biz_key, trace," \
-                  " partial"
+                  " partial, parent, children"
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
@@ -116,15 +128,17 @@ static const char *const stmt_sql[ST_COUNT] = {
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = ?1",
   [ST_SAGA_INSERT] = "INSERT INTO sagas(" SAGA_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,"
-                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                     " ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
   [ST_SAGA_UPDATE] = "UPDATE sagas SET def_hash = ?2, status = ?3, step = ?4, phase = ?5, attempt = ?6,"
                      " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace), partial = ?15"
+                     " attempt_started_at = ?12, attempt_base = ?13, trace = COALESCE(?14, trace), partial = ?15,"
+                     " children = ?16"
                      " WHERE id = ?1 AND version = ?11 - 1",
   /* the same without status and def_hash: no status index maintenance for a step's progress */
   [ST_SAGA_PROGRESS] = "UPDATE sagas SET step = ?4, phase = ?5, attempt = ?6,"
                        " data = ?7, error = ?8, updated_at = ?9, deadline = ?10, version = ?11,"
-                       " attempt_started_at = ?12, attempt_base = ?13, partial = ?15 WHERE id = ?1 AND version = ?11 - 1",
+                       " attempt_started_at = ?12, attempt_base = ?13, partial = ?15, children = ?16"
+                       " WHERE id = ?1 AND version = ?11 - 1",
   [ST_SAGA_GET] = "SELECT " SAGA_COLS " FROM sagas WHERE id = ?1",
   [ST_SAGA_FIND_IDEM] = "SELECT " SAGA_COLS " FROM sagas WHERE type = ?1 AND idem_key = ?2",
   [ST_SAGA_COUNTS] = "SELECT status, count(*) FROM sagas GROUP BY status",
@@ -158,6 +172,14 @@ static const char *const stmt_sql[ST_COUNT] = {
                     " 'resolved') AND updated_at < ?1 LIMIT ?2",
   [ST_PRUNE_HIST] = "DELETE FROM history WHERE saga_id IN (SELECT id FROM temp.prune)",
   [ST_PRUNE_SAGAS] = "DELETE FROM sagas WHERE id IN (SELECT id FROM temp.prune)",
+  [ST_PRUNE_SIGNALS] = "DELETE FROM signals WHERE saga_id IN (SELECT id FROM temp.prune)",
+  /* OR IGNORE: a repeat of an idempotency key (signals_idem) is not stored again */
+  [ST_SIGNAL_PUT] = "INSERT OR IGNORE INTO signals(id, saga_id, name, payload, idem_key, seq, received_at, delivered_at)"
+                    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+  [ST_SIGNAL_DONE] = "UPDATE signals SET delivered_at = ?2 WHERE id = ?1",
+  [ST_SIGNAL_FIND] = "SELECT 1 FROM signals WHERE saga_id = ?1 AND idem_key = ?2",
+  [ST_SIGNAL_EACH] = "SELECT id, saga_id, name, payload, idem_key, seq, received_at, delivered_at FROM signals"
+                     " WHERE saga_id = ?1 AND delivered_at = 0 ORDER BY seq",
   [ST_EVENT_PUT] = "INSERT INTO events(id, at, n, host_id, body) VALUES (?1, ?2, ?3, ?4, ?5)",
   [ST_EVENT_AFTER] = "SELECT id, at, n, host_id, body FROM events WHERE id >= ?1 ORDER BY id LIMIT ?2",
   [ST_EVENT_END] = "SELECT coalesce(max(id), 0) FROM events",
@@ -187,7 +209,7 @@ struct sqlite_store {
   struct sg_store base;         /* ops table */
   sqlite3 *db;                  /* the connection (one per store, used from the loop thread only) */
   sqlite3_stmt *st[ST_COUNT];   /* prepared once at open, finalized at close */
-  sqlite3_stmt *list_st[16];    /* saga_list by filter combination (LIST_*), prepared when first used */
+  sqlite3_stmt *list_st[32];    /* saga_list by filter combination (LIST_*), prepared when first used */
   int64_t commits;              /* successful COMMITs, for benchmarks and /healthz */
   int lock_fd;                  /* <path>.lock, flock'ed for the store's life (-1 = none, e.g. :memory:) */
   int in_txn;                   /* between begin and a commit that succeeded */
@@ -512,6 +534,8 @@ static void saga_from_stmt(sqlite3_stmt *st, struct sg_saga_row *r, int own) {
   r->biz_key = col_str(st, 17, own);
   r->trace = col_str(st, 18, own);
   r->partial = col_str(st, 19, own);
+  r->parent = col_str(st, 20, own);
+  r->children = col_str(st, 21, own);
 }
 
 static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, struct sg_error *e) {
@@ -537,6 +561,8 @@ static int sq_saga_insert(struct sg_store *base, const struct sg_saga_row *r, st
   wr_text(s, st, 18, r->biz_key);
   wr_text(s, st, 19, r->trace);
   wr_text(s, st, 20, r->partial);
+  wr_text(s, st, 21, r->parent);
+  wr_text(s, st, 22, r->children);
   return wr_done(s, st, e, "saga_insert");
 }
 
@@ -560,6 +586,7 @@ static int sq_saga_update(struct sg_store *base, const struct sg_saga_row *r, st
   wr_i64(s, st, 13, r->attempt_base);
   if (!r->same_status) wr_text(s, st, 14, r->trace); /* an operator's retry changes it */
   wr_text(s, st, 15, r->partial);
+  wr_text(s, st, 16, r->children);
   int ran = wr_exec(s, st, e, "saga_update");
   if (ran < 0) return -1;
   if (ran && sqlite3_changes(s->db) == 0)
@@ -643,13 +670,14 @@ static int saga_iter(struct sqlite_store *s, sqlite3_stmt *st, sg_saga_cb cb, vo
 
 /* The filter combinations of saga_list: the columns it names (each has an index ending in id) and the
  * order. The id range and the created_at bounds are always bound (with values that let every row by). */
-enum { LIST_KEY = 1, LIST_TYPE = 2, LIST_STATUS = 4, LIST_DESC = 8 };
+enum { LIST_KEY = 1, LIST_TYPE = 2, LIST_STATUS = 4, LIST_DESC = 8, LIST_PARENT = 16 };
 
 static sqlite3_stmt *list_stmt(struct sqlite_store *s, int combo, struct sg_error *e) {
   if (s->list_st[combo]) return s->list_st[combo];
-  char sql[512];
-  snprintf(sql, sizeof sql, "SELECT " SAGA_COLS " FROM sagas WHERE %s%s%sid > ?4 AND id < ?5"
+  char sql[768];
+  snprintf(sql, sizeof sql, "SELECT " SAGA_COLS " FROM sagas WHERE %s%s%s%sid > ?4 AND id < ?5"
            " AND created_at >= ?6 AND created_at < ?7 ORDER BY id%s LIMIT ?8",
+           combo & LIST_PARENT ? "parent = ?9 AND " : "",
            combo & LIST_KEY ? "biz_key = ?1 AND " : "", combo & LIST_TYPE ? "type = ?2 AND " : "",
            combo & LIST_STATUS ? "status = ?3 AND " : "", combo & LIST_DESC ? " DESC" : "");
   if (sqlite3_prepare_v3(s->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &s->list_st[combo], NULL) != SQLITE_OK) {
@@ -663,7 +691,7 @@ static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, s
                         struct sg_error *e) {
   struct sqlite_store *s = S(base);
   int combo = (f->key ? LIST_KEY : 0) | (f->type ? LIST_TYPE : 0) | (f->status >= 0 ? LIST_STATUS : 0) |
-              (f->desc ? LIST_DESC : 0);
+              (f->desc ? LIST_DESC : 0) | (f->parent ? LIST_PARENT : 0);
   sqlite3_stmt *st = list_stmt(s, combo, e);
   if (!st) return -1;
   sqlite3_reset(st);
@@ -673,6 +701,7 @@ static int sq_saga_list(struct sg_store *base, const struct sg_saga_filter *f, s
   if (f->key) bind_text(st, 1, f->key);
   if (f->type) bind_text(st, 2, f->type);
   if (f->status >= 0) bind_text(st, 3, sg_status_name(f->status));
+  if (f->parent) bind_text(st, 9, f->parent);
   bind_text(st, 4, lo); /* every id sorts after "" */
   bind_text(st, 5, hi[0] ? hi : "\x7f"); /* and before DEL (ids are ASCII) */
   bind_i64(st, 6, f->since > 0 ? f->since : INT64_MIN);
@@ -1040,7 +1069,7 @@ static void sq_close(struct sg_store *base) {
   struct sqlite_store *s = S(base);
   if (!s) return;
   for (int i = 0; i < ST_COUNT; i++) sqlite3_finalize(s->st[i]); /* NULL is a no-op */
-  for (int i = 0; i < 16; i++) sqlite3_finalize(s->list_st[i]);
+  for (int i = 0; i < 32; i++) sqlite3_finalize(s->list_st[i]);
   sqlite3_close(s->db); /* rolls back an open transaction */
   /* released only after the connection is closed, so the next writer starts on a quiet file; the
    * file itself stays: unlinking it would let a late opener lock a file nobody else can see */
@@ -1071,6 +1100,7 @@ static int sq_saga_prune(struct sg_store *base, int64_t before, int limit, int64
   if (ran < 0) return -1;
   if (deleted) *deleted = ran ? sqlite3_changes(s->db) : 0;
   if (wr_exec(s, wr_use(s, ST_PRUNE_HIST), e, "saga_prune history") < 0) return -1;
+  if (wr_exec(s, wr_use(s, ST_PRUNE_SIGNALS), e, "saga_prune signals") < 0) return -1;
   return wr_done(s, wr_use(s, ST_PRUNE_SAGAS), e, "saga_prune sagas");
 }
 
@@ -1079,6 +1109,63 @@ static int sq_journal_del(struct sg_store *base, const char *saga_id, struct sg_
   sqlite3_stmt *st = wr_use(s, ST_JOURNAL_DEL);
   wr_text(s, st, 1, saga_id);
   return wr_done(s, st, e, "journal_del");
+}
+
+/* ---- signals ---- */
+
+static int sq_signal_put(struct sg_store *base, const struct sg_signal_row *r, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = wr_use(s, ST_SIGNAL_PUT);
+  wr_text(s, st, 1, r->id);
+  wr_text(s, st, 2, r->saga_id);
+  wr_text(s, st, 3, r->name);
+  wr_text(s, st, 4, r->payload);
+  wr_text(s, st, 5, r->idem_key);
+  wr_i64(s, st, 6, r->seq);
+  wr_i64(s, st, 7, r->received_at);
+  wr_i64(s, st, 8, r->delivered_at);
+  return wr_done(s, st, e, "signal_put");
+}
+
+static int sq_signal_done(struct sg_store *base, const char *id, int64_t at, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = wr_use(s, ST_SIGNAL_DONE);
+  wr_text(s, st, 1, id);
+  wr_i64(s, st, 2, at);
+  return wr_done(s, st, e, "signal_done");
+}
+
+static int sq_signal_find(struct sg_store *base, const char *saga_id, const char *idem_key, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SIGNAL_FIND);
+  bind_text(st, 1, saga_id);
+  bind_text(st, 2, idem_key);
+  int rc = sqlite3_step(st), found = rc == SQLITE_ROW;
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) found = db_fail(s, e, "signal_find");
+  stmt_done(st);
+  return found;
+}
+
+static int sq_signal_each(struct sg_store *base, const char *saga_id, sg_signal_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SIGNAL_EACH);
+  bind_text(st, 1, saga_id);
+  int rc;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    struct sg_signal_row r = {
+      .id = col_text(st, 0), .saga_id = col_text(st, 1), .name = col_text(st, 2), .payload = col_text(st, 3),
+      .idem_key = col_text(st, 4), .seq = sqlite3_column_int64(st, 5), .received_at = sqlite3_column_int64(st, 6),
+      .delivered_at = sqlite3_column_int64(st, 7),
+    };
+    if (cb(ud, &r)) break;
+  }
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    db_fail(s, e, "signal_each");
+    stmt_done(st);
+    return -1;
+  }
+  stmt_done(st);
+  return 0;
 }
 
 static const struct sg_store_ops sqlite_ops = {
@@ -1117,6 +1204,10 @@ static const struct sg_store_ops sqlite_ops = {
   .event_read = sq_event_read,
   .event_prune = sq_event_prune,
   .saga_prune = sq_saga_prune,
+  .signal_put = sq_signal_put,
+  .signal_done = sq_signal_done,
+  .signal_find = sq_signal_find,
+  .signal_each = sq_signal_each,
   .commit_count = sq_commit_count,
 };
 

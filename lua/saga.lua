@@ -657,7 +657,18 @@ end
 
 -- Resumed by the host with (ok, result_json).
 local on_step = core.on_step
+local running = coroutine.running
+-- The branch threads of a ctx:all while it runs (the runtime's own coroutines, never the script's):
+-- their ctx:call yields to the fan-out scheduler (run_all), not to the host.
+local branch_of = setmetatable({}, { __mode = "k" })
+local FAN = {} -- what a branch's ctx:call yields to the scheduler, ahead of the call
 local function await(op, ...)
+  if branch_of[running()] then
+    if op ~= "call" then
+      error("ctx:" .. op .. " cannot be used inside a ctx:all branch: branches make calls (ctx:call) only", 3)
+    end
+    return yield(FAN, ...)
+  end
   if not on_step() then
     error("ctx:" .. op .. " cannot be used inside a coroutine the script created: durable operations run on the step itself", 3)
   end
@@ -688,6 +699,162 @@ function Ctx:call(service, command, payload, opts)
   }, Err), 0)
 end
 
+-- Fan-out: runs the branch functions fns[1..n], each in a coroutine of its own, concurrently. Every
+-- time all the branches still running wait on a ctx:call, their calls go to the host as ONE operation
+-- ("all", the JSON list of the calls in branch order); the host journals each under its own number,
+-- sends them together and answers once all have their result; each branch gets its own and goes on.
+-- The same results give the same rounds in the same order: a replay maps each call to its journal entry.
+local function run_all(fns, n, settle)
+  local threads, outcome, input = {}, {}, {}
+  for i = 1, n do
+    local fn = fns[i]
+    local co = coroutine.create(function() return table.pack(xpcall(fn, normalize_error)) end)
+    branch_of[co] = true
+    threads[i] = co
+  end
+  local live = n
+  while live > 0 do
+    local calls, who = {}, {}
+    for i = 1, n do
+      local co = threads[i]
+      if co then
+        local args = input[i]
+        input[i] = nil
+        local rok, a, b, c, d, e
+        if args then rok, a, b, c, d, e = coroutine.resume(co, args[1], args[2])
+        else rok, a, b, c, d, e = coroutine.resume(co) end
+        if core.doomed() then error(DOOMED, 0) end -- a limit stopped it: the host has the message
+        if not rok or coroutine.status(co) == "dead" then
+          threads[i] = nil
+          branch_of[co] = nil
+          live = live - 1
+          if rok then outcome[i] = a
+          else outcome[i] = { false, normalize_error(a) } end
+        elseif a == FAN then
+          calls[#calls + 1] = { s = b, c = c, p = d, t = tonumber(e) or 0 }
+          who[#who + 1] = i
+        else
+          threads[i] = nil
+          branch_of[co] = nil
+          live = live - 1
+          outcome[i] = { false, normalize_error("ctx:all: branch " .. i .. " yielded outside a ctx:call") }
+        end
+      end
+    end
+    if #calls > 0 then
+      local _, res = yield("all", json.encode(calls))
+      local results = json.decode(res)
+      for k, i in ipairs(who) do input[i] = { results[k][1] == "ok", results[k][2] } end
+    end
+  end
+  if settle then
+    local out = {}
+    for i = 1, n do
+      local o = outcome[i]
+      if o[1] then out[i] = { ok = true, value = o[2] }
+      else out[i] = { ok = false, error = o[2].message, retryable = o[2].retryable ~= false } end
+    end
+    return table.unpack(out, 1, n)
+  end
+  local fails, retryable, fail = {}, true, nil
+  for i = 1, n do
+    local o = outcome[i]
+    if not o[1] then
+      fails[#fails + 1] = o[2].message
+      if o[2].retryable == false then retryable = false end
+      if o[2].fail then fail = true end
+    end
+  end
+  if #fails > 0 then
+    error(setmetatable({
+      message = string.format("%d of %d calls failed: %s", #fails, n, table.concat(fails, "; ")),
+      retryable = retryable, fail = fail,
+    }, Err), 0)
+  end
+  local vals = {}
+  for i = 1, n do vals[i] = outcome[i][2] end
+  return table.unpack(vals, 1, n)
+end
+
+-- The list part (1..n) and the settle flag of a ctx:all / ctx:call_all table.
+local function fan_spec(spec, what, check)
+  if type(spec) ~= "table" then error(what .. ": expects a table (a list, and settle = true to get every outcome)", 3) end
+  if branch_of[running()] then error(what .. " cannot be used inside a ctx:all branch", 3) end
+  if not on_step() then
+    error(what .. " cannot be used inside a coroutine the script created: durable operations run on the step itself", 3)
+  end
+  local n, settle = #spec, false
+  for k, v in pairs(spec) do
+    if k == "settle" then
+      if type(v) ~= "boolean" then error(what .. ": settle must be a boolean", 3) end
+      settle = v
+    elseif math.type(k) ~= "integer" or k < 1 or k > n then
+      error(what .. ": unknown key '" .. tostring(k) .. "' (a list, and settle)", 3)
+    else
+      check(k, v)
+    end
+  end
+  return n, settle
+end
+
+-- ctx:all{ function() return ctx:call(...) end, ..., settle = false }: the branches run concurrently;
+-- returns their results in order, or raises "k of n calls failed: ..." once all have ended; with
+-- settle = true returns every outcome as { ok = true, value = v } or { ok = false, error = message }.
+function Ctx:all(spec)
+  local n, settle = fan_spec(spec, "ctx:all", function(k, v)
+    if type(v) ~= "function" then error("ctx:all: branch " .. k .. " must be a function (got " .. type(v) .. ")", 4) end
+  end)
+  local fns = {}
+  for i = 1, n do fns[i] = spec[i] end
+  return run_all(fns, n, settle)
+end
+
+-- ctx:call_all{ {service, command, payload [, opts]}, ..., settle = false }: ctx:all of those ctx:call.
+function Ctx:call_all(spec)
+  local n, settle = fan_spec(spec, "ctx:call_all", function(k, v)
+    if type(v) ~= "table" then error("ctx:call_all: call " .. k .. " must be a table {service, command, payload, opts}", 4) end
+    check_name(v[1], "ctx:call_all: call " .. k .. ": service", 4)
+    check_name(v[2], "ctx:call_all: call " .. k .. ": command", 4)
+  end)
+  local fns = {}
+  for i = 1, n do
+    local c = spec[i]
+    local svc, cmd, payload, opts = c[1], c[2], c[3], c[4]
+    fns[i] = function() return self:call(svc, cmd, payload, opts) end
+  end
+  return run_all(fns, n, settle)
+end
+
+-- A child saga: started durably (with the journal entry that waits for it) and waited for. Its ctx.data
+-- when it completes; an error (retryable = false) when it ends compensated or compensation_failed.
+local TYPE_PATTERN = "^[%a_][%w_%.%-]*$"
+function Ctx:run(type_, input, opts)
+  if type(type_) ~= "string" or not type_:match(TYPE_PATTERN) then
+    error("ctx:run: saga type must be a name of letters, digits, '_', '.' or '-' (got " .. tostring(type_) .. ")", 2)
+  end
+  local body = encode_payload(input, "ctx:run")
+  local key = nil
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("ctx:run: opts must be a table", 2) end
+    for k, v in pairs(opts) do
+      if k == "id" then
+        if math.type(v) == "integer" then v = string.format("%d", v) end
+        if type(v) ~= "string" or v == "" or #v > 200 then error("ctx:run: opts.id must be a string of 1 to 200 bytes or an integer", 2) end
+        key = v
+      else
+        error("ctx:run: unknown option '" .. tostring(k) .. "' (known: id)", 2)
+      end
+    end
+  end
+  local _, res = await("run", type_, body, key)
+  local v = json.decode(res)
+  if v.ok then return v.data end
+  error(setmetatable({
+    message = tostring(v.error), retryable = false,
+    child = { id = v.id, type = v.type, status = v.status },
+  }, Err), 0)
+end
+
 function Ctx:send(service, command, payload)
   check_name(service, "ctx:send: service", 2)
   check_name(command, "ctx:send: command", 2)
@@ -703,6 +870,24 @@ end
 function Ctx:sleep(d)
   local ms = duration_ms(d, "ctx:sleep")
   await("sleep", tostring(ms))
+end
+
+-- Waits for the signal `name` (docs/lua-api.md, Signals): its payload, or nil once opts.timeout passed.
+function Ctx:wait(name, opts)
+  if type(name) ~= "string" or #name > 100 or not is_name(name) then
+    error("ctx:wait: name must be a signal name of 1 to 100 letters, digits, '_' or '-' (got " .. tostring(name) .. ")", 2)
+  end
+  local timeout_ms = nil
+  if opts ~= nil then
+    if type(opts) ~= "table" then error("ctx:wait: opts must be a table", 2) end
+    for k, v in pairs(opts) do
+      if k == "timeout" then timeout_ms = tostring(duration_ms(v, "ctx:wait: opts.timeout"))
+      else error("ctx:wait: unknown option '" .. tostring(k) .. "' (known: timeout)", 2) end
+    end
+  end
+  local ok, res = await("wait", name, timeout_ms)
+  if not ok then return nil end
+  return json.decode(res).payload -- {"signal": id, "name", "seq", "payload"}: the host gives it back if the attempt fails
 end
 
 -- Seconds since the epoch (with milliseconds), journaled: a re-run sees the same value.
@@ -743,6 +928,33 @@ function M.new_ctx(id, type_, input_json, data_json, step, phase, attempt, parti
     id = id, type = type_, input = readonly(input), data = data,
     step = step, phase = phase, attempt = attempt, partial = partial, journal = journal,
   }, Ctx)
+end
+
+-- The compensate function of a step that started child sagas (children_json: sagas.children, step
+-- 0-based): the children of that step are compensated first, newest first, each a journaled
+-- operation that waits until the child has compensated; then the step's own compensate (if any).
+-- keep_keyed: a failed attempt's compensation before a retry: children started with {id = key} stay
+-- (the retry gets the same child).
+function M.compensation(fn, children_json, step, keep_keyed)
+  local ok, list = pcall(json.decode, children_json)
+  local ids, any = {}, false
+  if ok and type(list) == "table" then
+    for _, c in ipairs(list) do
+      if c.step == step then
+        any = true
+        if not (keep_keyed and c.key) then ids[#ids + 1] = c end
+      end
+    end
+  end
+  if not any then return fn end
+  return function(ctx)
+    for i = #ids, 1, -1 do
+      local _, res = await("child_compensate", ids[i].id)
+      local v = json.decode(res)
+      if not v.ok then error(setmetatable({ message = tostring(v.error), retryable = true }, Err), 0) end
+    end
+    if fn then return fn(ctx) end
+  end
 end
 
 -- The body of every saga coroutine: runs one step function. Returns

@@ -6,7 +6,8 @@
     amqp_tool.py URL declare QUEUE...           declare durable queues (existing ones are fine)
     amqp_tool.py URL publish QUEUE JSON_SPEC    publish through the default exchange; JSON_SPEC:
         {"body": "...", "correlation_id": "...", "message_id": "...", "reply_to": "...", "type": "...",
-         "headers": {...}, "body_size": N}  (body_size: a JSON string body of N bytes instead of body)
+         "headers": {...}, "body_size": N}  (body_size: a JSON string body of N bytes instead of body;
+         "exchange": "x" publishes through exchange x with QUEUE as the routing key instead)
     amqp_tool.py URL get QUEUE [SECONDS]        wait for one message, ack it, print it as JSON:
         {"body": ..., "correlation_id": ..., "message_id": ..., "headers": {...}} or null
 """
@@ -46,7 +47,7 @@ elif cmd == "publish":
         reply_to=spec.get("reply_to"), type=spec.get("type"), headers=spec.get("headers"))
     n = spec.get("body_size")
     body = (b'"' + b"x" * (n - 2) + b'"') if n else spec.get("body", "").encode()
-    ch.basic_publish("", args[0], body, props, mandatory=True)
+    ch.basic_publish(spec.get("exchange", ""), args[0], body, props, mandatory=True)
 elif cmd == "get":
     deadline = time.time() + (float(args[1]) if len(args) > 1 else 0)
     out = None
