@@ -15,6 +15,7 @@
 #include "http.h"
 #include "map.h"
 #include "metrics.h"
+#include "schedule.h"
 #include "signals.h"
 #include "web.h"
 
@@ -27,6 +28,7 @@ struct sg_api {
   struct sg_http *http;        /* the server the routes run on */
   const struct sg_auth *auth;  /* tokens and roles, NULL = every route open (the caller's) */
   int auth_metrics;            /* /metrics needs role read */
+  struct sg_schedules *sched;  /* GET /v1/schedules (the host's), NULL = none */
 };
 
 /* A request waiting for the commit. */
@@ -76,10 +78,13 @@ static void saga_summary(struct sg_buf *b, const struct sg_saga_row *r) {
   sg_buf_adds(b, ",\"type\":"); sg_buf_add_json_str(b, r->type);
   sg_buf_adds(b, ",\"key\":"); sg_buf_add_json_str(b, r->biz_key);
   sg_buf_adds(b, ",\"parent\":"); sg_buf_add_json_str(b, r->parent);
-  sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, sg_status_name(r->status));
+  /* a delayed start not yet due (attempt 0, see sg_engine_start_at_cb) is "scheduled" until its first step */
+  int scheduled = r->status == SG_ST_RUNNING && r->attempt == 0;
+  sg_buf_adds(b, ",\"status\":"); sg_buf_add_json_str(b, scheduled ? "scheduled" : sg_status_name(r->status));
   sg_buf_adds(b, ",\"definition_version\":"); sg_buf_add_json_str(b, r->def_hash);
   add_time(b, "created_at", r->created_at);
   add_time(b, "updated_at", r->updated_at);
+  if (scheduled) add_time(b, "start_at", r->attempt_started_at);
 }
 
 static int hist_cb(void *ud, const struct sg_hist_row *h) {
@@ -175,7 +180,7 @@ static void on_saga_read(struct sg_read *rd) {
     }
     sg_buf_adds(&b, ",\"steps\":[");
     for (size_t i = 0; i < rd->nhist; i++) hist_cb(&b, &rd->hist[i]);
-    if (!SG_ST_TERMINAL(r->status) && r->attempt_started_at > 0) {
+    if (!SG_ST_TERMINAL(r->status) && r->attempt_started_at > 0 && r->attempt > 0) {
       /* the running attempt: its history row is written when it ends */
       struct sg_hist_row h = { .saga_id = r->id, .step = r->step, .step_name = sg_engine_step_name(p->api->en, r),
                                .phase = r->phase, .attempt = r->phase == SG_PH_PARTIAL ? r->attempt - r->attempt_base : r->attempt, .status = "running",
@@ -491,12 +496,27 @@ static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *
     sg_http_reply_error(req, 400, "Idempotency-Key must be 1 to 200 characters");
     return;
   }
+  /* a delayed start: ?start_at= (a UTC time or ms since the epoch) or ?delay= (a duration) */
+  int64_t start_at = 0, delay = 0;
+  if (query_time(req, "start_at", &start_at) < 0) return;
+  const char *dl = query(req, "delay");
+  if (dl) {
+    struct sg_error de = {0};
+    if (start_at) { sg_http_reply_error(req, 400, "give start_at or delay, not both"); return; }
+    if (sg_duration_parse(dl, &delay, &de) < 0) {
+      char msg[600];
+      snprintf(msg, sizeof msg, "delay: %.500s (like \"300ms\", \"30s\", \"5m\")", de.msg);
+      sg_http_reply_error(req, 400, msg);
+      return;
+    }
+    start_at = sg_now_ms() + delay;
+  }
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
   /* W3C Trace Context: the saga's span continues the caller's trace (with tracing on) */
-  sg_engine_start_cb(api->en, type, body, key, sg_http_header(req, "traceparent"), sg_http_header(req, "tracestate"),
-                     on_started, p);
+  sg_engine_start_at_cb(api->en, type, body, key, sg_http_header(req, "traceparent"), sg_http_header(req, "tracestate"),
+                        start_at, on_started, p);
 }
 
 static void on_read_committed(void *ud, int status);
@@ -731,6 +751,7 @@ enum route_kind {
   R_WEB,         /* / and /ui/{file}: the dashboard's static files (web.c) */
   R_EVENTS,      /* /v1/events: the lifecycle events, as Server-Sent Events (events.c) */
   R_SIGNAL,      /* /v1/sagas/{id}/signals/{name}: POST sends a signal (signals.c) */
+  R_SCHEDULES,   /* /v1/schedules: the scripts' cron schedules (schedule.c) */
 };
 
 static enum route_kind route_match(const char parts[PATH_PARTS][256], int n) {
@@ -750,6 +771,7 @@ static enum route_kind route_match(const char parts[PATH_PARTS][256], int n) {
   if (v1 && n == 2 && strcmp(parts[1], "breakers") == 0) return R_BREAKERS;
   if (v1 && n == 2 && strcmp(parts[1], "counts") == 0) return R_COUNTS;
   if (v1 && n == 2 && strcmp(parts[1], "events") == 0) return R_EVENTS;
+  if (v1 && n == 2 && strcmp(parts[1], "schedules") == 0) return R_SCHEDULES;
   if (n == 1 && strcmp(parts[0], "healthz") == 0) return R_HEALTHZ;
   if (n == 1 && strcmp(parts[0], "metrics") == 0) return R_METRICS;
   if (n == 0 || (n == 2 && strcmp(parts[0], "ui") == 0)) return R_WEB;
@@ -886,6 +908,12 @@ static void route(void *ud, struct sg_http_req *req) {
   case R_METRICS: metrics(api, req); return;
   case R_WEB: sg_web_serve(req, n == 0 ? "index.html" : parts[1]); return;
   case R_EVENTS: sg_events_subscribe(api->events, req); return;
+  case R_SCHEDULES: {
+    char *json = sg_schedules_json(api->sched);
+    sg_http_reply(req, 200, json);
+    free(json);
+    return;
+  }
   case R_NONE: break; /* answered above */
   }
 }
@@ -918,6 +946,8 @@ struct sg_api *sg_api_start(struct ev_loop *loop, const struct sg_api_config *cf
 int sg_api_port(struct sg_api *api) { return sg_http_port(api->http); }
 
 struct sg_events *sg_api_events(struct sg_api *api) { return api->events; }
+
+void sg_api_set_schedules(struct sg_api *api, struct sg_schedules *sched) { api->sched = sched; }
 
 void sg_api_set_auth(struct sg_api *api, const struct sg_auth *auth) { api->auth = auth; }
 

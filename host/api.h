@@ -35,6 +35,9 @@ struct sg_api *sg_api_start(struct ev_loop *loop, const struct sg_api_config *cf
                             struct sg_store *store, struct sg_script *sc, struct sg_error *e);
 /* swaps the token table (SIGHUP); the caller frees the old one after this returns */
 void sg_api_set_auth(struct sg_api *api, const struct sg_auth *auth);
+/* GET /v1/schedules shows these (the host's; NULL = none) */
+struct sg_schedules;
+void sg_api_set_schedules(struct sg_api *api, struct sg_schedules *sched);
 struct sg_events;
 int sg_api_port(struct sg_api *api);
 /* the events hub of GET /v1/events, for other APIs' subscribers (grpc.c) */

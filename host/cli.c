@@ -342,7 +342,17 @@ static int sg_cli_start(struct sg_cli *cli) {
       return sg_cli_usage_error(cli, "--timeout needs a positive number of seconds, got '%s'", ts);
   }
 
-  char *path = sg_cli_path(cli, cli->arg, NULL);
+  const char *start_at = sg_cli_opt(cli, "start-at"), *delay = sg_cli_opt(cli, "delay");
+  if (start_at && delay) return sg_cli_usage_error(cli, "give --start-at or --delay, not both");
+  struct sg_buf q;
+  sg_buf_init(&q);
+  if (start_at || delay) { /* the host checks the value: one message for the API and the CLI */
+    char *esc = curl_easy_escape(cli->curl, start_at ? start_at : delay, 0);
+    sg_buf_printf(&q, "?%s=%s", start_at ? "start_at" : "delay", esc ? esc : "");
+    curl_free(esc);
+  }
+  char *path = sg_cli_path(cli, cli->arg, q.len ? q.data : NULL);
+  sg_buf_free(&q);
   struct sg_cli_resp r;
   int rc = sg_cli_request(cli, "POST", path, input, key, &r);
   free(path);
@@ -513,6 +523,35 @@ static int sg_cli_upgrade(struct sg_cli *cli) {
 }
 static int sg_cli_plan(struct sg_cli *cli) { return sg_cli_simple(cli, "GET", "/plan", NULL); }
 
+/* GET /v1/schedules: a table, or the JSON with --json */
+static int sg_cli_schedules(struct sg_cli *cli) {
+  struct sg_cli_resp r;
+  int rc = sg_cli_request(cli, "GET", "/v1/schedules", NULL, NULL, &r);
+  if (rc < 0) return 1;
+  if (!sg_cli_ok(&r)) {
+    rc = sg_cli_http_error(&r);
+  } else if (sg_cli_opt(cli, "json")) {
+    sg_cli_print_json(r.body.data);
+  } else {
+    json_t *j = json_loads(r.body.data, 0, NULL);
+    json_t *list = json_object_get(j, "schedules");
+    printf("%-20s %-16s %-20s %-8s %-24s %-24s %s\n", "NAME", "CRON", "SAGA", "CATCH_UP", "NEXT_FIRE", "LAST_FIRE", "FILE");
+    size_t i;
+    json_t *c;
+    json_array_foreach(list, i, c) {
+      char b[7][48];
+      const char *keys[] = {"name", "cron", "saga", "catch_up", "next_fire", "last_fire"};
+      for (int k = 0; k < 6; k++) sg_cli_cell(json_string_value(json_object_get(c, keys[k])), b[k], sizeof b[k]);
+      printf("%-20s %-16s %-20s %-8s %-24s %-24s %s:%lld\n", b[0], b[1], b[2], b[3], b[4], b[5],
+             json_string_value(json_object_get(c, "file")) ? json_string_value(json_object_get(c, "file")) : "-",
+             (long long)json_integer_value(json_object_get(c, "line")));
+    }
+    json_decref(j);
+  }
+  sg_buf_free(&r.body);
+  return rc ? 1 : 0;
+}
+
 /* signal ID NAME [JSON] [--key K]: POST /v1/sagas/{id}/signals/{name} */
 static int sg_cli_signal(struct sg_cli *cli) {
   const char *name = cli->more[0], *payload = cli->more[1], *key = sg_cli_opt(cli, "key");
@@ -543,13 +582,17 @@ static int sg_cli_signal(struct sg_cli *cli) {
 }
 
 static const struct sg_cli_cmd sg_cli_cmds[] = {
-    {"start", "TYPE [--input JSON] [--id KEY] [--wait] [--timeout SECS] [--server URL]",
+    {"start", "TYPE [--input JSON] [--id KEY] [--start-at TIME | --delay DUR] [--wait] [--timeout SECS] [--server URL]",
      "start a saga of TYPE; prints its id",
      "  --input JSON    the saga input, a JSON object (default {})\n"
      "  --id KEY        idempotency key: starting again with the same KEY returns the same saga\n"
+     "  --start-at TIME its first step starts at TIME: 2026-11-30T12:00:00Z (UTC, optional .123) or epoch ms\n"
+     "  --delay DUR     its first step starts after DUR: 300ms, 30s, 5m, 1h, 1d (the saga is stored at once)\n"
      "  --wait          wait until the saga ends and print it; exit 0 only if it completed\n"
      "  --timeout SECS  how long --wait waits (default 60); the saga itself keeps running\n",
-     " input id timeout ", " wait ", "TYPE", NULL, sg_cli_start, 0},
+     " input id timeout start-at delay ", " wait ", "TYPE", NULL, sg_cli_start, 0},
+    {"schedules", "[--json] [--server URL]", "list the scripts' cron schedules (saga.schedule) and their next fires",
+     "  --json          print the host's JSON answer instead of a table\n", "", " json ", NULL, NULL, sg_cli_schedules, 0},
     {"show", "ID [--server URL]", "show a saga: status, data and step history", "", "", "", "ID",
      NULL, sg_cli_show, 0},
     {"list", "[--key K] [--parent ID] [--type T] [--status S] [--since TIME] [--until TIME] [--oldest] [--limit N] [--cursor C]"

@@ -971,6 +971,11 @@ static void on_timer_fire(void *ud, struct sg_timer *t) {
     sg_timers_stop(en->timers);
     return;
   }
+  if (t->kind == TM_NO_SAGA) { /* schedules: no saga, no row */
+    struct sg_engine_timer *et = (struct sg_engine_timer *)t;
+    if (!en->broken) et->cb(et->ud);
+    return;
+  }
   struct sg_saga *s = t->owner;
   /* the timer has left the heap; detach it from its saga and delete its row */
   struct sg_timer **slot = s->t_wait == t ? &s->t_wait : s->t_retry == t ? &s->t_retry
@@ -1952,12 +1957,13 @@ struct sg_saga *eng_saga_new(const struct sg_saga_row *r) {
 }
 
 static int start_saga(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
-                      const char *trace, int looked_up, char id[40], int *existed, struct sg_error *e);
+                      const char *trace, int looked_up, int64_t start_at, char id[40], int *existed,
+                      struct sg_error *e);
 
 int sg_engine_start(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
                     char id[40], int *existed, struct sg_error *e) {
   char *trace = en->otel ? sg_otel_saga_trace_new(NULL, NULL) : NULL;
-  int rc = start_saga(en, type, input_json, idem_key, trace, 0, id, existed, e);
+  int rc = start_saga(en, type, input_json, idem_key, trace, 0, 0, id, existed, e);
   free(trace);
   return rc;
 }
@@ -1965,7 +1971,8 @@ int sg_engine_start(struct sg_engine *en, const char *type, const char *input_js
 /* looked_up: the store has been asked for idem_key already (it had no saga with it); trace: the new
  * saga's trace context (tracing on), or NULL */
 static int start_saga(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
-                      const char *trace, int looked_up, char id[40], int *existed, struct sg_error *e) {
+                      const char *trace, int looked_up, int64_t start_at, char id[40], int *existed,
+                      struct sg_error *e) {
   *existed = 0;
   if (en->broken) return sg_errorf(e, SG_E_INTERNAL, "the host is stopping after a store failure");
   if (en->stalled || en->reloading) return eng_refuse_stalled(en, e);
@@ -2011,8 +2018,10 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   r.trace = (char *)trace;
   /* the id's own time: listing by id is listing by created_at (GET /v1/sagas pages by id) */
   r.created_at = r.updated_at = sg_uuid_time_ms(r.id);
-  r.deadline = d->timeout_ms > 0 ? r.created_at + d->timeout_ms : 0;
-  r.attempt = 1;
+  int delayed = start_at > r.created_at; /* (schedules) its first step starts at start_at */
+  r.deadline = d->timeout_ms > 0 ? (delayed ? start_at : r.created_at) + d->timeout_ms : 0;
+  r.attempt = delayed ? 0 : 1;
+  r.attempt_started_at = delayed ? start_at : 0;
   r.version = 0; /* inserted at the commit with version 1 */
   struct sg_saga *s = eng_saga_new(&r);
   free(biz_key);
@@ -2028,7 +2037,8 @@ static int start_saga(struct sg_engine *en, const char *type, const char *input_
   snprintf(id, 40, "%s", s->row.id);
   if (d->timeout_ms > 0) s->t_saga = eng_timer_new(en, s, TM_SAGA_TIMEOUT, r.deadline, 0);
   eng_event(en, SG_EV_STARTED, s, NULL, NULL, 0);
-  eng_begin_attempt(en, s);
+  if (delayed) s->t_retry = eng_timer_new(en, s, TM_RETRY, start_at, 1); /* (schedules) attempt 1 then */
+  else eng_begin_attempt(en, s);
   return 0;
 }
 
@@ -2038,7 +2048,7 @@ void eng_compensate_from(struct sg_engine *en, struct sg_saga *s, int from) { co
 int eng_start_child(struct sg_engine *en, const char *type, const char *input_json, const char *key, int looked_up,
                     char id[40], int *existed, struct sg_error *e) {
   char *trace = en->otel ? sg_otel_saga_trace_new(NULL, NULL) : NULL;
-  int rc = start_saga(en, type, input_json, key, trace, looked_up, id, existed, e);
+  int rc = start_saga(en, type, input_json, key, trace, looked_up, 0, id, existed, e);
   free(trace);
   return rc;
 }
@@ -2092,7 +2102,8 @@ static void start_go(struct sg_engine *en, struct start_req *r) {
   }
   char id[40];
   int existed = 0;
-  if (start_saga(en, r->type, r->input, r->key, r->trace, r->looked_up, id, &existed, &e) < 0) start_answer(r, NULL, 0, &e);
+  if (start_saga(en, r->type, r->input, r->key, r->trace, r->looked_up, r->start_at, id, &existed, &e) < 0)
+    start_answer(r, NULL, 0, &e);
   else start_answer(r, id, existed, NULL);
 }
 
@@ -2127,12 +2138,18 @@ static void starts_go_on(struct sg_engine *en) {
 
 void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
                         const char *traceparent, const char *tracestate, sg_started_cb cb, void *ud) {
+  sg_engine_start_at_cb(en, type, input_json, idem_key, traceparent, tracestate, 0, cb, ud);
+}
+
+void sg_engine_start_at_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                           const char *traceparent, const char *tracestate, int64_t start_at, sg_started_cb cb,
+                           void *ud) {
   struct sg_error e = {0};
   char *trace = en->otel ? sg_otel_saga_trace_new(traceparent, tracestate) : NULL;
   if (!en->store->ops->read_start) { /* local reads: at once */
     char id[40];
     int existed = 0;
-    if (start_saga(en, type, input_json, idem_key, trace, 0, id, &existed, &e) < 0) cb(ud, NULL, 0, &e);
+    if (start_saga(en, type, input_json, idem_key, trace, 0, start_at, id, &existed, &e) < 0) cb(ud, NULL, 0, &e);
     else cb(ud, id, existed, NULL);
     free(trace);
     return;
@@ -2146,9 +2163,77 @@ void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *inpu
     r->key = sg_strdup(idem_key);
     r->mkey = sg_asprintf("%s\x1f%s", type, idem_key);
   }
+  r->start_at = start_at;
   r->cb = cb;
   r->ud = ud;
   start_go(en, r);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* schedules (schedule.c): timers without a saga, and fires */
+
+void sg_engine_timer_arm(struct sg_engine *en, struct sg_engine_timer *et, int64_t due) {
+  sg_timers_remove(en->timers, &et->t);
+  et->t.due = due;
+  et->t.kind = TM_NO_SAGA;
+  et->t.owner = NULL;
+  sg_timers_add(en->timers, &et->t);
+}
+
+void sg_engine_timer_disarm(struct sg_engine *en, struct sg_engine_timer *et) {
+  sg_timers_remove(en->timers, &et->t);
+}
+
+struct sg_store *sg_engine_store(struct sg_engine *en) { return en->store; }
+
+int sg_engine_fire(struct sg_engine *en, const char *schedule, int64_t at, const char *type, const char *input_json,
+                   char id[40], struct sg_error *e) {
+  id[0] = 0;
+  if (en->broken || en->stopped) return sg_errorf(e, SG_E_UNAVAILABLE, "the host is stopping");
+  if (en->stalled || en->reloading) return eng_refuse_stalled(en, e);
+  if (!en->store->ops->schedule_claim) return sg_errorf(e, SG_E_INTERNAL, "the store keeps no schedules");
+  const struct sg_def *d = NULL;
+  char *biz_key = NULL, *idem = NULL, *trace = NULL;
+  struct sg_saga_row r = {0};
+  if (type) {
+    if (en->cfg.max_payload > 0 && (int64_t)strlen(input_json) > en->cfg.max_payload)
+      return sg_errorf(e, SG_E_TOOBIG, "input is %zu bytes, over the limit of %" PRId64 " bytes", strlen(input_json),
+                       en->cfg.max_payload);
+    if (!(d = en->runner.def_get(en->runner.ud, type, NULL, e))) return -1;
+    if (d->has_key && en->runner.key && en->runner.key(en->runner.ud, d, input_json, &biz_key, e) < 0) return -1;
+    idem = sg_asprintf("schedule:%s@%" PRId64, schedule, at);
+    trace = en->otel ? sg_otel_saga_trace_new(NULL, NULL) : NULL;
+    sg_uuid(r.id);
+    r.type = (char *)type;
+    r.def_hash = d->hash;
+    r.status = SG_ST_RUNNING;
+    r.input = (char *)input_json;
+    r.data = "{}";
+    r.idem_key = idem;
+    r.biz_key = biz_key;
+    r.trace = trace;
+    r.created_at = r.updated_at = sg_uuid_time_ms(r.id);
+    r.deadline = d->timeout_ms > 0 ? r.created_at + d->timeout_ms : 0;
+    r.attempt = 0; /* a delayed start due now: its timer starts attempt 1 */
+    r.attempt_started_at = r.created_at;
+    r.version = 1; /* the claim inserts it */
+  }
+  int rc = eng_txn(en); /* SQLite writes the claim in the batch */
+  if (rc == 0) rc = en->store->ops->schedule_claim(en->store, schedule, at, type ? &r : NULL, e);
+  else sg_errorf(e, SG_E_UNAVAILABLE, "the store cannot write now");
+  if (rc == 1 && type) {
+    struct sg_saga *s = eng_saga_new(&r);
+    s->def = d;
+    sg_map_put(&en->sagas, s->row.id, s);
+    en->st.live++;
+    en->st.started++;
+    snprintf(id, 40, "%s", s->row.id);
+    if (d->timeout_ms > 0) s->t_saga = eng_timer_new(en, s, TM_SAGA_TIMEOUT, r.deadline, 0);
+    eng_event(en, SG_EV_STARTED, s, NULL, NULL, 0);
+    s->t_retry = eng_timer_new(en, s, TM_RETRY, r.attempt_started_at, 1);
+  }
+  free(biz_key); free(idem); free(trace);
+  return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------- */
@@ -2216,6 +2301,8 @@ static int recover_journal_any_cb(void *ud, const struct sg_journal_row *r) {
  * to that host's queue: its step runs again, which sends the pending call again under the same
  * message id (the participant's inbox answers a repeat with the reply it stored). 1 = it waits. */
 static int resume_loaded(struct sg_engine *en, struct sg_saga *s, int reissue) {
+  if (s->row.attempt == 0 && s->row.status == SG_ST_RUNNING && !s->t_retry) /* a delayed start (a fire's) */
+    s->t_retry = eng_timer_new(en, s, TM_RETRY, s->row.attempt_started_at, 1);
   if (s->t_retry) return 1;
   struct jent *last = s->njournal ? &s->journal[s->njournal - 1] : NULL;
   int sleeping = s->t_wait && s->t_wait->kind == TM_SLEEP;

@@ -12,6 +12,7 @@
 
 #include <ev.h>
 #include "store.h"
+#include "timers.h"
 #include "transport.h"
 
 /* A retry policy, with durations already in ms. */
@@ -177,6 +178,32 @@ typedef void (*sg_started_cb)(void *ud, const char *id, int existed, const struc
  * span is a child of it */
 void sg_engine_start_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
                         const char *traceparent, const char *tracestate, sg_started_cb cb, void *ud);
+/* ---- delayed starts and schedules (schedule.c) ----
+ * sg_engine_start_cb whose first step starts at start_at (ms since the epoch; 0 or a time that has
+ * passed: at once). Until then the saga is stored as running with attempt 0 and attempt_started_at =
+ * start_at (the API shows it as "scheduled"); a durable timer (kind retry, attempt 1) starts it. */
+void sg_engine_start_at_cb(struct sg_engine *en, const char *type, const char *input_json, const char *idem_key,
+                           const char *traceparent, const char *tracestate, int64_t start_at, sg_started_cb cb,
+                           void *ud);
+/* A timer without a saga, in the engine's timer heap (not stored): cb runs when it is due and the
+ * store can be written. The caller owns the struct (t.idx = SIZE_MAX before its first arm); arm again
+ * to move it, disarm it before freeing it or the engine. */
+struct sg_engine_timer {
+  struct sg_timer t;           /* the heap's entry (kind TM_NO_SAGA) */
+  void (*cb)(void *ud);        /* called once per arming, out of the heap */
+  void *ud;
+};
+void sg_engine_timer_arm(struct sg_engine *en, struct sg_engine_timer *et, int64_t due);
+void sg_engine_timer_disarm(struct sg_engine *en, struct sg_engine_timer *et);
+/* One fire of a schedule: claims fire time `at` of `schedule` in the store and, with type (NULL: only
+ * claim it: a skipped fire), starts a saga of type with input_json due at once, its idempotency key
+ * "schedule:<name>@<at>". 1 = claimed (id filled when a saga started), 0 = claimed before (by this
+ * host before a restart, or by another host), -1 e (SG_E_UNAVAILABLE: the store cannot write now). */
+int sg_engine_fire(struct sg_engine *en, const char *schedule, int64_t at, const char *type, const char *input_json,
+                   char id[40], struct sg_error *e);
+/* The store's (for schedule.c's reads of the last fire times). */
+struct sg_store *sg_engine_store(struct sg_engine *en);
+
 /* An operator verb ("compensate", "retry", "resolve"; arg is the reason or note) without blocking the
  * loop on the store: cb gets NULL when it is applied (durable at the next after_commit callback) or
  * the error (SG_E_ELSEWHERE: another host owns the saga), perhaps before this returns. */

@@ -13,6 +13,8 @@
 #include "timers.h"
 
 enum { TM_SLEEP = 1, TM_RETRY, TM_STEP_TIMEOUT, TM_SAGA_TIMEOUT, TM_CALL_TIMEOUT, TM_WAIT_TIMEOUT };
+/* a timer without a saga (struct sg_engine_timer: schedules); never stored */
+#define TM_NO_SAGA 100
 
 /* One journaled operation of the current attempt. */
 struct jent {
@@ -136,6 +138,7 @@ struct start_req {
   void *ud;
   int64_t gen;
   int looked_up;             /* the store has no saga with the key (read before any saga with it started) */
+  int64_t start_at;          /* a delayed start: when its first step starts (ms; 0 = at once) */
   struct start_req *same;    /* later starts with the same key: answered with this one */
 };
 

@@ -37,6 +37,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "duration.h"
 #include "http.h"
 #include "sagahost/v1/sagas.pb-c.h"
 #include "store.h"
@@ -291,13 +292,15 @@ static void saga_msg_fill(struct saga_msg *m, struct sg_engine *en, const struct
   size_t nst = rd->nhist + 1;
   memset(m, 0, sizeof *m);
   sagahost__v1__saga__init(&m->saga);
-  m->tsb = sg_xcalloc(2 + 2 * nst, 32);
+  m->tsb = sg_xcalloc(3 + 2 * nst, 32); /* created, updated, start_at, then each step's two */
   m->steps = sg_xcalloc(nst, sizeof *m->steps);
   m->stepp = sg_xcalloc(nst, sizeof *m->stepp);
   m->saga.id = (char *)r->id;
   m->saga.type = S(r->type);
   m->saga.key = S(r->biz_key);
-  m->saga.status = (char *)sg_status_name(r->status);
+  int scheduled = r->status == SG_ST_RUNNING && r->attempt == 0; /* a delayed start not yet due */
+  m->saga.status = scheduled ? "scheduled" : (char *)sg_status_name(r->status);
+  if (scheduled) m->saga.start_at = ts(m->tsb[2], r->attempt_started_at);
   m->saga.definition_version = S(r->def_hash);
   m->saga.created_at = ts(m->tsb[0], r->created_at);
   m->saga.updated_at = ts(m->tsb[1], r->updated_at);
@@ -312,7 +315,7 @@ static void saga_msg_fill(struct saga_msg *m, struct sg_engine *en, const struct
   for (size_t i = 0; i < nst; i++) {
     const struct sg_hist_row *h = i < rd->nhist ? &rd->hist[i] : NULL;
     if (!h) { /* the running attempt: its history row is written when it ends */
-      if (SG_ST_TERMINAL(r->status) || r->attempt_started_at <= 0) break;
+      if (SG_ST_TERMINAL(r->status) || r->attempt_started_at <= 0 || r->attempt == 0) break;
       running = (struct sg_hist_row){ .saga_id = r->id, .step = r->step, .step_name = sg_engine_step_name(en, r),
                                       .phase = r->phase, .attempt = r->phase == SG_PH_PARTIAL ? r->attempt - r->attempt_base : r->attempt, .status = "running",
                                       .started_at = r->attempt_started_at };
@@ -331,8 +334,8 @@ static void saga_msg_fill(struct saga_msg *m, struct sg_engine *en, const struct
     }
     s->step = h->step + 1;
     s->attempt = h->attempt;
-    s->started_at = ts(m->tsb[2 + 2 * i], h->started_at);
-    s->finished_at = ts(m->tsb[3 + 2 * i], h->finished_at);
+    s->started_at = ts(m->tsb[3 + 2 * i], h->started_at);
+    s->finished_at = ts(m->tsb[4 + 2 * i], h->finished_at);
     s->error = S(h->error);
     m->stepp[n++] = s;
   }
@@ -455,9 +458,21 @@ static void rpc_start(struct call *k, const Sagahost__V1__StartRequest *q) {
   const char *key = q->idempotency_key && *q->idempotency_key ? q->idempotency_key : NULL;
   if (key && strlen(key) > 200) { call_finish(k, GS_INVALID_ARGUMENT, "idempotency_key must be 1 to 200 characters"); return; }
   if (!q->type || !*q->type) { call_finish(k, GS_INVALID_ARGUMENT, "type is required"); return; }
+  int64_t start_at = 0, delay = 0;
+  int has_at = q->start_at && *q->start_at, has_delay = q->delay && *q->delay;
+  if (has_at && has_delay) { call_finish(k, GS_INVALID_ARGUMENT, "give start_at or delay, not both"); return; }
+  if (has_at && sg_time_parse(q->start_at, &start_at) < 0) {
+    call_finish(k, GS_INVALID_ARGUMENT, "start_at must be a UTC time like 2026-11-30T12:00:00Z or milliseconds since the epoch");
+    return;
+  }
+  if (has_delay) {
+    struct sg_error de = {0};
+    if (sg_duration_parse(q->delay, &delay, &de) < 0) { call_finish(k, GS_INVALID_ARGUMENT, de.msg); return; }
+    start_at = sg_now_ms() + delay;
+  }
   k->busy = 1;
-  sg_engine_start_cb(k->g->en, q->type, input, key, k->traceparent[0] ? k->traceparent : NULL,
-                     k->tracestate[0] ? k->tracestate : NULL, on_started, k);
+  sg_engine_start_at_cb(k->g->en, q->type, input, key, k->traceparent[0] ? k->traceparent : NULL,
+                        k->tracestate[0] ? k->tracestate : NULL, start_at, on_started, k);
 }
 
 /* ---- List ---- */
@@ -481,7 +496,7 @@ static void on_list_read(struct sg_read *rd) {
     ss[i].id = (char *)row->id;
     ss[i].type = S(row->type);
     ss[i].key = S(row->biz_key);
-    ss[i].status = (char *)sg_status_name(row->status);
+    ss[i].status = row->status == SG_ST_RUNNING && row->attempt == 0 ? "scheduled" : (char *)sg_status_name(row->status);
     ss[i].definition_version = S(row->def_hash);
     ss[i].created_at = ts(tsb[2 * i], row->created_at);
     ss[i].updated_at = ts(tsb[2 * i + 1], row->updated_at);

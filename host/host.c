@@ -40,6 +40,11 @@ static void hook_on_breaker(void *ud, const char *service, const struct sg_break
   if (h->en) sg_engine_breaker_config(h->en, service, c);
 }
 
+static void hook_on_schedules(void *ud, const char *file, const struct sg_schedule_spec *specs, int n) {
+  struct sg_host *h = ud;
+  if (h->sched) sg_schedules_set_file(h->sched, file, specs, n);
+}
+
 void sg_host_config_defaults(struct sg_host_config *c) {
   memset(c, 0, sizeof *c);
   c->db = "sagahost.db";
@@ -108,7 +113,7 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   scfg.dir = c->dir;
   struct sg_script_hooks hooks = { .ud = h, .on_version = hook_on_version, .fetch_source = hook_fetch_source,
                                    .on_services = hook_on_services, .on_load_failed = hook_on_load_failed,
-                                   .on_breaker = hook_on_breaker };
+                                   .on_breaker = hook_on_breaker, .on_schedules = hook_on_schedules };
   h->sc = sg_script_new(&scfg, &hooks, e);
   if (!h->sc) goto fail;
   struct sg_engine_config ecfg = c->engine;
@@ -137,8 +142,10 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
     sg_info("tracing: spans exported with OTLP/HTTP (JSON) to %s", otlp);
     free(otlp);
   }
+  h->sched = sg_schedules_new(h->en, sg_script_schedule_input, h->sc);
   h->load_errors = sg_script_scan(h->sc);
   if (sg_engine_recover(h->en, e) < 0) goto fail;
+  sg_schedules_start(h->sched); /* after recovery: the fires missed while the host was down */
   return 0;
 fail:
   sg_host_close(h);
@@ -149,6 +156,8 @@ void sg_host_close(struct sg_host *h) {
   if (h->en) sg_engine_stop(h->en);
   if (h->sc) sg_script_unwatch(h->sc);
   if (h->tr) h->tr->ops->close(h->tr);
+  sg_schedules_free(h->sched); /* its timers are in the engine's heap */
+  h->sched = NULL;
   sg_engine_free(h->en);
   sg_otel_free(h->otel); /* after the engine's last spans: sends what is queued */
   sg_script_free(h->sc);

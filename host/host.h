@@ -8,6 +8,7 @@
 
 #include <ev.h>
 #include "engine.h"
+#include "schedule.h"
 #include "script.h"
 #include "store.h"
 #include "transport.h"
@@ -32,6 +33,7 @@ struct sg_host {
   struct sg_script *sc;
   struct sg_engine *en;
   struct sg_transport *tr;
+  struct sg_schedules *sched;  /* the scripts' cron schedules (saga.schedule) */
   struct sg_otel *otel;        /* the span exporter, NULL: tracing off */
   char host_id[96];            /* the id in use */
   int load_errors;             /* script files that failed to load at open */

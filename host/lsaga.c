@@ -7,11 +7,25 @@
 #include <ctype.h>
 #include <string.h>
 
+#include "cron.h"
 #include "duration.h"
 #include "script.h"
 #include "util.h"
 
 /* core.duration_ms(v) -> ms | nil, message. v: number of seconds or a string like "250ms". */
+/* core.cron_check(expr): true, or nil and what is wrong with it (saga.schedule's check) */
+static int l_cron_check(lua_State *L) {
+  struct sg_cron c;
+  char err[256];
+  if (sg_cron_parse(luaL_checkstring(L, 1), &c, err, sizeof err) < 0) {
+    luaL_pushfail(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int l_duration_ms(lua_State *L) {
   struct sg_error e = {0};
   int64_t ms;
@@ -341,6 +355,7 @@ static const luaL_Reg core_funcs[] = {
   {"on_step", l_on_step},
   {"is_name", l_is_name},
   {"duration_ms", l_duration_ms},
+  {"cron_check", l_cron_check},
   {"log", l_log},
   {"now_ms", l_now_ms},
   {"doomed", l_doomed},

@@ -210,6 +210,7 @@ static int cmd_run(const struct run_opts *o) {
   free(pem_key);
   free(pem_cert);
   if (!r.api) { fprintf(stderr, "sagahost: cannot listen on %s: %s\n", o->listen, e.msg); goto out; }
+  sg_api_set_schedules(r.api, r.host.sched);
   const char *scheme = o->tls_cert ? "https" : "http";
   char shown[300];
   snprintf(shown, sizeof shown, "%s", o->listen);
@@ -407,7 +408,7 @@ int main(int argc, char **argv) {
   }
   if (!strcmp(cmd, "start") || !strcmp(cmd, "show") || !strcmp(cmd, "list") || !strcmp(cmd, "compensate") ||
       !strcmp(cmd, "retry") || !strcmp(cmd, "resolve") || !strcmp(cmd, "plan") || !strcmp(cmd, "terminate") ||
-      !strcmp(cmd, "upgrade") || !strcmp(cmd, "signal"))
+      !strcmp(cmd, "upgrade") || !strcmp(cmd, "signal") || !strcmp(cmd, "schedules"))
     return sg_cli_client(argc - 1, argv + 1);
   return usage_error("unknown command '%s'", cmd);
 }

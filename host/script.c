@@ -327,6 +327,75 @@ static void report_breakers(struct sg_script *sc) {
   lua_pop(L, 1);
 }
 
+/* Hands the saga.schedule declarations of the load at the top of the stack to the host. */
+static void report_schedules(struct sg_script *sc, const char *file) {
+  if (!sc->hooks.on_schedules) return;
+  lua_State *L = sc->L;
+  int top = lua_gettop(L);
+  lua_getfield(L, -1, "schedules");
+  struct sg_schedule_spec *specs = NULL;
+  int n = 0, cap = 0;
+  int tbl = lua_gettop(L);
+  if (lua_istable(L, tbl)) {
+    lua_pushnil(L);
+    while (lua_next(L, tbl)) { /* each spec's strings stay on the stack until the hook has run */
+      luaL_checkstack(L, 10, "schedules");
+      int t = lua_gettop(L);
+      if (n == cap) { cap = cap ? cap * 2 : 4; specs = sg_xrealloc(specs, (size_t)cap * sizeof *specs); }
+      struct sg_schedule_spec *sp = &specs[n++];
+      lua_getfield(L, t, "name"); sp->name = lua_tostring(L, -1);
+      lua_getfield(L, t, "cron"); sp->cron = lua_tostring(L, -1);
+      lua_getfield(L, t, "saga"); sp->saga = lua_tostring(L, -1);
+      lua_getfield(L, t, "input_json"); sp->input_json = lua_tostring(L, -1);
+      lua_getfield(L, t, "catch_up");
+      const char *cu = lua_tostring(L, -1);
+      sp->catch_up = cu && !strcmp(cu, "all") ? SG_CATCH_UP_ALL : cu && !strcmp(cu, "none") ? SG_CATCH_UP_NONE : SG_CATCH_UP_ONE;
+      lua_getfield(L, t, "local_tz"); sp->local = lua_toboolean(L, -1);
+      lua_getfield(L, t, "line"); sp->line = (int)lua_tointeger(L, -1);
+      sp->file = file;
+      lua_pushvalue(L, t - 1); /* the key, for lua_next, above what the spec keeps */
+      lua_remove(L, t - 1);
+      lua_remove(L, t - 1);    /* the spec table (its strings are referenced by the values kept) */
+    }
+  }
+  sc->hooks.on_schedules(sc->hooks.ud, file, specs, n);
+  free(specs);
+  lua_settop(L, top);
+}
+
+int sg_script_schedule_input(void *ud, const char *file, const char *name, int64_t fire_at, int missed, char **json,
+                             struct sg_error *e) {
+  struct sg_script *sc = ud;
+  lua_State *L = sc->L;
+  *json = NULL;
+  if (sc->run.kind) return sg_errorf(e, SG_E_INTERNAL, "schedule %s: its input cannot be made while script code runs", name);
+  int top = lua_gettop(L);
+  sc_push_runtime(sc, L, "schedule_input");
+  lua_pushstring(L, file);
+  lua_pushstring(L, name);
+  lua_pushinteger(L, (lua_Integer)fire_at);
+  lua_pushboolean(L, missed);
+  struct sg_error pe = {0};
+  sc_run_begin(sc, L, RUN_KEY, NULL); /* the limits of a key function: not preemptible, 200 ms */
+  int rc = sc_pcall(L, 4, 2, &pe);
+  sc_run_end(sc, NULL);
+  sc_memory_verdict(sc, rc < 0 ? pe.msg : !lua_toboolean(L, -2) ? lua_tostring(L, -1) : NULL);
+  if (sc->run.doomed) {
+    sg_errorf(e, SG_E_INVALID, "schedule %s: %s", name, sc->run.why);
+    sc->run.doomed = 0;
+  } else if (rc < 0) {
+    sg_errorf(e, SG_E_INVALID, "schedule %s: %s", name, pe.msg);
+  } else if (!lua_toboolean(L, -2)) {
+    sg_errorf(e, SG_E_INVALID, "schedule %s: %s", name, lua_tostring(L, -1) ? lua_tostring(L, -1) : "no input");
+  } else {
+    *json = sg_strdup(lua_tostring(L, -1));
+    lua_settop(L, top);
+    return 0;
+  }
+  lua_settop(L, top);
+  return -1;
+}
+
 /* The warnings of the load at the top of the stack (runtime.lint) replace f's, and are logged. */
 static void keep_warnings(struct sg_script *sc, struct sfile *f) {
   lua_State *L = sc->L;
@@ -394,6 +463,7 @@ static int load_file(struct sg_script *sc, struct sfile *f) {
   if (sc_pcall(sc->L, 1, 0, &e) < 0) sg_err("commit %s: %s", f->path, e.msg);
   sc_register_defs(sc, hash, 1);
   report_breakers(sc);
+  report_schedules(sc, f->path);
   keep_warnings(sc, f);
   lua_pop(sc->L, 1);
   sg_info("loaded %s (version %s)%s", f->path, hash, f->hash ? " replacing the previous version" : "");
@@ -471,6 +541,7 @@ int sg_script_scan(struct sg_script *sc) {
     lua_pushstring(sc->L, f->path);
     struct sg_error e = {0};
     sc_pcall(sc->L, 1, 0, &e);
+    if (sc->hooks.on_schedules) sc->hooks.on_schedules(sc->hooks.ud, f->path, NULL, 0);
     free(f->path); free(f->hash); free(f->error); free(f->warnings);
     sc->files[j] = sc->files[--sc->nfiles];
     changed = 1;

@@ -10,6 +10,7 @@
 #include <ev.h>
 #include <stdio.h>
 #include "engine.h"
+#include "schedule.h"
 
 /* What the script module needs from the rest of the host. Any member may be NULL (sagahost check). */
 struct sg_script_hooks {
@@ -24,6 +25,8 @@ struct sg_script_hooks {
   void (*on_load_failed)(void *ud, const char *file, const char *error);
   /* a script configured the circuit breaker of a service it calls (saga.breaker) */
   void (*on_breaker)(void *ud, const char *service, const struct sg_breaker_config *c);
+  /* the schedules (saga.schedule) of a file that loaded cleanly, or of one that was removed (n = 0) */
+  void (*on_schedules)(void *ud, const char *file, const struct sg_schedule_spec *specs, int n);
 };
 
 struct sg_script_config {
@@ -53,6 +56,9 @@ int sg_script_print_warnings(struct sg_script *sc, FILE *out);
 char *sg_script_definitions_json(struct sg_script *sc);
 /* for /metrics: loads and reloads of files that failed since start, and the files failing now */
 void sg_script_load_stats(struct sg_script *sc, int64_t *failures, int *failing);
+/* The input of one fire of a schedule whose input is a function (sg_schedule_input_fn; ud = sc). */
+int sg_script_schedule_input(void *sc, const char *file, const char *name, int64_t fire_at, int missed, char **json,
+                             struct sg_error *e);
 /* number of saga types currently startable */
 int sg_script_type_count(struct sg_script *sc);
 

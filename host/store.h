@@ -366,6 +366,17 @@ struct sg_store_ops {
   int (*signal_done)(struct sg_store *s, const char *id, int64_t at, struct sg_error *e);
   int (*signal_find)(struct sg_store *s, const char *saga_id, const char *idem_key, struct sg_error *e);
   int (*signal_each)(struct sg_store *s, const char *saga_id, sg_signal_cb cb, void *ud, struct sg_error *e);
+  /* ---- schedules (schedule.c) ----
+   * The last fire time claimed for schedule `name`: 1 and *last, or 0 when it never had one. */
+  int (*schedule_last)(struct sg_store *s, const char *name, int64_t *last, struct sg_error *e);
+  /* Claims fire time `at` (ms) of schedule `name`: the claim holds when the stored last fire time is
+   * before `at` (or there is none), which then becomes `at`. With r (NULL: only the claim, for a fire
+   * that is skipped or the first time a schedule is seen) the saga r is inserted in the same transaction.
+   * 1 = claimed (and r inserted), 0 = the fire was claimed before (by this host or another: nothing is
+   * written), -1 e. SQLite writes it in the open transaction (begin first: it commits with the batch);
+   * PostgreSQL commits it at once in a transaction of its own, so two hosts claim each fire once. */
+  int (*schedule_claim)(struct sg_store *s, const char *name, int64_t at, const struct sg_saga_row *r,
+                        struct sg_error *e);
 
   /* ---- several hosts on one database (PostgreSQL; NULL in a store that has one host, which owns
    * everything) ----

@@ -173,6 +173,9 @@ static const char *const migrations[] = {
   "ALTER TABLE sagas ADD COLUMN parent TEXT COLLATE \"C\";"
   "ALTER TABLE sagas ADD COLUMN children TEXT;"
   "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
+  /* 14: schedules (saga.schedule): the last fire time claimed for each; a claim moves it forward in
+   * the transaction that inserts the fire's saga, so two hosts never start one fire twice */
+  "CREATE TABLE schedules (name TEXT COLLATE \"C\" PRIMARY KEY, last_fire BIGINT NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -189,6 +192,7 @@ enum {
   ST_SAGA_OWNER, ST_MAIL_PUT, ST_MAIL_READ, ST_MAIL_DEL, ST_NOTIFY,
   ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_FROM, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
   ST_SIGNAL_PUT, ST_SIGNAL_DONE, ST_SIGNAL_FIND, ST_SIGNAL_EACH,
+  ST_SCHED_LAST, ST_SCHED_CLAIM,
   ST_COUNT
 };
 
@@ -197,6 +201,17 @@ enum {
                   " partial, parent, children"
 
 static const char *const stmt_sql[ST_COUNT] = {
+  [ST_SCHED_LAST] = "SELECT last_fire FROM schedules WHERE name = $1",
+  /* the claim (an upsert that changes the row only when the fire is newer: a second claim of the same
+   * fire waits for the first's row lock, then sees it and changes nothing), and the saga only with it */
+  [ST_SCHED_CLAIM] = "WITH c AS (INSERT INTO schedules(name, last_fire) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE"
+                     " SET last_fire = EXCLUDED.last_fire WHERE schedules.last_fire < EXCLUDED.last_fire RETURNING 1),"
+                     " w AS (INSERT INTO sagas(" SAGA_COLS ", owner) SELECT $3::text, $4::text, $5::text, $6::text,"
+                     " $7::int, $8::int, $9::int, $10::text, $11::text, $12::text, $13::text, $14::bigint, $15::bigint,"
+                     " $16::bigint, $17::bigint, $18::bigint, $19::int, $20::text, $21::text, $22::text, $23::text, $24::text,"
+                     " $25::text FROM c"
+                     " WHERE $3::text IS NOT NULL RETURNING 1)"
+                     " SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM w)",
   [ST_DEF_PUT] = "INSERT INTO definitions(hash, file, source, created_at) VALUES ($1, $2, $3, $4)"
                  " ON CONFLICT DO NOTHING",
   [ST_DEF_GET] = "SELECT file, source FROM definitions WHERE hash = $1",
@@ -295,7 +310,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
-#define MAX_PARAMS 24 /* saga_insert: the saga columns and its owner, and room */
+#define MAX_PARAMS 26 /* schedule_claim: the schedule, its fire time, the saga columns and its owner */
 struct params {
   int n;
   const char *v[MAX_PARAMS];
@@ -1615,6 +1630,61 @@ static int pg_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct 
 
 /* ---- inbox ---- */
 
+/* ---- schedules ---- */
+
+static int pg_schedule_last(struct sg_store *base, const char *name, int64_t *last, struct sg_error *e) {
+  struct params p = {0};
+  p_text(&p, name);
+  PGresult *r = rd_exec(S(base), ST_SCHED_LAST, &p, e, "schedule_last");
+  if (!r) return -1;
+  int found = PQntuples(r) > 0;
+  if (found) *last = col_i64(r, 0, 0);
+  PQclear(r);
+  return found;
+}
+
+/* its own transaction at once (autocommit), outside the batch: the claim's answer is needed now */
+static int pg_schedule_claim(struct sg_store *base, const char *name, int64_t at, const struct sg_saga_row *sr,
+                             struct sg_error *e) {
+  struct pg_store *s = S(base);
+  struct sg_saga_row none = {0};
+  const struct sg_saga_row *r = sr ? sr : &none;
+  struct params p = {0};
+  p_text(&p, name);
+  p_int(&p, at);
+  p_text(&p, sr ? r->id : NULL);
+  p_text(&p, r->type);
+  p_text(&p, r->def_hash);
+  p_text(&p, sg_status_name(r->status));
+  p_int(&p, r->step);
+  p_int(&p, r->phase);
+  p_int(&p, r->attempt);
+  p_text(&p, r->input);
+  p_text(&p, r->data);
+  p_text(&p, r->error);
+  p_text(&p, r->idem_key);
+  p_int(&p, r->created_at);
+  p_int(&p, r->updated_at);
+  p_int(&p, r->deadline);
+  p_int(&p, r->version);
+  p_int(&p, r->attempt_started_at);
+  p_int(&p, r->attempt_base);
+  p_text(&p, r->biz_key);
+  p_text(&p, r->trace);
+  p_text(&p, r->partial);
+  p_text(&p, r->parent);
+  p_text(&p, r->children);
+  p_text(&p, s->me[0] ? s->me : NULL);
+  PGresult *res = rd_exec(s, ST_SCHED_CLAIM, &p, e, "schedule_claim");
+  if (!res) return -1;
+  int claimed = PQntuples(res) > 0 && col_i64(res, 0, 0) > 0;
+  int inserted = PQntuples(res) > 0 && col_i64(res, 0, 1) > 0;
+  PQclear(res);
+  if (claimed && sr && !inserted)
+    return sg_errorf(e, SG_E_INTERNAL, "postgres: schedule_claim: %s at %lld claimed without its saga", name, (long long)at);
+  return claimed;
+}
+
 static int pg_inbox_get(struct sg_store *base, const char *message_id, char **reply_status, char **reply_body,
                         struct sg_error *e) {
   struct params p = {0};
@@ -2458,6 +2528,8 @@ static const struct sg_store_ops pg_ops = {
   .inbox_get = pg_inbox_get,
   .inbox_put = pg_inbox_put,
   .inbox_prune = pg_inbox_prune,
+  .schedule_last = pg_schedule_last,
+  .schedule_claim = pg_schedule_claim,
   .journal_del = pg_journal_del,
   .event_put = pg_event_put,
   .saga_prune = pg_saga_prune,

@@ -90,6 +90,8 @@ static const char *const migrations[] = {
   "ALTER TABLE sagas ADD COLUMN parent TEXT;"
   "ALTER TABLE sagas ADD COLUMN children TEXT;"
   "CREATE INDEX sagas_parent ON sagas(parent, id) WHERE parent IS NOT NULL;",
+  /* 12: schedules (saga.schedule): the last fire time claimed for each, so a fire starts once */
+  "CREATE TABLE schedules (name TEXT PRIMARY KEY, last_fire INTEGER NOT NULL);",
 };
 #define N_MIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -107,6 +109,7 @@ enum {
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_PRUNE_CLEAR, ST_PRUNE_MARK, ST_PRUNE_HIST, ST_PRUNE_SAGAS,
   ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
   ST_SIGNAL_PUT, ST_SIGNAL_DONE, ST_SIGNAL_FIND, ST_SIGNAL_EACH, ST_PRUNE_SIGNALS,
+  ST_SCHED_LAST, ST_SCHED_CLAIM,
   ST_COUNT
 };
 
@@ -117,6 +120,9 @@ enum {
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
+  [ST_SCHED_LAST] = "SELECT last_fire FROM schedules WHERE name = ?1",
+  [ST_SCHED_CLAIM] = "INSERT INTO schedules(name, last_fire) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE"
+                     " SET last_fire = excluded.last_fire WHERE last_fire < excluded.last_fire",
   [ST_COMMIT] = "COMMIT",
   [ST_ROLLBACK] = "ROLLBACK",
   [ST_DEF_PUT] = "INSERT OR IGNORE INTO definitions(hash, file, source, created_at) VALUES (?1, ?2, ?3, ?4)",
@@ -993,6 +999,39 @@ static int sq_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct 
 
 /* ---- inbox ---- */
 
+/* ---- schedules ---- */
+
+static int sq_schedule_last(struct sg_store *base, const char *name, int64_t *last, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = stmt_use(s, ST_SCHED_LAST);
+  bind_text(st, 1, name);
+  int rc = sqlite3_step(st), found = 0;
+  if (rc == SQLITE_ROW) {
+    *last = sqlite3_column_int64(st, 0);
+    found = 1;
+  } else if (rc != SQLITE_DONE) {
+    db_fail(s, e, "schedule_last");
+    found = -1;
+  }
+  stmt_done(st);
+  return found;
+}
+
+/* one host per SQLite file: the claim and the saga are written in the batch (a held transaction
+ * writes both again, and the claim holds again: no other host moves last_fire) */
+static int sq_schedule_claim(struct sg_store *base, const char *name, int64_t at, const struct sg_saga_row *r,
+                             struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  sqlite3_stmt *st = wr_use(s, ST_SCHED_CLAIM);
+  wr_text(s, st, 1, name);
+  wr_i64(s, st, 2, at);
+  int ran = wr_exec(s, st, e, "schedule_claim");
+  if (ran < 0) return -1;
+  if (ran && sqlite3_changes(s->db) == 0) return 0;
+  if (r && sq_saga_insert(base, r, e) < 0) return -1;
+  return 1;
+}
+
 static int sq_inbox_get(struct sg_store *base, const char *message_id, char **reply_status, char **reply_body,
                         struct sg_error *e) {
   struct sqlite_store *s = S(base);
@@ -1158,6 +1197,8 @@ static const struct sg_store_ops sqlite_ops = {
   .inbox_get = sq_inbox_get,
   .inbox_put = sq_inbox_put,
   .inbox_prune = sq_inbox_prune,
+  .schedule_last = sq_schedule_last,
+  .schedule_claim = sq_schedule_claim,
   .journal_del = sq_journal_del,
   .event_put = sq_event_put,
   .event_read = sq_event_read,

@@ -229,6 +229,48 @@ local function breaker(ld, service, opts)
   loading.breakers[service] = c
 end
 
+local SCHEDULE_KEYS = { name = true, cron = true, saga = true, input = true, catch_up = true, timezone = true }
+local CATCH_UP = { one = true, all = true, none = true }
+
+-- saga.schedule{ name = "nightly", cron = "0 2 * * *", saga = "Type", input = {...} | function(fire) ... end,
+-- catch_up = "one" | "all" | "none", timezone = "UTC" | "local" }: a cron schedule (host/schedule.c fires it).
+local function schedule(ld, spec)
+  if loading ~= ld then error("saga.schedule can only be called while its script file loads (at its top level)", 2) end
+  local where = caller_where(2)
+  local function fail(msg) error(where .. ": saga.schedule: " .. msg, 0) end
+  if type(spec) ~= "table" then fail("expects a table { name = ..., cron = ..., saga = ... }") end
+  for k in pairs(spec) do
+    if not SCHEDULE_KEYS[k] then fail("unknown key '" .. tostring(k) .. "' (known: name, cron, saga, input, catch_up, timezone)") end
+  end
+  local name = spec.name
+  if type(name) ~= "string" or not name:match("^[%w_%.%-]+$") or #name > 100 then
+    fail("name must be 1 to 100 letters, digits, '_', '.' or '-' (got " .. tostring(name) .. ")")
+  end
+  if type(spec.cron) ~= "string" then fail(name .. ": cron must be a string like \"*/5 * * * *\"") end
+  local ok, err = core.cron_check(spec.cron)
+  if not ok then fail(name .. ": " .. err) end
+  if type(spec.saga) ~= "string" or not core.is_name(spec.saga) then fail(name .. ": saga must be the name of a saga type") end
+  local catch_up = spec.catch_up or "one"
+  if not CATCH_UP[catch_up] then fail(name .. ": catch_up must be \"one\", \"all\" or \"none\" (got " .. tostring(catch_up) .. ")") end
+  local tz = spec.timezone or "UTC"
+  if tz ~= "UTC" and tz ~= "local" then fail(name .. ": timezone must be \"UTC\" or \"local\" (the host's) (got " .. tostring(tz) .. ")") end
+  local input_json, input_fn = nil, nil
+  if type(spec.input) == "function" then
+    input_fn = spec.input
+  elseif spec.input == nil or type(spec.input) == "table" then
+    local eok, v = pcall(json.encode, spec.input or json.empty_object or {})
+    if not eok then fail(name .. ": input cannot be encoded as JSON: " .. tostring(v)) end
+    if spec.input == nil or next(spec.input) == nil then v = "{}" end
+    input_json = v
+  else
+    fail(name .. ": input must be a table or a function returning one")
+  end
+  if loading.schedules[name] then fail("schedule '" .. name .. "' is declared twice in this file") end
+  loading.schedules[name] = { name = name, cron = spec.cron, saga = spec.saga, input_json = input_json,
+                              input_fn = input_fn, catch_up = catch_up, local_tz = tz == "local", where = where,
+                              line = tonumber(where:match(":(%d+)$")) or 0 }
+end
+
 local unwrap -- defined with ctx below
 
 -- The `saga` module of one file (require "saga"), with its own `json`: each file gets fresh tables,
@@ -238,6 +280,7 @@ local function public_for(ld)
     define = function(spec) return define(ld, spec) end,
     handle = function(service, command, fn) return handle(ld, service, command, fn) end,
     breaker = function(service, opts) return breaker(ld, service, opts) end,
+    schedule = function(spec) return schedule(ld, spec) end,
     json = {
       encode = function(v) return json.encode(unwrap(v, 0)) end,
       decode = function(s) return json.decode(s) end,
@@ -344,7 +387,8 @@ end
 -- or nil and a "file:line: message" error. `historic` loads (an old version an instance still needs)
 -- do not register handlers.
 function M.load(file, source, hash, historic)
-  local ld = { file = file, hash = hash, defs = {}, order = {}, handlers = {}, breakers = {}, historic = historic }
+  local ld = { file = file, hash = hash, defs = {}, order = {}, handlers = {}, breakers = {}, schedules = {},
+               historic = historic }
   local fn, err = load(source, "@" .. file, "t", sandbox_env(file, public_for(ld)))
   if not fn then return nil, err end
   loading = ld
@@ -370,6 +414,13 @@ function M.load(file, source, hash, historic)
       for f, other in pairs(files) do
         if f ~= file and other.handlers[key] then
           return nil, h.where .. ": saga.handle: " .. key .. " is already handled by " .. other.handlers[key].where
+        end
+      end
+    end
+    for name, c in pairs(ld.schedules) do
+      for f, other in pairs(files) do
+        if f ~= file and other.schedules and other.schedules[name] then
+          return nil, c.where .. ": saga.schedule: schedule '" .. name .. "' is already declared in " .. other.schedules[name].where
         end
       end
     end
@@ -456,6 +507,27 @@ function M.services()
 end
 
 function M.version(hash) return versions[hash] end
+
+-- The input of one fire of a schedule whose input is a function: true and its JSON, or false and why.
+-- The function gets { schedule = name, time = fire time (ms since the epoch), missed = caught up }.
+function M.schedule_input(file, name, fire_at, missed)
+  local ld = files[file]
+  local c = ld and ld.schedules[name]
+  if not c or not c.input_fn then return false, "schedule " .. name .. " has no input function loaded" end
+  local ok, v = xpcall(c.input_fn, function(e)
+    if core.doomed() then return "" end -- the host has the message; run nothing of the script's
+    if type(e) == "string" then return e end
+    if getmt(e) == Err then return e.message end
+    return "error object is a " .. type(e)
+  end, { schedule = name, time = fire_at, missed = missed })
+  if not ok then return false, tostring(v) end
+  if v == nil then return true, "{}" end
+  if type(v) ~= "table" then return false, "input function (" .. c.where .. ") returned a " .. type(v) .. ", not a table" end
+  if next(v) == nil then return true, "{}" end
+  local eok, j = pcall(json.encode, unwrap(v, 0))
+  if not eok then return false, "input function (" .. c.where .. ") returned what is not JSON: " .. tostring(j) end
+  return true, j
+end
 
 ---------------------------------------------------------------------------------------------------
 -- business keys

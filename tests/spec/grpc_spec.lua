@@ -166,6 +166,20 @@ describe("gRPC", function()
     assert.equals("compensated", h:saga(id).status)
   end)
 
+  it("Start with delay or start_at: a delayed start, scheduled as the HTTP API shows it", function()
+    local id = ok(call(h, "Start", { type = "Note", input = "{}", delay = "2s" })).id
+    local g = ok(call(h, "Get", { id = id }))
+    local s = h:saga(id)
+    assert.equals("scheduled", s.status)
+    assert.equals("scheduled", g.status)
+    assert.equals(s.start_at, g.start_at)
+    assert.equals(0, #g.steps)
+    local r = call(h, "Start", { type = "Note", input = "{}", delay = "1s", start_at = "1000" })
+    assert.is_false(r.ok)
+    assert.equals("INVALID_ARGUMENT", r.name)
+    assert.equals("completed", h:wait(id, nil, 10).status)
+  end)
+
   it("answers NOT_FOUND, INVALID_ARGUMENT and FAILED_PRECONDITION", function()
     local function code(r) assert.is_false(r.ok, cjson.encode(r)); return r.name end
     assert.equals("NOT_FOUND", code(call(h, "Get", { id = "01a22ed9-e5a8-7b8a-bee9-67ac0bf15273" })))

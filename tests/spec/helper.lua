@@ -220,7 +220,8 @@ Host.__index = Host
 -- curl_args = "extra curl flags for every request" (e.g. "--cacert cert.pem" for a host with --tls-cert:
 -- its url is then https://localhost:PORT, the name its certificate is made for),
 -- db = a database (path or postgres:// URL) instead of the host's own, e.g. one several hosts share
--- (H.db_for(some_dir, "shared.db")), host_id = its --host-id (passed with or without amqp)
+-- (H.db_for(some_dir, "shared.db")), host_id = its --host-id (passed with or without amqp),
+-- env = "VAR=value ..." put before the command (e.g. SAGAHOST_CRON_MINUTE_MS=300)
 function H.host(opts)
   opts = opts or {}
   local self = setmetatable({ opts = opts }, Host)
@@ -245,8 +246,8 @@ function Host:start(extra, retry)
     transport = "--amqp " .. H.q(type(self.opts.amqp) == "string" and self.opts.amqp or H.amqp_url)
   end
   if self.opts.host_id then transport = transport .. " --host-id " .. H.q(self.opts.host_id) end
-  local cmd = string.format("%s run --db %s --listen 127.0.0.1:0 %s %s %s %s > %s 2>&1 & echo $!",
-    H.bin, self.db, transport, self.opts.args or "", extra or "", self.scripts, log)
+  local cmd = string.format("%s%s run --db %s --listen 127.0.0.1:0 %s %s %s %s > %s 2>&1 & echo $!",
+    self.opts.env and (self.opts.env .. " ") or "", H.bin, self.db, transport, self.opts.args or "", extra or "", self.scripts, log)
   local p = io.popen(cmd)
   self.pid = tonumber(p:read("l"))
   p:close()
