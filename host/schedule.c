@@ -181,6 +181,9 @@ static void load_last(struct sched *c) {
     /* the first time: from now on (fires before it were never missed) */
     if (sg_engine_fire(c->ss->en, c->name, last, NULL, NULL, id, &e) < 0)
       sg_warn("schedule %s: its start time could not be recorded yet (%s)", c->name, e.msg);
+    /* and a fire that comes due while the host is still starting is this moment's, not a missed one
+     * (no downtime stands between it and now) */
+    c->running = 1;
   }
   c->last_fire = last;
 }

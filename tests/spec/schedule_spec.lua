@@ -236,6 +236,7 @@ saga.schedule { name = "static-two", cron = "*/2 * * * *", saga = "Static", inpu
         local list = sagas_of(host, "Tick")
         local times = fire_times(list) -- each fire time once, whatever the policy
         local missed = {}
+        -- caught up at the restart (the downtime's fires); none may come from the first start
         for _, s in ipairs(list) do if s.input.missed then missed[#missed + 1] = s.input.at end end
         table.sort(missed)
         -- the gaps between fire times (a fire left out makes one)
