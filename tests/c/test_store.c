@@ -482,7 +482,7 @@ static void test_list_keys(void) {
   LIST(limited, -1, .desc = 1, .limit = 2);
 #undef LIST
   /* counts, of all and of a type */
-  int64_t counts[SG_ST_RESOLVED + 1];
+  int64_t counts[SG_ST__COUNT];
   OK(s->ops->saga_counts(s, NULL, counts, &err));
   CHECK_EQ_INT(counts[SG_ST_RUNNING], 2);
   CHECK_EQ_INT(counts[SG_ST_COMPLETED], 3);
