@@ -2,11 +2,13 @@
 # The tests' own RabbitMQ node. It never uses, starts, stops or talks to any other broker on the machine
 # (the system's rabbit@host on 5672 is left alone): it runs as node sagahost-test@localhost, from the
 # directory tests/tmp-broker (its Erlang cookie, config, data, logs), listening on 127.0.0.1 only:
-#   AMQP               127.0.0.1:56720  (SG_BROKER_PORT; guest/guest, the tests' URL is
-#                                        amqp://guest:guest@127.0.0.1:56720/)
-#   Erlang dist        127.0.0.1:56721  (port + 1)
-#   its own epmd       127.0.0.1:56722  (port + 2; the system's epmd on 4369 is not used)
-#   rabbitmqctl's dist 127.0.0.1:56723-56729
+#   AMQP               127.0.0.1:26720  (SG_BROKER_PORT; guest/guest, the tests' URL is
+#                                        amqp://guest:guest@127.0.0.1:26720/)
+#   Erlang dist        127.0.0.1:26721  (port + 1)
+#   its own epmd       127.0.0.1:26722  (port + 2; the system's epmd on 4369 is not used)
+#   rabbitmqctl's dist 127.0.0.1:26723-26729
+# The block sits below Linux's ephemeral range (32768-60999): a port there can be taken at any moment by an
+# outgoing connection or by a listener on port 0 (every spec host listens on 127.0.0.1:0).
 # The server runs as the calling user, straight from /usr/lib/rabbitmq/bin (not Debian's /usr/sbin
 # wrapper, which su's to the rabbitmq user and to its cookie); its cookie, $dir/.erlang.cookie, is
 # random and private, so the `ctl` below cannot reach another node, nor another node's CLI this one.
@@ -24,7 +26,7 @@ set -u
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
 node=${SG_BROKER_NODE:-sagahost-test@localhost}
-port=${SG_BROKER_PORT:-56720}
+port=${SG_BROKER_PORT:-26720}
 dir=${SG_BROKER_DIR:-$repo/tests/tmp-broker}
 timeout_s=${SG_BROKER_TIMEOUT:-60}
 url="amqp://guest:guest@127.0.0.1:$port/"

@@ -5,7 +5,7 @@
 #   bash tests/bench-hosts.sh [--sagas M] [--hosts "1 2 3"] [--concurrency C] [--host-args "FLAGS"]
 #
 # For each N in --hosts: a fresh database on the tests' private cluster (tests/pg-cluster.sh,
-# 127.0.0.1:56730; started if it is not up, and stopped again at the end only then), N hosts
+# 127.0.0.1:26730; started if it is not up, and stopped again at the end only then), N hosts
 # `sagahost run --db URL --host-id bhI --listen 127.0.0.1:0 DIR` on the bench saga (in-process transport:
 # no broker, each host answers its own participants), then N `sagahost bench --server URL_I --sagas M
 # --concurrency C` at once, one per host. M sagas per host (default 10000), C in flight per host (64; the
@@ -41,7 +41,7 @@ done
 for n in $HOSTS; do [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench-hosts: --hosts takes positive integers" >&2; exit 2; }; done
 [ -x "$BIN" ] || { echo "bench-hosts: no binary at $BIN (make, or set SAGAHOST)" >&2; exit 1; }
 
-port=${SG_PG_PORT:-56730}
+port=${SG_PG_PORT:-26730}
 pg_bin=${SG_PG_BIN:-/usr/lib/postgresql/15/bin}
 pg_dir=${SG_PG_DIR:-$repo/tests/tmp-pg}
 psql_() { PGOPTIONS='-c client_min_messages=warning' "$pg_bin/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres "$@"; }

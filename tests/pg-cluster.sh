@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tests' own PostgreSQL 15 cluster. It never uses, starts, stops or talks to any other cluster on the
-# machine: it is initdb'ed into tests/tmp-pg (SG_PG_DIR), listens on 127.0.0.1:56730 only (SG_PG_PORT), keeps
+# machine: it is initdb'ed into tests/tmp-pg (SG_PG_DIR), listens on 127.0.0.1:26730 only (SG_PG_PORT), keeps
 # its unix socket in its own directory ($dir/socket) and trusts local TCP connections (a throwaway test
 # cluster: nothing in it is worth a password). fsync stays on: the specs and the bench measure durability
 # honestly (synchronous_commit = on, as sagahost sets anyway).
@@ -9,16 +9,18 @@
 #                                   Idempotent. Left running for the next run.
 #   tests/pg-cluster.sh stop        stop this cluster (only this one; fast shutdown)
 #   tests/pg-cluster.sh url         print the URL of its postgres database
-#                                   (postgres://postgres@127.0.0.1:56730/postgres)
+#                                   (postgres://postgres@127.0.0.1:26730/postgres)
 #   tests/pg-cluster.sh psql ARGS   psql as postgres against this cluster (e.g. psql -c 'CREATE DATABASE x')
 #
 # It runs as the calling user. initdb refuses to run as root: then the cluster belongs to the system user
 # sagahost-pg (created with useradd -r if missing), and initdb/pg_ctl run as that user through runuser.
 # SG_PG_BIN chooses the server binaries (/usr/lib/postgresql/15/bin), SG_PG_TIMEOUT the start timeout (60 s).
+# 26730 sits below Linux's ephemeral range (32768-60999): a port there can be taken at any moment by an
+# outgoing connection or by a listener on port 0 (every spec host listens on 127.0.0.1:0).
 set -u
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
-port=${SG_PG_PORT:-56730}
+port=${SG_PG_PORT:-26730}
 dir=${SG_PG_DIR:-$repo/tests/tmp-pg}
 bin=${SG_PG_BIN:-/usr/lib/postgresql/15/bin}
 timeout_s=${SG_PG_TIMEOUT:-60}
@@ -120,4 +122,6 @@ while [ "$i" -lt "$timeout_s" ]; do
 done
 say "the cluster did not come up within ${timeout_s}s; log $log (last lines below)"
 tail -n 15 "$log" >&2 2>/dev/null
+grep -q "Address already in use" "$log" 2>/dev/null &&
+  say "127.0.0.1:$port is taken by another socket: $(ss -Htanp "sport = :$port" 2>/dev/null | head -n 3)"
 exit 1

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the busted specs against the sagahost binary in $SAGAHOST. Starts the servers the specs use
-# when they are not running: the tests' own RabbitMQ node (tests/amqp-broker.sh, 127.0.0.1:56720; no
+# when they are not running: the tests' own RabbitMQ node (tests/amqp-broker.sh, 127.0.0.1:26720; no
 # other broker on the machine is used); they are left running for the next run.
 # SG_STORE=postgres runs every host on PostgreSQL instead of SQLite: each host gets its own database
-# on the tests' own cluster (tests/pg-cluster.sh, 127.0.0.1:56730), which is started too; the sg_*
+# on the tests' own cluster (tests/pg-cluster.sh, 127.0.0.1:26730), which is started too; the sg_*
 # databases of earlier runs are dropped first.
 # Extra arguments go to busted (e.g. a single spec file).
 set -uo pipefail

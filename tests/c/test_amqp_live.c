@@ -1,5 +1,5 @@
 /* Live test of transport_amqp.c against a real RabbitMQ: the tests' own node, which tests/amqp-broker.sh
- * starts on amqp://guest:guest@127.0.0.1:56720/ (SG_BROKER_PORT picks another port, SG_AMQP_URL another
+ * starts on amqp://guest:guest@127.0.0.1:26720/ (SG_BROKER_PORT picks another port, SG_AMQP_URL another
  * URL). Fails, never skips, when no broker answers.
  *
  * Two transports share one libev loop: "p" is a participant consuming service echo, "o" an
@@ -165,7 +165,7 @@ int main(void) {
   if (!url || !*url) { /* the tests' node (tests/amqp-broker.sh), never the system's broker on 5672 */
     static char own[64];
     const char *port = getenv("SG_BROKER_PORT");
-    snprintf(own, sizeof own, "amqp://guest:guest@127.0.0.1:%s/", port && *port ? port : "56720");
+    snprintf(own, sizeof own, "amqp://guest:guest@127.0.0.1:%s/", port && *port ? port : "26720");
     url = own;
   }
   loop = EV_DEFAULT;

@@ -255,8 +255,10 @@ describe("gRPC", function()
 
   it("closes a connection idle past --grpc-idle-timeout and one without a request past --http-request-timeout", function()
     local a = H.host { name = "grpc-idle", scripts = { ["trip.lua"] = SCRIPT } }
+    local b
+    -- one finally for both hosts: busted keeps only the last function given to finally in a test
+    finally(function() a:stop(); if b then b:stop() end end)
     start(a, "--grpc-idle-timeout 1s --http-request-timeout 3s")
-    finally(function() a:stop() end)
     local r = conns(a, { n = 1, hold_ms = 2500 })[1]
     assert.equals(0, r.goaway and r.goaway.code, cjson.encode(r)) -- NO_ERROR
     assert.matches("idle for 1s with no call %(%-%-grpc%-idle%-timeout%)", r.goaway.data)
@@ -265,9 +267,8 @@ describe("gRPC", function()
     local id = ok(call(a, "Start", { type = "Trip", input = cjson.encode { nap = "2s" } })).id
     local evs = ok(call(a, "Watch", { id = id }))
     assert.equals("completed", evs[#evs].status)
-    local b = H.host { name = "grpc-slow", scripts = { ["trip.lua"] = SCRIPT } }
+    b = H.host { name = "grpc-slow", scripts = { ["trip.lua"] = SCRIPT } }
     start(b, "--http-request-timeout 1s")
-    finally(function() b:stop() end)
     r = conns(b, { n = 1, hold_ms = 2500, raw = true })[1] -- TCP only: no preface, no request
     assert.truthy(r.closed_ms and r.closed_ms >= 900 and r.closed_ms < 2500, cjson.encode(r))
   end)

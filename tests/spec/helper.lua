@@ -11,11 +11,11 @@ local tmp_root = os.getenv("SG_TMP") or "tests/tmp"
 os.execute("mkdir -p " .. tmp_root)
 
 -- The store the hosts run on: SG_STORE=postgres gives every host its own database on the tests' private
--- PostgreSQL cluster (tests/pg-cluster.sh, 127.0.0.1:56730 or SG_PG_PORT), anything else an SQLite file
+-- PostgreSQL cluster (tests/pg-cluster.sh, 127.0.0.1:26730 or SG_PG_PORT), anything else an SQLite file
 -- in the host's directory.
 H.store = os.getenv("SG_STORE") == "postgres" and "postgres" or "sqlite"
 H.pg = H.store == "postgres"
-H.pg_port = tonumber(os.getenv("SG_PG_PORT")) or 56730
+H.pg_port = tonumber(os.getenv("SG_PG_PORT")) or 26730
 H.pg_bin = os.getenv("SG_PG_BIN") or "/usr/lib/postgresql/15/bin"
 local pg_base = "postgres://postgres@127.0.0.1:" .. H.pg_port .. "/"
 
@@ -388,10 +388,10 @@ function Host:cleanup()
 end
 
 ---------------------------------------------------------------------------------------------------
--- RabbitMQ: the tests' own node, which tests/amqp-broker.sh starts on 127.0.0.1:56720 (SG_BROKER_PORT);
+-- RabbitMQ: the tests' own node, which tests/amqp-broker.sh starts on 127.0.0.1:26720 (SG_BROKER_PORT);
 -- no other broker on the machine is used. H.host{ amqp = true, host_id = "x" } runs a host with --amqp
 -- H.amqp_url (a string instead of true names another URL) and --host-id x.
-H.broker_url = "amqp://guest:guest@127.0.0.1:" .. (tonumber(os.getenv("SG_BROKER_PORT")) or 56720) .. "/"
+H.broker_url = "amqp://guest:guest@127.0.0.1:" .. (tonumber(os.getenv("SG_BROKER_PORT")) or 26720) .. "/"
 H.amqp_url = os.getenv("SG_AMQP_URL") or H.broker_url
 
 -- starts the tests' node unless it is up (and its app if a broker-restart spec left it stopped)
