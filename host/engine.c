@@ -488,6 +488,7 @@ void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
  * per process, not per engine: hosts of one process take turns on one thread. */
 static struct sg_rand jitter_rng;
 static int jitter_seeded;
+static uint64_t jitter_gen;
 
 static int64_t retry_delay(const struct sg_retry *p, int attempt) {
   double d = (double)p->initial_ms;
@@ -495,7 +496,11 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
     for (int i = 1; i < attempt; i++) { d *= p->multiplier; if (d >= (double)p->max_ms) break; }
   if (d > (double)p->max_ms) d = (double)p->max_ms;
   if (!p->jitter) return (int64_t)d;
-  if (!jitter_seeded) { sg_rand_seed(&jitter_rng, sg_rand_os_seed()); jitter_seeded = 1; }
+  if (!jitter_seeded || jitter_gen != sg_rand_generation()) { /* sg_rand_replay: seeded again */
+    sg_rand_seed(&jitter_rng, sg_rand_os_seed());
+    jitter_seeded = 1;
+    jitter_gen = sg_rand_generation();
+  }
   return sg_rand_jitter(&jitter_rng, (int64_t)d);
 }
 

@@ -61,6 +61,7 @@ static int host_close(struct lhost *h, lua_State *L) {
   if (h->virt) sg_clock_set_virtual(h->clock);
   sg_host_close(&h->host);
   if (h->virt) sg_clock_set_virtual(0);
+  if (h->faults_on) sg_rand_replay(0);
   if (h->mocks != LUA_NOREF) luaL_unref(L, LUA_REGISTRYINDEX, h->mocks);
   h->mocks = LUA_NOREF;
   free(h->dir);
@@ -550,6 +551,7 @@ static int l_faults(lua_State *L) {
     plan_crash(h);
     sg_transport_local_faults(h->host.tr, NULL);
     sg_engine_set_direct_calls(h->host.en, 1);
+    sg_rand_replay(0);
     return 0;
   }
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -574,6 +576,7 @@ static int l_faults(lua_State *L) {
   h->crash_every = (int)crash_every;
   h->crash_rng = f.seed ^ 0x5DEECE66Dull; /* a stream of its own: the transport draws from the seed too */
   plan_crash(h);
+  sg_rand_replay(f.seed ? f.seed : 1); /* uuids and retry jitter from the seed too: the run repeats */
   sg_engine_set_direct_calls(h->host.en, 0); /* calls and replies through the transport, where the faults are */
   sg_transport_local_faults(h->host.tr, &f);
   return 0;

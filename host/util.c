@@ -330,7 +330,29 @@ int sg_dir_check(const char *dir, const char *what, struct sg_error *e) {
   return 0;
 }
 
+/* sg_rand_replay: 0 = the OS's randomness; else the state the process's seeds are drawn from */
+static uint64_t replay_state, replay_gen;
+
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+void sg_rand_replay(uint64_t seed) {
+  replay_gen++;
+  replay_state = seed ? seed : 0;
+  if (!seed) return;
+  uint64_t s = seed;
+  for (int i = 0; i < 4; i++) rng_s[i] = splitmix(&s);
+  rng_seeded = 1;
+}
+
+uint64_t sg_rand_generation(void) { return replay_gen; }
+
 uint64_t sg_rand_os_seed(void) {
+  if (replay_state) return splitmix(&replay_state);
   uint64_t seed;
   if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) == (ssize_t)sizeof seed) return seed;
   /* no entropy yet (early boot) or no getrandom: still distinct per process and per start */

@@ -87,6 +87,12 @@ int sg_dir_check(const char *dir, const char *what, struct sg_error *e);
 struct sg_rand {
   uint64_t s; /* the whole state: advanced by a constant every draw */
 };
+/* The testing kit: from now on the process's random choices (the uuids of sg_uuid, the seeds
+ * sg_rand_os_seed gives, so retry jitter) come from seed, so a run with the same seed repeats; 0 = back
+ * to the OS's randomness. Each call starts a new generation (sg_rand_generation): who keeps a
+ * generator seeded from sg_rand_os_seed seeds it again when the generation changed. */
+void sg_rand_replay(uint64_t seed);
+uint64_t sg_rand_generation(void);
 uint64_t sg_rand_os_seed(void);                      /* getrandom(), else clock ^ pid: differs per process */
 void sg_rand_seed(struct sg_rand *r, uint64_t seed);
 uint64_t sg_rand_next(struct sg_rand *r);

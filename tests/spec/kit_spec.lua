@@ -305,6 +305,20 @@ saga.define { name = "Order", steps = {
         end
         e:close()
       end
+      -- the same seed, the same run: faults, crashes, ids
+      local a, outa = run(3, 2)
+      local b, outb = run(3, 2)
+      assert.are.same(outa, outb)
+      local sa, sb = a:stats(), b:stats()
+      for _, k in ipairs { "delivered", "duplicated", "dropped", "delayed", "crashes" } do
+        assert.are.equal(sa[k], sb[k], k)
+      end
+      local ida, idb = {}, {}
+      for _, c in ipairs(a:calls()) do ida[#ida + 1] = c.msg.message_id end
+      for _, c in ipairs(b:calls()) do idb[#idb + 1] = c.msg.message_id end
+      assert.are.same(ida, idb)
+      a:close()
+      b:close()
     end)
   end)
 
