@@ -237,6 +237,45 @@ saga.define { name = "Lost", steps = {
     assert.are_not.equal(m.calls()[1].msg.message_id, m.calls()[2].msg.message_id)
   end)
 
+  it("runs schedules, child sagas and circuit breakers on the virtual clock", function()
+    env = env_with([[
+local saga = require "saga"
+saga.define { name = "Tick", steps = { { name = "T", action = function(ctx) ctx:call("svc", "Tick", { at = ctx.input.at }) end } } }
+saga.schedule { name = "five", cron = "*/5 * * * *", saga = "Tick", input = function(f) return { at = f.time } end }
+saga.define { name = "Child", steps = { { name = "Nap", action = function(ctx) ctx:sleep("2m") ctx.data.woke = ctx:now() end } } }
+saga.define { name = "Parent", steps = { { name = "Run", action = function(ctx) ctx.data.child = ctx:run("Child", {}) end } } }
+saga.breaker("flaky", { failure_rate = 0.5, min_calls = 2, window = "1m", open_for = "30s" })
+saga.define { name = "Call", steps = { { name = "C", retry = { attempts = 1 },
+  action = function(ctx) ctx.data.r = ctx:call("flaky", "Do", {}) end } } }
+]])
+    local t0 = env:now()
+    local tick = env:mock("svc", "Tick", {})
+    env:advance("15m")
+    local ats = {}
+    for _, c in ipairs(tick.calls()) do ats[#ats + 1] = c.payload.at - t0 end
+    assert.are.same({ 300000, 600000, 900000 }, ats)
+
+    local p = env:start("Parent", {})
+    assert.are.equal("running", p:status())
+    env:advance("2m")
+    assert.are.equal("completed", p:status())
+    assert.are.equal((t0 + 17 * 60000) / 1000, p:data().child.woke)
+
+    local fail = true
+    local flaky = env:mock("flaky", "Do", function() if fail then error("down") end return {} end)
+    assert.are.equal("compensated", env:start("Call", {}):status())
+    assert.are.equal("compensated", env:start("Call", {}):status())
+    fail = false
+    local h = env:start("Call", {}) -- the breaker is open: the call waits, no attempt spent
+    assert.are.equal("running", h:status())
+    assert.are.equal(2, #flaky.calls())
+    env:advance("29s")
+    assert.are.equal("running", h:status())
+    env:advance("1s") -- half-open: the probe goes through
+    assert.are.equal("completed", h:status())
+    assert.are.equal(3, #flaky.calls())
+  end)
+
   describe("faults", function()
     local SCRIPT = [[
 local saga = require "saga"
