@@ -488,6 +488,7 @@ void eng_give_up(struct sg_engine *en, struct sg_saga *s, const char *why) {
  * per process, not per engine: hosts of one process take turns on one thread. */
 static struct sg_rand jitter_rng;
 static int jitter_seeded;
+static uint64_t jitter_gen;
 
 static int64_t retry_delay(const struct sg_retry *p, int attempt) {
   double d = (double)p->initial_ms;
@@ -495,7 +496,11 @@ static int64_t retry_delay(const struct sg_retry *p, int attempt) {
     for (int i = 1; i < attempt; i++) { d *= p->multiplier; if (d >= (double)p->max_ms) break; }
   if (d > (double)p->max_ms) d = (double)p->max_ms;
   if (!p->jitter) return (int64_t)d;
-  if (!jitter_seeded) { sg_rand_seed(&jitter_rng, sg_rand_os_seed()); jitter_seeded = 1; }
+  if (!jitter_seeded || jitter_gen != sg_rand_generation()) { /* sg_rand_replay: seeded again */
+    sg_rand_seed(&jitter_rng, sg_rand_os_seed());
+    jitter_seeded = 1;
+    jitter_gen = sg_rand_generation();
+  }
   return sg_rand_jitter(&jitter_rng, (int64_t)d);
 }
 
@@ -776,7 +781,7 @@ static int op_message(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
     struct sg_error e = {0};
     if (en->tr->ops->declare_service(en->tr, op->service, &e) < 0) sg_warn("declare %s: %s", op->service, e.msg);
   }
-  if (is_call && en->tr->ops->in_process && s->stored) {
+  if (is_call && en->tr->ops->in_process && s->stored && !en->no_direct) {
     /* answered before this batch commits (run_chain): the saga's start is already durable, and
      * the handler's effect, the reply and the saga's next steps commit together */
     m.created_at = sg_now_ms();
@@ -1090,7 +1095,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
 /* A call from a saga of this host to a handler of this host (in-process transport): its reply is
  * applied in the same transaction as the handler's effect. */
 static int own_call(struct sg_engine *en, const struct sg_msg *m) {
-  return en->tr->ops->in_process && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
+  return en->tr->ops->in_process && !en->no_direct && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
 }
 
 /* tp: the traceparent of the handler's server span, or NULL */
@@ -1193,6 +1198,22 @@ static void command_checked(struct sg_engine *en, const struct sg_msg *m, uint64
     if (busy) { /* delivered again while its handler is still running: one run answers both */
       PUSH(busy->extra_tags, busy->nextra, busy->capextra, tag);
       return;
+    }
+    if (en->mock) { /* the testing kit's mocked participants go before the scripts' handlers */
+      int mr = en->mock(en->mock_ud, m, &status, &body);
+      if (mr == 2) { /* taken and never answered: acked, nothing recorded, no reply */
+        free(status); free(body);
+        ack_after_commit(en, tag);
+        return;
+      }
+      if (mr == 1) {
+        eng_command_answered(en, m, tag, chained, 1, status ? status : "error", body ? body : "{}");
+        free(status);
+        free(body);
+        return;
+      }
+      free(status); free(body);
+      status = body = NULL;
     }
     int h = 0;
     if (en->otel) en->cmd_t0_us = sg_now_ms() * 1000;
@@ -1684,14 +1705,14 @@ static void committed(struct sg_engine *en) {
  * the commit like any other in-process message. */
 #define CHAIN_BUDGET_MS 5
 static void run_chain(struct sg_engine *en) {
-  int64_t deadline = sg_now_ms() + CHAIN_BUDGET_MS;
+  int64_t deadline = sg_mono_ns() / 1000000 + CHAIN_BUDGET_MS; /* real time, also under a virtual clock */
   while (en->nchain && !en->broken) {
     struct sg_msg *list = en->chain;
     size_t n = en->nchain;
     en->chain = NULL;
     en->nchain = en->capchain = 0;
     for (size_t i = 0; i < n; i++) {
-      if (en->broken || sg_now_ms() > deadline) {
+      if (en->broken || sg_mono_ns() / 1000000 > deadline) {
         PUSH(en->out, en->nout, en->capout, list[i]); /* delivered after the commit instead */
         continue;
       }
@@ -2546,6 +2567,15 @@ void sg_engine_stop(struct sg_engine *en) {
   eng_runq_stop(en);
 }
 
+void sg_engine_crash(struct sg_engine *en) {
+  if (!en || en->stopped) return;
+  settle(en);     /* a commit on its way is the database's already */
+  en->broken = 1; /* no last commit, no lease release: the open batch is rolled back when the store closes */
+  for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
+  en->ncbs = 0;
+  sg_engine_stop(en);
+}
+
 void sg_engine_free(struct sg_engine *en) {
   if (!en) return;
   free_live(en);
@@ -2569,4 +2599,46 @@ void sg_engine_free(struct sg_engine *en) {
   eng_owner_free(en);
   free(en->done); free(en->out); free(en->acks); free(en->cbs); free(en->confirmed);
   free(en);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* the testing kit (lmodule.c): mocked participants, a virtual clock */
+
+void sg_engine_set_mock(struct sg_engine *en, sg_mock_cb cb, void *ud) {
+  en->mock = cb;
+  en->mock_ud = ud;
+}
+
+void sg_engine_set_direct_calls(struct sg_engine *en, int on) { en->no_direct = !on; }
+
+int sg_engine_quiescent(struct sg_engine *en) {
+  if (en->broken) return 1; /* nothing will run any more: the caller sees it in the stats */
+  if (en->in_txn || en->committing || en->go_on_due || en->stalled || en->reloading) return 0;
+  if (en->nrq || en->nchain || en->nout || en->ncbs || en->nacks || en->nparked || en->nchecked || en->checks ||
+      en->nstarts || en->nverbs || en->ndefs || en->npev || en->nconfirmed || en->republish)
+    return 0;
+  if (en->pruning || en->child_polls || en->probing || en->mail_reading || en->taking) return 0;
+  int64_t due = sg_engine_next_due(en);
+  return due < 0 || due > sg_now_ms();
+}
+
+int64_t sg_engine_next_due(struct sg_engine *en) {
+  struct sg_timer *t = sg_timers_peek(en->timers);
+  int64_t due = t ? t->due : -1;
+  for (size_t i = 0; i < en->breakers.cap; i++) { /* an open breaker's half-open time */
+    if (!sg_map_live(&en->breakers, i)) continue;
+    struct breaker *b = en->breakers.slots[i].val;
+    if (b->state != BR_OPEN) continue;
+    int64_t at = b->opened_at + b->cfg.open_ms;
+    if (due < 0 || at < due) due = at;
+  }
+  return due;
+}
+
+void sg_engine_tick(struct sg_engine *en) {
+  if (en->broken || en->stalled || en->committing || en->reloading) return;
+  int64_t now = sg_now_ms();
+  eng_breakers_tick(en, now);
+  sg_timers_run(en->timers, now);
+  if (en->nrq) { ev_check_start(en->loop, &en->rq_check); ev_idle_start(en->loop, &en->rq_idle); }
 }

@@ -152,8 +152,7 @@ fail:
   return -1;
 }
 
-void sg_host_close(struct sg_host *h) {
-  if (h->en) sg_engine_stop(h->en);
+static void host_free(struct sg_host *h) {
   if (h->sc) sg_script_unwatch(h->sc);
   if (h->tr) h->tr->ops->close(h->tr);
   sg_schedules_free(h->sched); /* its timers are in the engine's heap */
@@ -163,4 +162,14 @@ void sg_host_close(struct sg_host *h) {
   sg_script_free(h->sc);
   if (h->store) h->store->ops->close(h->store);
   memset(h, 0, sizeof *h);
+}
+
+void sg_host_close(struct sg_host *h) {
+  if (h->en) sg_engine_stop(h->en);
+  host_free(h);
+}
+
+void sg_host_crash(struct sg_host *h) {
+  if (h->en) sg_engine_crash(h->en);
+  host_free(h);
 }
