@@ -141,6 +141,13 @@ function M.env(opts)
   if not db then
     db = os.tmpname() -- an empty file: SQLite makes it a database
     owned = true
+    -- in memory where the system has it (/dev/shm): a store's fsyncs cost nothing there
+    local shm = io.open("/dev/shm/" .. db:match("[^/]+$"), "w")
+    if shm then
+      shm:close()
+      os.remove(db)
+      db = "/dev/shm/" .. db:match("[^/]+$")
+    end
   end
   local host, err = sagahost.open { dir = opts.scripts, db = db, clock = start, handlers = opts.handlers ~= false }
   if not host then
@@ -274,7 +281,7 @@ function Env:close()
   self.closed = true
   self.host:close()
   if self._owned then
-    for _, suffix in ipairs { "", "-wal", "-shm", "-journal" } do os.remove(self.db .. suffix) end
+    for _, suffix in ipairs { "", "-wal", "-shm", "-journal", ".lock" } do os.remove(self.db .. suffix) end
   end
 end
 
