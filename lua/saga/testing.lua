@@ -159,7 +159,8 @@ end
 
 --- replaces or adds the participant service.command; fn(payload, msg) returns the ok reply (nil = {}),
 --- raises for an error reply, or returns testing.NO_REPLY; fn may be a plain table (always that reply);
---- nil removes the mock. Returns the mock, whose :calls() lists the calls it got: {payload, msg}.
+--- nil removes the mock. Returns the mock, whose :calls() lists the calls it got: {payload, msg}
+--- (and error = what fn raised, no_reply = true when it returned testing.NO_REPLY).
 function Env:mock(service, command, fn)
   if type(service) ~= "string" or type(command) ~= "string" then
     error("saga.testing: env:mock(service, command, fn): service and command are strings", 2)
@@ -180,8 +181,20 @@ function Env:mock(service, command, fn)
     mock._calls[#mock._calls + 1] = call
     calls[#calls + 1] = call
     local result
-    if type(fn) == "table" then result = fn else result = fn(decode(payload_json), msg) end
-    if result == M.NO_REPLY then return "none" end
+    if type(fn) == "table" then
+      result = fn
+    else
+      local ok, r = pcall(fn, decode(payload_json), msg)
+      if not ok then
+        call.error = r -- what the mock raised: the error reply (and a bug in a mock shows here)
+        error(r, 0)
+      end
+      result = r
+    end
+    if result == M.NO_REPLY then
+      call.no_reply = true
+      return "none"
+    end
     return "ok", cjson.encode(result == nil and {} or result)
   end)
   self._mocks[service .. "." .. command] = mock
