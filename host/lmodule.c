@@ -45,6 +45,7 @@ struct lhost {
   uint64_t crash_at;     /* crash once this many deliveries are counted (0 = none planned) */
   int crash_due;         /* the count was reached: crash at the next point with uncommitted work */
   struct sg_fault_counts past; /* the counts of the transports that went down with a crash */
+  struct sg_engine_stats past_st; /* ... and of their engines (started, completed, ..., commits) */
   int64_t crashes;
 };
 
@@ -240,6 +241,13 @@ static void crash_reopen(struct lhost *h, lua_State *L) {
   h->past.dropped += now.dropped;
   h->past.delayed += now.delayed;
   h->past.reordered += now.reordered;
+  struct sg_engine_stats st;
+  sg_engine_stats(h->host.en, &st);
+  h->past_st.started += st.started;
+  h->past_st.completed += st.completed;
+  h->past_st.compensated += st.compensated;
+  h->past_st.compensation_failed += st.compensation_failed;
+  h->past_st.commits += st.commits;
   sg_host_crash(&h->host);
   h->crashes++;
   struct sg_error e = {0};
@@ -506,19 +514,27 @@ static int l_saga(lua_State *L) {
   return 1;
 }
 
-/* host:stats() -> {live, coroutines, refs, commits, completed, compensated, compensation_failed, timers,
- * delivered, duplicated, dropped, delayed, reordered, crashes} */
+/* host:stats() -> {live, coroutines, refs, timers (this engine's), started, completed, compensated,
+ * compensation_failed, commits, delivered, duplicated, dropped, delayed, reordered, crashes (since open,
+ * across crashes)} */
 static int l_stats(lua_State *L) {
   struct lhost *h = check_host(L);
   struct sg_engine_stats st;
   sg_engine_stats(h->host.en, &st);
   struct sg_fault_counts c;
   counts_now(h, &c);
-  lua_createtable(L, 0, 14);
+  /* counted across crashes: what the engines that went down did, and this one */
+  st.started += h->past_st.started;
+  st.completed += h->past_st.completed;
+  st.compensated += h->past_st.compensated;
+  st.compensation_failed += h->past_st.compensation_failed;
+  st.commits += h->past_st.commits;
+  lua_createtable(L, 0, 15);
   lua_pushinteger(L, st.live); lua_setfield(L, -2, "live");
   lua_pushinteger(L, st.coroutines); lua_setfield(L, -2, "coroutines");
   lua_pushinteger(L, sg_script_live_refs(h->host.sc)); lua_setfield(L, -2, "refs");
   lua_pushinteger(L, st.commits); lua_setfield(L, -2, "commits");
+  lua_pushinteger(L, st.started); lua_setfield(L, -2, "started");
   lua_pushinteger(L, st.completed); lua_setfield(L, -2, "completed");
   lua_pushinteger(L, st.compensated); lua_setfield(L, -2, "compensated");
   lua_pushinteger(L, st.compensation_failed); lua_setfield(L, -2, "compensation_failed");

@@ -338,7 +338,10 @@ saga.define { name = "Order", steps = {
     it("crash the host at random points; the sagas go on from the store", function()
       for seed = 1, 5 do
         local e, out = run(seed, 2)
-        assert.is_true(e:stats().crashes > 0, "seed " .. seed .. ": no crash")
+        local st = e:stats()
+        assert.is_true(st.crashes > 0, "seed " .. seed .. ": no crash")
+        assert.are.equal(3, st.completed, "seed " .. seed) -- counted across crashes, each saga once
+        assert.are.equal(3, st.compensated, "seed " .. seed)
         for i = 1, 6 do
           local want = i * 3 > 10 and "compensated Reserve:action,Charge:action,Reserve:compensate"
             or "completed Reserve:action,Charge:action,Notify:action"
