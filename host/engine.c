@@ -776,10 +776,9 @@ static int op_message(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
     struct sg_error e = {0};
     if (en->tr->ops->declare_service(en->tr, op->service, &e) < 0) sg_warn("declare %s: %s", op->service, e.msg);
   }
-  if (is_call && en->tr->ops->in_process && s->stored && !sg_transport_local_faulty(en->tr)) {
+  if (is_call && en->tr->ops->in_process && s->stored) {
     /* answered before this batch commits (run_chain): the saga's start is already durable, and
-     * the handler's effect, the reply and the saga's next steps commit together (not while the
-     * in-process transport injects faults: every call then goes through it, as to a broker) */
+     * the handler's effect, the reply and the saga's next steps commit together */
     m.created_at = sg_now_ms();
     eng_txn(en);
     PUSH(en->chain, en->nchain, en->capchain, m);
@@ -1710,8 +1709,10 @@ static void run_chain(struct sg_engine *en) {
     en->chain = NULL;
     en->nchain = en->capchain = 0;
     for (size_t i = 0; i < n; i++) {
-      if (en->broken || sg_now_ms() > deadline) {
-        PUSH(en->out, en->nout, en->capout, list[i]); /* delivered after the commit instead */
+      /* delivered after the commit instead; always while the in-process transport injects faults,
+       * so that they reach every call */
+      if (en->broken || sg_now_ms() > deadline || sg_transport_local_faulty(en->tr)) {
+        PUSH(en->out, en->nout, en->capout, list[i]);
         continue;
       }
       on_command(en, &list[i], 0, 0);
