@@ -10,10 +10,14 @@
  * Times are real here (sg_now_ms): the kit's virtual clock is not needed to test the transport.
  *
  * The host part runs a saga script (four steps, one compensation) on a temporary directory with
- * duplicates, reorders and small delays, crashes the host after k loop iterations (k = 1..20; a few
+ * duplicates, reorders and small delays, crashes the host after k loop iterations (k = 0..20; a few
  * runs with drops too), reopens it on the same database and runs it to the end: every acknowledged
  * saga is there in its right terminal status, each step phase recorded once (no doubled transition),
- * nothing left in the outbox or the timers. */
+ * nothing left in the outbox or the timers; with k = 0 nothing was committed, so nothing is there.
+ * The handlers' runs are counted: with faults on every call goes through the transport (so the
+ * faults reach it), a handler runs once per message id (a duplicate is answered by the saga's
+ * journal), and the reopened host runs none whose attempt had ended or whose answer was journaled
+ * before the crash. */
 #include <ev.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -22,6 +26,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "engine_int.h" /* the runner, to count the handlers' runs */
 #include "host.h"
 #include "transport.h"
 
@@ -268,6 +273,50 @@ static const char *SCRIPT =
     "  { name = 'done', action = function(ctx) ctx.data.done = true end },\n"
     "} }\n";
 
+/* The handlers' runs, counted through the engine's runner: a handler runs at most once per message id
+ * in one host, and never in the reopened host for an attempt whose outcome was committed before the
+ * crash (its call's answer is in the store: running it again would be a second effect). */
+#define MAXRUNS 256
+static struct {
+  int (*real)(void *ud, const struct sg_msg *m, int *handle, char **status, char **body);
+  int n;
+  char ids[MAXRUNS][96];
+} runs;
+
+static int counting_handle(void *ud, const struct sg_msg *m, int *handle, char **status, char **body) {
+  if (runs.n < MAXRUNS) snprintf(runs.ids[runs.n++], sizeof runs.ids[0], "%s", m->message_id);
+  return runs.real(ud, m, handle, status, body);
+}
+
+static void count_runs(struct sg_host *h) {
+  runs.n = 0;
+  runs.real = h->en->runner.handle;
+  h->en->runner.handle = counting_handle;
+}
+
+static int count(sqlite3 *db, const char *sql);
+
+/* Each message id ran once at most; none of an attempt the store had ended (db: as at the reopen). */
+static void check_runs(sqlite3 *db, const char *what) {
+  for (int i = 0; i < runs.n; i++) {
+    for (int j = 0; j < i; j++)
+      if (!CHECK(strcmp(runs.ids[i], runs.ids[j]) != 0)) fprintf(stderr, "  %s: handler ran twice for %s\n", what, runs.ids[i]);
+    if (!db) continue;
+    char sid[40], ph;
+    int step, attempt, seq;
+    if (sscanf(runs.ids[i], "%39[^.].%d.%c.%d.%d", sid, &step, &ph, &attempt, &seq) != 5) continue;
+    char q[300];
+    snprintf(q, sizeof q, "SELECT count(*) FROM history WHERE saga_id = '%s' AND step = %d AND phase = %d AND attempt = %d",
+             sid, step, ph == 'a' ? 0 : ph == 'c' ? 1 : 2, attempt);
+    int ended = count(db, q);
+    snprintf(q, sizeof q, "SELECT count(*) FROM journal WHERE saga_id = '%s' AND step = %d AND phase = %d AND attempt = %d"
+             " AND seq = %d AND done = 1", sid, step, ph == 'a' ? 0 : ph == 'c' ? 1 : 2, attempt, seq);
+    int answered = count(db, q);
+    if (!CHECK(ended == 0 && answered == 0))
+      fprintf(stderr, "  %s: handler ran again after the crash for %s, answered before it\n", what, runs.ids[i]);
+  }
+}
+
 #define NSAGAS 6
 struct hrun {
   struct sg_host h;
@@ -374,6 +423,8 @@ static void check_db(const char *db, const struct hrun *r, const char *what) {
   sqlite3_close(h);
 }
 
+static int crash_stats[2]; /* sagas acknowledged before a crash, live at a crash: the crashes hit running sagas */
+
 /* Starts the sagas, crashes after k loop iterations, reopens and runs to the end. */
 static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   char db[600], cmd[2600];
@@ -391,16 +442,43 @@ static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   struct sg_error e = {0};
   if (!CHECK(sg_host_open(&r.h, loop, &cfg, &e) == 0)) { fprintf(stderr, "open: %s\n", e.msg); ev_loop_destroy(loop); return; }
   sg_transport_local_faults(r.h.tr, f);
+  count_runs(&r.h);
   start_sagas(&r);
   for (int i = 0; i < k; i++) ev_run(loop, EVRUN_NOWAIT);
+  int live_at_crash = (int)live(&r.h), acked_at_crash = r.acked;
   sg_host_crash(&r.h);
   CHECK_EQ_INT(r.waiting, 0);
-  /* the same database, a new host */
-  if (!CHECK(sg_host_open(&r.h, loop, &cfg, &e) == 0)) { fprintf(stderr, "reopen: %s\n", e.msg); ev_loop_destroy(loop); return; }
-  sg_transport_local_faults(r.h.tr, f);
+  if (k == 0) CHECK(r.acked == 0 && r.nrefused == NSAGAS); /* nothing committed yet: nothing there after */
+  crash_stats[0] += acked_at_crash;
+  crash_stats[1] += live_at_crash;
+  if (getenv("SG_FAULT_VERBOSE"))
+    printf("k = %d: %d acknowledged, %d refused, %d live at the crash\n", k, acked_at_crash, r.nrefused, live_at_crash);
   char what[64];
   snprintf(what, sizeof what, "crash after %d iteration(s), seed %llu", k, (unsigned long long)f->seed);
+  check_runs(NULL, what);
+  /* the store as the crash left it: what the reopened host must not run again */
+  sqlite3 *snap;
+  if (!CHECK(sqlite3_open_v2(db, &snap, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)) { ev_loop_destroy(loop); return; }
+  /* the same database, a new host */
+  if (!CHECK(sg_host_open(&r.h, loop, &cfg, &e) == 0)) {
+    fprintf(stderr, "reopen: %s\n", e.msg);
+    sqlite3_close(snap);
+    ev_loop_destroy(loop);
+    return;
+  }
+  sg_transport_local_faults(r.h.tr, f);
+  count_runs(&r.h);
+  sqlite3_exec(snap, "BEGIN", NULL, NULL, NULL);
+  count(snap, "SELECT count(*) FROM sagas"); /* the read transaction holds the snapshot of the reopen */
   if (!CHECK(run_to_end(loop, &r.h))) fprintf(stderr, "  %s: %lld saga(s) still live\n", what, (long long)live(&r.h));
+  check_runs(snap, what);
+  struct sg_fault_counts fc;
+  sg_transport_local_counts(r.h.tr, &fc);
+  if (!CHECK(fc.delivered >= (uint64_t)runs.n)) /* each handler run came from a delivery */
+    fprintf(stderr, "  %s: %d handler runs, %llu deliveries: calls went around the transport\n", what, runs.n,
+            (unsigned long long)fc.delivered);
+  sqlite3_exec(snap, "COMMIT", NULL, NULL, NULL);
+  sqlite3_close(snap);
   sg_host_close(&r.h);
   ev_loop_destroy(loop);
   check_db(db, &r, what);
@@ -424,6 +502,9 @@ static void test_crash(void) {
     struct sg_faults ff = { .duplicate = 0.2, .drop = 0.2, .reorder = 1, .seed = (uint64_t)(100 + k) };
     crash_run(dir, k, &ff);
   }
+  printf("crash runs: %d sagas acknowledged before their crash, %d of them still running at it\n", crash_stats[0],
+         crash_stats[1]);
+  CHECK(crash_stats[1] > NSAGAS); /* the crash points do fall in the middle of sagas */
   snprintf(path, sizeof path, "rm -rf %s", dir);
   if (system(path) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }

@@ -366,6 +366,26 @@ saga.define { name = "Order", steps = {
     end)
   end)
 
+  it("finishes many sagas at once under frequent crashes (the crash draw widens while none ends)", function()
+    env = env_with([[
+local saga = require "saga"
+saga.define { name = "Hop", steps = {
+  { name = "One", action = function(ctx) ctx:call("svc", "One", {}) end },
+  { name = "Two", action = function(ctx) ctx:call("svc", "Two", {}) end },
+} }
+]])
+    env:mock("svc", "One", {})
+    env:mock("svc", "Two", {})
+    env:faults { delay = { "10ms", "1s" }, crash_every = 1, seed = 11 }
+    local hs = {}
+    for i = 1, 20 do hs[i] = env:start("Hop", {}) end
+    assert.are.equal(0, env:advance("30m"))
+    for _, h in ipairs(hs) do assert.are.same({ "One:action", "Two:action" }, h:trace()) end
+    local st = env:stats()
+    assert.are.equal(20, st.completed)
+    assert.is_true(st.crashes >= 5, st.crashes .. " crashes")
+  end)
+
   it("crashes on demand: what was not committed is lost, a sleeping saga wakes after the restart", function()
     env = env_with([[
 local saga = require "saga"
