@@ -292,10 +292,11 @@ function Env:stats() return self.host:stats() end
 function Env:close()
   if self.closed then return end
   self.closed = true
-  self.host:close()
+  local ok, err = pcall(self.host.close, self.host)
   if self._owned then
     for _, suffix in ipairs { "", "-wal", "-shm", "-journal", ".lock" } do os.remove(self.db .. suffix) end
   end
+  if not ok then error(err, 2) end
 end
 
 Env.__close = Env.close
