@@ -10,8 +10,8 @@
  * Times are real here (sg_now_ms): the kit's virtual clock is not needed to test the transport.
  *
  * The host part runs a saga script (four steps, one compensation) on a temporary directory with
- * duplicates, reorders and small delays, crashes the host after k loop iterations (k = 0..20; a few
- * runs with drops too), reopens it on the same database and runs it to the end: every acknowledged
+ * duplicates, reorders and small delays, crashes the host after the k-th loop iteration that leaves
+ * a batch uncommitted (k = 0..12, two seeds each; a few runs with drops too), reopens it on the same database and runs it to the end: every acknowledged
  * saga is there in its right terminal status, each step phase recorded once (no doubled transition),
  * nothing left in the outbox or the timers; with k = 0 nothing was committed, so nothing is there.
  * The handlers' runs are counted: with faults on every call goes through the transport (so the
@@ -423,9 +423,11 @@ static void check_db(const char *db, const struct hrun *r, const char *what) {
   sqlite3_close(h);
 }
 
-static int crash_stats[2]; /* sagas acknowledged before a crash, live at a crash: the crashes hit running sagas */
+/* sagas acknowledged before a crash, live at a crash, crashes with a batch open: the crashes hit
+ * running sagas and throw uncommitted work away */
+static int crash_stats[3];
 
-/* Starts the sagas, crashes after k loop iterations, reopens and runs to the end. */
+/* Starts the sagas, crashes after the k-th loop iteration that leaves a batch open, reopens and runs to the end. */
 static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   char db[600], cmd[2600];
   snprintf(db, sizeof db, "%s/c.db", dir);
@@ -444,8 +446,14 @@ static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   sg_transport_local_faults(r.h.tr, f);
   count_runs(&r.h);
   start_sagas(&r);
-  for (int i = 0; i < k; i++) ev_run(loop, EVRUN_NOWAIT);
+  /* the crash comes at the k-th loop iteration after which a batch is open (work done since the
+   * last commit), or when the sagas are over */
+  for (int seen = 0, i = 0; seen < k && i < 5000 && (live(&r.h) > 0 || r.waiting); i++) {
+    ev_run(loop, EVRUN_NOWAIT);
+    seen += r.h.en->in_txn;
+  }
   int live_at_crash = (int)live(&r.h), acked_at_crash = r.acked;
+  crash_stats[2] += r.h.en->in_txn; /* a batch open: the crash loses work done since the last commit */
   sg_host_crash(&r.h);
   CHECK_EQ_INT(r.waiting, 0);
   if (k == 0) CHECK(r.acked == 0 && r.nrefused == NSAGAS); /* nothing committed yet: nothing there after */
@@ -454,7 +462,7 @@ static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   if (getenv("SG_FAULT_VERBOSE"))
     printf("k = %d: %d acknowledged, %d refused, %d live at the crash\n", k, acked_at_crash, r.nrefused, live_at_crash);
   char what[64];
-  snprintf(what, sizeof what, "crash after %d iteration(s), seed %llu", k, (unsigned long long)f->seed);
+  snprintf(what, sizeof what, "crash at open batch %d, seed %llu", k, (unsigned long long)f->seed);
   check_runs(NULL, what);
   /* the store as the crash left it: what the reopened host must not run again */
   sqlite3 *snap;
@@ -494,9 +502,9 @@ static void test_crash(void) {
   fclose(f);
   struct sg_faults none = {0};
   crash_run(dir, 0, &none);
-  for (int k = 1; k <= 20; k++) {
+  for (int k = 1; k <= 24; k++) { /* the sagas take about 12 batches: crash points 1..12, two seeds each */
     struct sg_faults ff = { .duplicate = 0.3, .reorder = 1, .delay_min_ms = 0, .delay_max_ms = 5, .seed = (uint64_t)k };
-    crash_run(dir, k, &ff);
+    crash_run(dir, (k - 1) % 12 + 1, &ff);
   }
   for (int k = 3; k <= 12; k += 3) { /* with drops: re-sends come 200..2000 ms later */
     struct sg_faults ff = { .duplicate = 0.2, .drop = 0.2, .reorder = 1, .seed = (uint64_t)(100 + k) };
@@ -505,6 +513,8 @@ static void test_crash(void) {
   printf("crash runs: %d sagas acknowledged before their crash, %d of them still running at it\n", crash_stats[0],
          crash_stats[1]);
   CHECK(crash_stats[1] > NSAGAS); /* the crash points do fall in the middle of sagas */
+  printf("%d crash(es) with an uncommitted batch\n", crash_stats[2]);
+  CHECK(crash_stats[2] >= 14); /* of 29 crashes */
   snprintf(path, sizeof path, "rm -rf %s", dir);
   if (system(path) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
