@@ -45,7 +45,10 @@ struct lhost {
   uint64_t crash_at;     /* crash once this many deliveries are counted (0 = none planned) */
   int crash_due;         /* the count was reached: crash at the next point with uncommitted work */
   struct sg_fault_counts past; /* the counts of the transports that went down with a crash */
+  struct sg_engine_stats past_st; /* ... and of their engines (started, completed, ..., commits) */
   int64_t crashes;
+  int barren;            /* crashes in a row with no saga reaching its end in between (widens the draw) */
+  int64_t ended;         /* sagas ended (completed, compensated, ...) by the time of the last crash */
 };
 
 /* makes this host's clock the process's (several hosts may be open; each call switches to its own) */
@@ -206,13 +209,16 @@ static void counts_now(struct lhost *h, struct sg_fault_counts *c) {
   c->reordered = h->past.reordered + now.reordered;
 }
 
-/* the next crash: after a number of deliveries drawn in [1, 2n] */
+/* the next crash: after a number of deliveries drawn in [1, 2n]; the range doubles with each crash in
+ * a row that let no saga end, so that the sagas finish however many messages each round of them
+ * re-issues at a reopen (else a crash could come before any reply of the round, every time) */
 static void plan_crash(struct lhost *h) {
   h->crash_due = 0;
   if (h->crash_every <= 0) { h->crash_at = 0; return; }
   struct sg_fault_counts c;
   counts_now(h, &c);
-  h->crash_at = c.delivered + 1 + rng_next(&h->crash_rng) % (2 * (uint64_t)h->crash_every);
+  uint64_t span = 2 * (uint64_t)h->crash_every << (h->barren < 20 ? h->barren : 20);
+  h->crash_at = c.delivered + 1 + rng_next(&h->crash_rng) % span;
 }
 
 static int open_engine(struct lhost *h, struct sg_error *e) {
@@ -240,6 +246,16 @@ static void crash_reopen(struct lhost *h, lua_State *L) {
   h->past.dropped += now.dropped;
   h->past.delayed += now.delayed;
   h->past.reordered += now.reordered;
+  struct sg_engine_stats st;
+  sg_engine_stats(h->host.en, &st);
+  h->past_st.started += st.started;
+  h->past_st.completed += st.completed;
+  h->past_st.compensated += st.compensated;
+  h->past_st.compensation_failed += st.compensation_failed;
+  h->past_st.commits += st.commits;
+  int64_t ended = h->past_st.completed + h->past_st.compensated + h->past_st.compensation_failed;
+  h->barren = ended > h->ended ? 0 : h->barren + 1;
+  h->ended = ended;
   sg_host_crash(&h->host);
   h->crashes++;
   struct sg_error e = {0};
@@ -316,8 +332,14 @@ static int run_idle(struct lhost *h, lua_State *L, long max) {
       struct sg_fault_counts c;
       counts_now(h, &c);
       if (c.delivered >= h->crash_at) h->crash_due = 1;
-      /* at a point where work is not committed yet (what a crash can lose) */
-      if (h->crash_due && !sg_engine_quiescent(h->host.en)) { crash_reopen(h, L); continue; }
+      /* at a point where work is not committed yet (what a crash can lose), once this host has
+       * committed something beyond its recovery: a round of deliveries larger than the draw (every
+       * call a reopened host re-issues comes at once) would otherwise be lost again at every reopen */
+      if (h->crash_due && !sg_engine_quiescent(h->host.en)) {
+        struct sg_engine_stats st;
+        sg_engine_stats(h->host.en, &st);
+        if (st.commits >= 2) { crash_reopen(h, L); continue; }
+      }
     }
     if (sg_engine_quiescent(h->host.en) && transport_idle(h)) return 1;
   }
@@ -506,19 +528,27 @@ static int l_saga(lua_State *L) {
   return 1;
 }
 
-/* host:stats() -> {live, coroutines, refs, commits, completed, compensated, compensation_failed, timers,
- * delivered, duplicated, dropped, delayed, reordered, crashes} */
+/* host:stats() -> {live, coroutines, refs, timers (this engine's), started, completed, compensated,
+ * compensation_failed, commits, delivered, duplicated, dropped, delayed, reordered, crashes (since open,
+ * across crashes)} */
 static int l_stats(lua_State *L) {
   struct lhost *h = check_host(L);
   struct sg_engine_stats st;
   sg_engine_stats(h->host.en, &st);
   struct sg_fault_counts c;
   counts_now(h, &c);
-  lua_createtable(L, 0, 14);
+  /* counted across crashes: what the engines that went down did, and this one */
+  st.started += h->past_st.started;
+  st.completed += h->past_st.completed;
+  st.compensated += h->past_st.compensated;
+  st.compensation_failed += h->past_st.compensation_failed;
+  st.commits += h->past_st.commits;
+  lua_createtable(L, 0, 15);
   lua_pushinteger(L, st.live); lua_setfield(L, -2, "live");
   lua_pushinteger(L, st.coroutines); lua_setfield(L, -2, "coroutines");
   lua_pushinteger(L, sg_script_live_refs(h->host.sc)); lua_setfield(L, -2, "refs");
   lua_pushinteger(L, st.commits); lua_setfield(L, -2, "commits");
+  lua_pushinteger(L, st.started); lua_setfield(L, -2, "started");
   lua_pushinteger(L, st.completed); lua_setfield(L, -2, "completed");
   lua_pushinteger(L, st.compensated); lua_setfield(L, -2, "compensated");
   lua_pushinteger(L, st.compensation_failed); lua_setfield(L, -2, "compensation_failed");
@@ -575,6 +605,7 @@ static int l_faults(lua_State *L) {
   h->faults_on = 1;
   h->crash_every = (int)crash_every;
   h->crash_rng = f.seed ^ 0x5DEECE66Dull; /* a stream of its own: the transport draws from the seed too */
+  h->barren = 0;
   plan_crash(h);
   sg_rand_replay(f.seed ? f.seed : 1); /* uuids and retry jitter from the seed too: the run repeats */
   sg_engine_set_direct_calls(h->host.en, 0); /* calls and replies through the transport, where the faults are */

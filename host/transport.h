@@ -84,6 +84,9 @@ struct sg_fault_counts {
 };
 /* f = NULL: faults off (what is delayed already still comes at its time). No-op on another transport. */
 void sg_transport_local_faults(struct sg_transport *t, const struct sg_faults *f);
+/* faults are on (the engine then sends its in-process calls through the transport instead of
+ * answering them within the batch); 0 for another transport */
+int sg_transport_local_faulty(struct sg_transport *t);
 /* nothing queued, delayed or in flight (delivered and not yet acked) */
 int sg_transport_local_idle(struct sg_transport *t);
 /* something is queued, in flight, or delayed and due at sg_now_ms() (the testing kit runs until it is

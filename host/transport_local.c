@@ -343,6 +343,11 @@ void sg_transport_local_faults(struct sg_transport *t, const struct sg_faults *f
   l->rng = f->seed;
 }
 
+int sg_transport_local_faulty(struct sg_transport *t) {
+  struct local *l = as_local(t);
+  return l && l->faulty;
+}
+
 int sg_transport_local_idle(struct sg_transport *t) {
   struct local *l = as_local(t);
   return !l || (!l->head && !l->delayed && !l->inflight);

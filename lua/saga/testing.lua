@@ -141,6 +141,13 @@ function M.env(opts)
   if not db then
     db = os.tmpname() -- an empty file: SQLite makes it a database
     owned = true
+    -- in memory where the system has it (/dev/shm): a store's fsyncs cost nothing there
+    local shm = io.open("/dev/shm/" .. db:match("[^/]+$"), "w")
+    if shm then
+      shm:close()
+      os.remove(db)
+      db = "/dev/shm/" .. db:match("[^/]+$")
+    end
   end
   local host, err = sagahost.open { dir = opts.scripts, db = db, clock = start, handlers = opts.handlers ~= false }
   if not host then
@@ -152,7 +159,8 @@ end
 
 --- replaces or adds the participant service.command; fn(payload, msg) returns the ok reply (nil = {}),
 --- raises for an error reply, or returns testing.NO_REPLY; fn may be a plain table (always that reply);
---- nil removes the mock. Returns the mock, whose :calls() lists the calls it got: {payload, msg}.
+--- nil removes the mock. Returns the mock, whose :calls() lists the calls it got: {payload, msg}
+--- (and error = what fn raised, no_reply = true when it returned testing.NO_REPLY).
 function Env:mock(service, command, fn)
   if type(service) ~= "string" or type(command) ~= "string" then
     error("saga.testing: env:mock(service, command, fn): service and command are strings", 2)
@@ -173,8 +181,20 @@ function Env:mock(service, command, fn)
     mock._calls[#mock._calls + 1] = call
     calls[#calls + 1] = call
     local result
-    if type(fn) == "table" then result = fn else result = fn(decode(payload_json), msg) end
-    if result == M.NO_REPLY then return "none" end
+    if type(fn) == "table" then
+      result = fn
+    else
+      local ok, r = pcall(fn, decode(payload_json), msg)
+      if not ok then
+        call.error = r -- what the mock raised: the error reply (and a bug in a mock shows here)
+        error(r, 0)
+      end
+      result = r
+    end
+    if result == M.NO_REPLY then
+      call.no_reply = true
+      return "none"
+    end
     return "ok", cjson.encode(result == nil and {} or result)
   end)
   self._mocks[service .. "." .. command] = mock
@@ -272,10 +292,11 @@ function Env:stats() return self.host:stats() end
 function Env:close()
   if self.closed then return end
   self.closed = true
-  self.host:close()
+  local ok, err = pcall(self.host.close, self.host)
   if self._owned then
-    for _, suffix in ipairs { "", "-wal", "-shm", "-journal" } do os.remove(self.db .. suffix) end
+    for _, suffix in ipairs { "", "-wal", "-shm", "-journal", ".lock" } do os.remove(self.db .. suffix) end
   end
+  if not ok then error(err, 2) end
 end
 
 Env.__close = Env.close

@@ -10,10 +10,16 @@
  * Times are real here (sg_now_ms): the kit's virtual clock is not needed to test the transport.
  *
  * The host part runs a saga script (four steps, one compensation) on a temporary directory with
- * duplicates, reorders and small delays, crashes the host after k loop iterations (k = 1..20; a few
- * runs with drops too), reopens it on the same database and runs it to the end: every acknowledged
+ * duplicates, reorders and small delays, crashes the host after the k-th loop iteration that leaves
+ * a batch uncommitted (k = 0..12, two seeds each; a few runs with drops too), reopens it on the same database and runs it to the end: every acknowledged
  * saga is there in its right terminal status, each step phase recorded once (no doubled transition),
- * nothing left in the outbox or the timers. */
+ * nothing left in the outbox or the timers; with k = 0 nothing was committed, so nothing is there.
+ * The handlers' runs are counted: with faults on every call goes through the transport (so the
+ * faults reach it), a handler runs once per message id (a duplicate is answered by the saga's
+ * journal), and the reopened host runs none whose attempt had ended or whose answer was journaled
+ * before the crash. With SG_FAULT_PG=postgres://user@host:port/ the crash runs are made on PostgreSQL
+ * as well (a database sg_test_faults is dropped and created there; the statuses are read through the
+ * store, the handler runs checked within each host). */
 #include <ev.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -22,6 +28,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "engine_int.h" /* the runner, to count the handlers' runs */
 #include "host.h"
 #include "transport.h"
 
@@ -268,6 +275,50 @@ static const char *SCRIPT =
     "  { name = 'done', action = function(ctx) ctx.data.done = true end },\n"
     "} }\n";
 
+/* The handlers' runs, counted through the engine's runner: a handler runs at most once per message id
+ * in one host, and never in the reopened host for an attempt whose outcome was committed before the
+ * crash (its call's answer is in the store: running it again would be a second effect). */
+#define MAXRUNS 256
+static struct {
+  int (*real)(void *ud, const struct sg_msg *m, int *handle, char **status, char **body);
+  int n;
+  char ids[MAXRUNS][96];
+} runs;
+
+static int counting_handle(void *ud, const struct sg_msg *m, int *handle, char **status, char **body) {
+  if (runs.n < MAXRUNS) snprintf(runs.ids[runs.n++], sizeof runs.ids[0], "%s", m->message_id);
+  return runs.real(ud, m, handle, status, body);
+}
+
+static void count_runs(struct sg_host *h) {
+  runs.n = 0;
+  runs.real = h->en->runner.handle;
+  h->en->runner.handle = counting_handle;
+}
+
+static int count(sqlite3 *db, const char *sql);
+
+/* Each message id ran once at most; none of an attempt the store had ended (db: as at the reopen). */
+static void check_runs(sqlite3 *db, const char *what) {
+  for (int i = 0; i < runs.n; i++) {
+    for (int j = 0; j < i; j++)
+      if (!CHECK(strcmp(runs.ids[i], runs.ids[j]) != 0)) fprintf(stderr, "  %s: handler ran twice for %s\n", what, runs.ids[i]);
+    if (!db) continue;
+    char sid[40], ph;
+    int step, attempt, seq;
+    if (sscanf(runs.ids[i], "%39[^.].%d.%c.%d.%d", sid, &step, &ph, &attempt, &seq) != 5) continue;
+    char q[300];
+    snprintf(q, sizeof q, "SELECT count(*) FROM history WHERE saga_id = '%s' AND step = %d AND phase = %d AND attempt = %d",
+             sid, step, ph == 'a' ? 0 : ph == 'c' ? 1 : 2, attempt);
+    int ended = count(db, q);
+    snprintf(q, sizeof q, "SELECT count(*) FROM journal WHERE saga_id = '%s' AND step = %d AND phase = %d AND attempt = %d"
+             " AND seq = %d AND done = 1", sid, step, ph == 'a' ? 0 : ph == 'c' ? 1 : 2, attempt, seq);
+    int answered = count(db, q);
+    if (!CHECK(ended == 0 && answered == 0))
+      fprintf(stderr, "  %s: handler ran again after the crash for %s, answered before it\n", what, runs.ids[i]);
+  }
+}
+
 #define NSAGAS 6
 struct hrun {
   struct sg_host h;
@@ -374,12 +425,25 @@ static void check_db(const char *db, const struct hrun *r, const char *what) {
   sqlite3_close(h);
 }
 
-/* Starts the sagas, crashes after k loop iterations, reopens and runs to the end. */
+/* sagas acknowledged before a crash, live at a crash, crashes with a batch open: the crashes hit
+ * running sagas and throw uncommitted work away */
+static int crash_stats[3];
+
+/* Starts the sagas, crashes after the k-th loop iteration that leaves a batch open, reopens and runs to the end. */
+static const char *pg_base; /* SG_FAULT_PG: a PostgreSQL server URL (postgres://user@host:port/): the runs there too */
+
 static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   char db[600], cmd[2600];
-  snprintf(db, sizeof db, "%s/c.db", dir);
-  snprintf(cmd, sizeof cmd, "rm -f %s %s-wal %s-shm %s.lock", db, db, db, db);
-  if (system(cmd) != 0) return;
+  int pg = pg_base != NULL;
+  if (pg) {
+    snprintf(db, sizeof db, "%ssg_test_faults", pg_base);
+    snprintf(cmd, sizeof cmd, "psql -q '%spostgres' -c 'DROP DATABASE IF EXISTS sg_test_faults' -c 'CREATE DATABASE sg_test_faults'"
+             " >/dev/null 2>&1", pg_base);
+  } else {
+    snprintf(db, sizeof db, "%s/c.db", dir);
+    snprintf(cmd, sizeof cmd, "rm -f %s %s-wal %s-shm %s.lock", db, db, db, db);
+  }
+  if (!CHECK(system(cmd) == 0)) return;
   struct sg_host_config cfg;
   sg_host_config_defaults(&cfg);
   cfg.db = db;
@@ -391,19 +455,68 @@ static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   struct sg_error e = {0};
   if (!CHECK(sg_host_open(&r.h, loop, &cfg, &e) == 0)) { fprintf(stderr, "open: %s\n", e.msg); ev_loop_destroy(loop); return; }
   sg_transport_local_faults(r.h.tr, f);
+  count_runs(&r.h);
   start_sagas(&r);
-  for (int i = 0; i < k; i++) ev_run(loop, EVRUN_NOWAIT);
+  /* the crash comes at the k-th loop iteration after which a batch is open (work done since the
+   * last commit), or when the sagas are over */
+  for (int seen = 0, i = 0; seen < k && i < 5000 && (live(&r.h) > 0 || r.waiting); i++) {
+    ev_run(loop, EVRUN_NOWAIT);
+    seen += r.h.en->in_txn;
+  }
+  int live_at_crash = (int)live(&r.h), acked_at_crash = r.acked;
+  crash_stats[2] += r.h.en->in_txn; /* a batch open: the crash loses work done since the last commit */
   sg_host_crash(&r.h);
   CHECK_EQ_INT(r.waiting, 0);
-  /* the same database, a new host */
-  if (!CHECK(sg_host_open(&r.h, loop, &cfg, &e) == 0)) { fprintf(stderr, "reopen: %s\n", e.msg); ev_loop_destroy(loop); return; }
-  sg_transport_local_faults(r.h.tr, f);
+  if (k == 0) CHECK(r.acked == 0 && r.nrefused == NSAGAS); /* nothing committed yet: nothing there after */
+  crash_stats[0] += acked_at_crash;
+  crash_stats[1] += live_at_crash;
+  if (getenv("SG_FAULT_VERBOSE"))
+    printf("k = %d: %d acknowledged, %d refused, %d live at the crash\n", k, acked_at_crash, r.nrefused, live_at_crash);
   char what[64];
-  snprintf(what, sizeof what, "crash after %d iteration(s), seed %llu", k, (unsigned long long)f->seed);
+  snprintf(what, sizeof what, "crash at open batch %d, seed %llu", k, (unsigned long long)f->seed);
+  check_runs(NULL, what);
+  /* the store as the crash left it: what the reopened host must not run again */
+  sqlite3 *snap = NULL;
+  if (!pg && !CHECK(sqlite3_open_v2(db, &snap, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK)) { ev_loop_destroy(loop); return; }
+  /* the same database, a new host */
+  if (!CHECK(sg_host_open(&r.h, loop, &cfg, &e) == 0)) {
+    fprintf(stderr, "reopen: %s\n", e.msg);
+    sqlite3_close(snap);
+    ev_loop_destroy(loop);
+    return;
+  }
+  sg_transport_local_faults(r.h.tr, f);
+  count_runs(&r.h);
+  if (snap) {
+    sqlite3_exec(snap, "BEGIN", NULL, NULL, NULL);
+    count(snap, "SELECT count(*) FROM sagas"); /* the read transaction holds the snapshot of the reopen */
+  }
   if (!CHECK(run_to_end(loop, &r.h))) fprintf(stderr, "  %s: %lld saga(s) still live\n", what, (long long)live(&r.h));
+  check_runs(snap, what);
+  if (pg) { /* read through the engine: every acknowledged saga ended, in its status */
+    for (int i = 0; i < r.acked; i++) {
+      struct sg_saga_row row;
+      memset(&row, 0, sizeof row);
+      struct sg_error e2 = {0};
+      int got = r.h.store->ops->saga_get(r.h.store, r.ids[i], &row, &e2);
+      const char *want = r.n[i] % 3 == 0 ? "compensated" : "completed";
+      if (!CHECK(got == 1 && strcmp(sg_status_name(row.status), want) == 0))
+        fprintf(stderr, "  %s (PostgreSQL): saga %s is not %s\n", what, r.ids[i], want);
+      sg_store_saga_row_free(&row);
+    }
+  }
+  struct sg_fault_counts fc;
+  sg_transport_local_counts(r.h.tr, &fc);
+  if (!CHECK(fc.delivered >= (uint64_t)runs.n)) /* each handler run came from a delivery */
+    fprintf(stderr, "  %s: %d handler runs, %llu deliveries: calls went around the transport\n", what, runs.n,
+            (unsigned long long)fc.delivered);
+  if (snap) {
+    sqlite3_exec(snap, "COMMIT", NULL, NULL, NULL);
+    sqlite3_close(snap);
+  }
   sg_host_close(&r.h);
   ev_loop_destroy(loop);
-  check_db(db, &r, what);
+  if (!pg) check_db(db, &r, what);
 }
 
 static void test_crash(void) {
@@ -414,16 +527,22 @@ static void test_crash(void) {
   FILE *f = fopen(path, "w");
   fputs(SCRIPT, f);
   fclose(f);
+  memset(crash_stats, 0, sizeof crash_stats);
   struct sg_faults none = {0};
   crash_run(dir, 0, &none);
-  for (int k = 1; k <= 20; k++) {
+  for (int k = 1; k <= 24; k++) { /* the sagas take about 12 batches: crash points 1..12, two seeds each */
     struct sg_faults ff = { .duplicate = 0.3, .reorder = 1, .delay_min_ms = 0, .delay_max_ms = 5, .seed = (uint64_t)k };
-    crash_run(dir, k, &ff);
+    crash_run(dir, (k - 1) % 12 + 1, &ff);
   }
   for (int k = 3; k <= 12; k += 3) { /* with drops: re-sends come 200..2000 ms later */
     struct sg_faults ff = { .duplicate = 0.2, .drop = 0.2, .reorder = 1, .seed = (uint64_t)(100 + k) };
     crash_run(dir, k, &ff);
   }
+  printf("crash runs: %d sagas acknowledged before their crash, %d of them still running at it\n", crash_stats[0],
+         crash_stats[1]);
+  CHECK(crash_stats[1] > NSAGAS); /* the crash points do fall in the middle of sagas */
+  printf("%d crash(es) with an uncommitted batch\n", crash_stats[2]);
+  CHECK(crash_stats[2] >= 14); /* of 29 crashes */
   snprintf(path, sizeof path, "rm -rf %s", dir);
   if (system(path) != 0) fprintf(stderr, "could not remove %s\n", dir);
 }
@@ -437,5 +556,10 @@ int main(void) {
   test_delay();
   test_confirm_once();
   test_crash();
+  pg_base = getenv("SG_FAULT_PG");
+  if (pg_base && *pg_base) {
+    test_crash(); /* the same runs on PostgreSQL (its commits go on their way: sg_engine_crash waits for one) */
+    printf("the crash runs on PostgreSQL (%s) too\n", pg_base);
+  }
   return check_report();
 }

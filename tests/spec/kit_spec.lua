@@ -92,6 +92,7 @@ saga.define { name = "Flaky", steps = {
     assert.are.equal(1, #m.calls())
     assert.are.equal("running", h:status())
     assert.matches("busy 1", h:history()[1].error)
+    assert.matches("busy 1", m.calls()[1].error)
     env:advance("9999ms")
     assert.are.equal(1, #m.calls())
     env:advance(1)
@@ -230,6 +231,7 @@ saga.define { name = "Lost", steps = {
     assert.are.equal(0, #h:history())
     env:advance("5s")
     assert.are.equal(1, #m.calls())
+    assert.is_true(m.calls()[1].no_reply)
     assert.are.equal("failed", h:history()[1].status)
     env:advance("1s")
     assert.are.equal("completed", h:status())
@@ -336,7 +338,10 @@ saga.define { name = "Order", steps = {
     it("crash the host at random points; the sagas go on from the store", function()
       for seed = 1, 5 do
         local e, out = run(seed, 2)
-        assert.is_true(e:stats().crashes > 0, "seed " .. seed .. ": no crash")
+        local st = e:stats()
+        assert.is_true(st.crashes > 0, "seed " .. seed .. ": no crash")
+        assert.are.equal(3, st.completed, "seed " .. seed) -- counted across crashes, each saga once
+        assert.are.equal(3, st.compensated, "seed " .. seed)
         for i = 1, 6 do
           local want = i * 3 > 10 and "compensated Reserve:action,Charge:action,Reserve:compensate"
             or "completed Reserve:action,Charge:action,Notify:action"
@@ -359,6 +364,26 @@ saga.define { name = "Order", steps = {
       a:close()
       b:close()
     end)
+  end)
+
+  it("finishes many sagas at once under frequent crashes (the crash draw widens while none ends)", function()
+    env = env_with([[
+local saga = require "saga"
+saga.define { name = "Hop", steps = {
+  { name = "One", action = function(ctx) ctx:call("svc", "One", {}) end },
+  { name = "Two", action = function(ctx) ctx:call("svc", "Two", {}) end },
+} }
+]])
+    env:mock("svc", "One", {})
+    env:mock("svc", "Two", {})
+    env:faults { delay = { "10ms", "1s" }, crash_every = 1, seed = 11 }
+    local hs = {}
+    for i = 1, 20 do hs[i] = env:start("Hop", {}) end
+    assert.are.equal(0, env:advance("30m"))
+    for _, h in ipairs(hs) do assert.are.same({ "One:action", "Two:action" }, h:trace()) end
+    local st = env:stats()
+    assert.are.equal(20, st.completed)
+    assert.is_true(st.crashes >= 5, st.crashes .. " crashes")
   end)
 
   it("crashes on demand: what was not committed is lost, a sleeping saga wakes after the restart", function()
