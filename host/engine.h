@@ -336,4 +336,21 @@ struct sg_transport *sg_engine_transport(struct sg_engine *en);
 typedef void (*sg_terminal_cb)(void *ud, const char *id, int status, int64_t created_at);
 void sg_engine_on_terminal(struct sg_engine *en, sg_terminal_cb cb, void *ud);
 
+/* ---- the testing kit (lmodule.c, lua/saga/testing.lua) ----
+ * A mocked participant: called for every command delivered to this host before the scripts' handler
+ * (after the inbox: a message id the inbox has answered is not asked again). Returns 0 = not mocked
+ * (the script's handler runs), 1 = answered (*status "ok"/"error", *body JSON, both malloc'd; recorded
+ * in the inbox and replied as a handler's answer), 2 = taken and never answered (the delivery is acked,
+ * nothing is recorded, no reply goes out: the caller's timeout decides). */
+typedef int (*sg_mock_cb)(void *ud, const struct sg_msg *m, char **status, char **body);
+void sg_engine_set_mock(struct sg_engine *en, sg_mock_cb cb, void *ud); /* NULL cb: none */
+/* 1 when nothing is runnable now: no batch open or on its way, nothing preempted, queued, parked or
+ * waiting for a commit, and no timer due at sg_now_ms() (the transport's queue is not looked at) */
+int sg_engine_quiescent(struct sg_engine *en);
+/* runs the breakers' tick and the timers due at sg_now_ms() (a virtual clock moved: nothing else
+ * fires them in time) */
+void sg_engine_tick(struct sg_engine *en);
+/* the earliest time something of the engine falls due (a timer, an open breaker's probe), -1 none */
+int64_t sg_engine_next_due(struct sg_engine *en);
+
 #endif

@@ -277,6 +277,8 @@ struct sg_engine {
   /* child sagas (children.c) */
   struct sg_map awaited;     /* child id -> its id (malloc'd, the key too): children some saga here waits on */
   int child_polls;           /* reads of children owned elsewhere on their way (one round at a time) */
+  sg_mock_cb mock;           /* the testing kit's mocked participants (sg_engine_set_mock), or NULL */
+  void *mock_ud;
   struct sg_engine_stats st;
 };
 

@@ -45,5 +45,8 @@ struct sg_host {
  * host holds is SG_E_CONFLICT. */
 int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e);
 void sg_host_close(struct sg_host *h);
+/* as kill -9 (the testing kit): frees everything like sg_host_close but commits nothing that is pending
+ * (an open transaction is rolled back by closing the connection) */
+void sg_host_crash(struct sg_host *h);
 
 #endif

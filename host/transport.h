@@ -61,6 +61,13 @@ struct sg_transport {
 };
 
 struct sg_transport *sg_transport_local_new(struct ev_loop *loop, const struct sg_transport_events *ev);
+/* ---- fault injection on the local transport (the testing kit) ---- */
+struct sg_faults { double duplicate, drop; int64_t delay_min_ms, delay_max_ms; int reorder; uint64_t seed; };
+struct sg_fault_counts { uint64_t delivered, duplicated, dropped, delayed, reordered; };
+void sg_transport_local_faults(struct sg_transport *t, const struct sg_faults *f); /* NULL = off */
+int sg_transport_local_idle(struct sg_transport *t); /* nothing queued, delayed or in flight */
+int64_t sg_transport_local_next_due(struct sg_transport *t); /* earliest delayed message, -1 none */
+void sg_transport_local_counts(struct sg_transport *t, struct sg_fault_counts *c);
 /* url: amqp://user:pass@host:port/vhost or amqps://...; host_id names our reply queue */
 struct sg_transport *sg_transport_amqp_new(struct ev_loop *loop, const char *url, const char *host_id,
                                            const struct sg_transport_events *ev, struct sg_error *e);

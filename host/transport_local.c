@@ -147,3 +147,12 @@ struct sg_transport *sg_transport_local_new(struct ev_loop *loop, const struct s
   ev_timer_start(loop, &l->ready);
   return &l->base;
 }
+
+/* PLACEHOLDER until the faults branch (i14-faults) lands: no faults, counts of deliveries only */
+void sg_transport_local_faults(struct sg_transport *t, const struct sg_faults *f) { (void)t; (void)f; }
+int sg_transport_local_idle(struct sg_transport *t) {
+  struct local *l = (struct local *)t;
+  return !l->head && !l->inflight;
+}
+int64_t sg_transport_local_next_due(struct sg_transport *t) { (void)t; return -1; }
+void sg_transport_local_counts(struct sg_transport *t, struct sg_fault_counts *c) { (void)t; memset(c, 0, sizeof *c); }

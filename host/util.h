@@ -38,7 +38,13 @@ void sg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define sg_warn(...) sg_log(SG_LOG_WARN, __VA_ARGS__)
 #define sg_err(...) sg_log(SG_LOG_ERROR, __VA_ARGS__)
 
-int64_t sg_now_ms(void);          /* wall clock, ms since the epoch (what is persisted) */
+int64_t sg_now_ms(void);          /* wall clock, ms since the epoch (what is persisted); the virtual
+                                   * clock instead while one is set */
+/* The testing kit's virtual clock: from now on sg_now_ms() returns ms (and only moves when this is
+ * called again); 0 = back to the wall clock. Every time the engine keeps (timers, deadlines, backoff,
+ * ctx:now, schedules, breakers) comes from sg_now_ms, so the virtual clock drives all of it. */
+void sg_clock_set_virtual(int64_t ms); /* 0 = back to the wall clock */
+int64_t sg_clock_virtual(void);   /* the virtual time, 0 while the wall clock is in use */
 int64_t sg_mono_ns(void);         /* monotonic clock, ns (durations; async-signal-safe) */
 void sg_iso8601(int64_t ms, char out[32]); /* "2026-11-26T09:20:00.123Z" */
 void sg_uuid(char out[37]);       /* time-ordered v7 uuid (ms time + random from a /dev/urandom-seeded PRNG) */
