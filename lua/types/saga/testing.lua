@@ -68,7 +68,7 @@ function Handle:history() end
 ---@return string[]
 function Handle:trace() end
 
----The calls this saga made to that service (and command).
+---This saga's commands to that service (and command) that reached a participant (mocked or a script's saga.handle).
 ---@param service string
 ---@param command? string
 ---@return saga.testing.Call[]
@@ -95,7 +95,7 @@ function Env:mock(service, command, fn) end
 ---@return saga.testing.Handle
 function Env:start(type, input, opts) end
 
----All sagas' calls to that service (and command).
+---Every saga's commands to that service (and command) that reached a participant.
 ---@param service string
 ---@param command? string
 ---@return saga.testing.Call[]
@@ -149,7 +149,7 @@ function Env:check(fn) end
 function Env:crash() end
 
 ---The host's counters: live, completed, compensated, commits, delivered, duplicated, dropped, delayed,
----reordered, crashes, ...
+---reordered, crashes, ... (summed over the env's life across crashes)
 ---@return table<string, integer>
 function Env:stats() end
 
