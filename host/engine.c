@@ -776,7 +776,7 @@ static int op_message(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
     struct sg_error e = {0};
     if (en->tr->ops->declare_service(en->tr, op->service, &e) < 0) sg_warn("declare %s: %s", op->service, e.msg);
   }
-  if (is_call && en->tr->ops->in_process && s->stored) {
+  if (is_call && en->tr->ops->in_process && s->stored && !en->no_direct) {
     /* answered before this batch commits (run_chain): the saga's start is already durable, and
      * the handler's effect, the reply and the saga's next steps commit together */
     m.created_at = sg_now_ms();
@@ -1090,7 +1090,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
 /* A call from a saga of this host to a handler of this host (in-process transport): its reply is
  * applied in the same transaction as the handler's effect. */
 static int own_call(struct sg_engine *en, const struct sg_msg *m) {
-  return en->tr->ops->in_process && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
+  return en->tr->ops->in_process && !en->no_direct && m->reply_to && strcmp(m->reply_to, en->tr->ops->reply_queue(en->tr)) == 0;
 }
 
 /* tp: the traceparent of the handler's server span, or NULL */
@@ -2562,6 +2562,15 @@ void sg_engine_stop(struct sg_engine *en) {
   eng_runq_stop(en);
 }
 
+void sg_engine_crash(struct sg_engine *en) {
+  if (!en || en->stopped) return;
+  settle(en);     /* a commit on its way is the database's already */
+  en->broken = 1; /* no last commit, no lease release: the open batch is rolled back when the store closes */
+  for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
+  en->ncbs = 0;
+  sg_engine_stop(en);
+}
+
 void sg_engine_free(struct sg_engine *en) {
   if (!en) return;
   free_live(en);
@@ -2594,6 +2603,8 @@ void sg_engine_set_mock(struct sg_engine *en, sg_mock_cb cb, void *ud) {
   en->mock = cb;
   en->mock_ud = ud;
 }
+
+void sg_engine_set_direct_calls(struct sg_engine *en, int on) { en->no_direct = !on; }
 
 int sg_engine_quiescent(struct sg_engine *en) {
   if (en->broken) return 1; /* nothing will run any more: the caller sees it in the stats */

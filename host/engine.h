@@ -150,6 +150,9 @@ int sg_engine_recover(struct sg_engine *en, struct sg_error *e);
 int sg_engine_register(struct sg_engine *en, struct sg_error *e);
 /* commits what is pending and stops the watchers (NULL or a second call: nothing) */
 void sg_engine_stop(struct sg_engine *en);
+/* as kill -9 (sg_host_crash): stops the watchers like sg_engine_stop but commits nothing pending (a
+ * commit already on its way is waited for); who waits for a commit is answered -1 */
+void sg_engine_crash(struct sg_engine *en);
 /* a store failure stopped the loop: the process should exit non-zero and be restarted */
 int sg_engine_broken(struct sg_engine *en);
 void sg_engine_free(struct sg_engine *en);
@@ -350,6 +353,10 @@ int sg_engine_quiescent(struct sg_engine *en);
 /* runs the breakers' tick and the timers due at sg_now_ms() (a virtual clock moved: nothing else
  * fires them in time) */
 void sg_engine_tick(struct sg_engine *en);
+/* 1 (the default): with the in-process transport, a call from a stored saga is answered before its
+ * batch commits and the reply taken at once, without a round trip through the transport; 0: calls and
+ * replies go through the transport as every other message does (its fault injection reaches them) */
+void sg_engine_set_direct_calls(struct sg_engine *en, int on);
 /* the earliest time something of the engine falls due (a timer, an open breaker's probe), -1 none */
 int64_t sg_engine_next_due(struct sg_engine *en);
 

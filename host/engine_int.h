@@ -279,6 +279,7 @@ struct sg_engine {
   int child_polls;           /* reads of children owned elsewhere on their way (one round at a time) */
   sg_mock_cb mock;           /* the testing kit's mocked participants (sg_engine_set_mock), or NULL */
   void *mock_ud;
+  int no_direct;             /* sg_engine_set_direct_calls(en, 0): in-process calls and replies take the transport */
   struct sg_engine_stats st;
 };
 

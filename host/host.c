@@ -152,8 +152,7 @@ fail:
   return -1;
 }
 
-void sg_host_close(struct sg_host *h) {
-  if (h->en) sg_engine_stop(h->en);
+static void host_free(struct sg_host *h) {
   if (h->sc) sg_script_unwatch(h->sc);
   if (h->tr) h->tr->ops->close(h->tr);
   sg_schedules_free(h->sched); /* its timers are in the engine's heap */
@@ -165,5 +164,12 @@ void sg_host_close(struct sg_host *h) {
   memset(h, 0, sizeof *h);
 }
 
-/* PLACEHOLDER until the faults branch (i14-faults) lands: closes (and so commits) like sg_host_close */
-void sg_host_crash(struct sg_host *h) { sg_host_close(h); }
+void sg_host_close(struct sg_host *h) {
+  if (h->en) sg_engine_stop(h->en);
+  host_free(h);
+}
+
+void sg_host_crash(struct sg_host *h) {
+  if (h->en) sg_engine_crash(h->en);
+  host_free(h);
+}

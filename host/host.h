@@ -2,7 +2,7 @@
  * caller's libev loop. `sagahost run`, `sagahost bench` and the Lua module all start hosts this way.
  *
  * Ownership: sg_host_open fills a caller-owned struct sg_host; sg_host_close commits what is
- * pending and frees every part (the loop stays the caller's). */
+ * pending and frees every part (the loop stays the caller's); sg_host_crash frees without committing. */
 #ifndef SG_HOST_H
 #define SG_HOST_H
 
@@ -45,8 +45,9 @@ struct sg_host {
  * host holds is SG_E_CONFLICT. */
 int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e);
 void sg_host_close(struct sg_host *h);
-/* as kill -9 (the testing kit): frees everything like sg_host_close but commits nothing that is pending
- * (an open transaction is rolled back by closing the connection) */
+/* as kill -9: frees every part like sg_host_close but commits nothing pending (the open transaction
+ * is rolled back as the store closes; what its commit would have published is never published), so a
+ * host opened on the same database goes on from the last commit */
 void sg_host_crash(struct sg_host *h);
 
 #endif

@@ -222,7 +222,11 @@ static int open_engine(struct lhost *h, struct sg_error *e) {
   cfg.host_id = "inproc";
   if (sg_host_open(&h->host, h->loop, &cfg, e) < 0) return -1;
   sg_engine_set_mock(h->host.en, mock_cb, h);
-  if (h->faults_on) sg_transport_local_faults(h->host.tr, &h->faults);
+  if (h->faults_on) {
+    /* calls and replies through the transport, where the faults are */
+    sg_engine_set_direct_calls(h->host.en, 0);
+    sg_transport_local_faults(h->host.tr, &h->faults);
+  }
   return 0;
 }
 
@@ -299,7 +303,8 @@ static struct lhost *check_host(lua_State *L) {
 
 /* ---- running ---- */
 
-static int transport_idle(struct lhost *h) { return sg_transport_local_idle(h->host.tr); }
+/* nothing the transport holds can be delivered now (what is delayed waits for the clock) */
+static int transport_idle(struct lhost *h) { return !sg_transport_local_busy(h->host.tr); }
 
 /* Runs the loop without letting time pass until nothing is runnable (the engine quiescent, the
  * transport idle) or max iterations ran; crashes the host where crash_every says. 1 = idle. */
@@ -330,6 +335,7 @@ static void clock_to(struct lhost *h, int64_t ms) {
   if (ms > h->clock) h->clock = ms;
   sg_clock_set_virtual(h->clock);
   sg_engine_tick(h->host.en);
+  sg_transport_local_poke(h->host.tr);
 }
 
 /* host:run_until_idle([max_iterations]) -> live, crashes */
@@ -543,6 +549,7 @@ static int l_faults(lua_State *L) {
     h->crash_every = 0;
     plan_crash(h);
     sg_transport_local_faults(h->host.tr, NULL);
+    sg_engine_set_direct_calls(h->host.en, 1);
     return 0;
   }
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -567,6 +574,7 @@ static int l_faults(lua_State *L) {
   h->crash_every = (int)crash_every;
   h->crash_rng = f.seed ^ 0x5DEECE66Dull; /* a stream of its own: the transport draws from the seed too */
   plan_crash(h);
+  sg_engine_set_direct_calls(h->host.en, 0); /* calls and replies through the transport, where the faults are */
   sg_transport_local_faults(h->host.tr, &f);
   return 0;
 }

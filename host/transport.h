@@ -61,12 +61,39 @@ struct sg_transport {
 };
 
 struct sg_transport *sg_transport_local_new(struct ev_loop *loop, const struct sg_transport_events *ev);
-/* ---- fault injection on the local transport (the testing kit) ---- */
-struct sg_faults { double duplicate, drop; int64_t delay_min_ms, delay_max_ms; int reorder; uint64_t seed; };
-struct sg_fault_counts { uint64_t delivered, duplicated, dropped, delayed, reordered; };
-void sg_transport_local_faults(struct sg_transport *t, const struct sg_faults *f); /* NULL = off */
-int sg_transport_local_idle(struct sg_transport *t); /* nothing queued, delayed or in flight */
-int64_t sg_transport_local_next_due(struct sg_transport *t); /* earliest delayed message, -1 none */
+
+/* Fault injection on the in-process transport (the testing kit). Every publish except to saga.events
+ * draws from the transport's own PRNG (splitmix64 from seed: the same seed gives the same faults for
+ * the same sequence of publishes): dropped with probability drop (lost, and the same message, same
+ * message id, re-sent once after 200..2000 ms), duplicated with probability duplicate (a second, fresh
+ * delivery with redelivered = 0; only one delivery of an outbox row confirms it), each copy delayed by
+ * delay_min_ms..delay_max_ms (0, 0: none); reorder shuffles the messages deliverable in one round.
+ * Times are sg_now_ms(), which may be a virtual clock. */
+struct sg_faults {
+  double duplicate, drop;          /* probabilities, 0..1 */
+  int64_t delay_min_ms, delay_max_ms;
+  int reorder;
+  uint64_t seed;
+};
+struct sg_fault_counts {
+  uint64_t delivered;  /* deliveries handed to the engine (copies included) */
+  uint64_t duplicated; /* copies made */
+  uint64_t dropped;    /* deliveries lost (each re-sent later) */
+  uint64_t delayed;    /* deliveries held by a delay */
+  uint64_t reordered;  /* deliveries that changed places in a shuffled round */
+};
+/* f = NULL: faults off (what is delayed already still comes at its time). No-op on another transport. */
+void sg_transport_local_faults(struct sg_transport *t, const struct sg_faults *f);
+/* nothing queued, delayed or in flight (delivered and not yet acked) */
+int sg_transport_local_idle(struct sg_transport *t);
+/* something is queued, in flight, or delayed and due at sg_now_ms() (the testing kit runs until it is
+ * not: a message delayed into the future waits for the clock) */
+int sg_transport_local_busy(struct sg_transport *t);
+/* the earliest due time of a delayed or re-sent message (sg_now_ms() time), -1 none */
+int64_t sg_transport_local_next_due(struct sg_transport *t);
+/* the delayed messages due at sg_now_ms() are queued and their delivery starts (in a later loop
+ * iteration, as any delivery): call it after moving a virtual clock; in real time a timer does it */
+void sg_transport_local_poke(struct sg_transport *t);
 void sg_transport_local_counts(struct sg_transport *t, struct sg_fault_counts *c);
 /* url: amqp://user:pass@host:port/vhost or amqps://...; host_id names our reply queue */
 struct sg_transport *sg_transport_amqp_new(struct ev_loop *loop, const char *url, const char *host_id,

@@ -249,11 +249,15 @@ function Env:seed() return self._seed end
 
 --- runs fn(env); if it fails (an assertion), the fault seed is printed so the run can be repeated
 function Env:check(fn)
-  local ok, err = xpcall(fn, debug.traceback, self)
-  if ok then return end
-  if self._seed then
-    io.stderr:write(("saga.testing: failed with fault seed %d (repeat: env:faults{..., seed = %d})\n"):format(self._seed, self._seed))
+  local ok, err = pcall(fn, self)
+  if ok or not self._seed then
+    if not ok then error(err, 0) end
+    return
   end
+  local note = ("saga.testing: failed with fault seed %d (repeat: env:faults{..., seed = %d})"):format(self._seed, self._seed)
+  io.stderr:write(note, "\n")
+  if type(err) == "string" then error(err .. "\n" .. note, 0) end
+  if type(err) == "table" and type(err.message) == "string" then err.message = err.message .. "\n" .. note end
   error(err, 0)
 end
 

@@ -215,4 +215,125 @@ saga.define { name = "Short", steps = {
     assert.are.equal("completed", short:status())
     assert.are.equal(testing.time_ms("2026-03-01T11:01:30Z") / 1000, short:data().t1)
   end)
+  it("retries a step whose call a mock took and never answered, once its timeout fires", function()
+    env = env_with([[
+local saga = require "saga"
+saga.define { name = "Lost", steps = {
+  { name = "Call", timeout = "5s", retry = { attempts = 2, backoff = "fixed", initial = "1s", jitter = false },
+    action = function(ctx) ctx.data.v = ctx:call("svc", "Maybe", {}) end },
+} }
+]])
+    local n = 0
+    local m = env:mock("svc", "Maybe", function() n = n + 1 if n == 1 then return testing.NO_REPLY end return { n = n } end)
+    local h = env:start("Lost", {})
+    assert.are.equal("running", h:status())
+    assert.are.equal(0, #h:history())
+    env:advance("5s")
+    assert.are.equal(1, #m.calls())
+    assert.are.equal("failed", h:history()[1].status)
+    env:advance("1s")
+    assert.are.equal("completed", h:status())
+    assert.are.equal(2, #m.calls())
+    assert.are_not.equal(m.calls()[1].msg.message_id, m.calls()[2].msg.message_id)
+  end)
+
+  describe("faults", function()
+    local SCRIPT = [[
+local saga = require "saga"
+saga.define { name = "Order", steps = {
+  { name = "Reserve", action = function(ctx) ctx.data.r = ctx:call("stock", "Reserve", {}) end,
+    compensate = function(ctx) ctx:call("stock", "Release", {}) end },
+  { name = "Charge", action = function(ctx) ctx.data.c = ctx:call("pay", "Charge", { amount = ctx.input.amount }) end },
+  { name = "Notify", action = function(ctx) ctx:send("mail", "Send", {}) end },
+} }
+]]
+    local function run(seed, crash_every)
+      local e = env_with(SCRIPT)
+      local charge = e:mock("pay", "Charge", function(p)
+        if p.amount > 10 then error { message = "declined", retryable = false } end
+        return { ok = true }
+      end)
+      e:mock("stock", "Reserve", {})
+      e:mock("stock", "Release", {})
+      e:mock("mail", "Send", {})
+      e:faults { duplicate = 0.3, drop = 0.2, delay = { "10ms", "1s" }, reorder = true, crash_every = crash_every, seed = seed }
+      local hs = {}
+      for i = 1, 6 do hs[i] = e:start("Order", { amount = i * 3 }) end
+      e:advance("5m")
+      local out = {}
+      for i, h in ipairs(hs) do
+        out[i] = h:status() .. " " .. table.concat(h:trace(), ",")
+      end
+      return e, out, charge
+    end
+
+    it("keep each saga's outcome and trace, one handler run per message id, and repeat from the seed", function()
+      local t0 = os.clock()
+      local e, out, charge = run(7, 0)
+      env = e
+      for i = 1, 6 do
+        if i * 3 > 10 then
+          assert.are.equal("compensated Reserve:action,Charge:action,Reserve:compensate", out[i])
+        else
+          assert.are.equal("completed Reserve:action,Charge:action,Notify:action", out[i])
+        end
+      end
+      local st = e:stats()
+      assert.is_true(st.duplicated > 0 and st.dropped > 0 and st.delayed > 0, "faults were injected")
+      local seen = {}
+      for _, c in ipairs(e:calls()) do
+        assert.is_nil(seen[c.msg.message_id], "a mock ran twice for " .. c.msg.message_id)
+        seen[c.msg.message_id] = true
+      end
+      assert.are.equal(6, #charge.calls())
+      assert.are.equal(7, e:seed())
+      local again, out2 = run(7, 0)
+      assert.are.same(out, out2)
+      assert.are.same(e:stats().delivered, again:stats().delivered)
+      again:close()
+      assert.is_true(os.clock() - t0 < 5)
+    end)
+
+    it("crash the host at random points; the sagas go on from the store", function()
+      for seed = 1, 5 do
+        local e, out = run(seed, 2)
+        assert.is_true(e:stats().crashes > 0, "seed " .. seed .. ": no crash")
+        for i = 1, 6 do
+          local want = i * 3 > 10 and "compensated Reserve:action,Charge:action,Reserve:compensate"
+            or "completed Reserve:action,Charge:action,Notify:action"
+          assert.are.equal(want, out[i], "seed " .. seed)
+        end
+        e:close()
+      end
+    end)
+  end)
+
+  it("crashes on demand: what was not committed is lost, a sleeping saga wakes after the restart", function()
+    env = env_with([[
+local saga = require "saga"
+saga.define { name = "Nap", steps = {
+  { name = "Sleep", action = function(ctx) ctx:sleep("1h") end },
+  { name = "Call", action = function(ctx) ctx.data.v = ctx:call("svc", "Do", {}) end },
+} }
+]])
+    local m = env:mock("svc", "Do", { done = true })
+    local h = env:start("Nap", {})
+    env:crash()
+    assert.are.equal(1, env:stats().crashes)
+    assert.are.equal("running", h:status())
+    env:advance("1h")
+    assert.are.equal("completed", h:status())
+    assert.are.same({ done = true }, h:data().v)
+    assert.are.equal(1, #m.calls())
+  end)
+
+  it("says which fault seed a failed check ran with", function()
+    env = env_with(TWO_STEPS)
+    env:faults { duplicate = 0.5, seed = 4242 }
+    assert.are.equal(4242, env:seed())
+    local err = select(2, pcall(env.check, env, function() error("boom") end))
+    assert.matches("boom", tostring(err))
+    assert.matches("fault seed 4242", tostring(err))
+    assert.has_no_error(function() env:check(function(e) assert.are.equal(4242, e:seed()) end) end)
+  end)
 end)
