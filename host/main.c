@@ -13,6 +13,7 @@
 #include "bench.h"
 #include "duration.h"
 #include "cli.h"
+#include "devtools.h"
 #include "engine.h"
 #include "script.h"
 #include "store.h"
@@ -53,6 +54,8 @@ static void usage(FILE *f) {
           "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
           "\n");
+  sg_dev_usage(f);
+  fprintf(f, "\n");
   sg_cli_usage(f);
   fprintf(f, "\n  --help, --version\n");
 }
@@ -399,6 +402,9 @@ int main(int argc, char **argv) {
     return cmd_run(&o);
   }
   if (!strcmp(cmd, "bench")) return sg_bench_main(argc - 1, argv + 1);
+  if (!strcmp(cmd, "test")) return sg_dev_test(argc - 1, argv + 1);
+  if (!strcmp(cmd, "new")) return sg_dev_new(argc - 1, argv + 1);
+  if (!strcmp(cmd, "types")) return sg_dev_types(argc - 1, argv + 1);
   if (!strcmp(cmd, "check")) {
     if (argc != 3 || argv[2][0] == '-') {
       if (argc == 3 && !strcmp(argv[2], "--help")) { usage(stdout); return 0; }
