@@ -94,7 +94,7 @@ local function run_seed(seed)
     valid_trace(c.h, c.steps, c.failed, seed)
     out[#out + 1] = st .. "=" .. table.concat(c.h:trace(), ",")
   end
-  local stats = env:stats and env:stats() or {}
+  local stats = env:stats()
   env:close()
   return table.concat(out, ";"), stats
 end
