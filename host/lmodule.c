@@ -112,6 +112,16 @@ static char *error_body(lua_State *L, int idx) {
   return sg_buf_steal(&b);
 }
 
+/* pushes a mock's arguments: the payload's JSON and {message_id, saga_id, service, command} */
+static void push_call(lua_State *L, const struct sg_msg *m, const char *service, const char *command) {
+  lua_pushstring(L, m->body ? m->body : "{}");
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, m->message_id); lua_setfield(L, -2, "message_id");
+  lua_pushstring(L, m->saga_id); lua_setfield(L, -2, "saga_id");
+  lua_pushstring(L, service); lua_setfield(L, -2, "service");
+  lua_pushstring(L, command); lua_setfield(L, -2, "command");
+}
+
 /* the engine's hook (engine.h: sg_mock_cb): the caller's function for service.command, if any */
 static int mock_cb(void *ud, const struct sg_msg *m, char **status, char **body) {
   struct lhost *h = ud;
@@ -129,9 +139,22 @@ static int mock_cb(void *ud, const struct sg_msg *m, char **status, char **body)
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->mocks);
   lua_pushfstring(L, "%s.%s", service, command);
   lua_rawget(L, -2);
+  if (lua_isnil(L, -1) && h->handlers) {
+    /* the scripts' own handler answers; an observer (mock "*", "*") sees the command first */
+    lua_pop(L, 1);
+    lua_pushliteral(L, "*");
+    lua_rawget(L, -2);
+    if (lua_isfunction(L, -1)) {
+      push_call(L, m, service, command);
+      h->busy = 1;
+      if (lua_pcall(L, 2, 0, 0) != LUA_OK) sg_warn("testing kit: the call observer failed: %s", lua_tostring(L, -1));
+      h->busy = 0;
+    }
+    lua_settop(L, top);
+    return 0;
+  }
   if (lua_isnil(L, -1)) {
     lua_settop(L, top);
-    if (h->handlers) return 0;
     /* handlers = false: as a host without a handler for it answers (lua/saga.lua: M.handle) */
     char *why = sg_asprintf("no mock for %s.%s (the testing kit runs with handlers = false)", service, command);
     struct sg_buf b;
@@ -144,12 +167,7 @@ static int mock_cb(void *ud, const struct sg_msg *m, char **status, char **body)
     *body = sg_buf_steal(&b);
     return 1;
   }
-  lua_pushstring(L, m->body ? m->body : "{}");
-  lua_createtable(L, 0, 4);
-  lua_pushstring(L, m->message_id); lua_setfield(L, -2, "message_id");
-  lua_pushstring(L, m->saga_id); lua_setfield(L, -2, "saga_id");
-  lua_pushstring(L, service); lua_setfield(L, -2, "service");
-  lua_pushstring(L, command); lua_setfield(L, -2, "command");
+  push_call(L, m, service, command);
   h->busy = 1;
   int rc = lua_pcall(L, 2, 2, 0);
   h->busy = 0;
@@ -175,14 +193,16 @@ static int mock_cb(void *ud, const struct sg_msg *m, char **status, char **body)
 }
 
 /* host:mock(service, command, fn | nil): fn(payload_json, msg) -> "ok" | "error" | "none", body_json;
- * an error raised in fn is the error reply (as saga.handle makes it) */
+ * an error raised in fn is the error reply (as saga.handle makes it). host:mock("*", "*", fn): fn(payload_json,
+ * msg) observes every command a script's own handler answers (its results are ignored) */
 static int l_mock(lua_State *L) {
   struct lhost *h = check_host(L);
   const char *service = luaL_checkstring(L, 2);
   const char *command = luaL_checkstring(L, 3);
   if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TFUNCTION);
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->mocks);
-  lua_pushfstring(L, "%s.%s", service, command);
+  if (strcmp(service, "*") == 0 && strcmp(command, "*") == 0) lua_pushliteral(L, "*");
+  else lua_pushfstring(L, "%s.%s", service, command);
   if (lua_isnoneornil(L, 4)) lua_pushnil(L);
   else lua_pushvalue(L, 4);
   lua_rawset(L, -3);

@@ -122,7 +122,8 @@ function Handle:trace()
   return t
 end
 
---- the calls this saga made to mocked participants: list of {payload, msg}
+--- the calls this saga made (to mocks and to the scripts' own handlers): list of {payload, msg}; one per
+--- run of a participant (a duplicate the inbox answers is not a run)
 function Handle:calls(service, command) return select_calls(self.env._calls, service, command, self.id) end
 
 ---------------------------------------------------------------------------------------------------
@@ -154,7 +155,13 @@ function M.env(opts)
     if owned then os.remove(db) end
     error("saga.testing.env: " .. tostring(err), 2)
   end
-  return setmetatable({ host = host, db = db, _owned = owned, _calls = {}, _seed = nil, _mocks = {} }, Env)
+  local env = setmetatable({ host = host, db = db, _owned = owned, _calls = {}, _seed = nil, _mocks = {} }, Env)
+  -- the commands the scripts' own handlers answer are recorded too
+  local calls = env._calls
+  host:mock("*", "*", function(payload_json, msg)
+    calls[#calls + 1] = { payload = decode(payload_json), msg = msg }
+  end)
+  return env
 end
 
 --- replaces or adds the participant service.command; fn(payload, msg) returns the ok reply (nil = {}),
@@ -213,7 +220,8 @@ end
 --- a handle on a saga by id
 function Env:saga(id) return setmetatable({ id = id, existed = true, env = self }, Handle) end
 
---- all sagas' calls to mocked participants (optionally of one service, one command): list of {payload, msg}
+--- all sagas' calls (to mocks and to the scripts' own handlers; optionally of one service, one command):
+--- list of {payload, msg}
 function Env:calls(service, command) return select_calls(self._calls, service, command, nil) end
 
 --- sends signal name with payload to a saga (its id or handle) and runs until idle; returns what became
