@@ -2589,9 +2589,9 @@ void sg_engine_stop(struct sg_engine *en) {
 
 void sg_engine_crash(struct sg_engine *en) {
   if (!en || en->stopped) return;
-  settle(en);     /* a commit on its way is the database's already */
-  en->broken = 1; /* no last commit, no lease release: the open batch is rolled back when the store closes */
-  for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1);
+  en->committing = 0; /* a commit on its way is not waited for: it lands or not as the store closes */
+  en->broken = 1;     /* no last commit, no lease release: the open batch is rolled back when the store closes */
+  for (size_t i = 0; i < en->ncbs; i++) en->cbs[i].cb(en->cbs[i].ud, -1); /* not acknowledged */
   en->ncbs = 0;
   sg_engine_stop(en);
 }

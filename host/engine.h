@@ -150,8 +150,9 @@ int sg_engine_recover(struct sg_engine *en, struct sg_error *e);
 int sg_engine_register(struct sg_engine *en, struct sg_error *e);
 /* commits what is pending and stops the watchers (NULL or a second call: nothing) */
 void sg_engine_stop(struct sg_engine *en);
-/* as kill -9 (sg_host_crash): stops the watchers like sg_engine_stop but commits nothing pending (a
- * commit already on its way is waited for); who waits for a commit is answered -1 */
+/* as kill -9 (sg_host_crash): stops the watchers like sg_engine_stop but commits nothing pending; a
+ * commit already on its way (PostgreSQL) is not waited for, so it may or may not land; who waits for
+ * a commit is answered -1 (not acknowledged: not committed, or with PostgreSQL perhaps committed) */
 void sg_engine_crash(struct sg_engine *en);
 /* a store failure stopped the loop: the process should exit non-zero and be restarted */
 int sg_engine_broken(struct sg_engine *en);

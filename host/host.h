@@ -46,8 +46,9 @@ struct sg_host {
 int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_config *c, struct sg_error *e);
 void sg_host_close(struct sg_host *h);
 /* as kill -9: frees every part like sg_host_close but commits nothing pending (the open transaction
- * is rolled back as the store closes; what its commit would have published is never published), so a
- * host opened on the same database goes on from the last commit */
+ * is rolled back as the store closes; what its commit would have published is never published; a
+ * PostgreSQL commit already sent lands or not), so a host opened on the same database goes on from
+ * the last commit. Who waits for a commit (sg_engine_after_commit) is answered -1. */
 void sg_host_crash(struct sg_host *h);
 
 #endif

@@ -103,21 +103,32 @@ static void arm_due_timer(struct local *l) {
   ev_timer_start(l->loop, &l->due_timer);
 }
 
-static int due_before(const struct lmsg *a, const struct lmsg *b) {
-  return a->due < b->due || (a->due == b->due && a->seq < b->seq);
+static int due_cmp(const void *pa, const void *pb) {
+  const struct lmsg *a = *(struct lmsg *const *)pa, *b = *(struct lmsg *const *)pb;
+  if (a->due != b->due) return a->due < b->due ? -1 : 1;
+  return a->seq < b->seq ? -1 : a->seq > b->seq;
 }
 
-/* Moves the delayed messages whose time has come to the queue, in due order. */
+/* Moves the delayed messages whose time has come to the queue, in due order (publish order for
+ * equal due times). */
 static void release_due(struct local *l) {
   int64_t now = sg_now_ms();
-  for (;;) {
-    struct lmsg **best = NULL;
-    for (struct lmsg **p = &l->delayed; *p; p = &(*p)->next)
-      if ((*p)->due <= now && (!best || due_before(*p, *best))) best = p;
-    if (!best) break;
-    struct lmsg *m = *best;
-    *best = m->next;
-    enqueue(l, m);
+  size_t n = 0;
+  for (struct lmsg *m = l->delayed; m; m = m->next) n += m->due <= now;
+  if (n) {
+    struct lmsg **due = sg_xcalloc(n, sizeof *due);
+    size_t i = 0;
+    for (struct lmsg **p = &l->delayed; *p;) {
+      if ((*p)->due <= now) {
+        due[i++] = *p;
+        *p = (*p)->next;
+      } else {
+        p = &(*p)->next;
+      }
+    }
+    qsort(due, n, sizeof *due, due_cmp);
+    for (i = 0; i < n; i++) enqueue(l, due[i]);
+    free(due);
   }
   arm_due_timer(l);
 }
