@@ -128,13 +128,7 @@ static int mock_cb(void *ud, const struct sg_msg *m, char **status, char **body)
   lua_State *L = h->L;
   if (!L || h->mocks == LUA_NOREF) return 0;
   char service[128];
-  const char *rk = m->routing_key ? m->routing_key : "";
-  const char *dot = strchr(rk, '.');
-  size_t n = dot ? (size_t)(dot - rk) : strlen(rk);
-  if (n >= sizeof service) n = sizeof service - 1;
-  memcpy(service, rk, n);
-  service[n] = 0;
-  const char *command = m->type && *m->type ? m->type : (dot ? dot + 1 : "");
+  const char *command = sg_msg_target(m, service, sizeof service);
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->mocks);
   lua_pushfstring(L, "%s.%s", service, command);

@@ -369,13 +369,7 @@ static int r_handle(void *ud, const struct sg_msg *m, int *handle, char **status
   lua_State *L = sc->L;
   *handle = 0;
   char service[128];
-  const char *rk = m->routing_key ? m->routing_key : "";
-  const char *dot = strchr(rk, '.');
-  size_t n = dot ? (size_t)(dot - rk) : strlen(rk);
-  if (n >= sizeof service) n = sizeof service - 1;
-  memcpy(service, rk, n);
-  service[n] = 0;
-  const char *command = m->type && *m->type ? m->type : (dot ? dot + 1 : "");
+  const char *command = sg_msg_target(m, service, sizeof service);
   /* a handler coroutine: an idle one from the pool, or a new one */
   int h;
   lua_State *co;

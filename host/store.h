@@ -162,6 +162,9 @@ struct sg_msg {
 };
 void sg_msg_free(struct sg_msg *m); /* frees the strings, not m itself */
 void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src); /* deep copy */
+/* the command's target: its service (the routing key up to the first '.', cut to size - 1 bytes) into
+ * service, and its command (the type property, else the routing key after the '.'; "" if none) */
+const char *sg_msg_target(const struct sg_msg *m, char *service, size_t size);
 
 struct sg_saga_filter {
   int status;          /* -1 = any */

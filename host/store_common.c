@@ -108,6 +108,16 @@ void sg_msg_free(struct sg_msg *m) {
   m->saga_key = m->signal = NULL;
 }
 
+const char *sg_msg_target(const struct sg_msg *m, char *service, size_t size) {
+  const char *rk = m->routing_key ? m->routing_key : "";
+  const char *dot = strchr(rk, '.');
+  size_t n = dot ? (size_t)(dot - rk) : strlen(rk);
+  if (n >= size) n = size - 1;
+  memcpy(service, rk, n);
+  service[n] = 0;
+  return m->type && *m->type ? m->type : (dot ? dot + 1 : "");
+}
+
 void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
   /* Scalars first, then replace every pointer so dst never aliases src. */
   *dst = *src;
