@@ -77,7 +77,7 @@ local CATALOGUE = {
       for i = 1, 1e7 do t[i] = "xxxxxxxxxx" end
       return table.concat(t)]],
     expect = "hostile%.lua:%d+: memory limit exceeded" },
-  { name = "MemoryHog", body = [[local t = {}; for i = 1, 1e9 do t[i] = string.rep("x", 1000) .. i end]],
+  { name = "MemoryHog", body = [[local t = {}; for i = 1, 1e9 do t[i] = string.rep("x", 100000) .. i end]],
     expect = "hostile%.lua:%d+: memory limit exceeded: this step attempt allocated more than 16 MB" },
   { name = "MemoryCaught", body = [[
       for i = 1, 1e9 do pcall(function() local t = {}; for j = 1, 1e9 do t[j] = j end end) end]],
