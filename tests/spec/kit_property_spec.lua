@@ -127,6 +127,9 @@ describe("the kit's fault injection, property-style", function()
       local a, sa = run_seed(seed)
       local b, sb = run_seed(seed)
       assert.equals(a, b, "seed " .. seed)
+      -- every count but the commits: how many changes one commit batches depends on real time (the
+      -- engine bounds a chain of in-process calls per batch by 5 ms of real time), not on the seed
+      sa.commits, sb.commits = nil, nil
       assert.same(sa, sb, "seed " .. seed)
     end
   end)
