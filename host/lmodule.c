@@ -675,8 +675,22 @@ static int l_log_level(lua_State *L) {
   return 0;
 }
 
+/* sagahost.time_ms("2026-01-01T00:00:00Z" | "...+02:00" | "1767225600000") -> ms | nil, message: parsed
+ * as ?start_at= is (util.c: sg_time_parse) */
+static int l_time_ms(lua_State *L) {
+  const char *s = luaL_checkstring(L, 1);
+  int64_t ms;
+  if (sg_time_parse(s, &ms) < 0) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "not an RFC 3339 time with a zone, nor ms since the epoch: %s", s);
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)ms);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
-  {"open", l_open}, {"check", l_check}, {"log_level", l_log_level}, {NULL, NULL},
+  {"open", l_open}, {"check", l_check}, {"log_level", l_log_level}, {"time_ms", l_time_ms}, {NULL, NULL},
 };
 
 int luaopen_sagahost(lua_State *L) {

@@ -28,38 +28,15 @@ M.NO_REPLY = setmetatable({}, { __tostring = function() return "saga.testing.NO_
 
 local DEFAULT_START = "2026-01-01T00:00:00Z"
 
--- days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil)
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = (y >= 0 and y or y - 399) // 400
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = (153 * mp + 2) // 5 + d - 1
-  local doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
-  return era * 146097 + doe - 719468
-end
-
 --- ms since the epoch of an RFC 3339 time ("2026-01-01T00:00:00Z", "...T10:00:00.250+02:00") or of a number
+--- (the host's own parser, the one ?start_at= uses)
 function M.time_ms(v)
   if math.type(v) == "integer" then return v end
   if type(v) == "number" then return math.floor(v) end
   if type(v) ~= "string" then error("saga.testing: a time is an RFC 3339 string or ms since the epoch", 3) end
-  local y, mo, d, h, mi, s, rest = v:match("^(%d%d%d%d)%-(%d%d)%-(%d%d)[Tt ](%d%d):(%d%d):(%d%d)(.*)$")
-  if not y then error("saga.testing: not an RFC 3339 time: " .. v, 3) end
-  local frac, zone = rest:match("^%.(%d+)(.*)$")
-  if not frac then zone = rest end
-  local ms = frac and math.floor(tonumber("0." .. frac) * 1000 + 0.5) or 0
-  local off = 0
-  if zone == "Z" or zone == "z" then
-    off = 0
-  else
-    local sign, oh, om = zone:match("^([+-])(%d%d):(%d%d)$")
-    if not sign then error("saga.testing: not an RFC 3339 time (zone): " .. v, 3) end
-    off = (tonumber(oh) * 60 + tonumber(om)) * 60000
-    if sign == "-" then off = -off end
-  end
-  local days = days_from_civil(tonumber(y), tonumber(mo), tonumber(d))
-  return ((days * 24 + tonumber(h)) * 60 + tonumber(mi)) * 60000 + tonumber(s) * 1000 + ms - off
+  local ms, err = sagahost.time_ms(v)
+  if not ms then error("saga.testing: " .. err, 3) end
+  return ms
 end
 
 local function duration_ms(v, what)
