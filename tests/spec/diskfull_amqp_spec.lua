@@ -42,24 +42,44 @@ saga.define { name = "DfAmqp", steps = {
       H.sleep(0.3) -- commands in flight, the participant busy with them
       H.sh("dd if=/dev/zero of=" .. H.q(mnt .. "/filler") .. " bs=16k")
       H.sh("dd if=/dev/zero of=" .. H.q(mnt .. "/filler2") .. " bs=512")
-      -- keep the orchestrator writing until it stalls (its own sagas' progress fills the last pages)
-      local stalled
-      for _ = 1, 400 do
+      -- keep the orchestrator writing until it stalls (its own sagas' progress fills the last pages).
+      -- A start whose commit is the one that fails is held with the batch: it is answered only once
+      -- space returns, so its request gives up here, and its key is asked again after (below).
+      local stalled, held = nil, {}
+      for i = 1, 400 do
         local code = orch:get("/healthz")
         if code == 503 then stalled = true break end
-        local c, body = orch:post("/v1/sagas/DfAmqp", { n = 1000 + #acked, pad = string.rep("z", 3000) })
-        if c == 201 then acked[#acked + 1] = body.id end
-        if c == 503 then stalled = true break end
+        local key = "df-fill-" .. i
+        local c, body = orch:post("/v1/sagas/DfAmqp", { n = 1000 + i, pad = string.rep("z", 3000) },
+                                  { ["Idempotency-Key"] = key }, 5)
+        if c == 201 then acked[#acked + 1] = body.id
+        elseif c == nil or c == 0 then held[#held + 1] = { key = key, n = 1000 + i }
+        elseif c == 503 then stalled = true break
+        else error("start " .. i .. ": unexpected " .. tostring(c) .. " " .. cjson.encode(body)) end
       end
       assert.is_true(stalled, "the orchestrator's disk never filled up")
       H.sleep(2) -- replies arrive meanwhile
       assert.is_true(orch:alive(), "the orchestrator died on a full disk")
       local queues = H.rabbitmqctl("list_queues name messages_unacknowledged messages_ready")
       local unacked = tonumber(queues:match("saga%.reply%.df%-orch%-" .. uid .. "%s+(%d+)") or "0")
-      print(string.format("\n  %d sagas acknowledged; while full, %d replies wait unacked on the orchestrator's queue",
-                          #acked, unacked))
+      print(string.format("\n  %d sagas acknowledged, %d start(s) held with the failed batch; while full, %d replies"
+                          .. " wait unacked on the orchestrator's queue", #acked, #held, unacked))
       os.remove(mnt .. "/filler")
       os.remove(mnt .. "/filler2")
+      local back
+      for _ = 1, 60 * H.slow do
+        H.sleep(0.25)
+        if orch:get("/healthz") == 200 then back = true break end
+      end
+      assert.is_true(back, "the orchestrator did not recover after space returned")
+      -- the held starts went through with their batch: asking again with the key finds the saga
+      for _, h in ipairs(held) do
+        local c, body = orch:post("/v1/sagas/DfAmqp", { n = h.n, pad = string.rep("z", 3000) },
+                                  { ["Idempotency-Key"] = h.key })
+        assert.are.equal(200, c, "the start held with the batch (" .. h.key .. ") was not committed: " .. tostring(c))
+        assert.is_true(body.existing)
+        acked[#acked + 1] = body.id
+      end
       local all = orch:wait_all(acked, 90)
       local handled = {}
       for id in part:log():gmatch("HANDLED (%S+)") do

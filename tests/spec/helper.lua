@@ -321,12 +321,13 @@ function Host:log()
   return table.concat(all)
 end
 
--- HTTP: returns status, decoded body (or raw text if not JSON), raw text
-function Host:request(method, path, body, headers)
+-- HTTP: returns status, decoded body (or raw text if not JSON), raw text; max_time (seconds, optional)
+-- bounds the request (status nil when it ran out), 120 s by default
+function Host:request(method, path, body, headers, max_time)
   local bodyfile = os.tmpname()
   local outfile = os.tmpname()
   -- bounded: a host that takes a connection and never answers fails the spec instead of hanging the run
-  local cmd = { "curl -s --max-time", tostring(math.floor(120 * H.slow)), "-o", outfile, "-w '%{http_code}' -X", method,
+  local cmd = { "curl -s --max-time", tostring(math.floor((max_time or 120) * H.slow)), "-o", outfile, "-w '%{http_code}' -X", method,
                 self.opts.curl_args or "" }
   for k, v in pairs(headers or {}) do cmd[#cmd + 1] = "-H " .. H.q(k .. ": " .. v) end
   if body then
@@ -346,7 +347,7 @@ function Host:request(method, path, body, headers)
 end
 
 function Host:get(path) return self:request("GET", path) end
-function Host:post(path, body, headers) return self:request("POST", path, body, headers) end
+function Host:post(path, body, headers, max_time) return self:request("POST", path, body, headers, max_time) end
 
 function Host:start_saga(type_, input, key)
   local code, body = self:post("/v1/sagas/" .. type_, input or {}, key and { ["Idempotency-Key"] = key } or nil)
