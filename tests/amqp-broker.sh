@@ -116,7 +116,8 @@ else
     chmod 400 "$dir/.erlang.cookie"
   fi
   : >"$dir/rabbitmq-env.conf"
-  echo '[].' >"$dir/enabled_plugins" # no plugins: no management listener on 15672
+  # AMQP 1.0 (the --amqp1 transport's specs) on the same listener as 0-9-1; no management listener on 15672
+  echo '[rabbitmq_amqp1_0].' >"$dir/enabled_plugins"
   cat >"$dir/rabbitmq.conf" <<'EOF'
 # written by tests/amqp-broker.sh; the listener (127.0.0.1:port) comes from RABBITMQ_NODE_IP_ADDRESS/PORT
 loopback_users.guest = true

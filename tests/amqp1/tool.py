@@ -1,0 +1,52 @@
+#!/usr/bin/python3
+"""Broker chores for the AMQP 1.0 spec (tests/spec/amqp1_spec.lua).
+
+    tool.py declare PIKA_URL SERVICE... -- HOST_ID...
+        RabbitMQ's amqp1_0 plugin does not declare the queues of /amq/queue/ addresses: declare, over
+        AMQP 0-9-1 (pika), the topology of docs/protocol.md (the same as the --amqp host's): the
+        exchanges saga.commands, saga.events and saga.dlx, saga.svc.<SERVICE> and saga.reply.<HOST_ID>,
+        each dead-lettering through saga.dlx into its .dlq queue.
+    tool.py send AMQP1_URL ADDRESS JSON_SPEC
+        send one message over AMQP 1.0 (python-qpid-proton) and print the broker's outcome; JSON_SPEC:
+        {"body": "...", "id": "...", "correlation_id": "...", "reply_to": "...", "subject": "...",
+         "properties": {...}}
+"""
+import json
+import sys
+
+cmd = sys.argv[1]
+if cmd == "declare":
+    import pika
+
+    url, rest = sys.argv[2], sys.argv[3:]
+    cut = rest.index("--") if "--" in rest else len(rest)
+    services, hosts = rest[:cut], rest[cut + 1:]
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.exchange_declare("saga.commands", "topic", durable=True)
+    ch.exchange_declare("saga.events", "topic", durable=True)
+    ch.exchange_declare("saga.dlx", "direct", durable=True)
+    queues = ["saga.svc." + s for s in services] + ["saga.reply." + h for h in hosts]
+    for q in queues:
+        dlq = q + ".dlq"
+        ch.queue_declare(dlq, durable=True)
+        ch.queue_bind(dlq, "saga.dlx", routing_key=dlq)
+        ch.queue_declare(q, durable=True, arguments={"x-dead-letter-exchange": "saga.dlx",
+                                                     "x-dead-letter-routing-key": dlq})
+    for s in services:
+        ch.queue_bind("saga.svc." + s, "saga.commands", routing_key=s + ".#")
+    conn.close()
+elif cmd == "send":
+    from proton import Message
+    from proton.utils import BlockingConnection
+
+    url, address, spec = sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+    conn = BlockingConnection(url, allowed_mechs="PLAIN", timeout=20)
+    sender = conn.create_sender(address)
+    d = sender.send(Message(id=spec.get("id"), correlation_id=spec.get("correlation_id"),
+                            reply_to=spec.get("reply_to"), subject=spec.get("subject"), durable=True,
+                            properties=spec.get("properties"), body=spec.get("body", "").encode(), inferred=True))
+    print(d.remote_state)
+    conn.close()
+else:
+    sys.exit("usage: tool.py declare PIKA_URL SERVICE... -- HOST_ID... | send AMQP1_URL ADDRESS JSON_SPEC")
