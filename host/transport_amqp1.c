@@ -799,8 +799,11 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 /* The connection is unusable: forget everything tied to it and try again later. */
 static void conn_lost(struct amqp1_transport *t, const char *why) {
   if (t->state == DOWN) return;
-  sg_warn("amqp1: connection to %s:%s lost: %s; %zu unsettled deliveries go back to the broker, unconfirmed "
-          "sends are sent again after reconnect", t->host, t->port, why, t->npending);
+  if (t->state == CONNECTING)
+    sg_warn("amqp1: connecting to %s:%s failed: %s; retrying in %.2fs", t->host, t->port, why, t->backoff);
+  else
+    sg_warn("amqp1: connection to %s:%s lost: %s; %zu unsettled deliveries go back to the broker, unconfirmed "
+            "sends are sent again after reconnect", t->host, t->port, why, t->npending);
   t->state = DOWN;
   t->gen++;
   ev_io_stop(t->loop, &t->io);

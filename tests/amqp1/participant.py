@@ -153,7 +153,7 @@ class Participant(MessagingHandler):
         self.fail(event, "link %s" % event.link.remote_condition)
 
     def on_session_error(self, event):
-        self.fail(event, "session")
+        self.fail(event, "session %s" % event.session.remote_condition)
 
     def on_disconnected(self, event):
         self.fail(event, "disconnected")

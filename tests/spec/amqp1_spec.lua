@@ -1,0 +1,195 @@
+-- End-to-end over AMQP 1.0 (--amqp1): a host against the tests' RabbitMQ node through its amqp1_0
+-- plugin, and participants written with python-qpid-proton from docs/protocol.md only
+-- (tests/amqp1/participant.py). RabbitMQ 3.x's plugin does not declare the queues behind /amq/queue/
+-- addresses: tests/amqp1/tool.py declares the topology of docs/protocol.md over 0-9-1 first, as an
+-- operator would (on Azure Service Bus the queues are made with the namespace).
+local H = require "helper"
+local cjson = require "cjson"
+
+local PREFIX = "/amq/queue/"
+local BASE = H.broker_url:gsub("/$", "")         -- amqp://guest:guest@127.0.0.1:PORT
+local AMQP1_URL = BASE .. "?prefix=" .. PREFIX .. "&events=/exchange/saga.events&heartbeat=2"
+local TOOL = H.python .. " tests/amqp1/tool.py"
+
+local EXPECT_HISTORY = {
+  ok = { "ReserveInventory:action:completed", "ProcessPayment:action:completed", "CreateShipment:action:completed" },
+  declined = { "ReserveInventory:action:completed", "ProcessPayment:action:failed", "ReserveInventory:compensate:completed" },
+}
+local EXPECT_STATUS = { ok = "completed", declined = "compensated" }
+
+local function order_input(i, tag)
+  return { order_id = tag .. "-" .. i, sku = "book", qty = 1 + i % 3, amount = 10 + i, card = i % 4 == 0 and "declined" or "ok" }
+end
+
+local function check_order(s, input)
+  assert.are.equal(EXPECT_STATUS[input.card], s.status, "saga " .. s.id .. " for card " .. input.card)
+  assert.are.same(EXPECT_HISTORY[input.card], H.history(s))
+  assert.are.equal("r-" .. input.order_id .. "-book", s.data.reservation)
+  if input.card == "ok" then
+    assert.are.equal("p-" .. input.order_id, s.data.payment)
+    assert.are.equal("t-" .. input.order_id, s.data.tracking)
+  else
+    assert.matches("card declined", s.error)
+  end
+end
+
+local function tool(...)
+  local args = {}
+  for i, a in ipairs { ... } do args[i] = H.q(a) end
+  local code, out = H.sh(TOOL .. " " .. table.concat(args, " "))
+  assert(code == 0, "tests/amqp1/tool.py " .. table.concat(args, " ") .. ": " .. out)
+  return out
+end
+
+describe("OrderProcessing over AMQP 1.0 (RabbitMQ's amqp1_0 plugin) with python-qpid-proton participants", function()
+  local orch, part, suffix, hid, services, state
+  local function handled()
+    local out = {}
+    for mid, what in part:log():gmatch("HANDLED (%S+) (%S+)") do
+      local e = out[mid] or { n = 0, what = what }
+      e.n = e.n + 1
+      out[mid] = e
+    end
+    return out
+  end
+  -- every saga terminal and as its input says; each command that should have run took effect exactly once
+  local function check_all(ids, inputs)
+    orch:wait_all(ids, 90)
+    for i, id in ipairs(ids) do check_order(orch:saga(id), inputs[i]) end
+    local per_saga = {}
+    for mid, e in pairs(handled()) do
+      assert.are.equal(1, e.n, "command " .. mid .. " (" .. e.what .. ") took effect " .. e.n .. " times")
+      local sid = mid:match("^([^.]+)")
+      per_saga[sid] = per_saga[sid] or {}
+      table.insert(per_saga[sid], e.what)
+    end
+    for i, id in ipairs(ids) do
+      local cmds = per_saga[id] or {}
+      table.sort(cmds)
+      local want = inputs[i].card == "ok" and { "Charge", "CreateShipment", "Reserve" } or { "Charge", "Release", "Reserve" }
+      assert.are.same(want, cmds, "commands that took effect for saga " .. id)
+    end
+  end
+  local function start_orders(n, tag)
+    local ids, inputs = {}, {}
+    for i = 1, n do
+      inputs[i] = order_input(i, tag)
+      ids[i] = orch:start_saga("OrderProcessing", inputs[i])
+    end
+    return ids, inputs
+  end
+  local function participant(env, name)
+    return H.proc { name = name or "amqp1-part", dir = orch.dir,
+      cmd = (env and ("env " .. env .. " ") or "") .. H.python .. " -u tests/amqp1/participant.py " .. H.q(BASE) .. " " ..
+        PREFIX .. " " .. H.q(state) .. " " .. table.concat(services, " ") }
+  end
+
+  setup(function()
+    H.broker_up()
+    suffix = H.uid()
+    hid = "spec-amqp1-" .. suffix
+    services = {}
+    for _, svc in ipairs(H.sample_services) do services[#services + 1] = svc .. "_" .. suffix end
+    local args = { "declare", H.pika_url(), "saga" }
+    for _, svc in ipairs(services) do args[#args + 1] = svc end
+    args[#args + 1] = "--"
+    args[#args + 1] = hid
+    tool(table.unpack(args))
+    orch = H.host { name = "amqp1-orch", host_id = hid, args = "--amqp1 " .. H.q(AMQP1_URL),
+      scripts = H.samples(suffix, { "order_processing.lua" }) }
+    state = orch.dir .. "/participant-state.jsonl"
+    orch:start()
+    orch:wait_log("amqp1: connected to", 30)
+    part = participant()
+    part:start()
+    part:wait_log("READY", 30)
+  end)
+  teardown(function()
+    if orch then orch:stop() end
+    if part then part:stop() end
+    if services then H.delete_queues(services, { hid }) end
+  end)
+
+  it("runs sagas to their end: completed, or compensated for a declined card; each effect once", function()
+    local ids, inputs = start_orders(24, "plain")
+    check_all(ids, inputs)
+    -- the commands went as AMQP 1.0 messages: nothing was handled in the orchestrator
+    assert.are.equal(0, H.count(orch:log(), "HANDLED"))
+  end)
+
+  it("a participant killed mid-run: its redelivered command gets the recorded reply, no effect twice", function()
+    part:stop()
+    local crashing = participant("CRASH_AFTER=7", "amqp1-crash")
+    crashing:start()
+    crashing:wait_log("READY", 30)
+    local ids, inputs = start_orders(12, "crash")
+    crashing:wait_log("CRASHING", 60)
+    -- it exited by itself (os._exit): an orphan nobody has reaped yet is a zombie (state Z)
+    local deadline = os.time() + 10
+    local function exited()
+      local stat = H.read("/proc/" .. crashing.pid .. "/stat")
+      return not stat or stat:match("^%d+ %b() (%a)") == "Z"
+    end
+    while not exited() and os.time() < deadline do H.sleep(0.05) end
+    assert.is_true(exited(), "the participant did not exit after CRASHING")
+    part:start() -- the next run, same state file
+    part:wait_log("READY", 30)
+    local crashed_log = crashing:log()
+    orch:wait_all(ids, 90)
+    for i, id in ipairs(ids) do check_order(orch:saga(id), inputs[i]) end
+    -- the command the crashed run recorded but never answered came back and was answered from the record
+    local last = crashed_log:match(".*HANDLED (%S+) %S+\nCRASHING")
+    assert.is_string(last, crashed_log)
+    part:wait_log("DUPLICATE " .. last:gsub("%p", "%%%0"), 20)
+    -- over both runs, each command took effect once
+    local counts = {}
+    for mid in (crashed_log .. part:log()):gmatch("HANDLED (%S+)") do counts[mid] = (counts[mid] or 0) + 1 end
+    for mid, n in pairs(counts) do assert.are.equal(1, n, "command " .. mid .. " took effect " .. n .. " times") end
+    for i, id in ipairs(ids) do
+      local n = 0
+      for mid in pairs(counts) do if mid:sub(1, #id) == id then n = n + 1 end end
+      assert.are.equal(3, n, "commands that took effect for saga " .. id .. " (" .. inputs[i].card .. ")")
+    end
+  end)
+
+  it("a malformed message is rejected with its reason and dead-lettered; the host keeps working", function()
+    local out = tool("send", BASE, PREFIX .. "saga.reply." .. hid, cjson.encode { body = "not json {",
+      correlation_id = "bad-" .. suffix, properties = { ["saga-status"] = "ok" } })
+    assert.matches("ACCEPTED", out)
+    local dlq = "saga.reply." .. hid .. ".dlq"
+    local deadline = os.time() + 20 * H.slow
+    local n
+    repeat
+      n = tonumber((H.amqp_tool("count", dlq):gsub("%s+$", "")))
+      if n == 1 then break end
+      H.sleep(0.2)
+    until os.time() > deadline
+    assert.are.equal(1, n, "the malformed reply did not reach " .. dlq)
+    -- the reason went with the reject (Service Bus keeps it as DeadLetterErrorDescription) and to the log
+    orch:wait_log("malformed message on saga%.reply%.[%w%-]+: body is not valid JSON", 10)
+    local got = cjson.decode(H.amqp_tool("get", dlq, "5"))
+    assert.is_table(got)
+    assert.are.equal("bad-" .. suffix, got.correlation_id)
+    assert.are.equal("not json {", got.body)
+    local ids, inputs = start_orders(2, "after-bad")
+    check_all(ids, inputs)
+  end)
+
+  it("a broker restart mid-run: the host and the participant reconnect, every saga ends, no effect twice", function()
+    local function reconnects()
+      local _, text = orch:get("/metrics")
+      return tonumber(tostring(text):match('sagahost_transport_reconnects_total{transport="amqp1"} (%d+)'))
+    end
+    local before = reconnects()
+    assert.is_number(before, "no reconnect counter for the amqp1 transport in /metrics")
+    local ids, inputs = start_orders(20, "restart")
+    H.sleep(0.3)
+    H.rabbitmqctl("stop_app")
+    H.sleep(2)
+    H.rabbitmqctl("start_app")
+    H.broker_up()
+    check_all(ids, inputs)
+    orch:wait_log("amqp1: connection to [%d%.:]+ lost", 5)
+    assert.is_true(reconnects() > before, "no reconnect counted")
+  end)
+end)
