@@ -644,6 +644,15 @@ static void resume_cb(struct ev_loop *loop, ev_idle *w, int revents) {
   pump(w->data);
 }
 
+/* From the engine's calls (publish, ack, nack, subscribe): writes what they produced, and leaves the
+ * events to a pump of their own in the next loop iteration, never delivering a message into the engine
+ * while it is in the middle of a call (it publishes and acks in loops over its own arrays). */
+static void kick(struct amqp1_transport *t) {
+  if (t->state == DOWN) return;
+  if (t->pumping) { t->again = 1; return; }
+  if (flush(t) == 0) ev_idle_start(t->loop, &t->resume);
+}
+
 static void deadline_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   struct amqp1_transport *t = w->data;
   char why[900] = "";
@@ -843,7 +852,7 @@ static int op_subscribe(struct sg_transport *bt, const char *service, struct sg_
   if (t->state != DOWN && t->ssn) {
     open_receiver(t, r);
     if (t->state == UP) r->attached = 1; /* a later attach does not hold back readiness */
-    pump(t);
+    kick(t);
   }
   return 0;
 }
@@ -873,7 +882,7 @@ static int op_publish(struct sg_transport *bt, const struct sg_msg *m, struct sg
     pn_delivery_settle(d);
     return -1;
   }
-  pump(t);
+  kick(t);
   return 0;
 }
 
@@ -885,7 +894,7 @@ static void op_ack(struct sg_transport *bt, uint64_t tag) {
     return;
   }
   accept_delivery(d);
-  pump(t);
+  kick(t);
 }
 
 static void op_nack(struct sg_transport *bt, uint64_t tag, const struct sg_msg *m, const char *reason) {
@@ -898,7 +907,7 @@ static void op_nack(struct sg_transport *bt, uint64_t tag, const struct sg_msg *
   sg_info("amqp1: rejected (dead-lettered) %s: %s", m && m->message_id ? m->message_id : "a message",
           reason ? reason : "rejected");
   reject(t, d, reason ? reason : "rejected");
-  pump(t);
+  kick(t);
 }
 
 static const char *op_reply_queue(struct sg_transport *bt) { return T(bt)->reply_address; }
