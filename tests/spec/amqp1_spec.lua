@@ -97,6 +97,12 @@ describe("OrderProcessing over AMQP 1.0 (RabbitMQ's amqp1_0 plugin) with python-
     tool(table.unpack(args))
     orch = H.host { name = "amqp1-orch", host_id = hid, args = "--amqp1 " .. H.q(AMQP1_URL),
       scripts = H.samples(suffix, { "order_processing.lua" }) }
+    orch:script("notify.lua", ([[
+local saga = require "saga"
+saga.define { name = "Notify", steps = { { name = "Publish", action = function(ctx)
+  ctx:publish("orders_@S@", "Placed", { order_id = ctx.input.order_id })
+end } } }
+]]):gsub("@S@", suffix))
     state = orch.dir .. "/participant-state.jsonl"
     orch:start()
     orch:wait_log("amqp1: connected to", 30)
@@ -210,5 +216,24 @@ describe("OrderProcessing over AMQP 1.0 (RabbitMQ's amqp1_0 plugin) with python-
     assert.are.equal(600, r.sagas)
     assert.are.equal(500, r.completed)
     assert.are.equal(100, r.compensated)
+  end)
+
+  it("ctx:publish goes to the events address with subject <topic>.<event> and the saga's properties", function()
+    local q = "spec-amqp1-events-" .. suffix
+    tool("bind-events", H.pika_url(), q, "orders_" .. suffix .. ".#")
+    local id = orch:start_saga("Notify", { order_id = "o-ev" })
+    assert.are.equal("completed", orch:wait(id, nil, 30).status)
+    local got = cjson.decode(tool("get", BASE, PREFIX .. q, "15"))
+    pcall(H.amqp_tool, "delete", q)
+    assert.is_table(got, "no event arrived in " .. q)
+    assert.are.equal("orders_" .. suffix .. ".Placed", got.subject)
+    assert.are.same({ order_id = "o-ev" }, cjson.decode(got.body))
+    assert.are.equal("application/json", got.content_type)
+    assert.is_true(got.durable)
+    assert.matches("^" .. id:gsub("%-", "%%-") .. "%.", got.id)
+    assert.are.equal(id, got.properties["saga-id"])
+    assert.are.equal("Notify", got.properties["saga-type"])
+    assert.are.equal(0, got.properties.step)
+    assert.are.equal(1, got.properties.attempt)
   end)
 end)
