@@ -102,6 +102,9 @@ local saga = require "saga"
 saga.define { name = "Notify", steps = { { name = "Publish", action = function(ctx)
   ctx:publish("orders_@S@", "Placed", { order_id = ctx.input.order_id })
 end } } }
+saga.define { name = "Waiter", steps = { { name = "Wait", action = function(ctx)
+  ctx.data.got = ctx:wait("go", { timeout = "60s" })
+end } } }
 ]]):gsub("@S@", suffix))
     state = orch.dir .. "/participant-state.jsonl"
     orch:start()
@@ -235,5 +238,16 @@ end } } }
     assert.are.equal("Notify", got.properties["saga-type"])
     assert.are.equal(0, got.properties.step)
     assert.are.equal(1, got.properties.attempt)
+  end)
+
+  it("a signal sent as an AMQP 1.0 message to saga.svc.saga (subject signal) reaches the saga's ctx:wait", function()
+    local id = orch:start_saga("Waiter", {})
+    H.sleep(0.3)
+    local out = tool("send", BASE, PREFIX .. "saga.svc.saga", cjson.encode { id = "sig-" .. suffix, subject = "signal",
+      body = '{"ref":"pay-42"}', properties = { ["signal-name"] = "go", ["saga-id"] = id } })
+    assert.matches("ACCEPTED", out)
+    local s = orch:wait(id, nil, 30)
+    assert.are.equal("completed", s.status)
+    assert.are.same({ ref = "pay-42" }, s.data.got)
   end)
 end)
