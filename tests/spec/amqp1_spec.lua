@@ -250,4 +250,41 @@ end } } }
     assert.are.equal("completed", s.status)
     assert.are.same({ ref = "pay-42" }, s.data.got)
   end)
+
+  it("over amqps:// (TLS, the broker's certificate and host name checked): a saga completes", function()
+    local dir = orch.dir .. "/tls"
+    os.execute("mkdir -p " .. H.q(dir))
+    local code, out = H.sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout " .. H.q(dir .. "/key.pem") .. " -out " ..
+      H.q(dir .. "/cert.pem") .. " -days 1 -subj /CN=localhost -addext subjectAltName=DNS:localhost 2>&1")
+    assert(code == 0, out)
+    local port = H.broker_url:match(":(%d+)/?$")
+    local proxy = H.proc { name = "tls-proxy", dir = orch.dir, cmd = H.python .. " -u tests/amqp1/tls_proxy.py " ..
+      H.q(dir .. "/cert.pem") .. " " .. H.q(dir .. "/key.pem") .. " " .. port }
+    proxy:start()
+    local tls_port = proxy:wait_log("LISTENING (%d+)", 20)
+    local tls_hid = hid .. "-tls"
+    tool("declare", H.pika_url(), "--", tls_hid)
+    local function url(host)
+      return "amqps://guest:guest@" .. host .. ":" .. tls_port .. "?prefix=" .. PREFIX .. "&cacert=" .. dir .. "/cert.pem"
+    end
+    local tls = H.host { name = "amqp1-tls", host_id = tls_hid, args = "--amqp1 " .. H.q(url("localhost")),
+      scripts = H.samples(suffix, { "order_processing.lua" }) }
+    local wrong = H.host { name = "amqp1-tls-wrong", host_id = tls_hid .. "-x", args = "--amqp1 " .. H.q(url("127.0.0.1")),
+      scripts = H.samples(suffix, { "order_processing.lua" }) }
+    local ok, err = pcall(function()
+      tls:start()
+      tls:wait_log("amqp1: connected to localhost:%d+ over TLS", 30)
+      local input = order_input(1, "tls")
+      check_order(tls:wait(tls:start_saga("OrderProcessing", input), nil, 30), input)
+      -- the certificate names localhost, not 127.0.0.1: refused
+      wrong:start()
+      wrong:wait_log("certificate verify failed", 20)
+      assert.is_nil((H.read(wrong.curlog) or ""):find("amqp1: connected", 1, true))
+    end)
+    tls:stop()
+    wrong:stop()
+    proxy:stop()
+    H.delete_queues({}, { tls_hid })
+    assert(ok, err)
+  end)
 end)
