@@ -288,3 +288,31 @@ end } } }
     assert(ok, err)
   end)
 end)
+
+describe("AMQP 1.0 on the wire, against a minimal peer (tests/amqp1/fake_peer.py, plain queue names as on Service Bus)", function()
+  it("a message the engine refuses is rejected with the dead-letter error Service Bus reads", function()
+    local hid = "spec-amqp1-peer-" .. H.uid()
+    local dir = H.tmpdir("amqp1-peer")
+    local peer = H.proc { name = "peer", dir = dir, cmd = H.python .. " -u tests/amqp1/fake_peer.py " ..
+      H.q("saga.reply." .. hid) .. " " .. H.q(cjson.encode { body = "{}", correlation_id = "nobody-" .. hid,
+        properties = { ["saga-status"] = "ok" } }) }
+    peer:start()
+    local port = peer:wait_log("LISTENING (%d+)", 20)
+    local host = H.host { name = "amqp1-peer-host", host_id = hid, args = "--amqp1 amqp://127.0.0.1:" .. port,
+      scripts = { ["noop.lua"] = 'local saga = require "saga"\nsaga.define { name = "Noop", steps = {} }\n' } }
+    local ok, err = pcall(function()
+      host:start()
+      host:wait_log("amqp1: connected to 127%.0%.0%.1:%d+ %(prefetch 256, queue addresses <queue>%)", 20)
+      local line = peer:wait_log("(%b{})", 20)
+      local got = cjson.decode(line)
+      assert.are.equal("rejected", got.outcome)
+      assert.are.equal("com.microsoft:dead-letter", got.condition)
+      assert.are.equal("reply correlation_id does not name a saga operation", got.description)
+      assert.are.same({ DeadLetterReason = "sagahost: refused",
+        DeadLetterErrorDescription = "reply correlation_id does not name a saga operation" }, got.info)
+    end)
+    host:stop()
+    peer:stop()
+    assert(ok, err)
+  end)
+end)

@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""A minimal AMQP 1.0 peer (python-qpid-proton, listening) that plays the broker for one host, to see on
+the wire what RabbitMQ does not keep: the error a host rejects a message with (Service Bus reads its
+condition, description and info as DeadLetterReason / DeadLetterErrorDescription).
+
+    fake_peer.py QUEUE_ADDRESS JSON_SPEC
+
+Listens on 127.0.0.1 (a free port: prints "LISTENING <port>"; SASL ANONYMOUS). Every receiver a client
+attaches is answered; when one attaches QUEUE_ADDRESS, the peer sends it one message made from JSON_SPEC
+({"body", "correlation_id", "id", "subject", "properties"}, the body as one data section) and prints the
+outcome as one JSON line: {"outcome": "accepted" | "rejected" | "released" | "modified",
+"condition": ..., "description": ..., "info": {...}}. Messages the client sends are accepted and dropped.
+"""
+import json
+import sys
+
+from proton import Message, symbol
+from proton.handlers import MessagingHandler
+from proton.reactor import Container
+
+ADDRESS, SPEC = sys.argv[1], json.loads(sys.argv[2])
+
+
+def plain(v):
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    return v if isinstance(v, (int, float, bool, type(None))) else str(v)
+
+
+class Peer(MessagingHandler):
+    def __init__(self):
+        super().__init__(auto_accept=True)
+        self.sent = False
+
+    def on_start(self, event):
+        acceptor = event.container.listen("127.0.0.1:0")
+        print("LISTENING %d" % acceptor._selectable._delegate.getsockname()[1], flush=True)
+
+    def on_connection_opening(self, event):
+        event.connection.open()
+
+    def on_session_opening(self, event):
+        event.session.open()
+
+    def on_link_opening(self, event):
+        link = event.link
+        if link.is_sender:  # the client receives: we are its source
+            link.source.address = link.remote_source.address
+        else:
+            link.target.address = link.remote_target.address
+            link.flow(100)
+        link.open()
+
+    def on_sendable(self, event):
+        if self.sent or event.link.source.address != ADDRESS:
+            return
+        self.sent = True
+        event.sender.send(Message(id=SPEC.get("id"), correlation_id=SPEC.get("correlation_id"),
+                                  subject=SPEC.get("subject"), properties=SPEC.get("properties"),
+                                  body=SPEC.get("body", "").encode(), inferred=True, durable=True))
+
+    def outcome(self, event, what):
+        cond = event.delivery.remote.condition
+        print(json.dumps({"outcome": what, "condition": cond and str(cond.name),
+                          "description": cond and cond.description,
+                          "info": cond and plain(cond.info or {})}), flush=True)
+
+    def on_accepted(self, event):
+        self.outcome(event, "accepted")
+
+    def on_rejected(self, event):
+        self.outcome(event, "rejected")
+
+    def on_released(self, event):
+        self.outcome(event, "modified" if event.delivery.remote_state == event.delivery.MODIFIED else "released")
+
+
+Container(Peer()).run()
