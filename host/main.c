@@ -194,9 +194,10 @@ static int cmd_run(const struct run_opts *o) {
   if (sg_store_is_pg_url(o->cfg.db)) sg_store_pg_redact(o->cfg.db, db_shown, sizeof db_shown);
   else snprintf(db_shown, sizeof db_shown, "%s", o->cfg.db);
   if (sg_host_open(&r.host, loop, &o->cfg, &e) < 0) {
+    char amqp1_shown[1024] = ""; /* a Service Bus key must not reach the logs */
+    if (o->cfg.amqp1) sg_amqp1_redact(o->cfg.amqp1, amqp1_shown, sizeof amqp1_shown);
     fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", db_shown, o->cfg.dir,
-            o->cfg.amqp ? ", --amqp " : o->cfg.amqp1 ? ", --amqp1 " : "",
-            o->cfg.amqp ? o->cfg.amqp : o->cfg.amqp1 ? o->cfg.amqp1 : "", e.msg);
+            o->cfg.amqp ? ", --amqp " : o->cfg.amqp1 ? ", --amqp1 " : "", o->cfg.amqp ? o->cfg.amqp : amqp1_shown, e.msg);
     ev_loop_destroy(loop);
     sg_auth_free(r.auth);
     free(pem_cert);

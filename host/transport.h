@@ -106,5 +106,7 @@ struct sg_transport *sg_transport_amqp_new(struct ev_loop *loop, const char *url
  * with options in its query string (transport_amqp1.c, docs/operations.md); host_id names our reply queue */
 struct sg_transport *sg_transport_amqp1_new(struct ev_loop *loop, const char *url, const char *host_id,
                                             const struct sg_transport_events *ev, struct sg_error *e);
+/* url with its password (if any) replaced by *** into out, for messages and logs */
+void sg_amqp1_redact(const char *url, char *out, size_t n);
 
 #endif

@@ -158,6 +158,7 @@ static pn_delivery_t *pending_take(struct amqp1_transport *t, uint64_t tag) {
 }
 
 static void pending_clear(struct amqp1_transport *t) {
+  if (!t->bucket) return; /* a URL that did not parse: nothing was made */
   for (size_t b = 0; b < t->nbucket; b++) {
     while (t->bucket[b]) {
       struct pending *p = t->bucket[b];
@@ -1031,9 +1032,18 @@ static int parse_options(struct amqp1_transport *t, char *q, struct sg_error *e)
   return 0;
 }
 
+void sg_amqp1_redact(const char *url, char *out, size_t n) {
+  const char *scheme = strstr(url, "://"), *at = scheme ? strchr(scheme + 3, '@') : NULL;
+  const char *colon = at ? memchr(scheme + 3, ':', (size_t)(at - scheme - 3)) : NULL;
+  if (!colon) snprintf(out, n, "%s", url);
+  else snprintf(out, n, "%.*s:***%s", (int)(colon - url), url, at);
+}
+
 /* amqp[s]://[user[:password]@]host[:port][/][?options] */
-static int parse_url(struct amqp1_transport *t, const char *url, struct sg_error *e) {
-  char *buf = sg_strdup(url), *s = buf;
+static int parse_url(struct amqp1_transport *t, const char *url_in, struct sg_error *e) {
+  char url[1024]; /* for messages: without the password */
+  sg_amqp1_redact(url_in, url, sizeof url);
+  char *buf = sg_strdup(url_in), *s = buf;
   int rc = -1;
   char *q = strchr(s, '?');
   if (q) *q++ = 0;

@@ -334,3 +334,24 @@ describe("AMQP 1.0 on the wire, against a minimal peer (tests/amqp1/fake_peer.py
     assert(ok, err)
   end)
 end)
+
+describe("--amqp1 on the command line", function()
+  it("excludes --amqp: a host uses one transport (exit 2 and why)", function()
+    local dir = H.tmpdir("amqp1-flags")
+    local code, _, err = H.run(H.bin .. " run --db " .. H.q(dir .. "/x.db") .. " --amqp amqp://127.0.0.1:1/ --amqp1 amqp://127.0.0.1:1 " .. H.q(dir))
+    assert.are.equal(2, code)
+    assert.truthy(err:find("--amqp and --amqp1 exclude each other", 1, true), err)
+  end)
+
+  it("refuses a URL it cannot read, with the form it expects", function()
+    local dir = H.tmpdir("amqp1-flags")
+    for _, url in ipairs { "http://host", "amqp://u:hunter2@host/vhost", "amqp://host?prefetch=0", "amqp://host?frob=1" } do
+      local code, out, err = H.run(H.bin .. " run --db " .. H.q(dir .. "/x.db") .. " --listen 127.0.0.1:0 --amqp1 " .. H.q(url) ..
+        " " .. H.q(dir))
+      assert.are_not.equal(0, code, url)
+      assert.truthy((out .. err):find("amqp1", 1, true), url .. ": " .. out .. err)
+      -- a password (a Service Bus key) is never printed
+      assert.is_nil((out .. err):find("hunter2", 1, true), out .. err)
+    end
+  end)
+end)
