@@ -42,4 +42,14 @@ if [ "${1:-}" = "--test" ]; then
     npm ci --prefix "$grpcdir" --no-audit --no-fund
   fi
 fi
+# the AMQP 1.0 spec's rhea participant (tests/amqp1/participant.js): rhea, pinned in its lock file
+amqp1dir="$(dirname "$0")/../tests/amqp1"
+if [ "${1:-}" = "--test" ]; then
+  want=$(grep -A1 '"node_modules/rhea"' "$amqp1dir/package-lock.json" | grep -o '"version": "[^"]*"' || true)
+  have=$(grep -o '"version": "[^"]*"' "$amqp1dir/node_modules/rhea/package.json" 2>/dev/null | head -1 || true)
+  if [ -z "$have" ] || [ "$want" != "$have" ]; then
+    echo "installing: rhea (npm ci in tests/amqp1)"
+    npm ci --prefix "$amqp1dir" --no-audit --no-fund
+  fi
+fi
 exit 0

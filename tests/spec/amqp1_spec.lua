@@ -43,9 +43,9 @@ end
 
 describe("OrderProcessing over AMQP 1.0 (RabbitMQ's amqp1_0 plugin) with python-qpid-proton participants", function()
   local orch, part, suffix, hid, services, state
-  local function handled()
+  local function handled(proc)
     local out = {}
-    for mid, what in part:log():gmatch("HANDLED (%S+) (%S+)") do
+    for mid, what in (proc or part):log():gmatch("HANDLED (%S+) (%S+)") do
       local e = out[mid] or { n = 0, what = what }
       e.n = e.n + 1
       out[mid] = e
@@ -53,11 +53,12 @@ describe("OrderProcessing over AMQP 1.0 (RabbitMQ's amqp1_0 plugin) with python-
     return out
   end
   -- every saga terminal and as its input says; each command that should have run took effect exactly once
-  local function check_all(ids, inputs)
+  -- (in the participant process proc, default part)
+  local function check_all(ids, inputs, proc)
     orch:wait_all(ids, 90)
     for i, id in ipairs(ids) do check_order(orch:saga(id), inputs[i]) end
     local per_saga = {}
-    for mid, e in pairs(handled()) do
+    for mid, e in pairs(handled(proc)) do
       assert.are.equal(1, e.n, "command " .. mid .. " (" .. e.what .. ") took effect " .. e.n .. " times")
       local sid = mid:match("^([^.]+)")
       per_saga[sid] = per_saga[sid] or {}
@@ -124,6 +125,24 @@ end } } }
     check_all(ids, inputs)
     -- the commands went as AMQP 1.0 messages: nothing was handled in the orchestrator
     assert.are.equal(0, H.count(orch:log(), "HANDLED"))
+  end)
+
+  it("with a participant written with rhea (JavaScript, not Proton) replying amqp-value bodies: each effect once", function()
+    assert(H.read("tests/amqp1/node_modules/rhea/package.json"),
+      "rhea is not installed: npm ci --prefix tests/amqp1 (bash .ci/deps.sh --test does it)")
+    part:stop()
+    local rhea = H.proc { name = "amqp1-rhea", dir = orch.dir, cmd = "node tests/amqp1/participant.js " .. H.q(BASE) .. " " ..
+      PREFIX .. " " .. H.q(orch.dir .. "/rhea-state.jsonl") .. " " .. table.concat(services, " ") }
+    rhea:start()
+    local ok, err = pcall(function()
+      rhea:wait_log("READY", 30)
+      local ids, inputs = start_orders(16, "rhea")
+      check_all(ids, inputs, rhea)
+    end)
+    rhea:stop()
+    part:start()
+    part:wait_log("READY", 30)
+    assert(ok, err)
   end)
 
   it("a participant killed mid-run: its redelivered command gets the recorded reply, no effect twice", function()
