@@ -1,6 +1,6 @@
 -- End-to-end over AMQP 1.0 (--amqp1): a host against the tests' RabbitMQ node through its amqp1_0
--- plugin, and participants written with python-qpid-proton from docs/protocol.md only
--- (tests/amqp1/participant.py). RabbitMQ 3.x's plugin does not declare the queues behind /amq/queue/
+-- plugin, and participants written from docs/protocol.md only: with python-qpid-proton
+-- (tests/amqp1/participant.py) and with rhea, a JavaScript implementation (tests/amqp1/participant.js). RabbitMQ 3.x's plugin does not declare the queues behind /amq/queue/
 -- addresses: tests/amqp1/tool.py declares the topology of docs/protocol.md over 0-9-1 first, as an
 -- operator would (on Azure Service Bus the queues are made with the namespace).
 local H = require "helper"
