@@ -109,6 +109,8 @@ struct amqp1_transport {
   ev_timer retry;                /* (re)connect attempts */
   ev_timer deadline;             /* connecting must finish (links attached) within timeout_ms */
   ev_idle resume;                /* event handling went over its budget: go on after the loop's turn */
+  ev_timer resend;               /* a sender link the broker closed had sends in flight: ask for them again */
+  double resend_backoff;         /* its delay, doubling; reset on connect */
   int pumping, again;            /* pump() is running; it must run once more */
   int want_write;
 
@@ -488,12 +490,53 @@ static const char *cond_text(pn_condition_t *c, char *buf, size_t n) {
   return buf;
 }
 
+/* The broker closed one of our sender links: a queue that does not exist (Service Bus refuses the attach
+ * with amqp:not-found), or a link idle for long (Service Bus detaches those). Its sends still in flight are
+ * refused to the engine (their outbox rows stay); the engine is asked for them again after a backoff. The
+ * next send to that address attaches a new link. */
+static void sender_closed(struct amqp1_transport *t, pn_link_t *l, const char *why) {
+  struct snd *s;
+  for (s = t->snds; s && s->link != l; s = s->next) {}
+  int n = 0;
+  char msg[900];
+  snprintf(msg, sizeof msg, "the broker closed the link to %s (%s)", pn_terminus_get_address(pn_link_target(l)), why);
+  for (pn_delivery_t *d = pn_unsettled_head(l); d;) {
+    pn_delivery_t *next = pn_unsettled_next(d);
+    int64_t outbox_id = (int64_t)(intptr_t)pn_delivery_get_context(d);
+    pn_delivery_settle(d);
+    if (outbox_id > 0 && t->base.ev.on_reject) t->base.ev.on_reject(t->base.ev.ud, outbox_id, msg);
+    n++;
+    d = next;
+  }
+  if (s) s->link = NULL;
+  pn_link_close(l);
+  pn_link_free(l);
+  if (!n) {
+    sg_info("amqp1: %s; attached again on the next send", msg);
+    return;
+  }
+  sg_warn("amqp1: %s; %d unconfirmed sends go again in %.0fs", msg, n, t->resend_backoff);
+  if (!ev_is_active(&t->resend)) {
+    ev_timer_set(&t->resend, t->resend_backoff, 0.);
+    ev_timer_start(t->loop, &t->resend);
+    t->resend_backoff = t->resend_backoff * 2 > 60 ? 60 : t->resend_backoff * 2;
+  }
+}
+
+/* Asks the engine for every unconfirmed message again (what it does after a reconnect). */
+static void resend_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct amqp1_transport *t = w->data;
+  if (t->state == UP && t->base.ev.on_ready) t->base.ev.on_ready(t->base.ev.ud);
+}
+
 static void check_ready(struct amqp1_transport *t) {
   if (t->state != CONNECTING || pn_connection_state(t->drv.connection) != (PN_LOCAL_ACTIVE | PN_REMOTE_ACTIVE)) return;
   for (struct rcv *r = t->rcvs; r; r = r->next)
     if (!r->attached) return;
   t->state = UP;
   t->backoff = BACKOFF_MIN;
+  t->resend_backoff = 1.0;
+  ev_timer_stop(t->loop, &t->resend); /* on_ready below asks for everything anyway */
   t->base.connects++;
   ev_timer_stop(t->loop, &t->deadline);
   sg_info("amqp1: connected to %s:%s%s (prefetch %d, queue addresses %s<queue>)", t->host, t->port,
@@ -528,8 +571,11 @@ static void handle_event(struct amqp1_transport *t, pn_event_t *ev) {
   case PN_LINK_REMOTE_CLOSE:
   case PN_LINK_REMOTE_DETACH: {
     pn_link_t *l = pn_event_link(ev);
-    snprintf(what, sizeof what, "the broker closed the link to %s (%s)",
-             pn_terminus_get_address(pn_link_is_receiver(l) ? pn_link_source(l) : pn_link_target(l)),
+    if (pn_link_is_sender(l)) { /* one address refused (or an idle link detached): not the connection */
+      sender_closed(t, l, cond_text(pn_link_remote_condition(l), buf, sizeof buf));
+      break;
+    }
+    snprintf(what, sizeof what, "the broker closed the link to %s (%s)", pn_terminus_get_address(pn_link_source(l)),
              cond_text(pn_link_remote_condition(l), buf, sizeof buf));
     conn_lost(t, what);
     break;
@@ -820,6 +866,7 @@ static void conn_lost(struct amqp1_transport *t, const char *why) {
   ev_timer_stop(t->loop, &t->tick);
   ev_timer_stop(t->loop, &t->deadline);
   ev_idle_stop(t->loop, &t->resume);
+  ev_timer_stop(t->loop, &t->resend);
   pending_clear(t);
   for (struct rcv *r = t->rcvs; r; r = r->next) { r->link = NULL; r->attached = 0; }
   for (struct snd *s = t->snds; s; s = s->next) s->link = NULL;
@@ -933,6 +980,7 @@ static void op_close(struct sg_transport *bt) {
   ev_timer_stop(t->loop, &t->retry);
   ev_timer_stop(t->loop, &t->deadline);
   ev_idle_stop(t->loop, &t->resume);
+  ev_timer_stop(t->loop, &t->resend);
   pending_clear(t);
   drop_connection(t);
   while (t->rcvs) {
@@ -1107,6 +1155,9 @@ struct sg_transport *sg_transport_amqp1_new(struct ev_loop *loop, const char *ur
   t->deadline.data = t;
   ev_idle_init(&t->resume, resume_cb);
   t->resume.data = t;
+  ev_timer_init(&t->resend, resend_cb, 1., 0.);
+  t->resend.data = t;
+  t->resend_backoff = 1.0;
   ev_timer_init(&t->retry, retry_cb, 0., 0.); /* the first attempt runs from the loop */
   t->retry.data = t;
   t->msg = pn_message();

@@ -3,22 +3,26 @@
 the wire what RabbitMQ does not keep: the error a host rejects a message with (Service Bus reads its
 condition, description and info as DeadLetterReason / DeadLetterErrorDescription).
 
-    fake_peer.py QUEUE_ADDRESS JSON_SPEC
+    fake_peer.py QUEUE_ADDRESS JSON_SPEC [DETACH_ADDRESS]
 
 Listens on 127.0.0.1 (a free port: prints "LISTENING <port>"; SASL ANONYMOUS). Every receiver a client
 attaches is answered; when one attaches QUEUE_ADDRESS, the peer sends it one message made from JSON_SPEC
 ({"body", "correlation_id", "id", "subject", "properties"}, the body as one data section) and prints the
 outcome as one JSON line: {"outcome": "accepted" | "rejected" | "released" | "modified",
-"condition": ..., "description": ..., "info": {...}}. Messages the client sends are accepted and dropped.
+"condition": ..., "description": ..., "info": {...}}. Messages the client sends are accepted and dropped,
+and each prints "RECEIVED <address> <message-id>"; except the first message sent to DETACH_ADDRESS:
+it is left unsettled and its link is closed with amqp:link:detach-forced (as Service Bus detaches a link),
+printing "DETACHED <address> <message-id>".
 """
 import json
 import sys
 
-from proton import Message, symbol
+from proton import Condition, Message
 from proton.handlers import MessagingHandler
 from proton.reactor import Container
 
 ADDRESS, SPEC = sys.argv[1], json.loads(sys.argv[2])
+DETACH = sys.argv[3] if len(sys.argv) > 3 else None
 
 
 def plain(v):
@@ -29,8 +33,9 @@ def plain(v):
 
 class Peer(MessagingHandler):
     def __init__(self):
-        super().__init__(auto_accept=True)
+        super().__init__(auto_accept=False)
         self.sent = False
+        self.detached = False
 
     def on_start(self, event):
         acceptor = event.container.listen("127.0.0.1:0")
@@ -58,6 +63,17 @@ class Peer(MessagingHandler):
         event.sender.send(Message(id=SPEC.get("id"), correlation_id=SPEC.get("correlation_id"),
                                   subject=SPEC.get("subject"), properties=SPEC.get("properties"),
                                   body=SPEC.get("body", "").encode(), inferred=True, durable=True))
+
+    def on_message(self, event):
+        address = event.link.target.address
+        if address == DETACH and not self.detached:
+            self.detached = True
+            event.link.condition = Condition("amqp:link:detach-forced", "The link was detached by the peer")
+            event.link.close()
+            print("DETACHED %s %s" % (address, event.message.id), flush=True)
+            return
+        self.accept(event.delivery)
+        print("RECEIVED %s %s" % (address, event.message.id), flush=True)
 
     def outcome(self, event, what):
         cond = event.delivery.remote.condition

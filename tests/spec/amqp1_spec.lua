@@ -354,6 +354,47 @@ describe("AMQP 1.0 on the wire, against a minimal peer (tests/amqp1/fake_peer.py
   end)
 end)
 
+describe("AMQP 1.0: a sender link the broker closes (Service Bus detaches links, refuses missing queues)", function()
+  it("is attached again: the connection stays, the unconfirmed send goes again with its message-id", function()
+    local hid = "spec-amqp1-detach-" .. H.uid()
+    local dir = H.tmpdir("amqp1-detach")
+    local peer = H.proc { name = "peer", dir = dir, cmd = H.python .. " -u tests/amqp1/fake_peer.py none '{}' saga.svc.real" }
+    peer:start()
+    local port = peer:wait_log("LISTENING (%d+)", 20)
+    local host = H.host { name = "amqp1-detach-host", host_id = hid, args = "--amqp1 amqp://127.0.0.1:" .. port, scripts = {
+      ["sends.lua"] = 'local saga = require "saga"\n' ..
+        'saga.define { name = "SendReal", steps = { { name = "Send", action = function(ctx) ctx:send("real", "Hello", {}) end } } }\n' } }
+    local ok, err = pcall(function()
+      host:start()
+      host:wait_log("amqp1: connected to", 20)
+      local id = host:start_saga("SendReal", {})
+      local esc = id:gsub("%-", "%%-")
+      local mid = peer:wait_log("DETACHED saga%.svc%.real (" .. esc .. "%S+)", 20)
+      host:wait_log("the broker closed the link to saga%.svc%.real %(amqp:link:detach%-forced: [^)]*%); 1 unconfirmed sends go again in 1s", 20)
+      -- asked for again after the backoff, on a new link of the same connection, with the same message-id
+      peer:wait_log("RECEIVED saga%.svc%.real " .. mid:gsub("%p", "%%%0"), 20)
+      local id2 = host:start_saga("SendReal", {})
+      peer:wait_log("RECEIVED saga%.svc%.real " .. id2:gsub("%-", "%%-"), 20)
+      local log = H.read(host.curlog)
+      assert.is_nil(log:find("connection to 127.0.0.1:" .. port .. " lost", 1, true), log)
+      assert.are.equal(1, H.count(log, "amqp1: connected to"))
+      -- both confirmed: nothing left in the outbox
+      local deadline = os.time() + 10
+      local text
+      repeat
+        local _, m = host:get("/metrics")
+        text = tostring(m)
+        if text:find("sagahost_outbox_depth 0", 1, true) then break end
+        H.sleep(0.1)
+      until os.time() > deadline
+      assert.truthy(text:find("sagahost_outbox_depth 0", 1, true), text:match("sagahost_outbox_depth %d+"))
+    end)
+    host:stop()
+    peer:stop()
+    assert(ok, err)
+  end)
+end)
+
 describe("--amqp1 on the command line", function()
   it("excludes --amqp: a host uses one transport (exit 2 and why)", function()
     local dir = H.tmpdir("amqp1-flags")
