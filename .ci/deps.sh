@@ -2,11 +2,11 @@
 # Installs the Debian packages sagahost needs to build and test, if any are missing.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libev-dev librabbitmq-dev libsqlite3-dev
-      libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev libpq-dev lua-cjson lua-cjson-dev
+      libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev libpq-dev lua-cjson lua-cjson-dev libqpid-proton11-dev
       lua-busted sqlite3 curl libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler)
 # libFuzzer comes with Debian's clang runtime (libclang-rt-14-dev on Debian 12); make test-debug runs fuzz-smoke
 fuzz_pkgs=(clang libclang-rt-14-dev)
-[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika openssl chromium prometheus "${fuzz_pkgs[@]}")
+[ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika python3-qpid-proton openssl chromium prometheus "${fuzz_pkgs[@]}")
 # the dashboard's browser tests run Node (playwright-core from npm, below): Debian's nodejs and npm unless a
 # node is there already (NodeSource's nodejs package brings its own npm and conflicts with Debian's)
 [ "${1:-}" = "--test" ] && ! command -v npm >/dev/null && pkgs+=(nodejs npm)
@@ -40,6 +40,16 @@ if [ "${1:-}" = "--test" ]; then
   if [ -z "$have" ] || [ "$want" != "$have" ]; then
     echo "installing: @grpc/grpc-js, @grpc/proto-loader (npm ci in tests/grpc)"
     npm ci --prefix "$grpcdir" --no-audit --no-fund
+  fi
+fi
+# the AMQP 1.0 spec's rhea participant (tests/amqp1/participant.js): rhea, pinned in its lock file
+amqp1dir="$(dirname "$0")/../tests/amqp1"
+if [ "${1:-}" = "--test" ]; then
+  want=$(grep -A1 '"node_modules/rhea"' "$amqp1dir/package-lock.json" | grep -o '"version": "[^"]*"' || true)
+  have=$(grep -o '"version": "[^"]*"' "$amqp1dir/node_modules/rhea/package.json" 2>/dev/null | head -1 || true)
+  if [ -z "$have" ] || [ "$want" != "$have" ]; then
+    echo "installing: rhea (npm ci in tests/amqp1)"
+    npm ci --prefix "$amqp1dir" --no-audit --no-fund
   fi
 fi
 exit 0

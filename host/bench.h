@@ -7,6 +7,7 @@
  *                         driven from its own ev loop through sg_engine_start / sg_engine_on_terminal;
  *   --amqp URL:           the same orchestrator on the AMQP transport, participants in a second
  *                         `sagahost run` process that the bench spawns and stops;
+ *   --amqp1 URL:          the same on the AMQP 1.0 transport (its queues must exist);
  *   --server URL:         a running host driven over the HTTP API (libcurl multi).
  *
  * Ownership: everything it creates (temp directory, database, child process) is removed or stopped

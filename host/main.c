@@ -24,11 +24,12 @@ static void usage(FILE *f) {
           "usage: sagahost <command> [options]\n"
           "\n"
           "host commands:\n"
-          "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL] [--log-level L] SCRIPT_DIR\n"
+          "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL | --amqp1 URL] [--log-level L] SCRIPT_DIR\n"
           "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db)\n"
           "                         or PostgreSQL at postgres://user:pass@host:port/db (several hosts may share one),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
-          "                         sends commands through RabbitMQ instead of in-process\n"
+          "                         sends commands through RabbitMQ instead of in-process; or --amqp1 amqps://user:pass@host\n"
+          "                         (AMQP 1.0: Azure Service Bus, RabbitMQ's amqp1_0 plugin; docs/protocol.md; not with --amqp)\n"
           "      [--otlp URL] (OpenTelemetry: spans to URL/v1/traces with OTLP/HTTP JSON; default off, or\n"
           "                   $OTEL_EXPORTER_OTLP_ENDPOINT)\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
@@ -193,8 +194,10 @@ static int cmd_run(const struct run_opts *o) {
   if (sg_store_is_pg_url(o->cfg.db)) sg_store_pg_redact(o->cfg.db, db_shown, sizeof db_shown);
   else snprintf(db_shown, sizeof db_shown, "%s", o->cfg.db);
   if (sg_host_open(&r.host, loop, &o->cfg, &e) < 0) {
+    char amqp1_shown[1024] = ""; /* a Service Bus key must not reach the logs */
+    if (o->cfg.amqp1) sg_amqp1_redact(o->cfg.amqp1, amqp1_shown, sizeof amqp1_shown);
     fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", db_shown, o->cfg.dir,
-            o->cfg.amqp ? ", --amqp " : "", o->cfg.amqp ? o->cfg.amqp : "", e.msg);
+            o->cfg.amqp ? ", --amqp " : o->cfg.amqp1 ? ", --amqp1 " : "", o->cfg.amqp ? o->cfg.amqp : amqp1_shown, e.msg);
     ev_loop_destroy(loop);
     sg_auth_free(r.auth);
     free(pem_cert);
@@ -335,6 +338,7 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--tls-cert")) o.tls_cert = v;
       else if (!strcmp(a, "--tls-key")) o.tls_key = v;
       else if (!strcmp(a, "--amqp")) o.cfg.amqp = v;
+      else if (!strcmp(a, "--amqp1")) o.cfg.amqp1 = v;
       else if (!strcmp(a, "--otlp")) o.cfg.otlp = v;
       else if (!strcmp(a, "--host-id")) o.cfg.host_id = v;
       else if (!strcmp(a, "--log-level")) {
@@ -398,6 +402,7 @@ int main(int argc, char **argv) {
       }
     }
     if (!o.cfg.dir) return usage_error("%s", "run needs a SCRIPT_DIR");
+    if (o.cfg.amqp && o.cfg.amqp1) return usage_error("%s", "--amqp and --amqp1 exclude each other: a host uses one transport");
     if (o.auth_metrics && !o.auth_file) return usage_error("%s", "--auth-metrics needs --auth FILE");
     return cmd_run(&o);
   }

@@ -1,6 +1,7 @@
 /* transport: moves messages between sagas and participants.
  *
- * Implementations: transport_local.c (in-process, no broker) and transport_amqp.c (RabbitMQ).
+ * Implementations: transport_local.c (in-process, no broker), transport_amqp.c (RabbitMQ, AMQP 0-9-1) and
+ * transport_amqp1.c (AMQP 1.0: Azure Service Bus, RabbitMQ's amqp1_0 plugin).
  * The engine publishes only messages whose outbox rows have committed; the transport calls
  * on_confirm(outbox_id) once the message is safely with the broker (local: at once), and the engine
  * then deletes the outbox row. Deliveries go to on_message; the engine calls ack(tag) once the effect
@@ -30,7 +31,7 @@ struct sg_transport_events {
 };
 
 struct sg_transport_ops {
-  const char *name; /* "local", "amqp" */
+  const char *name; /* "local", "amqp", "amqp1" */
   int in_process;   /* deliveries stay in this process and store: calls and replies need no outbox row */
   /* start consuming the queue of this service (saga.svc.<service>); may be called before connect */
   int (*subscribe)(struct sg_transport *t, const char *service, struct sg_error *e);
@@ -101,5 +102,11 @@ void sg_transport_local_counts(struct sg_transport *t, struct sg_fault_counts *c
 /* url: amqp://user:pass@host:port/vhost or amqps://...; host_id names our reply queue */
 struct sg_transport *sg_transport_amqp_new(struct ev_loop *loop, const char *url, const char *host_id,
                                            const struct sg_transport_events *ev, struct sg_error *e);
+/* AMQP 1.0 (Qpid Proton; Azure Service Bus, RabbitMQ's amqp1_0 plugin): url amqp[s]://user:pass@host:port
+ * with options in its query string (transport_amqp1.c, docs/operations.md); host_id names our reply queue */
+struct sg_transport *sg_transport_amqp1_new(struct ev_loop *loop, const char *url, const char *host_id,
+                                            const struct sg_transport_events *ev, struct sg_error *e);
+/* url with its password (if any) replaced by *** into out, for messages and logs */
+void sg_amqp1_redact(const char *url, char *out, size_t n);
 
 #endif

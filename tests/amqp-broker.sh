@@ -3,7 +3,8 @@
 # (the system's rabbit@host on 5672 is left alone): it runs as node sagahost-test@localhost, from the
 # directory tests/tmp-broker (its Erlang cookie, config, data, logs), listening on 127.0.0.1 only:
 #   AMQP               127.0.0.1:26720  (SG_BROKER_PORT; guest/guest, the tests' URL is
-#                                        amqp://guest:guest@127.0.0.1:26720/)
+#                                        amqp://guest:guest@127.0.0.1:26720/; AMQP 1.0 on the same port,
+#                                        the rabbitmq_amqp1_0 plugin)
 #   Erlang dist        127.0.0.1:26721  (port + 1)
 #   its own epmd       127.0.0.1:26722  (port + 2; the system's epmd on 4369 is not used)
 #   rabbitmqctl's dist 127.0.0.1:26723-26729
@@ -97,6 +98,13 @@ case "${1:-start}" in
 esac
 
 if node_up; then
+  # a node started by an older version of this script runs without AMQP 1.0: enable the plugin once
+  # (rabbitmq-plugins updates $dir/enabled_plugins and starts the plugin on the running node)
+  if ! grep -q rabbitmq_amqp1_0 "$dir/enabled_plugins" 2>/dev/null; then
+    say "enabling the rabbitmq_amqp1_0 plugin on $node"
+    timeout -k 5 120 "$rmq_bin/rabbitmq-plugins" -q -n "$node" enable rabbitmq_amqp1_0 >/dev/null 2>&1 ||
+      say "could not enable rabbitmq_amqp1_0 on $node (the --amqp1 specs will fail to connect)"
+  fi
   amqp_up && exit 0
   # the node runs but its app was stopped (an interrupted broker-restart spec), or is still booting
   say "starting the app of $node"
@@ -116,7 +124,8 @@ else
     chmod 400 "$dir/.erlang.cookie"
   fi
   : >"$dir/rabbitmq-env.conf"
-  echo '[].' >"$dir/enabled_plugins" # no plugins: no management listener on 15672
+  # AMQP 1.0 (the --amqp1 transport's specs) on the same listener as 0-9-1; no management listener on 15672
+  echo '[rabbitmq_amqp1_0].' >"$dir/enabled_plugins"
   cat >"$dir/rabbitmq.conf" <<'EOF'
 # written by tests/amqp-broker.sh; the listener (127.0.0.1:port) comes from RABBITMQ_NODE_IP_ADDRESS/PORT
 loopback_users.guest = true

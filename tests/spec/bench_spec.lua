@@ -68,7 +68,8 @@ describe("sagahost bench", function()
 
   it("rejects bad flags with exit 2 and the usage", function()
     for _, args in ipairs({ "--sagas 0", "--sagas x", "--concurrency", "--fail-every -1", "--frob",
-                            "--amqp amqp://x --server http://y", "--server http://y --db z", "extra" }) do
+                            "--amqp amqp://x --server http://y", "--amqp amqp://x --amqp1 amqp://y",
+                            "--amqp1 amqp://x --server http://y", "--server http://y --db z", "extra" }) do
       local code, _, err = H.run(H.bin .. " bench " .. args)
       assert.are.equal(2, code, args)
       assert.truthy(err:find("usage: sagahost bench", 1, true), args)
