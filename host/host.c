@@ -127,6 +127,11 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
     if (!h->tr) goto fail;
     /* signals over AMQP (docs/protocol.md): every host consumes saga.svc.saga */
     if (h->tr->ops->subscribe(h->tr, SG_SIGNAL_SERVICE, e) < 0) goto fail;
+  } else if (c->kafka) {
+    h->tr = sg_transport_kafka_new(loop, c->kafka, h->host_id, &tev, e);
+    if (!h->tr) goto fail;
+    /* signals over Kafka (docs/protocol.md, "Kafka"): every host is in the group of saga.svc.saga */
+    if (h->tr->ops->subscribe(h->tr, SG_SIGNAL_SERVICE, e) < 0) goto fail;
   } else {
     h->tr = sg_transport_local_new(loop, &tev);
   }

@@ -28,7 +28,8 @@ static void usage(FILE *f) {
           "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db)\n"
           "                         or PostgreSQL at postgres://user:pass@host:port/db (several hosts may share one),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
-          "                         sends commands through RabbitMQ instead of in-process\n"
+          "                         sends commands through RabbitMQ instead of in-process; or --kafka HOST:PORT[,HOST:PORT...]\n"
+          "                         through Kafka (one transport at a time: --amqp and --kafka exclude each other)\n"
           "      [--otlp URL] (OpenTelemetry: spans to URL/v1/traces with OTLP/HTTP JSON; default off, or\n"
           "                   $OTEL_EXPORTER_OTLP_ENDPOINT)\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
@@ -51,7 +52,7 @@ static void usage(FILE *f) {
           "      [--http-request-timeout D] (10s): a request must be fully received within D of its start\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors (exit 1 on any) and warnings\n"
           "                         (exit 2 when SCRIPT_DIR is missing or unreadable)\n"
-          "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
+          "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --kafka BROKERS] [--server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
           "\n");
   sg_dev_usage(f);
@@ -194,7 +195,8 @@ static int cmd_run(const struct run_opts *o) {
   else snprintf(db_shown, sizeof db_shown, "%s", o->cfg.db);
   if (sg_host_open(&r.host, loop, &o->cfg, &e) < 0) {
     fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", db_shown, o->cfg.dir,
-            o->cfg.amqp ? ", --amqp " : "", o->cfg.amqp ? o->cfg.amqp : "", e.msg);
+            o->cfg.amqp ? ", --amqp " : o->cfg.kafka ? ", --kafka " : "",
+            o->cfg.amqp ? o->cfg.amqp : o->cfg.kafka ? o->cfg.kafka : "", e.msg);
     ev_loop_destroy(loop);
     sg_auth_free(r.auth);
     free(pem_cert);
@@ -335,6 +337,7 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--tls-cert")) o.tls_cert = v;
       else if (!strcmp(a, "--tls-key")) o.tls_key = v;
       else if (!strcmp(a, "--amqp")) o.cfg.amqp = v;
+      else if (!strcmp(a, "--kafka")) o.cfg.kafka = v;
       else if (!strcmp(a, "--otlp")) o.cfg.otlp = v;
       else if (!strcmp(a, "--host-id")) o.cfg.host_id = v;
       else if (!strcmp(a, "--log-level")) {
@@ -399,6 +402,8 @@ int main(int argc, char **argv) {
     }
     if (!o.cfg.dir) return usage_error("%s", "run needs a SCRIPT_DIR");
     if (o.auth_metrics && !o.auth_file) return usage_error("%s", "--auth-metrics needs --auth FILE");
+    if (o.cfg.amqp && o.cfg.kafka)
+      return usage_error("%s", "--amqp and --kafka exclude each other: a host uses one transport at a time");
     return cmd_run(&o);
   }
   if (!strcmp(cmd, "bench")) return sg_bench_main(argc - 1, argv + 1);

@@ -1,6 +1,7 @@
 /* transport: moves messages between sagas and participants.
  *
- * Implementations: transport_local.c (in-process, no broker) and transport_amqp.c (RabbitMQ).
+ * Implementations: transport_local.c (in-process, no broker), transport_amqp.c (RabbitMQ) and
+ * transport_kafka.c (Kafka).
  * The engine publishes only messages whose outbox rows have committed; the transport calls
  * on_confirm(outbox_id) once the message is safely with the broker (local: at once), and the engine
  * then deletes the outbox row. Deliveries go to on_message; the engine calls ack(tag) once the effect
@@ -30,7 +31,7 @@ struct sg_transport_events {
 };
 
 struct sg_transport_ops {
-  const char *name; /* "local", "amqp" */
+  const char *name; /* "local", "amqp", "kafka" */
   int in_process;   /* deliveries stay in this process and store: calls and replies need no outbox row */
   /* start consuming the queue of this service (saga.svc.<service>); may be called before connect */
   int (*subscribe)(struct sg_transport *t, const char *service, struct sg_error *e);
@@ -101,5 +102,10 @@ void sg_transport_local_counts(struct sg_transport *t, struct sg_fault_counts *c
 /* url: amqp://user:pass@host:port/vhost or amqps://...; host_id names our reply queue */
 struct sg_transport *sg_transport_amqp_new(struct ev_loop *loop, const char *url, const char *host_id,
                                            const struct sg_transport_events *ev, struct sg_error *e);
+
+/* brokers: host:port[,host:port...][?prefetch=N&session_timeout_ms=N&fetch_wait_ms=N]; host_id names our reply topic
+ * (transport_kafka.c, docs/protocol.md "Kafka") */
+struct sg_transport *sg_transport_kafka_new(struct ev_loop *loop, const char *brokers, const char *host_id,
+                                            const struct sg_transport_events *ev, struct sg_error *e);
 
 #endif
