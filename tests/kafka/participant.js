@@ -45,11 +45,11 @@ const HANDLERS = {
 }[BASE];
 
 const kafka = new Kafka({
-  clientId: `${SERVICE}-${INSTANCE}`, brokers: brokers.split(','), logLevel: logLevel.NOTHING,
+  clientId: `${SERVICE}-${INSTANCE}`, brokers: brokers.split(','), logLevel: logLevel.WARN,
   retry: { initialRetryTime: 100, retries: 50 },
 });
 const producer = kafka.producer();
-const consumer = kafka.consumer({ groupId: TOPIC, sessionTimeout: 10000, heartbeatInterval: 1000, maxWaitTimeInMs: 100 });
+let consumer;
 
 const header = (m, name) => (m.headers && m.headers[name] != null ? m.headers[name].toString() : undefined);
 
@@ -100,14 +100,29 @@ async function handle({ topic, partition, message }) {
   await consumer.commitOffsets([{ topic, partition, offset: (BigInt(message.offset) + 1n).toString() }]);
 }
 
+// a consumer in the group; one that crashes for good (an error kafkajs does not retry itself) is
+// replaced by a new one: what it had not committed comes again
+async function consume() {
+  const c = kafka.consumer({ groupId: TOPIC, sessionTimeout: 10000, heartbeatInterval: 1000, maxWaitTimeInMs: 100 });
+  consumer = c;
+  c.on(c.events.GROUP_JOIN, (e) => console.log('ASSIGNED', JSON.stringify(e.payload.memberAssignment)));
+  c.on(c.events.CRASH, (e) => {
+    if (e.payload.restart) return;
+    console.log('RESTART', e.payload.error && e.payload.error.message);
+    c.disconnect().catch(() => {}).finally(() => setTimeout(() => consume().catch(fatal), 500));
+  });
+  await c.connect();
+  await c.subscribe({ topic: TOPIC, fromBeginning: true });
+  await c.run({ autoCommit: false, eachMessage: handle });
+}
+
+const fatal = (e) => { console.error('FATAL', e); process.exit(1); };
+
 (async () => {
   await producer.connect();
-  await consumer.connect();
-  consumer.on(consumer.events.GROUP_JOIN, (e) => console.log('ASSIGNED', JSON.stringify(e.payload.memberAssignment)));
-  await consumer.subscribe({ topic: TOPIC, fromBeginning: true });
-  await consumer.run({ autoCommit: false, eachMessage: handle });
+  await consume();
   console.log('READY', SERVICE, INSTANCE);
-})().catch((e) => { console.error('FATAL', e); process.exit(1); });
+})().catch(fatal);
 
 for (const sig of ['SIGTERM', 'SIGINT']) {
   process.on(sig, async () => {

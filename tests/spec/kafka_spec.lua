@@ -1,0 +1,259 @@
+-- End-to-end over Kafka: librdkafka's mock cluster (tests/kafka/mock_cluster.c, a process whose stdin
+-- takes broker failures and leader changes), a host with --kafka, and participants written with
+-- kafkajs following only docs/protocol.md ("Kafka"): tests/kafka/participant.js. Every test has its own
+-- mock cluster, so runs never see each other's records.
+local H = require "helper"
+
+local BUILD = os.getenv("SAGAHOST_MODULE_DIR") or "build"
+local MOCK = BUILD .. "/kafka_mock_cluster"
+local NODE = "env KAFKAJS_NO_PARTITIONER_WARNING=1 node tests/kafka/"
+
+-- a mock cluster of n brokers: m.brokers, m.cmd("down 2") (asserts the answer is ok), m.stop()
+local function mock_cluster(n)
+  local dir = H.tmpdir("kafka-mock")
+  local fifo = dir .. "/in"
+  assert(os.execute("mkfifo " .. fifo))
+  local p = H.proc { cmd = MOCK .. " " .. n .. " < " .. fifo, dir = dir, name = "mock" }
+  p:start()
+  local w = assert(io.open(fifo, "w")) -- unblocks the process's open of its stdin
+  w:setvbuf("line")
+  local m = { proc = p }
+  m.brokers = p:wait_log("bootstrap (%S+)")
+  local answers = 0
+  function m.cmd(line)
+    w:write(line, "\n")
+    answers = answers + 1
+    local deadline = H.now() + 10
+    while H.now() < deadline do
+      local log = H.read(p.curlog) or ""
+      local got = {}
+      for a in log:gmatch("\n([^\n]+)") do got[#got + 1] = a end
+      if #got >= answers then
+        assert.are.equal("ok", got[answers], "mock cluster: " .. line)
+        return
+      end
+      H.sleep(0.05)
+    end
+    error("mock cluster never answered " .. line)
+  end
+  function m.stop()
+    pcall(function() w:write("quit\n"); w:close() end)
+    local deadline = H.now() + 10
+    while p:alive() and H.now() < deadline do H.sleep(0.05) end
+    if p:alive() then p:kill9() end
+  end
+  return m
+end
+
+local function order_input(i, tag)
+  return { order_id = tag .. "-" .. i, sku = "book", qty = 1 + i % 3, amount = 10 + i, card = i % 4 == 0 and "declined" or "ok" }
+end
+
+local EXPECT_HISTORY = {
+  ok = { "ReserveInventory:action:completed", "ProcessPayment:action:completed", "CreateShipment:action:completed" },
+  declined = { "ReserveInventory:action:completed", "ProcessPayment:action:failed", "ReserveInventory:compensate:completed" },
+}
+local EXPECT_STATUS = { ok = "completed", declined = "compensated" }
+
+-- the history of a saga with, for each step and phase, its last attempt only: with brokers failing, a
+-- step may time out and be tried again (its retry policy), which is right as long as it ends as expected
+local function last_attempts(s)
+  local out, at = {}, {}
+  for _, h in ipairs(H.history(s)) do
+    local k = h:match("^(.*):[^:]*$")
+    if at[k] then out[at[k]] = h else out[#out + 1] = h; at[k] = #out end
+  end
+  return out
+end
+
+local function check_order(s, input)
+  assert.are.equal(EXPECT_STATUS[input.card], s.status, "saga " .. s.id .. " for card " .. input.card)
+  assert.are.same(EXPECT_HISTORY[input.card], last_attempts(s))
+  assert.are.equal("r-" .. input.order_id .. "-book", s.data.reservation)
+  if input.card == "ok" then
+    assert.are.equal("p-" .. input.order_id, s.data.payment)
+    assert.are.equal("t-" .. input.order_id, s.data.tracking)
+  else
+    assert.matches("card declined", s.error)
+  end
+end
+
+-- the orchestrating host and one kafkajs participant per service (more with g.participant)
+local function order_group(name, mock)
+  local g = { suffix = H.uid(), procs = {} }
+  g.dir = H.tmpdir(name)
+  g.state = g.dir .. "/effects"
+  g.orch = H.host { name = name .. "-orch", host_id = "kspec-" .. g.suffix, args = "--kafka " .. mock.brokers,
+    scripts = H.samples(g.suffix, { "order_processing.lua" }) }
+  function g.topic(svc) return "saga.svc." .. svc .. "_" .. g.suffix end
+  function g.participant(svc, instance)
+    local p = H.proc { cmd = string.format("%sparticipant.js %s %s_%s %s %d", NODE, mock.brokers, svc, g.suffix,
+      g.state, instance), dir = g.dir, name = svc .. "-" .. instance }
+    p:start()
+    g.procs[#g.procs + 1] = p
+    return p
+  end
+  function g.start()
+    for _, svc in ipairs(H.sample_services) do mock.cmd("topic " .. g.topic(svc) .. " 4") end
+    mock.cmd("topic saga.reply." .. g.orch.opts.host_id .. " 4")
+    for _, svc in ipairs(H.sample_services) do g[svc] = g.participant(svc, 1) end
+    g.orch:start()
+    g.orch:wait_log("kafka: group saga%.reply%.%S+: %d+ partitions? of", 60)
+    for _, svc in ipairs(H.sample_services) do g[svc]:wait_log("ASSIGNED", 60) end
+  end
+  function g.stop()
+    g.orch:stop()
+    for _, p in ipairs(g.procs) do p:stop() end
+  end
+  -- message id -> { n = times its effect was applied, what = "service.command" }, over every instance
+  function g.handled()
+    local out = {}
+    for _, p in ipairs(g.procs) do
+      for mid, what in p:log():gmatch("HANDLED (%S+) (%S+)") do
+        local e = out[mid] or { n = 0, what = what }
+        e.n = e.n + 1
+        out[mid] = e
+      end
+    end
+    return out
+  end
+  function g.start_orders(from, to, tag, ids, inputs)
+    for i = from, to do
+      inputs[i] = order_input(i, tag)
+      ids[i] = g.orch:start_saga("OrderProcessing", inputs[i])
+    end
+  end
+  return g
+end
+
+-- each saga's commands took effect exactly once, each the ones its card calls for
+local function check_effects_once(g, ids, inputs)
+  local per_saga = {}
+  for mid, e in pairs(g.handled()) do
+    assert.are.equal(1, e.n, "command " .. mid .. " (" .. e.what .. ") took effect " .. e.n .. " times")
+    local sid = mid:match("^([^.]+)")
+    per_saga[sid] = per_saga[sid] or {}
+    table.insert(per_saga[sid], (e.what:gsub("_" .. g.suffix, "")))
+  end
+  for i, id in ipairs(ids) do
+    local got = per_saga[id] or {}
+    table.sort(got)
+    local want = inputs[i].card == "ok" and { "inventory.Reserve", "payment.Charge", "shipping.CreateShipment" }
+      or { "inventory.Release", "inventory.Reserve", "payment.Charge" }
+    assert.are.same(want, got, "commands that took effect for saga " .. id)
+  end
+end
+
+-- the first count records of topic, decoded ({ key, value, headers, partition, offset })
+local function read_topic(brokers, topic, count)
+  local cjson = require "cjson"
+  local _, out = H.run(string.format("%stool.js read %s %s %d 30", NODE, brokers, topic, count))
+  local recs = {}
+  for line in out:gmatch("[^\n]+") do
+    local ok, r = pcall(cjson.decode, line)
+    if ok and type(r) == "table" then recs[#recs + 1] = r end
+  end
+  return recs
+end
+
+local function produce(brokers, topic, key, value, headers)
+  local cjson = require "cjson"
+  local code, _, err = H.run(string.format("%stool.js produce %s %s %s %s %s", NODE, brokers, topic, H.q(key),
+    H.q(value), H.q(cjson.encode(headers))))
+  assert(code == 0, "producing to " .. topic .. ": " .. err)
+end
+
+describe("OrderProcessing over Kafka (mock cluster, kafkajs participants)", function()
+  local mock, g
+  before_each(function()
+    mock = mock_cluster(3)
+  end)
+  after_each(function()
+    if g then g.stop() end
+    g = nil
+    if mock then mock.stop() end
+  end)
+
+  it("every saga terminal and each effect once through a broker failure, a leader change and a rebalance", function()
+    g = order_group("kafka-order", mock)
+    g.start()
+    local ids, inputs = {}, {}
+    g.start_orders(1, 8, "calm", ids, inputs)
+    -- a broker fails with sagas in flight: its partitions' records wait, the idempotent producer retries
+    mock.cmd("down 2")
+    g.start_orders(9, 16, "down", ids, inputs)
+    H.sleep(2)
+    mock.cmd("up 2")
+    -- leadership of partitions of each service topic moves
+    mock.cmd("leader " .. g.topic("payment") .. " 0 3")
+    mock.cmd("leader " .. g.topic("inventory") .. " 1 1")
+    mock.cmd("leader saga.reply." .. g.orch.opts.host_id .. " 2 2")
+    g.start_orders(17, 24, "leader", ids, inputs)
+    -- a second inventory instance joins its consumer group mid-run: the partitions are rebalanced
+    local inv2 = g.participant("inventory", 2)
+    g.start_orders(25, 32, "rebalance", ids, inputs)
+    inv2:wait_log("ASSIGNED", 60)
+    g.orch:wait_all(ids, 90)
+    for i, id in ipairs(ids) do check_order(g.orch:saga(id), inputs[i]) end
+    check_effects_once(g, ids, inputs)
+    -- the first instance was in both assignments (before and after the join)
+    assert.is_true(H.count(g.inventory:log(), "ASSIGNED") >= 2, "inventory instance 1 saw no rebalance:\n" .. g.inventory:log())
+    -- after the rebalance, both instances share the work
+    g.start_orders(33, 48, "shared", ids, inputs)
+    g.orch:wait_all(ids, 120)
+    for i, id in ipairs(ids) do check_order(g.orch:saga(id), inputs[i]) end
+    check_effects_once(g, ids, inputs)
+    assert.matches("HANDLED %S+ inventory_" .. g.suffix, inv2:log())
+  end)
+
+  it("a host killed mid-run takes up its uncommitted replies again: every saga terminal, each effect once", function()
+    g = order_group("kafka-crash", mock)
+    g.start()
+    local ids, inputs = {}, {}
+    g.start_orders(1, 16, "crash", ids, inputs)
+    H.sleep(1)
+    g.orch:kill9()
+    g.orch:start()
+    g.orch:wait_all(ids, 120)
+    for i, id in ipairs(ids) do check_order(g.orch:saga(id), inputs[i]) end
+    check_effects_once(g, ids, inputs)
+  end)
+
+  it("poison records are dead-lettered to <topic>.dlq with the reason in x-saga-error", function()
+    g = order_group("kafka-poison", mock)
+    g.start()
+    local reply = "saga.reply." .. g.orch.opts.host_id
+    -- a reply without saga-status (malformed), then one naming no command of this host (the engine refuses)
+    produce(mock.brokers, reply, "k1", '{"x":1}', { ["correlation-id"] = "c-1" })
+    produce(mock.brokers, reply, "k1", '{}', { ["correlation-id"] = "c-2", ["saga-status"] = "ok" })
+    -- a signal whose body is not JSON, and one for a saga that does not exist
+    produce(mock.brokers, "saga.svc.saga", "k2", "{not json", { ["message-id"] = "s-1", type = "signal", ["signal-name"] = "go", ["saga-id"] = "x" })
+    produce(mock.brokers, "saga.svc.saga", "k2", "{}", { ["message-id"] = "s-2", type = "signal", ["signal-name"] = "go", ["saga-id"] = "nope" })
+    local recs = read_topic(mock.brokers, reply .. ".dlq", 2)
+    assert.are.equal(2, #recs, "records in " .. reply .. ".dlq")
+    table.sort(recs, function(a, b) return a.headers["correlation-id"] < b.headers["correlation-id"] end)
+    assert.are.equal('reply has no saga-status header; set it to "ok" or "error"', recs[1].headers["x-saga-error"])
+    assert.are.equal('{"x":1}', recs[1].value)
+    assert.are.equal(reply, recs[1].headers["x-saga-original-topic"])
+    assert.matches("^%d+$", recs[1].headers["x-saga-original-offset"])
+    assert.matches("does not name a saga operation", recs[2].headers["x-saga-error"])
+    recs = read_topic(mock.brokers, "saga.svc.saga.dlq", 2)
+    assert.are.equal(2, #recs, "records in saga.svc.saga.dlq")
+    table.sort(recs, function(a, b) return a.headers["message-id"] < b.headers["message-id"] end)
+    assert.matches("^body is not valid JSON", recs[1].headers["x-saga-error"])
+    assert.are.equal("no saga with id 'nope'", recs[2].headers["x-saga-error"])
+    -- the host goes on: a saga after the poison completes
+    local ids, inputs = {}, {}
+    g.start_orders(1, 2, "after", ids, inputs)
+    g.orch:wait_all(ids, 60)
+    for i, id in ipairs(ids) do check_order(g.orch:saga(id), inputs[i]) end
+  end)
+end)
+
+describe("sagahost run --kafka", function()
+  it("refuses --amqp with --kafka: one transport at a time", function()
+    local code, _, err = H.run(H.bin .. " run --amqp amqp://x/ --kafka 127.0.0.1:9092 /nonexistent")
+    assert.are_not.equal(0, code)
+    assert.matches("%-%-amqp and %-%-kafka exclude each other: a host uses one transport at a time", err)
+  end)
+end)
