@@ -250,6 +250,47 @@ describe("OrderProcessing over Kafka (mock cluster, kafkajs participants)", func
   end)
 end)
 
+describe("sagahost participants over Kafka", function()
+  local mock, orch, part
+  setup(function() mock = mock_cluster(1) end)
+  teardown(function()
+    if orch then orch:stop() end
+    if part then part:stop() end
+    mock.stop()
+  end)
+
+  it("saga.handle participants in another host work unchanged: every saga terminal, each handler once", function()
+    local suffix = H.uid()
+    orch = H.host { name = "kafka-h-orch", host_id = "kh-orch-" .. suffix, args = "--kafka " .. mock.brokers,
+      scripts = H.samples(suffix, { "order_processing.lua" }) }
+    part = H.host { name = "kafka-h-part", host_id = "kh-part-" .. suffix, args = "--kafka " .. mock.brokers,
+      scripts = H.samples(suffix, { "inventory.lua", "payment.lua", "shipping.lua" }, true) }
+    part:start()
+    -- its three services' groups and the signals' group
+    local deadline = H.now() + 60
+    while H.count(part:log(), "partitions of saga.svc.") < 4 and H.now() < deadline do H.sleep(0.1) end
+    assert.are.equal(4, H.count(part:log(), "partitions of saga.svc."), part:log())
+    orch:start()
+    orch:wait_log("kafka: group saga%.reply%.%S+: %d+ partitions? of", 60)
+    local ids, inputs = {}, {}
+    for i = 1, 12 do
+      inputs[i] = order_input(i, "host")
+      ids[i] = orch:start_saga("OrderProcessing", inputs[i])
+    end
+    orch:wait_all(ids, 90)
+    for i, id in ipairs(ids) do check_order(orch:saga(id), inputs[i]) end
+    local seen = {}
+    for mid in part:log():gmatch("HANDLED (%S+)") do
+      assert.is_nil(seen[mid], "handled twice: " .. mid)
+      seen[mid] = true
+    end
+    local n = 0
+    for _ in pairs(seen) do n = n + 1 end
+    assert.are.equal(12 * 3, n) -- three commands a saga: Reserve, Charge and CreateShipment or Release
+    assert.are.equal(0, H.count(orch:log(), "HANDLED"))
+  end)
+end)
+
 describe("sagahost run --kafka", function()
   it("refuses --amqp with --kafka: one transport at a time", function()
     local code, _, err = H.run(H.bin .. " run --amqp amqp://x/ --kafka 127.0.0.1:9092 /nonexistent")
