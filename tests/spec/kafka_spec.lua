@@ -126,21 +126,41 @@ local function order_group(name, mock)
   return g
 end
 
--- each saga's commands took effect exactly once, each the ones its card calls for
+-- each command (message id) took effect exactly once, and each saga's commands are the ones its card
+-- calls for: one per attempt of the step that sent it at most (with brokers failing, an attempt can time
+-- out while its command is held up, and the retry sends a new command; both may take effect, as they
+-- would on RabbitMQ), at least one
+local COMMAND_OF = {
+  ["ReserveInventory:action"] = "inventory.Reserve", ["ReserveInventory:compensate"] = "inventory.Release",
+  ["ProcessPayment:action"] = "payment.Charge", ["ProcessPayment:compensate"] = "payment.Refund",
+  ["CreateShipment:action"] = "shipping.CreateShipment",
+}
 local function check_effects_once(g, ids, inputs)
   local per_saga = {}
   for mid, e in pairs(g.handled()) do
     assert.are.equal(1, e.n, "command " .. mid .. " (" .. e.what .. ") took effect " .. e.n .. " times")
     local sid = mid:match("^([^.]+)")
+    local what = e.what:gsub("_" .. g.suffix, "")
     per_saga[sid] = per_saga[sid] or {}
-    table.insert(per_saga[sid], (e.what:gsub("_" .. g.suffix, "")))
+    per_saga[sid][what] = (per_saga[sid][what] or 0) + 1
   end
   for i, id in ipairs(ids) do
     local got = per_saga[id] or {}
-    table.sort(got)
+    local attempts = {}
+    for _, st in ipairs(g.orch:saga(id).steps) do
+      local c = COMMAND_OF[st.name .. ":" .. st.phase]
+      if c then attempts[c] = (attempts[c] or 0) + 1 end
+    end
     local want = inputs[i].card == "ok" and { "inventory.Reserve", "payment.Charge", "shipping.CreateShipment" }
       or { "inventory.Release", "inventory.Reserve", "payment.Charge" }
-    assert.are.same(want, got, "commands that took effect for saga " .. id)
+    local names = {}
+    for c, n in pairs(got) do
+      names[#names + 1] = c
+      assert.is_true(n <= (attempts[c] or 0), "saga " .. id .. ": " .. c .. " took effect " .. n .. " times in " ..
+        tostring(attempts[c]) .. " attempts")
+    end
+    table.sort(names)
+    assert.are.same(want, names, "commands that took effect for saga " .. id)
   end
 end
 
