@@ -281,8 +281,16 @@ describe("sagahost participants over Kafka", function()
 
   it("saga.handle participants in another host work unchanged: every saga terminal, each handler once", function()
     local suffix = H.uid()
+    local scripts = H.samples(suffix, { "order_processing.lua" })
+    scripts["waiter.lua"] = [[
+      local saga = require "saga"
+      saga.define { name = "Waiter", key = "k", steps = { { name = "w", action = function(ctx)
+        ctx.data.got = ctx:wait("go")
+        ctx.data.second = ctx:wait("go", { timeout = "2s" }) or "none"
+      end } } }
+    ]]
     orch = H.host { name = "kafka-h-orch", host_id = "kh-orch-" .. suffix, args = "--kafka " .. mock.brokers,
-      scripts = H.samples(suffix, { "order_processing.lua" }) }
+      scripts = scripts }
     part = H.host { name = "kafka-h-part", host_id = "kh-part-" .. suffix, args = "--kafka " .. mock.brokers,
       scripts = H.samples(suffix, { "inventory.lua", "payment.lua", "shipping.lua" }, true) }
     part:start()
@@ -308,6 +316,17 @@ describe("sagahost participants over Kafka", function()
     for _ in pairs(seen) do n = n + 1 end
     assert.are.equal(12 * 3, n) -- three commands a saga: Reserve, Charge and CreateShipment or Release
     assert.are.equal(0, H.count(orch:log(), "HANDLED"))
+  end)
+
+  it("a signal produced to saga.svc.saga reaches the saga's ctx:wait, once per message-id", function()
+    local id = orch:start_saga("Waiter", { k = "w-1" })
+    local headers = { ["message-id"] = "sig-w-1", type = "signal", ["signal-name"] = "go", ["saga-type"] = "Waiter",
+      ["saga-key"] = "w-1" }
+    produce(mock.brokers, "saga.svc.saga", "w-1", '{"ref":"pay-42"}', headers)
+    produce(mock.brokers, "saga.svc.saga", "w-1", '{"ref":"again"}', headers) -- a re-send: not delivered again
+    local s = orch:wait(id, "completed", 60)
+    assert.are.same({ ref = "pay-42" }, s.data.got)
+    assert.are.equal("none", s.data.second) -- the re-sent signal was taken once
   end)
 end)
 
