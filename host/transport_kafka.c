@@ -848,6 +848,46 @@ static void op_close(struct sg_transport *bt) {
   free(t);
 }
 
+/* The engine dropped every delivery it held (fenced): each partition is sought back to its oldest
+ * delivered and unsettled record, so they all come again (librdkafka drops what it had fetched past
+ * that), and the outbox is asked for again. Acks of the old deliveries find nothing and are ignored. */
+static void op_reset(struct sg_transport *bt, const char *why) {
+  struct kafka_transport *t = T(bt);
+  sg_warn("kafka: %s; the %zu deliveries held are fetched again", why, t->npending);
+  for (struct consumer *c = t->consumers; c; c = c->next) {
+    rd_kafka_topic_partition_list_t *l = NULL;
+    for (struct part *p = c->parts; p; p = p->next) {
+      if (!p->n) continue;
+      if (!l) l = rd_kafka_topic_partition_list_new(4);
+      rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = p->off[p->head];
+      p->n = p->head = 0;
+      p->first = 1;
+    }
+    if (!l) continue;
+    rd_kafka_error_t *err = rd_kafka_seek_partitions(c->rk, l, 0 /* asynchronous */);
+    if (err) {
+      sg_err("kafka: group %s: seeking back after a reset: %s (the records come again after a restart)", c->group,
+             rd_kafka_error_string(err));
+      rd_kafka_error_destroy(err);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+  }
+  for (size_t b = 0; b < t->nbucket; b++) {
+    while (t->bucket[b]) {
+      struct pending *p = t->bucket[b];
+      t->bucket[b] = p->next;
+      pending_free(p);
+    }
+  }
+  t->npending = 0;
+  t->base.connects++;
+  if (!ev_is_active(&t->ready_timer)) {
+    ev_timer_set(&t->ready_timer, 0., 0.);
+    ev_timer_start(t->loop, &t->ready_timer);
+  }
+  ev_idle_start(t->loop, &t->drain);
+}
+
 static const struct sg_transport_ops kafka_ops = {
   .name = "kafka",
   .subscribe = op_subscribe,
@@ -859,6 +899,7 @@ static const struct sg_transport_ops kafka_ops = {
   .connected = op_connected,
   .close = op_close,
   .set_max_body = op_set_max_body,
+  .reset = op_reset,
 };
 
 /* ---- construction ---- */
