@@ -330,6 +330,63 @@ describe("sagahost participants over Kafka", function()
   end)
 end)
 
+describe("several hosts on one PostgreSQL database over Kafka", function()
+  local mock, list = nil, {}
+  after_each(function()
+    for _, h in ipairs(list) do
+      os.execute("kill -CONT " .. (h.pid or 0) .. " 2>/dev/null")
+      h:stop()
+    end
+    if mock then mock.stop() end
+  end)
+
+  it("a host frozen past its lease is fenced when it wakes: its deliveries come again, nothing applied twice", function()
+    H.pg_only("leases are PostgreSQL's")
+    mock = mock_cluster(1)
+    local suffix = H.uid()
+    local svc = "hsvc_" .. suffix
+    local script = ([[
+local saga = require "saga"
+saga.handle("SVC", "Do", function(p) print("DID " .. p.k) return { ok = p.k } end)
+saga.define { name = "Slow", steps = {
+  { name = "first", action = function(ctx) ctx.data.a = ctx:call("SVC", "Do", { k = ctx.input.n .. "a" }) end },
+  { name = "nap", action = function(ctx) ctx:sleep(ctx.input.nap or "3s") end },
+  { name = "last", action = function(ctx) ctx.data.b = ctx:call("SVC", "Do", { k = ctx.input.n .. "b" }) end },
+} }
+]]):gsub("SVC", svc)
+    mock.cmd("topic saga.svc." .. svc .. " 4")
+    local db = H.db_for(H.tmpdir("kafka-fence"), "shared.db")
+    for i = 1, 2 do
+      list[i] = H.host { name = "kafka-fence" .. i, db = db, host_id = "kf-" .. suffix .. "-" .. i,
+        args = "--lease 1s --kafka " .. mock.brokers, scripts = { ["s.lua"] = script } }
+      list[i]:start()
+    end
+    local a, b = list[1], list[2]
+    for _, h in ipairs(list) do h:wait_log("kafka: group saga%.reply%.%S+: %d+ partitions? of", 60) end
+    local ids = {}
+    for i = 1, 16 do ids[i] = a:start_saga("Slow", { n = "f" .. i, nap = "4s" }) end
+    H.sleep(1)
+    os.execute("kill -STOP " .. a.pid)
+    b:wait_log("took over (%d+) saga%(s%) of host kf%-", 10)
+    os.execute("kill -CONT " .. a.pid)
+    a:wait_log("fenced: ([^\n]+)", 10)
+    local got = b:wait_all(ids, 90)
+    for _, id in ipairs(ids) do assert.are.equal("completed", got[id].status) end
+    local seen = {}
+    for _, h in ipairs(list) do
+      for k in h:log():gmatch("DID (%S+)\n") do seen[k] = (seen[k] or 0) + 1 end
+    end
+    for i = 1, 16 do
+      for _, part in ipairs({ "a", "b" }) do
+        assert.are.equal(1, seen["f" .. i .. part], "effect f" .. i .. part)
+      end
+    end
+    -- a goes on serving after the fence
+    local id = a:start_saga("Slow", { n = "after", nap = "10ms" })
+    assert.are.equal("completed", a:wait(id, nil, 60).status)
+  end)
+end)
+
 describe("sagahost run --kafka", function()
   it("refuses --amqp with --kafka: one transport at a time", function()
     local code, _, err = H.run(H.bin .. " run --amqp amqp://x/ --kafka 127.0.0.1:9092 /nonexistent")
