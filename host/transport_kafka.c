@@ -242,7 +242,6 @@ struct consumer {
   rd_kafka_t *rk;
   rd_kafka_queue_t *q;
   struct part *parts;            /* the current assignment */
-  int assigned;                  /* has had an assignment */
   struct consumer *next;
 };
 
@@ -276,7 +275,7 @@ struct kafka_transport {
   ev_io io;
   ev_idle drain;                 /* more events to serve */
   ev_timer commit_timer;
-  ev_timer ready_timer;          /* on_ready: at start and after failed deliveries */
+  ev_timer ready_timer;          /* on_ready: once up (again), and after failed deliveries */
   int up;                        /* brokers reachable (no all-brokers-down since the last success) */
   int throttled;                 /* consumers paused: prefetch deliveries held */
   int closing;                   /* op_close runs: callbacks start no watcher */
@@ -285,8 +284,6 @@ struct kafka_transport {
   uint64_t next_tag;
   struct pending **bucket;
   size_t nbucket, npending;
-  char **declared;               /* services we send to (declare_service: names only) */
-  size_t ndeclared;
 };
 
 #define T(bt) ((struct kafka_transport *)(bt))
@@ -562,7 +559,6 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     }
     rd_kafka_assign(rk, parts);
     sg_info("kafka: group %s: %d partition%s of %s assigned", c->group, parts->cnt, parts->cnt == 1 ? "" : "s", c->topic);
-    c->assigned = 1;
     set_up(c->t);
   } else {
     sg_info("kafka: group %s: partitions of %s revoked (a rebalance)", c->group, c->topic);
@@ -987,9 +983,9 @@ struct sg_transport *sg_transport_kafka_new(struct ev_loop *loop, const char *br
   ev_io_init(&t->io, io_cb, t->pipefd[0], EV_READ);
   t->io.data = t;
   ev_io_start(loop, &t->io);
+  /* on_ready (the engine hands over its outbox) once the brokers answer: the first assignment or the
+   * first delivered record (set_up) */
   if (!consumer_new(t, t->reply_topic, e)) goto fail;
-  /* the first on_ready: the engine hands over its outbox, which librdkafka queues until a broker answers */
-  ev_timer_start(loop, &t->ready_timer);
   return &t->base;
 fail:
   op_close(&t->base);
