@@ -600,7 +600,6 @@ static void consumed(struct kafka_transport *t, struct consumer *c, rd_kafka_mes
   uint64_t tag = p->tag;
   struct sg_error e = {{0}, 0};
   char why[sizeof e.msg];
-  if (t->base.ev.on_message == NULL) return;
   rd_kafka_headers_t *h = NULL;
   if (rd_kafka_message_headers(rm, &h) != RD_KAFKA_RESP_ERR_NO_ERROR) h = NULL;
   struct sg_msg m;
