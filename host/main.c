@@ -24,7 +24,7 @@ static void usage(FILE *f) {
           "usage: sagahost <command> [options]\n"
           "\n"
           "host commands:\n"
-          "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL] [--log-level L] SCRIPT_DIR\n"
+          "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL | --kafka BROKERS] [--log-level L] SCRIPT_DIR\n"
           "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db)\n"
           "                         or PostgreSQL at postgres://user:pass@host:port/db (several hosts may share one),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
