@@ -34,6 +34,7 @@
 #define DRAIN_MAX 1024        /* events served per drain before the loop gets a turn */
 #define COMMIT_DELAY 0.05     /* seconds: acks of this long are committed together */
 #define REPUBLISH_DELAY 1.0   /* seconds after a failed delivery before the engine re-sends the outbox */
+#define REVOKE_WAIT 10.0      /* seconds a rebalance waits for the deliveries held from revoked partitions */
 
 /* ---------------------------------------------------------------------------------------------- */
 /* the wire mapping */
@@ -242,6 +243,9 @@ struct consumer {
   rd_kafka_t *rk;
   rd_kafka_queue_t *q;
   struct part *parts;            /* the current assignment */
+  size_t held;                   /* deliveries from it not yet settled */
+  int revoking;                  /* its partitions are being revoked: waiting for held to reach 0 */
+  double revoke_deadline;        /* ev_now() after which they are given up anyway */
   struct consumer *next;
 };
 
@@ -249,6 +253,7 @@ struct consumer {
 struct pending {
   uint64_t tag;
   rd_kafka_message_t *rm;        /* the record as fetched (its headers and value, for the DLQ copy) */
+  struct consumer *c;            /* where it came from */
   struct part *p;                /* NULL once its partition was revoked: the ack only frees it */
   int64_t offset;
   struct pending *next;          /* hash chain */
@@ -276,6 +281,7 @@ struct kafka_transport {
   ev_idle drain;                 /* more events to serve */
   ev_timer commit_timer;
   ev_timer ready_timer;          /* on_ready: once up (again), and after failed deliveries */
+  ev_timer revoke_timer;         /* while a consumer is revoking: gives its partitions up at the deadline */
   int up;                        /* brokers reachable (no all-brokers-down since the last success) */
   int throttled;                 /* consumers paused: prefetch deliveries held */
   int closing;                   /* op_close runs: callbacks start no watcher */
@@ -298,6 +304,7 @@ static struct pending *pending_take(struct kafka_transport *t, uint64_t tag) {
       struct pending *p = *pp;
       *pp = p->next;
       t->npending--;
+      if (p->c && p->c->held) p->c->held--;
       return p;
     }
   }
@@ -309,6 +316,7 @@ static void pending_put(struct kafka_transport *t, struct pending *p) {
   p->next = *b;
   *b = p;
   t->npending++;
+  if (p->c) p->c->held++;
 }
 
 static struct pending *pending_get(struct kafka_transport *t, uint64_t tag) {
@@ -408,7 +416,7 @@ static void consumer_drop_parts(struct consumer *c) {
   consumer_commit(c);
   for (size_t b = 0; b < t->nbucket; b++)
     for (struct pending *q = t->bucket[b]; q; q = q->next)
-      if (q->p && q->p->c == c) q->p = NULL;
+      if (q->c == c) q->p = NULL;
   while (c->parts) {
     struct part *p = c->parts;
     c->parts = p->next;
@@ -560,11 +568,41 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic
     rd_kafka_assign(rk, parts);
     sg_info("kafka: group %s: %d partition%s of %s assigned", c->group, parts->cnt, parts->cnt == 1 ? "" : "s", c->topic);
     set_up(c->t);
+  } else if (c->held && !c->t->closing) {
+    /* the rebalance waits until what this consumer holds is settled (its effect committed and its offset
+     * with it), so the next owner does not run a command whose effect is on its way here */
+    sg_info("kafka: group %s: partitions of %s revoked (a rebalance); giving them up once the %zu deliveries "
+            "held are settled", c->group, c->topic, c->held);
+    c->revoking = 1;
+    c->revoke_deadline = ev_now(c->t->loop) + REVOKE_WAIT;
+    if (!ev_is_active(&c->t->revoke_timer)) ev_timer_start(c->t->loop, &c->t->revoke_timer);
   } else {
     sg_info("kafka: group %s: partitions of %s revoked (a rebalance)", c->group, c->topic);
     consumer_drop_parts(c);
     rd_kafka_assign(rk, NULL);
   }
+}
+
+/* A revoking consumer gives its partitions up once it holds nothing (or at its deadline). */
+static void consumer_try_revoke(struct consumer *c) {
+  if (!c->revoking || (c->held && ev_now(c->t->loop) < c->revoke_deadline)) return;
+  if (c->held)
+    sg_warn("kafka: group %s: %zu deliveries still unsettled after %.0f s; giving the partitions up anyway (they "
+            "come again to the next owner)", c->group, c->held, REVOKE_WAIT);
+  c->revoking = 0;
+  consumer_drop_parts(c);
+  rd_kafka_assign(c->rk, NULL);
+}
+
+static void revoke_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)revents;
+  struct kafka_transport *t = w->data;
+  int any = 0;
+  for (struct consumer *c = t->consumers; c; c = c->next) {
+    consumer_try_revoke(c);
+    any |= c->revoking;
+  }
+  if (!any) ev_timer_stop(loop, w);
 }
 
 static void offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t *offsets, void *opaque) {
@@ -583,8 +621,8 @@ static void consumed(struct kafka_transport *t, struct consumer *c, rd_kafka_mes
     return;
   }
   const char *topic = rd_kafka_topic_name(rm->rkt);
-  struct part *pt = part_find(c, topic, rm->partition);
-  if (!pt) { /* fetched before a revoke was served: the next owner reads it */
+  struct part *pt = c->revoking ? NULL : part_find(c, topic, rm->partition);
+  if (!pt) { /* fetched before (or while) a revoke was served: the next owner reads it */
     rd_kafka_message_destroy(rm);
     return;
   }
@@ -594,6 +632,7 @@ static void consumed(struct kafka_transport *t, struct consumer *c, rd_kafka_mes
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->tag = ++t->next_tag;
   p->rm = rm;
+  p->c = c;
   p->p = pt;
   p->offset = rm->offset;
   pending_put(t, p);
@@ -624,9 +663,11 @@ static void settle_delivery(struct kafka_transport *t, uint64_t tag) {
     sg_debug("kafka: ack of unknown delivery %llu ignored", (unsigned long long)tag);
     return;
   }
+  struct consumer *c = p->c;
   if (p->p) part_done(t, p->p, p->offset);
   pending_free(p);
   if (!t->closing && t->throttled && t->npending < (size_t)t->prefetch) ev_idle_start(t->loop, &t->drain);
+  if (c && c->revoking && !t->closing) consumer_try_revoke(c);
 }
 
 /* Serves every queue without blocking; returns whether events may remain. */
@@ -811,6 +852,9 @@ static void op_close(struct sg_transport *bt) {
   ev_idle_stop(t->loop, &t->drain);
   ev_timer_stop(t->loop, &t->commit_timer);
   ev_timer_stop(t->loop, &t->ready_timer);
+  ev_timer_stop(t->loop, &t->revoke_timer);
+  for (size_t b = 0; b < t->nbucket; b++)
+    for (struct pending *q = t->bucket[b]; q; q = q->next) q->c = NULL;
   while (t->consumers) {
     struct consumer *c = t->consumers;
     t->consumers = c->next;
@@ -875,6 +919,10 @@ static void op_reset(struct sg_transport *bt, const char *why) {
     }
   }
   t->npending = 0;
+  for (struct consumer *c = t->consumers; c; c = c->next) {
+    c->held = 0;
+    consumer_try_revoke(c);
+  }
   t->base.connects++;
   if (!ev_is_active(&t->ready_timer)) {
     ev_timer_set(&t->ready_timer, 0., 0.);
@@ -944,6 +992,8 @@ struct sg_transport *sg_transport_kafka_new(struct ev_loop *loop, const char *br
   t->commit_timer.data = t;
   ev_timer_init(&t->ready_timer, ready_cb, 0., 0.);
   t->ready_timer.data = t;
+  ev_timer_init(&t->revoke_timer, revoke_cb, 0.1, 0.1);
+  t->revoke_timer.data = t;
   if (parse_options(t, t->brokers, e) < 0) goto fail;
   if (!*t->brokers) {
     sg_errorf(e, SG_E_INVALID, "kafka: no brokers given (host:port[,host:port...])");

@@ -387,6 +387,57 @@ saga.define { name = "Slow", steps = {
   end)
 end)
 
+describe("sagahost participants sharing a consumer group (PostgreSQL)", function()
+  local mock, hosts = nil, {}
+  after_each(function()
+    for _, h in ipairs(hosts) do h:stop() end
+    if mock then mock.stop() end
+  end)
+
+  it("a second participant host joins mid-run: the group rebalances, every saga terminal, each handler once", function()
+    H.pg_only("two participant hosts share one database (their inbox)")
+    mock = mock_cluster(3)
+    local suffix = H.uid()
+    for _, svc in ipairs(H.sample_services) do mock.cmd("topic saga.svc." .. svc .. "_" .. suffix .. " 4") end
+    local orch = H.host { name = "kafka-g-orch", host_id = "kg-orch-" .. suffix, args = "--kafka " .. mock.brokers,
+      scripts = H.samples(suffix, { "order_processing.lua" }) }
+    local db = H.db_for(H.tmpdir("kafka-g"), "participants.db")
+    local parts = {}
+    for i = 1, 2 do
+      parts[i] = H.host { name = "kafka-g-part" .. i, db = db, host_id = "kg-part" .. i .. "-" .. suffix,
+        args = "--kafka " .. mock.brokers, scripts = H.samples(suffix, { "inventory.lua", "payment.lua", "shipping.lua" }, true, 0.02) }
+    end
+    hosts = { orch, parts[1], parts[2] }
+    parts[1]:start()
+    orch:start()
+    orch:wait_log("kafka: group saga%.reply%.%S+: %d+ partitions? of", 60)
+    local ids, inputs = {}, {}
+    for i = 1, 12 do
+      inputs[i] = order_input(i, "group")
+      ids[i] = orch:start_saga("OrderProcessing", inputs[i])
+    end
+    parts[2]:start()
+    for i = 13, 30 do
+      inputs[i] = order_input(i, "group")
+      ids[i] = orch:start_saga("OrderProcessing", inputs[i])
+    end
+    orch:wait_all(ids, 120)
+    for i, id in ipairs(ids) do check_order(orch:saga(id), inputs[i]) end
+    -- the first host gave partitions up (revoked) when the second one joined, and both handled commands
+    assert.matches("partitions of saga%.svc%.%S+ revoked", parts[1]:log())
+    local seen, by = {}, { 0, 0 }
+    for i, h in ipairs(parts) do
+      for mid in h:log():gmatch("HANDLED (%S+)") do
+        assert.is_nil(seen[mid], "handled twice: " .. mid)
+        seen[mid] = true
+        by[i] = by[i] + 1
+      end
+    end
+    assert.are.equal(30 * 3, by[1] + by[2])
+    assert.is_true(by[2] > 0, "the second host handled nothing")
+  end)
+end)
+
 describe("sagahost run --kafka", function()
   it("refuses --amqp with --kafka: one transport at a time", function()
     local code, _, err = H.run(H.bin .. " run --amqp amqp://x/ --kafka 127.0.0.1:9092 /nonexistent")
