@@ -4,8 +4,8 @@
 -- mock cluster, so runs never see each other's records.
 local H = require "helper"
 
-local BUILD = os.getenv("SAGAHOST_MODULE_DIR") or "build"
-local MOCK = BUILD .. "/kafka_mock_cluster"
+-- built next to the sagahost binary under test (CMake target kafka_mock_cluster)
+local MOCK = (H.bin:match("^(.*)/[^/]*$") or ".") .. "/kafka_mock_cluster"
 local NODE = "env KAFKAJS_NO_PARTITIONER_WARNING=1 node tests/kafka/"
 
 -- a mock cluster of n brokers: m.brokers, m.cmd("down 2") (asserts the answer is ok), m.stop()
