@@ -7,6 +7,8 @@ local H = require "helper"
 -- built next to the sagahost binary under test (CMake target kafka_mock_cluster)
 local MOCK = (H.bin:match("^(.*)/[^/]*$") or ".") .. "/kafka_mock_cluster"
 local NODE = "env KAFKAJS_NO_PARTITIONER_WARNING=1 node tests/kafka/"
+assert(H.read("tests/kafka/node_modules/kafkajs/package.json"),
+  "kafkajs is not installed: npm ci --prefix tests/kafka (.ci/deps.sh --test does it)")
 
 -- a mock cluster of n brokers: m.brokers, m.cmd("down 2") (asserts the answer is ok), m.stop()
 local function mock_cluster(n)
