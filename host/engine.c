@@ -1402,16 +1402,17 @@ static void on_inbox_read(struct sg_read *rd) {
   checks_drain(ck->en);
 }
 
-/* commands whose inbox answer came while a commit was on its way, in order */
+/* commands whose inbox answer came while a commit was on its way, in order. Each is taken off the list
+ * before it goes on: going on may commit (a redelivered command is counted durably first), and that
+ * commit's completion comes back here; it must find the rest of the list, not this one again. */
 static void checked_go_on(struct sg_engine *en) {
-  size_t i = 0;
-  for (; i < en->nchecked && !en->committing && !en->broken; i++) {
-    struct inbox_check *ck = en->checked[i];
+  while (en->nchecked && !en->committing && !en->broken) {
+    struct inbox_check *ck = en->checked[0];
+    memmove(en->checked, en->checked + 1, (en->nchecked - 1) * sizeof *en->checked);
+    en->nchecked--;
     if (ck->gen != en->st.fenced || en->stopped) check_free(en, ck);
     else check_go_on(en, ck);
   }
-  if (i) memmove(en->checked, en->checked + i, (en->nchecked - i) * sizeof *en->checked);
-  en->nchecked -= i;
 }
 
 static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redelivered) {

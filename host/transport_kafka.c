@@ -32,6 +32,8 @@
 #include <unistd.h>
 
 #define DRAIN_MAX 1024        /* events served per drain before the loop gets a turn */
+#define DRAIN_BUDGET 0.01     /* seconds of handling per drain, likewise: with slow handlers the group
+                               * commit (and the acks after it) would otherwise wait for a whole batch */
 #define COMMIT_DELAY 0.05     /* seconds: acks of this long are committed together */
 #define REPUBLISH_DELAY 1.0   /* seconds after a failed delivery before the engine re-sends the outbox */
 #define REVOKE_WAIT 10.0      /* seconds a rebalance waits for the deliveries held from revoked partitions */
@@ -673,10 +675,12 @@ static void settle_delivery(struct kafka_transport *t, uint64_t tag) {
 /* Serves every queue without blocking; returns whether events may remain. */
 static int serve(struct kafka_transport *t) {
   int budget = DRAIN_MAX;
+  double until = ev_time() + DRAIN_BUDGET;
   while (budget > 0 && rd_kafka_poll(t->producer, 0) > 0) budget--;
   t->throttled = 0;
   for (struct consumer *c = t->consumers; c && budget > 0; c = c->next) {
     while (budget > 0) {
+      if (ev_time() > until) return 1; /* the rest in the next loop iteration (ev_idle) */
       if (t->npending >= (size_t)t->prefetch) {
         t->throttled = 1; /* resumed by the acks (settle_delivery) */
         break;

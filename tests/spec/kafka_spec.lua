@@ -407,7 +407,7 @@ describe("sagahost participants sharing a consumer group (PostgreSQL)", function
     local parts = {}
     for i = 1, 2 do
       parts[i] = H.host { name = "kafka-g-part" .. i, db = db, host_id = "kg-part" .. i .. "-" .. suffix,
-        args = "--kafka " .. mock.brokers, scripts = H.samples(suffix, { "inventory.lua", "payment.lua", "shipping.lua" }, true, 0.02) }
+        args = "--kafka " .. mock.brokers, scripts = H.samples(suffix, { "inventory.lua", "payment.lua", "shipping.lua" }, true, 0.05) }
     end
     hosts = { orch, parts[1], parts[2] }
     parts[1]:start()
