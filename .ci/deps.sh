@@ -3,7 +3,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libev-dev librabbitmq-dev libsqlite3-dev
       libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev libpq-dev lua-cjson lua-cjson-dev libqpid-proton11-dev
-      lua-busted sqlite3 curl libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler)
+      lua-busted sqlite3 curl libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler librdkafka-dev)
 # libFuzzer comes with Debian's clang runtime (libclang-rt-14-dev on Debian 12); make test-debug runs fuzz-smoke
 fuzz_pkgs=(clang libclang-rt-14-dev)
 [ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika python3-qpid-proton openssl chromium prometheus "${fuzz_pkgs[@]}")
@@ -50,6 +50,16 @@ if [ "${1:-}" = "--test" ]; then
   if [ -z "$have" ] || [ "$want" != "$have" ]; then
     echo "installing: rhea (npm ci in tests/amqp1)"
     npm ci --prefix "$amqp1dir" --no-audit --no-fund
+  fi
+fi
+# the Kafka spec's participant (tests/kafka/participant.js, tool.js): kafkajs, pinned in its lock file
+kafkadir="$(dirname "$0")/../tests/kafka"
+if [ "${1:-}" = "--test" ]; then
+  want=$(grep -A1 '"node_modules/kafkajs"' "$kafkadir/package-lock.json" | grep -o '"version": "[^"]*"' || true)
+  have=$(grep -o '"version": "[^"]*"' "$kafkadir/node_modules/kafkajs/package.json" 2>/dev/null | head -1 || true)
+  if [ -z "$have" ] || [ "$want" != "$have" ]; then
+    echo "installing: kafkajs (npm ci in tests/kafka)"
+    npm ci --prefix "$kafkadir" --no-audit --no-fund
   fi
 fi
 exit 0

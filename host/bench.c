@@ -103,7 +103,8 @@ struct bench_opts {
   long fail_every;          /* K: every K-th saga compensates, 0 = none */
   const char *db;           /* database path (in-process and --amqp orchestrator), NULL = temp file */
   const char *amqp;         /* broker URL, or NULL */
-  const char *amqp1;        /* AMQP 1.0 broker URL (--amqp1), or NULL; excludes amqp */
+  const char *amqp1;        /* AMQP 1.0 broker URL (--amqp1), or NULL; excludes amqp and kafka */
+  const char *kafka;        /* Kafka brokers, or NULL (excludes amqp and amqp1) */
   const char *otlp;         /* --otlp: the orchestrator exports its spans there (NULL: the environment's, or off) */
   const char *server;       /* host URL, or NULL */
   const char *write_script; /* --write-script DIR, or NULL */
@@ -111,7 +112,7 @@ struct bench_opts {
 
 /* The figures of one run, whatever the mode. */
 struct bench_result {
-  const char *mode;         /* "inprocess", "amqp", "amqp1", "server" */
+  const char *mode;         /* "inprocess", "amqp", "amqp1", "kafka", "server" */
   const char *latency_kind; /* what lat measures: "end_to_end" or "start" (POST until durable) */
   double secs;              /* wall time from the first start to the last terminal status */
   double *lat;              /* per-saga latencies in ms, nlat entries (owned) */
@@ -124,7 +125,7 @@ struct bench_result {
 
 static void bench_usage(FILE *f) {
   fprintf(f,
-          "usage: sagahost bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --amqp1 URL | --server URL]\n"
+          "usage: sagahost bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --amqp1 URL | --kafka BROKERS | --server URL]\n"
           "                      [--otlp URL]\n"
           "       sagahost bench --write-script DIR\n"
           "\n"
@@ -140,6 +141,7 @@ static void bench_usage(FILE *f) {
           "                    the queues must exist: saga.svc.bench_inventory, saga.svc.bench_payment,\n"
           "                    saga.svc.bench_shipping, saga.svc.saga, saga.reply.sagahost-bench and\n"
           "                    saga.reply.sagahost-bench-participant\n"
+          "  --kafka BROKERS   likewise through Kafka (host:port[,host:port...]; docs/protocol.md, \"Kafka\")\n"
           "  --server URL      drive a running host over its HTTP API; that host must have the bench saga:\n"
           "                    sagahost bench --write-script DIR && sagahost run DIR (sends $SAGAHOST_TOKEN\n"
           "                    as a bearer token when set, needs role start; $SAGAHOST_CACERT for https)\n"
@@ -352,12 +354,20 @@ static void on_terminal(void *ud, const char *id, int status, int64_t created_at
   if (b->started < b->o->sagas) ev_idle_start(b->loop, &b->kick);
 }
 
-/* --amqp: the participant process logged its connection to the broker. */
+/* --amqp: the participant process logged its connection to the broker; --kafka: it has partitions of
+ * its three services' topics and of saga.svc.saga (four consumer groups). */
 static int child_connected(struct bench *b) {
   size_t len;
   struct sg_error e = {0};
   char *log = sg_read_file(b->child_log, &len, &e);
-  int ok = log && (strstr(log, "amqp: connected") || strstr(log, "amqp1: connected"));
+  int ok = 0;
+  if (log && b->o->kafka) {
+    int groups = 0;
+    for (const char *p = log; (p = strstr(p, "partitions of saga.svc.")) != NULL; p++) groups++;
+    ok = groups >= 4;
+  } else {
+    ok = log && (strstr(log, "amqp: connected") || strstr(log, "amqp1: connected"));
+  }
   free(log);
   return ok;
 }
@@ -416,7 +426,7 @@ static void on_sigint(struct ev_loop *loop, ev_signal *w, int revents) {
   bench_abort(w->data, "%s", "interrupted");
 }
 
-/* --amqp or --amqp1 (flag): starts `sagahost run` on dir with the participants. */
+/* --amqp, --amqp1 or --kafka (flag): starts `sagahost run` on dir with the participants. */
 static pid_t spawn_participant(const char *dir, const char *db, const char *flag, const char *url, const char *log,
                                struct sg_error *e) {
   pid_t pid = fork();
@@ -466,17 +476,18 @@ static int run_orchestrator(const struct bench_opts *o) {
   b.o = o;
   b.lat = sg_xcalloc((size_t)o->sagas, sizeof *b.lat);
   b.loop = ev_default_loop(EVFLAG_AUTO);
-  if (make_dir(sagas_dir, &e) < 0 || write_scripts(sagas_dir, 1, !o->amqp && !o->amqp1, &e) < 0) {
+  const char *broker = o->amqp ? o->amqp : o->amqp1 ? o->amqp1 : o->kafka; /* participants in a second process */
+  if (make_dir(sagas_dir, &e) < 0 || write_scripts(sagas_dir, 1, !broker, &e) < 0) {
     fprintf(stderr, "sagahost bench: %s\n", e.msg);
     goto out;
   }
-  if (o->amqp || o->amqp1) {
+  if (broker) {
     b.child_log = sg_asprintf("%s/participant.log", pdir);
     if (make_dir(pdir, &e) < 0 || make_dir(psagas, &e) < 0 || write_scripts(psagas, 0, 1, &e) < 0) {
       fprintf(stderr, "sagahost bench: %s\n", e.msg);
       goto out;
     }
-    b.child = spawn_participant(psagas, pdb, o->amqp ? "--amqp" : "--amqp1", o->amqp ? o->amqp : o->amqp1, b.child_log, &e);
+    b.child = spawn_participant(psagas, pdb, o->amqp ? "--amqp" : o->amqp1 ? "--amqp1" : "--kafka", broker, b.child_log, &e);
     if (b.child < 0) { b.child = 0; fprintf(stderr, "sagahost bench: cannot start the participant process: %s\n", e.msg); goto out; }
   }
 
@@ -493,8 +504,9 @@ static int run_orchestrator(const struct bench_opts *o) {
   cfg.dir = sagas_dir;
   cfg.amqp = o->amqp;
   cfg.amqp1 = o->amqp1;
+  cfg.kafka = o->kafka;
   cfg.otlp = o->otlp;
-  cfg.host_id = o->amqp || o->amqp1 ? "sagahost-bench" : "bench";
+  cfg.host_id = broker ? "sagahost-bench" : "bench";
   if (sg_host_open(&b.host, b.loop, &cfg, &e) < 0) {
     fprintf(stderr, "sagahost bench: cannot start the host: %s\n", e.msg);
     goto out;
@@ -524,7 +536,7 @@ static int run_orchestrator(const struct bench_opts *o) {
 
   struct sg_engine_stats st;
   sg_engine_stats(b.host.en, &st);
-  r.mode = o->amqp ? "amqp" : o->amqp1 ? "amqp1" : "inprocess";
+  r.mode = o->amqp ? "amqp" : o->amqp1 ? "amqp1" : o->kafka ? "kafka" : "inprocess";
   r.latency_kind = "end_to_end";
   r.secs = b.t1 - b.t0;
   r.lat = b.lat;
@@ -790,13 +802,13 @@ static long parse_count(const char *v) {
 }
 
 int sg_bench_main(int argc, char **argv) {
-  struct bench_opts o = { 10000, 64, 0, NULL, NULL, NULL, NULL, NULL, NULL };
+  struct bench_opts o = { .sagas = 10000, .concurrency = 64 };
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) { bench_usage(stdout); return 0; }
     if (strcmp(a, "--sagas") && strcmp(a, "--concurrency") && strcmp(a, "--fail-every") && strcmp(a, "--db") &&
-        strcmp(a, "--amqp") && strcmp(a, "--amqp1") && strcmp(a, "--server") && strcmp(a, "--write-script") && strcmp(a, "--otlp")) {
+        strcmp(a, "--amqp") && strcmp(a, "--amqp1") && strcmp(a, "--kafka") && strcmp(a, "--server") && strcmp(a, "--write-script") && strcmp(a, "--otlp")) {
       if (a[0] == '-') return bench_usage_error("unknown option %s for bench", a);
       return bench_usage_error("bench takes no arguments (got '%s')", a);
     }
@@ -812,12 +824,13 @@ int sg_bench_main(int argc, char **argv) {
     else if (!strcmp(a, "--otlp")) o.otlp = v;
     else if (!strcmp(a, "--amqp")) o.amqp = v;
     else if (!strcmp(a, "--amqp1")) o.amqp1 = v;
+    else if (!strcmp(a, "--kafka")) o.kafka = v;
     else if (!strcmp(a, "--server")) o.server = v;
     else o.write_script = v;
   }
   if (o.write_script) return write_script_dir(o.write_script);
-  if ((o.amqp != NULL) + (o.amqp1 != NULL) + (o.server != NULL) > 1)
-    return bench_usage_error("%s", "--amqp, --amqp1 and --server exclude each other");
+  if ((o.amqp != NULL) + (o.amqp1 != NULL) + (o.kafka != NULL) + (o.server != NULL) > 1)
+    return bench_usage_error("%s", "--amqp, --amqp1, --kafka and --server exclude each other (one transport at a time)");
   if (o.server && o.db) return bench_usage_error("%s", "--db has no meaning with --server (the host has its own database)");
   if (o.sagas > 100000000) return bench_usage_error("%s", "--sagas is limited to 100000000");
   /* one line per saga at info level would measure the terminal; SAGAHOST_LOG_LEVEL still wins */

@@ -122,15 +122,16 @@ int sg_host_open(struct sg_host *h, struct ev_loop *loop, const struct sg_host_c
   h->en = sg_engine_new(loop, h->store, &runner, &ecfg);
   if (sg_engine_register(h->en, e) < 0) goto fail;
   struct sg_transport_events tev = sg_engine_transport_events(h->en);
-  if (c->amqp && c->amqp1) {
-    sg_errorf(e, SG_E_INVALID, "--amqp and --amqp1 exclude each other: a host uses one transport");
+  if ((c->amqp != NULL) + (c->amqp1 != NULL) + (c->kafka != NULL) > 1) {
+    sg_errorf(e, SG_E_INVALID, "--amqp, --amqp1 and --kafka exclude each other: a host uses one transport at a time");
     goto fail;
   }
-  if (c->amqp || c->amqp1) {
-    h->tr = c->amqp ? sg_transport_amqp_new(loop, c->amqp, h->host_id, &tev, e)
-                    : sg_transport_amqp1_new(loop, c->amqp1, h->host_id, &tev, e);
+  if (c->amqp || c->amqp1 || c->kafka) {
+    h->tr = c->amqp    ? sg_transport_amqp_new(loop, c->amqp, h->host_id, &tev, e)
+            : c->amqp1 ? sg_transport_amqp1_new(loop, c->amqp1, h->host_id, &tev, e)
+                       : sg_transport_kafka_new(loop, c->kafka, h->host_id, &tev, e);
     if (!h->tr) goto fail;
-    /* signals over AMQP (docs/protocol.md): every host consumes saga.svc.saga (AMQP 1.0 too) */
+    /* signals over a broker (docs/protocol.md): every host consumes saga.svc.saga (on Kafka: is in its group) */
     if (h->tr->ops->subscribe(h->tr, SG_SIGNAL_SERVICE, e) < 0) goto fail;
   } else {
     h->tr = sg_transport_local_new(loop, &tev);

@@ -17,7 +17,8 @@ struct sg_host_config {
   const char *db;              /* SQLite database path */
   const char *dir;             /* script directory */
   const char *amqp;            /* broker URL, NULL = in-process transport */
-  const char *amqp1;           /* AMQP 1.0 broker URL (Service Bus, ...), NULL = none; excludes amqp */
+  const char *amqp1;           /* AMQP 1.0 broker URL (Service Bus, ...), NULL = none; excludes amqp and kafka */
+  const char *kafka;           /* Kafka brokers (host:port,...), NULL = none; excludes amqp and amqp1 */
   const char *host_id;         /* names the reply queue; NULL = host name + hash of the db path */
   const char *otlp;            /* --otlp: OTLP/HTTP collector URL (spans to <url>/v1/traces); NULL = the
                                 * environment's OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as is) or

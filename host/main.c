@@ -24,12 +24,13 @@ static void usage(FILE *f) {
           "usage: sagahost <command> [options]\n"
           "\n"
           "host commands:\n"
-          "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL | --amqp1 URL] [--log-level L] SCRIPT_DIR\n"
+          "  run [--db PATH|URL] [--listen ADDR:PORT] [--amqp URL | --amqp1 URL | --kafka BROKERS] [--log-level L] SCRIPT_DIR\n"
           "                         run the host on SCRIPT_DIR (hot-reloaded), SQLite at PATH (default sagahost.db)\n"
           "                         or PostgreSQL at postgres://user:pass@host:port/db (several hosts may share one),\n"
           "                         HTTP API on ADDR:PORT (default 127.0.0.1:7070); --amqp amqp://user:pass@host:5672/vhost\n"
           "                         sends commands through RabbitMQ instead of in-process; or --amqp1 amqps://user:pass@host\n"
-          "                         (AMQP 1.0: Azure Service Bus, RabbitMQ's amqp1_0 plugin; docs/protocol.md; not with --amqp)\n"
+          "                         (AMQP 1.0: Azure Service Bus, RabbitMQ's amqp1_0 plugin); or --kafka HOST:PORT[,...]\n"
+          "                         through Kafka (docs/protocol.md; one transport at a time: the three exclude each other)\n"
           "      [--otlp URL] (OpenTelemetry: spans to URL/v1/traces with OTLP/HTTP JSON; default off, or\n"
           "                   $OTEL_EXPORTER_OTLP_ENDPOINT)\n"
           "      [--max-payload BYTES] (inputs, payloads, ctx.data; default 1 MiB) [--lua-memory MB] (default 1024)\n"
@@ -52,7 +53,8 @@ static void usage(FILE *f) {
           "      [--http-request-timeout D] (10s): a request must be fully received within D of its start\n"
           "  check SCRIPT_DIR       validate every script; prints file:line errors (exit 1 on any) and warnings\n"
           "                         (exit 2 when SCRIPT_DIR is missing or unreadable)\n"
-          "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL] [--server URL]\n"
+          "  bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --amqp1 URL | --kafka BROKERS |\n"
+          "         --server URL]\n"
           "                         run N 3-step order sagas and print throughput and latency\n"
           "\n");
   sg_dev_usage(f);
@@ -197,7 +199,8 @@ static int cmd_run(const struct run_opts *o) {
     char amqp1_shown[1024] = ""; /* a Service Bus key must not reach the logs */
     if (o->cfg.amqp1) sg_amqp1_redact(o->cfg.amqp1, amqp1_shown, sizeof amqp1_shown);
     fprintf(stderr, "sagahost: cannot start the host (store %s, scripts %s%s%s): %s\n", db_shown, o->cfg.dir,
-            o->cfg.amqp ? ", --amqp " : o->cfg.amqp1 ? ", --amqp1 " : "", o->cfg.amqp ? o->cfg.amqp : amqp1_shown, e.msg);
+            o->cfg.amqp ? ", --amqp " : o->cfg.amqp1 ? ", --amqp1 " : o->cfg.kafka ? ", --kafka " : "",
+            o->cfg.amqp ? o->cfg.amqp : o->cfg.amqp1 ? amqp1_shown : o->cfg.kafka ? o->cfg.kafka : "", e.msg);
     ev_loop_destroy(loop);
     sg_auth_free(r.auth);
     free(pem_cert);
@@ -339,6 +342,7 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--tls-key")) o.tls_key = v;
       else if (!strcmp(a, "--amqp")) o.cfg.amqp = v;
       else if (!strcmp(a, "--amqp1")) o.cfg.amqp1 = v;
+      else if (!strcmp(a, "--kafka")) o.cfg.kafka = v;
       else if (!strcmp(a, "--otlp")) o.cfg.otlp = v;
       else if (!strcmp(a, "--host-id")) o.cfg.host_id = v;
       else if (!strcmp(a, "--log-level")) {
@@ -402,7 +406,8 @@ int main(int argc, char **argv) {
       }
     }
     if (!o.cfg.dir) return usage_error("%s", "run needs a SCRIPT_DIR");
-    if (o.cfg.amqp && o.cfg.amqp1) return usage_error("%s", "--amqp and --amqp1 exclude each other: a host uses one transport");
+    if ((o.cfg.amqp != NULL) + (o.cfg.amqp1 != NULL) + (o.cfg.kafka != NULL) > 1)
+      return usage_error("%s", "--amqp, --amqp1 and --kafka exclude each other: a host uses one transport at a time");
     if (o.auth_metrics && !o.auth_file) return usage_error("%s", "--auth-metrics needs --auth FILE");
     return cmd_run(&o);
   }

@@ -1,7 +1,7 @@
 /* transport: moves messages between sagas and participants.
  *
- * Implementations: transport_local.c (in-process, no broker), transport_amqp.c (RabbitMQ, AMQP 0-9-1) and
- * transport_amqp1.c (AMQP 1.0: Azure Service Bus, RabbitMQ's amqp1_0 plugin).
+ * Implementations: transport_local.c (in-process, no broker), transport_amqp.c (RabbitMQ, AMQP 0-9-1),
+ * transport_amqp1.c (AMQP 1.0: Azure Service Bus, RabbitMQ's amqp1_0 plugin) and transport_kafka.c (Kafka).
  * The engine publishes only messages whose outbox rows have committed; the transport calls
  * on_confirm(outbox_id) once the message is safely with the broker (local: at once), and the engine
  * then deletes the outbox row. Deliveries go to on_message; the engine calls ack(tag) once the effect
@@ -31,7 +31,7 @@ struct sg_transport_events {
 };
 
 struct sg_transport_ops {
-  const char *name; /* "local", "amqp", "amqp1" */
+  const char *name; /* "local", "amqp", "amqp1", "kafka" */
   int in_process;   /* deliveries stay in this process and store: calls and replies need no outbox row */
   /* start consuming the queue of this service (saga.svc.<service>); may be called before connect */
   int (*subscribe)(struct sg_transport *t, const char *service, struct sg_error *e);
@@ -108,5 +108,10 @@ struct sg_transport *sg_transport_amqp1_new(struct ev_loop *loop, const char *ur
                                             const struct sg_transport_events *ev, struct sg_error *e);
 /* url with its password (if any) replaced by *** into out, for messages and logs */
 void sg_amqp1_redact(const char *url, char *out, size_t n);
+
+/* brokers: host:port[,host:port...][?prefetch=N&session_timeout_ms=N&fetch_wait_ms=N]; host_id names our reply topic
+ * (transport_kafka.c, docs/protocol.md "Kafka") */
+struct sg_transport *sg_transport_kafka_new(struct ev_loop *loop, const char *brokers, const char *host_id,
+                                            const struct sg_transport_events *ev, struct sg_error *e);
 
 #endif

@@ -400,7 +400,7 @@ describe("--amqp1 on the command line", function()
     local dir = H.tmpdir("amqp1-flags")
     local code, _, err = H.run(H.bin .. " run --db " .. H.q(dir .. "/x.db") .. " --amqp amqp://127.0.0.1:1/ --amqp1 amqp://127.0.0.1:1 " .. H.q(dir))
     assert.are.equal(2, code)
-    assert.truthy(err:find("--amqp and --amqp1 exclude each other", 1, true), err)
+    assert.truthy(err:find("--amqp, --amqp1 and --kafka exclude each other", 1, true), err)
   end)
 
   it("refuses a URL it cannot read, with the form it expects", function()
