@@ -10,8 +10,6 @@
 
 /* ---- encode ---- */
 
-static int is_default_exchange(const char *x) { return !x || !*x; }
-
 static void put_str(struct sg_amqp_out *o, const char *key, const char *val) {
   amqp_table_entry_t *en = &o->hdr[o->props.headers.num_entries++];
   en->key = amqp_cstring_bytes(key);
@@ -29,23 +27,36 @@ static void put_int(struct sg_amqp_out *o, const char *key, int val) {
 
 int sg_amqp_encode(const struct sg_msg *m, struct sg_amqp_out *o, struct sg_error *e) {
   memset(o, 0, sizeof *o);
-  if (!m->message_id || !*m->message_id)
-    return sg_errorf(e, SG_E_INVALID, "amqp: message to '%s' has no message_id", m->routing_key ? m->routing_key : "?");
-  if (!m->routing_key || !*m->routing_key)
-    return sg_errorf(e, SG_E_INVALID, "amqp: message %s has no routing key", m->message_id);
-  if (!m->body)
-    return sg_errorf(e, SG_E_INVALID, "amqp: message %s has no body", m->message_id);
-  int reply = is_default_exchange(m->exchange);
-  if (reply && (!m->correlation_id || !*m->correlation_id))
-    return sg_errorf(e, SG_E_INVALID, "amqp: reply %s to '%s' has no correlation_id", m->message_id, m->routing_key);
+  char what[300];
+  sg_msg_what(m, what, sizeof what);
+  if (!m->message_id || !*m->message_id) return sg_errorf(e, SG_E_INVALID, "amqp: message (%s) has no message_id", what);
+  if (!m->body) return sg_errorf(e, SG_E_INVALID, "amqp: message %s has no body", m->message_id);
+  int reply = m->kind == SG_MSG_REPLY;
+  if (reply) {
+    if (!m->reply_to || !*m->reply_to)
+      return sg_errorf(e, SG_E_INVALID, "amqp: reply %s has no address to go to (the command's reply_to)", m->message_id);
+    if (!m->correlation_id || !*m->correlation_id)
+      return sg_errorf(e, SG_E_INVALID, "amqp: reply %s to '%s' has no correlation_id", m->message_id, m->reply_to);
+    if (!m->status) return sg_errorf(e, SG_E_INVALID, "amqp: reply %s has no status (ok or error)", m->message_id);
+    o->exchange = amqp_cstring_bytes(""); /* the default exchange: straight to the queue */
+    o->routing_key = amqp_cstring_bytes(m->reply_to);
+  } else {
+    const char *service = m->kind == SG_MSG_SIGNAL ? SG_SIGNAL_SERVICE : m->service;
+    const char *name = m->kind == SG_MSG_SIGNAL ? SG_SIGNAL_COMMAND : m->name;
+    if (!service || !*service || !name || !*name)
+      return sg_errorf(e, SG_E_INVALID, "amqp: %s %s names no %s", sg_msg_kind_name(m->kind), m->message_id,
+                       !service || !*service ? (m->kind == SG_MSG_EVENT ? "topic" : "service") : "name");
+    if ((size_t)snprintf(o->rk, sizeof o->rk, "%s.%s", service, name) >= sizeof o->rk)
+      return sg_errorf(e, SG_E_INVALID, "amqp: message %s: routing key %s.%s is too long", m->message_id, service, name);
+    o->exchange = amqp_cstring_bytes(m->kind == SG_MSG_EVENT ? SG_AMQP_X_EVENTS : SG_AMQP_X_COMMANDS);
+    o->routing_key = amqp_cstring_bytes(o->rk);
+    o->mandatory = m->kind != SG_MSG_EVENT; /* an unroutable command must come back (basic.return) */
+  }
   if (m->status && strcmp(m->status, "ok") != 0 && strcmp(m->status, "error") != 0)
     return sg_errorf(e, SG_E_INVALID, "amqp: message %s has status '%s', expected ok or error", m->message_id, m->status);
-  if (reply && !m->status)
-    return sg_errorf(e, SG_E_INVALID, "amqp: reply %s has no status (ok or error)", m->message_id);
-
-  o->exchange = amqp_cstring_bytes(m->exchange ? m->exchange : "");
-  o->routing_key = amqp_cstring_bytes(m->routing_key);
-  o->mandatory = m->exchange && strcmp(m->exchange, SG_AMQP_X_COMMANDS) == 0;
+  if (m->nheaders > SG_AMQP_MAX_HEADERS - 5)
+    return sg_errorf(e, SG_E_INVALID, "amqp: message %s has %zu headers, at most %d go", m->message_id, m->nheaders,
+                     SG_AMQP_MAX_HEADERS - 5);
   o->body = amqp_cstring_bytes(m->body);
 
   amqp_basic_properties_t *p = &o->props;
@@ -60,13 +71,14 @@ int sg_amqp_encode(const struct sg_msg *m, struct sg_amqp_out *o, struct sg_erro
     p->_flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
     p->correlation_id = amqp_cstring_bytes(corr);
   }
-  if (m->reply_to && *m->reply_to) {
+  if (!reply && m->reply_to && *m->reply_to) {
     p->_flags |= AMQP_BASIC_REPLY_TO_FLAG;
     p->reply_to = amqp_cstring_bytes(m->reply_to);
   }
-  if (m->type && *m->type) {
+  const char *type = m->kind == SG_MSG_SIGNAL ? SG_SIGNAL_COMMAND : m->name;
+  if (type && *type) {
     p->_flags |= AMQP_BASIC_TYPE_FLAG;
-    p->type = amqp_cstring_bytes(m->type);
+    p->type = amqp_cstring_bytes(type);
   }
   if (m->created_at > 0) {
     p->_flags |= AMQP_BASIC_TIMESTAMP_FLAG;
@@ -80,8 +92,7 @@ int sg_amqp_encode(const struct sg_msg *m, struct sg_amqp_out *o, struct sg_erro
     put_int(o, "attempt", m->attempt);
   }
   if (m->status) put_str(o, "saga-status", m->status);
-  if (m->traceparent) put_str(o, "traceparent", m->traceparent);
-  if (m->traceparent && m->tracestate) put_str(o, "tracestate", m->tracestate);
+  for (size_t i = 0; i < m->nheaders; i++) put_str(o, m->headers[i].name, m->headers[i].value);
   return 0;
 }
 
@@ -199,33 +210,55 @@ static int has_prefix(amqp_bytes_t b, const char *prefix) {
   return b.len >= n && memcmp(b.bytes, prefix, n) == 0;
 }
 
+/* Reads a string header into the message's header list; -1 (and e filled) when present with a
+ * non-string type. */
+static int hdr_keep(const amqp_table_t *t, const char *name, struct sg_msg *m, struct sg_error *e) {
+  char *v = NULL;
+  if (hdr_str(t, name, &v, e) < 0) return -1;
+  if (v) sg_msg_set_header(m, name, v);
+  free(v);
+  return 0;
+}
+
 static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, amqp_bytes_t routing_key,
                        amqp_bytes_t queue, amqp_bytes_t body, struct sg_msg *m, struct sg_error *e) {
   const amqp_table_t *h = HAS(p, AMQP_BASIC_HEADERS_FLAG) ? &p->headers : NULL;
   /* the queue says what it is; without one, replies are what comes through the default exchange */
-  int from_service = has_prefix(queue, "saga.svc.") && queue.len > strlen("saga.svc.");
+  size_t svc_prefix = strlen("saga.svc.");
+  int from_service = has_prefix(queue, "saga.svc.") && queue.len > svc_prefix;
   int reply = has_prefix(queue, "saga.reply.") || (!from_service && exchange.len == 0);
 
   if (check_json(body, e) < 0) return -1;
+  m->kind = reply ? SG_MSG_REPLY : SG_MSG_COMMAND;
   m->body = bytes_dup(body);
-  m->exchange = bytes_dup(exchange);
-  m->type = prop_str(p, AMQP_BASIC_TYPE_FLAG, p->type);
-  if (from_service && exchange.len == 0) {
-    /* sent straight to the service queue: the routing key is the queue's name, not service.command */
-    if (!m->type || !*m->type)
+  m->name = prop_str(p, AMQP_BASIC_TYPE_FLAG, p->type);
+  if (from_service) { /* the queue names the service, whatever the routing key */
+    amqp_bytes_t svc = { queue.len - svc_prefix, (char *)queue.bytes + svc_prefix };
+    m->service = bytes_dup(svc);
+  }
+  if (!reply && !m->name) {
+    /* the name is the type property; else the routing key's part after the service */
+    const char *rk = routing_key.bytes ? (const char *)routing_key.bytes : "";
+    const char *dot = memchr(rk, '.', routing_key.len);
+    if (from_service && exchange.len == 0)
       return sg_errorf(e, SG_E_INVALID, "command sent straight to %.*s has no type property; set it to the command name",
                        (int)queue.len, (const char *)queue.bytes);
-    size_t n = queue.len - strlen("saga.svc.");
-    struct sg_buf b;
-    sg_buf_init(&b);
-    sg_buf_printf(&b, "%.*s.%s", (int)n, (const char *)queue.bytes + strlen("saga.svc."), m->type);
-    m->routing_key = sg_buf_steal(&b);
-  } else {
-    m->routing_key = bytes_dup(routing_key);
+    if (!dot || dot + 1 >= rk + routing_key.len)
+      return sg_errorf(e, SG_E_INVALID, "message has no type property and routing key '%.*s' names no command",
+                       (int)routing_key.len, rk);
+    amqp_bytes_t nm = { (size_t)(rk + routing_key.len - dot - 1), (char *)dot + 1 };
+    m->name = bytes_dup(nm);
+  }
+  if (!reply && !m->service) { /* no queue known: the routing key up to its first dot */
+    const char *rk = routing_key.bytes ? (const char *)routing_key.bytes : "";
+    const char *dot = memchr(rk, '.', routing_key.len);
+    amqp_bytes_t sv = { dot ? (size_t)(dot - rk) : routing_key.len, (char *)rk };
+    m->service = bytes_dup(sv);
   }
   m->message_id = prop_str(p, AMQP_BASIC_MESSAGE_ID_FLAG, p->message_id);
   m->correlation_id = prop_str(p, AMQP_BASIC_CORRELATION_ID_FLAG, p->correlation_id);
-  m->reply_to = prop_str(p, AMQP_BASIC_REPLY_TO_FLAG, p->reply_to);
+  /* a command: where its reply goes; a reply: the queue it came to */
+  m->reply_to = reply ? (queue.len ? bytes_dup(queue) : NULL) : prop_str(p, AMQP_BASIC_REPLY_TO_FLAG, p->reply_to);
   if (HAS(p, AMQP_BASIC_TIMESTAMP_FLAG) && p->timestamp < (uint64_t)INT64_MAX / 1000)
     m->created_at = (int64_t)p->timestamp * 1000;
   if (hdr_str(h, "saga-id", &m->saga_id, e) < 0 || hdr_str(h, "saga-type", &m->saga_type, e) < 0 ||
@@ -233,10 +266,16 @@ static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, 
       hdr_int(h, "attempt", &m->attempt, e) < 0)
     return -1;
   /* a signal (docs/protocol.md): its saga by key and its name (checked by the engine, signals.c) */
-  if (hdr_str(h, "saga-key", &m->saga_key, e) < 0 || hdr_str(h, "signal-name", &m->signal, e) < 0) return -1;
+  if (hdr_keep(h, SG_HDR_SAGA_KEY, m, e) < 0 || hdr_keep(h, SG_HDR_SIGNAL, m, e) < 0) return -1;
   /* trace context is best effort: a header of another type is ignored, never dead-letters */
-  m->traceparent = sg_amqp_header_str(h, "traceparent");
-  if (m->traceparent) m->tracestate = sg_amqp_header_str(h, "tracestate");
+  char *tp = sg_amqp_header_str(h, SG_HDR_TRACEPARENT);
+  if (tp) {
+    sg_msg_set_header(m, SG_HDR_TRACEPARENT, tp);
+    char *ts = sg_amqp_header_str(h, SG_HDR_TRACESTATE);
+    if (ts) sg_msg_set_header(m, SG_HDR_TRACESTATE, ts);
+    free(ts);
+    free(tp);
+  }
 
   if (!reply) { /* a command: a saga-status header does not make it a reply */
     free(m->status);
@@ -259,13 +298,7 @@ static int decode_into(const amqp_basic_properties_t *p, amqp_bytes_t exchange, 
   }
   if (m->status && strcmp(m->status, "ok") != 0 && strcmp(m->status, "error") != 0)
     return sg_errorf(e, SG_E_INVALID, "header saga-status is \"%s\"; it must be \"ok\" or \"error\"", m->status);
-  if (!m->type && !reply) {
-    /* type is the command/event name; fall back to the routing key's second part */
-    const char *dot = strchr(m->routing_key, '.');
-    if (!dot || !dot[1])
-      return sg_errorf(e, SG_E_INVALID, "message has no type property and routing key '%s' names no command", m->routing_key);
-    m->type = sg_strdup(dot + 1);
-  }
+  sg_msg_classify(m); /* a command to the service "saga" named "signal" */
   return 0;
 }
 

@@ -18,8 +18,8 @@
 #define SG_AMQP_X_DLX "saga.dlx"           /* direct exchange feeding the *.dlq queues */
 
 /* What we put in the headers table of an outgoing message (saga-id, saga-type, step, attempt,
- * saga-status): a fixed-size array, so encoding never allocates. */
-#define SG_AMQP_MAX_HEADERS 8
+ * saga-status, then the message's own headers): a fixed-size array, so encoding never allocates. */
+#define SG_AMQP_MAX_HEADERS 16
 
 /* A message laid out for amqp_basic_publish. */
 struct sg_amqp_out {
@@ -29,18 +29,22 @@ struct sg_amqp_out {
   amqp_basic_properties_t props;  /* points into the sg_msg and into hdr[] */
   amqp_table_entry_t hdr[SG_AMQP_MAX_HEADERS]; /* storage of props.headers */
   amqp_bytes_t body;              /* the JSON payload, borrowed from the sg_msg */
+  char rk[512];                   /* storage of routing_key for commands and events */
 };
 
-/* Fills out from m. Fails (-1, e filled) when m cannot be sent as it is: no message_id, routing key
- * or body, a reply without correlation_id, or a status other than ok/error. */
+/* Fills out from the logical message m: a command goes to saga.commands with the routing key
+ * <service>.<name> (a signal: saga.signal), an event to saga.events with <topic>.<name>, a reply through
+ * the default exchange to its reply_to queue. Fails (-1, e filled) when m cannot be sent as it is: no
+ * message_id, service, name, reply address or body, a reply without correlation_id, or a status other
+ * than ok/error, too many headers. */
 int sg_amqp_encode(const struct sg_msg *m, struct sg_amqp_out *out, struct sg_error *e);
 
-/* Reads a received message into out (zeroed first). exchange and routing_key are those of the
- * delivery, queue the queue it came from. What it is follows the contract, not the exchange: from a
- * reply queue (saga.reply.*) a reply, from a service queue (saga.svc.<service>) a command, whatever
- * exchange it was published through (a command sent straight to the queue through the default
- * exchange gets the routing key <service>.<type>); with no queue known, a message from the default
- * exchange is a reply. Fails (-1, e filled with a sentence fit for the x-saga-error header, out left
+/* Reads a received message into out (zeroed first) as a logical message. exchange and routing_key are
+ * those of the delivery, queue the queue it came from. What it is follows the contract, not the
+ * exchange: from a reply queue (saga.reply.*) a reply, from a service queue (saga.svc.<service>) a
+ * command for <service> (a signal on saga.svc.saga), whatever exchange it was published through; its
+ * name is the type property, else the routing key after its first dot. With no queue known, a message
+ * from the default exchange is a reply, and a command's service is its routing key up to the first dot. Fails (-1, e filled with a sentence fit for the x-saga-error header, out left
  * empty) for a malformed envelope: body not JSON, command without message_id (or without type when
  * its routing key names no command), reply without correlation_id or saga-status, a header of the
  * wrong type. */

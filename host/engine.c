@@ -770,9 +770,9 @@ static int op_message(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
   struct sg_msg m = {0};
   m.message_id = sg_strdup(idbuf);
   m.correlation_id = sg_strdup(idbuf);
-  m.exchange = sg_strdup(is_call || is_send ? "saga.commands" : "saga.events");
-  m.routing_key = sg_asprintf("%s.%s", op->service, op->name);
-  m.type = sg_strdup(op->name);
+  m.kind = is_call || is_send ? SG_MSG_COMMAND : SG_MSG_EVENT;
+  m.service = sg_strdup(op->service);
+  m.name = sg_strdup(op->name);
   m.body = sg_strdup(payload);
   if (is_call) m.reply_to = sg_strdup(en->tr->ops->reply_queue(en->tr));
   fill_saga_headers(&m, s);
@@ -1102,13 +1102,15 @@ static int own_call(struct sg_engine *en, const struct sg_msg *m) {
 static void reply_to_command(struct sg_engine *en, const struct sg_msg *cmd, const char *status, const char *body,
                              const char *tp) {
   struct sg_msg r = {0};
-  r.traceparent = sg_strdup(tp);
-  if (tp) r.tracestate = sg_strdup(cmd->tracestate);
+  r.kind = SG_MSG_REPLY;
+  if (tp) {
+    sg_msg_set_header(&r, SG_HDR_TRACEPARENT, tp);
+    sg_msg_set_header(&r, SG_HDR_TRACESTATE, sg_msg_header(cmd, SG_HDR_TRACESTATE));
+  }
   r.message_id = sg_asprintf("%s.reply", cmd->message_id);
   r.correlation_id = sg_strdup(cmd->message_id);
-  r.exchange = sg_strdup("");
-  r.routing_key = sg_strdup(cmd->reply_to);
-  r.type = sg_strdup(cmd->type);
+  r.reply_to = sg_strdup(cmd->reply_to);
+  r.name = sg_strdup(cmd->name);
   r.status = sg_strdup(status);
   r.body = sg_strdup(body);
   r.saga_id = sg_strdup(cmd->saga_id);
@@ -1195,7 +1197,8 @@ static void command_checked(struct sg_engine *en, const struct sg_msg *m, uint64
       char why[200];
       snprintf(why, sizeof why, "poison message: not handled in %d deliveries (each ended with its host going down: "
                "does its handler crash the host?)", deliveries - 1);
-      sg_err("message %s (%s) dead-lettered: %s", m->message_id, m->routing_key ? m->routing_key : "?", why);
+      char what[300];
+      sg_err("message %s (%s) dead-lettered: %s", m->message_id, sg_msg_what(m, what, sizeof what), why);
       en->tr->ops->nack(en->tr, tag, m, why);
       return;
     }
@@ -1266,8 +1269,10 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
   char *too_large = NULL;
   if (body && en->cfg.max_payload > 0 && (int64_t)strlen(body) > en->cfg.max_payload) {
     /* the caller would refuse it (and only ever see its call time out): say why, at once */
+    char what[300];
+    sg_msg_what(m, what, sizeof what);
     char *why = sg_asprintf("%s: result too large: %zu bytes, over the limit of %" PRId64 " bytes (--max-payload)",
-                            m->routing_key ? m->routing_key : "?", strlen(body), en->cfg.max_payload);
+                            what, strlen(body), en->cfg.max_payload);
     struct sg_buf b;
     sg_buf_init(&b);
     sg_buf_adds(&b, "{\"error\":");
@@ -1276,7 +1281,7 @@ void eng_command_answered(struct sg_engine *en, const struct sg_msg *m, uint64_t
     too_large = sg_buf_steal(&b);
     free(why);
     sg_warn("command %s (%s): handler result of %zu bytes over --max-payload: answered with an error",
-            m->message_id, m->routing_key ? m->routing_key : "?", strlen(body));
+            m->message_id, what, strlen(body));
     status = "error";
     body = too_large;
   }
@@ -1423,13 +1428,22 @@ static void on_message(void *ud, const struct sg_msg *m, uint64_t tag, int redel
     char why[160];
     snprintf(why, sizeof why, "message body is %zu bytes, over this host's limit of %" PRId64 " bytes (--max-payload)",
              strlen(m->body), en->cfg.max_payload);
-    sg_warn("message %s (%s) dead-lettered: %s", m->message_id ? m->message_id : "?", m->routing_key ? m->routing_key : "?", why);
+    char what[300];
+    sg_warn("message %s (%s) dead-lettered: %s", m->message_id ? m->message_id : "?", sg_msg_what(m, what, sizeof what), why);
     en->tr->ops->nack(en->tr, tag, m, why);
     return;
   }
-  if (eng_signal_message(en, m, tag)) return; /* signals.c: routing key saga.signal */
-  if (m->status) on_reply(en, m, tag);
-  else on_command(en, m, tag, redelivered);
+  switch (m->kind) {
+  case SG_MSG_SIGNAL: eng_signal_message(en, m, tag); return; /* signals.c */
+  case SG_MSG_REPLY: on_reply(en, m, tag); return;
+  case SG_MSG_COMMAND: on_command(en, m, tag, redelivered); return;
+  case SG_MSG_EVENT: break;
+  }
+  /* hosts subscribe to no events: a transport that delivers one has mapped something wrongly */
+  char what[300];
+  sg_warn("message %s (%s): an event delivered to a host; dead-lettered", m->message_id ? m->message_id : "?",
+          sg_msg_what(m, what, sizeof what));
+  en->tr->ops->nack(en->tr, tag, m, "an event is not for a host: hosts consume commands, replies and signals");
 }
 
 static void on_confirm(void *ud, int64_t outbox_id) {
@@ -1464,7 +1478,7 @@ struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
  * over, so a re-send would only reach its participant twice (with fan-out the other calls of the
  * round keep the step waiting, which makes that window wider than for one ctx:call). */
 static int call_answered(struct sg_engine *en, const struct sg_msg *m) {
-  if (!m->reply_to || !m->message_id || !m->exchange || strcmp(m->exchange, "saga.commands") != 0) return 0;
+  if (m->kind != SG_MSG_COMMAND || !m->reply_to || !m->message_id) return 0;
   char sid[40], ph;
   int step, attempt, seq, end = 0;
   if (sscanf(m->message_id, "%39[^.].%d.%c.%d.%d%n", sid, &step, &ph, &attempt, &seq, &end) != 5 ||
@@ -1489,7 +1503,7 @@ static void republish_one(struct sg_engine *en, const struct sg_msg *m) {
   }
   struct sg_error e = {0};
   struct sg_msg copy;
-  int traced = en->otel && !m->traceparent;
+  int traced = en->otel && !sg_msg_header(m, SG_HDR_TRACEPARENT);
   if (traced) eng_trace_republish(en, m, &copy);
   if (en->tr->ops->publish(en->tr, traced ? &copy : m, &e) < 0) sg_warn("publish %s: %s", m->message_id, e.msg);
   if (traced) sg_msg_free(&copy);

@@ -1,8 +1,8 @@
 /* kafka_wire: the mapping between struct sg_msg and a Kafka record (topic, key, headers, value).
  *
  * Pure functions, no sockets: transport_kafka.c uses them and tests/c/test_kafka_wire.c checks them
- * alone. The contract is docs/protocol.md, section "Kafka". This is the one place that knows how the
- * seam's AMQP-shaped fields (exchange, routing key) become topics and headers.
+ * alone. The contract is docs/protocol.md, section "Kafka". This is the one place that knows how a
+ * logical message (kind, service, name, headers) becomes a topic, a key and record headers.
  *
  * Ownership: sg_kafka_encode fills out with pointers into m (borrowed) and a new headers list
  * (out->hdrs, the caller's: rd_kafka_producev takes it on success, else rd_kafka_headers_destroy).
@@ -28,13 +28,14 @@ struct sg_kafka_out {
   int64_t timestamp;      /* ms, 0 = now */
 };
 
-/* Fills out from m. Fails (-1, e filled) when m cannot be sent as it is: no message id, routing key or
- * body, a reply without correlation id, a status other than ok/error, a command whose service is not a
- * topic name. */
+/* Fills out from m: a command (or signal) to saga.svc.<service>, a reply to its reply_to topic, an event
+ * to saga.events (header routing-key <topic>.<name>). Fails (-1, e filled) when m cannot be sent as it
+ * is: no message id, service, name, reply topic or body, a reply without correlation id, a status
+ * other than ok/error, a command whose service is not a topic name. */
 int sg_kafka_encode(const struct sg_msg *m, struct sg_kafka_out *out, struct sg_error *e);
 
 /* Reads a record from topic into out (zeroed first). What it is follows the topic: saga.svc.<service>
- * a command (routing key <service>.<type>; saga.svc.saga with type "signal" is a signal),
+ * a command for <service> named by its type header (saga.svc.saga with type "signal" is a signal),
  * saga.reply.* a reply. Fails (-1, e filled with a sentence for the x-saga-error header, out left
  * empty) for a malformed record: value not JSON, a command without message-id or type, a reply
  * without correlation-id or saga-status, a step/attempt that is not an integer. */

@@ -127,8 +127,7 @@ static int mock_cb(void *ud, const struct sg_msg *m, char **status, char **body)
   struct lhost *h = ud;
   lua_State *L = h->L;
   if (!L || h->mocks == LUA_NOREF) return 0;
-  char service[128];
-  const char *command = sg_msg_target(m, service, sizeof service);
+  const char *service = m->service ? m->service : "", *command = m->name ? m->name : "";
   int top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, h->mocks);
   lua_pushfstring(L, "%s.%s", service, command);

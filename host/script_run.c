@@ -368,8 +368,7 @@ static int r_handle(void *ud, const struct sg_msg *m, int *handle, char **status
   struct sg_script *sc = ud;
   lua_State *L = sc->L;
   *handle = 0;
-  char service[128];
-  const char *command = sg_msg_target(m, service, sizeof service);
+  const char *service = m->service ? m->service : "", *command = m->name ? m->name : "";
   /* a handler coroutine: an idle one from the pool, or a new one */
   int h;
   lua_State *co;

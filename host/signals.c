@@ -502,9 +502,10 @@ static void reject(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, c
 }
 
 int eng_signal_message(struct sg_engine *en, const struct sg_msg *m, uint64_t tag) {
-  if (!m->routing_key || strcmp(m->routing_key, SG_SIGNAL_ROUTING_KEY) != 0 || m->status) return 0;
+  if (m->kind != SG_MSG_SIGNAL) return 0;
   char why[400];
-  if (!m->signal || !*m->signal) {
+  const char *signal = sg_msg_header(m, SG_HDR_SIGNAL), *saga_key = sg_msg_header(m, SG_HDR_SAGA_KEY);
+  if (!signal || !*signal) {
     reject(en, m, tag, "signal has no signal-name header: set it to the name the saga's ctx:wait waits for");
     return 1;
   }
@@ -517,15 +518,15 @@ int eng_signal_message(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
       reject(en, m, tag, why);
       return 1;
     }
-  } else if (m->saga_type && *m->saga_type && m->saga_key && *m->saga_key) {
-    struct sg_saga_filter f = { .status = -1, .type = m->saga_type, .key = m->saga_key, .limit = 100, .desc = 1 };
+  } else if (m->saga_type && *m->saga_type && saga_key && *saga_key) {
+    struct sg_saga_filter f = { .status = -1, .type = m->saga_type, .key = saga_key, .limit = 100, .desc = 1 };
     if (en->store->ops->saga_list(en->store, &f, by_key_cb, &k, &e) < 0) {
       sg_warn("signal message %s: finding its saga: %s (handled again later)", m->message_id, e.msg);
       eng_park_delivery(en, m, tag, 0);
       return 1;
     }
     if (!k.id[0]) {
-      snprintf(why, sizeof why, "no saga of type '%.100s' with key '%.200s'", m->saga_type, m->saga_key);
+      snprintf(why, sizeof why, "no saga of type '%.100s' with key '%.200s'", m->saga_type, saga_key);
       reject(en, m, tag, why);
       return 1;
     }
@@ -534,7 +535,7 @@ int eng_signal_message(struct sg_engine *en, const struct sg_msg *m, uint64_t ta
     return 1;
   }
   const char *outcome = NULL;
-  if (arrive(en, k.id, m->signal, m->body, m->message_id, "amqp", &outcome, &e) < 0) {
+  if (arrive(en, k.id, signal, m->body, m->message_id, en->tr->ops->name, &outcome, &e) < 0) {
     if (e.code == SG_E_UNAVAILABLE && !en->broken && !en->stopped) { eng_park_delivery(en, m, tag, 0); return 1; }
     if (e.code == SG_E_UNAVAILABLE) return 1; /* not acked: the broker delivers it again */
     reject(en, m, tag, e.msg);

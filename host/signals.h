@@ -13,10 +13,8 @@
 
 #include "engine.h"
 
-/* AMQP: a message with this routing key (on saga.commands, or sent straight to SG_SIGNAL_QUEUE) is a
- * signal; every host consumes that queue (service "saga", reserved for the host) */
-#define SG_SIGNAL_SERVICE "saga"
-#define SG_SIGNAL_ROUTING_KEY "saga.signal"
+/* A signal arrives as a command to the service SG_SIGNAL_SERVICE ("saga", reserved for the host) named
+ * SG_SIGNAL_COMMAND (store.h: sg_msg_classify); every host consumes that service's messages. */
 
 /* 1 when name is a signal name: 1 to 100 letters, digits, '_' or '-', starting with a letter or '_' */
 int sg_signal_name_ok(const char *name);

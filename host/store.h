@@ -143,28 +143,65 @@ struct sg_timer_row {
   int64_t ref;        /* kind-specific: journal seq for sleep, attempt for retry */
 };
 
-/* A message waiting to be published (table outbox), or received (transport). */
+/* A logical message: what the engine sends (through the outbox) and receives, whatever the transport.
+ * Each transport maps it to its wire format in one place (transport_amqp.c through amqp_envelope.c,
+ * transport_amqp1.c, transport_kafka.c; docs/protocol.md): the engine never names an exchange, a queue
+ * or a topic. */
+enum sg_msg_kind {
+  SG_MSG_COMMAND = 1, /* to a service (ctx:call, ctx:send; a handler's input) */
+  SG_MSG_REPLY,       /* to the host that sent a command, at the command's reply_to */
+  SG_MSG_EVENT,       /* ctx:publish: to a topic's subscribers (hosts consume none) */
+  SG_MSG_SIGNAL,      /* to a saga (ctx:wait): service "saga", name "signal" on the wire */
+};
+/* well-known headers (struct sg_msg.headers) */
+#define SG_HDR_TRACEPARENT "traceparent" /* W3C Trace Context */
+#define SG_HDR_TRACESTATE "tracestate"
+#define SG_HDR_SAGA_KEY "saga-key"       /* signals: the saga by business key (with saga_type) */
+#define SG_HDR_SIGNAL "signal-name"      /* signals: the name ctx:wait waits for */
+struct sg_msg_header {
+  char *name, *value;
+};
 struct sg_msg {
   int64_t outbox_id;     /* outbox row id (0 when not from the outbox) */
+  enum sg_msg_kind kind;
+  char *service;         /* commands: the service they are for; events: the topic; else NULL */
+  char *name;            /* commands: the command ("Reserve"); events: the event; replies: the command's, or NULL */
+  char *reply_to;        /* commands expecting a reply: where it goes (the sender's transport's reply_queue());
+                          * replies: where they go (the command's reply_to); else NULL */
   char *message_id;      /* unique and stable across re-sends */
   char *correlation_id;  /* replies: the command's message_id */
-  char *exchange;        /* "saga.commands", "saga.events" or "" (default exchange, for replies) */
-  char *routing_key;     /* "<service>.<command>", "<topic>.<event>" or the reply queue */
-  char *reply_to;        /* commands expecting a reply, else NULL */
-  char *type;            /* command/event name */
-  char *saga_id, *saga_type; /* headers saga-id, saga-type (NULL for foreign messages) */
-  int step, attempt;     /* headers step, attempt */
+  char *saga_id, *saga_type; /* the saga (NULL for foreign messages) */
+  int step, attempt;
   char *status;          /* replies: "ok" or "error"; else NULL */
   char *body;            /* JSON text */
-  char *traceparent, *tracestate; /* headers traceparent, tracestate (W3C Trace Context), or NULL */
-  char *saga_key, *signal;  /* a signal (routing key saga.signal): headers saga-key and signal-name, or NULL */
+  struct sg_msg_header *headers; /* the rest, in order (SG_HDR_*); owned like the strings */
+  size_t nheaders;
   int64_t created_at;
 };
-void sg_msg_free(struct sg_msg *m); /* frees the strings, not m itself */
+void sg_msg_free(struct sg_msg *m); /* frees the strings and headers, not m itself */
 void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src); /* deep copy */
-/* the command's target: its service (the routing key up to the first '.', cut to size - 1 bytes) into
- * service, and its command (the type property, else the routing key after the '.'; "" if none) */
-const char *sg_msg_target(const struct sg_msg *m, char *service, size_t size);
+/* a header's value, NULL when absent */
+const char *sg_msg_header(const struct sg_msg *m, const char *name);
+/* sets (replaces) a header, copying value; value NULL removes it */
+void sg_msg_set_header(struct sg_msg *m, const char *name, const char *value);
+const char *sg_msg_kind_name(enum sg_msg_kind k); /* "command", "reply", "event", "signal" */
+/* what m is, for logs: "inventory.Reserve" (a command or an event: service or topic, then name),
+ * "reply to saga.reply.h1", "signal"; written into buf, returned */
+const char *sg_msg_what(const struct sg_msg *m, char *buf, size_t n);
+/* A command to service "saga" named "signal" is a signal (docs/protocol.md, Signals): every transport
+ * decodes its commands through this. */
+void sg_msg_classify(struct sg_msg *m);
+#define SG_SIGNAL_SERVICE "saga"
+#define SG_SIGNAL_COMMAND "signal"
+
+/* How an outbox row stores a message (the store's own format, older than the logical message; kept so
+ * that rows written by an older host are read back alike): column exchange "saga.commands" (command),
+ * "saga.events" (event) or "" (reply); column routing_key "<service>.<name>", or for a reply the address
+ * it goes to. sg_msg_row_route gives both for m (routing_key into buf); sg_msg_from_row fills m's kind,
+ * service (into svc), name and reply_to from the columns (pointers into them: borrowed). */
+void sg_msg_row_route(const struct sg_msg *m, const char **exchange, char *buf, size_t n);
+void sg_msg_from_row(struct sg_msg *m, const char *exchange, const char *routing_key, const char *type,
+                     const char *reply_to_col, char *svc, size_t n);
 
 struct sg_saga_filter {
   int status;          /* -1 = any */

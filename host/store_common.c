@@ -88,53 +88,128 @@ void sg_saga_filter_id_range(const struct sg_saga_filter *f, char *lo, char *hi)
 
 void sg_msg_free(struct sg_msg *m) {
   if (!m) return;
+  free(m->service);
+  free(m->name);
+  free(m->reply_to);
   free(m->message_id);
   free(m->correlation_id);
-  free(m->exchange);
-  free(m->routing_key);
-  free(m->reply_to);
-  free(m->type);
   free(m->saga_id);
   free(m->saga_type);
   free(m->status);
   free(m->body);
-  free(m->traceparent);
-  free(m->tracestate);
-  free(m->saga_key);
-  free(m->signal);
-  m->traceparent = m->tracestate = NULL;
-  m->message_id = m->correlation_id = m->exchange = m->routing_key = m->reply_to = NULL;
-  m->type = m->saga_id = m->saga_type = m->status = m->body = NULL;
-  m->saga_key = m->signal = NULL;
-}
-
-const char *sg_msg_target(const struct sg_msg *m, char *service, size_t size) {
-  const char *rk = m->routing_key ? m->routing_key : "";
-  const char *dot = strchr(rk, '.');
-  size_t n = dot ? (size_t)(dot - rk) : strlen(rk);
-  if (n >= size) n = size - 1;
-  memcpy(service, rk, n);
-  service[n] = 0;
-  return m->type && *m->type ? m->type : (dot ? dot + 1 : "");
+  for (size_t i = 0; i < m->nheaders; i++) {
+    free(m->headers[i].name);
+    free(m->headers[i].value);
+  }
+  free(m->headers);
+  m->service = m->name = m->reply_to = m->message_id = m->correlation_id = NULL;
+  m->saga_id = m->saga_type = m->status = m->body = NULL;
+  m->headers = NULL;
+  m->nheaders = 0;
 }
 
 void sg_msg_copy(struct sg_msg *dst, const struct sg_msg *src) {
   /* Scalars first, then replace every pointer so dst never aliases src. */
   *dst = *src;
+  dst->service = sg_strdup(src->service);
+  dst->name = sg_strdup(src->name);
+  dst->reply_to = sg_strdup(src->reply_to);
   dst->message_id = sg_strdup(src->message_id);
   dst->correlation_id = sg_strdup(src->correlation_id);
-  dst->exchange = sg_strdup(src->exchange);
-  dst->routing_key = sg_strdup(src->routing_key);
-  dst->reply_to = sg_strdup(src->reply_to);
-  dst->type = sg_strdup(src->type);
   dst->saga_id = sg_strdup(src->saga_id);
   dst->saga_type = sg_strdup(src->saga_type);
   dst->status = sg_strdup(src->status);
   dst->body = sg_strdup(src->body);
-  dst->traceparent = sg_strdup(src->traceparent);
-  dst->tracestate = sg_strdup(src->tracestate);
-  dst->saga_key = sg_strdup(src->saga_key);
-  dst->signal = sg_strdup(src->signal);
+  dst->headers = NULL;
+  if (src->nheaders) {
+    dst->headers = sg_xmalloc(src->nheaders * sizeof *dst->headers);
+    for (size_t i = 0; i < src->nheaders; i++) {
+      dst->headers[i].name = sg_strdup(src->headers[i].name);
+      dst->headers[i].value = sg_strdup(src->headers[i].value);
+    }
+  }
+}
+
+const char *sg_msg_header(const struct sg_msg *m, const char *name) {
+  for (size_t i = 0; i < m->nheaders; i++)
+    if (strcmp(m->headers[i].name, name) == 0) return m->headers[i].value;
+  return NULL;
+}
+
+void sg_msg_set_header(struct sg_msg *m, const char *name, const char *value) {
+  for (size_t i = 0; i < m->nheaders; i++) {
+    if (strcmp(m->headers[i].name, name) != 0) continue;
+    free(m->headers[i].value);
+    if (value) {
+      m->headers[i].value = sg_strdup(value);
+    } else {
+      free(m->headers[i].name);
+      memmove(m->headers + i, m->headers + i + 1, (m->nheaders - i - 1) * sizeof *m->headers);
+      m->nheaders--;
+    }
+    return;
+  }
+  if (!value) return;
+  m->headers = sg_xrealloc(m->headers, (m->nheaders + 1) * sizeof *m->headers);
+  m->headers[m->nheaders].name = sg_strdup(name);
+  m->headers[m->nheaders].value = sg_strdup(value);
+  m->nheaders++;
+}
+
+const char *sg_msg_kind_name(enum sg_msg_kind k) {
+  switch (k) {
+  case SG_MSG_COMMAND: return "command";
+  case SG_MSG_REPLY: return "reply";
+  case SG_MSG_EVENT: return "event";
+  case SG_MSG_SIGNAL: return "signal";
+  }
+  return "?";
+}
+
+const char *sg_msg_what(const struct sg_msg *m, char *buf, size_t n) {
+  if (m->kind == SG_MSG_REPLY) snprintf(buf, n, "reply to %s", m->reply_to ? m->reply_to : "?");
+  else if (m->kind == SG_MSG_SIGNAL) snprintf(buf, n, "signal");
+  else snprintf(buf, n, "%s.%s", m->service ? m->service : "?", m->name ? m->name : "?");
+  return buf;
+}
+
+void sg_msg_classify(struct sg_msg *m) {
+  if (m->kind == SG_MSG_COMMAND && m->service && strcmp(m->service, SG_SIGNAL_SERVICE) == 0 && m->name &&
+      strcmp(m->name, SG_SIGNAL_COMMAND) == 0)
+    m->kind = SG_MSG_SIGNAL;
+}
+
+void sg_msg_row_route(const struct sg_msg *m, const char **exchange, char *buf, size_t n) {
+  if (m->kind == SG_MSG_REPLY) {
+    *exchange = "";
+    snprintf(buf, n, "%s", m->reply_to ? m->reply_to : "");
+    return;
+  }
+  *exchange = m->kind == SG_MSG_EVENT ? "saga.events" : "saga.commands";
+  snprintf(buf, n, "%s.%s", m->service ? m->service : "", m->name ? m->name : "");
+}
+
+void sg_msg_from_row(struct sg_msg *m, const char *exchange, const char *routing_key, const char *type,
+                     const char *reply_to_col, char *svc, size_t n) {
+  const char *rk = routing_key ? routing_key : "";
+  m->name = (char *)type;
+  if (!exchange || !*exchange) {
+    m->kind = SG_MSG_REPLY;
+    m->reply_to = (char *)rk;
+    m->service = NULL;
+    return;
+  }
+  m->kind = strcmp(exchange, "saga.events") == 0 ? SG_MSG_EVENT : SG_MSG_COMMAND;
+  m->reply_to = (char *)reply_to_col;
+  /* "<service>.<name>": the name is the type column (a topic may hold dots); else up to the first dot */
+  size_t len = strlen(rk), tl = type ? strlen(type) : 0;
+  size_t cut = tl && len > tl + 1 && rk[len - tl - 1] == '.' && strcmp(rk + len - tl, type) == 0
+                 ? len - tl - 1 : strcspn(rk, ".");
+  if (cut >= n) cut = n - 1;
+  memcpy(svc, rk, cut);
+  svc[cut] = 0;
+  m->service = svc;
+  sg_msg_classify(m);
 }
 
 /* ---- reads without waiting ---- */

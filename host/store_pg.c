@@ -1566,10 +1566,13 @@ static int pg_outbox_put(struct sg_store *base, struct sg_msg *m, struct sg_erro
   struct params p = {0};
   p_text(&p, m->message_id);
   p_text(&p, m->correlation_id);
-  p_text(&p, m->exchange);
-  p_text(&p, m->routing_key);
-  p_text(&p, m->reply_to);
-  p_text(&p, m->type);
+  const char *exchange;
+  char rk[1024];
+  sg_msg_row_route(m, &exchange, rk, sizeof rk);
+  p_text(&p, exchange);
+  p_text(&p, rk);
+  p_text(&p, m->kind == SG_MSG_REPLY ? NULL : m->reply_to);
+  p_text(&p, m->name);
   p_text(&p, m->saga_id);
   p_text(&p, m->saga_type);
   p_int(&p, m->step);
@@ -1592,17 +1595,13 @@ static int pg_outbox_del(struct sg_store *base, int64_t id, struct sg_error *e) 
   return wr_done(S(base), ST_OUTBOX_DEL, &p, e, "outbox_del");
 }
 
-/* a row of ST_OUTBOX_EACH; its strings point into the result */
-static void msg_from_row(const PGresult *res, int i, struct sg_msg *m) {
+/* a row of ST_OUTBOX_EACH; its strings point into the result (and its service into svc) */
+static void msg_from_row(const PGresult *res, int i, struct sg_msg *m, char *svc, size_t n) {
   /* sg_msg has non-const members because received messages own theirs; these are borrowed. */
   struct sg_msg r = {
     .outbox_id = col_i64(res, i, 0),
     .message_id = (char *)col(res, i, 1),
     .correlation_id = (char *)col(res, i, 2),
-    .exchange = (char *)col(res, i, 3),
-    .routing_key = (char *)col(res, i, 4),
-    .reply_to = (char *)col(res, i, 5),
-    .type = (char *)col(res, i, 6),
     .saga_id = (char *)col(res, i, 7),
     .saga_type = (char *)col(res, i, 8),
     .step = col_int(res, i, 9),
@@ -1611,6 +1610,7 @@ static void msg_from_row(const PGresult *res, int i, struct sg_msg *m) {
     .body = (char *)col(res, i, 12),
     .created_at = col_i64(res, i, 13),
   };
+  sg_msg_from_row(&r, col(res, i, 3), col(res, i, 4), col(res, i, 6), col(res, i, 5), svc, n);
   *m = r;
 }
 
@@ -1621,7 +1621,8 @@ static int pg_outbox_each(struct sg_store *base, sg_msg_cb cb, void *ud, struct 
   if (!res) return -1;
   for (int i = 0, n = PQntuples(res); i < n; i++) {
     struct sg_msg m;
-    msg_from_row(res, i, &m);
+    char svc[256];
+    msg_from_row(res, i, &m, svc, sizeof svc);
     if (cb(ud, &m)) break;
   }
   PQclear(res);
@@ -2368,7 +2369,8 @@ static void rd_finish(struct pg_store *s, struct sg_read *r) {
     if (n > 0) r->msgs = sg_xcalloc((size_t)n, sizeof *r->msgs);
     for (int i = 0; i < n; i++) {
       struct sg_msg m;
-      msg_from_row(a, i, &m);
+      char svc[256];
+      msg_from_row(a, i, &m, svc, sizeof svc);
       sg_msg_copy(&r->msgs[i], &m);
     }
     r->nmsgs = (size_t)n;

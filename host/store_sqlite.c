@@ -944,10 +944,13 @@ static int sq_outbox_put(struct sg_store *base, struct sg_msg *m, struct sg_erro
   sqlite3_stmt *st = wr_use(s, ST_OUTBOX_PUT);
   wr_text(s, st, 1, m->message_id);
   wr_text(s, st, 2, m->correlation_id);
-  wr_text(s, st, 3, m->exchange);
-  wr_text(s, st, 4, m->routing_key);
-  wr_text(s, st, 5, m->reply_to);
-  wr_text(s, st, 6, m->type);
+  const char *exchange;
+  char rk[1024];
+  sg_msg_row_route(m, &exchange, rk, sizeof rk);
+  wr_text(s, st, 3, exchange);
+  wr_text(s, st, 4, rk);
+  wr_text(s, st, 5, m->kind == SG_MSG_REPLY ? NULL : m->reply_to);
+  wr_text(s, st, 6, m->name);
   wr_text(s, st, 7, m->saga_id);
   wr_text(s, st, 8, m->saga_type);
   wr_i64(s, st, 9, m->step);
@@ -976,10 +979,6 @@ static int emit_outbox(sqlite3_stmt *st, const struct row_sink *sink) {
     .outbox_id = sqlite3_column_int64(st, 0),
     .message_id = (char *)col_text(st, 1),
     .correlation_id = (char *)col_text(st, 2),
-    .exchange = (char *)col_text(st, 3),
-    .routing_key = (char *)col_text(st, 4),
-    .reply_to = (char *)col_text(st, 5),
-    .type = (char *)col_text(st, 6),
     .saga_id = (char *)col_text(st, 7),
     .saga_type = (char *)col_text(st, 8),
     .step = sqlite3_column_int(st, 9),
@@ -988,6 +987,8 @@ static int emit_outbox(sqlite3_stmt *st, const struct row_sink *sink) {
     .body = (char *)col_text(st, 12),
     .created_at = sqlite3_column_int64(st, 13),
   };
+  char svc[256];
+  sg_msg_from_row(&m, col_text(st, 3), col_text(st, 4), col_text(st, 6), col_text(st, 5), svc, sizeof svc);
   return sink->cb.msg(sink->ud, &m);
 }
 

@@ -14,8 +14,13 @@
 #include "otel.h"
 
 /* the messaging.system of the engine's transport */
+static int on_rabbitmq(struct sg_engine *en) { return en->tr && !strcmp(en->tr->ops->name, "amqp"); }
+
 static const char *msg_system(struct sg_engine *en) {
-  return en->tr && !strcmp(en->tr->ops->name, "amqp") ? "rabbitmq" : "sagahost";
+  if (on_rabbitmq(en)) return "rabbitmq";
+  if (en->tr && !strcmp(en->tr->ops->name, "kafka")) return "kafka";
+  if (en->tr && !strcmp(en->tr->ops->name, "amqp1")) return "amqp1";
+  return "sagahost";
 }
 
 /* the context of an attempt's span: a child of the saga's */
@@ -46,8 +51,14 @@ static void msg_attrs(struct sg_engine *en, struct sg_span *sp, const struct sg_
   sg_span_str(sp, "messaging.system", msg_system(en));
   sg_span_str(sp, "messaging.operation", operation);
   sg_span_str(sp, "messaging.operation.type", operation);
-  sg_span_str(sp, "messaging.destination.name", m->exchange && *m->exchange ? m->exchange : "saga.commands");
-  sg_span_str(sp, "messaging.rabbitmq.destination.routing_key", m->routing_key);
+  char what[300], dest[300];
+  sg_msg_what(m, what, sizeof what);
+  /* RabbitMQ: the exchange and its routing key; elsewhere the queue or topic (docs/protocol.md) */
+  if (on_rabbitmq(en)) snprintf(dest, sizeof dest, "%s", m->kind == SG_MSG_EVENT ? "saga.events" : "saga.commands");
+  else if (m->kind == SG_MSG_EVENT) snprintf(dest, sizeof dest, "saga.events");
+  else snprintf(dest, sizeof dest, "saga.svc.%s", m->service ? m->service : "?");
+  sg_span_str(sp, "messaging.destination.name", dest);
+  if (on_rabbitmq(en)) sg_span_str(sp, "messaging.rabbitmq.destination.routing_key", what);
   sg_span_str(sp, "messaging.message.id", m->message_id);
   if (m->correlation_id) sg_span_str(sp, "messaging.message.conversation_id", m->correlation_id);
   if (m->body) sg_span_int(sp, "messaging.message.body.size", (int64_t)strlen(m->body));
@@ -61,17 +72,15 @@ void eng_trace_outgoing(struct sg_engine *en, const struct sg_saga *s, struct sg
   message_ctx(&saga, m->message_id, s->row.step, s->row.phase, s->row.attempt, &c);
   char tp[56];
   sg_otel_traceparent(c.trace, c.span, tp);
-  free(m->traceparent);
-  free(m->tracestate);
-  m->traceparent = sg_strdup(tp);
-  m->tracestate = sg_strdup(c.state);
+  sg_msg_set_header(m, SG_HDR_TRACEPARENT, tp);
+  sg_msg_set_header(m, SG_HDR_TRACESTATE, c.state);
   if (is_call) return; /* its span ends with its reply (eng_trace_reply) */
   /* a send or publish: a producer span, ended once it is handed over */
   int64_t now = sg_now_ms() * 1000;
   struct sg_span sp;
-  int publish = m->exchange && !strcmp(m->exchange, "saga.events");
-  char name[300];
-  snprintf(name, sizeof name, "%s %s", publish ? "publish" : "send", m->routing_key ? m->routing_key : "?");
+  int publish = m->kind == SG_MSG_EVENT;
+  char name[300], what[300];
+  snprintf(name, sizeof name, "%s %s", publish ? "publish" : "send", sg_msg_what(m, what, sizeof what));
   sg_span_begin(&sp, &c, name, SG_SPAN_PRODUCER, now, now);
   msg_attrs(en, &sp, m, publish ? "publish" : "send");
   saga_attrs(&sp, s->row.id, s->row.type);
@@ -87,8 +96,8 @@ void eng_trace_republish(struct sg_engine *en, const struct sg_msg *m, struct sg
   message_ctx(&saga, m->message_id, m->step, s->row.phase, m->attempt, &c);
   char tp[56];
   sg_otel_traceparent(c.trace, c.span, tp);
-  copy->traceparent = sg_strdup(tp);
-  copy->tracestate = sg_strdup(c.state);
+  sg_msg_set_header(copy, SG_HDR_TRACEPARENT, tp);
+  sg_msg_set_header(copy, SG_HDR_TRACESTATE, c.state);
 }
 
 void eng_trace_reply(struct sg_engine *en, const struct sg_saga *s, const struct sg_msg *reply, const char *service,
@@ -99,20 +108,19 @@ void eng_trace_reply(struct sg_engine *en, const struct sg_saga *s, const struct
   int64_t now = sg_now_ms() * 1000;
   if (start_us <= 0) start_us = s->row.attempt_started_at > 0 ? s->row.attempt_started_at * 1000 : now;
   char name[300];
-  const char *cmd = reply->type && *reply->type ? reply->type : NULL;
+  const char *cmd = reply->name && *reply->name ? reply->name : NULL;
   if (service && cmd) snprintf(name, sizeof name, "call %s.%s", service, cmd);
   else snprintf(name, sizeof name, "call %s", service ? service : "?");
   struct sg_span sp;
   sg_span_begin(&sp, &c, name, SG_SPAN_CLIENT, start_us, now);
-  struct sg_msg cm = { .exchange = "saga.commands", .message_id = reply->correlation_id,
-                       .correlation_id = reply->correlation_id };
-  char rk[300];
-  if (service && cmd) { snprintf(rk, sizeof rk, "%s.%s", service, cmd); cm.routing_key = rk; }
+  struct sg_msg cm = { .kind = SG_MSG_COMMAND, .service = (char *)service, .name = (char *)cmd,
+                       .message_id = reply->correlation_id, .correlation_id = reply->correlation_id };
   msg_attrs(en, &sp, &cm, "send");
   sg_span_str(&sp, "messaging.operation.name", "call");
   saga_attrs(&sp, s->row.id, s->row.type);
   sg_span_str(&sp, "saga.reply.status", is_error ? "error" : "ok");
-  if (reply->traceparent) sg_span_str(&sp, "saga.reply.traceparent", reply->traceparent);
+  const char *rtp = sg_msg_header(reply, SG_HDR_TRACEPARENT);
+  if (rtp) sg_span_str(&sp, "saga.reply.traceparent", rtp);
   sg_span_end(en->otel, &sp, is_error, is_error ? reply->body : NULL);
 }
 
@@ -123,14 +131,13 @@ void eng_trace_call_given_up(struct sg_engine *en, const struct sg_saga *s, cons
   message_ctx(&saga, message_id, s->row.step, s->row.phase, s->row.attempt, &c);
   int64_t now = sg_now_ms() * 1000;
   if (start_us <= 0) start_us = s->row.attempt_started_at > 0 ? s->row.attempt_started_at * 1000 : now;
-  char name[300], rk[300];
+  char name[300];
   if (cmd) snprintf(name, sizeof name, "call %s.%s", service, cmd);
   else snprintf(name, sizeof name, "call %s", service);
   struct sg_span sp;
   sg_span_begin(&sp, &c, name, SG_SPAN_CLIENT, start_us, now);
-  struct sg_msg cm = { .exchange = "saga.commands", .message_id = (char *)message_id,
-                       .correlation_id = (char *)message_id };
-  if (cmd) { snprintf(rk, sizeof rk, "%s.%s", service, cmd); cm.routing_key = rk; }
+  struct sg_msg cm = { .kind = SG_MSG_COMMAND, .service = (char *)service, .name = (char *)cmd,
+                       .message_id = (char *)message_id, .correlation_id = (char *)message_id };
   msg_attrs(en, &sp, &cm, "send");
   sg_span_str(&sp, "messaging.operation.name", "call");
   saga_attrs(&sp, s->row.id, s->row.type);
@@ -157,9 +164,9 @@ void eng_trace_command(struct sg_engine *en, const struct sg_msg *m, int64_t sta
                        const char *body, char tp[56]) {
   struct sg_tctx c = {0};
   uint8_t parent[8];
-  if (sg_otel_parse_traceparent(m->traceparent, c.trace, parent) == 0) {
+  if (sg_otel_parse_traceparent(sg_msg_header(m, SG_HDR_TRACEPARENT), c.trace, parent) == 0) {
     memcpy(c.parent, parent, 8);
-    c.state = m->tracestate;
+    c.state = sg_msg_header(m, SG_HDR_TRACESTATE);
   } else {
     uint8_t a[8], b[8];
     sg_otel_random_span(a);
@@ -171,14 +178,14 @@ void eng_trace_command(struct sg_engine *en, const struct sg_msg *m, int64_t sta
   int64_t now = sg_now_ms() * 1000;
   if (start_us <= 0 || start_us > now) start_us = now;
   char name[300];
-  snprintf(name, sizeof name, "process %s", m->routing_key ? m->routing_key : "?");
+  char what[300];
+  snprintf(name, sizeof name, "process %s", sg_msg_what(m, what, sizeof what));
   struct sg_span sp;
   sg_span_begin(&sp, &c, name, SG_SPAN_SERVER, start_us, now);
   msg_attrs(en, &sp, m, "process");
-  const char *dot = m->routing_key ? strchr(m->routing_key, '.') : NULL;
-  if (dot) {
+  if (m->service) {
     char q[200];
-    snprintf(q, sizeof q, "saga.svc.%.*s", (int)(dot - m->routing_key), m->routing_key);
+    snprintf(q, sizeof q, "saga.svc.%s", m->service);
     sg_span_str(&sp, "messaging.consumer.group.name", q);
   }
   if (m->saga_id) saga_attrs(&sp, m->saga_id, m->saga_type);

@@ -7,7 +7,7 @@
  * blocks except the name lookup (getaddrinfo) at each connect. Proton's proactor (a thread and a loop of
  * its own) is not used.
  *
- * The mapping between struct sg_msg (shaped like AMQP 0-9-1: exchange and routing key) and AMQP 1.0
+ * The mapping between the logical message (struct sg_msg: kind, service, name, headers) and AMQP 1.0
  * addresses and properties is in one place, "the wire" below; amqp_envelope.c validates both
  * directions, so a message means the same on both transports. The contract is docs/protocol.md,
  * "AMQP 1.0 (Azure Service Bus)".
@@ -177,23 +177,24 @@ static char *queue_address(struct amqp1_transport *t, const char *queue) {
   return sg_asprintf("%s%s", t->prefix, queue);
 }
 
-/* Where m goes and its subject: a command to its service's queue (subject = the command), an event to
- * the events address (subject = "<topic>.<event>", the routing key), a reply to the address its
- * command's reply_to named. malloc'd address; subject points into m. */
-static char *wire_address(struct amqp1_transport *t, const struct sg_msg *m, const char **subject) {
-  if (m->exchange && strcmp(m->exchange, SG_AMQP_X_COMMANDS) == 0) {
-    char service[256], queue[300];
-    sg_msg_target(m, service, sizeof service);
-    snprintf(queue, sizeof queue, "saga.svc.%s", service);
-    *subject = m->type;
+/* Where m goes and its subject: a command (or a signal) to its service's queue (subject = the command),
+ * an event to the events address (subject = "<topic>.<event>", what RabbitMQ routes on), a reply to the
+ * address its command's reply_to named (subject = the command). malloc'd address; subject written into
+ * the n bytes at subject. */
+static char *wire_address(struct amqp1_transport *t, const struct sg_msg *m, char *subject, size_t n) {
+  if (m->kind == SG_MSG_COMMAND || m->kind == SG_MSG_SIGNAL) {
+    int sig = m->kind == SG_MSG_SIGNAL;
+    char queue[300];
+    snprintf(queue, sizeof queue, "saga.svc.%s", sig ? SG_SIGNAL_SERVICE : m->service);
+    snprintf(subject, n, "%s", sig ? SG_SIGNAL_COMMAND : m->name);
     return queue_address(t, queue);
   }
-  if (m->exchange && strcmp(m->exchange, SG_AMQP_X_EVENTS) == 0) {
-    *subject = m->routing_key;
+  if (m->kind == SG_MSG_EVENT) {
+    snprintf(subject, n, "%s.%s", m->service, m->name);
     return sg_strdup(t->events);
   }
-  *subject = m->type;
-  return sg_strdup(m->routing_key);
+  snprintf(subject, n, "%s", m->name ? m->name : "");
+  return sg_strdup(m->reply_to);
 }
 
 static pn_atom_t atom_str(const char *s) {
@@ -213,10 +214,11 @@ static int wire_encode(struct amqp1_transport *t, const struct sg_msg *m, struct
   pn_message_set_id(msg, atom_str(m->message_id));
   const char *corr = m->correlation_id ? m->correlation_id : (out.mandatory ? m->message_id : NULL);
   if (corr) pn_message_set_correlation_id(msg, atom_str(corr));
-  if (m->reply_to && *m->reply_to) pn_message_set_reply_to(msg, m->reply_to);
+  if (m->kind != SG_MSG_REPLY && m->reply_to && *m->reply_to) pn_message_set_reply_to(msg, m->reply_to);
   pn_message_set_content_type(msg, "application/json");
   if (m->created_at > 0) pn_message_set_creation_time(msg, m->created_at); /* ms, as AMQP 1.0 has it */
-  /* the 0-9-1 headers (saga-id, saga-type, step, attempt, saga-status, traceparent, tracestate) */
+  /* the 0-9-1 headers (saga-id, saga-type, step, attempt, saga-status, then the message's own headers:
+   * traceparent, tracestate, ...) */
   pn_data_t *ap = pn_message_properties(msg);
   pn_data_put_map(ap);
   pn_data_enter(ap);
@@ -917,9 +919,9 @@ static int op_publish(struct sg_transport *bt, const struct sg_msg *m, struct sg
     return sg_errorf(e, SG_E_INTERNAL, "amqp1: not connected to %s:%s; the message goes out after reconnect", t->host,
                      t->port);
   if (wire_encode(t, m, e) < 0) return -1;
-  const char *subject = NULL;
-  char *addr = wire_address(t, m, &subject);
-  if (subject && *subject) pn_message_set_subject(t->msg, subject);
+  char subject[600];
+  char *addr = wire_address(t, m, subject, sizeof subject);
+  if (*subject) pn_message_set_subject(t->msg, subject);
   pn_link_t *link = sender_for(t, addr);
   free(addr);
   uint64_t n = ++t->next_delivery;

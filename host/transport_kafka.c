@@ -61,29 +61,30 @@ static int topic_name_ok(const char *s, size_t n) {
 int sg_kafka_encode(const struct sg_msg *m, struct sg_kafka_out *out, struct sg_error *e) {
   memset(out, 0, sizeof *out);
   if (!m->message_id || !*m->message_id) return sg_errorf(e, SG_E_INVALID, "kafka: message without message id");
-  if (!m->routing_key || !*m->routing_key)
-    return sg_errorf(e, SG_E_INVALID, "kafka: message %s has no routing key", m->message_id);
   if (!m->body) return sg_errorf(e, SG_E_INVALID, "kafka: message %s has no body", m->message_id);
-  const char *x = m->exchange ? m->exchange : "";
-  int reply = !*x, event = !strcmp(x, SG_KAFKA_EVENTS);
+  int reply = m->kind == SG_MSG_REPLY, event = m->kind == SG_MSG_EVENT, signal = m->kind == SG_MSG_SIGNAL;
+  const char *service = signal ? SG_SIGNAL_SERVICE : m->service;
+  const char *name = signal ? SG_SIGNAL_COMMAND : m->name;
   if (reply) {
-    /* a reply: the routing key is the reply_to of its command, i.e. a reply topic */
+    /* a reply goes to the reply_to of its command, i.e. a reply topic */
     if (!m->correlation_id) return sg_errorf(e, SG_E_INVALID, "kafka: reply %s has no correlation id", m->message_id);
     if (!m->status || (strcmp(m->status, "ok") && strcmp(m->status, "error")))
       return sg_errorf(e, SG_E_INVALID, "kafka: reply %s has status '%s', not ok or error", m->message_id,
                        m->status ? m->status : "");
-    if (!topic_name_ok(m->routing_key, strlen(m->routing_key)))
-      return sg_errorf(e, SG_E_INVALID, "kafka: reply-to '%s' is not a topic name", m->routing_key);
-    snprintf(out->topic, sizeof out->topic, "%s", m->routing_key);
-  } else if (event) {
-    snprintf(out->topic, sizeof out->topic, "%s", SG_KAFKA_EVENTS);
+    if (!m->reply_to || !topic_name_ok(m->reply_to, strlen(m->reply_to)))
+      return sg_errorf(e, SG_E_INVALID, "kafka: reply-to '%s' is not a topic name", m->reply_to ? m->reply_to : "");
+    snprintf(out->topic, sizeof out->topic, "%s", m->reply_to);
   } else {
-    /* a command: <service>.<command> goes to saga.svc.<service> */
-    size_t n = strcspn(m->routing_key, ".");
-    if (!topic_name_ok(m->routing_key, n))
-      return sg_errorf(e, SG_E_INVALID, "kafka: command %s: service '%.*s' is not a topic name", m->message_id, (int)n,
-                       m->routing_key);
-    snprintf(out->topic, sizeof out->topic, SG_KAFKA_SVC "%.*s", (int)n, m->routing_key);
+    if (!service || !*service || !name || !*name)
+      return sg_errorf(e, SG_E_INVALID, "kafka: %s %s names no %s", sg_msg_kind_name(m->kind), m->message_id,
+                       !service || !*service ? (event ? "topic" : "service") : "name");
+    if (event) {
+      snprintf(out->topic, sizeof out->topic, "%s", SG_KAFKA_EVENTS);
+    } else { /* a command goes to saga.svc.<service> */
+      if (!topic_name_ok(service, strlen(service)))
+        return sg_errorf(e, SG_E_INVALID, "kafka: command %s: service '%s' is not a topic name", m->message_id, service);
+      snprintf(out->topic, sizeof out->topic, SG_KAFKA_SVC "%s", service);
+    }
   }
   const char *key = m->saga_id && *m->saga_id ? m->saga_id : m->message_id;
   out->key = key;
@@ -92,17 +93,18 @@ int sg_kafka_encode(const struct sg_msg *m, struct sg_kafka_out *out, struct sg_
   out->len = strlen(m->body);
   out->timestamp = m->created_at > 0 ? m->created_at : 0;
 
-  rd_kafka_headers_t *h = rd_kafka_headers_new(12);
+  rd_kafka_headers_t *h = rd_kafka_headers_new(12 + m->nheaders);
   hdr_add(h, "message-id", m->message_id);
   hdr_add(h, "correlation-id", m->correlation_id);
   hdr_add(h, "content-type", "application/json");
   if (!reply) {
     hdr_add(h, "reply-to", m->reply_to);
-    const char *type = m->type;
-    const char *dot = strchr(m->routing_key, '.');
-    if ((!type || !*type) && dot) type = dot + 1;
-    hdr_add(h, "type", type);
-    if (event) hdr_add(h, "routing-key", m->routing_key);
+    hdr_add(h, "type", name);
+    if (event) {
+      char rk[600];
+      snprintf(rk, sizeof rk, "%s.%s", service, name);
+      hdr_add(h, "routing-key", rk);
+    }
   } else {
     hdr_add(h, "saga-status", m->status);
   }
@@ -114,12 +116,7 @@ int sg_kafka_encode(const struct sg_msg *m, struct sg_kafka_out *out, struct sg_
       hdr_add_int(h, "attempt", m->attempt);
     }
   }
-  hdr_add(h, "saga-key", m->saga_key);
-  hdr_add(h, "signal-name", m->signal);
-  if (m->traceparent) {
-    hdr_add(h, "traceparent", m->traceparent);
-    hdr_add(h, "tracestate", m->tracestate);
-  }
+  for (size_t i = 0; i < m->nheaders; i++) hdr_add(h, m->headers[i].name, m->headers[i].value);
   out->hdrs = h;
   return 0;
 }
@@ -175,26 +172,38 @@ static int decode_into(const char *topic, const rd_kafka_headers_t *h, const voi
   if (!command && !reply) return sg_errorf(e, SG_E_INVALID, "a record on topic %s is neither a command nor a reply", topic);
   if (check_json(value, len, e) < 0) return -1;
   m->body = strndup(value, len);
-  if (hdr_str(h, "message-id", &m->message_id, e) < 0 || hdr_str(h, "correlation-id", &m->correlation_id, e) < 0 ||
-      hdr_str(h, "reply-to", &m->reply_to, e) < 0 || hdr_str(h, "type", &m->type, e) < 0 ||
-      hdr_str(h, "saga-id", &m->saga_id, e) < 0 || hdr_str(h, "saga-type", &m->saga_type, e) < 0 ||
-      hdr_str(h, "saga-status", &m->status, e) < 0 || hdr_int(h, "step", &m->step, e) < 0 ||
-      hdr_int(h, "attempt", &m->attempt, e) < 0 || hdr_str(h, "saga-key", &m->saga_key, e) < 0 ||
-      hdr_str(h, "signal-name", &m->signal, e) < 0)
-    return -1;
+  char *saga_key = NULL, *signal = NULL;
+  int bad = hdr_str(h, "message-id", &m->message_id, e) < 0 || hdr_str(h, "correlation-id", &m->correlation_id, e) < 0 ||
+            hdr_str(h, "reply-to", &m->reply_to, e) < 0 || hdr_str(h, "type", &m->name, e) < 0 ||
+            hdr_str(h, "saga-id", &m->saga_id, e) < 0 || hdr_str(h, "saga-type", &m->saga_type, e) < 0 ||
+            hdr_str(h, "saga-status", &m->status, e) < 0 || hdr_int(h, "step", &m->step, e) < 0 ||
+            hdr_int(h, "attempt", &m->attempt, e) < 0 || hdr_str(h, SG_HDR_SAGA_KEY, &saga_key, e) < 0 ||
+            hdr_str(h, SG_HDR_SIGNAL, &signal, e) < 0;
+  sg_msg_set_header(m, SG_HDR_SAGA_KEY, saga_key);
+  sg_msg_set_header(m, SG_HDR_SIGNAL, signal);
+  free(saga_key);
+  free(signal);
+  if (bad) return -1;
   /* trace context is best effort, never a reason to dead-letter */
-  m->traceparent = sg_kafka_header_str(h, "traceparent");
-  if (m->traceparent) m->tracestate = sg_kafka_header_str(h, "tracestate");
+  char *tp = sg_kafka_header_str(h, SG_HDR_TRACEPARENT);
+  if (tp) {
+    char *ts = sg_kafka_header_str(h, SG_HDR_TRACESTATE);
+    sg_msg_set_header(m, SG_HDR_TRACEPARENT, tp);
+    sg_msg_set_header(m, SG_HDR_TRACESTATE, ts);
+    free(ts);
+    free(tp);
+  }
   if (ts > 0) m->created_at = ts;
   if (command) {
     free(m->status); /* a saga-status header does not make a command a reply */
     m->status = NULL;
     if (!m->message_id)
       return sg_errorf(e, SG_E_INVALID, "message has no message-id header; it is the idempotency key and is required");
-    if (!m->type)
+    if (!m->name)
       return sg_errorf(e, SG_E_INVALID, "command on %s has no type header; set it to the command name", topic);
-    m->exchange = sg_strdup("saga.commands");
-    m->routing_key = sg_asprintf("%s.%s", topic + svc, m->type);
+    m->kind = SG_MSG_COMMAND;
+    m->service = sg_strdup(topic + svc);
+    sg_msg_classify(m); /* saga.svc.saga, type signal */
     return 0;
   }
   if (!m->correlation_id)
@@ -203,8 +212,9 @@ static int decode_into(const char *topic, const rd_kafka_headers_t *h, const voi
   if (strcmp(m->status, "ok") && strcmp(m->status, "error"))
     return sg_errorf(e, SG_E_INVALID, "header saga-status is \"%s\"; it must be \"ok\" or \"error\"", m->status);
   if (!m->message_id) m->message_id = sg_asprintf("reply:%s", m->correlation_id);
-  m->exchange = sg_strdup("");
-  m->routing_key = sg_strdup(topic);
+  m->kind = SG_MSG_REPLY;
+  free(m->reply_to); /* a reply's reply_to is where it went: this topic */
+  m->reply_to = sg_strdup(topic);
   return 0;
 }
 

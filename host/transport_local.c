@@ -6,7 +6,7 @@
  * consumer's effect is committed. So a crash at any point leaves the message in the outbox and the
  * engine re-publishes it at start (on_ready), exactly as it would to a broker.
  *
- * Fault injection (sg_transport_local_faults, for the testing kit): each publish not to saga.events
+ * Fault injection (sg_transport_local_faults, for the testing kit): each publish but an event's
  * draws, from the transport's own PRNG seeded by the caller, whether it is dropped (lost, and the same
  * message re-sent after 200..2000 ms, once: the re-send is not dropped again), duplicated (a second,
  * fresh delivery: redelivered = 0, as a broker gives a message published twice) and how long each copy
@@ -257,7 +257,7 @@ static void publish_faulty(struct local *l, struct lmsg *q) {
 
 static int l_publish(struct sg_transport *t, const struct sg_msg *m, struct sg_error *e) {
   struct local *l = (struct local *)t;
-  if (m->exchange && strcmp(m->exchange, "saga.events") == 0) {
+  if (m->kind == SG_MSG_EVENT) {
     /* no in-process event subscribers: the event is delivered to nobody, as with an unbound exchange */
     l->base.ev.on_confirm(l->base.ev.ud, m->outbox_id);
     return 0;
@@ -294,12 +294,14 @@ static void l_nack(struct sg_transport *t, uint64_t tag, const struct sg_msg *ms
   struct local *l = (struct local *)t;
   struct lmsg *m = take_inflight(l, tag);
   if (!m) {
-    sg_err("dead-lettered message %s (%s): %s", msg && msg->message_id ? msg->message_id : "?",
-           msg && msg->routing_key ? msg->routing_key : "?", reason);
+    char what[300] = "?";
+    if (msg) sg_msg_what(msg, what, sizeof what);
+    sg_err("dead-lettered message %s (%s): %s", msg && msg->message_id ? msg->message_id : "?", what, reason);
     return;
   }
+  char what[300];
   sg_err("dead-lettered message %s (%s): %s", m->m.message_id ? m->m.message_id : "?",
-         m->m.routing_key ? m->m.routing_key : "?", reason);
+         sg_msg_what(&m->m, what, sizeof what), reason);
   if (m->confirms) l->base.ev.on_confirm(l->base.ev.ud, m->m.outbox_id);
   free_msg(m);
 }

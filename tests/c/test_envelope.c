@@ -30,10 +30,10 @@ static void test_command(void) {
   struct sg_msg m = {0};
   m.outbox_id = 7;
   m.message_id = "m-1";
-  m.exchange = SG_AMQP_X_COMMANDS;
-  m.routing_key = "inventory.Reserve";
+  m.kind = SG_MSG_COMMAND;
+  m.service = "inventory";
+  m.name = "Reserve";
   m.reply_to = "saga.reply.h1";
-  m.type = "Reserve";
   m.saga_id = "s-1";
   m.saga_type = "OrderProcessing";
   m.step = 2;
@@ -45,6 +45,9 @@ static void test_command(void) {
   struct sg_error e = {0};
   CHECK(sg_amqp_encode(&m, &o, &e) == 0);
   CHECK(o.mandatory == 1);
+  CHECK(o.exchange.len == strlen(SG_AMQP_X_COMMANDS) && memcmp(o.exchange.bytes, SG_AMQP_X_COMMANDS, o.exchange.len) == 0);
+  CHECK(o.routing_key.len == 17 && memcmp(o.routing_key.bytes, "inventory.Reserve", 17) == 0);
+  CHECK(o.props.type.len == 7 && memcmp(o.props.type.bytes, "Reserve", 7) == 0);
   CHECK(o.props.delivery_mode == 2);
   CHECK(o.props._flags & AMQP_BASIC_CORRELATION_ID_FLAG);
   CHECK(o.props.correlation_id.len == 3 && memcmp(o.props.correlation_id.bytes, "m-1", 3) == 0);
@@ -57,10 +60,10 @@ static void test_command(void) {
   CHECK(round_trip(&m, &d, &e, &pool) == 0);
   CHECK_STR(d.message_id, "m-1");
   CHECK_STR(d.correlation_id, "m-1");
-  CHECK_STR(d.exchange, SG_AMQP_X_COMMANDS);
-  CHECK_STR(d.routing_key, "inventory.Reserve");
+  CHECK(d.kind == SG_MSG_COMMAND);
+  CHECK_STR(d.service, "inventory");
+  CHECK_STR(d.name, "Reserve");
   CHECK_STR(d.reply_to, "saga.reply.h1");
-  CHECK_STR(d.type, "Reserve");
   CHECK_STR(d.saga_id, "s-1");
   CHECK_STR(d.saga_type, "OrderProcessing");
   CHECK_EQ_INT(d.step, 2);
@@ -76,8 +79,8 @@ static void test_reply(void) {
   struct sg_msg m = {0};
   m.message_id = "r-1";
   m.correlation_id = "m-1";
-  m.exchange = "";
-  m.routing_key = "saga.reply.h1";
+  m.kind = SG_MSG_REPLY;
+  m.reply_to = "saga.reply.h1";
   m.status = "error";
   m.body = "{\"error\":\"out of stock\",\"retryable\":false}";
   struct sg_amqp_out o;
@@ -85,6 +88,8 @@ static void test_reply(void) {
   CHECK(sg_amqp_encode(&m, &o, &e) == 0);
   CHECK(o.mandatory == 0);
   CHECK(o.exchange.len == 0);
+  CHECK(o.routing_key.len == 13 && memcmp(o.routing_key.bytes, "saga.reply.h1", 13) == 0);
+  CHECK(!(o.props._flags & AMQP_BASIC_REPLY_TO_FLAG)); /* where it goes is the routing key, not a property */
 
   amqp_pool_t pool;
   init_amqp_pool(&pool, 4096);
@@ -92,7 +97,7 @@ static void test_reply(void) {
   CHECK(round_trip(&m, &d, &e, &pool) == 0);
   CHECK_STR(d.correlation_id, "m-1");
   CHECK_STR(d.status, "error");
-  CHECK_STR(d.exchange, "");
+  CHECK(d.kind == SG_MSG_REPLY);
   CHECK_STR(d.saga_id, NULL);
   CHECK_EQ_INT(d.step, 0);
   sg_msg_free(&d);
@@ -119,9 +124,9 @@ static void test_reply(void) {
 static void test_event(void) {
   struct sg_msg m = {0};
   m.message_id = "e-1";
-  m.exchange = SG_AMQP_X_EVENTS;
-  m.routing_key = "orders.Shipped";
-  m.type = "Shipped";
+  m.kind = SG_MSG_EVENT;
+  m.service = "orders";
+  m.name = "Shipped";
   m.saga_id = "s-9";
   m.saga_type = "OrderProcessing";
   m.step = 0;
@@ -131,13 +136,15 @@ static void test_event(void) {
   struct sg_error e = {0};
   CHECK(sg_amqp_encode(&m, &o, &e) == 0);
   CHECK(o.mandatory == 0);
+  CHECK(o.exchange.len == strlen(SG_AMQP_X_EVENTS) && memcmp(o.exchange.bytes, SG_AMQP_X_EVENTS, o.exchange.len) == 0);
+  CHECK(o.routing_key.len == 14 && memcmp(o.routing_key.bytes, "orders.Shipped", 14) == 0);
   CHECK(!(o.props._flags & AMQP_BASIC_CORRELATION_ID_FLAG));
   amqp_pool_t pool;
   init_amqp_pool(&pool, 4096);
   struct sg_msg d;
   CHECK(round_trip(&m, &d, &e, &pool) == 0);
-  CHECK_STR(d.type, "Shipped");
-  CHECK_STR(d.routing_key, "orders.Shipped");
+  CHECK_STR(d.name, "Shipped");
+  CHECK_STR(d.service, "orders"); /* delivered with no queue known: the routing key's first part */
   CHECK_STR(d.correlation_id, NULL);
   CHECK_EQ_INT(d.attempt, 1);
   sg_msg_free(&d);
@@ -207,7 +214,8 @@ static void test_integer_headers(void) {
   CHECK_EQ_INT(d.step, 4);
   CHECK_EQ_INT(d.attempt, 2);
   CHECK_STR(d.saga_id, "s-2");
-  CHECK_STR(d.type, "Charge"); /* no type property: taken from the routing key */
+  CHECK_STR(d.name, "Charge"); /* no type property: taken from the routing key */
+  CHECK_STR(d.service, "pay");
   sg_msg_free(&d);
 
   /* an attempt that does not fit an int is an error, not a silent truncation */
@@ -227,7 +235,7 @@ static void bad(amqp_basic_properties_t p, const char *exchange, const char *bod
                           &d, &e);
   CHECK(rc == -1);
   if (!CHECK(strstr(e.msg, want) != NULL)) fprintf(stderr, "  error was: %s (wanted %s)\n", e.msg, want);
-  CHECK(d.body == NULL && d.routing_key == NULL);
+  CHECK(d.body == NULL && d.service == NULL && d.name == NULL);
 }
 
 static void test_malformed(void) {
@@ -257,13 +265,21 @@ static void test_malformed(void) {
   struct sg_msg m = {0};
   struct sg_amqp_out o;
   struct sg_error e = {0};
-  m.exchange = SG_AMQP_X_COMMANDS;
-  m.routing_key = "a.B";
+  m.kind = SG_MSG_COMMAND;
+  m.service = "a";
+  m.name = "B";
   m.body = "{}";
   CHECK(sg_amqp_encode(&m, &o, &e) == -1 && strstr(e.msg, "message_id"));
   m.message_id = "x";
-  m.routing_key = NULL;
-  CHECK(sg_amqp_encode(&m, &o, &e) == -1 && strstr(e.msg, "routing key"));
+  m.service = NULL;
+  CHECK(sg_amqp_encode(&m, &o, &e) == -1 && strstr(e.msg, "names no service"));
+  m.service = "a";
+  m.name = NULL;
+  CHECK(sg_amqp_encode(&m, &o, &e) == -1 && strstr(e.msg, "names no name"));
+  m.kind = SG_MSG_REPLY;
+  m.correlation_id = "c";
+  m.status = "ok";
+  CHECK(sg_amqp_encode(&m, &o, &e) == -1 && strstr(e.msg, "reply_to"));
 }
 
 static void test_dead_letter_props(void) {
@@ -325,8 +341,9 @@ static void test_by_queue(void) {
   p.type = amqp_cstring_bytes("Charge");
   CHECK(sg_amqp_decode(&p, amqp_empty_bytes, amqp_cstring_bytes("saga.svc.pay"), amqp_cstring_bytes("saga.svc.pay"),
                        amqp_cstring_bytes("null"), &d, &e) == 0);
-  CHECK_STR(d.routing_key, "pay.Charge");
-  CHECK_STR(d.type, "Charge");
+  CHECK(d.kind == SG_MSG_COMMAND);
+  CHECK_STR(d.service, "pay");
+  CHECK_STR(d.name, "Charge");
   CHECK(d.status == NULL); /* a saga-status header does not make a command a reply */
   sg_msg_free(&d);
   /* ... without a type it cannot say which command it is */
@@ -340,8 +357,31 @@ static void test_by_queue(void) {
   p.correlation_id = amqp_cstring_bytes("c-1");
   CHECK(sg_amqp_decode(&p, amqp_cstring_bytes("amq.topic"), amqp_cstring_bytes("x"), amqp_cstring_bytes("saga.reply.h1"),
                        amqp_cstring_bytes("{}"), &d, &e) == 0);
+  CHECK(d.kind == SG_MSG_REPLY);
   CHECK_STR(d.status, "ok");
   CHECK_STR(d.message_id, "reply:c-1");
+  CHECK_STR(d.reply_to, "saga.reply.h1");
+  sg_msg_free(&d);
+  /* a signal: a command for the service "saga" named "signal", with its headers in the list */
+  amqp_table_entry_t sh[2];
+  sh[0] = ent("signal-name", AMQP_FIELD_KIND_UTF8), sh[0].value.value.bytes = amqp_cstring_bytes("approved");
+  sh[1] = ent("traceparent", AMQP_FIELD_KIND_UTF8),
+  sh[1].value.value.bytes = amqp_cstring_bytes("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  p = foreign("sig-1", sh, 2);
+  CHECK(sg_amqp_decode(&p, amqp_cstring_bytes(SG_AMQP_X_COMMANDS), amqp_cstring_bytes("saga.signal"),
+                       amqp_cstring_bytes("saga.svc.saga"), amqp_cstring_bytes("{}"), &d, &e) == 0);
+  CHECK(d.kind == SG_MSG_SIGNAL);
+  CHECK_STR(sg_msg_header(&d, "signal-name"), "approved");
+  CHECK_STR(sg_msg_header(&d, "traceparent"), "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+  CHECK_STR(sg_msg_header(&d, "tracestate"), NULL);
+  /* and encoded again, it goes where it came from, its headers with it */
+  struct sg_amqp_out o;
+  d.saga_id = sg_strdup("s-1");
+  CHECK(sg_amqp_encode(&d, &o, &e) == 0);
+  CHECK(o.routing_key.len == 11 && memcmp(o.routing_key.bytes, "saga.signal", 11) == 0);
+  char *sn = sg_amqp_header_str(&o.props.headers, "signal-name");
+  CHECK_STR(sn, "approved");
+  free(sn);
   sg_msg_free(&d);
 }
 

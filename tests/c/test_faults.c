@@ -69,11 +69,11 @@ static struct sg_transport *tr_new(struct ev_loop *loop, struct rec *r) {
   return r->t;
 }
 
-static void publish(struct sg_transport *t, int i, int64_t outbox_id, const char *exchange) {
+static void publish(struct sg_transport *t, int i, int64_t outbox_id, enum sg_msg_kind kind) {
   char id[16];
   snprintf(id, sizeof id, "m%d", i);
-  struct sg_msg m = { .outbox_id = outbox_id, .message_id = id, .exchange = (char *)exchange,
-                      .routing_key = "svc.Do", .reply_to = "local", .type = "Do", .body = "{}" };
+  struct sg_msg m = { .outbox_id = outbox_id, .message_id = id, .kind = kind, .service = "svc", .name = "Do",
+                      .reply_to = "local", .body = "{}" };
   struct sg_error e = {0};
   CHECK(t->ops->publish(t, &m, &e) == 0);
 }
@@ -83,7 +83,7 @@ static void publish(struct sg_transport *t, int i, int64_t outbox_id, const char
 static void publish_n(struct sg_transport *t, int n) {
   int64_t t0 = sg_now_ms();
   while (sg_now_ms() == t0) {}
-  for (int i = 1; i <= n; i++) publish(t, i, i, "saga.commands");
+  for (int i = 1; i <= n; i++) publish(t, i, i, SG_MSG_COMMAND);
 }
 
 /* Runs the loop until the transport is idle (bounded: 5 s). */
@@ -205,7 +205,7 @@ static void test_delay(void) {
   sg_transport_local_faults(t, &f);
   CHECK_EQ_INT(sg_transport_local_next_due(t), -1);
   int64_t t0 = sg_now_ms();
-  publish(t, 1, 1, "saga.commands");
+  publish(t, 1, 1, SG_MSG_COMMAND);
   int64_t due = sg_transport_local_next_due(t);
   CHECK(due >= t0 + 300 && due <= t0 + 301);
   CHECK(!sg_transport_local_idle(t));
@@ -227,7 +227,7 @@ static void test_delay(void) {
   CHECK_EQ_INT(c.delivered, 1);
   /* faults off: at once again */
   sg_transport_local_faults(t, NULL);
-  publish(t, 2, 2, "saga.commands");
+  publish(t, 2, 2, SG_MSG_COMMAND);
   CHECK_EQ_INT(sg_transport_local_next_due(t), -1);
   ev_run(loop, EVRUN_NOWAIT);
   CHECK_EQ_INT(r.n, 2);
@@ -244,12 +244,12 @@ static void test_confirm_once(void) {
   struct sg_transport *t = tr_new(loop, &r);
   struct sg_faults f = { .drop = 1, .duplicate = 1, .delay_min_ms = 10, .delay_max_ms = 20, .seed = 3 };
   sg_transport_local_faults(t, &f);
-  publish(t, 1, 1, "saga.events");
+  publish(t, 1, 1, SG_MSG_EVENT);
   CHECK_EQ_INT(r.nconf, 1);
   CHECK_EQ_INT(sg_transport_local_next_due(t), -1);
-  publish(t, 2, 2, "saga.commands");
-  publish(t, 2, 2, "saga.commands"); /* the outbox read at start sends a row again */
-  publish(t, 3, 0, "");              /* an in-process reply: no row */
+  publish(t, 2, 2, SG_MSG_COMMAND);
+  publish(t, 2, 2, SG_MSG_COMMAND); /* the outbox read at start sends a row again */
+  publish(t, 3, 0, SG_MSG_REPLY);              /* an in-process reply: no row */
   run_idle(loop, t);
   CHECK_EQ_INT(r.n, 6); /* m2 twice, each duplicated; m3 and its copy */
   CHECK_EQ_INT(r.nconf, 2);

@@ -19,17 +19,18 @@ static void test_command(void) {
   struct sg_msg m = {0};
   m.message_id = "s-1.0.a.1.1";
   m.correlation_id = "s-1.0.a.1.1";
-  m.exchange = "saga.commands";
-  m.routing_key = "inventory.Reserve";
+  m.kind = SG_MSG_COMMAND;
+  m.service = "inventory";
+  m.name = "Reserve";
   m.reply_to = "saga.reply.h1";
-  m.type = "Reserve";
   m.saga_id = "s-1";
   m.saga_type = "OrderProcessing";
   m.step = 2;
   m.attempt = 3;
   m.body = "{\"sku\":\"book\"}";
   m.created_at = 1700000000123;
-  m.traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  const char *tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  sg_msg_set_header(&m, "traceparent", tp);
   struct sg_kafka_out o;
   struct sg_error e = {0};
   char b[200];
@@ -44,12 +45,14 @@ static void test_command(void) {
   CHECK_STR(hdr(o.hdrs, "attempt", b, sizeof b), "3");
   CHECK_STR(hdr(o.hdrs, "content-type", b, sizeof b), "application/json");
   CHECK_STR(hdr(o.hdrs, "saga-status", b, sizeof b), NULL);
+  CHECK_STR(hdr(o.hdrs, "traceparent", b, sizeof b), tp);
 
   /* as the participant's consumer sees it */
   struct sg_msg d;
   CHECK(sg_kafka_decode(o.topic, o.hdrs, o.value, o.len, o.timestamp, &d, &e) == 0);
-  CHECK_STR(d.exchange, "saga.commands");
-  CHECK_STR(d.routing_key, "inventory.Reserve");
+  CHECK(d.kind == SG_MSG_COMMAND);
+  CHECK_STR(d.service, "inventory");
+  CHECK_STR(d.name, "Reserve");
   CHECK_STR(d.message_id, "s-1.0.a.1.1");
   CHECK_STR(d.reply_to, "saga.reply.h1");
   CHECK_STR(d.saga_id, "s-1");
@@ -57,19 +60,21 @@ static void test_command(void) {
   CHECK_EQ_INT(d.step, 2);
   CHECK_EQ_INT(d.attempt, 3);
   CHECK_STR(d.body, "{\"sku\":\"book\"}");
-  CHECK_STR(d.traceparent, m.traceparent);
+  CHECK_STR(sg_msg_header(&d, "traceparent"), tp);
   CHECK_STR(d.status, NULL);
   CHECK_EQ_INT(d.created_at, 1700000000123);
   sg_msg_free(&d);
   rd_kafka_headers_destroy(o.hdrs);
+  for (size_t i = 0; i < m.nheaders; i++) { free(m.headers[i].name); free(m.headers[i].value); }
+  free(m.headers);
 }
 
 static void test_reply_and_event(void) {
   struct sg_msg m = {0};
   m.message_id = "reply-1";
   m.correlation_id = "s-1.0.a.1.1";
-  m.exchange = "";
-  m.routing_key = "saga.reply.h1";
+  m.kind = SG_MSG_REPLY;
+  m.reply_to = "saga.reply.h1";
   m.status = "error";
   m.saga_id = "s-1";
   m.body = "{\"error\":\"no\",\"retryable\":false}";
@@ -83,8 +88,8 @@ static void test_reply_and_event(void) {
   struct sg_msg d;
   CHECK(sg_kafka_decode(o.topic, o.hdrs, o.value, o.len, 0, &d, &e) == 0);
   CHECK_STR(d.status, "error");
-  CHECK_STR(d.exchange, "");
-  CHECK_STR(d.routing_key, "saga.reply.h1");
+  CHECK(d.kind == SG_MSG_REPLY);
+  CHECK_STR(d.reply_to, "saga.reply.h1");
   sg_msg_free(&d);
   rd_kafka_headers_destroy(o.hdrs);
 
@@ -99,9 +104,9 @@ static void test_reply_and_event(void) {
 
   struct sg_msg ev = {0};
   ev.message_id = "s-1.1.a.1.0";
-  ev.exchange = "saga.events";
-  ev.routing_key = "orders.Shipped";
-  ev.type = "Shipped";
+  ev.kind = SG_MSG_EVENT;
+  ev.service = "orders";
+  ev.name = "Shipped";
   ev.saga_id = "s-1";
   ev.body = "{}";
   CHECK(sg_kafka_encode(&ev, &o, &e) == 0);
@@ -121,9 +126,9 @@ static void test_signal(void) {
   struct sg_msg d;
   struct sg_error e = {0};
   CHECK(sg_kafka_decode("saga.svc.saga", h, "{\"a\":1}", 7, 0, &d, &e) == 0);
-  CHECK_STR(d.routing_key, "saga.signal");
-  CHECK_STR(d.signal, "go");
-  CHECK_STR(d.saga_key, "o-1");
+  CHECK(d.kind == SG_MSG_SIGNAL);
+  CHECK_STR(sg_msg_header(&d, "signal-name"), "go");
+  CHECK_STR(sg_msg_header(&d, "saga-key"), "o-1");
   sg_msg_free(&d);
   rd_kafka_headers_destroy(h);
 }
@@ -173,12 +178,15 @@ static void test_malformed(void) {
   struct sg_msg m = {0};
   struct sg_kafka_out o;
   m.message_id = "m-1";
-  m.exchange = "saga.commands";
-  m.routing_key = "bad/service.X";
+  m.kind = SG_MSG_COMMAND;
+  m.service = "bad/service";
+  m.name = "X";
   m.body = "{}";
-  CHECK(sg_kafka_encode(&m, &o, &e) < 0);
-  m.exchange = "";
-  m.routing_key = "saga.reply.h1";
+  CHECK(sg_kafka_encode(&m, &o, &e) < 0 && strstr(e.msg, "not a topic name"));
+  m.service = NULL;
+  CHECK(sg_kafka_encode(&m, &o, &e) < 0 && strstr(e.msg, "names no service"));
+  m.kind = SG_MSG_REPLY;
+  m.reply_to = "saga.reply.h1";
   m.correlation_id = "c-1";
   m.status = "maybe";
   CHECK(sg_kafka_encode(&m, &o, &e) < 0);

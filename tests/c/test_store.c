@@ -88,16 +88,31 @@ static void test_common(void) {
   CHECK_STR(sg_phase_name(SG_PH_COMPENSATE), "compensate");
 
   struct sg_msg a = {
-    .outbox_id = 7, .message_id = "m1", .correlation_id = NULL, .exchange = "saga.commands",
-    .routing_key = "inventory.Reserve", .reply_to = "q", .type = "Reserve", .saga_id = "s1",
+    .outbox_id = 7, .message_id = "m1", .correlation_id = NULL, .kind = SG_MSG_COMMAND,
+    .service = "inventory", .reply_to = "q", .name = "Reserve", .saga_id = "s1",
     .saga_type = "Order", .step = 3, .attempt = 2, .status = NULL, .body = "{}", .created_at = 42,
   };
+  sg_msg_set_header(&a, "traceparent", "tp-1");
+  sg_msg_set_header(&a, "tracestate", "ts-1");
+  sg_msg_set_header(&a, "traceparent", "tp-2"); /* replaced in place */
+  CHECK_EQ_INT(a.nheaders, 2);
+  CHECK_STR(sg_msg_header(&a, "traceparent"), "tp-2");
   struct sg_msg b;
   sg_msg_copy(&b, &a);
   CHECK(b.message_id != a.message_id);
   CHECK_STR(b.message_id, "m1");
   CHECK_STR(b.correlation_id, NULL);
-  CHECK_STR(b.routing_key, "inventory.Reserve");
+  CHECK(b.kind == SG_MSG_COMMAND);
+  CHECK_STR(b.service, "inventory");
+  CHECK_STR(b.name, "Reserve");
+  CHECK(b.headers != a.headers && b.nheaders == 2);
+  CHECK_STR(sg_msg_header(&b, "tracestate"), "ts-1");
+  sg_msg_set_header(&b, "traceparent", NULL); /* removed */
+  CHECK_EQ_INT(b.nheaders, 1);
+  CHECK_STR(sg_msg_header(&b, "traceparent"), NULL);
+  CHECK_STR(sg_msg_header(&a, "traceparent"), "tp-2");
+  for (size_t i = 0; i < a.nheaders; i++) { free(a.headers[i].name); free(a.headers[i].value); }
+  free(a.headers);
   CHECK_STR(b.saga_type, "Order");
   CHECK_EQ_INT(b.step, 3);
   CHECK_EQ_INT(b.attempt, 2);
@@ -731,14 +746,14 @@ static void orows_free(struct orows *o) {
 
 static void test_outbox(struct sg_store *s) {
   struct sg_msg cmd = {
-    .message_id = "m-1", .correlation_id = NULL, .exchange = "saga.commands",
-    .routing_key = "inventory.Reserve", .reply_to = "saga.replies.host1", .type = "Reserve",
+    .message_id = "m-1", .correlation_id = NULL, .kind = SG_MSG_COMMAND,
+    .service = "inventory", .reply_to = "saga.replies.host1", .name = "Reserve",
     .saga_id = "a0000000-0000-4000-8000-000000000001", .saga_type = "Order", .step = 0, .attempt = 1,
     .status = NULL, .body = "{\"sku\":\"book\"}", .created_at = 500,
   };
   struct sg_msg reply = {
-    .message_id = "m-2", .correlation_id = "m-0", .exchange = "", .routing_key = "reply.q",
-    .reply_to = NULL, .type = "Reserve", .saga_id = NULL, .saga_type = NULL, .step = 0, .attempt = 0,
+    .message_id = "m-2", .correlation_id = "m-0", .kind = SG_MSG_REPLY,
+    .reply_to = "reply.q", .name = "Reserve", .saga_id = NULL, .saga_type = NULL, .step = 0, .attempt = 0,
     .status = "ok", .body = "{}", .created_at = 501,
   };
   OK(s->ops->outbox_put(s, &cmd, &err));
@@ -752,10 +767,10 @@ static void test_outbox(struct sg_store *s) {
   CHECK_EQ_INT(o.m[0].outbox_id, cmd.outbox_id);
   CHECK_STR(o.m[0].message_id, "m-1");
   CHECK_STR(o.m[0].correlation_id, NULL);
-  CHECK_STR(o.m[0].exchange, "saga.commands");
-  CHECK_STR(o.m[0].routing_key, "inventory.Reserve");
+  CHECK(o.m[0].kind == SG_MSG_COMMAND);
+  CHECK_STR(o.m[0].service, "inventory");
+  CHECK_STR(o.m[0].name, "Reserve");
   CHECK_STR(o.m[0].reply_to, "saga.replies.host1");
-  CHECK_STR(o.m[0].type, "Reserve");
   CHECK_STR(o.m[0].saga_id, "a0000000-0000-4000-8000-000000000001");
   CHECK_STR(o.m[0].saga_type, "Order");
   CHECK_EQ_INT(o.m[0].step, 0);
@@ -764,7 +779,9 @@ static void test_outbox(struct sg_store *s) {
   CHECK_STR(o.m[0].body, "{\"sku\":\"book\"}");
   CHECK_EQ_INT(o.m[0].created_at, 500);
   CHECK_EQ_INT(o.m[1].outbox_id, reply.outbox_id);
-  CHECK_STR(o.m[1].exchange, ""); /* the default exchange is "", not NULL */
+  CHECK(o.m[1].kind == SG_MSG_REPLY);
+  CHECK_STR(o.m[1].reply_to, "reply.q"); /* where the reply goes */
+  CHECK_STR(o.m[1].name, "Reserve");
   CHECK_STR(o.m[1].correlation_id, "m-0");
   CHECK_STR(o.m[1].status, "ok");
   CHECK_STR(o.m[1].saga_id, NULL);

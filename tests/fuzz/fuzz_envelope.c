@@ -142,7 +142,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (verbose < 0) verbose = getenv("FUZZ_VERBOSE") != NULL;
   if (verbose) fprintf(stderr, "decode: %s\n", rc == 0 ? m.message_id : e.msg);
   if (rc == 0) {
-    if (!m.message_id || !m.routing_key || !m.body || !m.exchange || (!m.type && !m.correlation_id)) abort();
+    if (!m.message_id || !m.body) abort();
+    if (m.kind == SG_MSG_REPLY ? !m.correlation_id || !m.status : !m.service || !m.name || m.status) abort();
     if (m.status && strcmp(m.status, "ok") != 0 && strcmp(m.status, "error") != 0) abort();
     struct sg_amqp_out o;
     struct sg_error e2 = {0};
