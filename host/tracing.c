@@ -14,10 +14,8 @@
 #include "otel.h"
 
 /* the messaging.system of the engine's transport */
-static int on_rabbitmq(struct sg_engine *en) { return en->tr && !strcmp(en->tr->ops->name, "amqp"); }
-
 static const char *msg_system(struct sg_engine *en) {
-  if (on_rabbitmq(en)) return "rabbitmq";
+  if (en->tr && !strcmp(en->tr->ops->name, "amqp")) return "rabbitmq";
   if (en->tr && !strcmp(en->tr->ops->name, "kafka")) return "kafka";
   if (en->tr && !strcmp(en->tr->ops->name, "amqp1")) return "amqp1";
   return "sagahost";
@@ -51,14 +49,11 @@ static void msg_attrs(struct sg_engine *en, struct sg_span *sp, const struct sg_
   sg_span_str(sp, "messaging.system", msg_system(en));
   sg_span_str(sp, "messaging.operation", operation);
   sg_span_str(sp, "messaging.operation.type", operation);
-  char what[300], dest[300];
+  char what[300];
   sg_msg_what(m, what, sizeof what);
-  /* RabbitMQ: the exchange and its routing key; elsewhere the queue or topic (docs/protocol.md) */
-  if (on_rabbitmq(en)) snprintf(dest, sizeof dest, "%s", m->kind == SG_MSG_EVENT ? "saga.events" : "saga.commands");
-  else if (m->kind == SG_MSG_EVENT) snprintf(dest, sizeof dest, "saga.events");
-  else snprintf(dest, sizeof dest, "saga.svc.%s", m->service ? m->service : "?");
-  sg_span_str(sp, "messaging.destination.name", dest);
-  if (on_rabbitmq(en)) sg_span_str(sp, "messaging.rabbitmq.destination.routing_key", what);
+  /* the logical destination (RabbitMQ's exchange): commands and replies, or events */
+  sg_span_str(sp, "messaging.destination.name", m->kind == SG_MSG_EVENT ? "saga.events" : "saga.commands");
+  sg_span_str(sp, "messaging.rabbitmq.destination.routing_key", what);
   sg_span_str(sp, "messaging.message.id", m->message_id);
   if (m->correlation_id) sg_span_str(sp, "messaging.message.conversation_id", m->correlation_id);
   if (m->body) sg_span_int(sp, "messaging.message.body.size", (int64_t)strlen(m->body));
