@@ -1262,21 +1262,22 @@ static void renew_response(struct amqp1_transport *t, struct rcv *r, pn_link_t *
       p->period = period;
       p->renew_at = base + period * 2 / 3;
       p->solo = 0;
+      r->mgmt->backoff = 1.0; /* the pair works */
     } else if (total > 1 && !p->solo) {
       p->solo = 1; /* one lost lock fails the whole request: ask for each alone */
       p->renew_at = now;
     } else {
       char tok[40];
       uuid_text(p->token, tok, sizeof tok);
-      sg_warn("amqp1: the lock of a delivery on %s (lock token %s) was not renewed: %lld%s%s; no longer renewed "
-              "(the broker delivers the message again when the lock ends; the inbox answers it)", r->queue, tok,
-              (long long)status, *desc ? " " : "", desc);
+      sg_warn("amqp1: the lock of a delivery on %s (lock token %s) was not renewed (%lld%s%s); it is no longer "
+              "renewed: the broker delivers the message again when the lock ends, and the inbox answers it",
+              r->queue, tok, (long long)status, *desc ? ": " : "", desc);
       p->renew = 0;
     }
   }
   if (!(status >= 200 && status < 300) && total > 1)
     sg_info("amqp1: renewing %d locks on %s failed (%lld%s%s); each is asked again alone", total, r->queue,
-            (long long)status, *desc ? " " : "", desc);
+            (long long)status, *desc ? ": " : "", desc);
   renew_arm(t);
 }
 
@@ -1297,9 +1298,6 @@ static int renew_event(struct amqp1_transport *t, pn_event_t *ev) {
   switch (pn_event_type(ev)) {
   case PN_DELIVERY:
     if (l == m->rcv && pn_delivery_readable(d) && !pn_delivery_partial(d)) renew_response(t, r, l, d);
-    break;
-  case PN_LINK_REMOTE_OPEN:
-    if (l == m->rcv) m->backoff = 1.0;
     break;
   case PN_LINK_REMOTE_CLOSE:
   case PN_LINK_REMOTE_DETACH: {
