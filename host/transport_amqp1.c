@@ -68,7 +68,7 @@ struct pending {
   double period;            /* seconds: the lock time it was last given */
   double renew_at;          /* ev_now time of its next renewal */
   uint64_t req;             /* the renew-lock request in flight for it (0: none) */
-  int req_idx;              /* its place in that request's lock-tokens */
+  int req_idx, req_n;       /* its place in that request's lock-tokens, and how many it has */
   double req_sent, req_deadline;
 };
 
@@ -1119,6 +1119,7 @@ static void renew_send(struct amqp1_transport *t, struct rcv *r, struct pending 
     pn_data_put_uuid(body, u);
     ps[i]->req = id;
     ps[i]->req_idx = i;
+    ps[i]->req_n = n;
     ps[i]->req_sent = now;
     ps[i]->req_deadline = now + (ps[i]->period / 3 > 1.0 ? ps[i]->period / 3 : 1.0);
   }
@@ -1239,7 +1240,7 @@ static void renew_response(struct amqp1_transport *t, struct rcv *r, pn_link_t *
   }
   /* the deliveries of that request still held */
   struct pending *ps[RENEW_BATCH];
-  int np = 0, total = 0;
+  int np = 0;
   for (size_t b = 0; id && b < t->nbucket; b++)
     for (struct pending *p = t->bucket[b]; p; p = p->next)
       if (p->req == id && np < RENEW_BATCH) ps[np++] = p;
@@ -1249,7 +1250,7 @@ static void renew_response(struct amqp1_transport *t, struct rcv *r, pn_link_t *
     return;
   }
   double now = ev_now(t->loop);
-  for (int i = 0; i < np; i++) total = ps[i]->req_idx + 1 > total ? ps[i]->req_idx + 1 : total;
+  int total = ps[0]->req_n;
   for (int i = 0; i < np; i++) {
     struct pending *p = ps[i];
     p->req = 0;
