@@ -60,7 +60,19 @@ struct pending {
   uint64_t tag;
   pn_delivery_t *d;
   struct pending *next; /* hash chain */
+  /* lock renewal (renew=1, "lock renewal" below) */
+  struct rcv *r;            /* the queue it came from */
+  unsigned char token[16];  /* its lock token: the delivery tag as a uuid (RFC 4122 byte order) */
+  int renew;                /* its lock is renewed until it is settled */
+  int solo;                 /* renewed in a request of its own (a batch it was in failed) */
+  double period;            /* seconds: the lock time it was last given */
+  double renew_at;          /* ev_now time of its next renewal */
+  uint64_t req;             /* the renew-lock request in flight for it (0: none) */
+  int req_idx, req_n;       /* its place in that request's lock-tokens, and how many it has */
+  double req_sent, req_deadline;
 };
+
+struct mgmt; /* an entity's $management link pair (lock renewal) */
 
 /* A queue we consume: saga.svc.<service> or our reply queue. */
 struct rcv {
@@ -68,6 +80,7 @@ struct rcv {
   char *service;      /* the service, NULL for the reply queue */
   pn_link_t *link;    /* on the current connection, or NULL */
   int attached;       /* the broker answered the attach */
+  struct mgmt *mgmt;  /* lock renewal through <queue address>/$management, or NULL */
   struct rcv *next;
 };
 
@@ -124,18 +137,30 @@ struct amqp1_transport {
 
   struct pending **bucket;       /* deliveries held, by tag */
   size_t nbucket, npending;
+
+  /* lock renewal (Service Bus peek-lock): see "lock renewal" below */
+  int renew;                     /* renew=0|1; -1 until the URL is read (default: on for *.servicebus.*) */
+  int lock_ms;                   /* lock duration assumed when the broker does not say (lock_ms=, 30000) */
+  ev_timer renew_timer;
+  uint64_t next_req;             /* numbers renew-lock requests (their message-id) */
+  pn_message_t *rmsg;            /* renew-lock requests and responses */
 };
 
 #define T(bt) ((struct amqp1_transport *)(bt))
 
 static void conn_lost(struct amqp1_transport *t, const char *why);
 static void pump(struct amqp1_transport *t);
+static void renew_track(struct amqp1_transport *t, struct rcv *r, struct pending *p);
+static int renew_event(struct amqp1_transport *t, pn_event_t *ev);
+static void renew_reset(struct amqp1_transport *t);
+static void renew_free(struct amqp1_transport *t);
+static int redelivered_of(struct amqp1_transport *t, const char *bytes, size_t n);
 
 /* ---- held deliveries ---- */
 
 static size_t bucket_of(struct amqp1_transport *t, uint64_t tag) { return (size_t)(tag & (t->nbucket - 1)); }
 
-static void pending_put(struct amqp1_transport *t, uint64_t tag, pn_delivery_t *d) {
+static struct pending *pending_put(struct amqp1_transport *t, uint64_t tag, pn_delivery_t *d) {
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->tag = tag;
   p->d = d;
@@ -143,6 +168,7 @@ static void pending_put(struct amqp1_transport *t, uint64_t tag, pn_delivery_t *
   p->next = t->bucket[b];
   t->bucket[b] = p;
   t->npending++;
+  return p;
 }
 
 /* The delivery held under tag, removed from the table; NULL when stale (a lost connection) or settled. */
@@ -455,10 +481,10 @@ static void received(struct amqp1_transport *t, pn_link_t *link, pn_delivery_t *
     reject(t, d, e.msg);
     return;
   }
-  /* delivered before (RabbitMQ: first-acquirer false; Service Bus: delivery-count > 0) */
-  int redelivered = pn_message_get_delivery_count(t->msg) > 0 || !pn_message_is_first_acquirer(t->msg);
+  int redelivered = redelivered_of(t, t->rbuf, (size_t)got);
   uint64_t tag = ((uint64_t)(t->gen & 0xffff) << GEN_SHIFT) | (++t->next_delivery & ((UINT64_C(1) << GEN_SHIFT) - 1));
-  pending_put(t, tag, d); /* before the callback: the engine may ack at once */
+  struct pending *p = pending_put(t, tag, d); /* before the callback: the engine may ack at once */
+  renew_track(t, r, p);
   if (t->base.ev.on_message) t->base.ev.on_message(t->base.ev.ud, &m, tag, redelivered);
   sg_msg_free(&m);
 }
@@ -543,11 +569,15 @@ static void check_ready(struct amqp1_transport *t) {
   ev_timer_stop(t->loop, &t->deadline);
   sg_info("amqp1: connected to %s:%s%s (prefetch %d, queue addresses %s<queue>)", t->host, t->port,
           t->tls ? " over TLS" : "", t->prefetch, t->prefix);
+  if (t->renew > 0)
+    sg_info("amqp1: lock renewal on: held deliveries' locks are renewed through %s<queue>/$management at 2/3 of "
+            "%d ms or of the lock time the broker gives", t->prefix, t->lock_ms);
   if (t->base.ev.on_ready) t->base.ev.on_ready(t->base.ev.ud);
 }
 
 static void handle_event(struct amqp1_transport *t, pn_event_t *ev) {
   char buf[600], what[700];
+  if (renew_event(t, ev)) return; /* the $management links of lock renewal */
   switch (pn_event_type(ev)) {
   case PN_CONNECTION_REMOTE_OPEN: check_ready(t); break;
   case PN_LINK_REMOTE_OPEN: {
@@ -870,6 +900,7 @@ static void conn_lost(struct amqp1_transport *t, const char *why) {
   ev_idle_stop(t->loop, &t->resume);
   ev_timer_stop(t->loop, &t->resend);
   pending_clear(t);
+  renew_reset(t);
   for (struct rcv *r = t->rcvs; r; r = r->next) { r->link = NULL; r->attached = 0; }
   for (struct snd *s = t->snds; s; s = s->next) s->link = NULL;
   if (t->fd >= 0) shutdown(t->fd, SHUT_RDWR);
@@ -877,6 +908,442 @@ static void conn_lost(struct amqp1_transport *t, const char *why) {
   ev_timer_set(&t->retry, t->backoff, 0.);
   ev_timer_start(t->loop, &t->retry);
   t->backoff = t->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : t->backoff * 2;
+}
+
+/* ---- lock renewal (Service Bus peek-lock) ----
+ *
+ * Service Bus locks a message it delivers for the queue's lock duration (30 s by default) and delivers
+ * it again once the lock expires unsettled; our accept after that fails (message-lock-lost). We settle
+ * only after the commit holding a message's effect, which a store stall or a long handler can delay, so
+ * with renew=1 each held delivery's lock is renewed through the queue's management node: a sender to
+ * "<queue address>/$management" and a receiver from it (target: a reply address of ours), attached when
+ * the queue's first delivery arrives. A request is a message with application-properties
+ * operation = "com.microsoft:renew-lock" (and associated-link-name = our receiver's link name) and an
+ * amqp-value body {"lock-tokens": array of uuid}; the response has application-properties statusCode
+ * (200) and statusDescription and the body {"expirations": array of timestamp}, in the order of the
+ * tokens. A lock token is the 16-byte delivery tag, which Service Bus writes in .NET's Guid byte order:
+ * as a uuid its first three fields are byte-swapped (what Azure's SDKs do).
+ *
+ * A delivery's lock is renewed at 2/3 of its lock time: the lock time is lock_ms (30000), or less when
+ * the broker says less (the delivery's x-opt-locked-until annotation, then the expirations returned).
+ * Due deliveries of one queue go in one request (at most RENEW_BATCH tokens); deliveries due within the
+ * next sixth of their lock time go along. A failed batch (Service Bus fails a whole request when one
+ * lock is lost) is sent again token by token; a token whose own request fails (410: lock lost) is logged
+ * and forgotten: the broker delivers the message again and our inbox answers it. Settling a delivery
+ * (pending_take) ends its renewal. A request not answered within a third of the lock time is given up
+ * and the tokens are due again. RabbitMQ has no $management node: renew=0 there (the default for any
+ * host not under .servicebus.). */
+
+#define RENEW_BATCH 64
+#define RENEW_OP "com.microsoft:renew-lock"
+
+struct mgmt {
+  char *address;    /* <queue address>/$management */
+  char *reply;      /* our receiver's target: the reply-to of our requests */
+  pn_link_t *snd, *rcv;
+  double retry_at;  /* the broker closed the pair: not attached again before this (ev_now time) */
+  double backoff;
+};
+
+/* The context of every $management link: their events never reach handle_event's own cases (a
+ * receiver's context there is its struct rcv), also after the pair was dropped. */
+static char mgmt_mark;
+
+static double wall_ms(void) { return ev_time() * 1000.0; }
+
+/* The uuid of a lock token from a delivery tag in .NET Guid byte order. */
+static void lock_token_of(const unsigned char *tag, unsigned char *u) {
+  static const int order[16] = {3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int i = 0; i < 16; i++) u[i] = tag[order[i]];
+}
+
+static void uuid_text(const unsigned char *u, char *buf, size_t n) {
+  snprintf(buf, n, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3], u[4],
+           u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+/* A map entry of d (the map entered) whose key (symbol or string) is name; d on its value. */
+static int map_find(pn_data_t *d, const char *name) {
+  size_t len = strlen(name);
+  while (pn_data_next(d)) {
+    pn_type_t kt = pn_data_type(d);
+    pn_bytes_t k = kt == PN_SYMBOL ? pn_data_get_symbol(d) : kt == PN_STRING ? pn_data_get_string(d) : pn_bytes(0, NULL);
+    if (!pn_data_next(d)) return 0;
+    if (k.size == len && memcmp(k.start, name, len) == 0) return 1;
+  }
+  return 0;
+}
+
+static int64_t data_int(pn_data_t *d, int64_t dflt) {
+  switch (pn_data_type(d)) {
+  case PN_BYTE: return pn_data_get_byte(d);
+  case PN_UBYTE: return pn_data_get_ubyte(d);
+  case PN_SHORT: return pn_data_get_short(d);
+  case PN_USHORT: return pn_data_get_ushort(d);
+  case PN_INT: return pn_data_get_int(d);
+  case PN_UINT: return pn_data_get_uint(d);
+  case PN_LONG: return pn_data_get_long(d);
+  case PN_ULONG: return (int64_t)pn_data_get_ulong(d);
+  case PN_TIMESTAMP: return pn_data_get_timestamp(d);
+  case PN_STRING: {
+    pn_bytes_t s = pn_data_get_string(d);
+    char buf[24];
+    if (!s.size || s.size >= sizeof buf) return dflt;
+    memcpy(buf, s.start, s.size);
+    buf[s.size] = 0;
+    char *end;
+    long long v = strtoll(buf, &end, 10);
+    return *end ? dflt : v;
+  }
+  default: return dflt;
+  }
+}
+
+/* Was this delivered before? delivery-count > 0, or first-acquirer false (RabbitMQ sets it). With
+ * renew on (Service Bus), a header that leaves first-acquirer unset says nothing: delivery-count alone
+ * counts there (otherwise every delivery would look redelivered). bytes: the message as received. */
+static int redelivered_of(struct amqp1_transport *t, const char *bytes, size_t n) {
+  if (pn_message_get_delivery_count(t->msg) > 0) return 1;
+  if (pn_message_is_first_acquirer(t->msg)) return 0;
+  if (!t->renew) return 1;
+  /* the header section is the first: described(0x70, list[durable, priority, ttl, first-acquirer, ...]) */
+  int set = 0;
+  pn_data_t *d = pn_data(8);
+  if (pn_data_decode(d, bytes, n) > 0) {
+    pn_data_rewind(d);
+    if (pn_data_next(d) && pn_data_type(d) == PN_DESCRIBED) {
+      pn_data_enter(d);
+      if (pn_data_next(d) && pn_data_type(d) == PN_ULONG && pn_data_get_ulong(d) == 0x70 && pn_data_next(d) &&
+          pn_data_type(d) == PN_LIST && pn_data_get_list(d) >= 4) {
+        pn_data_enter(d);
+        for (int i = 0; i < 4; i++) pn_data_next(d);
+        set = pn_data_type(d) == PN_BOOL;
+      }
+    }
+  }
+  pn_data_free(d);
+  return set; /* set and false: delivered before */
+}
+
+static void renew_arm(struct amqp1_transport *t);
+
+static void mgmt_open(struct amqp1_transport *t, struct rcv *r) {
+  struct mgmt *m = r->mgmt;
+  char name[600];
+  snprintf(name, sizeof name, "%s-mgmt-sender-%s", t->container, r->queue);
+  m->snd = pn_sender(t->ssn, name);
+  pn_link_set_context(m->snd, &mgmt_mark);
+  pn_terminus_set_address(pn_link_target(m->snd), m->address);
+  pn_terminus_set_address(pn_link_source(m->snd), m->reply);
+  pn_link_set_snd_settle_mode(m->snd, PN_SND_SETTLED);
+  pn_link_open(m->snd);
+  snprintf(name, sizeof name, "%s-mgmt-receiver-%s", t->container, r->queue);
+  m->rcv = pn_receiver(t->ssn, name);
+  pn_link_set_context(m->rcv, &mgmt_mark);
+  pn_terminus_set_address(pn_link_source(m->rcv), m->address);
+  pn_terminus_set_address(pn_link_target(m->rcv), m->reply);
+  pn_link_set_rcv_settle_mode(m->rcv, PN_RCV_FIRST);
+  pn_link_open(m->rcv);
+  pn_link_flow(m->rcv, 16);
+}
+
+/* Starts renewing p's lock (called as a delivery is handed to the engine; t->msg holds its message). */
+static void renew_track(struct amqp1_transport *t, struct rcv *r, struct pending *p) {
+  if (t->renew <= 0) return;
+  pn_delivery_tag_t tag = pn_delivery_tag(p->d);
+  if (tag.size != 16) {
+    sg_debug("amqp1: a delivery on %s has a %zu-byte tag, not a lock token: its lock is not renewed", r->queue,
+             tag.size);
+    return;
+  }
+  lock_token_of((const unsigned char *)tag.start, p->token);
+  p->r = r;
+  p->renew = 1;
+  double period = t->lock_ms / 1000.0;
+  /* Service Bus says when the lock ends (x-opt-locked-until): believed when it is sooner */
+  pn_data_t *a = pn_message_annotations(t->msg);
+  pn_data_rewind(a);
+  if (pn_data_next(a) && pn_data_type(a) == PN_MAP) {
+    pn_data_enter(a);
+    if (map_find(a, "x-opt-locked-until")) {
+      double left = ((double)data_int(a, 0) - wall_ms()) / 1000.0;
+      if (left > 0 && left < period) period = left;
+    }
+    pn_data_exit(a);
+  }
+  p->period = period;
+  p->renew_at = ev_now(t->loop) + period * 2 / 3;
+  if (!r->mgmt) {
+    r->mgmt = sg_xcalloc(1, sizeof *r->mgmt);
+    char *addr = queue_address(t, r->queue);
+    r->mgmt->address = sg_asprintf("%s/$management", addr);
+    r->mgmt->reply = sg_asprintf("%s-mgmt-reply-%s", t->container, r->queue);
+    r->mgmt->backoff = 1.0;
+    free(addr);
+  }
+  if (!r->mgmt->snd && ev_now(t->loop) >= r->mgmt->retry_at && t->ssn) mgmt_open(t, r);
+  if (!ev_is_active(&t->renew_timer) || ev_timer_remaining(t->loop, &t->renew_timer) > p->renew_at - ev_now(t->loop))
+    renew_arm(t);
+}
+
+/* Sends one renew-lock request for the n held deliveries ps (all from r's queue). */
+static void renew_send(struct amqp1_transport *t, struct rcv *r, struct pending **ps, int n) {
+  struct mgmt *m = r->mgmt;
+  uint64_t id = ++t->next_req;
+  pn_message_t *msg = t->rmsg;
+  pn_message_clear(msg);
+  pn_atom_t mid;
+  mid.type = PN_ULONG;
+  mid.u.as_ulong = id;
+  pn_message_set_id(msg, mid);
+  pn_message_set_reply_to(msg, m->reply);
+  pn_data_t *ap = pn_message_properties(msg);
+  pn_data_put_map(ap);
+  pn_data_enter(ap);
+  pn_data_put_string(ap, pn_bytes(strlen("operation"), "operation"));
+  pn_data_put_string(ap, pn_bytes(strlen(RENEW_OP), RENEW_OP));
+  const char *link_name = r->link ? pn_link_name(r->link) : NULL;
+  if (link_name) {
+    pn_data_put_string(ap, pn_bytes(strlen("associated-link-name"), "associated-link-name"));
+    pn_data_put_string(ap, pn_bytes(strlen(link_name), link_name));
+  }
+  pn_data_exit(ap);
+  pn_data_t *body = pn_message_body(msg);
+  pn_data_put_map(body);
+  pn_data_enter(body);
+  pn_data_put_string(body, pn_bytes(strlen("lock-tokens"), "lock-tokens"));
+  pn_data_put_array(body, false, PN_UUID);
+  pn_data_enter(body);
+  double now = ev_now(t->loop);
+  for (int i = 0; i < n; i++) {
+    pn_uuid_t u;
+    memcpy(u.bytes, ps[i]->token, 16);
+    pn_data_put_uuid(body, u);
+    ps[i]->req = id;
+    ps[i]->req_idx = i;
+    ps[i]->req_n = n;
+    ps[i]->req_sent = now;
+    ps[i]->req_deadline = now + (ps[i]->period / 3 > 1.0 ? ps[i]->period / 3 : 1.0);
+  }
+  pn_data_exit(body);
+  pn_data_exit(body);
+  pn_message_set_inferred(msg, false);
+  pn_delivery_t *d = pn_delivery(m->snd, pn_dtag((const char *)&id, sizeof id));
+  if (pn_message_send(msg, m->snd, NULL) < 0) {
+    sg_warn("amqp1: cannot encode a renew-lock request: %s", pn_error_text(pn_message_error(msg)));
+    for (int i = 0; i < n; i++) ps[i]->req = 0;
+  }
+  pn_delivery_settle(d); /* sent settled: the response is the answer */
+  sg_debug("amqp1: renewing %d lock%s on %s", n, n == 1 ? "" : "s", r->queue);
+}
+
+/* The next renewal (or request deadline) among the held deliveries, or stopped when there is none. */
+static void renew_arm(struct amqp1_transport *t) {
+  ev_timer_stop(t->loop, &t->renew_timer);
+  if (t->state == DOWN) return;
+  double next = 0;
+  int any = 0;
+  for (size_t b = 0; b < t->nbucket; b++)
+    for (struct pending *p = t->bucket[b]; p; p = p->next) {
+      if (!p->renew) continue;
+      double at = p->req ? p->req_deadline : p->renew_at;
+      if (p->req == 0 && p->r->mgmt && !p->r->mgmt->snd && p->r->mgmt->retry_at > at) at = p->r->mgmt->retry_at;
+      if (!any || at < next) next = at;
+      any = 1;
+    }
+  if (!any) return;
+  double in = next - ev_now(t->loop);
+  ev_timer_set(&t->renew_timer, in > 0.001 ? in : 0.001, 0.);
+  ev_timer_start(t->loop, &t->renew_timer);
+}
+
+static void renew_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  struct amqp1_transport *t = w->data;
+  if (t->state == DOWN) return;
+  double now = ev_now(loop);
+  struct pending *batch[RENEW_BATCH];
+  int sent = 0;
+  for (struct rcv *r = t->rcvs; r; r = r->next) {
+    if (!r->mgmt) continue;
+    if (!r->mgmt->snd) {
+      if (now < r->mgmt->retry_at || !t->ssn) continue;
+      mgmt_open(t, r);
+    }
+    int n = 0;
+    for (size_t b = 0; b < t->nbucket; b++)
+      for (struct pending *p = t->bucket[b]; p; p = p->next) {
+        if (!p->renew || p->r != r) continue;
+        if (p->req && now >= p->req_deadline) {
+          sg_info("amqp1: no answer to a renew-lock request on %s within %.1fs; asked again", r->queue,
+                  p->req_deadline - p->req_sent);
+          p->req = 0;
+          p->renew_at = now;
+        }
+        if (p->req || now < p->renew_at - p->period / 6) continue; /* due, or due soon: goes along */
+        if (p->solo) {
+          renew_send(t, r, &p, 1);
+          sent++;
+          continue;
+        }
+        batch[n++] = p;
+        if (n == RENEW_BATCH) { renew_send(t, r, batch, n); sent++; n = 0; }
+      }
+    if (n) { renew_send(t, r, batch, n); sent++; }
+  }
+  renew_arm(t);
+  if (sent) kick(t);
+}
+
+/* A response on r's management receiver. */
+static void renew_response(struct amqp1_transport *t, struct rcv *r, pn_link_t *l, pn_delivery_t *d) {
+  size_t n = pn_delivery_pending(d);
+  char *buf = sg_xmalloc(n + 1);
+  ssize_t got = pn_link_recv(l, buf, n);
+  pn_link_advance(l);
+  pn_delivery_update(d, PN_ACCEPTED);
+  pn_delivery_settle(d);
+  pn_link_flow(l, 1);
+  pn_message_t *msg = t->rmsg;
+  pn_message_clear(msg);
+  if (got < 0 || pn_message_decode(msg, buf, (size_t)got) != 0) {
+    free(buf);
+    sg_warn("amqp1: an unreadable message on %s's management link ignored", r->queue);
+    return;
+  }
+  free(buf);
+  pn_atom_t corr = pn_message_get_correlation_id(msg);
+  uint64_t id = corr.type == PN_ULONG ? corr.u.as_ulong : 0;
+  int64_t status = -1;
+  char desc[300] = "";
+  pn_data_t *ap = pn_message_properties(msg);
+  pn_data_rewind(ap);
+  if (pn_data_next(ap) && pn_data_type(ap) == PN_MAP) {
+    pn_data_enter(ap);
+    if (map_find(ap, "statusCode")) status = data_int(ap, -1);
+    pn_data_rewind(ap);
+    pn_data_next(ap);
+    pn_data_enter(ap);
+    if (map_find(ap, "statusDescription") && (pn_data_type(ap) == PN_STRING || pn_data_type(ap) == PN_SYMBOL)) {
+      pn_bytes_t s = pn_data_type(ap) == PN_STRING ? pn_data_get_string(ap) : pn_data_get_symbol(ap);
+      snprintf(desc, sizeof desc, "%.*s", (int)s.size, s.start);
+    }
+  }
+  /* the expirations, in the order of the request's tokens */
+  int64_t exp[RENEW_BATCH];
+  size_t nexp = 0;
+  pn_data_t *body = pn_message_body(msg);
+  pn_data_rewind(body);
+  if (status >= 200 && status < 300 && pn_data_next(body) && pn_data_type(body) == PN_MAP) {
+    pn_data_enter(body);
+    if (map_find(body, "expirations") && (pn_data_type(body) == PN_ARRAY || pn_data_type(body) == PN_LIST)) {
+      pn_data_enter(body);
+      while (nexp < RENEW_BATCH && pn_data_next(body)) exp[nexp++] = data_int(body, 0);
+    }
+  }
+  /* the deliveries of that request still held */
+  struct pending *ps[RENEW_BATCH];
+  int np = 0;
+  for (size_t b = 0; id && b < t->nbucket; b++)
+    for (struct pending *p = t->bucket[b]; p; p = p->next)
+      if (p->req == id && np < RENEW_BATCH) ps[np++] = p;
+  if (!np) {
+    sg_debug("amqp1: renew-lock response %llu on %s (status %lld): nothing held for it", (unsigned long long)id,
+             r->queue, (long long)status);
+    return;
+  }
+  double now = ev_now(t->loop);
+  int total = ps[0]->req_n;
+  for (int i = 0; i < np; i++) {
+    struct pending *p = ps[i];
+    p->req = 0;
+    if (status >= 200 && status < 300) {
+      double period = t->lock_ms / 1000.0, base = p->req_sent;
+      if ((size_t)p->req_idx < nexp && exp[p->req_idx] > 0) {
+        double left = ((double)exp[p->req_idx] - wall_ms()) / 1000.0;
+        if (left > 0 && left < period) { period = left; base = now; }
+      }
+      p->period = period;
+      p->renew_at = base + period * 2 / 3;
+      p->solo = 0;
+      r->mgmt->backoff = 1.0; /* the pair works */
+    } else if (total > 1 && !p->solo) {
+      p->solo = 1; /* one lost lock fails the whole request: ask for each alone */
+      p->renew_at = now;
+    } else {
+      char tok[40];
+      uuid_text(p->token, tok, sizeof tok);
+      sg_warn("amqp1: the lock of a delivery on %s (lock token %s) was not renewed (%lld%s%s); it is no longer "
+              "renewed: the broker delivers the message again when the lock ends, and the inbox answers it",
+              r->queue, tok, (long long)status, *desc ? ": " : "", desc);
+      p->renew = 0;
+    }
+  }
+  if (!(status >= 200 && status < 300) && total > 1)
+    sg_info("amqp1: renewing %d locks on %s failed (%lld%s%s); each is asked again alone", total, r->queue,
+            (long long)status, *desc ? ": " : "", desc);
+  renew_arm(t);
+}
+
+/* Events of the $management links: 1 when ev was one of theirs (handled here). */
+static int renew_event(struct amqp1_transport *t, pn_event_t *ev) {
+  if (t->renew <= 0) return 0;
+  pn_delivery_t *d = pn_event_delivery(ev);
+  pn_link_t *l = d ? pn_delivery_link(d) : pn_event_link(ev);
+  if (!l || pn_link_get_context(l) != &mgmt_mark) return 0;
+  struct rcv *r;
+  for (r = t->rcvs; r; r = r->next)
+    if (r->mgmt && (r->mgmt->snd == l || r->mgmt->rcv == l)) break;
+  if (!r) { /* a link of a pair already dropped */
+    if (d && pn_link_is_receiver(l)) { pn_link_advance(l); pn_delivery_update(d, PN_RELEASED); pn_delivery_settle(d); }
+    return 1;
+  }
+  struct mgmt *m = r->mgmt;
+  switch (pn_event_type(ev)) {
+  case PN_DELIVERY:
+    if (l == m->rcv && pn_delivery_readable(d) && !pn_delivery_partial(d)) renew_response(t, r, l, d);
+    break;
+  case PN_LINK_REMOTE_CLOSE:
+  case PN_LINK_REMOTE_DETACH: {
+    char buf[600];
+    sg_warn("amqp1: the broker closed the management link %s (%s); lock renewal on %s attached again in %.0fs",
+            m->address, cond_text(pn_link_remote_condition(l), buf, sizeof buf), r->queue, m->backoff);
+    pn_link_close(m->snd);
+    pn_link_close(m->rcv);
+    pn_link_free(m->snd);
+    pn_link_free(m->rcv);
+    m->snd = m->rcv = NULL;
+    m->retry_at = ev_now(t->loop) + m->backoff;
+    m->backoff = m->backoff * 2 > 60 ? 60 : m->backoff * 2;
+    for (size_t b = 0; b < t->nbucket; b++)
+      for (struct pending *p = t->bucket[b]; p; p = p->next)
+        if (p->r == r && p->req) { p->req = 0; p->renew_at = m->retry_at; }
+    renew_arm(t);
+    kick(t);
+    break;
+  }
+  default: break;
+  }
+  return 1;
+}
+
+/* The connection is gone (its deliveries with it): the links go with it too. */
+static void renew_reset(struct amqp1_transport *t) {
+  ev_timer_stop(t->loop, &t->renew_timer);
+  for (struct rcv *r = t->rcvs; r; r = r->next)
+    if (r->mgmt) { r->mgmt->snd = r->mgmt->rcv = NULL; r->mgmt->retry_at = 0; }
+}
+
+static void renew_free(struct amqp1_transport *t) {
+  renew_reset(t);
+  for (struct rcv *r = t->rcvs; r; r = r->next) {
+    if (!r->mgmt) continue;
+    free(r->mgmt->address);
+    free(r->mgmt->reply);
+    free(r->mgmt);
+    r->mgmt = NULL;
+  }
+  if (t->rmsg) pn_message_free(t->rmsg);
+  t->rmsg = NULL;
 }
 
 /* ---- the ops ---- */
@@ -984,6 +1451,7 @@ static void op_close(struct sg_transport *bt) {
   ev_idle_stop(t->loop, &t->resume);
   ev_timer_stop(t->loop, &t->resend);
   pending_clear(t);
+  renew_free(t);
   drop_connection(t);
   while (t->rcvs) {
     struct rcv *r = t->rcvs;
@@ -1054,7 +1522,9 @@ static char *pct_decode(const char *s, size_t n) {
  *   prefix=P (""): a queue's address is P + its name; "/amq/queue/" for RabbitMQ 3.x's amqp1_0 plugin
  *   events=ADDR ("saga.events"): where ctx:publish events go; "/exchange/saga.events" for RabbitMQ
  *   prefetch=N (256)  heartbeat=S (10; idle time-out 2·S)  timeout_ms=N (5000: connect and attach)
- *   hostname=H (the open frame's hostname; RabbitMQ reads "vhost:NAME")  cacert=PATH  verify=0|1 */
+ *   hostname=H (the open frame's hostname; RabbitMQ reads "vhost:NAME")  cacert=PATH  verify=0|1
+ *   renew=0|1 (lock renewal through $management; default 1 for a host under .servicebus., else 0)
+ *   lock_ms=N (30000: the lock duration assumed when the broker does not say a shorter one) */
 static int parse_options(struct amqp1_transport *t, char *q, struct sg_error *e) {
   for (char *save = NULL, *kv = strtok_r(q, "&", &save); kv; kv = strtok_r(NULL, "&", &save)) {
     char *v = strchr(kv, '=');
@@ -1069,6 +1539,8 @@ static int parse_options(struct amqp1_transport *t, char *q, struct sg_error *e)
     else if (strcmp(kv, "heartbeat") == 0 && num && n >= 0 && n <= 3600) t->heartbeat = (int)n;
     else if (strcmp(kv, "timeout_ms") == 0 && num && n >= 100 && n <= 120000) t->timeout_ms = (int)n;
     else if (strcmp(kv, "verify") == 0 && num) t->verify = n != 0;
+    else if (strcmp(kv, "renew") == 0 && num && (n == 0 || n == 1)) t->renew = (int)n;
+    else if (strcmp(kv, "lock_ms") == 0 && num && n >= 500 && n <= 3600000) t->lock_ms = (int)n;
     else if (strcmp(kv, "prefix") == 0) { free(t->prefix); t->prefix = dv; dv = NULL; }
     else if (strcmp(kv, "events") == 0 && *dv) { free(t->events); t->events = dv; dv = NULL; }
     else if (strcmp(kv, "hostname") == 0 && *dv) { free(t->hostname); t->hostname = dv; dv = NULL; }
@@ -1077,7 +1549,7 @@ static int parse_options(struct amqp1_transport *t, char *q, struct sg_error *e)
     free(dv);
     if (!ok)
       return sg_errorf(e, SG_E_INVALID, "amqp1 url: unknown option or bad value '%s=%s' (prefix, events, prefetch, "
-                       "heartbeat, timeout_ms, hostname, cacert, verify)", kv, v);
+                       "heartbeat, timeout_ms, hostname, cacert, verify, renew, lock_ms)", kv, v);
   }
   return 0;
 }
@@ -1126,6 +1598,7 @@ static int parse_url(struct amqp1_transport *t, const char *url_in, struct sg_er
   t->host = sg_strdup(s);
   if (q && parse_options(t, q, e) < 0) goto out;
   if (t->cacert) t->verify = 1;
+  if (t->renew < 0) t->renew = strstr(t->host, ".servicebus.") != NULL; /* Azure: *.servicebus.windows.net */
   rc = 0;
 out:
   free(buf);
@@ -1146,6 +1619,10 @@ struct sg_transport *sg_transport_amqp1_new(struct ev_loop *loop, const char *ur
   t->prefetch = 256;
   t->heartbeat = 10;
   t->timeout_ms = 5000;
+  t->renew = -1;
+  t->lock_ms = 30000;
+  ev_timer_init(&t->renew_timer, renew_cb, 1., 0.);
+  t->renew_timer.data = t;
   t->backoff = BACKOFF_MIN;
   t->prefix = sg_strdup("");
   t->events = sg_strdup(SG_AMQP_X_EVENTS);
@@ -1163,6 +1640,7 @@ struct sg_transport *sg_transport_amqp1_new(struct ev_loop *loop, const char *ur
   ev_timer_init(&t->retry, retry_cb, 0., 0.); /* the first attempt runs from the loop */
   t->retry.data = t;
   t->msg = pn_message();
+  t->rmsg = pn_message();
   t->nbucket = 64;
   if (parse_url(t, url, e) < 0) {
     op_close(&t->base);

@@ -395,6 +395,193 @@ describe("AMQP 1.0: a sender link the broker closes (Service Bus detaches links,
   end)
 end)
 
+describe("AMQP 1.0: lock renewal against a peer acting like Service Bus (peek-lock, the queue's $management node)", function()
+  -- The peer (tests/amqp1/fake_peer.py with lock_ms) locks each delivery for 1.5 s as Service Bus does for
+  -- the queue's lock duration: a renew-lock request after that, or an accept after that, finds the lock
+  -- gone. The host's handler keeps each command for longer (busy Lua, preempted: the loop runs on), so
+  -- the delivery is held past its lock unless the host renews it.
+  local function scenario(o)
+    local uid = H.uid()
+    local svc = "slow_" .. uid
+    local queue = "saga.svc." .. svc
+    local msgs = {}
+    for i = 1, o.n or 1 do
+      msgs[i] = { id = "cmd-" .. i .. "-" .. uid, subject = "Work", body = cjson.encode { ms = o.cpu_ms },
+        reply_to = "peer.replies", delivery_count = o.dc and o.dc[i] or nil }
+    end
+    local dir = H.tmpdir("amqp1-lock")
+    local peer = H.proc { name = "peer", dir = dir, cmd = H.python .. " -u tests/amqp1/fake_peer.py " .. H.q(queue) .. " " ..
+      H.q(cjson.encode { messages = msgs, lock_ms = 1500, locked_until = o.locked_until, lose = o.lose,
+        refuse_management = o.refuse }) }
+    peer:start()
+    local port = peer:wait_log("LISTENING (%d+)", 20)
+    local host = H.host { name = "amqp1-lock-host", host_id = "spec-amqp1-lock-" .. uid,
+      args = "--lua-step-cpu 60s --lua-budget 100000000000 --amqp1 " .. H.q("amqp://127.0.0.1:" .. port .. (o.opts or "")),
+      scripts = { ["slow.lua"] = ([[
+local saga = require "saga"
+saga.handle("SVC", "Work", function(p, msg)
+  print("HANDLING " .. msg.message_id)
+  local t = os.clock() while os.clock() - t < p.ms / 1000 do end -- busy, but preempted: the loop runs on
+  return { done = msg.message_id }
+end)
+]]):gsub("SVC", svc) } }
+    local r = { peer = peer, host = host, msgs = msgs, queue = queue }
+    -- the tokens the peer gave, the outcome of each delivery, the renew-lock requests in order
+    function r.read()
+      local text = peer:log()
+      r.token, r.outcome, r.renews = {}, {}, {}
+      for id, tok in text:gmatch("DELIVERED (%S+) (%S+)") do r.token[id] = tok end
+      for line in text:gmatch("[^\n]+") do
+        if line:match('^{"') then
+          local got = cjson.decode(line)
+          if got.id ~= cjson.null then r.outcome[got.id] = got end
+        elseif line:match("^RENEW ") then
+          r.renews[#r.renews + 1] = cjson.decode(line:sub(7))
+        end
+      end
+      return r
+    end
+    function r.has(renew, tok)
+      for _, t in ipairs(renew.tokens) do if t == tok then return true end end
+      return false
+    end
+    -- runs f(r) once every delivery has an outcome (the host accepted or rejected it)
+    function r.run(f, before)
+      local ok, err = pcall(function()
+        host:start()
+        host:wait_log("amqp1: connected to", 20)
+        if before then before(r) end
+        local deadline = os.time() + 60 * H.slow
+        repeat
+          r.read()
+          local n = 0
+          for _ in pairs(r.outcome) do n = n + 1 end
+          if n == #msgs then break end
+          H.sleep(0.1)
+        until os.time() > deadline
+        for _, m in ipairs(msgs) do assert.is_table(r.outcome[m.id], "no outcome for " .. m.id .. ":\n" .. peer:log()) end
+        f(r)
+      end)
+      host:stop()
+      peer:stop()
+      assert(ok, err)
+    end
+    return r
+  end
+
+  it("renew=1: a held delivery's lock is renewed before it expires, at the lock time the broker gives; accepted after; renewal stops then", function()
+    local s = scenario { n = 1, cpu_ms = 4500, opts = "?renew=1" } -- lock_ms stays 30000: the broker's 1.5 s rules
+    s.run(function(r)
+      local id = s.msgs[1].id
+      local tok = r.token[id]
+      assert.is_string(tok)
+      local got = r.outcome[id]
+      assert.are.equal("accepted", got.outcome)
+      assert.is_false(got.lock_expired, "the lock expired before the host accepted the delivery")
+      local n = 0
+      for _, rn in ipairs(r.renews) do
+        assert.are.same({ tok }, rn.tokens)
+        assert.are.equal(200, rn.status, "a renewal came after the lock had expired: " .. cjson.encode(rn))
+        assert.are.equal("com.microsoft:renew-lock", rn.operation)
+        assert.are.equal(s.queue, rn.associated_link_name)
+        n = n + 1
+      end
+      -- held about 4.5 s, a 1.5 s lock renewed at 2/3 of it: every second
+      assert.is_true(n >= 3, "only " .. n .. " renewals in " .. #r.renews .. ":\n" .. s.peer:log())
+      assert.truthy(s.host:log():find("amqp1: lock renewal on", 1, true))
+      -- settled: no more renewals of it
+      H.sleep(2)
+      assert.are.equal(n, #r.read().renews)
+    end)
+  end)
+
+  it("lock_ms= when the broker gives no lock time; a lost lock (410) ends the renewal of that token alone, logged", function()
+    local s = scenario { n = 2, cpu_ms = 2500, opts = "?renew=1&lock_ms=1500", locked_until = false, lose = { 1 } }
+    s.run(function(r)
+      local a, b = s.msgs[1].id, s.msgs[2].id
+      local ta, tb = r.token[a], r.token[b]
+      -- the two held deliveries went in one request; the peer failed it whole (one lock is lost) ...
+      local first = r.renews[1]
+      assert.is_table(first, s.peer:log())
+      assert.is_true(r.has(first, ta) and r.has(first, tb), cjson.encode(first))
+      assert.are.equal(410, first.status)
+      -- ... then each alone: the lost one's 410 ends its renewal; the other goes on being renewed
+      local lost_at
+      for i, rn in ipairs(r.renews) do
+        if lost_at then assert.is_false(r.has(rn, tb), "token " .. tb .. " renewed after its 410: " .. cjson.encode(rn)) end
+        if i > 1 and r.has(rn, tb) then
+          assert.are.same({ tb }, rn.tokens)
+          assert.are.equal(410, rn.status)
+          lost_at = i
+        end
+      end
+      assert.is_number(lost_at, "the lost token was not asked alone:\n" .. s.peer:log())
+      local ok_a = 0
+      for i, rn in ipairs(r.renews) do
+        if i > 1 and r.has(rn, ta) then
+          assert.are.same({ ta }, rn.tokens)
+          assert.are.equal(200, rn.status, cjson.encode(rn))
+          ok_a = ok_a + 1
+        end
+      end
+      assert.is_true(ok_a >= 2, "the held delivery was renewed " .. ok_a .. " times:\n" .. s.peer:log())
+      assert.are.equal("accepted", r.outcome[a].outcome)
+      assert.is_false(r.outcome[a].lock_expired)
+      -- the lost one: settled late (Service Bus would deliver it again; the inbox would answer it)
+      assert.is_true(r.outcome[b].lock_expired)
+      assert.truthy(s.host:log():find("lock token " .. tb .. ") was not renewed (410: The lock supplied is invalid", 1, true),
+        s.host:log())
+    end)
+  end)
+
+  it("is off for a host not under .servicebus. (RabbitMQ has no $management): the lock of a held delivery runs out", function()
+    local s = scenario { n = 1, cpu_ms = 2500 }
+    s.run(function(r)
+      local got = r.outcome[s.msgs[1].id]
+      assert.are.equal("accepted", got.outcome)
+      assert.is_true(got.lock_expired)
+      assert.are.equal(0, #r.renews)
+      assert.is_nil(s.host:log():find("lock renewal on", 1, true))
+    end)
+  end)
+
+  it("a refused $management link costs only renewal, logged and tried again: the connection and the delivery stay", function()
+    local s = scenario { n = 1, cpu_ms = 3000, opts = "?renew=1", refuse = true }
+    s.run(function(r)
+      assert.are.equal("accepted", r.outcome[s.msgs[1].id].outcome)
+      assert.is_true(r.outcome[s.msgs[1].id].lock_expired)
+      assert.are.equal(0, #r.renews)
+      local log = s.host:log()
+      assert.truthy(log:find("amqp1: the broker closed the management link " .. s.queue .. "/$management (amqp:not-found: ", 1, true), log)
+      assert.are.equal(1, H.count(log, "amqp1: connected to"))
+      assert.is_nil(log:find("connection to 127.0.0.1", 1, true), log)
+      -- attached again after 1 s while the delivery was held
+      assert.is_true(H.count(s.peer:log(), "REFUSED sender") >= 2, s.peer:log())
+    end)
+  end)
+
+  it("renew on: delivery-count 0 with first-acquirer unset is a first delivery, delivery-count 1 a redelivery", function()
+    -- a redelivered command is counted in the inbox ("delivered", n) before its handler runs; a first one is not
+    local s = scenario { n = 2, cpu_ms = 2500, opts = "?renew=1", dc = { 0, 1 } }
+    local rows
+    s.run(function(r)
+      assert.are.equal("accepted", r.outcome[s.msgs[1].id].outcome)
+      assert.are.equal("accepted", r.outcome[s.msgs[2].id].outcome)
+      assert.are.same({ [s.msgs[2].id] = "delivered|2" }, rows)
+    end, function()
+      local first, again = s.msgs[1].id, s.msgs[2].id
+      s.host:wait_log("HANDLING " .. first:gsub("%p", "%%%0"), 20)
+      s.host:wait_log("HANDLING " .. again:gsub("%p", "%%%0"), 20)
+      rows = {}
+      for line in H.sql(s.host.db, "SELECT message_id, reply_status, reply_body FROM inbox WHERE message_id IN ('" ..
+          first .. "', '" .. again .. "')"):gmatch("[^\n]+") do
+        local mid, rest = line:match("^([^|]+)|(.*)$")
+        rows[mid] = rest
+      end
+    end)
+  end)
+end)
+
 describe("--amqp1 on the command line", function()
   it("excludes --amqp: a host uses one transport (exit 2 and why)", function()
     local dir = H.tmpdir("amqp1-flags")
