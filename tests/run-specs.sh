@@ -39,6 +39,14 @@ for a in "$@"; do
   else opts+=("$a")
   fi
 done
+# SG_SPEC_SKIP: spec file names (space-separated, e.g. "kafka_spec.lua") left out of this run
+if [ -n "${SG_SPEC_SKIP:-}" ]; then
+  kept=()
+  for f in "${files[@]}"; do
+    case " $SG_SPEC_SKIP " in *" $(basename "$f") "*) echo "# $f: left out (SG_SPEC_SKIP)" ;; *) kept+=("$f") ;; esac
+  done
+  files=("${kept[@]}")
+fi
 out=tests/tmp/specs.tap
 : > "$out"
 rc=0
