@@ -568,7 +568,8 @@ Proc.log = Host.log
 -- Kafka: librdkafka's mock cluster (tests/kafka/mock_cluster.c, built next to the sagahost binary under
 -- test as the CMake target kafka_mock_cluster), a process whose stdin takes broker failures and leader
 -- changes. H.kafka_mock(n): a cluster of n brokers of its own (no run sees another's records):
--- m.brokers (the bootstrap list), m.cmd("down 2") (waits for the answer and asserts it is ok), m.stop().
+-- m.brokers (the bootstrap list), m.cmd("down 2") (waits for the answer and asserts it is ok), m.stop(),
+-- m.kill().
 H.kafka_mock_bin = (H.bin:match("^(.*)/[^/]*$") or ".") .. "/kafka_mock_cluster"
 
 function H.kafka_mock(n)
@@ -603,6 +604,11 @@ function H.kafka_mock(n)
     local deadline = H.now() + 10
     while p:alive() and H.now() < deadline do H.sleep(0.05) end
     if p:alive() then p:kill9() end
+  end
+  -- killed (kill -9) rather than asked to quit, which takes seconds: for a cluster nothing is kept of
+  function m.kill()
+    p:kill9()
+    pcall(function() w:close() end)
   end
   return m
 end

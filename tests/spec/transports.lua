@@ -27,25 +27,31 @@ local function args_of(list)
   return table.concat(out, " ")
 end
 
--- RabbitMQ (both AMQP transports): the dead letters in queue whose id (correlation_id, else message_id)
--- is one of ids, as { id, body, reason = x-saga-error, death = RabbitMQ's x-death reason }; other messages
--- there (of earlier runs: saga.svc.saga.dlq is every host's) are taken off and left out
-local function rabbit_dead_letters(queue, ids, timeout)
-  local want, got, n = {}, {}, 0
-  for _, id in ipairs(ids) do want[id] = true end
-  local deadline = H.now() + (timeout or 30) * H.slow
-  while n < #ids and H.now() < deadline do
-    local m = cjson.decode(H.amqp_tool("get", queue, "2"))
-    if m ~= cjson.null then
-      local id = m.correlation_id ~= cjson.null and m.correlation_id or m.message_id
-      if want[id] and not got[id] then
-        got[id] = { id = id, body = m.body, reason = m.headers["x-saga-error"], death = m.death and m.death.reason,
-          headers = m.headers }
-        n = n + 1
+-- The dead letters of a test: wants = { [queue] = { id, ... } } (a dead-letter queue or topic and the ids,
+-- correlation id else message id, of the messages looked for there); returns { [queue] = { [id] = dl } }
+-- with dl = { id, body, reason = x-saga-error, death = RabbitMQ's x-death reason, headers }.
+-- RabbitMQ (both AMQP transports): other messages there (of earlier runs: saga.svc.saga.dlq is every
+-- host's) are taken off and left out.
+local function rabbit_dead_letters(_, wants)
+  local all = {}
+  for queue, ids in pairs(wants) do
+    local want, got, n = {}, {}, 0
+    for _, id in ipairs(ids) do want[id] = true end
+    local deadline = H.now() + 30 * H.slow
+    while n < #ids and H.now() < deadline do
+      local m = cjson.decode(H.amqp_tool("get", queue, "2"))
+      if m ~= cjson.null then
+        local id = m.correlation_id ~= cjson.null and m.correlation_id or m.message_id
+        if want[id] and not got[id] then
+          got[id] = { id = id, body = m.body, reason = m.headers["x-saga-error"], death = m.death and m.death.reason,
+            headers = m.headers }
+          n = n + 1
+        end
       end
     end
+    all[queue] = got
   end
-  return got
+  return all
 end
 
 local function rabbit_cleanup(g, extra)
@@ -80,7 +86,7 @@ T.amqp = {
     H.amqp_tool("publish", "saga.svc.saga", cjson.encode { body = spec.body, message_id = spec.message_id, type = "signal",
       headers = { ["signal-name"] = spec.name, ["saga-id"] = spec.saga_id } })
   end,
-  dead_letters = function(_, queue, ids) return rabbit_dead_letters(queue, ids) end,
+  dead_letters = rabbit_dead_letters,
   -- the host dead-lettered dl (from queue) with a reason matching pattern: its x-saga-error header
   dead_for = function(_, _, dl, pattern) assert.matches(pattern, dl.reason, "x-saga-error of " .. dl.id) end,
   cleanup = function(g) rabbit_cleanup(g) end,
@@ -149,7 +155,7 @@ T.amqp1 = {
         properties = { ["signal-name"] = spec.name, ["saga-id"] = spec.saga_id } }))
     assert.matches("ACCEPTED", out)
   end,
-  dead_letters = function(_, queue, ids) return rabbit_dead_letters(queue, ids) end,
+  dead_letters = rabbit_dead_letters,
   -- the host rejects (RabbitMQ dead-letters it with x-death reason rejected) and logs why: "amqp1:
   -- malformed message on <queue>: <why>; rejected (dead-lettered)", or "amqp1: rejected (dead-lettered)
   -- <message id>: <why>" for what the engine refuses
@@ -194,8 +200,14 @@ T.kafka = {
       "kafkajs is not installed: npm ci --prefix tests/kafka"
   end,
   open = function() return { mock = H.kafka_mock(3) } end,
-  close = function(ctx) if ctx and ctx.mock then ctx.mock.stop() end end,
-  host_args = function(g) return "--kafka " .. g.ctx.mock.brokers end,
+  close = function(ctx)
+    if ctx and ctx.mock then
+      -- nothing of the test's cluster is kept: killed rather than asked to quit (which takes seconds)
+      ctx.mock.kill()
+    end
+  end,
+  -- group sessions of 4 s (instead of 10): a host or participant killed with kill -9 is out of its groups sooner
+  host_args = function(g) return "--kafka " .. H.q(g.ctx.mock.brokers .. "?session_timeout_ms=4000") end,
   declare = function(g)
     for _, svc in ipairs(g.services) do g.ctx.mock.cmd("topic saga.svc." .. svc .. " 4") end
     g.ctx.mock.cmd("topic saga.reply." .. g.hid .. " 4")
@@ -208,8 +220,8 @@ T.kafka = {
     return out
   end,
   participant_cmd = function(g, services, instance)
-    return string.format("%sparticipant.js %s %s %s %d", NODE, g.ctx.mock.brokers, services[1], H.q(g.state),
-      instance or 1)
+    return string.format("env SESSION_TIMEOUT_MS=4000 %sparticipant.js %s %s %s %d", NODE, g.ctx.mock.brokers,
+      services[1], H.q(g.state), instance or 1)
   end,
   send_reply = function(g, spec)
     local headers = { ["correlation-id"] = spec.correlation_id, ["saga-status"] = spec.status }
@@ -222,18 +234,31 @@ T.kafka = {
     sh_ok(string.format("%stool.js produce %s saga.svc.saga %s %s %s", NODE, g.ctx.mock.brokers, H.q(spec.saga_id),
       H.q(spec.body), H.q(cjson.encode(headers))), "tool.js produce")
   end,
-  -- the records of <queue> (the cluster is this test's: every record there is one of ours)
-  dead_letters = function(g, queue, ids)
-    local _, out = H.run(string.format("%stool.js read %s %s %d 30", NODE, g.ctx.mock.brokers, queue, #ids))
-    local got = {}
-    for line in out:gmatch("[^\n]+") do
-      local ok, r = pcall(cjson.decode, line)
-      if ok and type(r) == "table" then
-        local id = r.headers["correlation-id"] or r.headers["message-id"]
-        got[id] = { id = id, body = r.value, reason = r.headers["x-saga-error"], headers = r.headers }
-      end
+  -- the records of each topic (the cluster is this test's: every record there is one of ours), read by
+  -- one tool.js each, all at once (each joins a consumer group of its own, which takes seconds)
+  dead_letters = function(g, wants)
+    local jobs = {}
+    for topic, ids in pairs(wants) do
+      local out = g.dir .. "/" .. topic .. ".records"
+      os.execute(string.format("(%stool.js read %s %s %d 30 > %s 2>&1; echo $? > %s.rc) &", NODE, g.ctx.mock.brokers,
+        H.q(topic), #ids, H.q(out), H.q(out)))
+      jobs[topic] = out
     end
-    return got
+    local all = {}
+    for topic, out in pairs(jobs) do
+      local deadline = H.now() + 60
+      while not H.read(out .. ".rc") and H.now() < deadline do H.sleep(0.1) end
+      local got = {}
+      for line in (H.read(out) or ""):gmatch("[^\n]+") do
+        local ok, r = pcall(cjson.decode, line)
+        if ok and type(r) == "table" then
+          local id = r.headers["correlation-id"] or r.headers["message-id"]
+          got[id] = { id = id, body = r.value, reason = r.headers["x-saga-error"], headers = r.headers }
+        end
+      end
+      all[topic] = got
+    end
+    return all
   end,
   dead_for = function(_, queue, dl, pattern)
     assert.matches(pattern, dl.reason, "x-saga-error of " .. dl.id)
