@@ -108,12 +108,14 @@ class Participant(MessagingHandler):
                 status, result = "ok", HANDLERS[command](json.loads(text(msg.body)))
             except Failed as e:
                 status, result = "error", {"error": str(e), "retryable": e.retryable}
+            # the record, then the line that tells the effect, then the fsync: a kill -9 (most likely
+            # during the fsync) leaves both or neither
             state.write(json.dumps([mid, status, result]) + "\n")
             state.flush()
+            print("HANDLED %s %s" % (mid, command), flush=True)
             os.fsync(state.fileno())
             done[mid] = [status, result]
             applied += 1
-            print("HANDLED %s %s" % (mid, command), flush=True)
             if CRASH_AFTER and applied >= CRASH_AFTER:
                 print("CRASHING", flush=True)
                 os._exit(9)

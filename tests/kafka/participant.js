@@ -16,6 +16,8 @@
 // commit) gets the stored reply, without a second effect. Offsets are committed only after the reply is
 // acknowledged by the brokers.
 //
+// SESSION_TIMEOUT_MS (environment, default 10000): the consumer group session timeout.
+//
 // Prints "READY", "ASSIGNED <partitions>" on each assignment, "HANDLED <message-id> <service>.<command>"
 // for each effect and "DUPLICATE <message-id>" for a repeat.
 const fs = require('fs');
@@ -25,6 +27,8 @@ const { Kafka, logLevel } = require('kafkajs');
 const [brokers, SERVICE, STATE, INSTANCE = '1'] = process.argv.slice(2);
 const BASE = SERVICE.split('_')[0];
 const TOPIC = `saga.svc.${SERVICE}`;
+// the group session: an instance that stops (kill -9) loses its partitions after it
+const SESSION_TIMEOUT = Number(process.env.SESSION_TIMEOUT_MS || 10000);
 fs.mkdirSync(STATE, { recursive: true });
 
 const HANDLERS = {
@@ -103,7 +107,7 @@ async function handle({ topic, partition, message }) {
 // a consumer in the group; one that crashes for good (an error kafkajs does not retry itself) is
 // replaced by a new one: what it had not committed comes again
 async function consume() {
-  const c = kafka.consumer({ groupId: TOPIC, sessionTimeout: 10000, heartbeatInterval: 1000, maxWaitTimeInMs: 100 });
+  const c = kafka.consumer({ groupId: TOPIC, sessionTimeout: SESSION_TIMEOUT, heartbeatInterval: 1000, maxWaitTimeInMs: 100 });
   consumer = c;
   c.on(c.events.GROUP_JOIN, (e) => console.log('ASSIGNED', JSON.stringify(e.payload.memberAssignment)));
   c.on(c.events.CRASH, (e) => {

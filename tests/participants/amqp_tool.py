@@ -9,7 +9,8 @@
          "headers": {...}, "body_size": N}  (body_size: a JSON string body of N bytes instead of body;
          "exchange": "x" publishes through exchange x with QUEUE as the routing key instead)
     amqp_tool.py URL get QUEUE [SECONDS]        wait for one message, ack it, print it as JSON:
-        {"body": ..., "correlation_id": ..., "message_id": ..., "headers": {...}} or null
+        {"body": ..., "correlation_id": ..., "message_id": ..., "headers": {...}} or null; a message RabbitMQ
+        dead-lettered also has "death": {"reason": ..., "queue": ...} (its x-death header's latest entry)
 """
 import json
 import sys
@@ -56,6 +57,9 @@ elif cmd == "get":
         if method:
             out = {"body": text(body), "correlation_id": props.correlation_id, "message_id": props.message_id,
                    "headers": {k: text(v) for k, v in (props.headers or {}).items() if k != "x-death"}}
+            deaths = (props.headers or {}).get("x-death") or []
+            if deaths:  # RabbitMQ's record of the last dead-lettering: why (rejected, expired...) and from where
+                out["death"] = {"reason": text(deaths[0].get("reason")), "queue": text(deaths[0].get("queue"))}
             ch.basic_ack(method.delivery_tag)
             break
         if time.time() >= deadline:

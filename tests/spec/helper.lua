@@ -564,4 +564,53 @@ Proc.kill9 = Host.kill9
 Proc.stop = Host.stop
 Proc.log = Host.log
 
+---------------------------------------------------------------------------------------------------
+-- Kafka: librdkafka's mock cluster (tests/kafka/mock_cluster.c, built next to the sagahost binary under
+-- test as the CMake target kafka_mock_cluster), a process whose stdin takes broker failures and leader
+-- changes. H.kafka_mock(n): a cluster of n brokers of its own (no run sees another's records):
+-- m.brokers (the bootstrap list), m.cmd("down 2") (waits for the answer and asserts it is ok), m.stop(),
+-- m.kill().
+H.kafka_mock_bin = (H.bin:match("^(.*)/[^/]*$") or ".") .. "/kafka_mock_cluster"
+
+function H.kafka_mock(n)
+  local dir = H.tmpdir("kafka-mock")
+  local fifo = dir .. "/in"
+  assert(os.execute("mkfifo " .. fifo))
+  local p = H.proc { cmd = H.kafka_mock_bin .. " " .. n .. " < " .. fifo, dir = dir, name = "mock" }
+  p:start()
+  local w = assert(io.open(fifo, "w")) -- unblocks the process's open of its stdin
+  w:setvbuf("line")
+  local m = { proc = p }
+  m.brokers = p:wait_log("bootstrap (%S+)")
+  local answers = 0
+  function m.cmd(line)
+    w:write(line, "\n")
+    answers = answers + 1
+    local deadline = H.now() + 10
+    while H.now() < deadline do
+      local log = H.read(p.curlog) or ""
+      local got = {}
+      for a in log:gmatch("\n([^\n]+)") do got[#got + 1] = a end
+      if #got >= answers then
+        assert(got[answers] == "ok", "mock cluster: " .. line .. ": " .. got[answers])
+        return
+      end
+      H.sleep(0.05)
+    end
+    error("mock cluster never answered " .. line)
+  end
+  function m.stop()
+    pcall(function() w:write("quit\n"); w:close() end)
+    local deadline = H.now() + 10
+    while p:alive() and H.now() < deadline do H.sleep(0.05) end
+    if p:alive() then p:kill9() end
+  end
+  -- killed (kill -9) rather than asked to quit, which takes seconds: for a cluster nothing is kept of
+  function m.kill()
+    p:kill9()
+    pcall(function() w:close() end)
+  end
+  return m
+end
+
 return H

@@ -4,48 +4,12 @@
 -- mock cluster, so runs never see each other's records.
 local H = require "helper"
 
--- built next to the sagahost binary under test (CMake target kafka_mock_cluster)
-local MOCK = (H.bin:match("^(.*)/[^/]*$") or ".") .. "/kafka_mock_cluster"
 local NODE = "env KAFKAJS_NO_PARTITIONER_WARNING=1 node tests/kafka/"
 assert(H.read("tests/kafka/node_modules/kafkajs/package.json"),
   "kafkajs is not installed: npm ci --prefix tests/kafka (.ci/deps.sh --test does it)")
 
--- a mock cluster of n brokers: m.brokers, m.cmd("down 2") (asserts the answer is ok), m.stop()
-local function mock_cluster(n)
-  local dir = H.tmpdir("kafka-mock")
-  local fifo = dir .. "/in"
-  assert(os.execute("mkfifo " .. fifo))
-  local p = H.proc { cmd = MOCK .. " " .. n .. " < " .. fifo, dir = dir, name = "mock" }
-  p:start()
-  local w = assert(io.open(fifo, "w")) -- unblocks the process's open of its stdin
-  w:setvbuf("line")
-  local m = { proc = p }
-  m.brokers = p:wait_log("bootstrap (%S+)")
-  local answers = 0
-  function m.cmd(line)
-    w:write(line, "\n")
-    answers = answers + 1
-    local deadline = H.now() + 10
-    while H.now() < deadline do
-      local log = H.read(p.curlog) or ""
-      local got = {}
-      for a in log:gmatch("\n([^\n]+)") do got[#got + 1] = a end
-      if #got >= answers then
-        assert.are.equal("ok", got[answers], "mock cluster: " .. line)
-        return
-      end
-      H.sleep(0.05)
-    end
-    error("mock cluster never answered " .. line)
-  end
-  function m.stop()
-    pcall(function() w:write("quit\n"); w:close() end)
-    local deadline = H.now() + 10
-    while p:alive() and H.now() < deadline do H.sleep(0.05) end
-    if p:alive() then p:kill9() end
-  end
-  return m
-end
+-- a mock cluster of n brokers (H.kafka_mock, tests/spec/helper.lua)
+local mock_cluster = H.kafka_mock
 
 local function order_input(i, tag)
   return { order_id = tag .. "-" .. i, sku = "book", qty = 1 + i % 3, amount = 10 + i, card = i % 4 == 0 and "declined" or "ok" }
