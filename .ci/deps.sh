@@ -21,6 +21,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+# npm ci in a directory, tried up to 3 times: a registry request can fail for a moment (a TLS error
+# through the network's proxy was seen once), and one failed request should not fail the whole run
+npm_ci() {
+  local i
+  for i in 1 2 3; do
+    npm ci --prefix "$1" --no-audit --no-fund && return 0
+    echo "npm ci in $1 failed (attempt $i of 3)"
+    [ "$i" -lt 3 ] && sleep 15
+  done
+  return 1
+}
 # playwright-core (pinned in tests/web/package-lock.json) drives Debian's chromium: no browser download.
 # npm ci when it is missing or not the version the lock file pins.
 web="$(dirname "$0")/../tests/web"
@@ -29,7 +40,7 @@ if [ "${1:-}" = "--test" ]; then
   have=$(grep -o '"version": "[^"]*"' "$web/node_modules/playwright-core/package.json" 2>/dev/null | head -1 || true)
   if [ -z "$have" ] || [ "$want" != "$have" ]; then
     echo "installing: playwright-core (npm ci in tests/web)"
-    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$web" --no-audit --no-fund
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm_ci "$web"
   fi
 fi
 # the gRPC spec's client (tests/grpc/client.js): @grpc/grpc-js and @grpc/proto-loader, pinned in its lock file
@@ -39,7 +50,7 @@ if [ "${1:-}" = "--test" ]; then
   have=$(grep -o '"version": "[^"]*"' "$grpcdir/node_modules/@grpc/grpc-js/package.json" 2>/dev/null | head -1 || true)
   if [ -z "$have" ] || [ "$want" != "$have" ]; then
     echo "installing: @grpc/grpc-js, @grpc/proto-loader (npm ci in tests/grpc)"
-    npm ci --prefix "$grpcdir" --no-audit --no-fund
+    npm_ci "$grpcdir"
   fi
 fi
 # the AMQP 1.0 spec's rhea participant (tests/amqp1/participant.js): rhea, pinned in its lock file
@@ -49,7 +60,7 @@ if [ "${1:-}" = "--test" ]; then
   have=$(grep -o '"version": "[^"]*"' "$amqp1dir/node_modules/rhea/package.json" 2>/dev/null | head -1 || true)
   if [ -z "$have" ] || [ "$want" != "$have" ]; then
     echo "installing: rhea (npm ci in tests/amqp1)"
-    npm ci --prefix "$amqp1dir" --no-audit --no-fund
+    npm_ci "$amqp1dir"
   fi
 fi
 # the Kafka spec's participant (tests/kafka/participant.js, tool.js): kafkajs, pinned in its lock file
@@ -59,7 +70,7 @@ if [ "${1:-}" = "--test" ]; then
   have=$(grep -o '"version": "[^"]*"' "$kafkadir/node_modules/kafkajs/package.json" 2>/dev/null | head -1 || true)
   if [ -z "$have" ] || [ "$want" != "$have" ]; then
     echo "installing: kafkajs (npm ci in tests/kafka)"
-    npm ci --prefix "$kafkadir" --no-audit --no-fund
+    npm_ci "$kafkadir"
   fi
 fi
 exit 0
