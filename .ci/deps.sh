@@ -25,8 +25,13 @@ fi
 # through the network's proxy was seen once), and one failed request should not fail the whole run
 npm_ci() {
   local i
+  # Node trusts only its own CA list unless told: add Debian's (which holds any CA the network's TLS
+  # proxy needs: Node's own list does not)
+  if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+  fi
   for i in 1 2 3; do
-    npm ci --prefix "$1" --no-audit --no-fund && return 0
+    npm ci --prefix "$1" --no-audit --no-fund --prefer-offline && return 0
     echo "npm ci in $1 failed (attempt $i of 3)"
     [ "$i" -lt 3 ] && sleep 15
   done
