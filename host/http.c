@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,8 @@ struct sg_http_sock {
   int fd;                           /* the socket, shut down when the deadline passes */
   struct in_addr peer;              /* the client's address (IPv4 only: we listen on IPv4), per-IP cap */
   ev_tstamp since;                  /* accept, or the end of the previous request on this connection */
+  uint64_t order;                   /* accept order (ev_now is one time for a whole loop iteration, in
+                                     * which MHD accepts many: the pool's oldest is told by this) */
   int received;                     /* 1 once the current request is complete (handler reached) */
   int shut;                         /* 1 once shut down: MHD closes it at its next run */
   enum sg_http_over over;           /* in the overflow pool (answered 503), and which cap it is over */
@@ -143,6 +146,7 @@ struct sg_http {
   ev_timer sweep;              /* closes connections whose request is past limits.request_timeout */
   char *tls_cert, *tls_key;    /* PEM copies for MHD, which keeps pointing at them: freed at stop */
   enum sg_http_over accept_over; /* set by the accept policy for the notify-started call that follows */
+  uint64_t accepted;             /* connections accepted so far: each one's place in accept order */
   struct sg_http_linger *lingers; /* sockets in their lingering close */
   unsigned nlingers;           /* their number, at most SG_HTTP_LINGER_MAX */
   int stopping;                /* in sg_http_stop: no lingering */
@@ -553,6 +557,7 @@ static void sg_http_notify_cb(void *cls, struct MHD_Connection *mc, void **socke
     if (ai && ai->client_addr && ai->client_addr->sa_family == AF_INET)
       s->peer = ((const struct sockaddr_in *)ai->client_addr)->sin_addr;
     s->since = ev_now(h->loop);
+    s->order = ++h->accepted;
     s->over = h->accept_over; /* the accept policy ran for this very connection just before */
     h->accept_over = SG_HTTP_WITHIN;
     s->next = h->socks;
@@ -580,7 +585,9 @@ static void sg_http_notify_cb(void *cls, struct MHD_Connection *mc, void **socke
  * request headers are not waiting in its socket either (sg_http_sock_has_request): slow clients
  * churning through the pool cannot keep a well-behaved client, whose request arrives right after
  * its connect, from its 503 (MHD accepts up to 11 connections per run before it reads the ones
- * accepted earlier). When no member can be displaced the newcomer is closed at once.
+ * accepted earlier). Oldest is by accept order, not by time: a burst is accepted at one loop time,
+ * and among equals the newest, whose request may still be on its way, was the one displaced. When
+ * no member can be displaced the newcomer is closed at once.
  *
  * MHD has both caps too, checked before calling this, set above ours (SG_HTTP_MHD_HEADROOM) as a
  * backstop: its per-IP refusal says nothing, and reaching its global limit takes the listening socket
@@ -633,7 +640,7 @@ static enum MHD_Result sg_http_accept_cb(void *cls, const struct sockaddr *addr,
     for (;;) {
       unsigned at = ncand;
       for (unsigned i = 0; i < ncand; i++)
-        if (at == ncand || cand[i]->since < cand[at]->since) at = i;
+        if (at == ncand || cand[i]->order < cand[at]->order) at = i;
       if (at == ncand) break;
       if (!sg_http_sock_has_request(cand[at]->fd)) {
         oldest = cand[at];
@@ -646,9 +653,11 @@ static enum MHD_Result sg_http_accept_cb(void *cls, const struct sockaddr *addr,
                ip, cause, SG_HTTP_OVERFLOW);
       return MHD_NO;
     }
-    sg_debug("http: closing an over-cap connection (fd %d) without a complete request after %.2fs: "
+    char oip[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &oldest->peer, oip, sizeof oip);
+    sg_debug("http: closing an over-cap connection from %s (fd %d) without a complete request after %.2fs: "
              "the overflow pool is full and a newer one takes its place",
-             oldest->fd, ev_now(h->loop) - oldest->since);
+             oip, oldest->fd, ev_now(h->loop) - oldest->since);
     shutdown(oldest->fd, SHUT_RDWR);
     oldest->shut = 1;
   }
