@@ -178,6 +178,47 @@ static void msg_id_for(const struct sg_saga *s, int seq, char *out, size_t n) {
            s->row.phase == SG_PH_ACTION ? 'a' : s->row.phase == SG_PH_PARTIAL ? 'p' : 'c', s->row.attempt, seq);
 }
 
+/* An operation's id as msg_id_for makes it, taken apart: "<saga id>.<step>.<a|p|c>.<attempt>.<seq>". */
+struct op_ref {
+  char sid[40];
+  int step, attempt, seq;
+  char ph; /* 'a', 'p' or 'c' (any other letter reads as compensate, as before) */
+};
+
+/* a decimal int (optional '-', at most 9 digits) at *p; 0 = read, *p moved past it */
+static int op_num(const char **p, int *out) {
+  const char *q = *p;
+  int neg = *q == '-', v = 0, n = 0;
+  if (neg) q++;
+  for (; *q >= '0' && *q <= '9'; q++, n++) {
+    if (n == 9) return -1;
+    v = v * 10 + (*q - '0');
+  }
+  if (!n) return -1;
+  *out = neg ? -v : v;
+  *p = q;
+  return 0;
+}
+
+/* 0 when id is an operation's id; *rest (if not NULL) is what follows it. Written out by hand: sscanf
+ * was a visible share of the in-process path, which parses one per command and one per reply. */
+static int op_ref_parse(const char *id, struct op_ref *r, const char **rest) {
+  const char *dot = strchr(id, '.');
+  if (!dot || dot == id || dot - id > 39) return -1;
+  memcpy(r->sid, id, (size_t)(dot - id));
+  r->sid[dot - id] = 0;
+  const char *p = dot + 1;
+  if (op_num(&p, &r->step) < 0 || *p++ != '.' || !*p) return -1;
+  r->ph = *p++;
+  if (*p++ != '.' || op_num(&p, &r->attempt) < 0 || *p++ != '.' || op_num(&p, &r->seq) < 0) return -1;
+  if (rest) *rest = p;
+  return 0;
+}
+
+static int op_ref_phase(const struct op_ref *r) {
+  return r->ph == 'a' ? SG_PH_ACTION : r->ph == 'p' ? SG_PH_PARTIAL : SG_PH_COMPENSATE;
+}
+
 /* With tracing on: one call (seq) of the running attempt, or every call still waiting (seq 0), will get
  * no reply; their client spans end with why (a call without a span is invisible in the trace). */
 static void trace_given_up(struct sg_engine *en, struct sg_saga *s, int seq, const char *why, const char *error) {
@@ -1054,23 +1095,20 @@ static void ack_after_commit(struct sg_engine *en, uint64_t tag) {
 }
 
 static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag) {
-  char sid[40];
-  int step, attempt, seq;
-  char ph;
-  if (!m->correlation_id ||
-      sscanf(m->correlation_id, "%39[^.].%d.%c.%d.%d", sid, &step, &ph, &attempt, &seq) != 5) {
+  struct op_ref ref;
+  if (!m->correlation_id || op_ref_parse(m->correlation_id, &ref, NULL) < 0) {
     sg_warn("reply with unknown correlation id '%s' dead-lettered", m->correlation_id ? m->correlation_id : "");
     en->tr->ops->nack(en->tr, tag, m, "reply correlation_id does not name a saga operation");
     return;
   }
-  struct sg_saga *s = sg_map_get(&en->sagas, sid);
-  int phase = ph == 'a' ? SG_PH_ACTION : ph == 'p' ? SG_PH_PARTIAL : SG_PH_COMPENSATE;
-  if (!s || s->terminal || s->row.step != step || s->row.phase != phase || s->row.attempt != attempt) {
+  struct sg_saga *s = sg_map_get(&en->sagas, ref.sid);
+  if (!s || s->terminal || s->row.step != ref.step || s->row.phase != op_ref_phase(&ref) ||
+      s->row.attempt != ref.attempt) {
     sg_debug("stale reply %s ignored", m->correlation_id);
     ack_after_commit(en, tag);
     return;
   }
-  struct jent *j = journal_find(s, seq);
+  struct jent *j = journal_find(s, ref.seq);
   if (!j || j->done) { ack_after_commit(en, tag); return; } /* duplicate */
   j->done = 1;
   j->is_error = !(m->status && strcmp(m->status, "ok") == 0);
@@ -1088,7 +1126,7 @@ static void on_reply(struct sg_engine *en, const struct sg_msg *m, uint64_t tag)
   if (en->otel) eng_trace_reply(en, s, m, j->service, j->t0_us, j->is_error);
   journal_write(en, s, "call", j);
   ack_after_commit(en, tag);
-  if (s->wait_seq == seq) wake(en, s, j);
+  if (s->wait_seq == ref.seq) wake(en, s, j);
   else eng_fanout_progress(en, s); /* fan-out (fanout.c): the round may be complete */
 }
 
@@ -1137,14 +1175,13 @@ static void inbox_check_start(struct sg_engine *en, const struct sg_msg *m, uint
  * ended. Such a call has no inbox entry (eng_command_answered), so the saga's state answers it: its
  * handler must not run again (the reply would be ignored as stale, the effect would be a second one). */
 static int own_call_answered(struct sg_engine *en, const struct sg_msg *m) {
-  char sid[40];
-  int step, attempt, seq;
-  char ph;
-  if (sscanf(m->message_id, "%39[^.].%d.%c.%d.%d", sid, &step, &ph, &attempt, &seq) != 5) return 0;
-  struct sg_saga *s = sg_map_get(&en->sagas, sid); /* NULL: it has ended (on_reply would ignore the reply) */
-  int phase = ph == 'a' ? SG_PH_ACTION : ph == 'p' ? SG_PH_PARTIAL : SG_PH_COMPENSATE;
-  if (!s || s->terminal || s->row.step != step || s->row.phase != phase || s->row.attempt != attempt) return 1;
-  struct jent *j = journal_find(s, seq);
+  struct op_ref ref;
+  if (op_ref_parse(m->message_id, &ref, NULL) < 0) return 0;
+  struct sg_saga *s = sg_map_get(&en->sagas, ref.sid); /* NULL: it has ended (on_reply would ignore the reply) */
+  if (!s || s->terminal || s->row.step != ref.step || s->row.phase != op_ref_phase(&ref) ||
+      s->row.attempt != ref.attempt)
+    return 1;
+  struct jent *j = journal_find(s, ref.seq);
   return !j || j->done;
 }
 
@@ -1479,16 +1516,14 @@ struct sg_transport_events sg_engine_transport_events(struct sg_engine *en) {
  * round keep the step waiting, which makes that window wider than for one ctx:call). */
 static int call_answered(struct sg_engine *en, const struct sg_msg *m) {
   if (m->kind != SG_MSG_COMMAND || !m->reply_to || !m->message_id) return 0;
-  char sid[40], ph;
-  int step, attempt, seq, end = 0;
-  if (sscanf(m->message_id, "%39[^.].%d.%c.%d.%d%n", sid, &step, &ph, &attempt, &seq, &end) != 5 ||
-      m->message_id[end] != 0)
+  struct op_ref ref;
+  const char *rest;
+  if (op_ref_parse(m->message_id, &ref, &rest) < 0 || *rest) return 0;
+  struct sg_saga *s = sg_map_get(&en->sagas, ref.sid);
+  if (!s || s->terminal || s->row.step != ref.step || s->row.attempt != ref.attempt ||
+      s->row.phase != op_ref_phase(&ref))
     return 0;
-  struct sg_saga *s = sg_map_get(&en->sagas, sid);
-  if (!s || s->terminal || s->row.step != step || s->row.attempt != attempt ||
-      s->row.phase != (ph == 'a' ? SG_PH_ACTION : ph == 'p' ? SG_PH_PARTIAL : SG_PH_COMPENSATE))
-    return 0;
-  struct jent *j = journal_find(s, seq);
+  struct jent *j = journal_find(s, ref.seq);
   return j && j->done;
 }
 /* ---- end fan-out ---- */

@@ -72,6 +72,13 @@ static int l_doomed(lua_State *L) {
   return 1;
 }
 
+/* whether debug lines are logged: a step's traceback is only logged, and building one costs more than
+ * the rest of a failed attempt (luaL_traceback looks up every frame's function in package.loaded) */
+static int l_debugging(lua_State *L) {
+  lua_pushboolean(L, sg_log_level <= SG_LOG_DEBUG);
+  return 1;
+}
+
 /* What pcall and xpcall return once the protected call is over (also their continuation after a
  * yield inside it). A doomed run's error is raised on: the script cannot catch its own stop. */
 static int finish_pcall(lua_State *L, int status, lua_KContext extra) {
@@ -359,6 +366,7 @@ static const luaL_Reg core_funcs[] = {
   {"log", l_log},
   {"now_ms", l_now_ms},
   {"doomed", l_doomed},
+  {"debugging", l_debugging},
   {"pcall", l_pcall},
   {"xpcall", l_xpcall},
   {NULL, NULL},

@@ -297,15 +297,14 @@ void sg_read_add_events(struct sg_read *rd, const char *pos, int64_t at, int n, 
 /* a field of an event line: \ tab and newline escaped (\\ \t \n); NULL is "\N" */
 static void line_text(struct sg_buf *b, const char *v) {
   if (!v) { sg_buf_add(b, "\\N\t", 3); return; }
-  const char *run = v;
-  for (; *v; v++) {
-    const char *esc = *v == '\\' ? "\\\\" : *v == '\t' ? "\\t" : *v == '\n' ? "\\n" : NULL;
-    if (!esc) continue;
-    if (v > run) sg_buf_add(b, run, (size_t)(v - run));
-    sg_buf_add(b, esc, 2);
-    run = v + 1;
+  for (;;) {
+    size_t k = strcspn(v, "\\\t\n");
+    if (k) sg_buf_add(b, v, k);
+    v += k;
+    if (!*v) break;
+    sg_buf_add(b, *v == '\\' ? "\\\\" : *v == '\t' ? "\\t" : "\\n", 2);
+    v++;
   }
-  if (v > run) sg_buf_add(b, run, (size_t)(v - run));
   sg_buf_add(b, "\t", 1);
 }
 
@@ -317,8 +316,11 @@ void sg_event_line(struct sg_buf *b, const struct sg_event_row *r) {
   line_text(b, r->step_name);
   line_text(b, r->outcome);
   line_text(b, r->detail);
-  sg_buf_printf(b, "%d\t%d\t%d\t%lld\t%lld\n", r->step, r->phase, r->attempt, (long long)r->at,
-                (long long)r->duration_ms);
+  const int64_t nums[5] = {r->step, r->phase, r->attempt, r->at, r->duration_ms};
+  for (int i = 0; i < 5; i++) {
+    sg_buf_add_i64(b, nums[i]);
+    sg_buf_add(b, i < 4 ? "\t" : "\n", 1);
+  }
 }
 
 /* the next field of a line, unescaped in place; NULL for \N */

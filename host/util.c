@@ -262,15 +262,27 @@ void sg_buf_add(struct sg_buf *b, const char *s, size_t n) {
 }
 void sg_buf_adds(struct sg_buf *b, const char *s) { sg_buf_add(b, s, strlen(s)); }
 void sg_buf_printf(struct sg_buf *b, const char *fmt, ...) {
+  /* formatted once into the room there is (mostly enough), a second time only when it was not */
+  buf_reserve(b, 63);
   va_list ap;
   va_start(ap, fmt);
-  int n = vsnprintf(NULL, 0, fmt, ap);
+  int n = vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
   va_end(ap);
-  buf_reserve(b, (size_t)n);
-  va_start(ap, fmt);
-  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
-  va_end(ap);
+  if (n < 0) { b->data[b->len] = 0; return; }
+  if ((size_t)n >= b->cap - b->len) {
+    buf_reserve(b, (size_t)n);
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+  }
   b->len += (size_t)n;
+}
+void sg_buf_add_i64(struct sg_buf *b, int64_t v) {
+  char t[24], *p = t + sizeof t;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do *--p = (char)('0' + u % 10); while (u /= 10);
+  if (v < 0) *--p = '-';
+  sg_buf_add(b, p, (size_t)(t + sizeof t - p));
 }
 void sg_buf_add_json_str(struct sg_buf *b, const char *s) {
   if (!s) { sg_buf_adds(b, "null"); return; }

@@ -53,9 +53,10 @@ local function caller_where(level)
 end
 
 -- Normalises anything raised inside a step or a handler into {message, retryable, fail, traceback}.
+-- The traceback is only logged (at debug level): without it, it is "".
 local function normalize_error(e)
   if core.doomed() then return DOOMED end -- do not run the script's metamethods (__index, __tostring)
-  local tb = debug.traceback("", 2)
+  local tb = core.debugging() and debug.traceback("", 2) or ""
   if getmt(e) == Err then
     e.traceback = tb
     return e

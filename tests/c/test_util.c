@@ -135,7 +135,31 @@ static void test_time_parse(void) {
   CHECK_EQ_INT(sg_uuid_time_ms(""), -1);
 }
 
+/* sg_buf_printf formats into the room there is, again after growing when there was not enough */
+static void test_buf_format(void) {
+  struct sg_buf b;
+  sg_buf_init(&b);
+  char want[4096] = "";
+  for (int i = 0; i < 300; i++) {
+    sg_buf_printf(&b, "%d:%s;", i, i % 7 ? "x" : "a longer piece of text than the rest, to make the buffer grow");
+    size_t l = strlen(want);
+    snprintf(want + l, sizeof want - l, "%d:%s;", i, i % 7 ? "x" : "a longer piece of text than the rest, to make the buffer grow");
+    if (l > 3000) break;
+  }
+  CHECK(b.len == strlen(want) && strcmp(b.data, want) == 0);
+  sg_buf_free(&b);
+  sg_buf_init(&b);
+  const int64_t v[] = {0, 7, -7, 1234567890123LL, INT64_MAX, INT64_MIN};
+  for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+    sg_buf_add_i64(&b, v[i]);
+    sg_buf_adds(&b, " ");
+  }
+  CHECK(strcmp(b.data, "0 7 -7 1234567890123 9223372036854775807 -9223372036854775808 ") == 0);
+  sg_buf_free(&b);
+}
+
 int main(void) {
+  test_buf_format();
   test_time_parse();
   test_rand_seeds();
   test_jitter_range();
