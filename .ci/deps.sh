@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config liblua5.4-dev lua5.4 libev-dev librabbitmq-dev libsqlite3-dev
       libmicrohttpd-dev libcurl4-openssl-dev libjansson-dev libssl-dev libpq-dev lua-cjson lua-cjson-dev libqpid-proton11-dev
-      lua-busted sqlite3 curl libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler librdkafka-dev)
+      lua-busted sqlite3 curl libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler librdkafka-dev
+      libmimalloc-dev)
 # libFuzzer comes with Debian's clang runtime (libclang-rt-14-dev on Debian 12); make test-debug runs fuzz-smoke
 fuzz_pkgs=(clang libclang-rt-14-dev)
 [ "${1:-}" = "--test" ] && pkgs+=(rabbitmq-server postgresql python3-pika python3-qpid-proton openssl chromium prometheus "${fuzz_pkgs[@]}")

@@ -1,8 +1,8 @@
 #!/bin/bash
 # Before/after of one change, in one sitting: runs the in-process bench with two builds, alternated,
 # ROUNDS times each, and prints per build the median throughput and the median CPU time per saga
-# (user + system of the bench process: the in-process bench is CPU-bound on one thread, and CPU per saga
-# varies less between runs on a shared VM than wall-clock throughput does).
+# (user + system of the bench process: the in-process bench is CPU-bound on one thread), and the median
+# of the after/before ratios of each round's pair.
 #   tests/bench/ab.sh BEFORE_BINARY AFTER_BINARY [ROUNDS] [bench args...]
 # e.g. tests/bench/ab.sh /tmp/sagahost-before build/sagahost 5 --sagas 20000 --concurrency 64 --fail-every 10
 set -euo pipefail
@@ -29,3 +29,7 @@ med() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (
 for l in before after; do
   printf '%-6s median %s sagas/s, %s us CPU per saga\n' "$l" "$(cut -d' ' -f1 "$tmp/$l" | med)" "$(cut -d' ' -f2 "$tmp/$l" | med)"
 done
+# the machine drifts between rounds: the ratio of each round's pair (run back to back) drifts less
+paste -d' ' "$tmp/before" "$tmp/after" | awk '{ print $3 / $1, $4 / $2 }' > "$tmp/ratio"
+printf 'after/before, median of the %d pairs: throughput x%.3f, CPU per saga x%.3f\n' "$rounds" \
+  "$(cut -d' ' -f1 "$tmp/ratio" | med)" "$(cut -d' ' -f2 "$tmp/ratio" | med)"

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${1:-100000}
-BIN=$PWD/build/sagahost
+BIN=${SAGAHOST_BIN:-$PWD/build/sagahost}  # SAGAHOST_BIN: another build to measure
 dir=$(mktemp -d /tmp/sagahost-parked-XXXXXX)
 mkdir -p "$dir/sagas"
 cat > "$dir/sagas/sleeper.lua" <<'LUA'
