@@ -113,7 +113,8 @@ static const char *kind_name(const char *k) {
 
 static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
   if (s->njournal == s->capjournal) {
-    s->capjournal = s->capjournal ? s->capjournal * 2 : 4;
+    /* from 1: most attempts make one operation, and a parked saga keeps its journal (80 bytes an entry) */
+    s->capjournal = s->capjournal ? s->capjournal * 2 : 1;
     s->journal = sg_xrealloc(s->journal, (size_t)s->capjournal * sizeof *s->journal);
   }
   struct jent *j = &s->journal[s->njournal++];
