@@ -259,8 +259,8 @@ int sg_engine_upgrade(struct sg_engine *en, const char *id, const char *who, str
   eng_hist_event(en, s, "operator_upgrade", detail);
   sg_info("saga %s %s upgraded %s", s->row.type, s->row.id, detail);
   free(detail);
-  free(s->row.def_hash);
-  s->row.def_hash = sg_strdup(cur->hash);
+  if (!s->row.interned) free(s->row.def_hash);
+  s->row.def_hash = s->row.interned ? (char *)sg_intern(cur->hash) : sg_strdup(cur->hash);
   s->def = cur;
   s->stored_status = -1;  /* the next write is a full one: def_hash goes with the status */
   /* a step waiting on a call or a sleep replays on the new code when it wakes: the journal answers

@@ -63,6 +63,7 @@ struct sg_saga_row {
   char *parent;       /* a child saga (ctx:run): the id of the saga that started it, else NULL; never changes */
   char *children;     /* a parent: the children its steps started, JSON [{"id","type","step"[,"key":true]}]
                        * (step 0-based, in start order; key: started with {id = key}), else NULL (children.c) */
+  int interned;       /* type and def_hash are sg_intern's (shared, never freed): the engine's sagas */
 };
 void sg_store_saga_row_free(struct sg_saga_row *r); /* frees the strings, not r itself */
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src); /* deep copy into dst */

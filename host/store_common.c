@@ -34,8 +34,11 @@ const char *sg_phase_name(int ph) {
 
 void sg_store_saga_row_free(struct sg_saga_row *r) {
   if (!r) return;
-  free(r->type);
-  free(r->def_hash);
+  if (!r->interned) {
+    free(r->type);
+    free(r->def_hash);
+  }
+  r->interned = 0;
   free(r->input);
   free(r->data);
   free(r->error);
@@ -51,6 +54,7 @@ void sg_store_saga_row_free(struct sg_saga_row *r) {
 
 void sg_store_saga_row_copy(struct sg_saga_row *dst, const struct sg_saga_row *src) {
   *dst = *src;
+  dst->interned = 0;
   dst->type = sg_strdup(src->type);
   dst->def_hash = sg_strdup(src->def_hash);
   dst->input = sg_strdup(src->input);

@@ -1,5 +1,6 @@
 /* util: logging, time, ids, buffers. */
 #include "util.h"
+#include "map.h"
 
 /* GCC with UBSan warns about vsnprintf(NULL, 0, ...), the standard way to measure a formatted string
  * (clang has no such warning group and would reject the pragma under -Werror) */
@@ -10,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -388,4 +390,21 @@ int64_t sg_rand_jitter(struct sg_rand *r, int64_t delay) {
   int64_t lo = delay / 2;
   uint64_t span = (uint64_t)(delay - lo) + 1; /* both ends included */
   return lo + (int64_t)(sg_rand_next(r) % span);
+}
+
+/* sg_intern's table: the strings themselves are its keys and values */
+static struct sg_map intern_map;
+static pthread_mutex_t intern_mu = PTHREAD_MUTEX_INITIALIZER;
+
+const char *sg_intern(const char *s) {
+  if (!s) return NULL;
+  pthread_mutex_lock(&intern_mu);
+  const char *v = sg_map_get(&intern_map, s);
+  if (!v) {
+    char *c = sg_strdup(s);
+    sg_map_put(&intern_map, c, c);
+    v = c;
+  }
+  pthread_mutex_unlock(&intern_mu);
+  return v;
 }

@@ -73,6 +73,9 @@ void sg_buf_add(struct sg_buf *b, const char *s, size_t n);
 void sg_buf_adds(struct sg_buf *b, const char *s);
 void sg_buf_printf(struct sg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sg_buf_add_i64(struct sg_buf *b, int64_t v); /* v in decimal */
+/* One shared copy of s (NULL for NULL), kept until the process ends: for the few distinct strings that
+ * many objects carry (saga types, definition hashes). Thread-safe. */
+const char *sg_intern(const char *s);
 void sg_buf_add_json_str(struct sg_buf *b, const char *s); /* adds "s" with JSON escaping; NULL -> null */
 char *sg_buf_steal(struct sg_buf *b); /* returns data, leaves b empty */
 void sg_buf_free(struct sg_buf *b);
