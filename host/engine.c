@@ -2422,7 +2422,7 @@ int eng_load_owned(struct sg_engine *en, struct sg_error *e) {
   if (en->store->ops->saga_each_active(en->store, recover_saga_cb, &rc, e) < 0) goto fail;
   if (en->store->ops->timer_each(en->store, recover_timer_cb, en, e) < 0) goto fail;
   size_t resumed = 0, parked = 0;
-  if (en->store->ops->journal_each_active) { /* one round trip for all (PostgreSQL) */
+  if (en->store->ops->journal_each_active) { /* one round trip or one scan for all */
     if (rc.n && en->store->ops->journal_each_active(en->store, recover_journal_any_cb, en, e) < 0) goto fail;
   } else {
     for (size_t i = 0; i < rc.n; i++) {

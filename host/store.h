@@ -431,7 +431,8 @@ struct sg_store_ops {
    * taking sagas over and reading mail go through those reads. */
   int (*host_register)(struct sg_store *s, const char *host_id, int64_t lease_ms, struct sg_error *e);
   /* the journal rows of the current attempts of every saga saga_each_active gives, by saga then seq,
-   * in one round trip (NULL: journal_each per saga) */
+   * in one round trip (NULL: journal_each per saga); rows of other sagas or attempts may come too
+   * (SQLite gives the whole table: it holds live sagas' journals only), the caller keeps its own */
   int (*journal_each_active)(struct sg_store *s, sg_journal_cb cb, void *ud, struct sg_error *e);
   /* a clean stop: the lease ends now, so other hosts take the sagas over at once */
   int (*host_release)(struct sg_store *s, struct sg_error *e);

@@ -103,7 +103,7 @@ enum {
   ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
   ST_SAGA_COUNTS, ST_SAGA_COUNTS_TYPE, ST_SAGA_ACTIVE,
   ST_HIST_INSERT, ST_HIST_EACH,
-  ST_JOURNAL_PUT, ST_JOURNAL_EACH,
+  ST_JOURNAL_PUT, ST_JOURNAL_EACH, ST_JOURNAL_ALL,
   ST_TIMER_PUT, ST_TIMER_DEL, ST_TIMER_EACH,
   ST_OUTBOX_PUT, ST_OUTBOX_DEL, ST_OUTBOX_EACH,
   ST_INBOX_GET, ST_INBOX_PUT, ST_INBOX_PRUNE, ST_JOURNAL_DEL, ST_PRUNE_CLEAR, ST_PRUNE_MARK, ST_PRUNE_HIST, ST_PRUNE_SAGAS,
@@ -152,6 +152,9 @@ static const char *const stmt_sql[ST_COUNT] = {
                      " result) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
   [ST_JOURNAL_EACH] = "SELECT saga_id, step, phase, attempt, seq, kind, done, is_error, result FROM journal"
                       " WHERE saga_id = ?1 AND step = ?2 AND phase = ?3 AND attempt = ?4 ORDER BY seq",
+  /* the whole table in key order (it holds the journals of live sagas only: a saga's rows go when it ends) */
+  [ST_JOURNAL_ALL] = "SELECT saga_id, step, phase, attempt, seq, kind, done, is_error, result FROM journal"
+                     " ORDER BY saga_id, step, phase, attempt, seq",
   [ST_TIMER_PUT] = "INSERT INTO timers(saga_id, due_at, kind, ref, id) VALUES (?1, ?2, ?3, ?4, ?5)",
   [ST_TIMER_DEL] = "DELETE FROM timers WHERE id = ?1",
   [ST_TIMER_EACH] = "SELECT id, saga_id, due_at, kind, ref FROM timers ORDER BY due_at, id",
@@ -896,6 +899,14 @@ static int sq_journal_each(struct sg_store *base, const char *saga_id, int step,
   return each_row(s, st, emit_journal, &sink, e, "journal_each");
 }
 
+/* Every journal row, by saga then seq, in one scan (the engine keeps those of each saga's current
+ * attempt): a restart with a million parked sagas made a million point queries otherwise. */
+static int sq_journal_each_active(struct sg_store *base, sg_journal_cb cb, void *ud, struct sg_error *e) {
+  struct sqlite_store *s = S(base);
+  struct row_sink sink = { .cb.journal = cb, .ud = ud };
+  return each_row(s, stmt_use(s, ST_JOURNAL_ALL), emit_journal, &sink, e, "journal_each_active");
+}
+
 /* ---- timers ---- */
 
 static int sq_timer_put(struct sg_store *base, struct sg_timer_row *r, struct sg_error *e) {
@@ -1185,6 +1196,7 @@ static const struct sg_store_ops sqlite_ops = {
   .saga_list = sq_saga_list,
   .saga_counts = sq_saga_counts,
   .saga_each_active = sq_saga_each_active,
+  .journal_each_active = sq_journal_each_active,
   .hist_insert = sq_hist_insert,
   .hist_each = sq_hist_each,
   .journal_put = sq_journal_put,
