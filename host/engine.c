@@ -113,7 +113,7 @@ static const char *kind_name(const char *k) {
 
 static struct jent *journal_add(struct sg_saga *s, int seq, int done, int is_error, const char *result) {
   if (s->njournal == s->capjournal) {
-    /* from 1: most attempts make one operation, and a parked saga keeps its journal (80 bytes an entry) */
+    /* from 1: most attempts make one operation, and a parked saga keeps its journal (72 bytes an entry) */
     s->capjournal = s->capjournal ? s->capjournal * 2 : 1;
     s->journal = sg_xrealloc(s->journal, (size_t)s->capjournal * sizeof *s->journal);
   }
