@@ -709,6 +709,7 @@ void sg_script_free(struct sg_script *sc) {
   sg_script_unwatch(sc);
   if (sc->L) lua_close(sc->L);
   free(sc->pool);
+  for (int i = 0; i < sc->nusage; i++) free(sc->usage[i].mem_why);
   free(sc->usage);
   sg_watchdog_release();
   for (int i = 0; i < sc->nfiles; i++) {

@@ -40,6 +40,8 @@ struct usage {
   int64_t cpu_ns;  /* CPU time spent running it */
   int64_t instr;   /* VM instructions, counted HOOK_EVERY at a time */
   int64_t mem;     /* bytes allocated net of what was freed while it ran */
+  char *mem_why;   /* the memory limit an earlier resume of it ran into (owned), or NULL: a step preempted
+                    * between its refusal and its "not enough memory" error still fails with it */
 };
 
 /* The one Lua run in progress (the loop thread runs one at a time). */
@@ -123,6 +125,7 @@ void *sc_alloc(void *ud, void *ptr, size_t osize, size_t nsize); /* the state's 
 void sc_run_begin(struct sg_script *sc, lua_State *co, int kind, const struct usage *u);
 void sc_run_end(struct sg_script *sc, struct usage *u);
 struct usage *sc_usage_of(struct sg_script *sc, int handle); /* the attempt's usage by coroutine handle */
+void sc_usage_reset(struct sg_script *sc, int handle); /* a new attempt or call on that handle */
 /* a run that was refused memory and then failed with "not enough memory" hit the memory limit */
 void sc_memory_verdict(struct sg_script *sc, const char *err);
 /* resets a coroutine that did not finish cleanly, its pending __close handlers stopped at once */

@@ -182,9 +182,14 @@ void sc_run_begin(struct sg_script *sc, lua_State *co, int kind, const struct us
   r->co = co;
   r->kind = kind;
   r->u = u ? *u : (struct usage){0};
+  r->u.mem_why = NULL; /* stays the usage's */
   r->doomed = kind == RUN_CLOSE;
   r->preempted = 0;
   r->mem_refused = 0;
+  if (u && u->mem_why) {
+    r->mem_refused = 1;
+    snprintf(r->mem_why, sizeof r->mem_why, "%s", u->mem_why);
+  }
   r->why[0] = 0;
   r->t0 = sg_mono_ns();
   r->cpu0 = 0;
@@ -202,9 +207,21 @@ void sc_run_end(struct sg_script *sc, struct usage *u) {
   poke_target = NULL;
   lua_sethook(r->co, NULL, 0, 0);
   r->u.cpu_ns += resume_cpu_ns(r, sg_mono_ns());
-  if (u) *u = r->u;
+  if (u) {
+    char *why = u->mem_why;
+    *u = r->u;
+    u->mem_why = why;
+    if (r->mem_refused && !u->mem_why) u->mem_why = sg_strdup(r->mem_why);
+  }
   r->kind = RUN_NONE;
   r->co = NULL;
+}
+
+/* A new attempt or handler call on a coroutine handle: nothing used yet. */
+void sc_usage_reset(struct sg_script *sc, int handle) {
+  struct usage *u = sc_usage_of(sc, handle);
+  free(u->mem_why);
+  *u = (struct usage){0};
 }
 
 struct usage *sc_usage_of(struct sg_script *sc, int handle) {

@@ -197,7 +197,7 @@ static int r_start(void *ud, const struct sg_def *d, const struct sg_saga_row *r
     co = lua_newthread(L);
     h = sc_ref(sc, L); /* anchors the thread */
   }
-  *sc_usage_of(sc, h) = (struct usage){0}; /* a new attempt */
+  sc_usage_reset(sc, h); /* a new attempt */
   /* trampoline, step function, ctx */
   sc_push_runtime(sc, co, "run_step");
   sc_push_runtime(sc, co, "version");
@@ -380,7 +380,7 @@ static int r_handle(void *ud, const struct sg_msg *m, int *handle, char **status
     co = lua_newthread(L);
     h = sc_ref(sc, L);
   }
-  *sc_usage_of(sc, h) = (struct usage){0};
+  sc_usage_reset(sc, h);
   sc_push_runtime(sc, co, "handle");
   lua_pushstring(co, service);
   lua_pushstring(co, command);
