@@ -1,5 +1,8 @@
 /* Unit tests for the helpers of util.c that decide behaviour: the seeded generator behind retry
- * jitter, and the script directory check that refuses to start a host on a wrong path. */
+ * jitter, the script directory check that refuses to start a host on a wrong path, the
+ * buffer formatting of the hot path and string interning. */
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -158,7 +161,47 @@ static void test_buf_format(void) {
   sg_buf_free(&b);
 }
 
+/* sg_intern: equal strings give one pointer, whoever asks (the engine's thread and the store's reader
+ * threads), different strings different pointers, and the copy does not depend on the caller's buffer */
+#define INTERN_THREADS 4
+#define INTERN_KEYS 500
+static const char *interned[INTERN_THREADS][INTERN_KEYS];
+
+static void *intern_worker(void *arg) {
+  int t = (int)(intptr_t)arg;
+  char key[64];
+  for (int i = 0; i < INTERN_KEYS; i++) {
+    int k = (i * 7 + t * 131) % INTERN_KEYS; /* each thread its own order */
+    snprintf(key, sizeof key, "SagaType%d", k);
+    interned[t][k] = sg_intern(key);
+  }
+  return NULL;
+}
+
+static void test_intern(void) {
+  CHECK(sg_intern(NULL) == NULL);
+  char a[32] = "OrderProcessing", b[32] = "OrderProcessing";
+  const char *pa = sg_intern(a), *pb = sg_intern(b);
+  CHECK(pa == pb && pa != a && pa != b && strcmp(pa, "OrderProcessing") == 0);
+  strcpy(a, "Changed");
+  CHECK(strcmp(pa, "OrderProcessing") == 0 && sg_intern("OrderProcessing") == pa);
+  CHECK(sg_intern("Changed") != pa && sg_intern("") != pa && *sg_intern("") == 0);
+  pthread_t th[INTERN_THREADS];
+  for (int t = 0; t < INTERN_THREADS; t++) pthread_create(&th[t], NULL, intern_worker, (void *)(intptr_t)t);
+  for (int t = 0; t < INTERN_THREADS; t++) pthread_join(th[t], NULL);
+  int mismatched = 0, wrong = 0;
+  char key[64];
+  for (int k = 0; k < INTERN_KEYS; k++) {
+    snprintf(key, sizeof key, "SagaType%d", k);
+    for (int t = 0; t < INTERN_THREADS; t++) mismatched += interned[t][k] != interned[0][k];
+    wrong += strcmp(interned[0][k], key) != 0 || sg_intern(key) != interned[0][k];
+    if (k && interned[0][k] == interned[0][k - 1]) wrong++;
+  }
+  if (!CHECK(mismatched == 0 && wrong == 0)) fprintf(stderr, "  %d mismatched, %d wrong\n", mismatched, wrong);
+}
+
 int main(void) {
+  test_intern();
   test_buf_format();
   test_time_parse();
   test_rand_seeds();
