@@ -229,7 +229,9 @@ static void wait_read(struct pending *p) {
 static int on_wait(void *ud, int what) {
   struct pending *p = ud;
   if (what == SG_EVENTS_WAIT_ARMED) {
-    wait_read(p);
+    /* running here: it cannot be terminal in the store yet, and its terminal event comes after the
+     * commit that makes it so; else (finished, another host's, not loaded) the store says where it is */
+    if (!sg_engine_running_here(p->api->en, p->id)) wait_read(p);
     return 0;
   }
   p->final = what;

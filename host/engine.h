@@ -247,6 +247,10 @@ const char *sg_event_name(int kind); /* "started", "attempt_started", ... */
 /* the live (running or compensating) sagas of each type on this host */
 void sg_engine_live_by_type(struct sg_engine *en, void (*cb)(void *ud, const char *type, int64_t n), void *ud);
 
+/* 1 = the saga runs on this host (live in its memory): no terminal status of it is committed yet,
+ * so its terminal event is still to come (GET ?wait= needs no read of it until then) */
+int sg_engine_running_here(struct sg_engine *en, const char *id);
+
 /* Starts a read of the store (store.h: sg_store_read) and watches its answer on the loop. */
 struct sg_read;
 void sg_engine_read(struct sg_engine *en, struct sg_read *rd);
