@@ -286,8 +286,8 @@ const char *sg_event_name(int kind) {
   return kind >= 0 && kind < (int)(sizeof ev_names / sizeof ev_names[0]) ? ev_names[kind] : "unknown";
 }
 
-/* A saga leaves the map at the release of the commit that made it terminal, so one found here has no
- * terminal status committed (it may have one in the open batch: its event comes after that commit). */
+/* A saga leaves the map in committed(), after the commit that made it terminal, so one found here has
+ * no terminal status committed (it may have one in the open batch: its event comes after that commit). */
 int sg_engine_running_here(struct sg_engine *en, const char *id) {
   return !en->broken && !en->stopped && sg_map_get(&en->sagas, id) != NULL;
 }
