@@ -465,11 +465,13 @@ static void crash_run(const char *dir, int k, const struct sg_faults *f) {
   ev_timer_init(&tick, nop_cb, 0.002, 0.002);
   ev_timer_start(loop, &tick);
   for (int i = 0; k > 0 && r.waiting && i < 5000; i++) ev_run(loop, EVRUN_ONCE);
-  ev_timer_stop(loop, &tick);
+  /* each turn waits for something to happen (at most the tick): counted in turns, not spins, so a
+   * fast machine does not run out of turns while the next messages are still on their way */
   for (int seen = 0, i = 0; seen < k && i < 5000 && live(&r.h) > 0; i++) {
-    ev_run(loop, EVRUN_NOWAIT);
+    ev_run(loop, EVRUN_ONCE);
     seen += r.h.en->in_txn;
   }
+  ev_timer_stop(loop, &tick);
   int live_at_crash = (int)live(&r.h), acked_at_crash = r.acked;
   crash_stats[2] += r.h.en->in_txn; /* a batch open: the crash loses work done since the last commit */
   crash_stats[3] += r.h.en->committing; /* PostgreSQL: a commit on its way, left to land or not */
