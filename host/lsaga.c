@@ -227,7 +227,9 @@ static int co_resume(lua_State *L, lua_State *co, int narg) {
   }
   lua_xmove(L, co, narg);
   int nres;
+  lua_State *prev = sg_script_enter(L, co);
   int status = lua_resume(co, L, narg, &nres);
+  sg_script_leave(L, co, prev);
   if (sg_script_doomed(L)) {
     lua_xmove(co, L, 1);
     lua_error(L);
@@ -358,7 +360,24 @@ static const luaL_Reg co_funcs[] = {
   {NULL, NULL},
 };
 
+/* core.resume(co, ...): coroutine.resume for the runtime's own threads (the branches of a ctx:all),
+ * under the limits of the run that resumes them */
+static int l_resume(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  luaL_argexpected(L, co, 1, "thread");
+  int r = co_resume(L, co, lua_gettop(L) - 1);
+  if (r < 0) {
+    lua_pushboolean(L, 0);
+    lua_insert(L, -2);
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  lua_insert(L, -(r + 1));
+  return r + 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"resume", l_resume},
   {"on_step", l_on_step},
   {"is_name", l_is_name},
   {"duration_ms", l_duration_ms},

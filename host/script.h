@@ -76,5 +76,10 @@ int sg_script_on_run_thread(struct lua_State *L);
  * loop (lua_yieldk with 0 values), as the count hook would. lsaga.c uses it where a script's
  * coroutine hands control back to the step, which the hook alone could miss. */
 int sg_script_preempt_point(struct lua_State *L);
+/* Around a resume of another thread (co) from L inside a run (a coroutine the script made, a ctx:all
+ * branch): co gets L's count hook, and the watchdog pokes co while it runs. sg_script_enter returns
+ * what sg_script_leave needs back. Nothing for a state that is not a host's. */
+struct lua_State *sg_script_enter(struct lua_State *L, struct lua_State *co);
+void sg_script_leave(struct lua_State *L, struct lua_State *co, struct lua_State *prev);
 
 #endif

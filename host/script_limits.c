@@ -166,7 +166,8 @@ static void hook(lua_State *L, lua_Debug *ar) {
   }
 }
 
-/* The thread the watchdog's signal pokes (the one in the current run), NULL between runs. */
+/* The thread the watchdog's signal pokes: the innermost one the current run is in (its own, or a
+ * coroutine it resumed: sg_script_enter), NULL between runs. */
 static lua_State *volatile poke_target;
 
 
@@ -195,9 +196,34 @@ void sc_run_begin(struct sg_script *sc, lua_State *co, int kind, const struct us
   r->cpu0 = 0;
   r->slice_end = r->t0 + SLICE_NS;
   sc->fail_ptr = NULL;
-  lua_sethook(co, hook, LUA_MASKCOUNT, HOOK_EVERY);
+  /* No count hook at first: while one is set, Lua 5.4 calls into the hook machinery at every VM
+   * instruction and every return (5-6 % of the instructions of an ordinary saga), and nearly every
+   * run ends well inside its first slice. The watchdog's poke, in the last tick before the slice
+   * ends, sets the hook; from there it checks every HOOK_EVERY instructions. An attempt (or handler
+   * call) the hook has counted once is counted from the start of each later resume, so what goes
+   * uncounted is at most the part of its first slice before the poke. Without the watchdog's timer,
+   * and for __close handlers (stopped at the first check), the hook is set from the start. */
+  if (kind == RUN_CLOSE || r->u.instr > 0 || !sg_watchdog_ready()) lua_sethook(co, hook, LUA_MASKCOUNT, HOOK_EVERY);
+  else lua_sethook(co, NULL, 0, 0);
   poke_target = co;
   sg_watchdog_arm(r->slice_end);
+}
+
+lua_State *sg_script_enter(lua_State *L, lua_State *co) {
+  void *ud;
+  if (lua_getallocf(L, &ud) != sc_alloc || !((struct sg_script *)ud)->run.kind) return NULL;
+  lua_sethook(co, lua_gethook(L), lua_gethookmask(L), lua_gethookcount(L));
+  lua_State *prev = poke_target;
+  poke_target = co;
+  return prev;
+}
+
+void sg_script_leave(lua_State *L, lua_State *co, lua_State *prev) {
+  void *ud;
+  if (lua_getallocf(L, &ud) != sc_alloc || !((struct sg_script *)ud)->run.kind) return;
+  poke_target = prev;
+  /* co was poked while it ran: the checks go on where the run goes back to */
+  if (lua_gethook(co) && !lua_gethook(L)) lua_sethook(L, hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
 /* After it: the usage is saved for the next resume; doomed/preempted/why stay readable. */

@@ -35,7 +35,9 @@ static void on_signal(int sig) {
   (void)sig;
   int saved = errno;
   int64_t now = sg_mono_ns(), dl = wd.deadline;
-  if (dl && now > dl) {
+  /* from one tick before the deadline: the count hook, set by the poke, then yields at the deadline
+   * itself (it starts unset, script_limits.c); a poke after it would make slices up to a tick late */
+  if (dl && now > dl - TICK_NS) {
     if (wd.poke) wd.poke();
   } else if (!dl && now - wd.last_run > QUIET_NS && wd.ticking) {
     wd.ticking = 0;
@@ -81,3 +83,5 @@ void sg_watchdog_arm(int64_t deadline_ns) {
 }
 
 void sg_watchdog_disarm(void) { wd.deadline = 0; }
+
+int sg_watchdog_ready(void) { return wd.created; }

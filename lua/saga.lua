@@ -722,8 +722,8 @@ local function run_all(fns, n, settle)
         local args = input[i]
         input[i] = nil
         local rok, a, b, c, d, e
-        if args then rok, a, b, c, d, e = coroutine.resume(co, args[1], args[2])
-        else rok, a, b, c, d, e = coroutine.resume(co) end
+        if args then rok, a, b, c, d, e = core.resume(co, args[1], args[2])
+        else rok, a, b, c, d, e = core.resume(co) end
         if core.doomed() then error(DOOMED, 0) end -- a limit stopped it: the host has the message
         if not rok or coroutine.status(co) == "dead" then
           threads[i] = nil

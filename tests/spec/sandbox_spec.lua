@@ -117,6 +117,9 @@ local CATALOGUE = {
         local ok = coroutine.resume(coroutine.create(function() while true do pcall(function() while true do end end) end end))
       end]],
     expect = "hostile%.lua:%d+: ran for over 200 ms where it cannot give the loop back" },
+  -- a ctx:all branch runs on a thread of the runtime's own: the limits follow the run into it
+  { name = "BranchSpin", body = [[ctx:all({ function() while true do end end, function() return 1 end })]],
+    expect = "hostile%.lua:%d+: ran for over 200 ms where it cannot give the loop back" },
   { name = "CoroutineForgedOp", body = [[coroutine.yield("call", "evil", "Spin", "{}")]],
     expect = "hostile%.lua:%d+: coroutine%.yield: a step or handler cannot yield itself" },
   { name = "CoroutineCtxCall", body = [[coroutine.wrap(function() ctx:sleep("1ms") end)()]],
