@@ -299,32 +299,39 @@ void sg_read_add_events(struct sg_read *rd, const char *pos, int64_t at, int n, 
 }
 
 /* a field of an event line: \ tab and newline escaped (\\ \t \n); NULL is "\N" */
-static void line_text(struct sg_buf *b, const char *v) {
-  if (!v) { sg_buf_add(b, "\\N\t", 3); return; }
+/* a text field and its tab at p (room for twice its length + 3 made by the caller); returns the end */
+static char *line_text(char *p, const char *v) {
+  if (!v) { memcpy(p, "\\N\t", 3); return p + 3; }
   for (;;) {
     size_t k = strcspn(v, "\\\t\n");
-    if (k) sg_buf_add(b, v, k);
+    memcpy(p, v, k);
+    p += k;
     v += k;
     if (!*v) break;
-    sg_buf_add(b, *v == '\\' ? "\\\\" : *v == '\t' ? "\\t" : "\\n", 2);
+    *p++ = '\\';
+    *p++ = *v == '\\' ? '\\' : *v == '\t' ? 't' : 'n';
     v++;
   }
-  sg_buf_add(b, "\t", 1);
+  *p++ = '\t';
+  return p;
 }
 
+/* One line per event (one per saga step, so formatted straight into the buffer: its room is made
+ * once, for the worst case of every byte escaped) */
 void sg_event_line(struct sg_buf *b, const struct sg_event_row *r) {
-  line_text(b, r->kind);
-  line_text(b, r->saga_id);
-  line_text(b, r->type);
-  line_text(b, r->status);
-  line_text(b, r->step_name);
-  line_text(b, r->outcome);
-  line_text(b, r->detail);
+  const char *texts[7] = {r->kind, r->saga_id, r->type, r->status, r->step_name, r->outcome, r->detail};
+  size_t room = 5 * 22;
+  for (int i = 0; i < 7; i++) room += (texts[i] ? 2 * strlen(texts[i]) : 0) + 3;
+  sg_buf_reserve(b, room);
+  char *p = b->data + b->len;
+  for (int i = 0; i < 7; i++) p = line_text(p, texts[i]);
   const int64_t nums[5] = {r->step, r->phase, r->attempt, r->at, r->duration_ms};
   for (int i = 0; i < 5; i++) {
-    sg_buf_add_i64(b, nums[i]);
-    sg_buf_add(b, i < 4 ? "\t" : "\n", 1);
+    p = sg_fmt_i64(p, nums[i]);
+    *p++ = i < 4 ? '\t' : '\n';
   }
+  *p = 0;
+  b->len = (size_t)(p - b->data);
 }
 
 /* the next field of a line, unescaped in place; NULL for \N */

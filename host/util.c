@@ -116,8 +116,18 @@ void sg_uuid(char out[37]) {
   uint64_t r1 = rng_next(), r2 = rng_next();
   uint64_t a = (ms << 16) | 0x7000ULL | (r1 & 0x0fffULL);
   uint64_t b = (r2 & 0x3fffffffffffffffULL) | 0x8000000000000000ULL; /* variant 10 */
-  snprintf(out, 37, "%08x-%04x-%04x-%04x-%012llx", (unsigned)(a >> 32), (unsigned)((a >> 16) & 0xffff),
-           (unsigned)(a & 0xffff), (unsigned)(b >> 48), (unsigned long long)(b & 0xffffffffffffULL));
+  /* "%08x-%04x-%04x-%04x-%012llx" of a's 64 bits and b's 64, by hand (one per saga) */
+  static const char hex[] = "0123456789abcdef";
+  char *p = out;
+  for (int i = 60; i >= 0; i -= 4) {
+    if (i == 28 || i == 12) *p++ = '-';
+    *p++ = hex[(a >> i) & 0xf];
+  }
+  for (int i = 60; i >= 0; i -= 4) {
+    if (i == 60 || i == 44) *p++ = '-';
+    *p++ = hex[(b >> i) & 0xf];
+  }
+  *p = 0;
 }
 
 int64_t sg_uuid_time_ms(const char *s) {
@@ -241,6 +251,25 @@ char *sg_asprintf(const char *fmt, ...) {
   return p;
 }
 
+char *sg_concat3(const char *a, const char *b, const char *c) {
+  size_t na = strlen(a), nb = strlen(b), nc = strlen(c);
+  char *p = sg_xmalloc(na + nb + nc + 1);
+  memcpy(p, a, na);
+  memcpy(p + na, b, nb);
+  memcpy(p + na + nb, c, nc + 1);
+  return p;
+}
+
+char *sg_fmt_i64(char *out, int64_t v) {
+  char t[24], *p = t + sizeof t;
+  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+  do *--p = (char)('0' + u % 10); while (u /= 10);
+  if (v < 0) *--p = '-';
+  size_t n = (size_t)(t + sizeof t - p);
+  memcpy(out, p, n);
+  return out + n;
+}
+
 char *sg_strdup(const char *s) {
   if (!s) return NULL;
   size_t n = strlen(s) + 1;
@@ -249,7 +278,7 @@ char *sg_strdup(const char *s) {
 
 void sg_buf_init(struct sg_buf *b) { b->data = NULL; b->len = b->cap = 0; }
 
-static void buf_reserve(struct sg_buf *b, size_t extra) {
+void sg_buf_reserve(struct sg_buf *b, size_t extra) {
   if (b->len + extra + 1 <= b->cap) return;
   size_t cap = b->cap ? b->cap : 64;
   while (cap < b->len + extra + 1) cap *= 2;
@@ -257,7 +286,7 @@ static void buf_reserve(struct sg_buf *b, size_t extra) {
   b->cap = cap;
 }
 void sg_buf_add(struct sg_buf *b, const char *s, size_t n) {
-  buf_reserve(b, n);
+  sg_buf_reserve(b, n);
   memcpy(b->data + b->len, s, n);
   b->len += n;
   b->data[b->len] = 0;
@@ -265,14 +294,14 @@ void sg_buf_add(struct sg_buf *b, const char *s, size_t n) {
 void sg_buf_adds(struct sg_buf *b, const char *s) { sg_buf_add(b, s, strlen(s)); }
 void sg_buf_printf(struct sg_buf *b, const char *fmt, ...) {
   /* formatted once into the room there is (mostly enough), a second time only when it was not */
-  buf_reserve(b, 63);
+  sg_buf_reserve(b, 63);
   va_list ap;
   va_start(ap, fmt);
   int n = vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
   va_end(ap);
   if (n < 0) { b->data[b->len] = 0; return; }
   if ((size_t)n >= b->cap - b->len) {
-    buf_reserve(b, (size_t)n);
+    sg_buf_reserve(b, (size_t)n);
     va_start(ap, fmt);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     va_end(ap);
@@ -280,11 +309,8 @@ void sg_buf_printf(struct sg_buf *b, const char *fmt, ...) {
   b->len += (size_t)n;
 }
 void sg_buf_add_i64(struct sg_buf *b, int64_t v) {
-  char t[24], *p = t + sizeof t;
-  uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-  do *--p = (char)('0' + u % 10); while (u /= 10);
-  if (v < 0) *--p = '-';
-  sg_buf_add(b, p, (size_t)(t + sizeof t - p));
+  char t[24];
+  sg_buf_add(b, t, (size_t)(sg_fmt_i64(t, v) - t));
 }
 void sg_buf_add_json_str(struct sg_buf *b, const char *s) {
   if (!s) { sg_buf_adds(b, "null"); return; }

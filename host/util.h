@@ -58,6 +58,9 @@ void sg_sha256_hex(const char *data, size_t len, char out[65]);
 
 char *sg_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* malloc'd */
 char *sg_strdup(const char *s);   /* NULL-safe, aborts on OOM */
+char *sg_concat3(const char *a, const char *b, const char *c); /* a b c joined, malloc'd (no printf) */
+/* v in decimal at out (at least 21 bytes); returns the end (not NUL-terminated) */
+char *sg_fmt_i64(char *out, int64_t v);
 void *sg_xmalloc(size_t n);       /* aborts on OOM: allocation failure is not recoverable here */
 void *sg_xcalloc(size_t n, size_t sz);
 void *sg_xrealloc(void *p, size_t n);
@@ -70,6 +73,8 @@ struct sg_buf {
 };
 void sg_buf_init(struct sg_buf *b);
 void sg_buf_add(struct sg_buf *b, const char *s, size_t n);
+/* room for extra more bytes and the NUL after them (data may move): for writing at data + len */
+void sg_buf_reserve(struct sg_buf *b, size_t extra);
 void sg_buf_adds(struct sg_buf *b, const char *s);
 void sg_buf_printf(struct sg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sg_buf_add_i64(struct sg_buf *b, int64_t v); /* v in decimal */

@@ -430,6 +430,9 @@ static void test_event_lines(void) {
   sg_event_line(&b, &a);
   sg_event_line(&b, &d);
   CHECK(strchr(b.data, '\n') && H_count_lines(b.data) == 2);
+  /* the stored form, byte for byte (rows written by earlier builds are read back the same way) */
+  CHECK_STR(b.data, "attempt_ended\ts-1\tT\\tx\trunning\ta\\\\b\tfailed\tline1\\nline2\\t\\\\N\t2\t1\t3\t1764547200123\t42\n"
+                    "definition_failed\t\\N\t\\N\t\\N\tf.lua\t\\N\t\\\\N\t0\t0\t0\t5\t0\n");
   char *at = b.data;
   struct sg_event_row r;
   CHECK(sg_event_line_next(&at, &r) == 1);

@@ -136,6 +136,23 @@ static void test_time_parse(void) {
   CHECK_EQ_INT(sg_uuid_time_ms("01A22EDC-9e48-7580-b506-f5f3507e8de4"), -1);
   CHECK_EQ_INT(sg_uuid_time_ms("01a22edc_9e48-7580-b506-f5f3507e8de4"), -1);
   CHECK_EQ_INT(sg_uuid_time_ms(""), -1);
+  /* the layout, formatted by hand: 8-4-4-4-12 lowercase hex, version 7, variant 10, ids in time order */
+  char prev[37] = "";
+  for (int i = 0; i < 2000; i++) {
+    sg_uuid(id);
+    int ok = strlen(id) == 36 && id[14] == '7' && strchr("89ab", id[19]) && sg_uuid_time_ms(id) >= before;
+    for (int k = 0; k < 36; k++)
+      ok = ok && ((k == 8 || k == 13 || k == 18 || k == 23) ? id[k] == '-' : (strchr("0123456789abcdef", id[k]) && id[k]));
+    if (!CHECK(ok)) { fprintf(stderr, "  bad id '%s'\n", id); break; }
+    CHECK(strncmp(prev, id, 13) <= 0); /* the ms time (first 48 bits) never goes back */
+    memcpy(prev, id, sizeof prev);
+  }
+  char *c3 = sg_concat3("pay", ".", "Charge");
+  CHECK_STR(c3, "pay.Charge");
+  free(c3);
+  c3 = sg_concat3("", "", "");
+  CHECK_STR(c3, "");
+  free(c3);
 }
 
 /* sg_buf_printf formats into the room there is, again after growing when there was not enough */
