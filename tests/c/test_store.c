@@ -1106,6 +1106,48 @@ static void test_writer_lock(void) {
   if (a) a->ops->close(a);
 }
 
+/* walbuf (the store's VFS): what a commit wrote is in the files when the commit returns (another
+ * connection, on SQLite's own unix VFS, reads it while the store is still open), for a commit of a
+ * few frames and one of many more than a gathered run holds (~2 MB of rows) */
+static int count_rows_unix(const char *path, const char *sql) {
+  sqlite3 *db = NULL;
+  int n = -1;
+  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, "unix") == SQLITE_OK) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+      n = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(db);
+  return n;
+}
+
+static void test_walbuf(void) {
+  char path[160];
+  snprintf(path, sizeof path, "%s/walbuf.db", tmpdir);
+  struct sg_store *s = sg_store_sqlite_open(path, &err);
+  if (!CHECK(s != NULL)) return;
+  OK(s->ops->begin(s, &err));
+  struct sg_saga_row r = mk_saga("b0000000-0000-4000-8000-000000000001", "Order", SG_ST_RUNNING, NULL);
+  OK(s->ops->saga_insert(s, &r, &err));
+  OK(s->ops->commit(s, &err));
+  CHECK_EQ_INT(count_rows_unix(path, "SELECT count(*) FROM sagas"), 1);
+  static char big[20001];
+  memset(big, 'x', sizeof big - 1);
+  OK(s->ops->begin(s, &err));
+  for (int i = 2; i <= 101; i++) {
+    char id[40];
+    snprintf(id, sizeof id, "b0000000-0000-4000-8000-%012d", i);
+    r = mk_saga(id, "Order", SG_ST_RUNNING, NULL);
+    r.data = big;
+    OK(s->ops->saga_insert(s, &r, &err));
+  }
+  OK(s->ops->commit(s, &err));
+  CHECK_EQ_INT(count_rows_unix(path, "SELECT count(*) FROM sagas WHERE length(data) = 20000"), 100);
+  s->ops->close(s);
+  CHECK_EQ_INT(count_rows_unix(path, "SELECT count(*) FROM sagas"), 101);
+}
+
 int main(void) {
   snprintf(tmpdir, sizeof tmpdir, "/tmp/sg_test_store.XXXXXX");
   if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
@@ -1128,6 +1170,7 @@ int main(void) {
   test_list();
   test_list_keys();
   test_event_lines();
+  test_walbuf();
   bench_group_commit();
   test_writer_lock();
 
