@@ -1411,6 +1411,14 @@ static void check_free(struct sg_engine *en, struct inbox_check *ck) {
  * on_inbox_read). Another delivery of the same message id meanwhile waits for it (it would read the
  * same "not seen" and run the handler twice); it is handled after, when the inbox has its answer. */
 static void inbox_check_start(struct sg_engine *en, const struct sg_msg *m, uint64_t tag, int redelivered) {
+  /* Its handler is running already (preempted, in the run queue): one run answers both, as in
+   * command_checked. Not left to the read: the run could finish, and record its answer, after the
+   * read has started and before it is back, and the read would say "not seen". */
+  struct pending_cmd *busy = sg_map_get(&en->inflight, m->message_id);
+  if (busy) {
+    PUSH(busy->extra_tags, busy->nextra, busy->capextra, tag);
+    return;
+  }
   struct inbox_check *ck = sg_map_get(&en->checking, m->message_id);
   if (ck) {
     struct parked_msg x = { .tag = tag, .redelivered = redelivered };

@@ -488,7 +488,12 @@ conn.close()
     local reply = "mhdup_reply_" .. uid
     local part = H.host { name = "mh-dup", amqp = true, host_id = "mh-dup-" .. uid, scripts = { ["p.lua"] = ([[
 local saga = require "saga"
-saga.handle("SVC", "Post", function(p, msg) print("HANDLED " .. msg.message_id) return { posted = p.n } end)
+saga.handle("SVC", "Post", function(p, msg)
+  print("HANDLED " .. msg.message_id)
+  -- every third one runs past its 2 ms slice: preempted, it is still running when its repeat comes
+  if p.n % 3 == 0 then local t = os.clock(); while os.clock() - t < 0.004 do end end
+  return { posted = p.n }
+end)
 ]]):gsub("SVC", svc) } }
     local n = 100
     local ok, err = xpcall(function()
