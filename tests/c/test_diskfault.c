@@ -356,10 +356,11 @@ int main(void) {
   long writes = 0, syncs = 0;
   run_once(dir, F_WRITE, 0, 0, &writes, &syncs);
   printf("clean run: %ld writes, %ld fsyncs after the host opened\n", writes, syncs);
-  /* full from write n on, for n across the first half of the run (a run's write count varies with
-   * timing: on a loaded machine commits batch more and a run makes far fewer writes, so an n near the
-   * clean run's end may never come and the disk would never fill) */
-  for (long n = 20; n <= writes / 2; n += 50) stop_while_full(dir, n);
+  /* full from write n on, for n across the first half of the run, from a quarter of it (a run's write
+   * count varies with timing: on a loaded machine commits batch more and a run makes far fewer writes,
+   * so an n near the clean run's end may never come and the disk would never fill; and since the store
+   * writes a commit's WAL frames in one call (walbuf.c) a whole run is only ~50 writes) */
+  for (long n = writes / 4 > 2 ? writes / 4 : 2; n <= writes / 2; n += 50) stop_while_full(dir, n);
   CHECK(writes > 10 && syncs > 3);
   /* every write of the first commits, then every 7th to the end; every fsync */
   long injected = 0, runs = 0;
