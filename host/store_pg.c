@@ -193,6 +193,8 @@ enum {
   ST_EVENT_PUT, ST_EVENT_AFTER, ST_EVENT_FROM, ST_EVENT_END, ST_EVENT_BEFORE, ST_EVENT_PRUNE,
   ST_SIGNAL_PUT, ST_SIGNAL_DONE, ST_SIGNAL_FIND, ST_SIGNAL_EACH,
   ST_SCHED_LAST, ST_SCHED_CLAIM,
+  /* a batch's rows of one kind in one statement (pipeline_send): each parameter an array */
+  ST_SAGA_INSERT_N, ST_SAGA_UPDATE_N, ST_SAGA_PROGRESS_N, ST_HIST_INSERT_N,
   ST_COUNT
 };
 
@@ -307,6 +309,44 @@ static const char *const stmt_sql[ST_COUNT] = {
   /* by id (no index on at: one index less to write per event): the oldest 20000 before the first kept */
   [ST_EVENT_PRUNE] = "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < coalesce((SELECT id FROM events"
                      " WHERE at >= $1 ORDER BY id LIMIT 1), 9223372036854775807) ORDER BY id LIMIT 20000)",
+  /* The merged writes (pipeline_send): parameter i is the array of parameter i of the single-row
+   * statement above, one element per row, in order; the last one is the number of rows. A row that
+   * is not written (a duplicate, a version that moved on) fails the whole statement with SG002, as it
+   * fails the single-row one. */
+  [ST_SAGA_INSERT_N] = "WITH w AS (INSERT INTO sagas(" SAGA_COLS ", owner) SELECT * FROM unnest($1::text[], $2::text[],"
+                       " $3::text[], $4::text[], $5::int[], $6::int[], $7::int[], $8::text[], $9::text[], $10::text[],"
+                       " $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[],"
+                       " $17::int[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[])"
+                       " ON CONFLICT DO NOTHING RETURNING 1)"
+                       " SELECT sg_one((count(*) = $24::bigint)::int, 'a batch of ' || $24 || ' saga inserts (only ' || count(*)"
+                       " || ' written); the batch as a whole') FROM w",
+  [ST_SAGA_UPDATE_N] = "WITH w AS (UPDATE sagas s SET def_hash = u.def_hash, status = u.status, step = u.step,"
+                       " phase = u.phase, attempt = u.attempt, data = u.data, error = u.error, updated_at = u.updated_at,"
+                       " deadline = u.deadline, version = u.version, attempt_started_at = u.attempt_started_at,"
+                       " attempt_base = u.attempt_base, owner = u.owner, trace = COALESCE(u.trace, s.trace),"
+                       " partial = u.partial, children = u.children"
+                       " FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::int[], $6::int[], $7::text[],"
+                       " $8::text[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], $13::int[], $14::text[],"
+                       " $15::text[], $16::text[], $17::text[]) AS u(id, def_hash, status, step, phase, attempt, data,"
+                       " error, updated_at, deadline, version, attempt_started_at, attempt_base, owner, trace, partial,"
+                       " children)"
+                       " WHERE s.id = u.id COLLATE \"C\" AND s.version = u.version - 1 RETURNING 1)"
+                       " SELECT sg_one((count(*) = $18::bigint)::int, 'a batch of ' || $18 || ' saga updates (only ' || count(*)"
+                       " || ' written); the batch as a whole') FROM w",
+  [ST_SAGA_PROGRESS_N] = "WITH w AS (UPDATE sagas s SET step = u.step, phase = u.phase, attempt = u.attempt,"
+                         " data = u.data, error = u.error, updated_at = u.updated_at, deadline = u.deadline,"
+                         " version = u.version, attempt_started_at = u.attempt_started_at, attempt_base = u.attempt_base,"
+                         " partial = u.partial, children = u.children"
+                         " FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::text[], $6::text[], $7::bigint[],"
+                         " $8::bigint[], $9::bigint[], $10::bigint[], $11::int[], $12::text[], $13::text[])"
+                         " AS u(id, step, phase, attempt, data, error, updated_at, deadline, version, attempt_started_at,"
+                         " attempt_base, partial, children)"
+                         " WHERE s.id = u.id COLLATE \"C\" AND s.version = u.version - 1 RETURNING 1)"
+                         " SELECT sg_one((count(*) = $14::bigint)::int, 'a batch of ' || $14 || ' saga updates (only ' || count(*)"
+                         " || ' written); the batch as a whole') FROM w",
+  [ST_HIST_INSERT_N] = "INSERT INTO history(saga_id, step, step_name, phase, attempt, status, started_at,"
+                       " finished_at, error, id) SELECT u.*, nextval('history_ids') FROM unnest($1::text[], $2::int[],"
+                       " $3::text[], $4::int[], $5::int[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) AS u",
 };
 
 /* The parameters of one statement, as text (libpq's text format); integers are printed in place. */
@@ -441,7 +481,11 @@ struct pg_store {
     int finished;            /* a read finished it: rc and err wait for commit_poll */
     int rc;
     struct sg_error err;
+    int *qst;                /* each query's statement (ST_*; -1 BEGIN, fence, COMMIT), for the error */
+    size_t capq;
   } fl;
+  struct sg_buf arrays;      /* pipeline_send: the merged writes' array parameters */
+  struct sg_map merged_ids;  /* pipeline_send: saga ids in the merged writes not sent yet */
 };
 
 static struct pg_store *S(struct sg_store *s) { return (struct pg_store *)s; }
@@ -867,25 +911,155 @@ static int lost_commit_went_through(struct pg_store *s, struct sg_error *e) {
  * store is held), SG_E_FENCED, SG_E_CONFLICT, SG_E_INTERNAL (the writes are dropped). */
 static void events_flush(struct pg_store *s);
 
+/* Writes merged at the commit: the saga rows and history rows of a batch go as one statement per
+ * kind (ST_*_N: each parameter an array, one element per row) instead of one per row, which is most of
+ * what the server spends on a batch (its per-statement work, and the per-row CTE and check). They may
+ * move later than they were made, past writes that touch neither sagas nor history (neutral_write);
+ * any other write sends what is merged so far first. Two writes of one saga row are never merged
+ * together (the first group goes before the second write joins a new one). */
+enum { MG_SAGA_INSERT, MG_SAGA_UPDATE, MG_SAGA_PROGRESS, MG_HIST, MG_KINDS };
+static const int mg_single[MG_KINDS] = { ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_HIST_INSERT };
+static const int mg_multi[MG_KINDS] = { ST_SAGA_INSERT_N, ST_SAGA_UPDATE_N, ST_SAGA_PROGRESS_N, ST_HIST_INSERT_N };
+
+static int merge_kind(int st) {
+  for (int k = 0; k < MG_KINDS; k++)
+    if (mg_single[k] == st) return k;
+  return -1;
+}
+
+static int neutral_write(int st) {
+  switch (st) {
+  case ST_JOURNAL_PUT: case ST_JOURNAL_DEL: case ST_TIMER_PUT: case ST_TIMER_DEL: case ST_OUTBOX_PUT:
+  case ST_OUTBOX_DEL: case ST_INBOX_PUT: case ST_EVENT_PUT: case ST_SIGNAL_PUT: case ST_SIGNAL_DONE:
+    return 1;
+  default:
+    return 0;
+  }
+}
+
+/* an array literal's element: quoted, with " and \ escaped; NULL unquoted */
+static void arr_elem(struct sg_buf *b, const char *v, int first) {
+  if (!first) sg_buf_add(b, ",", 1);
+  if (!v) { sg_buf_add(b, "NULL", 4); return; }
+  sg_buf_add(b, "\"", 1);
+  while (*v) {
+    size_t n = strcspn(v, "\"\\");
+    sg_buf_add(b, v, n);
+    v += n;
+    if (*v) { char esc[2] = { '\\', *v++ }; sg_buf_add(b, esc, 2); }
+  }
+  sg_buf_add(b, "\"", 1);
+}
+
+struct mgroup { size_t *at; size_t n, cap; };
+
+static int pl_query(struct pg_store *s, int st, int n, const char *const *v) {
+  if (s->fl.nq == s->fl.capq) {
+    s->fl.capq = s->fl.capq ? s->fl.capq * 2 : 64;
+    s->fl.qst = sg_xrealloc(s->fl.qst, s->fl.capq * sizeof *s->fl.qst);
+  }
+  s->fl.qst[s->fl.nq++] = st;
+  if (st < 0) return 1;
+  char name[16];
+  snprintf(name, sizeof name, "sg%d", st);
+  return PQsendQueryPrepared(s->conn, name, n, v, NULL, NULL, 0);
+}
+
+static int pl_redo(struct pg_store *s, const struct redo *w) {
+  const char *v[MAX_PARAMS];
+  for (int i = 0; i < w->n; i++) v[i] = w->off[i] < 0 ? NULL : s->arena.data + w->off[i];
+  return pl_query(s, w->st, w->n, v);
+}
+
+/* sends what is merged so far: a kind with one row as its single-row statement */
+static int pl_merged(struct pg_store *s, struct mgroup g[MG_KINDS]) {
+  int ok = 1;
+  for (int k = 0; ok && k < MG_KINDS; k++) {
+    if (!g[k].n) continue;
+    if (g[k].n == 1) {
+      ok = pl_redo(s, &s->redo[g[k].at[0]]);
+      g[k].n = 0;
+      continue;
+    }
+    const struct redo *w0 = &s->redo[g[k].at[0]];
+    int np = w0->n;
+    size_t off[MAX_PARAMS + 1];
+    s->arrays.len = 0;
+    for (int i = 0; i < np; i++) {
+      off[i] = s->arrays.len;
+      sg_buf_add(&s->arrays, "{", 1);
+      for (size_t r = 0; r < g[k].n; r++) {
+        const struct redo *w = &s->redo[g[k].at[r]];
+        arr_elem(&s->arrays, w->off[i] < 0 ? NULL : s->arena.data + w->off[i], r == 0);
+      }
+      sg_buf_add(&s->arrays, "}", 2); /* with its NUL */
+    }
+    off[np] = s->arrays.len;
+    sg_buf_add_i64(&s->arrays, (int64_t)g[k].n);
+    sg_buf_add(&s->arrays, "", 1);
+    const char *v[MAX_PARAMS + 1];
+    for (int i = 0; i <= np; i++) v[i] = s->arrays.data + off[i];
+    ok = pl_query(s, mg_multi[k], k == MG_HIST ? np : np + 1, v);
+    g[k].n = 0;
+  }
+  if (s->merged_ids.n) {
+    sg_map_free(&s->merged_ids);
+    sg_map_init(&s->merged_ids);
+  }
+  return ok;
+}
+
+/* the transaction's writes, merged where they can be (see merge_kind) */
+static int pl_writes(struct pg_store *s) {
+  struct mgroup g[MG_KINDS];
+  memset(g, 0, sizeof g);
+  int ok = 1;
+  for (size_t k = 0; ok && k < s->nredo; k++) {
+    const struct redo *w = &s->redo[k];
+    int kind = merge_kind(w->st);
+    /* rows whose arity differs from the kind's first (cannot happen today) go one by one */
+    if (kind >= 0 && g[kind].n && s->redo[g[kind].at[0]].n != w->n) kind = -1;
+    if (kind < 0) {
+      if (!neutral_write(w->st)) ok = pl_merged(s, g);
+      ok = ok && pl_redo(s, w);
+      continue;
+    }
+    if (kind != MG_HIST) {
+      const char *id = w->off[0] < 0 ? "" : s->arena.data + w->off[0];
+      if (sg_map_get(&s->merged_ids, id)) ok = pl_merged(s, g);
+      sg_map_put(&s->merged_ids, id, (void *)1);
+    }
+    if (g[kind].n == g[kind].cap) {
+      g[kind].cap = g[kind].cap ? g[kind].cap * 2 : 64;
+      g[kind].at = sg_xrealloc(g[kind].at, g[kind].cap * sizeof *g[kind].at);
+    }
+    g[kind].at[g[kind].n++] = k;
+  }
+  ok = ok && pl_merged(s, g);
+  for (int k = 0; k < MG_KINDS; k++) free(g[k].at);
+  if (s->merged_ids.n) {
+    sg_map_free(&s->merged_ids);
+    sg_map_init(&s->merged_ids);
+  }
+  return ok;
+}
+
 static int pipeline_send(struct pg_store *s) {
   char seq[24], ep[24], ntimer[24], noutbox[24];
   snprintf(seq, sizeof seq, "%lld", (long long)s->commit_seq + 1);
   snprintf(ep, sizeof ep, "%lld", (long long)s->epoch);
   snprintf(ntimer, sizeof ntimer, "%lld", (long long)s->next_timer);
   snprintf(noutbox, sizeof noutbox, "%lld", (long long)s->next_outbox);
+  int *qst = s->fl.qst;
+  size_t capq = s->fl.capq;
   memset(&s->fl, 0, sizeof s->fl);
+  s->fl.qst = qst;
+  s->fl.capq = capq;
   s->fl.what = "commit";
   events_flush(s);
   if (PQsetnonblocking(s->conn, 1) != 0 || !PQenterPipelineMode(s->conn)) return -1;
-  int ok = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0);
-  for (size_t k = 0; ok && k < s->nredo; k++) {
-    const struct redo *w = &s->redo[k];
-    const char *v[MAX_PARAMS];
-    for (int i = 0; i < w->n; i++) v[i] = w->off[i] < 0 ? NULL : s->arena.data + w->off[i];
-    char name[16];
-    snprintf(name, sizeof name, "sg%d", w->st);
-    ok = PQsendQueryPrepared(s->conn, name, w->n, v, NULL, NULL, 0);
-  }
+  int ok = PQsendQueryParams(s->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) && pl_query(s, -1, 0, NULL);
+  ok = ok && pl_writes(s);
   if (ok && s->me[0]) {
     const char *v[] = { s->me, ep, seq };
     ok = PQsendQueryParams(s->conn, "SELECT sg_fence($1, $2::bigint, $3::bigint)", 3, NULL, v, NULL, NULL, 0);
@@ -894,11 +1068,12 @@ static int pipeline_send(struct pg_store *s) {
     ok = PQsendQueryParams(s->conn, "UPDATE store_state SET commit_seq = $1::bigint, next_timer = $2::bigint,"
                            " next_outbox = $3::bigint", 3, NULL, v, NULL, NULL, 0);
   }
-  ok = ok && PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) && PQpipelineSync(s->conn);
+  ok = ok && pl_query(s, -1, 0, NULL);
+  ok = ok && PQsendQueryParams(s->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) && pl_query(s, -1, 0, NULL)
+       && PQpipelineSync(s->conn);
   if (!ok) return -1;
   s->fl.active = 1;
   s->fl.sent = 1; /* the COMMIT is queued: from here a broken connection leaves the outcome unknown */
-  s->fl.nq = s->nredo + 3;
   int f = PQflush(s->conn);
   if (f < 0) return -1;
   s->fl.sending = f == 1;
@@ -984,7 +1159,7 @@ static int pipeline_recv(struct pg_store *s, int block, struct sg_error *e) {
     } else if (st != PGRES_PIPELINE_ABORTED && !s->fl.first_bad) {
       if (!conn_ok(s)) { PQclear(r); return pipeline_broken(s, e); }
       s->fl.first_bad = r;
-      s->fl.what = q == 0 ? "begin" : q <= s->nredo ? stmt_sql[s->redo[q - 1].st] : q == s->fl.nq - 1 ? "commit" : "fence";
+      s->fl.what = q == 0 ? "begin" : q == s->fl.nq - 1 ? "commit" : s->fl.qst[q] < 0 ? "fence" : stmt_sql[s->fl.qst[q]];
       r = NULL;
     }
     PQclear(r);
@@ -2492,6 +2667,9 @@ static void pg_close(struct sg_store *base) {
   free(s->url);
   PQfinish(s->conn); /* the server rolls back an open transaction and drops the session's lock */
   free(s->redo);
+  free(s->fl.qst);
+  sg_buf_free(&s->arrays);
+  sg_map_free(&s->merged_ids);
   redo_clear(s);
   sg_map_free(&s->kept_inbox);
   sg_buf_free(&s->arena);
@@ -2664,6 +2842,8 @@ struct sg_store *sg_store_pg_open(const char *url, struct sg_error *e) {
   s->base.ops = &pg_ops;
   sg_buf_init(&s->arena);
   sg_map_init(&s->kept_inbox);
+  sg_buf_init(&s->arrays);
+  sg_map_init(&s->merged_ids);
   s->url = sg_strdup(url);
   if (connect_db(s, url, e) < 0) goto fail;
   /* before the first write: a refused host must not touch the database (not even to migrate it) */
