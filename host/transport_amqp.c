@@ -19,9 +19,12 @@
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define CHAN 1                   /* our one channel */
 #define BACKOFF_MIN 0.25         /* seconds before the first reconnect */
@@ -100,6 +103,8 @@ struct amqp_transport {
   ev_timer hb_timer;             /* send heartbeats, detect missing ones */
   ev_timer retry;                /* (re)connect attempts */
   ev_idle drain;                 /* finish draining frames librabbitmq already buffered */
+  ev_prepare uncork;             /* ends the loop iteration's burst of sends (see cork) */
+  int corked;                    /* TCP_CORK is set on the socket */
 
   struct service *services;      /* declared/subscribed services */
 
@@ -121,6 +126,30 @@ struct amqp_transport {
 
 static void conn_lost(struct amqp_transport *t, const char *why);
 static void schedule_drain(struct amqp_transport *t);
+
+/* A loop iteration's sends as few segments: librabbitmq writes every frame of a publish and every ack
+ * with a send() of its own, each a TCP segment the broker must take in on its own. The first publish
+ * or ack of an iteration sets TCP_CORK on the socket; a prepare watcher of the lowest priority takes it
+ * off, and the kernel sends what was gathered in full segments. That watcher is active for as long as
+ * the connection is up: one started from inside the prepare phase (the engine's commit runs there)
+ * would only run in the next iteration, after the loop has waited. At the lowest priority it runs
+ * after the engine's prepare, before the loop waits. Nothing waits for an answer while corked: every
+ * call that does (the declares, the close) uncorks first. */
+static void uncork(struct amqp_transport *t) {
+  if (!t->corked) return;
+  t->corked = 0;
+  int fd = t->conn ? amqp_get_sockfd(t->conn) : -1, off = 0;
+  if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof off);
+}
+
+static void cork(struct amqp_transport *t) {
+  if (t->corked || !t->up) return;
+  int fd = amqp_get_sockfd(t->conn), on = 1;
+  if (fd < 0 || setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on) < 0) return;
+  t->corked = 1;
+}
+
+static void uncork_cb(struct ev_loop *loop, ev_prepare *w, int revents) { uncork(w->data); }
 
 /* ---- raw messages and the pending table ---- */
 
@@ -716,6 +745,7 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   t->backoff = BACKOFF_MIN;
   t->up = 1;
   t->base.connects++;
+  ev_prepare_start(loop, &t->uncork);
   t->last_rx = ev_now(loop);
   ev_io_set(&t->io, amqp_get_sockfd(t->conn), EV_READ);
   ev_io_start(loop, &t->io);
@@ -733,6 +763,8 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
  * itself is destroyed by the next retry, because a caller up the stack may still hold frames from it. */
 static void conn_lost(struct amqp_transport *t, const char *why) {
   if (!t->up) return;
+  uncork(t);
+  ev_prepare_stop(t->loop, &t->uncork);
   sg_warn("amqp: connection to %s:%d lost: %s; %zu unconfirmed publishes and %zu unacked deliveries dropped "
           "(re-sent after reconnect)", t->info.host, t->info.port, why, t->fly_n, t->npending);
   t->up = 0;
@@ -778,6 +810,7 @@ static int ensure_service(struct amqp_transport *t, const char *service, int con
   s->consume |= consume;
   if (!t->up) return 0; /* declared (and consumed) on connect */
   if (s->declared_gen == t->gen && !start_consume) return 0;
+  uncork(t); /* the declares wait for their answers */
   struct sg_error le = {{0}, 0};
   if (declare_service(t, s, start_consume, &le) < 0) {
     if (e) *e = le;
@@ -803,6 +836,7 @@ static int op_publish(struct sg_transport *bt, const struct sg_msg *m, struct sg
                      t->info.host, t->info.port);
   struct sg_amqp_out out;
   if (sg_amqp_encode(m, &out, e) < 0) return -1;
+  cork(t);
   int rc = amqp_basic_publish(t->conn, CHAN, out.exchange, out.routing_key, out.mandatory, 0, &out.props, out.body);
   if (rc < 0) {
     sg_errorf(e, SG_E_INTERNAL, "amqp: publishing %s: %s", m->message_id, amqp_error_string2(rc));
@@ -821,6 +855,7 @@ static void op_ack(struct sg_transport *bt, uint64_t tag) {
     sg_debug("amqp: ack of unknown or stale delivery %llx ignored", (unsigned long long)tag);
     return;
   }
+  if (t->up) cork(t);
   int rc = t->up ? amqp_basic_ack(t->conn, CHAN, p->raw.delivery_tag, 0) : 0;
   pending_free(p);
   if (rc < 0) conn_lost(t, amqp_error_string2(rc));
@@ -847,6 +882,8 @@ static void op_close(struct sg_transport *bt) {
   ev_timer_stop(t->loop, &t->hb_timer);
   ev_timer_stop(t->loop, &t->retry);
   ev_idle_stop(t->loop, &t->drain);
+  uncork(t);
+  ev_prepare_stop(t->loop, &t->uncork);
   if (t->conn) {
     if (t->up) {
       /* polite close so the broker requeues our unacked deliveries at once; bounded by the rpc timeout */
@@ -936,6 +973,9 @@ struct sg_transport *sg_transport_amqp_new(struct ev_loop *loop, const char *url
   t->hb_timer.data = t;
   ev_idle_init(&t->drain, drain_cb);
   t->drain.data = t;
+  ev_prepare_init(&t->uncork, uncork_cb);
+  ev_set_priority(&t->uncork, EV_MINPRI);
+  t->uncork.data = t;
   /* the first attempt runs from the loop, after the engine has subscribed its services */
   ev_timer_init(&t->retry, retry_cb, 0., 0.);
   t->retry.data = t;

@@ -421,3 +421,30 @@ describe("a participant written with pika from docs/protocol.md", function()
     end)
   end)
 end)
+
+-- The transport corks the socket for a loop iteration's publishes and acks (TCP_CORK) and uncorks it
+-- before the loop waits. Were a burst left corked, the kernel would hold it up to 200 ms: each of a
+-- saga's six hops would wait that long, and a saga would take over a second one at a time.
+describe("sagahost bench --amqp", function()
+  it("runs every saga through a participant process, one at a time in milliseconds, then 64 at once", function()
+    broker_up()
+    local bench = { "bench_inventory", "bench_payment", "bench_shipping" }
+    local hosts = { "sagahost-bench", "sagahost-bench-participant" }
+    local ok, err = pcall(function()
+      local code, out, e = H.run(H.bin .. " bench --sagas 40 --concurrency 1 --fail-every 4 --amqp " .. H.q(H.amqp_url))
+      assert.are.equal(0, code, e)
+      local r = cjson.decode(out:match("({.-})%s*$"))
+      assert.are.equal(30, r.completed)
+      assert.are.equal(10, r.compensated)
+      assert.is_true(r.p50_ms < 400, "one saga at a time, p50 " .. r.p50_ms .. " ms")
+      print(string.format("\n  one at a time: p50 %.0f ms, p99 %.0f ms", r.p50_ms, r.p99_ms))
+      code, out, e = H.run(H.bin .. " bench --sagas 600 --concurrency 64 --fail-every 6 --amqp " .. H.q(H.amqp_url))
+      assert.are.equal(0, code, e)
+      r = cjson.decode(out:match("({.-})%s*$"))
+      assert.are.equal(500, r.completed)
+      assert.are.equal(100, r.compensated)
+    end)
+    H.delete_queues(bench, hosts)
+    assert(ok, err)
+  end)
+end)
