@@ -6,6 +6,7 @@
 #   tests/bench/ab.sh BEFORE_BINARY AFTER_BINARY [ROUNDS] [bench args...]
 # e.g. tests/bench/ab.sh /tmp/sagahost-before build/sagahost 5 --sagas 20000 --concurrency 64 --fail-every 10
 set -euo pipefail
+. "$(dirname "$0")/ab-lib.sh"
 a=$1 b=$2 rounds=${3:-5}
 shift 3 || shift $#
 args=("$@")
@@ -25,11 +26,4 @@ run() { # binary label
 }
 echo "bench ${args[*]}: $rounds rounds, alternated"
 for ((r = 1; r <= rounds; r++)); do run "$a" before; run "$b" after; done
-med() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for l in before after; do
-  printf '%-6s median %s sagas/s, %s us CPU per saga\n' "$l" "$(cut -d' ' -f1 "$tmp/$l" | med)" "$(cut -d' ' -f2 "$tmp/$l" | med)"
-done
-# the machine drifts between rounds: the ratio of each round's pair (run back to back) drifts less
-paste -d' ' "$tmp/before" "$tmp/after" | awk '{ print $3 / $1, $4 / $2 }' > "$tmp/ratio"
-printf 'after/before, median of the %d pairs: throughput x%.3f, CPU per saga x%.3f\n' "$rounds" \
-  "$(cut -d' ' -f1 "$tmp/ratio" | med)" "$(cut -d' ' -f2 "$tmp/ratio" | med)"
+ab_summary "$tmp" "$rounds" "sagas/s" throughput "us CPU per saga" "CPU per saga"

@@ -8,6 +8,7 @@
 #   tests/bench/amqp-ab.sh BEFORE_BINARY AFTER_BINARY [ROUNDS] [SAGAS] [CONCURRENCY]
 # e.g. tests/bench/amqp-ab.sh /tmp/sagahost-before build/sagahost 5 8000 64
 set -euo pipefail
+. "$(dirname "$0")/ab-lib.sh"
 a=$1 b=$2 rounds=${3:-5} n=${4:-8000} c=${5:-64}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bash "$repo/tests/amqp-broker.sh" >/dev/null
@@ -33,11 +34,5 @@ run() { # binary label
 }
 echo "bench --amqp, $n sagas, C=$c: $rounds rounds, alternated"
 for ((r = 1; r <= rounds; r++)); do run "$a" before; run "$b" after; done
-med() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for l in before after; do
-  printf '%-6s median %s sagas/s, %s us sagahost CPU, %s us broker CPU per saga\n' "$l" "$(cut -d' ' -f1 "$tmp/$l" | med)" \
-    "$(cut -d' ' -f2 "$tmp/$l" | med)" "$(cut -d' ' -f3 "$tmp/$l" | med)"
-done
-paste -d' ' "$tmp/before" "$tmp/after" | awk '{ print $4 / $1, $5 / $2, $6 / $3 }' > "$tmp/ratio"
-printf 'after/before, median of the %d pairs: throughput x%.3f, sagahost CPU per saga x%.3f, broker CPU per saga x%.3f\n' \
-  "$rounds" "$(cut -d' ' -f1 "$tmp/ratio" | med)" "$(cut -d' ' -f2 "$tmp/ratio" | med)" "$(cut -d' ' -f3 "$tmp/ratio" | med)"
+ab_summary "$tmp" "$rounds" "sagas/s" throughput "us sagahost CPU per saga" "sagahost CPU per saga" \
+  "us broker CPU per saga" "broker CPU per saga"

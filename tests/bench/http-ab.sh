@@ -8,6 +8,7 @@
 #   tests/bench/http-ab.sh BEFORE_BINARY AFTER_BINARY [ROUNDS] [SAGAS] [CONCURRENCY]
 # e.g. tests/bench/http-ab.sh /tmp/sagahost-before build/sagahost 5 15000 64
 set -euo pipefail
+. "$(dirname "$0")/ab-lib.sh"
 a=$1 b=$2 rounds=${3:-5} n=${4:-15000} c=${5:-64}
 port=${SG_BENCH_PORT:-18471}
 tmp=$(mktemp -d)
@@ -36,10 +37,4 @@ run() { # binary label
 }
 echo "bench --server, $n sagas, C=$c: $rounds rounds, alternated"
 for ((r = 1; r <= rounds; r++)); do run "$a" before; run "$b" after; done
-med() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for l in before after; do
-  printf '%-6s median %s sagas/s, %s us host CPU per saga\n' "$l" "$(cut -d' ' -f1 "$tmp/$l" | med)" "$(cut -d' ' -f2 "$tmp/$l" | med)"
-done
-paste -d' ' "$tmp/before" "$tmp/after" | awk '{ print $3 / $1, $4 / $2 }' > "$tmp/ratio"
-printf 'after/before, median of the %d pairs: throughput x%.3f, host CPU per saga x%.3f\n' "$rounds" \
-  "$(cut -d' ' -f1 "$tmp/ratio" | med)" "$(cut -d' ' -f2 "$tmp/ratio" | med)"
+ab_summary "$tmp" "$rounds" "sagas/s" throughput "us host CPU per saga" "host CPU per saga"

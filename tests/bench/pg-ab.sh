@@ -8,6 +8,7 @@
 #   tests/bench/pg-ab.sh BEFORE_BINARY AFTER_BINARY [ROUNDS] [SAGAS] [CONCURRENCY]
 # e.g. tests/bench/pg-ab.sh /tmp/sagahost-before build/sagahost 5 10000 64
 set -euo pipefail
+. "$(dirname "$0")/ab-lib.sh"
 a=$1 b=$2 rounds=${3:-5} n=${4:-10000} c=${5:-64}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bash "$repo/tests/pg-cluster.sh"
@@ -46,11 +47,5 @@ run() { # binary label
 echo "bench --db postgres, $n sagas, C=$c: $rounds rounds, alternated"
 for ((r = 1; r <= rounds; r++)); do run "$a" before; run "$b" after; done
 psql_ -c "DROP DATABASE IF EXISTS $db" 2>/dev/null || true
-med() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-for l in before after; do
-  printf '%-6s median %s sagas/s, %s us bench CPU, %s us server CPU per saga\n' "$l" "$(cut -d' ' -f1 "$tmp/$l" | med)" \
-    "$(cut -d' ' -f2 "$tmp/$l" | med)" "$(cut -d' ' -f3 "$tmp/$l" | med)"
-done
-paste -d' ' "$tmp/before" "$tmp/after" | awk '{ print $4 / $1, $5 / $2, $6 / $3 }' > "$tmp/ratio"
-printf 'after/before, median of the %d pairs: throughput x%.3f, bench CPU per saga x%.3f, server CPU per saga x%.3f\n' \
-  "$rounds" "$(cut -d' ' -f1 "$tmp/ratio" | med)" "$(cut -d' ' -f2 "$tmp/ratio" | med)" "$(cut -d' ' -f3 "$tmp/ratio" | med)"
+ab_summary "$tmp" "$rounds" "sagas/s" throughput "us bench CPU per saga" "bench CPU per saga" \
+  "us server CPU per saga" "server CPU per saga"
