@@ -17,7 +17,7 @@ anything else is rejected (the broker dead-letters it).
 Idempotent across crashes: the reply to every message-id is appended to STATE_FILE (fsync'd) before it
 is sent, and a command is accepted only once the broker accepted its reply. "HANDLED <message-id>
 <subject>" is printed when an effect is applied (once per message-id over every run); a command seen
-again gets the recorded reply and prints "DUPLICATE <message-id>".
+again gets the recorded reply and prints "DUPLICATE <message-id> <subject>".
 
 CRASH_AFTER=N (environment): exit at once (os._exit) right after recording the Nth effect of this run,
 before its reply is sent: the command is redelivered to the next run.
@@ -101,7 +101,7 @@ class Participant(MessagingHandler):
             self.reject(dlv)  # dead-lettered by the broker
             return
         if mid in done:
-            print("DUPLICATE %s" % mid, flush=True)
+            print("DUPLICATE %s %s" % (mid, command), flush=True)
             status, result = done[mid]
         else:
             try:

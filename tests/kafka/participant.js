@@ -19,7 +19,7 @@
 // SESSION_TIMEOUT_MS (environment, default 10000): the consumer group session timeout.
 //
 // Prints "READY", "ASSIGNED <partitions>" on each assignment, "HANDLED <message-id> <service>.<command>"
-// for each effect and "DUPLICATE <message-id>" for a repeat.
+// for each effect and "DUPLICATE <message-id> <service>.<command>" for a repeat (answered from the record).
 const fs = require('fs');
 const path = require('path');
 const { Kafka, logLevel } = require('kafkajs');
@@ -90,7 +90,7 @@ async function handle({ topic, partition, message }) {
     console.log('DEAD', mid, why);
   } else {
     const [status, result, dup] = apply(mid, type, payload);
-    console.log(dup ? `DUPLICATE ${mid}` : `HANDLED ${mid} ${SERVICE}.${type}`);
+    console.log(`${dup ? 'DUPLICATE' : 'HANDLED'} ${mid} ${SERVICE}.${type}`);
     const replyTo = header(message, 'reply-to');
     if (replyTo) {
       const headers = { 'correlation-id': mid, 'saga-status': status, 'content-type': 'application/json' };

@@ -19,7 +19,7 @@ Idempotent across crashes ("Idempotency"): the reply to every message_id is appe
 (fsync'd) before it is published; the reply is published with publisher confirms, and the command is acked
 only after the broker confirmed it. "HANDLED <message_id> <service>.<command>" is printed when an effect
 is applied (once per message_id over every run); a command seen again gets the recorded reply and prints
-"DUPLICATE <message_id>". The connection is made again every second when it fails (a broker restart).
+"DUPLICATE <message_id> <service>.<command>". The connection is made again every second when it fails (a broker restart).
 Prints "READY" once it consumes every queue.
 """
 import json
@@ -87,7 +87,7 @@ def consumer(service):
             ch.basic_reject(method.delivery_tag, requeue=False)  # -> saga.svc.SERVICE.dlq
             return
         if mid in done:
-            print("DUPLICATE %s" % mid, flush=True)
+            print("DUPLICATE %s %s.%s" % (mid, service, command), flush=True)
             status, result = done[mid]
         else:
             try:

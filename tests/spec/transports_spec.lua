@@ -99,16 +99,26 @@ local function group(t, name)
     t.close(g.ctx)
   end
   -- message id -> { n = times its effect was applied, what = "service.Command" }, over every run of every
-  -- participant process
+  -- participant process. A command answered from the participant's record ("DUPLICATE") whose HANDLED
+  -- line is in no log took effect once: a participant killed with kill -9 after it recorded the effect
+  -- and before it printed the line (the record is what makes the repeat a DUPLICATE)
   function g.handled()
-    local out = {}
+    local out, repeats = {}, {}
+    local function what_of(s)
+      local command = s:match("([^.]+)$")
+      return SERVICE_OF[command] .. "." .. command
+    end
     for _, p in ipairs(g.procs) do
-      for mid, what in p:log():gmatch("HANDLED (%S+) (%S+)") do
-        local command = what:match("([^.]+)$")
-        local e = out[mid] or { n = 0, what = SERVICE_OF[command] .. "." .. command }
+      local log = p:log()
+      for mid, what in log:gmatch("HANDLED (%S+) (%S+)") do
+        local e = out[mid] or { n = 0, what = what_of(what) }
         e.n = e.n + 1
         out[mid] = e
       end
+      for mid, what in log:gmatch("DUPLICATE (%S+) (%S+)") do repeats[mid] = what_of(what) end
+    end
+    for mid, what in pairs(repeats) do
+      if not out[mid] then out[mid] = { n = 1, what = what } end
     end
     return out
   end
@@ -215,6 +225,16 @@ for _, t in ipairs(T.list) do
       -- the host is killed: their commands are at the broker, their replies come while the host is down
       g.signal_parts("STOP")
       g.start_orders(15, "hostkill-held", ids, inputs)
+      -- their first commands are out and the broker has them (confirmed: the outbox is empty), then the kill
+      H.sleep(0.5)
+      local deadline = H.now() + 20 * H.slow
+      while true do
+        local _, _, text = g.orch:get("/metrics")
+        local depth = tonumber(text:match("\nsagahost_outbox_depth (%d+)"))
+        if depth == 0 then break end
+        assert(H.now() < deadline, "the broker has not confirmed the host's commands: outbox depth " .. tostring(depth))
+        H.sleep(0.05)
+      end
       g.orch:kill9()
       g.signal_parts("CONT")
       g.wait_effects(g.effects() + 5)
