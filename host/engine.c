@@ -845,9 +845,12 @@ static int op_message(struct sg_engine *en, struct sg_saga *s, struct sg_run_out
     struct sg_error e = {0};
     if (en->tr->ops->declare_service(en->tr, op->service, &e) < 0) sg_warn("declare %s: %s", op->service, e.msg);
   }
-  if (is_call && en->tr->ops->in_process && s->stored && !en->no_direct) {
-    /* answered before this batch commits (run_chain): the saga's start is already durable, and
-     * the handler's effect, the reply and the saga's next steps commit together */
+  if (is_call && en->tr->ops->in_process && !en->no_direct) {
+    /* answered before this batch commits (run_chain): the handler's effect, the reply and the
+     * saga's next steps commit together, with the saga's start when it is new in this batch. An
+     * in-process handler has no effect outside the host's transaction (the sandbox has no io, no
+     * os.execute), so a saga whose start is lost (a crash before the commit) takes every effect of
+     * its handlers with it, and nothing of it was acknowledged: no start answer, no message */
     m.created_at = sg_now_ms();
     eng_txn(en);
     PUSH(en->chain, en->nchain, en->capchain, m);

@@ -45,6 +45,27 @@ describe("in-process engine", function()
     host:close() -- twice is harmless
   end)
 
+  it("writes a saga answered by in-process handlers once: its start, its steps and its end in one commit", function()
+    local d = H.tmpdir("inproc-once")
+    os.execute("cp sagas/*.lua " .. d .. "/sagas/")
+    local host = assert(sagahost.open { dir = d .. "/sagas", db = H.db_for(d, "db") })
+    -- a first saga: on PostgreSQL the definitions of the loaded files go out with the first batch
+    assert(host:start("OrderProcessing", cjson.encode { order_id = "once-first", sku = "mug", qty = 1, amount = 9, card = "ok" }))
+    assert.are.equal(0, host:run(10))
+    for _, card in ipairs { "ok", "declined" } do
+      local before = host:stats().commits
+      local id = assert(host:start("OrderProcessing", cjson.encode {
+        order_id = "once-" .. card, sku = "mug", qty = 1, amount = 9, card = card }))
+      assert.are.equal(0, host:run(10))
+      local s = host:saga(id)
+      assert.are.equal(card == "ok" and "completed" or "compensated", s.status)
+      assert.are.equal(3, #s.steps, "steps of the " .. card .. " saga")
+      -- the start, the three calls, their handlers' replies and the end: one transaction
+      assert.are.equal(1, host:stats().commits - before, "commits for one saga whose card is " .. card)
+    end
+    host:close()
+  end)
+
   it("a saga interrupted by a shutdown finishes after the host reopens the database", function()
     local d = H.tmpdir("inproc-reopen")
     H.write(d .. "/sagas/s.lua", [[
