@@ -42,6 +42,8 @@ struct pending {
   int reading;     /* ?wait=: a read of the saga on its way */
   int final;       /* ?wait=: 0 waiting, else what ended the wait (the next read answers) */
   int reread;      /* ?wait=: read again once after the terminal event */
+  int code;        /* the status of the saga's answer (0: 200); POST ?wait=: 201, or 200 for a known key */
+  int64_t wait_ms; /* POST ?wait=: how long the answer waits for the saga's end once its start is durable */
   struct sg_read *saga_rd; /* GET /v1/sagas/{id} of a parent: the saga, while its children are read */
 };
 
@@ -188,7 +190,7 @@ static void on_saga_read(struct sg_read *rd) {
       hist_cb(&b, &h);
     }
     sg_buf_adds(&b, "]}");
-    sg_http_reply(req, 200, b.data);
+    sg_http_reply(req, p->code ? p->code : 200, b.data);
     sg_buf_free(&b);
   }
   if (p->saga_rd != rd) sg_read_free(p->saga_rd);
@@ -242,28 +244,33 @@ static int on_wait(void *ud, int what) {
 /* the longest ?wait= (a client wanting longer asks again) */
 #define WAIT_MAX_MS 300000
 
+/* ?wait=: the wait in ms (0: none asked), or -1 after answering 400 */
+static int64_t query_wait(struct sg_http_req *req) {
+  const char *wait = sg_http_query(req, "wait");
+  if (!wait || !*wait) return 0;
+  int64_t ms = 0;
+  struct sg_error de = {0};
+  char *end;
+  double secs = strtod(wait, &end); /* a bare number is seconds */
+  if (!*end && end != wait) ms = secs >= 0 && secs <= WAIT_MAX_MS / 1000 ? (int64_t)(secs * 1000) : -1;
+  else if (sg_duration_parse(wait, &ms, &de) < 0) ms = -1;
+  if (ms < 0 || ms > WAIT_MAX_MS) {
+    sg_http_reply_error(req, 400, "malformed wait: a duration such as 30s, 500ms or 2m (or seconds), at most 5m");
+    return -1;
+  }
+  return ms;
+}
+
 static void get_saga(struct sg_api *api, struct sg_http_req *req, const char *id) {
+  int64_t ms = query_wait(req);
+  if (ms < 0) return;
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
-  const char *wait = sg_http_query(req, "wait");
-  if (wait && *wait) {
-    int64_t ms = 0;
-    struct sg_error de = {0};
-    char *end;
-    double secs = strtod(wait, &end); /* a bare number is seconds */
-    if (!*end && end != wait) ms = (int64_t)(secs * 1000);
-    else if (sg_duration_parse(wait, &ms, &de) < 0) ms = -1;
-    if (ms < 0 || ms > WAIT_MAX_MS) {
-      free(p);
-      sg_http_reply_error(req, 400, "malformed wait: a duration such as 30s, 500ms or 2m (or seconds), at most 5m");
-      return;
-    }
-    if (ms > 0) {
-      snprintf(p->id, sizeof p->id, "%s", id);
-      sg_events_wait(api->events, id, (double)ms / 1000.0, on_wait, p);
-      return;
-    }
+  if (ms > 0) {
+    snprintf(p->id, sizeof p->id, "%s", id);
+    sg_events_wait(api->events, id, (double)ms / 1000.0, on_wait, p);
+    return;
   }
   struct sg_read *rd = sg_read_new(SG_READ_SAGA, id, NULL, on_saga_read, p);
   rd->with_hist = 1;
@@ -459,6 +466,12 @@ static void on_start_committed(void *ud, int status) {
                              " ran out) before the start was committed; it did not happen: retry");
   } else if (status < 0) {
     sg_http_reply_error(p->req, 500, "the store could not commit the start; it did not happen");
+  } else if (p->wait_ms > 0) {
+    /* POST ?wait=: the start is durable; the answer is the saga once it ends, or as it is when the wait is
+     * over (as GET ?wait=, from the same moment) */
+    p->code = p->existed ? 200 : 201;
+    sg_events_wait(p->api->events, p->id, (double)p->wait_ms / 1000.0, on_wait, p);
+    return;
   } else {
     char buf[128];
     snprintf(buf, sizeof buf, "{\"id\":\"%s\",\"existing\":%s}", p->id, p->existed ? "true" : "false");
@@ -513,9 +526,12 @@ static void start_saga(struct sg_api *api, struct sg_http_req *req, const char *
     }
     start_at = sg_now_ms() + delay;
   }
+  int64_t wait_ms = query_wait(req); /* checked before anything is started */
+  if (wait_ms < 0) return;
   struct pending *p = sg_xcalloc(1, sizeof *p);
   p->api = api;
   p->req = req;
+  p->wait_ms = wait_ms;
   /* W3C Trace Context: the saga's span continues the caller's trace (with tracing on) */
   sg_engine_start_at_cb(api->en, type, body, key, sg_http_header(req, "traceparent"), sg_http_header(req, "tracestate"),
                         start_at, on_started, p);

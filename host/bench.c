@@ -107,6 +107,7 @@ struct bench_opts {
   const char *kafka;        /* Kafka brokers, or NULL (excludes amqp and amqp1) */
   const char *otlp;         /* --otlp: the orchestrator exports its spans there (NULL: the environment's, or off) */
   const char *server;       /* host URL, or NULL */
+  int get_wait;             /* --server with --wait-on get: POST, then GET ?wait= (default: one POST ?wait=) */
   const char *write_script; /* --write-script DIR, or NULL */
 };
 
@@ -125,7 +126,7 @@ struct bench_result {
 
 static void bench_usage(FILE *f) {
   fprintf(f,
-          "usage: sagahost bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --amqp1 URL | --kafka BROKERS | --server URL]\n"
+          "usage: sagahost bench [--sagas N] [--concurrency C] [--fail-every K] [--db PATH] [--amqp URL | --amqp1 URL | --kafka BROKERS | --server URL [--wait-on post|get]]\n"
           "                      [--otlp URL]\n"
           "       sagahost bench --write-script DIR\n"
           "\n"
@@ -142,10 +143,12 @@ static void bench_usage(FILE *f) {
           "                    saga.svc.bench_shipping, saga.svc.saga, saga.reply.sagahost-bench and\n"
           "                    saga.reply.sagahost-bench-participant\n"
           "  --kafka BROKERS   likewise through Kafka (host:port[,host:port...]; docs/protocol.md, \"Kafka\")\n"
-          "  --server URL      drive a running host over its HTTP API (each saga: POST, then GET ?wait= on the same\n"
-          "                    kept-alive connection); that host must have the bench saga:\n"
+          "  --server URL      drive a running host over its HTTP API (each saga: one POST ?wait=30s, answered with\n"
+          "                    the saga once it has ended, on a kept-alive connection); that host must have the bench saga:\n"
           "                    sagahost bench --write-script DIR && sagahost run DIR (sends $SAGAHOST_TOKEN\n"
           "                    as a bearer token when set, needs role start; $SAGAHOST_CACERT for https)\n"
+          "  --wait-on get     with --server: each saga a POST, then GET /v1/sagas/{id}?wait=30s on the same\n"
+          "                    connection (two requests a saga; --wait-on post is the default)\n"
           "  --otlp URL        trace the orchestrator's sagas: spans to URL/v1/traces (OTLP/HTTP JSON)\n"
           "  --write-script DIR  write the bench saga and its participants into DIR and exit\n");
 }
@@ -566,18 +569,19 @@ out:
 /* ---------------------------------------------------------------------------------------------- */
 /* --server: a running host over HTTP */
 
-/* One saga in flight: its POST, then GET /v1/sagas/{id}?wait= until it is terminal, one after the other
- * on the same easy handle (so on the same kept-alive connection). */
+/* One saga in flight: its POST ?wait= (answered with the saga once it has ended), or with --wait-on get its
+ * POST, then GET /v1/sagas/{id}?wait=; a saga still running when the wait is over is asked again with
+ * GET ?wait=; all on the same easy handle (so on the same kept-alive connection). */
 struct hreq {
   CURL *h;            /* reusable easy handle (keeps its connection) */
   struct sg_buf body; /* response body */
   double t0;          /* monotonic s when its POST was added */
   long idx;           /* which saga (1-based) */
-  int waiting;        /* 0: the POST is on its way; 1: the GET ?wait= */
+  int waiting;        /* 0: the POST is on its way; 1: a GET ?wait= */
   char *get_url;      /* the GET's URL (owned) */
 };
 
-/* how long one GET waits for the saga to end; one still running is asked again */
+/* how long one request waits for the saga to end; one still running is asked again */
 #define BENCH_WAIT "30s"
 
 static size_t on_body(char *p, size_t size, size_t n, void *ud) {
@@ -694,7 +698,9 @@ static int run_server(const struct bench_opts *o) {
   char *base = sg_strdup(o->server);
   size_t bl = strlen(base);
   while (bl && base[bl - 1] == '/') base[--bl] = 0;
-  char *url = sg_asprintf("%s/v1/sagas/%s", base, BENCH_TYPE);
+  /* one POST ?wait= a saga (its start, then its end on the same request), or a POST then GET ?wait= */
+  char *url = o->get_wait ? sg_asprintf("%s/v1/sagas/%s", base, BENCH_TYPE)
+                          : sg_asprintf("%s/v1/sagas/%s?wait=%s", base, BENCH_TYPE, BENCH_WAIT);
   long nq = o->concurrency < o->sagas ? o->concurrency : o->sagas;
   struct hreq *qs = sg_xcalloc((size_t)nq, sizeof *qs);
   struct curl_slist *hdrs = bench_auth_headers(curl_slist_append(NULL, "Content-Type: application/json"));
@@ -745,13 +751,14 @@ static int run_server(const struct bench_opts *o) {
       curl_easy_getinfo(q->h, CURLINFO_NUM_CONNECTS, &nconn);
       connects += nconn;
       curl_multi_remove_handle(m, q->h);
-      if (!q->waiting && res == CURLE_OK && code == 201) {
+      if (o->get_wait && !q->waiting && res == CURLE_OK && code == 201) {
         start_lat[nstart++] = (mono_s() - q->t0) * 1000.0;
         if (nstart == o->sagas) posted = mono_s() - t0;
         if (hreq_wait(m, q, base, &e) < 0) { fprintf(stderr, "sagahost bench: POST %s: %s\n", url, e.msg); goto out; }
         continue;
       }
-      if (q->waiting && res == CURLE_OK && code == 200) {
+      /* the saga, once ended (or still running after BENCH_WAIT): the answer to POST ?wait= or GET ?wait= */
+      if (res == CURLE_OK && code == (q->waiting ? 200 : 201)) {
         json_error_t je;
         json_t *j = json_loads(q->body.data ? q->body.data : "", 0, &je);
         const char *st = json_string_value(json_object_get(j, "status"));
@@ -763,7 +770,15 @@ static int run_server(const struct bench_opts *o) {
         else end = 0;
         json_decref(j);
         if (!end) { /* still running after BENCH_WAIT: ask again */
-          if (!st) { fprintf(stderr, "sagahost bench: GET %s: no status in %.200s\n", q->get_url, q->body.data ? q->body.data : ""); goto out; }
+          if (!st) {
+            fprintf(stderr, "sagahost bench: %s %s: no status in %.200s\n", q->waiting ? "GET" : "POST",
+                    q->waiting ? q->get_url : url, q->body.data ? q->body.data : "");
+            goto out;
+          }
+          if (!q->waiting) {
+            if (hreq_wait(m, q, base, &e) < 0) { fprintf(stderr, "sagahost bench: POST %s: %s\n", url, e.msg); goto out; }
+            continue;
+          }
           q->body.len = 0;
           curl_multi_add_handle(m, q->h);
           continue;
@@ -795,10 +810,14 @@ static int run_server(const struct bench_opts *o) {
   r.commits = after.commits - before.commits;
   r.peak_rss_mb = peak_rss_mb(RUSAGE_SELF);
   qsort(start_lat, (size_t)nstart, sizeof *start_lat, cmp_double);
-  printf("  (all %ld starts answered in %.3f s: %.0f starts/s; POST until the start is durable p50 %.1f ms, p99 %.1f ms;\n"
-         "   %ld connection(s) opened for %ld POSTs and their GETs ?wait=%s; commits are the host's /healthz delta)\n",
-         o->sagas, posted, posted > 0 ? (double)o->sagas / posted : 0.0, percentile(start_lat, nstart, 0.50),
-         percentile(start_lat, nstart, 0.99), connects, o->sagas, BENCH_WAIT);
+  if (o->get_wait)
+    printf("  (all %ld starts answered in %.3f s: %.0f starts/s; POST until the start is durable p50 %.1f ms, p99 %.1f ms;\n"
+           "   %ld connection(s) opened for %ld POSTs and their GETs ?wait=%s; commits are the host's /healthz delta)\n",
+           o->sagas, posted, posted > 0 ? (double)o->sagas / posted : 0.0, percentile(start_lat, nstart, 0.50),
+           percentile(start_lat, nstart, 0.99), connects, o->sagas, BENCH_WAIT);
+  else
+    printf("  (each saga one POST ?wait=%s, answered with the saga once it ended; %ld connection(s) opened for %ld\n"
+           "   POSTs; commits are the host's /healthz delta)\n", BENCH_WAIT, connects, o->sagas);
   report(o, &r);
   rc = 0;
 out:
@@ -853,7 +872,8 @@ int sg_bench_main(int argc, char **argv) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) { bench_usage(stdout); return 0; }
     if (strcmp(a, "--sagas") && strcmp(a, "--concurrency") && strcmp(a, "--fail-every") && strcmp(a, "--db") &&
-        strcmp(a, "--amqp") && strcmp(a, "--amqp1") && strcmp(a, "--kafka") && strcmp(a, "--server") && strcmp(a, "--write-script") && strcmp(a, "--otlp")) {
+        strcmp(a, "--amqp") && strcmp(a, "--amqp1") && strcmp(a, "--kafka") && strcmp(a, "--server") && strcmp(a, "--write-script") && strcmp(a, "--otlp") &&
+        strcmp(a, "--wait-on")) {
       if (a[0] == '-') return bench_usage_error("unknown option %s for bench", a);
       return bench_usage_error("bench takes no arguments (got '%s')", a);
     }
@@ -871,11 +891,15 @@ int sg_bench_main(int argc, char **argv) {
     else if (!strcmp(a, "--amqp1")) o.amqp1 = v;
     else if (!strcmp(a, "--kafka")) o.kafka = v;
     else if (!strcmp(a, "--server")) o.server = v;
-    else o.write_script = v;
+    else if (!strcmp(a, "--wait-on")) {
+      if (strcmp(v, "post") && strcmp(v, "get")) return bench_usage_error("--wait-on is post or get, not '%s'", v);
+      o.get_wait = v[0] == 'g';
+    } else o.write_script = v;
   }
   if (o.write_script) return write_script_dir(o.write_script);
   if ((o.amqp != NULL) + (o.amqp1 != NULL) + (o.kafka != NULL) + (o.server != NULL) > 1)
     return bench_usage_error("%s", "--amqp, --amqp1, --kafka and --server exclude each other (one transport at a time)");
+  if (o.get_wait && !o.server) return bench_usage_error("%s", "--wait-on needs --server");
   if (o.server && o.db) return bench_usage_error("%s", "--db has no meaning with --server (the host has its own database)");
   if (o.sagas > 100000000) return bench_usage_error("%s", "--sagas is limited to 100000000");
   /* one line per saga at info level would measure the terminal; SAGAHOST_LOG_LEVEL still wins */

@@ -270,16 +270,30 @@ static void sg_cli_sleep(double s) {
 
 static int sg_cli_terminal(const char *status) {
   return status && (strcmp(status, "completed") == 0 || strcmp(status, "compensated") == 0 ||
-                    strcmp(status, "compensation_failed") == 0);
+                    strcmp(status, "compensation_failed") == 0 || strcmp(status, "resolved") == 0 ||
+                    strcmp(status, "terminated") == 0);
 }
 
-/* Polls until the saga ends: quickly at first (most sagas finish in milliseconds), then backing
- * off so a long saga does not cost the host a request every 50 ms. */
+/* the saga in an answer (r's body) if it has ended: printed, and the exit code (0 only if completed);
+ * -1 if it has not ended (*status: what it is, NULL if the answer has none) */
+static int sg_cli_ended(const char *id, const struct sg_cli_resp *r, char *status, size_t n) {
+  json_t *j = json_loads(r->body.data, 0, NULL);
+  const char *st = json_string_value(json_object_get(j, "status"));
+  snprintf(status, n, "%s", st ? st : "");
+  int rc = -1;
+  if (sg_cli_terminal(st)) {
+    sg_cli_print_json(r->body.data);
+    rc = strcmp(st, "completed") == 0 ? 0 : 1;
+    if (rc) fprintf(stderr, "sagahost: saga %s ended %s\n", id, st);
+  }
+  json_decref(j);
+  return rc;
+}
+
 /* Waits for the saga's end with GET /v1/sagas/{id}?wait= (the host answers when it is terminal or the
  * wait is over): one request per 50 s of --timeout (each under the 60 s request timeout), no polling. */
-static int sg_cli_wait(struct sg_cli *cli, const char *id, double timeout) {
+static int sg_cli_wait(struct sg_cli *cli, const char *id, double deadline, double timeout) {
   char *base = sg_cli_path(cli, id, NULL);
-  double deadline = sg_cli_mono() + timeout;
   int rc = 1;
   for (;;) {
     double left = deadline - sg_cli_mono();
@@ -292,26 +306,16 @@ static int sg_cli_wait(struct sg_cli *cli, const char *id, double timeout) {
     free(path);
     if (got < 0) break;
     if (!sg_cli_ok(&r)) { sg_cli_http_error(&r); sg_buf_free(&r.body); break; }
-    json_t *j = json_loads(r.body.data, 0, NULL);
-    const char *status = json_string_value(json_object_get(j, "status"));
-    if (sg_cli_terminal(status)) {
-      sg_cli_print_json(r.body.data);
-      rc = strcmp(status, "completed") == 0 ? 0 : 1;
-      if (rc) fprintf(stderr, "sagahost: saga %s ended %s\n", id, status);
-      json_decref(j);
-      sg_buf_free(&r.body);
-      break;
-    }
+    char status[64];
+    int ended = sg_cli_ended(id, &r, status, sizeof status);
+    sg_buf_free(&r.body);
+    if (ended >= 0) { rc = ended; break; }
     if (deadline - sg_cli_mono() <= 0) {
       fprintf(stderr,
               "sagahost: saga %s is still %s after %g s (--timeout); it goes on in the host, "
-              "see `sagahost show %s`\n", id, status ? status : "unknown", timeout, id);
-      json_decref(j);
-      sg_buf_free(&r.body);
+              "see `sagahost show %s`\n", id, *status ? status : "unknown", timeout, id);
       break;
     }
-    json_decref(j);
-    sg_buf_free(&r.body);
     if (took * 2000 < (double)wait_ms) sg_cli_sleep(0.2); /* answered early, not finished: a host without ?wait= */
   }
   free(base);
@@ -351,6 +355,10 @@ static int sg_cli_start(struct sg_cli *cli) {
     sg_buf_printf(&q, "?%s=%s", start_at ? "start_at" : "delay", esc ? esc : "");
     curl_free(esc);
   }
+  /* --wait: the start itself waits (POST ?wait=, up to 50 s of the timeout), then GET ?wait= if need be */
+  double deadline = sg_cli_mono() + timeout;
+  int wait = sg_cli_opt(cli, "wait") != NULL;
+  if (wait) sg_buf_printf(&q, "%swait=%ldms", q.len ? "&" : "?", timeout > 50 ? 50000L : (long)(timeout * 1000) + 1);
   char *path = sg_cli_path(cli, cli->arg, q.len ? q.data : NULL);
   sg_buf_free(&q);
   struct sg_cli_resp r;
@@ -364,11 +372,15 @@ static int sg_cli_start(struct sg_cli *cli) {
   }
   j = json_loads(r.body.data, 0, NULL);
   const char *id = json_string_value(json_object_get(j, "id"));
+  char status[64];
   if (!id) {
     fprintf(stderr, "sagahost: the host accepted the start but sent no id: %.300s\n", r.body.data);
     rc = 1;
-  } else if (sg_cli_opt(cli, "wait")) {
-    rc = sg_cli_wait(cli, id, timeout); /* stdout is the final saga JSON alone (it has the id) */
+  } else if (wait) {
+    /* stdout is the final saga JSON alone (it has the id); a saga still running (or a host whose start
+     * answers with the id alone) is waited for with GET ?wait= */
+    rc = sg_cli_ended(id, &r, status, sizeof status);
+    if (rc < 0) rc = sg_cli_wait(cli, id, deadline, timeout);
   } else {
     printf("%s\n", id);
     rc = 0;

@@ -1,12 +1,14 @@
 #!/bin/bash
 # Before/after of one change on the HTTP path, in one sitting: for each round, a fresh host of each
 # build (its own database, the bench scripts, 127.0.0.1:$SG_BENCH_PORT) is driven by
-# `sagahost bench --server` (POST, then GET ?wait= on the same kept-alive connection; the AFTER build's
+# `sagahost bench --server` (one POST ?wait= a saga on kept-alive connections; the AFTER build's
 # client for both, so that only the host differs), alternated. Prints each run's throughput, p99 and
 # the host's CPU time per saga (user + system of the host process, from /proc), then per build the
 # medians and the median of the after/before ratios of each round's pair.
 #   tests/bench/http-ab.sh BEFORE_BINARY AFTER_BINARY [ROUNDS] [SAGAS] [CONCURRENCY]
 # e.g. tests/bench/http-ab.sh /tmp/sagahost-before build/sagahost 5 15000 64
+# SG_AB_CLIENT_BEFORE / SG_AB_CLIENT_AFTER: extra bench arguments for each side's runs (e.g. one build
+# for both sides and SG_AB_CLIENT_BEFORE="--wait-on get" to compare the client's two request shapes).
 set -euo pipefail
 . "$(dirname "$0")/ab-lib.sh"
 a=$1 b=$2 rounds=${3:-5} n=${4:-15000} c=${5:-64}
@@ -25,7 +27,10 @@ run() { # binary label
   for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.1; done
   local c0 c1 out rate p99 cpu
   c0=$(awk '{ print $14 + $15 }' "/proc/$host_pid/stat")
-  out=$("$b" bench --server "http://127.0.0.1:$port" --sagas "$n" --concurrency "$c" --fail-every 10 2>&1 | tail -1)
+  local extra=${SG_AB_CLIENT_BEFORE:-}
+  [ "$2" = after ] && extra=${SG_AB_CLIENT_AFTER:-}
+  # shellcheck disable=SC2086
+  out=$("$b" bench --server "http://127.0.0.1:$port" --sagas "$n" --concurrency "$c" --fail-every 10 $extra 2>&1 | tail -1)
   c1=$(awk '{ print $14 + $15 }' "/proc/$host_pid/stat")
   kill "$host_pid"; wait "$host_pid" 2>/dev/null || true
   host_pid=

@@ -53,14 +53,20 @@ describe("sagahost bench", function()
     H.run(H.bin .. " bench --write-script " .. host.scripts)
     host:start()
     local ok, e = pcall(function()
-      local code, out, err = H.run(H.bin .. " bench --sagas 50 --concurrency 8 --fail-every 10 --server " .. host.url)
-      assert.are.equal(0, code, err)
-      local r = cjson.decode(last_line(out))
-      assert.are.equal("server", r.mode)
-      assert.are.equal(50, r.sagas)
-      assert.are.equal(45, r.completed)
-      assert.are.equal(5, r.compensated)
-      assert.is_true(r.sagas_per_s > 0)
+      -- one POST ?wait= a saga (the default), or a POST then GET ?wait=
+      for _, shape in ipairs({ "", " --wait-on get" }) do
+        local code, out, err = H.run(H.bin .. " bench --sagas 50 --concurrency 8 --fail-every 10 --server " .. host.url .. shape)
+        assert.are.equal(0, code, err)
+        local r = cjson.decode(last_line(out))
+        assert.are.equal("server", r.mode)
+        assert.are.equal(50, r.sagas)
+        assert.are.equal(45, r.completed)
+        assert.are.equal(5, r.compensated)
+        assert.is_true(r.sagas_per_s > 0)
+        assert.truthy(out:find(shape == "" and "each saga one POST ?wait=30s" or "POSTs and their GETs ?wait=30s", 1, true), out)
+      end
+      local _, health = host:get("/healthz")
+      assert.are.equal(100, health.started)
     end)
     host:cleanup()
     assert(ok, e)
@@ -69,7 +75,8 @@ describe("sagahost bench", function()
   it("rejects bad flags with exit 2 and the usage", function()
     for _, args in ipairs({ "--sagas 0", "--sagas x", "--concurrency", "--fail-every -1", "--frob",
                             "--amqp amqp://x --server http://y", "--amqp amqp://x --amqp1 amqp://y",
-                            "--amqp1 amqp://x --server http://y", "--server http://y --db z", "extra" }) do
+                            "--amqp1 amqp://x --server http://y", "--server http://y --db z", "extra",
+                            "--server http://y --wait-on put", "--wait-on get" }) do
       local code, _, err = H.run(H.bin .. " bench " .. args)
       assert.are.equal(2, code, args)
       assert.truthy(err:find("usage: sagahost bench", 1, true), args)

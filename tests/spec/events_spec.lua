@@ -274,13 +274,80 @@ describe("GET /v1/sagas/{id}?wait=", function()
     assert.equal(400, code)
   end)
 
+  it("POST ?wait= starts the saga and answers with it once it has ended, in one request", function()
+    -- a saga that ends within the wait: 201 and the whole saga, as GET /v1/sagas/{id} shows it
+    local t0 = H.now()
+    local code, s = h:post("/v1/sagas/Trip?wait=30s", { fail = true })
+    assert.equal(201, code)
+    assert.equal("compensated", s.status)
+    assert.is_true(H.now() - t0 < 5 * H.slow)
+    assert.truthy(s.error:find("no seats", 1, true), s.error)
+    assert.same({ "hotel:action:completed", "flight:action:failed", "flight:action:failed",
+                  "hotel:compensate:completed" }, H.history(s))
+    local code2, stored = h:get("/v1/sagas/" .. s.id)
+    assert.equal(200, code2)
+    assert.same(stored, s)
+    -- still running when the wait is over: 201 and the saga as it is; it goes on
+    t0 = H.now()
+    code, s = h:post("/v1/sagas/Trip?wait=300ms", { nap = "1500ms" })
+    local took = H.now() - t0
+    assert.equal(201, code)
+    assert.equal("running", s.status)
+    assert.is_true(took >= 0.25 and took < 1.4, "a wait of 300ms took " .. took)
+    assert.equal("completed", h:wait(s.id).status)
+    -- a known idempotency key: 200, the same saga, waited for like a new one
+    local key = "trip-" .. H.uid()
+    code, s = h:post("/v1/sagas/Trip?wait=30s", { nap = "300ms" }, { ["Idempotency-Key"] = key })
+    assert.equal(201, code)
+    assert.equal("completed", s.status)
+    local again
+    code, again = h:post("/v1/sagas/Trip?wait=30s", { nap = "300ms" }, { ["Idempotency-Key"] = key })
+    assert.equal(200, code)
+    assert.equal(s.id, again.id)
+    assert.equal("completed", again.status)
+    -- a malformed wait is refused before anything starts; an unknown type is 404 as without a wait
+    local _, before = h:get("/v1/counts?type=Trip")
+    code, s = h:post("/v1/sagas/Trip?wait=forever", {})
+    assert.equal(400, code)
+    assert.truthy(s.error:find("wait", 1, true))
+    code = h:post("/v1/sagas/Trip?wait=6m", {})
+    assert.equal(400, code)
+    local _, after = h:get("/v1/counts?type=Trip")
+    assert.same(before, after)
+    code = h:post("/v1/sagas/NoSuchSaga?wait=5s", {})
+    assert.equal(404, code)
+  end)
+
   it("sagahost start --wait waits for the end without polling", function()
-    local code, out, err = H.cli("start Trip --input '{\"nap\":\"700ms\"}' --wait --timeout 30", h.url)
+    -- the CLI talks to the host through a proxy that writes down every request line
+    local port = h.url:match(":(%d+)$")
+    local reqlog = h.dir .. "/requests-" .. H.uid() .. ".txt"
+    local p = io.popen("/usr/bin/python3 tests/spec/count_proxy.py " .. port .. " " .. H.q(reqlog) ..
+                       " & echo $!; wait", "r")
+    local proxy_pid = tonumber(p:read("l"))
+    local proxy_port = tonumber(p:read("l"))
+    assert(proxy_pid and proxy_port, "the counting proxy did not start")
+    local via = "http://127.0.0.1:" .. proxy_port
+    local code, out, err = H.cli("start Trip --input '{\"nap\":\"700ms\"}' --wait --timeout 30", via)
+    os.execute("kill " .. proxy_pid)
+    p:close()
     assert.equal(0, code, err)
     assert.truthy(out:find("completed", 1, true), out)
-    -- one request for the start, one for the wait: no polling
-    local gets = H.count(h:log(), "GET /v1/sagas/")
-    assert.is_true(gets <= 2, "the CLI made " .. gets .. " GETs")
+    -- one request: the start waits for the end (POST ?wait=); no GET, no polling
+    local lines = H.read(reqlog) or ""
+    assert.equal(1, H.count(lines, "\n"), lines)
+    assert.truthy(lines:find("^POST /v1/sagas/Trip%?wait=%d+ms\n$"), lines)
+    -- a saga that outlives --timeout: exit 1, it is said to go on, and it does
+    code, out, err = H.cli("start Trip --input '{\"nap\":\"1500ms\"}' --wait --timeout 0.3", h.url)
+    assert.equal(1, code)
+    assert.truthy(err:find("still running", 1, true), err)
+    local id = err:match("saga (%S+) is still")
+    assert.equal("completed", h:wait(id).status)
+    -- a saga that compensates: its JSON on stdout, exit 1
+    code, out, err = H.cli("start Trip --input '{\"fail\":true}' --wait", h.url)
+    assert.equal(1, code)
+    assert.equal("compensated", cjson.decode(out).status)
+    assert.truthy(err:find("ended compensated", 1, true), err)
   end)
 end)
 
