@@ -55,7 +55,17 @@ void sg_log(int level, const char *fmt, ...) {
   va_end(ap);
   if (n >= (int)sizeof line) memcpy(line + sizeof line - 12, "... [cut]", 10); /* say so, never silently */
   fprintf(stderr, "%s %-5s %s\n", ts, tags[level], line);
+  if (level >= SG_LOG_WARN) fflush(stderr); /* at once, whatever the buffering (sg_log_buffer) */
 }
+
+/* `run`: log lines gather in stderr's buffer and go out together, at the end of each loop iteration
+ * (sg_log_flush, before the loop waits) instead of one write(2) each; warnings and errors at once. */
+void sg_log_buffer(void) {
+  static char buf[1 << 16];
+  setvbuf(stderr, buf, _IOFBF, sizeof buf);
+}
+
+void sg_log_flush(void) { fflush(stderr); }
 
 /* the virtual clock (the testing kit): 0 = the wall clock */
 static int64_t virtual_ms;
@@ -78,12 +88,37 @@ int64_t sg_mono_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* A JSON answer has several times (a saga's, each attempt's) and every log line one, mostly within the
+ * same second: that second's text is kept (per thread) and only the milliseconds are written each time. */
 void sg_iso8601(int64_t ms, char out[32]) {
-  time_t secs = (time_t)(ms / 1000);
-  struct tm tm;
-  gmtime_r(&secs, &tm);
-  size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-  snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+  static __thread int64_t cached_secs = -1;
+  static __thread char cached[32];
+  static __thread size_t cached_n;
+  if (ms < 0) { /* before 1970: not kept */
+    time_t secs = (time_t)(ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(out, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, 32 - n, ".%03dZ", (int)(ms % 1000));
+    return;
+  }
+  int64_t secs = ms / 1000;
+  if (secs != cached_secs) {
+    time_t t = (time_t)secs;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    cached_n = strftime(cached, sizeof cached - 6, "%Y-%m-%dT%H:%M:%S", &tm);
+    cached_secs = secs;
+  }
+  int frac = (int)(ms % 1000);
+  memcpy(out, cached, cached_n);
+  char *p = out + cached_n;
+  p[0] = '.';
+  p[1] = (char)('0' + frac / 100);
+  p[2] = (char)('0' + frac / 10 % 10);
+  p[3] = (char)('0' + frac % 10);
+  p[4] = 'Z';
+  p[5] = 0;
 }
 
 /* xoshiro256** seeded from /dev/urandom: ids need to be unique, not secret. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -217,7 +218,29 @@ static void test_intern(void) {
   if (!CHECK(mismatched == 0 && wrong == 0)) fprintf(stderr, "  %d mismatched, %d wrong\n", mismatched, wrong);
 }
 
+/* sg_iso8601 keeps the current second's text: times within a second, across seconds and back, and
+ * before 1970, each as gmtime + strftime would write them */
+static void test_iso8601(void) {
+  const int64_t ms[] = { 1796212800000, 1796212800999, 1796212801000, 1796212800001, 1796212801001, 0, 999,
+                         1796212859999, 1796212860000, 4102444799999, 1796212800123, -1, -1000, -86400001,
+                         1796212800123 };
+  for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) {
+    char got[32], want[64];
+    sg_iso8601(ms[i], got);
+    time_t secs = (time_t)(ms[i] / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t n = strftime(want, sizeof want, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(want + n, sizeof want - n, ".%03dZ", (int)(ms[i] % 1000));
+    if (!CHECK(strcmp(got, want) == 0)) fprintf(stderr, "  %lld: '%s', want '%s'\n", (long long)ms[i], got, want);
+  }
+  char t[32];
+  sg_iso8601(1796212800123, t);
+  CHECK(strcmp(t, "2026-12-02T12:00:00.123Z") == 0);
+}
+
 int main(void) {
+  test_iso8601();
   test_intern();
   test_buf_format();
   test_time_parse();
