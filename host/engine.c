@@ -1781,6 +1781,8 @@ static void committed(struct sg_engine *en) {
   for (size_t i = 0; i < en->nacks; i++) en->tr->ops->ack(en->tr, en->acks[i].tag);
   en->nacks = 0;
   events_show(en);
+  /* the answers that follow read what this commit made: one read snapshot for all of them */
+  if (en->store->ops->read_hold && (en->ndone || en->ncbs)) en->store->ops->read_hold(en->store);
   for (size_t i = 0; i < en->ndone; i++) {
     struct sg_saga *s = en->done[i];
     sg_map_del(&en->sagas, s->row.id);
@@ -1800,6 +1802,7 @@ static void committed(struct sg_engine *en) {
   en->cbs = NULL; en->ncbs = en->capcbs = 0;
   for (size_t i = 0; i < n; i++) cbs[i].cb(cbs[i].ud, 0);
   free(cbs);
+  if (en->store->ops->read_release) en->store->ops->read_release(en->store);
 }
 
 /* Answers the in-process calls issued in this batch, and the calls their sagas go on to issue, before
@@ -1956,8 +1959,10 @@ static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents) {
     size_t n = en->ncbs;
     struct pending_cb *cbs = en->cbs;
     en->cbs = NULL; en->ncbs = en->capcbs = 0;
+    if (en->store->ops->read_hold) en->store->ops->read_hold(en->store); /* their reads: one snapshot */
     for (size_t i = 0; i < n; i++) cbs[i].cb(cbs[i].ud, 0);
     free(cbs);
+    if (en->store->ops->read_release) en->store->ops->read_release(en->store);
   }
 }
 

@@ -463,6 +463,13 @@ struct sg_store_ops {
   void (*read_poll)(struct sg_store *s, int i);
   void (*read_cancel)(struct sg_store *s);
 
+  /* One read snapshot for a run of reads (NULL: none; SQLite): after read_hold, the reads until
+   * read_release share one read transaction instead of locking and unlocking the file each (the
+   * answers after a commit read the state that commit made). A write (begin, or any write op) ends
+   * it first; read_hold inside a transaction does nothing. */
+  void (*read_hold)(struct sg_store *s);
+  void (*read_release)(struct sg_store *s);
+
   /* counters for benchmarks and /healthz */
   int64_t (*commit_count)(struct sg_store *s);
 };

@@ -99,7 +99,7 @@ static const char *const migrations[] = {
 /* The cached statements, one per operation (saga_list has one per filter combination so each gets a
  * plan that uses its index: prepared when first used, see list_stmt). */
 enum {
-  ST_BEGIN, ST_COMMIT, ST_ROLLBACK,
+  ST_BEGIN, ST_BEGIN_READ, ST_COMMIT, ST_ROLLBACK,
   ST_DEF_PUT, ST_DEF_GET,
   ST_SAGA_INSERT, ST_SAGA_UPDATE, ST_SAGA_PROGRESS, ST_SAGA_GET, ST_SAGA_FIND_IDEM,
   ST_SAGA_COUNTS, ST_SAGA_COUNTS_TYPE, ST_SAGA_ACTIVE,
@@ -121,6 +121,7 @@ enum {
 
 static const char *const stmt_sql[ST_COUNT] = {
   [ST_BEGIN] = "BEGIN IMMEDIATE",
+  [ST_BEGIN_READ] = "BEGIN DEFERRED",
   [ST_SCHED_LAST] = "SELECT last_fire FROM schedules WHERE name = ?1",
   [ST_SCHED_CLAIM] = "INSERT INTO schedules(name, last_fire) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE"
                      " SET last_fire = excluded.last_fire WHERE last_fire < excluded.last_fire",
@@ -217,6 +218,7 @@ struct sqlite_store {
   int64_t commits;              /* successful COMMITs, for benchmarks and /healthz */
   int lock_fd;                  /* <path>.lock, flock'ed for the store's life (-1 = none, e.g. :memory:) */
   int in_txn;                   /* between begin and a commit that succeeded */
+  int read_held;                /* a read transaction of read_hold is open (ended by any write) */
   int held;                     /* the transaction met a passing failure: its writes are kept, not run */
   char held_why[256];           /* that failure, for the commit's error */
   struct redo *redo;            /* the writes of the transaction, in order */
@@ -295,9 +297,37 @@ static void roll_back_held(struct sqlite_store *s) {
   sqlite3_reset(rb);
 }
 
+/* read_hold: the reads that follow share one read transaction (BEGIN DEFERRED takes its snapshot at
+ * the first read) until read_release or a write; without it each read statement locks and unlocks
+ * the file and the WAL index on its own (fcntl calls, the WAL header read again). */
+static void sq_read_hold(struct sg_store *base) {
+  struct sqlite_store *s = S(base);
+  if (s->read_held || s->in_txn || s->held || !sqlite3_get_autocommit(s->db)) return;
+  sqlite3_stmt *st = stmt_use(s, ST_BEGIN_READ);
+  if (sqlite3_step(st) == SQLITE_DONE) s->read_held = 1;
+  stmt_done(st);
+}
+
+static void read_release(struct sqlite_store *s) {
+  if (!s->read_held) return;
+  s->read_held = 0;
+  if (sqlite3_get_autocommit(s->db)) return;
+  sqlite3_stmt *st = stmt_use(s, ST_COMMIT);
+  int rc = sqlite3_step(st);
+  stmt_done(st);
+  if (rc != SQLITE_DONE && !sqlite3_get_autocommit(s->db)) { /* a read transaction ends in any case */
+    sqlite3_stmt *rb = stmt_use(s, ST_ROLLBACK);
+    sqlite3_step(rb);
+    stmt_done(rb);
+  }
+}
+
+static void sq_read_release(struct sg_store *base) { read_release(S(base)); }
+
 /* Takes a statement for a write: inside a transaction the write is also recorded (wr_text/wr_i64
  * record each argument as it is bound). */
 static sqlite3_stmt *wr_use(struct sqlite_store *s, int id) {
+  read_release(s); /* a write is never part of a held read */
   sqlite3_stmt *st = stmt_use(s, id);
   if (!s->in_txn) { s->cur = -1; return st; }
   struct redo r = { .st = id };
@@ -377,6 +407,7 @@ static void redo_clear(struct sqlite_store *s) {
 
 static int sq_begin(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
+  read_release(s);
   if (s->held)
     return sg_errorf(e, SG_E_UNAVAILABLE, "%s (a transaction is waiting to be written again)", s->held_why);
   redo_clear(s);
@@ -426,7 +457,7 @@ static int sq_commit(struct sg_store *base, struct sg_error *e) {
 
 static int sq_rollback(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
-  s->in_txn = s->held = 0;
+  s->in_txn = s->held = s->read_held = 0;
   redo_clear(s);
   /* SQLite may already have rolled back on its own (e.g. after SQLITE_FULL); that is success. */
   if (sqlite3_get_autocommit(s->db)) return 0;
@@ -438,6 +469,7 @@ static int sq_rollback(struct sg_store *base, struct sg_error *e) {
 static int sq_retry_commit(struct sg_store *base, struct sg_error *e) {
   struct sqlite_store *s = S(base);
   if (!s->held) return 0;
+  read_release(s);
   roll_back_held(s); /* in case the failure left it open */
   const char *what = "begin";
   sqlite3_stmt *st = stmt_use(s, ST_BEGIN);
@@ -1222,6 +1254,8 @@ static const struct sg_store_ops sqlite_ops = {
   .signal_done = sq_signal_done,
   .signal_find = sq_signal_find,
   .signal_each = sq_signal_each,
+  .read_hold = sq_read_hold,
+  .read_release = sq_read_release,
   .commit_count = sq_commit_count,
 };
 

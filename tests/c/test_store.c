@@ -866,6 +866,57 @@ static void test_transactions(struct sg_store *s) {
   CHECK_EQ_INT(s->ops->commit_count(s), before + 2);
 }
 
+/* read_hold: the reads until read_release share one snapshot; a write ends it (begin, or a write op
+ * outside a transaction), and nothing of it is left open */
+static void raw_exec(const char *sql) {
+  sqlite3 *db;
+  CHECK(sqlite3_open(dbpath, &db) == SQLITE_OK);
+  sqlite3_busy_timeout(db, 2000);
+  char *msg = NULL;
+  if (!CHECK(sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK)) fprintf(stderr, "  %s: %s\n", sql, msg);
+  sqlite3_free(msg);
+  sqlite3_close(db);
+}
+
+static void test_read_hold(struct sg_store *s) {
+  char *st = NULL, *body = NULL;
+  s->ops->read_hold(s);
+  CHECK_EQ_INT(s->ops->inbox_get(s, "hold-1", &st, &body, &err), 0);
+  /* another connection commits a row: the held snapshot does not see it, a fresh one does */
+  raw_exec("INSERT INTO inbox(message_id, reply_status, reply_body, received_at) VALUES ('hold-1', 'ok', '{}', 1)");
+  CHECK_EQ_INT(s->ops->inbox_get(s, "hold-1", &st, &body, &err), 0);
+  s->ops->read_release(s);
+  CHECK_EQ_INT(s->ops->inbox_get(s, "hold-1", &st, &body, &err), 1);
+  free(st); free(body); st = body = NULL;
+  s->ops->read_release(s); /* nothing held: a no-op */
+
+  /* a transaction started while a read is held: the hold ends first, the batch commits */
+  s->ops->read_hold(s);
+  CHECK_EQ_INT(s->ops->inbox_get(s, "hold-2", &st, &body, &err), 0);
+  OK(s->ops->begin(s, &err));
+  OK(s->ops->inbox_put(s, "hold-2", "ok", "{}", &err));
+  s->ops->read_hold(s); /* inside a transaction: nothing */
+  OK(s->ops->commit(s, &err));
+  s->ops->read_release(s);
+  CHECK_EQ_INT(raw_int("SELECT count(*) FROM inbox WHERE message_id = 'hold-2'"), 1);
+
+  /* a write outside a transaction while a read is held: written at once */
+  s->ops->read_hold(s);
+  CHECK_EQ_INT(s->ops->inbox_get(s, "hold-2", &st, &body, &err), 1);
+  free(st); free(body); st = body = NULL;
+  OK(s->ops->inbox_put(s, "hold-3", "ok", "{}", &err));
+  CHECK_EQ_INT(raw_int("SELECT count(*) FROM inbox WHERE message_id = 'hold-3'"), 1);
+  s->ops->read_release(s);
+
+  /* a held read left open would keep the writer's next BEGIN IMMEDIATE from others: none is */
+  s->ops->read_hold(s);
+  CHECK_EQ_INT(s->ops->inbox_get(s, "hold-3", &st, &body, &err), 1);
+  free(st); free(body);
+  s->ops->read_release(s);
+  raw_exec("BEGIN IMMEDIATE; DELETE FROM inbox WHERE message_id LIKE 'hold-%'; COMMIT");
+  CHECK_EQ_INT(raw_int("SELECT count(*) FROM inbox WHERE message_id LIKE 'hold-%'"), 0);
+}
+
 /* ---- close and reopen ---- */
 
 static void test_reopen(void) {
@@ -1165,6 +1216,7 @@ int main(void) {
   test_outbox(s);
   test_inbox(s);
   test_transactions(s);
+  test_read_hold(s);
   s->ops->close(s);
   test_reopen();
   test_list();
