@@ -140,13 +140,9 @@ static void raise_fd_limit(unsigned max_connections) {
             max_connections, (unsigned long long)rl.rlim_cur);
 }
 
-/* the log lines of one loop iteration go out together, before the loop waits */
-static void on_log_flush(struct ev_loop *loop, ev_prepare *w, int revents) { sg_log_flush(); }
-
 static int cmd_run(const struct run_opts *o) {
   struct run r = {0};
   struct sg_error e = {0};
-  sg_log_buffer();
   /* a wrong SCRIPT_DIR is the operator's mistake, like a usage error: exit 2 and say which */
   if (sg_dir_check(o->cfg.dir, "script directory", &e) < 0) {
     fprintf(stderr, "sagahost: cannot start the host: %s\n", e.msg);
@@ -196,11 +192,6 @@ static int cmd_run(const struct run_opts *o) {
   raise_fd_limit(o->http.max_connections);
   sg_http_set_limits(&o->http);
   struct ev_loop *loop = ev_default_loop(EVFLAG_AUTO);
-  ev_prepare log_flush;
-  ev_prepare_init(&log_flush, on_log_flush);
-  ev_set_priority(&log_flush, EV_MINPRI); /* after the other prepare watchers, which may log */
-  ev_prepare_start(loop, &log_flush);
-  ev_unref(loop); /* it keeps nothing alive */
   char db_shown[512]; /* a PostgreSQL URL without its password */
   if (sg_store_is_pg_url(o->cfg.db)) sg_store_pg_redact(o->cfg.db, db_shown, sizeof db_shown);
   else snprintf(db_shown, sizeof db_shown, "%s", o->cfg.db);

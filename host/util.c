@@ -55,17 +55,7 @@ void sg_log(int level, const char *fmt, ...) {
   va_end(ap);
   if (n >= (int)sizeof line) memcpy(line + sizeof line - 12, "... [cut]", 10); /* say so, never silently */
   fprintf(stderr, "%s %-5s %s\n", ts, tags[level], line);
-  if (level >= SG_LOG_WARN) fflush(stderr); /* at once, whatever the buffering (sg_log_buffer) */
 }
-
-/* `run`: log lines gather in stderr's buffer and go out together, at the end of each loop iteration
- * (sg_log_flush, before the loop waits) instead of one write(2) each; warnings and errors at once. */
-void sg_log_buffer(void) {
-  static char buf[1 << 16];
-  setvbuf(stderr, buf, _IOFBF, sizeof buf);
-}
-
-void sg_log_flush(void) { fflush(stderr); }
 
 /* the virtual clock (the testing kit): 0 = the wall clock */
 static int64_t virtual_ms;

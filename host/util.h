@@ -37,10 +37,6 @@ void sg_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define sg_info(...) sg_log(SG_LOG_INFO, __VA_ARGS__)
 #define sg_warn(...) sg_log(SG_LOG_WARN, __VA_ARGS__)
 #define sg_err(...) sg_log(SG_LOG_ERROR, __VA_ARGS__)
-/* `run` only (before anything is written to stderr): buffer the log, flushed by sg_log_flush at the end
- * of each loop iteration; warnings and errors are written at once */
-void sg_log_buffer(void);
-void sg_log_flush(void);
 
 int64_t sg_now_ms(void);          /* wall clock, ms since the epoch (what is persisted); the virtual
                                    * clock instead while one is set */
