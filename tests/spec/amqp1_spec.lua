@@ -231,7 +231,24 @@ end } } }
     -- killed once 12 of the 90 commands took effect: replies are in flight or held unsettled
     local deadline = os.time() + 30
     while H.count(part:log(), "HANDLED") < before + 12 and os.time() < deadline do H.sleep(0.01) end
+    -- the participant held (SIGSTOP) while more sagas start, so that those are certainly running when the
+    -- host is killed, however fast the first ones went: their first commands are at the broker
+    os.execute("kill -STOP " .. part.pid)
+    local more_ids, more_inputs = start_orders(10, "hostkill-held")
+    for i, id in ipairs(more_ids) do ids[#ids + 1] = id; inputs[#inputs + 1] = more_inputs[i] end
+    deadline = H.now() + 20 * H.slow
+    while true do -- confirmed by the broker: the outbox is empty
+      local _, _, text = orch:get("/metrics")
+      local depth = tonumber(text:match("\nsagahost_outbox_depth (%d+)"))
+      if depth == 0 then break end
+      if H.now() > deadline then
+        os.execute("kill -CONT " .. part.pid)
+        error("the broker has not confirmed the host's commands: outbox depth " .. tostring(depth))
+      end
+      H.sleep(0.05)
+    end
     orch:kill9()
+    os.execute("kill -CONT " .. part.pid)
     orch:start()
     orch:wait_log("amqp1: connected to", 30)
     -- it did die mid-run: it recovered sagas that were still running
